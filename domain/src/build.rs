@@ -1,0 +1,463 @@
+//! The build aggregate: one requested run of a script for an intent, as an enum state machine.
+//!
+//! `decide(&state, &command, now) -> Result<Vec<Event>, BuildError>` and `evolve(state, &event)`.
+//! Illegal transitions are named errors, never scattered `if`s in the shell.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::event::{
+    BuildCancelled, BuildClaimed, BuildFailed, BuildRequestFolded, BuildRequested, BuildRequeued,
+    BuildSucceeded, Event, FoldReason,
+};
+
+/// Where a build stands in its life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum BuildState {
+    /// No event yet: the stream does not exist.
+    New,
+    /// Waiting for a node; `attempt` is the number the next claim will carry.
+    Queued {
+        attempt: u32,
+    },
+    /// Claimed by a node and running there under a lease.
+    Running {
+        attempt: u32,
+        node_id: String,
+        lease_expires_at: DateTime<Utc>,
+    },
+    Succeeded {
+        attempt: u32,
+    },
+    Failed {
+        attempt: u32,
+        reason: String,
+    },
+    Cancelled {
+        reason: String,
+    },
+}
+
+impl BuildState {
+    /// Queued or running: an intent with an active build coalesces new transitions into it.
+    pub fn is_active(&self) -> bool {
+        matches!(self, BuildState::Queued { .. } | BuildState::Running { .. })
+    }
+
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self,
+            BuildState::Succeeded { .. } | BuildState::Failed { .. } | BuildState::Cancelled { .. }
+        )
+    }
+
+    /// The state's name as used in the API and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BuildState::New => "new",
+            BuildState::Queued { .. } => "queued",
+            BuildState::Running { .. } => "running",
+            BuildState::Succeeded { .. } => "succeeded",
+            BuildState::Failed { .. } => "failed",
+            BuildState::Cancelled { .. } => "cancelled",
+        }
+    }
+}
+
+/// What can be asked of a build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildCommand {
+    Request(Box<BuildRequested>),
+    Fold {
+        correlation_id: Uuid,
+        reason: FoldReason,
+    },
+    Claim {
+        node_id: String,
+        lease_expires_at: DateTime<Utc>,
+    },
+    Requeue {
+        reason: String,
+    },
+    Succeed {
+        attempt: u32,
+    },
+    Fail {
+        attempt: u32,
+        reason: String,
+    },
+    Cancel {
+        reason: String,
+    },
+}
+
+impl BuildCommand {
+    fn action(&self) -> &'static str {
+        match self {
+            BuildCommand::Request(_) => "request",
+            BuildCommand::Fold { .. } => "fold into",
+            BuildCommand::Claim { .. } => "claim",
+            BuildCommand::Requeue { .. } => "requeue",
+            BuildCommand::Succeed { .. } => "succeed",
+            BuildCommand::Fail { .. } => "fail",
+            BuildCommand::Cancel { .. } => "cancel",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot {action} a build that is {state}")]
+    IllegalTransition {
+        action: &'static str,
+        state: &'static str,
+    },
+    #[error("attempt {reported} is stale: the current attempt is {current}")]
+    StaleAttempt { reported: u32, current: u32 },
+}
+
+/// Decides what a command appends to a build's stream.
+pub fn decide(
+    state: &BuildState,
+    build_id: Uuid,
+    command: &BuildCommand,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, BuildError> {
+    let illegal = || BuildError::IllegalTransition {
+        action: command.action(),
+        state: state.name(),
+    };
+    let event = match (state, command) {
+        (BuildState::New, BuildCommand::Request(requested)) => {
+            Event::BuildRequested((**requested).clone())
+        }
+        (BuildState::New, _) | (_, BuildCommand::Request(_)) => return Err(illegal()),
+        (
+            _,
+            BuildCommand::Fold {
+                correlation_id,
+                reason,
+            },
+        ) => {
+            if *reason == FoldReason::Coalesced && !state.is_active() {
+                return Err(illegal());
+            }
+            Event::BuildRequestFolded(BuildRequestFolded {
+                build_id,
+                correlation_id: *correlation_id,
+                reason: *reason,
+                folded_at: now,
+            })
+        }
+        (
+            BuildState::Queued { attempt },
+            BuildCommand::Claim {
+                node_id,
+                lease_expires_at,
+            },
+        ) => Event::BuildClaimed(BuildClaimed {
+            build_id,
+            node_id: node_id.clone(),
+            attempt: *attempt,
+            lease_expires_at: *lease_expires_at,
+        }),
+        (BuildState::Running { attempt, .. }, BuildCommand::Requeue { reason }) => {
+            Event::BuildRequeued(BuildRequeued {
+                build_id,
+                next_attempt: attempt + 1,
+                reason: reason.clone(),
+            })
+        }
+        (
+            BuildState::Running {
+                attempt: current, ..
+            },
+            BuildCommand::Succeed { attempt },
+        ) => {
+            check_attempt(*current, *attempt)?;
+            Event::BuildSucceeded(BuildSucceeded {
+                build_id,
+                attempt: *attempt,
+            })
+        }
+        (
+            BuildState::Running {
+                attempt: current, ..
+            },
+            BuildCommand::Fail { attempt, reason },
+        ) => {
+            check_attempt(*current, *attempt)?;
+            Event::BuildFailed(BuildFailed {
+                build_id,
+                attempt: *attempt,
+                reason: reason.clone(),
+            })
+        }
+        (
+            BuildState::Queued { .. } | BuildState::Running { .. },
+            BuildCommand::Cancel { reason },
+        ) => Event::BuildCancelled(BuildCancelled {
+            build_id,
+            reason: reason.clone(),
+            cancelled_at: now,
+        }),
+        _ => return Err(illegal()),
+    };
+    Ok(vec![event])
+}
+
+fn check_attempt(current: u32, reported: u32) -> Result<(), BuildError> {
+    if current == reported {
+        Ok(())
+    } else {
+        Err(BuildError::StaleAttempt { reported, current })
+    }
+}
+
+/// Folds one event of the build's stream into its state. Events that do not change the state
+/// (folds, or events of other streams) leave it as it is.
+pub fn evolve(state: BuildState, event: &Event) -> BuildState {
+    match (state, event) {
+        (BuildState::New, Event::BuildRequested(_)) => BuildState::Queued { attempt: 1 },
+        (BuildState::Queued { .. }, Event::BuildClaimed(e)) => BuildState::Running {
+            attempt: e.attempt,
+            node_id: e.node_id.clone(),
+            lease_expires_at: e.lease_expires_at,
+        },
+        (BuildState::Running { .. }, Event::BuildRequeued(e)) => BuildState::Queued {
+            attempt: e.next_attempt,
+        },
+        (BuildState::Running { .. }, Event::BuildSucceeded(e)) => {
+            BuildState::Succeeded { attempt: e.attempt }
+        }
+        (BuildState::Running { .. }, Event::BuildFailed(e)) => BuildState::Failed {
+            attempt: e.attempt,
+            reason: e.reason.clone(),
+        },
+        (BuildState::Queued { .. } | BuildState::Running { .. }, Event::BuildCancelled(e)) => {
+            BuildState::Cancelled {
+                reason: e.reason.clone(),
+            }
+        }
+        (state, _) => state,
+    }
+}
+
+/// The state after a whole stream.
+pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> BuildState {
+    events.into_iter().fold(BuildState::New, evolve)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_787_562_900 + s, 0).unwrap()
+    }
+
+    fn id() -> Uuid {
+        Uuid::from_u128(7)
+    }
+
+    fn requested() -> BuildRequested {
+        BuildRequested {
+            build_id: id(),
+            issue_id: "MOB-1".into(),
+            project: "MOB".into(),
+            summary: None,
+            trigger: "ios-build".into(),
+            script: "ios-build".into(),
+            lane: "default".into(),
+            git_ref: "feature/MOB-1".into(),
+            requested_by: Some("jane".into()),
+            intent_key: "MOB-1/ios-build".into(),
+            correlation_id: Uuid::from_u128(1),
+            requested_at: t(0),
+        }
+    }
+
+    /// given(events).when(command).then(events) / .then_err(error)
+    struct Given(Vec<Event>);
+
+    fn given(events: Vec<Event>) -> Given {
+        Given(events)
+    }
+
+    impl Given {
+        fn when(self, command: BuildCommand) -> When {
+            let state = replay(&self.0);
+            When(decide(&state, id(), &command, t(100)))
+        }
+    }
+
+    struct When(Result<Vec<Event>, BuildError>);
+
+    impl When {
+        #[track_caller]
+        fn then(self, expected: Vec<Event>) {
+            assert_eq!(self.0, Ok(expected));
+        }
+        #[track_caller]
+        fn then_err(self, expected: BuildError) {
+            assert_eq!(self.0, Err(expected));
+        }
+    }
+
+    fn claimed(attempt: u32) -> Event {
+        Event::BuildClaimed(BuildClaimed {
+            build_id: id(),
+            node_id: "mac-1".into(),
+            attempt,
+            lease_expires_at: t(120),
+        })
+    }
+
+    #[test]
+    fn a_new_build_is_requested_and_queued() {
+        given(vec![])
+            .when(BuildCommand::Request(Box::new(requested())))
+            .then(vec![Event::BuildRequested(requested())]);
+        assert_eq!(
+            replay(&[Event::BuildRequested(requested())]),
+            BuildState::Queued { attempt: 1 }
+        );
+    }
+
+    #[test]
+    fn a_build_cannot_be_requested_twice() {
+        given(vec![Event::BuildRequested(requested())])
+            .when(BuildCommand::Request(Box::new(requested())))
+            .then_err(BuildError::IllegalTransition {
+                action: "request",
+                state: "queued",
+            });
+    }
+
+    #[test]
+    fn a_queued_build_is_claimed_with_its_attempt() {
+        given(vec![Event::BuildRequested(requested())])
+            .when(BuildCommand::Claim {
+                node_id: "mac-1".into(),
+                lease_expires_at: t(120),
+            })
+            .then(vec![claimed(1)]);
+    }
+
+    #[test]
+    fn a_requeued_build_is_claimed_with_the_next_attempt() {
+        let requeued = Event::BuildRequeued(BuildRequeued {
+            build_id: id(),
+            next_attempt: 2,
+            reason: "node_lost".into(),
+        });
+        given(vec![
+            Event::BuildRequested(requested()),
+            claimed(1),
+            requeued,
+        ])
+        .when(BuildCommand::Claim {
+            node_id: "mac-1".into(),
+            lease_expires_at: t(120),
+        })
+        .then(vec![claimed(2)]);
+    }
+
+    #[test]
+    fn a_result_for_a_stale_attempt_is_refused() {
+        let requeued = Event::BuildRequeued(BuildRequeued {
+            build_id: id(),
+            next_attempt: 2,
+            reason: "node_lost".into(),
+        });
+        given(vec![
+            Event::BuildRequested(requested()),
+            claimed(1),
+            requeued,
+            claimed(2),
+        ])
+        .when(BuildCommand::Succeed { attempt: 1 })
+        .then_err(BuildError::StaleAttempt {
+            reported: 1,
+            current: 2,
+        });
+    }
+
+    #[test]
+    fn only_one_result_is_ever_accepted() {
+        let done = Event::BuildSucceeded(BuildSucceeded {
+            build_id: id(),
+            attempt: 1,
+        });
+        given(vec![Event::BuildRequested(requested()), claimed(1), done])
+            .when(BuildCommand::Fail {
+                attempt: 1,
+                reason: "exit 1".into(),
+            })
+            .then_err(BuildError::IllegalTransition {
+                action: "fail",
+                state: "succeeded",
+            });
+    }
+
+    #[test]
+    fn coalescing_needs_an_active_build_but_duplicates_fold_forever() {
+        let cancelled = Event::BuildCancelled(BuildCancelled {
+            build_id: id(),
+            reason: "x".into(),
+            cancelled_at: t(1),
+        });
+        let history = vec![Event::BuildRequested(requested()), cancelled];
+        given(history.clone())
+            .when(BuildCommand::Fold {
+                correlation_id: Uuid::from_u128(2),
+                reason: FoldReason::Coalesced,
+            })
+            .then_err(BuildError::IllegalTransition {
+                action: "fold into",
+                state: "cancelled",
+            });
+        given(history)
+            .when(BuildCommand::Fold {
+                correlation_id: Uuid::from_u128(2),
+                reason: FoldReason::DuplicateDelivery,
+            })
+            .then(vec![Event::BuildRequestFolded(BuildRequestFolded {
+                build_id: id(),
+                correlation_id: Uuid::from_u128(2),
+                reason: FoldReason::DuplicateDelivery,
+                folded_at: t(100),
+            })]);
+    }
+
+    #[test]
+    fn a_finished_build_cannot_be_cancelled() {
+        let failed = Event::BuildFailed(BuildFailed {
+            build_id: id(),
+            attempt: 1,
+            reason: "x".into(),
+        });
+        given(vec![Event::BuildRequested(requested()), claimed(1), failed])
+            .when(BuildCommand::Cancel {
+                reason: "superseded".into(),
+            })
+            .then_err(BuildError::IllegalTransition {
+                action: "cancel",
+                state: "failed",
+            });
+    }
+
+    #[test]
+    fn folds_do_not_change_the_state() {
+        let fold = Event::BuildRequestFolded(BuildRequestFolded {
+            build_id: id(),
+            correlation_id: Uuid::from_u128(3),
+            reason: FoldReason::DuplicateDelivery,
+            folded_at: t(5),
+        });
+        let state = replay(&[Event::BuildRequested(requested()), fold.clone(), fold]);
+        assert_eq!(state, BuildState::Queued { attempt: 1 });
+    }
+}

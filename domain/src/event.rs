@@ -1,0 +1,282 @@
+//! Every fact the gateway records. Each event has a stable type name (the variant name) and a
+//! schema version; its data is stored as JSON. Changing an event's fields means a new schema version
+//! and an upcaster in [`Event::decode`], never a silent reinterpretation of stored data.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Why a delivery started no build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IgnoreReason {
+    /// No configured trigger watches this transition.
+    NoTriggerMatched,
+    /// The change was made by the gateway's own bot account (loop prevention).
+    BotAuthored,
+    /// An event type this version does not know.
+    UnknownEvent,
+    /// The same change was delivered before, and it started no build then either.
+    DuplicateDelivery,
+}
+
+impl IgnoreReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IgnoreReason::NoTriggerMatched => "no_trigger_matched",
+            IgnoreReason::BotAuthored => "bot_authored",
+            IgnoreReason::UnknownEvent => "unknown_event",
+            IgnoreReason::DuplicateDelivery => "duplicate_delivery",
+        }
+    }
+}
+
+/// Why a delivery or transition was absorbed into an existing build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FoldReason {
+    /// The same change delivered again (several URLs, a proxy, a replay).
+    DuplicateDelivery,
+    /// A new transition for an intent whose build is still queued or running.
+    Coalesced,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookReceived {
+    pub correlation_id: Uuid,
+    /// The sender's `event` field.
+    pub event_type: String,
+    pub issue_id: String,
+    pub project: String,
+    pub fingerprint: String,
+    /// The body exactly as received.
+    pub body: String,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookIgnored {
+    pub correlation_id: Uuid,
+    pub issue_id: String,
+    pub reason: IgnoreReason,
+}
+
+/// The builds a delivery's fingerprint stands for: later deliveries with the same fingerprint fold
+/// into these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookRouted {
+    pub correlation_id: Uuid,
+    pub issue_id: String,
+    pub build_ids: Vec<Uuid>,
+}
+
+/// An intent now has this build as its current one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntentActivated {
+    pub intent_key: String,
+    pub build_id: Uuid,
+    pub correlation_id: Uuid,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRequested {
+    pub build_id: Uuid,
+    pub issue_id: String,
+    pub project: String,
+    pub summary: Option<String>,
+    pub trigger: String,
+    pub script: String,
+    pub lane: String,
+    pub git_ref: String,
+    pub requested_by: Option<String>,
+    pub intent_key: String,
+    pub correlation_id: Uuid,
+    pub requested_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRequestFolded {
+    pub build_id: Uuid,
+    pub correlation_id: Uuid,
+    pub reason: FoldReason,
+    pub folded_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildClaimed {
+    pub build_id: Uuid,
+    pub node_id: String,
+    pub attempt: u32,
+    pub lease_expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRequeued {
+    pub build_id: Uuid,
+    /// The attempt the next claim will be.
+    pub next_attempt: u32,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildSucceeded {
+    pub build_id: Uuid,
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildFailed {
+    pub build_id: Uuid,
+    pub attempt: u32,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildCancelled {
+    pub build_id: Uuid,
+    pub reason: String,
+    pub cancelled_at: DateTime<Utc>,
+}
+
+/// A stored event could not be read back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown event type `{0}`")]
+    UnknownType(String),
+    #[error("event type `{event_type}` has no schema version {version}")]
+    UnknownVersion { event_type: String, version: u32 },
+    #[error("event type `{event_type}`: {message}")]
+    Data { event_type: String, message: String },
+}
+
+macro_rules! events {
+    ($($variant:ident),+ $(,)?) => {
+        /// Every event the gateway appends.
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum Event {
+            $($variant($variant)),+
+        }
+
+        impl Event {
+            /// Every stable type name, in declaration order.
+            pub const TYPES: &'static [&'static str] = &[$(stringify!($variant)),+];
+
+            /// The stable type name stored beside the data.
+            pub fn event_type(&self) -> &'static str {
+                match self {
+                    $(Event::$variant(_) => stringify!($variant)),+
+                }
+            }
+
+            /// The data as stored: the variant's fields as a JSON object.
+            pub fn encode(&self) -> String {
+                // Serializing plain structs of strings, numbers and uuids into a String cannot fail.
+                match self {
+                    $(Event::$variant(e) => serde_json::to_string(e).unwrap_or_default()),+
+                }
+            }
+
+            /// Reads stored data back, upcasting older schema versions.
+            pub fn decode(event_type: &str, schema_version: u32, data: &str) -> Result<Event, DecodeError> {
+                if schema_version != Event::SCHEMA_VERSION {
+                    return Err(DecodeError::UnknownVersion { event_type: event_type.to_owned(), version: schema_version });
+                }
+                let data_error = |e: serde_json::Error| DecodeError::Data {
+                    event_type: event_type.to_owned(),
+                    message: e.to_string(),
+                };
+                match event_type {
+                    $(stringify!($variant) => serde_json::from_str(data).map(Event::$variant).map_err(data_error),)+
+                    other => Err(DecodeError::UnknownType(other.to_owned())),
+                }
+            }
+        }
+    };
+}
+
+events!(
+    WebhookReceived,
+    WebhookIgnored,
+    WebhookRouted,
+    IntentActivated,
+    BuildRequested,
+    BuildRequestFolded,
+    BuildClaimed,
+    BuildRequeued,
+    BuildSucceeded,
+    BuildFailed,
+    BuildCancelled,
+);
+
+impl Event {
+    /// Every event type is at schema version 1 so far.
+    pub const SCHEMA_VERSION: u32 = 1;
+
+    /// The build this event belongs to, if it is a build event.
+    pub fn build_id(&self) -> Option<Uuid> {
+        match self {
+            Event::BuildRequested(e) => Some(e.build_id),
+            Event::BuildRequestFolded(e) => Some(e.build_id),
+            Event::BuildClaimed(e) => Some(e.build_id),
+            Event::BuildRequeued(e) => Some(e.build_id),
+            Event::BuildSucceeded(e) => Some(e.build_id),
+            Event::BuildFailed(e) => Some(e.build_id),
+            Event::BuildCancelled(e) => Some(e.build_id),
+            Event::IntentActivated(e) => Some(e.build_id),
+            Event::WebhookReceived(_) | Event::WebhookIgnored(_) | Event::WebhookRouted(_) => None,
+        }
+    }
+}
+
+/// An event as read back from the log, with where it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recorded {
+    /// Global position: gap-free, strictly increasing in commit order, from 1.
+    pub position: u64,
+    pub stream: String,
+    /// Version within the stream, from 0.
+    pub version: u64,
+    pub event: Event,
+    pub correlation_id: Uuid,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_their_stored_form() {
+        let event = Event::BuildCancelled(BuildCancelled {
+            build_id: Uuid::nil(),
+            reason: "superseded".into(),
+            cancelled_at: DateTime::from_timestamp(1_787_562_927, 0).unwrap(),
+        });
+        let back =
+            Event::decode(event.event_type(), Event::SCHEMA_VERSION, &event.encode()).unwrap();
+        assert_eq!(back, event);
+    }
+
+    #[test]
+    fn unknown_types_and_versions_are_named_errors() {
+        assert_eq!(
+            Event::decode("Nope", 1, "{}"),
+            Err(DecodeError::UnknownType("Nope".into()))
+        );
+        assert!(matches!(
+            Event::decode("BuildCancelled", 9, "{}"),
+            Err(DecodeError::UnknownVersion { .. })
+        ));
+        assert!(matches!(
+            Event::decode("BuildCancelled", 1, "{}"),
+            Err(DecodeError::Data { .. })
+        ));
+    }
+
+    #[test]
+    fn type_names_are_stable() {
+        assert_eq!(Event::TYPES.len(), 11);
+        assert!(Event::TYPES.contains(&"WebhookReceived"));
+        assert!(Event::TYPES.contains(&"BuildRequestFolded"));
+    }
+}

@@ -1,0 +1,552 @@
+//! Deciding what a delivery appends, given what the log holds about the streams it touches.
+//!
+//! The shell reads (or, on the fast path, assumes) a [`LogView`], calls [`decide_delivery`], and
+//! appends the resulting [`Plan`] atomically with the expected versions it carries. If the store
+//! reports a conflict, the view was stale: the shell reads the streams and decides again. So the
+//! uniqueness rules hold through the store's optimistic concurrency, not through memory:
+//!
+//! - the first delivery of a fingerprint creates `delivery-{fp}` (expected: no stream);
+//! - a new build for an intent appends `IntentActivated` to `intent-{key}` at its exact version;
+//! - a transition coalesced into an active build appends to `build-{id}` at its exact version, so a
+//!   build finishing at the same moment forces a re-decision instead of a lost transition.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::build::BuildState;
+use crate::event::{
+    BuildRequestFolded, BuildRequested, Event, FoldReason, IgnoreReason, IntentActivated,
+    WebhookIgnored, WebhookReceived, WebhookRouted,
+};
+use crate::fingerprint::Fingerprint;
+use crate::payload::{Delivery, EventKind};
+use crate::stream::{build_stream, delivery_stream, intent_stream, ExpectedVersion};
+use crate::trigger::{IntentKey, Trigger};
+
+/// What the gateway is configured to do with deliveries.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestPolicy<'a> {
+    pub triggers: &'a [Trigger],
+    /// Deliveries authored by this login are ignored (the gateway's own comments).
+    pub bot_login: Option<&'a str>,
+}
+
+/// One delivery as it arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryInput<'a> {
+    pub correlation_id: Uuid,
+    pub received_at: DateTime<Utc>,
+    pub fingerprint: &'a Fingerprint,
+    /// The body exactly as received.
+    pub body: &'a str,
+    pub delivery: &'a Delivery,
+}
+
+/// What the log says about a fingerprint's stream.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum DeliveryStream {
+    /// Never delivered before.
+    #[default]
+    New,
+    /// Delivered before; these are the builds the first delivery started or folded into (empty:
+    /// it was ignored).
+    Seen { build_ids: Vec<Uuid> },
+}
+
+impl DeliveryStream {
+    /// Folds a `delivery-{fp}` stream.
+    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
+        let mut view = DeliveryStream::New;
+        for event in events {
+            match (&view, event) {
+                (DeliveryStream::New, Event::WebhookReceived(_) | Event::WebhookIgnored(_)) => {
+                    view = DeliveryStream::Seen {
+                        build_ids: Vec::new(),
+                    }
+                }
+                (DeliveryStream::Seen { build_ids }, Event::WebhookRouted(routed))
+                    if build_ids.is_empty() =>
+                {
+                    view = DeliveryStream::Seen {
+                        build_ids: routed.build_ids.clone(),
+                    }
+                }
+                _ => {}
+            }
+        }
+        view
+    }
+}
+
+/// The build an intent currently points to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentBuild {
+    pub build_id: Uuid,
+    /// Version of the build's stream.
+    pub version: u64,
+    pub state: BuildState,
+}
+
+/// What the log says about one intent.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IntentView {
+    /// Version of the intent's stream (`None`: no stream yet).
+    pub version: Option<u64>,
+    pub current: Option<CurrentBuild>,
+}
+
+impl IntentView {
+    /// The build named by the last `IntentActivated` of an intent stream, and the stream's version.
+    pub fn current_build_id<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Uuid> {
+        events
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::IntentActivated(a) => Some(a.build_id),
+                _ => None,
+            })
+            .last()
+    }
+}
+
+/// What the log holds about the streams a delivery touches.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogView {
+    pub delivery: DeliveryStream,
+    /// Intents not listed are taken to have no stream yet.
+    pub intents: BTreeMap<IntentKey, IntentView>,
+}
+
+impl LogView {
+    /// The fast-path guess: nothing seen before. Wrong guesses surface as append conflicts.
+    pub fn assume_new() -> Self {
+        LogView::default()
+    }
+}
+
+/// What became of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// At least one new build was requested.
+    Enqueued {
+        build_ids: Vec<Uuid>,
+    },
+    /// Every build it asked for already existed.
+    Folded {
+        build_ids: Vec<Uuid>,
+    },
+    Ignored {
+        reason: IgnoreReason,
+    },
+}
+
+impl Outcome {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Enqueued { .. } => "enqueued",
+            Outcome::Folded { .. } => "folded",
+            Outcome::Ignored { .. } => "ignored",
+        }
+    }
+
+    pub fn build_ids(&self) -> &[Uuid] {
+        match self {
+            Outcome::Enqueued { build_ids } | Outcome::Folded { build_ids } => build_ids,
+            Outcome::Ignored { .. } => &[],
+        }
+    }
+}
+
+/// Events for one stream, appended only if the stream is as expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedAppend {
+    pub stream: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<Event>,
+}
+
+/// Everything a delivery appends, atomically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub outcome: Outcome,
+    pub appends: Vec<PlannedAppend>,
+}
+
+/// The triggers a delivery fires and the intents they stand for (none for bot-authored or
+/// unknown deliveries).
+pub fn matched_intents<'a>(
+    policy: &IngestPolicy<'a>,
+    delivery: &Delivery,
+) -> Vec<(&'a Trigger, IntentKey)> {
+    if ignore_reason_before_matching(policy, delivery).is_some() {
+        return Vec::new();
+    }
+    policy
+        .triggers
+        .iter()
+        .filter(|t| t.matches(delivery))
+        .map(|t| (t, t.intent_for(&delivery.issue_id)))
+        .collect()
+}
+
+fn ignore_reason_before_matching(
+    policy: &IngestPolicy<'_>,
+    delivery: &Delivery,
+) -> Option<IgnoreReason> {
+    if matches!(delivery.event, EventKind::Unknown(_)) {
+        return Some(IgnoreReason::UnknownEvent);
+    }
+    if let Some(bot) = policy.bot_login {
+        if delivery
+            .author_logins()
+            .any(|login| login.eq_ignore_ascii_case(bot))
+        {
+            return Some(IgnoreReason::BotAuthored);
+        }
+    }
+    None
+}
+
+/// Decides what one delivery appends. `new_build_id` is called once for each new build.
+pub fn decide_delivery(
+    view: &LogView,
+    input: &DeliveryInput<'_>,
+    policy: &IngestPolicy<'_>,
+    new_build_id: &mut dyn FnMut() -> Uuid,
+) -> Plan {
+    let d = input.delivery;
+    let received = Event::WebhookReceived(WebhookReceived {
+        correlation_id: input.correlation_id,
+        event_type: d.event.as_str().to_owned(),
+        issue_id: d.issue_id.clone(),
+        project: d.project.clone(),
+        fingerprint: input.fingerprint.as_str().to_owned(),
+        body: input.body.to_owned(),
+        received_at: input.received_at,
+    });
+    let delivery_stream = delivery_stream(input.fingerprint);
+    let ignored = |reason| {
+        Event::WebhookIgnored(WebhookIgnored {
+            correlation_id: input.correlation_id,
+            issue_id: d.issue_id.clone(),
+            reason,
+        })
+    };
+
+    // A fingerprint seen before: fold into whatever the first delivery produced.
+    if let DeliveryStream::Seen { build_ids } = &view.delivery {
+        let mut appends = vec![PlannedAppend {
+            stream: delivery_stream,
+            expected: ExpectedVersion::Any,
+            events: vec![received],
+        }];
+        if build_ids.is_empty() {
+            appends[0]
+                .events
+                .push(ignored(IgnoreReason::DuplicateDelivery));
+            return Plan {
+                outcome: Outcome::Ignored {
+                    reason: IgnoreReason::DuplicateDelivery,
+                },
+                appends,
+            };
+        }
+        for &build_id in build_ids {
+            appends.push(PlannedAppend {
+                stream: build_stream(build_id),
+                expected: ExpectedVersion::Any,
+                events: vec![fold(build_id, input, FoldReason::DuplicateDelivery)],
+            });
+        }
+        return Plan {
+            outcome: Outcome::Folded {
+                build_ids: build_ids.clone(),
+            },
+            appends,
+        };
+    }
+
+    let mut first = PlannedAppend {
+        stream: delivery_stream,
+        expected: ExpectedVersion::NoStream,
+        events: vec![received],
+    };
+    let matched = matched_intents(policy, d);
+    let reason = ignore_reason_before_matching(policy, d)
+        .or_else(|| matched.is_empty().then_some(IgnoreReason::NoTriggerMatched));
+    if let Some(reason) = reason {
+        first.events.push(ignored(reason));
+        return Plan {
+            outcome: Outcome::Ignored { reason },
+            appends: vec![first],
+        };
+    }
+
+    let mut appends = Vec::new();
+    let mut build_ids = Vec::new();
+    let mut any_new = false;
+    for (trigger, intent) in matched {
+        let intent_view = view.intents.get(&intent).cloned().unwrap_or_default();
+        match intent_view.current.filter(|b| b.state.is_active()) {
+            Some(active) => {
+                build_ids.push(active.build_id);
+                appends.push(PlannedAppend {
+                    stream: build_stream(active.build_id),
+                    expected: ExpectedVersion::Exact(active.version),
+                    events: vec![fold(active.build_id, input, FoldReason::Coalesced)],
+                });
+            }
+            None => {
+                let build_id = new_build_id();
+                any_new = true;
+                build_ids.push(build_id);
+                appends.push(PlannedAppend {
+                    stream: intent_stream(&intent),
+                    expected: ExpectedVersion::from_current(intent_view.version),
+                    events: vec![Event::IntentActivated(IntentActivated {
+                        intent_key: intent.as_str().to_owned(),
+                        build_id,
+                        correlation_id: input.correlation_id,
+                    })],
+                });
+                appends.push(PlannedAppend {
+                    stream: build_stream(build_id),
+                    expected: ExpectedVersion::NoStream,
+                    events: vec![Event::BuildRequested(BuildRequested {
+                        build_id,
+                        issue_id: d.issue_id.clone(),
+                        project: d.project.clone(),
+                        summary: d.summary.clone(),
+                        trigger: trigger.name.clone(),
+                        script: trigger.script.clone(),
+                        lane: trigger.lane.clone(),
+                        git_ref: trigger.git_ref_for(&d.issue_id, &d.project),
+                        requested_by: d.updated_by.as_ref().and_then(|u| u.login.clone()),
+                        intent_key: intent.as_str().to_owned(),
+                        correlation_id: input.correlation_id,
+                        requested_at: input.received_at,
+                    })],
+                });
+            }
+        }
+    }
+    first.events.push(Event::WebhookRouted(WebhookRouted {
+        correlation_id: input.correlation_id,
+        issue_id: d.issue_id.clone(),
+        build_ids: build_ids.clone(),
+    }));
+    appends.insert(0, first);
+    let outcome = if any_new {
+        Outcome::Enqueued { build_ids }
+    } else {
+        Outcome::Folded { build_ids }
+    };
+    Plan { outcome, appends }
+}
+
+fn fold(build_id: Uuid, input: &DeliveryInput<'_>, reason: FoldReason) -> Event {
+    Event::BuildRequestFolded(BuildRequestFolded {
+        build_id,
+        correlation_id: input.correlation_id,
+        reason,
+        folded_at: input.received_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::parse;
+    use serde_json::json;
+
+    fn triggers() -> Vec<Trigger> {
+        vec![Trigger {
+            name: "ios-build".into(),
+            projects: vec!["MOB".into()],
+            field: "State".into(),
+            to: vec!["Building".into()],
+            from: vec![],
+            script: "ios-build".into(),
+            lane: "default".into(),
+            git_ref: "feature/{issue}".into(),
+        }]
+    }
+
+    fn body(login: &str) -> serde_json::Value {
+        json!({"event": "issueUpdated", "id": "MOB-1", "project": {"key": "MOB"}, "updatedBy": {"login": login},
+               "changedFields": [{"name": "State", "oldValue": {"name": "Open"}, "value": {"name": "Building"}}]})
+    }
+
+    fn decide(view: &LogView, value: &serde_json::Value) -> Plan {
+        let delivery = parse(value).unwrap();
+        let fingerprint = Fingerprint::of(value);
+        let input = DeliveryInput {
+            correlation_id: Uuid::from_u128(1),
+            received_at: DateTime::from_timestamp(0, 0).unwrap(),
+            fingerprint: &fingerprint,
+            body: "{}",
+            delivery: &delivery,
+        };
+        let triggers = triggers();
+        let policy = IngestPolicy {
+            triggers: &triggers,
+            bot_login: Some("meshgate-bot"),
+        };
+        let mut next = 100u128;
+        decide_delivery(view, &input, &policy, &mut || {
+            next += 1;
+            Uuid::from_u128(next)
+        })
+    }
+
+    fn expectations(plan: &Plan) -> Vec<(&str, ExpectedVersion)> {
+        plan.appends
+            .iter()
+            .map(|a| (a.stream.split('-').next().unwrap(), a.expected))
+            .collect()
+    }
+
+    #[test]
+    fn a_first_transition_claims_its_fingerprint_intent_and_build_streams() {
+        let plan = decide(&LogView::assume_new(), &body("jane"));
+        assert_eq!(
+            plan.outcome,
+            Outcome::Enqueued {
+                build_ids: vec![Uuid::from_u128(101)]
+            }
+        );
+        assert_eq!(
+            expectations(&plan),
+            [
+                ("delivery", ExpectedVersion::NoStream),
+                ("intent", ExpectedVersion::NoStream),
+                ("build", ExpectedVersion::NoStream)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_seen_fingerprint_folds_into_its_builds_as_a_duplicate() {
+        let view = LogView {
+            delivery: DeliveryStream::Seen {
+                build_ids: vec![Uuid::from_u128(9)],
+            },
+            ..LogView::default()
+        };
+        let plan = decide(&view, &body("jane"));
+        assert_eq!(
+            plan.outcome,
+            Outcome::Folded {
+                build_ids: vec![Uuid::from_u128(9)]
+            }
+        );
+        assert!(
+            matches!(&plan.appends[1].events[0], Event::BuildRequestFolded(f) if f.reason == FoldReason::DuplicateDelivery)
+        );
+    }
+
+    #[test]
+    fn a_seen_ignored_fingerprint_stays_ignored() {
+        let view = LogView {
+            delivery: DeliveryStream::Seen { build_ids: vec![] },
+            ..LogView::default()
+        };
+        assert_eq!(
+            decide(&view, &body("jane")).outcome,
+            Outcome::Ignored {
+                reason: IgnoreReason::DuplicateDelivery
+            }
+        );
+    }
+
+    #[test]
+    fn an_active_build_absorbs_a_new_transition_at_its_exact_version() {
+        let intent = IntentKey::new("MOB-1", "ios-build");
+        let current = CurrentBuild {
+            build_id: Uuid::from_u128(9),
+            version: 3,
+            state: BuildState::Queued { attempt: 1 },
+        };
+        let view = LogView {
+            delivery: DeliveryStream::New,
+            intents: [(
+                intent,
+                IntentView {
+                    version: Some(0),
+                    current: Some(current),
+                },
+            )]
+            .into(),
+        };
+        let plan = decide(&view, &body("jane"));
+        assert_eq!(
+            plan.outcome,
+            Outcome::Folded {
+                build_ids: vec![Uuid::from_u128(9)]
+            }
+        );
+        assert_eq!(
+            expectations(&plan),
+            [
+                ("delivery", ExpectedVersion::NoStream),
+                ("build", ExpectedVersion::Exact(3))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_finished_build_lets_the_next_transition_start_a_new_one() {
+        let intent = IntentKey::new("MOB-1", "ios-build");
+        let current = CurrentBuild {
+            build_id: Uuid::from_u128(9),
+            version: 3,
+            state: BuildState::Succeeded { attempt: 1 },
+        };
+        let view = LogView {
+            delivery: DeliveryStream::New,
+            intents: [(
+                intent,
+                IntentView {
+                    version: Some(0),
+                    current: Some(current),
+                },
+            )]
+            .into(),
+        };
+        let plan = decide(&view, &body("jane"));
+        assert_eq!(
+            plan.outcome,
+            Outcome::Enqueued {
+                build_ids: vec![Uuid::from_u128(101)]
+            }
+        );
+        assert_eq!(
+            expectations(&plan)[1],
+            ("intent", ExpectedVersion::Exact(0))
+        );
+    }
+
+    #[test]
+    fn the_bots_own_changes_are_ignored() {
+        let plan = decide(&LogView::assume_new(), &body("MESHGATE-BOT"));
+        assert_eq!(
+            plan.outcome,
+            Outcome::Ignored {
+                reason: IgnoreReason::BotAuthored
+            }
+        );
+        assert_eq!(plan.appends.len(), 1);
+    }
+
+    #[test]
+    fn the_delivery_stream_remembers_what_the_first_delivery_produced() {
+        let plan = decide(&LogView::assume_new(), &body("jane"));
+        assert_eq!(
+            DeliveryStream::from_events(&plan.appends[0].events),
+            DeliveryStream::Seen {
+                build_ids: vec![Uuid::from_u128(101)]
+            }
+        );
+    }
+}

@@ -1,0 +1,26 @@
+//! meshgate's pure core.
+//!
+//! Everything here is a function of its inputs: no I/O, no clocks, no random numbers. Time and ids
+//! are passed in by the shell (`meshgate` in `src/`).
+//!
+//! - [`payload`]: parsing the bodies YouTrack's Webhook Triggers app sends.
+//! - [`fingerprint`]: the hash that tells two deliveries of one change apart from two changes.
+//! - [`trigger`]: configured rules mapping a transition to a build request.
+//! - [`event`]: every fact the gateway records, with its stable type name and schema version.
+//! - [`build`]: the build aggregate, an enum state machine with `decide` and `evolve`.
+//! - [`ingest`]: deciding what a delivery appends, given what the log already holds.
+
+pub mod build;
+pub mod event;
+pub mod fingerprint;
+pub mod ingest;
+pub mod payload;
+pub mod stream;
+pub mod trigger;
+
+pub use build::{BuildCommand, BuildError, BuildState};
+pub use event::{Event, Recorded};
+pub use fingerprint::Fingerprint;
+pub use payload::{Delivery, EventKind, PayloadError};
+pub use stream::ExpectedVersion;
+pub use trigger::{IntentKey, Trigger};

@@ -1,0 +1,75 @@
+//! Stream names and the optimistic-concurrency expectation attached to an append.
+//!
+//! Uniqueness rules are expressed as streams: one stream per delivery fingerprint (created with
+//! [`ExpectedVersion::NoStream`]), one per intent (appended at an exact version), one per build.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::fingerprint::Fingerprint;
+use crate::trigger::IntentKey;
+
+/// What the writer expects a stream to look like before it appends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpectedVersion {
+    /// Append whatever the stream holds.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last event must have this version (versions count from 0).
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// The expectation that matches a stream whose last version is `version` (`None`: no stream).
+    pub fn from_current(version: Option<u64>) -> Self {
+        match version {
+            None => ExpectedVersion::NoStream,
+            Some(v) => ExpectedVersion::Exact(v),
+        }
+    }
+
+    /// Whether a stream whose last version is `current` satisfies this expectation.
+    pub fn is_satisfied_by(self, current: Option<u64>) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current.is_none(),
+            ExpectedVersion::Exact(v) => current == Some(v),
+        }
+    }
+}
+
+/// The stream holding every delivery that had this fingerprint.
+pub fn delivery_stream(fingerprint: &Fingerprint) -> String {
+    format!("delivery-{}", fingerprint.as_str())
+}
+
+/// The stream recording which build serves an intent.
+pub fn intent_stream(intent: &IntentKey) -> String {
+    format!("intent-{}", intent.as_str())
+}
+
+/// The stream holding one build's whole life.
+pub fn build_stream(build_id: Uuid) -> String {
+    format!("build-{build_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expectations_match_the_streams_they_describe() {
+        assert!(ExpectedVersion::NoStream.is_satisfied_by(None));
+        assert!(!ExpectedVersion::NoStream.is_satisfied_by(Some(0)));
+        assert!(ExpectedVersion::Exact(3).is_satisfied_by(Some(3)));
+        assert!(!ExpectedVersion::Exact(3).is_satisfied_by(Some(4)));
+        assert!(!ExpectedVersion::Exact(0).is_satisfied_by(None));
+        assert!(ExpectedVersion::Any.is_satisfied_by(None));
+        assert_eq!(
+            ExpectedVersion::from_current(Some(2)),
+            ExpectedVersion::Exact(2)
+        );
+    }
+}

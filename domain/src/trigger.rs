@@ -1,0 +1,236 @@
+//! Triggers: configured rules mapping a transition (project, field, from, to) to a build request.
+
+use serde::{Deserialize, Serialize};
+
+use crate::payload::{Delivery, EventKind};
+
+/// One `[[triggers]]` entry of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trigger {
+    pub name: String,
+    /// Projects the rule applies to; empty: any project.
+    #[serde(default)]
+    pub projects: Vec<String>,
+    /// The field whose change is watched, by its display name (`State`).
+    pub field: String,
+    /// New value names that fire the rule.
+    pub to: Vec<String>,
+    /// Old value names the change must come from; empty: any.
+    #[serde(default)]
+    pub from: Vec<String>,
+    pub script: String,
+    #[serde(default = "default_lane")]
+    pub lane: String,
+    /// A fixed ref (`main`) or a template over `{issue}` and `{project}`.
+    pub git_ref: String,
+}
+
+fn default_lane() -> String {
+    "default".to_owned()
+}
+
+/// A trigger that cannot work as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TriggerError {
+    #[error("trigger `{trigger}`: {field} {problem}")]
+    Invalid {
+        trigger: String,
+        field: &'static str,
+        problem: &'static str,
+    },
+}
+
+/// `[A-Za-z0-9._-]{1,64}`: names that are safe inside stream names, paths and logs.
+pub fn is_simple_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl Trigger {
+    pub fn validate(&self) -> Result<(), TriggerError> {
+        let invalid = |field, problem| {
+            Err(TriggerError::Invalid {
+                trigger: self.name.clone(),
+                field,
+                problem,
+            })
+        };
+        if !is_simple_name(&self.name) {
+            return invalid("name", "must be 1-64 of [A-Za-z0-9._-]");
+        }
+        if self.field.trim().is_empty() {
+            return invalid("field", "must not be empty");
+        }
+        if self.to.is_empty() {
+            return invalid("to", "must list at least one value");
+        }
+        if !is_simple_name(&self.script) {
+            return invalid("script", "must be 1-64 of [A-Za-z0-9._-]");
+        }
+        if !is_simple_name(&self.lane) {
+            return invalid("lane", "must be 1-64 of [A-Za-z0-9._-]");
+        }
+        let rendered = self.git_ref_for("ISSUE-1", "PROJECT");
+        if rendered.contains('{') || rendered.contains('}') {
+            return invalid(
+                "git_ref",
+                "may only use the placeholders {issue} and {project}",
+            );
+        }
+        if rendered.is_empty() || rendered.contains("..") || rendered.contains(char::is_whitespace)
+        {
+            return invalid("git_ref", "must be a valid git ref");
+        }
+        Ok(())
+    }
+
+    /// Whether this delivery is a transition the rule watches.
+    pub fn matches(&self, delivery: &Delivery) -> bool {
+        if delivery.event != EventKind::IssueUpdated {
+            return false;
+        }
+        if !self.projects.is_empty() && !self.projects.iter().any(|p| p == &delivery.project) {
+            return false;
+        }
+        // Several fields may change in one delivery, in any order: look at every entry.
+        delivery
+            .changed_fields
+            .iter()
+            .filter(|f| f.name == self.field)
+            .any(|change| {
+                let to_matches = change
+                    .value
+                    .names()
+                    .iter()
+                    .any(|n| self.to.iter().any(|t| t == n));
+                let from_matches = self.from.is_empty()
+                    || change
+                        .old_value
+                        .names()
+                        .iter()
+                        .any(|n| self.from.iter().any(|f| f == n));
+                to_matches && from_matches
+            })
+    }
+
+    /// The git ref a build of this trigger checks out for an issue.
+    pub fn git_ref_for(&self, issue_id: &str, project: &str) -> String {
+        self.git_ref
+            .replace("{issue}", issue_id)
+            .replace("{project}", project)
+    }
+
+    pub fn intent_for(&self, issue_id: &str) -> IntentKey {
+        IntentKey::new(issue_id, &self.name)
+    }
+}
+
+/// (issue id, trigger name): what a build is for. One active build per intent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct IntentKey(String);
+
+impl IntentKey {
+    pub fn new(issue_id: &str, trigger: &str) -> Self {
+        IntentKey(format!("{issue_id}/{trigger}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for IntentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::parse;
+    use serde_json::json;
+
+    fn trigger() -> Trigger {
+        Trigger {
+            name: "ios-build".into(),
+            projects: vec!["MOB".into()],
+            field: "State".into(),
+            to: vec!["Building".into()],
+            from: vec![],
+            script: "ios-build".into(),
+            lane: "default".into(),
+            git_ref: "feature/{issue}".into(),
+        }
+    }
+
+    fn update(project: &str, changes: serde_json::Value) -> Delivery {
+        parse(&json!({"event": "issueUpdated", "id": format!("{project}-1"), "project": {"key": project},
+                      "changedFields": changes}))
+        .unwrap()
+    }
+
+    fn state(from: &str, to: &str) -> serde_json::Value {
+        json!({"name": "State", "oldValue": {"name": from}, "value": {"name": to}})
+    }
+
+    #[test]
+    fn a_matching_transition_fires_wherever_it_stands_in_changed_fields() {
+        let d = update(
+            "MOB",
+            json!([{"name": "summary", "oldValue": "a", "value": "b"}, state("Open", "Building")]),
+        );
+        assert!(trigger().matches(&d));
+    }
+
+    #[test]
+    fn other_projects_values_and_events_do_not_fire() {
+        assert!(!trigger().matches(&update("WEB", json!([state("Open", "Building")]))));
+        assert!(!trigger().matches(&update("MOB", json!([state("Building", "Open")]))));
+        let mut created = update("MOB", json!([state("Open", "Building")]));
+        created.event = EventKind::IssueCreated;
+        assert!(!trigger().matches(&created));
+    }
+
+    #[test]
+    fn from_restricts_the_old_value() {
+        let t = Trigger {
+            from: vec!["Review".into()],
+            ..trigger()
+        };
+        assert!(!t.matches(&update("MOB", json!([state("Open", "Building")]))));
+        assert!(t.matches(&update("MOB", json!([state("Review", "Building")]))));
+        let from_empty =
+            json!([{"name": "State", "oldValue": null, "value": {"name": "Building"}}]);
+        assert!(!t.matches(&update("MOB", from_empty)));
+    }
+
+    #[test]
+    fn git_ref_templates_render_and_bad_ones_are_refused() {
+        assert_eq!(trigger().git_ref_for("MOB-7", "MOB"), "feature/MOB-7");
+        assert!(trigger().validate().is_ok());
+        assert!(Trigger {
+            git_ref: "x/{branch}".into(),
+            ..trigger()
+        }
+        .validate()
+        .is_err());
+        assert!(Trigger {
+            name: "a b".into(),
+            ..trigger()
+        }
+        .validate()
+        .is_err());
+        assert!(Trigger {
+            to: vec![],
+            ..trigger()
+        }
+        .validate()
+        .is_err());
+    }
+}

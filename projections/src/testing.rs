@@ -1,0 +1,290 @@
+//! Generated logs for the projection properties: only legal build histories, made by the domain's
+//! own `decide`, with positions assigned in order.
+
+use chrono::{DateTime, Utc};
+use meshgate_domain::build::{decide, replay, BuildCommand};
+use meshgate_domain::event::{
+    BuildRequested, FoldReason, IgnoreReason, WebhookIgnored, WebhookRouted,
+};
+use meshgate_domain::{Event, Recorded};
+use proptest::prelude::*;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Request(u8),
+    Fold(u8, bool),
+    Claim(u8),
+    Requeue(u8),
+    Succeed(u8),
+    Fail(u8),
+    Cancel(u8),
+    Ignored(u8),
+    Routed(u8, u8),
+}
+
+pub fn action() -> impl Strategy<Value = Action> {
+    let b = 0u8..4;
+    prop_oneof![
+        b.clone().prop_map(Action::Request),
+        (b.clone(), any::<bool>()).prop_map(|(b, dup)| Action::Fold(b, dup)),
+        b.clone().prop_map(Action::Claim),
+        b.clone().prop_map(Action::Requeue),
+        b.clone().prop_map(Action::Succeed),
+        b.clone().prop_map(Action::Fail),
+        b.clone().prop_map(Action::Cancel),
+        (0u8..4).prop_map(Action::Ignored),
+        (0u8..4, b).prop_map(|(f, b)| Action::Routed(f, b)),
+    ]
+}
+
+pub fn at(s: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_787_562_900 + s, 0).unwrap_or_default()
+}
+
+fn build_id(b: u8) -> Uuid {
+    Uuid::from_u128(1000 + u128::from(b))
+}
+
+fn fingerprint(f: u8) -> String {
+    format!("{f:064x}")
+}
+
+/// Turns actions into a legal log; actions the domain refuses are dropped.
+pub fn log_of(actions: &[Action]) -> Vec<Recorded> {
+    let mut log: Vec<Recorded> = Vec::new();
+    for (i, action) in actions.iter().enumerate() {
+        let now = at(i as i64);
+        let (stream, events) = match *action {
+            Action::Ignored(f) => (
+                format!("delivery-{}", fingerprint(f)),
+                vec![Event::WebhookIgnored(WebhookIgnored {
+                    correlation_id: Uuid::from_u128(i as u128),
+                    issue_id: "MOB-1".into(),
+                    reason: IgnoreReason::NoTriggerMatched,
+                })],
+            ),
+            Action::Routed(f, b) => (
+                format!("delivery-{}", fingerprint(f)),
+                vec![Event::WebhookRouted(WebhookRouted {
+                    correlation_id: Uuid::from_u128(i as u128),
+                    issue_id: "MOB-1".into(),
+                    build_ids: vec![build_id(b)],
+                })],
+            ),
+            Action::Request(b)
+            | Action::Fold(b, _)
+            | Action::Claim(b)
+            | Action::Requeue(b)
+            | Action::Succeed(b)
+            | Action::Fail(b)
+            | Action::Cancel(b) => {
+                let id = build_id(b);
+                let stream = format!("build-{id}");
+                let history: Vec<&Event> = log
+                    .iter()
+                    .filter(|r| r.stream == stream)
+                    .map(|r| &r.event)
+                    .collect();
+                let state = replay(history);
+                let attempt = match &state {
+                    meshgate_domain::BuildState::Running { attempt, .. } => *attempt,
+                    _ => 1,
+                };
+                let command = match *action {
+                    Action::Request(_) => BuildCommand::Request(Box::new(requested(id, b, now))),
+                    Action::Fold(_, dup) => BuildCommand::Fold {
+                        correlation_id: Uuid::from_u128(i as u128),
+                        reason: if dup {
+                            FoldReason::DuplicateDelivery
+                        } else {
+                            FoldReason::Coalesced
+                        },
+                    },
+                    Action::Claim(_) => BuildCommand::Claim {
+                        node_id: "mac-1".into(),
+                        lease_expires_at: at(1000),
+                    },
+                    Action::Requeue(_) => BuildCommand::Requeue {
+                        reason: "node_lost".into(),
+                    },
+                    Action::Succeed(_) => BuildCommand::Succeed { attempt },
+                    Action::Fail(_) => BuildCommand::Fail {
+                        attempt,
+                        reason: "exit 1".into(),
+                    },
+                    _ => BuildCommand::Cancel {
+                        reason: "superseded".into(),
+                    },
+                };
+                match decide(&state, id, &command, now) {
+                    Ok(events) => (stream, events),
+                    Err(_) => continue,
+                }
+            }
+        };
+        for event in events {
+            let version = log.iter().filter(|r| r.stream == stream).count() as u64;
+            log.push(Recorded {
+                position: log.len() as u64 + 1,
+                stream: stream.clone(),
+                version,
+                event,
+                correlation_id: Uuid::from_u128(i as u128),
+                recorded_at: now,
+            });
+        }
+    }
+    log
+}
+
+fn requested(build_id: Uuid, b: u8, now: DateTime<Utc>) -> BuildRequested {
+    BuildRequested {
+        build_id,
+        issue_id: format!("MOB-{b}"),
+        project: "MOB".into(),
+        summary: Some("summary".into()),
+        trigger: "ios-build".into(),
+        script: "ios-build".into(),
+        lane: if b % 2 == 0 {
+            "default".into()
+        } else {
+            "signing".into()
+        },
+        git_ref: format!("feature/MOB-{b}"),
+        requested_by: None,
+        intent_key: format!("MOB-{b}/ios-build"),
+        correlation_id: Uuid::nil(),
+        requested_at: now,
+    }
+}
+
+mod properties {
+    use super::*;
+    use crate::ProjectionSet;
+
+    fn fold_all<'a>(events: impl IntoIterator<Item = &'a Recorded>) -> ProjectionSet {
+        let mut set = ProjectionSet::default();
+        for event in events {
+            set.apply(event);
+        }
+        set
+    }
+
+    proptest! {
+        #[test]
+        fn an_event_delivered_again_any_number_of_times_changes_nothing(
+            actions in proptest::collection::vec(action(), 0..60),
+            replays in proptest::collection::vec((any::<proptest::sample::Index>(), any::<proptest::sample::Index>()), 0..20),
+        ) {
+            let log = log_of(&actions);
+            let clean = fold_all(&log);
+            prop_assume!(!log.is_empty());
+            // Deliver the log with earlier events replayed at random later points.
+            let mut delivered: Vec<&Recorded> = Vec::new();
+            let mut inserts: Vec<(usize, usize)> = replays.iter().map(|(at, which)| (at.index(log.len()), which.index(log.len()))).collect();
+            inserts.sort();
+            let mut next = inserts.into_iter().peekable();
+            for (i, event) in log.iter().enumerate() {
+                delivered.push(event);
+                while let Some((_, which)) = next.next_if(|(at, _)| *at == i) {
+                    delivered.push(&log[which.min(i)]);
+                }
+            }
+            prop_assert_eq!(fold_all(delivered), clean);
+        }
+
+        #[test]
+        fn duplicate_deliveries_folded_into_builds_leave_their_state_unchanged(
+            actions in proptest::collection::vec(action(), 0..60),
+            copies in 1usize..5,
+        ) {
+            let without: Vec<Action> = actions.iter().filter(|a| !matches!(a, Action::Fold(_, true))).cloned().collect();
+            let mut with = Vec::new();
+            for a in &without {
+                with.push(a.clone());
+                if let Action::Request(b) | Action::Claim(b) = a {
+                    with.extend(std::iter::repeat_n(Action::Fold(*b, true), copies));
+                }
+            }
+            let a = fold_all(&log_of(&without));
+            let b = fold_all(&log_of(&with));
+            let states = |s: &ProjectionSet| s.builds.state.builds.values().map(|b| b.state.clone()).collect::<Vec<_>>();
+            prop_assert_eq!(states(&a), states(&b));
+            // Positions shift by the folds inserted; what is queued, and in which order, must not.
+            let queue = |s: &ProjectionSet| {
+                let priorities = [("signing".to_owned(), 5)].into();
+                let order = |q: &crate::Queue| q.ordered(&priorities).iter().map(|e| (e.build_id, e.attempt)).collect::<Vec<_>>();
+                (order(&s.queue.state), s.queue.state.running.keys().copied().collect::<Vec<_>>())
+            };
+            prop_assert_eq!(queue(&a), queue(&b));
+            prop_assert_eq!(&a.dedupe.state, &b.dedupe.state);
+        }
+    }
+
+    #[test]
+    fn the_queue_serves_higher_priority_lanes_first_then_log_order() {
+        let log = log_of(&[
+            Action::Request(0),
+            Action::Request(1),
+            Action::Request(2),
+            Action::Request(3),
+        ]);
+        let set = fold_all(&log);
+        let priorities = [("signing".to_owned(), 10)].into();
+        let order: Vec<_> = set
+            .queue
+            .state
+            .ordered(&priorities)
+            .iter()
+            .map(|e| e.issue_id.clone())
+            .collect();
+        assert_eq!(order, ["MOB-1", "MOB-3", "MOB-0", "MOB-2"]);
+    }
+
+    #[test]
+    fn a_finished_build_frees_its_intent_and_leaves_the_queue() {
+        let log = log_of(&[
+            Action::Request(0),
+            Action::Claim(0),
+            Action::Request(1),
+            Action::Succeed(0),
+        ]);
+        let set = fold_all(&log);
+        assert_eq!(
+            set.dedupe.state.active_intents.keys().collect::<Vec<_>>(),
+            ["MOB-1/ios-build"]
+        );
+        assert_eq!(set.queue.state.len(), 1);
+        assert_eq!(set.builds.state.list(None, Some("succeeded")).len(), 1);
+    }
+
+    #[test]
+    fn a_requeued_build_returns_to_its_place_with_the_next_attempt() {
+        let log = log_of(&[
+            Action::Request(0),
+            Action::Request(2),
+            Action::Claim(0),
+            Action::Requeue(0),
+        ]);
+        let set = fold_all(&log);
+        let order = set.queue.state.ordered(&Default::default());
+        assert_eq!(order[0].issue_id, "MOB-0");
+        assert_eq!(order[0].attempt, 2);
+    }
+
+    #[test]
+    fn fingerprints_keep_the_builds_of_their_first_routing() {
+        let log = log_of(&[
+            Action::Routed(1, 0),
+            Action::Routed(1, 2),
+            Action::Ignored(2),
+        ]);
+        let set = fold_all(&log);
+        assert_eq!(
+            set.dedupe.state.builds_for(&fingerprint(1)),
+            Some(&[build_id(0)][..])
+        );
+        assert_eq!(set.dedupe.state.builds_for(&fingerprint(2)), Some(&[][..]));
+    }
+}

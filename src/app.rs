@@ -1,0 +1,146 @@
+//! Wiring: open the log, load the secrets, start the projections, build the router, serve.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::http::HeaderName;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::http::{router, AppState, Counters};
+use crate::ingest::IngestService;
+use crate::projector;
+use crate::secrets::{generate_token_file, Token, TokenSet};
+use crate::store::sqlite::{SqliteStore, WriterOptions};
+use crate::store::EventStore;
+
+/// A running gateway, minus its listener.
+pub struct App {
+    pub state: Arc<AppState>,
+    pub router: Router,
+    projector: JoinHandle<()>,
+    stop_projector: oneshot::Sender<()>,
+}
+
+impl App {
+    /// Opens everything the gateway needs; fails with a clear message if anything is amiss.
+    pub async fn start(config: &Config) -> anyhow::Result<App> {
+        create_private_dir(&config.server.data_dir)?;
+        let webhook_tokens = config
+            .webhook_token_files()
+            .iter()
+            .map(|path| Token::read(path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let admin_token = Token::read(&config.admin_token_file())?;
+
+        let options = WriterOptions {
+            max_batch: if config.store.group_commit {
+                config.store.max_batch
+            } else {
+                1
+            },
+        };
+        let store: Arc<dyn EventStore> = Arc::new(
+            SqliteStore::open(&config.log_path(), options).with_context(|| {
+                format!(
+                    "cannot open the event log at {}",
+                    config.log_path().display()
+                )
+            })?,
+        );
+        let (stop_projector, stopped) = oneshot::channel::<()>();
+        let (projections, follow) = projector::start(Arc::clone(&store), async move {
+            let _ = stopped.await;
+        })
+        .await
+        .context("cannot load projection checkpoints")?;
+        let projector = tokio::spawn(follow);
+
+        let state = Arc::new(AppState {
+            ingest: IngestService::new(
+                Arc::clone(&store),
+                config.triggers.clone(),
+                config.youtrack.bot_login.clone(),
+            ),
+            store,
+            projections,
+            webhook_tokens: TokenSet::new(&webhook_tokens),
+            admin_tokens: TokenSet::new(std::slice::from_ref(&admin_token)),
+            token_header: HeaderName::from_bytes(config.webhook.header.as_bytes())?,
+            max_body_bytes: config.webhook.max_body_bytes,
+            lane_priorities: config.lane_priorities(),
+            counters: Counters::default(),
+        });
+        let router = router(Arc::clone(&state), &config.webhook.path);
+        Ok(App {
+            state,
+            router,
+            projector,
+            stop_projector,
+        })
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then lets in-flight requests finish and
+    /// saves the projections.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let service = self
+            .router
+            .clone()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        self.stop().await;
+        Ok(())
+    }
+
+    /// Stops following the log and saves the projections' checkpoints.
+    pub async fn stop(self) {
+        let _ = self.stop_projector.send(());
+        let _ = self.projector.await;
+    }
+}
+
+/// Generates the default token files under the data dir where they are missing (only for tokens
+/// the configuration does not name). Returns the files written.
+pub fn generate_missing_default_tokens(config: &Config) -> anyhow::Result<Vec<PathBuf>> {
+    create_private_dir(&config.server.data_dir)?;
+    let mut defaults = Vec::new();
+    if config.webhook.token_files.is_empty() {
+        defaults.push((config.secrets_dir().join("webhook.token"), 0o400));
+    }
+    if config.admin.token_file.is_none() {
+        defaults.push((config.secrets_dir().join("admin.token"), 0o400));
+    }
+    let mut written = Vec::new();
+    for (path, mode) in defaults {
+        if !path.exists() {
+            create_private_dir(&config.secrets_dir())?;
+            generate_token_file(&path, mode)?;
+            written.push(path);
+        }
+    }
+    Ok(written)
+}
+
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(())
+}

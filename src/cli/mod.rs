@@ -1,0 +1,132 @@
+//! The `meshgate` command line.
+
+mod bench;
+mod events;
+mod rebuild;
+mod setup;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::{generate_missing_default_tokens, App};
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "meshgate",
+    version,
+    about = "Gateway from YouTrack webhooks to a pool of build machines"
+)]
+pub struct Cli {
+    /// Configuration file (TOML). Without one, the embedded defaults are used.
+    #[arg(long, global = true, env = "MESHGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve,
+    /// Write a commented sample configuration and fresh token files into DIR.
+    Init {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Token files.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Audit queries over the event log.
+    Events(events::EventsArgs),
+    /// Projection maintenance.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
+    /// Measure ingest throughput and latency, and projection rebuild speed.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Write a new 64-hex-character token to FILE (mode 0400).
+    Generate {
+        file: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Recompute every projection from position 0 and save it.
+    Rebuild {
+        /// Compare with the saved checkpoints instead of replacing them; exit 1 on a difference.
+        #[arg(long)]
+        verify: bool,
+    },
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let load = || Config::load(cli.config.as_deref());
+    match cli.command {
+        Command::Serve => serve(load()?).await,
+        Command::Init { dir } => setup::init(&dir),
+        Command::Token {
+            command: TokenCommand::Generate { file, force },
+        } => setup::generate(&file, force),
+        Command::Events(args) => events::run(&load()?, &args),
+        Command::Projections {
+            command: ProjectionsCommand::Rebuild { verify },
+        } => rebuild::run(&load()?, verify).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    for path in generate_missing_default_tokens(&config)? {
+        println!("generated token file {}", path.display());
+    }
+    for path in config.webhook_token_files() {
+        println!("webhook token file: {}", path.display());
+    }
+    println!("admin token file: {}", config.admin_token_file().display());
+    let app = App::start(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+    println!(
+        "meshgate listening on http://{}{}",
+        listener.local_addr()?,
+        config.webhook.path
+    );
+    tracing::info!(listen = %listener.local_addr()?, triggers = config.triggers.len(), "gateway started");
+    app.serve(listener, shutdown_signal()).await?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

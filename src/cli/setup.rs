@@ -1,0 +1,39 @@
+//! `meshgate init` and `meshgate token generate`.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+
+use crate::config::SAMPLE;
+use crate::secrets::generate_token_file;
+
+pub fn init(dir: &Path) -> anyhow::Result<()> {
+    let config = dir.join("meshgate.toml");
+    if config.exists() {
+        bail!("{} exists; not overwriting it", config.display());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(&config, SAMPLE)
+        .with_context(|| format!("cannot write {}", config.display()))?;
+    println!("wrote {}", config.display());
+    for name in ["webhook.token", "admin.token"] {
+        let path = dir.join("secrets").join(name);
+        if path.exists() {
+            println!("kept {}", path.display());
+        } else {
+            generate_token_file(&path, 0o400)?;
+            println!("wrote {}", path.display());
+        }
+    }
+    println!("start with: meshgate serve --config {}", config.display());
+    Ok(())
+}
+
+pub fn generate(file: &Path, force: bool) -> anyhow::Result<()> {
+    if file.exists() && !force {
+        bail!("{} exists; pass --force to replace it", file.display());
+    }
+    generate_token_file(file, 0o400)?;
+    println!("wrote {}", file.display());
+    Ok(())
+}

@@ -1,0 +1,330 @@
+//! Configuration: defaults, then a TOML file, then `MESHGATE_…` environment variables (sections
+//! and keys joined by `__`, such as `MESHGATE_SERVER__LISTEN=0.0.0.0:8080`), validated at start.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use meshgate_domain::trigger::is_simple_name;
+use meshgate_domain::Trigger;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub webhook: WebhookConfig,
+    pub youtrack: YouTrackConfig,
+    pub admin: AdminConfig,
+    pub store: StoreConfig,
+    pub lanes: Vec<LaneConfig>,
+    pub triggers: Vec<Trigger>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    pub path: String,
+    /// Header carrying the shared token; matched case-insensitively.
+    pub header: String,
+    /// Every live token (several during a rotation). Empty: one generated under the data dir.
+    pub token_files: Vec<PathBuf>,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct YouTrackConfig {
+    /// Deliveries authored by this login are ignored (the gateway's own comments).
+    pub bot_login: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token for the read API. Absent: one generated under the data dir.
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Fold concurrent appends into one commit (group commit). Off: one commit per request.
+    pub group_commit: bool,
+    /// Most appends in one group commit.
+    pub max_batch: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaneConfig {
+    pub name: String,
+    #[serde(default)]
+    pub priority: i64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("meshgate-data"),
+        }
+    }
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            path: "/youtrack/webhook".into(),
+            header: "X-YouTrack-Token".into(),
+            token_files: Vec::new(),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            group_commit: true,
+            max_batch: 512,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+const SECTIONS: [&str; 7] = [
+    "server", "webhook", "youtrack", "admin", "store", "lanes", "triggers",
+];
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then the environment, and validates the result.
+    /// Relative paths are resolved against the config file's folder (or the working directory).
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Missing(file.to_owned()));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let env = Env::prefixed("MESHGATE_").split("__").filter(|key| {
+            SECTIONS
+                .iter()
+                .any(|s| key.as_str().starts_with(&format!("{s}.")))
+        });
+        let mut config: Config = figment
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let base = file
+            .and_then(Path::parent)
+            .map(Path::to_owned)
+            .unwrap_or_default();
+        config.resolve_paths(&base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() && !base.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.server.data_dir);
+        self.webhook.token_files.iter_mut().for_each(resolve);
+        if let Some(p) = self.admin.token_file.as_mut() {
+            resolve(p);
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if !self.webhook.path.starts_with('/') || self.webhook.path.len() < 2 {
+            return invalid(format!(
+                "webhook.path `{}` must start with `/`",
+                self.webhook.path
+            ));
+        }
+        if axum::http::HeaderName::from_bytes(self.webhook.header.as_bytes()).is_err() {
+            return invalid(format!(
+                "webhook.header `{}` is not a valid header name",
+                self.webhook.header
+            ));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.webhook.max_body_bytes) {
+            return invalid("webhook.max_body_bytes must be between 1024 and 67108864".into());
+        }
+        if self.store.max_batch == 0 {
+            return invalid("store.max_batch must be at least 1".into());
+        }
+        let mut lanes = HashSet::new();
+        for lane in &self.lanes {
+            if !is_simple_name(&lane.name) {
+                return invalid(format!(
+                    "lane name `{}` must be 1-64 of [A-Za-z0-9._-]",
+                    lane.name
+                ));
+            }
+            if !lanes.insert(lane.name.as_str()) {
+                return invalid(format!("lane `{}` is defined twice", lane.name));
+            }
+        }
+        let mut names = HashSet::new();
+        for trigger in &self.triggers {
+            trigger
+                .validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            if !names.insert(trigger.name.as_str()) {
+                return invalid(format!("trigger `{}` is defined twice", trigger.name));
+            }
+            if !self.lanes.is_empty() && !lanes.contains(trigger.lane.as_str()) {
+                return invalid(format!(
+                    "trigger `{}` names lane `{}`, which is not configured",
+                    trigger.name, trigger.lane
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.server.data_dir.join("events.sqlite")
+    }
+
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.server.data_dir.join("secrets")
+    }
+
+    /// The webhook token files in force: the configured ones, or the generated default.
+    pub fn webhook_token_files(&self) -> Vec<PathBuf> {
+        if self.webhook.token_files.is_empty() {
+            vec![self.secrets_dir().join("webhook.token")]
+        } else {
+            self.webhook.token_files.clone()
+        }
+    }
+
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.admin
+            .token_file
+            .clone()
+            .unwrap_or_else(|| self.secrets_dir().join("admin.token"))
+    }
+
+    pub fn lane_priorities(&self) -> std::collections::HashMap<String, i64> {
+        self.lanes
+            .iter()
+            .map(|l| (l.name.clone(), l.priority))
+            .collect()
+    }
+}
+
+/// The sample written by `meshgate init`.
+pub const SAMPLE: &str = r#"# meshgate configuration. Every key is optional; the values shown are the defaults unless noted.
+# Environment variables override keys: MESHGATE_<SECTION>__<KEY>, e.g. MESHGATE_SERVER__LISTEN.
+# Relative paths are resolved against this file's folder.
+
+[server]
+listen = "127.0.0.1:8080"
+data_dir = "meshgate-data"
+
+[webhook]
+path = "/youtrack/webhook"
+# The header YouTrack's Webhook Triggers app sends the shared token in (case-insensitive).
+header = "X-YouTrack-Token"
+# Every live token; list two while rotating. Files must not be group/world-writable or world-readable.
+token_files = ["secrets/webhook.token"]
+max_body_bytes = 1048576
+
+[youtrack]
+# Changes made by this login are ignored, so the gateway's own comments cannot trigger builds.
+bot_login = "meshgate-bot"
+
+[admin]
+# Bearer token for /api/v1.
+token_file = "secrets/admin.token"
+
+[store]
+# Fold concurrent appends into one durable commit.
+group_commit = true
+
+[[lanes]]
+name = "default"
+priority = 0
+
+# Example: build when an issue of project MOB moves to State = Building.
+[[triggers]]
+name = "ios-build"
+projects = ["MOB"]            # empty or absent: any project
+field = "State"
+to = ["Building"]             # the new value's name
+from = []                     # optional: old value names
+script = "ios-build"
+lane = "default"
+git_ref = "feature/{issue}"   # {issue} and {project} are replaced; or a fixed ref such as "main"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_config_loads_and_resolves_paths_against_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("meshgate.toml");
+        std::fs::write(&file, SAMPLE).unwrap();
+        let config = Config::load(Some(&file)).unwrap();
+        assert_eq!(config.triggers.len(), 1);
+        assert_eq!(
+            config.webhook.token_files,
+            [dir.path().join("secrets/webhook.token")]
+        );
+        assert_eq!(config.server.data_dir, dir.path().join("meshgate-data"));
+        assert_eq!(config.youtrack.bot_login.as_deref(), Some("meshgate-bot"));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[webhook]\npath = \"nope\"\n").unwrap();
+        assert!(Config::load(Some(&file))
+            .unwrap_err()
+            .to_string()
+            .contains("webhook.path"));
+        std::fs::write(&file, "[webhook]\nunknown = 1\n").unwrap();
+        assert!(Config::load(Some(&file))
+            .unwrap_err()
+            .to_string()
+            .contains("unknown"));
+        std::fs::write(&file, "[[triggers]]\nname = \"a\"\nfield = \"State\"\nto = [\"B\"]\nscript = \"s\"\nlane = \"x\"\ngit_ref = \"main\"\n[[lanes]]\nname = \"default\"\n").unwrap();
+        assert!(Config::load(Some(&file))
+            .unwrap_err()
+            .to_string()
+            .contains("lane `x`"));
+        assert!(matches!(
+            Config::load(Some(&dir.path().join("absent.toml"))),
+            Err(ConfigError::Missing(_))
+        ));
+    }
+}

@@ -1,0 +1,128 @@
+//! The read API under `/api/v1`, guarded by `Authorization: Bearer <admin token>`.
+//!
+//! Answers come from the projections once they have caught up with the log as it stood when the
+//! request arrived, so a client reads what it wrote.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use meshgate_domain::stream::build_stream;
+
+use super::{ApiError, AppState};
+
+const READ_YOUR_WRITES: Duration = Duration::from_secs(2);
+
+fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match token {
+        Some(token) if app.admin_tokens.verify(token.trim().as_bytes()) => Ok(()),
+        _ => Err(ApiError::unauthorized()),
+    }
+}
+
+async fn caught_up(app: &AppState) -> Result<(), ApiError> {
+    let head = *app.store.head().borrow();
+    if app.projections.caught_up_to(head, READ_YOUR_WRITES).await {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "projections_behind",
+            "projections have not caught up with the log",
+        ))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BuildFilter {
+    issue: Option<String>,
+    state: Option<String>,
+}
+
+pub async fn list_builds(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(filter): Query<BuildFilter>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    caught_up(&app).await?;
+    const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+    if let Some(state) = filter.state.as_deref().filter(|s| !STATES.contains(s)) {
+        let mut e = ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_filter",
+            format!("unknown state `{state}`"),
+        );
+        e.field = Some("state".into());
+        return Err(e);
+    }
+    let builds = app.projections.read(|p| {
+        serde_json::to_value(
+            p.builds
+                .state
+                .list(filter.issue.as_deref(), filter.state.as_deref()),
+        )
+        .unwrap_or_default()
+    });
+    Ok(Json(json!({ "builds": builds })))
+}
+
+pub async fn get_build(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("build"))?;
+    caught_up(&app).await?;
+    let build = app
+        .projections
+        .read(|p| p.builds.state.get(id).map(serde_json::to_value));
+    let Some(Ok(build)) = build else {
+        return Err(ApiError::not_found("build"));
+    };
+    let stored = app
+        .store
+        .read_stream(&build_stream(id))
+        .await
+        .map_err(|e| ApiError::unavailable(&e))?;
+    let events: Vec<Value> = stored
+        .iter()
+        .map(|e| {
+            json!({
+                "position": e.position,
+                "version": e.version,
+                "id": e.id,
+                "type": e.event_type,
+                "schema_version": e.schema_version,
+                "data": serde_json::from_str::<Value>(&e.data).unwrap_or(Value::Null),
+                "correlation_id": e.correlation_id,
+                "causation_id": e.causation_id,
+                "recorded_at": e.recorded_at,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "build": build, "events": events })))
+}
+
+pub async fn queue(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    caught_up(&app).await?;
+    let queued = app.projections.read(|p| {
+        serde_json::to_value(p.queue.state.ordered(&app.lane_priorities)).unwrap_or_default()
+    });
+    Ok(Json(json!({ "queue": queued })))
+}

@@ -1,0 +1,162 @@
+//! `POST /youtrack/webhook`: token first, then size, media type and shape, then a durable append.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use meshgate_domain::ingest::Outcome;
+use meshgate_domain::payload;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{ApiError, AppState, Counters};
+
+pub async fn receive(State(app): State<Arc<AppState>>, request: Request) -> Response {
+    let correlation_id = Uuid::now_v7();
+    let received_at = Utc::now();
+    let (parts, body) = request.into_parts();
+    let remote = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string());
+    let remote = remote.as_deref().unwrap_or("unknown");
+    let result = handle(
+        &app,
+        correlation_id,
+        received_at,
+        remote,
+        &parts.headers,
+        body,
+    )
+    .await;
+    let mut response = match result {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&correlation_id.to_string()) {
+        response.headers_mut().insert("x-correlation-id", value);
+    }
+    response
+}
+
+#[tracing::instrument(name = "delivery", skip_all, fields(correlation_id = %correlation_id))]
+async fn handle(
+    app: &AppState,
+    correlation_id: Uuid,
+    received_at: chrono::DateTime<Utc>,
+    remote: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let declared_length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+
+    // 1. The token, before anything else is looked at. Only its presence and length are logged.
+    let presented = headers.get(&app.token_header);
+    if !presented.is_some_and(|token| app.webhook_tokens.verify(token.as_bytes())) {
+        let total = Counters::bump(&app.counters.unauthorized);
+        tracing::warn!(
+            remote,
+            header_present = presented.is_some(),
+            received_token_length = presented.map_or(0, |t| t.len()),
+            body_length = declared_length,
+            rejected_total = total,
+            "webhook token mismatch"
+        );
+        return Err(ApiError::unauthorized());
+    }
+
+    // 2. Size, media type, then the body itself.
+    let too_large = || {
+        let total = Counters::bump(&app.counters.too_large);
+        tracing::warn!(
+            remote,
+            body_length = declared_length,
+            limit = app.max_body_bytes,
+            rejected_total = total,
+            "webhook body too large"
+        );
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("body exceeds {} bytes", app.max_body_bytes),
+        )
+    };
+    if declared_length.is_some_and(|n| n > app.max_body_bytes as u64) {
+        return Err(too_large());
+    }
+    if !is_json(headers) {
+        let total = Counters::bump(&app.counters.unsupported_media_type);
+        tracing::warn!(remote, rejected_total = total, "webhook body is not json");
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "content type must be application/json",
+        ));
+    }
+    let bytes = match axum::body::to_bytes(body, app.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(_) => return Err(too_large()),
+    };
+    let bad_request = |message: String, field: Option<String>| {
+        let total = Counters::bump(&app.counters.bad_request);
+        tracing::warn!(remote, error = %message, field = field.as_deref(), rejected_total = total, "webhook body refused");
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_payload",
+            message,
+            field,
+        }
+    };
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| bad_request("body is not valid utf-8".into(), None))?;
+    let (value, delivery) = payload::parse_bytes(&bytes)
+        .map_err(|e| bad_request(e.to_string(), e.field().map(str::to_owned)))?;
+
+    // 3. Durably recorded, or refused as a whole.
+    let accepted = app
+        .ingest
+        .ingest(correlation_id, received_at, text, &value, &delivery)
+        .await
+        .map_err(|e| {
+            Counters::bump(&app.counters.unavailable);
+            ApiError::unavailable(&e)
+        })?;
+    Counters::bump(&app.counters.accepted);
+    let outcome = &accepted.outcome;
+    tracing::info!(
+        issue = %delivery.issue_id,
+        event = delivery.event.as_str(),
+        outcome = outcome.name(),
+        builds = ?outcome.build_ids(),
+        "delivery accepted"
+    );
+    let reason = match outcome {
+        Outcome::Ignored { reason } => Some(reason.as_str()),
+        _ => None,
+    };
+    let body = json!({
+        "correlation_id": correlation_id,
+        "outcome": outcome.name(),
+        "build_id": outcome.build_ids().first(),
+        "build_ids": outcome.build_ids(),
+        "reason": reason,
+    });
+    Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+/// `application/json`, with or without parameters such as `charset`.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}

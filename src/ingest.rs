@@ -1,0 +1,182 @@
+//! The ingest command handler: decide a delivery against the log, append with optimistic
+//! concurrency, and decide again on conflict.
+//!
+//! The first try assumes nothing was seen before (no reads): a first delivery of a new change, the
+//! common case, costs one append. A wrong guess surfaces as a version conflict; the handler then
+//! reads the streams the delivery touches and decides again. Uniqueness is enforced by the store.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use meshgate_domain::build::replay;
+use meshgate_domain::ingest::{
+    decide_delivery, matched_intents, CurrentBuild, DeliveryInput, DeliveryStream, IngestPolicy,
+    IntentView, LogView, Outcome,
+};
+use meshgate_domain::stream::{build_stream, delivery_stream, intent_stream};
+use meshgate_domain::{Delivery, Event, Fingerprint, Trigger};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::store::{EventStore, NewEvent, StoreError, StoredEvent, StreamAppend};
+
+/// How many times a delivery is decided again after version conflicts before giving up.
+const MAX_ATTEMPTS: usize = 16;
+
+/// A delivery durably recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub outcome: Outcome,
+    pub last_position: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("gave up after {MAX_ATTEMPTS} version conflicts")]
+    Contention,
+    #[error("stored event cannot be read: {0}")]
+    Decode(#[from] meshgate_domain::event::DecodeError),
+}
+
+pub struct IngestService {
+    store: Arc<dyn EventStore>,
+    triggers: Vec<Trigger>,
+    bot_login: Option<String>,
+}
+
+impl IngestService {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        triggers: Vec<Trigger>,
+        bot_login: Option<String>,
+    ) -> Self {
+        IngestService {
+            store,
+            triggers,
+            bot_login,
+        }
+    }
+
+    fn policy(&self) -> IngestPolicy<'_> {
+        IngestPolicy {
+            triggers: &self.triggers,
+            bot_login: self.bot_login.as_deref(),
+        }
+    }
+
+    /// Records a parsed delivery and everything it causes; answers once it is durable.
+    #[tracing::instrument(skip_all, fields(correlation_id = %correlation_id, issue = %delivery.issue_id))]
+    pub async fn ingest(
+        &self,
+        correlation_id: Uuid,
+        received_at: DateTime<Utc>,
+        body: &str,
+        value: &Value,
+        delivery: &Delivery,
+    ) -> Result<Accepted, IngestError> {
+        let fingerprint = Fingerprint::of(value);
+        let input = DeliveryInput {
+            correlation_id,
+            received_at,
+            fingerprint: &fingerprint,
+            body,
+            delivery,
+        };
+        let mut view = LogView::assume_new();
+        for attempt in 0..MAX_ATTEMPTS {
+            let plan = decide_delivery(&view, &input, &self.policy(), &mut Uuid::now_v7);
+            let appends = to_store_appends(plan.appends, correlation_id, Utc::now());
+            match self.store.append(appends).await {
+                Ok(appended) => {
+                    tracing::debug!(outcome = plan.outcome.name(), attempt, "delivery recorded");
+                    return Ok(Accepted {
+                        outcome: plan.outcome,
+                        last_position: appended.last_position,
+                    });
+                }
+                Err(StoreError::Conflict { stream, .. }) => {
+                    tracing::debug!(%stream, attempt, "version conflict; deciding again");
+                    view = self.load_view(&fingerprint, delivery).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(IngestError::Contention)
+    }
+
+    /// Reads what the log holds about the streams a delivery touches.
+    async fn load_view(
+        &self,
+        fingerprint: &Fingerprint,
+        delivery: &Delivery,
+    ) -> Result<LogView, IngestError> {
+        let seen = decode_all(
+            &self
+                .store
+                .read_stream(&delivery_stream(fingerprint))
+                .await?,
+        )?;
+        let mut view = LogView {
+            delivery: DeliveryStream::from_events(&seen),
+            ..LogView::default()
+        };
+        if view.delivery != DeliveryStream::New {
+            return Ok(view);
+        }
+        for (_, intent) in matched_intents(&self.policy(), delivery) {
+            let stored = self.store.read_stream(&intent_stream(&intent)).await?;
+            let events = decode_all(&stored)?;
+            let current = match IntentView::current_build_id(&events) {
+                Some(build_id) => {
+                    let build = self.store.read_stream(&build_stream(build_id)).await?;
+                    let build_events = decode_all(&build)?;
+                    build.last().map(|last| CurrentBuild {
+                        build_id,
+                        version: last.version,
+                        state: replay(&build_events),
+                    })
+                }
+                None => None,
+            };
+            view.intents.insert(
+                intent,
+                IntentView {
+                    version: stored.last().map(|e| e.version),
+                    current,
+                },
+            );
+        }
+        Ok(view)
+    }
+}
+
+fn decode_all(stored: &[StoredEvent]) -> Result<Vec<Event>, IngestError> {
+    stored.iter().map(|s| Ok(s.decode()?.event)).collect()
+}
+
+/// Stamps a plan's events with ids, the correlation id, and the first event as their cause.
+fn to_store_appends(
+    planned: Vec<meshgate_domain::ingest::PlannedAppend>,
+    correlation_id: Uuid,
+    now: DateTime<Utc>,
+) -> Vec<StreamAppend> {
+    let mut cause = None;
+    planned
+        .into_iter()
+        .map(|append| StreamAppend {
+            stream: append.stream,
+            expected: append.expected,
+            events: append
+                .events
+                .iter()
+                .map(|event| {
+                    let new = NewEvent::from_domain(event, correlation_id, cause, now);
+                    cause.get_or_insert(new.id);
+                    new
+                })
+                .collect(),
+        })
+        .collect()
+}

@@ -1,0 +1,180 @@
+//! Keeps the projections following the log: catch up from the saved checkpoints, then apply each
+//! new commit as the store announces it, saving checkpoints now and then and on shutdown.
+
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use meshgate_projections::{Builds, Checkpointed, Dedupe, Projection, ProjectionSet, Queue};
+use tokio::sync::watch;
+
+use crate::store::{Checkpoint, EventStore, StoreError, StoredEvent};
+
+/// Events read from the store in one go.
+pub const READ_BATCH: usize = 2048;
+const SAVE_EVERY_EVENTS: u64 = 20_000;
+const SAVE_EVERY: Duration = Duration::from_secs(5);
+
+/// Shared, read-mostly access to the live projections.
+#[derive(Clone)]
+pub struct Projections {
+    set: Arc<RwLock<ProjectionSet>>,
+    position: watch::Receiver<u64>,
+}
+
+impl Projections {
+    /// Reads the projections.
+    pub fn read<T>(&self, f: impl FnOnce(&ProjectionSet) -> T) -> T {
+        let guard = self
+            .set
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&guard)
+    }
+
+    pub fn position(&self) -> u64 {
+        *self.position.borrow()
+    }
+
+    /// Waits until the projections have applied everything up to `position`.
+    pub async fn caught_up_to(&self, position: u64, within: Duration) -> bool {
+        let mut rx = self.position.clone();
+        tokio::time::timeout(within, rx.wait_for(|p| *p >= position))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// Decodes the events the projections read and applies a batch; others only move the checkpoint.
+pub fn apply_batch(set: &mut ProjectionSet, batch: &[StoredEvent]) -> Result<(), StoreError> {
+    for stored in batch {
+        if ProjectionSet::wants(&stored.event_type) {
+            let recorded = stored.decode().map_err(|e| {
+                StoreError::Failed(format!("event at position {}: {e}", stored.position))
+            })?;
+            set.apply(&recorded);
+        } else {
+            set.skip_to(stored.position);
+        }
+    }
+    Ok(())
+}
+
+/// Serializes every projection as a checkpoint.
+pub fn checkpoints_of(set: &ProjectionSet) -> Vec<Checkpoint> {
+    fn one<P: Projection>(c: &Checkpointed<P>) -> Checkpoint {
+        Checkpoint {
+            name: P::NAME.to_owned(),
+            position: c.position,
+            state: serde_json::to_string(&c.state).unwrap_or_default(),
+        }
+    }
+    vec![one(&set.builds), one(&set.queue), one(&set.dedupe)]
+}
+
+/// Rebuilds a projection set from saved checkpoints; a missing or unreadable one starts from 0.
+pub fn from_checkpoints(checkpoints: &[Checkpoint]) -> ProjectionSet {
+    fn one<P: Projection>(checkpoints: &[Checkpoint]) -> Checkpointed<P> {
+        checkpoints
+            .iter()
+            .find(|c| c.name == P::NAME)
+            .and_then(|c| match serde_json::from_str(&c.state) {
+                Ok(state) => Some(Checkpointed { position: c.position, state }),
+                Err(e) => {
+                    tracing::warn!(projection = P::NAME, error = %e, "checkpoint unreadable; rebuilding from the start");
+                    None
+                }
+            })
+            .unwrap_or_default()
+    }
+    ProjectionSet {
+        builds: one::<Builds>(checkpoints),
+        queue: one::<Queue>(checkpoints),
+        dedupe: one::<Dedupe>(checkpoints),
+    }
+}
+
+/// Loads the checkpoints and returns the shared projections and the task that keeps them live.
+pub async fn start(
+    store: Arc<dyn EventStore>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(Projections, impl Future<Output = ()>), StoreError> {
+    let set = from_checkpoints(&store.load_checkpoints().await?);
+    let (position_tx, position_rx) = watch::channel(set.position());
+    let set = Arc::new(RwLock::new(set));
+    let projections = Projections {
+        set: Arc::clone(&set),
+        position: position_rx,
+    };
+    Ok((projections, follow(store, set, position_tx, shutdown)))
+}
+
+async fn follow(
+    store: Arc<dyn EventStore>,
+    set: Arc<RwLock<ProjectionSet>>,
+    position: watch::Sender<u64>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut head = store.head();
+    let mut saved_at = (*position.borrow(), Instant::now());
+    loop {
+        let current = *position.borrow();
+        match catch_up(&*store, &set, &position).await {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(error = %e, position = current, "projections cannot read the log; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = &mut shutdown => break,
+                }
+            }
+        }
+        let reached = *position.borrow();
+        if reached - saved_at.0 >= SAVE_EVERY_EVENTS
+            || (reached > saved_at.0 && saved_at.1.elapsed() >= SAVE_EVERY)
+        {
+            save(&*store, &set).await;
+            saved_at = (reached, Instant::now());
+        }
+        tokio::select! {
+            changed = head.wait_for(|h| *h > reached) => if changed.is_err() { break },
+            _ = &mut shutdown => break,
+        }
+    }
+    // Apply what committed before shutdown, then save.
+    let _ = catch_up(&*store, &set, &position).await;
+    save(&*store, &set).await;
+}
+
+async fn catch_up(
+    store: &dyn EventStore,
+    set: &RwLock<ProjectionSet>,
+    position: &watch::Sender<u64>,
+) -> Result<(), StoreError> {
+    loop {
+        let from = *position.borrow();
+        let batch = store.read_all(from, READ_BATCH).await?;
+        let Some(last) = batch.last().map(|e| e.position) else {
+            return Ok(());
+        };
+        {
+            let mut guard = set.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            apply_batch(&mut guard, &batch)?;
+        }
+        position.send_replace(last);
+        if batch.len() < READ_BATCH {
+            return Ok(());
+        }
+    }
+}
+
+async fn save(store: &dyn EventStore, set: &RwLock<ProjectionSet>) {
+    let checkpoints = {
+        let guard = set.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        checkpoints_of(&guard)
+    };
+    if let Err(e) = store.save_checkpoints(checkpoints).await {
+        tracing::warn!(error = %e, "cannot save projection checkpoints");
+    }
+}

@@ -1,0 +1,227 @@
+//! Tokens: read from files with tight permissions, held redacted, compared in constant time.
+//!
+//! Architecture Invariant: a token value is never logged, echoed or put in an error message. Only
+//! file paths and lengths are.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Shortest token accepted; YouTrack's app requires 32 characters as well.
+pub const MIN_TOKEN_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read token file {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("token file {path} is {problem}; run `chmod 0400 {path}`")]
+    LoosePermissions {
+        path: PathBuf,
+        problem: &'static str,
+    },
+    #[error("token file {path} holds a token of {len} characters; at least {MIN_TOKEN_LEN} are required (`meshgate token generate` makes one)")]
+    TooShort { path: PathBuf, len: usize },
+    #[error("token file {path} holds the placeholder `secret`; put a real token there (`meshgate token generate`)")]
+    Placeholder { path: PathBuf },
+    #[error("token file {path} is not valid utf-8")]
+    NotText { path: PathBuf },
+    #[error("cannot write token file {path}: {source}")]
+    Unwritable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A token read from a file.
+pub struct Token {
+    value: SecretString,
+    pub path: PathBuf,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("path", &self.path)
+            .field("value", &"[redacted]")
+            .finish()
+    }
+}
+
+impl Token {
+    /// Reads a token file, refusing loose permissions, short tokens and the `secret` placeholder.
+    pub fn read(path: &Path) -> Result<Token, SecretError> {
+        let unreadable = |source| SecretError::Unreadable {
+            path: path.to_owned(),
+            source,
+        };
+        let mode = fs::metadata(path).map_err(unreadable)?.permissions().mode();
+        if mode & 0o022 != 0 {
+            return Err(SecretError::LoosePermissions {
+                path: path.to_owned(),
+                problem: "group- or world-writable",
+            });
+        }
+        if mode & 0o004 != 0 {
+            return Err(SecretError::LoosePermissions {
+                path: path.to_owned(),
+                problem: "world-readable",
+            });
+        }
+        let bytes = fs::read(path).map_err(unreadable)?;
+        let text = String::from_utf8(bytes).map_err(|_| SecretError::NotText {
+            path: path.to_owned(),
+        })?;
+        let value = text.trim();
+        if value == "secret" {
+            return Err(SecretError::Placeholder {
+                path: path.to_owned(),
+            });
+        }
+        if value.chars().count() < MIN_TOKEN_LEN {
+            return Err(SecretError::TooShort {
+                path: path.to_owned(),
+                len: value.chars().count(),
+            });
+        }
+        Ok(Token {
+            value: SecretString::from(value.to_owned()),
+            path: path.to_owned(),
+        })
+    }
+
+    /// For sending the token (tests, the worker agent); never for logging.
+    pub fn expose(&self) -> &str {
+        self.value.expose_secret()
+    }
+}
+
+/// Writes a fresh 64-hex-character token to `path` with `mode`, replacing any file there.
+pub fn generate_token_file(path: &Path, mode: u32) -> Result<(), SecretError> {
+    let unwritable = |source| SecretError::Unwritable {
+        path: path.to_owned(),
+        source,
+    };
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| unwritable(std::io::Error::other(e.to_string())))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(unwritable)?;
+    }
+    // Write beside the target and rename, so a reader never sees half a token and a read-only
+    // (0400) file can be replaced.
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(unwritable)?;
+    file.write_all(format!("{hex}\n").as_bytes())
+        .map_err(unwritable)?;
+    file.sync_all().map_err(unwritable)?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(unwritable)?;
+    fs::rename(&tmp, path).map_err(unwritable)?;
+    Ok(())
+}
+
+/// The digests of every live token of one kind; a presented value matches if it equals any.
+pub struct TokenSet {
+    digests: Vec<[u8; 32]>,
+}
+
+impl TokenSet {
+    pub fn new(tokens: &[Token]) -> Self {
+        TokenSet {
+            digests: tokens
+                .iter()
+                .map(|t| digest(t.expose().as_bytes()))
+                .collect(),
+        }
+    }
+
+    /// Constant-time: digests are compared (so length is not leaked) and every token is checked.
+    pub fn verify(&self, presented: &[u8]) -> bool {
+        let presented = digest(presented);
+        let mut matched = subtle::Choice::from(0);
+        for d in &self.digests {
+            matched |= d.ct_eq(&presented);
+        }
+        matched.into()
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, value: &str, mode: u32) -> PathBuf {
+        let path = dir.join(name);
+        fs::write(&path, value).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn token_files_with_loose_permissions_short_values_or_the_placeholder_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = "a".repeat(40);
+        assert!(matches!(
+            Token::read(&write(dir.path(), "w", &good, 0o620)),
+            Err(SecretError::LoosePermissions { .. })
+        ));
+        assert!(matches!(
+            Token::read(&write(dir.path(), "r", &good, 0o604)),
+            Err(SecretError::LoosePermissions { .. })
+        ));
+        assert!(matches!(
+            Token::read(&write(dir.path(), "s", "short", 0o400)),
+            Err(SecretError::TooShort { .. })
+        ));
+        assert!(matches!(
+            Token::read(&write(dir.path(), "p", "secret\n", 0o400)),
+            Err(SecretError::Placeholder { .. })
+        ));
+        assert!(Token::read(&write(dir.path(), "ok", &format!("{good}\n"), 0o440)).is_ok());
+    }
+
+    #[test]
+    fn generated_tokens_are_64_hex_characters_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets/webhook.token");
+        generate_token_file(&path, 0o400).unwrap();
+        generate_token_file(&path, 0o400).unwrap();
+        let token = Token::read(&path).unwrap();
+        assert_eq!(token.expose().len(), 64);
+        assert!(token.expose().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o400
+        );
+        assert!(!format!("{token:?}").contains(token.expose()));
+    }
+
+    #[test]
+    fn any_live_token_verifies_and_nothing_else_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Token::read(&write(dir.path(), "a", &"a".repeat(32), 0o400)).unwrap();
+        let b = Token::read(&write(dir.path(), "b", &"b".repeat(32), 0o400)).unwrap();
+        let set = TokenSet::new(&[a, b]);
+        assert!(set.verify("a".repeat(32).as_bytes()));
+        assert!(set.verify("b".repeat(32).as_bytes()));
+        assert!(!set.verify("a".repeat(31).as_bytes()));
+        assert!(!set.verify(b""));
+    }
+}

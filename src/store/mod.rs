@@ -1,0 +1,151 @@
+//! The event log: a trait every backend implements, and the embedded SQLite backend.
+//!
+//! Architecture Invariant: nothing outside this module knows which backend is in use. The trait
+//! speaks of streams, expected versions and global positions only; SQLite specifics (savepoints,
+//! WAL, the writer thread) stay in [`sqlite`].
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use meshgate_domain::event::DecodeError;
+use meshgate_domain::{Event, ExpectedVersion, Recorded};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// An event about to be appended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// uuid v7, chosen by the appender.
+    pub id: Uuid,
+    pub event_type: &'static str,
+    pub schema_version: u32,
+    /// JSON object.
+    pub data: String,
+    pub correlation_id: Uuid,
+    /// The event that caused this one, if any.
+    pub causation_id: Option<Uuid>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl NewEvent {
+    pub fn from_domain(
+        event: &Event,
+        correlation_id: Uuid,
+        causation_id: Option<Uuid>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        NewEvent {
+            id: Uuid::now_v7(),
+            event_type: event.event_type(),
+            schema_version: Event::SCHEMA_VERSION,
+            data: event.encode(),
+            correlation_id,
+            causation_id,
+            recorded_at: now,
+        }
+    }
+}
+
+/// Events for one stream, appended only if the stream is as expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamAppend {
+    pub stream: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub position: u64,
+    pub stream: String,
+    pub version: u64,
+    pub id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub data: String,
+    pub correlation_id: Uuid,
+    pub causation_id: Option<Uuid>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl StoredEvent {
+    /// The domain event with where it stands in the log.
+    pub fn decode(&self) -> Result<Recorded, DecodeError> {
+        Ok(Recorded {
+            position: self.position,
+            stream: self.stream.clone(),
+            version: self.version,
+            event: Event::decode(&self.event_type, self.schema_version, &self.data)?,
+            correlation_id: self.correlation_id,
+            recorded_at: self.recorded_at,
+        })
+    }
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Global position of the last event appended.
+    pub last_position: u64,
+}
+
+/// A saved projection state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub name: String,
+    pub position: u64,
+    /// The projection's state as JSON.
+    pub state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("stream `{stream}` is at version {actual:?}, expected {expected:?}")]
+    Conflict {
+        stream: String,
+        expected: ExpectedVersion,
+        actual: Option<u64>,
+    },
+    #[error("event store failed: {0}")]
+    Failed(String),
+    #[error("event store is closed")]
+    Closed,
+}
+
+/// An append-only log of streams with global positions.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends to every stream atomically: all appends land in one commit, or none does.
+    /// Answers only once the commit is durable.
+    async fn append(&self, appends: Vec<StreamAppend>) -> Result<Appended, StoreError>;
+
+    /// Every event of one stream, in version order (empty: no stream).
+    async fn read_stream(&self, stream: &str) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Up to `limit` events after global position `after`, in position order.
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// The position of the last committed event; changes whenever a commit lands.
+    fn head(&self) -> watch::Receiver<u64>;
+
+    /// Succeeds if an append could be made now.
+    async fn check_writable(&self) -> Result<(), StoreError>;
+
+    async fn load_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError>;
+
+    /// Saves projection checkpoints atomically.
+    async fn save_checkpoints(&self, checkpoints: Vec<Checkpoint>) -> Result<(), StoreError>;
+}
+
+/// Maps a backend's error into [`StoreError::Failed`].
+pub(crate) trait StoreResultExt<T> {
+    fn store_err(self) -> Result<T, StoreError>;
+}
+
+impl<T, E: std::fmt::Display> StoreResultExt<T> for Result<T, E> {
+    fn store_err(self) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::Failed(e.to_string()))
+    }
+}
