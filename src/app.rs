@@ -32,27 +32,17 @@ impl App {
     /// Opens everything the gateway needs; fails with a clear message if anything is amiss.
     pub async fn start(config: &Config) -> anyhow::Result<App> {
         create_private_dir(&config.server.data_dir)?;
-        let webhook_tokens = config
-            .webhook_token_files()
-            .iter()
-            .map(|path| Token::read(path))
-            .collect::<Result<Vec<_>, _>>()?;
+        let webhook_tokens =
+            config.webhook_token_files().iter().map(|path| Token::read(path)).collect::<Result<Vec<_>, _>>()?;
         let admin_token = Token::read(&config.admin_token_file())?;
 
         let options = WriterOptions {
-            max_batch: if config.store.group_commit {
-                config.store.max_batch
-            } else {
-                1
-            },
+            max_batch: if config.store.group_commit { config.store.max_batch } else { 1 },
+            busy_timeout: std::time::Duration::from_millis(config.store.busy_timeout_ms),
         };
         let store: Arc<dyn EventStore> = Arc::new(
-            SqliteStore::open(&config.log_path(), options).with_context(|| {
-                format!(
-                    "cannot open the event log at {}",
-                    config.log_path().display()
-                )
-            })?,
+            SqliteStore::open(&config.log_path(), options)
+                .with_context(|| format!("cannot open the event log at {}", config.log_path().display()))?,
         );
         let (stop_projector, stopped) = oneshot::channel::<()>();
         let (projections, follow) = projector::start(Arc::clone(&store), async move {
@@ -63,11 +53,7 @@ impl App {
         let projector = tokio::spawn(follow);
 
         let state = Arc::new(AppState {
-            ingest: IngestService::new(
-                Arc::clone(&store),
-                config.triggers.clone(),
-                config.youtrack.bot_login.clone(),
-            ),
+            ingest: IngestService::new(Arc::clone(&store), config.triggers.clone(), config.youtrack.bot_login.clone()),
             store,
             projections,
             webhook_tokens: TokenSet::new(&webhook_tokens),
@@ -78,12 +64,7 @@ impl App {
             counters: Counters::default(),
         });
         let router = router(Arc::clone(&state), &config.webhook.path);
-        Ok(App {
-            state,
-            router,
-            projector,
-            stop_projector,
-        })
+        Ok(App { state, router, projector, stop_projector })
     }
 
     /// Serves on `listener` until `shutdown` resolves, then lets in-flight requests finish and
@@ -93,13 +74,8 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let service = self
-            .router
-            .clone()
-            .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let service = self.router.clone().into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, service).with_graceful_shutdown(shutdown).await?;
         self.stop().await;
         Ok(())
     }

@@ -62,6 +62,8 @@ pub struct StoreConfig {
     pub group_commit: bool,
     /// Most appends in one group commit.
     pub max_batch: usize,
+    /// How long an append waits for a lock held by another process before it fails (503).
+    pub busy_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,10 +76,7 @@ pub struct LaneConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            data_dir: PathBuf::from("meshgate-data"),
-        }
+        ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), data_dir: PathBuf::from("meshgate-data") }
     }
 }
 
@@ -94,10 +93,7 @@ impl Default for WebhookConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig {
-            group_commit: true,
-            max_batch: 512,
-        }
+        StoreConfig { group_commit: true, max_batch: 512, busy_timeout_ms: 5000 }
     }
 }
 
@@ -111,9 +107,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-const SECTIONS: [&str; 7] = [
-    "server", "webhook", "youtrack", "admin", "store", "lanes", "triggers",
-];
+const SECTIONS: [&str; 7] = ["server", "webhook", "youtrack", "admin", "store", "lanes", "triggers"];
 
 impl Config {
     /// Loads defaults, then `file` (if given), then the environment, and validates the result.
@@ -126,19 +120,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
-        let env = Env::prefixed("MESHGATE_").split("__").filter(|key| {
-            SECTIONS
-                .iter()
-                .any(|s| key.as_str().starts_with(&format!("{s}.")))
-        });
-        let mut config: Config = figment
-            .merge(env)
-            .extract()
-            .map_err(|e| ConfigError::Parse(e.to_string()))?;
-        let base = file
-            .and_then(Path::parent)
-            .map(Path::to_owned)
-            .unwrap_or_default();
+        let env = Env::prefixed("MESHGATE_")
+            .split("__")
+            .filter(|key| SECTIONS.iter().any(|s| key.as_str().starts_with(&format!("{s}."))));
+        let mut config: Config = figment.merge(env).extract().map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let base = file.and_then(Path::parent).map(Path::to_owned).unwrap_or_default();
         config.resolve_paths(&base);
         config.validate()?;
         Ok(config)
@@ -160,16 +146,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if !self.webhook.path.starts_with('/') || self.webhook.path.len() < 2 {
-            return invalid(format!(
-                "webhook.path `{}` must start with `/`",
-                self.webhook.path
-            ));
+            return invalid(format!("webhook.path `{}` must start with `/`", self.webhook.path));
         }
         if axum::http::HeaderName::from_bytes(self.webhook.header.as_bytes()).is_err() {
-            return invalid(format!(
-                "webhook.header `{}` is not a valid header name",
-                self.webhook.header
-            ));
+            return invalid(format!("webhook.header `{}` is not a valid header name", self.webhook.header));
         }
         if !(1024..=64 * 1024 * 1024).contains(&self.webhook.max_body_bytes) {
             return invalid("webhook.max_body_bytes must be between 1024 and 67108864".into());
@@ -180,10 +160,7 @@ impl Config {
         let mut lanes = HashSet::new();
         for lane in &self.lanes {
             if !is_simple_name(&lane.name) {
-                return invalid(format!(
-                    "lane name `{}` must be 1-64 of [A-Za-z0-9._-]",
-                    lane.name
-                ));
+                return invalid(format!("lane name `{}` must be 1-64 of [A-Za-z0-9._-]", lane.name));
             }
             if !lanes.insert(lane.name.as_str()) {
                 return invalid(format!("lane `{}` is defined twice", lane.name));
@@ -191,9 +168,7 @@ impl Config {
         }
         let mut names = HashSet::new();
         for trigger in &self.triggers {
-            trigger
-                .validate()
-                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            trigger.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
             if !names.insert(trigger.name.as_str()) {
                 return invalid(format!("trigger `{}` is defined twice", trigger.name));
             }
@@ -225,17 +200,11 @@ impl Config {
     }
 
     pub fn admin_token_file(&self) -> PathBuf {
-        self.admin
-            .token_file
-            .clone()
-            .unwrap_or_else(|| self.secrets_dir().join("admin.token"))
+        self.admin.token_file.clone().unwrap_or_else(|| self.secrets_dir().join("admin.token"))
     }
 
     pub fn lane_priorities(&self) -> std::collections::HashMap<String, i64> {
-        self.lanes
-            .iter()
-            .map(|l| (l.name.clone(), l.priority))
-            .collect()
+        self.lanes.iter().map(|l| (l.name.clone(), l.priority)).collect()
     }
 }
 
@@ -295,10 +264,7 @@ mod tests {
         std::fs::write(&file, SAMPLE).unwrap();
         let config = Config::load(Some(&file)).unwrap();
         assert_eq!(config.triggers.len(), 1);
-        assert_eq!(
-            config.webhook.token_files,
-            [dir.path().join("secrets/webhook.token")]
-        );
+        assert_eq!(config.webhook.token_files, [dir.path().join("secrets/webhook.token")]);
         assert_eq!(config.server.data_dir, dir.path().join("meshgate-data"));
         assert_eq!(config.youtrack.bot_login.as_deref(), Some("meshgate-bot"));
     }
@@ -308,23 +274,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "[webhook]\npath = \"nope\"\n").unwrap();
-        assert!(Config::load(Some(&file))
-            .unwrap_err()
-            .to_string()
-            .contains("webhook.path"));
+        assert!(Config::load(Some(&file)).unwrap_err().to_string().contains("webhook.path"));
         std::fs::write(&file, "[webhook]\nunknown = 1\n").unwrap();
-        assert!(Config::load(Some(&file))
-            .unwrap_err()
-            .to_string()
-            .contains("unknown"));
+        assert!(Config::load(Some(&file)).unwrap_err().to_string().contains("unknown"));
         std::fs::write(&file, "[[triggers]]\nname = \"a\"\nfield = \"State\"\nto = [\"B\"]\nscript = \"s\"\nlane = \"x\"\ngit_ref = \"main\"\n[[lanes]]\nname = \"default\"\n").unwrap();
-        assert!(Config::load(Some(&file))
-            .unwrap_err()
-            .to_string()
-            .contains("lane `x`"));
-        assert!(matches!(
-            Config::load(Some(&dir.path().join("absent.toml"))),
-            Err(ConfigError::Missing(_))
-        ));
+        assert!(Config::load(Some(&file)).unwrap_err().to_string().contains("lane `x`"));
+        assert!(matches!(Config::load(Some(&dir.path().join("absent.toml"))), Err(ConfigError::Missing(_))));
     }
 }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use meshgate_domain::build::replay;
 use meshgate_domain::ingest::{
-    decide_delivery, matched_intents, CurrentBuild, DeliveryInput, DeliveryStream, IngestPolicy,
-    IntentView, LogView, Outcome,
+    decide_delivery, matched_intents, CurrentBuild, DeliveryInput, DeliveryStream, IngestPolicy, IntentView, LogView,
+    Outcome,
 };
 use meshgate_domain::stream::{build_stream, delivery_stream, intent_stream};
 use meshgate_domain::{Delivery, Event, Fingerprint, Trigger};
@@ -47,23 +47,12 @@ pub struct IngestService {
 }
 
 impl IngestService {
-    pub fn new(
-        store: Arc<dyn EventStore>,
-        triggers: Vec<Trigger>,
-        bot_login: Option<String>,
-    ) -> Self {
-        IngestService {
-            store,
-            triggers,
-            bot_login,
-        }
+    pub fn new(store: Arc<dyn EventStore>, triggers: Vec<Trigger>, bot_login: Option<String>) -> Self {
+        IngestService { store, triggers, bot_login }
     }
 
     fn policy(&self) -> IngestPolicy<'_> {
-        IngestPolicy {
-            triggers: &self.triggers,
-            bot_login: self.bot_login.as_deref(),
-        }
+        IngestPolicy { triggers: &self.triggers, bot_login: self.bot_login.as_deref() }
     }
 
     /// Records a parsed delivery and everything it causes; answers once it is durable.
@@ -77,13 +66,7 @@ impl IngestService {
         delivery: &Delivery,
     ) -> Result<Accepted, IngestError> {
         let fingerprint = Fingerprint::of(value);
-        let input = DeliveryInput {
-            correlation_id,
-            received_at,
-            fingerprint: &fingerprint,
-            body,
-            delivery,
-        };
+        let input = DeliveryInput { correlation_id, received_at, fingerprint: &fingerprint, body, delivery };
         let mut view = LogView::assume_new();
         for attempt in 0..MAX_ATTEMPTS {
             let plan = decide_delivery(&view, &input, &self.policy(), &mut Uuid::now_v7);
@@ -91,10 +74,7 @@ impl IngestService {
             match self.store.append(appends).await {
                 Ok(appended) => {
                     tracing::debug!(outcome = plan.outcome.name(), attempt, "delivery recorded");
-                    return Ok(Accepted {
-                        outcome: plan.outcome,
-                        last_position: appended.last_position,
-                    });
+                    return Ok(Accepted { outcome: plan.outcome, last_position: appended.last_position });
                 }
                 Err(StoreError::Conflict { stream, .. }) => {
                     tracing::debug!(%stream, attempt, "version conflict; deciding again");
@@ -107,21 +87,9 @@ impl IngestService {
     }
 
     /// Reads what the log holds about the streams a delivery touches.
-    async fn load_view(
-        &self,
-        fingerprint: &Fingerprint,
-        delivery: &Delivery,
-    ) -> Result<LogView, IngestError> {
-        let seen = decode_all(
-            &self
-                .store
-                .read_stream(&delivery_stream(fingerprint))
-                .await?,
-        )?;
-        let mut view = LogView {
-            delivery: DeliveryStream::from_events(&seen),
-            ..LogView::default()
-        };
+    async fn load_view(&self, fingerprint: &Fingerprint, delivery: &Delivery) -> Result<LogView, IngestError> {
+        let seen = decode_all(&self.store.read_stream(&delivery_stream(fingerprint)).await?)?;
+        let mut view = LogView { delivery: DeliveryStream::from_events(&seen), ..LogView::default() };
         if view.delivery != DeliveryStream::New {
             return Ok(view);
         }
@@ -140,13 +108,7 @@ impl IngestService {
                 }
                 None => None,
             };
-            view.intents.insert(
-                intent,
-                IntentView {
-                    version: stored.last().map(|e| e.version),
-                    current,
-                },
-            );
+            view.intents.insert(intent, IntentView { version: stored.last().map(|e| e.version), current });
         }
         Ok(view)
     }

@@ -25,10 +25,7 @@ pub struct Projections {
 impl Projections {
     /// Reads the projections.
     pub fn read<T>(&self, f: impl FnOnce(&ProjectionSet) -> T) -> T {
-        let guard = self
-            .set
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let guard = self.set.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&guard)
     }
 
@@ -39,9 +36,7 @@ impl Projections {
     /// Waits until the projections have applied everything up to `position`.
     pub async fn caught_up_to(&self, position: u64, within: Duration) -> bool {
         let mut rx = self.position.clone();
-        tokio::time::timeout(within, rx.wait_for(|p| *p >= position))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(within, rx.wait_for(|p| *p >= position)).await.is_ok_and(|r| r.is_ok())
     }
 }
 
@@ -49,9 +44,9 @@ impl Projections {
 pub fn apply_batch(set: &mut ProjectionSet, batch: &[StoredEvent]) -> Result<(), StoreError> {
     for stored in batch {
         if ProjectionSet::wants(&stored.event_type) {
-            let recorded = stored.decode().map_err(|e| {
-                StoreError::Failed(format!("event at position {}: {e}", stored.position))
-            })?;
+            let recorded = stored
+                .decode()
+                .map_err(|e| StoreError::Failed(format!("event at position {}: {e}", stored.position)))?;
             set.apply(&recorded);
         } else {
             set.skip_to(stored.position);
@@ -102,10 +97,7 @@ pub async fn start(
     let set = from_checkpoints(&store.load_checkpoints().await?);
     let (position_tx, position_rx) = watch::channel(set.position());
     let set = Arc::new(RwLock::new(set));
-    let projections = Projections {
-        set: Arc::clone(&set),
-        position: position_rx,
-    };
+    let projections = Projections { set: Arc::clone(&set), position: position_rx };
     Ok((projections, follow(store, set, position_tx, shutdown)))
 }
 
@@ -131,9 +123,7 @@ async fn follow(
             }
         }
         let reached = *position.borrow();
-        if reached - saved_at.0 >= SAVE_EVERY_EVENTS
-            || (reached > saved_at.0 && saved_at.1.elapsed() >= SAVE_EVERY)
-        {
+        if reached - saved_at.0 >= SAVE_EVERY_EVENTS || (reached > saved_at.0 && saved_at.1.elapsed() >= SAVE_EVERY) {
             save(&*store, &set).await;
             saved_at = (reached, Instant::now());
         }

@@ -18,15 +18,9 @@ pub const MIN_TOKEN_LEN: usize = 32;
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("cannot read token file {path}: {source}")]
-    Unreadable {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Unreadable { path: PathBuf, source: std::io::Error },
     #[error("token file {path} is {problem}; run `chmod 0400 {path}`")]
-    LoosePermissions {
-        path: PathBuf,
-        problem: &'static str,
-    },
+    LoosePermissions { path: PathBuf, problem: &'static str },
     #[error("token file {path} holds a token of {len} characters; at least {MIN_TOKEN_LEN} are required (`meshgate token generate` makes one)")]
     TooShort { path: PathBuf, len: usize },
     #[error("token file {path} holds the placeholder `secret`; put a real token there (`meshgate token generate`)")]
@@ -34,10 +28,7 @@ pub enum SecretError {
     #[error("token file {path} is not valid utf-8")]
     NotText { path: PathBuf },
     #[error("cannot write token file {path}: {source}")]
-    Unwritable {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Unwritable { path: PathBuf, source: std::io::Error },
 }
 
 /// A token read from a file.
@@ -48,53 +39,31 @@ pub struct Token {
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Token")
-            .field("path", &self.path)
-            .field("value", &"[redacted]")
-            .finish()
+        f.debug_struct("Token").field("path", &self.path).field("value", &"[redacted]").finish()
     }
 }
 
 impl Token {
     /// Reads a token file, refusing loose permissions, short tokens and the `secret` placeholder.
     pub fn read(path: &Path) -> Result<Token, SecretError> {
-        let unreadable = |source| SecretError::Unreadable {
-            path: path.to_owned(),
-            source,
-        };
+        let unreadable = |source| SecretError::Unreadable { path: path.to_owned(), source };
         let mode = fs::metadata(path).map_err(unreadable)?.permissions().mode();
         if mode & 0o022 != 0 {
-            return Err(SecretError::LoosePermissions {
-                path: path.to_owned(),
-                problem: "group- or world-writable",
-            });
+            return Err(SecretError::LoosePermissions { path: path.to_owned(), problem: "group- or world-writable" });
         }
         if mode & 0o004 != 0 {
-            return Err(SecretError::LoosePermissions {
-                path: path.to_owned(),
-                problem: "world-readable",
-            });
+            return Err(SecretError::LoosePermissions { path: path.to_owned(), problem: "world-readable" });
         }
         let bytes = fs::read(path).map_err(unreadable)?;
-        let text = String::from_utf8(bytes).map_err(|_| SecretError::NotText {
-            path: path.to_owned(),
-        })?;
+        let text = String::from_utf8(bytes).map_err(|_| SecretError::NotText { path: path.to_owned() })?;
         let value = text.trim();
         if value == "secret" {
-            return Err(SecretError::Placeholder {
-                path: path.to_owned(),
-            });
+            return Err(SecretError::Placeholder { path: path.to_owned() });
         }
         if value.chars().count() < MIN_TOKEN_LEN {
-            return Err(SecretError::TooShort {
-                path: path.to_owned(),
-                len: value.chars().count(),
-            });
+            return Err(SecretError::TooShort { path: path.to_owned(), len: value.chars().count() });
         }
-        Ok(Token {
-            value: SecretString::from(value.to_owned()),
-            path: path.to_owned(),
-        })
+        Ok(Token { value: SecretString::from(value.to_owned()), path: path.to_owned() })
     }
 
     /// For sending the token (tests, the worker agent); never for logging.
@@ -105,10 +74,7 @@ impl Token {
 
 /// Writes a fresh 64-hex-character token to `path` with `mode`, replacing any file there.
 pub fn generate_token_file(path: &Path, mode: u32) -> Result<(), SecretError> {
-    let unwritable = |source| SecretError::Unwritable {
-        path: path.to_owned(),
-        source,
-    };
+    let unwritable = |source| SecretError::Unwritable { path: path.to_owned(), source };
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| unwritable(std::io::Error::other(e.to_string())))?;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -119,14 +85,8 @@ pub fn generate_token_file(path: &Path, mode: u32) -> Result<(), SecretError> {
     // (0400) file can be replaced.
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(unwritable)?;
-    file.write_all(format!("{hex}\n").as_bytes())
-        .map_err(unwritable)?;
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(unwritable)?;
+    file.write_all(format!("{hex}\n").as_bytes()).map_err(unwritable)?;
     file.sync_all().map_err(unwritable)?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(unwritable)?;
     fs::rename(&tmp, path).map_err(unwritable)?;
@@ -140,12 +100,7 @@ pub struct TokenSet {
 
 impl TokenSet {
     pub fn new(tokens: &[Token]) -> Self {
-        TokenSet {
-            digests: tokens
-                .iter()
-                .map(|t| digest(t.expose().as_bytes()))
-                .collect(),
-        }
+        TokenSet { digests: tokens.iter().map(|t| digest(t.expose().as_bytes())).collect() }
     }
 
     /// Constant-time: digests are compared (so length is not leaked) and every token is checked.
@@ -186,10 +141,7 @@ mod tests {
             Token::read(&write(dir.path(), "r", &good, 0o604)),
             Err(SecretError::LoosePermissions { .. })
         ));
-        assert!(matches!(
-            Token::read(&write(dir.path(), "s", "short", 0o400)),
-            Err(SecretError::TooShort { .. })
-        ));
+        assert!(matches!(Token::read(&write(dir.path(), "s", "short", 0o400)), Err(SecretError::TooShort { .. })));
         assert!(matches!(
             Token::read(&write(dir.path(), "p", "secret\n", 0o400)),
             Err(SecretError::Placeholder { .. })
@@ -206,10 +158,7 @@ mod tests {
         let token = Token::read(&path).unwrap();
         assert_eq!(token.expose().len(), 64);
         assert!(token.expose().bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_eq!(
-            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o400
-        );
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o400);
         assert!(!format!("{token:?}").contains(token.expose()));
     }
 

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::event::{
-    BuildCancelled, BuildClaimed, BuildFailed, BuildRequestFolded, BuildRequested, BuildRequeued,
-    BuildSucceeded, Event, FoldReason,
+    BuildCancelled, BuildClaimed, BuildFailed, BuildRequestFolded, BuildRequested, BuildRequeued, BuildSucceeded,
+    Event, FoldReason,
 };
 
 /// Where a build stands in its life.
@@ -47,10 +47,7 @@ impl BuildState {
     }
 
     pub fn is_finished(&self) -> bool {
-        matches!(
-            self,
-            BuildState::Succeeded { .. } | BuildState::Failed { .. } | BuildState::Cancelled { .. }
-        )
+        matches!(self, BuildState::Succeeded { .. } | BuildState::Failed { .. } | BuildState::Cancelled { .. })
     }
 
     /// The state's name as used in the API and logs.
@@ -70,27 +67,12 @@ impl BuildState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BuildCommand {
     Request(Box<BuildRequested>),
-    Fold {
-        correlation_id: Uuid,
-        reason: FoldReason,
-    },
-    Claim {
-        node_id: String,
-        lease_expires_at: DateTime<Utc>,
-    },
-    Requeue {
-        reason: String,
-    },
-    Succeed {
-        attempt: u32,
-    },
-    Fail {
-        attempt: u32,
-        reason: String,
-    },
-    Cancel {
-        reason: String,
-    },
+    Fold { correlation_id: Uuid, reason: FoldReason },
+    Claim { node_id: String, lease_expires_at: DateTime<Utc> },
+    Requeue { reason: String },
+    Succeed { attempt: u32 },
+    Fail { attempt: u32, reason: String },
+    Cancel { reason: String },
 }
 
 impl BuildCommand {
@@ -110,10 +92,7 @@ impl BuildCommand {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BuildError {
     #[error("cannot {action} a build that is {state}")]
-    IllegalTransition {
-        action: &'static str,
-        state: &'static str,
-    },
+    IllegalTransition { action: &'static str, state: &'static str },
     #[error("attempt {reported} is stale: the current attempt is {current}")]
     StaleAttempt { reported: u32, current: u32 },
 }
@@ -125,22 +104,11 @@ pub fn decide(
     command: &BuildCommand,
     now: DateTime<Utc>,
 ) -> Result<Vec<Event>, BuildError> {
-    let illegal = || BuildError::IllegalTransition {
-        action: command.action(),
-        state: state.name(),
-    };
+    let illegal = || BuildError::IllegalTransition { action: command.action(), state: state.name() };
     let event = match (state, command) {
-        (BuildState::New, BuildCommand::Request(requested)) => {
-            Event::BuildRequested((**requested).clone())
-        }
+        (BuildState::New, BuildCommand::Request(requested)) => Event::BuildRequested((**requested).clone()),
         (BuildState::New, _) | (_, BuildCommand::Request(_)) => return Err(illegal()),
-        (
-            _,
-            BuildCommand::Fold {
-                correlation_id,
-                reason,
-            },
-        ) => {
+        (_, BuildCommand::Fold { correlation_id, reason }) => {
             if *reason == FoldReason::Coalesced && !state.is_active() {
                 return Err(illegal());
             }
@@ -151,58 +119,28 @@ pub fn decide(
                 folded_at: now,
             })
         }
-        (
-            BuildState::Queued { attempt },
-            BuildCommand::Claim {
-                node_id,
-                lease_expires_at,
-            },
-        ) => Event::BuildClaimed(BuildClaimed {
-            build_id,
-            node_id: node_id.clone(),
-            attempt: *attempt,
-            lease_expires_at: *lease_expires_at,
-        }),
+        (BuildState::Queued { attempt }, BuildCommand::Claim { node_id, lease_expires_at }) => {
+            Event::BuildClaimed(BuildClaimed {
+                build_id,
+                node_id: node_id.clone(),
+                attempt: *attempt,
+                lease_expires_at: *lease_expires_at,
+            })
+        }
         (BuildState::Running { attempt, .. }, BuildCommand::Requeue { reason }) => {
-            Event::BuildRequeued(BuildRequeued {
-                build_id,
-                next_attempt: attempt + 1,
-                reason: reason.clone(),
-            })
+            Event::BuildRequeued(BuildRequeued { build_id, next_attempt: attempt + 1, reason: reason.clone() })
         }
-        (
-            BuildState::Running {
-                attempt: current, ..
-            },
-            BuildCommand::Succeed { attempt },
-        ) => {
+        (BuildState::Running { attempt: current, .. }, BuildCommand::Succeed { attempt }) => {
             check_attempt(*current, *attempt)?;
-            Event::BuildSucceeded(BuildSucceeded {
-                build_id,
-                attempt: *attempt,
-            })
+            Event::BuildSucceeded(BuildSucceeded { build_id, attempt: *attempt })
         }
-        (
-            BuildState::Running {
-                attempt: current, ..
-            },
-            BuildCommand::Fail { attempt, reason },
-        ) => {
+        (BuildState::Running { attempt: current, .. }, BuildCommand::Fail { attempt, reason }) => {
             check_attempt(*current, *attempt)?;
-            Event::BuildFailed(BuildFailed {
-                build_id,
-                attempt: *attempt,
-                reason: reason.clone(),
-            })
+            Event::BuildFailed(BuildFailed { build_id, attempt: *attempt, reason: reason.clone() })
         }
-        (
-            BuildState::Queued { .. } | BuildState::Running { .. },
-            BuildCommand::Cancel { reason },
-        ) => Event::BuildCancelled(BuildCancelled {
-            build_id,
-            reason: reason.clone(),
-            cancelled_at: now,
-        }),
+        (BuildState::Queued { .. } | BuildState::Running { .. }, BuildCommand::Cancel { reason }) => {
+            Event::BuildCancelled(BuildCancelled { build_id, reason: reason.clone(), cancelled_at: now })
+        }
         _ => return Err(illegal()),
     };
     Ok(vec![event])
@@ -221,25 +159,16 @@ fn check_attempt(current: u32, reported: u32) -> Result<(), BuildError> {
 pub fn evolve(state: BuildState, event: &Event) -> BuildState {
     match (state, event) {
         (BuildState::New, Event::BuildRequested(_)) => BuildState::Queued { attempt: 1 },
-        (BuildState::Queued { .. }, Event::BuildClaimed(e)) => BuildState::Running {
-            attempt: e.attempt,
-            node_id: e.node_id.clone(),
-            lease_expires_at: e.lease_expires_at,
-        },
-        (BuildState::Running { .. }, Event::BuildRequeued(e)) => BuildState::Queued {
-            attempt: e.next_attempt,
-        },
-        (BuildState::Running { .. }, Event::BuildSucceeded(e)) => {
-            BuildState::Succeeded { attempt: e.attempt }
+        (BuildState::Queued { .. }, Event::BuildClaimed(e)) => {
+            BuildState::Running { attempt: e.attempt, node_id: e.node_id.clone(), lease_expires_at: e.lease_expires_at }
         }
-        (BuildState::Running { .. }, Event::BuildFailed(e)) => BuildState::Failed {
-            attempt: e.attempt,
-            reason: e.reason.clone(),
-        },
+        (BuildState::Running { .. }, Event::BuildRequeued(e)) => BuildState::Queued { attempt: e.next_attempt },
+        (BuildState::Running { .. }, Event::BuildSucceeded(e)) => BuildState::Succeeded { attempt: e.attempt },
+        (BuildState::Running { .. }, Event::BuildFailed(e)) => {
+            BuildState::Failed { attempt: e.attempt, reason: e.reason.clone() }
+        }
         (BuildState::Queued { .. } | BuildState::Running { .. }, Event::BuildCancelled(e)) => {
-            BuildState::Cancelled {
-                reason: e.reason.clone(),
-            }
+            BuildState::Cancelled { reason: e.reason.clone() }
         }
         (state, _) => state,
     }
@@ -307,123 +236,65 @@ mod tests {
     }
 
     fn claimed(attempt: u32) -> Event {
-        Event::BuildClaimed(BuildClaimed {
-            build_id: id(),
-            node_id: "mac-1".into(),
-            attempt,
-            lease_expires_at: t(120),
-        })
+        Event::BuildClaimed(BuildClaimed { build_id: id(), node_id: "mac-1".into(), attempt, lease_expires_at: t(120) })
     }
 
     #[test]
     fn a_new_build_is_requested_and_queued() {
-        given(vec![])
-            .when(BuildCommand::Request(Box::new(requested())))
-            .then(vec![Event::BuildRequested(requested())]);
-        assert_eq!(
-            replay(&[Event::BuildRequested(requested())]),
-            BuildState::Queued { attempt: 1 }
-        );
+        given(vec![]).when(BuildCommand::Request(Box::new(requested()))).then(vec![Event::BuildRequested(requested())]);
+        assert_eq!(replay(&[Event::BuildRequested(requested())]), BuildState::Queued { attempt: 1 });
     }
 
     #[test]
     fn a_build_cannot_be_requested_twice() {
         given(vec![Event::BuildRequested(requested())])
             .when(BuildCommand::Request(Box::new(requested())))
-            .then_err(BuildError::IllegalTransition {
-                action: "request",
-                state: "queued",
-            });
+            .then_err(BuildError::IllegalTransition { action: "request", state: "queued" });
     }
 
     #[test]
     fn a_queued_build_is_claimed_with_its_attempt() {
         given(vec![Event::BuildRequested(requested())])
-            .when(BuildCommand::Claim {
-                node_id: "mac-1".into(),
-                lease_expires_at: t(120),
-            })
+            .when(BuildCommand::Claim { node_id: "mac-1".into(), lease_expires_at: t(120) })
             .then(vec![claimed(1)]);
     }
 
     #[test]
     fn a_requeued_build_is_claimed_with_the_next_attempt() {
-        let requeued = Event::BuildRequeued(BuildRequeued {
-            build_id: id(),
-            next_attempt: 2,
-            reason: "node_lost".into(),
-        });
-        given(vec![
-            Event::BuildRequested(requested()),
-            claimed(1),
-            requeued,
-        ])
-        .when(BuildCommand::Claim {
-            node_id: "mac-1".into(),
-            lease_expires_at: t(120),
-        })
-        .then(vec![claimed(2)]);
+        let requeued =
+            Event::BuildRequeued(BuildRequeued { build_id: id(), next_attempt: 2, reason: "node_lost".into() });
+        given(vec![Event::BuildRequested(requested()), claimed(1), requeued])
+            .when(BuildCommand::Claim { node_id: "mac-1".into(), lease_expires_at: t(120) })
+            .then(vec![claimed(2)]);
     }
 
     #[test]
     fn a_result_for_a_stale_attempt_is_refused() {
-        let requeued = Event::BuildRequeued(BuildRequeued {
-            build_id: id(),
-            next_attempt: 2,
-            reason: "node_lost".into(),
-        });
-        given(vec![
-            Event::BuildRequested(requested()),
-            claimed(1),
-            requeued,
-            claimed(2),
-        ])
-        .when(BuildCommand::Succeed { attempt: 1 })
-        .then_err(BuildError::StaleAttempt {
-            reported: 1,
-            current: 2,
-        });
+        let requeued =
+            Event::BuildRequeued(BuildRequeued { build_id: id(), next_attempt: 2, reason: "node_lost".into() });
+        given(vec![Event::BuildRequested(requested()), claimed(1), requeued, claimed(2)])
+            .when(BuildCommand::Succeed { attempt: 1 })
+            .then_err(BuildError::StaleAttempt { reported: 1, current: 2 });
     }
 
     #[test]
     fn only_one_result_is_ever_accepted() {
-        let done = Event::BuildSucceeded(BuildSucceeded {
-            build_id: id(),
-            attempt: 1,
-        });
+        let done = Event::BuildSucceeded(BuildSucceeded { build_id: id(), attempt: 1 });
         given(vec![Event::BuildRequested(requested()), claimed(1), done])
-            .when(BuildCommand::Fail {
-                attempt: 1,
-                reason: "exit 1".into(),
-            })
-            .then_err(BuildError::IllegalTransition {
-                action: "fail",
-                state: "succeeded",
-            });
+            .when(BuildCommand::Fail { attempt: 1, reason: "exit 1".into() })
+            .then_err(BuildError::IllegalTransition { action: "fail", state: "succeeded" });
     }
 
     #[test]
     fn coalescing_needs_an_active_build_but_duplicates_fold_forever() {
-        let cancelled = Event::BuildCancelled(BuildCancelled {
-            build_id: id(),
-            reason: "x".into(),
-            cancelled_at: t(1),
-        });
+        let cancelled =
+            Event::BuildCancelled(BuildCancelled { build_id: id(), reason: "x".into(), cancelled_at: t(1) });
         let history = vec![Event::BuildRequested(requested()), cancelled];
         given(history.clone())
-            .when(BuildCommand::Fold {
-                correlation_id: Uuid::from_u128(2),
-                reason: FoldReason::Coalesced,
-            })
-            .then_err(BuildError::IllegalTransition {
-                action: "fold into",
-                state: "cancelled",
-            });
+            .when(BuildCommand::Fold { correlation_id: Uuid::from_u128(2), reason: FoldReason::Coalesced })
+            .then_err(BuildError::IllegalTransition { action: "fold into", state: "cancelled" });
         given(history)
-            .when(BuildCommand::Fold {
-                correlation_id: Uuid::from_u128(2),
-                reason: FoldReason::DuplicateDelivery,
-            })
+            .when(BuildCommand::Fold { correlation_id: Uuid::from_u128(2), reason: FoldReason::DuplicateDelivery })
             .then(vec![Event::BuildRequestFolded(BuildRequestFolded {
                 build_id: id(),
                 correlation_id: Uuid::from_u128(2),
@@ -434,19 +305,10 @@ mod tests {
 
     #[test]
     fn a_finished_build_cannot_be_cancelled() {
-        let failed = Event::BuildFailed(BuildFailed {
-            build_id: id(),
-            attempt: 1,
-            reason: "x".into(),
-        });
+        let failed = Event::BuildFailed(BuildFailed { build_id: id(), attempt: 1, reason: "x".into() });
         given(vec![Event::BuildRequested(requested()), claimed(1), failed])
-            .when(BuildCommand::Cancel {
-                reason: "superseded".into(),
-            })
-            .then_err(BuildError::IllegalTransition {
-                action: "cancel",
-                state: "failed",
-            });
+            .when(BuildCommand::Cancel { reason: "superseded".into() })
+            .then_err(BuildError::IllegalTransition { action: "cancel", state: "failed" });
     }
 
     #[test]

@@ -252,25 +252,15 @@ mod tests {
             reason: "superseded".into(),
             cancelled_at: DateTime::from_timestamp(1_787_562_927, 0).unwrap(),
         });
-        let back =
-            Event::decode(event.event_type(), Event::SCHEMA_VERSION, &event.encode()).unwrap();
+        let back = Event::decode(event.event_type(), Event::SCHEMA_VERSION, &event.encode()).unwrap();
         assert_eq!(back, event);
     }
 
     #[test]
     fn unknown_types_and_versions_are_named_errors() {
-        assert_eq!(
-            Event::decode("Nope", 1, "{}"),
-            Err(DecodeError::UnknownType("Nope".into()))
-        );
-        assert!(matches!(
-            Event::decode("BuildCancelled", 9, "{}"),
-            Err(DecodeError::UnknownVersion { .. })
-        ));
-        assert!(matches!(
-            Event::decode("BuildCancelled", 1, "{}"),
-            Err(DecodeError::Data { .. })
-        ));
+        assert_eq!(Event::decode("Nope", 1, "{}"), Err(DecodeError::UnknownType("Nope".into())));
+        assert!(matches!(Event::decode("BuildCancelled", 9, "{}"), Err(DecodeError::UnknownVersion { .. })));
+        assert!(matches!(Event::decode("BuildCancelled", 1, "{}"), Err(DecodeError::Data { .. })));
     }
 
     #[test]

@@ -44,9 +44,7 @@ impl Fingerprint {
 
     /// Accepts a stored fingerprint back (64 lower-case hex characters).
     pub fn parse(s: &str) -> Option<Self> {
-        let ok = s.len() == 64
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let ok = s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         ok.then(|| Fingerprint(s.to_owned()))
     }
 
@@ -108,10 +106,8 @@ mod tests {
 
     #[test]
     fn deliveries_differing_only_in_timestamp_share_a_fingerprint() {
-        let a =
-            json!({"event": "issueUpdated", "timestamp": "2026-08-24T09:15:27.481Z", "id": "GW-1"});
-        let b =
-            json!({"id": "GW-1", "event": "issueUpdated", "timestamp": "2026-08-24T09:15:29.002Z"});
+        let a = json!({"event": "issueUpdated", "timestamp": "2026-08-24T09:15:27.481Z", "id": "GW-1"});
+        let b = json!({"id": "GW-1", "event": "issueUpdated", "timestamp": "2026-08-24T09:15:29.002Z"});
         assert_eq!(Fingerprint::of(&a), Fingerprint::of(&b));
     }
 

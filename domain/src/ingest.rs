@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use crate::build::BuildState;
 use crate::event::{
-    BuildRequestFolded, BuildRequested, Event, FoldReason, IgnoreReason, IntentActivated,
-    WebhookIgnored, WebhookReceived, WebhookRouted,
+    BuildRequestFolded, BuildRequested, Event, FoldReason, IgnoreReason, IntentActivated, WebhookIgnored,
+    WebhookReceived, WebhookRouted,
 };
 use crate::fingerprint::Fingerprint;
 use crate::payload::{Delivery, EventKind};
@@ -62,16 +62,10 @@ impl DeliveryStream {
         for event in events {
             match (&view, event) {
                 (DeliveryStream::New, Event::WebhookReceived(_) | Event::WebhookIgnored(_)) => {
-                    view = DeliveryStream::Seen {
-                        build_ids: Vec::new(),
-                    }
+                    view = DeliveryStream::Seen { build_ids: Vec::new() }
                 }
-                (DeliveryStream::Seen { build_ids }, Event::WebhookRouted(routed))
-                    if build_ids.is_empty() =>
-                {
-                    view = DeliveryStream::Seen {
-                        build_ids: routed.build_ids.clone(),
-                    }
+                (DeliveryStream::Seen { build_ids }, Event::WebhookRouted(routed)) if build_ids.is_empty() => {
+                    view = DeliveryStream::Seen { build_ids: routed.build_ids.clone() }
                 }
                 _ => {}
             }
@@ -175,33 +169,19 @@ pub struct Plan {
 
 /// The triggers a delivery fires and the intents they stand for (none for bot-authored or
 /// unknown deliveries).
-pub fn matched_intents<'a>(
-    policy: &IngestPolicy<'a>,
-    delivery: &Delivery,
-) -> Vec<(&'a Trigger, IntentKey)> {
+pub fn matched_intents<'a>(policy: &IngestPolicy<'a>, delivery: &Delivery) -> Vec<(&'a Trigger, IntentKey)> {
     if ignore_reason_before_matching(policy, delivery).is_some() {
         return Vec::new();
     }
-    policy
-        .triggers
-        .iter()
-        .filter(|t| t.matches(delivery))
-        .map(|t| (t, t.intent_for(&delivery.issue_id)))
-        .collect()
+    policy.triggers.iter().filter(|t| t.matches(delivery)).map(|t| (t, t.intent_for(&delivery.issue_id))).collect()
 }
 
-fn ignore_reason_before_matching(
-    policy: &IngestPolicy<'_>,
-    delivery: &Delivery,
-) -> Option<IgnoreReason> {
+fn ignore_reason_before_matching(policy: &IngestPolicy<'_>, delivery: &Delivery) -> Option<IgnoreReason> {
     if matches!(delivery.event, EventKind::Unknown(_)) {
         return Some(IgnoreReason::UnknownEvent);
     }
     if let Some(bot) = policy.bot_login {
-        if delivery
-            .author_logins()
-            .any(|login| login.eq_ignore_ascii_case(bot))
-        {
+        if delivery.author_logins().any(|login| login.eq_ignore_ascii_case(bot)) {
             return Some(IgnoreReason::BotAuthored);
         }
     }
@@ -236,21 +216,11 @@ pub fn decide_delivery(
 
     // A fingerprint seen before: fold into whatever the first delivery produced.
     if let DeliveryStream::Seen { build_ids } = &view.delivery {
-        let mut appends = vec![PlannedAppend {
-            stream: delivery_stream,
-            expected: ExpectedVersion::Any,
-            events: vec![received],
-        }];
+        let mut appends =
+            vec![PlannedAppend { stream: delivery_stream, expected: ExpectedVersion::Any, events: vec![received] }];
         if build_ids.is_empty() {
-            appends[0]
-                .events
-                .push(ignored(IgnoreReason::DuplicateDelivery));
-            return Plan {
-                outcome: Outcome::Ignored {
-                    reason: IgnoreReason::DuplicateDelivery,
-                },
-                appends,
-            };
+            appends[0].events.push(ignored(IgnoreReason::DuplicateDelivery));
+            return Plan { outcome: Outcome::Ignored { reason: IgnoreReason::DuplicateDelivery }, appends };
         }
         for &build_id in build_ids {
             appends.push(PlannedAppend {
@@ -259,28 +229,17 @@ pub fn decide_delivery(
                 events: vec![fold(build_id, input, FoldReason::DuplicateDelivery)],
             });
         }
-        return Plan {
-            outcome: Outcome::Folded {
-                build_ids: build_ids.clone(),
-            },
-            appends,
-        };
+        return Plan { outcome: Outcome::Folded { build_ids: build_ids.clone() }, appends };
     }
 
-    let mut first = PlannedAppend {
-        stream: delivery_stream,
-        expected: ExpectedVersion::NoStream,
-        events: vec![received],
-    };
+    let mut first =
+        PlannedAppend { stream: delivery_stream, expected: ExpectedVersion::NoStream, events: vec![received] };
     let matched = matched_intents(policy, d);
     let reason = ignore_reason_before_matching(policy, d)
         .or_else(|| matched.is_empty().then_some(IgnoreReason::NoTriggerMatched));
     if let Some(reason) = reason {
         first.events.push(ignored(reason));
-        return Plan {
-            outcome: Outcome::Ignored { reason },
-            appends: vec![first],
-        };
+        return Plan { outcome: Outcome::Ignored { reason }, appends: vec![first] };
     }
 
     let mut appends = Vec::new();
@@ -337,11 +296,7 @@ pub fn decide_delivery(
         build_ids: build_ids.clone(),
     }));
     appends.insert(0, first);
-    let outcome = if any_new {
-        Outcome::Enqueued { build_ids }
-    } else {
-        Outcome::Folded { build_ids }
-    };
+    let outcome = if any_new { Outcome::Enqueued { build_ids } } else { Outcome::Folded { build_ids } };
     Plan { outcome, appends }
 }
 
@@ -389,10 +344,7 @@ mod tests {
             delivery: &delivery,
         };
         let triggers = triggers();
-        let policy = IngestPolicy {
-            triggers: &triggers,
-            bot_login: Some("meshgate-bot"),
-        };
+        let policy = IngestPolicy { triggers: &triggers, bot_login: Some("meshgate-bot") };
         let mut next = 100u128;
         decide_delivery(view, &input, &policy, &mut || {
             next += 1;
@@ -401,21 +353,13 @@ mod tests {
     }
 
     fn expectations(plan: &Plan) -> Vec<(&str, ExpectedVersion)> {
-        plan.appends
-            .iter()
-            .map(|a| (a.stream.split('-').next().unwrap(), a.expected))
-            .collect()
+        plan.appends.iter().map(|a| (a.stream.split('-').next().unwrap(), a.expected)).collect()
     }
 
     #[test]
     fn a_first_transition_claims_its_fingerprint_intent_and_build_streams() {
         let plan = decide(&LogView::assume_new(), &body("jane"));
-        assert_eq!(
-            plan.outcome,
-            Outcome::Enqueued {
-                build_ids: vec![Uuid::from_u128(101)]
-            }
-        );
+        assert_eq!(plan.outcome, Outcome::Enqueued { build_ids: vec![Uuid::from_u128(101)] });
         assert_eq!(
             expectations(&plan),
             [
@@ -428,19 +372,10 @@ mod tests {
 
     #[test]
     fn a_seen_fingerprint_folds_into_its_builds_as_a_duplicate() {
-        let view = LogView {
-            delivery: DeliveryStream::Seen {
-                build_ids: vec![Uuid::from_u128(9)],
-            },
-            ..LogView::default()
-        };
+        let view =
+            LogView { delivery: DeliveryStream::Seen { build_ids: vec![Uuid::from_u128(9)] }, ..LogView::default() };
         let plan = decide(&view, &body("jane"));
-        assert_eq!(
-            plan.outcome,
-            Outcome::Folded {
-                build_ids: vec![Uuid::from_u128(9)]
-            }
-        );
+        assert_eq!(plan.outcome, Outcome::Folded { build_ids: vec![Uuid::from_u128(9)] });
         assert!(
             matches!(&plan.appends[1].events[0], Event::BuildRequestFolded(f) if f.reason == FoldReason::DuplicateDelivery)
         );
@@ -448,94 +383,45 @@ mod tests {
 
     #[test]
     fn a_seen_ignored_fingerprint_stays_ignored() {
-        let view = LogView {
-            delivery: DeliveryStream::Seen { build_ids: vec![] },
-            ..LogView::default()
-        };
-        assert_eq!(
-            decide(&view, &body("jane")).outcome,
-            Outcome::Ignored {
-                reason: IgnoreReason::DuplicateDelivery
-            }
-        );
+        let view = LogView { delivery: DeliveryStream::Seen { build_ids: vec![] }, ..LogView::default() };
+        assert_eq!(decide(&view, &body("jane")).outcome, Outcome::Ignored { reason: IgnoreReason::DuplicateDelivery });
     }
 
     #[test]
     fn an_active_build_absorbs_a_new_transition_at_its_exact_version() {
         let intent = IntentKey::new("MOB-1", "ios-build");
-        let current = CurrentBuild {
-            build_id: Uuid::from_u128(9),
-            version: 3,
-            state: BuildState::Queued { attempt: 1 },
-        };
+        let current =
+            CurrentBuild { build_id: Uuid::from_u128(9), version: 3, state: BuildState::Queued { attempt: 1 } };
         let view = LogView {
             delivery: DeliveryStream::New,
-            intents: [(
-                intent,
-                IntentView {
-                    version: Some(0),
-                    current: Some(current),
-                },
-            )]
-            .into(),
+            intents: [(intent, IntentView { version: Some(0), current: Some(current) })].into(),
         };
         let plan = decide(&view, &body("jane"));
-        assert_eq!(
-            plan.outcome,
-            Outcome::Folded {
-                build_ids: vec![Uuid::from_u128(9)]
-            }
-        );
+        assert_eq!(plan.outcome, Outcome::Folded { build_ids: vec![Uuid::from_u128(9)] });
         assert_eq!(
             expectations(&plan),
-            [
-                ("delivery", ExpectedVersion::NoStream),
-                ("build", ExpectedVersion::Exact(3))
-            ]
+            [("delivery", ExpectedVersion::NoStream), ("build", ExpectedVersion::Exact(3))]
         );
     }
 
     #[test]
     fn a_finished_build_lets_the_next_transition_start_a_new_one() {
         let intent = IntentKey::new("MOB-1", "ios-build");
-        let current = CurrentBuild {
-            build_id: Uuid::from_u128(9),
-            version: 3,
-            state: BuildState::Succeeded { attempt: 1 },
-        };
+        let current =
+            CurrentBuild { build_id: Uuid::from_u128(9), version: 3, state: BuildState::Succeeded { attempt: 1 } };
         let view = LogView {
             delivery: DeliveryStream::New,
-            intents: [(
-                intent,
-                IntentView {
-                    version: Some(0),
-                    current: Some(current),
-                },
-            )]
-            .into(),
+            intents: [(intent, IntentView { version: Some(0), current: Some(current) })].into(),
         };
         let plan = decide(&view, &body("jane"));
-        assert_eq!(
-            plan.outcome,
-            Outcome::Enqueued {
-                build_ids: vec![Uuid::from_u128(101)]
-            }
-        );
-        assert_eq!(
-            expectations(&plan)[1],
-            ("intent", ExpectedVersion::Exact(0))
-        );
+        assert_eq!(plan.outcome, Outcome::Enqueued { build_ids: vec![Uuid::from_u128(101)] });
+        assert_eq!(expectations(&plan)[1], ("intent", ExpectedVersion::Exact(0)));
     }
 
     #[test]
     fn the_bots_own_changes_are_ignored() {
         let plan = decide(&LogView::assume_new(), &body("MESHGATE-BOT"));
-        assert_eq!(
-            plan.outcome,
-            Outcome::Ignored {
-                reason: IgnoreReason::BotAuthored
-            }
-        );
+        assert_eq!(plan.outcome, Outcome::Ignored { reason: IgnoreReason::BotAuthored });
         assert_eq!(plan.appends.len(), 1);
     }
 
@@ -544,9 +430,7 @@ mod tests {
         let plan = decide(&LogView::assume_new(), &body("jane"));
         assert_eq!(
             DeliveryStream::from_events(&plan.appends[0].events),
-            DeliveryStream::Seen {
-                build_ids: vec![Uuid::from_u128(101)]
-            }
+            DeliveryStream::Seen { build_ids: vec![Uuid::from_u128(101)] }
         );
     }
 }

@@ -53,11 +53,7 @@ impl EventKind {
     pub fn as_str(&self) -> &str {
         match self {
             EventKind::Unknown(name) => name,
-            known => Self::KNOWN
-                .iter()
-                .find(|(_, kind)| kind == known)
-                .map(|(name, _)| *name)
-                .unwrap_or("unknown"),
+            known => Self::KNOWN.iter().find(|(_, kind)| kind == known).map(|(name, _)| *name).unwrap_or("unknown"),
         }
     }
 }
@@ -114,13 +110,9 @@ impl FieldValue {
         match value {
             Value::Null => FieldValue::Null,
             Value::Bool(value) => FieldValue::Bool { value: *value },
-            Value::Number(number) => FieldValue::Number {
-                number: number.clone(),
-            },
+            Value::Number(number) => FieldValue::Number { number: number.clone() },
             Value::String(text) => FieldValue::Text { text: text.clone() },
-            Value::Array(items) => FieldValue::List {
-                items: items.iter().map(FieldValue::parse).collect(),
-            },
+            Value::Array(items) => FieldValue::List { items: items.iter().map(FieldValue::parse).collect() },
             Value::Object(map) => {
                 if map.contains_key("minutes") {
                     FieldValue::Period {
@@ -128,18 +120,11 @@ impl FieldValue {
                         presentation: opt_string(map, "presentation"),
                     }
                 } else if map.contains_key("login") {
-                    FieldValue::User {
-                        user: parse_user(value).unwrap_or_default(),
-                    }
+                    FieldValue::User { user: parse_user(value).unwrap_or_default() }
                 } else if let Some(name) = map.get("name").and_then(Value::as_str) {
-                    FieldValue::Named {
-                        name: name.to_owned(),
-                        presentation: opt_string(map, "presentation"),
-                    }
+                    FieldValue::Named { name: name.to_owned(), presentation: opt_string(map, "presentation") }
                 } else {
-                    FieldValue::Other {
-                        value: value.clone(),
-                    }
+                    FieldValue::Other { value: value.clone() }
                 }
             }
         }
@@ -186,10 +171,7 @@ pub struct Delivery {
 impl Delivery {
     /// Every login that authored this delivery's change.
     pub fn author_logins(&self) -> impl Iterator<Item = &str> {
-        self.updated_by
-            .iter()
-            .chain(&self.authors)
-            .filter_map(|u| u.login.as_deref())
+        self.updated_by.iter().chain(&self.authors).filter_map(|u| u.login.as_deref())
     }
 }
 
@@ -203,10 +185,7 @@ pub enum PayloadError {
     #[error("missing required field `{field}`")]
     Missing { field: String },
     #[error("field `{field}` must be {expected}")]
-    WrongType {
-        field: String,
-        expected: &'static str,
-    },
+    WrongType { field: String, expected: &'static str },
     #[error("field `{field}` is invalid: {reason}")]
     Invalid { field: String, reason: &'static str },
 }
@@ -236,23 +215,16 @@ pub fn parse(body: &Value) -> Result<Delivery, PayloadError> {
 
     let changed_fields = match map.get("changedFields") {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(entries)) => entries
-            .iter()
-            .enumerate()
-            .map(|(i, entry)| parse_changed_field(i, entry))
-            .collect::<Result<_, _>>()?,
+        Some(Value::Array(entries)) => {
+            entries.iter().enumerate().map(|(i, entry)| parse_changed_field(i, entry)).collect::<Result<_, _>>()?
+        }
         Some(_) => return Err(wrong("changedFields", "an array")),
     };
 
     let mut authors = Vec::new();
     for list in ["comments", "workItems", "attachments"] {
         if let Some(Value::Array(items)) = map.get(list) {
-            authors.extend(
-                items
-                    .iter()
-                    .filter_map(|item| item.get("author"))
-                    .filter_map(parse_user),
-            );
+            authors.extend(items.iter().filter_map(|item| item.get("author")).filter_map(parse_user));
         }
     }
     authors.extend(map.get("reporter").and_then(parse_user));
@@ -271,24 +243,18 @@ pub fn parse(body: &Value) -> Result<Delivery, PayloadError> {
 
 /// Parses raw bytes: JSON first, then the delivery.
 pub fn parse_bytes(body: &[u8]) -> Result<(Value, Delivery), PayloadError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| PayloadError::InvalidJson(e.to_string()))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| PayloadError::InvalidJson(e.to_string()))?;
     let delivery = parse(&value)?;
     Ok((value, delivery))
 }
 
 fn wrong(field: &str, expected: &'static str) -> PayloadError {
-    PayloadError::WrongType {
-        field: field.to_owned(),
-        expected,
-    }
+    PayloadError::WrongType { field: field.to_owned(), expected }
 }
 
 fn required_str<'a>(map: &'a Map<String, Value>, field: &str) -> Result<&'a str, PayloadError> {
     match map.get(field) {
-        None | Some(Value::Null) => Err(PayloadError::Missing {
-            field: field.to_owned(),
-        }),
+        None | Some(Value::Null) => Err(PayloadError::Missing { field: field.to_owned() }),
         Some(Value::String(s)) => Ok(s),
         Some(_) => Err(wrong(field, "a string")),
     }
@@ -299,22 +265,14 @@ fn opt_string(map: &Map<String, Value>, field: &str) -> Option<String> {
 }
 
 fn validate_issue_id(id: &str) -> Result<(), PayloadError> {
-    let invalid = |reason| {
-        Err(PayloadError::Invalid {
-            field: "id".to_owned(),
-            reason,
-        })
-    };
+    let invalid = |reason| Err(PayloadError::Invalid { field: "id".to_owned(), reason });
     if id.is_empty() {
         return invalid("must not be empty");
     }
     if id.len() > MAX_ISSUE_ID_LEN {
         return invalid("is longer than 64 characters");
     }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
         return invalid("may hold only letters, digits, `-`, `_` and `.`");
     }
     Ok(())
@@ -323,11 +281,7 @@ fn validate_issue_id(id: &str) -> Result<(), PayloadError> {
 /// Current shape: `project.key`; legacy shape: `project.shortName`.
 fn parse_project(map: &Map<String, Value>) -> Result<String, PayloadError> {
     let project = match map.get("project") {
-        None | Some(Value::Null) => {
-            return Err(PayloadError::Missing {
-                field: "project".to_owned(),
-            })
-        }
+        None | Some(Value::Null) => return Err(PayloadError::Missing { field: "project".to_owned() }),
         Some(Value::Object(project)) => project,
         Some(_) => return Err(wrong("project", "an object")),
     };
@@ -336,9 +290,7 @@ fn parse_project(map: &Map<String, Value>) -> Result<String, PayloadError> {
             None | Some(Value::Null) => continue,
             Some(Value::String(key)) if !key.is_empty() => {
                 if key.len() > MAX_ISSUE_ID_LEN
-                    || !key
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+                    || !key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
                 {
                     return Err(PayloadError::Invalid {
                         field: format!("project.{field}"),
@@ -350,35 +302,20 @@ fn parse_project(map: &Map<String, Value>) -> Result<String, PayloadError> {
             Some(_) => return Err(wrong(&format!("project.{field}"), "a non-empty string")),
         }
     }
-    Err(PayloadError::Missing {
-        field: "project.key".to_owned(),
-    })
+    Err(PayloadError::Missing { field: "project.key".to_owned() })
 }
 
 fn parse_changed_field(index: usize, entry: &Value) -> Result<ChangedField, PayloadError> {
-    let entry = entry
-        .as_object()
-        .ok_or_else(|| wrong(&format!("changedFields[{index}]"), "an object"))?;
+    let entry = entry.as_object().ok_or_else(|| wrong(&format!("changedFields[{index}]"), "an object"))?;
     let name = match entry.get("name") {
         Some(Value::String(name)) => name.clone(),
         None | Some(Value::Null) => {
-            return Err(PayloadError::Missing {
-                field: format!("changedFields[{index}].name"),
-            })
+            return Err(PayloadError::Missing { field: format!("changedFields[{index}].name") })
         }
         Some(_) => return Err(wrong(&format!("changedFields[{index}].name"), "a string")),
     };
-    let value_of = |key| {
-        entry
-            .get(key)
-            .map(FieldValue::parse)
-            .unwrap_or(FieldValue::Null)
-    };
-    Ok(ChangedField {
-        name,
-        old_value: value_of("oldValue"),
-        value: value_of("value"),
-    })
+    let value_of = |key| entry.get(key).map(FieldValue::parse).unwrap_or(FieldValue::Null);
+    Ok(ChangedField { name, old_value: value_of("oldValue"), value: value_of("value") })
 }
 
 fn parse_user(value: &Value) -> Option<User> {
@@ -406,10 +343,7 @@ mod tests {
             assert_eq!(EventKind::parse(name), kind);
             assert_eq!(kind.as_str(), name);
         }
-        assert_eq!(
-            EventKind::parse("issueMerged"),
-            EventKind::Unknown("issueMerged".into())
-        );
+        assert_eq!(EventKind::parse("issueMerged"), EventKind::Unknown("issueMerged".into()));
         assert_eq!(EventKind::parse("issueMerged").as_str(), "issueMerged");
     }
 
@@ -438,10 +372,7 @@ mod tests {
         assert_eq!(parse(&body).unwrap_err().field(), Some("project.key"));
         let mut body = base();
         body["changedFields"] = json!([{"name": 1}]);
-        assert_eq!(
-            parse(&body).unwrap_err().field(),
-            Some("changedFields[0].name")
-        );
+        assert_eq!(parse(&body).unwrap_err().field(), Some("changedFields[0].name"));
     }
 
     #[test]
@@ -463,20 +394,11 @@ mod tests {
         assert!(matches!(values[0], FieldValue::Text { .. }));
         assert_eq!(values[1].names(), ["Building"]);
         assert_eq!(values[2].names(), ["jane"]);
-        assert!(matches!(
-            values[3],
-            FieldValue::Period {
-                minutes: Some(90),
-                ..
-            }
-        ));
+        assert!(matches!(values[3], FieldValue::Period { minutes: Some(90), .. }));
         assert!(matches!(values[4], FieldValue::Number { .. }));
         assert_eq!(values[5].names(), ["1.0", "1.1"]);
         assert!(matches!(values[6], FieldValue::Bool { value: true }));
-        assert!(matches!(
-            delivery.changed_fields[7].old_value,
-            FieldValue::Other { .. }
-        ));
+        assert!(matches!(delivery.changed_fields[7].old_value, FieldValue::Other { .. }));
     }
 
     #[test]
@@ -486,10 +408,7 @@ mod tests {
         body["comments"] = json!([{"text": "x", "author": {"login": "bot"}}]);
         body["reporter"] = json!({"login": "jane"});
         let delivery = parse(&body).unwrap();
-        assert_eq!(
-            delivery.author_logins().collect::<Vec<_>>(),
-            ["bot", "jane"]
-        );
+        assert_eq!(delivery.author_logins().collect::<Vec<_>>(), ["bot", "jane"]);
     }
 
     #[test]

@@ -67,9 +67,6 @@ mod tests {
         assert!(!ExpectedVersion::Exact(3).is_satisfied_by(Some(4)));
         assert!(!ExpectedVersion::Exact(0).is_satisfied_by(None));
         assert!(ExpectedVersion::Any.is_satisfied_by(None));
-        assert_eq!(
-            ExpectedVersion::from_current(Some(2)),
-            ExpectedVersion::Exact(2)
-        );
+        assert_eq!(ExpectedVersion::from_current(Some(2)), ExpectedVersion::Exact(2));
     }
 }

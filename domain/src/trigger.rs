@@ -34,31 +34,19 @@ fn default_lane() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TriggerError {
     #[error("trigger `{trigger}`: {field} {problem}")]
-    Invalid {
-        trigger: String,
-        field: &'static str,
-        problem: &'static str,
-    },
+    Invalid { trigger: String, field: &'static str, problem: &'static str },
 }
 
 /// `[A-Za-z0-9._-]{1,64}`: names that are safe inside stream names, paths and logs.
 pub fn is_simple_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl Trigger {
     pub fn validate(&self) -> Result<(), TriggerError> {
-        let invalid = |field, problem| {
-            Err(TriggerError::Invalid {
-                trigger: self.name.clone(),
-                field,
-                problem,
-            })
-        };
+        let invalid = |field, problem| Err(TriggerError::Invalid { trigger: self.name.clone(), field, problem });
         if !is_simple_name(&self.name) {
             return invalid("name", "must be 1-64 of [A-Za-z0-9._-]");
         }
@@ -76,13 +64,9 @@ impl Trigger {
         }
         let rendered = self.git_ref_for("ISSUE-1", "PROJECT");
         if rendered.contains('{') || rendered.contains('}') {
-            return invalid(
-                "git_ref",
-                "may only use the placeholders {issue} and {project}",
-            );
+            return invalid("git_ref", "may only use the placeholders {issue} and {project}");
         }
-        if rendered.is_empty() || rendered.contains("..") || rendered.contains(char::is_whitespace)
-        {
+        if rendered.is_empty() || rendered.contains("..") || rendered.contains(char::is_whitespace) {
             return invalid("git_ref", "must be a valid git ref");
         }
         Ok(())
@@ -97,31 +81,17 @@ impl Trigger {
             return false;
         }
         // Several fields may change in one delivery, in any order: look at every entry.
-        delivery
-            .changed_fields
-            .iter()
-            .filter(|f| f.name == self.field)
-            .any(|change| {
-                let to_matches = change
-                    .value
-                    .names()
-                    .iter()
-                    .any(|n| self.to.iter().any(|t| t == n));
-                let from_matches = self.from.is_empty()
-                    || change
-                        .old_value
-                        .names()
-                        .iter()
-                        .any(|n| self.from.iter().any(|f| f == n));
-                to_matches && from_matches
-            })
+        delivery.changed_fields.iter().filter(|f| f.name == self.field).any(|change| {
+            let to_matches = change.value.names().iter().any(|n| self.to.iter().any(|t| t == n));
+            let from_matches =
+                self.from.is_empty() || change.old_value.names().iter().any(|n| self.from.iter().any(|f| f == n));
+            to_matches && from_matches
+        })
     }
 
     /// The git ref a build of this trigger checks out for an issue.
     pub fn git_ref_for(&self, issue_id: &str, project: &str) -> String {
-        self.git_ref
-            .replace("{issue}", issue_id)
-            .replace("{project}", project)
+        self.git_ref.replace("{issue}", issue_id).replace("{project}", project)
     }
 
     pub fn intent_for(&self, issue_id: &str) -> IntentKey {
@@ -181,10 +151,7 @@ mod tests {
 
     #[test]
     fn a_matching_transition_fires_wherever_it_stands_in_changed_fields() {
-        let d = update(
-            "MOB",
-            json!([{"name": "summary", "oldValue": "a", "value": "b"}, state("Open", "Building")]),
-        );
+        let d = update("MOB", json!([{"name": "summary", "oldValue": "a", "value": "b"}, state("Open", "Building")]));
         assert!(trigger().matches(&d));
     }
 
@@ -199,14 +166,10 @@ mod tests {
 
     #[test]
     fn from_restricts_the_old_value() {
-        let t = Trigger {
-            from: vec!["Review".into()],
-            ..trigger()
-        };
+        let t = Trigger { from: vec!["Review".into()], ..trigger() };
         assert!(!t.matches(&update("MOB", json!([state("Open", "Building")]))));
         assert!(t.matches(&update("MOB", json!([state("Review", "Building")]))));
-        let from_empty =
-            json!([{"name": "State", "oldValue": null, "value": {"name": "Building"}}]);
+        let from_empty = json!([{"name": "State", "oldValue": null, "value": {"name": "Building"}}]);
         assert!(!t.matches(&update("MOB", from_empty)));
     }
 
@@ -214,23 +177,8 @@ mod tests {
     fn git_ref_templates_render_and_bad_ones_are_refused() {
         assert_eq!(trigger().git_ref_for("MOB-7", "MOB"), "feature/MOB-7");
         assert!(trigger().validate().is_ok());
-        assert!(Trigger {
-            git_ref: "x/{branch}".into(),
-            ..trigger()
-        }
-        .validate()
-        .is_err());
-        assert!(Trigger {
-            name: "a b".into(),
-            ..trigger()
-        }
-        .validate()
-        .is_err());
-        assert!(Trigger {
-            to: vec![],
-            ..trigger()
-        }
-        .validate()
-        .is_err());
+        assert!(Trigger { git_ref: "x/{branch}".into(), ..trigger() }.validate().is_err());
+        assert!(Trigger { name: "a b".into(), ..trigger() }.validate().is_err());
+        assert!(Trigger { to: vec![], ..trigger() }.validate().is_err());
     }
 }

@@ -51,11 +51,7 @@ impl Builds {
     }
 
     /// Builds in log order, optionally only those of one issue and in one state.
-    pub fn list<'a>(
-        &'a self,
-        issue: Option<&'a str>,
-        state: Option<&'a str>,
-    ) -> Vec<&'a BuildView> {
+    pub fn list<'a>(&'a self, issue: Option<&'a str>, state: Option<&'a str>) -> Vec<&'a BuildView> {
         let mut builds: Vec<_> = self
             .builds
             .values()
@@ -101,11 +97,7 @@ impl Projection for Builds {
             return;
         };
         if let Event::BuildRequestFolded(f) = event {
-            build.folds.push(FoldRecord {
-                correlation_id: f.correlation_id,
-                reason: f.reason,
-                folded_at: f.folded_at,
-            });
+            build.folds.push(FoldRecord { correlation_id: f.correlation_id, reason: f.reason, folded_at: f.folded_at });
         }
         build.state = evolve(std::mem::replace(&mut build.state, BuildState::New), event);
         build.updated_at = recorded.recorded_at;

@@ -38,12 +38,7 @@ impl Projection for Dedupe {
     fn wants(event_type: &str) -> bool {
         matches!(
             event_type,
-            "WebhookIgnored"
-                | "WebhookRouted"
-                | "BuildRequested"
-                | "BuildSucceeded"
-                | "BuildFailed"
-                | "BuildCancelled"
+            "WebhookIgnored" | "WebhookRouted" | "BuildRequested" | "BuildSucceeded" | "BuildFailed" | "BuildCancelled"
         )
     }
 
@@ -60,12 +55,10 @@ impl Projection for Dedupe {
                 }
             }
             (Event::BuildRequested(e), _) => {
-                if let Some(previous) = self.active_intents.insert(e.intent_key.clone(), e.build_id)
-                {
+                if let Some(previous) = self.active_intents.insert(e.intent_key.clone(), e.build_id) {
                     self.intent_of_build.remove(&previous);
                 }
-                self.intent_of_build
-                    .insert(e.build_id, e.intent_key.clone());
+                self.intent_of_build.insert(e.build_id, e.intent_key.clone());
             }
             (Event::BuildSucceeded(e), _) => self.close(e.build_id),
             (Event::BuildFailed(e), _) => self.close(e.build_id),

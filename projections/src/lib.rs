@@ -86,10 +86,7 @@ impl ProjectionSet {
 
     /// The position every projection has reached.
     pub fn position(&self) -> u64 {
-        self.builds
-            .position
-            .min(self.queue.position)
-            .min(self.dedupe.position)
+        self.builds.position.min(self.queue.position).min(self.dedupe.position)
     }
 
     /// The names of the projections whose states differ between two sets.

@@ -51,12 +51,7 @@ impl Projection for Queue {
     fn wants(event_type: &str) -> bool {
         matches!(
             event_type,
-            "BuildRequested"
-                | "BuildClaimed"
-                | "BuildRequeued"
-                | "BuildSucceeded"
-                | "BuildFailed"
-                | "BuildCancelled"
+            "BuildRequested" | "BuildClaimed" | "BuildRequeued" | "BuildSucceeded" | "BuildFailed" | "BuildCancelled"
         )
     }
 

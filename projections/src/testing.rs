@@ -3,9 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use meshgate_domain::build::{decide, replay, BuildCommand};
-use meshgate_domain::event::{
-    BuildRequested, FoldReason, IgnoreReason, WebhookIgnored, WebhookRouted,
-};
+use meshgate_domain::event::{BuildRequested, FoldReason, IgnoreReason, WebhookIgnored, WebhookRouted};
 use meshgate_domain::{Event, Recorded};
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -81,11 +79,7 @@ pub fn log_of(actions: &[Action]) -> Vec<Recorded> {
             | Action::Cancel(b) => {
                 let id = build_id(b);
                 let stream = format!("build-{id}");
-                let history: Vec<&Event> = log
-                    .iter()
-                    .filter(|r| r.stream == stream)
-                    .map(|r| &r.event)
-                    .collect();
+                let history: Vec<&Event> = log.iter().filter(|r| r.stream == stream).map(|r| &r.event).collect();
                 let state = replay(history);
                 let attempt = match &state {
                     meshgate_domain::BuildState::Running { attempt, .. } => *attempt,
@@ -95,27 +89,13 @@ pub fn log_of(actions: &[Action]) -> Vec<Recorded> {
                     Action::Request(_) => BuildCommand::Request(Box::new(requested(id, b, now))),
                     Action::Fold(_, dup) => BuildCommand::Fold {
                         correlation_id: Uuid::from_u128(i as u128),
-                        reason: if dup {
-                            FoldReason::DuplicateDelivery
-                        } else {
-                            FoldReason::Coalesced
-                        },
+                        reason: if dup { FoldReason::DuplicateDelivery } else { FoldReason::Coalesced },
                     },
-                    Action::Claim(_) => BuildCommand::Claim {
-                        node_id: "mac-1".into(),
-                        lease_expires_at: at(1000),
-                    },
-                    Action::Requeue(_) => BuildCommand::Requeue {
-                        reason: "node_lost".into(),
-                    },
+                    Action::Claim(_) => BuildCommand::Claim { node_id: "mac-1".into(), lease_expires_at: at(1000) },
+                    Action::Requeue(_) => BuildCommand::Requeue { reason: "node_lost".into() },
                     Action::Succeed(_) => BuildCommand::Succeed { attempt },
-                    Action::Fail(_) => BuildCommand::Fail {
-                        attempt,
-                        reason: "exit 1".into(),
-                    },
-                    _ => BuildCommand::Cancel {
-                        reason: "superseded".into(),
-                    },
+                    Action::Fail(_) => BuildCommand::Fail { attempt, reason: "exit 1".into() },
+                    _ => BuildCommand::Cancel { reason: "superseded".into() },
                 };
                 match decide(&state, id, &command, now) {
                     Ok(events) => (stream, events),
@@ -146,11 +126,7 @@ fn requested(build_id: Uuid, b: u8, now: DateTime<Utc>) -> BuildRequested {
         summary: Some("summary".into()),
         trigger: "ios-build".into(),
         script: "ios-build".into(),
-        lane: if b % 2 == 0 {
-            "default".into()
-        } else {
-            "signing".into()
-        },
+        lane: if b % 2 == 0 { "default".into() } else { "signing".into() },
         git_ref: format!("feature/MOB-{b}"),
         requested_by: None,
         intent_key: format!("MOB-{b}/ios-build"),
@@ -224,49 +200,25 @@ mod properties {
 
     #[test]
     fn the_queue_serves_higher_priority_lanes_first_then_log_order() {
-        let log = log_of(&[
-            Action::Request(0),
-            Action::Request(1),
-            Action::Request(2),
-            Action::Request(3),
-        ]);
+        let log = log_of(&[Action::Request(0), Action::Request(1), Action::Request(2), Action::Request(3)]);
         let set = fold_all(&log);
         let priorities = [("signing".to_owned(), 10)].into();
-        let order: Vec<_> = set
-            .queue
-            .state
-            .ordered(&priorities)
-            .iter()
-            .map(|e| e.issue_id.clone())
-            .collect();
+        let order: Vec<_> = set.queue.state.ordered(&priorities).iter().map(|e| e.issue_id.clone()).collect();
         assert_eq!(order, ["MOB-1", "MOB-3", "MOB-0", "MOB-2"]);
     }
 
     #[test]
     fn a_finished_build_frees_its_intent_and_leaves_the_queue() {
-        let log = log_of(&[
-            Action::Request(0),
-            Action::Claim(0),
-            Action::Request(1),
-            Action::Succeed(0),
-        ]);
+        let log = log_of(&[Action::Request(0), Action::Claim(0), Action::Request(1), Action::Succeed(0)]);
         let set = fold_all(&log);
-        assert_eq!(
-            set.dedupe.state.active_intents.keys().collect::<Vec<_>>(),
-            ["MOB-1/ios-build"]
-        );
+        assert_eq!(set.dedupe.state.active_intents.keys().collect::<Vec<_>>(), ["MOB-1/ios-build"]);
         assert_eq!(set.queue.state.len(), 1);
         assert_eq!(set.builds.state.list(None, Some("succeeded")).len(), 1);
     }
 
     #[test]
     fn a_requeued_build_returns_to_its_place_with_the_next_attempt() {
-        let log = log_of(&[
-            Action::Request(0),
-            Action::Request(2),
-            Action::Claim(0),
-            Action::Requeue(0),
-        ]);
+        let log = log_of(&[Action::Request(0), Action::Request(2), Action::Claim(0), Action::Requeue(0)]);
         let set = fold_all(&log);
         let order = set.queue.state.ordered(&Default::default());
         assert_eq!(order[0].issue_id, "MOB-0");
@@ -275,16 +227,9 @@ mod properties {
 
     #[test]
     fn fingerprints_keep_the_builds_of_their_first_routing() {
-        let log = log_of(&[
-            Action::Routed(1, 0),
-            Action::Routed(1, 2),
-            Action::Ignored(2),
-        ]);
+        let log = log_of(&[Action::Routed(1, 0), Action::Routed(1, 2), Action::Ignored(2)]);
         let set = fold_all(&log);
-        assert_eq!(
-            set.dedupe.state.builds_for(&fingerprint(1)),
-            Some(&[build_id(0)][..])
-        );
+        assert_eq!(set.dedupe.state.builds_for(&fingerprint(1)), Some(&[build_id(0)][..]));
         assert_eq!(set.dedupe.state.builds_for(&fingerprint(2)), Some(&[][..]));
     }
 }

@@ -13,11 +13,7 @@ use crate::app::{generate_missing_default_tokens, App};
 use crate::config::Config;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "meshgate",
-    version,
-    about = "Gateway from YouTrack webhooks to a pool of build machines"
-)]
+#[command(name = "meshgate", version, about = "Gateway from YouTrack webhooks to a pool of build machines")]
 pub struct Cli {
     /// Configuration file (TOML). Without one, the embedded defaults are used.
     #[arg(long, global = true, env = "MESHGATE_CONFIG")]
@@ -78,13 +74,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => serve(load()?).await,
         Command::Init { dir } => setup::init(&dir),
-        Command::Token {
-            command: TokenCommand::Generate { file, force },
-        } => setup::generate(&file, force),
+        Command::Token { command: TokenCommand::Generate { file, force } } => setup::generate(&file, force),
         Command::Events(args) => events::run(&load()?, &args),
-        Command::Projections {
-            command: ProjectionsCommand::Rebuild { verify },
-        } => rebuild::run(&load()?, verify).await,
+        Command::Projections { command: ProjectionsCommand::Rebuild { verify } } => {
+            rebuild::run(&load()?, verify).await
+        }
         Command::Bench(args) => bench::run(args).await,
     }
 }
@@ -101,11 +95,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
-    println!(
-        "meshgate listening on http://{}{}",
-        listener.local_addr()?,
-        config.webhook.path
-    );
+    println!("meshgate listening on http://{}{}", listener.local_addr()?, config.webhook.path);
     tracing::info!(listen = %listener.local_addr()?, triggers = config.triggers.len(), "gateway started");
     app.serve(listener, shutdown_signal()).await?;
     tracing::info!("gateway stopped");

@@ -12,11 +12,7 @@ use crate::store::sqlite::{checkpoints, read_all, SqliteStore, WriterOptions};
 use crate::store::EventStore;
 
 /// Folds the log from position 0 up to `until` (inclusive), reporting progress.
-pub fn fold_log(
-    conn: &rusqlite::Connection,
-    until: u64,
-    progress: &ProgressBar,
-) -> anyhow::Result<ProjectionSet> {
+pub fn fold_log(conn: &rusqlite::Connection, until: u64, progress: &ProgressBar) -> anyhow::Result<ProjectionSet> {
     let mut set = ProjectionSet::default();
     let mut after = 0;
     while after < until {
@@ -36,9 +32,7 @@ pub async fn run(config: &Config, verify: bool) -> anyhow::Result<()> {
     let path = config.log_path();
     let conn = SqliteStore::open_read_only(&path)
         .with_context(|| format!("cannot open the event log at {}", path.display()))?;
-    let head: u64 = conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
-        r.get(0)
-    })?;
+    let head: u64 = conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| r.get(0))?;
     let saved = from_checkpoints(&checkpoints(&conn)?);
     let until = if verify { saved.position() } else { head };
     let progress = ProgressBar::new(until);
@@ -58,10 +52,7 @@ pub async fn run(config: &Config, verify: bool) -> anyhow::Result<()> {
             println!("projections match the log up to position {until} ({until} events in {elapsed:.2?}, {rate:.0} events/s)");
             return Ok(());
         }
-        bail!(
-            "projections differ from a rebuild up to position {until}: {}",
-            differences.join(", ")
-        );
+        bail!("projections differ from a rebuild up to position {until}: {}", differences.join(", "));
     }
     let store = SqliteStore::open(&path, WriterOptions::default())?;
     let store: Arc<dyn EventStore> = Arc::new(store);

@@ -13,8 +13,7 @@ pub fn init(dir: &Path) -> anyhow::Result<()> {
         bail!("{} exists; not overwriting it", config.display());
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    std::fs::write(&config, SAMPLE)
-        .with_context(|| format!("cannot write {}", config.display()))?;
+    std::fs::write(&config, SAMPLE).with_context(|| format!("cannot write {}", config.display()))?;
     println!("wrote {}", config.display());
     for name in ["webhook.token", "admin.token"] {
         let path = dir.join("secrets").join(name);

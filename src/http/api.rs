@@ -20,10 +20,8 @@ use super::{ApiError, AppState};
 const READ_YOUR_WRITES: Duration = Duration::from_secs(2);
 
 fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let token =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     match token {
         Some(token) if app.admin_tokens.verify(token.trim().as_bytes()) => Ok(()),
         _ => Err(ApiError::unauthorized()),
@@ -58,21 +56,12 @@ pub async fn list_builds(
     caught_up(&app).await?;
     const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
     if let Some(state) = filter.state.as_deref().filter(|s| !STATES.contains(s)) {
-        let mut e = ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_filter",
-            format!("unknown state `{state}`"),
-        );
+        let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", format!("unknown state `{state}`"));
         e.field = Some("state".into());
         return Err(e);
     }
     let builds = app.projections.read(|p| {
-        serde_json::to_value(
-            p.builds
-                .state
-                .list(filter.issue.as_deref(), filter.state.as_deref()),
-        )
-        .unwrap_or_default()
+        serde_json::to_value(p.builds.state.list(filter.issue.as_deref(), filter.state.as_deref())).unwrap_or_default()
     });
     Ok(Json(json!({ "builds": builds })))
 }
@@ -85,17 +74,11 @@ pub async fn get_build(
     authorize(&app, &headers)?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("build"))?;
     caught_up(&app).await?;
-    let build = app
-        .projections
-        .read(|p| p.builds.state.get(id).map(serde_json::to_value));
+    let build = app.projections.read(|p| p.builds.state.get(id).map(serde_json::to_value));
     let Some(Ok(build)) = build else {
         return Err(ApiError::not_found("build"));
     };
-    let stored = app
-        .store
-        .read_stream(&build_stream(id))
-        .await
-        .map_err(|e| ApiError::unavailable(&e))?;
+    let stored = app.store.read_stream(&build_stream(id)).await.map_err(|e| ApiError::unavailable(&e))?;
     let events: Vec<Value> = stored
         .iter()
         .map(|e| {
@@ -115,14 +98,10 @@ pub async fn get_build(
     Ok(Json(json!({ "build": build, "events": events })))
 }
 
-pub async fn queue(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+pub async fn queue(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     authorize(&app, &headers)?;
     caught_up(&app).await?;
-    let queued = app.projections.read(|p| {
-        serde_json::to_value(p.queue.state.ordered(&app.lane_priorities)).unwrap_or_default()
-    });
+    let queued =
+        app.projections.read(|p| serde_json::to_value(p.queue.state.ordered(&app.lane_priorities)).unwrap_or_default());
     Ok(Json(json!({ "queue": queued })))
 }

@@ -16,28 +16,15 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            field: None,
-        }
+        ApiError { status, code, message: message.into(), field: None }
     }
 
     pub fn unauthorized() -> Self {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or invalid token",
-        )
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or invalid token")
     }
 
     pub fn not_found(what: &str) -> Self {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{what} not found"),
-        )
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
     }
 
     /// A failure on our side: logged with its cause, answered opaquely.

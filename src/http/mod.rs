@@ -94,10 +94,7 @@ async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
         Err(_) => Err("timed out".to_owned()),
     };
     let head = *app.store.head().borrow();
-    let caught_up = app
-        .projections
-        .caught_up_to(head, Duration::from_secs(1))
-        .await;
+    let caught_up = app.projections.caught_up_to(head, Duration::from_secs(1)).await;
     let ready = store.is_ok() && caught_up;
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
@@ -105,10 +102,6 @@ async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
         "projections": {"position": app.projections.position(), "head": head, "caught_up": caught_up},
         "deliveries": app.counters.snapshot(),
     });
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body))
 }

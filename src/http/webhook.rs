@@ -20,20 +20,9 @@ pub async fn receive(State(app): State<Arc<AppState>>, request: Request) -> Resp
     let correlation_id = Uuid::now_v7();
     let received_at = Utc::now();
     let (parts, body) = request.into_parts();
-    let remote = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.to_string());
+    let remote = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.to_string());
     let remote = remote.as_deref().unwrap_or("unknown");
-    let result = handle(
-        &app,
-        correlation_id,
-        received_at,
-        remote,
-        &parts.headers,
-        body,
-    )
-    .await;
+    let result = handle(&app, correlation_id, received_at, remote, &parts.headers, body).await;
     let mut response = match result {
         Ok(response) => response,
         Err(e) => e.into_response(),
@@ -53,10 +42,8 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let declared_length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared_length =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
 
     // 1. The token, before anything else is looked at. Only its presence and length are logged.
     let presented = headers.get(&app.token_header);
@@ -108,27 +95,17 @@ async fn handle(
     let bad_request = |message: String, field: Option<String>| {
         let total = Counters::bump(&app.counters.bad_request);
         tracing::warn!(remote, error = %message, field = field.as_deref(), rejected_total = total, "webhook body refused");
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code: "invalid_payload",
-            message,
-            field,
-        }
+        ApiError { status: StatusCode::BAD_REQUEST, code: "invalid_payload", message, field }
     };
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|_| bad_request("body is not valid utf-8".into(), None))?;
-    let (value, delivery) = payload::parse_bytes(&bytes)
-        .map_err(|e| bad_request(e.to_string(), e.field().map(str::to_owned)))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| bad_request("body is not valid utf-8".into(), None))?;
+    let (value, delivery) =
+        payload::parse_bytes(&bytes).map_err(|e| bad_request(e.to_string(), e.field().map(str::to_owned)))?;
 
     // 3. Durably recorded, or refused as a whole.
-    let accepted = app
-        .ingest
-        .ingest(correlation_id, received_at, text, &value, &delivery)
-        .await
-        .map_err(|e| {
-            Counters::bump(&app.counters.unavailable);
-            ApiError::unavailable(&e)
-        })?;
+    let accepted = app.ingest.ingest(correlation_id, received_at, text, &value, &delivery).await.map_err(|e| {
+        Counters::bump(&app.counters.unavailable);
+        ApiError::unavailable(&e)
+    })?;
     Counters::bump(&app.counters.accepted);
     let outcome = &accepted.outcome;
     tracing::info!(

@@ -29,12 +29,7 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    pub fn from_domain(
-        event: &Event,
-        correlation_id: Uuid,
-        causation_id: Option<Uuid>,
-        now: DateTime<Utc>,
-    ) -> Self {
+    pub fn from_domain(event: &Event, correlation_id: Uuid, causation_id: Option<Uuid>, now: DateTime<Utc>) -> Self {
         NewEvent {
             id: Uuid::now_v7(),
             event_type: event.event_type(),
@@ -103,11 +98,7 @@ pub struct Checkpoint {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     #[error("stream `{stream}` is at version {actual:?}, expected {expected:?}")]
-    Conflict {
-        stream: String,
-        expected: ExpectedVersion,
-        actual: Option<u64>,
-    },
+    Conflict { stream: String, expected: ExpectedVersion, actual: Option<u64> },
     #[error("event store failed: {0}")]
     Failed(String),
     #[error("event store is closed")]

@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -16,9 +17,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-use super::{
-    Appended, Checkpoint, EventStore, StoreError, StoreResultExt, StoredEvent, StreamAppend,
-};
+use super::{Appended, Checkpoint, EventStore, StoreError, StoreResultExt, StoredEvent, StreamAppend};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -55,26 +54,20 @@ const COLUMNS: &str =
 pub struct WriterOptions {
     /// Most requests folded into one commit; 1 means one commit per request.
     pub max_batch: usize,
+    /// How long a write waits for a lock held by another process before failing.
+    pub busy_timeout: Duration,
 }
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        WriterOptions { max_batch: 512 }
+        WriterOptions { max_batch: 512, busy_timeout: Duration::from_secs(5) }
     }
 }
 
 enum WriteRequest {
-    Append {
-        appends: Vec<StreamAppend>,
-        reply: oneshot::Sender<Result<Appended, StoreError>>,
-    },
-    SaveCheckpoints {
-        checkpoints: Vec<Checkpoint>,
-        reply: oneshot::Sender<Result<Appended, StoreError>>,
-    },
-    Ping {
-        reply: oneshot::Sender<Result<Appended, StoreError>>,
-    },
+    Append { appends: Vec<StreamAppend>, reply: oneshot::Sender<Result<Appended, StoreError>> },
+    SaveCheckpoints { checkpoints: Vec<Checkpoint>, reply: oneshot::Sender<Result<Appended, StoreError>> },
+    Ping { reply: oneshot::Sender<Result<Appended, StoreError>> },
 }
 
 /// The SQLite event store.
@@ -89,47 +82,26 @@ impl SqliteStore {
     /// Opens (creating if needed) the log at `path` and starts its writer thread.
     pub fn open(path: &Path, options: WriterOptions) -> Result<Self, StoreError> {
         let conn = Connection::open(path).store_err()?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .store_err()?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .store_err()?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .store_err()?;
+        conn.pragma_update(None, "journal_mode", "WAL").store_err()?;
+        conn.pragma_update(None, "synchronous", "FULL").store_err()?;
+        conn.busy_timeout(options.busy_timeout).store_err()?;
         conn.execute_batch(SCHEMA).store_err()?;
-        let head: u64 = conn
-            .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
-                r.get(0)
-            })
-            .store_err()?;
+        let head: u64 =
+            conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| r.get(0)).store_err()?;
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(8192);
         let max_batch = options.max_batch.max(1);
         std::thread::Builder::new()
             .name("meshgate-sqlite-writer".into())
-            .spawn(move || {
-                Writer {
-                    conn,
-                    next_position: head + 1,
-                    head: head_tx,
-                    max_batch,
-                }
-                .run(rx)
-            })
+            .spawn(move || Writer { conn, next_position: head + 1, head: head_tx, max_batch }.run(rx))
             .map_err(|e| StoreError::Failed(format!("cannot start the writer thread: {e}")))?;
-        Ok(SqliteStore {
-            path: path.to_owned(),
-            writer: tx,
-            readers: Arc::default(),
-            head: head_rx,
-        })
+        Ok(SqliteStore { path: path.to_owned(), writer: tx, readers: Arc::default(), head: head_rx })
     }
 
     /// Opens the log for reading only (audit queries from the CLI).
     pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
-        let conn =
-            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).store_err()?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .store_err()?;
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).store_err()?;
+        conn.busy_timeout(Duration::from_secs(5)).store_err()?;
         Ok(conn)
     }
 
@@ -138,10 +110,7 @@ impl SqliteStore {
         make: impl FnOnce(oneshot::Sender<Result<Appended, StoreError>>) -> WriteRequest,
     ) -> Result<Appended, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.writer
-            .send(make(reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        self.writer.send(make(reply)).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -157,8 +126,7 @@ impl SqliteStore {
                 Some(conn) => conn,
                 None => {
                     let conn = Connection::open(&path).store_err()?;
-                    conn.busy_timeout(std::time::Duration::from_secs(5))
-                        .store_err()?;
+                    conn.busy_timeout(Duration::from_secs(5)).store_err()?;
                     conn.pragma_update(None, "query_only", true).store_err()?;
                     conn
                 }
@@ -179,16 +147,14 @@ impl SqliteStore {
 #[async_trait]
 impl EventStore for SqliteStore {
     async fn append(&self, appends: Vec<StreamAppend>) -> Result<Appended, StoreError> {
-        self.write(|reply| WriteRequest::Append { appends, reply })
-            .await
+        self.write(|reply| WriteRequest::Append { appends, reply }).await
     }
 
     async fn read_stream(&self, stream: &str) -> Result<Vec<StoredEvent>, StoreError> {
         let stream = stream.to_owned();
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM events WHERE stream = ?1 ORDER BY version"
-            ))?;
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE stream = ?1 ORDER BY version"))?;
             let rows = stmt.query_map([stream], row_to_event)?;
             rows.collect()
         })
@@ -204,38 +170,28 @@ impl EventStore for SqliteStore {
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {
-        self.write(|reply| WriteRequest::Ping { reply })
-            .await
-            .map(|_| ())
+        self.write(|reply| WriteRequest::Ping { reply }).await.map(|_| ())
     }
 
     async fn load_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare("SELECT name, position, state FROM checkpoints")?;
-            let rows = stmt.query_map([], |r| {
-                Ok(Checkpoint {
-                    name: r.get(0)?,
-                    position: r.get(1)?,
-                    state: r.get(2)?,
-                })
-            })?;
+            let rows =
+                stmt.query_map([], |r| Ok(Checkpoint { name: r.get(0)?, position: r.get(1)?, state: r.get(2)? }))?;
             rows.collect()
         })
         .await
     }
 
     async fn save_checkpoints(&self, checkpoints: Vec<Checkpoint>) -> Result<(), StoreError> {
-        self.write(|reply| WriteRequest::SaveCheckpoints { checkpoints, reply })
-            .await
-            .map(|_| ())
+        self.write(|reply| WriteRequest::SaveCheckpoints { checkpoints, reply }).await.map(|_| ())
     }
 }
 
 /// Up to `limit` events after `after`, on any connection.
 pub fn read_all(conn: &Connection, after: u64, limit: usize) -> rusqlite::Result<Vec<StoredEvent>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
-    ))?;
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"))?;
     let rows = stmt.query_map(params![after, limit as i64], row_to_event)?;
     rows.collect()
 }
@@ -261,12 +217,7 @@ pub fn query(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<Vec<St
     );
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(
-        params![
-            filter.issue,
-            filter.stream,
-            filter.correlation_id.map(|c| c.to_string()),
-            filter.event_type
-        ],
+        params![filter.issue, filter.stream, filter.correlation_id.map(|c| c.to_string()), filter.event_type],
         row_to_event,
     )?;
     rows.collect()
@@ -275,22 +226,15 @@ pub fn query(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<Vec<St
 /// Checkpoints saved in a log, read directly (for the CLI).
 pub fn checkpoints(conn: &Connection) -> rusqlite::Result<Vec<Checkpoint>> {
     let mut stmt = conn.prepare("SELECT name, position, state FROM checkpoints")?;
-    let rows = stmt.query_map([], |r| {
-        Ok(Checkpoint {
-            name: r.get(0)?,
-            position: r.get(1)?,
-            state: r.get(2)?,
-        })
-    })?;
+    let rows = stmt.query_map([], |r| Ok(Checkpoint { name: r.get(0)?, position: r.get(1)?, state: r.get(2)? }))?;
     rows.collect()
 }
 
 fn row_to_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
     let uuid = |i: usize| -> rusqlite::Result<Uuid> {
         let text: String = row.get(i)?;
-        Uuid::parse_str(&text).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
-        })
+        Uuid::parse_str(&text)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))
     };
     let causation: Option<String> = row.get(8)?;
     let recorded_at: String = row.get(9)?;
@@ -306,13 +250,7 @@ fn row_to_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
         causation_id: causation.and_then(|c| Uuid::parse_str(&c).ok()),
         recorded_at: DateTime::parse_from_rfc3339(&recorded_at)
             .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    9,
-                    rusqlite::types::Type::Text,
-                    Box::new(e),
-                )
-            })?,
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(9, rusqlite::types::Type::Text, Box::new(e)))?,
     })
 }
 
@@ -346,9 +284,7 @@ impl Writer {
         for request in batch {
             let (reply, work): (Reply, Work) = match request {
                 WriteRequest::Append { appends, reply } => (reply, Work::Append(appends)),
-                WriteRequest::SaveCheckpoints { checkpoints, reply } => {
-                    (reply, Work::Checkpoints(checkpoints))
-                }
+                WriteRequest::SaveCheckpoints { checkpoints, reply } => (reply, Work::Checkpoints(checkpoints)),
                 WriteRequest::Ping { reply } => (reply, Work::Ping),
             };
             if let Err(e) = &begun {
@@ -382,11 +318,7 @@ impl Writer {
     }
 
     fn committed_head(&self) -> Option<u64> {
-        self.conn
-            .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
-                r.get(0)
-            })
-            .ok()
+        self.conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| r.get(0)).ok()
     }
 
     fn in_savepoint(&mut self, work: Work) -> Result<Appended, StoreError> {
@@ -395,17 +327,13 @@ impl Writer {
         let result = match work {
             Work::Append(appends) => self.append(&appends),
             Work::Checkpoints(checkpoints) => self.save_checkpoints(&checkpoints),
-            Work::Ping => Ok(Appended {
-                last_position: start - 1,
-            }),
+            Work::Ping => Ok(Appended { last_position: start - 1 }),
         };
         match &result {
             Ok(_) => self.conn.execute_batch("RELEASE request").store_err()?,
             Err(_) => {
                 self.next_position = start;
-                self.conn
-                    .execute_batch("ROLLBACK TO request; RELEASE request")
-                    .store_err()?;
+                self.conn.execute_batch("ROLLBACK TO request; RELEASE request").store_err()?;
             }
         }
         result
@@ -428,7 +356,9 @@ impl Writer {
             let mut version = current.map_or(0, |v| v + 1);
             let mut insert = self
                 .conn
-                .prepare_cached(&format!("INSERT INTO events ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"))
+                .prepare_cached(&format!(
+                    "INSERT INTO events ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+                ))
                 .store_err()?;
             for event in &append.events {
                 insert
@@ -442,9 +372,7 @@ impl Writer {
                         event.data,
                         event.correlation_id.to_string(),
                         event.causation_id.map(|c| c.to_string()),
-                        event
-                            .recorded_at
-                            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                        event.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
                     ])
                     .store_err()?;
                 self.next_position += 1;
@@ -457,9 +385,7 @@ impl Writer {
                     .store_err()?;
             }
         }
-        Ok(Appended {
-            last_position: self.next_position - 1,
-        })
+        Ok(Appended { last_position: self.next_position - 1 })
     }
 
     fn save_checkpoints(&mut self, checkpoints: &[Checkpoint]) -> Result<Appended, StoreError> {
@@ -473,9 +399,7 @@ impl Writer {
                 .and_then(|mut s| s.execute(params![c.name, c.position, c.state, now]))
                 .store_err()?;
         }
-        Ok(Appended {
-            last_position: self.next_position - 1,
-        })
+        Ok(Appended { last_position: self.next_position - 1 })
     }
 }
 

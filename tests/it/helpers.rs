@@ -1,0 +1,221 @@
+//! `spawn_app()` and friends.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use meshgate::app::App;
+use meshgate::config::{Config, LaneConfig};
+use meshgate::http::AppState;
+use meshgate::projector::apply_batch;
+use meshgate::secrets::generate_token_file;
+use meshgate::store::{EventStore, StoredEvent, StreamAppend};
+use meshgate_domain::build::{decide, replay, BuildCommand};
+use meshgate_domain::stream::build_stream;
+use meshgate_domain::{ExpectedVersion, Trigger};
+use meshgate_projections::ProjectionSet;
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// A YouTrack fixture body as sent (compact, one line).
+pub fn fixture(name: &str) -> String {
+    let path = fixtures().join("youtrack").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let value: Value = serde_json::from_str(&text).unwrap();
+    serde_json::to_string(&value).unwrap()
+}
+
+/// The same body with some top-level keys replaced (a new `timestamp`, another `updated`, …).
+pub fn with(body: &str, overrides: &Value) -> String {
+    let mut value: Value = serde_json::from_str(body).unwrap();
+    for (k, v) in overrides.as_object().unwrap() {
+        value[k] = v.clone();
+    }
+    serde_json::to_string(&value).unwrap()
+}
+
+pub fn ios_trigger() -> Trigger {
+    Trigger {
+        name: "ios-build".into(),
+        projects: vec!["MOB".into()],
+        field: "State".into(),
+        to: vec!["Building".into()],
+        from: vec![],
+        script: "ios-build".into(),
+        lane: "default".into(),
+        git_ref: "feature/{issue}".into(),
+    }
+}
+
+/// A config in `dir` with fresh token files and the given triggers.
+pub fn test_config(dir: &Path, triggers: Vec<Trigger>) -> Config {
+    let mut config = Config::default();
+    config.server.data_dir = dir.join("data");
+    config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.webhook.token_files = vec![dir.join("webhook.token")];
+    config.admin.token_file = Some(dir.join("admin.token"));
+    config.youtrack.bot_login = Some("meshgate-bot".into());
+    config.lanes =
+        vec![LaneConfig { name: "default".into(), priority: 0 }, LaneConfig { name: "signing".into(), priority: 10 }];
+    config.triggers = triggers;
+    for file in [dir.join("webhook.token"), dir.join("admin.token")] {
+        if !file.exists() {
+            generate_token_file(&file, 0o400).unwrap();
+        }
+    }
+    config
+}
+
+pub struct TestApp {
+    pub dir: TempDir,
+    pub config: Config,
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub webhook_token: String,
+    pub admin_token: String,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path(), vec![ios_trigger()]);
+    spawn_with(dir, config).await
+}
+
+pub async fn spawn_with(dir: TempDir, config: Config) -> TestApp {
+    let app = App::start(&config).await.expect("app starts");
+    let state = Arc::clone(&app.state);
+    let listener = tokio::net::TcpListener::bind(config.server.listen).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        app.serve(listener, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap().trim().to_owned();
+    TestApp {
+        webhook_token: read(&config.webhook.token_files[0]),
+        admin_token: read(config.admin.token_file.as_ref().unwrap()),
+        dir,
+        config,
+        addr,
+        state,
+        client: reqwest::Client::new(),
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn post(&self, body: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/youtrack/webhook"))
+            .header("X-YouTrack-Token", &self.webhook_token)
+            .header("Content-Type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Posts and returns the JSON answer, asserting a 200.
+    pub async fn deliver(&self, body: &str) -> Value {
+        let response = self.post(body).await;
+        assert_eq!(response.status(), 200, "delivery refused");
+        response.json().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).bearer_auth(&self.admin_token).send().await.unwrap()
+    }
+
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.state.store
+    }
+
+    pub async fn all_events(&self) -> Vec<StoredEvent> {
+        self.store().read_all(0, usize::MAX >> 1).await.unwrap()
+    }
+
+    pub async fn count(&self, event_type: &str) -> usize {
+        self.all_events().await.iter().filter(|e| e.event_type == event_type).count()
+    }
+
+    /// The live projections once they have caught up with the log.
+    pub async fn live(&self) -> ProjectionSet {
+        let head = *self.store().head().borrow();
+        assert!(self.state.projections.caught_up_to(head, std::time::Duration::from_secs(10)).await);
+        self.state.projections.read(Clone::clone)
+    }
+
+    /// The projections recomputed from position 0.
+    pub async fn rebuilt(&self) -> ProjectionSet {
+        let mut set = ProjectionSet::default();
+        apply_batch(&mut set, &self.all_events().await).unwrap();
+        set
+    }
+
+    /// Runs a build to its end the way a node would: claim, then report.
+    pub async fn finish_build(&self, build_id: Uuid, succeeded: bool) {
+        let stream = build_stream(build_id);
+        let claim = BuildCommand::Claim { node_id: "mac-1".into(), lease_expires_at: chrono::Utc::now() };
+        self.apply_command(&stream, build_id, claim).await;
+        let result = if succeeded {
+            BuildCommand::Succeed { attempt: 1 }
+        } else {
+            BuildCommand::Fail { attempt: 1, reason: "exit 65".into() }
+        };
+        self.apply_command(&stream, build_id, result).await;
+    }
+
+    pub async fn apply_command(&self, stream: &str, build_id: Uuid, command: BuildCommand) {
+        let stored = self.store().read_stream(stream).await.unwrap();
+        let events: Vec<_> = stored.iter().map(|s| s.decode().unwrap().event).collect();
+        let new = decide(&replay(&events), build_id, &command, chrono::Utc::now()).unwrap();
+        let append = StreamAppend {
+            stream: stream.to_owned(),
+            expected: ExpectedVersion::from_current(stored.last().map(|s| s.version)),
+            events: new
+                .iter()
+                .map(|e| meshgate::store::NewEvent::from_domain(e, Uuid::now_v7(), None, chrono::Utc::now()))
+                .collect(),
+        };
+        self.store().append(vec![append]).await.unwrap();
+    }
+
+    /// Stops serving and saves the projections; the data dir is kept for a restart.
+    pub async fn shutdown(mut self) -> (TempDir, Config) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap();
+        }
+        (self.dir, self.config)
+    }
+
+    pub async fn restart(self) -> TestApp {
+        let (dir, config) = self.shutdown().await;
+        spawn_with(dir, config).await
+    }
+}
+
+pub fn build_id(answer: &Value) -> Uuid {
+    answer["build_id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).expect("a build id")
+}

@@ -1,0 +1,107 @@
+//! Duplicate deliveries fold into the build they produced; transitions coalesce into active builds;
+//! both hold across restarts and under concurrency.
+
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+fn building() -> String {
+    fixture("mob-issueUpdated-state-building.json")
+}
+
+/// The same change sent again: only `timestamp` differs.
+fn resent(body: &str, n: u32) -> String {
+    with(body, &json!({"timestamp": format!("2026-08-24T10:00:{:02}.{n:03}Z", n % 60)}))
+}
+
+#[tokio::test]
+async fn a_duplicate_delivery_folds_into_the_build_it_produced() {
+    let app = spawn_app().await;
+    let first = app.deliver(&building()).await;
+    let again = app.deliver(&resent(&building(), 1)).await;
+    assert_eq!(again["outcome"], "folded");
+    assert_eq!(again["build_id"], first["build_id"]);
+    let build: Value = app.get(&format!("/api/v1/builds/{}", build_id(&first))).await.json().await.unwrap();
+    assert_eq!(build["build"]["folds"][0]["reason"], "duplicate_delivery");
+    assert_eq!(build["build"]["folds"][0]["correlation_id"], again["correlation_id"]);
+    let types: Vec<_> = build["events"].as_array().unwrap().iter().map(|e| e["type"].clone()).collect();
+    assert_eq!(types, [json!("BuildRequested"), json!("BuildRequestFolded")]);
+}
+
+#[tokio::test]
+async fn duplicates_fold_across_restarts_and_forever() {
+    let app = spawn_app().await;
+    let first = app.deliver(&building()).await;
+    app.finish_build(build_id(&first), true).await;
+    let app = app.restart().await;
+    let again = app.deliver(&resent(&building(), 2)).await;
+    assert_eq!(again["outcome"], "folded");
+    assert_eq!(again["build_id"], first["build_id"]);
+    assert_eq!(app.count("BuildRequested").await, 1);
+}
+
+#[tokio::test]
+async fn a_new_transition_coalesces_into_the_active_build_until_it_finishes() {
+    let app = spawn_app().await;
+    let first = app.deliver(&building()).await;
+    // Another change that also moves the issue to Building (a different fingerprint).
+    let other = fixture("mob-issueUpdated-every-value-shape.json");
+    let coalesced = app.deliver(&other).await;
+    assert_eq!(coalesced["outcome"], "folded");
+    assert_eq!(coalesced["build_id"], first["build_id"]);
+    let builds: Value = app.get("/api/v1/builds?issue=MOB-7").await.json().await.unwrap();
+    assert_eq!(builds["builds"][0]["folds"][0]["reason"], "coalesced");
+
+    app.finish_build(build_id(&first), false).await;
+    let next = app.deliver(&fixture("mob-issueUpdated-updatedBy-null.json")).await;
+    assert_eq!(next["outcome"], "enqueued");
+    assert_ne!(next["build_id"], first["build_id"]);
+    let queued: Value = app.get("/api/v1/queue").await.json().await.unwrap();
+    assert_eq!(queued["queue"].as_array().unwrap().len(), 1);
+    assert_eq!(queued["queue"][0]["build_id"], next["build_id"]);
+}
+
+#[tokio::test]
+async fn fifty_simultaneous_deliveries_of_one_body_produce_exactly_one_build() {
+    let app = spawn_app().await;
+    let body = building();
+    let answers: Vec<Value> = join_all((0..50).map(|_| app.deliver(&body))).await;
+    let enqueued = answers.iter().filter(|a| a["outcome"] == "enqueued").count();
+    let folded = answers.iter().filter(|a| a["outcome"] == "folded").count();
+    assert_eq!((enqueued, folded), (1, 49));
+    assert!(answers.iter().all(|a| a["build_id"] == answers[0]["build_id"]));
+    assert_eq!(app.count("BuildRequested").await, 1);
+    assert_eq!(app.count("BuildRequestFolded").await, 49);
+    assert_eq!(app.count("WebhookReceived").await, 50);
+}
+
+#[tokio::test]
+async fn simultaneous_different_transitions_of_one_intent_share_one_build() {
+    let app = spawn_app().await;
+    let bodies: Vec<String> =
+        (0..20).map(|n| with(&building(), &json!({"updated": 1_787_565_700_000u64 + n}))).collect();
+    let answers: Vec<Value> = join_all(bodies.iter().map(|b| app.deliver(b))).await;
+    assert_eq!(answers.iter().filter(|a| a["outcome"] == "enqueued").count(), 1);
+    assert!(answers.iter().all(|a| a["build_id"] == answers[0]["build_id"]));
+    assert_eq!(app.count("BuildRequested").await, 1);
+    assert_eq!(app.count("IntentActivated").await, 1);
+}
+
+#[tokio::test]
+async fn projections_resume_from_their_checkpoint_and_equal_a_rebuild() {
+    let app = spawn_app().await;
+    for n in 0..5u64 {
+        let body = with(&building(), &json!({"id": format!("MOB-{n}")}));
+        app.deliver(&body).await;
+        app.deliver(&resent(&body, n as u32)).await;
+    }
+    let before = app.live().await;
+    let app = app.restart().await;
+    // Restarted from the checkpoint, not from position 0.
+    assert_eq!(app.state.projections.position(), before.position());
+    app.deliver(&with(&building(), &json!({"id": "MOB-9"}))).await;
+    let live = app.live().await;
+    assert_eq!(live, app.rebuilt().await);
+    assert_eq!(live.builds.state.builds.len(), 6);
+}

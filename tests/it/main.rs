@@ -1,0 +1,8 @@
+//! One integration-test binary: real routers, real SQLite files in temp dirs, real `meshgate`
+//! processes on free loopback ports.
+
+mod helpers;
+mod idempotency;
+mod process;
+mod scenarios;
+mod webhook;
