@@ -1,1 +1,272 @@
+//! Real `meshgate` processes: a SIGKILL during a load of deliveries, the embedded defaults, and
+//! what the logs never contain.
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use meshgate::store::sqlite::{query, EventFilter, SqliteStore};
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshgate");
+
+struct Gateway {
+    child: Child,
+    addr: SocketAddr,
+}
+
+/// Starts `meshgate serve` and waits for the line announcing its address (no polling).
+fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Gateway {
+    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("stderr.log")).unwrap();
+    let mut command = Command::new(BIN);
+    command.current_dir(dir).args(args).arg("serve").stdout(Stdio::piped()).stderr(stderr);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut printed = Vec::new();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("meshgate listening on http://") {
+            let addr = rest.split('/').next().unwrap().parse().unwrap();
+            std::fs::write(dir.join("stdout.log"), printed.join("\n")).unwrap();
+            return Gateway { child, addr };
+        }
+        printed.push(line);
+    }
+    panic!("meshgate exited before listening: {}", std::fs::read_to_string(dir.join("stderr.log")).unwrap());
+}
+
+impl Gateway {
+    /// SIGTERM, then wait: the gateway drains and saves its projections.
+    fn stop(mut self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        assert!(self.child.wait().unwrap().success(), "gateway did not stop cleanly");
+    }
+}
+
+fn write_config(dir: &Path) -> PathBuf {
+    let config = test_config(dir, vec![ios_trigger()]);
+    let toml = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+data_dir = "data"
+
+[webhook]
+token_files = ["webhook.token"]
+
+[admin]
+token_file = "admin.token"
+
+[youtrack]
+bot_login = "meshgate-bot"
+
+[[triggers]]
+name = "ios-build"
+projects = ["MOB"]
+field = "State"
+to = ["Building"]
+script = "ios-build"
+git_ref = "feature/{{issue}}"
+"#
+    );
+    assert!(config.webhook.token_files[0].exists());
+    let path = dir.join("meshgate.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+fn token(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap().trim().to_owned()
+}
+
+async fn post(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    token: &str,
+    body: String,
+) -> reqwest::Result<reqwest::Response> {
+    client
+        .post(format!("http://{addr}/youtrack/webhook"))
+        .header("X-YouTrack-Token", token)
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_during_a_load_loses_no_accepted_delivery_and_makes_no_second_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let config_arg = config.to_str().unwrap();
+    let gateway = start(dir.path(), &["--config", config_arg], &[]);
+    let webhook_token = token(dir.path(), "webhook.token");
+    let building = fixture("mob-issueUpdated-state-building.json");
+
+    // 16 clients; each issue is delivered twice (the second copy only differs in timestamp).
+    let accepted: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let ok = Arc::new(AtomicUsize::new(0));
+    let enough = Arc::new(Notify::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = reqwest::Client::new();
+    let mut clients = Vec::new();
+    for c in 0..16 {
+        let (accepted, ok, enough, stop, client) =
+            (accepted.clone(), ok.clone(), enough.clone(), stop.clone(), client.clone());
+        let (addr, token, building) = (gateway.addr, webhook_token.clone(), building.clone());
+        clients.push(tokio::spawn(async move {
+            for n in 0..10_000 {
+                let issue = format!("MOB-{}", c * 10_000 + n / 2);
+                let body =
+                    with(&building, &json!({"id": issue, "timestamp": format!("2026-08-24T10:00:00.{:03}Z", n % 2)}));
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                match post(&client, addr, &token, body).await {
+                    Ok(r) if r.status() == 200 => {
+                        let answer: Value = match r.json().await {
+                            Ok(answer) => answer,
+                            Err(_) => return,
+                        };
+                        accepted.lock().unwrap().push((answer["correlation_id"].as_str().unwrap().to_owned(), issue));
+                        if ok.fetch_add(1, Ordering::Relaxed) + 1 == 600 {
+                            enough.notify_one();
+                        }
+                    }
+                    Ok(r) => panic!("unexpected status {}", r.status()),
+                    Err(_) => return, // the gateway is gone
+                }
+            }
+        }));
+    }
+    enough.notified().await;
+    let mut gateway = gateway;
+    gateway.child.kill().unwrap(); // SIGKILL, mid-load
+    gateway.child.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    assert!(accepted.len() >= 600);
+
+    // Restart on the same data: it serves again, and an old copy still folds.
+    let gateway = start(dir.path(), &["--config", config_arg], &[]);
+    let (_, first_issue) = &accepted[0];
+    let copy = with(&building, &json!({"id": first_issue, "timestamp": "2026-08-24T23:59:59.999Z"}));
+    let answer: Value = post(&client, gateway.addr, &webhook_token, copy).await.unwrap().json().await.unwrap();
+    assert_eq!(answer["outcome"], "folded");
+    gateway.stop();
+
+    // Every delivery that got a 200 is in the log; no issue got two builds.
+    let conn = SqliteStore::open_read_only(&dir.path().join("data/events.sqlite")).unwrap();
+    let received =
+        query(&conn, &EventFilter { event_type: Some("WebhookReceived".into()), ..Default::default() }).unwrap();
+    let logged: std::collections::HashSet<String> = received.iter().map(|e| e.correlation_id.to_string()).collect();
+    for (correlation_id, issue) in &accepted {
+        assert!(logged.contains(correlation_id), "accepted delivery {correlation_id} for {issue} is not in the log");
+    }
+    let requested =
+        query(&conn, &EventFilter { event_type: Some("BuildRequested".into()), ..Default::default() }).unwrap();
+    let mut per_issue = std::collections::HashMap::<String, usize>::new();
+    for e in &requested {
+        let data: Value = serde_json::from_str(&e.data).unwrap();
+        *per_issue.entry(data["issue_id"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    assert!(per_issue.values().all(|n| *n == 1), "an issue got two builds");
+    for (_, issue) in &accepted {
+        assert_eq!(per_issue.get(issue), Some(&1), "{issue} was accepted but has no build");
+    }
+
+    // The projections saved at shutdown equal a rebuild from position 0.
+    let verify =
+        Command::new(BIN).args(["--config", config_arg, "projections", "rebuild", "--verify"]).output().unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("projections match"));
+}
+
+#[tokio::test]
+async fn with_no_config_the_gateway_generates_its_tokens_and_prints_only_where_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start(dir.path(), &[], &[("MESHGATE_SERVER__LISTEN", "127.0.0.1:0")]);
+    let stdout = std::fs::read_to_string(dir.path().join("stdout.log")).unwrap();
+    let webhook_token = token(dir.path(), "meshgate-data/secrets/webhook.token");
+    let admin_token = token(dir.path(), "meshgate-data/secrets/admin.token");
+    assert_eq!(webhook_token.len(), 64);
+    assert!(stdout.contains("meshgate-data/secrets/webhook.token"));
+    assert!(!stdout.contains(&webhook_token) && !stdout.contains(&admin_token));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("meshgate-data/secrets/webhook.token")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o400);
+
+    let client = reqwest::Client::new();
+    let response =
+        post(&client, gateway.addr, &webhook_token, fixture("issueUpdated-state-building.json")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    gateway.stop();
+}
+
+#[tokio::test]
+async fn token_values_never_reach_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let gateway = start(dir.path(), &["--config", config.to_str().unwrap()], &[("RUST_LOG", "trace")]);
+    let webhook_token = token(dir.path(), "webhook.token");
+    let admin_token = token(dir.path(), "admin.token");
+    let client = reqwest::Client::new();
+    let body = fixture("mob-issueUpdated-state-building.json");
+    // A near miss, the admin token in the webhook header, and the right token.
+    let near_miss = format!("{}0", &webhook_token[..63]);
+    for t in [near_miss.as_str(), admin_token.as_str(), webhook_token.as_str()] {
+        post(&client, gateway.addr, t, body.clone()).await.unwrap();
+    }
+    let api = client.get(format!("http://{}/api/v1/builds", gateway.addr)).bearer_auth(&admin_token);
+    assert_eq!(api.send().await.unwrap().status(), 200);
+    gateway.stop();
+
+    let logs = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(logs.contains("webhook token mismatch"), "the mismatch is logged");
+    assert!(logs.contains("received_token_length=64"));
+    for secret in [&webhook_token, &admin_token, &near_miss] {
+        assert!(!logs.contains(secret.as_str()), "a token value reached the logs");
+    }
+}
+
+#[tokio::test]
+async fn init_writes_a_sample_config_that_loads_and_refuses_to_overwrite_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("gw");
+    let run = |args: &[&str]| Command::new(BIN).args(args).output().unwrap();
+    let first = run(&["init", target.to_str().unwrap()]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let config = meshgate::config::Config::load(Some(&target.join("meshgate.toml"))).unwrap();
+    assert_eq!(config.triggers[0].name, "ios-build");
+    assert!(meshgate::secrets::Token::read(&target.join("secrets/webhook.token")).is_ok());
+    assert!(!run(&["init", target.to_str().unwrap()]).status.success());
+
+    let file = dir.path().join("rotated.token");
+    assert!(run(&["token", "generate", file.to_str().unwrap()]).status.success());
+    assert!(!run(&["token", "generate", file.to_str().unwrap()]).status.success());
+    assert!(meshgate::secrets::Token::read(&file).is_ok());
+}
+
+#[tokio::test]
+async fn a_loose_token_file_stops_the_gateway_at_start_with_the_file_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path().join("webhook.token"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = Command::new(BIN).args(["--config", config.to_str().unwrap(), "serve"]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("webhook.token") && stderr.contains("world-readable"), "{stderr}");
+}
