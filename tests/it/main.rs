@@ -5,4 +5,5 @@ mod helpers;
 mod idempotency;
 mod process;
 mod scenarios;
+mod store;
 mod webhook;

@@ -41,7 +41,8 @@ fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Gateway {
         }
         printed.push(line);
     }
-    panic!("meshgate exited before listening: {}", std::fs::read_to_string(dir.join("stderr.log")).unwrap());
+    let status = child.wait().unwrap();
+    panic!("meshgate exited ({status}) before listening: {}", std::fs::read_to_string(dir.join("stderr.log")).unwrap());
 }
 
 impl Gateway {
@@ -55,8 +56,7 @@ impl Gateway {
 
 fn write_config(dir: &Path) -> PathBuf {
     let config = test_config(dir, vec![ios_trigger()]);
-    let toml = format!(
-        r#"[server]
+    let toml = r#"[server]
 listen = "127.0.0.1:0"
 data_dir = "data"
 
@@ -75,9 +75,8 @@ projects = ["MOB"]
 field = "State"
 to = ["Building"]
 script = "ios-build"
-git_ref = "feature/{{issue}}"
-"#
-    );
+git_ref = "feature/{issue}"
+"#;
     assert!(config.webhook.token_files[0].exists());
     let path = dir.join("meshgate.toml");
     std::fs::write(&path, toml).unwrap();

@@ -1,0 +1,119 @@
+//! The event store contract. Written against `dyn EventStore` so every backend runs the same suite;
+//! here on the embedded SQLite store, with group commit and with one commit per request.
+
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use meshgate::store::sqlite::{SqliteStore, WriterOptions};
+use meshgate::store::{Checkpoint, EventStore, NewEvent, StoreError, StreamAppend};
+use meshgate_domain::event::{BuildCancelled, Event};
+use meshgate_domain::ExpectedVersion;
+use uuid::Uuid;
+
+fn event(n: u128) -> NewEvent {
+    let e = Event::BuildCancelled(BuildCancelled {
+        build_id: Uuid::from_u128(n),
+        reason: format!("r{n}"),
+        cancelled_at: chrono::Utc::now(),
+    });
+    NewEvent::from_domain(&e, Uuid::from_u128(n), None, chrono::Utc::now())
+}
+
+fn append(stream: &str, expected: ExpectedVersion, n: usize) -> StreamAppend {
+    StreamAppend { stream: stream.into(), expected, events: (0..n as u128).map(event).collect() }
+}
+
+fn open(dir: &std::path::Path, max_batch: usize) -> Arc<dyn EventStore> {
+    let options = WriterOptions { max_batch, ..WriterOptions::default() };
+    Arc::new(SqliteStore::open(&dir.join("events.sqlite"), options).unwrap())
+}
+
+async fn contract(store: Arc<dyn EventStore>) {
+    // Versions and expectations.
+    let a = store.append(vec![append("a", ExpectedVersion::NoStream, 2)]).await.unwrap();
+    assert_eq!(a.last_position, 2);
+    let conflict = store.append(vec![append("a", ExpectedVersion::NoStream, 1)]).await.unwrap_err();
+    assert_eq!(
+        conflict,
+        StoreError::Conflict { stream: "a".into(), expected: ExpectedVersion::NoStream, actual: Some(1) }
+    );
+    assert!(store.append(vec![append("a", ExpectedVersion::Exact(0), 1)]).await.is_err());
+    store.append(vec![append("a", ExpectedVersion::Exact(1), 1)]).await.unwrap();
+    store.append(vec![append("a", ExpectedVersion::Any, 1)]).await.unwrap();
+    let versions: Vec<u64> = store.read_stream("a").await.unwrap().iter().map(|e| e.version).collect();
+    assert_eq!(versions, [0, 1, 2, 3]);
+    assert!(store.read_stream("nope").await.unwrap().is_empty());
+
+    // Several streams are appended all or nothing.
+    let before = *store.head().borrow();
+    let mixed = vec![append("b", ExpectedVersion::NoStream, 1), append("a", ExpectedVersion::NoStream, 1)];
+    assert!(matches!(store.append(mixed).await, Err(StoreError::Conflict { .. })));
+    assert!(store.read_stream("b").await.unwrap().is_empty());
+    assert_eq!(*store.head().borrow(), before);
+
+    // Concurrent appends, half of them conflicting: the rest land, positions stay gap-free.
+    let attempts = (0..40).map(|i| {
+        let store = Arc::clone(&store);
+        async move {
+            let stream = format!("c{}", i / 2); // two writers per stream, both expecting no stream
+            store.append(vec![append(&stream, ExpectedVersion::NoStream, 3)]).await
+        }
+    });
+    let results = join_all(attempts).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 20);
+    assert!(results.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(e, StoreError::Conflict { .. })));
+    let all = store.read_all(0, 10_000).await.unwrap();
+    let positions: Vec<u64> = all.iter().map(|e| e.position).collect();
+    assert_eq!(positions, (1..=all.len() as u64).collect::<Vec<_>>());
+    assert_eq!(*store.head().borrow(), all.len() as u64);
+    assert_eq!(store.read_all(3, 2).await.unwrap().iter().map(|e| e.position).collect::<Vec<_>>(), [4, 5]);
+
+    // Stored events decode back to what was appended.
+    let first = store.read_stream("a").await.unwrap().remove(0);
+    assert_eq!(first.event_type, "BuildCancelled");
+    assert!(first.decode().is_ok());
+
+    // Checkpoints round-trip and are replaced.
+    let checkpoint = |p| Checkpoint { name: "builds".into(), position: p, state: format!("{{\"p\":{p}}}") };
+    store.save_checkpoints(vec![checkpoint(3)]).await.unwrap();
+    store.save_checkpoints(vec![checkpoint(7)]).await.unwrap();
+    assert_eq!(store.load_checkpoints().await.unwrap(), [checkpoint(7)]);
+    store.check_writable().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_sqlite_store_with_group_commit_keeps_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    contract(open(dir.path(), 512)).await;
+}
+
+#[tokio::test]
+async fn the_sqlite_store_with_one_commit_per_request_keeps_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    contract(open(dir.path(), 1)).await;
+}
+
+#[tokio::test]
+async fn a_reopened_store_continues_positions_and_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path(), 512);
+        store.append(vec![append("s", ExpectedVersion::NoStream, 3)]).await.unwrap();
+    }
+    let store = open(dir.path(), 512);
+    assert_eq!(*store.head().borrow(), 3);
+    let appended = store.append(vec![append("s", ExpectedVersion::Exact(2), 1)]).await.unwrap();
+    assert_eq!(appended.last_position, 4);
+}
+
+#[tokio::test]
+async fn the_head_announces_each_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 512);
+    let mut head = store.head();
+    let writer = Arc::clone(&store);
+    let task = tokio::spawn(async move { writer.append(vec![append("h", ExpectedVersion::Any, 2)]).await });
+    let seen = *head.wait_for(|h| *h >= 2).await.unwrap();
+    assert_eq!(seen, 2);
+    task.await.unwrap().unwrap();
+}
