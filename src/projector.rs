@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use meshgate_domain::Recorded;
 use meshgate_projections::{Builds, Checkpointed, Dedupe, Projection, ProjectionSet, Queue};
 use tokio::sync::watch;
 
@@ -12,8 +13,8 @@ use crate::store::{Checkpoint, EventStore, StoreError, StoredEvent};
 
 /// Events read from the store in one go.
 pub const READ_BATCH: usize = 2048;
-const SAVE_EVERY_EVENTS: u64 = 20_000;
-const SAVE_EVERY: Duration = Duration::from_secs(5);
+const SAVE_EVERY_EVENTS: u64 = 500_000;
+const SAVE_EVERY: Duration = Duration::from_secs(30);
 
 /// Shared, read-mostly access to the live projections.
 #[derive(Clone)]
@@ -40,18 +41,43 @@ impl Projections {
     }
 }
 
-/// Decodes the events the projections read and applies a batch; others only move the checkpoint.
-pub fn apply_batch(set: &mut ProjectionSet, batch: &[StoredEvent]) -> Result<(), StoreError> {
-    for stored in batch {
-        if ProjectionSet::wants(&stored.event_type) {
-            let recorded = stored
-                .decode()
-                .map_err(|e| StoreError::Failed(format!("event at position {}: {e}", stored.position)))?;
-            set.apply(&recorded);
-        } else {
-            set.skip_to(stored.position);
+/// A stored event made ready for the projections.
+pub enum Decoded {
+    /// An event some projection reads.
+    Apply(Box<Recorded>),
+    /// An event no projection reads: only the checkpoint moves.
+    Skip(u64),
+}
+
+/// Decodes the events the projections read; the others are only positions.
+pub fn decode_batch(batch: &[StoredEvent]) -> Result<Vec<Decoded>, StoreError> {
+    batch
+        .iter()
+        .map(|stored| {
+            if ProjectionSet::wants(&stored.event_type) {
+                let recorded = stored
+                    .decode()
+                    .map_err(|e| StoreError::Failed(format!("event at position {}: {e}", stored.position)))?;
+                Ok(Decoded::Apply(Box::new(recorded)))
+            } else {
+                Ok(Decoded::Skip(stored.position))
+            }
+        })
+        .collect()
+}
+
+pub fn apply_decoded(set: &mut ProjectionSet, decoded: &[Decoded]) {
+    for item in decoded {
+        match item {
+            Decoded::Apply(recorded) => set.apply(recorded),
+            Decoded::Skip(position) => set.skip_to(*position),
         }
     }
+}
+
+/// Decodes and applies a batch of stored events.
+pub fn apply_batch(set: &mut ProjectionSet, batch: &[StoredEvent]) -> Result<(), StoreError> {
+    apply_decoded(set, &decode_batch(batch)?);
     Ok(())
 }
 

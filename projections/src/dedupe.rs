@@ -1,6 +1,6 @@
 //! `dedupe`: fingerprints seen, with the builds they stand for, and the active build of each intent.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use meshgate_domain::{Event, Recorded};
 use serde::{Deserialize, Serialize};
@@ -11,11 +11,11 @@ use crate::Projection;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dedupe {
     /// Fingerprint → builds its first delivery started or folded into (empty: it was ignored).
-    pub fingerprints: BTreeMap<String, Vec<Uuid>>,
+    pub fingerprints: HashMap<String, Vec<Uuid>>,
     /// Intent key → its queued or running build.
-    pub active_intents: BTreeMap<String, Uuid>,
+    pub active_intents: HashMap<String, Uuid>,
     /// Active build → its intent key, to close the intent when the build finishes.
-    intent_of_build: BTreeMap<Uuid, String>,
+    intent_of_build: HashMap<Uuid, String>,
 }
 
 impl Dedupe {

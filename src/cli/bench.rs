@@ -1,10 +1,319 @@
-//! `meshgate bench`: see docs/benchmarks.md.
+//! `meshgate bench`: ingest throughput and latency against a real server on loopback, and the
+//! speed of a projection rebuild. See docs/benchmarks.md for how to read the figures.
 
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
 use clap::Args;
+use indicatif::ProgressBar;
+use meshgate_domain::ingest::{decide_delivery, DeliveryInput, IngestPolicy, LogView};
+use meshgate_domain::payload::parse_bytes;
+use meshgate_domain::{Fingerprint, Trigger};
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::cli::rebuild::fold_log;
+use crate::config::Config;
+use crate::secrets::generate_token_file;
+use crate::store::sqlite::{SqliteStore, WriterOptions};
+use crate::store::{EventStore, NewEvent, StreamAppend};
+
+/// A delivery in the sender's compact format; `{n}` makes each one a distinct change.
+const BODY: &str = r#"{"event":"issueUpdated","timestamp":"2026-08-24T10:00:00.000Z","id":"MOB-{n}","summary":"Crash on launch when the device is offline and the cache is cold (iOS 18.2, iPhone 15)","project":{"key":"MOB","name":"Mobile","shortName":"MOB"},"description":"Steps to reproduce:\n1. Install the app from TestFlight build 2.1.0 (412)\n2. Enable airplane mode\n3. Clear the cache from Settings > Storage\n4. Launch the app\n\nExpected: the offline screen.\nActual: crash in CacheController.load() with EXC_BAD_ACCESS.\n\nSeen on iOS 18.2 and 18.3 beta 1; not on iOS 17. Crash log attached; symbolicated stack points at the image decoder running on the main thread while the cache index is rebuilt on a background queue.","updated":1787565700000,"updatedBy":{"login":"omar.haddad","fullName":"Omar Haddad","email":"omar.haddad@example.com"},"changedFields":[{"name":"State","oldValue":{"name":"Open","presentation":"Open"},"value":{"name":"Building","presentation":"Building"}},{"name":"Assignee","oldValue":null,"value":{"login":"jane.doe","fullName":"Jane Doe","email":"jane.doe@example.com"}}]}"#;
 
 #[derive(Debug, Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Concurrent clients posting deliveries.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Seconds of measured load per ingest mode (after one second of warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Events in the log for the rebuild measurement (0 skips it).
+    #[arg(long, default_value_t = 1_000_000)]
+    rebuild_events: u64,
+    /// Skip the ingest measurements.
+    #[arg(long)]
+    no_ingest: bool,
+    /// Also measure the store alone: the same appends from the same number of tasks, no HTTP.
+    #[arg(long)]
+    store_only: bool,
+}
 
-pub async fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+fn trigger() -> Trigger {
+    Trigger {
+        name: "ios-build".into(),
+        projects: vec!["MOB".into()],
+        field: "State".into(),
+        to: vec!["Building".into()],
+        from: vec![],
+        script: "ios-build".into(),
+        lane: "default".into(),
+        git_ref: "feature/{issue}".into(),
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    println!("body: {} bytes, {} clients, {} s per mode", BODY.len(), args.clients, args.seconds);
+    if !args.no_ingest {
+        let group = ingest(&args, true).await?;
+        let single = ingest(&args, false).await?;
+        println!();
+        println!("| mode | accepted/s | p50 | p99 | requests | errors |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        for (name, r) in [("group commit", &group), ("one commit per request", &single)] {
+            println!(
+                "| {name} | {:.0} | {:.2} ms | {:.2} ms | {} | {} |",
+                r.rate(),
+                r.percentile(0.50),
+                r.percentile(0.99),
+                r.latencies_us.len(),
+                r.errors
+            );
+        }
+        println!("group commit / one commit per request: {:.1}x", group.rate() / single.rate());
+    }
+    if args.store_only {
+        store_only(&args).await?;
+    }
+    if args.rebuild_events > 0 {
+        rebuild(args.rebuild_events).await?;
+    }
+    Ok(())
+}
+
+struct IngestResult {
+    latencies_us: Vec<u64>,
+    errors: u64,
+    elapsed: Duration,
+}
+
+impl IngestResult {
+    fn rate(&self) -> f64 {
+        self.latencies_us.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+}
+
+fn bench_config(dir: &Path, group_commit: bool) -> anyhow::Result<Config> {
+    let mut config = Config::default();
+    config.server.data_dir = dir.join("data");
+    config.webhook.token_files = vec![dir.join("webhook.token")];
+    config.admin.token_file = Some(dir.join("admin.token"));
+    config.store.group_commit = group_commit;
+    config.triggers = vec![trigger()];
+    generate_token_file(&dir.join("webhook.token"), 0o400)?;
+    generate_token_file(&dir.join("admin.token"), 0o400)?;
+    Ok(config)
+}
+
+async fn ingest(args: &BenchArgs, group_commit: bool) -> anyhow::Result<IngestResult> {
+    let dir = tempfile_dir("meshgate-bench")?;
+    let config = bench_config(&dir, group_commit)?;
+    let token = std::fs::read_to_string(dir.join("webhook.token"))?.trim().to_owned();
+    let app = App::start(&config).await?;
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.serve(listener, async move {
+        let _ = stop_rx.await;
+    }));
+
+    let url = format!("http://{addr}/youtrack/webhook");
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.clients).build()?;
+    let mut tasks = Vec::new();
+    for _ in 0..args.clients {
+        let (client, url, token, next, errors, measuring, done) =
+            (client.clone(), url.clone(), token.clone(), next.clone(), errors.clone(), measuring.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(1 << 16);
+            while !done.load(Ordering::Relaxed) {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let body = BODY.replace("{n}", &n.to_string());
+                let started = Instant::now();
+                let response = client
+                    .post(&url)
+                    .header("X-YouTrack-Token", &token)
+                    .header("Content-Type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                let ok = match response {
+                    Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if measuring.load(Ordering::Relaxed) {
+                    if ok {
+                        latencies.push(started.elapsed().as_micros() as u64);
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            latencies
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let mut latencies_us = Vec::new();
+    for task in tasks {
+        latencies_us.extend(task.await?);
+    }
+    latencies_us.sort_unstable();
+    let _ = stop_tx.send(());
+    server.await??;
+    let _ = std::fs::remove_dir_all(&dir);
+    let result = IngestResult { latencies_us, errors: errors.load(Ordering::Relaxed), elapsed };
+    eprintln!(
+        "{}: {:.0} accepted/s, p50 {:.2} ms, p99 {:.2} ms",
+        if group_commit { "group commit" } else { "one commit per request" },
+        result.rate(),
+        result.percentile(0.5),
+        result.percentile(0.99)
+    );
+    Ok(result)
+}
+
+/// Writes a log of about `events` events as ingest makes them (four per delivery: received,
+/// routed, intent activated, build requested), then times a rebuild of every projection.
+async fn rebuild(events: u64) -> anyhow::Result<()> {
+    let dir = tempfile_dir("meshgate-bench-rebuild")?;
+    let path = dir.join("events.sqlite");
+    let store = SqliteStore::open(&path, WriterOptions::default())?;
+    let triggers = [trigger()];
+    let policy = IngestPolicy { triggers: &triggers, bot_login: None };
+    let deliveries = events.div_ceil(4);
+    let progress = ProgressBar::new(deliveries);
+    progress.set_message("writing the log");
+    let now = Utc::now();
+    for chunk_start in (0..deliveries).step_by(2000) {
+        let mut appends: Vec<StreamAppend> = Vec::new();
+        for n in chunk_start..(chunk_start + 2000).min(deliveries) {
+            let body = BODY.replace("{n}", &n.to_string());
+            let (value, delivery) = parse_bytes(body.as_bytes()).context("bench body")?;
+            let fingerprint = Fingerprint::of(&value);
+            let correlation_id = Uuid::now_v7();
+            let input = DeliveryInput {
+                correlation_id,
+                received_at: now,
+                fingerprint: &fingerprint,
+                body: &body,
+                delivery: &delivery,
+            };
+            let plan = decide_delivery(&LogView::assume_new(), &input, &policy, &mut Uuid::now_v7);
+            appends.extend(plan.appends.into_iter().map(|a| StreamAppend {
+                stream: a.stream,
+                expected: a.expected,
+                events: a.events.iter().map(|e| NewEvent::from_domain(e, correlation_id, None, now)).collect(),
+            }));
+        }
+        store.append(appends).await?;
+        progress.inc(2000);
+    }
+    progress.finish_and_clear();
+    let head = *store.head().borrow();
+    drop(store);
+
+    let conn = SqliteStore::open_read_only(&path)?;
+    let started = Instant::now();
+    let set = tokio::task::spawn_blocking(move || fold_log(&conn, head, &ProgressBar::hidden())).await??;
+    let elapsed = started.elapsed();
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    println!();
+    println!(
+        "rebuild: {head} events ({} builds, log {:.0} MiB) in {:.2} s = {:.0} events/s",
+        set.builds.state.builds.len(),
+        size as f64 / (1024.0 * 1024.0),
+        elapsed.as_secs_f64(),
+        head as f64 / elapsed.as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The appends ingest makes for delivery `n`, decided on the fast path.
+fn plan_for(n: u64, policy: &IngestPolicy<'_>) -> anyhow::Result<Vec<StreamAppend>> {
+    let body = BODY.replace("{n}", &n.to_string());
+    let (value, delivery) = parse_bytes(body.as_bytes()).context("bench body")?;
+    let fingerprint = Fingerprint::of(&value);
+    let correlation_id = Uuid::now_v7();
+    let now = Utc::now();
+    let input =
+        DeliveryInput { correlation_id, received_at: now, fingerprint: &fingerprint, body: &body, delivery: &delivery };
+    let plan = decide_delivery(&LogView::assume_new(), &input, policy, &mut Uuid::now_v7);
+    Ok(plan
+        .appends
+        .into_iter()
+        .map(|a| StreamAppend {
+            stream: a.stream,
+            expected: a.expected,
+            events: a.events.iter().map(|e| NewEvent::from_domain(e, correlation_id, None, now)).collect(),
+        })
+        .collect())
+}
+
+/// Group commit without HTTP: `clients` tasks appending one delivery's events at a time.
+async fn store_only(args: &BenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile_dir("meshgate-bench-store")?;
+    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&dir.join("events.sqlite"), WriterOptions::default())?);
+    let next = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..args.clients {
+        let (store, next) = (Arc::clone(&store), Arc::clone(&next));
+        tasks.push(tokio::spawn(async move {
+            let triggers = [trigger()];
+            let policy = IngestPolicy { triggers: &triggers, bot_login: None };
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let appends = plan_for(next.fetch_add(1, Ordering::Relaxed), &policy)?;
+                let started = Instant::now();
+                store.append(appends).await?;
+                latencies.push(started.elapsed().as_micros() as u64);
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let started = Instant::now();
+    let mut latencies_us = Vec::new();
+    for task in tasks {
+        latencies_us.extend(task.await??);
+    }
+    latencies_us.sort_unstable();
+    let result = IngestResult { latencies_us, errors: 0, elapsed: started.elapsed() };
+    println!(
+        "store only: {:.0} appends/s, p50 {:.2} ms, p99 {:.2} ms",
+        result.rate(),
+        result.percentile(0.5),
+        result.percentile(0.99)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn tempfile_dir(prefix: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }

@@ -2,7 +2,7 @@
 
 mod bench;
 mod events;
-mod rebuild;
+pub(crate) mod rebuild;
 mod setup;
 
 use std::path::PathBuf;

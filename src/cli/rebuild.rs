@@ -4,28 +4,41 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
+use meshgate_domain::Event;
 use meshgate_projections::ProjectionSet;
 
 use crate::config::Config;
-use crate::projector::{apply_batch, checkpoints_of, from_checkpoints, READ_BATCH};
-use crate::store::sqlite::{checkpoints, read_all, SqliteStore, WriterOptions};
+use crate::projector::{apply_decoded, checkpoints_of, decode_batch, from_checkpoints, Decoded, READ_BATCH};
+use crate::store::sqlite::{checkpoints, read_all_wanted, SqliteStore, WriterOptions};
 use crate::store::EventStore;
 
-/// Folds the log from position 0 up to `until` (inclusive), reporting progress.
+/// Folds the log from position 0 up to `until` (inclusive), reporting progress. Reading and
+/// decoding run on one thread, folding on another.
 pub fn fold_log(conn: &rusqlite::Connection, until: u64, progress: &ProgressBar) -> anyhow::Result<ProjectionSet> {
-    let mut set = ProjectionSet::default();
-    let mut after = 0;
-    while after < until {
-        let limit = READ_BATCH.min((until - after) as usize);
-        let batch = read_all(conn, after, limit).context("cannot read the event log")?;
-        let Some(last) = batch.last().map(|e| e.position) else {
-            break;
-        };
-        apply_batch(&mut set, &batch)?;
-        progress.inc(batch.len() as u64);
-        after = last;
-    }
-    Ok(set)
+    let wanted: Vec<&str> = Event::TYPES.iter().copied().filter(|t| ProjectionSet::wants(t)).collect();
+    let (batches, folder_input) = std::sync::mpsc::sync_channel::<Vec<Decoded>>(8);
+    std::thread::scope(|scope| {
+        let folder = scope.spawn(move || {
+            let mut set = ProjectionSet::default();
+            for decoded in folder_input {
+                apply_decoded(&mut set, &decoded);
+                progress.inc(decoded.len() as u64);
+            }
+            set
+        });
+        let mut after = 0;
+        while after < until {
+            let limit = READ_BATCH.min((until - after) as usize);
+            let batch = read_all_wanted(conn, after, limit, &wanted).context("cannot read the event log")?;
+            let Some(last) = batch.last().map(|e| e.position) else { break };
+            if batches.send(decode_batch(&batch)?).is_err() {
+                break;
+            }
+            after = last;
+        }
+        drop(batches);
+        folder.join().map_err(|_| anyhow::anyhow!("the folding thread panicked"))
+    })
 }
 
 pub async fn run(config: &Config, verify: bool) -> anyhow::Result<()> {

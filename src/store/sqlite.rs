@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use meshgate_domain::ExpectedVersion;
+use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
@@ -24,20 +25,16 @@ CREATE TABLE IF NOT EXISTS events (
     position       INTEGER PRIMARY KEY,
     stream         TEXT    NOT NULL,
     version        INTEGER NOT NULL,
-    id             TEXT    NOT NULL,
+    id             BLOB    NOT NULL,
     type           TEXT    NOT NULL,
     schema_version INTEGER NOT NULL,
     data           TEXT    NOT NULL,
-    correlation_id TEXT    NOT NULL,
-    causation_id   TEXT,
-    recorded_at    TEXT    NOT NULL,
+    correlation_id BLOB    NOT NULL,
+    causation_id   BLOB,
+    recorded_at    INTEGER NOT NULL,
     UNIQUE (stream, version)
 );
 CREATE INDEX IF NOT EXISTS events_by_correlation ON events (correlation_id);
-CREATE TABLE IF NOT EXISTS streams (
-    name    TEXT PRIMARY KEY,
-    version INTEGER NOT NULL
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (
     name     TEXT PRIMARY KEY,
     position INTEGER NOT NULL,
@@ -45,6 +42,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     saved_at TEXT    NOT NULL
 ) WITHOUT ROWID;
 ";
+
+const PAGE_SIZE: i64 = 4096;
 
 const COLUMNS: &str =
     "position, stream, version, id, type, schema_version, data, correlation_id, causation_id, recorded_at";
@@ -82,10 +81,19 @@ impl SqliteStore {
     /// Opens (creating if needed) the log at `path` and starts its writer thread.
     pub fn open(path: &Path, options: WriterOptions) -> Result<Self, StoreError> {
         let conn = Connection::open(path).store_err()?;
+        // Small pages: an append dirties a few index pages at random places (fingerprints are
+        // random), and every dirty page is written whole to the WAL. Takes effect on a new log.
+        conn.pragma_update(None, "page_size", PAGE_SIZE).store_err()?;
         conn.pragma_update(None, "journal_mode", "WAL").store_err()?;
         conn.pragma_update(None, "synchronous", "FULL").store_err()?;
         conn.busy_timeout(options.busy_timeout).store_err()?;
+        // Index pages of random stream names stay in memory instead of being read back per append.
+        conn.pragma_update(None, "cache_size", -4000).store_err()?;
+        conn.pragma_update(None, "temp_store", "MEMORY").store_err()?;
+        // Checkpoints run on their own thread (below), never inside a group commit.
+        conn.pragma_update(None, "wal_autocheckpoint", 0).store_err()?;
         conn.execute_batch(SCHEMA).store_err()?;
+        let checkpointer = Checkpointer::start(path)?;
         let head: u64 =
             conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| r.get(0)).store_err()?;
         let (head_tx, head_rx) = watch::channel(head);
@@ -93,15 +101,22 @@ impl SqliteStore {
         let max_batch = options.max_batch.max(1);
         std::thread::Builder::new()
             .name("meshgate-sqlite-writer".into())
-            .spawn(move || Writer { conn, next_position: head + 1, head: head_tx, max_batch }.run(rx))
+            .spawn(move || {
+                Writer { conn, next_position: head + 1, head: head_tx, max_batch, checkpointer, unchecked_bytes: 0 }
+                    .run(rx)
+            })
             .map_err(|e| StoreError::Failed(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore { path: path.to_owned(), writer: tx, readers: Arc::default(), head: head_rx })
     }
 
     /// Opens the log for reading only (audit queries from the CLI).
     pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).store_err()?;
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .store_err()?;
         conn.busy_timeout(Duration::from_secs(5)).store_err()?;
+        // Whole-log scans (rebuilds, audits) read pages in place instead of copying them.
+        conn.pragma_update(None, "mmap_size", 1i64 << 34).store_err()?;
         Ok(conn)
     }
 
@@ -196,6 +211,22 @@ pub fn read_all(conn: &Connection, after: u64, limit: usize) -> rusqlite::Result
     rows.collect()
 }
 
+/// Like [`read_all`], but the data of events whose type is not in `wanted` is left empty, so a
+/// rebuild does not copy what it will not read (webhook bodies, mostly).
+pub fn read_all_wanted(
+    conn: &Connection,
+    after: u64,
+    limit: usize,
+    wanted: &[&str],
+) -> rusqlite::Result<Vec<StoredEvent>> {
+    let list = wanted.iter().map(|t| format!("'{}'", t.replace('\'', "''"))).collect::<Vec<_>>().join(", ");
+    let columns = COLUMNS.replace(", data,", &format!(", CASE WHEN type IN ({list}) THEN data ELSE '' END,"));
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {columns} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"))?;
+    let rows = stmt.query_map(params![after, limit as i64], row_to_event)?;
+    rows.collect()
+}
+
 /// Filters for audit queries over the whole log.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
@@ -217,7 +248,7 @@ pub fn query(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<Vec<St
     );
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(
-        params![filter.issue, filter.stream, filter.correlation_id.map(|c| c.to_string()), filter.event_type],
+        params![filter.issue, filter.stream, filter.correlation_id.map(|c| c.as_bytes().to_vec()), filter.event_type],
         row_to_event,
     )?;
     rows.collect()
@@ -231,13 +262,15 @@ pub fn checkpoints(conn: &Connection) -> rusqlite::Result<Vec<Checkpoint>> {
 }
 
 fn row_to_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
-    let uuid = |i: usize| -> rusqlite::Result<Uuid> {
-        let text: String = row.get(i)?;
-        Uuid::parse_str(&text)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))
+    let invalid = |i: usize, message: &str| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, message.to_owned().into())
     };
-    let causation: Option<String> = row.get(8)?;
-    let recorded_at: String = row.get(9)?;
+    let uuid = |i: usize| -> rusqlite::Result<Uuid> {
+        let bytes = row.get_ref(i)?.as_blob()?;
+        Uuid::from_slice(bytes).map_err(|_| invalid(i, "not a uuid"))
+    };
+    let causation = row.get_ref(8)?.as_blob_or_null()?;
+    let recorded_at: i64 = row.get(9)?;
     Ok(StoredEvent {
         position: row.get(0)?,
         stream: row.get(1)?,
@@ -247,10 +280,9 @@ fn row_to_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
         schema_version: row.get(5)?,
         data: row.get(6)?,
         correlation_id: uuid(7)?,
-        causation_id: causation.and_then(|c| Uuid::parse_str(&c).ok()),
-        recorded_at: DateTime::parse_from_rfc3339(&recorded_at)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(9, rusqlite::types::Type::Text, Box::new(e)))?,
+        causation_id: causation.and_then(|c| Uuid::from_slice(c).ok()),
+        recorded_at: DateTime::from_timestamp_micros(recorded_at)
+            .ok_or_else(|| invalid(9, "timestamp out of range"))?,
     })
 }
 
@@ -259,6 +291,44 @@ struct Writer {
     next_position: u64,
     head: watch::Sender<u64>,
     max_batch: usize,
+    checkpointer: Checkpointer,
+    /// Bytes appended since the checkpointer was last asked to run.
+    unchecked_bytes: usize,
+}
+
+/// Copies the WAL back into the database on its own connection and thread, so that no group
+/// commit waits for a checkpoint. Passive checkpoints never block the writer.
+struct Checkpointer {
+    wake: std::sync::mpsc::SyncSender<()>,
+}
+
+/// Bytes appended between two checkpoint requests.
+const CHECKPOINT_EVERY_BYTES: usize = 4 << 20;
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).store_err()?;
+        conn.busy_timeout(Duration::from_secs(5)).store_err()?;
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("meshgate-ckpt".into())
+            .spawn(move || {
+                // Ends when the writer (the only sender) is gone.
+                while woken.recv().is_ok() {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        tracing::warn!(error = %e, "wal checkpoint failed");
+                    }
+                }
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            })
+            .map_err(|e| StoreError::Failed(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Checkpointer { wake })
+    }
+
+    fn request(&self) {
+        // A full channel means a checkpoint is already due.
+        let _ = self.wake.try_send(());
+    }
 }
 
 type Reply = oneshot::Sender<Result<Appended, StoreError>>;
@@ -280,6 +350,7 @@ impl Writer {
 
     fn commit_batch(&mut self, batch: impl Iterator<Item = WriteRequest>) {
         let mut answers: Vec<(Reply, Result<Appended, StoreError>)> = Vec::new();
+        let started = std::time::Instant::now();
         let begun = self.conn.execute_batch("BEGIN IMMEDIATE").store_err();
         for request in batch {
             let (reply, work): (Reply, Work) = match request {
@@ -294,6 +365,7 @@ impl Writer {
             let result = self.in_savepoint(work);
             answers.push((reply, result));
         }
+        let work_us = started.elapsed().as_micros() as u64;
         if begun.is_ok() {
             if let Err(e) = self.conn.execute_batch("COMMIT").store_err() {
                 tracing::error!(error = %e, "event store commit failed; the batch is refused");
@@ -312,6 +384,16 @@ impl Writer {
             *head = committed;
             moved
         });
+        tracing::trace!(
+            requests = answers.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            work_us,
+            "group commit"
+        );
+        if self.unchecked_bytes >= CHECKPOINT_EVERY_BYTES {
+            self.unchecked_bytes = 0;
+            self.checkpointer.request();
+        }
         for (reply, result) in answers {
             let _ = reply.send(result);
         }
@@ -322,7 +404,7 @@ impl Writer {
     }
 
     fn in_savepoint(&mut self, work: Work) -> Result<Appended, StoreError> {
-        self.conn.execute_batch("SAVEPOINT request").store_err()?;
+        self.conn.prepare_cached("SAVEPOINT request").and_then(|mut s| s.execute([])).store_err()?;
         let start = self.next_position;
         let result = match work {
             Work::Append(appends) => self.append(&appends),
@@ -330,7 +412,9 @@ impl Writer {
             Work::Ping => Ok(Appended { last_position: start - 1 }),
         };
         match &result {
-            Ok(_) => self.conn.execute_batch("RELEASE request").store_err()?,
+            Ok(_) => {
+                self.conn.prepare_cached("RELEASE request").and_then(|mut s| s.execute([])).store_err()?;
+            }
             Err(_) => {
                 self.next_position = start;
                 self.conn.execute_batch("ROLLBACK TO request; RELEASE request").store_err()?;
@@ -341,11 +425,12 @@ impl Writer {
 
     fn append(&mut self, appends: &[StreamAppend]) -> Result<Appended, StoreError> {
         for append in appends {
-            let current: Option<u64> = self
-                .conn
-                .prepare_cached("SELECT version FROM streams WHERE name = ?1")
-                .and_then(|mut s| s.query_row([&append.stream], |r| r.get(0)).optional())
-                .store_err()?;
+            // "No stream" needs no read: the first insert at version 0 fails on the unique
+            // (stream, version) index if the stream exists (see `conflict_on_unique` below).
+            let current: Option<u64> = match append.expected {
+                ExpectedVersion::NoStream => None,
+                _ => self.current_version(&append.stream)?,
+            };
             if !append.expected.is_satisfied_by(current) {
                 return Err(StoreError::Conflict {
                     stream: append.stream.clone(),
@@ -353,39 +438,49 @@ impl Writer {
                     actual: current,
                 });
             }
-            let mut version = current.map_or(0, |v| v + 1);
+            let first_version = current.map_or(0, |v| v + 1);
             let mut insert = self
                 .conn
                 .prepare_cached(&format!(
                     "INSERT INTO events ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
                 ))
                 .store_err()?;
-            for event in &append.events {
-                insert
-                    .execute(params![
-                        self.next_position,
-                        append.stream,
-                        version,
-                        event.id.to_string(),
-                        event.event_type,
-                        event.schema_version,
-                        event.data,
-                        event.correlation_id.to_string(),
-                        event.causation_id.map(|c| c.to_string()),
-                        event.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                    ])
-                    .store_err()?;
+            for (version, event) in (first_version..).zip(&append.events) {
+                let inserted = insert.execute(params![
+                    self.next_position,
+                    append.stream,
+                    version,
+                    event.id.as_bytes().as_slice(),
+                    event.event_type,
+                    event.schema_version,
+                    event.data,
+                    event.correlation_id.as_bytes().as_slice(),
+                    event.causation_id.as_ref().map(|c| c.as_bytes().as_slice()),
+                    event.recorded_at.timestamp_micros(),
+                ]);
+                if let Err(e) = inserted {
+                    if is_unique_violation(&e) {
+                        let actual = self.current_version(&append.stream)?;
+                        return Err(StoreError::Conflict {
+                            stream: append.stream.clone(),
+                            expected: append.expected,
+                            actual,
+                        });
+                    }
+                    return Err(StoreError::Failed(e.to_string()));
+                }
                 self.next_position += 1;
-                version += 1;
-            }
-            if let Some(last) = version.checked_sub(1) {
-                self.conn
-                    .prepare_cached("INSERT INTO streams (name, version) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET version = excluded.version")
-                    .and_then(|mut s| s.execute(params![append.stream, last]))
-                    .store_err()?;
+                self.unchecked_bytes += event.data.len();
             }
         }
         Ok(Appended { last_position: self.next_position - 1 })
+    }
+
+    fn current_version(&self, stream: &str) -> Result<Option<u64>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT MAX(version) FROM events WHERE stream = ?1")
+            .and_then(|mut s| s.query_row([stream], |r| r.get::<_, Option<u64>>(0)))
+            .store_err()
     }
 
     fn save_checkpoints(&mut self, checkpoints: &[Checkpoint]) -> Result<Appended, StoreError> {
@@ -401,6 +496,10 @@ impl Writer {
         }
         Ok(Appended { last_position: self.next_position - 1 })
     }
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
 }
 
 enum Work {
