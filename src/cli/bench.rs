@@ -234,6 +234,11 @@ async fn rebuild(events: u64) -> anyhow::Result<()> {
     progress.finish_and_clear();
     let head = *store.head().borrow();
     drop(store);
+    // Fold the WAL into the database before timing, so the rebuild does not race a checkpoint.
+    let conn = rusqlite::Connection::open(&path)?;
+    conn.busy_timeout(Duration::from_secs(60))?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    drop(conn);
 
     let conn = SqliteStore::open_read_only(&path)?;
     let started = Instant::now();

@@ -8,8 +8,11 @@ use meshgate_domain::Event;
 use meshgate_projections::ProjectionSet;
 
 use crate::config::Config;
-use crate::projector::{apply_decoded, checkpoints_of, decode_batch, from_checkpoints, Decoded, READ_BATCH};
-use crate::store::sqlite::{checkpoints, read_all_wanted, SqliteStore, WriterOptions};
+use crate::projector::{apply_decoded, checkpoints_of, decode_batch, from_checkpoints, Decoded};
+
+/// Positions read per query during a rebuild.
+const REBUILD_RANGE: u64 = 8192;
+use crate::store::sqlite::{checkpoints, read_range_of_types, SqliteStore, WriterOptions};
 use crate::store::EventStore;
 
 /// Folds the log from position 0 up to `until` (inclusive), reporting progress. Reading and
@@ -22,19 +25,22 @@ pub fn fold_log(conn: &rusqlite::Connection, until: u64, progress: &ProgressBar)
             let mut set = ProjectionSet::default();
             for decoded in folder_input {
                 apply_decoded(&mut set, &decoded);
-                progress.inc(decoded.len() as u64);
+                if let Some(Decoded::Skip(upto)) = decoded.last() {
+                    progress.set_position(*upto);
+                }
             }
             set
         });
         let mut after = 0;
         while after < until {
-            let limit = READ_BATCH.min((until - after) as usize);
-            let batch = read_all_wanted(conn, after, limit, &wanted).context("cannot read the event log")?;
-            let Some(last) = batch.last().map(|e| e.position) else { break };
-            if batches.send(decode_batch(&batch)?).is_err() {
+            let upto = until.min(after + REBUILD_RANGE);
+            let batch = read_range_of_types(conn, after, upto, &wanted).context("cannot read the event log")?;
+            let mut decoded = decode_batch(&batch)?;
+            decoded.push(Decoded::Skip(upto));
+            if batches.send(decoded).is_err() {
                 break;
             }
-            after = last;
+            after = upto;
         }
         drop(batches);
         folder.join().map_err(|_| anyhow::anyhow!("the folding thread panicked"))

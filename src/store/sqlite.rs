@@ -211,19 +211,19 @@ pub fn read_all(conn: &Connection, after: u64, limit: usize) -> rusqlite::Result
     rows.collect()
 }
 
-/// Like [`read_all`], but the data of events whose type is not in `wanted` is left empty, so a
-/// rebuild does not copy what it will not read (webhook bodies, mostly).
-pub fn read_all_wanted(
+/// The events in positions `after + 1 ..= upto` whose type is in `wanted`, in position order.
+/// Positions are gap-free, so a caller that reads a range has seen every position in it.
+pub fn read_range_of_types(
     conn: &Connection,
     after: u64,
-    limit: usize,
+    upto: u64,
     wanted: &[&str],
 ) -> rusqlite::Result<Vec<StoredEvent>> {
     let list = wanted.iter().map(|t| format!("'{}'", t.replace('\'', "''"))).collect::<Vec<_>>().join(", ");
-    let columns = COLUMNS.replace(", data,", &format!(", CASE WHEN type IN ({list}) THEN data ELSE '' END,"));
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {columns} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"))?;
-    let rows = stmt.query_map(params![after, limit as i64], row_to_event)?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM events WHERE position > ?1 AND position <= ?2 AND type IN ({list}) ORDER BY position"
+    ))?;
+    let rows = stmt.query_map(params![after, upto], row_to_event)?;
     rows.collect()
 }
 
