@@ -143,6 +143,16 @@ impl Config {
         }
     }
 
+    /// The triggers of the sample configuration (`meshgate init`): one build of script
+    /// `ios-build` when an issue of project `MOB` moves to `State` = `Building`.
+    pub fn sample_triggers() -> Vec<Trigger> {
+        #[derive(Deserialize)]
+        struct Triggers {
+            triggers: Vec<Trigger>,
+        }
+        Figment::from(Toml::string(SAMPLE)).extract::<Triggers>().map(|t| t.triggers).unwrap_or_default()
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if !self.webhook.path.starts_with('/') || self.webhook.path.len() < 2 {
@@ -263,6 +273,7 @@ mod tests {
         let file = dir.path().join("meshgate.toml");
         std::fs::write(&file, SAMPLE).unwrap();
         let config = Config::load(Some(&file)).unwrap();
+        assert_eq!(config.triggers, Config::sample_triggers());
         assert_eq!(config.triggers.len(), 1);
         assert_eq!(config.webhook.token_files, [dir.path().join("secrets/webhook.token")]);
         assert_eq!(config.server.data_dir, dir.path().join("meshgate-data"));

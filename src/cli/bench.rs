@@ -46,16 +46,7 @@ pub struct BenchArgs {
 }
 
 fn trigger() -> Trigger {
-    Trigger {
-        name: "ios-build".into(),
-        projects: vec!["MOB".into()],
-        field: "State".into(),
-        to: vec!["Building".into()],
-        from: vec![],
-        script: "ios-build".into(),
-        lane: "default".into(),
-        git_ref: "feature/{issue}".into(),
-    }
+    Config::sample_triggers().remove(0)
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {

@@ -236,11 +236,16 @@ pub struct EventFilter {
     pub event_type: Option<String>,
 }
 
-/// Events matching every given filter, in log order.
+/// Events matching every given filter, in log order. An issue matches the events that name it and
+/// every event of its intents' and builds' streams.
 pub fn query(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<Vec<StoredEvent>> {
     let sql = format!(
         "SELECT {COLUMNS} FROM events
-         WHERE (?1 IS NULL OR json_extract(data, '$.issue_id') = ?1)
+         WHERE (?1 IS NULL
+                OR json_extract(data, '$.issue_id') = ?1
+                OR stream LIKE 'intent-' || ?1 || '/%'
+                OR stream IN (SELECT stream FROM events
+                              WHERE type = 'BuildRequested' AND json_extract(data, '$.issue_id') = ?1))
            AND (?2 IS NULL OR stream = ?2)
            AND (?3 IS NULL OR correlation_id = ?3)
            AND (?4 IS NULL OR type = ?4)

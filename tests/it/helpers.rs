@@ -41,17 +41,9 @@ pub fn with(body: &str, overrides: &Value) -> String {
     serde_json::to_string(&value).unwrap()
 }
 
+/// `ios-build`: project `MOB`, `State` → `Building`, lane `default`, ref `feature/{issue}`.
 pub fn ios_trigger() -> Trigger {
-    Trigger {
-        name: "ios-build".into(),
-        projects: vec!["MOB".into()],
-        field: "State".into(),
-        to: vec!["Building".into()],
-        from: vec![],
-        script: "ios-build".into(),
-        lane: "default".into(),
-        git_ref: "feature/{issue}".into(),
-    }
+    Config::sample_triggers().remove(0)
 }
 
 /// A config in `dir` with fresh token files and the given triggers.

@@ -269,3 +269,46 @@ async fn a_loose_token_file_stops_the_gateway_at_start_with_the_file_named() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("webhook.token") && stderr.contains("world-readable"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_events_command_answers_audit_questions_from_the_log() {
+    let app = spawn_app().await;
+    let first = app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
+    let copy =
+        with(&fixture("mob-issueUpdated-state-building.json"), &json!({"timestamp": "2026-08-24T10:00:09.000Z"}));
+    let second = app.deliver(&copy).await;
+    app.deliver(&fixture("issueUpdated-state-building.json")).await;
+    let (dir, _) = app.shutdown().await;
+    let config = dir.path().join("audit.toml");
+    std::fs::write(&config, "[server]\ndata_dir = \"data\"\n").unwrap();
+    let events = |args: &[&str]| -> Vec<Value> {
+        let output = Command::new(BIN)
+            .args(["--config", config.to_str().unwrap(), "events", "--json"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let types = |events: &[Value]| events.iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+
+    // Everything about MOB-7, including the fold, which does not name the issue itself.
+    let issue = events(&["--issue", "MOB-7"]);
+    assert_eq!(
+        types(&issue),
+        [
+            "WebhookReceived",
+            "WebhookRouted",
+            "IntentActivated",
+            "BuildRequested",
+            "WebhookReceived",
+            "BuildRequestFolded"
+        ]
+    );
+    // Everything the second delivery caused.
+    let caused = events(&["--correlation", second["correlation_id"].as_str().unwrap()]);
+    assert_eq!(types(&caused), ["WebhookReceived", "BuildRequestFolded"]);
+    let build = events(&["--stream", &format!("build-{}", build_id(&first))]);
+    assert_eq!(types(&build), ["BuildRequested", "BuildRequestFolded"]);
+    assert_eq!(events(&["--type", "WebhookReceived"]).len(), 3);
+}
