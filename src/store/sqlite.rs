@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS events (
     recorded_at    INTEGER NOT NULL,
     UNIQUE (stream, version)
 );
-CREATE INDEX IF NOT EXISTS events_by_correlation ON events (correlation_id);
+-- No index on correlation_id: it cost a third of the append rate (docs/benchmarks.md), and audit
+-- queries by correlation id (`meshgate events --correlation`) scan the log instead.
 CREATE TABLE IF NOT EXISTS checkpoints (
     name     TEXT PRIMARY KEY,
     position INTEGER NOT NULL,
@@ -42,8 +43,6 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     saved_at TEXT    NOT NULL
 ) WITHOUT ROWID;
 ";
-
-const PAGE_SIZE: i64 = 4096;
 
 const COLUMNS: &str =
     "position, stream, version, id, type, schema_version, data, correlation_id, causation_id, recorded_at";
@@ -81,14 +80,10 @@ impl SqliteStore {
     /// Opens (creating if needed) the log at `path` and starts its writer thread.
     pub fn open(path: &Path, options: WriterOptions) -> Result<Self, StoreError> {
         let conn = Connection::open(path).store_err()?;
-        // Small pages: an append dirties a few index pages at random places (fingerprints are
-        // random), and every dirty page is written whole to the WAL. Takes effect on a new log.
-        conn.pragma_update(None, "page_size", PAGE_SIZE).store_err()?;
         conn.pragma_update(None, "journal_mode", "WAL").store_err()?;
         conn.pragma_update(None, "synchronous", "FULL").store_err()?;
         conn.busy_timeout(options.busy_timeout).store_err()?;
-        // Index pages of random stream names stay in memory instead of being read back per append.
-        conn.pragma_update(None, "cache_size", -4000).store_err()?;
+        // Savepoints journal the pages they change; keep that journal in memory.
         conn.pragma_update(None, "temp_store", "MEMORY").store_err()?;
         // Checkpoints run on their own thread (below), never inside a group commit.
         conn.pragma_update(None, "wal_autocheckpoint", 0).store_err()?;
