@@ -12,10 +12,12 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::builds::BuildService;
 use crate::config::Config;
-use crate::http::{router, AppState, Counters};
+use crate::http::{router, AppState, Counters, NodeSettings};
 use crate::ingest::IngestService;
 use crate::projector;
+use crate::reaper;
 use crate::secrets::{generate_token_file, Token, TokenSet};
 use crate::store::sqlite::{SqliteStore, WriterOptions};
 use crate::store::EventStore;
@@ -26,6 +28,7 @@ pub struct App {
     pub router: Router,
     projector: JoinHandle<()>,
     stop_projector: oneshot::Sender<()>,
+    reaper: JoinHandle<()>,
 }
 
 impl App {
@@ -35,6 +38,15 @@ impl App {
         let webhook_tokens =
             config.webhook_token_files().iter().map(|path| Token::read(path)).collect::<Result<Vec<_>, _>>()?;
         let admin_token = Token::read(&config.admin_token_file())?;
+        let nodes_token = Token::read(&config.nodes_token_file())?;
+        let log_secret: [u8; 32] = {
+            use sha2::Digest;
+            sha2::Sha256::new()
+                .chain_update(b"meshgate log links\0")
+                .chain_update(admin_token.expose())
+                .finalize()
+                .into()
+        };
 
         let options = WriterOptions {
             max_batch: if config.store.group_commit { config.store.max_batch } else { 1 },
@@ -54,7 +66,7 @@ impl App {
 
         let state = Arc::new(AppState {
             ingest: IngestService::new(Arc::clone(&store), config.triggers.clone(), config.youtrack.bot_login.clone()),
-            store,
+            store: Arc::clone(&store),
             projections,
             webhook_tokens: TokenSet::new(&webhook_tokens),
             admin_tokens: TokenSet::new(std::slice::from_ref(&admin_token)),
@@ -62,9 +74,23 @@ impl App {
             max_body_bytes: config.webhook.max_body_bytes,
             lane_priorities: config.lane_priorities(),
             counters: Counters::default(),
+            builds: BuildService::new(Arc::clone(&store)),
+            nodes_tokens: TokenSet::new(std::slice::from_ref(&nodes_token)),
+            lanes: config.lane_rules(),
+            nodes: NodeSettings {
+                lease: chrono::Duration::seconds(config.nodes.lease_seconds as i64),
+                claim_wait: std::time::Duration::from_secs(config.nodes.claim_wait_seconds),
+                max_attempts: config.nodes.max_attempts,
+                max_log_bytes: config.nodes.max_log_bytes,
+            },
+            claim_lock: tokio::sync::Mutex::new(()),
+            stopping: tokio::sync::watch::channel(false).0,
+            logs_dir: config.server.data_dir.join("logs"),
+            log_secret,
         });
+        let reaper = tokio::spawn(reaper::run(Arc::clone(&state), state.stopping.subscribe()));
         let router = router(Arc::clone(&state), &config.webhook.path);
-        Ok(App { state, router, projector, stop_projector })
+        Ok(App { state, router, projector, stop_projector, reaper })
     }
 
     /// Serves on `listener` until `shutdown` resolves, then lets in-flight requests finish and
@@ -75,6 +101,12 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let service = self.router.clone().into_make_service_with_connect_info::<SocketAddr>();
+        let stopping = self.state.stopping.clone();
+        let shutdown = async move {
+            shutdown.await;
+            // Long polls answer at once, so in-flight requests can drain.
+            stopping.send_replace(true);
+        };
         axum::serve(listener, service).with_graceful_shutdown(shutdown).await?;
         self.stop().await;
         Ok(())
@@ -82,6 +114,8 @@ impl App {
 
     /// Stops following the log and saves the projections' checkpoints.
     pub async fn stop(self) {
+        self.state.stopping.send_replace(true);
+        let _ = self.reaper.await;
         let _ = self.stop_projector.send(());
         let _ = self.projector.await;
     }
@@ -97,6 +131,9 @@ pub fn generate_missing_default_tokens(config: &Config) -> anyhow::Result<Vec<Pa
     }
     if config.admin.token_file.is_none() {
         defaults.push((config.secrets_dir().join("admin.token"), 0o400));
+    }
+    if config.nodes.token_file.is_none() {
+        defaults.push((config.secrets_dir().join("nodes.token"), 0o400));
     }
     let mut written = Vec::new();
     for (path, mode) in defaults {

@@ -18,6 +18,7 @@ pub struct Config {
     pub webhook: WebhookConfig,
     pub youtrack: YouTrackConfig,
     pub admin: AdminConfig,
+    pub nodes: NodesConfig,
     pub store: StoreConfig,
     pub lanes: Vec<LaneConfig>,
     pub triggers: Vec<Trigger>,
@@ -72,6 +73,40 @@ pub struct LaneConfig {
     pub name: String,
     #[serde(default)]
     pub priority: i64,
+    /// A node must carry every one of these labels to run the lane's builds.
+    #[serde(default)]
+    pub required_labels: Vec<String>,
+    /// Most builds of the lane running at once across the pool (`1`: a mutex, e.g. around a
+    /// signing identity).
+    #[serde(default)]
+    pub max_running: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodesConfig {
+    /// Bearer token shared by the build pool. Absent: one generated under the data dir.
+    pub token_file: Option<PathBuf>,
+    /// How long a claim holds without a heartbeat.
+    pub lease_seconds: u64,
+    /// How long a claim request waits for work before answering empty.
+    pub claim_wait_seconds: u64,
+    /// Claims of one build before a lost node fails it with `node_lost`.
+    pub max_attempts: u32,
+    /// Largest log a node may upload.
+    pub max_log_bytes: usize,
+}
+
+impl Default for NodesConfig {
+    fn default() -> Self {
+        NodesConfig {
+            token_file: None,
+            lease_seconds: 120,
+            claim_wait_seconds: 30,
+            max_attempts: 3,
+            max_log_bytes: 64 * 1024 * 1024,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -107,7 +142,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-const SECTIONS: [&str; 7] = ["server", "webhook", "youtrack", "admin", "store", "lanes", "triggers"];
+const SECTIONS: [&str; 8] = ["server", "webhook", "youtrack", "admin", "nodes", "store", "lanes", "triggers"];
 
 impl Config {
     /// Loads defaults, then `file` (if given), then the environment, and validates the result.
@@ -141,6 +176,9 @@ impl Config {
         if let Some(p) = self.admin.token_file.as_mut() {
             resolve(p);
         }
+        if let Some(p) = self.nodes.token_file.as_mut() {
+            resolve(p);
+        }
     }
 
     /// The triggers of the sample configuration (`meshgate init`): one build of script
@@ -164,6 +202,9 @@ impl Config {
         if !(1024..=64 * 1024 * 1024).contains(&self.webhook.max_body_bytes) {
             return invalid("webhook.max_body_bytes must be between 1024 and 67108864".into());
         }
+        if self.nodes.lease_seconds == 0 || self.nodes.max_attempts == 0 {
+            return invalid("nodes.lease_seconds and nodes.max_attempts must be at least 1".into());
+        }
         if self.store.max_batch == 0 {
             return invalid("store.max_batch must be at least 1".into());
         }
@@ -171,6 +212,9 @@ impl Config {
         for lane in &self.lanes {
             if !is_simple_name(&lane.name) {
                 return invalid(format!("lane name `{}` must be 1-64 of [A-Za-z0-9._-]", lane.name));
+            }
+            if lane.max_running == Some(0) {
+                return invalid(format!("lane `{}`: max_running must be at least 1", lane.name));
             }
             if !lanes.insert(lane.name.as_str()) {
                 return invalid(format!("lane `{}` is defined twice", lane.name));
@@ -213,8 +257,24 @@ impl Config {
         self.admin.token_file.clone().unwrap_or_else(|| self.secrets_dir().join("admin.token"))
     }
 
+    pub fn nodes_token_file(&self) -> PathBuf {
+        self.nodes.token_file.clone().unwrap_or_else(|| self.secrets_dir().join("nodes.token"))
+    }
+
     pub fn lane_priorities(&self) -> std::collections::HashMap<String, i64> {
         self.lanes.iter().map(|l| (l.name.clone(), l.priority)).collect()
+    }
+
+    pub fn lane_rules(&self) -> Vec<meshgate_projections::LaneRule> {
+        self.lanes
+            .iter()
+            .map(|l| meshgate_projections::LaneRule {
+                name: l.name.clone(),
+                priority: l.priority,
+                required_labels: l.required_labels.clone(),
+                max_running: l.max_running,
+            })
+            .collect()
     }
 }
 
@@ -243,6 +303,13 @@ bot_login = "meshgate-bot"
 # Bearer token for /api/v1.
 token_file = "secrets/admin.token"
 
+[nodes]
+# Bearer token shared by the build machines (`meshgate worker --token-file`).
+token_file = "secrets/nodes.token"
+lease_seconds = 120
+claim_wait_seconds = 30
+max_attempts = 3
+
 [store]
 # Fold concurrent appends into one durable commit.
 group_commit = true
@@ -250,6 +317,8 @@ group_commit = true
 [[lanes]]
 name = "default"
 priority = 0
+required_labels = []
+# max_running = 1           # a mutex across the pool, e.g. around a signing identity
 
 # Example: build when an issue of project MOB moves to State = Building.
 [[triggers]]

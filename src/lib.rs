@@ -4,16 +4,20 @@
 //! - [`secrets`]: token files, redaction, constant-time comparison.
 //! - [`store`]: the event log trait and its SQLite backend.
 //! - [`ingest`]: the delivery command handler (decide, append, retry on conflict).
+//! - [`builds`]: commands on one build (claims, heartbeats, results) with the same protocol.
+//! - [`reaper`]: requeues builds whose node stopped heartbeating.
 //! - [`projector`]: live projections with checkpoints.
 //! - [`http`]: the webhook, read API and health endpoints.
 //! - [`app`]: wiring it all together.
 //! - [`cli`]: the `meshgate` commands.
 
 pub mod app;
+pub mod builds;
 pub mod cli;
 pub mod config;
 pub mod http;
 pub mod ingest;
 pub mod projector;
+pub mod reaper;
 pub mod secrets;
 pub mod store;

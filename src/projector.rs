@@ -34,6 +34,11 @@ impl Projections {
         *self.position.borrow()
     }
 
+    /// Changes whenever the projections apply new events.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.position.clone()
+    }
+
     /// Waits until the projections have applied everything up to `position`.
     pub async fn caught_up_to(&self, position: u64, within: Duration) -> bool {
         let mut rx = self.position.clone();

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::event::{
-    BuildCancelled, BuildClaimed, BuildFailed, BuildRequestFolded, BuildRequested, BuildRequeued, BuildSucceeded,
-    Event, FoldReason,
+    BuildCancelled, BuildClaimed, BuildFailed, BuildLeaseRenewed, BuildReport, BuildRequestFolded, BuildRequested,
+    BuildRequeued, BuildSucceeded, Event, FoldReason,
 };
 
 /// Where a build stands in its life.
@@ -63,16 +63,59 @@ impl BuildState {
     }
 }
 
+/// How a node says an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportedOutcome {
+    Succeeded,
+    Failed {
+        reason: String,
+    },
+    /// The node stopped the build (it was cancelled, or the node is draining).
+    Cancelled,
+}
+
 /// What can be asked of a build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BuildCommand {
     Request(Box<BuildRequested>),
-    Fold { correlation_id: Uuid, reason: FoldReason },
-    Claim { node_id: String, lease_expires_at: DateTime<Utc> },
-    Requeue { reason: String },
-    Succeed { attempt: u32 },
-    Fail { attempt: u32, reason: String },
-    Cancel { reason: String },
+    Fold {
+        correlation_id: Uuid,
+        reason: FoldReason,
+    },
+    Claim {
+        node_id: String,
+        lease_expires_at: DateTime<Utc>,
+    },
+    /// A heartbeat: extends the lease of the node's current attempt.
+    Renew {
+        node_id: String,
+        attempt: u32,
+        lease_expires_at: DateTime<Utc>,
+    },
+    Requeue {
+        reason: String,
+    },
+    /// The lease reaper: requeue an expired attempt, or fail the build after `max_attempts`.
+    Expire {
+        max_attempts: u32,
+    },
+    /// A node's result for its attempt.
+    Report {
+        node_id: String,
+        attempt: u32,
+        outcome: ReportedOutcome,
+        report: Box<BuildReport>,
+    },
+    Succeed {
+        attempt: u32,
+    },
+    Fail {
+        attempt: u32,
+        reason: String,
+    },
+    Cancel {
+        reason: String,
+    },
 }
 
 impl BuildCommand {
@@ -81,7 +124,10 @@ impl BuildCommand {
             BuildCommand::Request(_) => "request",
             BuildCommand::Fold { .. } => "fold into",
             BuildCommand::Claim { .. } => "claim",
+            BuildCommand::Renew { .. } => "renew the lease of",
             BuildCommand::Requeue { .. } => "requeue",
+            BuildCommand::Expire { .. } => "expire the lease of",
+            BuildCommand::Report { .. } => "report a result for",
             BuildCommand::Succeed { .. } => "succeed",
             BuildCommand::Fail { .. } => "fail",
             BuildCommand::Cancel { .. } => "cancel",
@@ -95,6 +141,10 @@ pub enum BuildError {
     IllegalTransition { action: &'static str, state: &'static str },
     #[error("attempt {reported} is stale: the current attempt is {current}")]
     StaleAttempt { reported: u32, current: u32 },
+    #[error("attempt {attempt} is held by node {holder}, not {node}")]
+    NotHolder { attempt: u32, holder: String, node: String },
+    #[error("the lease runs until {lease_expires_at}")]
+    LeaseNotExpired { lease_expires_at: DateTime<Utc> },
 }
 
 /// Decides what a command appends to a build's stream.
@@ -127,16 +177,67 @@ pub fn decide(
                 lease_expires_at: *lease_expires_at,
             })
         }
+        (
+            BuildState::Running { attempt, node_id, .. },
+            BuildCommand::Renew { node_id: node, attempt: reported, lease_expires_at },
+        ) => {
+            check_holder(*attempt, node_id, *reported, node)?;
+            Event::BuildLeaseRenewed(BuildLeaseRenewed {
+                build_id,
+                node_id: node.clone(),
+                attempt: *reported,
+                lease_expires_at: *lease_expires_at,
+            })
+        }
         (BuildState::Running { attempt, .. }, BuildCommand::Requeue { reason }) => {
             Event::BuildRequeued(BuildRequeued { build_id, next_attempt: attempt + 1, reason: reason.clone() })
         }
+        (BuildState::Running { attempt, lease_expires_at, .. }, BuildCommand::Expire { max_attempts }) => {
+            if *lease_expires_at > now {
+                return Err(BuildError::LeaseNotExpired { lease_expires_at: *lease_expires_at });
+            }
+            if *attempt >= *max_attempts {
+                Event::BuildFailed(BuildFailed {
+                    build_id,
+                    attempt: *attempt,
+                    reason: "node_lost".into(),
+                    report: None,
+                })
+            } else {
+                Event::BuildRequeued(BuildRequeued {
+                    build_id,
+                    next_attempt: attempt + 1,
+                    reason: "lease_expired".into(),
+                })
+            }
+        }
+        (
+            BuildState::Running { attempt, node_id, .. },
+            BuildCommand::Report { node_id: node, attempt: reported, outcome, report },
+        ) => {
+            check_holder(*attempt, node_id, *reported, node)?;
+            let report = Some((**report).clone());
+            match outcome {
+                ReportedOutcome::Succeeded => {
+                    Event::BuildSucceeded(BuildSucceeded { build_id, attempt: *reported, report })
+                }
+                ReportedOutcome::Failed { reason } => {
+                    Event::BuildFailed(BuildFailed { build_id, attempt: *reported, reason: reason.clone(), report })
+                }
+                ReportedOutcome::Cancelled => Event::BuildCancelled(BuildCancelled {
+                    build_id,
+                    reason: "stopped_on_node".into(),
+                    cancelled_at: now,
+                }),
+            }
+        }
         (BuildState::Running { attempt: current, .. }, BuildCommand::Succeed { attempt }) => {
             check_attempt(*current, *attempt)?;
-            Event::BuildSucceeded(BuildSucceeded { build_id, attempt: *attempt })
+            Event::BuildSucceeded(BuildSucceeded { build_id, attempt: *attempt, report: None })
         }
         (BuildState::Running { attempt: current, .. }, BuildCommand::Fail { attempt, reason }) => {
             check_attempt(*current, *attempt)?;
-            Event::BuildFailed(BuildFailed { build_id, attempt: *attempt, reason: reason.clone() })
+            Event::BuildFailed(BuildFailed { build_id, attempt: *attempt, reason: reason.clone(), report: None })
         }
         (BuildState::Queued { .. } | BuildState::Running { .. }, BuildCommand::Cancel { reason }) => {
             Event::BuildCancelled(BuildCancelled { build_id, reason: reason.clone(), cancelled_at: now })
@@ -144,6 +245,14 @@ pub fn decide(
         _ => return Err(illegal()),
     };
     Ok(vec![event])
+}
+
+fn check_holder(current: u32, holder: &str, reported: u32, node: &str) -> Result<(), BuildError> {
+    check_attempt(current, reported)?;
+    if holder != node {
+        return Err(BuildError::NotHolder { attempt: current, holder: holder.to_owned(), node: node.to_owned() });
+    }
+    Ok(())
 }
 
 fn check_attempt(current: u32, reported: u32) -> Result<(), BuildError> {
@@ -161,6 +270,9 @@ pub fn evolve(state: BuildState, event: &Event) -> BuildState {
         (BuildState::New, Event::BuildRequested(_)) => BuildState::Queued { attempt: 1 },
         (BuildState::Queued { .. }, Event::BuildClaimed(e)) => {
             BuildState::Running { attempt: e.attempt, node_id: e.node_id.clone(), lease_expires_at: e.lease_expires_at }
+        }
+        (BuildState::Running { attempt, node_id, .. }, Event::BuildLeaseRenewed(e)) => {
+            BuildState::Running { attempt, node_id, lease_expires_at: e.lease_expires_at }
         }
         (BuildState::Running { .. }, Event::BuildRequeued(e)) => BuildState::Queued { attempt: e.next_attempt },
         (BuildState::Running { .. }, Event::BuildSucceeded(e)) => BuildState::Succeeded { attempt: e.attempt },
@@ -279,7 +391,7 @@ mod tests {
 
     #[test]
     fn only_one_result_is_ever_accepted() {
-        let done = Event::BuildSucceeded(BuildSucceeded { build_id: id(), attempt: 1 });
+        let done = Event::BuildSucceeded(BuildSucceeded { build_id: id(), attempt: 1, report: None });
         given(vec![Event::BuildRequested(requested()), claimed(1), done])
             .when(BuildCommand::Fail { attempt: 1, reason: "exit 1".into() })
             .then_err(BuildError::IllegalTransition { action: "fail", state: "succeeded" });
@@ -305,10 +417,63 @@ mod tests {
 
     #[test]
     fn a_finished_build_cannot_be_cancelled() {
-        let failed = Event::BuildFailed(BuildFailed { build_id: id(), attempt: 1, reason: "x".into() });
+        let failed = Event::BuildFailed(BuildFailed { build_id: id(), attempt: 1, reason: "x".into(), report: None });
         given(vec![Event::BuildRequested(requested()), claimed(1), failed])
             .when(BuildCommand::Cancel { reason: "superseded".into() })
             .then_err(BuildError::IllegalTransition { action: "cancel", state: "failed" });
+    }
+
+    fn report(node: &str, attempt: u32) -> BuildCommand {
+        BuildCommand::Report {
+            node_id: node.into(),
+            attempt,
+            outcome: ReportedOutcome::Succeeded,
+            report: Box::new(BuildReport { node_id: node.into(), ..BuildReport::default() }),
+        }
+    }
+
+    #[test]
+    fn the_holder_of_the_current_attempt_renews_and_reports() {
+        let history = vec![Event::BuildRequested(requested()), claimed(1)];
+        given(history.clone())
+            .when(BuildCommand::Renew { node_id: "mac-1".into(), attempt: 1, lease_expires_at: t(300) })
+            .then(vec![Event::BuildLeaseRenewed(BuildLeaseRenewed {
+                build_id: id(),
+                node_id: "mac-1".into(),
+                attempt: 1,
+                lease_expires_at: t(300),
+            })]);
+        given(history.clone()).when(report("mac-2", 1)).then_err(BuildError::NotHolder {
+            attempt: 1,
+            holder: "mac-1".into(),
+            node: "mac-2".into(),
+        });
+        let renewed = Event::BuildLeaseRenewed(BuildLeaseRenewed {
+            build_id: id(),
+            node_id: "mac-1".into(),
+            attempt: 1,
+            lease_expires_at: t(300),
+        });
+        let state = replay(&[Event::BuildRequested(requested()), claimed(1), renewed]);
+        assert!(matches!(state, BuildState::Running { lease_expires_at, .. } if lease_expires_at == t(300)));
+    }
+
+    #[test]
+    fn an_expired_lease_requeues_until_the_last_attempt_then_fails_with_node_lost() {
+        // claimed(n) leases run until t(120); decide runs at t(100) in the harness, so use replay.
+        let history = vec![Event::BuildRequested(requested()), claimed(1)];
+        let state = replay(&history);
+        assert_eq!(
+            decide(&state, id(), &BuildCommand::Expire { max_attempts: 2 }, t(100)),
+            Err(BuildError::LeaseNotExpired { lease_expires_at: t(120) })
+        );
+        let requeue = decide(&state, id(), &BuildCommand::Expire { max_attempts: 2 }, t(121)).unwrap();
+        assert!(matches!(&requeue[0], Event::BuildRequeued(r) if r.next_attempt == 2 && r.reason == "lease_expired"));
+        let mut history = history;
+        history.extend(requeue);
+        history.push(claimed(2));
+        let lost = decide(&replay(&history), id(), &BuildCommand::Expire { max_attempts: 2 }, t(121)).unwrap();
+        assert!(matches!(&lost[0], Event::BuildFailed(f) if f.reason == "node_lost" && f.attempt == 2));
     }
 
     #[test]

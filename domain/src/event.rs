@@ -118,15 +118,52 @@ pub struct BuildRequeued {
     pub reason: String,
 }
 
+/// A node renewed its lease on a build (a heartbeat).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildLeaseRenewed {
+    pub build_id: Uuid,
+    pub node_id: String,
+    pub attempt: u32,
+    pub lease_expires_at: DateTime<Utc>,
+}
+
+/// What a node reported about a finished attempt.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildReport {
+    pub node_id: String,
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    /// 40 lower-case hex characters.
+    pub commit_sha: Option<String>,
+    pub failing_test: Option<String>,
+    /// The end of the log, at most 4 KiB of valid UTF-8.
+    pub log_tail: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildSucceeded {
     pub build_id: Uuid,
     pub attempt: u32,
+    #[serde(default)]
+    pub report: Option<BuildReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildFailed {
     pub build_id: Uuid,
+    pub attempt: u32,
+    /// `script_failed`, `node_lost`, `unknown_script`, …
+    pub reason: String,
+    #[serde(default)]
+    pub report: Option<BuildReport>,
+}
+
+/// A heartbeat or result that was refused because its attempt is no longer the build's current one
+/// (or the build has finished).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildResultRejected {
+    pub build_id: Uuid,
+    pub node_id: String,
     pub attempt: u32,
     pub reason: String,
 }
@@ -202,10 +239,12 @@ events!(
     BuildRequested,
     BuildRequestFolded,
     BuildClaimed,
+    BuildLeaseRenewed,
     BuildRequeued,
     BuildSucceeded,
     BuildFailed,
     BuildCancelled,
+    BuildResultRejected,
 );
 
 impl Event {
@@ -218,6 +257,8 @@ impl Event {
             Event::BuildRequested(e) => Some(e.build_id),
             Event::BuildRequestFolded(e) => Some(e.build_id),
             Event::BuildClaimed(e) => Some(e.build_id),
+            Event::BuildLeaseRenewed(e) => Some(e.build_id),
+            Event::BuildResultRejected(e) => Some(e.build_id),
             Event::BuildRequeued(e) => Some(e.build_id),
             Event::BuildSucceeded(e) => Some(e.build_id),
             Event::BuildFailed(e) => Some(e.build_id),
@@ -265,7 +306,7 @@ mod tests {
 
     #[test]
     fn type_names_are_stable() {
-        assert_eq!(Event::TYPES.len(), 11);
+        assert_eq!(Event::TYPES.len(), 13);
         assert!(Event::TYPES.contains(&"WebhookReceived"));
         assert!(Event::TYPES.contains(&"BuildRequestFolded"));
     }

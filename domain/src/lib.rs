@@ -18,7 +18,7 @@ pub mod payload;
 pub mod stream;
 pub mod trigger;
 
-pub use build::{BuildCommand, BuildError, BuildState};
+pub use build::{BuildCommand, BuildError, BuildState, ReportedOutcome};
 pub use event::{Event, Recorded};
 pub use fingerprint::Fingerprint;
 pub use payload::{Delivery, EventKind, PayloadError};

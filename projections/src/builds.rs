@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use meshgate_domain::build::{evolve, BuildState};
-use meshgate_domain::event::FoldReason;
+use meshgate_domain::event::{BuildReport, FoldReason};
 use meshgate_domain::{Event, Recorded};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -38,6 +38,12 @@ pub struct BuildView {
     pub state: BuildState,
     pub updated_at: DateTime<Utc>,
     pub folds: Vec<FoldRecord>,
+    /// What the node reported for the attempt that finished the build.
+    #[serde(default)]
+    pub report: Option<BuildReport>,
+    /// Heartbeats and results refused as stale.
+    #[serde(default)]
+    pub rejected: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +66,24 @@ impl Builds {
             .collect();
         builds.sort_by_key(|b| b.position);
         builds
+    }
+}
+
+impl Builds {
+    /// Running builds whose lease ran out at or before `now`, oldest lease first.
+    pub fn expired_leases(&self, now: DateTime<Utc>) -> Vec<Uuid> {
+        let mut expired: Vec<(DateTime<Utc>, Uuid)> = self
+            .builds
+            .values()
+            .filter_map(|b| match &b.state {
+                BuildState::Running { lease_expires_at, .. } if *lease_expires_at <= now => {
+                    Some((*lease_expires_at, b.build_id))
+                }
+                _ => None,
+            })
+            .collect();
+        expired.sort();
+        expired.into_iter().map(|(_, id)| id).collect()
     }
 }
 
@@ -90,14 +114,24 @@ impl Projection for Builds {
                 state: evolve(BuildState::New, event),
                 updated_at: recorded.recorded_at,
                 folds: Vec::new(),
+                report: None,
+                rejected: 0,
             });
             return;
         }
         let Some(build) = event.build_id().and_then(|id| self.builds.get_mut(&id)) else {
             return;
         };
-        if let Event::BuildRequestFolded(f) = event {
-            build.folds.push(FoldRecord { correlation_id: f.correlation_id, reason: f.reason, folded_at: f.folded_at });
+        match event {
+            Event::BuildRequestFolded(f) => build.folds.push(FoldRecord {
+                correlation_id: f.correlation_id,
+                reason: f.reason,
+                folded_at: f.folded_at,
+            }),
+            Event::BuildSucceeded(e) => build.report.clone_from(&e.report),
+            Event::BuildFailed(e) => build.report.clone_from(&e.report),
+            Event::BuildResultRejected(_) => build.rejected += 1,
+            _ => {}
         }
         build.state = evolve(std::mem::replace(&mut build.state, BuildState::New), event);
         build.updated_at = recorded.recorded_at;

@@ -12,7 +12,7 @@ mod queue;
 
 pub use builds::{BuildView, Builds, FoldRecord};
 pub use dedupe::Dedupe;
-pub use queue::{Queue, QueueEntry};
+pub use queue::{LaneRule, NodeAsk, Queue, QueueEntry};
 
 use meshgate_domain::Recorded;
 use serde::de::DeserializeOwned;

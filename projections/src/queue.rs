@@ -16,8 +16,30 @@ pub struct QueueEntry {
     pub script: String,
     /// Global position of the request: a requeued build keeps its place.
     pub position: u64,
-    /// The attempt the next claim will carry.
+    /// The attempt the next claim will carry (queued) or the current one (running).
     pub attempt: u32,
+    /// The node running it, while it runs.
+    #[serde(default)]
+    pub node_id: Option<String>,
+}
+
+/// A configured lane, as the scheduler needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LaneRule {
+    pub name: String,
+    pub priority: i64,
+    /// A node must have every one of these labels to run the lane's builds.
+    pub required_labels: Vec<String>,
+    /// Most builds of the lane running at once across the pool (`1`: a mutex).
+    pub max_running: Option<usize>,
+}
+
+/// A node asking for work.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeAsk<'a> {
+    pub node_id: &'a str,
+    pub labels: &'a [String],
+    pub slots: usize,
 }
 
 /// Queued builds. Running builds are kept aside so that a requeue restores their entry.
@@ -34,6 +56,33 @@ impl Queue {
         let mut entries: Vec<_> = self.queued.values().collect();
         entries.sort_by_key(|e| (-priorities.get(&e.lane).copied().unwrap_or(0), e.position));
         entries
+    }
+
+    /// Builds a node is running now.
+    pub fn held_by(&self, node_id: &str) -> usize {
+        self.running.values().filter(|e| e.node_id.as_deref() == Some(node_id)).count()
+    }
+
+    /// The build a node should claim next, if any: none while the node's slots are full; otherwise
+    /// the first queued build (lane priority, then log order) whose lane's labels the node has,
+    /// whose lane is below its `max_running`, and whose (issue, script) is not running already.
+    /// Lanes missing from `lanes` have priority 0, no labels and no cap.
+    pub fn next_for(&self, lanes: &[LaneRule], node: &NodeAsk<'_>) -> Option<&QueueEntry> {
+        if self.held_by(node.node_id) >= node.slots {
+            return None;
+        }
+        let default = LaneRule::default();
+        let rule = |lane: &str| lanes.iter().find(|l| l.name == lane).unwrap_or(&default);
+        let mut candidates: Vec<&QueueEntry> = self.queued.values().collect();
+        candidates.sort_by_key(|e| (-rule(&e.lane).priority, e.position));
+        candidates.into_iter().find(|entry| {
+            let lane = rule(&entry.lane);
+            let labelled = lane.required_labels.iter().all(|l| node.labels.contains(l));
+            let below_cap =
+                lane.max_running.is_none_or(|cap| self.running.values().filter(|r| r.lane == entry.lane).count() < cap);
+            let intent_free = !self.running.values().any(|r| r.issue_id == entry.issue_id && r.script == entry.script);
+            labelled && below_cap && intent_free
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -67,17 +116,21 @@ impl Projection for Queue {
                         script: e.script.clone(),
                         position: recorded.position,
                         attempt: 1,
+                        node_id: None,
                     },
                 );
             }
             Event::BuildClaimed(e) => {
-                if let Some(entry) = self.queued.remove(&e.build_id) {
+                if let Some(mut entry) = self.queued.remove(&e.build_id) {
+                    entry.attempt = e.attempt;
+                    entry.node_id = Some(e.node_id.clone());
                     self.running.insert(e.build_id, entry);
                 }
             }
             Event::BuildRequeued(e) => {
                 if let Some(mut entry) = self.running.remove(&e.build_id) {
                     entry.attempt = e.next_attempt;
+                    entry.node_id = None;
                     self.queued.insert(e.build_id, entry);
                 }
             }

@@ -233,3 +233,66 @@ mod properties {
         assert_eq!(set.dedupe.state.builds_for(&fingerprint(2)), Some(&[][..]));
     }
 }
+
+mod scheduling {
+    use super::*;
+    use crate::{LaneRule, NodeAsk, ProjectionSet};
+
+    fn fold_all(events: &[Recorded]) -> ProjectionSet {
+        let mut set = ProjectionSet::default();
+        events.iter().for_each(|e| set.apply(e));
+        set
+    }
+
+    fn lanes() -> Vec<LaneRule> {
+        vec![
+            LaneRule { name: "default".into(), priority: 0, required_labels: vec![], max_running: None },
+            LaneRule {
+                name: "signing".into(),
+                priority: 10,
+                required_labels: vec!["signing".into()],
+                max_running: Some(1),
+            },
+        ]
+    }
+
+    #[test]
+    fn a_node_gets_only_lanes_whose_labels_it_has_highest_priority_first() {
+        // MOB-0 and MOB-2 are in `default`, MOB-1 and MOB-3 in `signing`.
+        let set = fold_all(&log_of(&[Action::Request(0), Action::Request(1), Action::Request(2), Action::Request(3)]));
+        let plain: Vec<String> = vec![];
+        let signer = vec!["signing".to_owned()];
+        let ask = |labels| NodeAsk { node_id: "n", labels, slots: 2 };
+        assert_eq!(set.queue.state.next_for(&lanes(), &ask(&plain)).unwrap().issue_id, "MOB-0");
+        assert_eq!(set.queue.state.next_for(&lanes(), &ask(&signer)).unwrap().issue_id, "MOB-1");
+    }
+
+    #[test]
+    fn a_lane_at_its_cap_and_a_node_at_its_slots_get_nothing_more() {
+        // MOB-1 (signing) is running on mac-1: the signing lane is at its cap of 1.
+        let set = fold_all(&log_of(&[Action::Request(1), Action::Request(3), Action::Claim(1)]));
+        let signer = vec!["signing".to_owned()];
+        let other = NodeAsk { node_id: "mac-2", labels: &signer, slots: 4 };
+        assert!(set.queue.state.next_for(&lanes(), &other).is_none());
+        let set = fold_all(&log_of(&[Action::Request(0), Action::Request(2), Action::Claim(0)]));
+        let full = NodeAsk { node_id: "mac-1", labels: &signer, slots: 1 };
+        assert_eq!(set.queue.state.held_by("mac-1"), 1);
+        assert!(set.queue.state.next_for(&lanes(), &full).is_none());
+        let roomy = NodeAsk { node_id: "mac-1", labels: &signer, slots: 2 };
+        assert_eq!(set.queue.state.next_for(&lanes(), &roomy).unwrap().issue_id, "MOB-2");
+    }
+}
+
+mod leases {
+    use super::*;
+    use crate::ProjectionSet;
+
+    #[test]
+    fn leases_expire_at_their_time_and_not_before() {
+        // Action::Claim leases run until at(1000).
+        let mut set = ProjectionSet::default();
+        log_of(&[Action::Request(0), Action::Claim(0), Action::Request(1)]).iter().for_each(|e| set.apply(e));
+        assert!(set.builds.state.expired_leases(at(999)).is_empty());
+        assert_eq!(set.builds.state.expired_leases(at(1000)), [Uuid::from_u128(1000)]);
+    }
+}

@@ -103,10 +103,12 @@ fn bench_config(dir: &Path, group_commit: bool) -> anyhow::Result<Config> {
     config.server.data_dir = dir.join("data");
     config.webhook.token_files = vec![dir.join("webhook.token")];
     config.admin.token_file = Some(dir.join("admin.token"));
+    config.nodes.token_file = Some(dir.join("nodes.token"));
     config.store.group_commit = group_commit;
     config.triggers = vec![trigger()];
     generate_token_file(&dir.join("webhook.token"), 0o400)?;
     generate_token_file(&dir.join("admin.token"), 0o400)?;
+    generate_token_file(&dir.join("nodes.token"), 0o400)?;
     Ok(config)
 }
 

@@ -15,7 +15,7 @@ pub fn init(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(&config, SAMPLE).with_context(|| format!("cannot write {}", config.display()))?;
     println!("wrote {}", config.display());
-    for name in ["webhook.token", "admin.token"] {
+    for name in ["webhook.token", "admin.token", "nodes.token"] {
         let path = dir.join("secrets").join(name);
         if path.exists() {
             println!("kept {}", path.display());

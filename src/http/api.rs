@@ -19,7 +19,7 @@ use super::{ApiError, AppState};
 
 const READ_YOUR_WRITES: Duration = Duration::from_secs(2);
 
-fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let token =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     match token {
@@ -95,7 +95,8 @@ pub async fn get_build(
             })
         })
         .collect();
-    Ok(Json(json!({ "build": build, "events": events })))
+    let log_url = super::nodes::log_link(&app.log_secret, id);
+    Ok(Json(json!({ "build": build, "events": events, "log_url": log_url })))
 }
 
 pub async fn queue(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {

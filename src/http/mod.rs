@@ -2,6 +2,7 @@
 
 mod api;
 mod error;
+pub mod nodes;
 mod webhook;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use serde_json::json;
 
 pub use error::ApiError;
 
+use crate::builds::BuildService;
 use crate::ingest::IngestService;
 use crate::projector::Projections;
 use crate::secrets::TokenSet;
@@ -34,6 +36,26 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub lane_priorities: HashMap<String, i64>,
     pub counters: Counters,
+    pub builds: BuildService,
+    pub nodes_tokens: TokenSet,
+    pub lanes: Vec<meshgate_projections::LaneRule>,
+    pub nodes: NodeSettings,
+    /// One claim decision at a time (lane caps and node slots are read, then written).
+    pub claim_lock: tokio::sync::Mutex<()>,
+    /// Set when the gateway is stopping: long polls answer at once.
+    pub stopping: tokio::sync::watch::Sender<bool>,
+    pub logs_dir: std::path::PathBuf,
+    /// Key for per-build log links.
+    pub log_secret: [u8; 32],
+}
+
+/// The `[nodes]` settings in the units the handlers use.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    pub lease: chrono::Duration,
+    pub claim_wait: Duration,
+    pub max_attempts: u32,
+    pub max_log_bytes: usize,
 }
 
 /// Deliveries by what became of them, for logs and `/readyz`.
@@ -70,14 +92,20 @@ pub fn router(state: Arc<AppState>, webhook_path: &str) -> Router {
     // YouTrack posts to every configured URL, so `/path` and `/path/` both arrive; both are served
     // and their deliveries fold into one build.
     let trimmed = webhook_path.trim_end_matches('/');
+    let log_limit = axum::extract::DefaultBodyLimit::max(state.nodes.max_log_bytes);
     Router::new()
         .route(trimmed, post(webhook::receive))
         .route(&format!("{trimmed}/"), post(webhook::receive))
         .route("/api/v1/builds", get(api::list_builds))
         .route("/api/v1/builds/{id}", get(api::get_build))
         .route("/api/v1/queue", get(api::queue))
+        .route("/api/v1/nodes/claim", post(nodes::claim))
+        .route("/api/v1/builds/{id}/heartbeat", post(nodes::heartbeat))
+        .route("/api/v1/builds/{id}/result", post(nodes::result))
+        .route("/api/v1/builds/{id}/log", get(nodes::download_log).put(nodes::upload_log))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .layer(log_limit)
         .with_state(state)
 }
 

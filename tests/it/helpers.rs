@@ -53,11 +53,19 @@ pub fn test_config(dir: &Path, triggers: Vec<Trigger>) -> Config {
     config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.webhook.token_files = vec![dir.join("webhook.token")];
     config.admin.token_file = Some(dir.join("admin.token"));
+    config.nodes.token_file = Some(dir.join("nodes.token"));
     config.youtrack.bot_login = Some("meshgate-bot".into());
-    config.lanes =
-        vec![LaneConfig { name: "default".into(), priority: 0 }, LaneConfig { name: "signing".into(), priority: 10 }];
+    config.lanes = vec![
+        LaneConfig { name: "default".into(), priority: 0, required_labels: vec![], max_running: None },
+        LaneConfig {
+            name: "signing".into(),
+            priority: 10,
+            required_labels: vec!["signing".into()],
+            max_running: Some(1),
+        },
+    ];
     config.triggers = triggers;
-    for file in [dir.join("webhook.token"), dir.join("admin.token")] {
+    for file in [dir.join("webhook.token"), dir.join("admin.token"), dir.join("nodes.token")] {
         if !file.exists() {
             generate_token_file(&file, 0o400).unwrap();
         }

@@ -3,6 +3,7 @@
 
 mod helpers;
 mod idempotency;
+mod nodes;
 mod process;
 mod scenarios;
 mod store;

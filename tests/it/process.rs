@@ -66,6 +66,9 @@ token_files = ["webhook.token"]
 [admin]
 token_file = "admin.token"
 
+[nodes]
+token_file = "nodes.token"
+
 [youtrack]
 bot_login = "meshgate-bot"
 

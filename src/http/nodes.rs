@@ -1,0 +1,369 @@
+//! The node API: build machines claim builds under leases, heartbeat, upload logs and report
+//! results. Authenticated with the pool's bearer token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use meshgate_domain::build::ReportedOutcome;
+use meshgate_domain::event::BuildReport;
+use meshgate_domain::trigger::is_simple_name;
+use meshgate_domain::{BuildCommand, BuildError, BuildState, Event};
+use meshgate_projections::NodeAsk;
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{ApiError, AppState};
+use crate::builds::CommandError;
+
+/// Longest wait a claim may ask for.
+const MAX_CLAIM_WAIT: Duration = Duration::from_secs(300);
+/// Largest log tail carried in a result.
+pub const MAX_LOG_TAIL_BYTES: usize = 4096;
+
+fn authorize_node(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let token =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match token {
+        Some(token) if app.nodes_tokens.verify(token.trim().as_bytes()) => Ok(()),
+        _ => {
+            tracing::warn!(header_present = token.is_some(), "node token mismatch");
+            Err(ApiError::unauthorized())
+        }
+    }
+}
+
+fn bad_request(field: &str, message: impl Into<String>) -> ApiError {
+    let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message);
+    e.field = Some(field.to_owned());
+    e
+}
+
+fn check_node_id(node_id: &str) -> Result<(), ApiError> {
+    if is_simple_name(node_id) {
+        Ok(())
+    } else {
+        Err(bad_request("node_id", "node_id must be 1-64 of [A-Za-z0-9._-]"))
+    }
+}
+
+fn command_failed(e: CommandError) -> ApiError {
+    match e {
+        CommandError::NotFound => ApiError::not_found("build"),
+        other => ApiError::unavailable(&other),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    node_id: String,
+    #[serde(default)]
+    labels: Vec<String>,
+    slots: usize,
+    /// Seconds to wait for work; the gateway's `nodes.claim_wait_seconds` if absent.
+    wait_seconds: Option<u64>,
+}
+
+/// `POST /api/v1/nodes/claim`: answers as soon as a build this node may run is claimed for it, or
+/// 204 when the wait is over.
+pub async fn claim(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(request): Json<ClaimRequest>,
+) -> Result<Response, ApiError> {
+    authorize_node(&app, &headers)?;
+    check_node_id(&request.node_id)?;
+    if let Some(label) = request.labels.iter().find(|l| !is_simple_name(l)) {
+        return Err(bad_request("labels", format!("label `{label}` must be 1-64 of [A-Za-z0-9._-]")));
+    }
+    if !(1..=256).contains(&request.slots) {
+        return Err(bad_request("slots", "slots must be between 1 and 256"));
+    }
+    let wait = request.wait_seconds.map_or(app.nodes.claim_wait, Duration::from_secs).min(MAX_CLAIM_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    let ask = NodeAsk { node_id: &request.node_id, labels: &request.labels, slots: request.slots };
+    let mut changes = app.projections.changes();
+    let mut stopping = app.stopping.subscribe();
+    loop {
+        // Decide on projections that include everything committed so far (our own claims too).
+        let head = *app.store.head().borrow();
+        app.projections.caught_up_to(head, Duration::from_secs(2)).await;
+        {
+            // One claim at a time per gateway: lane caps and node slots are read, then written.
+            let _turn = app.claim_lock.lock().await;
+            let candidate = app.projections.read(|p| p.queue.state.next_for(&app.lanes, &ask).map(|e| e.build_id));
+            if let Some(build_id) = candidate {
+                let lease_expires_at = Utc::now() + app.nodes.lease;
+                let command = BuildCommand::Claim { node_id: request.node_id.clone(), lease_expires_at };
+                match app.builds.execute(build_id, Uuid::now_v7(), &command).await {
+                    Ok(executed) => {
+                        app.projections.caught_up_to(executed.last_position, Duration::from_secs(2)).await;
+                        let attempt = match executed.state {
+                            BuildState::Running { attempt, .. } => attempt,
+                            _ => 0,
+                        };
+                        let build = app.projections.read(|p| p.builds.state.get(build_id).cloned());
+                        tracing::info!(%build_id, node_id = %request.node_id, attempt, "build claimed");
+                        let body = json!({
+                            "build": build,
+                            "attempt": attempt,
+                            "lease_expires_at": lease_expires_at,
+                            "lease_seconds": app.nodes.lease.num_seconds(),
+                        });
+                        return Ok((StatusCode::OK, Json(body)).into_response());
+                    }
+                    // Another gateway (or a lagging view) got there first: look again.
+                    Err(CommandError::Refused { .. } | CommandError::Contention) => continue,
+                    Err(e) => return Err(command_failed(e)),
+                }
+            }
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { break },
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = stopping.wait_for(|s| *s) => break,
+        }
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    node_id: String,
+    attempt: u32,
+}
+
+/// `POST /api/v1/builds/{id}/heartbeat`: renews the lease; says whether the build was cancelled.
+pub async fn heartbeat(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(build_id): Path<Uuid>,
+    Json(request): Json<HeartbeatRequest>,
+) -> Result<Response, ApiError> {
+    authorize_node(&app, &headers)?;
+    check_node_id(&request.node_id)?;
+    let lease_expires_at = Utc::now() + app.nodes.lease;
+    let command = BuildCommand::Renew { node_id: request.node_id.clone(), attempt: request.attempt, lease_expires_at };
+    let correlation_id = Uuid::now_v7();
+    match app.builds.execute(build_id, correlation_id, &command).await {
+        Ok(_) => Ok(Json(json!({"cancelled": false, "lease_expires_at": lease_expires_at})).into_response()),
+        Err(CommandError::Refused { error, history }) => {
+            let state = meshgate_domain::build::replay(&history);
+            if matches!(state, BuildState::Cancelled { .. }) && current_attempt_of(&history) == Some(request.attempt) {
+                return Ok(Json(json!({"cancelled": true})).into_response());
+            }
+            refuse(&app, build_id, correlation_id, &request.node_id, request.attempt, "heartbeat", &error).await
+        }
+        Err(e) => Err(command_failed(e)),
+    }
+}
+
+/// The attempt of the last claim in a build's history.
+fn current_attempt_of(history: &[Event]) -> Option<u32> {
+    history.iter().rev().find_map(|e| match e {
+        Event::BuildClaimed(c) => Some(c.attempt),
+        _ => None,
+    })
+}
+
+async fn refuse(
+    app: &AppState,
+    build_id: Uuid,
+    correlation_id: Uuid,
+    node_id: &str,
+    attempt: u32,
+    what: &str,
+    error: &BuildError,
+) -> Result<Response, ApiError> {
+    let reason = format!("{what} refused: {error}");
+    tracing::warn!(%build_id, node_id, attempt, %reason, "stale attempt");
+    app.builds
+        .record_rejection(build_id, correlation_id, node_id, attempt, reason.clone())
+        .await
+        .map_err(|e| ApiError::unavailable(&e))?;
+    Err(ApiError::new(StatusCode::CONFLICT, "stale_attempt", reason))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultRequest {
+    node_id: String,
+    attempt: u32,
+    outcome: Outcome,
+    /// Why it failed (`script_failed`, `timeout`, `unknown_script`, …).
+    reason: Option<String>,
+    exit_code: Option<i32>,
+    duration_ms: u64,
+    commit_sha: Option<String>,
+    failing_test: Option<String>,
+    #[serde(default)]
+    log_tail: String,
+}
+
+/// `POST /api/v1/builds/{id}/result`: at most one result per build is ever accepted.
+pub async fn result(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(build_id): Path<Uuid>,
+    Json(request): Json<ResultRequest>,
+) -> Result<Response, ApiError> {
+    authorize_node(&app, &headers)?;
+    check_node_id(&request.node_id)?;
+    let commit_sha = match request.commit_sha {
+        Some(sha) if sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()) => Some(sha.to_ascii_lowercase()),
+        Some(_) => return Err(bad_request("commit_sha", "commit_sha must be 40 hex characters")),
+        None => None,
+    };
+    if request.log_tail.len() > MAX_LOG_TAIL_BYTES {
+        return Err(bad_request("log_tail", format!("log_tail is limited to {MAX_LOG_TAIL_BYTES} bytes")));
+    }
+    if request.failing_test.as_ref().is_some_and(|t| t.len() > 512) {
+        return Err(bad_request("failing_test", "failing_test is limited to 512 bytes"));
+    }
+    let report = BuildReport {
+        node_id: request.node_id.clone(),
+        exit_code: request.exit_code,
+        duration_ms: request.duration_ms,
+        commit_sha,
+        failing_test: request.failing_test,
+        log_tail: request.log_tail,
+    };
+    let succeeded = matches!(request.outcome, Outcome::Succeeded);
+    let outcome = match request.outcome {
+        Outcome::Succeeded => ReportedOutcome::Succeeded,
+        Outcome::Failed => ReportedOutcome::Failed { reason: request.reason.unwrap_or_else(|| "script_failed".into()) },
+        Outcome::Cancelled => ReportedOutcome::Cancelled,
+    };
+    let command = BuildCommand::Report {
+        node_id: request.node_id.clone(),
+        attempt: request.attempt,
+        outcome,
+        report: Box::new(report.clone()),
+    };
+    let correlation_id = Uuid::now_v7();
+    match app.builds.execute(build_id, correlation_id, &command).await {
+        Ok(executed) => {
+            tracing::info!(%build_id, node_id = %request.node_id, attempt = request.attempt, state = executed.state.name(), "build result accepted");
+            Ok(Json(json!({"accepted": true, "state": executed.state.name()})).into_response())
+        }
+        Err(CommandError::Refused { error, history }) => {
+            // The same result sent again (its answer was lost): accepted once, answered again.
+            if already_reported(&history, &report, request.attempt, succeeded) {
+                return Ok(Json(json!({"accepted": true, "duplicate": true})).into_response());
+            }
+            refuse(&app, build_id, correlation_id, &request.node_id, request.attempt, "result", &error).await
+        }
+        Err(e) => Err(command_failed(e)),
+    }
+}
+
+fn already_reported(history: &[Event], report: &BuildReport, attempt: u32, succeeded: bool) -> bool {
+    history.iter().rev().any(|e| match e {
+        Event::BuildSucceeded(s) => succeeded && s.attempt == attempt && s.report.as_ref() == Some(report),
+        Event::BuildFailed(f) => !succeeded && f.attempt == attempt && f.report.as_ref() == Some(report),
+        _ => false,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogQuery {
+    attempt: Option<u32>,
+    key: Option<String>,
+}
+
+/// The unguessable key that opens one build's log without the admin token.
+pub fn log_key(secret: &[u8; 32], build_id: Uuid) -> String {
+    let digest = Sha256::new().chain_update(secret).chain_update(b"log:").chain_update(build_id.as_bytes()).finalize();
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The stable link to a build's log.
+pub fn log_link(secret: &[u8; 32], build_id: Uuid) -> String {
+    format!("/api/v1/builds/{build_id}/log?key={}", log_key(secret, build_id))
+}
+
+fn log_path(app: &AppState, build_id: Uuid, attempt: u32) -> std::path::PathBuf {
+    app.logs_dir.join(build_id.to_string()).join(format!("attempt-{attempt}.log"))
+}
+
+/// `PUT /api/v1/builds/{id}/log?attempt=N`: a node uploads the full log of an attempt.
+pub async fn upload_log(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(build_id): Path<Uuid>,
+    Query(query): Query<LogQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize_node(&app, &headers)?;
+    let attempt = query.attempt.ok_or_else(|| bad_request("attempt", "attempt is required"))?;
+    if body.len() > app.nodes.max_log_bytes {
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "log is too large"));
+    }
+    let head = *app.store.head().borrow();
+    app.projections.caught_up_to(head, Duration::from_secs(2)).await;
+    if app.projections.read(|p| p.builds.state.get(build_id).is_none()) {
+        return Err(ApiError::not_found("build"));
+    }
+    let path = log_path(&app, build_id, attempt);
+    let write = async {
+        tokio::fs::create_dir_all(path.parent().unwrap_or(&app.logs_dir)).await?;
+        let tmp = path.with_extension("part");
+        tokio::fs::write(&tmp, &body).await?;
+        tokio::fs::rename(&tmp, &path).await
+    };
+    write.await.map_err(|e| ApiError::unavailable(&e))?;
+    Ok(Json(json!({"url": log_link(&app.log_secret, build_id), "bytes": body.len()})).into_response())
+}
+
+/// `GET /api/v1/builds/{id}/log`: the newest attempt's log (or `?attempt=N`), with the admin token
+/// or the build's key.
+pub async fn download_log(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(build_id): Path<Uuid>,
+    Query(query): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    let keyed = query.key.as_deref().is_some_and(|k| {
+        use subtle::ConstantTimeEq;
+        bool::from(k.as_bytes().ct_eq(log_key(&app.log_secret, build_id).as_bytes()))
+    });
+    if !keyed {
+        super::api::authorize(&app, &headers)?;
+    }
+    let attempt = match query.attempt {
+        Some(a) => a,
+        None => newest_attempt(&app, build_id).await.ok_or_else(|| ApiError::not_found("log"))?,
+    };
+    let text = tokio::fs::read(log_path(&app, build_id, attempt)).await.map_err(|_| ApiError::not_found("log"))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+async fn newest_attempt(app: &AppState, build_id: Uuid) -> Option<u32> {
+    let mut entries = tokio::fs::read_dir(app.logs_dir.join(build_id.to_string())).await.ok()?;
+    let mut newest = None;
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(n) = name.strip_prefix("attempt-").and_then(|n| n.strip_suffix(".log")).and_then(|n| n.parse().ok())
+        {
+            newest = newest.max(Some(n));
+        }
+    }
+    newest
+}

@@ -1,0 +1,51 @@
+//! The lease reaper: a build whose node stopped heartbeating is requeued (attempt + 1), or failed
+//! with `node_lost` after the last attempt.
+//!
+//! Leases come from the log (the `builds` projection), so the reaper works after a restart; each
+//! expiry is appended at the build's exact version, so two gateways sharing a store cannot both
+//! requeue one build, and a heartbeat that lands first wins.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use meshgate_domain::BuildCommand;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::builds::CommandError;
+use crate::http::AppState;
+
+const EVERY: Duration = Duration::from_millis(250);
+
+/// Reaps every expired lease until the gateway stops.
+pub async fn run(app: Arc<AppState>, mut stopping: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+        reap_once(&app, Utc::now()).await;
+    }
+}
+
+/// Expires the leases that ran out at `now`; returns how many builds were requeued or failed.
+pub async fn reap_once(app: &AppState, now: DateTime<Utc>) -> usize {
+    let expired = app.projections.read(|p| p.builds.state.expired_leases(now));
+    let mut reaped = 0;
+    for build_id in expired {
+        let command = BuildCommand::Expire { max_attempts: app.nodes.max_attempts };
+        match app.builds.execute(build_id, Uuid::now_v7(), &command).await {
+            Ok(executed) => {
+                reaped += 1;
+                tracing::warn!(%build_id, state = executed.state.name(), "lease expired: node lost");
+            }
+            // Renewed, finished or already reaped meanwhile.
+            Err(CommandError::Refused { .. } | CommandError::Contention) => {}
+            Err(e) => tracing::error!(%build_id, error = %e, "cannot expire a lease"),
+        }
+    }
+    reaped
+}
