@@ -9,6 +9,7 @@
 //! - [`projector`]: live projections with checkpoints.
 //! - [`http`]: the webhook, read API and health endpoints.
 //! - [`app`]: wiring it all together.
+//! - [`worker`]: the build-node agent (`meshgate worker`).
 //! - [`cli`]: the `meshgate` commands.
 
 pub mod app;
@@ -21,3 +22,4 @@ pub mod projector;
 pub mod reaper;
 pub mod secrets;
 pub mod store;
+pub mod worker;

@@ -43,6 +43,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// Run the build-node agent: claim builds, run scripts, report results.
+    Worker(crate::worker::WorkerArgs),
     /// Measure ingest throughput and latency, and projection rebuild speed.
     Bench(bench::BenchArgs),
 }
@@ -79,6 +81,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Projections { command: ProjectionsCommand::Rebuild { verify } } => {
             rebuild::run(&load()?, verify).await
         }
+        Command::Worker(args) => crate::worker::run(args).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -8,3 +8,4 @@ mod process;
 mod scenarios;
 mod store;
 mod webhook;
+mod workers;

@@ -14,15 +14,15 @@ use tokio::sync::Notify;
 
 use crate::helpers::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_meshgate");
+pub const BIN: &str = env!("CARGO_BIN_EXE_meshgate");
 
-struct Gateway {
-    child: Child,
-    addr: SocketAddr,
+pub struct Gateway {
+    pub child: Child,
+    pub addr: SocketAddr,
 }
 
 /// Starts `meshgate serve` and waits for the line announcing its address (no polling).
-fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Gateway {
+pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Gateway {
     let stderr = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("stderr.log")).unwrap();
     let mut command = Command::new(BIN);
     command.current_dir(dir).args(args).arg("serve").stdout(Stdio::piped()).stderr(stderr);
@@ -47,7 +47,7 @@ fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Gateway {
 
 impl Gateway {
     /// SIGTERM, then wait: the gateway drains and saves its projections.
-    fn stop(mut self) {
+    pub fn stop(mut self) {
         let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
         assert!(self.child.wait().unwrap().success(), "gateway did not stop cleanly");
@@ -86,7 +86,7 @@ git_ref = "feature/{issue}"
     path
 }
 
-fn token(dir: &Path, name: &str) -> String {
+pub fn token(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap().trim().to_owned()
 }
 
