@@ -10,8 +10,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use meshgate_domain::build::replay;
 use meshgate_domain::ingest::{
-    decide_delivery, matched_intents, CurrentBuild, DeliveryInput, DeliveryStream, IngestPolicy, IntentView, LogView,
-    Outcome,
+    decide_delivery, left_intents, matched_intents, CurrentBuild, DeliveryInput, DeliveryStream, IngestPolicy,
+    IntentView, LogView, Outcome,
 };
 use meshgate_domain::stream::{build_stream, delivery_stream, intent_stream};
 use meshgate_domain::{Delivery, Event, Fingerprint, Trigger};
@@ -67,7 +67,12 @@ impl IngestService {
     ) -> Result<Accepted, IngestError> {
         let fingerprint = Fingerprint::of(value);
         let input = DeliveryInput { correlation_id, received_at, fingerprint: &fingerprint, body, delivery };
-        let mut view = LogView::assume_new();
+        // A delivery that leaves a trigger's state must see whether a build is active: no guessing.
+        let mut view = if left_intents(&self.policy(), delivery).is_empty() {
+            LogView::assume_new()
+        } else {
+            self.load_view(&fingerprint, delivery).await?
+        };
         for attempt in 0..MAX_ATTEMPTS {
             let plan = decide_delivery(&view, &input, &self.policy(), &mut Uuid::now_v7);
             let appends = to_store_appends(plan.appends, correlation_id, Utc::now());
@@ -93,7 +98,9 @@ impl IngestService {
         if view.delivery != DeliveryStream::New {
             return Ok(view);
         }
-        for (_, intent) in matched_intents(&self.policy(), delivery) {
+        let policy = self.policy();
+        let intents = matched_intents(&policy, delivery).into_iter().chain(left_intents(&policy, delivery));
+        for (_, intent) in intents {
             let stored = self.store.read_stream(&intent_stream(&intent)).await?;
             let events = decode_all(&stored)?;
             let current = match IntentView::current_build_id(&events) {

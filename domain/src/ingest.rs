@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use crate::build::BuildState;
 use crate::event::{
-    BuildRequestFolded, BuildRequested, Event, FoldReason, IgnoreReason, IntentActivated, WebhookIgnored,
-    WebhookReceived, WebhookRouted,
+    BuildCancelled, BuildRequestFolded, BuildRequested, Event, FoldReason, IgnoreReason, IntentActivated,
+    WebhookIgnored, WebhookReceived, WebhookRouted,
 };
 use crate::fingerprint::Fingerprint;
 use crate::payload::{Delivery, EventKind};
@@ -130,6 +130,10 @@ pub enum Outcome {
     Folded {
         build_ids: Vec<Uuid>,
     },
+    /// It moved an issue out of a trigger's state: these active builds were cancelled.
+    Cancelled {
+        build_ids: Vec<Uuid>,
+    },
     Ignored {
         reason: IgnoreReason,
     },
@@ -140,13 +144,16 @@ impl Outcome {
         match self {
             Outcome::Enqueued { .. } => "enqueued",
             Outcome::Folded { .. } => "folded",
+            Outcome::Cancelled { .. } => "cancelled",
             Outcome::Ignored { .. } => "ignored",
         }
     }
 
     pub fn build_ids(&self) -> &[Uuid] {
         match self {
-            Outcome::Enqueued { build_ids } | Outcome::Folded { build_ids } => build_ids,
+            Outcome::Enqueued { build_ids } | Outcome::Folded { build_ids } | Outcome::Cancelled { build_ids } => {
+                build_ids
+            }
             Outcome::Ignored { .. } => &[],
         }
     }
@@ -170,10 +177,23 @@ pub struct Plan {
 /// The triggers a delivery fires and the intents they stand for (none for bot-authored or
 /// unknown deliveries).
 pub fn matched_intents<'a>(policy: &IngestPolicy<'a>, delivery: &Delivery) -> Vec<(&'a Trigger, IntentKey)> {
+    intents_where(policy, delivery, Trigger::matches)
+}
+
+/// The triggers whose state a delivery leaves, and their intents.
+pub fn left_intents<'a>(policy: &IngestPolicy<'a>, delivery: &Delivery) -> Vec<(&'a Trigger, IntentKey)> {
+    intents_where(policy, delivery, Trigger::leaves)
+}
+
+fn intents_where<'a>(
+    policy: &IngestPolicy<'a>,
+    delivery: &Delivery,
+    test: fn(&Trigger, &Delivery) -> bool,
+) -> Vec<(&'a Trigger, IntentKey)> {
     if ignore_reason_before_matching(policy, delivery).is_some() {
         return Vec::new();
     }
-    policy.triggers.iter().filter(|t| t.matches(delivery)).map(|t| (t, t.intent_for(&delivery.issue_id))).collect()
+    policy.triggers.iter().filter(|t| test(t, delivery)).map(|t| (t, t.intent_for(&delivery.issue_id))).collect()
 }
 
 fn ignore_reason_before_matching(policy: &IngestPolicy<'_>, delivery: &Delivery) -> Option<IgnoreReason> {
@@ -235,14 +255,31 @@ pub fn decide_delivery(
     let mut first =
         PlannedAppend { stream: delivery_stream, expected: ExpectedVersion::NoStream, events: vec![received] };
     let matched = matched_intents(policy, d);
+    // Builds of intents whose state this delivery leaves are cancelled, at their exact version.
+    let mut cancels = Vec::new();
+    for (_, intent) in left_intents(policy, d) {
+        if let Some(active) = view.intents.get(&intent).and_then(|v| v.current.clone()).filter(|b| b.state.is_active())
+        {
+            cancels.push(PlannedAppend {
+                stream: build_stream(active.build_id),
+                expected: ExpectedVersion::Exact(active.version),
+                events: vec![Event::BuildCancelled(BuildCancelled {
+                    build_id: active.build_id,
+                    reason: "left_trigger_state".into(),
+                    cancelled_at: input.received_at,
+                })],
+            });
+        }
+    }
+    let cancelled: Vec<Uuid> = cancels.iter().filter_map(|a| a.events[0].build_id()).collect();
     let reason = ignore_reason_before_matching(policy, d)
-        .or_else(|| matched.is_empty().then_some(IgnoreReason::NoTriggerMatched));
+        .or_else(|| (matched.is_empty() && cancels.is_empty()).then_some(IgnoreReason::NoTriggerMatched));
     if let Some(reason) = reason {
         first.events.push(ignored(reason));
         return Plan { outcome: Outcome::Ignored { reason }, appends: vec![first] };
     }
 
-    let mut appends = Vec::new();
+    let mut appends = cancels;
     let mut build_ids = Vec::new();
     let mut any_new = false;
     for (trigger, intent) in matched {
@@ -290,13 +327,20 @@ pub fn decide_delivery(
             }
         }
     }
+    let routed = if build_ids.is_empty() { cancelled.clone() } else { build_ids.clone() };
     first.events.push(Event::WebhookRouted(WebhookRouted {
         correlation_id: input.correlation_id,
         issue_id: d.issue_id.clone(),
-        build_ids: build_ids.clone(),
+        build_ids: routed,
     }));
     appends.insert(0, first);
-    let outcome = if any_new { Outcome::Enqueued { build_ids } } else { Outcome::Folded { build_ids } };
+    let outcome = if any_new {
+        Outcome::Enqueued { build_ids }
+    } else if !build_ids.is_empty() {
+        Outcome::Folded { build_ids }
+    } else {
+        Outcome::Cancelled { build_ids: cancelled }
+    };
     Plan { outcome, appends }
 }
 
@@ -416,6 +460,31 @@ mod tests {
         let plan = decide(&view, &body("jane"));
         assert_eq!(plan.outcome, Outcome::Enqueued { build_ids: vec![Uuid::from_u128(101)] });
         assert_eq!(expectations(&plan)[1], ("intent", ExpectedVersion::Exact(0)));
+    }
+
+    #[test]
+    fn leaving_the_trigger_state_cancels_the_active_build_at_its_exact_version() {
+        let intent = IntentKey::new("MOB-1", "ios-build");
+        let current =
+            CurrentBuild { build_id: Uuid::from_u128(9), version: 2, state: BuildState::Queued { attempt: 1 } };
+        let view = LogView {
+            delivery: DeliveryStream::New,
+            intents: [(intent, IntentView { version: Some(0), current: Some(current) })].into(),
+        };
+        let mut back = body("jane");
+        back["changedFields"] =
+            serde_json::json!([{"name": "State", "oldValue": {"name": "Building"}, "value": {"name": "Open"}}]);
+        let plan = decide(&view, &back);
+        assert_eq!(plan.outcome, Outcome::Cancelled { build_ids: vec![Uuid::from_u128(9)] });
+        assert_eq!(
+            expectations(&plan),
+            [("delivery", ExpectedVersion::NoStream), ("build", ExpectedVersion::Exact(2))]
+        );
+        // With nothing active, the same delivery is just ignored.
+        assert_eq!(
+            decide(&LogView::default(), &back).outcome,
+            Outcome::Ignored { reason: IgnoreReason::NoTriggerMatched }
+        );
     }
 
     #[test]

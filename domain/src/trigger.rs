@@ -89,6 +89,23 @@ impl Trigger {
         })
     }
 
+    /// Whether this delivery moves the watched field away from the trigger's values (say `State`
+    /// from `Building` back to `Open`): the intent's queued or running build is cancelled.
+    pub fn leaves(&self, delivery: &Delivery) -> bool {
+        if delivery.event != EventKind::IssueUpdated {
+            return false;
+        }
+        if !self.projects.is_empty() && !self.projects.iter().any(|p| p == &delivery.project) {
+            return false;
+        }
+        let in_to = |names: Vec<&str>| names.iter().any(|n| self.to.iter().any(|t| t == n));
+        delivery
+            .changed_fields
+            .iter()
+            .filter(|f| f.name == self.field)
+            .any(|change| in_to(change.old_value.names()) && !in_to(change.value.names()))
+    }
+
     /// The git ref a build of this trigger checks out for an issue.
     pub fn git_ref_for(&self, issue_id: &str, project: &str) -> String {
         self.git_ref.replace("{issue}", issue_id).replace("{project}", project)
@@ -162,6 +179,14 @@ mod tests {
         let mut created = update("MOB", json!([state("Open", "Building")]));
         created.event = EventKind::IssueCreated;
         assert!(!trigger().matches(&created));
+    }
+
+    #[test]
+    fn moving_away_from_the_trigger_value_leaves_it() {
+        assert!(trigger().leaves(&update("MOB", json!([state("Building", "Open")]))));
+        assert!(!trigger().leaves(&update("MOB", json!([state("Open", "Building")]))));
+        assert!(!trigger().leaves(&update("MOB", json!([state("Open", "Review")]))));
+        assert!(!trigger().leaves(&update("WEB", json!([state("Building", "Open")]))));
     }
 
     #[test]

@@ -171,13 +171,15 @@ async fn a_lost_node_s_build_is_requeued_then_failed_and_its_late_result_is_refu
 }
 
 #[tokio::test]
-async fn a_cancelled_build_is_signalled_through_the_heartbeat() {
+async fn leaving_the_trigger_state_cancels_a_running_build_and_the_heartbeat_says_so() {
     let app = spawn_app().await;
     let build = build_for(&app, "MOB-1").await;
     app.claim("mac-1", &[], 1, 0).await.unwrap();
-    let stream = meshgate_domain::stream::build_stream(build);
-    app.apply_command(&stream, build, meshgate_domain::BuildCommand::Cancel { reason: "left_trigger_state".into() })
-        .await;
+    // The issue moves from Building back to Open while the build runs.
+    let back = with(&fixture("mob-issueUpdated-state-open.json"), &json!({"id": "MOB-1"}));
+    let answer = app.deliver(&back).await;
+    assert_eq!(answer["outcome"], "cancelled");
+    assert_eq!(answer["build_id"], build.to_string());
     let beat =
         app.node_post(&format!("/api/v1/builds/{build}/heartbeat"), json!({"node_id": "mac-1", "attempt": 1})).await;
     assert_eq!(beat.status(), 200);
