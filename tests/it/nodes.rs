@@ -209,3 +209,23 @@ async fn a_node_uploads_its_log_and_the_link_opens_it_without_the_admin_token() 
     let by_admin = app.get(&format!("/api/v1/builds/{build}/log?attempt=1")).await;
     assert_eq!(by_admin.status(), 200);
 }
+
+#[tokio::test]
+async fn leases_and_the_queue_survive_a_gateway_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), vec![ios_trigger()]);
+    config.nodes.lease_seconds = 600;
+    let app = spawn_with(dir, config).await;
+    let running = build_for(&app, "MOB-1").await;
+    let queued = build_for(&app, "MOB-2").await;
+    assert_eq!(claimed_id(&app.claim("mac-1", &[], 1, 0).await.unwrap()), running);
+
+    let app = app.restart().await;
+    // The claim still holds: its node heartbeats on, and nobody else gets the build.
+    let beat =
+        app.node_post(&format!("/api/v1/builds/{running}/heartbeat"), json!({"node_id": "mac-1", "attempt": 1})).await;
+    assert_eq!(beat.status(), 200);
+    let next = app.claim("mac-2", &[], 1, 0).await.unwrap();
+    assert_eq!(claimed_id(&next), queued);
+    assert!(app.claim("mac-3", &[], 1, 0).await.is_none());
+}

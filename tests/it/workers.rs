@@ -292,3 +292,61 @@ async fn a_worker_killed_mid_build_is_replaced_and_its_late_result_is_refused() 
     assert_eq!(events(dir.path(), "BuildRequeued").len(), 1);
     assert!(!events(dir.path(), "BuildResultRejected").is_empty());
 }
+
+/// A gateway like `gateway()`, with its own lease and a fixed port (to come back on after a stop).
+fn gateway_with(dir: &Path, lease_seconds: u64, port: u16) -> Gateway {
+    test_config(dir, vec![]);
+    let toml = GATEWAY_TOML
+        .replace("lease_seconds = 2", &format!("lease_seconds = {lease_seconds}"))
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
+    std::fs::write(dir.join("meshgate.toml"), toml).unwrap();
+    start(dir, &["--config", dir.join("meshgate.toml").to_str().unwrap()], &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_made_while_the_gateway_is_down_is_spooled_and_delivered_after_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway_with(dir.path(), 120, 0);
+    let port = gw.addr.port();
+    let scripts = scripts_file(dir.path(), &[("ios-build", "wait-for-release.sh")]);
+    let (tx, lines) = mpsc::channel();
+    let _agent = agent(dir.path(), &gw, "mac-1", "", 1, &scripts, &tx);
+    deliver(&gw, dir.path(), "MOB-1").await;
+    wait_for(&lines, "started", 1);
+    gw.stop();
+    // The build finishes while the gateway is away: its result goes to the spool.
+    std::fs::write(dir.path().join("work-mac-1/release"), "").unwrap();
+    let spooled = wait_for(&lines, "reported", 1);
+    assert!(spooled[0].1.ends_with("spooled"), "{spooled:?}");
+    // The gateway comes back on the same address; the spooled result is delivered.
+    let gw = gateway_with(dir.path(), 120, port);
+    let delivered = wait_for(&lines, "reported", 1);
+    assert!(delivered[0].1.ends_with("accepted"), "{delivered:?}");
+    gw.stop();
+    let succeeded = events(dir.path(), "BuildSucceeded");
+    assert_eq!(succeeded.len(), 1);
+    assert_eq!(succeeded[0].1["report"]["commit_sha"], "0123456789abcdef0123456789abcdef01234567");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_worker_and_reports_a_build_still_running_after_the_grace_period_as_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path());
+    let scripts = scripts_file(dir.path(), &[("ios-build", "wait-for-release.sh")]);
+    let (tx, lines) = mpsc::channel();
+    let worker = agent(dir.path(), &gw, "mac-1", "", 2, &scripts, &tx);
+    deliver(&gw, dir.path(), "MOB-1").await;
+    wait_for(&lines, "started", 1);
+    let status = Command::new("kill").args(["-TERM", &worker.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    wait_for(&lines, "draining", 1);
+    // Never released: stopped after the grace period (5 s here) and reported cancelled.
+    let reported = wait_for(&lines, "reported", 1);
+    assert!(reported[0].1.ends_with("accepted"));
+    wait_for(&lines, "worker mac-1 stopped", 1);
+    gw.stop();
+    let cancelled = events(dir.path(), "BuildCancelled");
+    assert_eq!(cancelled.len(), 1);
+    assert_eq!(cancelled[0].1["reason"], "stopped_on_node");
+    assert!(events(dir.path(), "BuildClaimed").len() == 1, "a draining worker claims nothing new");
+}
