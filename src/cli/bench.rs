@@ -43,6 +43,9 @@ pub struct BenchArgs {
     /// Also measure the store alone: the same appends from the same number of tasks, no HTTP.
     #[arg(long)]
     store_only: bool,
+    /// Builds for the dispatch-latency measurement (0 skips it and the claim throughput).
+    #[arg(long, default_value_t = 1000)]
+    dispatch_builds: u64,
 }
 
 fn trigger() -> Trigger {
@@ -71,6 +74,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.store_only {
         store_only(&args).await?;
+    }
+    if args.dispatch_builds > 0 {
+        super::bench_dispatch::dispatch(args.dispatch_builds, 4).await?;
+        super::bench_dispatch::claims(args.dispatch_builds * 2, 16).await?;
     }
     if args.rebuild_events > 0 {
         rebuild(args.rebuild_events).await?;
@@ -112,18 +119,48 @@ fn bench_config(dir: &Path, group_commit: bool) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-async fn ingest(args: &BenchArgs, group_commit: bool) -> anyhow::Result<IngestResult> {
-    let dir = tempfile_dir("meshgate-bench")?;
-    let config = bench_config(&dir, group_commit)?;
-    let token = std::fs::read_to_string(dir.join("webhook.token"))?.trim().to_owned();
-    let app = App::start(&config).await?;
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-    let addr = listener.local_addr()?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.serve(listener, async move {
-        let _ = stop_rx.await;
-    }));
+/// A gateway on a free loopback port in a temp dir, for the measurements.
+pub(super) struct BenchServer {
+    pub addr: SocketAddr,
+    pub dir: std::path::PathBuf,
+    pub webhook_token: String,
+    pub nodes_token: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
 
+impl BenchServer {
+    pub async fn start(group_commit: bool) -> anyhow::Result<BenchServer> {
+        let dir = tempfile_dir("meshgate-bench")?;
+        let config = bench_config(&dir, group_commit)?;
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).map(|t| t.trim().to_owned());
+        let (webhook_token, nodes_token) = (read("webhook.token")?, read("nodes.token")?);
+        let app = App::start(&config).await?;
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(app.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(BenchServer { addr, dir, webhook_token, nodes_token, stop, server })
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.server.await??;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(())
+    }
+}
+
+/// A distinct delivery that enqueues one build.
+pub(super) fn body(n: u64) -> String {
+    BODY.replace("{n}", &n.to_string())
+}
+
+async fn ingest(args: &BenchArgs, group_commit: bool) -> anyhow::Result<IngestResult> {
+    let server = BenchServer::start(group_commit).await?;
+    let (addr, token) = (server.addr, server.webhook_token.clone());
     let url = format!("http://{addr}/youtrack/webhook");
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -138,7 +175,7 @@ async fn ingest(args: &BenchArgs, group_commit: bool) -> anyhow::Result<IngestRe
             let mut latencies = Vec::with_capacity(1 << 16);
             while !done.load(Ordering::Relaxed) {
                 let n = next.fetch_add(1, Ordering::Relaxed);
-                let body = BODY.replace("{n}", &n.to_string());
+                let body = body(n);
                 let started = Instant::now();
                 let response = client
                     .post(&url)
@@ -174,9 +211,7 @@ async fn ingest(args: &BenchArgs, group_commit: bool) -> anyhow::Result<IngestRe
         latencies_us.extend(task.await?);
     }
     latencies_us.sort_unstable();
-    let _ = stop_tx.send(());
-    server.await??;
-    let _ = std::fs::remove_dir_all(&dir);
+    server.stop().await?;
     let result = IngestResult { latencies_us, errors: errors.load(Ordering::Relaxed), elapsed };
     eprintln!(
         "{}: {:.0} accepted/s, p50 {:.2} ms, p99 {:.2} ms",
