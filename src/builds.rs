@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use meshgate_domain::build::{decide, replay};
 use meshgate_domain::event::BuildResultRejected;
 use meshgate_domain::stream::build_stream;
@@ -48,12 +48,23 @@ impl BuildService {
         BuildService { store }
     }
 
-    /// Applies a command to a build; `correlation_id` is stamped on what it appends.
+    /// Applies a command to a build now; `correlation_id` is stamped on what it appends.
     pub async fn execute(
         &self,
         build_id: Uuid,
         correlation_id: Uuid,
         command: &BuildCommand,
+    ) -> Result<Executed, CommandError> {
+        self.execute_at(build_id, correlation_id, command, Utc::now()).await
+    }
+
+    /// Applies a command as of `now` (the lease reaper and tests pass their own clock).
+    pub async fn execute_at(
+        &self,
+        build_id: Uuid,
+        correlation_id: Uuid,
+        command: &BuildCommand,
+        now: DateTime<Utc>,
     ) -> Result<Executed, CommandError> {
         let stream = build_stream(build_id);
         for _ in 0..MAX_ATTEMPTS {
@@ -63,7 +74,6 @@ impl BuildService {
             }
             let history = stored.iter().map(|s| s.decode().map(|r| r.event)).collect::<Result<Vec<_>, _>>()?;
             let state = replay(&history);
-            let now = Utc::now();
             let events = match decide(&state, build_id, command, now) {
                 Ok(events) => events,
                 Err(error) => return Err(CommandError::Refused { error, history }),

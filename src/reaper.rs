@@ -37,7 +37,7 @@ pub async fn reap_once(app: &AppState, now: DateTime<Utc>) -> usize {
     let mut reaped = 0;
     for build_id in expired {
         let command = BuildCommand::Expire { max_attempts: app.nodes.max_attempts };
-        match app.builds.execute(build_id, Uuid::now_v7(), &command).await {
+        match app.builds.execute_at(build_id, Uuid::now_v7(), &command, now).await {
             Ok(executed) => {
                 reaped += 1;
                 tracing::warn!(%build_id, state = executed.state.name(), "lease expired: node lost");

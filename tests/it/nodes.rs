@@ -229,3 +229,30 @@ async fn leases_and_the_queue_survive_a_gateway_restart() {
     assert_eq!(claimed_id(&next), queued);
     assert!(app.claim("mac-3", &[], 1, 0).await.is_none());
 }
+
+#[tokio::test]
+async fn the_reaper_requeues_at_the_end_of_the_lease_and_not_before() {
+    // A controlled clock: the reaper is stepped with explicit times, nothing waits for a lease.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), vec![ios_trigger()]);
+    config.nodes.lease_seconds = 600;
+    config.nodes.max_attempts = 2;
+    let app = spawn_with(dir, config).await;
+    let build = build_for(&app, "MOB-1").await;
+    app.claim("mac-1", &[], 1, 0).await.unwrap();
+    let head = *app.store().head().borrow();
+    assert!(app.state.projections.caught_up_to(head, std::time::Duration::from_secs(5)).await);
+    let lease = app.state.projections.read(|p| match &p.builds.state.get(build).unwrap().state {
+        meshgate_domain::BuildState::Running { lease_expires_at, .. } => *lease_expires_at,
+        other => panic!("not running: {other:?}"),
+    });
+    let reap = |at| meshgate::reaper::reap_once(&app.state, at);
+    assert_eq!(reap(lease - chrono::Duration::seconds(1)).await, 0);
+    assert_eq!(reap(lease).await, 1);
+    assert_eq!(app.count("BuildRequeued").await, 1);
+    // Reaping again finds nothing: the build is queued, not running.
+    let head = *app.store().head().borrow();
+    assert!(app.state.projections.caught_up_to(head, std::time::Duration::from_secs(5)).await);
+    assert_eq!(reap(lease + chrono::Duration::seconds(1)).await, 0);
+    assert_eq!(app.claim("mac-2", &[], 1, 0).await.unwrap()["attempt"], 2);
+}
