@@ -92,7 +92,7 @@ pub async fn claim(
     let ask = NodeAsk { node_id: &request.node_id, labels: &request.labels, slots: request.slots };
     let mut changes = app.projections.changes();
     let mut stopping = app.stopping.subscribe();
-    loop {
+    while tokio::time::Instant::now() <= deadline {
         // Decide on projections that include everything committed so far (our own claims too).
         let head = *app.store.head().borrow();
         app.projections.caught_up_to(head, Duration::from_secs(2)).await;
