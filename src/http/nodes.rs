@@ -92,7 +92,7 @@ pub async fn claim(
     let ask = NodeAsk { node_id: &request.node_id, labels: &request.labels, slots: request.slots };
     let mut changes = app.projections.changes();
     let mut stopping = app.stopping.subscribe();
-    while tokio::time::Instant::now() <= deadline {
+    loop {
         // Decide on projections that include everything committed so far (our own claims too).
         let head = *app.store.head().borrow();
         app.projections.caught_up_to(head, Duration::from_secs(2)).await;
@@ -121,7 +121,12 @@ pub async fn claim(
                         return Ok((StatusCode::OK, Json(body)).into_response());
                     }
                     // Another gateway (or a lagging view) got there first: look again.
-                    Err(CommandError::Refused { .. } | CommandError::Contention) => continue,
+                    Err(CommandError::Refused { .. } | CommandError::Contention) => {
+                        if tokio::time::Instant::now() >= deadline {
+                            break;
+                        }
+                        continue;
+                    }
                     Err(e) => return Err(command_failed(e)),
                 }
             }
