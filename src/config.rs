@@ -19,6 +19,7 @@ pub struct Config {
     pub youtrack: YouTrackConfig,
     pub admin: AdminConfig,
     pub nodes: NodesConfig,
+    pub worker: WorkerConfig,
     pub store: StoreConfig,
     pub lanes: Vec<LaneConfig>,
     pub triggers: Vec<Trigger>,
@@ -82,6 +83,21 @@ pub struct LaneConfig {
     pub max_running: Option<usize>,
 }
 
+/// `meshgate worker` settings, for nodes that keep them in a file; flags override them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    pub gateway: Option<String>,
+    pub node_id: Option<String>,
+    pub labels: Vec<String>,
+    pub slots: Option<usize>,
+    pub token_file: Option<PathBuf>,
+    pub scripts: Option<PathBuf>,
+    pub work_dir: Option<PathBuf>,
+    pub claim_wait_seconds: Option<u64>,
+    pub drain_seconds: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodesConfig {
@@ -142,7 +158,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-const SECTIONS: [&str; 8] = ["server", "webhook", "youtrack", "admin", "nodes", "store", "lanes", "triggers"];
+const SECTIONS: [&str; 9] = ["server", "webhook", "youtrack", "admin", "nodes", "worker", "store", "lanes", "triggers"];
 
 impl Config {
     /// Loads defaults, then `file` (if given), then the environment, and validates the result.
@@ -176,7 +192,15 @@ impl Config {
         if let Some(p) = self.admin.token_file.as_mut() {
             resolve(p);
         }
-        if let Some(p) = self.nodes.token_file.as_mut() {
+        for p in [
+            &mut self.nodes.token_file,
+            &mut self.worker.token_file,
+            &mut self.worker.scripts,
+            &mut self.worker.work_dir,
+        ]
+        .into_iter()
+        .flatten()
+        {
             resolve(p);
         }
     }

@@ -82,7 +82,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Projections { command: ProjectionsCommand::Rebuild { verify } } => {
             rebuild::run(&load()?, verify).await
         }
-        Command::Worker(args) => crate::worker::run(args).await,
+        Command::Worker(args) => crate::worker::run(args, &load()?.worker).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

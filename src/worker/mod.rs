@@ -23,38 +23,72 @@ use tokio::sync::{watch, Semaphore};
 pub use client::{backoff, Gateway};
 pub use scripts::{Script, Scripts};
 
+use crate::config::WorkerConfig;
 use crate::secrets::Token;
 use spool::{Spool, Spooled};
 
+/// Flags override the `[worker]` section of `--config`.
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
     /// The gateway's base URL, such as http://gateway:8080.
     #[arg(long, env = "MESHGATE_GATEWAY")]
-    gateway: String,
+    gateway: Option<String>,
     /// This node's mesh_node_id: 1-64 of [A-Za-z0-9._-].
     #[arg(long, env = "MESHGATE_NODE_ID")]
-    node_id: String,
+    node_id: Option<String>,
     /// Labels this node offers, comma separated (such as xcode-16,signing).
-    #[arg(long, value_delimiter = ',', default_value = "")]
-    labels: Vec<String>,
-    /// Builds this node runs at once.
-    #[arg(long, default_value_t = 1)]
-    slots: usize,
+    #[arg(long, value_delimiter = ',')]
+    labels: Option<Vec<String>>,
+    /// Builds this node runs at once (default 1).
+    #[arg(long)]
+    slots: Option<usize>,
     /// File holding the pool token (`[nodes] token_file` on the gateway).
     #[arg(long)]
-    token_file: PathBuf,
+    token_file: Option<PathBuf>,
     /// TOML file naming the scripts this node runs.
     #[arg(long)]
-    scripts: PathBuf,
+    scripts: Option<PathBuf>,
     /// Where builds run, logs are kept and results are spooled.
     #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Seconds a claim waits for work (default 30).
+    #[arg(long)]
+    claim_wait: Option<u64>,
+    /// On SIGTERM: seconds running builds may finish before they are stopped and reported
+    /// cancelled (default 300).
+    #[arg(long)]
+    drain_seconds: Option<u64>,
+}
+
+/// Settings after flags and the config file are merged.
+struct Settings {
+    gateway: String,
+    node_id: String,
+    labels: Vec<String>,
+    slots: usize,
+    token_file: PathBuf,
+    scripts: PathBuf,
     work_dir: PathBuf,
-    /// Seconds a claim waits for work.
-    #[arg(long, default_value_t = 30)]
     claim_wait: u64,
-    /// On SIGTERM: seconds running builds may finish before they are stopped and reported cancelled.
-    #[arg(long, default_value_t = 300)]
     drain_seconds: u64,
+}
+
+impl Settings {
+    fn merge(args: WorkerArgs, file: &WorkerConfig) -> anyhow::Result<Settings> {
+        let missing =
+            |flag: &str| anyhow::anyhow!("--{flag} (or `{}` in [worker]) is required", flag.replace('-', "_"));
+        Ok(Settings {
+            gateway: args.gateway.or_else(|| file.gateway.clone()).ok_or_else(|| missing("gateway"))?,
+            node_id: args.node_id.or_else(|| file.node_id.clone()).ok_or_else(|| missing("node-id"))?,
+            labels: args.labels.unwrap_or_else(|| file.labels.clone()).into_iter().filter(|l| !l.is_empty()).collect(),
+            slots: args.slots.or(file.slots).unwrap_or(1),
+            token_file: args.token_file.or_else(|| file.token_file.clone()).ok_or_else(|| missing("token-file"))?,
+            scripts: args.scripts.or_else(|| file.scripts.clone()).ok_or_else(|| missing("scripts"))?,
+            work_dir: args.work_dir.or_else(|| file.work_dir.clone()).ok_or_else(|| missing("work-dir"))?,
+            claim_wait: args.claim_wait.or(file.claim_wait_seconds).unwrap_or(30),
+            drain_seconds: args.drain_seconds.or(file.drain_seconds).unwrap_or(300),
+        })
+    }
 }
 
 /// What every build task of this agent shares.
@@ -67,11 +101,12 @@ pub struct Worker {
     pub draining: watch::Receiver<Option<tokio::time::Instant>>,
 }
 
-pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+pub async fn run(args: WorkerArgs, file: &WorkerConfig) -> anyhow::Result<()> {
+    let args = Settings::merge(args, file)?;
     if !is_simple_name(&args.node_id) {
         anyhow::bail!("--node-id must be 1-64 of [A-Za-z0-9._-]");
     }
-    let labels: Vec<String> = args.labels.iter().filter(|l| !l.is_empty()).cloned().collect();
+    let labels = args.labels.clone();
     if let Some(bad) = labels.iter().find(|l| !is_simple_name(l)) {
         anyhow::bail!("label `{bad}` must be 1-64 of [A-Za-z0-9._-]");
     }

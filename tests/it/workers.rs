@@ -58,11 +58,15 @@ git_ref = "main"
 "#;
 
 fn scripts_file(dir: &Path, scripts: &[(&str, &str)]) -> String {
+    scripts_file_with_timeouts(dir, &scripts.iter().map(|(n, s)| (*n, *s, 60)).collect::<Vec<_>>())
+}
+
+fn scripts_file_with_timeouts(dir: &Path, scripts: &[(&str, &str, u64)]) -> String {
     let fixtures = fixtures().join("scripts");
     let mut toml = String::new();
-    for (name, script) in scripts {
+    for (name, script, timeout) in scripts {
         toml.push_str(&format!(
-            "[scripts.{name}]\ncommand = [\"bash\", \"{}\"]\ntimeout_seconds = 60\n\n",
+            "[scripts.{name}]\ncommand = [\"bash\", \"{}\"]\ntimeout_seconds = {timeout}\n\n",
             fixtures.join(script).display()
         ));
     }
@@ -329,6 +333,23 @@ async fn a_result_made_while_the_gateway_is_down_is_spooled_and_delivered_after_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_past_its_timeout_is_killed_and_the_build_fails_with_reason_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway_with(dir.path(), 30, 0);
+    let scripts = scripts_file_with_timeouts(dir.path(), &[("ios-build", "wait-for-release.sh", 1)]);
+    let (tx, lines) = mpsc::channel();
+    let _agent = agent(dir.path(), &gw, "mac-1", "", 1, &scripts, &tx);
+    deliver(&gw, dir.path(), "MOB-1").await;
+    let finished = wait_for(&lines, "finished", 1);
+    assert!(finished[0].1.ends_with("failed"), "{finished:?}");
+    wait_for(&lines, "reported", 1);
+    gw.stop();
+    let failed = events(dir.path(), "BuildFailed");
+    assert_eq!(failed[0].1["reason"], "timeout");
+    assert!(failed[0].1["report"]["log_tail"].as_str().unwrap().contains("waiting for release"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_a_worker_and_reports_a_build_still_running_after_the_grace_period_as_cancelled() {
     let dir = tempfile::tempdir().unwrap();
     let gw = gateway(dir.path());
@@ -349,4 +370,37 @@ async fn sigterm_drains_a_worker_and_reports_a_build_still_running_after_the_gra
     assert_eq!(cancelled.len(), 1);
     assert_eq!(cancelled[0].1["reason"], "stopped_on_node");
     assert!(events(dir.path(), "BuildClaimed").len() == 1, "a draining worker claims nothing new");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_can_take_its_settings_from_the_worker_section_of_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path());
+    let scripts = scripts_file(dir.path(), &[("ios-build", "ok.sh"), ("ios-sign", "ok.sh")]);
+    let toml = format!(
+        "[worker]\ngateway = \"http://{}\"\nnode_id = \"mac-from-file\"\nlabels = [\"signing\"]\nslots = 2\n\
+         token_file = \"nodes.token\"\nscripts = \"{scripts}\"\nwork_dir = \"work-file\"\nclaim_wait_seconds = 5\n",
+        gw.addr
+    );
+    std::fs::write(dir.path().join("node.toml"), toml).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--config", dir.path().join("node.toml").to_str().unwrap(), "worker"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(("mac-from-file".to_owned(), line));
+        }
+    });
+    let _agent = Agent { child };
+    deliver(&gw, dir.path(), "MOB-1").await;
+    let reported = wait_for(&lines, "reported", 2);
+    assert!(reported.iter().all(|(_, l)| l.ends_with("accepted")));
+    gw.stop();
+    let claims = events(dir.path(), "BuildClaimed");
+    assert!(claims.iter().all(|(_, d)| d["node_id"] == "mac-from-file"));
 }
