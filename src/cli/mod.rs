@@ -95,6 +95,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         println!("webhook token file: {}", path.display());
     }
     println!("admin token file: {}", config.admin_token_file().display());
+    println!("build pool token file: {}", config.nodes_token_file().display());
     let app = App::start(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await

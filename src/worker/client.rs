@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use meshgate_domain::retry::{self, RetryPolicy, Verdict};
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -66,20 +67,17 @@ impl GatewayError {
     pub fn is_retryable(&self) -> bool {
         match self {
             GatewayError::Unreachable(_) => true,
-            GatewayError::Status { status, .. } => {
-                status.is_server_error() || matches!(status.as_u16(), 408 | 425 | 429)
-            }
+            GatewayError::Status { status, .. } => retry::classify(status.as_u16()) == Verdict::Retry,
         }
     }
 }
 
-/// `random(0, min(cap, base · 2^n))`.
+/// `random(0, min(cap, base · 2^n))`: full jitter.
 pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
-    let ceiling = base.saturating_mul(2u32.saturating_pow(attempt.min(20))).min(cap);
     let mut bytes = [0u8; 8];
     let _ = getrandom::fill(&mut bytes);
     let fraction = u64::from_le_bytes(bytes) as f64 / u64::MAX as f64;
-    ceiling.mul_f64(fraction)
+    RetryPolicy { base, cap, max_wait: cap, max_attempts: u32::MAX }.backoff(attempt, fraction)
 }
 
 impl Gateway {
