@@ -171,7 +171,7 @@ pub async fn run(args: WorkerArgs, file: &WorkerConfig) -> anyhow::Result<()> {
                     let spooled = Spooled { build_id: claim.build.build_id, result };
                     match spool.put(&spooled) {
                         Ok(path) => {
-                            spool::deliver(&worker.gateway, &path, &spooled, 5).await;
+                            spool::deliver(&worker.gateway, &spool, &path, &spooled, 5).await;
                         }
                         Err(e) => tracing::error!(error = %e, "cannot spool a result"),
                     }

@@ -1,7 +1,9 @@
 //! Results are written to disk before they are sent and removed once the gateway has answered,
 //! so a network blip or an agent restart loses none.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -17,12 +19,26 @@ pub struct Spooled {
 
 pub struct Spool {
     dir: PathBuf,
+    /// Results being sent right now, so the periodic flush and a build's own send never send one
+    /// result twice at once.
+    in_flight: Mutex<HashSet<PathBuf>>,
 }
 
 impl Spool {
     pub fn open(dir: &Path) -> std::io::Result<Spool> {
         std::fs::create_dir_all(dir)?;
-        Ok(Spool { dir: dir.to_owned() })
+        Ok(Spool { dir: dir.to_owned(), in_flight: Mutex::default() })
+    }
+
+    /// Takes a result for sending; false if another task is sending it.
+    fn take(&self, path: &Path) -> bool {
+        self.in_flight.lock().map(|mut set| set.insert(path.to_owned())).unwrap_or(false)
+    }
+
+    fn release(&self, path: &Path) {
+        if let Ok(mut set) = self.in_flight.lock() {
+            set.remove(path);
+        }
     }
 
     /// Writes a result durably (temp file, fsync, rename) and returns its file.
@@ -58,8 +74,18 @@ impl Spool {
 }
 
 /// Sends one spooled result, retrying retryable failures up to `tries` times. Removes the file
-/// once the gateway has answered (accepted, or refused as stale). Returns whether it was answered.
-pub async fn deliver(gateway: &Gateway, path: &Path, spooled: &Spooled, tries: u32) -> bool {
+/// once the gateway has answered (accepted, or refused as stale). Returns whether it was answered
+/// (false also when another task is sending it).
+pub async fn deliver(gateway: &Gateway, spool: &Spool, path: &Path, spooled: &Spooled, tries: u32) -> bool {
+    if !spool.take(path) {
+        return false;
+    }
+    let answered = send(gateway, path, spooled, tries).await;
+    spool.release(path);
+    answered
+}
+
+async fn send(gateway: &Gateway, path: &Path, spooled: &Spooled, tries: u32) -> bool {
     for n in 0..tries {
         match gateway.report(spooled.build_id, &spooled.result).await {
             Ok(answer) => {
@@ -88,6 +114,6 @@ pub async fn deliver(gateway: &Gateway, path: &Path, spooled: &Spooled, tries: u
 /// Sends every pending result once (with a few tries each).
 pub async fn flush(gateway: &Gateway, spool: &Spool) {
     for (path, spooled) in spool.pending() {
-        deliver(gateway, &path, &spooled, 3).await;
+        deliver(gateway, spool, &path, &spooled, 3).await;
     }
 }
