@@ -16,6 +16,7 @@ use crate::builds::BuildService;
 use crate::config::Config;
 use crate::http::{router, AppState, Counters, NodeSettings};
 use crate::ingest::IngestService;
+use crate::outbound::{self, Sink, Target};
 use crate::projector;
 use crate::reaper;
 use crate::secrets::{generate_token_file, Token, TokenSet};
@@ -29,6 +30,7 @@ pub struct App {
     projector: JoinHandle<()>,
     stop_projector: oneshot::Sender<()>,
     reaper: JoinHandle<()>,
+    outbound: Vec<JoinHandle<()>>,
 }
 
 impl App {
@@ -87,10 +89,37 @@ impl App {
             stopping: tokio::sync::watch::channel(false).0,
             logs_dir: config.server.data_dir.join("logs"),
             log_secret,
+            public_url: config
+                .server
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", config.server.listen))
+                .trim_end_matches('/')
+                .to_owned(),
         });
         let reaper = tokio::spawn(reaper::run(Arc::clone(&state), state.stopping.subscribe()));
+        let sinks = outbound_sinks(config)?;
+        let rules = outbound::Rules {
+            window: chrono::Duration::seconds(config.outbound.dedupe_window_seconds as i64),
+            retry: meshgate_domain::retry::RetryPolicy {
+                base: std::time::Duration::from_millis(config.outbound.retry_base_ms),
+                cap: std::time::Duration::from_secs(config.outbound.retry_cap_seconds),
+                max_wait: std::time::Duration::from_secs(config.outbound.max_wait_seconds),
+                max_attempts: 1,
+            },
+        };
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(config.outbound.timeout_seconds))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let outbound: Vec<JoinHandle<()>> = sinks
+            .into_iter()
+            .map(|sink| {
+                tokio::spawn(outbound::run(Arc::clone(&state), sink, rules, http.clone(), state.stopping.subscribe()))
+            })
+            .collect();
         let router = router(Arc::clone(&state), &config.webhook.path);
-        Ok(App { state, router, projector, stop_projector, reaper })
+        Ok(App { state, router, projector, stop_projector, reaper, outbound })
     }
 
     /// Serves on `listener` until `shutdown` resolves, then lets in-flight requests finish and
@@ -116,9 +145,41 @@ impl App {
     pub async fn stop(self) {
         self.state.stopping.send_replace(true);
         let _ = self.reaper.await;
+        for sink in self.outbound {
+            let _ = sink.await;
+        }
         let _ = self.stop_projector.send(());
         let _ = self.projector.await;
     }
+}
+
+/// The configured outbound sinks, with their secrets read.
+fn outbound_sinks(config: &Config) -> anyhow::Result<Vec<Sink>> {
+    let mut sinks = Vec::new();
+    for chat in &config.chat {
+        let url = match (&chat.url, &chat.url_file) {
+            (Some(url), _) => url.clone(),
+            (None, Some(file)) => Token::read(file)?.expose().to_owned(),
+            (None, None) => anyhow::bail!("chat sink `{}` has no url", chat.name),
+        };
+        sinks.push(Sink {
+            name: chat.name.clone(),
+            target: Target::Chat { kind: chat.kind, url },
+            max_attempts: chat.max_attempts,
+        });
+    }
+    if let (Some(base_url), Some(token_file)) = (&config.youtrack.base_url, &config.youtrack.token_file) {
+        sinks.push(Sink {
+            name: "youtrack".into(),
+            target: Target::YouTrack {
+                base_url: base_url.clone(),
+                token: Token::read(token_file)?.expose().to_owned(),
+                comment_on_success: config.youtrack.comment_on_success,
+            },
+            max_attempts: 8,
+        });
+    }
+    Ok(sinks)
 }
 
 /// Generates the default token files under the data dir where they are missing (only for tokens

@@ -20,6 +20,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub nodes: NodesConfig,
     pub worker: WorkerConfig,
+    pub chat: Vec<ChatConfig>,
+    pub outbound: OutboundConfig,
     pub store: StoreConfig,
     pub lanes: Vec<LaneConfig>,
     pub triggers: Vec<Trigger>,
@@ -30,6 +32,8 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// How people reach the gateway (for log links in chat and comments). Default: `http://{listen}`.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +52,65 @@ pub struct WebhookConfig {
 pub struct YouTrackConfig {
     /// Deliveries authored by this login are ignored (the gateway's own comments).
     pub bot_login: Option<String>,
+    /// YouTrack's base URL, for failure comments (`POST /api/issues/{id}/comments`). None: no comments.
+    pub base_url: Option<String>,
+    /// Permanent token of the bot account (`perm:…`), for comments.
+    pub token_file: Option<PathBuf>,
+    /// Comment on success too (off by default).
+    pub comment_on_success: bool,
+}
+
+/// One `[[chat]]` sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatConfig {
+    /// `[A-Za-z0-9._-]{1,64}`; part of every notification key.
+    pub name: String,
+    pub kind: ChatKind,
+    /// The endpoint. For a Slack incoming webhook the URL is a secret: prefer `url_file`.
+    pub url: Option<String>,
+    /// A file holding the endpoint URL (same permission checks as token files).
+    pub url_file: Option<PathBuf>,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_max_attempts() -> u32 {
+    8
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatKind {
+    /// JSON POST of the build state.
+    Generic,
+    /// Slack incoming webhook (`{"text": …}`).
+    SlackWebhook,
+}
+
+/// `[outbound]`: delivery rules shared by every sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// A notification key is delivered at most once within this window; older milestones are not sent.
+    pub dedupe_window_seconds: u64,
+    pub retry_base_ms: u64,
+    pub retry_cap_seconds: u64,
+    /// No wait between tries is longer, whatever `Retry-After` says.
+    pub max_wait_seconds: u64,
+    pub timeout_seconds: u64,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        OutboundConfig {
+            dedupe_window_seconds: 3600,
+            retry_base_ms: 1000,
+            retry_cap_seconds: 300,
+            max_wait_seconds: 900,
+            timeout_seconds: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -127,7 +190,11 @@ impl Default for NodesConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), data_dir: PathBuf::from("meshgate-data") }
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("meshgate-data"),
+            public_url: None,
+        }
     }
 }
 
@@ -158,7 +225,8 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-const SECTIONS: [&str; 9] = ["server", "webhook", "youtrack", "admin", "nodes", "worker", "store", "lanes", "triggers"];
+const SECTIONS: [&str; 11] =
+    ["server", "webhook", "youtrack", "admin", "nodes", "worker", "chat", "outbound", "store", "lanes", "triggers"];
 
 impl Config {
     /// Loads defaults, then `file` (if given), then the environment, and validates the result.
@@ -243,6 +311,24 @@ impl Config {
             if !lanes.insert(lane.name.as_str()) {
                 return invalid(format!("lane `{}` is defined twice", lane.name));
             }
+        }
+        let mut sinks = HashSet::new();
+        for chat in &self.chat {
+            if !is_simple_name(&chat.name) || !sinks.insert(chat.name.as_str()) || chat.name == "youtrack" {
+                return invalid(format!(
+                    "chat sink `{}`: names must be unique, 1-64 of [A-Za-z0-9._-], not `youtrack`",
+                    chat.name
+                ));
+            }
+            if chat.url.is_some() == chat.url_file.is_some() {
+                return invalid(format!("chat sink `{}`: give exactly one of url and url_file", chat.name));
+            }
+            if chat.max_attempts == 0 {
+                return invalid(format!("chat sink `{}`: max_attempts must be at least 1", chat.name));
+            }
+        }
+        if self.youtrack.base_url.is_some() != self.youtrack.token_file.is_some() {
+            return invalid("youtrack.base_url and youtrack.token_file go together".into());
         }
         let mut names = HashSet::new();
         for trigger in &self.triggers {

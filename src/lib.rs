@@ -9,6 +9,7 @@
 //! - [`projector`]: live projections with checkpoints.
 //! - [`http`]: the webhook, read API and health endpoints.
 //! - [`app`]: wiring it all together.
+//! - [`outbound`]: chat lines and tracker comments, with retries, every attempt an event.
 //! - [`worker`]: the build-node agent (`meshgate worker`).
 //! - [`cli`]: the `meshgate` commands.
 
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod ingest;
+pub mod outbound;
 pub mod projector;
 pub mod reaper;
 pub mod secrets;

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use meshgate_domain::Recorded;
-use meshgate_projections::{Builds, Checkpointed, Dedupe, Projection, ProjectionSet, Queue};
+use meshgate_projections::{Builds, Checkpointed, Dedupe, Outbox, Projection, ProjectionSet, Queue};
 use tokio::sync::watch;
 
 use crate::store::{Checkpoint, EventStore, StoreError, StoredEvent};
@@ -95,7 +95,7 @@ pub fn checkpoints_of(set: &ProjectionSet) -> Vec<Checkpoint> {
             state: serde_json::to_string(&c.state).unwrap_or_default(),
         }
     }
-    vec![one(&set.builds), one(&set.queue), one(&set.dedupe)]
+    vec![one(&set.builds), one(&set.queue), one(&set.dedupe), one(&set.outbox)]
 }
 
 /// Rebuilds a projection set from saved checkpoints; a missing or unreadable one starts from 0.
@@ -117,6 +117,7 @@ pub fn from_checkpoints(checkpoints: &[Checkpoint]) -> ProjectionSet {
         builds: one::<Builds>(checkpoints),
         queue: one::<Queue>(checkpoints),
         dedupe: one::<Dedupe>(checkpoints),
+        outbox: one::<Outbox>(checkpoints),
     }
 }
 

@@ -175,6 +175,43 @@ pub struct BuildCancelled {
     pub cancelled_at: DateTime<Utc>,
 }
 
+/// One HTTP try at delivering a notification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationAttempted {
+    /// (sink, build, milestone), see [`crate::notify::notification_key`].
+    pub key: String,
+    pub sink: String,
+    pub build_id: Uuid,
+    pub milestone: crate::notify::Milestone,
+    /// Counts from 1.
+    pub attempt: u32,
+    /// None: no answer (network error or timeout).
+    pub status: Option<u16>,
+    /// The start of the answer, for the audit.
+    pub excerpt: String,
+    /// When the next try is due; None when there is none (delivered, or abandoned).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationDelivered {
+    pub key: String,
+    pub sink: String,
+    pub build_id: Uuid,
+    pub milestone: crate::notify::Milestone,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationAbandoned {
+    pub key: String,
+    pub sink: String,
+    pub build_id: Uuid,
+    pub milestone: crate::notify::Milestone,
+    pub attempts: u32,
+    pub reason: String,
+}
+
 /// A stored event could not be read back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -245,6 +282,9 @@ events!(
     BuildFailed,
     BuildCancelled,
     BuildResultRejected,
+    NotificationAttempted,
+    NotificationDelivered,
+    NotificationAbandoned,
 );
 
 impl Event {
@@ -264,6 +304,9 @@ impl Event {
             Event::BuildFailed(e) => Some(e.build_id),
             Event::BuildCancelled(e) => Some(e.build_id),
             Event::IntentActivated(e) => Some(e.build_id),
+            Event::NotificationAttempted(e) => Some(e.build_id),
+            Event::NotificationDelivered(e) => Some(e.build_id),
+            Event::NotificationAbandoned(e) => Some(e.build_id),
             Event::WebhookReceived(_) | Event::WebhookIgnored(_) | Event::WebhookRouted(_) => None,
         }
     }
@@ -306,7 +349,7 @@ mod tests {
 
     #[test]
     fn type_names_are_stable() {
-        assert_eq!(Event::TYPES.len(), 13);
+        assert_eq!(Event::TYPES.len(), 16);
         assert!(Event::TYPES.contains(&"WebhookReceived"));
         assert!(Event::TYPES.contains(&"BuildRequestFolded"));
     }

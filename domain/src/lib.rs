@@ -9,12 +9,14 @@
 //! - [`event`]: every fact the gateway records, with its stable type name and schema version.
 //! - [`build`]: the build aggregate, an enum state machine with `decide` and `evolve`.
 //! - [`ingest`]: deciding what a delivery appends, given what the log already holds.
+//! - [`notify`]: chat lines and tracker comments about builds.
 //! - [`retry`]: backoff with full jitter, `Retry-After` hints, retryable answers.
 
 pub mod build;
 pub mod event;
 pub mod fingerprint;
 pub mod ingest;
+pub mod notify;
 pub mod payload;
 pub mod retry;
 pub mod stream;

@@ -8,10 +8,12 @@
 
 mod builds;
 mod dedupe;
+mod outbox;
 mod queue;
 
 pub use builds::{BuildView, Builds, FoldRecord};
 pub use dedupe::Dedupe;
+pub use outbox::{KeyState, MilestoneRecord, Outbox};
 pub use queue::{LaneRule, NodeAsk, Queue, QueueEntry};
 
 use meshgate_domain::Recorded;
@@ -60,21 +62,23 @@ pub struct ProjectionSet {
     pub builds: Checkpointed<Builds>,
     pub queue: Checkpointed<Queue>,
     pub dedupe: Checkpointed<Dedupe>,
+    pub outbox: Checkpointed<Outbox>,
 }
 
 impl ProjectionSet {
     /// The names of the projections, as their checkpoints are stored.
-    pub const NAMES: [&'static str; 3] = [Builds::NAME, Queue::NAME, Dedupe::NAME];
+    pub const NAMES: [&'static str; 4] = [Builds::NAME, Queue::NAME, Dedupe::NAME, Outbox::NAME];
 
     /// Whether any projection reads events of this type.
     pub fn wants(event_type: &str) -> bool {
-        Builds::wants(event_type) || Queue::wants(event_type) || Dedupe::wants(event_type)
+        Builds::wants(event_type) || Queue::wants(event_type) || Dedupe::wants(event_type) || Outbox::wants(event_type)
     }
 
     pub fn apply(&mut self, event: &Recorded) {
         self.builds.apply(event);
         self.queue.apply(event);
         self.dedupe.apply(event);
+        self.outbox.apply(event);
     }
 
     /// Moves every checkpoint over an event no projection reads.
@@ -82,11 +86,12 @@ impl ProjectionSet {
         self.builds.skip_to(position);
         self.queue.skip_to(position);
         self.dedupe.skip_to(position);
+        self.outbox.skip_to(position);
     }
 
     /// The position every projection has reached.
     pub fn position(&self) -> u64 {
-        self.builds.position.min(self.queue.position).min(self.dedupe.position)
+        self.builds.position.min(self.queue.position).min(self.dedupe.position).min(self.outbox.position)
     }
 
     /// The names of the projections whose states differ between two sets.
@@ -100,6 +105,9 @@ impl ProjectionSet {
         }
         if self.dedupe != other.dedupe {
             names.push(Dedupe::NAME);
+        }
+        if self.outbox != other.outbox {
+            names.push(Outbox::NAME);
         }
         names
     }

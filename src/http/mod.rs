@@ -47,6 +47,8 @@ pub struct AppState {
     pub logs_dir: std::path::PathBuf,
     /// Key for per-build log links.
     pub log_secret: [u8; 32],
+    /// How people reach the gateway, for links (no trailing `/`).
+    pub public_url: String,
 }
 
 /// The `[nodes]` settings in the units the handlers use.

@@ -4,6 +4,7 @@
 mod helpers;
 mod idempotency;
 mod nodes;
+mod outbound;
 mod process;
 mod scenarios;
 mod store;

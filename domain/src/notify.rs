@@ -1,0 +1,244 @@
+//! What the gateway tells people about a build: one chat line per milestone, and a short comment
+//! on the YouTrack issue when it fails. Pure: the shell sends the text and records every attempt.
+//!
+//! Tracker text (summaries, test names, log lines) is data, never markup: it is escaped for the
+//! target's format, and truncated on grapheme boundaries.
+
+use serde::{Deserialize, Serialize};
+use unicode_segmentation::UnicodeSegmentation;
+use uuid::Uuid;
+
+use crate::event::Event;
+
+/// A build state change worth telling people about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Milestone {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Requeued,
+    Cancelled,
+}
+
+impl Milestone {
+    /// The build and milestone an event marks, if it marks one.
+    pub fn of(event: &Event) -> Option<(Uuid, Milestone)> {
+        let milestone = match event {
+            Event::BuildRequested(_) => Milestone::Queued,
+            Event::BuildClaimed(_) => Milestone::Running,
+            Event::BuildSucceeded(_) => Milestone::Succeeded,
+            Event::BuildFailed(_) => Milestone::Failed,
+            Event::BuildRequeued(_) => Milestone::Requeued,
+            Event::BuildCancelled(_) => Milestone::Cancelled,
+            _ => return None,
+        };
+        Some((event.build_id()?, milestone))
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Milestone::Queued => "queued",
+            Milestone::Running => "running",
+            Milestone::Succeeded => "succeeded",
+            Milestone::Failed => "failed",
+            Milestone::Requeued => "requeued",
+            Milestone::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn emoji(self) -> &'static str {
+        match self {
+            Milestone::Queued => "⏳",
+            Milestone::Running => "🔨",
+            Milestone::Succeeded => "✅",
+            Milestone::Failed => "❌",
+            Milestone::Requeued => "🔁",
+            Milestone::Cancelled => "⛔",
+        }
+    }
+}
+
+/// (sink, build, milestone): delivered at most once within the dedupe window.
+pub fn notification_key(sink: &str, build_id: Uuid, milestone: Milestone) -> String {
+    format!("{sink}/{build_id}/{}", milestone.as_str())
+}
+
+/// What a message says about a build.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuildFacts {
+    pub issue_id: String,
+    pub summary: Option<String>,
+    pub lane: String,
+    pub script: String,
+    pub node_id: Option<String>,
+    pub commit_sha: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub failing_test: Option<String>,
+    pub reason: Option<String>,
+    pub log_tail: Option<String>,
+    pub log_url: Option<String>,
+}
+
+/// Text with at most `max` grapheme clusters; `…` marks a cut.
+pub fn truncate(text: &str, max: usize) -> String {
+    let mut graphemes = text.graphemes(true);
+    let kept: String = graphemes.by_ref().take(max).collect();
+    if graphemes.next().is_some() {
+        let mut cut: String = kept.graphemes(true).take(max.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    } else {
+        kept
+    }
+}
+
+/// Escapes Slack's control characters (`&`, `<`, `>`), so tracker text cannot form links or mentions.
+pub fn escape_slack(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// Escapes Markdown so tracker text is shown as typed.
+pub fn escape_markdown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\`*_{}[]()#+-.!|<>~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m {}s", s / 60, s % 60),
+        _ => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// One chat line, plain text (the sink escapes it for its format).
+pub fn chat_line(facts: &BuildFacts, milestone: Milestone) -> String {
+    let mut parts = vec![format!("{} {} {}", milestone.emoji(), facts.issue_id, milestone.as_str())];
+    if let Some(summary) = &facts.summary {
+        parts.push(truncate(summary, 80));
+    }
+    parts.push(format!("{}/{}", facts.lane, facts.script));
+    if let Some(node) = &facts.node_id {
+        if milestone != Milestone::Queued {
+            parts.push(format!("on {node}"));
+        }
+    }
+    if let Some(sha) = &facts.commit_sha {
+        parts.push(sha.chars().take(7).collect());
+    }
+    if let Some(ms) = facts.duration_ms {
+        parts.push(duration(ms));
+    }
+    if let (Milestone::Failed, Some(reason)) = (milestone, &facts.reason) {
+        parts.push(truncate(reason, 60));
+    }
+    if let Some(url) = &facts.log_url {
+        parts.push(format!("log: {url}"));
+    }
+    parts.join(" · ")
+}
+
+/// The YouTrack comment for a failed build: at most five lines of Markdown.
+pub fn failure_comment(facts: &BuildFacts) -> String {
+    let sha = facts.commit_sha.as_deref().map(|s| s.chars().take(12).collect::<String>());
+    let mut lines = vec![format!(
+        "❌ Build `{}` failed on `{}` at `{}`",
+        escape_markdown(&facts.script),
+        escape_markdown(facts.node_id.as_deref().unwrap_or("no node")),
+        sha.as_deref().unwrap_or("unknown commit"),
+    )];
+    match (&facts.failing_test, &facts.log_tail) {
+        (Some(test), _) => lines.push(format!("Failing test: {}", escape_markdown(&truncate(test, 120)))),
+        (None, Some(tail)) => {
+            let last: Vec<&str> = tail.lines().filter(|l| !l.trim().is_empty()).collect();
+            for line in last.iter().skip(last.len().saturating_sub(2)) {
+                lines.push(format!("> {}", escape_markdown(&truncate(line, 120))));
+            }
+        }
+        (None, None) => {
+            if let Some(reason) = &facts.reason {
+                lines.push(format!("Reason: {}", escape_markdown(&truncate(reason, 120))));
+            }
+        }
+    }
+    if let Some(url) = &facts.log_url {
+        lines.push(format!("Log: {url}"));
+    }
+    lines.truncate(5);
+    lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> BuildFacts {
+        BuildFacts {
+            issue_id: "MOB-7".into(),
+            summary: Some("Crash on launch <@channel> & *bold*".into()),
+            lane: "default".into(),
+            script: "ios-build".into(),
+            node_id: Some("mac-1".into()),
+            commit_sha: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            duration_ms: Some(83_000),
+            failing_test: Some("AppTests.testOffline".into()),
+            reason: Some("script_failed".into()),
+            log_tail: Some("a\nb\nc\n".into()),
+            log_url: Some("https://gw/api/v1/builds/x/log?key=k".into()),
+        }
+    }
+
+    #[test]
+    fn a_chat_line_carries_the_state_issue_lane_node_commit_duration_and_log() {
+        let line = chat_line(&facts(), Milestone::Failed);
+        assert!(line.starts_with("❌ MOB-7 failed · "), "{line}");
+        for part in ["default/ios-build", "on mac-1", "0123456", "1m 23s", "script_failed", "log: https://gw"] {
+            assert!(line.contains(part), "{part} missing from {line}");
+        }
+        assert!(escape_slack(&line).contains("&lt;@channel&gt; &amp;"));
+    }
+
+    #[test]
+    fn a_failure_comment_has_at_most_five_lines_and_escapes_tracker_text() {
+        let comment = failure_comment(&facts());
+        assert!(comment.lines().count() <= 5);
+        assert!(comment.contains("Failing test: AppTests\\.testOffline"));
+        assert!(comment.contains("`0123456789ab`"));
+        let without_test = BuildFacts { failing_test: None, ..facts() };
+        let comment = failure_comment(&without_test);
+        assert!(comment.contains("> b") && comment.contains("> c") && !comment.contains("> a"));
+    }
+
+    #[test]
+    fn truncation_keeps_whole_graphemes() {
+        let family = "👨‍👩‍👧‍👦"; // one grapheme, several code points
+        let text = format!("{family}{family}{family}");
+        assert_eq!(truncate(&text, 3), text);
+        assert_eq!(truncate(&text, 2), format!("{family}…"));
+        assert_eq!(truncate("héllo", 10), "héllo");
+        assert_eq!(truncate("", 0), "");
+    }
+
+    #[test]
+    fn build_events_mark_milestones_and_others_do_not() {
+        let e = Event::BuildCancelled(crate::event::BuildCancelled {
+            build_id: Uuid::nil(),
+            reason: "x".into(),
+            cancelled_at: chrono::DateTime::from_timestamp(0, 0).unwrap(),
+        });
+        assert_eq!(Milestone::of(&e), Some((Uuid::nil(), Milestone::Cancelled)));
+        assert_eq!(
+            notification_key("team", Uuid::nil(), Milestone::Cancelled),
+            format!("team/{}/cancelled", Uuid::nil())
+        );
+    }
+}

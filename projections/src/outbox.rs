@@ -1,0 +1,122 @@
+//! `outbox`: build milestones and, per notification key, where its delivery stands. The outbound
+//! dispatcher asks it what is due for a sink; every attempt it makes comes back as an event.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Duration, Utc};
+use meshgate_domain::notify::{notification_key, Milestone};
+use meshgate_domain::{Event, Recorded};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::Projection;
+
+/// Milestones older than this (against the newest event) are forgotten.
+const KEEP_HOURS: i64 = 48;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MilestoneRecord {
+    pub build_id: Uuid,
+    pub milestone: Milestone,
+    pub at: DateTime<Utc>,
+}
+
+/// Where one notification key stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyState {
+    pub attempts: u32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Delivered or abandoned: nothing more to do.
+    pub done: bool,
+    pub delivered: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outbox {
+    /// By global position, so notifications go out in log order.
+    pub milestones: BTreeMap<u64, MilestoneRecord>,
+    pub keys: HashMap<String, KeyState>,
+}
+
+impl Outbox {
+    /// Milestones a sink still has to send, oldest first: recorded within `window` of `now`, not
+    /// delivered or abandoned, accepted by `wanted`, and not waiting for a later retry.
+    pub fn due(
+        &self,
+        sink: &str,
+        now: DateTime<Utc>,
+        window: Duration,
+        wanted: impl Fn(Milestone) -> bool,
+    ) -> Vec<MilestoneRecord> {
+        self.milestones
+            .values()
+            .filter(|m| m.at >= now - window && wanted(m.milestone))
+            .filter(|m| {
+                let key = notification_key(sink, m.build_id, m.milestone);
+                self.keys.get(&key).is_none_or(|k| !k.done && k.next_attempt_at.is_none_or(|at| at <= now))
+            })
+            .copied()
+            .collect()
+    }
+
+    /// The earliest retry a sink is waiting for, if any.
+    pub fn next_retry(&self, sink: &str) -> Option<DateTime<Utc>> {
+        let prefix = format!("{sink}/");
+        self.keys.iter().filter(|(k, s)| k.starts_with(&prefix) && !s.done).filter_map(|(_, s)| s.next_attempt_at).min()
+    }
+
+    /// Whether every notification of a build to these sinks was abandoned.
+    pub fn key(&self, key: &str) -> Option<&KeyState> {
+        self.keys.get(key)
+    }
+}
+
+impl Projection for Outbox {
+    const NAME: &'static str = "outbox";
+
+    fn wants(event_type: &str) -> bool {
+        matches!(
+            event_type,
+            "BuildRequested"
+                | "BuildClaimed"
+                | "BuildSucceeded"
+                | "BuildFailed"
+                | "BuildRequeued"
+                | "BuildCancelled"
+                | "NotificationAttempted"
+                | "NotificationDelivered"
+                | "NotificationAbandoned"
+        )
+    }
+
+    fn apply(&mut self, recorded: &Recorded) {
+        if let Some((build_id, milestone)) = Milestone::of(&recorded.event) {
+            self.milestones
+                .insert(recorded.position, MilestoneRecord { build_id, milestone, at: recorded.recorded_at });
+            let horizon = recorded.recorded_at - Duration::hours(KEEP_HOURS);
+            while self.milestones.first_key_value().is_some_and(|(_, m)| m.at < horizon) {
+                self.milestones.pop_first();
+            }
+            return;
+        }
+        match &recorded.event {
+            Event::NotificationAttempted(e) => {
+                let state = self.keys.entry(e.key.clone()).or_default();
+                state.attempts = state.attempts.max(e.attempt);
+                state.next_attempt_at = e.next_attempt_at;
+            }
+            Event::NotificationDelivered(e) => {
+                let state = self.keys.entry(e.key.clone()).or_default();
+                state.done = true;
+                state.delivered = true;
+                state.next_attempt_at = None;
+            }
+            Event::NotificationAbandoned(e) => {
+                let state = self.keys.entry(e.key.clone()).or_default();
+                state.done = true;
+                state.next_attempt_at = None;
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Outbound notifications: one task per sink follows the `outbox` projection, sends what is due,
+//! and appends every attempt as an event, so the outbox survives restarts and can be audited.
+//!
+//! A slow or dead sink only delays itself. Retries use full jitter, honour `Retry-After` (as
+//! `max(hint, backoff)`, clamped), and stop after the sink's `max_attempts`; answers other than
+//! 408, 425, 429 and 5xx are final. A try that got no answer is retried: the generic and Slack
+//! webhook targets have no server-side dedupe, so a lost answer can show a line twice; losing a
+//! failure notice would be worse.
+
+pub mod sinks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use meshgate_domain::event::{NotificationAbandoned, NotificationAttempted, NotificationDelivered};
+use meshgate_domain::notify::{notification_key, BuildFacts};
+use meshgate_domain::retry::{classify, RetryPolicy, Verdict};
+use meshgate_domain::{Event, ExpectedVersion};
+use meshgate_projections::MilestoneRecord;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::http::AppState;
+use crate::store::{NewEvent, StreamAppend};
+pub use sinks::{Sink, Target};
+
+/// Delivery rules shared by every sink.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    pub window: chrono::Duration,
+    pub retry: RetryPolicy,
+}
+
+/// Runs one sink until the gateway stops.
+pub async fn run(
+    app: Arc<AppState>,
+    sink: Sink,
+    rules: Rules,
+    http: reqwest::Client,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut changes = app.projections.changes();
+    loop {
+        let now = Utc::now();
+        let due = app.projections.read(|p| p.outbox.state.due(&sink.name, now, rules.window, |m| sink.wants(m)));
+        if let Some(next) = due.first() {
+            attempt(&app, &sink, &rules, &http, *next).await;
+            continue;
+        }
+        let retry_in = app
+            .projections
+            .read(|p| p.outbox.state.next_retry(&sink.name))
+            .map(|at| (at - now).to_std().unwrap_or_default())
+            .unwrap_or(Duration::from_secs(3600));
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(retry_in) => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+fn facts(app: &AppState, build_id: Uuid) -> Option<BuildFacts> {
+    app.projections.read(|p| {
+        let build = p.builds.state.get(build_id)?;
+        let report = build.report.as_ref();
+        let node_id = match &build.state {
+            meshgate_domain::BuildState::Running { node_id, .. } => Some(node_id.clone()),
+            _ => report.map(|r| r.node_id.clone()),
+        };
+        let reason = match &build.state {
+            meshgate_domain::BuildState::Failed { reason, .. } | meshgate_domain::BuildState::Cancelled { reason } => {
+                Some(reason.clone())
+            }
+            _ => None,
+        };
+        Some(BuildFacts {
+            issue_id: build.issue_id.clone(),
+            summary: build.summary.clone(),
+            lane: build.lane.clone(),
+            script: build.script.clone(),
+            node_id,
+            commit_sha: report.and_then(|r| r.commit_sha.clone()),
+            duration_ms: report.map(|r| r.duration_ms),
+            failing_test: report.and_then(|r| r.failing_test.clone()),
+            reason,
+            log_tail: report.map(|r| r.log_tail.clone()),
+            log_url: report
+                .map(|_| format!("{}{}", app.public_url, crate::http::nodes::log_link(&app.log_secret, build_id))),
+        })
+    })
+}
+
+/// One try for one milestone, recorded.
+async fn attempt(app: &AppState, sink: &Sink, rules: &Rules, http: &reqwest::Client, due: MilestoneRecord) {
+    let key = notification_key(&sink.name, due.build_id, due.milestone);
+    let attempts_so_far = app.projections.read(|p| p.outbox.state.key(&key).map_or(0, |k| k.attempts));
+    let attempt = attempts_so_far + 1;
+    let answer = match facts(app, due.build_id) {
+        Some(facts) => sink.send(http, &facts, due.milestone).await,
+        None => sinks::Answer { status: None, excerpt: "build not in the projection".into(), retry_after: None },
+    };
+    let now = Utc::now();
+    let retryable = answer.status.is_none_or(|s| classify(s) == Verdict::Retry);
+    let policy = RetryPolicy { max_attempts: sink.max_attempts, ..rules.retry };
+    let next_wait = if answer.succeeded() || !retryable {
+        None
+    } else {
+        policy.next_wait(attempt - 1, answer.retry_after, random())
+    };
+    let next_attempt_at = next_wait.map(|w| now + chrono::Duration::from_std(w).unwrap_or_default());
+    let common = (key.clone(), sink.name.clone(), due.build_id, due.milestone);
+    let mut events = vec![Event::NotificationAttempted(NotificationAttempted {
+        key: common.0.clone(),
+        sink: common.1.clone(),
+        build_id: common.2,
+        milestone: common.3,
+        attempt,
+        status: answer.status,
+        excerpt: answer.excerpt.clone(),
+        next_attempt_at,
+    })];
+    if answer.succeeded() {
+        events.push(Event::NotificationDelivered(NotificationDelivered {
+            key: common.0,
+            sink: common.1,
+            build_id: common.2,
+            milestone: common.3,
+            attempts: attempt,
+        }));
+    } else if next_attempt_at.is_none() {
+        let reason = match answer.status {
+            Some(status) if !retryable => format!("refused with {status}"),
+            _ => format!("gave up after {attempt} attempts"),
+        };
+        tracing::warn!(sink = %sink.name, %key, %reason, "notification abandoned");
+        events.push(Event::NotificationAbandoned(NotificationAbandoned {
+            key: common.0,
+            sink: common.1,
+            build_id: common.2,
+            milestone: common.3,
+            attempts: attempt,
+            reason,
+        }));
+    }
+    let append = StreamAppend {
+        stream: format!("notification-{key}"),
+        expected: ExpectedVersion::Any,
+        events: events.iter().map(|e| NewEvent::from_domain(e, Uuid::now_v7(), None, now)).collect(),
+    };
+    match app.store.append(vec![append]).await {
+        Ok(appended) => {
+            // The next look at the outbox must see this attempt.
+            app.projections.caught_up_to(appended.last_position, Duration::from_secs(5)).await;
+        }
+        Err(e) => {
+            tracing::error!(sink = %sink.name, error = %e, "cannot record a notification attempt");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+fn random() -> f64 {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_le_bytes(bytes) as f64 / u64::MAX as f64
+}

@@ -1,0 +1,134 @@
+//! The outbound targets: how a notification becomes one HTTP request, and what the answer means.
+
+use std::time::{Duration, SystemTime};
+
+use meshgate_domain::notify::{chat_line, escape_slack, failure_comment, BuildFacts, Milestone};
+use serde_json::json;
+
+use crate::config::ChatKind;
+
+/// Where a sink sends.
+#[derive(Clone)]
+pub enum Target {
+    Chat { kind: ChatKind, url: String },
+    YouTrack { base_url: String, token: String, comment_on_success: bool },
+}
+
+/// A configured outbound target.
+#[derive(Clone)]
+pub struct Sink {
+    pub name: String,
+    pub target: Target,
+    pub max_attempts: u32,
+}
+
+/// What one try came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// None: no answer (connection failed, timed out).
+    pub status: Option<u16>,
+    pub excerpt: String,
+    pub retry_after: Option<Duration>,
+}
+
+impl Answer {
+    pub fn succeeded(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+impl Sink {
+    /// The milestones this sink speaks of: every one in chat; failures (and, if configured,
+    /// successes) on the tracker.
+    pub fn wants(&self, milestone: Milestone) -> bool {
+        match &self.target {
+            Target::Chat { .. } => true,
+            Target::YouTrack { comment_on_success, .. } => {
+                milestone == Milestone::Failed || (*comment_on_success && milestone == Milestone::Succeeded)
+            }
+        }
+    }
+
+    /// Sends one try.
+    pub async fn send(&self, http: &reqwest::Client, facts: &BuildFacts, milestone: Milestone) -> Answer {
+        let request = match &self.target {
+            Target::Chat { kind: ChatKind::SlackWebhook, url } => {
+                http.post(url).json(&json!({"text": escape_slack(&chat_line(facts, milestone))}))
+            }
+            Target::Chat { kind: ChatKind::Generic, url } => http.post(url).json(&json!({
+                "issue_id": facts.issue_id,
+                "milestone": milestone.as_str(),
+                "text": chat_line(facts, milestone),
+                "lane": facts.lane,
+                "script": facts.script,
+                "node_id": facts.node_id,
+                "commit_sha": facts.commit_sha,
+                "log_url": facts.log_url,
+            })),
+            Target::YouTrack { base_url, token, .. } => {
+                let text = match milestone {
+                    Milestone::Failed => failure_comment(facts),
+                    _ => chat_line(facts, milestone),
+                };
+                let issue = percent_encode(&facts.issue_id);
+                http.post(format!("{}/api/issues/{issue}/comments?fields=id", base_url.trim_end_matches('/')))
+                    .bearer_auth(token)
+                    .json(&json!({"text": text, "usesMarkdown": true}))
+            }
+        };
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| retry_after(v, SystemTime::now()));
+                let body = response.text().await.unwrap_or_default();
+                Answer { status: Some(status), excerpt: body.chars().take(200).collect(), retry_after }
+            }
+            Err(e) => Answer { status: None, excerpt: e.to_string().chars().take(200).collect(), retry_after: None },
+        }
+    }
+}
+
+/// `Retry-After` as delta-seconds or an HTTP-date (all three formats).
+pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_every_http_date_format() {
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(retry_after("120", now), Some(Duration::from_secs(120)));
+        for later in ["Sun, 06 Nov 1994 08:49:47 GMT", "Sunday, 06-Nov-94 08:49:47 GMT", "Sun Nov  6 08:49:47 1994"] {
+            assert_eq!(retry_after(later, now), Some(Duration::from_secs(10)), "{later}");
+        }
+        assert_eq!(retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn issue_ids_are_percent_encoded_in_paths() {
+        assert_eq!(percent_encode("MOB-7"), "MOB-7");
+        assert_eq!(percent_encode("a/b c"), "a%2Fb%20c");
+    }
+}

@@ -1,0 +1,226 @@
+//! Outbound notifications against local stand-ins that speak the Slack webhook and YouTrack
+//! protocols, scripted to answer 429 with Retry-After, 500 and 400.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use meshgate::config::{ChatConfig, ChatKind, Config};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::helpers::*;
+
+#[derive(Debug)]
+struct Received {
+    path: String,
+    authorization: Option<String>,
+    body: Value,
+}
+
+type Script = Arc<Mutex<VecDeque<(u16, Option<&'static str>)>>>;
+
+/// A local HTTP server: answers from its script (then 200), and reports every request it gets.
+struct StandIn {
+    addr: SocketAddr,
+    received: mpsc::UnboundedReceiver<Received>,
+}
+
+async fn stand_in(script: Vec<(u16, Option<&'static str>)>) -> StandIn {
+    let (tx, received) = mpsc::unbounded_channel();
+    let script: Script = Arc::new(Mutex::new(script.into()));
+    async fn answer(
+        State((script, tx)): State<(Script, mpsc::UnboundedSender<Received>)>,
+        request: Request,
+    ) -> impl IntoResponse {
+        let path = request.uri().to_string();
+        let authorization = request.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let bytes = axum::body::to_bytes(request.into_body(), 1 << 20).await.unwrap_or_default();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let _ = tx.send(Received { path, authorization, body });
+        let (status, retry_after) = script.lock().unwrap().pop_front().unwrap_or((200, None));
+        let mut headers = HeaderMap::new();
+        if let Some(value) = retry_after {
+            headers.insert("retry-after", value.parse().unwrap());
+        }
+        (StatusCode::from_u16(status).unwrap(), headers, if status == 200 { "ok" } else { "error" })
+    }
+    let router = axum::Router::new().fallback(answer).with_state((script, tx));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    StandIn { addr, received }
+}
+
+impl StandIn {
+    async fn next(&mut self) -> Received {
+        tokio::time::timeout(Duration::from_secs(30), self.received.recv()).await.expect("a request in time").unwrap()
+    }
+}
+
+fn with_slack(dir: &std::path::Path, slack: &StandIn, max_attempts: u32) -> Config {
+    let mut config = test_config(dir, vec![ios_trigger()]);
+    config.chat = vec![ChatConfig {
+        name: "team".into(),
+        kind: ChatKind::SlackWebhook,
+        url: Some(format!("http://{}/services/T0/B0/x", slack.addr)),
+        url_file: None,
+        max_attempts,
+    }];
+    config.outbound.retry_base_ms = 10;
+    config.outbound.retry_cap_seconds = 1;
+    config
+}
+
+async fn wait_for_events(app: &TestApp, event_type: &str, n: usize) {
+    let mut changes = app.state.projections.changes();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while app.count(event_type).await < n {
+            changes.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("fewer than {n} {event_type}"));
+}
+
+#[tokio::test]
+async fn a_failed_build_gives_one_chat_line_per_state_and_one_short_tracker_comment() {
+    let mut slack = stand_in(vec![]).await;
+    let mut youtrack = stand_in(vec![]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = with_slack(dir.path(), &slack, 8);
+    let token_file = dir.path().join("youtrack.token");
+    std::fs::write(&token_file, format!("perm:{}", "y".repeat(40))).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o400)).unwrap();
+    config.youtrack.base_url = Some(format!("http://{}", youtrack.addr));
+    config.youtrack.token_file = Some(token_file);
+    let app = spawn_with(dir, config).await;
+
+    let body = with(&fixture("mob-issueUpdated-state-building.json"), &json!({"summary": "Crash <!channel> & co"}));
+    let build = build_id(&app.deliver(&body).await);
+    let nodes_token = std::fs::read_to_string(app.config.nodes.token_file.as_ref().unwrap()).unwrap().trim().to_owned();
+    let post = |path: String, body: Value| app.client.post(app.url(&path)).bearer_auth(&nodes_token).json(&body).send();
+    let claim: Value = post("/api/v1/nodes/claim".into(), json!({"node_id": "mac-1", "slots": 1, "wait_seconds": 5}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(claim["attempt"], 1);
+    let result = json!({"node_id": "mac-1", "attempt": 1, "outcome": "failed", "exit_code": 65, "duration_ms": 83000,
+        "commit_sha": "0123456789abcdef0123456789abcdef01234567", "failing_test": "AppTests.testOffline", "log_tail": "boom\n"});
+    assert_eq!(post(format!("/api/v1/builds/{build}/result"), result).await.unwrap().status(), 200);
+
+    let mut lines = Vec::new();
+    for _ in 0..3 {
+        lines.push(slack.next().await.body["text"].as_str().unwrap().to_owned());
+    }
+    assert!(lines[0].starts_with("⏳ MOB-7 queued"), "{lines:?}");
+    assert!(lines[1].starts_with("🔨 MOB-7 running") && lines[1].contains("on mac-1"), "{lines:?}");
+    assert!(
+        lines[2].starts_with("❌ MOB-7 failed") && lines[2].contains("0123456") && lines[2].contains("log: http://")
+    );
+    assert!(lines[0].contains("&lt;!channel&gt; &amp; co"), "tracker text is escaped: {}", lines[0]);
+
+    let comment = youtrack.next().await;
+    assert_eq!(comment.path, "/api/issues/MOB-7/comments?fields=id");
+    assert_eq!(comment.authorization.as_deref(), Some(format!("Bearer perm:{}", "y".repeat(40)).as_str()));
+    assert_eq!(comment.body["usesMarkdown"], true);
+    let text = comment.body["text"].as_str().unwrap();
+    assert!(text.lines().count() <= 5, "{text}");
+    for part in ["mac\\-1", "0123456789ab", "AppTests\\.testOffline", "/log?key="] {
+        assert!(text.contains(part), "{part} missing from {text}");
+    }
+
+    // Exactly once: every key delivered, nothing more sent.
+    wait_for_events(&app, "NotificationDelivered", 4).await;
+    assert!(slack.received.try_recv().is_err() && youtrack.received.try_recv().is_err());
+    assert_eq!(app.count("NotificationAttempted").await, 4);
+}
+
+async fn slack_app(slack: &StandIn, max_attempts: u32) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let config = with_slack(dir.path(), slack, max_attempts);
+    spawn_with(dir, config).await
+}
+
+fn attempts_of(events: &[meshgate::store::StoredEvent], milestone: &str) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|e| e.event_type == "NotificationAttempted")
+        .map(|e| serde_json::from_str::<Value>(&e.data).unwrap())
+        .filter(|d| d["milestone"] == milestone)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_429_is_retried_no_sooner_than_its_retry_after_and_delivered_once() {
+    let mut slack = stand_in(vec![(429, Some("2"))]).await;
+    let app = slack_app(&slack, 8).await;
+    app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
+    let first = slack.next().await;
+    let second = slack.next().await;
+    assert_eq!(first.body, second.body, "the same line, sent again");
+    wait_for_events(&app, "NotificationDelivered", 1).await;
+    let events = app.all_events().await;
+    let attempts = attempts_of(&events, "queued");
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0]["status"], 429);
+    // The wait honoured the hint: the retry was scheduled at least 2 s after the first try.
+    let tried_at = events.iter().find(|e| e.event_type == "NotificationAttempted").unwrap().recorded_at;
+    let next: chrono::DateTime<chrono::Utc> = serde_json::from_value(attempts[0]["next_attempt_at"].clone()).unwrap();
+    assert!(next - tried_at >= chrono::Duration::milliseconds(1990), "{next} vs {tried_at}");
+    assert!(slack.received.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn a_400_is_permanent_and_the_notification_is_abandoned_after_one_try() {
+    let mut slack = stand_in(vec![(400, None)]).await;
+    let app = slack_app(&slack, 8).await;
+    app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
+    slack.next().await;
+    wait_for_events(&app, "NotificationAbandoned", 1).await;
+    let events = app.all_events().await;
+    assert_eq!(attempts_of(&events, "queued").len(), 1);
+    let abandoned = events.iter().find(|e| e.event_type == "NotificationAbandoned").unwrap();
+    assert!(abandoned.data.contains("refused with 400"));
+    assert!(slack.received.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn a_target_that_keeps_failing_is_abandoned_after_its_attempts() {
+    let mut slack = stand_in(vec![(500, None), (503, None), (502, None), (500, None)]).await;
+    let app = slack_app(&slack, 3).await;
+    app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
+    for _ in 0..3 {
+        slack.next().await;
+    }
+    wait_for_events(&app, "NotificationAbandoned", 1).await;
+    let events = app.all_events().await;
+    assert_eq!(attempts_of(&events, "queued").len(), 3);
+    assert!(events
+        .iter()
+        .any(|e| e.event_type == "NotificationAbandoned" && e.data.contains("gave up after 3 attempts")));
+    assert!(slack.received.try_recv().is_err(), "no fourth try");
+}
+
+#[tokio::test]
+async fn a_retry_scheduled_before_a_restart_happens_after_it() {
+    let mut slack = stand_in(vec![(503, Some("2"))]).await;
+    let app = slack_app(&slack, 8).await;
+    app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
+    slack.next().await;
+    wait_for_events(&app, "NotificationAttempted", 1).await;
+    let app = app.restart().await;
+    // The restarted gateway finds the pending retry in the log and makes it.
+    slack.next().await;
+    wait_for_events(&app, "NotificationDelivered", 1).await;
+    let events = app.all_events().await;
+    assert_eq!(attempts_of(&events, "queued").len(), 2);
+    assert!(slack.received.try_recv().is_err());
+}
