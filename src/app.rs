@@ -100,6 +100,9 @@ impl App {
         let reaper = tokio::spawn(reaper::run(Arc::clone(&state), state.stopping.subscribe()));
         let sinks = outbound_sinks(config)?;
         let rules = outbound::Rules {
+            chat_sinks: Arc::new(config.chat.iter().map(|c| c.name.clone()).collect()),
+            tracker: config.youtrack.base_url.as_ref().map(|_| "youtrack".to_owned()),
+            pager: config.pager.routing_key_file.is_some(),
             window: chrono::Duration::seconds(config.outbound.dedupe_window_seconds as i64),
             retry: meshgate_domain::retry::RetryPolicy {
                 base: std::time::Duration::from_millis(config.outbound.retry_base_ms),
@@ -115,7 +118,13 @@ impl App {
         let outbound: Vec<JoinHandle<()>> = sinks
             .into_iter()
             .map(|sink| {
-                tokio::spawn(outbound::run(Arc::clone(&state), sink, rules, http.clone(), state.stopping.subscribe()))
+                tokio::spawn(outbound::run(
+                    Arc::clone(&state),
+                    sink,
+                    rules.clone(),
+                    http.clone(),
+                    state.stopping.subscribe(),
+                ))
             })
             .collect();
         let router = router(Arc::clone(&state), &config.webhook.path);
@@ -175,6 +184,16 @@ fn outbound_sinks(config: &Config) -> anyhow::Result<Vec<Sink>> {
                 base_url: base_url.clone(),
                 token: Token::read(token_file)?.expose().to_owned(),
                 comment_on_success: config.youtrack.comment_on_success,
+            },
+            max_attempts: 8,
+        });
+    }
+    if let Some(file) = &config.pager.routing_key_file {
+        sinks.push(Sink {
+            name: "pager".into(),
+            target: Target::PagerDuty {
+                url: config.pager.url.clone().unwrap_or_else(|| "https://events.pagerduty.com/v2/enqueue".into()),
+                routing_key: Token::read(file)?.expose().to_owned(),
             },
             max_attempts: 8,
         });

@@ -21,6 +21,7 @@ pub struct Config {
     pub nodes: NodesConfig,
     pub worker: WorkerConfig,
     pub chat: Vec<ChatConfig>,
+    pub pager: PagerConfig,
     pub outbound: OutboundConfig,
     pub store: StoreConfig,
     pub lanes: Vec<LaneConfig>,
@@ -86,6 +87,16 @@ pub enum ChatKind {
     Generic,
     /// Slack incoming webhook (`{"text": …}`).
     SlackWebhook,
+}
+
+/// `[pager]`: PagerDuty Events API v2, for builds neither chat nor the tracker could be told about.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PagerConfig {
+    /// Default `https://events.pagerduty.com/v2/enqueue` when a routing key is given.
+    pub url: Option<String>,
+    /// File holding the integration's routing key. None: no pager.
+    pub routing_key_file: Option<PathBuf>,
 }
 
 /// `[outbound]`: delivery rules shared by every sink.
@@ -225,8 +236,10 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-const SECTIONS: [&str; 11] =
-    ["server", "webhook", "youtrack", "admin", "nodes", "worker", "chat", "outbound", "store", "lanes", "triggers"];
+const SECTIONS: [&str; 12] = [
+    "server", "webhook", "youtrack", "admin", "nodes", "worker", "chat", "pager", "outbound", "store", "lanes",
+    "triggers",
+];
 
 impl Config {
     /// Loads defaults, then `file` (if given), then the environment, and validates the result.
@@ -314,7 +327,11 @@ impl Config {
         }
         let mut sinks = HashSet::new();
         for chat in &self.chat {
-            if !is_simple_name(&chat.name) || !sinks.insert(chat.name.as_str()) || chat.name == "youtrack" {
+            if !is_simple_name(&chat.name)
+                || !sinks.insert(chat.name.as_str())
+                || chat.name == "youtrack"
+                || chat.name == "pager"
+            {
                 return invalid(format!(
                     "chat sink `{}`: names must be unique, 1-64 of [A-Za-z0-9._-], not `youtrack`",
                     chat.name

@@ -212,6 +212,14 @@ pub struct NotificationAbandoned {
     pub reason: String,
 }
 
+/// Neither chat nor the tracker could be told about a build: on-call is paged (once per build).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRequested {
+    pub build_id: Uuid,
+    pub issue_id: String,
+    pub reason: String,
+}
+
 /// A stored event could not be read back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -285,6 +293,7 @@ events!(
     NotificationAttempted,
     NotificationDelivered,
     NotificationAbandoned,
+    PageRequested,
 );
 
 impl Event {
@@ -307,6 +316,7 @@ impl Event {
             Event::NotificationAttempted(e) => Some(e.build_id),
             Event::NotificationDelivered(e) => Some(e.build_id),
             Event::NotificationAbandoned(e) => Some(e.build_id),
+            Event::PageRequested(e) => Some(e.build_id),
             Event::WebhookReceived(_) | Event::WebhookIgnored(_) | Event::WebhookRouted(_) => None,
         }
     }
@@ -349,7 +359,7 @@ mod tests {
 
     #[test]
     fn type_names_are_stable() {
-        assert_eq!(Event::TYPES.len(), 16);
+        assert_eq!(Event::TYPES.len(), 17);
         assert!(Event::TYPES.contains(&"WebhookReceived"));
         assert!(Event::TYPES.contains(&"BuildRequestFolded"));
     }

@@ -20,6 +20,8 @@ pub enum Milestone {
     Failed,
     Requeued,
     Cancelled,
+    /// On-call was paged about the build (the pager's only subject).
+    Page,
 }
 
 impl Milestone {
@@ -32,6 +34,7 @@ impl Milestone {
             Event::BuildFailed(_) => Milestone::Failed,
             Event::BuildRequeued(_) => Milestone::Requeued,
             Event::BuildCancelled(_) => Milestone::Cancelled,
+            Event::PageRequested(_) => Milestone::Page,
             _ => return None,
         };
         Some((event.build_id()?, milestone))
@@ -45,6 +48,7 @@ impl Milestone {
             Milestone::Failed => "failed",
             Milestone::Requeued => "requeued",
             Milestone::Cancelled => "cancelled",
+            Milestone::Page => "page",
         }
     }
 
@@ -56,6 +60,7 @@ impl Milestone {
             Milestone::Failed => "❌",
             Milestone::Requeued => "🔁",
             Milestone::Cancelled => "⛔",
+            Milestone::Page => "🚨",
         }
     }
 }
@@ -68,6 +73,7 @@ pub fn notification_key(sink: &str, build_id: Uuid, milestone: Milestone) -> Str
 /// What a message says about a build.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BuildFacts {
+    pub build_id: Uuid,
     pub issue_id: String,
     pub summary: Option<String>,
     pub lane: String,
@@ -183,6 +189,7 @@ mod tests {
 
     fn facts() -> BuildFacts {
         BuildFacts {
+            build_id: Uuid::nil(),
             issue_id: "MOB-7".into(),
             summary: Some("Crash on launch <@channel> & *bold*".into()),
             lane: "default".into(),

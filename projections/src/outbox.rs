@@ -65,9 +65,38 @@ impl Outbox {
         self.keys.iter().filter(|(k, s)| k.starts_with(&prefix) && !s.done).filter_map(|(_, s)| s.next_attempt_at).min()
     }
 
-    /// Whether every notification of a build to these sinks was abandoned.
     pub fn key(&self, key: &str) -> Option<&KeyState> {
         self.keys.get(key)
+    }
+
+    fn abandoned(&self, sink: &str, build_id: Uuid) -> bool {
+        let prefix = format!("{sink}/{build_id}/");
+        self.keys.iter().any(|(k, s)| k.starts_with(&prefix) && s.done && !s.delivered)
+    }
+
+    fn failing(&self, sink: &str, build_id: Uuid) -> bool {
+        let prefix = format!("{sink}/{build_id}/");
+        self.keys.iter().any(|(k, s)| k.starts_with(&prefix) && !s.delivered && s.attempts > 0)
+    }
+
+    /// Why on-call should be paged about a build, if they should: the tracker comment was
+    /// abandoned while chat also failed for the build, or every chat sink abandoned it.
+    pub fn page_reason(&self, build_id: Uuid, chat_sinks: &[String], tracker: Option<&str>) -> Option<&'static str> {
+        let tracker_abandoned = tracker.is_some_and(|t| self.abandoned(t, build_id));
+        let chat_failed = chat_sinks.is_empty() || chat_sinks.iter().any(|s| self.failing(s, build_id));
+        if tracker_abandoned && chat_failed {
+            return Some("tracker comment abandoned and chat failing");
+        }
+        if !chat_sinks.is_empty() && chat_sinks.iter().all(|s| self.abandoned(s, build_id)) {
+            return Some("every chat sink abandoned");
+        }
+        None
+    }
+
+    /// Whether any page was abandoned (the pager itself is failing).
+    pub fn pager_failing(&self, pager: &str) -> bool {
+        let prefix = format!("{pager}/");
+        self.keys.iter().any(|(k, s)| k.starts_with(&prefix) && s.done && !s.delivered)
     }
 }
 
@@ -86,6 +115,7 @@ impl Projection for Outbox {
                 | "NotificationAttempted"
                 | "NotificationDelivered"
                 | "NotificationAbandoned"
+                | "PageRequested"
         )
     }
 

@@ -131,6 +131,7 @@ async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
         "store": match &store { Ok(()) => "writable".to_owned(), Err(e) => e.clone() },
         "projections": {"position": app.projections.position(), "head": head, "caught_up": caught_up},
         "deliveries": app.counters.snapshot(),
+        "pager": if app.projections.read(|p| p.outbox.state.pager_failing("pager")) { "failing" } else { "ok" },
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body))

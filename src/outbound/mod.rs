@@ -26,10 +26,15 @@ use crate::store::{NewEvent, StreamAppend};
 pub use sinks::{Sink, Target};
 
 /// Delivery rules shared by every sink.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Rules {
     pub window: chrono::Duration,
     pub retry: RetryPolicy,
+    /// The chat sinks' names and the tracker's, for the paging rule.
+    pub chat_sinks: Arc<Vec<String>>,
+    pub tracker: Option<String>,
+    /// Whether a pager is configured.
+    pub pager: bool,
 }
 
 /// Runs one sink until the gateway stops.
@@ -76,6 +81,7 @@ fn facts(app: &AppState, build_id: Uuid) -> Option<BuildFacts> {
             _ => None,
         };
         Some(BuildFacts {
+            build_id,
             issue_id: build.issue_id.clone(),
             summary: build.summary.clone(),
             lane: build.lane.clone(),
@@ -149,15 +155,41 @@ async fn attempt(app: &AppState, sink: &Sink, rules: &Rules, http: &reqwest::Cli
         expected: ExpectedVersion::Any,
         events: events.iter().map(|e| NewEvent::from_domain(e, Uuid::now_v7(), None, now)).collect(),
     };
+    let abandoned = events.iter().any(|e| matches!(e, Event::NotificationAbandoned(_)));
     match app.store.append(vec![append]).await {
         Ok(appended) => {
             // The next look at the outbox must see this attempt.
             app.projections.caught_up_to(appended.last_position, Duration::from_secs(5)).await;
+            if abandoned && rules.pager {
+                page_if_due(app, rules, due.build_id).await;
+            }
         }
         Err(e) => {
             tracing::error!(sink = %sink.name, error = %e, "cannot record a notification attempt");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+}
+
+/// Pages on-call once per build when neither chat nor the tracker could be told.
+async fn page_if_due(app: &AppState, rules: &Rules, build_id: Uuid) {
+    let reason =
+        app.projections.read(|p| p.outbox.state.page_reason(build_id, &rules.chat_sinks, rules.tracker.as_deref()));
+    let Some(reason) = reason else { return };
+    let issue_id =
+        app.projections.read(|p| p.builds.state.get(build_id).map(|b| b.issue_id.clone())).unwrap_or_default();
+    let event =
+        Event::PageRequested(meshgate_domain::event::PageRequested { build_id, issue_id, reason: reason.into() });
+    let append = StreamAppend {
+        stream: format!("page-{build_id}"),
+        // One page per build, whichever sink gives up last.
+        expected: ExpectedVersion::NoStream,
+        events: vec![NewEvent::from_domain(&event, Uuid::now_v7(), None, Utc::now())],
+    };
+    match app.store.append(vec![append]).await {
+        Ok(_) => tracing::error!(%build_id, reason, "paging on-call: the build could not be reported"),
+        Err(crate::store::StoreError::Conflict { .. }) => {}
+        Err(e) => tracing::error!(%build_id, error = %e, "cannot record a page"),
     }
 }
 

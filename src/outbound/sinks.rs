@@ -10,8 +10,20 @@ use crate::config::ChatKind;
 /// Where a sink sends.
 #[derive(Clone)]
 pub enum Target {
-    Chat { kind: ChatKind, url: String },
-    YouTrack { base_url: String, token: String, comment_on_success: bool },
+    Chat {
+        kind: ChatKind,
+        url: String,
+    },
+    YouTrack {
+        base_url: String,
+        token: String,
+        comment_on_success: bool,
+    },
+    /// PagerDuty Events API v2.
+    PagerDuty {
+        url: String,
+        routing_key: String,
+    },
 }
 
 /// A configured outbound target.
@@ -42,10 +54,11 @@ impl Sink {
     /// successes) on the tracker.
     pub fn wants(&self, milestone: Milestone) -> bool {
         match &self.target {
-            Target::Chat { .. } => true,
+            Target::Chat { .. } => milestone != Milestone::Page,
             Target::YouTrack { comment_on_success, .. } => {
                 milestone == Milestone::Failed || (*comment_on_success && milestone == Milestone::Succeeded)
             }
+            Target::PagerDuty { .. } => milestone == Milestone::Page,
         }
     }
 
@@ -64,6 +77,17 @@ impl Sink {
                 "node_id": facts.node_id,
                 "commit_sha": facts.commit_sha,
                 "log_url": facts.log_url,
+            })),
+            Target::PagerDuty { url, routing_key } => http.post(url).json(&json!({
+                "routing_key": routing_key,
+                "event_action": "trigger",
+                "dedup_key": format!("meshgate-{}", facts.build_id),
+                "payload": {
+                    "summary": format!("meshgate could not report a build of {} to chat or the tracker", facts.issue_id),
+                    "source": "meshgate",
+                    "severity": "critical",
+                    "custom_details": {"line": chat_line(facts, Milestone::Failed)},
+                },
             })),
             Target::YouTrack { base_url, token, .. } => {
                 let text = match milestone {

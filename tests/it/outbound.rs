@@ -224,3 +224,63 @@ async fn a_retry_scheduled_before_a_restart_happens_after_it() {
     assert_eq!(attempts_of(&events, "queued").len(), 2);
     assert!(slack.received.try_recv().is_err());
 }
+
+fn secret_file(dir: &std::path::Path, name: &str, value: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, value).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn when_every_chat_sink_gives_up_on_a_build_on_call_is_paged_once() {
+    let mut slack = stand_in(vec![(400, None), (400, None), (400, None)]).await;
+    let mut pager = stand_in(vec![(202, None)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = with_slack(dir.path(), &slack, 8);
+    config.pager.url = Some(format!("http://{}/v2/enqueue", pager.addr));
+    config.pager.routing_key_file = Some(secret_file(dir.path(), "routing.key", &"r".repeat(32)));
+    let app = spawn_with(dir, config).await;
+    let build = build_id(&app.deliver(&fixture("mob-issueUpdated-state-building.json")).await);
+    slack.next().await;
+    let page = pager.next().await;
+    assert_eq!(page.path, "/v2/enqueue");
+    assert_eq!(page.body["routing_key"], "r".repeat(32));
+    assert_eq!(page.body["event_action"], "trigger");
+    assert_eq!(page.body["dedup_key"], format!("meshgate-{build}"));
+    wait_for_events(&app, "NotificationDelivered", 1).await;
+    // The running milestone is abandoned too: still one page for the build.
+    let claim = app
+        .client
+        .post(app.url("/api/v1/nodes/claim"))
+        .bearer_auth(std::fs::read_to_string(app.config.nodes.token_file.as_ref().unwrap()).unwrap().trim())
+        .json(&json!({"node_id": "mac-1", "slots": 1, "wait_seconds": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(claim.status(), 200);
+    slack.next().await;
+    wait_for_events(&app, "NotificationAbandoned", 2).await;
+    assert_eq!(app.count("PageRequested").await, 1);
+    assert!(pager.received.try_recv().is_err());
+    let ready: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["pager"], "ok");
+}
+
+#[tokio::test]
+async fn a_failing_pager_shows_in_readiness() {
+    let mut slack = stand_in(vec![(400, None)]).await;
+    let mut pager = stand_in(vec![(400, None)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = with_slack(dir.path(), &slack, 8);
+    config.pager.url = Some(format!("http://{}/v2/enqueue", pager.addr));
+    config.pager.routing_key_file = Some(secret_file(dir.path(), "routing.key", &"r".repeat(32)));
+    let app = spawn_with(dir, config).await;
+    app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
+    slack.next().await;
+    pager.next().await;
+    wait_for_events(&app, "NotificationAbandoned", 2).await;
+    let ready: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["pager"], "failing");
+}
