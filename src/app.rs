@@ -183,6 +183,14 @@ fn outbound_sinks(config: &Config) -> anyhow::Result<Vec<Sink>> {
             target: Target::YouTrack {
                 base_url: base_url.clone(),
                 token: Token::read(token_file)?.expose().to_owned(),
+                previous: match &config.youtrack.previous_token_file {
+                    Some(file) => {
+                        let written = std::fs::metadata(token_file)?.modified()?;
+                        let grace = std::time::Duration::from_secs(config.youtrack.previous_token_grace_minutes * 60);
+                        Some((Token::read(file)?.expose().to_owned(), written + grace))
+                    }
+                    None => None,
+                },
                 comment_on_success: config.youtrack.comment_on_success,
             },
             max_attempts: 8,

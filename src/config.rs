@@ -48,7 +48,7 @@ pub struct WebhookConfig {
     pub max_body_bytes: usize,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct YouTrackConfig {
     /// Deliveries authored by this login are ignored (the gateway's own comments).
@@ -57,8 +57,25 @@ pub struct YouTrackConfig {
     pub base_url: Option<String>,
     /// Permanent token of the bot account (`perm:…`), for comments.
     pub token_file: Option<PathBuf>,
+    /// The token being rotated out: tried after a 401 with the current one, until
+    /// `previous_token_grace_minutes` after the current token file was written.
+    pub previous_token_file: Option<PathBuf>,
+    pub previous_token_grace_minutes: u64,
     /// Comment on success too (off by default).
     pub comment_on_success: bool,
+}
+
+impl Default for YouTrackConfig {
+    fn default() -> Self {
+        YouTrackConfig {
+            bot_login: None,
+            base_url: None,
+            token_file: None,
+            previous_token_file: None,
+            previous_token_grace_minutes: 15,
+            comment_on_success: false,
+        }
+    }
 }
 
 /// One `[[chat]]` sink.

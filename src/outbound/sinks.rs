@@ -17,6 +17,8 @@ pub enum Target {
     YouTrack {
         base_url: String,
         token: String,
+        /// The token being rotated out, and until when it may still be tried after a 401.
+        previous: Option<(String, SystemTime)>,
         comment_on_success: bool,
     },
     /// PagerDuty Events API v2.
@@ -89,17 +91,34 @@ impl Sink {
                     "custom_details": {"line": chat_line(facts, Milestone::Failed)},
                 },
             })),
-            Target::YouTrack { base_url, token, .. } => {
+            Target::YouTrack { base_url, token, previous, .. } => {
                 let text = match milestone {
                     Milestone::Failed => failure_comment(facts),
                     _ => chat_line(facts, milestone),
                 };
-                let issue = percent_encode(&facts.issue_id);
-                http.post(format!("{}/api/issues/{issue}/comments?fields=id", base_url.trim_end_matches('/')))
-                    .bearer_auth(token)
-                    .json(&json!({"text": text, "usesMarkdown": true}))
+                let url =
+                    format!("{}/api/issues/{}/comments?fields=id", base_url.trim_end_matches('/'), percent_encode(&facts.issue_id));
+                let body = json!({"text": text, "usesMarkdown": true});
+                let answer = exchange(http.post(&url).bearer_auth(token).json(&body)).await;
+                return match previous {
+                    Some((old, until)) if answer.status == Some(401) && SystemTime::now() < *until => {
+                        let retried = exchange(http.post(&url).bearer_auth(old).json(&body)).await;
+                        tracing::warn!(
+                            status = retried.status,
+                            "youtrack refused the current token (401); fell back to the previous one"
+                        );
+                        retried
+                    }
+                    _ => answer,
+                };
             }
         };
+        exchange(request).await
+    }
+}
+
+async fn exchange(request: reqwest::RequestBuilder) -> Answer {
+    {
         match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();

@@ -284,3 +284,45 @@ async fn a_failing_pager_shows_in_readiness() {
     let ready: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["pager"], "failing");
 }
+
+async fn failed_build(app: &TestApp) {
+    let build = build_id(&app.deliver(&fixture("mob-issueUpdated-state-building.json")).await);
+    let token = std::fs::read_to_string(app.config.nodes.token_file.as_ref().unwrap()).unwrap().trim().to_owned();
+    let post = |path: String, body: Value| app.client.post(app.url(&path)).bearer_auth(&token).json(&body).send();
+    post("/api/v1/nodes/claim".into(), json!({"node_id": "mac-1", "slots": 1, "wait_seconds": 5})).await.unwrap();
+    let result = json!({"node_id": "mac-1", "attempt": 1, "outcome": "failed", "duration_ms": 1, "log_tail": "x\n"});
+    assert_eq!(post(format!("/api/v1/builds/{build}/result"), result).await.unwrap().status(), 200);
+}
+
+async fn tracker_app(youtrack: &StandIn, grace_minutes: u64) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), vec![ios_trigger()]);
+    config.youtrack.base_url = Some(format!("http://{}", youtrack.addr));
+    config.youtrack.token_file = Some(secret_file(dir.path(), "yt-new.token", &format!("perm:{}", "n".repeat(40))));
+    config.youtrack.previous_token_file =
+        Some(secret_file(dir.path(), "yt-old.token", &format!("perm:{}", "o".repeat(40))));
+    config.youtrack.previous_token_grace_minutes = grace_minutes;
+    spawn_with(dir, config).await
+}
+
+#[tokio::test]
+async fn a_401_with_the_new_tracker_token_falls_back_to_the_previous_one_within_its_grace() {
+    let mut youtrack = stand_in(vec![(401, None), (200, None)]).await;
+    let app = tracker_app(&youtrack, 15).await;
+    failed_build(&app).await;
+    let first = youtrack.next().await;
+    let second = youtrack.next().await;
+    assert_eq!(first.authorization, Some(format!("Bearer perm:{}", "n".repeat(40))));
+    assert_eq!(second.authorization, Some(format!("Bearer perm:{}", "o".repeat(40))));
+    wait_for_events(&app, "NotificationDelivered", 1).await;
+}
+
+#[tokio::test]
+async fn after_the_grace_the_previous_tracker_token_is_not_tried() {
+    let mut youtrack = stand_in(vec![(401, None)]).await;
+    let app = tracker_app(&youtrack, 0).await;
+    failed_build(&app).await;
+    youtrack.next().await;
+    wait_for_events(&app, "NotificationAbandoned", 1).await;
+    assert!(youtrack.received.try_recv().is_err(), "no second try with the expired token");
+}
