@@ -1,8 +1,22 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh machine: formatting, lints, then every test.
-# Everything the tests need (SQLite, compiled in) comes from crates.io; nothing else is started.
+# Runs the whole test suite on a fresh machine: provisions what the tests need, checks formatting
+# and lints, then runs every test.
+#
+# - SQLite is compiled in (crates.io).
+# - A real Matrix homeserver: Synapse from PyPI, in a venv under target/synapse-venv (kept between
+#   runs); the tests start and stop their own homeservers on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+SYNAPSE_VERSION="1.163.2"
+SYNAPSE_VENV="${MESHGATE_SYNAPSE_VENV:-$PWD/target/synapse-venv}"
+if ! "$SYNAPSE_VENV/bin/python" -c "import synapse, sys; sys.exit(synapse.__version__ != '$SYNAPSE_VERSION')" 2>/dev/null; then
+  echo "provisioning Synapse $SYNAPSE_VERSION in $SYNAPSE_VENV"
+  rm -rf "$SYNAPSE_VENV"
+  python3 -m venv "$SYNAPSE_VENV"
+  "$SYNAPSE_VENV/bin/pip" install --quiet --disable-pip-version-check "matrix-synapse==$SYNAPSE_VERSION"
+fi
+export MESHGATE_SYNAPSE_PYTHON="$SYNAPSE_VENV/bin/python"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -13,9 +13,11 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::builds::BuildService;
+use crate::config::ChatKind;
 use crate::config::Config;
 use crate::http::{router, AppState, Counters, NodeSettings};
 use crate::ingest::IngestService;
+use crate::outbound::sinks::WebhookKind;
 use crate::outbound::{self, Sink, Target};
 use crate::projector;
 use crate::reaper;
@@ -171,11 +173,19 @@ fn outbound_sinks(config: &Config) -> anyhow::Result<Vec<Sink>> {
             (None, Some(file)) => Token::read(file)?.expose().to_owned(),
             (None, None) => anyhow::bail!("chat sink `{}` has no url", chat.name),
         };
-        sinks.push(Sink {
-            name: chat.name.clone(),
-            target: Target::Chat { kind: chat.kind, url },
-            max_attempts: chat.max_attempts,
-        });
+        let target = match chat.kind {
+            ChatKind::Generic => Target::Chat { kind: WebhookKind::Generic, url },
+            ChatKind::SlackWebhook => Target::Chat { kind: WebhookKind::Slack, url },
+            ChatKind::Matrix => Target::Matrix {
+                homeserver: url,
+                room_id: chat.room_id.clone().unwrap_or_default(),
+                token: match &chat.token_file {
+                    Some(file) => Token::read(file)?.expose().to_owned(),
+                    None => anyhow::bail!("chat sink `{}` has no token_file", chat.name),
+                },
+            },
+        };
+        sinks.push(Sink { name: chat.name.clone(), target, max_attempts: chat.max_attempts });
     }
     if let (Some(base_url), Some(token_file)) = (&config.youtrack.base_url, &config.youtrack.token_file) {
         sinks.push(Sink {

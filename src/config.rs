@@ -89,6 +89,10 @@ pub struct ChatConfig {
     pub url: Option<String>,
     /// A file holding the endpoint URL (same permission checks as token files).
     pub url_file: Option<PathBuf>,
+    /// Matrix: the room to post in (`!id` or `!id:server`).
+    pub room_id: Option<String>,
+    /// Matrix: a file holding the bot's access token (log in once with a fixed device id).
+    pub token_file: Option<PathBuf>,
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
 }
@@ -104,6 +108,8 @@ pub enum ChatKind {
     Generic,
     /// Slack incoming webhook (`{"text": …}`).
     SlackWebhook,
+    /// A Matrix room: `m.notice` messages, the transaction id derived from the notification key.
+    Matrix,
 }
 
 /// `[pager]`: PagerDuty Events API v2, for builds neither chat nor the tracker could be told about.
@@ -356,6 +362,9 @@ impl Config {
             }
             if chat.url.is_some() == chat.url_file.is_some() {
                 return invalid(format!("chat sink `{}`: give exactly one of url and url_file", chat.name));
+            }
+            if chat.kind == ChatKind::Matrix && (chat.room_id.is_none() || chat.token_file.is_none()) {
+                return invalid(format!("chat sink `{}`: a matrix sink needs room_id and token_file", chat.name));
             }
             if chat.max_attempts == 0 {
                 return invalid(format!("chat sink `{}`: max_attempts must be at least 1", chat.name));

@@ -5,14 +5,27 @@ use std::time::{Duration, SystemTime};
 use meshgate_domain::notify::{chat_line, escape_slack, failure_comment, BuildFacts, Milestone};
 use serde_json::json;
 
-use crate::config::ChatKind;
+/// Chat targets that take one POST per line and have no server-side dedupe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookKind {
+    /// JSON POST of the build state.
+    Generic,
+    /// Slack incoming webhook.
+    Slack,
+}
 
 /// Where a sink sends.
 #[derive(Clone)]
 pub enum Target {
     Chat {
-        kind: ChatKind,
+        kind: WebhookKind,
         url: String,
+    },
+    /// A Matrix room on a homeserver, posted to as one device, so a transaction id names one event.
+    Matrix {
+        homeserver: String,
+        room_id: String,
+        token: String,
     },
     YouTrack {
         base_url: String,
@@ -56,7 +69,7 @@ impl Sink {
     /// successes) on the tracker.
     pub fn wants(&self, milestone: Milestone) -> bool {
         match &self.target {
-            Target::Chat { .. } => milestone != Milestone::Page,
+            Target::Chat { .. } | Target::Matrix { .. } => milestone != Milestone::Page,
             Target::YouTrack { comment_on_success, .. } => {
                 milestone == Milestone::Failed || (*comment_on_success && milestone == Milestone::Succeeded)
             }
@@ -67,10 +80,26 @@ impl Sink {
     /// Sends one try.
     pub async fn send(&self, http: &reqwest::Client, facts: &BuildFacts, milestone: Milestone) -> Answer {
         let request = match &self.target {
-            Target::Chat { kind: ChatKind::SlackWebhook, url } => {
+            Target::Chat { kind: WebhookKind::Slack, url } => {
                 http.post(url).json(&json!({"text": escape_slack(&chat_line(facts, milestone))}))
             }
-            Target::Chat { kind: ChatKind::Generic, url } => http.post(url).json(&json!({
+            Target::Matrix { homeserver, room_id, token } => {
+                let line = chat_line(facts, milestone);
+                // The same key always gives the same transaction id: a retry can never post twice.
+                let txn = transaction_id(&facts.build_id.to_string(), milestone);
+                let url = format!(
+                    "{}/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+                    homeserver.trim_end_matches('/'),
+                    percent_encode(room_id)
+                );
+                http.put(url).bearer_auth(token).json(&json!({
+                    "msgtype": "m.notice",
+                    "body": line,
+                    "format": "org.matrix.custom.html",
+                    "formatted_body": escape_html(&line),
+                }))
+            }
+            Target::Chat { kind: WebhookKind::Generic, url } => http.post(url).json(&json!({
                 "issue_id": facts.issue_id,
                 "milestone": milestone.as_str(),
                 "text": chat_line(facts, milestone),
@@ -128,11 +157,28 @@ async fn exchange(request: reqwest::RequestBuilder) -> Answer {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| retry_after(v, SystemTime::now()));
                 let body = response.text().await.unwrap_or_default();
+                // Matrix also says how long in its body (`retry_after_ms`).
+                let retry_after = retry_after.or_else(|| {
+                    serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v["retry_after_ms"].as_u64())
+                        .map(Duration::from_millis)
+                });
                 Answer { status: Some(status), excerpt: body.chars().take(200).collect(), retry_after }
             }
             Err(e) => Answer { status: None, excerpt: e.to_string().chars().take(200).collect(), retry_after: None },
         }
     }
+}
+
+fn transaction_id(build: &str, milestone: Milestone) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new().chain_update(build).chain_update(b"/").chain_update(milestone.as_str()).finalize();
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+fn escape_html(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// `Retry-After` as delta-seconds or an HTTP-date (all three formats).

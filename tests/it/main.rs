@@ -3,6 +3,7 @@
 
 mod helpers;
 mod idempotency;
+mod matrix;
 mod nodes;
 mod outbound;
 mod process;

@@ -69,6 +69,8 @@ fn with_slack(dir: &std::path::Path, slack: &StandIn, max_attempts: u32) -> Conf
         kind: ChatKind::SlackWebhook,
         url: Some(format!("http://{}/services/T0/B0/x", slack.addr)),
         url_file: None,
+        room_id: None,
+        token_file: None,
         max_attempts,
     }];
     config.outbound.retry_base_ms = 10;

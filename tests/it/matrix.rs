@@ -1,0 +1,211 @@
+//! A real Matrix homeserver (Synapse, from the venv `scripts/test.sh` provisions), rate limited so
+//! the gateway meets real 429s; the room is read back to count what arrived.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use meshgate::config::{ChatConfig, ChatKind};
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+const PASSWORD: &str = "meshgate-test-password-0123456789";
+
+struct Synapse {
+    child: Child,
+    base: String,
+    token: String,
+    room_id: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Synapse {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("MESHGATE_SYNAPSE_PYTHON") {
+        return PathBuf::from(python);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/synapse-venv/bin/python");
+    assert!(
+        venv.exists(),
+        "Synapse is not provisioned: run ./scripts/test.sh, which installs it into target/synapse-venv"
+    );
+    venv
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn start_synapse() -> Synapse {
+    let python = python();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("homeserver.yaml");
+    let generated = Command::new(&python)
+        .current_dir(dir.path())
+        .args(["-m", "synapse.app.homeserver", "--server-name", "localhost", "--config-path"])
+        .arg(&config)
+        .args(["--generate-config", "--report-stats=no"])
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    let port = free_port();
+    let overrides = format!(
+        "
+listeners:
+  - port: {port}
+    tls: false
+    type: http
+    x_forwarded: false
+    bind_addresses: ['127.0.0.1']
+    resources:
+      - names: [client]
+        compress: false
+trusted_key_servers: []
+suppress_key_server_warning: true
+url_preview_enabled: false
+rc_message:
+  per_second: 0.5
+  burst_count: 3
+rc_login:
+  address: {{per_second: 100, burst_count: 100}}
+  account: {{per_second: 100, burst_count: 100}}
+  failed_attempts: {{per_second: 100, burst_count: 100}}
+rc_registration:
+  per_second: 100
+  burst_count: 100
+"
+    );
+    let mut yaml = std::fs::read_to_string(&config).unwrap();
+    yaml.push_str(&overrides);
+    std::fs::write(&config, yaml).unwrap();
+    let child = Command::new(&python)
+        .current_dir(dir.path())
+        .args(["-m", "synapse.app.homeserver", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    // Synapse gives no readiness signal to a parent: ask until it answers (bounded).
+    let mut ready = false;
+    for _ in 0..300 {
+        if client.get(format!("{base}/_matrix/client/versions")).send().await.is_ok_and(|r| r.status() == 200) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut synapse = Synapse { child, base: base.clone(), token: String::new(), room_id: String::new(), _dir: dir };
+    assert!(ready, "synapse did not start");
+    let register = python.with_file_name("register_new_matrix_user");
+    let registered = Command::new(register)
+        .args(["-c", config.to_str().unwrap(), "-u", "meshgate", "-p", PASSWORD, "--no-admin", &base])
+        .output()
+        .unwrap();
+    assert!(registered.status.success(), "{}", String::from_utf8_lossy(&registered.stderr));
+    let login: Value = client
+        .post(format!("{base}/_matrix/client/v3/login"))
+        .json(&json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "meshgate"},
+                      "password": PASSWORD, "device_id": "MESHGATE"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    synapse.token = login["access_token"].as_str().expect("an access token").to_owned();
+    let room: Value = client
+        .post(format!("{base}/_matrix/client/v3/createRoom"))
+        .bearer_auth(&synapse.token)
+        .json(&json!({"name": "builds"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    synapse.room_id = room["room_id"].as_str().expect("a room").to_owned();
+    synapse
+}
+
+impl Synapse {
+    /// Every `m.notice` in the room, oldest first.
+    async fn notices(&self) -> Vec<String> {
+        let room = self.room_id.replace('!', "%21").replace(':', "%3A");
+        let messages: Value = reqwest::Client::new()
+            .get(format!("{}/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=500", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut notices: Vec<String> = messages["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "m.room.message" && e["content"]["msgtype"] == "m.notice")
+            .map(|e| e["content"]["body"].as_str().unwrap().to_owned())
+            .collect();
+        notices.reverse();
+        notices
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_reaches_a_rate_limited_matrix_room_exactly_once() {
+    let synapse = start_synapse().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), vec![ios_trigger()]);
+    let token_file = dir.path().join("matrix.token");
+    std::fs::write(&token_file, &synapse.token).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o400)).unwrap();
+    config.chat = vec![ChatConfig {
+        name: "room".into(),
+        kind: ChatKind::Matrix,
+        url: Some(synapse.base.clone()),
+        url_file: None,
+        room_id: Some(synapse.room_id.clone()),
+        token_file: Some(token_file),
+        max_attempts: 20,
+    }];
+    config.outbound.retry_base_ms = 50;
+    config.outbound.retry_cap_seconds = 2;
+    let app = spawn_with(dir, config).await;
+    for n in 1..=6 {
+        let body = with(&fixture("mob-issueUpdated-state-building.json"), &json!({"id": format!("MOB-{n}")}));
+        app.deliver(&body).await;
+    }
+    let mut changes = app.state.projections.changes();
+    tokio::time::timeout(Duration::from_secs(90), async {
+        while app.count("NotificationDelivered").await < 6 {
+            changes.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("every line delivered");
+
+    let notices = synapse.notices().await;
+    assert_eq!(notices.len(), 6, "{notices:#?}");
+    for n in 1..=6 {
+        let prefix = format!("⏳ MOB-{n} queued");
+        assert_eq!(notices.iter().filter(|l| l.starts_with(&prefix)).count(), 1, "{prefix}: {notices:#?}");
+    }
+    // The homeserver's rate limit was met, and retried through.
+    let events = app.all_events().await;
+    assert!(
+        events.iter().any(|e| e.event_type == "NotificationAttempted" && e.data.contains("\"status\":429")),
+        "no 429 was met"
+    );
+}
