@@ -176,6 +176,8 @@ fn outbound_sinks(config: &Config) -> anyhow::Result<Vec<Sink>> {
         let target = match chat.kind {
             ChatKind::Generic => Target::Chat { kind: WebhookKind::Generic, url },
             ChatKind::SlackWebhook => Target::Chat { kind: WebhookKind::Slack, url },
+            ChatKind::TeamsWorkflow => Target::Chat { kind: WebhookKind::Teams, url },
+            ChatKind::Discord => Target::Chat { kind: WebhookKind::Discord, url },
             ChatKind::Matrix => Target::Matrix {
                 homeserver: url,
                 room_id: chat.room_id.clone().unwrap_or_default(),

@@ -108,6 +108,10 @@ pub enum ChatKind {
     Generic,
     /// Slack incoming webhook (`{"text": …}`).
     SlackWebhook,
+    /// Microsoft Teams Workflows webhook: an Adaptive Card 1.4 (202 means queued).
+    TeamsWorkflow,
+    /// Discord webhook (`?wait=true`).
+    Discord,
     /// A Matrix room: `m.notice` messages, the transaction id derived from the notification key.
     Matrix,
 }

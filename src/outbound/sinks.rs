@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use meshgate_domain::notify::{chat_line, escape_slack, failure_comment, BuildFacts, Milestone};
+use meshgate_domain::notify::{chat_line, escape_markdown, escape_slack, failure_comment, BuildFacts, Milestone};
 use serde_json::json;
 
 /// Chat targets that take one POST per line and have no server-side dedupe.
@@ -12,6 +12,10 @@ pub enum WebhookKind {
     Generic,
     /// Slack incoming webhook.
     Slack,
+    /// Microsoft Teams Workflows webhook (Adaptive Card 1.4).
+    Teams,
+    /// Discord webhook.
+    Discord,
 }
 
 /// Where a sink sends.
@@ -99,6 +103,24 @@ impl Sink {
                     "formatted_body": escape_html(&line),
                 }))
             }
+            Target::Chat { kind: WebhookKind::Teams, url } => http.post(url).json(&json!({
+                "type": "message",
+                "attachments": [{
+                    "contentType": "application/vnd.microsoft.card.adaptive",
+                    "content": {
+                        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                        "type": "AdaptiveCard",
+                        "version": "1.4",
+                        // TextBlock text is plain here: tracker text cannot add links or formatting.
+                        "body": [{"type": "TextBlock", "text": escape_markdown(&chat_line(facts, milestone)), "wrap": true}],
+                    },
+                }],
+            })),
+            Target::Chat { kind: WebhookKind::Discord, url } => {
+                let url = if url.contains('?') { format!("{url}&wait=true") } else { format!("{url}?wait=true") };
+                // No mentions from tracker text, whatever it says.
+                http.post(url).json(&json!({"content": chat_line(facts, milestone), "allowed_mentions": {"parse": []}}))
+            }
             Target::Chat { kind: WebhookKind::Generic, url } => http.post(url).json(&json!({
                 "issue_id": facts.issue_id,
                 "milestone": milestone.as_str(),
@@ -157,12 +179,13 @@ async fn exchange(request: reqwest::RequestBuilder) -> Answer {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| retry_after(v, SystemTime::now()));
                 let body = response.text().await.unwrap_or_default();
-                // Matrix also says how long in its body (`retry_after_ms`).
+                // Matrix (`retry_after_ms`) and Discord (`retry_after`, seconds) also say it in the body.
                 let retry_after = retry_after.or_else(|| {
-                    serde_json::from_str::<serde_json::Value>(&body)
-                        .ok()
-                        .and_then(|v| v["retry_after_ms"].as_u64())
+                    let v = serde_json::from_str::<serde_json::Value>(&body).ok()?;
+                    v["retry_after_ms"]
+                        .as_u64()
                         .map(Duration::from_millis)
+                        .or_else(|| v["retry_after"].as_f64().and_then(|s| Duration::try_from_secs_f64(s).ok()))
                 });
                 Answer { status: Some(status), excerpt: body.chars().take(200).collect(), retry_after }
             }

@@ -22,7 +22,15 @@ struct Received {
     body: Value,
 }
 
-type Script = Arc<Mutex<VecDeque<(u16, Option<&'static str>)>>>;
+/// One scripted answer: a status, an optional `Retry-After` and an optional body.
+#[derive(Clone, Copy)]
+struct Reply(u16, Option<&'static str>, Option<&'static str>);
+
+fn reply(status: u16, retry_after: Option<&'static str>) -> Reply {
+    Reply(status, retry_after, None)
+}
+
+type Script = Arc<Mutex<VecDeque<Reply>>>;
 
 /// A local HTTP server: answers from its script (then 200), and reports every request it gets.
 struct StandIn {
@@ -30,7 +38,7 @@ struct StandIn {
     received: mpsc::UnboundedReceiver<Received>,
 }
 
-async fn stand_in(script: Vec<(u16, Option<&'static str>)>) -> StandIn {
+async fn stand_in(script: Vec<Reply>) -> StandIn {
     let (tx, received) = mpsc::unbounded_channel();
     let script: Script = Arc::new(Mutex::new(script.into()));
     async fn answer(
@@ -42,12 +50,13 @@ async fn stand_in(script: Vec<(u16, Option<&'static str>)>) -> StandIn {
         let bytes = axum::body::to_bytes(request.into_body(), 1 << 20).await.unwrap_or_default();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let _ = tx.send(Received { path, authorization, body });
-        let (status, retry_after) = script.lock().unwrap().pop_front().unwrap_or((200, None));
+        let Reply(status, retry_after, body) = script.lock().unwrap().pop_front().unwrap_or(Reply(200, None, None));
         let mut headers = HeaderMap::new();
         if let Some(value) = retry_after {
             headers.insert("retry-after", value.parse().unwrap());
         }
-        (StatusCode::from_u16(status).unwrap(), headers, if status == 200 { "ok" } else { "error" })
+        let body = body.unwrap_or(if status < 300 { "ok" } else { "error" });
+        (StatusCode::from_u16(status).unwrap(), headers, body)
     }
     let router = axum::Router::new().fallback(answer).with_state((script, tx));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -162,7 +171,7 @@ fn attempts_of(events: &[meshgate::store::StoredEvent], milestone: &str) -> Vec<
 
 #[tokio::test]
 async fn a_429_is_retried_no_sooner_than_its_retry_after_and_delivered_once() {
-    let mut slack = stand_in(vec![(429, Some("2"))]).await;
+    let mut slack = stand_in(vec![reply(429, Some("2"))]).await;
     let app = slack_app(&slack, 8).await;
     app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
     let first = slack.next().await;
@@ -182,7 +191,7 @@ async fn a_429_is_retried_no_sooner_than_its_retry_after_and_delivered_once() {
 
 #[tokio::test]
 async fn a_400_is_permanent_and_the_notification_is_abandoned_after_one_try() {
-    let mut slack = stand_in(vec![(400, None)]).await;
+    let mut slack = stand_in(vec![reply(400, None)]).await;
     let app = slack_app(&slack, 8).await;
     app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
     slack.next().await;
@@ -196,7 +205,7 @@ async fn a_400_is_permanent_and_the_notification_is_abandoned_after_one_try() {
 
 #[tokio::test]
 async fn a_target_that_keeps_failing_is_abandoned_after_its_attempts() {
-    let mut slack = stand_in(vec![(500, None), (503, None), (502, None), (500, None)]).await;
+    let mut slack = stand_in(vec![reply(500, None), reply(503, None), reply(502, None), reply(500, None)]).await;
     let app = slack_app(&slack, 3).await;
     app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
     for _ in 0..3 {
@@ -213,7 +222,7 @@ async fn a_target_that_keeps_failing_is_abandoned_after_its_attempts() {
 
 #[tokio::test]
 async fn a_retry_scheduled_before_a_restart_happens_after_it() {
-    let mut slack = stand_in(vec![(503, Some("2"))]).await;
+    let mut slack = stand_in(vec![reply(503, Some("2"))]).await;
     let app = slack_app(&slack, 8).await;
     app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
     slack.next().await;
@@ -237,8 +246,8 @@ fn secret_file(dir: &std::path::Path, name: &str, value: &str) -> std::path::Pat
 
 #[tokio::test]
 async fn when_every_chat_sink_gives_up_on_a_build_on_call_is_paged_once() {
-    let mut slack = stand_in(vec![(400, None), (400, None), (400, None)]).await;
-    let mut pager = stand_in(vec![(202, None)]).await;
+    let mut slack = stand_in(vec![reply(400, None), reply(400, None), reply(400, None)]).await;
+    let mut pager = stand_in(vec![reply(202, None)]).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = with_slack(dir.path(), &slack, 8);
     config.pager.url = Some(format!("http://{}/v2/enqueue", pager.addr));
@@ -272,8 +281,8 @@ async fn when_every_chat_sink_gives_up_on_a_build_on_call_is_paged_once() {
 
 #[tokio::test]
 async fn a_failing_pager_shows_in_readiness() {
-    let mut slack = stand_in(vec![(400, None)]).await;
-    let mut pager = stand_in(vec![(400, None)]).await;
+    let mut slack = stand_in(vec![reply(400, None)]).await;
+    let mut pager = stand_in(vec![reply(400, None)]).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = with_slack(dir.path(), &slack, 8);
     config.pager.url = Some(format!("http://{}/v2/enqueue", pager.addr));
@@ -309,7 +318,7 @@ async fn tracker_app(youtrack: &StandIn, grace_minutes: u64) -> TestApp {
 
 #[tokio::test]
 async fn a_401_with_the_new_tracker_token_falls_back_to_the_previous_one_within_its_grace() {
-    let mut youtrack = stand_in(vec![(401, None), (200, None)]).await;
+    let mut youtrack = stand_in(vec![reply(401, None), reply(200, None)]).await;
     let app = tracker_app(&youtrack, 15).await;
     failed_build(&app).await;
     let first = youtrack.next().await;
@@ -321,10 +330,66 @@ async fn a_401_with_the_new_tracker_token_falls_back_to_the_previous_one_within_
 
 #[tokio::test]
 async fn after_the_grace_the_previous_tracker_token_is_not_tried() {
-    let mut youtrack = stand_in(vec![(401, None)]).await;
+    let mut youtrack = stand_in(vec![reply(401, None)]).await;
     let app = tracker_app(&youtrack, 0).await;
     failed_build(&app).await;
     youtrack.next().await;
     wait_for_events(&app, "NotificationAbandoned", 1).await;
     assert!(youtrack.received.try_recv().is_err(), "no second try with the expired token");
+}
+
+fn with_chat(dir: &std::path::Path, kind: ChatKind, url: String) -> Config {
+    let mut config = test_config(dir, vec![ios_trigger()]);
+    config.chat = vec![ChatConfig {
+        name: "chat".into(),
+        kind,
+        url: Some(url),
+        url_file: None,
+        room_id: None,
+        token_file: None,
+        max_attempts: 8,
+    }];
+    config.outbound.retry_base_ms = 10;
+    config
+}
+
+#[tokio::test]
+async fn teams_gets_an_adaptive_card_and_202_counts_as_delivered() {
+    let mut teams = stand_in(vec![reply(202, None)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        with_chat(dir.path(), ChatKind::TeamsWorkflow, format!("http://{}/workflows/x?sig=secret", teams.addr));
+    let app = spawn_with(dir, config).await;
+    app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
+    let card = teams.next().await;
+    assert_eq!(card.body["type"], "message");
+    let content = &card.body["attachments"][0]["content"];
+    assert_eq!(card.body["attachments"][0]["contentType"], "application/vnd.microsoft.card.adaptive");
+    assert_eq!(content["version"], "1.4");
+    assert!(content["body"][0]["text"].as_str().unwrap().contains("MOB\\-7 queued"));
+    wait_for_events(&app, "NotificationDelivered", 1).await;
+}
+
+#[tokio::test]
+async fn discord_waits_for_the_message_and_honours_retry_after_in_its_body() {
+    let mut discord = stand_in(vec![Reply(
+        429,
+        None,
+        Some(r#"{"message": "You are being rate limited.", "retry_after": 1.5, "global": false}"#),
+    )])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = with_chat(dir.path(), ChatKind::Discord, format!("http://{}/api/webhooks/1/token", discord.addr));
+    let app = spawn_with(dir, config).await;
+    app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
+    let first = discord.next().await;
+    assert_eq!(first.path, "/api/webhooks/1/token?wait=true");
+    assert_eq!(first.body["allowed_mentions"], json!({"parse": []}));
+    discord.next().await;
+    wait_for_events(&app, "NotificationDelivered", 1).await;
+    let events = app.all_events().await;
+    let attempt = events.iter().find(|e| e.event_type == "NotificationAttempted").unwrap();
+    let data: Value = serde_json::from_str(&attempt.data).unwrap();
+    let next: chrono::DateTime<chrono::Utc> = serde_json::from_value(data["next_attempt_at"].clone()).unwrap();
+    assert!(next - attempt.recorded_at >= chrono::Duration::milliseconds(1490), "the body's retry_after was honoured");
 }
