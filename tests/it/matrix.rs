@@ -209,3 +209,78 @@ async fn every_line_reaches_a_rate_limited_matrix_room_exactly_once() {
         "no 429 was met"
     );
 }
+
+/// The whole path: a webhook, a real worker process running a failing script, one Matrix line per
+/// state, and a short comment at the YouTrack stand-in with the commit, node, failing test and log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_build_on_a_real_worker_reaches_matrix_and_youtrack() {
+    use crate::workers::{agent, scripts_file, wait_for};
+    use axum::routing::post;
+
+    let synapse = start_synapse().await;
+    // A YouTrack stand-in that takes comments and hands them to the test.
+    let (comments_tx, mut comments) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let youtrack = axum::Router::new().route(
+        "/api/issues/{id}/comments",
+        post(move |axum::Json(body): axum::Json<Value>| {
+            let tx = comments_tx.clone();
+            async move {
+                let _ = tx.send(body);
+                axum::Json(json!({"id": "4-1288", "$type": "IssueComment"}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let youtrack_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, youtrack).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), vec![ios_trigger()]);
+    use std::os::unix::fs::PermissionsExt;
+    let secret = |name: &str, value: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, value).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        path
+    };
+    config.chat = vec![ChatConfig {
+        name: "room".into(),
+        kind: ChatKind::Matrix,
+        url: Some(synapse.base.clone()),
+        url_file: None,
+        room_id: Some(synapse.room_id.clone()),
+        token_file: Some(secret("matrix.token", &synapse.token)),
+        max_attempts: 20,
+    }];
+    config.youtrack.base_url = Some(format!("http://{youtrack_addr}"));
+    config.youtrack.token_file = Some(secret("youtrack.token", &format!("perm:{}", "t".repeat(40))));
+    config.outbound.retry_base_ms = 50;
+    let app = spawn_with(dir, config).await;
+
+    let scripts = scripts_file(app.dir.path(), &[("ios-build", "fail.sh")]);
+    let (tx, lines) = std::sync::mpsc::channel();
+    let _worker = agent(app.dir.path(), app.addr, "mac-7", "", 1, &scripts, &tx);
+    app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
+    wait_for(&lines, "reported", 1);
+
+    let comment = tokio::time::timeout(Duration::from_secs(30), comments.recv()).await.unwrap().unwrap();
+    let text = comment["text"].as_str().unwrap();
+    assert!(text.lines().count() <= 5, "{text}");
+    for part in ["mac\\-7", "AppTests\\.testOffline", "/log?key="] {
+        assert!(text.contains(part), "{part} missing from {text}");
+    }
+
+    let mut changes = app.state.projections.changes();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while app.count("NotificationDelivered").await < 4 {
+            changes.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("every notification delivered");
+    let notices = synapse.notices().await;
+    assert_eq!(notices.len(), 3, "{notices:#?}");
+    assert!(notices[0].starts_with("⏳ MOB-7 queued"));
+    assert!(notices[1].starts_with("🔨 MOB-7 running") && notices[1].contains("on mac-7"));
+    assert!(notices[2].starts_with("❌ MOB-7 failed") && notices[2].contains("log: http://"));
+}

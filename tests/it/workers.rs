@@ -57,7 +57,7 @@ lane = "signing"
 git_ref = "main"
 "#;
 
-fn scripts_file(dir: &Path, scripts: &[(&str, &str)]) -> String {
+pub fn scripts_file(dir: &Path, scripts: &[(&str, &str)]) -> String {
     scripts_file_with_timeouts(dir, &scripts.iter().map(|(n, s)| (*n, *s, 60)).collect::<Vec<_>>())
 }
 
@@ -82,7 +82,7 @@ fn gateway(dir: &Path) -> Gateway {
     start(dir, &["--config", dir.join("meshgate.toml").to_str().unwrap()], &[])
 }
 
-struct Agent {
+pub struct Agent {
     child: Child,
 }
 
@@ -94,9 +94,9 @@ impl Drop for Agent {
 }
 
 /// Starts `meshgate worker`; its stdout lines arrive on `lines` as (node, line).
-fn agent(
+pub fn agent(
     dir: &Path,
-    gw: &Gateway,
+    gateway: std::net::SocketAddr,
     node: &str,
     labels: &str,
     slots: usize,
@@ -105,7 +105,7 @@ fn agent(
 ) -> Agent {
     let work = dir.join(format!("work-{node}"));
     let mut child = Command::new(BIN)
-        .args(["worker", "--gateway", &format!("http://{}", gw.addr), "--node-id", node, "--labels", labels])
+        .args(["worker", "--gateway", &format!("http://{gateway}"), "--node-id", node, "--labels", labels])
         .args(["--slots", &slots.to_string(), "--token-file", dir.join("nodes.token").to_str().unwrap()])
         .args(["--scripts", scripts, "--work-dir", work.to_str().unwrap(), "--claim-wait", "5", "--drain-seconds", "5"])
         .stdout(Stdio::piped())
@@ -125,7 +125,7 @@ fn agent(
 }
 
 /// Waits for `n` lines starting with `prefix` (a bounded wait on the channel, no polling).
-fn wait_for(lines: &mpsc::Receiver<(String, String)>, prefix: &str, n: usize) -> Vec<(String, String)> {
+pub fn wait_for(lines: &mpsc::Receiver<(String, String)>, prefix: &str, n: usize) -> Vec<(String, String)> {
     let mut seen = Vec::new();
     while seen.len() < n {
         match lines.recv_timeout(Duration::from_secs(60)) {
@@ -167,9 +167,9 @@ async fn builds_spread_over_real_workers_within_lanes_caps_and_slots() {
     let (tx, lines) = mpsc::channel();
     let slots: HashMap<&str, usize> = [("mac-1", 2), ("mac-2", 2), ("mac-3", 1)].into();
     let _agents = [
-        agent(dir.path(), &gw, "mac-1", "signing", 2, &scripts, &tx),
-        agent(dir.path(), &gw, "mac-2", "", 2, &scripts, &tx),
-        agent(dir.path(), &gw, "mac-3", "signing", 1, &scripts, &tx),
+        agent(dir.path(), gw.addr, "mac-1", "signing", 2, &scripts, &tx),
+        agent(dir.path(), gw.addr, "mac-2", "", 2, &scripts, &tx),
+        agent(dir.path(), gw.addr, "mac-3", "signing", 1, &scripts, &tx),
     ];
     for n in 1..=5 {
         deliver(&gw, dir.path(), &format!("MOB-{n}")).await;
@@ -243,7 +243,7 @@ async fn a_failing_build_reports_its_exit_code_failing_test_and_log_tail_and_an_
     let gw = gateway(dir.path());
     let scripts = scripts_file(dir.path(), &[("ios-build", "fail.sh")]); // no ios-sign here
     let (tx, lines) = mpsc::channel();
-    let _agent = agent(dir.path(), &gw, "mac-1", "signing", 2, &scripts, &tx);
+    let _agent = agent(dir.path(), gw.addr, "mac-1", "signing", 2, &scripts, &tx);
     deliver(&gw, dir.path(), "MOB-1").await;
     wait_for(&lines, "reported", 2);
     gw.stop();
@@ -266,7 +266,7 @@ async fn a_worker_killed_mid_build_is_replaced_and_its_late_result_is_refused() 
     let gw = gateway(dir.path());
     let scripts = scripts_file(dir.path(), &[("ios-build", "slow-first-attempt.sh"), ("ios-sign", "ok.sh")]);
     let (tx, lines) = mpsc::channel();
-    let mut doomed = agent(dir.path(), &gw, "mac-1", "", 1, &scripts, &tx);
+    let mut doomed = agent(dir.path(), gw.addr, "mac-1", "", 1, &scripts, &tx);
     deliver(&gw, dir.path(), "MOB-1").await;
     let started = wait_for(&lines, "started", 1);
     let build_id = started[0].1.split_whitespace().nth(1).unwrap().to_owned();
@@ -274,7 +274,7 @@ async fn a_worker_killed_mid_build_is_replaced_and_its_late_result_is_refused() 
     doomed.child.wait().unwrap();
 
     // Another node picks the build up once the lease has expired, and finishes attempt 2.
-    let _rescuer = agent(dir.path(), &gw, "mac-2", "", 1, &scripts, &tx);
+    let _rescuer = agent(dir.path(), gw.addr, "mac-2", "", 1, &scripts, &tx);
     let reported = wait_for(&lines, &format!("reported {build_id} attempt 2"), 1);
     assert!(reported[0].1.ends_with("accepted"));
 
@@ -314,7 +314,7 @@ async fn a_result_made_while_the_gateway_is_down_is_spooled_and_delivered_after_
     let port = gw.addr.port();
     let scripts = scripts_file(dir.path(), &[("ios-build", "wait-for-release.sh")]);
     let (tx, lines) = mpsc::channel();
-    let _agent = agent(dir.path(), &gw, "mac-1", "", 1, &scripts, &tx);
+    let _agent = agent(dir.path(), gw.addr, "mac-1", "", 1, &scripts, &tx);
     deliver(&gw, dir.path(), "MOB-1").await;
     wait_for(&lines, "started", 1);
     gw.stop();
@@ -339,7 +339,7 @@ async fn a_script_past_its_timeout_is_killed_and_the_build_fails_with_reason_tim
     let gw = gateway_with(dir.path(), 30, 0);
     let scripts = scripts_file_with_timeouts(dir.path(), &[("ios-build", "wait-for-release.sh", 1)]);
     let (tx, lines) = mpsc::channel();
-    let _agent = agent(dir.path(), &gw, "mac-1", "", 1, &scripts, &tx);
+    let _agent = agent(dir.path(), gw.addr, "mac-1", "", 1, &scripts, &tx);
     deliver(&gw, dir.path(), "MOB-1").await;
     let finished = wait_for(&lines, "finished", 1);
     assert!(finished[0].1.ends_with("failed"), "{finished:?}");
@@ -356,7 +356,7 @@ async fn sigterm_drains_a_worker_and_reports_a_build_still_running_after_the_gra
     let gw = gateway(dir.path());
     let scripts = scripts_file(dir.path(), &[("ios-build", "wait-for-release.sh")]);
     let (tx, lines) = mpsc::channel();
-    let worker = agent(dir.path(), &gw, "mac-1", "", 2, &scripts, &tx);
+    let worker = agent(dir.path(), gw.addr, "mac-1", "", 2, &scripts, &tx);
     deliver(&gw, dir.path(), "MOB-1").await;
     wait_for(&lines, "started", 1);
     let status = Command::new("kill").args(["-TERM", &worker.child.id().to_string()]).status().unwrap();
