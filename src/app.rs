@@ -178,6 +178,14 @@ fn outbound_sinks(config: &Config) -> anyhow::Result<Vec<Sink>> {
             ChatKind::SlackWebhook => Target::Chat { kind: WebhookKind::Slack, url },
             ChatKind::TeamsWorkflow => Target::Chat { kind: WebhookKind::Teams, url },
             ChatKind::Discord => Target::Chat { kind: WebhookKind::Discord, url },
+            ChatKind::SlackApi => Target::SlackApi {
+                api: url,
+                channel: chat.channel.clone().unwrap_or_default(),
+                token: match &chat.token_file {
+                    Some(file) => Token::read(file)?.expose().to_owned(),
+                    None => anyhow::bail!("chat sink `{}` has no token_file", chat.name),
+                },
+            },
             ChatKind::Matrix => Target::Matrix {
                 homeserver: url,
                 room_id: chat.room_id.clone().unwrap_or_default(),

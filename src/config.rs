@@ -91,8 +91,11 @@ pub struct ChatConfig {
     pub url_file: Option<PathBuf>,
     /// Matrix: the room to post in (`!id` or `!id:server`).
     pub room_id: Option<String>,
-    /// Matrix: a file holding the bot's access token (log in once with a fixed device id).
+    /// Matrix and Slack API: a file holding the bot's token (Matrix: log in once with a fixed
+    /// device id).
     pub token_file: Option<PathBuf>,
+    /// Slack API: the channel to post in.
+    pub channel: Option<String>,
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
 }
@@ -112,6 +115,9 @@ pub enum ChatKind {
     TeamsWorkflow,
     /// Discord webhook (`?wait=true`).
     Discord,
+    /// Slack Web API with a bot token: `chat.postMessage` once per build, then `chat.update`, so the
+    /// channel shows one message per build. `url` is the API base (`https://slack.com/api`).
+    SlackApi,
     /// A Matrix room: `m.notice` messages, the transaction id derived from the notification key.
     Matrix,
 }
@@ -369,6 +375,9 @@ impl Config {
             }
             if chat.kind == ChatKind::Matrix && (chat.room_id.is_none() || chat.token_file.is_none()) {
                 return invalid(format!("chat sink `{}`: a matrix sink needs room_id and token_file", chat.name));
+            }
+            if chat.kind == ChatKind::SlackApi && (chat.channel.is_none() || chat.token_file.is_none()) {
+                return invalid(format!("chat sink `{}`: a slack_api sink needs channel and token_file", chat.name));
             }
             if chat.max_attempts == 0 {
                 return invalid(format!("chat sink `{}`: max_attempts must be at least 1", chat.name));

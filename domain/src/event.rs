@@ -200,6 +200,9 @@ pub struct NotificationDelivered {
     pub build_id: Uuid,
     pub milestone: crate::notify::Milestone,
     pub attempts: u32,
+    /// The target's id for the message (Slack `ts`), so later states edit it in place.
+    #[serde(default)]
+    pub message_ref: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

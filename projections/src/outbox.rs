@@ -36,6 +36,9 @@ pub struct Outbox {
     /// By global position, so notifications go out in log order.
     pub milestones: BTreeMap<u64, MilestoneRecord>,
     pub keys: HashMap<String, KeyState>,
+    /// `sink/build` → the message later states of the build edit in place.
+    #[serde(default)]
+    pub message_refs: HashMap<String, String>,
 }
 
 impl Outbox {
@@ -63,6 +66,11 @@ impl Outbox {
     pub fn next_retry(&self, sink: &str) -> Option<DateTime<Utc>> {
         let prefix = format!("{sink}/");
         self.keys.iter().filter(|(k, s)| k.starts_with(&prefix) && !s.done).filter_map(|(_, s)| s.next_attempt_at).min()
+    }
+
+    /// The message a sink posted first for a build, if it keeps one.
+    pub fn message_ref(&self, sink: &str, build_id: Uuid) -> Option<&str> {
+        self.message_refs.get(&format!("{sink}/{build_id}")).map(String::as_str)
     }
 
     pub fn key(&self, key: &str) -> Option<&KeyState> {
@@ -136,6 +144,9 @@ impl Projection for Outbox {
                 state.next_attempt_at = e.next_attempt_at;
             }
             Event::NotificationDelivered(e) => {
+                if let Some(message) = &e.message_ref {
+                    self.message_refs.entry(format!("{}/{}", e.sink, e.build_id)).or_insert_with(|| message.clone());
+                }
                 let state = self.keys.entry(e.key.clone()).or_default();
                 state.done = true;
                 state.delivered = true;

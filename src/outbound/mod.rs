@@ -103,9 +103,15 @@ async fn attempt(app: &AppState, sink: &Sink, rules: &Rules, http: &reqwest::Cli
     let key = notification_key(&sink.name, due.build_id, due.milestone);
     let attempts_so_far = app.projections.read(|p| p.outbox.state.key(&key).map_or(0, |k| k.attempts));
     let attempt = attempts_so_far + 1;
+    let message_ref = app.projections.read(|p| p.outbox.state.message_ref(&sink.name, due.build_id).map(str::to_owned));
     let answer = match facts(app, due.build_id) {
-        Some(facts) => sink.send(http, &facts, due.milestone).await,
-        None => sinks::Answer { status: None, excerpt: "build not in the projection".into(), retry_after: None },
+        Some(facts) => sink.send(http, &facts, due.milestone, message_ref.as_deref()).await,
+        None => sinks::Answer {
+            status: None,
+            excerpt: "build not in the projection".into(),
+            retry_after: None,
+            message_ref: None,
+        },
     };
     let now = Utc::now();
     let retryable = answer.status.is_none_or(|s| classify(s) == Verdict::Retry);
@@ -134,6 +140,7 @@ async fn attempt(app: &AppState, sink: &Sink, rules: &Rules, http: &reqwest::Cli
             build_id: common.2,
             milestone: common.3,
             attempts: attempt,
+            message_ref: answer.message_ref.clone(),
         }));
     } else if next_attempt_at.is_none() {
         let reason = match answer.status {

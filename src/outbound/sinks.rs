@@ -25,6 +25,12 @@ pub enum Target {
         kind: WebhookKind,
         url: String,
     },
+    /// Slack's Web API: one message per build, edited as the build moves.
+    SlackApi {
+        api: String,
+        channel: String,
+        token: String,
+    },
     /// A Matrix room on a homeserver, posted to as one device, so a transaction id names one event.
     Matrix {
         homeserver: String,
@@ -60,6 +66,8 @@ pub struct Answer {
     pub status: Option<u16>,
     pub excerpt: String,
     pub retry_after: Option<Duration>,
+    /// The target's id for the message it made, where it gives one.
+    pub message_ref: Option<String>,
 }
 
 impl Answer {
@@ -73,7 +81,7 @@ impl Sink {
     /// successes) on the tracker.
     pub fn wants(&self, milestone: Milestone) -> bool {
         match &self.target {
-            Target::Chat { .. } | Target::Matrix { .. } => milestone != Milestone::Page,
+            Target::Chat { .. } | Target::Matrix { .. } | Target::SlackApi { .. } => milestone != Milestone::Page,
             Target::YouTrack { comment_on_success, .. } => {
                 milestone == Milestone::Failed || (*comment_on_success && milestone == Milestone::Succeeded)
             }
@@ -81,9 +89,24 @@ impl Sink {
         }
     }
 
-    /// Sends one try.
-    pub async fn send(&self, http: &reqwest::Client, facts: &BuildFacts, milestone: Milestone) -> Answer {
+    /// Sends one try. `message_ref` is the build's message on this sink, if it keeps one.
+    pub async fn send(
+        &self,
+        http: &reqwest::Client,
+        facts: &BuildFacts,
+        milestone: Milestone,
+        message_ref: Option<&str>,
+    ) -> Answer {
         let request = match &self.target {
+            Target::SlackApi { api, channel, token } => {
+                let text = escape_slack(&chat_line(facts, milestone));
+                let api = api.trim_end_matches('/');
+                let request = match message_ref {
+                    Some(ts) => http.post(format!("{api}/chat.update")).json(&json!({"channel": channel, "ts": ts, "text": text})),
+                    None => http.post(format!("{api}/chat.postMessage")).json(&json!({"channel": channel, "text": text})),
+                };
+                return slack_api_answer(exchange(request.bearer_auth(token)).await, message_ref);
+            }
             Target::Chat { kind: WebhookKind::Slack, url } => {
                 http.post(url).json(&json!({"text": escape_slack(&chat_line(facts, milestone))}))
             }
@@ -151,7 +174,7 @@ impl Sink {
                     format!("{}/api/issues/{}/comments?fields=id", base_url.trim_end_matches('/'), percent_encode(&facts.issue_id));
                 let body = json!({"text": text, "usesMarkdown": true});
                 let answer = exchange(http.post(&url).bearer_auth(token).json(&body)).await;
-                return match previous {
+                return trimmed(match previous {
                     Some((old, until)) if answer.status == Some(401) && SystemTime::now() < *until => {
                         let retried = exchange(http.post(&url).bearer_auth(old).json(&body)).await;
                         tracing::warn!(
@@ -161,11 +184,17 @@ impl Sink {
                         retried
                     }
                     _ => answer,
-                };
+                });
             }
         };
-        exchange(request).await
+        trimmed(exchange(request).await)
     }
+}
+
+/// Keeps the start of an answer for the audit.
+fn trimmed(mut answer: Answer) -> Answer {
+    answer.excerpt = answer.excerpt.chars().take(200).collect();
+    answer
 }
 
 async fn exchange(request: reqwest::RequestBuilder) -> Answer {
@@ -187,11 +216,40 @@ async fn exchange(request: reqwest::RequestBuilder) -> Answer {
                         .map(Duration::from_millis)
                         .or_else(|| v["retry_after"].as_f64().and_then(|s| Duration::try_from_secs_f64(s).ok()))
                 });
-                Answer { status: Some(status), excerpt: body.chars().take(200).collect(), retry_after }
+                Answer {
+                    status: Some(status),
+                    excerpt: body.chars().take(2000).collect(),
+                    retry_after,
+                    message_ref: None,
+                }
             }
-            Err(e) => Answer { status: None, excerpt: e.to_string().chars().take(200).collect(), retry_after: None },
+            Err(e) => Answer {
+                status: None,
+                excerpt: e.to_string().chars().take(200).collect(),
+                retry_after: None,
+                message_ref: None,
+            },
         }
     }
+}
+
+/// Slack's Web API answers 200 with `{"ok": false, "error": …}` for most failures: `ratelimited`
+/// and `service_unavailable` are retried (as 429 and 503), every other error is final (as 400).
+fn slack_api_answer(mut answer: Answer, message_ref: Option<&str>) -> Answer {
+    if answer.status != Some(200) {
+        return answer;
+    }
+    let body: serde_json::Value = serde_json::from_str(&answer.excerpt).unwrap_or_default();
+    if body["ok"] == true {
+        answer.message_ref = body["ts"].as_str().map(str::to_owned).or_else(|| message_ref.map(str::to_owned));
+    } else {
+        answer.status = Some(match body["error"].as_str() {
+            Some("ratelimited") => 429,
+            Some("service_unavailable") => 503,
+            _ => 400,
+        });
+    }
+    trimmed(answer)
 }
 
 fn transaction_id(build: &str, milestone: Milestone) -> String {

@@ -178,6 +178,7 @@ async fn every_line_reaches_a_rate_limited_matrix_room_exactly_once() {
         url_file: None,
         room_id: Some(synapse.room_id.clone()),
         token_file: Some(token_file),
+        channel: None,
         max_attempts: 20,
     }];
     config.outbound.retry_base_ms = 50;
@@ -250,6 +251,7 @@ async fn a_failing_build_on_a_real_worker_reaches_matrix_and_youtrack() {
         url_file: None,
         room_id: Some(synapse.room_id.clone()),
         token_file: Some(secret("matrix.token", &synapse.token)),
+        channel: None,
         max_attempts: 20,
     }];
     config.youtrack.base_url = Some(format!("http://{youtrack_addr}"));

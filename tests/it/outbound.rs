@@ -80,6 +80,7 @@ fn with_slack(dir: &std::path::Path, slack: &StandIn, max_attempts: u32) -> Conf
         url_file: None,
         room_id: None,
         token_file: None,
+        channel: None,
         max_attempts,
     }];
     config.outbound.retry_base_ms = 10;
@@ -347,6 +348,7 @@ fn with_chat(dir: &std::path::Path, kind: ChatKind, url: String) -> Config {
         url_file: None,
         room_id: None,
         token_file: None,
+        channel: None,
         max_attempts: 8,
     }];
     config.outbound.retry_base_ms = 10;
@@ -392,4 +394,38 @@ async fn discord_waits_for_the_message_and_honours_retry_after_in_its_body() {
     let data: Value = serde_json::from_str(&attempt.data).unwrap();
     let next: chrono::DateTime<chrono::Utc> = serde_json::from_value(data["next_attempt_at"].clone()).unwrap();
     assert!(next - attempt.recorded_at >= chrono::Duration::milliseconds(1490), "the body's retry_after was honoured");
+}
+
+#[tokio::test]
+async fn the_slack_api_posts_one_message_per_build_and_updates_it_as_the_build_moves() {
+    let mut slack = stand_in(vec![
+        Reply(200, None, Some(r#"{"ok": true, "channel": "C1", "ts": "1700000000.000100"}"#)),
+        Reply(200, Some("1"), Some(r#"{"ok": false, "error": "ratelimited"}"#)),
+        Reply(200, None, Some(r#"{"ok": true, "channel": "C1", "ts": "1700000000.000100"}"#)),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = with_chat(dir.path(), ChatKind::SlackApi, format!("http://{}/api", slack.addr));
+    config.chat[0].channel = Some("C1".into());
+    config.chat[0].token_file = Some(secret_file(dir.path(), "slack.token", &format!("xoxb-{}", "s".repeat(40))));
+    let app = spawn_with(dir, config).await;
+    app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
+    let posted = slack.next().await;
+    assert_eq!(posted.path, "/api/chat.postMessage");
+    assert_eq!(posted.body["channel"], "C1");
+    assert_eq!(posted.authorization, Some(format!("Bearer xoxb-{}", "s".repeat(40))));
+    wait_for_events(&app, "NotificationDelivered", 1).await;
+
+    let token = std::fs::read_to_string(app.config.nodes.token_file.as_ref().unwrap()).unwrap().trim().to_owned();
+    let claim = app.client.post(app.url("/api/v1/nodes/claim")).bearer_auth(&token);
+    claim.json(&json!({"node_id": "mac-1", "slots": 1, "wait_seconds": 5})).send().await.unwrap();
+    // `ok: false, ratelimited` is retried; then the same message is updated, not a new one posted.
+    for _ in 0..2 {
+        let update = slack.next().await;
+        assert_eq!(update.path, "/api/chat.update");
+        assert_eq!(update.body["ts"], "1700000000.000100");
+        assert!(update.body["text"].as_str().unwrap().starts_with("🔨 MOB-7 running"));
+    }
+    wait_for_events(&app, "NotificationDelivered", 2).await;
+    assert!(slack.received.try_recv().is_err());
 }
