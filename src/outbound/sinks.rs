@@ -140,9 +140,22 @@ impl Sink {
                 }],
             })),
             Target::Chat { kind: WebhookKind::Discord, url } => {
-                let url = if url.contains('?') { format!("{url}&wait=true") } else { format!("{url}?wait=true") };
                 // No mentions from tracker text, whatever it says.
-                http.post(url).json(&json!({"content": chat_line(facts, milestone), "allowed_mentions": {"parse": []}}))
+                let body = json!({"content": chat_line(facts, milestone), "allowed_mentions": {"parse": []}});
+                let request = match message_ref {
+                    // Later states edit the build's message in place.
+                    Some(id) => http.patch(format!("{}/messages/{id}", url.split('?').next().unwrap_or(url))).json(&body),
+                    None => {
+                        let url = if url.contains('?') { format!("{url}&wait=true") } else { format!("{url}?wait=true") };
+                        http.post(url).json(&body)
+                    }
+                };
+                let mut answer = exchange(request).await;
+                if answer.succeeded() {
+                    let message: serde_json::Value = serde_json::from_str(&answer.excerpt).unwrap_or_default();
+                    answer.message_ref = message["id"].as_str().map(str::to_owned).or_else(|| message_ref.map(str::to_owned));
+                }
+                return trimmed(answer);
             }
             Target::Chat { kind: WebhookKind::Generic, url } => http.post(url).json(&json!({
                 "issue_id": facts.issue_id,

@@ -17,6 +17,7 @@ use crate::helpers::*;
 
 #[derive(Debug)]
 struct Received {
+    method: String,
     path: String,
     authorization: Option<String>,
     body: Value,
@@ -45,11 +46,12 @@ async fn stand_in(script: Vec<Reply>) -> StandIn {
         State((script, tx)): State<(Script, mpsc::UnboundedSender<Received>)>,
         request: Request,
     ) -> impl IntoResponse {
+        let method = request.method().to_string();
         let path = request.uri().to_string();
         let authorization = request.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let bytes = axum::body::to_bytes(request.into_body(), 1 << 20).await.unwrap_or_default();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let _ = tx.send(Received { path, authorization, body });
+        let _ = tx.send(Received { method, path, authorization, body });
         let Reply(status, retry_after, body) = script.lock().unwrap().pop_front().unwrap_or(Reply(200, None, None));
         let mut headers = HeaderMap::new();
         if let Some(value) = retry_after {
@@ -428,4 +430,21 @@ async fn the_slack_api_posts_one_message_per_build_and_updates_it_as_the_build_m
     }
     wait_for_events(&app, "NotificationDelivered", 2).await;
     assert!(slack.received.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn discord_edits_the_build_s_message_in_place_as_the_build_moves() {
+    let mut discord = stand_in(vec![Reply(200, None, Some(r#"{"id": "1122334455", "content": "x"}"#))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = with_chat(dir.path(), ChatKind::Discord, format!("http://{}/api/webhooks/1/token", discord.addr));
+    let app = spawn_with(dir, config).await;
+    app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
+    assert_eq!(discord.next().await.path, "/api/webhooks/1/token?wait=true");
+    wait_for_events(&app, "NotificationDelivered", 1).await;
+    let token = std::fs::read_to_string(app.config.nodes.token_file.as_ref().unwrap()).unwrap().trim().to_owned();
+    let claim = app.client.post(app.url("/api/v1/nodes/claim")).bearer_auth(&token);
+    claim.json(&json!({"node_id": "mac-1", "slots": 1, "wait_seconds": 5})).send().await.unwrap();
+    let edit = discord.next().await;
+    assert_eq!((edit.method.as_str(), edit.path.as_str()), ("PATCH", "/api/webhooks/1/token/messages/1122334455"));
+    assert!(edit.body["content"].as_str().unwrap().starts_with("🔨 MOB-7 running"));
 }
