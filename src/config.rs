@@ -445,58 +445,7 @@ impl Config {
 }
 
 /// The sample written by `meshgate init`.
-pub const SAMPLE: &str = r#"# meshgate configuration. Every key is optional; the values shown are the defaults unless noted.
-# Environment variables override keys: MESHGATE_<SECTION>__<KEY>, e.g. MESHGATE_SERVER__LISTEN.
-# Relative paths are resolved against this file's folder.
-
-[server]
-listen = "127.0.0.1:8080"
-data_dir = "meshgate-data"
-
-[webhook]
-path = "/youtrack/webhook"
-# The header YouTrack's Webhook Triggers app sends the shared token in (case-insensitive).
-header = "X-YouTrack-Token"
-# Every live token; list two while rotating. Files must not be group/world-writable or world-readable.
-token_files = ["secrets/webhook.token"]
-max_body_bytes = 1048576
-
-[youtrack]
-# Changes made by this login are ignored, so the gateway's own comments cannot trigger builds.
-bot_login = "meshgate-bot"
-
-[admin]
-# Bearer token for /api/v1.
-token_file = "secrets/admin.token"
-
-[nodes]
-# Bearer token shared by the build machines (`meshgate worker --token-file`).
-token_file = "secrets/nodes.token"
-lease_seconds = 120
-claim_wait_seconds = 30
-max_attempts = 3
-
-[store]
-# Fold concurrent appends into one durable commit.
-group_commit = true
-
-[[lanes]]
-name = "default"
-priority = 0
-required_labels = []
-# max_running = 1           # a mutex across the pool, e.g. around a signing identity
-
-# Example: build when an issue of project MOB moves to State = Building.
-[[triggers]]
-name = "ios-build"
-projects = ["MOB"]            # empty or absent: any project
-field = "State"
-to = ["Building"]             # the new value's name
-from = []                     # optional: old value names
-script = "ios-build"
-lane = "default"
-git_ref = "feature/{issue}"   # {issue} and {project} are replaced; or a fixed ref such as "main"
-"#;
+pub const SAMPLE: &str = include_str!("meshgate.sample.toml");
 
 #[cfg(test)]
 mod tests {

@@ -49,6 +49,22 @@ async fn node(
     }
 }
 
+/// Posts delivery `n` (a distinct change that enqueues one build).
+async fn post_delivery(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    n: u64,
+) -> reqwest::Result<reqwest::Response> {
+    client
+        .post(format!("{base}/youtrack/webhook"))
+        .header("X-YouTrack-Token", token)
+        .header("Content-Type", "application/json")
+        .body(body(n))
+        .send()
+        .await
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -76,13 +92,7 @@ pub async fn dispatch(builds: u64, nodes: usize) -> anyhow::Result<()> {
     drop(tx);
     let mut latencies = Vec::with_capacity(builds as usize);
     for n in 0..builds {
-        let response = client
-            .post(format!("{base}/youtrack/webhook"))
-            .header("X-YouTrack-Token", &server.webhook_token)
-            .header("Content-Type", "application/json")
-            .body(body(n))
-            .send()
-            .await?;
+        let response = post_delivery(&client, &base, &server.webhook_token, n).await?;
         let accepted_at = Instant::now();
         let answer: Value = response.json().await?;
         let build_id = answer["build_id"].as_str().unwrap_or_default().to_owned();
@@ -121,13 +131,7 @@ pub async fn claims(builds: u64, nodes: usize) -> anyhow::Result<()> {
                     if n >= builds {
                         return;
                     }
-                    let _ = client
-                        .post(format!("{base}/youtrack/webhook"))
-                        .header("X-YouTrack-Token", &token)
-                        .header("Content-Type", "application/json")
-                        .body(body(1_000_000 + n))
-                        .send()
-                        .await;
+                    let _ = post_delivery(&client, &base, &token, 1_000_000 + n).await;
                 }
             })
         })

@@ -138,6 +138,24 @@ rc_registration:
 }
 
 impl Synapse {
+    /// A `[[chat]]` sink posting to this homeserver's room, its token written into `dir`.
+    fn sink(&self, dir: &Path) -> ChatConfig {
+        use std::os::unix::fs::PermissionsExt;
+        let token_file = dir.join("matrix.token");
+        std::fs::write(&token_file, &self.token).unwrap();
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o400)).unwrap();
+        ChatConfig {
+            name: "room".into(),
+            kind: ChatKind::Matrix,
+            url: Some(self.base.clone()),
+            url_file: None,
+            room_id: Some(self.room_id.clone()),
+            token_file: Some(token_file),
+            channel: None,
+            max_attempts: 20,
+        }
+    }
+
     /// Every `m.notice` in the room, oldest first.
     async fn notices(&self) -> Vec<String> {
         let room = self.room_id.replace('!', "%21").replace(':', "%3A");
@@ -167,20 +185,7 @@ async fn every_line_reaches_a_rate_limited_matrix_room_exactly_once() {
     let synapse = start_synapse().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path(), vec![ios_trigger()]);
-    let token_file = dir.path().join("matrix.token");
-    std::fs::write(&token_file, &synapse.token).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o400)).unwrap();
-    config.chat = vec![ChatConfig {
-        name: "room".into(),
-        kind: ChatKind::Matrix,
-        url: Some(synapse.base.clone()),
-        url_file: None,
-        room_id: Some(synapse.room_id.clone()),
-        token_file: Some(token_file),
-        channel: None,
-        max_attempts: 20,
-    }];
+    config.chat = vec![synapse.sink(dir.path())];
     config.outbound.retry_base_ms = 50;
     config.outbound.retry_cap_seconds = 2;
     let app = spawn_with(dir, config).await;
@@ -244,16 +249,7 @@ async fn a_failing_build_on_a_real_worker_reaches_matrix_and_youtrack() {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
         path
     };
-    config.chat = vec![ChatConfig {
-        name: "room".into(),
-        kind: ChatKind::Matrix,
-        url: Some(synapse.base.clone()),
-        url_file: None,
-        room_id: Some(synapse.room_id.clone()),
-        token_file: Some(secret("matrix.token", &synapse.token)),
-        channel: None,
-        max_attempts: 20,
-    }];
+    config.chat = vec![synapse.sink(dir.path())];
     config.youtrack.base_url = Some(format!("http://{youtrack_addr}"));
     config.youtrack.token_file = Some(secret("youtrack.token", &format!("perm:{}", "t".repeat(40))));
     config.outbound.retry_base_ms = 50;

@@ -56,30 +56,7 @@ impl Gateway {
 
 fn write_config(dir: &Path) -> PathBuf {
     let config = test_config(dir, vec![ios_trigger()]);
-    let toml = r#"[server]
-listen = "127.0.0.1:0"
-data_dir = "data"
-
-[webhook]
-token_files = ["webhook.token"]
-
-[admin]
-token_file = "admin.token"
-
-[nodes]
-token_file = "nodes.token"
-
-[youtrack]
-bot_login = "meshgate-bot"
-
-[[triggers]]
-name = "ios-build"
-projects = ["MOB"]
-field = "State"
-to = ["Building"]
-script = "ios-build"
-git_ref = "feature/{issue}"
-"#;
+    let toml = std::fs::read_to_string(fixtures().join("config/one-trigger.toml")).unwrap();
     assert!(config.webhook.token_files[0].exists());
     let path = dir.join("meshgate.toml");
     std::fs::write(&path, toml).unwrap();

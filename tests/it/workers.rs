@@ -14,48 +14,9 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 use crate::process::{start, token, Gateway, BIN};
 
-const GATEWAY_TOML: &str = r#"[server]
-listen = "127.0.0.1:0"
-data_dir = "data"
-
-[webhook]
-token_files = ["webhook.token"]
-
-[admin]
-token_file = "admin.token"
-
-[nodes]
-token_file = "nodes.token"
-lease_seconds = 2
-max_attempts = 3
-
-[[lanes]]
-name = "default"
-
-[[lanes]]
-name = "signing"
-priority = 10
-required_labels = ["signing"]
-max_running = 1
-
-[[triggers]]
-name = "ios-build"
-projects = ["MOB"]
-field = "State"
-to = ["Building"]
-script = "ios-build"
-lane = "default"
-git_ref = "feature/{issue}"
-
-[[triggers]]
-name = "ios-sign"
-projects = ["MOB"]
-field = "State"
-to = ["Building"]
-script = "ios-sign"
-lane = "signing"
-git_ref = "main"
-"#;
+fn gateway_toml() -> String {
+    std::fs::read_to_string(fixtures().join("config/two-lanes.toml")).unwrap()
+}
 
 pub fn scripts_file(dir: &Path, scripts: &[(&str, &str)]) -> String {
     scripts_file_with_timeouts(dir, &scripts.iter().map(|(n, s)| (*n, *s, 60)).collect::<Vec<_>>())
@@ -78,7 +39,7 @@ fn scripts_file_with_timeouts(dir: &Path, scripts: &[(&str, &str, u64)]) -> Stri
 /// A gateway in `dir` with the two-lane config above.
 fn gateway(dir: &Path) -> Gateway {
     test_config(dir, vec![]); // writes the token files
-    std::fs::write(dir.join("meshgate.toml"), GATEWAY_TOML).unwrap();
+    std::fs::write(dir.join("meshgate.toml"), gateway_toml()).unwrap();
     start(dir, &["--config", dir.join("meshgate.toml").to_str().unwrap()], &[])
 }
 
@@ -300,7 +261,7 @@ async fn a_worker_killed_mid_build_is_replaced_and_its_late_result_is_refused() 
 /// A gateway like `gateway()`, with its own lease and a fixed port (to come back on after a stop).
 fn gateway_with(dir: &Path, lease_seconds: u64, port: u16) -> Gateway {
     test_config(dir, vec![]);
-    let toml = GATEWAY_TOML
+    let toml = gateway_toml()
         .replace("lease_seconds = 2", &format!("lease_seconds = {lease_seconds}"))
         .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
     std::fs::write(dir.join("meshgate.toml"), toml).unwrap();
