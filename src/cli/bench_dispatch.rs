@@ -49,6 +49,22 @@ async fn node(
     }
 }
 
+/// `n` node tasks, each handing what it claims to `received`.
+fn spawn_nodes(
+    n: usize,
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    received: &mpsc::UnboundedSender<(String, Instant)>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|i| {
+            let task = node(client.clone(), base.to_owned(), token.to_owned(), format!("node-{i}"), received.clone());
+            tokio::spawn(task)
+        })
+        .collect()
+}
+
 /// Posts delivery `n` (a distinct change that enqueues one build).
 async fn post_delivery(
     client: &reqwest::Client,
@@ -78,17 +94,7 @@ pub async fn dispatch(builds: u64, nodes: usize) -> anyhow::Result<()> {
     let base = format!("http://{}", server.addr);
     let client = reqwest::Client::new();
     let (tx, mut received) = mpsc::unbounded_channel();
-    let tasks: Vec<_> = (0..nodes)
-        .map(|i| {
-            tokio::spawn(node(
-                client.clone(),
-                base.clone(),
-                server.nodes_token.clone(),
-                format!("node-{i}"),
-                tx.clone(),
-            ))
-        })
-        .collect();
+    let tasks = spawn_nodes(nodes, &client, &base, &server.nodes_token, &tx);
     drop(tx);
     let mut latencies = Vec::with_capacity(builds as usize);
     for n in 0..builds {
@@ -141,17 +147,7 @@ pub async fn claims(builds: u64, nodes: usize) -> anyhow::Result<()> {
     }
     let (tx, mut received) = mpsc::unbounded_channel();
     let started = Instant::now();
-    let tasks: Vec<_> = (0..nodes)
-        .map(|i| {
-            tokio::spawn(node(
-                client.clone(),
-                base.clone(),
-                server.nodes_token.clone(),
-                format!("node-{i}"),
-                tx.clone(),
-            ))
-        })
-        .collect();
+    let tasks = spawn_nodes(nodes, &client, &base, &server.nodes_token, &tx);
     drop(tx);
     let mut claimed = 0;
     while claimed < builds {

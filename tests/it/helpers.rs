@@ -157,6 +157,18 @@ impl TestApp {
         self.all_events().await.iter().filter(|e| e.event_type == event_type).count()
     }
 
+    /// Waits (on the projections' change signal, no polling) until the log holds `n` events of a type.
+    pub async fn wait_for_count(&self, event_type: &str, n: usize) {
+        let mut changes = self.state.projections.changes();
+        let reached = tokio::time::timeout(std::time::Duration::from_secs(90), async {
+            while self.count(event_type).await < n {
+                changes.changed().await.unwrap();
+            }
+        })
+        .await;
+        assert!(reached.is_ok(), "fewer than {n} {event_type}");
+    }
+
     /// The live projections once they have caught up with the log.
     pub async fn live(&self) -> ProjectionSet {
         let head = *self.store().head().borrow();

@@ -193,14 +193,7 @@ async fn every_line_reaches_a_rate_limited_matrix_room_exactly_once() {
         let body = with(&fixture("mob-issueUpdated-state-building.json"), &json!({"id": format!("MOB-{n}")}));
         app.deliver(&body).await;
     }
-    let mut changes = app.state.projections.changes();
-    tokio::time::timeout(Duration::from_secs(90), async {
-        while app.count("NotificationDelivered").await < 6 {
-            changes.changed().await.unwrap();
-        }
-    })
-    .await
-    .expect("every line delivered");
+    app.wait_for_count("NotificationDelivered", 6).await;
 
     let notices = synapse.notices().await;
     assert_eq!(notices.len(), 6, "{notices:#?}");
@@ -268,14 +261,7 @@ async fn a_failing_build_on_a_real_worker_reaches_matrix_and_youtrack() {
         assert!(text.contains(part), "{part} missing from {text}");
     }
 
-    let mut changes = app.state.projections.changes();
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while app.count("NotificationDelivered").await < 4 {
-            changes.changed().await.unwrap();
-        }
-    })
-    .await
-    .expect("every notification delivered");
+    app.wait_for_count("NotificationDelivered", 4).await;
     let notices = synapse.notices().await;
     assert_eq!(notices.len(), 3, "{notices:#?}");
     assert!(notices[0].starts_with("⏳ MOB-7 queued"));

@@ -90,17 +90,6 @@ fn with_slack(dir: &std::path::Path, slack: &StandIn, max_attempts: u32) -> Conf
     config
 }
 
-async fn wait_for_events(app: &TestApp, event_type: &str, n: usize) {
-    let mut changes = app.state.projections.changes();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while app.count(event_type).await < n {
-            changes.changed().await.unwrap();
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("fewer than {n} {event_type}"));
-}
-
 #[tokio::test]
 async fn a_failed_build_gives_one_chat_line_per_state_and_one_short_tracker_comment() {
     let mut slack = stand_in(vec![]).await;
@@ -152,7 +141,7 @@ async fn a_failed_build_gives_one_chat_line_per_state_and_one_short_tracker_comm
     }
 
     // Exactly once: every key delivered, nothing more sent.
-    wait_for_events(&app, "NotificationDelivered", 4).await;
+    app.wait_for_count("NotificationDelivered", 4).await;
     assert!(slack.received.try_recv().is_err() && youtrack.received.try_recv().is_err());
     assert_eq!(app.count("NotificationAttempted").await, 4);
 }
@@ -180,7 +169,7 @@ async fn a_429_is_retried_no_sooner_than_its_retry_after_and_delivered_once() {
     let first = slack.next().await;
     let second = slack.next().await;
     assert_eq!(first.body, second.body, "the same line, sent again");
-    wait_for_events(&app, "NotificationDelivered", 1).await;
+    app.wait_for_count("NotificationDelivered", 1).await;
     let events = app.all_events().await;
     let attempts = attempts_of(&events, "queued");
     assert_eq!(attempts.len(), 2);
@@ -198,7 +187,7 @@ async fn a_400_is_permanent_and_the_notification_is_abandoned_after_one_try() {
     let app = slack_app(&slack, 8).await;
     app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
     slack.next().await;
-    wait_for_events(&app, "NotificationAbandoned", 1).await;
+    app.wait_for_count("NotificationAbandoned", 1).await;
     let events = app.all_events().await;
     assert_eq!(attempts_of(&events, "queued").len(), 1);
     let abandoned = events.iter().find(|e| e.event_type == "NotificationAbandoned").unwrap();
@@ -214,7 +203,7 @@ async fn a_target_that_keeps_failing_is_abandoned_after_its_attempts() {
     for _ in 0..3 {
         slack.next().await;
     }
-    wait_for_events(&app, "NotificationAbandoned", 1).await;
+    app.wait_for_count("NotificationAbandoned", 1).await;
     let events = app.all_events().await;
     assert_eq!(attempts_of(&events, "queued").len(), 3);
     assert!(events
@@ -229,11 +218,11 @@ async fn a_retry_scheduled_before_a_restart_happens_after_it() {
     let app = slack_app(&slack, 8).await;
     app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
     slack.next().await;
-    wait_for_events(&app, "NotificationAttempted", 1).await;
+    app.wait_for_count("NotificationAttempted", 1).await;
     let app = app.restart().await;
     // The restarted gateway finds the pending retry in the log and makes it.
     slack.next().await;
-    wait_for_events(&app, "NotificationDelivered", 1).await;
+    app.wait_for_count("NotificationDelivered", 1).await;
     let events = app.all_events().await;
     assert_eq!(attempts_of(&events, "queued").len(), 2);
     assert!(slack.received.try_recv().is_err());
@@ -263,7 +252,7 @@ async fn when_every_chat_sink_gives_up_on_a_build_on_call_is_paged_once() {
     assert_eq!(page.body["routing_key"], "r".repeat(32));
     assert_eq!(page.body["event_action"], "trigger");
     assert_eq!(page.body["dedup_key"], format!("meshgate-{build}"));
-    wait_for_events(&app, "NotificationDelivered", 1).await;
+    app.wait_for_count("NotificationDelivered", 1).await;
     // The running milestone is abandoned too: still one page for the build.
     let claim = app
         .client
@@ -275,7 +264,7 @@ async fn when_every_chat_sink_gives_up_on_a_build_on_call_is_paged_once() {
         .unwrap();
     assert_eq!(claim.status(), 200);
     slack.next().await;
-    wait_for_events(&app, "NotificationAbandoned", 2).await;
+    app.wait_for_count("NotificationAbandoned", 2).await;
     assert_eq!(app.count("PageRequested").await, 1);
     assert!(pager.received.try_recv().is_err());
     let ready: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
@@ -294,7 +283,7 @@ async fn a_failing_pager_shows_in_readiness() {
     app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
     slack.next().await;
     pager.next().await;
-    wait_for_events(&app, "NotificationAbandoned", 2).await;
+    app.wait_for_count("NotificationAbandoned", 2).await;
     let ready: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["pager"], "failing");
 }
@@ -328,7 +317,7 @@ async fn a_401_with_the_new_tracker_token_falls_back_to_the_previous_one_within_
     let second = youtrack.next().await;
     assert_eq!(first.authorization, Some(format!("Bearer perm:{}", "n".repeat(40))));
     assert_eq!(second.authorization, Some(format!("Bearer perm:{}", "o".repeat(40))));
-    wait_for_events(&app, "NotificationDelivered", 1).await;
+    app.wait_for_count("NotificationDelivered", 1).await;
 }
 
 #[tokio::test]
@@ -337,7 +326,7 @@ async fn after_the_grace_the_previous_tracker_token_is_not_tried() {
     let app = tracker_app(&youtrack, 0).await;
     failed_build(&app).await;
     youtrack.next().await;
-    wait_for_events(&app, "NotificationAbandoned", 1).await;
+    app.wait_for_count("NotificationAbandoned", 1).await;
     assert!(youtrack.received.try_recv().is_err(), "no second try with the expired token");
 }
 
@@ -371,7 +360,7 @@ async fn teams_gets_an_adaptive_card_and_202_counts_as_delivered() {
     assert_eq!(card.body["attachments"][0]["contentType"], "application/vnd.microsoft.card.adaptive");
     assert_eq!(content["version"], "1.4");
     assert!(content["body"][0]["text"].as_str().unwrap().contains("MOB\\-7 queued"));
-    wait_for_events(&app, "NotificationDelivered", 1).await;
+    app.wait_for_count("NotificationDelivered", 1).await;
 }
 
 #[tokio::test]
@@ -390,7 +379,7 @@ async fn discord_waits_for_the_message_and_honours_retry_after_in_its_body() {
     assert_eq!(first.path, "/api/webhooks/1/token?wait=true");
     assert_eq!(first.body["allowed_mentions"], json!({"parse": []}));
     discord.next().await;
-    wait_for_events(&app, "NotificationDelivered", 1).await;
+    app.wait_for_count("NotificationDelivered", 1).await;
     let events = app.all_events().await;
     let attempt = events.iter().find(|e| e.event_type == "NotificationAttempted").unwrap();
     let data: Value = serde_json::from_str(&attempt.data).unwrap();
@@ -416,7 +405,7 @@ async fn the_slack_api_posts_one_message_per_build_and_updates_it_as_the_build_m
     assert_eq!(posted.path, "/api/chat.postMessage");
     assert_eq!(posted.body["channel"], "C1");
     assert_eq!(posted.authorization, Some(format!("Bearer xoxb-{}", "s".repeat(40))));
-    wait_for_events(&app, "NotificationDelivered", 1).await;
+    app.wait_for_count("NotificationDelivered", 1).await;
 
     let token = std::fs::read_to_string(app.config.nodes.token_file.as_ref().unwrap()).unwrap().trim().to_owned();
     let claim = app.client.post(app.url("/api/v1/nodes/claim")).bearer_auth(&token);
@@ -428,7 +417,7 @@ async fn the_slack_api_posts_one_message_per_build_and_updates_it_as_the_build_m
         assert_eq!(update.body["ts"], "1700000000.000100");
         assert!(update.body["text"].as_str().unwrap().starts_with("🔨 MOB-7 running"));
     }
-    wait_for_events(&app, "NotificationDelivered", 2).await;
+    app.wait_for_count("NotificationDelivered", 2).await;
     assert!(slack.received.try_recv().is_err());
 }
 
@@ -440,7 +429,7 @@ async fn discord_edits_the_build_s_message_in_place_as_the_build_moves() {
     let app = spawn_with(dir, config).await;
     app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
     assert_eq!(discord.next().await.path, "/api/webhooks/1/token?wait=true");
-    wait_for_events(&app, "NotificationDelivered", 1).await;
+    app.wait_for_count("NotificationDelivered", 1).await;
     let token = std::fs::read_to_string(app.config.nodes.token_file.as_ref().unwrap()).unwrap().trim().to_owned();
     let claim = app.client.post(app.url("/api/v1/nodes/claim")).bearer_auth(&token);
     claim.json(&json!({"node_id": "mac-1", "slots": 1, "wait_seconds": 5})).send().await.unwrap();
