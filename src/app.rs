@@ -98,13 +98,29 @@ impl App {
                 .unwrap_or_else(|| format!("http://{}", config.server.listen))
                 .trim_end_matches('/')
                 .to_owned(),
+            pagers: config
+                .pager
+                .routing_key_file
+                .as_ref()
+                .map(|_| "pager".to_owned())
+                .into_iter()
+                .chain(config.pager.alert_chat.clone())
+                .collect(),
         });
         let reaper = tokio::spawn(reaper::run(Arc::clone(&state), state.stopping.subscribe()));
         let sinks = outbound_sinks(config)?;
         let rules = outbound::Rules {
-            chat_sinks: Arc::new(config.chat.iter().map(|c| c.name.clone()).collect()),
+            // The alert channel is the pager's, not a chat path for the paging rule.
+            chat_sinks: Arc::new(
+                config
+                    .chat
+                    .iter()
+                    .filter(|c| config.pager.alert_chat.as_deref() != Some(c.name.as_str()))
+                    .map(|c| c.name.clone())
+                    .collect(),
+            ),
             tracker: config.youtrack.base_url.as_ref().map(|_| "youtrack".to_owned()),
-            pager: config.pager.routing_key_file.is_some(),
+            pager: config.pager.routing_key_file.is_some() || config.pager.alert_chat.is_some(),
             window: chrono::Duration::seconds(config.outbound.dedupe_window_seconds as i64),
             retry: meshgate_domain::retry::RetryPolicy {
                 base: std::time::Duration::from_millis(config.outbound.retry_base_ms),
@@ -195,7 +211,8 @@ fn outbound_sinks(config: &Config) -> anyhow::Result<Vec<Sink>> {
                 },
             },
         };
-        sinks.push(Sink { name: chat.name.clone(), target, max_attempts: chat.max_attempts });
+        let pages_only = config.pager.alert_chat.as_deref() == Some(chat.name.as_str());
+        sinks.push(Sink { name: chat.name.clone(), target, max_attempts: chat.max_attempts, pages_only });
     }
     if let (Some(base_url), Some(token_file)) = (&config.youtrack.base_url, &config.youtrack.token_file) {
         sinks.push(Sink {
@@ -214,6 +231,7 @@ fn outbound_sinks(config: &Config) -> anyhow::Result<Vec<Sink>> {
                 comment_on_success: config.youtrack.comment_on_success,
             },
             max_attempts: 8,
+            pages_only: false,
         });
     }
     if let Some(file) = &config.pager.routing_key_file {
@@ -224,6 +242,7 @@ fn outbound_sinks(config: &Config) -> anyhow::Result<Vec<Sink>> {
                 routing_key: Token::read(file)?.expose().to_owned(),
             },
             max_attempts: 8,
+            pages_only: true,
         });
     }
     Ok(sinks)

@@ -128,8 +128,10 @@ pub enum ChatKind {
 pub struct PagerConfig {
     /// Default `https://events.pagerduty.com/v2/enqueue` when a routing key is given.
     pub url: Option<String>,
-    /// File holding the integration's routing key. None: no pager.
+    /// File holding the integration's routing key. None: no PagerDuty.
     pub routing_key_file: Option<PathBuf>,
+    /// A `[[chat]]` sink (its own channel) that gets the pages, and nothing else.
+    pub alert_chat: Option<String>,
 }
 
 /// `[outbound]`: delivery rules shared by every sink.
@@ -381,6 +383,11 @@ impl Config {
             }
             if chat.max_attempts == 0 {
                 return invalid(format!("chat sink `{}`: max_attempts must be at least 1", chat.name));
+            }
+        }
+        if let Some(alert) = &self.pager.alert_chat {
+            if !self.chat.iter().any(|c| &c.name == alert) {
+                return invalid(format!("pager.alert_chat `{alert}` is not a configured [[chat]] sink"));
             }
         }
         if self.youtrack.base_url.is_some() != self.youtrack.token_file.is_some() {

@@ -49,6 +49,8 @@ pub struct AppState {
     pub log_secret: [u8; 32],
     /// How people reach the gateway, for links (no trailing `/`).
     pub public_url: String,
+    /// The sinks that carry pages (PagerDuty, an alert channel), for `/readyz`.
+    pub pagers: Vec<String>,
 }
 
 /// The `[nodes]` settings in the units the handlers use.
@@ -131,7 +133,7 @@ async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
         "store": match &store { Ok(()) => "writable".to_owned(), Err(e) => e.clone() },
         "projections": {"position": app.projections.position(), "head": head, "caught_up": caught_up},
         "deliveries": app.counters.snapshot(),
-        "pager": if app.projections.read(|p| p.outbox.state.pager_failing("pager")) { "failing" } else { "ok" },
+        "pager": if app.projections.read(|p| app.pagers.iter().any(|s| p.outbox.state.pager_failing(s))) { "failing" } else { "ok" },
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body))

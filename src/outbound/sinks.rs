@@ -57,6 +57,8 @@ pub struct Sink {
     pub name: String,
     pub target: Target,
     pub max_attempts: u32,
+    /// An on-call alert channel: it gets the pages and nothing else.
+    pub pages_only: bool,
 }
 
 /// What one try came to.
@@ -80,6 +82,9 @@ impl Sink {
     /// The milestones this sink speaks of: every one in chat; failures (and, if configured,
     /// successes) on the tracker.
     pub fn wants(&self, milestone: Milestone) -> bool {
+        if self.pages_only {
+            return milestone == Milestone::Page;
+        }
         match &self.target {
             Target::Chat { .. } | Target::Matrix { .. } | Target::SlackApi { .. } => milestone != Milestone::Page,
             Target::YouTrack { comment_on_success, .. } => {

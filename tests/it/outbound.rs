@@ -437,3 +437,29 @@ async fn discord_edits_the_build_s_message_in_place_as_the_build_moves() {
     assert_eq!((edit.method.as_str(), edit.path.as_str()), ("PATCH", "/api/webhooks/1/token/messages/1122334455"));
     assert!(edit.body["content"].as_str().unwrap().starts_with("🔨 MOB-7 running"));
 }
+
+#[tokio::test]
+async fn an_alert_channel_can_be_the_pager_and_gets_only_the_page() {
+    let mut team = stand_in(vec![reply(400, None)]).await;
+    let mut alerts = stand_in(vec![]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = with_slack(dir.path(), &team, 8);
+    config.chat.push(ChatConfig {
+        name: "oncall".into(),
+        kind: ChatKind::SlackWebhook,
+        url: Some(format!("http://{}/services/T0/B1/y", alerts.addr)),
+        url_file: None,
+        room_id: None,
+        token_file: None,
+        channel: None,
+        max_attempts: 8,
+    });
+    config.pager.alert_chat = Some("oncall".into());
+    let app = spawn_with(dir, config).await;
+    app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
+    team.next().await;
+    let alert = alerts.next().await;
+    assert!(alert.body["text"].as_str().unwrap().starts_with("🚨 MOB-7 page"), "{:?}", alert.body);
+    app.wait_for_count("NotificationDelivered", 1).await;
+    assert!(alerts.received.try_recv().is_err(), "the alert channel gets nothing but the page");
+}
