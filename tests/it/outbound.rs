@@ -463,3 +463,47 @@ async fn an_alert_channel_can_be_the_pager_and_gets_only_the_page() {
     app.wait_for_count("NotificationDelivered", 1).await;
     assert!(alerts.received.try_recv().is_err(), "the alert channel gets nothing but the page");
 }
+
+#[tokio::test]
+async fn refused_connections_and_timeouts_are_retried_then_abandoned_with_no_status() {
+    // A port nobody listens on: every try is a connection error.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    // A server that accepts and never answers: every try times out.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = with_chat(dir.path(), ChatKind::Generic, format!("http://{closed}/hook"));
+    config.chat[0].max_attempts = 2;
+    config.chat.push(ChatConfig {
+        name: "silent".into(),
+        kind: ChatKind::Generic,
+        url: Some(format!("http://{silent_addr}/hook")),
+        url_file: None,
+        room_id: None,
+        token_file: None,
+        channel: None,
+        max_attempts: 2,
+    });
+    config.outbound.timeout_seconds = 1;
+    let app = spawn_with(dir, config).await;
+    app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
+    app.wait_for_count("NotificationAbandoned", 2).await;
+    let events = app.all_events().await;
+    let attempts: Vec<Value> = events
+        .iter()
+        .filter(|e| e.event_type == "NotificationAttempted")
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .collect();
+    assert_eq!(attempts.len(), 4, "two tries per sink");
+    assert!(attempts.iter().all(|a| a["status"].is_null()), "no answer, no status: {attempts:?}");
+    assert!(events
+        .iter()
+        .filter(|e| e.event_type == "NotificationAbandoned")
+        .all(|e| e.data.contains("gave up after 2 attempts")));
+}
