@@ -204,6 +204,7 @@ fn outbound_sinks(config: &Config) -> anyhow::Result<Vec<Sink>> {
             },
             ChatKind::Matrix => Target::Matrix {
                 homeserver: url,
+                edit_in_place: chat.edit_in_place,
                 room_id: chat.room_id.clone().unwrap_or_default(),
                 token: match &chat.token_file {
                     Some(file) => Token::read(file)?.expose().to_owned(),

@@ -96,6 +96,9 @@ pub struct ChatConfig {
     pub token_file: Option<PathBuf>,
     /// Slack API: the channel to post in.
     pub channel: Option<String>,
+    /// Matrix: later states of a build edit its first message (`m.replace`) instead of adding lines.
+    #[serde(default)]
+    pub edit_in_place: bool,
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
 }

@@ -36,6 +36,7 @@ pub enum Target {
         homeserver: String,
         room_id: String,
         token: String,
+        edit_in_place: bool,
     },
     YouTrack {
         base_url: String,
@@ -115,7 +116,7 @@ impl Sink {
             Target::Chat { kind: WebhookKind::Slack, url } => {
                 http.post(url).json(&json!({"text": escape_slack(&chat_line(facts, milestone))}))
             }
-            Target::Matrix { homeserver, room_id, token } => {
+            Target::Matrix { homeserver, room_id, token, edit_in_place } => {
                 let line = chat_line(facts, milestone);
                 // The same key always gives the same transaction id: a retry can never post twice.
                 let txn = transaction_id(&facts.build_id.to_string(), milestone);
@@ -124,12 +125,29 @@ impl Sink {
                     homeserver.trim_end_matches('/'),
                     percent_encode(room_id)
                 );
-                http.put(url).bearer_auth(token).json(&json!({
+                let content = json!({
                     "msgtype": "m.notice",
                     "body": line,
                     "format": "org.matrix.custom.html",
                     "formatted_body": escape_html(&line),
-                }))
+                });
+                let body = match message_ref.filter(|_| *edit_in_place) {
+                    Some(original) => json!({
+                        "msgtype": "m.notice",
+                        "body": format!("* {line}"),
+                        "m.new_content": content,
+                        "m.relates_to": {"rel_type": "m.replace", "event_id": original},
+                    }),
+                    None => content,
+                };
+                let mut answer = exchange(http.put(url).bearer_auth(token).json(&body)).await;
+                if answer.succeeded() {
+                    let sent: serde_json::Value = serde_json::from_str(&answer.excerpt).unwrap_or_default();
+                    // Edits always point at the first message of the build.
+                    answer.message_ref =
+                        message_ref.map(str::to_owned).or_else(|| sent["event_id"].as_str().map(str::to_owned));
+                }
+                return trimmed(answer);
             }
             Target::Chat { kind: WebhookKind::Teams, url } => http.post(url).json(&json!({
                 "type": "message",

@@ -152,12 +152,13 @@ impl Synapse {
             room_id: Some(self.room_id.clone()),
             token_file: Some(token_file),
             channel: None,
+            edit_in_place: false,
             max_attempts: 20,
         }
     }
 
-    /// Every `m.notice` in the room, oldest first.
-    async fn notices(&self) -> Vec<String> {
+    /// Every `m.room.message` event in the room, oldest first.
+    async fn messages(&self) -> Vec<Value> {
         let room = self.room_id.replace('!', "%21").replace(':', "%3A");
         let messages: Value = reqwest::Client::new()
             .get(format!("{}/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=500", self.base))
@@ -168,15 +169,20 @@ impl Synapse {
             .json()
             .await
             .unwrap();
-        let mut notices: Vec<String> = messages["chunk"]
-            .as_array()
-            .unwrap()
+        let mut events: Vec<Value> =
+            messages["chunk"].as_array().unwrap().iter().filter(|e| e["type"] == "m.room.message").cloned().collect();
+        events.reverse();
+        events
+    }
+
+    /// The body of every `m.notice` in the room, oldest first.
+    async fn notices(&self) -> Vec<String> {
+        self.messages()
+            .await
             .iter()
-            .filter(|e| e["type"] == "m.room.message" && e["content"]["msgtype"] == "m.notice")
+            .filter(|e| e["content"]["msgtype"] == "m.notice")
             .map(|e| e["content"]["body"].as_str().unwrap().to_owned())
-            .collect();
-        notices.reverse();
-        notices
+            .collect()
     }
 }
 
@@ -267,4 +273,35 @@ async fn a_failing_build_on_a_real_worker_reaches_matrix_and_youtrack() {
     assert!(notices[0].starts_with("⏳ MOB-7 queued"));
     assert!(notices[1].starts_with("🔨 MOB-7 running") && notices[1].contains("on mac-7"));
     assert!(notices[2].starts_with("❌ MOB-7 failed") && notices[2].contains("log: http://"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_edit_in_place_a_build_keeps_one_message_that_later_states_replace() {
+    let synapse = start_synapse().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), vec![ios_trigger()]);
+    let mut sink = synapse.sink(dir.path());
+    sink.edit_in_place = true;
+    config.chat = vec![sink];
+    config.outbound.retry_base_ms = 50;
+    let app = spawn_with(dir, config).await;
+    let build = build_id(&app.deliver(&fixture("mob-issueUpdated-state-building.json")).await);
+    app.wait_for_count("NotificationDelivered", 1).await;
+    let token = std::fs::read_to_string(app.config.nodes.token_file.as_ref().unwrap()).unwrap().trim().to_owned();
+    let post = |path: String, body: Value| app.client.post(app.url(&path)).bearer_auth(&token).json(&body).send();
+    post("/api/v1/nodes/claim".into(), json!({"node_id": "mac-1", "slots": 1, "wait_seconds": 5})).await.unwrap();
+    app.wait_for_count("NotificationDelivered", 2).await;
+    let result = json!({"node_id": "mac-1", "attempt": 1, "outcome": "succeeded", "duration_ms": 1000});
+    post(format!("/api/v1/builds/{build}/result"), result).await.unwrap();
+    app.wait_for_count("NotificationDelivered", 3).await;
+
+    let events = synapse.messages().await;
+    assert_eq!(events.len(), 3, "{events:#?}");
+    let original = events[0]["event_id"].as_str().unwrap();
+    assert!(events[0]["content"]["body"].as_str().unwrap().starts_with("⏳ MOB-7 queued"));
+    for (edit, prefix) in events[1..].iter().zip(["🔨 MOB-7 running", "✅ MOB-7 succeeded"]) {
+        assert_eq!(edit["content"]["m.relates_to"]["rel_type"], "m.replace");
+        assert_eq!(edit["content"]["m.relates_to"]["event_id"], original);
+        assert!(edit["content"]["m.new_content"]["body"].as_str().unwrap().starts_with(prefix), "{edit:#?}");
+    }
 }

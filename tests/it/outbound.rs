@@ -83,6 +83,7 @@ fn with_slack(dir: &std::path::Path, slack: &StandIn, max_attempts: u32) -> Conf
         room_id: None,
         token_file: None,
         channel: None,
+        edit_in_place: false,
         max_attempts,
     }];
     config.outbound.retry_base_ms = 10;
@@ -340,6 +341,7 @@ fn with_chat(dir: &std::path::Path, kind: ChatKind, url: String) -> Config {
         room_id: None,
         token_file: None,
         channel: None,
+        edit_in_place: false,
         max_attempts: 8,
     }];
     config.outbound.retry_base_ms = 10;
@@ -452,6 +454,7 @@ async fn an_alert_channel_can_be_the_pager_and_gets_only_the_page() {
         room_id: None,
         token_file: None,
         channel: None,
+        edit_in_place: false,
         max_attempts: 8,
     });
     config.pager.alert_chat = Some("oncall".into());
@@ -488,6 +491,7 @@ async fn refused_connections_and_timeouts_are_retried_then_abandoned_with_no_sta
         room_id: None,
         token_file: None,
         channel: None,
+        edit_in_place: false,
         max_attempts: 2,
     });
     config.outbound.timeout_seconds = 1;
