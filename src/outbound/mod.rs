@@ -3,9 +3,9 @@
 //!
 //! A slow or dead sink only delays itself. Retries use full jitter, honour `Retry-After` (as
 //! `max(hint, backoff)`, clamped), and stop after the sink's `max_attempts`; answers other than
-//! 408, 425, 429 and 5xx are final. A try that got no answer is retried: the generic and Slack
-//! webhook targets have no server-side dedupe, so a lost answer can show a line twice; losing a
-//! failure notice would be worse.
+//! 408, 425, 429 and 5xx are final. A try that got no answer is retried (ADR 0005): Matrix and
+//! PagerDuty dedupe it on their side; the webhooks and YouTrack do not, so a lost answer can show
+//! a line twice there, which beats losing a failure notice.
 
 pub mod sinks;
 
@@ -47,6 +47,9 @@ pub async fn run(
 ) {
     let mut changes = app.projections.changes();
     loop {
+        if *stopping.borrow() {
+            return;
+        }
         let now = Utc::now();
         let due = app.projections.read(|p| p.outbox.state.due(&sink.name, now, rules.window, |m| sink.wants(m)));
         if let Some(next) = due.first() {
