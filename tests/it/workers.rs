@@ -98,7 +98,7 @@ pub fn wait_for(lines: &mpsc::Receiver<(String, String)>, prefix: &str, n: usize
     seen
 }
 
-async fn deliver(gw: &Gateway, dir: &Path, issue: &str) {
+pub async fn deliver(gw: &Gateway, dir: &Path, issue: &str) {
     let body = with(&fixture("mob-issueUpdated-state-building.json"), &json!({"id": issue}));
     let response = reqwest::Client::new()
         .post(format!("http://{}/youtrack/webhook", gw.addr))
@@ -111,7 +111,7 @@ async fn deliver(gw: &Gateway, dir: &Path, issue: &str) {
     assert_eq!(response.status(), 200);
 }
 
-fn events(dir: &Path, event_type: &str) -> Vec<(u64, Value)> {
+pub fn events(dir: &Path, event_type: &str) -> Vec<(u64, Value)> {
     let conn = SqliteStore::open_read_only(&dir.join("data/events.sqlite")).unwrap();
     query(&conn, &EventFilter { event_type: Some(event_type.into()), ..Default::default() })
         .unwrap()
