@@ -178,6 +178,8 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// How long an append waits for a lock held by another process before it fails (503).
     pub busy_timeout_ms: u64,
+    /// Under load, how long a group commit may wait for appends on their way (microseconds).
+    pub linger_us: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -260,7 +262,7 @@ impl Default for WebhookConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { group_commit: true, max_batch: 512, busy_timeout_ms: 5000 }
+        StoreConfig { group_commit: true, max_batch: 512, busy_timeout_ms: 5000, linger_us: 1000 }
     }
 }
 

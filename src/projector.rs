@@ -13,7 +13,8 @@ use crate::store::{Checkpoint, EventStore, StoreError, StoredEvent};
 
 /// Events read from the store in one go.
 pub const READ_BATCH: usize = 2048;
-const SAVE_EVERY_EVENTS: u64 = 500_000;
+/// A restart replays at most this many events (a few seconds) beyond the saved checkpoints.
+const SAVE_EVERY_EVENTS: u64 = 2_000_000;
 const SAVE_EVERY: Duration = Duration::from_secs(30);
 
 /// Shared, read-mostly access to the live projections.
@@ -141,12 +142,14 @@ async fn follow(
 ) {
     tokio::pin!(shutdown);
     let mut head = store.head();
+    // Subscribed before the first read, so that no commit falls between the two.
+    let mut feed = store.committed();
     let mut saved_at = (*position.borrow(), Instant::now());
+    let mut behind = true;
     loop {
-        let current = *position.borrow();
-        match catch_up(&*store, &set, &position).await {
-            Ok(()) => {}
-            Err(e) => {
+        if behind {
+            let current = *position.borrow();
+            if let Err(e) = catch_up(&*store, &set, &position).await {
                 tracing::error!(error = %e, position = current, "projections cannot read the log; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
@@ -159,14 +162,63 @@ async fn follow(
             save(&*store, &set).await;
             saved_at = (reached, Instant::now());
         }
-        tokio::select! {
-            changed = head.wait_for(|h| *h > reached) => if changed.is_err() { break },
-            _ = &mut shutdown => break,
+        match feed.as_mut() {
+            Some(committed) => tokio::select! {
+                batch = committed.recv() => match batch {
+                    Ok(batch) => match apply_fresh(&set, &position, &batch) {
+                        Ok(applied) => behind = !applied,
+                        Err(e) => {
+                            tracing::error!(error = %e, "projections cannot apply a commit; reading the log");
+                            behind = true;
+                        }
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!(missed, "projections fell behind the commit feed; reading the log");
+                        behind = true;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        feed = None;
+                        behind = true;
+                    }
+                },
+                _ = &mut shutdown => break,
+            },
+            None => tokio::select! {
+                changed = head.wait_for(|h| *h > reached) => {
+                    if changed.is_err() { break }
+                    behind = true;
+                },
+                _ = &mut shutdown => break,
+            },
         }
     }
     // Apply what committed before shutdown, then save.
     let _ = catch_up(&*store, &set, &position).await;
     save(&*store, &set).await;
+}
+
+/// Applies the events of a committed batch the projections have not seen. False if the batch
+/// starts after a gap (the log must be read first).
+fn apply_fresh(
+    set: &RwLock<ProjectionSet>,
+    position: &watch::Sender<u64>,
+    batch: &[StoredEvent],
+) -> Result<bool, StoreError> {
+    let current = *position.borrow();
+    let fresh = &batch[batch.partition_point(|e| e.position <= current)..];
+    let (Some(first), Some(last)) = (fresh.first(), fresh.last()) else {
+        return Ok(true);
+    };
+    if first.position != current + 1 {
+        return Ok(false);
+    }
+    let decoded = decode_batch(fresh)?;
+    {
+        let mut guard = set.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        apply_decoded(&mut guard, &decoded);
+    }
+    position.send_replace(last.position);
+    Ok(true)
 }
 
 async fn catch_up(
@@ -191,10 +243,21 @@ async fn catch_up(
     }
 }
 
-async fn save(store: &dyn EventStore, set: &RwLock<ProjectionSet>) {
-    let checkpoints = {
+/// Saves every projection. Serializing whole states takes a while on a large log, so it runs on a
+/// blocking thread, not on one of the threads answering requests.
+async fn save(store: &dyn EventStore, set: &Arc<RwLock<ProjectionSet>>) {
+    let set = Arc::clone(set);
+    let serialized = tokio::task::spawn_blocking(move || {
         let guard = set.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         checkpoints_of(&guard)
+    })
+    .await;
+    let checkpoints = match serialized {
+        Ok(checkpoints) => checkpoints,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot serialize projection checkpoints");
+            return;
+        }
     };
     if let Err(e) = store.save_checkpoints(checkpoints).await {
         tracing::warn!(error = %e, "cannot save projection checkpoints");

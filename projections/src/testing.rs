@@ -126,7 +126,7 @@ fn requested(build_id: Uuid, b: u8, now: DateTime<Utc>) -> BuildRequested {
         summary: Some("summary".into()),
         trigger: "ios-build".into(),
         script: "ios-build".into(),
-        lane: if b % 2 == 0 { "default".into() } else { "signing".into() },
+        lane: if b.is_multiple_of(2) { "default".into() } else { "signing".into() },
         git_ref: format!("feature/MOB-{b}"),
         requested_by: None,
         intent_key: format!("MOB-{b}/ios-build"),

@@ -16,6 +16,7 @@ use meshgate_domain::payload::parse_bytes;
 use meshgate_domain::{Fingerprint, Trigger};
 use uuid::Uuid;
 
+use super::bench_client::LoadClient;
 use crate::app::App;
 use crate::cli::rebuild::fold_log;
 use crate::config::Config;
@@ -161,33 +162,22 @@ pub(super) fn body(n: u64) -> String {
 async fn ingest(args: &BenchArgs, group_commit: bool) -> anyhow::Result<IngestResult> {
     let server = BenchServer::start(group_commit).await?;
     let (addr, token) = (server.addr, server.webhook_token.clone());
-    let url = format!("http://{addr}/youtrack/webhook");
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let measuring = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
-    let client = reqwest::Client::builder().pool_max_idle_per_host(args.clients).build()?;
     let mut tasks = Vec::new();
     for _ in 0..args.clients {
-        let (client, url, token, next, errors, measuring, done) =
-            (client.clone(), url.clone(), token.clone(), next.clone(), errors.clone(), measuring.clone(), done.clone());
+        let (token, next, errors, measuring, done) =
+            (token.clone(), next.clone(), errors.clone(), measuring.clone(), done.clone());
+        let mut client = LoadClient::connect(addr, "/youtrack/webhook", &[("X-YouTrack-Token", &token)]).await?;
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(1 << 16);
             while !done.load(Ordering::Relaxed) {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 let body = body(n);
                 let started = Instant::now();
-                let response = client
-                    .post(&url)
-                    .header("X-YouTrack-Token", &token)
-                    .header("Content-Type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
-                let ok = match response {
-                    Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
+                let ok = matches!(client.post(body.as_bytes()).await, Ok(200));
                 if measuring.load(Ordering::Relaxed) {
                     if ok {
                         latencies.push(started.elapsed().as_micros() as u64);
@@ -281,6 +271,11 @@ async fn rebuild(events: u64) -> anyhow::Result<()> {
         elapsed.as_secs_f64(),
         head as f64 / elapsed.as_secs_f64()
     );
+    // Opening the log rebuilds the writer's stream index from it (ADR 0006).
+    let started = Instant::now();
+    let store = SqliteStore::open(&path, WriterOptions::default())?;
+    println!("open: stream index of {head} events rebuilt in {:.2} s", started.elapsed().as_secs_f64());
+    drop(store);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The `meshgate` command line.
 
 mod bench;
+mod bench_client;
 mod bench_dispatch;
 mod events;
 pub(crate) mod rebuild;

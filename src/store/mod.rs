@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use meshgate_domain::event::DecodeError;
 use meshgate_domain::{Event, ExpectedVersion, Recorded};
-use tokio::sync::watch;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
 /// An event about to be appended.
@@ -120,6 +122,13 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The position of the last committed event; changes whenever a commit lands.
     fn head(&self) -> watch::Receiver<u64>;
+
+    /// Events as their commits land, in position order, for followers in this process (a backend
+    /// that cannot tell gives `None`). A follower that lags or starts late reads the log instead:
+    /// every batch says where it stands, so a gap is visible.
+    fn committed(&self) -> Option<broadcast::Receiver<Arc<[StoredEvent]>>> {
+        None
+    }
 
     /// Succeeds if an append could be made now.
     async fn check_writable(&self) -> Result<(), StoreError>;

@@ -117,3 +117,68 @@ async fn the_head_announces_each_commit() {
     assert_eq!(seen, 2);
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_second_process_cannot_open_a_log_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = open(dir.path(), 512);
+    let options = WriterOptions { busy_timeout: std::time::Duration::from_millis(50), ..WriterOptions::default() };
+    let second = SqliteStore::open(&dir.path().join("events.sqlite"), options).err().expect("the log is locked");
+    assert!(second.to_string().contains("in use by another process"), "{second}");
+}
+
+#[tokio::test]
+async fn a_log_of_the_first_layout_is_upgraded_and_keeps_its_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.sqlite");
+    {
+        let store = open(dir.path(), 512);
+        store
+            .append(vec![append("s", ExpectedVersion::NoStream, 2), append("t", ExpectedVersion::NoStream, 1)])
+            .await
+            .unwrap();
+    }
+    // Rewrite the file as the first layout wrote it: a unique (stream, version) index, version 0.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE old AS SELECT * FROM events;
+             DROP TABLE events;
+             CREATE TABLE events (position INTEGER PRIMARY KEY, stream TEXT NOT NULL, version INTEGER NOT NULL,
+                 id BLOB NOT NULL, type TEXT NOT NULL, schema_version INTEGER NOT NULL, data TEXT NOT NULL,
+                 correlation_id BLOB NOT NULL, causation_id BLOB, recorded_at INTEGER NOT NULL, UNIQUE (stream, version));
+             INSERT INTO events SELECT * FROM old;
+             DROP TABLE old;
+             PRAGMA user_version = 0;",
+        )
+        .unwrap();
+    }
+    let store = open(dir.path(), 512);
+    assert_eq!(store.read_stream("s").await.unwrap().iter().map(|e| e.version).collect::<Vec<_>>(), [0, 1]);
+    let conflict = store.append(vec![append("t", ExpectedVersion::NoStream, 1)]).await.unwrap_err();
+    assert!(matches!(conflict, StoreError::Conflict { actual: Some(0), .. }), "{conflict:?}");
+    assert_eq!(store.append(vec![append("s", ExpectedVersion::Exact(1), 1)]).await.unwrap().last_position, 4);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let layout: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    let indexes: i64 = conn
+        .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!((layout, indexes), (2, 0));
+}
+
+#[tokio::test]
+async fn followers_get_each_commit_after_it_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 512);
+    let mut feed = store.committed().expect("the SQLite store has a commit feed");
+    store.append(vec![append("f", ExpectedVersion::NoStream, 2)]).await.unwrap();
+    let refused = store.append(vec![append("f", ExpectedVersion::NoStream, 1)]).await;
+    assert!(refused.is_err());
+    store.append(vec![append("g", ExpectedVersion::Any, 1)]).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        seen.extend(feed.recv().await.unwrap().iter().cloned());
+    }
+    // What the feed says is what a reader of the log gets back, conflicting appends excluded.
+    assert_eq!(seen, store.read_all(0, 100).await.unwrap());
+}

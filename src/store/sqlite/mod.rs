@@ -6,25 +6,36 @@
 //! that fails (a version conflict) rolls back to its savepoint without spoiling the batch; a commit
 //! that fails answers every request of the batch with an error. Global positions are assigned by
 //! the single writer, so they are gap-free and increase in commit order.
+//!
+//! The `events` table is append-only and carries no secondary index: expected versions are checked
+//! against the in-memory [`index::StreamIndex`], which the writer owns (a lock file keeps every
+//! other process from appending) and which is rebuilt from the table on open. ADR 0006 says why.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::DateTime;
 use rusqlite::{params, Connection, OpenFlags};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 use uuid::Uuid;
 
+mod index;
 mod writer;
 
+use index::{StreamIndex, StreamKey};
 use writer::WriteRequest;
 
 use super::{Appended, Checkpoint, EventStore, StoreError, StoreResultExt, StoredEvent, StreamAppend};
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS events (
+/// The log's layout; `PRAGMA user_version` says which one a file has.
+const SCHEMA_VERSION: i64 = 2;
+
+/// The events table. Append-only and without secondary indexes: every append writes at the end of
+/// one B-tree. Streams are found through the in-memory index; audit queries by correlation id or
+/// type (`meshgate events`) scan the log.
+const EVENTS_TABLE: &str = "
     position       INTEGER PRIMARY KEY,
     stream         TEXT    NOT NULL,
     version        INTEGER NOT NULL,
@@ -34,11 +45,10 @@ CREATE TABLE IF NOT EXISTS events (
     data           TEXT    NOT NULL,
     correlation_id BLOB    NOT NULL,
     causation_id   BLOB,
-    recorded_at    INTEGER NOT NULL,
-    UNIQUE (stream, version)
-);
--- No index on correlation_id: it cost a third of the append rate (docs/benchmarks.md), and audit
--- queries by correlation id (`meshgate events --correlation`) scan the log instead.
+    recorded_at    INTEGER NOT NULL
+";
+
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS checkpoints (
     name     TEXT PRIMARY KEY,
     position INTEGER NOT NULL,
@@ -57,26 +67,35 @@ pub struct WriterOptions {
     pub max_batch: usize,
     /// How long a write waits for a lock held by another process before failing.
     pub busy_timeout: Duration,
+    /// Under load, how long a batch may wait for requests on their way before it commits.
+    pub linger: Duration,
 }
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        WriterOptions { max_batch: 512, busy_timeout: Duration::from_secs(5) }
+        WriterOptions { max_batch: 512, busy_timeout: Duration::from_secs(5), linger: Duration::from_micros(1000) }
     }
 }
 
 /// The SQLite event store.
 pub struct SqliteStore {
     path: PathBuf,
-    writer: mpsc::Sender<WriteRequest>,
+    writer: std::sync::mpsc::Sender<WriteRequest>,
     readers: Arc<Mutex<Vec<Connection>>>,
     head: watch::Receiver<u64>,
+    index: Arc<RwLock<StreamIndex>>,
+    feed: broadcast::Sender<Arc<[StoredEvent]>>,
 }
 
+/// Committed batches a slow follower may fall behind by before it has to read the log instead.
+const FEED_CAPACITY: usize = 1024;
+
 impl SqliteStore {
-    /// Opens (creating if needed) the log at `path` and starts its writer thread.
+    /// Opens (creating if needed) the log at `path` and starts its writer thread. Fails if another
+    /// process has the log open for writing.
     pub fn open(path: &Path, options: WriterOptions) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).store_err()?;
+        let lock = lock_exclusively(path, options.busy_timeout)?;
+        let mut conn = Connection::open(path).store_err()?;
         conn.pragma_update(None, "journal_mode", "WAL").store_err()?;
         conn.pragma_update(None, "synchronous", "FULL").store_err()?;
         conn.busy_timeout(options.busy_timeout).store_err()?;
@@ -84,9 +103,14 @@ impl SqliteStore {
         conn.pragma_update(None, "temp_store", "MEMORY").store_err()?;
         // Checkpoints run on their own thread (below), never inside a group commit.
         conn.pragma_update(None, "wal_autocheckpoint", 0).store_err()?;
-        conn.execute_batch(SCHEMA).store_err()?;
-        let (writer, head) = writer::spawn(conn, path, options.max_batch.max(1))?;
-        Ok(SqliteStore { path: path.to_owned(), writer, readers: Arc::default(), head })
+        // A WAL that grew while readers held it is cut back to this when it starts over.
+        conn.pragma_update(None, "journal_size_limit", 64i64 << 20).store_err()?;
+        migrate(&mut conn)?;
+        let (index, head) = load_index(&conn)?;
+        let index = Arc::new(RwLock::new(index));
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let (writer, head) = writer::spawn(conn, lock, path, Arc::clone(&index), feed.clone(), head, options)?;
+        Ok(SqliteStore { path: path.to_owned(), writer, readers: Arc::default(), head, index, feed })
     }
 
     /// Opens the log for reading only (audit queries from the CLI).
@@ -105,7 +129,7 @@ impl SqliteStore {
         make: impl FnOnce(oneshot::Sender<Result<Appended, StoreError>>) -> WriteRequest,
     ) -> Result<Appended, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.writer.send(make(reply)).await.map_err(|_| StoreError::Closed)?;
+        self.writer.send(make(reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -146,12 +170,23 @@ impl EventStore for SqliteStore {
     }
 
     async fn read_stream(&self, stream: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        let positions =
+            self.index.read().unwrap_or_else(|poisoned| poisoned.into_inner()).positions(StreamKey::of(stream));
+        if positions.is_empty() {
+            return Ok(Vec::new());
+        }
         let stream = stream.to_owned();
         self.read(move |conn| {
-            let mut stmt =
-                conn.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE stream = ?1 ORDER BY version"))?;
-            let rows = stmt.query_map([stream], row_to_event)?;
-            rows.collect()
+            let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE position = ?1"))?;
+            let mut events = Vec::with_capacity(positions.len());
+            for position in positions {
+                let event = stmt.query_row([position], row_to_event)?;
+                // The index keys streams by a hash of their name; the row has the name itself.
+                if event.stream == stream {
+                    events.push(event);
+                }
+            }
+            Ok(events)
         })
         .await
     }
@@ -162,6 +197,10 @@ impl EventStore for SqliteStore {
 
     fn head(&self) -> watch::Receiver<u64> {
         self.head.clone()
+    }
+
+    fn committed(&self) -> Option<broadcast::Receiver<Arc<[StoredEvent]>>> {
+        Some(self.feed.subscribe())
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {
@@ -181,6 +220,98 @@ impl EventStore for SqliteStore {
     async fn save_checkpoints(&self, checkpoints: Vec<Checkpoint>) -> Result<(), StoreError> {
         self.write(|reply| WriteRequest::SaveCheckpoints { checkpoints, reply }).await.map(|_| ())
     }
+}
+
+/// Takes the lock file beside the log, waiting up to `patience` for a store closing in this
+/// process to let go of it.
+fn lock_exclusively(path: &Path, patience: Duration) -> Result<std::fs::File, StoreError> {
+    let lock_path = path.with_extension("sqlite.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StoreError::Failed(format!("cannot open the lock file {}: {e}", lock_path.display())))?;
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Failed(format!(
+                    "the event log {} is in use by another process (lock file {}); stop it first",
+                    path.display(),
+                    lock_path.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StoreError::Failed(format!("cannot lock {}: {e}", lock_path.display())))
+            }
+        }
+    }
+}
+
+/// Creates the tables, or brings a log written by an earlier version to the current layout.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    // Immediate: a store closing in this process may still be checkpointing; wait for it.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).store_err()?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0)).store_err()?;
+    let exists: bool = tx
+        .query_row("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events')", [], |r| {
+            r.get(0)
+        })
+        .store_err()?;
+    if !exists {
+        tx.execute_batch(&format!("CREATE TABLE events ({EVENTS_TABLE});")).store_err()?;
+    } else if version < SCHEMA_VERSION {
+        // Layout 1 had a unique (stream, version) index; the rows are the same.
+        tracing::info!(from = version, to = SCHEMA_VERSION, "upgrading the event log's layout");
+        tx.execute_batch(&format!(
+            "CREATE TABLE events_v2 ({EVENTS_TABLE});
+             INSERT INTO events_v2 SELECT {COLUMNS} FROM events ORDER BY position;
+             DROP TABLE events;
+             ALTER TABLE events_v2 RENAME TO events;"
+        ))
+        .store_err()?;
+    } else if version > SCHEMA_VERSION {
+        return Err(StoreError::Failed(format!(
+            "the event log has layout {version}, newer than this meshgate understands ({SCHEMA_VERSION})"
+        )));
+    }
+    tx.execute_batch(SCHEMA).store_err()?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION).store_err()?;
+    tx.commit().store_err()
+}
+
+/// Reads every stream's positions from the log, checking that versions run gap-free.
+fn load_index(conn: &Connection) -> Result<(StreamIndex, u64), StoreError> {
+    let started = std::time::Instant::now();
+    let mut index = StreamIndex::default();
+    let mut stmt = conn.prepare("SELECT position, stream, version FROM events ORDER BY position").store_err()?;
+    let mut rows = stmt.query([]).store_err()?;
+    let mut head = 0;
+    while let Some(row) = rows.next().store_err()? {
+        let (position, version): (u64, u64) = (row.get(0).store_err()?, row.get(2).store_err()?);
+        let stream = row.get_ref(1).store_err()?.as_str().store_err()?;
+        let key = StreamKey::of(stream);
+        let expected = index.version(key).map_or(0, |v| v + 1);
+        if version != expected {
+            return Err(StoreError::Failed(format!(
+                "the event log is inconsistent: stream `{stream}` has version {version} at position {position}, expected {expected}"
+            )));
+        }
+        index.push(key, position);
+        head = position;
+    }
+    tracing::debug!(
+        streams = index.streams(),
+        head,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "stream index loaded"
+    );
+    Ok((index, head))
 }
 
 /// Up to `limit` events after `after`, on any connection.

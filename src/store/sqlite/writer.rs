@@ -1,15 +1,18 @@
 //! The writer thread (group commit in savepoints) and the checkpointer thread.
 
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
-use meshgate_domain::ExpectedVersion;
 use rusqlite::{params, Connection};
-use tokio::sync::{mpsc, oneshot, watch};
+use std::sync::mpsc;
 
-use super::COLUMNS;
-use crate::store::{Appended, Checkpoint, StoreError, StoreResultExt, StreamAppend};
+use tokio::sync::{broadcast, oneshot, watch};
+
+use super::index::{version_through, Pending, StreamIndex, StreamKey};
+use super::{WriterOptions, COLUMNS};
+use crate::store::{Appended, Checkpoint, StoreError, StoreResultExt, StoredEvent, StreamAppend};
 
 pub(super) enum WriteRequest {
     Append { appends: Vec<StreamAppend>, reply: oneshot::Sender<Result<Appended, StoreError>> },
@@ -17,33 +20,67 @@ pub(super) enum WriteRequest {
     Ping { reply: oneshot::Sender<Result<Appended, StoreError>> },
 }
 
-/// Starts the writer thread (and its checkpointer) on `conn`; returns its queue and the head.
+/// Starts the writer thread (and its checkpointer) on `conn`, which holds the log's lock file;
+/// returns its queue and the head.
 pub(super) fn spawn(
     conn: Connection,
+    lock: std::fs::File,
     path: &Path,
-    max_batch: usize,
+    index: Arc<RwLock<StreamIndex>>,
+    feed: broadcast::Sender<Arc<[StoredEvent]>>,
+    head: u64,
+    options: WriterOptions,
 ) -> Result<(mpsc::Sender<WriteRequest>, watch::Receiver<u64>), StoreError> {
     let checkpointer = Checkpointer::start(path)?;
-    let head: u64 = conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| r.get(0)).store_err()?;
     let (head_tx, head_rx) = watch::channel(head);
-    let (tx, rx) = mpsc::channel(8192);
+    // Unbounded: every caller waits for its answer, so callers bound the queue.
+    let (tx, rx) = mpsc::channel();
+    let writer = Writer {
+        conn,
+        _lock: lock,
+        index,
+        batch: Pending::default(),
+        feed,
+        unpublished: Vec::new(),
+        next_position: head + 1,
+        head: head_tx,
+        max_batch: options.max_batch.max(1),
+        linger: options.linger,
+        previous_batch: 0,
+        checkpointer,
+        unchecked_bytes: 0,
+        unrestarted_bytes: 0,
+    };
     std::thread::Builder::new()
         .name("meshgate-sqlite-writer".into())
-        .spawn(move || {
-            Writer { conn, next_position: head + 1, head: head_tx, max_batch, checkpointer, unchecked_bytes: 0 }.run(rx)
-        })
+        .spawn(move || writer.run(rx))
         .map_err(|e| StoreError::Failed(format!("cannot start the writer thread: {e}")))?;
     Ok((tx, head_rx))
 }
 
 struct Writer {
     conn: Connection,
+    /// Held while the writer runs: no other process appends to this log.
+    _lock: std::fs::File,
+    /// The committed stream index, shared with readers.
+    index: Arc<RwLock<StreamIndex>>,
+    /// Streams appended in the open transaction.
+    batch: Pending,
+    /// Committed events, for followers in this process.
+    feed: broadcast::Sender<Arc<[StoredEvent]>>,
+    /// Events of the open transaction, published once it commits.
+    unpublished: Vec<StoredEvent>,
     next_position: u64,
     head: watch::Sender<u64>,
     max_batch: usize,
+    /// How long a batch may wait for requests on their way (see `run`).
+    linger: Duration,
+    previous_batch: usize,
     checkpointer: Checkpointer,
     /// Bytes appended since the checkpointer was last asked to run.
     unchecked_bytes: usize,
+    /// Bytes appended since the WAL was last fully checkpointed.
+    unrestarted_bytes: usize,
 }
 
 /// Copies the WAL back into the database on its own connection and thread, so that no group
@@ -52,8 +89,16 @@ struct Checkpointer {
     wake: std::sync::mpsc::SyncSender<()>,
 }
 
-/// Bytes appended between two checkpoint requests.
-const CHECKPOINT_EVERY_BYTES: usize = 4 << 20;
+/// Bytes appended between two requests to the background checkpointer.
+const CHECKPOINT_EVERY_BYTES: usize = 1 << 20;
+
+/// Bytes appended before the writer finishes a checkpoint itself, so that the WAL starts over.
+///
+/// Under steady load a background checkpoint never catches up with the writer: each pass copies
+/// what was there when it began, and the WAL grows without bound (hundreds of MiB a minute), every
+/// commit then allocating new blocks. The writer, between two batches, copies what the background
+/// passes left (a commit or two) and lets its next commit rewrite the WAL from the start.
+const RESTART_EVERY_BYTES: usize = 8 << 20;
 
 impl Checkpointer {
     fn start(path: &Path) -> Result<Self, StoreError> {
@@ -65,8 +110,20 @@ impl Checkpointer {
             .spawn(move || {
                 // Ends when the writer (the only sender) is gone.
                 while woken.recv().is_ok() {
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                        tracing::warn!(error = %e, "wal checkpoint failed");
+                    // Pass after pass while the writer keeps adding frames, so that what is left
+                    // for the writer to copy (`finish_checkpoint`) stays small.
+                    for _ in 0..64 {
+                        let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                        });
+                        match pass {
+                            Ok((0, log, copied)) if log > copied => continue,
+                            Ok(_) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "wal checkpoint failed");
+                                break;
+                            }
+                        }
                     }
                 }
                 let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
@@ -84,24 +141,48 @@ impl Checkpointer {
 type Reply = oneshot::Sender<Result<Appended, StoreError>>;
 
 impl Writer {
-    fn run(mut self, mut requests: mpsc::Receiver<WriteRequest>) {
+    /// Takes what is queued, and under load waits a little for more.
+    ///
+    /// Requests do not arrive together: after a commit its callers answer their clients, who send
+    /// the next deliveries one by one. Committing the first of them alone would spend a sync on
+    /// one request while the rest queue behind it. So when the previous batch held several
+    /// requests, the writer waits (at most `linger`) until it has three quarters as many. Alone
+    /// (the previous batch held one), a request is committed at once.
+    fn run(mut self, requests: mpsc::Receiver<WriteRequest>) {
         let mut batch = Vec::with_capacity(self.max_batch);
-        while let Some(first) = requests.blocking_recv() {
+        while let Ok(first) = requests.recv() {
             batch.push(first);
-            while batch.len() < self.max_batch {
-                match requests.try_recv() {
-                    Ok(request) => batch.push(request),
+            self.drain(&requests, &mut batch);
+            let target = (self.previous_batch * 3 / 4).min(self.max_batch);
+            let deadline = std::time::Instant::now() + self.linger;
+            while batch.len() < target {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match requests.recv_timeout(left) {
+                    Ok(request) => {
+                        batch.push(request);
+                        self.drain(&requests, &mut batch);
+                    }
                     Err(_) => break,
                 }
             }
+            self.previous_batch = batch.len();
             self.commit_batch(batch.drain(..));
+        }
+    }
+
+    fn drain(&self, requests: &mpsc::Receiver<WriteRequest>, batch: &mut Vec<WriteRequest>) {
+        while batch.len() < self.max_batch {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
         }
     }
 
     fn commit_batch(&mut self, batch: impl Iterator<Item = WriteRequest>) {
         let mut answers: Vec<(Reply, Result<Appended, StoreError>)> = Vec::new();
         let started = std::time::Instant::now();
-        let begun = self.conn.execute_batch("BEGIN IMMEDIATE").store_err();
+        let begun = self.run_cached("BEGIN IMMEDIATE");
         for request in batch {
             let (reply, work): (Reply, Work) = match request {
                 WriteRequest::Append { appends, reply } => (reply, Work::Append(appends)),
@@ -116,14 +197,28 @@ impl Writer {
             answers.push((reply, result));
         }
         let work_us = started.elapsed().as_micros() as u64;
+        let batch = std::mem::take(&mut self.batch);
         if begun.is_ok() {
-            if let Err(e) = self.conn.execute_batch("COMMIT").store_err() {
-                tracing::error!(error = %e, "event store commit failed; the batch is refused");
-                let _ = self.conn.execute_batch("ROLLBACK");
-                self.next_position = self.committed_head().unwrap_or(self.next_position) + 1;
-                for (_, result) in &mut answers {
-                    if result.is_ok() {
-                        *result = Err(e.clone());
+            match self.run_cached("COMMIT") {
+                Ok(()) => {
+                    // Durable now: readers and later appends may see it.
+                    let mut index = self.index.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    batch.commit_into(&mut index);
+                    drop(index);
+                    if !self.unpublished.is_empty() {
+                        // No follower listening is fine: followers read the log when they start.
+                        let _ = self.feed.send(Arc::from(std::mem::take(&mut self.unpublished)));
+                    }
+                }
+                Err(e) => {
+                    self.unpublished.clear();
+                    tracing::error!(error = %e, "event store commit failed; the batch is refused");
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    self.next_position = self.committed_head().unwrap_or(self.next_position) + 1;
+                    for (_, result) in &mut answers {
+                        if result.is_ok() {
+                            *result = Err(e.clone());
+                        }
                     }
                 }
             }
@@ -141,12 +236,45 @@ impl Writer {
             "group commit"
         );
         if self.unchecked_bytes >= CHECKPOINT_EVERY_BYTES {
+            self.unrestarted_bytes += self.unchecked_bytes;
             self.unchecked_bytes = 0;
             self.checkpointer.request();
         }
         for (reply, result) in answers {
             let _ = reply.send(result);
         }
+        if self.unrestarted_bytes >= RESTART_EVERY_BYTES && self.finish_checkpoint() {
+            self.unrestarted_bytes = 0;
+        }
+    }
+
+    /// Copies the WAL frames the background checkpointer has not copied yet. True if every frame is
+    /// in the database now; false if a checkpoint was busy (it is tried again after a later batch).
+    fn finish_checkpoint(&self) -> bool {
+        let started = std::time::Instant::now();
+        let outcome = self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
+        match outcome {
+            Ok((busy, log, copied)) => {
+                tracing::trace!(
+                    busy,
+                    log,
+                    copied,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "checkpoint by the writer"
+                );
+                busy == 0 && log == copied
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "checkpoint by the writer deferred");
+                false
+            }
+        }
+    }
+
+    fn run_cached(&self, sql: &str) -> Result<(), StoreError> {
+        self.conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ()).store_err()
     }
 
     fn committed_head(&self) -> Option<u64> {
@@ -154,16 +282,27 @@ impl Writer {
     }
 
     fn in_savepoint(&mut self, work: Work) -> Result<Appended, StoreError> {
-        self.conn.prepare_cached("SAVEPOINT request").and_then(|mut s| s.execute([])).store_err()?;
+        self.run_cached("SAVEPOINT request")?;
         let start = self.next_position;
+        let mut request = Pending::default();
+        let mut versions = Vec::new();
+        let mut appended = None;
         let result = match work {
-            Work::Append(appends) => self.append(&appends),
+            Work::Append(appends) => {
+                let result = self.append(&appends, &mut request, &mut versions);
+                appended = Some(appends);
+                result
+            }
             Work::Checkpoints(checkpoints) => self.save_checkpoints(&checkpoints),
             Work::Ping => Ok(Appended { last_position: start - 1 }),
         };
         match &result {
             Ok(_) => {
-                self.conn.prepare_cached("RELEASE request").and_then(|mut s| s.execute([])).store_err()?;
+                self.run_cached("RELEASE request")?;
+                self.batch.absorb(request);
+                if let Some(appends) = appended.filter(|_| self.feed.receiver_count() > 0) {
+                    self.publish_later(appends, start, versions);
+                }
             }
             Err(_) => {
                 self.next_position = start;
@@ -173,13 +312,45 @@ impl Writer {
         result
     }
 
-    fn append(&mut self, appends: &[StreamAppend]) -> Result<Appended, StoreError> {
+    /// Keeps a request's events for the followers of this process, who get them after the commit.
+    fn publish_later(&mut self, appends: Vec<StreamAppend>, start: u64, versions: Vec<u64>) {
+        let events = appends.into_iter().flat_map(|a| {
+            let stream = a.stream;
+            a.events.into_iter().map(move |e| (stream.clone(), e))
+        });
+        for (((stream, event), position), version) in events.zip(start..).zip(versions) {
+            self.unpublished.push(StoredEvent {
+                position,
+                stream,
+                version,
+                id: event.id,
+                event_type: event.event_type.to_owned(),
+                schema_version: event.schema_version,
+                data: event.data,
+                correlation_id: event.correlation_id,
+                causation_id: event.causation_id,
+                // Exactly as a reader gets it back: the table keeps microseconds.
+                recorded_at: chrono::DateTime::from_timestamp_micros(event.recorded_at.timestamp_micros())
+                    .unwrap_or(event.recorded_at),
+            });
+        }
+    }
+
+    fn append(
+        &mut self,
+        appends: &[StreamAppend],
+        request: &mut Pending,
+        versions: &mut Vec<u64>,
+    ) -> Result<Appended, StoreError> {
+        let mut insert = self
+            .conn
+            .prepare_cached(&format!("INSERT INTO events ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"))
+            .store_err()?;
         for append in appends {
-            // "No stream" needs no read: the first insert at version 0 fails on the unique
-            // (stream, version) index if the stream exists (see `conflict_on_unique` below).
-            let current: Option<u64> = match append.expected {
-                ExpectedVersion::NoStream => None,
-                _ => self.current_version(&append.stream)?,
+            let key = StreamKey::of(&append.stream);
+            let current = {
+                let index = self.index.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+                version_through(&index, &[&self.batch, request], key)
             };
             if !append.expected.is_satisfied_by(current) {
                 return Err(StoreError::Conflict {
@@ -189,48 +360,28 @@ impl Writer {
                 });
             }
             let first_version = current.map_or(0, |v| v + 1);
-            let mut insert = self
-                .conn
-                .prepare_cached(&format!(
-                    "INSERT INTO events ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-                ))
-                .store_err()?;
             for (version, event) in (first_version..).zip(&append.events) {
-                let inserted = insert.execute(params![
-                    self.next_position,
-                    append.stream,
-                    version,
-                    event.id.as_bytes().as_slice(),
-                    event.event_type,
-                    event.schema_version,
-                    event.data,
-                    event.correlation_id.as_bytes().as_slice(),
-                    event.causation_id.as_ref().map(|c| c.as_bytes().as_slice()),
-                    event.recorded_at.timestamp_micros(),
-                ]);
-                if let Err(e) = inserted {
-                    if is_unique_violation(&e) {
-                        let actual = self.current_version(&append.stream)?;
-                        return Err(StoreError::Conflict {
-                            stream: append.stream.clone(),
-                            expected: append.expected,
-                            actual,
-                        });
-                    }
-                    return Err(StoreError::Failed(e.to_string()));
-                }
+                insert
+                    .execute(params![
+                        self.next_position,
+                        append.stream,
+                        version,
+                        event.id.as_bytes().as_slice(),
+                        event.event_type,
+                        event.schema_version,
+                        event.data,
+                        event.correlation_id.as_bytes().as_slice(),
+                        event.causation_id.as_ref().map(|c| c.as_bytes().as_slice()),
+                        event.recorded_at.timestamp_micros(),
+                    ])
+                    .store_err()?;
+                request.push(key, self.next_position);
+                versions.push(version);
                 self.next_position += 1;
                 self.unchecked_bytes += event.data.len();
             }
         }
         Ok(Appended { last_position: self.next_position - 1 })
-    }
-
-    fn current_version(&self, stream: &str) -> Result<Option<u64>, StoreError> {
-        self.conn
-            .prepare_cached("SELECT MAX(version) FROM events WHERE stream = ?1")
-            .and_then(|mut s| s.query_row([stream], |r| r.get::<_, Option<u64>>(0)))
-            .store_err()
     }
 
     fn save_checkpoints(&mut self, checkpoints: &[Checkpoint]) -> Result<Appended, StoreError> {
@@ -246,10 +397,6 @@ impl Writer {
         }
         Ok(Appended { last_position: self.next_position - 1 })
     }
-}
-
-fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
 }
 
 enum Work {
