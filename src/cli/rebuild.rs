@@ -1,49 +1,64 @@
 //! `meshgate projections rebuild [--verify]`: recompute every projection from position 0.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use meshgate_domain::Event;
+use meshgate_domain::{Event, Recorded};
 use meshgate_projections::ProjectionSet;
 
 use crate::config::Config;
-use crate::projector::{apply_decoded, checkpoints_of, decode_batch, from_checkpoints, Decoded};
+use crate::projector::{checkpoints_of, from_checkpoints};
 
 /// Positions read per query during a rebuild.
 const REBUILD_RANGE: u64 = 8192;
-use crate::store::sqlite::{checkpoints, read_range_of_types, SqliteStore, WriterOptions};
+use crate::store::sqlite::{checkpoints, read_range_decoded, SqliteStore, WriterOptions};
 use crate::store::EventStore;
 
-/// Folds the log from position 0 up to `until` (inclusive), reporting progress. Reading and
-/// decoding run on one thread, folding on another.
-pub fn fold_log(conn: &rusqlite::Connection, until: u64, progress: &ProgressBar) -> anyhow::Result<ProjectionSet> {
+/// Threads reading and decoding the log during a rebuild, each taking every other range.
+const READERS: u64 = 2;
+
+/// Folds the log at `path` from position 0 up to `until` (inclusive), reporting progress. Two
+/// threads read and decode alternate ranges of positions; the calling thread folds them in order.
+pub fn fold_log(path: &Path, until: u64, progress: &ProgressBar) -> anyhow::Result<ProjectionSet> {
     let wanted: Vec<&str> = Event::TYPES.iter().copied().filter(|t| ProjectionSet::wants(t)).collect();
-    let (batches, folder_input) = std::sync::mpsc::sync_channel::<Vec<Decoded>>(8);
+    let ranges = until.div_ceil(REBUILD_RANGE);
     std::thread::scope(|scope| {
-        let folder = scope.spawn(move || {
-            let mut set = ProjectionSet::default();
-            for decoded in folder_input {
-                apply_decoded(&mut set, &decoded);
-                if let Some(Decoded::Skip(upto)) = decoded.last() {
-                    progress.set_position(*upto);
+        let mut inputs = Vec::new();
+        for reader in 0..READERS {
+            let (batches, input) = std::sync::mpsc::sync_channel::<anyhow::Result<(Vec<Recorded>, u64)>>(4);
+            inputs.push(input);
+            let wanted = &wanted;
+            scope.spawn(move || {
+                let conn = match SqliteStore::open_read_only(path) {
+                    Ok(conn) => conn,
+                    Err(e) => return drop(batches.send(Err(e.into()))),
+                };
+                for range in (reader..ranges).step_by(READERS as usize) {
+                    let after = range * REBUILD_RANGE;
+                    let upto = until.min(after + REBUILD_RANGE);
+                    let batch = read_range_decoded(&conn, after, upto, wanted)
+                        .with_context(|| format!("cannot read the event log after position {after}"));
+                    let failed = batch.is_err();
+                    if batches.send(batch.map(|b| (b, upto))).is_err() || failed {
+                        break;
+                    }
                 }
-            }
-            set
-        });
-        let mut after = 0;
-        while after < until {
-            let upto = until.min(after + REBUILD_RANGE);
-            let batch = read_range_of_types(conn, after, upto, &wanted).context("cannot read the event log")?;
-            let mut decoded = decode_batch(&batch)?;
-            decoded.push(Decoded::Skip(upto));
-            if batches.send(decoded).is_err() {
-                break;
-            }
-            after = upto;
+            });
         }
-        drop(batches);
-        folder.join().map_err(|_| anyhow::anyhow!("the folding thread panicked"))
+        let mut set = ProjectionSet::default();
+        for range in 0..ranges {
+            let (batch, upto) = inputs[(range % READERS) as usize]
+                .recv()
+                .map_err(|_| anyhow::anyhow!("a reading thread stopped early"))??;
+            for recorded in &batch {
+                set.apply(recorded);
+            }
+            set.skip_to(upto);
+            progress.set_position(upto);
+        }
+        Ok(set)
     })
 }
 
@@ -61,7 +76,7 @@ pub async fn run(config: &Config, verify: bool) -> anyhow::Result<()> {
     );
     progress.set_message(if verify { "verifying" } else { "rebuilding" });
     let started = std::time::Instant::now();
-    let rebuilt = fold_log(&conn, until, &progress)?;
+    let rebuilt = fold_log(&path, until, &progress)?;
     progress.finish_and_clear();
     let elapsed = started.elapsed();
     let rate = until as f64 / elapsed.as_secs_f64().max(1e-9);

@@ -322,20 +322,42 @@ pub fn read_all(conn: &Connection, after: u64, limit: usize) -> rusqlite::Result
     rows.collect()
 }
 
-/// The events in positions `after + 1 ..= upto` whose type is in `wanted`, in position order.
-/// Positions are gap-free, so a caller that reads a range has seen every position in it.
-pub fn read_range_of_types(
+/// The events in positions `after + 1 ..= upto` whose type is in `wanted`, decoded, in position
+/// order. Positions are gap-free, so a caller that reads a range has seen every position in it.
+/// Data is decoded straight from SQLite's row buffer: a rebuild copies no event text.
+pub fn read_range_decoded(
     conn: &Connection,
     after: u64,
     upto: u64,
     wanted: &[&str],
-) -> rusqlite::Result<Vec<StoredEvent>> {
+) -> Result<Vec<meshgate_domain::Recorded>, StoreError> {
     let list = wanted.iter().map(|t| format!("'{}'", t.replace('\'', "''"))).collect::<Vec<_>>().join(", ");
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM events WHERE position > ?1 AND position <= ?2 AND type IN ({list}) ORDER BY position"
-    ))?;
-    let rows = stmt.query_map(params![after, upto], row_to_event)?;
-    rows.collect()
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT position, stream, version, type, schema_version, data, correlation_id, recorded_at
+             FROM events WHERE position > ?1 AND position <= ?2 AND type IN ({list}) ORDER BY position"
+        ))
+        .store_err()?;
+    let mut rows = stmt.query(params![after, upto]).store_err()?;
+    let mut decoded = Vec::new();
+    while let Some(row) = rows.next().store_err()? {
+        let position: u64 = row.get(0).store_err()?;
+        let text = |i: usize| row.get_ref(i).and_then(|v| Ok(v.as_str()?)).store_err();
+        let event = meshgate_domain::Event::decode(text(3)?, row.get(4).store_err()?, text(5)?)
+            .map_err(|e| StoreError::Failed(format!("event at position {position}: {e}")))?;
+        let correlation = row.get_ref(6).and_then(|v| Ok(v.as_blob()?)).store_err()?;
+        let recorded_at: i64 = row.get(7).store_err()?;
+        decoded.push(meshgate_domain::Recorded {
+            position,
+            stream: text(1)?.to_owned(),
+            version: row.get(2).store_err()?,
+            event,
+            correlation_id: Uuid::from_slice(correlation).store_err()?,
+            recorded_at: DateTime::from_timestamp_micros(recorded_at)
+                .ok_or_else(|| StoreError::Failed(format!("event at position {position}: timestamp out of range")))?,
+        });
+    }
+    Ok(decoded)
 }
 
 /// Filters for audit queries over the whole log.
