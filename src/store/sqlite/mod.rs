@@ -29,6 +29,9 @@ use writer::WriteRequest;
 
 use super::{Appended, Checkpoint, EventStore, StoreError, StoreResultExt, StoredEvent, StreamAppend};
 
+/// Page size of a new log (docs/benchmarks.md).
+const PAGE_SIZE: i64 = 16 * 1024;
+
 /// The log's layout; `PRAGMA user_version` says which one a file has.
 const SCHEMA_VERSION: i64 = 2;
 
@@ -96,6 +99,10 @@ impl SqliteStore {
     pub fn open(path: &Path, options: WriterOptions) -> Result<Self, StoreError> {
         let lock = lock_exclusively(path, options.busy_timeout)?;
         let mut conn = Connection::open(path).store_err()?;
+        // For a new log only (a log keeps the page size it was created with). A delivery's rows
+        // take about 3 KiB, the received body 1.5 KiB of it: on 4 KiB pages a page held one
+        // delivery and a third of every page was left empty; 16 KiB pages hold five.
+        conn.pragma_update(None, "page_size", PAGE_SIZE).store_err()?;
         conn.pragma_update(None, "journal_mode", "WAL").store_err()?;
         conn.pragma_update(None, "synchronous", "FULL").store_err()?;
         conn.busy_timeout(options.busy_timeout).store_err()?;

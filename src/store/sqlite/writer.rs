@@ -146,14 +146,14 @@ impl Writer {
     /// Requests do not arrive together: after a commit its callers answer their clients, who send
     /// the next deliveries one by one. Committing the first of them alone would spend a sync on
     /// one request while the rest queue behind it. So when the previous batch held several
-    /// requests, the writer waits (at most `linger`) until it has three quarters as many. Alone
+    /// requests, the writer waits (at most `linger`) until it has half as many. Alone
     /// (the previous batch held one), a request is committed at once.
     fn run(mut self, requests: mpsc::Receiver<WriteRequest>) {
         let mut batch = Vec::with_capacity(self.max_batch);
         while let Ok(first) = requests.recv() {
             batch.push(first);
             self.drain(&requests, &mut batch);
-            let target = (self.previous_batch * 3 / 4).min(self.max_batch);
+            let target = (self.previous_batch / 2).min(self.max_batch);
             let deadline = std::time::Instant::now() + self.linger;
             while batch.len() < target {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
