@@ -296,9 +296,23 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 fn load_index(conn: &Connection) -> Result<(StreamIndex, u64), StoreError> {
     let started = std::time::Instant::now();
     let mut index = StreamIndex::default();
-    let mut stmt = conn.prepare("SELECT position, stream, version FROM events ORDER BY position").store_err()?;
-    let mut rows = stmt.query([]).store_err()?;
-    let mut head = 0;
+    let head = index_rows_after(conn, &mut index, 0)?;
+    tracing::debug!(
+        streams = index.streams(),
+        head,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "stream index loaded"
+    );
+    Ok((index, head))
+}
+
+/// Adds the rows after position `after` to the index; returns the last position (or `after`).
+fn index_rows_after(conn: &Connection, index: &mut StreamIndex, after: u64) -> Result<u64, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT position, stream, version FROM events WHERE position > ?1 ORDER BY position")
+        .store_err()?;
+    let mut rows = stmt.query([after]).store_err()?;
+    let mut head = after;
     while let Some(row) = rows.next().store_err()? {
         let (position, version): (u64, u64) = (row.get(0).store_err()?, row.get(2).store_err()?);
         let stream = row.get_ref(1).store_err()?.as_str().store_err()?;
@@ -312,13 +326,7 @@ fn load_index(conn: &Connection) -> Result<(StreamIndex, u64), StoreError> {
         index.push(key, position);
         head = position;
     }
-    tracing::debug!(
-        streams = index.streams(),
-        head,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "stream index loaded"
-    );
-    Ok((index, head))
+    Ok(head)
 }
 
 /// Up to `limit` events after `after`, on any connection.

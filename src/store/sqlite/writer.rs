@@ -42,6 +42,8 @@ pub(super) fn spawn(
         batch: Pending::default(),
         feed,
         unpublished: Vec::new(),
+        spoiled: None,
+        spoiled_for_good: None,
         next_position: head + 1,
         head: head_tx,
         max_batch: options.max_batch.max(1),
@@ -70,6 +72,11 @@ struct Writer {
     feed: broadcast::Sender<Arc<[StoredEvent]>>,
     /// Events of the open transaction, published once it commits.
     unpublished: Vec<StoredEvent>,
+    /// Set when a request's savepoint could not be closed; the batch is then rolled back.
+    spoiled: Option<StoreError>,
+    /// Set when the index could not be brought up to date after a failed commit: every later
+    /// batch is refused (the store answers errors until it is reopened).
+    spoiled_for_good: Option<StoreError>,
     next_position: u64,
     head: watch::Sender<u64>,
     max_batch: usize,
@@ -199,7 +206,14 @@ impl Writer {
         let work_us = started.elapsed().as_micros() as u64;
         let batch = std::mem::take(&mut self.batch);
         if begun.is_ok() {
-            match self.run_cached("COMMIT") {
+            // A savepoint that could be neither released nor rolled back leaves the transaction
+            // in a state the stream index does not know: the whole batch is refused.
+            let committed = match (self.spoiled.take(), &self.spoiled_for_good) {
+                (Some(e), _) => Err(e),
+                (None, Some(e)) => Err(e.clone()),
+                (None, None) => self.run_cached("COMMIT"),
+            };
+            match committed {
                 Ok(()) => {
                     // Durable now: readers and later appends may see it.
                     let mut index = self.index.write().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -214,7 +228,7 @@ impl Writer {
                     self.unpublished.clear();
                     tracing::error!(error = %e, "event store commit failed; the batch is refused");
                     let _ = self.conn.execute_batch("ROLLBACK");
-                    self.next_position = self.committed_head().unwrap_or(self.next_position) + 1;
+                    self.resync_after_failed_commit();
                     for (_, result) in &mut answers {
                         if result.is_ok() {
                             *result = Err(e.clone());
@@ -277,8 +291,20 @@ impl Writer {
         self.conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ()).store_err()
     }
 
-    fn committed_head(&self) -> Option<u64> {
-        self.conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| r.get(0)).ok()
+    /// After a failed commit, learns from the log what landed. A commit reported as failed can
+    /// still have reached the WAL (a sync error after the write): then its rows are in the log,
+    /// and the index must know them before the next append is checked.
+    fn resync_after_failed_commit(&mut self) {
+        let known = self.head.borrow().to_owned();
+        let mut index = self.index.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match super::index_rows_after(&self.conn, &mut index, known) {
+            Ok(head) => self.next_position = head + 1,
+            Err(e) => {
+                // Appending on an index that may be stale could break versions: stop appending.
+                tracing::error!(error = %e, "cannot read the log after a failed commit; refusing appends");
+                self.spoiled_for_good = Some(e);
+            }
+        }
     }
 
     fn in_savepoint(&mut self, work: Work) -> Result<Appended, StoreError> {
@@ -298,7 +324,11 @@ impl Writer {
         };
         match &result {
             Ok(_) => {
-                self.run_cached("RELEASE request")?;
+                if let Err(e) = self.run_cached("RELEASE request") {
+                    // The rows may or may not be in the transaction now: the index cannot tell.
+                    self.spoiled = Some(e.clone());
+                    return Err(e);
+                }
                 self.batch.absorb(request);
                 if let Some(appends) = appended.filter(|_| self.feed.receiver_count() > 0) {
                     self.publish_later(appends, start, versions);
@@ -306,7 +336,10 @@ impl Writer {
             }
             Err(_) => {
                 self.next_position = start;
-                self.conn.execute_batch("ROLLBACK TO request; RELEASE request").store_err()?;
+                if let Err(e) = self.conn.execute_batch("ROLLBACK TO request; RELEASE request").store_err() {
+                    self.spoiled = Some(e.clone());
+                    return Err(e);
+                }
             }
         }
         result
