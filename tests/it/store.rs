@@ -182,3 +182,62 @@ async fn followers_get_each_commit_after_it_is_durable() {
     // What the feed says is what a reader of the log gets back, conflicting appends excluded.
     assert_eq!(seen, store.read_all(0, 100).await.unwrap());
 }
+
+/// One build requested, as its own commit.
+fn requested(n: u128) -> StreamAppend {
+    let build_id = Uuid::from_u128(n);
+    let event = Event::BuildRequested(meshgate_domain::event::BuildRequested {
+        build_id,
+        issue_id: format!("MOB-{n}"),
+        project: "MOB".into(),
+        summary: None,
+        trigger: "ios-build".into(),
+        script: "ios-build".into(),
+        lane: "default".into(),
+        git_ref: "main".into(),
+        requested_by: None,
+        intent_key: format!("MOB-{n}/ios-build"),
+        correlation_id: build_id,
+        requested_at: chrono::Utc::now(),
+    });
+    let new = NewEvent::from_domain(&event, build_id, None, chrono::Utc::now());
+    StreamAppend { stream: format!("build-{build_id}"), expected: ExpectedVersion::NoStream, events: vec![new] }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_projections_that_fall_behind_the_commit_feed_catch_up_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 512);
+    let (live, follow) = meshgate::projector::start(Arc::clone(&store), std::future::pending()).await.unwrap();
+    tokio::spawn(follow);
+
+    // Hold the projections still (a reader that does not let go) while more commits land than
+    // the feed keeps: the follower misses batches and must read them from the log.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (holding, held) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let live = live.clone();
+        std::thread::spawn(move || {
+            live.read(|_| {
+                holding.send(()).unwrap();
+                released.recv().unwrap();
+            })
+        })
+    };
+    held.recv().unwrap();
+    for n in 0..1500 {
+        store.append(vec![requested(n)]).await.unwrap();
+    }
+    release.send(()).unwrap();
+    holder.join().unwrap();
+
+    let head = *store.head().borrow();
+    assert!(live.caught_up_to(head, std::time::Duration::from_secs(30)).await, "the follower never caught up");
+    // A follower started now reads everything from the log: both must agree.
+    let (fresh, follow) = meshgate::projector::start(Arc::clone(&store), std::future::pending()).await.unwrap();
+    tokio::spawn(follow);
+    assert!(fresh.caught_up_to(head, std::time::Duration::from_secs(30)).await);
+    let (a, b) = (live.read(Clone::clone), fresh.read(Clone::clone));
+    assert_eq!(a.builds.state.builds.len(), 1500);
+    assert!(a == b, "the live projections differ from a fresh read of the log");
+}
