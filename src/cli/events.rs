@@ -4,6 +4,7 @@ use std::io::Write;
 
 use anyhow::Context;
 use clap::Args;
+use meshgate_domain::Event;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -42,7 +43,11 @@ pub fn run(config: &Config, args: &EventsArgs) -> anyhow::Result<()> {
     let events = query(&conn, &filter).context("cannot query the event log")?;
     let mut out = std::io::stdout().lock();
     for e in events {
-        let data: Value = serde_json::from_str(&e.data).unwrap_or(Value::Null);
+        let mut data: Value = serde_json::from_str(&e.data).unwrap_or(Value::Null);
+        // A received body reads as the text it arrived as, however the log stores it.
+        if let Ok(Event::WebhookReceived(received)) = Event::decode(&e.event_type, e.schema_version, &e.data) {
+            data["body"] = Value::String(received.body);
+        }
         if args.json {
             let line = json!({
                 "position": e.position, "stream": e.stream, "version": e.version, "id": e.id,

@@ -288,6 +288,7 @@ async fn the_events_command_answers_audit_questions_from_the_log() {
     // Everything the second delivery caused.
     let caused = events(&["--correlation", second["correlation_id"].as_str().unwrap()]);
     assert_eq!(types(&caused), ["WebhookReceived", "BuildRequestFolded"]);
+    assert_eq!(caused[0]["data"]["body"].as_str(), Some(copy.as_str()), "the body as it was received");
     let build = events(&["--stream", &format!("build-{}", build_id(&first))]);
     assert_eq!(types(&build), ["BuildRequested", "BuildRequestFolded"]);
     assert_eq!(events(&["--type", "WebhookReceived"]).len(), 3);
