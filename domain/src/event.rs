@@ -56,8 +56,8 @@ pub struct WebhookReceived {
     pub received_at: DateTime<Utc>,
 }
 
-/// A received body is JSON already: storing it as a JSON string would escape every quote (a
-/// quarter more bytes for a typical body, written twice by the log) and cost the time to escape.
+/// A received body is JSON already: storing it as a JSON string would escape every quote (about a
+/// tenth more bytes for a typical body, written twice by the log) and cost the time to escape.
 /// A body that is an object or array, without surrounding whitespace, is embedded as it is;
 /// anything else (a trailing newline, say) is stored as a string, so the bytes always come back
 /// exactly. Reading accepts both forms, including logs written before this.

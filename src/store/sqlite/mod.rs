@@ -100,7 +100,7 @@ impl SqliteStore {
         let lock = lock_exclusively(path, options.busy_timeout)?;
         let mut conn = Connection::open(path).store_err()?;
         // For a new log only (a log keeps the page size it was created with). A delivery's rows
-        // take about 3 KiB, the received body 1.5 KiB of it: on 4 KiB pages a page held one
+        // take about 3 KiB, half of it the received body's event: on 4 KiB pages a page held one
         // delivery and a third of every page was left empty; 16 KiB pages hold five.
         conn.pragma_update(None, "page_size", PAGE_SIZE).store_err()?;
         conn.pragma_update(None, "journal_mode", "WAL").store_err()?;
