@@ -206,19 +206,32 @@ fn apply_fresh(
 ) -> Result<bool, StoreError> {
     let current = *position.borrow();
     let fresh = &batch[batch.partition_point(|e| e.position <= current)..];
-    let (Some(first), Some(last)) = (fresh.first(), fresh.last()) else {
-        return Ok(true);
-    };
-    if first.position != current + 1 {
-        return Ok(false);
+    match fresh.first() {
+        None => return Ok(true),
+        Some(first) if first.position != current + 1 => return Ok(false),
+        Some(_) => {}
     }
-    let decoded = decode_batch(fresh)?;
+    advance(set, position, fresh)?;
+    Ok(true)
+}
+
+/// Applies events that follow the projections' position directly, and moves the position to the
+/// last of them. Decoding happens before the projections are locked.
+fn advance(
+    set: &RwLock<ProjectionSet>,
+    position: &watch::Sender<u64>,
+    events: &[StoredEvent],
+) -> Result<(), StoreError> {
+    let Some(last) = events.last().map(|e| e.position) else {
+        return Ok(());
+    };
+    let decoded = decode_batch(events)?;
     {
         let mut guard = set.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         apply_decoded(&mut guard, &decoded);
     }
-    position.send_replace(last.position);
-    Ok(true)
+    position.send_replace(last);
+    Ok(())
 }
 
 async fn catch_up(
@@ -229,14 +242,7 @@ async fn catch_up(
     loop {
         let from = *position.borrow();
         let batch = store.read_all(from, READ_BATCH).await?;
-        let Some(last) = batch.last().map(|e| e.position) else {
-            return Ok(());
-        };
-        {
-            let mut guard = set.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-            apply_batch(&mut guard, &batch)?;
-        }
-        position.send_replace(last);
+        advance(set, position, &batch)?;
         if batch.len() < READ_BATCH {
             return Ok(());
         }

@@ -224,27 +224,10 @@ async fn rebuild(events: u64) -> anyhow::Result<()> {
     let deliveries = events.div_ceil(4);
     let progress = ProgressBar::new(deliveries);
     progress.set_message("writing the log");
-    let now = Utc::now();
     for chunk_start in (0..deliveries).step_by(2000) {
         let mut appends: Vec<StreamAppend> = Vec::new();
         for n in chunk_start..(chunk_start + 2000).min(deliveries) {
-            let body = BODY.replace("{n}", &n.to_string());
-            let (value, delivery) = parse_bytes(body.as_bytes()).context("bench body")?;
-            let fingerprint = Fingerprint::of(&value);
-            let correlation_id = Uuid::now_v7();
-            let input = DeliveryInput {
-                correlation_id,
-                received_at: now,
-                fingerprint: &fingerprint,
-                body: &body,
-                delivery: &delivery,
-            };
-            let plan = decide_delivery(&LogView::assume_new(), &input, &policy, &mut Uuid::now_v7);
-            appends.extend(plan.appends.into_iter().map(|a| StreamAppend {
-                stream: a.stream,
-                expected: a.expected,
-                events: a.events.iter().map(|e| NewEvent::from_domain(e, correlation_id, None, now)).collect(),
-            }));
+            appends.extend(plan_for(n, &policy)?);
         }
         store.append(appends).await?;
         progress.inc(2000);

@@ -119,7 +119,7 @@ async fn the_head_announces_each_commit() {
 }
 
 #[tokio::test]
-async fn a_second_process_cannot_open_a_log_in_use() {
+async fn a_second_writer_cannot_open_a_log_in_use() {
     let dir = tempfile::tempdir().unwrap();
     let _first = open(dir.path(), 512);
     let options = WriterOptions { busy_timeout: std::time::Duration::from_millis(50), ..WriterOptions::default() };
