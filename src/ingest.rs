@@ -15,7 +15,6 @@ use meshgate_domain::ingest::{
 };
 use meshgate_domain::stream::{build_stream, delivery_stream, intent_stream};
 use meshgate_domain::{Delivery, Event, Fingerprint, Trigger};
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::store::{EventStore, NewEvent, StoreError, StoredEvent, StreamAppend};
@@ -62,10 +61,9 @@ impl IngestService {
         correlation_id: Uuid,
         received_at: DateTime<Utc>,
         body: &str,
-        value: &Value,
+        fingerprint: Fingerprint,
         delivery: &Delivery,
     ) -> Result<Accepted, IngestError> {
-        let fingerprint = Fingerprint::of(value);
         let input = DeliveryInput { correlation_id, received_at, fingerprint: &fingerprint, body, delivery };
         // A delivery that leaves a trigger's state must see whether a build is active: no guessing.
         let mut view = if left_intents(&self.policy(), delivery).is_empty() {

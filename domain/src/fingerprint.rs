@@ -4,11 +4,11 @@
 //! a proxy replay) differ only in `timestamp`. The hash is computed over a canonical rendering
 //! (object keys sorted, no whitespace), so key order and formatting added by a proxy do not matter.
 
-use std::fmt::Write as _;
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+use crate::json::Json;
 
 /// 64 lower-case hex characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -18,26 +18,30 @@ pub struct Fingerprint(String);
 impl Fingerprint {
     /// Fingerprint of a parsed body: every top-level key but `timestamp`, canonically rendered.
     pub fn of(body: &Value) -> Self {
+        Self::of_json(&Json::borrow(body))
+    }
+
+    /// The same over the borrowed tree ingest reads a body into.
+    pub fn of_json(body: &Json<'_>) -> Self {
         let mut hasher = Sha256::new();
         match body {
-            Value::Object(map) => {
-                let mut keys: Vec<&String> = map.keys().filter(|k| *k != "timestamp").collect();
-                keys.sort();
+            Json::Object(object) => {
                 hasher.update(b"{");
-                for key in keys {
+                for (key, value) in object.sorted().into_iter().filter(|(k, _)| *k != "timestamp") {
                     write_str(&mut hasher, key);
                     hasher.update(b":");
-                    write_value(&mut hasher, &map[key]);
+                    write_value(&mut hasher, value);
                     hasher.update(b",");
                 }
                 hasher.update(b"}");
             }
             other => write_value(&mut hasher, other),
         }
-        let digest = hasher.finalize();
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut hex = String::with_capacity(64);
-        for byte in digest {
-            let _ = write!(hex, "{byte:02x}");
+        for byte in hasher.finalize() {
+            hex.push(HEX[usize::from(byte >> 4)] as char);
+            hex.push(HEX[usize::from(byte & 0x0f)] as char);
         }
         Fingerprint(hex)
     }
@@ -66,17 +70,17 @@ fn write_str(hasher: &mut Sha256, s: &str) {
     hasher.update(s.as_bytes());
 }
 
-fn write_value(hasher: &mut Sha256, value: &Value) {
+fn write_value(hasher: &mut Sha256, value: &Json<'_>) {
     match value {
-        Value::Null => hasher.update(b"n"),
-        Value::Bool(true) => hasher.update(b"t"),
-        Value::Bool(false) => hasher.update(b"f"),
-        Value::Number(n) => {
+        Json::Null => hasher.update(b"n"),
+        Json::Bool(true) => hasher.update(b"t"),
+        Json::Bool(false) => hasher.update(b"f"),
+        Json::Number(n) => {
             hasher.update(b"#");
             write_str(hasher, &n.to_string());
         }
-        Value::String(s) => write_str(hasher, s),
-        Value::Array(items) => {
+        Json::String(s) => write_str(hasher, s),
+        Json::Array(items) => {
             hasher.update(b"[");
             for item in items {
                 write_value(hasher, item);
@@ -84,14 +88,12 @@ fn write_value(hasher: &mut Sha256, value: &Value) {
             }
             hasher.update(b"]");
         }
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
+        Json::Object(object) => {
             hasher.update(b"{");
-            for key in keys {
+            for (key, value) in object.sorted() {
                 write_str(hasher, key);
                 hasher.update(b":");
-                write_value(hasher, &map[key]);
+                write_value(hasher, value);
                 hasher.update(b",");
             }
             hasher.update(b"}");

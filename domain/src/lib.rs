@@ -3,6 +3,7 @@
 //! Everything here is a function of its inputs: no I/O, no clocks, no random numbers. Time and ids
 //! are passed in by the shell (`meshgate` in `src/`).
 //!
+//! - [`json`]: a JSON tree borrowing from the received bytes, read once per delivery.
 //! - [`payload`]: parsing the bodies YouTrack's Webhook Triggers app sends.
 //! - [`fingerprint`]: the hash that tells two deliveries of one change apart from two changes.
 //! - [`trigger`]: configured rules mapping a transition to a build request.
@@ -16,6 +17,7 @@ pub mod build;
 pub mod event;
 pub mod fingerprint;
 pub mod ingest;
+pub mod json;
 pub mod notify;
 pub mod payload;
 pub mod retry;

@@ -6,7 +6,10 @@
 //! refused. Required fields with the wrong type are errors that name the field.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Number, Value};
+use serde_json::{Number, Value};
+
+use crate::json::{Json, Object};
+use crate::Fingerprint;
 
 /// The `event` field of a delivery.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -106,25 +109,25 @@ pub enum FieldValue {
 }
 
 impl FieldValue {
-    fn parse(value: &Value) -> Self {
+    fn parse(value: &Json<'_>) -> Self {
         match value {
-            Value::Null => FieldValue::Null,
-            Value::Bool(value) => FieldValue::Bool { value: *value },
-            Value::Number(number) => FieldValue::Number { number: number.clone() },
-            Value::String(text) => FieldValue::Text { text: text.clone() },
-            Value::Array(items) => FieldValue::List { items: items.iter().map(FieldValue::parse).collect() },
-            Value::Object(map) => {
+            Json::Null => FieldValue::Null,
+            Json::Bool(value) => FieldValue::Bool { value: *value },
+            Json::Number(number) => FieldValue::Number { number: number.clone() },
+            Json::String(text) => FieldValue::Text { text: text.as_ref().to_owned() },
+            Json::Array(items) => FieldValue::List { items: items.iter().map(FieldValue::parse).collect() },
+            Json::Object(map) => {
                 if map.contains_key("minutes") {
                     FieldValue::Period {
-                        minutes: map.get("minutes").and_then(Value::as_i64),
+                        minutes: map.get("minutes").and_then(Json::as_i64),
                         presentation: opt_string(map, "presentation"),
                     }
                 } else if map.contains_key("login") {
                     FieldValue::User { user: parse_user(value).unwrap_or_default() }
-                } else if let Some(name) = map.get("name").and_then(Value::as_str) {
+                } else if let Some(name) = map.get("name").and_then(Json::as_str) {
                     FieldValue::Named { name: name.to_owned(), presentation: opt_string(map, "presentation") }
                 } else {
-                    FieldValue::Other { value: value.clone() }
+                    FieldValue::Other { value: value.to_value() }
                 }
             }
         }
@@ -207,6 +210,17 @@ const MAX_ISSUE_ID_LEN: usize = 64;
 
 /// Parses a body already read as JSON.
 pub fn parse(body: &Value) -> Result<Delivery, PayloadError> {
+    parse_json(&Json::borrow(body))
+}
+
+/// Parses raw bytes: JSON first, then the delivery and its fingerprint, from one reading.
+pub fn parse_bytes(body: &[u8]) -> Result<(Fingerprint, Delivery), PayloadError> {
+    let json = Json::from_slice(body).map_err(|e| PayloadError::InvalidJson(e.to_string()))?;
+    let delivery = parse_json(&json)?;
+    Ok((Fingerprint::of_json(&json), delivery))
+}
+
+fn parse_json(body: &Json<'_>) -> Result<Delivery, PayloadError> {
     let map = body.as_object().ok_or(PayloadError::NotAnObject)?;
     let event = EventKind::parse(required_str(map, "event")?);
     let issue_id = required_str(map, "id")?;
@@ -214,8 +228,8 @@ pub fn parse(body: &Value) -> Result<Delivery, PayloadError> {
     let project = parse_project(map)?;
 
     let changed_fields = match map.get("changedFields") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(entries)) => {
+        None | Some(Json::Null) => Vec::new(),
+        Some(Json::Array(entries)) => {
             entries.iter().enumerate().map(|(i, entry)| parse_changed_field(i, entry)).collect::<Result<_, _>>()?
         }
         Some(_) => return Err(wrong("changedFields", "an array")),
@@ -223,7 +237,7 @@ pub fn parse(body: &Value) -> Result<Delivery, PayloadError> {
 
     let mut authors = Vec::new();
     for list in ["comments", "workItems", "attachments"] {
-        if let Some(Value::Array(items)) = map.get(list) {
+        if let Some(Json::Array(items)) = map.get(list) {
             authors.extend(items.iter().filter_map(|item| item.get("author")).filter_map(parse_user));
         }
     }
@@ -241,27 +255,20 @@ pub fn parse(body: &Value) -> Result<Delivery, PayloadError> {
     })
 }
 
-/// Parses raw bytes: JSON first, then the delivery.
-pub fn parse_bytes(body: &[u8]) -> Result<(Value, Delivery), PayloadError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| PayloadError::InvalidJson(e.to_string()))?;
-    let delivery = parse(&value)?;
-    Ok((value, delivery))
-}
-
 fn wrong(field: &str, expected: &'static str) -> PayloadError {
     PayloadError::WrongType { field: field.to_owned(), expected }
 }
 
-fn required_str<'a>(map: &'a Map<String, Value>, field: &str) -> Result<&'a str, PayloadError> {
+fn required_str<'a>(map: &'a Object<'_>, field: &str) -> Result<&'a str, PayloadError> {
     match map.get(field) {
-        None | Some(Value::Null) => Err(PayloadError::Missing { field: field.to_owned() }),
-        Some(Value::String(s)) => Ok(s),
+        None | Some(Json::Null) => Err(PayloadError::Missing { field: field.to_owned() }),
+        Some(Json::String(s)) => Ok(s),
         Some(_) => Err(wrong(field, "a string")),
     }
 }
 
-fn opt_string(map: &Map<String, Value>, field: &str) -> Option<String> {
-    map.get(field).and_then(Value::as_str).map(str::to_owned)
+fn opt_string(map: &Object<'_>, field: &str) -> Option<String> {
+    map.get(field).and_then(Json::as_str).map(str::to_owned)
 }
 
 fn validate_issue_id(id: &str) -> Result<(), PayloadError> {
@@ -279,16 +286,16 @@ fn validate_issue_id(id: &str) -> Result<(), PayloadError> {
 }
 
 /// Current shape: `project.key`; legacy shape: `project.shortName`.
-fn parse_project(map: &Map<String, Value>) -> Result<String, PayloadError> {
+fn parse_project(map: &Object<'_>) -> Result<String, PayloadError> {
     let project = match map.get("project") {
-        None | Some(Value::Null) => return Err(PayloadError::Missing { field: "project".to_owned() }),
-        Some(Value::Object(project)) => project,
+        None | Some(Json::Null) => return Err(PayloadError::Missing { field: "project".to_owned() }),
+        Some(Json::Object(project)) => project,
         Some(_) => return Err(wrong("project", "an object")),
     };
     for field in ["key", "shortName"] {
         match project.get(field) {
-            None | Some(Value::Null) => continue,
-            Some(Value::String(key)) if !key.is_empty() => {
+            None | Some(Json::Null) => continue,
+            Some(Json::String(key)) if !key.is_empty() => {
                 if key.len() > MAX_ISSUE_ID_LEN
                     || !key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
                 {
@@ -297,7 +304,7 @@ fn parse_project(map: &Map<String, Value>) -> Result<String, PayloadError> {
                         reason: "may hold only letters, digits, `-`, `_` and `.`",
                     });
                 }
-                return Ok(key.clone());
+                return Ok(key.as_ref().to_owned());
             }
             Some(_) => return Err(wrong(&format!("project.{field}"), "a non-empty string")),
         }
@@ -305,20 +312,18 @@ fn parse_project(map: &Map<String, Value>) -> Result<String, PayloadError> {
     Err(PayloadError::Missing { field: "project.key".to_owned() })
 }
 
-fn parse_changed_field(index: usize, entry: &Value) -> Result<ChangedField, PayloadError> {
+fn parse_changed_field(index: usize, entry: &Json<'_>) -> Result<ChangedField, PayloadError> {
     let entry = entry.as_object().ok_or_else(|| wrong(&format!("changedFields[{index}]"), "an object"))?;
     let name = match entry.get("name") {
-        Some(Value::String(name)) => name.clone(),
-        None | Some(Value::Null) => {
-            return Err(PayloadError::Missing { field: format!("changedFields[{index}].name") })
-        }
+        Some(Json::String(name)) => name.as_ref().to_owned(),
+        None | Some(Json::Null) => return Err(PayloadError::Missing { field: format!("changedFields[{index}].name") }),
         Some(_) => return Err(wrong(&format!("changedFields[{index}].name"), "a string")),
     };
     let value_of = |key| entry.get(key).map(FieldValue::parse).unwrap_or(FieldValue::Null);
     Ok(ChangedField { name, old_value: value_of("oldValue"), value: value_of("value") })
 }
 
-fn parse_user(value: &Value) -> Option<User> {
+fn parse_user(value: &Json<'_>) -> Option<User> {
     let map = value.as_object()?;
     Some(User {
         login: opt_string(map, "login"),

@@ -11,7 +11,6 @@ use axum::Json;
 use chrono::Utc;
 use meshgate_domain::ingest::Outcome;
 use meshgate_domain::payload;
-use serde_json::json;
 use uuid::Uuid;
 
 use super::{ApiError, AppState, Counters};
@@ -20,17 +19,40 @@ pub async fn receive(State(app): State<Arc<AppState>>, request: Request) -> Resp
     let correlation_id = Uuid::now_v7();
     let received_at = Utc::now();
     let (parts, body) = request.into_parts();
-    let remote = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.to_string());
-    let remote = remote.as_deref().unwrap_or("unknown");
+    let remote = Remote(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0));
     let result = handle(&app, correlation_id, received_at, remote, &parts.headers, body).await;
     let mut response = match result {
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
-    if let Ok(value) = HeaderValue::from_str(&correlation_id.to_string()) {
+    let mut id = Uuid::encode_buffer();
+    if let Ok(value) = HeaderValue::from_str(correlation_id.hyphenated().encode_lower(&mut id)) {
         response.headers_mut().insert("x-correlation-id", value);
     }
     response
+}
+
+/// The peer's address, formatted only when a log line asks for it.
+#[derive(Clone, Copy)]
+struct Remote(Option<SocketAddr>);
+
+impl std::fmt::Display for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("unknown"),
+        }
+    }
+}
+
+/// The answer to an accepted delivery.
+#[derive(serde::Serialize)]
+struct AcceptedBody<'a> {
+    correlation_id: Uuid,
+    outcome: &'a str,
+    build_id: Option<&'a Uuid>,
+    build_ids: &'a [Uuid],
+    reason: Option<&'a str>,
 }
 
 #[tracing::instrument(name = "delivery", skip_all, fields(correlation_id = %correlation_id))]
@@ -38,7 +60,7 @@ async fn handle(
     app: &AppState,
     correlation_id: Uuid,
     received_at: chrono::DateTime<Utc>,
-    remote: &str,
+    remote: Remote,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -50,7 +72,7 @@ async fn handle(
     if !presented.is_some_and(|token| app.webhook_tokens.verify(token.as_bytes())) {
         let total = Counters::bump(&app.counters.unauthorized);
         tracing::warn!(
-            remote,
+            %remote,
             header_present = presented.is_some(),
             received_token_length = presented.map_or(0, |t| t.len()),
             body_length = declared_length,
@@ -64,7 +86,7 @@ async fn handle(
     let too_large = || {
         let total = Counters::bump(&app.counters.too_large);
         tracing::warn!(
-            remote,
+            %remote,
             body_length = declared_length,
             limit = app.max_body_bytes,
             rejected_total = total,
@@ -81,7 +103,7 @@ async fn handle(
     }
     if !is_json(headers) {
         let total = Counters::bump(&app.counters.unsupported_media_type);
-        tracing::warn!(remote, rejected_total = total, "webhook body is not json");
+        tracing::warn!(%remote, rejected_total = total, "webhook body is not json");
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -94,15 +116,15 @@ async fn handle(
     };
     let bad_request = |message: String, field: Option<String>| {
         let total = Counters::bump(&app.counters.bad_request);
-        tracing::warn!(remote, error = %message, field = field.as_deref(), rejected_total = total, "webhook body refused");
+        tracing::warn!(%remote, error = %message, field = field.as_deref(), rejected_total = total, "webhook body refused");
         ApiError { status: StatusCode::BAD_REQUEST, code: "invalid_payload", message, field }
     };
     let text = std::str::from_utf8(&bytes).map_err(|_| bad_request("body is not valid utf-8".into(), None))?;
-    let (value, delivery) =
+    let (fingerprint, delivery) =
         payload::parse_bytes(&bytes).map_err(|e| bad_request(e.to_string(), e.field().map(str::to_owned)))?;
 
     // 3. Durably recorded, or refused as a whole.
-    let accepted = app.ingest.ingest(correlation_id, received_at, text, &value, &delivery).await.map_err(|e| {
+    let accepted = app.ingest.ingest(correlation_id, received_at, text, fingerprint, &delivery).await.map_err(|e| {
         Counters::bump(&app.counters.unavailable);
         ApiError::unavailable(&e)
     })?;
@@ -119,13 +141,8 @@ async fn handle(
         Outcome::Ignored { reason } => Some(reason.as_str()),
         _ => None,
     };
-    let body = json!({
-        "correlation_id": correlation_id,
-        "outcome": outcome.name(),
-        "build_id": outcome.build_ids().first(),
-        "build_ids": outcome.build_ids(),
-        "reason": reason,
-    });
+    let build_ids = outcome.build_ids();
+    let body = AcceptedBody { correlation_id, outcome: outcome.name(), build_id: build_ids.first(), build_ids, reason };
     Ok((StatusCode::OK, Json(body)).into_response())
 }
 
