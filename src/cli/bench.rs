@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// Also measure the store alone: the same appends from the same number of tasks, no HTTP.
     #[arg(long)]
     store_only: bool,
+    /// Run the load generator on a thread and runtime of its own instead of as tasks on the
+    /// gateway's runtime: its work then competes with the gateway's threads for the cores.
+    #[arg(long)]
+    load_thread: bool,
     /// Builds for the dispatch-latency measurement (0 skips it and the claim throughput).
     #[arg(long, default_value_t = 1000)]
     dispatch_builds: u64,
@@ -165,17 +169,21 @@ pub(super) fn body(n: u64) -> String {
     body
 }
 
-async fn ingest(args: &BenchArgs, group_commit: bool) -> anyhow::Result<IngestResult> {
-    let server = BenchServer::start(group_commit).await?;
-    let (addr, token) = (server.addr, server.webhook_token.clone());
+/// `clients` keep-alive connections posting distinct deliveries: one second of warm-up, then
+/// `seconds` measured. Returns the latencies of the accepted ones, the failures, the time measured.
+async fn load(
+    addr: SocketAddr,
+    token: String,
+    clients: usize,
+    seconds: u64,
+) -> anyhow::Result<(Vec<u64>, u64, Duration)> {
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let measuring = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for _ in 0..args.clients {
-        let (token, next, errors, measuring, done) =
-            (token.clone(), next.clone(), errors.clone(), measuring.clone(), done.clone());
+    for _ in 0..clients {
+        let (next, errors, measuring, done) = (next.clone(), errors.clone(), measuring.clone(), done.clone());
         let mut client = LoadClient::connect(addr, "/youtrack/webhook", &[("X-YouTrack-Token", &token)]).await?;
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(1 << 16);
@@ -198,7 +206,7 @@ async fn ingest(args: &BenchArgs, group_commit: bool) -> anyhow::Result<IngestRe
     tokio::time::sleep(Duration::from_secs(1)).await;
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
     done.store(true, Ordering::Relaxed);
@@ -206,9 +214,25 @@ async fn ingest(args: &BenchArgs, group_commit: bool) -> anyhow::Result<IngestRe
     for task in tasks {
         latencies_us.extend(task.await?);
     }
+    Ok((latencies_us, errors.load(Ordering::Relaxed), elapsed))
+}
+
+async fn ingest(args: &BenchArgs, group_commit: bool) -> anyhow::Result<IngestResult> {
+    let server = BenchServer::start(group_commit).await?;
+    let (addr, token, clients, seconds) = (server.addr, server.webhook_token.clone(), args.clients, args.seconds);
+    let (mut latencies_us, errors, elapsed) = if args.load_thread {
+        let load = std::thread::Builder::new().name("meshgate-bench-load".into()).spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(load(addr, token, clients, seconds))
+        })?;
+        let joined = tokio::task::spawn_blocking(move || load.join()).await?;
+        joined.map_err(|_| anyhow::anyhow!("the load generator panicked"))??
+    } else {
+        load(addr, token, clients, seconds).await?
+    };
     latencies_us.sort_unstable();
     server.stop().await?;
-    let result = IngestResult { latencies_us, errors: errors.load(Ordering::Relaxed), elapsed };
+    let result = IngestResult { latencies_us, errors, elapsed };
     eprintln!(
         "{}: {:.0} accepted/s, p50 {:.2} ms, p99 {:.2} ms",
         if group_commit { "group commit" } else { "one commit per request" },

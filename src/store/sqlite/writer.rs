@@ -145,6 +145,14 @@ impl Checkpointer {
     }
 }
 
+/// Under load, a batch waits for `1 / LINGER_FRACTION` of the previous batch's requests.
+///
+/// Waiting for fewer keeps the writer and the request threads working side by side: while one
+/// batch commits, the answers of the last one and the next requests are being handled. With a
+/// half, most clients ended up in one batch and each side waited for the other (the figures are
+/// in docs/benchmarks.md).
+const LINGER_FRACTION: usize = 4;
+
 type Reply = oneshot::Sender<Result<Appended, StoreError>>;
 
 impl Writer {
@@ -153,14 +161,15 @@ impl Writer {
     /// Requests do not arrive together: after a commit its callers answer their clients, who send
     /// the next deliveries one by one. Committing the first of them alone would spend a sync on
     /// one request while the rest queue behind it. So when the previous batch held several
-    /// requests, the writer waits (at most `linger`) until it has half as many. Alone
-    /// (the previous batch held one), a request is committed at once.
+    /// requests, the writer waits (at most `linger`) until it has a quarter as many
+    /// ([`LINGER_FRACTION`]). Alone (the previous batch held fewer than four), a request is
+    /// committed at once.
     fn run(mut self, requests: mpsc::Receiver<WriteRequest>) {
         let mut batch = Vec::with_capacity(self.max_batch);
         while let Ok(first) = requests.recv() {
             batch.push(first);
             self.drain(&requests, &mut batch);
-            let target = (self.previous_batch / 2).min(self.max_batch);
+            let target = (self.previous_batch / LINGER_FRACTION).min(self.max_batch);
             let deadline = std::time::Instant::now() + self.linger;
             while batch.len() < target {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
