@@ -29,7 +29,7 @@ use crate::store::EventStore;
 pub struct App {
     pub state: Arc<AppState>,
     pub router: Router,
-    projector: JoinHandle<()>,
+    projector: projector::Follower,
     stop_projector: oneshot::Sender<()>,
     reaper: JoinHandle<()>,
     outbound: Vec<JoinHandle<()>>,
@@ -67,7 +67,7 @@ impl App {
         })
         .await
         .context("cannot load projection checkpoints")?;
-        let projector = tokio::spawn(follow);
+        let projector = projector::Follower::spawn(follow).context("cannot start the projections' thread")?;
 
         let state = Arc::new(AppState {
             ingest: IngestService::new(Arc::clone(&store), config.triggers.clone(), config.youtrack.bot_login.clone()),
@@ -177,7 +177,7 @@ impl App {
             let _ = sink.await;
         }
         let _ = self.stop_projector.send(());
-        let _ = self.projector.await;
+        self.projector.join().await;
     }
 }
 

@@ -134,6 +134,29 @@ pub async fn start(
     Ok((projections, follow(store, set, position_tx, shutdown)))
 }
 
+/// The thread the live projections fold on.
+pub struct Follower(std::thread::JoinHandle<()>);
+
+impl Follower {
+    /// Runs `follow` (from [`start`]) on a thread of its own with a single-threaded runtime.
+    /// Folding every commit is steady work; on the request threads it competed with answering
+    /// webhooks, here it takes what the log's writer leaves of its core.
+    pub fn spawn(follow: impl Future<Output = ()> + Send + 'static) -> std::io::Result<Follower> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let thread =
+            std::thread::Builder::new().name("meshgate-projector".into()).spawn(move || runtime.block_on(follow))?;
+        Ok(Follower(thread))
+    }
+
+    /// Waits for the follower to save its checkpoints and end (after its shutdown resolved).
+    pub async fn join(self) {
+        let thread = self.0;
+        if let Ok(Err(_)) = tokio::task::spawn_blocking(move || thread.join()).await {
+            tracing::error!("the projections' thread panicked");
+        }
+    }
+}
+
 async fn follow(
     store: Arc<dyn EventStore>,
     set: Arc<RwLock<ProjectionSet>>,
