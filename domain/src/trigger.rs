@@ -138,12 +138,13 @@ impl std::fmt::Display for IntentKey {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::payload::parse;
     use serde_json::json;
 
-    fn trigger() -> Trigger {
+    /// The trigger the domain's tests share: `State` → `Building` in project `MOB`.
+    pub(crate) fn trigger() -> Trigger {
         Trigger {
             name: "ios-build".into(),
             projects: vec!["MOB".into()],

@@ -4,16 +4,7 @@ use crate::payload::parse;
 use serde_json::json;
 
 fn triggers() -> Vec<Trigger> {
-    vec![Trigger {
-        name: "ios-build".into(),
-        projects: vec!["MOB".into()],
-        field: "State".into(),
-        to: vec!["Building".into()],
-        from: vec![],
-        script: "ios-build".into(),
-        lane: "default".into(),
-        git_ref: "feature/{issue}".into(),
-    }]
+    vec![crate::trigger::tests::trigger()]
 }
 
 fn body(login: &str) -> serde_json::Value {
