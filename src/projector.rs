@@ -288,7 +288,16 @@ async fn save(store: &dyn EventStore, set: &Arc<RwLock<ProjectionSet>>) {
             return;
         }
     };
-    if let Err(e) = store.save_checkpoints(checkpoints).await {
-        tracing::warn!(error = %e, "cannot save projection checkpoints");
+    let (position, bytes) =
+        (checkpoints.iter().map(|c| c.position).min(), checkpoints.iter().map(|c| c.state.len()).sum::<usize>());
+    let started = Instant::now();
+    match store.save_checkpoints(checkpoints).await {
+        Ok(()) => tracing::debug!(
+            position,
+            bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "projection checkpoints saved"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot save projection checkpoints"),
     }
 }

@@ -67,7 +67,7 @@ pub async fn run(config: &Config, verify: bool) -> anyhow::Result<()> {
     let conn = SqliteStore::open_read_only(&path)
         .with_context(|| format!("cannot open the event log at {}", path.display()))?;
     let head: u64 = conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| r.get(0))?;
-    let saved = from_checkpoints(&checkpoints(&conn)?);
+    let saved = from_checkpoints(&checkpoints::read(&path, &conn, head)?);
     let until = if verify { saved.position() } else { head };
     let progress = ProgressBar::new(until);
     progress.set_style(

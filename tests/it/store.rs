@@ -241,3 +241,42 @@ async fn live_projections_that_fall_behind_the_commit_feed_catch_up_from_the_log
     assert_eq!(a.builds.state.builds.len(), 1500);
     assert!(a == b, "the live projections differ from a fresh read of the log");
 }
+
+fn checkpoint(name: &str, position: u64) -> Checkpoint {
+    Checkpoint { name: name.into(), position, state: format!("{{\"p\":{position}}}") }
+}
+
+#[tokio::test]
+async fn checkpoints_past_the_end_of_the_log_are_dropped_on_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 512);
+    store.append(vec![append("s", ExpectedVersion::NoStream, 2)]).await.unwrap();
+    // As if the log had been restored from a backup older than the checkpoints.
+    store.save_checkpoints(vec![checkpoint("builds", 2), checkpoint("queue", 5)]).await.unwrap();
+    assert_eq!(store.load_checkpoints().await.unwrap(), [checkpoint("builds", 2)]);
+}
+
+#[tokio::test]
+async fn checkpoints_kept_in_the_log_by_earlier_versions_are_read_until_the_first_save() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.sqlite");
+    {
+        let store = open(dir.path(), 512);
+        store.append(vec![append("s", ExpectedVersion::NoStream, 3)]).await.unwrap();
+    }
+    std::fs::remove_file(meshgate::store::sqlite::checkpoints::path_for(&path)).unwrap();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE checkpoints (name TEXT PRIMARY KEY, position INTEGER NOT NULL, state TEXT NOT NULL,
+                 saved_at TEXT NOT NULL) WITHOUT ROWID;
+             INSERT INTO checkpoints VALUES ('builds', 3, '{\"p\":3}', '2026-11-01T00:00:00Z');",
+        )
+        .unwrap();
+    }
+    let store = open(dir.path(), 512);
+    assert_eq!(store.load_checkpoints().await.unwrap(), [checkpoint("builds", 3)]);
+    store.append(vec![append("s", ExpectedVersion::Exact(2), 1)]).await.unwrap();
+    store.save_checkpoints(vec![checkpoint("builds", 4)]).await.unwrap();
+    assert_eq!(store.load_checkpoints().await.unwrap(), [checkpoint("builds", 4)]);
+}

@@ -21,9 +21,11 @@ use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::{broadcast, oneshot, watch};
 use uuid::Uuid;
 
+pub mod checkpoints;
 mod index;
 mod writer;
 
+use checkpoints::CheckpointFile;
 use index::{StreamIndex, StreamKey};
 use writer::WriteRequest;
 
@@ -49,15 +51,6 @@ const EVENTS_TABLE: &str = "
     correlation_id BLOB    NOT NULL,
     causation_id   BLOB,
     recorded_at    INTEGER NOT NULL
-";
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS checkpoints (
-    name     TEXT PRIMARY KEY,
-    position INTEGER NOT NULL,
-    state    TEXT    NOT NULL,
-    saved_at TEXT    NOT NULL
-) WITHOUT ROWID;
 ";
 
 const COLUMNS: &str =
@@ -88,6 +81,7 @@ pub struct SqliteStore {
     head: watch::Receiver<u64>,
     index: Arc<RwLock<StreamIndex>>,
     feed: broadcast::Sender<Arc<[StoredEvent]>>,
+    checkpoints: Arc<CheckpointFile>,
 }
 
 /// Committed batches a slow follower may fall behind by before it has to read the log instead.
@@ -116,8 +110,9 @@ impl SqliteStore {
         let (index, head) = load_index(&conn)?;
         let index = Arc::new(RwLock::new(index));
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let checkpoints = Arc::new(CheckpointFile::open(&checkpoints::path_for(path))?);
         let (writer, head) = writer::spawn(conn, lock, path, Arc::clone(&index), feed.clone(), head, options)?;
-        Ok(SqliteStore { path: path.to_owned(), writer, readers: Arc::default(), head, index, feed })
+        Ok(SqliteStore { path: path.to_owned(), writer, readers: Arc::default(), head, index, feed, checkpoints })
     }
 
     /// Opens the log for reading only (audit queries from the CLI).
@@ -215,17 +210,20 @@ impl EventStore for SqliteStore {
     }
 
     async fn load_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare("SELECT name, position, state FROM checkpoints")?;
-            let rows =
-                stmt.query_map([], |r| Ok(Checkpoint { name: r.get(0)?, position: r.get(1)?, state: r.get(2)? }))?;
-            rows.collect()
-        })
-        .await
+        let file = Arc::clone(&self.checkpoints);
+        let saved = tokio::task::spawn_blocking(move || file.load())
+            .await
+            .map_err(|e| StoreError::Failed(format!("checkpoint reader stopped: {e}")))??;
+        let saved = if saved.is_empty() { self.read(checkpoints::legacy).await? } else { saved };
+        Ok(checkpoints::within(saved, *self.head.borrow()))
     }
 
+    /// Saves to the checkpoint file, not through the log's writer: appends go on meanwhile.
     async fn save_checkpoints(&self, checkpoints: Vec<Checkpoint>) -> Result<(), StoreError> {
-        self.write(|reply| WriteRequest::SaveCheckpoints { checkpoints, reply }).await.map(|_| ())
+        let file = Arc::clone(&self.checkpoints);
+        tokio::task::spawn_blocking(move || file.save(&checkpoints))
+            .await
+            .map_err(|e| StoreError::Failed(format!("checkpoint writer stopped: {e}")))?
     }
 }
 
@@ -287,7 +285,6 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             "the event log has layout {version}, newer than this meshgate understands ({SCHEMA_VERSION})"
         )));
     }
-    tx.execute_batch(SCHEMA).store_err()?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION).store_err()?;
     tx.commit().store_err()
 }
@@ -404,13 +401,6 @@ pub fn query(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<Vec<St
         params![filter.issue, filter.stream, filter.correlation_id.map(|c| c.as_bytes().to_vec()), filter.event_type],
         row_to_event,
     )?;
-    rows.collect()
-}
-
-/// Checkpoints saved in a log, read directly (for the CLI).
-pub fn checkpoints(conn: &Connection) -> rusqlite::Result<Vec<Checkpoint>> {
-    let mut stmt = conn.prepare("SELECT name, position, state FROM checkpoints")?;
-    let rows = stmt.query_map([], |r| Ok(Checkpoint { name: r.get(0)?, position: r.get(1)?, state: r.get(2)? }))?;
     rows.collect()
 }
 

@@ -4,7 +4,6 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use chrono::Utc;
 use rusqlite::{params, Connection};
 use std::sync::mpsc;
 
@@ -12,11 +11,10 @@ use tokio::sync::{broadcast, oneshot, watch};
 
 use super::index::{version_through, Pending, StreamIndex, StreamKey};
 use super::{WriterOptions, COLUMNS};
-use crate::store::{Appended, Checkpoint, StoreError, StoreResultExt, StoredEvent, StreamAppend};
+use crate::store::{Appended, StoreError, StoreResultExt, StoredEvent, StreamAppend};
 
 pub(super) enum WriteRequest {
     Append { appends: Vec<StreamAppend>, reply: oneshot::Sender<Result<Appended, StoreError>> },
-    SaveCheckpoints { checkpoints: Vec<Checkpoint>, reply: oneshot::Sender<Result<Appended, StoreError>> },
     Ping { reply: oneshot::Sender<Result<Appended, StoreError>> },
 }
 
@@ -202,7 +200,6 @@ impl Writer {
         for request in batch {
             let (reply, work): (Reply, Work) = match request {
                 WriteRequest::Append { appends, reply } => (reply, Work::Append(appends)),
-                WriteRequest::SaveCheckpoints { checkpoints, reply } => (reply, Work::Checkpoints(checkpoints)),
                 WriteRequest::Ping { reply } => (reply, Work::Ping),
             };
             if let Err(e) = &begun {
@@ -328,7 +325,6 @@ impl Writer {
                 appended = Some(appends);
                 result
             }
-            Work::Checkpoints(checkpoints) => self.save_checkpoints(&checkpoints),
             Work::Ping => Ok(Appended { last_position: start - 1 }),
         };
         match &result {
@@ -425,24 +421,9 @@ impl Writer {
         }
         Ok(Appended { last_position: self.next_position - 1 })
     }
-
-    fn save_checkpoints(&mut self, checkpoints: &[Checkpoint]) -> Result<Appended, StoreError> {
-        let now = Utc::now().to_rfc3339();
-        for c in checkpoints {
-            self.conn
-                .prepare_cached(
-                    "INSERT INTO checkpoints (name, position, state, saved_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (name) DO UPDATE SET position = excluded.position, state = excluded.state, saved_at = excluded.saved_at",
-                )
-                .and_then(|mut s| s.execute(params![c.name, c.position, c.state, now]))
-                .store_err()?;
-        }
-        Ok(Appended { last_position: self.next_position - 1 })
-    }
 }
 
 enum Work {
     Append(Vec<StreamAppend>),
-    Checkpoints(Vec<Checkpoint>),
     Ping,
 }
