@@ -164,6 +164,12 @@ impl App {
             // Long polls answer at once, so in-flight requests can drain.
             stopping.send_replace(true);
         };
+        // Answers are small and written at once: no waiting for an acknowledgement (Nagle).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+            }
+        });
         axum::serve(listener, service).with_graceful_shutdown(shutdown).await?;
         self.stop().await;
         Ok(())
