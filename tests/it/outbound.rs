@@ -73,19 +73,25 @@ impl StandIn {
     }
 }
 
-fn with_slack(dir: &std::path::Path, slack: &StandIn, max_attempts: u32) -> Config {
-    let mut config = test_config(dir, vec![ios_trigger()]);
-    config.chat = vec![ChatConfig {
-        name: "team".into(),
-        kind: ChatKind::SlackWebhook,
-        url: Some(format!("http://{}/services/T0/B0/x", slack.addr)),
+/// A webhook-style `[[chat]]` sink (no room, token or channel).
+fn chat(name: &str, kind: ChatKind, url: String, max_attempts: u32) -> ChatConfig {
+    ChatConfig {
+        name: name.into(),
+        kind,
+        url: Some(url),
         url_file: None,
         room_id: None,
         token_file: None,
         channel: None,
         edit_in_place: false,
         max_attempts,
-    }];
+    }
+}
+
+fn with_slack(dir: &std::path::Path, slack: &StandIn, max_attempts: u32) -> Config {
+    let mut config = test_config(dir, vec![ios_trigger()]);
+    config.chat =
+        vec![chat("team", ChatKind::SlackWebhook, format!("http://{}/services/T0/B0/x", slack.addr), max_attempts)];
     config.outbound.retry_base_ms = 10;
     config.outbound.retry_cap_seconds = 1;
     config
@@ -333,17 +339,7 @@ async fn after_the_grace_the_previous_tracker_token_is_not_tried() {
 
 fn with_chat(dir: &std::path::Path, kind: ChatKind, url: String) -> Config {
     let mut config = test_config(dir, vec![ios_trigger()]);
-    config.chat = vec![ChatConfig {
-        name: "chat".into(),
-        kind,
-        url: Some(url),
-        url_file: None,
-        room_id: None,
-        token_file: None,
-        channel: None,
-        edit_in_place: false,
-        max_attempts: 8,
-    }];
+    config.chat = vec![chat("chat", kind, url, 8)];
     config.outbound.retry_base_ms = 10;
     config
 }
@@ -446,17 +442,7 @@ async fn an_alert_channel_can_be_the_pager_and_gets_only_the_page() {
     let mut alerts = stand_in(vec![]).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = with_slack(dir.path(), &team, 8);
-    config.chat.push(ChatConfig {
-        name: "oncall".into(),
-        kind: ChatKind::SlackWebhook,
-        url: Some(format!("http://{}/services/T0/B1/y", alerts.addr)),
-        url_file: None,
-        room_id: None,
-        token_file: None,
-        channel: None,
-        edit_in_place: false,
-        max_attempts: 8,
-    });
+    config.chat.push(chat("oncall", ChatKind::SlackWebhook, format!("http://{}/services/T0/B1/y", alerts.addr), 8));
     config.pager.alert_chat = Some("oncall".into());
     let app = spawn_with(dir, config).await;
     app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
@@ -483,17 +469,7 @@ async fn refused_connections_and_timeouts_are_retried_then_abandoned_with_no_sta
     let dir = tempfile::tempdir().unwrap();
     let mut config = with_chat(dir.path(), ChatKind::Generic, format!("http://{closed}/hook"));
     config.chat[0].max_attempts = 2;
-    config.chat.push(ChatConfig {
-        name: "silent".into(),
-        kind: ChatKind::Generic,
-        url: Some(format!("http://{silent_addr}/hook")),
-        url_file: None,
-        room_id: None,
-        token_file: None,
-        channel: None,
-        edit_in_place: false,
-        max_attempts: 2,
-    });
+    config.chat.push(chat("silent", ChatKind::Generic, format!("http://{silent_addr}/hook"), 2));
     config.outbound.timeout_seconds = 1;
     let app = spawn_with(dir, config).await;
     app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;

@@ -59,6 +59,16 @@ fn a_seen_fingerprint_folds_into_its_builds_as_a_duplicate() {
     );
 }
 
+/// A new delivery whose intent (MOB-1, ios-build) is at version 0 with build 9 current.
+fn with_current_build(version: u64, state: BuildState) -> LogView {
+    let current = CurrentBuild { build_id: Uuid::from_u128(9), version, state };
+    LogView {
+        delivery: DeliveryStream::New,
+        intents: [(IntentKey::new("MOB-1", "ios-build"), IntentView { version: Some(0), current: Some(current) })]
+            .into(),
+    }
+}
+
 #[test]
 fn a_seen_ignored_fingerprint_stays_ignored() {
     let view = LogView { delivery: DeliveryStream::Seen { build_ids: vec![] }, ..LogView::default() };
@@ -67,12 +77,7 @@ fn a_seen_ignored_fingerprint_stays_ignored() {
 
 #[test]
 fn an_active_build_absorbs_a_new_transition_at_its_exact_version() {
-    let intent = IntentKey::new("MOB-1", "ios-build");
-    let current = CurrentBuild { build_id: Uuid::from_u128(9), version: 3, state: BuildState::Queued { attempt: 1 } };
-    let view = LogView {
-        delivery: DeliveryStream::New,
-        intents: [(intent, IntentView { version: Some(0), current: Some(current) })].into(),
-    };
+    let view = with_current_build(3, BuildState::Queued { attempt: 1 });
     let plan = decide(&view, &body("jane"));
     assert_eq!(plan.outcome, Outcome::Folded { build_ids: vec![Uuid::from_u128(9)] });
     assert_eq!(expectations(&plan), [("delivery", ExpectedVersion::NoStream), ("build", ExpectedVersion::Exact(3))]);
@@ -80,13 +85,7 @@ fn an_active_build_absorbs_a_new_transition_at_its_exact_version() {
 
 #[test]
 fn a_finished_build_lets_the_next_transition_start_a_new_one() {
-    let intent = IntentKey::new("MOB-1", "ios-build");
-    let current =
-        CurrentBuild { build_id: Uuid::from_u128(9), version: 3, state: BuildState::Succeeded { attempt: 1 } };
-    let view = LogView {
-        delivery: DeliveryStream::New,
-        intents: [(intent, IntentView { version: Some(0), current: Some(current) })].into(),
-    };
+    let view = with_current_build(3, BuildState::Succeeded { attempt: 1 });
     let plan = decide(&view, &body("jane"));
     assert_eq!(plan.outcome, Outcome::Enqueued { build_ids: vec![Uuid::from_u128(101)] });
     assert_eq!(expectations(&plan)[1], ("intent", ExpectedVersion::Exact(0)));
@@ -94,12 +93,7 @@ fn a_finished_build_lets_the_next_transition_start_a_new_one() {
 
 #[test]
 fn leaving_the_trigger_state_cancels_the_active_build_at_its_exact_version() {
-    let intent = IntentKey::new("MOB-1", "ios-build");
-    let current = CurrentBuild { build_id: Uuid::from_u128(9), version: 2, state: BuildState::Queued { attempt: 1 } };
-    let view = LogView {
-        delivery: DeliveryStream::New,
-        intents: [(intent, IntentView { version: Some(0), current: Some(current) })].into(),
-    };
+    let view = with_current_build(2, BuildState::Queued { attempt: 1 });
     let mut back = body("jane");
     back["changedFields"] =
         serde_json::json!([{"name": "State", "oldValue": {"name": "Building"}, "value": {"name": "Open"}}]);
