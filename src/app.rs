@@ -107,6 +107,7 @@ impl App {
                 .into_iter()
                 .chain(config.pager.alert_chat.clone())
                 .collect(),
+            config_file: config.file.clone(),
         });
         let reaper = tokio::spawn(reaper::run(Arc::clone(&state), state.stopping.subscribe()));
         let sinks = outbound_sinks(config)?;

@@ -26,6 +26,9 @@ pub struct Config {
     pub store: StoreConfig,
     pub lanes: Vec<LaneConfig>,
     pub triggers: Vec<Trigger>,
+    /// The file this was loaded from (none: defaults and environment only).
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -298,6 +301,7 @@ impl Config {
         let mut config: Config = figment.merge(env).extract().map_err(|e| ConfigError::Parse(e.to_string()))?;
         let base = file.and_then(Path::parent).map(Path::to_owned).unwrap_or_default();
         config.resolve_paths(&base);
+        config.file = file.map(Path::to_owned);
         config.validate()?;
         Ok(config)
     }

@@ -7,6 +7,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -93,25 +94,35 @@ pub fn generate_token_file(path: &Path, mode: u32) -> Result<(), SecretError> {
     Ok(())
 }
 
-/// The digests of every live token of one kind; a presented value matches if it equals any.
+/// The digests of every live token of one kind; a presented value matches if it equals any. The
+/// set can be replaced while requests are being checked (a reload during a rotation).
 pub struct TokenSet {
-    digests: Vec<[u8; 32]>,
+    digests: RwLock<Vec<[u8; 32]>>,
 }
 
 impl TokenSet {
     pub fn new(tokens: &[Token]) -> Self {
-        TokenSet { digests: tokens.iter().map(|t| digest(t.expose().as_bytes())).collect() }
+        TokenSet { digests: RwLock::new(digests(tokens)) }
     }
 
     /// Constant-time: digests are compared (so length is not leaked) and every token is checked.
     pub fn verify(&self, presented: &[u8]) -> bool {
         let presented = digest(presented);
         let mut matched = subtle::Choice::from(0);
-        for d in &self.digests {
+        for d in self.digests.read().unwrap_or_else(|poisoned| poisoned.into_inner()).iter() {
             matched |= d.ct_eq(&presented);
         }
         matched.into()
     }
+
+    /// From now on, these tokens and no others are live.
+    pub fn replace(&self, tokens: &[Token]) {
+        *self.digests.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = digests(tokens);
+    }
+}
+
+fn digests(tokens: &[Token]) -> Vec<[u8; 32]> {
+    tokens.iter().map(|t| digest(t.expose().as_bytes())).collect()
 }
 
 fn digest(bytes: &[u8]) -> [u8; 32] {

@@ -8,11 +8,14 @@ pub(crate) mod rebuild;
 mod setup;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
 use crate::app::{generate_missing_default_tokens, App};
 use crate::config::Config;
+use crate::http::admin::reload_webhook_tokens;
+use crate::http::AppState;
 
 #[derive(Debug, Parser)]
 #[command(name = "meshgate", version, about = "Gateway from YouTrack webhooks to a pool of build machines")]
@@ -101,11 +104,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+    // Caught from here on (its default would end the process).
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
+    let reloader = tokio::spawn(reload_on_hangup(hangups, Arc::clone(&app.state)));
     println!("meshgate listening on http://{}{}", listener.local_addr()?, config.webhook.path);
     tracing::info!(listen = %listener.local_addr()?, triggers = config.triggers.len(), "gateway started");
     app.serve(listener, shutdown_signal()).await?;
+    reloader.abort();
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Reloads the webhook tokens on every SIGHUP (`http::admin`); a refused reload is logged there.
+async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, state: Arc<AppState>) {
+    while hangups.recv().await.is_some() {
+        let state = Arc::clone(&state);
+        let _ = tokio::task::spawn_blocking(move || reload_webhook_tokens(&state)).await;
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

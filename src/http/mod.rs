@@ -1,5 +1,6 @@
 //! The HTTP surface: the webhook, the read API, and health checks.
 
+pub mod admin;
 mod api;
 mod error;
 pub mod nodes;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub public_url: String,
     /// The sinks that carry pages (PagerDuty, an alert channel), for `/readyz`.
     pub pagers: Vec<String>,
+    /// The configuration file the gateway started with, read again by a token reload.
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 /// The `[nodes]` settings in the units the handlers use.
@@ -103,6 +106,7 @@ pub fn router(state: Arc<AppState>, webhook_path: &str) -> Router {
         .route("/api/v1/builds", get(api::list_builds))
         .route("/api/v1/builds/{id}", get(api::get_build))
         .route("/api/v1/queue", get(api::queue))
+        .route("/api/v1/webhook-tokens/reload", post(admin::reload))
         .route("/api/v1/nodes/claim", post(nodes::claim))
         .route("/api/v1/builds/{id}/heartbeat", post(nodes::heartbeat))
         .route("/api/v1/builds/{id}/result", post(nodes::result))

@@ -7,6 +7,7 @@ mod matrix;
 mod nodes;
 mod outbound;
 mod process;
+mod rotation;
 mod scenarios;
 mod store;
 mod webhook;

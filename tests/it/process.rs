@@ -21,9 +21,15 @@ pub struct Gateway {
     pub addr: SocketAddr,
 }
 
-/// Starts `meshgate serve` and waits for the line announcing its address (no polling).
+/// Starts `meshgate serve` and waits for the line announcing its address (no polling). Its
+/// standard error goes to `stderr.log` in `dir`.
 pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Gateway {
     let stderr = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("stderr.log")).unwrap();
+    launch(dir, args, env, stderr.into())
+}
+
+/// [`start`] with standard error sent to `stderr`.
+pub fn launch(dir: &Path, args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Gateway {
     let mut command = Command::new(BIN);
     command.current_dir(dir).args(args).arg("serve").stdout(Stdio::piped()).stderr(stderr);
     for (k, v) in env {
@@ -42,7 +48,8 @@ pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Gateway {
         printed.push(line);
     }
     let status = child.wait().unwrap();
-    panic!("meshgate exited ({status}) before listening: {}", std::fs::read_to_string(dir.join("stderr.log")).unwrap());
+    let said = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+    panic!("meshgate exited ({status}) before listening: {said}");
 }
 
 impl Gateway {

@@ -1,0 +1,137 @@
+//! Rotating the webhook token without a restart: a reload through the API and on SIGHUP.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use meshgate::config::Config;
+use meshgate::secrets::generate_token_file;
+use serde_json::Value;
+
+use crate::helpers::*;
+use crate::process::{launch, token};
+
+/// A configuration file whose webhook token files are `webhook_files` (in `dir`).
+fn write_config(dir: &Path, webhook_files: &[&str]) -> std::path::PathBuf {
+    let files = webhook_files.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", ");
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n[webhook]\ntoken_files = [{files}]\n\n\
+         [admin]\ntoken_file = \"admin.token\"\n\n[nodes]\ntoken_file = \"nodes.token\"\n"
+    );
+    let path = dir.join("meshgate.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+fn tokens(dir: &Path, names: &[&str]) {
+    for name in names {
+        generate_token_file(&dir.join(name), 0o400).unwrap();
+    }
+}
+
+async fn post_with(app: &TestApp, token: &str) -> u16 {
+    let body = fixture("mob-issueUpdated-state-building.json");
+    let response = app
+        .client
+        .post(app.url("/youtrack/webhook"))
+        .header("X-YouTrack-Token", token)
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    response.status().as_u16()
+}
+
+async fn reload(app: &TestApp) -> (u16, Value) {
+    let response =
+        app.client.post(app.url("/api/v1/webhook-tokens/reload")).bearer_auth(&app.admin_token).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_reload_swaps_the_webhook_tokens_and_a_refused_one_keeps_those_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    tokens(dir.path(), &["webhook.token", "admin.token", "nodes.token", "webhook-2.token"]);
+    let config = Config::load(Some(&write_config(dir.path(), &["webhook.token"]))).unwrap();
+    let app = spawn_with(dir, config).await;
+    let (old, new) = (token(app.dir.path(), "webhook.token"), token(app.dir.path(), "webhook-2.token"));
+    assert_eq!(post_with(&app, &new).await, 401);
+
+    // Only with the admin token.
+    let anonymous = app.client.post(app.url("/api/v1/webhook-tokens/reload")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let as_sender = app.client.post(app.url("/api/v1/webhook-tokens/reload")).bearer_auth(&old).send().await.unwrap();
+    assert_eq!(as_sender.status(), 401);
+
+    // Both during the rotation.
+    write_config(app.dir.path(), &["webhook.token", "webhook-2.token"]);
+    let (status, answer) = reload(&app).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["webhook_tokens"], 2);
+    assert_eq!(post_with(&app, &old).await, 200);
+    assert_eq!(post_with(&app, &new).await, 200);
+
+    // A world-readable file is refused, naming it; the tokens in force stay.
+    let loose = app.dir.path().join("webhook-3.token");
+    std::fs::write(&loose, "c".repeat(64)).unwrap();
+    std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    write_config(app.dir.path(), &["webhook-2.token", "webhook-3.token"]);
+    let (status, answer) = reload(&app).await;
+    assert_eq!(status, 422);
+    assert_eq!(answer["error"], "reload_refused");
+    assert!(answer["message"].as_str().unwrap().contains("webhook-3.token"), "{answer}");
+    assert!(!answer.to_string().contains(&"c".repeat(64)));
+    assert_eq!(post_with(&app, &old).await, 200);
+    assert_eq!(post_with(&app, &new).await, 200);
+
+    // Rotation done: the old token is refused from now on.
+    write_config(app.dir.path(), &["webhook-2.token"]);
+    let (status, answer) = reload(&app).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["webhook_tokens"], 1);
+    assert!(!answer.to_string().contains(&new));
+    assert_eq!(post_with(&app, &old).await, 401);
+    assert_eq!(post_with(&app, &new).await, 200);
+}
+
+#[tokio::test]
+async fn a_gateway_reloads_its_webhook_tokens_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    tokens(dir.path(), &["webhook.token", "admin.token", "nodes.token", "webhook-2.token"]);
+    let config = write_config(dir.path(), &["webhook.token"]);
+    let mut gateway = launch(dir.path(), &["--config", config.to_str().unwrap()], &[], Stdio::piped());
+    let stderr = BufReader::new(gateway.child.stderr.take().unwrap());
+    let new = token(dir.path(), "webhook-2.token");
+    let client = reqwest::Client::new();
+    let post = |token: String| {
+        let request = client
+            .post(format!("http://{}/youtrack/webhook", gateway.addr))
+            .header("X-YouTrack-Token", token)
+            .header("Content-Type", "application/json")
+            .body(fixture("mob-issueUpdated-state-building.json"));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(post(new.clone()).await, 401);
+
+    write_config(dir.path(), &["webhook.token", "webhook-2.token"]);
+    let hangup = Command::new("kill").args(["-HUP", &gateway.child.id().to_string()]).status().unwrap();
+    assert!(hangup.success());
+    // The gateway says so on standard error, read as it comes until the process ends (a reader
+    // that stopped early would leave the gateway writing into a closed pipe).
+    let (said, reloaded) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut said = Some(said);
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("webhook tokens reloaded") {
+                if let Some(said) = said.take() {
+                    let _ = said.send(());
+                }
+            }
+        }
+    });
+    assert!(reloaded.await.is_ok(), "the gateway ended without reloading its tokens");
+    assert_eq!(post(new).await, 200);
+    assert_eq!(post(token(dir.path(), "webhook.token")).await, 200);
+    gateway.stop();
+}
