@@ -42,7 +42,8 @@ impl App {
         let webhook_tokens =
             config.webhook_token_files().iter().map(|path| Token::read(path)).collect::<Result<Vec<_>, _>>()?;
         let admin_token = Token::read(&config.admin_token_file())?;
-        let nodes_token = Token::read(&config.nodes_token_file())?;
+        let nodes_tokens =
+            config.nodes_token_files().iter().map(|path| Token::read(path)).collect::<Result<Vec<_>, _>>()?;
         let log_secret: [u8; 32] = {
             use sha2::Digest;
             sha2::Sha256::new()
@@ -80,7 +81,7 @@ impl App {
             lane_priorities: config.lane_priorities(),
             counters: Counters::default(),
             builds: BuildService::new(Arc::clone(&store)),
-            nodes_tokens: TokenSet::new(std::slice::from_ref(&nodes_token)),
+            nodes_tokens: TokenSet::new(&nodes_tokens),
             lanes: config.lane_rules(),
             nodes: NodeSettings {
                 lease: chrono::Duration::seconds(config.nodes.lease_seconds as i64),

@@ -220,6 +220,8 @@ pub struct WorkerConfig {
 pub struct NodesConfig {
     /// Bearer token shared by the build pool. Absent: one generated under the data dir.
     pub token_file: Option<PathBuf>,
+    /// The pool token being rotated out, still accepted while the machines move to the new one.
+    pub previous_token_file: Option<PathBuf>,
     /// How long a claim holds without a heartbeat.
     pub lease_seconds: u64,
     /// How long a claim request waits for work before answering empty.
@@ -234,6 +236,7 @@ impl Default for NodesConfig {
     fn default() -> Self {
         NodesConfig {
             token_file: None,
+            previous_token_file: None,
             lease_seconds: 120,
             claim_wait_seconds: 30,
             max_attempts: 3,
@@ -319,6 +322,7 @@ impl Config {
         }
         for p in [
             &mut self.nodes.token_file,
+            &mut self.nodes.previous_token_file,
             &mut self.worker.token_file,
             &mut self.worker.scripts,
             &mut self.worker.work_dir,
@@ -441,6 +445,11 @@ impl Config {
 
     pub fn nodes_token_file(&self) -> PathBuf {
         self.nodes.token_file.clone().unwrap_or_else(|| self.secrets_dir().join("nodes.token"))
+    }
+
+    /// The build pool's token files in force: the current one and the one being rotated out.
+    pub fn nodes_token_files(&self) -> Vec<PathBuf> {
+        std::iter::once(self.nodes_token_file()).chain(self.nodes.previous_token_file.clone()).collect()
     }
 
     pub fn lane_priorities(&self) -> std::collections::HashMap<String, i64> {

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 
 use crate::app::{generate_missing_default_tokens, App};
 use crate::config::Config;
-use crate::http::admin::reload_webhook_tokens;
+use crate::http::admin::reload_tokens;
 use crate::http::AppState;
 
 #[derive(Debug, Parser)]
@@ -116,11 +116,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reloads the webhook tokens on every SIGHUP (`http::admin`); a refused reload is logged there.
+/// Reloads the received tokens on every SIGHUP (`http::admin`); a refused reload is logged there.
 async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, state: Arc<AppState>) {
     while hangups.recv().await.is_some() {
         let state = Arc::clone(&state);
-        let _ = tokio::task::spawn_blocking(move || reload_webhook_tokens(&state)).await;
+        let _ = tokio::task::spawn_blocking(move || reload_tokens(&state)).await;
     }
 }
 

@@ -1,11 +1,11 @@
-//! Reloading the webhook tokens without a restart, for rotations: `SIGHUP` or
-//! `POST /api/v1/webhook-tokens/reload` (admin token).
+//! Reloading the tokens the gateway receives without a restart, for rotations: `SIGHUP` or
+//! `POST /api/v1/tokens/reload` (admin token).
 //!
 //! The sender never retries, so a restart during a rotation (two of them: one to accept both
 //! tokens, one to drop the old) loses whatever it posts meanwhile. A reload reads the
-//! configuration again and swaps in the tokens of its `webhook.token_files`; every other setting
-//! keeps its value until the next restart. If the configuration or any token file is refused, the
-//! tokens in force stay as they are.
+//! configuration again and swaps in the tokens of `webhook.token_files` and of the build pool
+//! (`nodes.token_file`, `nodes.previous_token_file`); every other setting keeps its value until the
+//! next restart. If the configuration or any token file is refused, no token changes.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use super::api::authorize;
 use super::{ApiError, AppState};
@@ -28,35 +28,39 @@ pub enum ReloadError {
     Token(#[from] SecretError),
 }
 
-/// Reads the configuration and the webhook token files again and makes those tokens the live
-/// ones. Returns the files now in force.
-pub fn reload_webhook_tokens(app: &AppState) -> Result<Vec<PathBuf>, ReloadError> {
+/// The token files in force after a reload.
+#[derive(Debug, Serialize)]
+pub struct Reloaded {
+    pub webhook: Vec<PathBuf>,
+    pub nodes: Vec<PathBuf>,
+}
+
+/// Reads the configuration and the token files again and makes those tokens the live ones.
+pub fn reload_tokens(app: &AppState) -> Result<Reloaded, ReloadError> {
+    let read = |files: &[PathBuf]| files.iter().map(|path| Token::read(path)).collect::<Result<Vec<_>, _>>();
     let reloaded = Config::load(app.config_file.as_deref()).map_err(ReloadError::from).and_then(|config| {
-        let files = config.webhook_token_files();
-        let tokens = files.iter().map(|path| Token::read(path)).collect::<Result<Vec<_>, _>>()?;
+        let files = Reloaded { webhook: config.webhook_token_files(), nodes: config.nodes_token_files() };
+        let tokens = (read(&files.webhook)?, read(&files.nodes)?);
         Ok((files, tokens))
     });
     match reloaded {
-        Ok((files, tokens)) => {
-            app.webhook_tokens.replace(&tokens);
-            tracing::info!(tokens = tokens.len(), files = ?files, "webhook tokens reloaded");
+        Ok((files, (webhook, nodes))) => {
+            app.webhook_tokens.replace(&webhook);
+            app.nodes_tokens.replace(&nodes);
+            tracing::info!(webhook = ?files.webhook, nodes = ?files.nodes, "tokens reloaded");
             Ok(files)
         }
         Err(e) => {
-            tracing::warn!(error = %e, "webhook token reload refused; the tokens in force are unchanged");
+            tracing::warn!(error = %e, "token reload refused; the tokens in force are unchanged");
             Err(e)
         }
     }
 }
 
-pub async fn reload(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub async fn reload(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Reloaded>, ApiError> {
     authorize(&app, &headers)?;
     let reloading = Arc::clone(&app);
-    let reloaded = tokio::task::spawn_blocking(move || reload_webhook_tokens(&reloading))
-        .await
-        .map_err(|e| ApiError::unavailable(&e))?;
-    match reloaded {
-        Ok(files) => Ok(Json(json!({"webhook_tokens": files.len(), "files": files}))),
-        Err(e) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "reload_refused", e.to_string())),
-    }
+    let reloaded =
+        tokio::task::spawn_blocking(move || reload_tokens(&reloading)).await.map_err(|e| ApiError::unavailable(&e))?;
+    reloaded.map(Json).map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "reload_refused", e.to_string()))
 }

@@ -106,7 +106,7 @@ pub fn router(state: Arc<AppState>, webhook_path: &str) -> Router {
         .route("/api/v1/builds", get(api::list_builds))
         .route("/api/v1/builds/{id}", get(api::get_build))
         .route("/api/v1/queue", get(api::queue))
-        .route("/api/v1/webhook-tokens/reload", post(admin::reload))
+        .route("/api/v1/tokens/reload", post(admin::reload))
         .route("/api/v1/nodes/claim", post(nodes::claim))
         .route("/api/v1/builds/{id}/heartbeat", post(nodes::heartbeat))
         .route("/api/v1/builds/{id}/result", post(nodes::result))

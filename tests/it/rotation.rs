@@ -1,4 +1,5 @@
-//! Rotating the webhook token without a restart: a reload through the API and on SIGHUP.
+//! Rotating the received tokens (webhook, build pool) without a restart: a reload through the API
+//! and on SIGHUP.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -11,12 +12,14 @@ use serde_json::Value;
 use crate::helpers::*;
 use crate::process::{launch, token};
 
-/// A configuration file whose webhook token files are `webhook_files` (in `dir`).
-fn write_config(dir: &Path, webhook_files: &[&str]) -> std::path::PathBuf {
+/// A configuration file whose webhook token files are `webhook_files` and whose build pool token
+/// is `nodes.token`, with `previous_nodes` being rotated out (all in `dir`).
+fn write_config(dir: &Path, webhook_files: &[&str], previous_nodes: Option<&str>) -> std::path::PathBuf {
     let files = webhook_files.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", ");
+    let previous = previous_nodes.map(|f| format!("previous_token_file = {f:?}\n")).unwrap_or_default();
     let toml = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n[webhook]\ntoken_files = [{files}]\n\n\
-         [admin]\ntoken_file = \"admin.token\"\n\n[nodes]\ntoken_file = \"nodes.token\"\n"
+         [admin]\ntoken_file = \"admin.token\"\n\n[nodes]\ntoken_file = \"nodes.token\"\n{previous}"
     );
     let path = dir.join("meshgate.toml");
     std::fs::write(&path, toml).unwrap();
@@ -43,9 +46,22 @@ async fn post_with(app: &TestApp, token: &str) -> u16 {
     response.status().as_u16()
 }
 
+/// A node's heartbeat for a build that does not exist: refused as unauthorized only if the token is.
+async fn node_authorized(app: &TestApp, token: &str) -> bool {
+    let response = app
+        .client
+        .post(app.url(&format!("/api/v1/builds/{}/heartbeat", uuid::Uuid::nil())))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"node_id": "mac-1", "attempt": 1}))
+        .send()
+        .await
+        .unwrap();
+    response.status() != 401
+}
+
 async fn reload(app: &TestApp) -> (u16, Value) {
     let response =
-        app.client.post(app.url("/api/v1/webhook-tokens/reload")).bearer_auth(&app.admin_token).send().await.unwrap();
+        app.client.post(app.url("/api/v1/tokens/reload")).bearer_auth(&app.admin_token).send().await.unwrap();
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
@@ -53,22 +69,22 @@ async fn reload(app: &TestApp) -> (u16, Value) {
 async fn a_reload_swaps_the_webhook_tokens_and_a_refused_one_keeps_those_in_force() {
     let dir = tempfile::tempdir().unwrap();
     tokens(dir.path(), &["webhook.token", "admin.token", "nodes.token", "webhook-2.token"]);
-    let config = Config::load(Some(&write_config(dir.path(), &["webhook.token"]))).unwrap();
+    let config = Config::load(Some(&write_config(dir.path(), &["webhook.token"], None))).unwrap();
     let app = spawn_with(dir, config).await;
     let (old, new) = (token(app.dir.path(), "webhook.token"), token(app.dir.path(), "webhook-2.token"));
     assert_eq!(post_with(&app, &new).await, 401);
 
     // Only with the admin token.
-    let anonymous = app.client.post(app.url("/api/v1/webhook-tokens/reload")).send().await.unwrap();
+    let anonymous = app.client.post(app.url("/api/v1/tokens/reload")).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
-    let as_sender = app.client.post(app.url("/api/v1/webhook-tokens/reload")).bearer_auth(&old).send().await.unwrap();
+    let as_sender = app.client.post(app.url("/api/v1/tokens/reload")).bearer_auth(&old).send().await.unwrap();
     assert_eq!(as_sender.status(), 401);
 
     // Both during the rotation.
-    write_config(app.dir.path(), &["webhook.token", "webhook-2.token"]);
+    write_config(app.dir.path(), &["webhook.token", "webhook-2.token"], None);
     let (status, answer) = reload(&app).await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["webhook_tokens"], 2);
+    assert_eq!(answer["webhook"].as_array().unwrap().len(), 2);
     assert_eq!(post_with(&app, &old).await, 200);
     assert_eq!(post_with(&app, &new).await, 200);
 
@@ -76,7 +92,7 @@ async fn a_reload_swaps_the_webhook_tokens_and_a_refused_one_keeps_those_in_forc
     let loose = app.dir.path().join("webhook-3.token");
     std::fs::write(&loose, "c".repeat(64)).unwrap();
     std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    write_config(app.dir.path(), &["webhook-2.token", "webhook-3.token"]);
+    write_config(app.dir.path(), &["webhook-2.token", "webhook-3.token"], None);
     let (status, answer) = reload(&app).await;
     assert_eq!(status, 422);
     assert_eq!(answer["error"], "reload_refused");
@@ -86,20 +102,48 @@ async fn a_reload_swaps_the_webhook_tokens_and_a_refused_one_keeps_those_in_forc
     assert_eq!(post_with(&app, &new).await, 200);
 
     // Rotation done: the old token is refused from now on.
-    write_config(app.dir.path(), &["webhook-2.token"]);
+    write_config(app.dir.path(), &["webhook-2.token"], None);
     let (status, answer) = reload(&app).await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["webhook_tokens"], 1);
+    assert_eq!(answer["webhook"].as_array().unwrap().len(), 1);
     assert!(!answer.to_string().contains(&new));
     assert_eq!(post_with(&app, &old).await, 401);
     assert_eq!(post_with(&app, &new).await, 200);
 }
 
 #[tokio::test]
+async fn the_build_pool_token_rotates_with_the_previous_one_accepted_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    tokens(dir.path(), &["webhook.token", "admin.token", "nodes.token"]);
+    let config = Config::load(Some(&write_config(dir.path(), &["webhook.token"], None))).unwrap();
+    let app = spawn_with(dir, config).await;
+    let old = token(app.dir.path(), "nodes.token");
+    assert!(node_authorized(&app, &old).await);
+    assert!(!node_authorized(&app, &format!("{old}x")).await, "the probe must tell tokens apart");
+
+    // The old token moves aside; a new one takes its name.
+    std::fs::rename(app.dir.path().join("nodes.token"), app.dir.path().join("nodes-old.token")).unwrap();
+    tokens(app.dir.path(), &["nodes.token"]);
+    let new = token(app.dir.path(), "nodes.token");
+    write_config(app.dir.path(), &["webhook.token"], Some("nodes-old.token"));
+    let (status, answer) = reload(&app).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["nodes"].as_array().unwrap().len(), 2);
+    assert!(node_authorized(&app, &old).await);
+    assert!(node_authorized(&app, &new).await);
+
+    // Every machine has the new one.
+    write_config(app.dir.path(), &["webhook.token"], None);
+    assert_eq!(reload(&app).await.0, 200);
+    assert!(!node_authorized(&app, &old).await);
+    assert!(node_authorized(&app, &new).await);
+}
+
+#[tokio::test]
 async fn a_gateway_reloads_its_webhook_tokens_on_sighup() {
     let dir = tempfile::tempdir().unwrap();
     tokens(dir.path(), &["webhook.token", "admin.token", "nodes.token", "webhook-2.token"]);
-    let config = write_config(dir.path(), &["webhook.token"]);
+    let config = write_config(dir.path(), &["webhook.token"], None);
     let mut gateway = launch(dir.path(), &["--config", config.to_str().unwrap()], &[], Stdio::piped());
     let stderr = BufReader::new(gateway.child.stderr.take().unwrap());
     let new = token(dir.path(), "webhook-2.token");
@@ -114,7 +158,7 @@ async fn a_gateway_reloads_its_webhook_tokens_on_sighup() {
     };
     assert_eq!(post(new.clone()).await, 401);
 
-    write_config(dir.path(), &["webhook.token", "webhook-2.token"]);
+    write_config(dir.path(), &["webhook.token", "webhook-2.token"], None);
     let hangup = Command::new("kill").args(["-HUP", &gateway.child.id().to_string()]).status().unwrap();
     assert!(hangup.success());
     // The gateway says so on standard error, read as it comes until the process ends (a reader
@@ -123,7 +167,7 @@ async fn a_gateway_reloads_its_webhook_tokens_on_sighup() {
     std::thread::spawn(move || {
         let mut said = Some(said);
         for line in stderr.lines().map_while(Result::ok) {
-            if line.contains("webhook tokens reloaded") {
+            if line.contains("tokens reloaded") {
                 if let Some(said) = said.take() {
                     let _ = said.send(());
                 }
