@@ -144,7 +144,8 @@ async fn a_gateway_reloads_its_webhook_tokens_on_sighup() {
     let dir = tempfile::tempdir().unwrap();
     tokens(dir.path(), &["webhook.token", "admin.token", "nodes.token", "webhook-2.token"]);
     let config = write_config(dir.path(), &["webhook.token"], None);
-    let mut gateway = launch(dir.path(), &["--config", config.to_str().unwrap()], &[], Stdio::piped());
+    let args = ["--config", config.to_str().unwrap()];
+    let mut gateway = launch(dir.path(), &args, &[("RUST_LOG", "info")], Stdio::piped());
     let stderr = BufReader::new(gateway.child.stderr.take().unwrap());
     let new = token(dir.path(), "webhook-2.token");
     let client = reqwest::Client::new();
@@ -164,18 +165,27 @@ async fn a_gateway_reloads_its_webhook_tokens_on_sighup() {
     // The gateway says so on standard error, read as it comes until the process ends (a reader
     // that stopped early would leave the gateway writing into a closed pipe).
     let (said, reloaded) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
+    let log = std::thread::spawn(move || {
         let mut said = Some(said);
+        let mut log = Vec::new();
         for line in stderr.lines().map_while(Result::ok) {
             if line.contains("tokens reloaded") {
                 if let Some(said) = said.take() {
                     let _ = said.send(());
                 }
             }
+            log.push(line);
         }
+        log
     });
-    assert!(reloaded.await.is_ok(), "the gateway ended without reloading its tokens");
-    assert_eq!(post(new).await, 200);
-    assert_eq!(post(token(dir.path(), "webhook.token")).await, 200);
+    let reloaded = tokio::time::timeout(std::time::Duration::from_secs(60), reloaded).await;
+    assert!(matches!(reloaded, Ok(Ok(()))), "the gateway did not say it reloaded its tokens");
+    let old = token(dir.path(), "webhook.token");
+    assert_eq!(post(new.clone()).await, 200);
+    assert_eq!(post(old.clone()).await, 200);
     gateway.stop();
+    // The reload names the files, never what is in them.
+    let log = log.join().unwrap().join("\n");
+    assert!(log.contains("webhook-2.token"), "{log}");
+    assert!(!log.contains(&new) && !log.contains(&old));
 }
