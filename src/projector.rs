@@ -13,15 +13,25 @@ use crate::store::{Checkpoint, EventStore, StoreError, StoredEvent};
 
 /// Events read from the store in one go.
 pub const READ_BATCH: usize = 2048;
-/// The projections are saved at shutdown and after this many events: a restart after a crash
-/// replays at most this many (a million took 3.7 s on the development machine in a slow hour,
-/// docs/benchmarks.md). Webhooks are accepted meanwhile; reads and readiness wait.
-///
-/// Nothing else makes a save due. A save writes every projection's whole state, so its cost grows
-/// with the history (0.67 s for 151 MB at 129,000 builds), and all it buys is a shorter replay
-/// after a crash; a time-based save (every 30 s until 2026-11-28) made a quiet gateway with a
-/// long history rewrite all of it twice a minute to spare a replay of a few milliseconds.
+/// A restart after a crash replays at most this many events beyond the saved projections (a
+/// million took 3.7 s on the development machine in a slow hour, docs/benchmarks.md). Webhooks
+/// are accepted meanwhile; reads and readiness wait.
 const SAVE_EVERY_EVENTS: u64 = 2_000_000;
+/// Below that, a save waits for this many events and this long since the last one.
+const SAVE_AFTER_EVENTS: u64 = 10_000;
+const SAVE_AFTER: Duration = Duration::from_secs(600);
+
+/// Whether the projections are due a save, `events` and `elapsed` after the last one (they are
+/// saved at shutdown as well).
+///
+/// A save writes every projection's whole state, so its cost grows with the history (0.67 s for
+/// 151 MB at 129,000 builds), and all it buys is a shorter replay after a crash. Until 2026-11-28
+/// a save was due every 30 s when anything had been appended: a quiet gateway with a long history
+/// rewrote all of it twice a minute to spare a replay of milliseconds. Now a crash replays at most
+/// ten thousand events, ten minutes' worth, or two million under heavy load.
+pub fn save_due(events: u64, elapsed: Duration) -> bool {
+    events >= SAVE_EVERY_EVENTS || (events >= SAVE_AFTER_EVENTS && elapsed >= SAVE_AFTER)
+}
 
 /// Shared, read-mostly access to the live projections.
 #[derive(Clone)]
@@ -173,7 +183,7 @@ async fn follow(
     let mut head = store.head();
     // Subscribed before the first read, so that no commit falls between the two.
     let mut feed = store.committed();
-    let mut saved_at = *position.borrow();
+    let mut saved_at = (*position.borrow(), Instant::now());
     let mut behind = true;
     loop {
         if behind {
@@ -187,9 +197,9 @@ async fn follow(
             }
         }
         let reached = *position.borrow();
-        if reached - saved_at >= SAVE_EVERY_EVENTS {
+        if save_due(reached - saved_at.0, saved_at.1.elapsed()) {
             save(&*store, &set).await;
-            saved_at = reached;
+            saved_at = (reached, Instant::now());
         }
         match feed.as_mut() {
             Some(committed) => tokio::select! {
@@ -305,5 +315,20 @@ async fn save(store: &dyn EventStore, set: &Arc<RwLock<ProjectionSet>>) {
             "projection checkpoints saved"
         ),
         Err(e) => tracing::warn!(error = %e, "cannot save projection checkpoints"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_save_is_due_after_two_million_events_or_ten_thousand_and_ten_minutes() {
+        let minute = Duration::from_secs(60);
+        assert!(!save_due(1, 60 * minute), "a handful of events never rewrites the state");
+        assert!(!save_due(9_999, 60 * minute));
+        assert!(!save_due(1_999_999, 9 * minute));
+        assert!(save_due(10_000, 10 * minute));
+        assert!(save_due(2_000_000, Duration::ZERO));
     }
 }
