@@ -5,14 +5,14 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use meshgate_domain::Recorded;
+use meshgate_domain::{Event, Recorded};
 use meshgate_projections::{Builds, Checkpointed, Dedupe, Outbox, Projection, ProjectionSet, Queue};
 use tokio::sync::watch;
 
 use crate::store::{Checkpoint, EventStore, StoreError, StoredEvent};
 
-/// Events read from the store in one go.
-pub const READ_BATCH: usize = 2048;
+/// Positions read from the store in one go while catching up.
+const CATCH_UP_RANGE: usize = 8192;
 /// A restart after a crash replays at most this many events beyond the saved projections (a
 /// million took 3.7 s on the development machine in a slow hour, docs/benchmarks.md). Webhooks
 /// are accepted meanwhile; reads and readiness wait.
@@ -278,14 +278,28 @@ async fn catch_up(
     set: &RwLock<ProjectionSet>,
     position: &watch::Sender<u64>,
 ) -> Result<(), StoreError> {
+    let wanted = projected_types();
     loop {
         let from = *position.borrow();
-        let batch = store.read_all(from, READ_BATCH).await?;
-        advance(set, position, &batch)?;
-        if batch.len() < READ_BATCH {
+        let (decoded, covered) = store.read_decoded(from, CATCH_UP_RANGE, &wanted).await?;
+        if covered > from {
+            let mut guard = set.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for recorded in &decoded {
+                guard.apply(recorded);
+            }
+            guard.skip_to(covered);
+            drop(guard);
+            position.send_replace(covered);
+        }
+        if covered - from < CATCH_UP_RANGE as u64 {
             return Ok(());
         }
     }
+}
+
+/// The event types some projection folds; the others are only positions to them.
+pub fn projected_types() -> Vec<&'static str> {
+    Event::TYPES.iter().copied().filter(|t| ProjectionSet::wants(t)).collect()
 }
 
 /// Saves every projection. Serializing whole states takes a while on a large log, so it runs on a

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use meshgate_domain::{Event, Recorded};
+use meshgate_domain::Recorded;
 use meshgate_projections::ProjectionSet;
 
 use crate::config::Config;
-use crate::projector::{checkpoints_of, from_checkpoints};
+use crate::projector::{checkpoints_of, from_checkpoints, projected_types};
 
 /// Positions read per query during a rebuild.
 const REBUILD_RANGE: u64 = 8192;
@@ -22,7 +22,7 @@ const READERS: u64 = 2;
 /// Folds the log at `path` from position 0 up to `until` (inclusive), reporting progress. Two
 /// threads read and decode alternate ranges of positions; the calling thread folds them in order.
 pub fn fold_log(path: &Path, until: u64, progress: &ProgressBar) -> anyhow::Result<ProjectionSet> {
-    let wanted: Vec<&str> = Event::TYPES.iter().copied().filter(|t| ProjectionSet::wants(t)).collect();
+    let wanted = projected_types();
     let ranges = until.div_ceil(REBUILD_RANGE);
     std::thread::scope(|scope| {
         let mut inputs = Vec::new();

@@ -73,12 +73,30 @@ async fn contract(store: Arc<dyn EventStore>) {
     assert_eq!(first.event_type, "BuildCancelled");
     assert!(first.decode().is_ok());
 
+    // Decoded reads of some types (how followers catch up): those types only, the range covered.
+    let head = *store.head().borrow();
+    let positions = |read: &[meshgate_domain::Recorded]| read.iter().map(|r| r.position).collect::<Vec<_>>();
+    let (cancelled, covered) = store.read_decoded(0, 10_000, &["BuildCancelled"]).await.unwrap();
+    assert_eq!((positions(&cancelled), covered), ((1..=head).collect(), head));
+    let (some, covered) = store.read_decoded(3, 2, &["WebhookReceived", "BuildCancelled"]).await.unwrap();
+    assert_eq!((positions(&some), covered), (vec![4, 5], 5));
+    assert_eq!(some[0].event, event_at(&store, 4).await);
+    let (none, covered) = store.read_decoded(0, 5, &["WebhookReceived"]).await.unwrap();
+    assert_eq!((none.len(), covered), (0, 5));
+    let (none, covered) = store.read_decoded(head, 10, &["BuildCancelled"]).await.unwrap();
+    assert_eq!((none.len(), covered), (0, head));
+
     // Checkpoints round-trip and are replaced.
     let checkpoint = |p| Checkpoint { name: "builds".into(), position: p, state: format!("{{\"p\":{p}}}") };
     store.save_checkpoints(vec![checkpoint(3)]).await.unwrap();
     store.save_checkpoints(vec![checkpoint(7)]).await.unwrap();
     assert_eq!(store.load_checkpoints().await.unwrap(), [checkpoint(7)]);
     store.check_writable().await.unwrap();
+}
+
+/// The event at `position`, as `read_all` decodes it.
+async fn event_at(store: &Arc<dyn EventStore>, position: u64) -> Event {
+    store.read_all(position - 1, 1).await.unwrap().remove(0).decode().unwrap().event
 }
 
 #[tokio::test]

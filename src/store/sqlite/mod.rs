@@ -139,6 +139,14 @@ impl SqliteStore {
         &self,
         query: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.read_with(move |conn| query(conn).store_err()).await
+    }
+
+    /// Runs `query` on a pooled reader connection, on a blocking thread.
+    async fn read_with<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let readers = Arc::clone(&self.readers);
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
@@ -152,7 +160,7 @@ impl SqliteStore {
                     conn
                 }
             };
-            let result = query(&conn).store_err();
+            let result = query(&conn);
             if let Ok(mut pool) = readers.lock() {
                 if pool.len() < 8 {
                     pool.push(conn);
@@ -195,6 +203,26 @@ impl EventStore for SqliteStore {
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
         self.read(move |conn| read_all(conn, after, limit)).await
+    }
+
+    /// Filters by type in the query and decodes from SQLite's row buffers, as a rebuild does.
+    async fn read_decoded(
+        &self,
+        after: u64,
+        limit: usize,
+        wanted: &[&str],
+    ) -> Result<(Vec<meshgate_domain::Recorded>, u64), StoreError> {
+        // Committed (and durable) up to the head, so the range has no gap still being written.
+        let upto = (*self.head.borrow()).min(after.saturating_add(limit as u64));
+        if upto <= after {
+            return Ok((Vec::new(), after));
+        }
+        let wanted: Vec<String> = wanted.iter().map(|t| (*t).to_owned()).collect();
+        self.read_with(move |conn| {
+            let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+            Ok((read_range_decoded(conn, after, upto, &wanted)?, upto))
+        })
+        .await
     }
 
     fn head(&self) -> watch::Receiver<u64> {
