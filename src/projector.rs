@@ -14,7 +14,7 @@ use crate::store::{Checkpoint, EventStore, StoreError, StoredEvent};
 /// Positions read from the store in one go while catching up.
 const CATCH_UP_RANGE: usize = 8192;
 /// A restart after a crash replays at most this many events beyond the saved projections (a
-/// million took 3.7 s on the development machine in a slow hour, docs/benchmarks.md). Webhooks
+/// million took 3.3 s on the development machine in a slow hour, docs/benchmarks.md). Webhooks
 /// are accepted meanwhile; reads and readiness wait.
 const SAVE_EVERY_EVENTS: u64 = 2_000_000;
 /// Below that, a save waits for this many events and this long since the last one.
@@ -28,7 +28,7 @@ const SAVE_AFTER: Duration = Duration::from_secs(600);
 /// 151 MB at 129,000 builds), and all it buys is a shorter replay after a crash. Until 2026-11-28
 /// a save was due every 30 s when anything had been appended: a quiet gateway with a long history
 /// rewrote all of it twice a minute to spare a replay of milliseconds. Now a crash replays at most
-/// ten thousand events, ten minutes' worth, or two million under heavy load.
+/// ten thousand events or ten minutes' worth, whichever is more, and never more than two million.
 pub fn save_due(events: u64, elapsed: Duration) -> bool {
     events >= SAVE_EVERY_EVENTS || (events >= SAVE_AFTER_EVENTS && elapsed >= SAVE_AFTER)
 }

@@ -122,23 +122,9 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The events of positions `after + 1 ..= after + limit` (no further than the head) whose type
     /// is in `wanted`, decoded, in position order, and the last position the read covered (`after`:
-    /// nothing new). Followers catching up use it; a backend that can filter by type skips the
-    /// rows nobody folds, this default reads them all.
-    async fn read_decoded(
-        &self,
-        after: u64,
-        limit: usize,
-        wanted: &[&str],
-    ) -> Result<(Vec<Recorded>, u64), StoreError> {
-        let batch = self.read_all(after, limit).await?;
-        let covered = batch.last().map_or(after, |e| e.position);
-        let decoded = batch
-            .iter()
-            .filter(|e| wanted.contains(&e.event_type.as_str()))
-            .map(|e| e.decode().map_err(|d| StoreError::Failed(format!("event at position {}: {d}", e.position))))
-            .collect::<Result<_, _>>()?;
-        Ok((decoded, covered))
-    }
+    /// nothing new). Followers catching up use it: the rows nobody folds need not be read.
+    async fn read_decoded(&self, after: u64, limit: usize, wanted: &[&str])
+        -> Result<(Vec<Recorded>, u64), StoreError>;
 
     /// The position of the last committed event; changes whenever a commit lands.
     fn head(&self) -> watch::Receiver<u64>;
