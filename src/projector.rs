@@ -279,22 +279,33 @@ async fn catch_up(
     position: &watch::Sender<u64>,
 ) -> Result<(), StoreError> {
     let wanted = projected_types();
+    let mut from = *position.borrow();
+    let mut read = store.read_decoded(from, CATCH_UP_RANGE, &wanted).await?;
     loop {
-        let from = *position.borrow();
-        let (decoded, covered) = store.read_decoded(from, CATCH_UP_RANGE, &wanted).await?;
-        if covered > from {
-            let mut guard = set.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-            for recorded in &decoded {
-                guard.apply(recorded);
-            }
-            guard.skip_to(covered);
-            drop(guard);
-            position.send_replace(covered);
-        }
+        let (decoded, covered) = read;
+        let fold = async { fold_range(set, position, &decoded, covered) };
         if covered - from < CATCH_UP_RANGE as u64 {
+            fold.await;
             return Ok(());
         }
+        // The next range is read (on a blocking thread) while this one is folded.
+        let (next, ()) = tokio::join!(biased; store.read_decoded(covered, CATCH_UP_RANGE, &wanted), fold);
+        (read, from) = (next?, covered);
     }
+}
+
+/// Applies a range read by `read_decoded` that covered positions up to `covered`.
+fn fold_range(set: &RwLock<ProjectionSet>, position: &watch::Sender<u64>, decoded: &[Recorded], covered: u64) {
+    if covered <= *position.borrow() {
+        return;
+    }
+    let mut guard = set.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for recorded in decoded {
+        guard.apply(recorded);
+    }
+    guard.skip_to(covered);
+    drop(guard);
+    position.send_replace(covered);
 }
 
 /// The event types some projection folds; the others are only positions to them.
