@@ -14,7 +14,7 @@ use crate::store::{Checkpoint, EventStore, StoreError, StoredEvent};
 /// Positions read from the store in one go while catching up.
 const CATCH_UP_RANGE: usize = 8192;
 /// A restart after a crash replays at most this many events beyond the saved projections (a
-/// million took 3.3 s on the development machine in a slow hour, docs/benchmarks.md). Webhooks
+/// million took 1.2–1.8 s on the development machine, docs/benchmarks.md). Webhooks
 /// are accepted meanwhile; reads and readiness wait.
 const SAVE_EVERY_EVENTS: u64 = 2_000_000;
 /// Below that, a save waits for this many events and this long since the last one.
