@@ -21,7 +21,7 @@ use crate::outbound::sinks::WebhookKind;
 use crate::outbound::{self, Sink, Target};
 use crate::projector;
 use crate::reaper;
-use crate::secrets::{generate_token_file, Token, TokenSet};
+use crate::secrets::{generate_token_file, write_token_file, Token, TokenSet};
 use crate::store::sqlite::{SqliteStore, WriterOptions};
 use crate::store::EventStore;
 
@@ -41,17 +41,11 @@ impl App {
         create_private_dir(&config.server.data_dir)?;
         let webhook_tokens =
             config.webhook_token_files().iter().map(|path| Token::read(path)).collect::<Result<Vec<_>, _>>()?;
-        let admin_token = Token::read(&config.admin_token_file())?;
+        let admin_tokens =
+            config.admin_token_files().iter().map(|path| Token::read(path)).collect::<Result<Vec<_>, _>>()?;
         let nodes_tokens =
             config.nodes_token_files().iter().map(|path| Token::read(path)).collect::<Result<Vec<_>, _>>()?;
-        let log_secret: [u8; 32] = {
-            use sha2::Digest;
-            sha2::Sha256::new()
-                .chain_update(b"meshgate log links\0")
-                .chain_update(admin_token.expose())
-                .finalize()
-                .into()
-        };
+        let log_secret = log_link_secret(config, &admin_tokens[0])?;
 
         let options = WriterOptions {
             max_batch: if config.store.group_commit { config.store.max_batch } else { 1 },
@@ -75,7 +69,7 @@ impl App {
             store: Arc::clone(&store),
             projections,
             webhook_tokens: TokenSet::new(&webhook_tokens),
-            admin_tokens: TokenSet::new(std::slice::from_ref(&admin_token)),
+            admin_tokens: TokenSet::new(&admin_tokens),
             token_header: HeaderName::from_bytes(config.webhook.header.as_bytes())?,
             max_body_bytes: config.webhook.max_body_bytes,
             lane_priorities: config.lane_priorities(),
@@ -281,6 +275,23 @@ pub fn generate_missing_default_tokens(config: &Config) -> anyhow::Result<Vec<Pa
         }
     }
     Ok(written)
+}
+
+/// The key per-build log links are signed with, read from its file under the data dir.
+///
+/// Links were first signed with a key derived from the admin token; so that links made then keep
+/// working, the file is created holding the admin token of its first start. From then on it is
+/// its own secret: rotating the admin token leaves links alone, and removing the file (then
+/// restarting) changes every link.
+fn log_link_secret(config: &Config, admin_token: &Token) -> anyhow::Result<[u8; 32]> {
+    use sha2::Digest;
+    let path = config.log_link_key_file();
+    if !path.exists() {
+        create_private_dir(&config.secrets_dir())?;
+        write_token_file(&path, admin_token.expose(), 0o400)?;
+    }
+    let key = Token::read(&path)?;
+    Ok(sha2::Sha256::new().chain_update(b"meshgate log links\0").chain_update(key.expose()).finalize().into())
 }
 
 fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {

@@ -170,6 +170,8 @@ impl Default for OutboundConfig {
 pub struct AdminConfig {
     /// Bearer token for the read API. Absent: one generated under the data dir.
     pub token_file: Option<PathBuf>,
+    /// The admin token being rotated out, still accepted while its users move to the new one.
+    pub previous_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -317,10 +319,9 @@ impl Config {
         };
         resolve(&mut self.server.data_dir);
         self.webhook.token_files.iter_mut().for_each(resolve);
-        if let Some(p) = self.admin.token_file.as_mut() {
-            resolve(p);
-        }
         for p in [
+            &mut self.admin.token_file,
+            &mut self.admin.previous_token_file,
             &mut self.nodes.token_file,
             &mut self.nodes.previous_token_file,
             &mut self.worker.token_file,
@@ -441,6 +442,16 @@ impl Config {
 
     pub fn admin_token_file(&self) -> PathBuf {
         self.admin.token_file.clone().unwrap_or_else(|| self.secrets_dir().join("admin.token"))
+    }
+
+    /// The admin token files in force: the current one and the one being rotated out.
+    pub fn admin_token_files(&self) -> Vec<PathBuf> {
+        std::iter::once(self.admin_token_file()).chain(self.admin.previous_token_file.clone()).collect()
+    }
+
+    /// The key per-build log links are signed with (created on first start).
+    pub fn log_link_key_file(&self) -> PathBuf {
+        self.secrets_dir().join("log-links.key")
     }
 
     pub fn nodes_token_file(&self) -> PathBuf {

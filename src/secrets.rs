@@ -75,10 +75,16 @@ impl Token {
 
 /// Writes a fresh 64-hex-character token to `path` with `mode`, replacing any file there.
 pub fn generate_token_file(path: &Path, mode: u32) -> Result<(), SecretError> {
-    let unwritable = |source| SecretError::Unwritable { path: path.to_owned(), source };
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| unwritable(std::io::Error::other(e.to_string())))?;
+    getrandom::fill(&mut bytes)
+        .map_err(|e| SecretError::Unwritable { path: path.to_owned(), source: std::io::Error::other(e.to_string()) })?;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_token_file(path, &hex, mode)
+}
+
+/// Writes `value` as the token in `path` with `mode`, replacing any file there.
+pub fn write_token_file(path: &Path, value: &str, mode: u32) -> Result<(), SecretError> {
+    let unwritable = |source| SecretError::Unwritable { path: path.to_owned(), source };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(unwritable)?;
     }
@@ -87,7 +93,7 @@ pub fn generate_token_file(path: &Path, mode: u32) -> Result<(), SecretError> {
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
     let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(unwritable)?;
-    file.write_all(format!("{hex}\n").as_bytes()).map_err(unwritable)?;
+    file.write_all(format!("{value}\n").as_bytes()).map_err(unwritable)?;
     file.sync_all().map_err(unwritable)?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(unwritable)?;
     fs::rename(&tmp, path).map_err(unwritable)?;

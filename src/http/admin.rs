@@ -3,9 +3,10 @@
 //!
 //! The sender never retries, so a restart during a rotation (two of them: one to accept both
 //! tokens, one to drop the old) loses whatever it posts meanwhile. A reload reads the
-//! configuration again and swaps in the tokens of `webhook.token_files` and of the build pool
-//! (`nodes.token_file`, `nodes.previous_token_file`); every other setting keeps its value until the
-//! next restart. If the configuration or any token file is refused, no token changes.
+//! configuration again and swaps in the tokens of `webhook.token_files`, of the admin API
+//! (`admin.token_file`, `admin.previous_token_file`) and of the build pool (`nodes.token_file`,
+//! `nodes.previous_token_file`); every other setting keeps its value until the next restart. If
+//! the configuration or any token file is refused, no token changes.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ pub enum ReloadError {
 #[derive(Debug, Serialize)]
 pub struct Reloaded {
     pub webhook: Vec<PathBuf>,
+    pub admin: Vec<PathBuf>,
     pub nodes: Vec<PathBuf>,
 }
 
@@ -39,15 +41,20 @@ pub struct Reloaded {
 pub fn reload_tokens(app: &AppState) -> Result<Reloaded, ReloadError> {
     let read = |files: &[PathBuf]| files.iter().map(|path| Token::read(path)).collect::<Result<Vec<_>, _>>();
     let reloaded = Config::load(app.config_file.as_deref()).map_err(ReloadError::from).and_then(|config| {
-        let files = Reloaded { webhook: config.webhook_token_files(), nodes: config.nodes_token_files() };
-        let tokens = (read(&files.webhook)?, read(&files.nodes)?);
+        let files = Reloaded {
+            webhook: config.webhook_token_files(),
+            admin: config.admin_token_files(),
+            nodes: config.nodes_token_files(),
+        };
+        let tokens = (read(&files.webhook)?, read(&files.admin)?, read(&files.nodes)?);
         Ok((files, tokens))
     });
     match reloaded {
-        Ok((files, (webhook, nodes))) => {
+        Ok((files, (webhook, admin, nodes))) => {
             app.webhook_tokens.replace(&webhook);
+            app.admin_tokens.replace(&admin);
             app.nodes_tokens.replace(&nodes);
-            tracing::info!(webhook = ?files.webhook, nodes = ?files.nodes, "tokens reloaded");
+            tracing::info!(webhook = ?files.webhook, admin = ?files.admin, nodes = ?files.nodes, "tokens reloaded");
             Ok(files)
         }
         Err(e) => {

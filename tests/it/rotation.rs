@@ -189,3 +189,52 @@ async fn a_gateway_reloads_its_webhook_tokens_on_sighup() {
     assert!(log.contains("webhook-2.token"), "{log}");
     assert!(!log.contains(&new) && !log.contains(&old));
 }
+
+#[tokio::test]
+async fn the_admin_token_rotates_with_the_previous_one_accepted_and_log_links_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    tokens(dir.path(), &["webhook.token", "admin.token", "nodes.token", "admin-2.token"]);
+    let fixture_config = std::fs::read_to_string(fixtures().join("config/one-trigger.toml")).unwrap();
+    let file = dir.path().join("meshgate.toml");
+    let admin_files = |current: &str, previous: Option<&str>| {
+        let previous = previous.map(|p| format!("\nprevious_token_file = {p:?}")).unwrap_or_default();
+        let config =
+            fixture_config.replace("token_file = \"admin.token\"", &format!("token_file = {current:?}{previous}"));
+        std::fs::write(&file, config).unwrap();
+    };
+    admin_files("admin.token", None);
+    let app = spawn_with(dir, Config::load(Some(&file)).unwrap()).await;
+    let (old, new) = (token(app.dir.path(), "admin.token"), token(app.dir.path(), "admin-2.token"));
+    let build = build_id(&app.deliver(&fixture("mob-issueUpdated-state-building.json")).await);
+    let link = |answer: Value| answer["log_url"].as_str().unwrap().to_owned();
+    let before = link(app.get(&format!("/api/v1/builds/{build}")).await.json().await.unwrap());
+    // Links made before the key had a file of its own were signed with the admin token: the file
+    // starts out holding it, so those links keep working.
+    let key = app.config.server.data_dir.join("secrets/log-links.key");
+    assert_eq!(std::fs::read_to_string(&key).unwrap().trim(), old);
+
+    let status_with = |token: &str| {
+        let request = app.client.get(app.url("/api/v1/queue")).bearer_auth(token);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status_with(&new).await, 401);
+    admin_files("admin-2.token", Some("admin.token"));
+    let (status, answer) = reload(&app).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["admin"].as_array().unwrap().len(), 2);
+    assert_eq!(status_with(&old).await, 200);
+    assert_eq!(status_with(&new).await, 200);
+
+    admin_files("admin-2.token", None);
+    let reloaded = app.client.post(app.url("/api/v1/tokens/reload")).bearer_auth(&new).send().await.unwrap().status();
+    assert_eq!(reloaded, 200);
+    assert_eq!(status_with(&old).await, 401);
+    assert_eq!(status_with(&new).await, 200);
+
+    // After a restart with the new admin token, the build's log link is the one made before.
+    let (dir, _) = app.shutdown().await;
+    let app = spawn_with(dir, Config::load(Some(&file)).unwrap()).await;
+    assert_eq!(app.admin_token, new);
+    let after = link(app.get(&format!("/api/v1/builds/{build}")).await.json().await.unwrap());
+    assert_eq!(after, before, "a new admin token leaves log links alone");
+}
