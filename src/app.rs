@@ -39,12 +39,9 @@ impl App {
     /// Opens everything the gateway needs; fails with a clear message if anything is amiss.
     pub async fn start(config: &Config) -> anyhow::Result<App> {
         create_private_dir(&config.server.data_dir)?;
-        let webhook_tokens =
-            config.webhook_token_files().iter().map(|path| Token::read(path)).collect::<Result<Vec<_>, _>>()?;
-        let admin_tokens =
-            config.admin_token_files().iter().map(|path| Token::read(path)).collect::<Result<Vec<_>, _>>()?;
-        let nodes_tokens =
-            config.nodes_token_files().iter().map(|path| Token::read(path)).collect::<Result<Vec<_>, _>>()?;
+        let webhook_tokens = Token::read_all(&config.webhook_token_files())?;
+        let admin_tokens = Token::read_all(&config.admin_token_files())?;
+        let nodes_tokens = Token::read_all(&config.nodes_token_files())?;
         let log_secret = log_link_secret(config, &admin_tokens[0])?;
 
         let options = WriterOptions {

@@ -19,8 +19,13 @@ use uuid::Uuid;
 
 use crate::store::{EventStore, NewEvent, StoreError, StoredEvent, StreamAppend};
 
-/// How many times a delivery is decided again after version conflicts before giving up.
-const MAX_ATTEMPTS: usize = 16;
+/// How long a delivery may go on being decided again after version conflicts.
+///
+/// A conflict means another append to the same streams landed first, so contenders get through
+/// at least one per commit and none waits forever; but twenty transitions of one issue arriving
+/// together coalesce one at a time, so no fixed number of attempts is enough (sixteen refused a
+/// third of 64 simultaneous ones). The bound is time, well inside the sender's 5 s.
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A delivery durably recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,8 +38,8 @@ pub struct Accepted {
 pub enum IngestError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("gave up after {MAX_ATTEMPTS} version conflicts")]
-    Contention,
+    #[error("gave up after {attempts} version conflicts in {RETRY_FOR:?}")]
+    Contention { attempts: usize },
     #[error("stored event cannot be read: {0}")]
     Decode(#[from] meshgate_domain::event::DecodeError),
 }
@@ -71,13 +76,19 @@ impl IngestService {
         } else {
             self.load_view(&fingerprint, delivery).await?
         };
-        for attempt in 0..MAX_ATTEMPTS {
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             let plan = decide_delivery(&view, &input, &self.policy(), &mut Uuid::now_v7);
             let appends = to_store_appends(plan.appends, correlation_id, Utc::now());
             match self.store.append(appends).await {
                 Ok(appended) => {
                     tracing::debug!(outcome = plan.outcome.name(), attempt, "delivery recorded");
                     return Ok(Accepted { outcome: plan.outcome, last_position: appended.last_position });
+                }
+                Err(StoreError::Conflict { .. }) if tokio::time::Instant::now() >= deadline => {
+                    return Err(IngestError::Contention { attempts: attempt });
                 }
                 Err(StoreError::Conflict { stream, .. }) => {
                     tracing::debug!(%stream, attempt, "version conflict; deciding again");
@@ -86,7 +97,6 @@ impl IngestService {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(IngestError::Contention)
     }
 
     /// Reads what the log holds about the streams a delivery touches.

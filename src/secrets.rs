@@ -67,6 +67,11 @@ impl Token {
         Ok(Token { value: SecretString::from(value.to_owned()), path: path.to_owned() })
     }
 
+    /// Reads every file, or names the first one refused.
+    pub fn read_all(paths: &[PathBuf]) -> Result<Vec<Token>, SecretError> {
+        paths.iter().map(|path| Token::read(path)).collect()
+    }
+
     /// For sending the token (tests, the worker agent); never for logging.
     pub fn expose(&self) -> &str {
         self.value.expose_secret()

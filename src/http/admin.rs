@@ -39,14 +39,13 @@ pub struct Reloaded {
 
 /// Reads the configuration and the token files again and makes those tokens the live ones.
 pub fn reload_tokens(app: &AppState) -> Result<Reloaded, ReloadError> {
-    let read = |files: &[PathBuf]| files.iter().map(|path| Token::read(path)).collect::<Result<Vec<_>, _>>();
     let reloaded = Config::load(app.config_file.as_deref()).map_err(ReloadError::from).and_then(|config| {
         let files = Reloaded {
             webhook: config.webhook_token_files(),
             admin: config.admin_token_files(),
             nodes: config.nodes_token_files(),
         };
-        let tokens = (read(&files.webhook)?, read(&files.admin)?, read(&files.nodes)?);
+        let tokens = (Token::read_all(&files.webhook)?, Token::read_all(&files.admin)?, Token::read_all(&files.nodes)?);
         Ok((files, tokens))
     });
     match reloaded {

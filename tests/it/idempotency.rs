@@ -88,6 +88,27 @@ async fn simultaneous_different_transitions_of_one_intent_share_one_build() {
     assert_eq!(app.count("IntentActivated").await, 1);
 }
 
+/// Each conflict means another contender's append landed, so contenders get through one per
+/// commit: more of them than any fixed number of attempts must all still be recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_more_simultaneous_transitions_than_attempts_are_all_recorded() {
+    let app = spawn_app().await;
+    let calls = (0..64u64).map(|n| {
+        let state = std::sync::Arc::clone(&app.state);
+        let body = with(&building(), &json!({"updated": 1_787_565_700_000u64 + n}));
+        tokio::spawn(async move {
+            let (fingerprint, delivery) = meshgate_domain::payload::parse_bytes(body.as_bytes()).unwrap();
+            let correlation_id = uuid::Uuid::now_v7();
+            state.ingest.ingest(correlation_id, chrono::Utc::now(), &body, fingerprint, &delivery).await
+        })
+    });
+    let outcomes: Vec<_> = join_all(calls).await.into_iter().map(|joined| joined.unwrap()).collect();
+    let refused: Vec<String> = outcomes.iter().filter_map(|o| o.as_ref().err()).map(|e| e.to_string()).collect();
+    assert!(refused.is_empty(), "{} of 64 refused: {:?}", refused.len(), refused.first());
+    assert_eq!(app.count("BuildRequested").await, 1);
+    assert_eq!(app.count("BuildRequestFolded").await, 63);
+}
+
 #[tokio::test]
 async fn projections_resume_from_their_checkpoint_and_equal_a_rebuild() {
     let app = spawn_app().await;
