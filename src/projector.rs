@@ -147,7 +147,12 @@ pub async fn start(
     let (position_tx, position_rx) = watch::channel(set.position());
     let set = Arc::new(RwLock::new(set));
     let projections = Projections { set: Arc::clone(&set), position: position_rx };
-    Ok((projections, follow(store, set, position_tx, shutdown)))
+    // Subscribed here, before the caller can serve a request, not when `follow` first runs on its
+    // thread: the writer publishes a request's events only if someone listens when it runs the
+    // request, so a delivery appended in between and committed after the first catch-up read
+    // reached the projections only with the next commit (outbound tests waited 30 s for it).
+    let feed = store.committed();
+    Ok((projections, follow(store, set, position_tx, feed, shutdown)))
 }
 
 /// The thread the live projections fold on.
@@ -177,12 +182,11 @@ async fn follow(
     store: Arc<dyn EventStore>,
     set: Arc<RwLock<ProjectionSet>>,
     position: watch::Sender<u64>,
+    mut feed: Option<tokio::sync::broadcast::Receiver<Arc<[StoredEvent]>>>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     let mut head = store.head();
-    // Subscribed before the first read, so that no commit falls between the two.
-    let mut feed = store.committed();
     let mut saved_at = (*position.borrow(), Instant::now());
     let mut behind = true;
     loop {

@@ -212,15 +212,22 @@ impl EventStore for SqliteStore {
         limit: usize,
         wanted: &[&str],
     ) -> Result<(Vec<meshgate_domain::Recorded>, u64), StoreError> {
-        // Committed (and durable) up to the head, so the range has no gap still being written.
-        let upto = (*self.head.borrow()).min(after.saturating_add(limit as u64));
-        if upto <= after {
-            return Ok((Vec::new(), after));
-        }
         let wanted: Vec<String> = wanted.iter().map(|t| (*t).to_owned()).collect();
         self.read_with(move |conn| {
+            // One snapshot for both reads: every position up to the last one it holds is
+            // committed (the writer assigns them in commit order), so the range has no gap that a
+            // later commit could fill. The head is not used: it moves after the commit feed.
+            let snapshot = conn.unchecked_transaction().store_err()?;
+            let last: Option<u64> =
+                snapshot.query_row("SELECT MAX(position) FROM events", [], |r| r.get(0)).store_err()?;
+            let upto = last.unwrap_or(0).min(after.saturating_add(limit as u64));
+            if upto <= after {
+                return Ok((Vec::new(), after));
+            }
             let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
-            Ok((read_range_decoded(conn, after, upto, &wanted)?, upto))
+            let decoded = read_range_decoded(&snapshot, after, upto, &wanted)?;
+            snapshot.finish().store_err()?;
+            Ok((decoded, upto))
         })
         .await
     }

@@ -335,7 +335,9 @@ impl Writer {
                     return Err(e);
                 }
                 self.batch.absorb(request);
-                if let Some(appends) = appended.filter(|_| self.feed.receiver_count() > 0) {
+                // Kept whether or not anyone listens now: one who subscribes before the commit
+                // must get every event of it, or see a gap it can only close at the next commit.
+                if let Some(appends) = appended {
                     self.publish_later(appends, start, versions);
                 }
             }
