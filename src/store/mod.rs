@@ -120,9 +120,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// Up to `limit` events after global position `after`, in position order.
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
 
-    /// The events of positions `after + 1 ..= after + limit` (no further than the head) whose type
-    /// is in `wanted`, decoded, in position order, and the last position the read covered (`after`:
-    /// nothing new). Followers catching up use it: the rows nobody folds need not be read.
+    /// The events of positions `after + 1 ..= after + limit` (no further than the last committed
+    /// one) whose type is in `wanted`, decoded, in position order, and the last position the read
+    /// covered (`after`: nothing new). Followers catching up use it: the rows nobody folds need not
+    /// be read.
     async fn read_decoded(&self, after: u64, limit: usize, wanted: &[&str])
         -> Result<(Vec<Recorded>, u64), StoreError>;
 
