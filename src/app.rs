@@ -17,13 +17,14 @@ use crate::config::ChatKind;
 use crate::config::Config;
 use crate::http::{router, AppState, Counters, NodeSettings};
 use crate::ingest::IngestService;
-use crate::outbound::sinks::WebhookKind;
-use crate::outbound::{self, Sink, Target};
+use crate::links::LogLinks;
+use crate::outbound::{self, Outbound, Sink, Target};
 use crate::projector;
-use crate::reaper;
+use crate::reaper::{self, Reaper};
 use crate::secrets::{generate_token_file, write_token_file, Token, TokenSet};
 use crate::store::sqlite::{SqliteStore, WriterOptions};
 use crate::store::EventStore;
+use crate::tls::{ServerTls, TlsListener};
 
 /// A running gateway, minus its listener.
 pub struct App {
@@ -43,6 +44,11 @@ impl App {
         let admin_tokens = Token::read_all(&config.admin_token_files())?;
         let nodes_tokens = Token::read_all(&config.nodes_token_files())?;
         let log_secret = log_link_secret(config, &admin_tokens[0])?;
+        let tls = match config.tls_files() {
+            Some(files) => Some(Arc::new(ServerTls::load(&files).context("cannot serve HTTPS")?)),
+            None => None,
+        };
+        let links = LogLinks::new(&config.public_url(), log_secret);
 
         let options = WriterOptions {
             max_batch: if config.store.group_commit { config.store.max_batch } else { 1 },
@@ -83,14 +89,8 @@ impl App {
             claim_lock: tokio::sync::Mutex::new(()),
             stopping: tokio::sync::watch::channel(false).0,
             logs_dir: config.server.data_dir.join("logs"),
-            log_secret,
-            public_url: config
-                .server
-                .public_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{}", config.server.listen))
-                .trim_end_matches('/')
-                .to_owned(),
+            links: links.clone(),
+            tls,
             pagers: config
                 .pager
                 .routing_key_file
@@ -101,7 +101,12 @@ impl App {
                 .collect(),
             config_file: config.file.clone(),
         });
-        let reaper = tokio::spawn(reaper::run(Arc::clone(&state), state.stopping.subscribe()));
+        let reaper = Reaper {
+            projections: state.projections.clone(),
+            builds: state.builds.clone(),
+            max_attempts: config.nodes.max_attempts,
+        };
+        let reaper = tokio::spawn(reaper::run(reaper, state.stopping.subscribe()));
         let sinks = outbound_sinks(config)?;
         let rules = outbound::Rules {
             // The alert channel is the pager's, not a chat path for the paging rule.
@@ -123,21 +128,25 @@ impl App {
                 max_attempts: 1,
             },
         };
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(config.outbound.timeout_seconds))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        // One client for every sink (chat, tracker, pager), built once: HTTPS trusting the
+        // platform's store, the webpki roots and `[outbound] ca_file`.
+        let http = crate::tls::client(
+            reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(config.outbound.timeout_seconds))
+                .redirect(reqwest::redirect::Policy::none()),
+            config.outbound.ca_file.as_deref(),
+        )
+        .context("cannot build the outbound HTTPS client")?;
+        let shared = Arc::new(Outbound {
+            store: Arc::clone(&store),
+            projections: state.projections.clone(),
+            links,
+            rules,
+            http,
+        });
         let outbound: Vec<JoinHandle<()>> = sinks
             .into_iter()
-            .map(|sink| {
-                tokio::spawn(outbound::run(
-                    Arc::clone(&state),
-                    sink,
-                    rules.clone(),
-                    http.clone(),
-                    state.stopping.subscribe(),
-                ))
-            })
+            .map(|sink| tokio::spawn(outbound::run(Arc::clone(&shared), sink, state.stopping.subscribe())))
             .collect();
         let router = router(Arc::clone(&state), &config.webhook.path);
         Ok(App { state, router, projector, stop_projector, reaper, outbound })
@@ -157,13 +166,23 @@ impl App {
             // Long polls answer at once, so in-flight requests can drain.
             stopping.send_replace(true);
         };
-        // Answers are small and written at once: no waiting for an acknowledgement (Nagle).
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+        use axum::serve::ListenerExt;
+        match self.state.tls.clone() {
+            Some(tls) => {
+                // HTTPS only. (`tap_io` gives the peer's address to the handlers, as below.)
+                let listener = TlsListener::new(listener, tls)?.tap_io(|_| {});
+                axum::serve(listener, service).with_graceful_shutdown(shutdown).await?;
             }
-        });
-        axum::serve(listener, service).with_graceful_shutdown(shutdown).await?;
+            None => {
+                // Answers are small and written at once: no waiting for an acknowledgement (Nagle).
+                let listener = listener.tap_io(|tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+                    }
+                });
+                axum::serve(listener, service).with_graceful_shutdown(shutdown).await?;
+            }
+        }
         self.stop().await;
         Ok(())
     }
@@ -182,67 +201,75 @@ impl App {
 
 /// The configured outbound sinks, with their secrets read.
 fn outbound_sinks(config: &Config) -> anyhow::Result<Vec<Sink>> {
+    use crate::outbound::{discord, generic, matrix, openclaw, pagerduty, slack, teams, youtrack};
+    let secret = |file: &std::path::Path| -> anyhow::Result<String> { Ok(Token::read(file)?.expose().to_owned()) };
     let mut sinks = Vec::new();
     for chat in &config.chat {
         let url = match (&chat.url, &chat.url_file) {
             (Some(url), _) => url.clone(),
-            (None, Some(file)) => Token::read(file)?.expose().to_owned(),
+            (None, Some(file)) => secret(file)?,
             (None, None) => anyhow::bail!("chat sink `{}` has no url", chat.name),
         };
+        let token = || match &chat.token_file {
+            Some(file) => secret(file),
+            None => anyhow::bail!("chat sink `{}` has no token_file", chat.name),
+        };
         let target = match chat.kind {
-            ChatKind::Generic => Target::Chat { kind: WebhookKind::Generic, url },
-            ChatKind::SlackWebhook => Target::Chat { kind: WebhookKind::Slack, url },
-            ChatKind::TeamsWorkflow => Target::Chat { kind: WebhookKind::Teams, url },
-            ChatKind::Discord => Target::Chat { kind: WebhookKind::Discord, url },
-            ChatKind::SlackApi => Target::SlackApi {
+            ChatKind::Generic => Target::Generic(generic::Hook { url }),
+            ChatKind::SlackWebhook => Target::SlackWebhook(slack::Webhook { url }),
+            ChatKind::TeamsWorkflow => Target::Teams(teams::Workflow { url }),
+            ChatKind::Discord => Target::Discord(discord::Webhook { url }),
+            ChatKind::SlackApi => Target::SlackApi(slack::Api {
                 api: url,
                 channel: chat.channel.clone().unwrap_or_default(),
-                token: match &chat.token_file {
-                    Some(file) => Token::read(file)?.expose().to_owned(),
-                    None => anyhow::bail!("chat sink `{}` has no token_file", chat.name),
-                },
-            },
-            ChatKind::Matrix => Target::Matrix {
+                token: token()?,
+            }),
+            ChatKind::Matrix => Target::Matrix(matrix::Room {
                 homeserver: url,
                 edit_in_place: chat.edit_in_place,
                 room_id: chat.room_id.clone().unwrap_or_default(),
-                token: match &chat.token_file {
-                    Some(file) => Token::read(file)?.expose().to_owned(),
-                    None => anyhow::bail!("chat sink `{}` has no token_file", chat.name),
-                },
-            },
+                token: token()?,
+            }),
+            ChatKind::Openclaw => Target::OpenClaw(openclaw::Hook {
+                url,
+                token: token()?,
+                channel: chat.channel.clone().unwrap_or_default(),
+                to: chat.to.clone().unwrap_or_default(),
+                agent_id: chat.agent_id.clone(),
+            }),
         };
         let pages_only = config.pager.alert_chat.as_deref() == Some(chat.name.as_str());
         sinks.push(Sink { name: chat.name.clone(), target, max_attempts: chat.max_attempts, pages_only });
     }
     if let (Some(base_url), Some(token_file)) = (&config.youtrack.base_url, &config.youtrack.token_file) {
+        let previous = match &config.youtrack.previous_token_file {
+            Some(file) => {
+                let written = std::fs::metadata(token_file)?.modified()?;
+                let grace = std::time::Duration::from_secs(config.youtrack.previous_token_grace_minutes * 60);
+                Some((secret(file)?, written + grace))
+            }
+            None => None,
+        };
         sinks.push(Sink {
             name: "youtrack".into(),
-            target: Target::YouTrack {
+            target: Target::YouTrack(youtrack::Comments {
                 base_url: base_url.clone(),
-                token: Token::read(token_file)?.expose().to_owned(),
-                previous: match &config.youtrack.previous_token_file {
-                    Some(file) => {
-                        let written = std::fs::metadata(token_file)?.modified()?;
-                        let grace = std::time::Duration::from_secs(config.youtrack.previous_token_grace_minutes * 60);
-                        Some((Token::read(file)?.expose().to_owned(), written + grace))
-                    }
-                    None => None,
-                },
+                token: secret(token_file)?,
+                previous,
                 comment_on_success: config.youtrack.comment_on_success,
-            },
-            max_attempts: 8,
+            }),
+            max_attempts: config.youtrack.max_attempts,
             pages_only: false,
         });
     }
     if let Some(file) = &config.pager.routing_key_file {
         sinks.push(Sink {
             name: "pager".into(),
-            target: Target::PagerDuty {
+            target: Target::PagerDuty(pagerduty::Events {
                 url: config.pager.url.clone().unwrap_or_else(|| "https://events.pagerduty.com/v2/enqueue".into()),
-                routing_key: Token::read(file)?.expose().to_owned(),
-            },
-            max_attempts: 8,
+                routing_key: secret(file)?,
+            }),
+            max_attempts: config.pager.max_attempts,
             pages_only: true,
         });
     }

@@ -36,8 +36,13 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    /// How people reach the gateway (for log links in chat and comments). Default: `http://{listen}`.
+    /// How people reach the gateway (for log links in chat and comments). Default: `http://{listen}`,
+    /// or `https://{listen}` with TLS.
     pub public_url: Option<String>,
+    /// PEM certificate chain (leaf first): with `tls_key_file`, `listen` serves HTTPS only.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of the certificate (same permission checks as token files).
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +71,8 @@ pub struct YouTrackConfig {
     pub previous_token_grace_minutes: u64,
     /// Comment on success too (off by default).
     pub comment_on_success: bool,
+    /// Tries per comment before it is abandoned.
+    pub max_attempts: u32,
 }
 
 impl Default for YouTrackConfig {
@@ -77,6 +84,7 @@ impl Default for YouTrackConfig {
             previous_token_file: None,
             previous_token_grace_minutes: 15,
             comment_on_success: false,
+            max_attempts: default_max_attempts(),
         }
     }
 }
@@ -97,8 +105,13 @@ pub struct ChatConfig {
     /// Matrix and Slack API: a file holding the bot's token (Matrix: log in once with a fixed
     /// device id).
     pub token_file: Option<PathBuf>,
-    /// Slack API: the channel to post in.
+    /// Slack API: the channel to post in. OpenClaw: the channel it delivers to (`whatsapp`,
+    /// `telegram`, …).
     pub channel: Option<String>,
+    /// OpenClaw: the recipient on that channel (a phone number, a chat id).
+    pub to: Option<String>,
+    /// OpenClaw: the agent that relays the line (its default agent if absent).
+    pub agent_id: Option<String>,
     /// Matrix: later states of a build edit its first message (`m.replace`) instead of adding lines.
     #[serde(default)]
     pub edit_in_place: bool,
@@ -108,6 +121,25 @@ pub struct ChatConfig {
 
 fn default_max_attempts() -> u32 {
     8
+}
+
+impl ChatConfig {
+    /// A sink of `kind` with nothing else set (every optional key absent, the default attempts).
+    pub fn new(name: &str, kind: ChatKind) -> Self {
+        ChatConfig {
+            name: name.to_owned(),
+            kind,
+            url: None,
+            url_file: None,
+            room_id: None,
+            token_file: None,
+            channel: None,
+            to: None,
+            agent_id: None,
+            edit_in_place: false,
+            max_attempts: default_max_attempts(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,10 +158,13 @@ pub enum ChatKind {
     SlackApi,
     /// A Matrix room: `m.notice` messages, the transaction id derived from the notification key.
     Matrix,
+    /// An OpenClaw gateway's `POST /hooks/agent`, which relays each line to the channel it serves
+    /// (WhatsApp, Telegram, Signal, iMessage, …).
+    Openclaw,
 }
 
 /// `[pager]`: PagerDuty Events API v2, for builds neither chat nor the tracker could be told about.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PagerConfig {
     /// Default `https://events.pagerduty.com/v2/enqueue` when a routing key is given.
@@ -138,6 +173,14 @@ pub struct PagerConfig {
     pub routing_key_file: Option<PathBuf>,
     /// A `[[chat]]` sink (its own channel) that gets the pages, and nothing else.
     pub alert_chat: Option<String>,
+    /// Tries per page before it is abandoned.
+    pub max_attempts: u32,
+}
+
+impl Default for PagerConfig {
+    fn default() -> Self {
+        PagerConfig { url: None, routing_key_file: None, alert_chat: None, max_attempts: default_max_attempts() }
+    }
 }
 
 /// `[outbound]`: delivery rules shared by every sink.
@@ -151,6 +194,8 @@ pub struct OutboundConfig {
     /// No wait between tries is longer, whatever `Retry-After` says.
     pub max_wait_seconds: u64,
     pub timeout_seconds: u64,
+    /// A PEM bundle trusted beside the platform's store and the webpki roots (a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for OutboundConfig {
@@ -161,6 +206,7 @@ impl Default for OutboundConfig {
             retry_cap_seconds: 300,
             max_wait_seconds: 900,
             timeout_seconds: 10,
+            ca_file: None,
         }
     }
 }
@@ -215,6 +261,8 @@ pub struct WorkerConfig {
     pub work_dir: Option<PathBuf>,
     pub claim_wait_seconds: Option<u64>,
     pub drain_seconds: Option<u64>,
+    /// A PEM bundle trusted beside the platform's store, for a gateway with a private CA.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -253,6 +301,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("meshgate-data"),
             public_url: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -300,9 +350,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
-        let env = Env::prefixed("MESHGATE_")
-            .split("__")
-            .filter(|key| SECTIONS.iter().any(|s| key.as_str().starts_with(&format!("{s}."))));
+        // Keys keep the variable's case (`SERVER.LISTEN`): sections are matched without it.
+        let env = Env::prefixed("MESHGATE_").split("__").filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            SECTIONS.iter().any(|s| key.starts_with(&format!("{s}.")))
+        });
         let mut config: Config = figment.merge(env).extract().map_err(|e| ConfigError::Parse(e.to_string()))?;
         let base = file.and_then(Path::parent).map(Path::to_owned).unwrap_or_default();
         config.resolve_paths(&base);
@@ -311,6 +363,8 @@ impl Config {
         Ok(config)
     }
 
+    /// Every key naming a file or folder resolves against `base` (the config file's folder), so a
+    /// service manager may start the gateway from any working directory.
     fn resolve_paths(&mut self, base: &Path) {
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() && !base.as_os_str().is_empty() {
@@ -319,16 +373,25 @@ impl Config {
         };
         resolve(&mut self.server.data_dir);
         self.webhook.token_files.iter_mut().for_each(resolve);
+        let chat = self.chat.iter_mut().flat_map(|c| [&mut c.url_file, &mut c.token_file]);
         for p in [
+            &mut self.server.tls_cert_file,
+            &mut self.server.tls_key_file,
             &mut self.admin.token_file,
             &mut self.admin.previous_token_file,
             &mut self.nodes.token_file,
             &mut self.nodes.previous_token_file,
+            &mut self.youtrack.token_file,
+            &mut self.youtrack.previous_token_file,
+            &mut self.pager.routing_key_file,
+            &mut self.outbound.ca_file,
             &mut self.worker.token_file,
             &mut self.worker.scripts,
             &mut self.worker.work_dir,
+            &mut self.worker.ca_file,
         ]
         .into_iter()
+        .chain(chat)
         .flatten()
         {
             resolve(p);
@@ -358,6 +421,12 @@ impl Config {
         }
         if self.nodes.lease_seconds == 0 || self.nodes.max_attempts == 0 {
             return invalid("nodes.lease_seconds and nodes.max_attempts must be at least 1".into());
+        }
+        if self.server.tls_cert_file.is_some() != self.server.tls_key_file.is_some() {
+            return invalid("server.tls_cert_file and server.tls_key_file go together".into());
+        }
+        if self.youtrack.max_attempts == 0 || self.pager.max_attempts == 0 {
+            return invalid("youtrack.max_attempts and pager.max_attempts must be at least 1".into());
         }
         if self.store.max_batch == 0 {
             return invalid("store.max_batch must be at least 1".into());
@@ -395,6 +464,14 @@ impl Config {
             if chat.kind == ChatKind::SlackApi && (chat.channel.is_none() || chat.token_file.is_none()) {
                 return invalid(format!("chat sink `{}`: a slack_api sink needs channel and token_file", chat.name));
             }
+            if chat.kind == ChatKind::Openclaw
+                && (chat.channel.is_none() || chat.to.is_none() || chat.token_file.is_none())
+            {
+                return invalid(format!(
+                    "chat sink `{}`: an openclaw sink needs channel, to and token_file",
+                    chat.name
+                ));
+            }
             if chat.max_attempts == 0 {
                 return invalid(format!("chat sink `{}`: max_attempts must be at least 1", chat.name));
             }
@@ -421,6 +498,23 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The certificate and key HTTPS is served with, if TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        match (&self.server.tls_cert_file, &self.server.tls_key_file) {
+            (Some(cert_file), Some(key_file)) => {
+                Some(crate::tls::TlsFiles { cert_file: cert_file.clone(), key_file: key_file.clone() })
+            }
+            _ => None,
+        }
+    }
+
+    /// How people reach the gateway, without a trailing `/`.
+    pub fn public_url(&self) -> String {
+        let scheme = if self.tls_files().is_some() { "https" } else { "http" };
+        let url = self.server.public_url.clone().unwrap_or_else(|| format!("{scheme}://{}", self.server.listen));
+        url.trim_end_matches('/').to_owned()
     }
 
     pub fn log_path(&self) -> PathBuf {

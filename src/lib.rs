@@ -9,9 +9,12 @@
 //! - [`projector`]: live projections with checkpoints.
 //! - [`http`]: the webhook, read API and health endpoints.
 //! - [`app`]: wiring it all together.
+//! - [`links`]: signed, absolute links to build logs.
 //! - [`outbound`]: chat lines and tracker comments, with retries, every attempt an event.
 //! - [`worker`]: the build-node agent (`meshgate worker`).
 //! - [`cli`]: the `meshgate` commands.
+//! - [`tls`]: HTTPS in and out (rustls).
+//! - [`report`]: errors with their whole chain of causes.
 
 pub mod app;
 pub mod builds;
@@ -19,9 +22,12 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod ingest;
+pub mod links;
 pub mod outbound;
 pub mod projector;
 pub mod reaper;
+pub mod report;
 pub mod secrets;
 pub mod store;
+pub mod tls;
 pub mod worker;

@@ -79,7 +79,7 @@ pub fn decode_batch(batch: &[StoredEvent]) -> Result<Vec<Decoded>, StoreError> {
             if ProjectionSet::wants(&stored.event_type) {
                 let recorded = stored
                     .decode()
-                    .map_err(|e| StoreError::Failed(format!("event at position {}: {e}", stored.position)))?;
+                    .map_err(|e| StoreError::caused(format_args!("event at position {}", stored.position), e))?;
                 Ok(Decoded::Apply(Box::new(recorded)))
             } else {
                 Ok(Decoded::Skip(stored.position))

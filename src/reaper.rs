@@ -5,7 +5,6 @@
 //! expiry is appended at the build's exact version, so two gateways sharing a store cannot both
 //! requeue one build, and a heartbeat that lands first wins.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -13,13 +12,21 @@ use meshgate_domain::BuildCommand;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::builds::CommandError;
-use crate::http::AppState;
+use crate::builds::{BuildService, CommandError};
+use crate::projector::Projections;
 
 const EVERY: Duration = Duration::from_millis(250);
 
-/// Reaps every expired lease until the gateway stops.
-pub async fn run(app: Arc<AppState>, mut stopping: watch::Receiver<bool>) {
+/// What the reaper reads and writes.
+pub struct Reaper {
+    pub projections: Projections,
+    pub builds: BuildService,
+    /// Claims of one build before a lost node fails it (`[nodes] max_attempts`).
+    pub max_attempts: u32,
+}
+
+/// Reaps every expired lease until `stopping` turns true.
+pub async fn run(reaper: Reaper, mut stopping: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -27,17 +34,17 @@ pub async fn run(app: Arc<AppState>, mut stopping: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stopping.wait_for(|s| *s) => return,
         }
-        reap_once(&app, Utc::now()).await;
+        reap_once(&reaper, Utc::now()).await;
     }
 }
 
 /// Expires the leases that ran out at `now`; returns how many builds were requeued or failed.
-pub async fn reap_once(app: &AppState, now: DateTime<Utc>) -> usize {
-    let expired = app.projections.read(|p| p.builds.state.expired_leases(now));
+pub async fn reap_once(reaper: &Reaper, now: DateTime<Utc>) -> usize {
+    let expired = reaper.projections.read(|p| p.builds.state.expired_leases(now));
     let mut reaped = 0;
     for build_id in expired {
-        let command = BuildCommand::Expire { max_attempts: app.nodes.max_attempts };
-        match app.builds.execute_at(build_id, Uuid::now_v7(), &command, now).await {
+        let command = BuildCommand::Expire { max_attempts: reaper.max_attempts };
+        match reaper.builds.execute_at(build_id, Uuid::now_v7(), &command, now).await {
             Ok(executed) => {
                 reaped += 1;
                 tracing::warn!(%build_id, state = executed.state.name(), "lease expired: node lost");

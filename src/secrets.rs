@@ -18,9 +18,9 @@ pub const MIN_TOKEN_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("cannot read token file {path}: {source}")]
+    #[error("cannot read {path}")]
     Unreadable { path: PathBuf, source: std::io::Error },
-    #[error("token file {path} is {problem}; run `chmod 0400 {path}`")]
+    #[error("secret file {path} is {problem}; run `chmod 0400 {path}`")]
     LoosePermissions { path: PathBuf, problem: &'static str },
     #[error("token file {path} holds a token of {len} characters; at least {MIN_TOKEN_LEN} are required (`meshgate token generate` makes one)")]
     TooShort { path: PathBuf, len: usize },
@@ -47,15 +47,7 @@ impl std::fmt::Debug for Token {
 impl Token {
     /// Reads a token file, refusing loose permissions, short tokens and the `secret` placeholder.
     pub fn read(path: &Path) -> Result<Token, SecretError> {
-        let unreadable = |source| SecretError::Unreadable { path: path.to_owned(), source };
-        let mode = fs::metadata(path).map_err(unreadable)?.permissions().mode();
-        if mode & 0o022 != 0 {
-            return Err(SecretError::LoosePermissions { path: path.to_owned(), problem: "group- or world-writable" });
-        }
-        if mode & 0o004 != 0 {
-            return Err(SecretError::LoosePermissions { path: path.to_owned(), problem: "world-readable" });
-        }
-        let bytes = fs::read(path).map_err(unreadable)?;
+        let bytes = read_private(path)?;
         let text = String::from_utf8(bytes).map_err(|_| SecretError::NotText { path: path.to_owned() })?;
         let value = text.trim();
         if value == "secret" {
@@ -76,6 +68,20 @@ impl Token {
     pub fn expose(&self) -> &str {
         self.value.expose_secret()
     }
+}
+
+/// Reads a file holding a secret (a token, a URL with a key in it, a TLS private key), refusing
+/// it if it is group- or world-writable or world-readable.
+pub fn read_private(path: &Path) -> Result<Vec<u8>, SecretError> {
+    let unreadable = |source| SecretError::Unreadable { path: path.to_owned(), source };
+    let mode = fs::metadata(path).map_err(unreadable)?.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(SecretError::LoosePermissions { path: path.to_owned(), problem: "group- or world-writable" });
+    }
+    if mode & 0o004 != 0 {
+        return Err(SecretError::LoosePermissions { path: path.to_owned(), problem: "world-readable" });
+    }
+    fs::read(path).map_err(unreadable)
 }
 
 /// Writes a fresh 64-hex-character token to `path` with `mode`, replacing any file there.

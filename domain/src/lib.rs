@@ -10,6 +10,7 @@
 //! - [`event`]: every fact the gateway records, with its stable type name and schema version.
 //! - [`build`]: the build aggregate, an enum state machine with `decide` and `evolve`.
 //! - [`ingest`]: deciding what a delivery appends, given what the log already holds.
+//! - [`notification`]: one notification's lifecycle: pending, attempting, delivered or abandoned.
 //! - [`notify`]: chat lines and tracker comments about builds.
 //! - [`retry`]: backoff with full jitter, `Retry-After` hints, retryable answers.
 
@@ -18,6 +19,7 @@ pub mod event;
 pub mod fingerprint;
 pub mod ingest;
 pub mod json;
+pub mod notification;
 pub mod notify;
 pub mod payload;
 pub mod retry;

@@ -85,6 +85,10 @@ pub struct BuildFacts {
     pub reason: Option<String>,
     pub log_tail: Option<String>,
     pub log_url: Option<String>,
+    /// The build's state now (`queued`, `running`, `succeeded`, …), for pages.
+    pub state: Option<String>,
+    /// Why on-call was paged, for pages.
+    pub page_reason: Option<String>,
 }
 
 /// Text with at most `max` grapheme clusters; `…` marks a cut.
@@ -105,16 +109,35 @@ pub fn escape_slack(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
-/// Escapes Markdown so tracker text is shown as typed.
+/// Escapes Markdown so tracker text is shown as typed (outside code spans, where a backslash
+/// would be shown: use [`code_span`] there).
 pub fn escape_markdown(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if "\\`*_{}[]()#+-.!|<>~".contains(c) {
+        if "\\`*_{}[]()#+-.!|<>~&".contains(c) {
             out.push('\\');
         }
         out.push(c);
     }
     out
+}
+
+/// A CommonMark code span showing `text` exactly: inside one, backslashes are shown, so nothing
+/// is escaped; the fence is one backtick longer than the longest run of backticks in the text, and
+/// padded with a space where the text starts or ends with a backtick or a space (one space each
+/// side is taken off again when displayed). Line breaks become spaces, as in any code span.
+pub fn code_span(text: &str) -> String {
+    let text = text.replace(['\r', '\n'], " ");
+    let mut longest = 0;
+    let mut run = 0;
+    for c in text.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let fence = "`".repeat(longest + 1);
+    let pad = text.starts_with('`') || text.ends_with('`') || (text.starts_with(' ') && text.ends_with(' '));
+    let pad = if pad && !text.trim().is_empty() { " " } else { "" };
+    format!("{fence}{pad}{text}{pad}{fence}")
 }
 
 fn duration(ms: u64) -> String {
@@ -147,20 +170,41 @@ pub fn chat_line(facts: &BuildFacts, milestone: Milestone) -> String {
     if let (Milestone::Failed, Some(reason)) = (milestone, &facts.reason) {
         parts.push(truncate(reason, 60));
     }
+    if milestone == Milestone::Page {
+        if let Some(reason) = &facts.page_reason {
+            parts.push(format!("not reported: {}", truncate(reason, 80)));
+        }
+        if let Some(state) = &facts.state {
+            parts.push(format!("build {state}"));
+        }
+    }
     if let Some(url) = &facts.log_url {
         parts.push(format!("log: {url}"));
     }
     parts.join(" · ")
 }
 
+/// What a page says: which build could not be reported, why, and where the build stands now (a
+/// build paged because its `queued` line was abandoned may have succeeded since).
+pub fn page_summary(facts: &BuildFacts) -> String {
+    let mut summary = format!("meshgate could not report build {} of {}", facts.build_id, facts.issue_id);
+    if let Some(reason) = &facts.page_reason {
+        summary.push_str(&format!(" ({reason})"));
+    }
+    if let Some(state) = &facts.state {
+        summary.push_str(&format!("; the build is {state}"));
+    }
+    summary
+}
+
 /// The YouTrack comment for a failed build: at most five lines of Markdown.
 pub fn failure_comment(facts: &BuildFacts) -> String {
     let sha = facts.commit_sha.as_deref().map(|s| s.chars().take(12).collect::<String>());
     let mut lines = vec![format!(
-        "❌ Build `{}` failed on `{}` at `{}`",
-        escape_markdown(&facts.script),
-        escape_markdown(facts.node_id.as_deref().unwrap_or("no node")),
-        sha.as_deref().unwrap_or("unknown commit"),
+        "❌ Build {} failed on {} at {}",
+        code_span(&facts.script),
+        code_span(facts.node_id.as_deref().unwrap_or("no node")),
+        code_span(sha.as_deref().unwrap_or("unknown commit")),
     )];
     match (&facts.failing_test, &facts.log_tail) {
         (Some(test), _) => lines.push(format!("Failing test: {}", escape_markdown(&truncate(test, 120)))),
@@ -201,7 +245,65 @@ mod tests {
             reason: Some("script_failed".into()),
             log_tail: Some("a\nb\nc\n".into()),
             log_url: Some("https://gw/api/v1/builds/x/log?key=k".into()),
+            state: Some("failed".into()),
+            page_reason: None,
         }
+    }
+
+    /// The text a CommonMark renderer shows (YouTrack renders comments as Markdown), one line per
+    /// rendered line.
+    fn displayed(markdown: &str) -> String {
+        use pulldown_cmark::{Event as Md, Parser, TagEnd};
+        let mut shown = String::new();
+        for event in Parser::new(markdown) {
+            match event {
+                Md::Text(text) | Md::Code(text) => shown.push_str(&text),
+                Md::SoftBreak | Md::HardBreak | Md::End(TagEnd::Paragraph) => shown.push('\n'),
+                Md::Html(html) | Md::InlineHtml(html) => shown.push_str(&format!("<html:{html}>")),
+                _ => {}
+            }
+        }
+        shown.trim_end().to_owned()
+    }
+
+    #[test]
+    fn a_failure_comment_displays_tracker_text_exactly_as_typed() {
+        let hostile =
+            ["ios-build", "mac-1", "a`b", "``x``", "`edge`", "*bold* _it_", "<b>x</b> | y", "&amp; \\n", " pad "];
+        for name in hostile {
+            let facts = BuildFacts {
+                script: name.into(),
+                node_id: Some(name.into()),
+                failing_test: Some(format!("Tests.{name}")),
+                ..facts()
+            };
+            let shown = displayed(&failure_comment(&facts));
+            let first = shown.lines().next().unwrap();
+            assert_eq!(first, format!("❌ Build {name} failed on {name} at 0123456789ab"), "{name:?}");
+            // Markdown drops spaces at the end of a line; everything else is shown as typed.
+            let test = format!("Failing test: Tests.{}", name.trim_end());
+            assert!(shown.contains(&test), "{name:?} shown as {shown}");
+            assert!(!shown.contains("<html:"), "{name:?} became markup: {shown}");
+        }
+        let without_test =
+            BuildFacts { failing_test: None, log_tail: Some("ok\nerror: `x` *y* <z> 1.\n".into()), ..facts() };
+        let shown = displayed(&failure_comment(&without_test));
+        assert!(shown.contains("error: `x` *y* <z> 1."), "{shown}");
+    }
+
+    #[test]
+    fn a_page_says_why_and_where_the_build_stands_now() {
+        let paged = BuildFacts {
+            page_reason: Some("every chat sink abandoned".into()),
+            state: Some("succeeded".into()),
+            ..facts()
+        };
+        let line = chat_line(&paged, Milestone::Page);
+        assert!(line.starts_with("🚨 MOB-7 page"), "{line}");
+        assert!(line.contains("not reported: every chat sink abandoned") && line.contains("build succeeded"), "{line}");
+        assert!(!line.contains("failed"), "{line}");
+        let summary = page_summary(&paged);
+        assert!(summary.contains("(every chat sink abandoned); the build is succeeded"), "{summary}");
     }
 
     #[test]
@@ -220,6 +322,7 @@ mod tests {
         assert!(comment.lines().count() <= 5);
         assert!(comment.contains("Failing test: AppTests\\.testOffline"));
         assert!(comment.contains("`0123456789ab`"));
+        assert!(comment.starts_with("❌ Build `ios-build` failed on `mac-1`"), "{comment}");
         let without_test = BuildFacts { failing_test: None, ..facts() };
         let comment = failure_comment(&without_test);
         assert!(comment.contains("> b") && comment.contains("> c") && !comment.contains("> a"));

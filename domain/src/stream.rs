@@ -1,7 +1,8 @@
 //! Stream names and the optimistic-concurrency expectation attached to an append.
 //!
 //! Uniqueness rules are expressed as streams: one stream per delivery fingerprint (created with
-//! [`ExpectedVersion::NoStream`]), one per intent (appended at an exact version), one per build.
+//! [`ExpectedVersion::NoStream`]), one per intent (appended at an exact version), one per build,
+//! one per notification key and one per page. Stream names are made here and nowhere else.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -53,6 +54,17 @@ pub fn intent_stream(intent: &IntentKey) -> String {
 /// The stream holding one build's whole life.
 pub fn build_stream(build_id: Uuid) -> String {
     format!("build-{build_id}")
+}
+
+/// The stream of one notification key (`sink/build/milestone`): its attempts and how it ended.
+pub fn notification_stream(key: &str) -> String {
+    format!("notification-{key}")
+}
+
+/// The stream of a build's page: created with [`ExpectedVersion::NoStream`], so on-call is paged
+/// once per build.
+pub fn page_stream(build_id: Uuid) -> String {
+    format!("page-{build_id}")
 }
 
 #[cfg(test)]

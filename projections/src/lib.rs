@@ -13,7 +13,7 @@ mod queue;
 
 pub use builds::{BuildView, Builds, FoldRecord};
 pub use dedupe::Dedupe;
-pub use outbox::{KeyState, MilestoneRecord, Outbox};
+pub use outbox::{MilestoneRecord, Outbox};
 pub use queue::{LaneRule, NodeAsk, Queue, QueueEntry};
 
 use meshgate_domain::Recorded;

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
+use meshgate_domain::notification::{evolve, NotificationState};
 use meshgate_domain::notify::{notification_key, Milestone};
 use meshgate_domain::{Event, Recorded};
 use serde::{Deserialize, Serialize};
@@ -21,21 +22,12 @@ pub struct MilestoneRecord {
     pub at: DateTime<Utc>,
 }
 
-/// Where one notification key stands.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyState {
-    pub attempts: u32,
-    pub next_attempt_at: Option<DateTime<Utc>>,
-    /// Delivered or abandoned: nothing more to do.
-    pub done: bool,
-    pub delivered: bool,
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outbox {
     /// By global position, so notifications go out in log order.
     pub milestones: BTreeMap<u64, MilestoneRecord>,
-    pub keys: HashMap<String, KeyState>,
+    /// Where each notification key stands, folded with the domain's `notification::evolve`.
+    pub keys: HashMap<String, NotificationState>,
     /// `sink/build` → the message later states of the build edit in place.
     #[serde(default)]
     pub message_refs: HashMap<String, String>,
@@ -56,7 +48,7 @@ impl Outbox {
             .filter(|m| m.at >= now - window && wanted(m.milestone))
             .filter(|m| {
                 let key = notification_key(sink, m.build_id, m.milestone);
-                self.keys.get(&key).is_none_or(|k| !k.done && k.next_attempt_at.is_none_or(|at| at <= now))
+                self.keys.get(&key).is_none_or(|k| k.is_due(now))
             })
             .copied()
             .collect()
@@ -65,7 +57,7 @@ impl Outbox {
     /// The earliest retry a sink is waiting for, if any.
     pub fn next_retry(&self, sink: &str) -> Option<DateTime<Utc>> {
         let prefix = format!("{sink}/");
-        self.keys.iter().filter(|(k, s)| k.starts_with(&prefix) && !s.done).filter_map(|(_, s)| s.next_attempt_at).min()
+        self.keys.iter().filter(|(k, _)| k.starts_with(&prefix)).filter_map(|(_, s)| s.next_attempt_at()).min()
     }
 
     /// The message a sink posted first for a build, if it keeps one.
@@ -73,18 +65,18 @@ impl Outbox {
         self.message_refs.get(&format!("{sink}/{build_id}")).map(String::as_str)
     }
 
-    pub fn key(&self, key: &str) -> Option<&KeyState> {
+    pub fn key(&self, key: &str) -> Option<&NotificationState> {
         self.keys.get(key)
     }
 
     fn abandoned(&self, sink: &str, build_id: Uuid) -> bool {
         let prefix = format!("{sink}/{build_id}/");
-        self.keys.iter().any(|(k, s)| k.starts_with(&prefix) && s.done && !s.delivered)
+        self.keys.iter().any(|(k, s)| k.starts_with(&prefix) && matches!(s, NotificationState::Abandoned { .. }))
     }
 
     fn failing(&self, sink: &str, build_id: Uuid) -> bool {
         let prefix = format!("{sink}/{build_id}/");
-        self.keys.iter().any(|(k, s)| k.starts_with(&prefix) && !s.delivered && s.attempts > 0)
+        self.keys.iter().any(|(k, s)| k.starts_with(&prefix) && !s.is_delivered() && s.attempts() > 0)
     }
 
     /// Why on-call should be paged about a build, if they should: the tracker comment was
@@ -104,7 +96,7 @@ impl Outbox {
     /// Whether any page was abandoned (the pager itself is failing).
     pub fn pager_failing(&self, pager: &str) -> bool {
         let prefix = format!("{pager}/");
-        self.keys.iter().any(|(k, s)| k.starts_with(&prefix) && s.done && !s.delivered)
+        self.keys.iter().any(|(k, s)| k.starts_with(&prefix) && matches!(s, NotificationState::Abandoned { .. }))
     }
 }
 
@@ -137,27 +129,18 @@ impl Projection for Outbox {
             }
             return;
         }
-        match &recorded.event {
-            Event::NotificationAttempted(e) => {
-                let state = self.keys.entry(e.key.clone()).or_default();
-                state.attempts = state.attempts.max(e.attempt);
-                state.next_attempt_at = e.next_attempt_at;
-            }
+        let key = match &recorded.event {
+            Event::NotificationAttempted(e) => &e.key,
             Event::NotificationDelivered(e) => {
                 if let Some(message) = &e.message_ref {
                     self.message_refs.entry(format!("{}/{}", e.sink, e.build_id)).or_insert_with(|| message.clone());
                 }
-                let state = self.keys.entry(e.key.clone()).or_default();
-                state.done = true;
-                state.delivered = true;
-                state.next_attempt_at = None;
+                &e.key
             }
-            Event::NotificationAbandoned(e) => {
-                let state = self.keys.entry(e.key.clone()).or_default();
-                state.done = true;
-                state.next_attempt_at = None;
-            }
-            _ => {}
-        }
+            Event::NotificationAbandoned(e) => &e.key,
+            _ => return,
+        };
+        let state = self.keys.entry(key.clone()).or_default();
+        *state = evolve(std::mem::take(state), &recorded.event);
     }
 }

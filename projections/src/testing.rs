@@ -78,7 +78,7 @@ pub fn log_of(actions: &[Action]) -> Vec<Recorded> {
             | Action::Fail(b)
             | Action::Cancel(b) => {
                 let id = build_id(b);
-                let stream = format!("build-{id}");
+                let stream = meshgate_domain::stream::build_stream(id);
                 let history: Vec<&Event> = log.iter().filter(|r| r.stream == stream).map(|r| &r.event).collect();
                 let state = replay(history);
                 let attempt = match &state {

@@ -91,7 +91,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(mut config: Config) -> anyhow::Result<()> {
+    // Bound first: deliveries arriving while the log opens wait in the backlog instead of being
+    // refused, and links name the port really bound (`listen` may say port 0).
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+    config.server.listen = listener.local_addr()?;
     for path in generate_missing_default_tokens(&config)? {
         println!("generated token file {}", path.display());
     }
@@ -101,14 +107,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     println!("admin token file: {}", config.admin_token_file().display());
     println!("build pool token file: {}", config.nodes_token_file().display());
     let app = App::start(&config).await?;
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
     // Caught from here on (its default would end the process).
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
     let reloader = tokio::spawn(reload_on_hangup(hangups, Arc::clone(&app.state)));
-    println!("meshgate listening on http://{}{}", listener.local_addr()?, config.webhook.path);
+    let scheme = if config.tls_files().is_some() { "https" } else { "http" };
+    println!("meshgate listening on {scheme}://{}{}", listener.local_addr()?, config.webhook.path);
     tracing::info!(listen = %listener.local_addr()?, triggers = config.triggers.len(), "gateway started");
     app.serve(listener, shutdown_signal()).await?;
     reloader.abort();

@@ -5,8 +5,10 @@
 //! tokens, one to drop the old) loses whatever it posts meanwhile. A reload reads the
 //! configuration again and swaps in the tokens of `webhook.token_files`, of the admin API
 //! (`admin.token_file`, `admin.previous_token_file`) and of the build pool (`nodes.token_file`,
-//! `nodes.previous_token_file`); every other setting keeps its value until the next restart. If
-//! the configuration or any token file is refused, no token changes.
+//! `nodes.previous_token_file`), and, when the gateway serves HTTPS, its certificate and key
+//! (`server.tls_cert_file`, `server.tls_key_file`), so a renewal needs no restart either. Every
+//! other setting keeps its value until the next restart. If the configuration, a token file or the
+//! certificate pair is refused, nothing changes: connections keep getting the certificate in force.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use super::api::authorize;
 use super::{ApiError, AppState};
 use crate::config::{Config, ConfigError};
 use crate::secrets::{SecretError, Token};
+use crate::tls::{ServerTls, TlsError, TlsFiles};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -27,37 +30,58 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Token(#[from] SecretError),
+    #[error("cannot reload the certificate")]
+    Tls(#[from] TlsError),
 }
 
-/// The token files in force after a reload.
+/// The files in force after a reload.
 #[derive(Debug, Serialize)]
 pub struct Reloaded {
     pub webhook: Vec<PathBuf>,
     pub admin: Vec<PathBuf>,
     pub nodes: Vec<PathBuf>,
+    /// The certificate and key served (none: plain HTTP).
+    pub tls: Option<TlsFiles>,
 }
 
-/// Reads the configuration and the token files again and makes those tokens the live ones.
+/// Reads the configuration, the token files and the certificate pair again and puts them in force
+/// together, or changes nothing.
 pub fn reload_tokens(app: &AppState) -> Result<Reloaded, ReloadError> {
     let reloaded = Config::load(app.config_file.as_deref()).map_err(ReloadError::from).and_then(|config| {
+        let tls = match (&app.tls, config.tls_files()) {
+            (Some(_), Some(files)) => Some(ServerTls::prepare(&files)?),
+            (Some(serving), None) => {
+                tracing::warn!("the configuration no longer names a certificate; HTTPS stays on until a restart");
+                Some(ServerTls::prepare(&serving.files())?)
+            }
+            (None, Some(_)) => {
+                tracing::warn!("the configuration names a certificate; serving HTTPS takes a restart");
+                None
+            }
+            (None, None) => None,
+        };
         let files = Reloaded {
             webhook: config.webhook_token_files(),
             admin: config.admin_token_files(),
             nodes: config.nodes_token_files(),
+            tls: tls.as_ref().map(|(files, _)| files.clone()),
         };
         let tokens = (Token::read_all(&files.webhook)?, Token::read_all(&files.admin)?, Token::read_all(&files.nodes)?);
-        Ok((files, tokens))
+        Ok((files, tokens, tls))
     });
     match reloaded {
-        Ok((files, (webhook, admin, nodes))) => {
+        Ok((files, (webhook, admin, nodes), tls)) => {
             app.webhook_tokens.replace(&webhook);
             app.admin_tokens.replace(&admin);
             app.nodes_tokens.replace(&nodes);
-            tracing::info!(webhook = ?files.webhook, admin = ?files.admin, nodes = ?files.nodes, "tokens reloaded");
+            if let (Some(serving), Some(prepared)) = (&app.tls, tls) {
+                serving.replace(prepared);
+            }
+            tracing::info!(webhook = ?files.webhook, admin = ?files.admin, nodes = ?files.nodes, tls = ?files.tls, "tokens reloaded");
             Ok(files)
         }
         Err(e) => {
-            tracing::warn!(error = %e, "token reload refused; the tokens in force are unchanged");
+            tracing::warn!(error = %crate::report::chain(&e), "reload refused; the tokens and certificate in force are unchanged");
             Err(e)
         }
     }
@@ -68,5 +92,7 @@ pub async fn reload(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Res
     let reloading = Arc::clone(&app);
     let reloaded =
         tokio::task::spawn_blocking(move || reload_tokens(&reloading)).await.map_err(|e| ApiError::unavailable(&e))?;
-    reloaded.map(Json).map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "reload_refused", e.to_string()))
+    reloaded
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "reload_refused", crate::report::chain(&e)))
 }

@@ -95,7 +95,7 @@ pub async fn get_build(
             })
         })
         .collect();
-    let log_url = super::nodes::log_link(&app.log_secret, id);
+    let log_url = app.links.url(id);
     Ok(Json(json!({ "build": build, "events": events, "log_url": log_url })))
 }
 

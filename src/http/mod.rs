@@ -46,10 +46,10 @@ pub struct AppState {
     /// Set when the gateway is stopping: long polls answer at once.
     pub stopping: tokio::sync::watch::Sender<bool>,
     pub logs_dir: std::path::PathBuf,
-    /// Key for per-build log links.
-    pub log_secret: [u8; 32],
-    /// How people reach the gateway, for links (no trailing `/`).
-    pub public_url: String,
+    /// Per-build log links (absolute, signed).
+    pub links: crate::links::LogLinks,
+    /// The certificate HTTPS is served with, reloaded with the tokens (none: plain HTTP).
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// The sinks that carry pages (PagerDuty, an alert channel), for `/readyz`.
     pub pagers: Vec<String>,
     /// The configuration file the gateway started with, read again by a token reload.

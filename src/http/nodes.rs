@@ -17,7 +17,6 @@ use meshgate_domain::{BuildCommand, BuildError, BuildState, Event};
 use meshgate_projections::NodeAsk;
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{ApiError, AppState};
@@ -293,17 +292,6 @@ pub struct LogQuery {
     key: Option<String>,
 }
 
-/// The unguessable key that opens one build's log without the admin token.
-pub fn log_key(secret: &[u8; 32], build_id: Uuid) -> String {
-    let digest = Sha256::new().chain_update(secret).chain_update(b"log:").chain_update(build_id.as_bytes()).finalize();
-    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
-}
-
-/// The stable link to a build's log.
-pub fn log_link(secret: &[u8; 32], build_id: Uuid) -> String {
-    format!("/api/v1/builds/{build_id}/log?key={}", log_key(secret, build_id))
-}
-
 fn log_path(app: &AppState, build_id: Uuid, attempt: u32) -> std::path::PathBuf {
     app.logs_dir.join(build_id.to_string()).join(format!("attempt-{attempt}.log"))
 }
@@ -334,7 +322,7 @@ pub async fn upload_log(
         tokio::fs::rename(&tmp, &path).await
     };
     write.await.map_err(|e| ApiError::unavailable(&e))?;
-    Ok(Json(json!({"url": log_link(&app.log_secret, build_id), "bytes": body.len()})).into_response())
+    Ok(Json(json!({"url": app.links.url(build_id), "bytes": body.len()})).into_response())
 }
 
 /// `GET /api/v1/builds/{id}/log`: the newest attempt's log (or `?attempt=N`), with the admin token
@@ -345,10 +333,7 @@ pub async fn download_log(
     Path(build_id): Path<Uuid>,
     Query(query): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
-    let keyed = query.key.as_deref().is_some_and(|k| {
-        use subtle::ConstantTimeEq;
-        bool::from(k.as_bytes().ct_eq(log_key(&app.log_secret, build_id).as_bytes()))
-    });
+    let keyed = query.key.as_deref().is_some_and(|k| app.links.opens(build_id, k));
     if !keyed {
         super::api::authorize(&app, &headers)?;
     }

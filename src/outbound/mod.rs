@@ -1,29 +1,58 @@
 //! Outbound notifications: one task per sink follows the `outbox` projection, sends what is due,
 //! and appends every attempt as an event, so the outbox survives restarts and can be audited.
 //!
-//! A slow or dead sink only delays itself. Retries use full jitter, honour `Retry-After` (as
-//! `max(hint, backoff)`, clamped), and stop after the sink's `max_attempts`; answers other than
-//! 408, 425, 429 and 5xx are final. A try that got no answer is retried (ADR 0005): Matrix and
-//! PagerDuty dedupe it on their side; the webhooks and YouTrack do not, so a lost answer can show
-//! a line twice there, which beats losing a failure notice.
+//! The lifecycle of each notification (pending → attempting → delivered | abandoned, the retry
+//! policy as data) is decided in `meshgate_domain::notification`; this module only sends and
+//! records. Each try is appended to the key's stream at its exact version, after reading it, so
+//! two writers cannot both record attempt 3. A slow or dead sink only delays itself. A try that
+//! got no answer is retried (ADR 0005): Matrix, PagerDuty and OpenClaw (within five minutes)
+//! dedupe it on their side; the webhooks and YouTrack do not, so a lost answer can show a line
+//! twice there, which beats losing a failure notice.
+//!
+//! One file per protocol: `generic`, `slack`, `teams`, `discord`, `matrix`, `openclaw`,
+//! `youtrack`, `pagerduty`; `exchange` makes one HTTP try and reads its answer.
 
-pub mod sinks;
+pub mod discord;
+pub mod exchange;
+pub mod generic;
+pub mod matrix;
+pub mod openclaw;
+pub mod pagerduty;
+mod sink;
+pub mod slack;
+pub mod teams;
+pub mod youtrack;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
-use meshgate_domain::event::{NotificationAbandoned, NotificationAttempted, NotificationDelivered};
-use meshgate_domain::notify::{notification_key, BuildFacts};
-use meshgate_domain::retry::{classify, RetryPolicy, Verdict};
-use meshgate_domain::{Event, ExpectedVersion};
+use chrono::{DateTime, Utc};
+use meshgate_domain::notification::{self, NotificationError, NotificationId};
+use meshgate_domain::notify::{BuildFacts, Milestone};
+use meshgate_domain::retry::RetryPolicy;
+use meshgate_domain::stream::{notification_stream, page_stream};
+use meshgate_domain::{BuildState, Event, ExpectedVersion};
 use meshgate_projections::MilestoneRecord;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::http::AppState;
-use crate::store::{NewEvent, StreamAppend};
-pub use sinks::{Sink, Target};
+use crate::links::LogLinks;
+use crate::projector::Projections;
+use crate::store::{EventStore, NewEvent, StoreError, StreamAppend};
+pub use exchange::Answer;
+pub use sink::{Sink, Target};
+
+/// One notification to send.
+pub struct Message<'a> {
+    pub facts: &'a BuildFacts,
+    pub milestone: Milestone,
+    /// When the milestone was recorded.
+    pub at: DateTime<Utc>,
+    /// The build's message on this sink, if it keeps one (later states edit it).
+    pub message_ref: Option<&'a str>,
+    /// The notification key (`sink/build/milestone`), for targets that take an idempotency key.
+    pub key: &'a str,
+}
 
 /// Delivery rules shared by every sink.
 #[derive(Debug, Clone)]
@@ -37,27 +66,32 @@ pub struct Rules {
     pub pager: bool,
 }
 
-/// Runs one sink until the gateway stops.
-pub async fn run(
-    app: Arc<AppState>,
-    sink: Sink,
-    rules: Rules,
-    http: reqwest::Client,
-    mut stopping: watch::Receiver<bool>,
-) {
-    let mut changes = app.projections.changes();
+/// What every sink task uses: the log, the projections, log links, the rules and one HTTP client
+/// (HTTPS with the configured trust), built once.
+pub struct Outbound {
+    pub store: Arc<dyn EventStore>,
+    pub projections: Projections,
+    pub links: LogLinks,
+    pub rules: Rules,
+    pub http: reqwest::Client,
+}
+
+/// Runs one sink until `stopping` turns true.
+pub async fn run(outbound: Arc<Outbound>, sink: Sink, mut stopping: watch::Receiver<bool>) {
+    let projections = &outbound.projections;
+    let mut changes = projections.changes();
     loop {
         if *stopping.borrow() {
             return;
         }
         let now = Utc::now();
-        let due = app.projections.read(|p| p.outbox.state.due(&sink.name, now, rules.window, |m| sink.wants(m)));
+        let window = outbound.rules.window;
+        let due = projections.read(|p| p.outbox.state.due(&sink.name, now, window, |m| sink.wants(m)));
         if let Some(next) = due.first() {
-            attempt(&app, &sink, &rules, &http, *next).await;
+            attempt(&outbound, &sink, *next).await;
             continue;
         }
-        let retry_in = app
-            .projections
+        let retry_in = projections
             .read(|p| p.outbox.state.next_retry(&sink.name))
             .map(|at| (at - now).to_std().unwrap_or_default())
             .unwrap_or(Duration::from_secs(3600));
@@ -69,18 +103,17 @@ pub async fn run(
     }
 }
 
-fn facts(app: &AppState, build_id: Uuid) -> Option<BuildFacts> {
-    app.projections.read(|p| {
+/// What a message says about a build, from the projections (and, for a page, its reason).
+async fn facts(outbound: &Outbound, build_id: Uuid, milestone: Milestone) -> Option<BuildFacts> {
+    let mut facts = outbound.projections.read(|p| {
         let build = p.builds.state.get(build_id)?;
         let report = build.report.as_ref();
         let node_id = match &build.state {
-            meshgate_domain::BuildState::Running { node_id, .. } => Some(node_id.clone()),
+            BuildState::Running { node_id, .. } => Some(node_id.clone()),
             _ => report.map(|r| r.node_id.clone()),
         };
         let reason = match &build.state {
-            meshgate_domain::BuildState::Failed { reason, .. } | meshgate_domain::BuildState::Cancelled { reason } => {
-                Some(reason.clone())
-            }
+            BuildState::Failed { reason, .. } | BuildState::Cancelled { reason } => Some(reason.clone()),
             _ => None,
         };
         Some(BuildFacts {
@@ -95,111 +128,121 @@ fn facts(app: &AppState, build_id: Uuid) -> Option<BuildFacts> {
             failing_test: report.and_then(|r| r.failing_test.clone()),
             reason,
             log_tail: report.map(|r| r.log_tail.clone()),
-            log_url: report
-                .map(|_| format!("{}{}", app.public_url, crate::http::nodes::log_link(&app.log_secret, build_id))),
+            log_url: report.map(|_| outbound.links.url(build_id)),
+            state: Some(build.state.name().to_owned()),
+            page_reason: None,
         })
-    })
+    })?;
+    if milestone == Milestone::Page {
+        let page = outbound.store.read_stream(&page_stream(build_id)).await.ok()?;
+        facts.page_reason = page.iter().find_map(|e| match e.decode().ok()?.event {
+            Event::PageRequested(p) => Some(p.reason),
+            _ => None,
+        });
+    }
+    Some(facts)
 }
 
 /// One try for one milestone, recorded.
-async fn attempt(app: &AppState, sink: &Sink, rules: &Rules, http: &reqwest::Client, due: MilestoneRecord) {
-    let key = notification_key(&sink.name, due.build_id, due.milestone);
-    let attempts_so_far = app.projections.read(|p| p.outbox.state.key(&key).map_or(0, |k| k.attempts));
-    let attempt = attempts_so_far + 1;
-    let message_ref = app.projections.read(|p| p.outbox.state.message_ref(&sink.name, due.build_id).map(str::to_owned));
-    let answer = match facts(app, due.build_id) {
-        Some(facts) => sink.send(http, &facts, due.milestone, message_ref.as_deref()).await,
-        None => sinks::Answer {
-            status: None,
-            excerpt: "build not in the projection".into(),
-            retry_after: None,
-            message_ref: None,
-        },
+async fn attempt(outbound: &Outbound, sink: &Sink, due: MilestoneRecord) {
+    let id = NotificationId { sink: sink.name.clone(), build_id: due.build_id, milestone: due.milestone };
+    let key = id.key();
+    let message_ref =
+        outbound.projections.read(|p| p.outbox.state.message_ref(&sink.name, due.build_id).map(str::to_owned));
+    let answer = match facts(outbound, due.build_id, due.milestone).await {
+        Some(facts) => {
+            let message = Message {
+                facts: &facts,
+                milestone: due.milestone,
+                at: due.at,
+                message_ref: message_ref.as_deref(),
+                key: &key,
+            };
+            sink.send(&outbound.http, &message).await
+        }
+        None => Answer::unsent("the build is not in the projections"),
     };
-    let now = Utc::now();
-    let retryable = answer.status.is_none_or(|s| classify(s) == Verdict::Retry);
-    let policy = RetryPolicy { max_attempts: sink.max_attempts, ..rules.retry };
-    let next_wait = if answer.succeeded() || !retryable {
-        None
-    } else {
-        policy.next_wait(attempt - 1, answer.retry_after, random())
-    };
-    let next_attempt_at = next_wait.map(|w| now + chrono::Duration::from_std(w).unwrap_or_default());
-    let common = (key.clone(), sink.name.clone(), due.build_id, due.milestone);
-    let mut events = vec![Event::NotificationAttempted(NotificationAttempted {
-        key: common.0.clone(),
-        sink: common.1.clone(),
-        build_id: common.2,
-        milestone: common.3,
-        attempt,
-        status: answer.status,
-        excerpt: answer.excerpt.clone(),
-        next_attempt_at,
-    })];
-    if answer.succeeded() {
-        events.push(Event::NotificationDelivered(NotificationDelivered {
-            key: common.0,
-            sink: common.1,
-            build_id: common.2,
-            milestone: common.3,
-            attempts: attempt,
-            message_ref: answer.message_ref.clone(),
-        }));
-    } else if next_attempt_at.is_none() {
-        let reason = match answer.status {
-            Some(status) if !retryable => format!("refused with {status}"),
-            _ => format!("gave up after {attempt} attempts"),
-        };
-        tracing::warn!(sink = %sink.name, %key, %reason, "notification abandoned");
-        events.push(Event::NotificationAbandoned(NotificationAbandoned {
-            key: common.0,
-            sink: common.1,
-            build_id: common.2,
-            milestone: common.3,
-            attempts: attempt,
-            reason,
-        }));
+    let outcome = answer.into_outcome();
+    if !outcome.succeeded() {
+        tracing::warn!(sink = %sink.name, %key, status = outcome.status, error = %outcome.detail, "notification attempt failed");
     }
-    let append = StreamAppend {
-        stream: format!("notification-{key}"),
-        expected: ExpectedVersion::Any,
-        events: events.iter().map(|e| NewEvent::from_domain(e, Uuid::now_v7(), None, now)).collect(),
-    };
-    let abandoned = events.iter().any(|e| matches!(e, Event::NotificationAbandoned(_)));
-    match app.store.append(vec![append]).await {
-        Ok(appended) => {
+    let policy = RetryPolicy { max_attempts: sink.max_attempts, ..outbound.rules.retry };
+    match record(outbound, &id, &outcome, &policy).await {
+        Ok(Some((position, abandoned))) => {
             // The next look at the outbox must see this attempt.
-            app.projections.caught_up_to(appended.last_position, Duration::from_secs(5)).await;
-            if abandoned && rules.pager {
-                page_if_due(app, rules, due.build_id).await;
+            outbound.projections.caught_up_to(position, Duration::from_secs(5)).await;
+            if abandoned {
+                tracing::warn!(sink = %sink.name, %key, "notification abandoned");
+                if outbound.rules.pager {
+                    page_if_due(outbound, due.build_id).await;
+                }
             }
         }
+        Ok(None) => {}
         Err(e) => {
-            tracing::error!(sink = %sink.name, error = %e, "cannot record a notification attempt");
+            tracing::error!(sink = %sink.name, %key, error = %crate::report::chain(&e), "cannot record a notification attempt");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }
 
+/// Appends what the lifecycle decides for one try at the key stream's exact version, deciding
+/// again if another writer appended first. Returns the last position and whether the key was
+/// abandoned; `None` if another writer had finished the key meanwhile.
+async fn record(
+    outbound: &Outbound,
+    id: &NotificationId,
+    outcome: &notification::TryOutcome,
+    policy: &RetryPolicy,
+) -> Result<Option<(u64, bool)>, StoreError> {
+    let stream = notification_stream(&id.key());
+    let random = random();
+    for _ in 0..16 {
+        let stored = outbound.store.read_stream(&stream).await?;
+        let recorded: Vec<Event> = stored.iter().filter_map(|e| e.decode().ok().map(|r| r.event)).collect();
+        let now = Utc::now();
+        let events = match notification::decide(&notification::replay(&recorded), id, outcome, policy, now, random) {
+            Ok(events) => events,
+            Err(e @ (NotificationError::AlreadyDelivered { .. } | NotificationError::AlreadyAbandoned { .. })) => {
+                tracing::info!(reason = %e, "a try is not recorded: the notification was finished meanwhile");
+                return Ok(None);
+            }
+        };
+        let abandoned = events.iter().any(|e| matches!(e, Event::NotificationAbandoned(_)));
+        let append = StreamAppend {
+            stream: stream.clone(),
+            expected: ExpectedVersion::from_current(stored.last().map(|s| s.version)),
+            events: events.iter().map(|e| NewEvent::from_domain(e, Uuid::now_v7(), None, now)).collect(),
+        };
+        match outbound.store.append(vec![append]).await {
+            Ok(appended) => return Ok(Some((appended.last_position, abandoned))),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::failed(format!("stream {stream} kept changing while an attempt was recorded")))
+}
+
 /// Pages on-call once per build when neither chat nor the tracker could be told.
-async fn page_if_due(app: &AppState, rules: &Rules, build_id: Uuid) {
+async fn page_if_due(outbound: &Outbound, build_id: Uuid) {
+    let rules = &outbound.rules;
+    let projections = &outbound.projections;
     let reason =
-        app.projections.read(|p| p.outbox.state.page_reason(build_id, &rules.chat_sinks, rules.tracker.as_deref()));
+        projections.read(|p| p.outbox.state.page_reason(build_id, &rules.chat_sinks, rules.tracker.as_deref()));
     let Some(reason) = reason else { return };
-    let issue_id =
-        app.projections.read(|p| p.builds.state.get(build_id).map(|b| b.issue_id.clone())).unwrap_or_default();
+    let issue_id = projections.read(|p| p.builds.state.get(build_id).map(|b| b.issue_id.clone())).unwrap_or_default();
     let event =
         Event::PageRequested(meshgate_domain::event::PageRequested { build_id, issue_id, reason: reason.into() });
     let append = StreamAppend {
-        stream: format!("page-{build_id}"),
+        stream: page_stream(build_id),
         // One page per build, whichever sink gives up last.
         expected: ExpectedVersion::NoStream,
         events: vec![NewEvent::from_domain(&event, Uuid::now_v7(), None, Utc::now())],
     };
-    match app.store.append(vec![append]).await {
+    match outbound.store.append(vec![append]).await {
         Ok(_) => tracing::error!(%build_id, reason, "paging on-call: the build could not be reported"),
-        Err(crate::store::StoreError::Conflict { .. }) => {}
-        Err(e) => tracing::error!(%build_id, error = %e, "cannot record a page"),
+        Err(StoreError::Conflict { .. }) => {}
+        Err(e) => tracing::error!(%build_id, error = %crate::report::chain(&e), "cannot record a page"),
     }
 }
 

@@ -97,14 +97,31 @@ pub struct Checkpoint {
     pub state: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("stream `{stream}` is at version {actual:?}, expected {expected:?}")]
     Conflict { stream: String, expected: ExpectedVersion, actual: Option<u64> },
-    #[error("event store failed: {0}")]
-    Failed(String),
+    /// The backend failed; `source` keeps why (an I/O error, a database error), so an operator
+    /// reading the log sees the whole chain.
+    #[error("event store failed: {message}")]
+    Failed {
+        message: String,
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    },
     #[error("event store is closed")]
     Closed,
+}
+
+impl StoreError {
+    pub fn failed(message: impl Into<String>) -> Self {
+        StoreError::Failed { message: message.into(), source: None }
+    }
+
+    /// A failure with its cause kept: `message: cause` in one line, the cause also as the source.
+    pub fn caused(message: impl std::fmt::Display, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Failed { message: format!("{message}: {source}"), source: Some(Arc::new(source)) }
+    }
 }
 
 /// An append-only log of streams with global positions.
@@ -151,8 +168,8 @@ pub(crate) trait StoreResultExt<T> {
     fn store_err(self) -> Result<T, StoreError>;
 }
 
-impl<T, E: std::fmt::Display> StoreResultExt<T> for Result<T, E> {
+impl<T, E: std::error::Error + Send + Sync + 'static> StoreResultExt<T> for Result<T, E> {
     fn store_err(self) -> Result<T, StoreError> {
-        self.map_err(|e| StoreError::Failed(e.to_string()))
+        self.map_err(|e| StoreError::Failed { message: e.to_string(), source: Some(Arc::new(e)) })
     }
 }

@@ -72,6 +72,12 @@ impl GatewayError {
     }
 }
 
+/// Why the gateway could not be reached, with every cause (`connection refused`, `invalid peer
+/// certificate: UnknownIssuer`).
+fn unreachable(error: reqwest::Error) -> GatewayError {
+    GatewayError::Unreachable(crate::report::http_error(error))
+}
+
 /// `random(0, min(cap, base · 2^n))`: full jitter.
 pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     let mut bytes = [0u8; 8];
@@ -81,14 +87,15 @@ pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
 }
 
 impl Gateway {
-    pub fn new(base: &str, token: String) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
+    /// A client for the gateway at `base` (`http://` or `https://`), trusting the platform's store,
+    /// the webpki roots and the certificates of `ca_file`.
+    pub fn new(base: &str, token: String, ca_file: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let http = crate::tls::client(reqwest::Client::builder().connect_timeout(Duration::from_secs(5)), ca_file)?;
         Ok(Gateway { http, base: base.trim_end_matches('/').to_owned(), token })
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, GatewayError> {
-        let response =
-            request.bearer_auth(&self.token).send().await.map_err(|e| GatewayError::Unreachable(e.to_string()))?;
+        let response = request.bearer_auth(&self.token).send().await.map_err(unreachable)?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -116,7 +123,7 @@ impl Gateway {
         if response.status() == StatusCode::NO_CONTENT {
             return Ok(None);
         }
-        response.json().await.map(Some).map_err(|e| GatewayError::Unreachable(e.to_string()))
+        response.json().await.map(Some).map_err(unreachable)
     }
 
     /// Renews the lease; `Ok(true)` when the build was cancelled meanwhile.
@@ -127,8 +134,7 @@ impl Gateway {
             .post(format!("{}/api/v1/builds/{build_id}/heartbeat", self.base))
             .json(&body)
             .timeout(Duration::from_secs(30));
-        let answer: Value =
-            self.send(request).await?.json().await.map_err(|e| GatewayError::Unreachable(e.to_string()))?;
+        let answer: Value = self.send(request).await?.json().await.map_err(unreachable)?;
         Ok(answer["cancelled"] == true)
     }
 

@@ -58,6 +58,10 @@ pub struct WorkerArgs {
     /// cancelled (default 300).
     #[arg(long)]
     drain_seconds: Option<u64>,
+    /// A PEM bundle to trust beside the platform's store, for a gateway whose certificate comes
+    /// from a private CA.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
 }
 
 /// Settings after flags and the config file are merged.
@@ -71,6 +75,7 @@ struct Settings {
     work_dir: PathBuf,
     claim_wait: u64,
     drain_seconds: u64,
+    ca_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -87,6 +92,7 @@ impl Settings {
             work_dir: args.work_dir.or_else(|| file.work_dir.clone()).ok_or_else(|| missing("work-dir"))?,
             claim_wait: args.claim_wait.or(file.claim_wait_seconds).unwrap_or(30),
             drain_seconds: args.drain_seconds.or(file.drain_seconds).unwrap_or(300),
+            ca_file: args.ca_file.or_else(|| file.ca_file.clone()),
         })
     }
 }
@@ -120,7 +126,7 @@ pub async fn run(args: WorkerArgs, file: &WorkerConfig) -> anyhow::Result<()> {
     let (drain_tx, draining) = watch::channel(None);
     let worker = Arc::new(Worker {
         node_id: args.node_id.clone(),
-        gateway: Gateway::new(&args.gateway, token.expose().to_owned())?,
+        gateway: Gateway::new(&args.gateway, token.expose().to_owned(), args.ca_file.as_deref())?,
         scripts,
         work_dir: args.work_dir.clone(),
         draining,

@@ -55,6 +55,8 @@ pub fn test_config(dir: &Path, triggers: Vec<Trigger>) -> Config {
     config.admin.token_file = Some(dir.join("admin.token"));
     config.nodes.token_file = Some(dir.join("nodes.token"));
     config.youtrack.bot_login = Some("meshgate-bot".into());
+    // Stand-ins serve HTTPS with certificates of the tests' CA, trusted through this file only.
+    config.outbound.ca_file = Some(crate::pki::pki().ca_file.clone());
     config.lanes = vec![
         LaneConfig { name: "default".into(), priority: 0, required_labels: vec![], max_running: None },
         LaneConfig {
@@ -91,11 +93,13 @@ pub async fn spawn_app() -> TestApp {
     spawn_with(dir, config).await
 }
 
-pub async fn spawn_with(dir: TempDir, config: Config) -> TestApp {
-    let app = App::start(&config).await.expect("app starts");
-    let state = Arc::clone(&app.state);
+pub async fn spawn_with(dir: TempDir, mut config: Config) -> TestApp {
+    // Bound first, as `meshgate serve` does, so links name the port really bound.
     let listener = tokio::net::TcpListener::bind(config.server.listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
+    config.server.listen = addr;
+    let app = App::start(&config).await.expect("app starts");
+    let state = Arc::clone(&app.state);
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         app.serve(listener, async move {
@@ -112,15 +116,17 @@ pub async fn spawn_with(dir: TempDir, config: Config) -> TestApp {
         config,
         addr,
         state,
-        client: reqwest::Client::new(),
+        client: crate::pki::https_client(),
         stop: Some(stop),
         server: Some(server),
     }
 }
 
 impl TestApp {
+    /// A URL on this gateway (`https` when it serves TLS).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.config.tls_files().is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     pub async fn post(&self, body: &str) -> reqwest::Response {
@@ -211,8 +217,10 @@ impl TestApp {
         self.store().append(vec![append]).await.unwrap();
     }
 
-    /// Stops serving and saves the projections; the data dir is kept for a restart.
+    /// Stops serving and saves the projections; the data dir is kept for a restart (on a new
+    /// free port).
     pub async fn shutdown(mut self) -> (TempDir, Config) {
+        self.config.server.listen.set_port(0);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -230,4 +238,20 @@ impl TestApp {
 
 pub fn build_id(answer: &Value) -> Uuid {
     answer["build_id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).expect("a build id")
+}
+
+/// The text a CommonMark renderer shows for `markdown` (YouTrack renders comments as Markdown):
+/// text and code as shown, a line per rendered line, raw HTML marked as `<html:…>`.
+pub fn displayed(markdown: &str) -> String {
+    use pulldown_cmark::{Event, Parser, TagEnd};
+    let mut shown = String::new();
+    for event in Parser::new(markdown) {
+        match event {
+            Event::Text(text) | Event::Code(text) => shown.push_str(&text),
+            Event::SoftBreak | Event::HardBreak | Event::End(TagEnd::Paragraph) => shown.push('\n'),
+            Event::Html(html) | Event::InlineHtml(html) => shown.push_str(&format!("<html:{html}>")),
+            _ => {}
+        }
+    }
+    shown.trim_end().to_owned()
 }

@@ -2,14 +2,19 @@
 //! processes on free loopback ports.
 
 mod config;
+mod deploy;
 mod helpers;
 mod idempotency;
 mod matrix;
 mod nodes;
 mod outbound;
+mod pki;
 mod process;
 mod rotation;
 mod scenarios;
+mod sinks;
+mod stand_in;
 mod store;
+mod tls;
 mod webhook;
 mod workers;

@@ -145,15 +145,11 @@ impl Synapse {
         std::fs::write(&token_file, &self.token).unwrap();
         std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o400)).unwrap();
         ChatConfig {
-            name: "room".into(),
-            kind: ChatKind::Matrix,
             url: Some(self.base.clone()),
-            url_file: None,
             room_id: Some(self.room_id.clone()),
             token_file: Some(token_file),
-            channel: None,
-            edit_in_place: false,
             max_attempts: 20,
+            ..ChatConfig::new("room", ChatKind::Matrix)
         }
     }
 
@@ -256,15 +252,16 @@ async fn a_failing_build_on_a_real_worker_reaches_matrix_and_youtrack() {
 
     let scripts = scripts_file(app.dir.path(), &[("ios-build", "fail.sh")]);
     let (tx, lines) = std::sync::mpsc::channel();
-    let _worker = agent(app.dir.path(), app.addr, "mac-7", "", 1, &scripts, &tx);
+    let _worker = agent(app.dir.path(), &app.url(""), "mac-7", "", 1, &scripts, &tx);
     app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
     wait_for(&lines, "reported", 1);
 
     let comment = tokio::time::timeout(Duration::from_secs(30), comments.recv()).await.unwrap().unwrap();
     let text = comment["text"].as_str().unwrap();
     assert!(text.lines().count() <= 5, "{text}");
-    for part in ["mac\\-7", "AppTests\\.testOffline", "/log?key="] {
-        assert!(text.contains(part), "{part} missing from {text}");
+    let shown = displayed(text);
+    for part in ["failed on mac-7", "Failing test: AppTests.testOffline", "/log?key="] {
+        assert!(shown.contains(part), "{part} missing from {shown}");
     }
 
     app.wait_for_count("NotificationDelivered", 4).await;

@@ -201,7 +201,11 @@ async fn a_node_uploads_its_log_and_the_link_opens_it_without_the_admin_token() 
         .unwrap();
     assert_eq!(upload.status(), 200);
     let link = upload.json::<Value>().await.unwrap()["url"].as_str().unwrap().to_owned();
-    let by_link = app.client.get(app.url(&link)).send().await.unwrap();
+    assert!(link.starts_with(&app.url(&format!("/api/v1/builds/{build}/log?key="))), "{link}");
+    let by_link = app.client.get(&link).send().await.unwrap();
+    // The read API gives the same absolute link.
+    let read: Value = app.get(&format!("/api/v1/builds/{build}")).await.json().await.unwrap();
+    assert_eq!(read["log_url"], link);
     assert_eq!(by_link.status(), 200);
     assert_eq!(by_link.text().await.unwrap(), "line 1\nline 2\n");
     let forged = app.client.get(app.url(&format!("/api/v1/builds/{build}/log?key=00"))).send().await.unwrap();
@@ -246,7 +250,12 @@ async fn the_reaper_requeues_at_the_end_of_the_lease_and_not_before() {
         meshgate_domain::BuildState::Running { lease_expires_at, .. } => *lease_expires_at,
         other => panic!("not running: {other:?}"),
     });
-    let reap = |at| meshgate::reaper::reap_once(&app.state, at);
+    let reaper = meshgate::reaper::Reaper {
+        projections: app.state.projections.clone(),
+        builds: app.state.builds.clone(),
+        max_attempts: app.state.nodes.max_attempts,
+    };
+    let reap = |at| meshgate::reaper::reap_once(&reaper, at);
     assert_eq!(reap(lease - chrono::Duration::seconds(1)).await, 0);
     assert_eq!(reap(lease).await, 1);
     assert_eq!(app.count("BuildRequeued").await, 1);

@@ -1,97 +1,21 @@
-//! Outbound notifications against local stand-ins that speak the Slack webhook and YouTrack
-//! protocols, scripted to answer 429 with Retry-After, 500 and 400.
+//! Outbound notifications against local HTTPS stand-ins that speak the Slack, Teams, Discord,
+//! YouTrack and PagerDuty protocols, scripted to answer 429 with Retry-After, 500 and 400. The
+//! gateway trusts their certificates only through `[outbound] ca_file`.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
 use meshgate::config::{ChatConfig, ChatKind, Config};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
 use crate::helpers::*;
-
-#[derive(Debug)]
-struct Received {
-    method: String,
-    path: String,
-    authorization: Option<String>,
-    body: Value,
-}
-
-/// One scripted answer: a status, an optional `Retry-After` and an optional body.
-#[derive(Clone, Copy)]
-struct Reply(u16, Option<&'static str>, Option<&'static str>);
-
-fn reply(status: u16, retry_after: Option<&'static str>) -> Reply {
-    Reply(status, retry_after, None)
-}
-
-type Script = Arc<Mutex<VecDeque<Reply>>>;
-
-/// A local HTTP server: answers from its script (then 200), and reports every request it gets.
-struct StandIn {
-    addr: SocketAddr,
-    received: mpsc::UnboundedReceiver<Received>,
-}
-
-async fn stand_in(script: Vec<Reply>) -> StandIn {
-    let (tx, received) = mpsc::unbounded_channel();
-    let script: Script = Arc::new(Mutex::new(script.into()));
-    async fn answer(
-        State((script, tx)): State<(Script, mpsc::UnboundedSender<Received>)>,
-        request: Request,
-    ) -> impl IntoResponse {
-        let method = request.method().to_string();
-        let path = request.uri().to_string();
-        let authorization = request.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let bytes = axum::body::to_bytes(request.into_body(), 1 << 20).await.unwrap_or_default();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let _ = tx.send(Received { method, path, authorization, body });
-        let Reply(status, retry_after, body) = script.lock().unwrap().pop_front().unwrap_or(Reply(200, None, None));
-        let mut headers = HeaderMap::new();
-        if let Some(value) = retry_after {
-            headers.insert("retry-after", value.parse().unwrap());
-        }
-        let body = body.unwrap_or(if status < 300 { "ok" } else { "error" });
-        (StatusCode::from_u16(status).unwrap(), headers, body)
-    }
-    let router = axum::Router::new().fallback(answer).with_state((script, tx));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    StandIn { addr, received }
-}
-
-impl StandIn {
-    async fn next(&mut self) -> Received {
-        tokio::time::timeout(Duration::from_secs(30), self.received.recv()).await.expect("a request in time").unwrap()
-    }
-}
+use crate::stand_in::*;
 
 /// A webhook-style `[[chat]]` sink (no room, token or channel).
 fn chat(name: &str, kind: ChatKind, url: String, max_attempts: u32) -> ChatConfig {
-    ChatConfig {
-        name: name.into(),
-        kind,
-        url: Some(url),
-        url_file: None,
-        room_id: None,
-        token_file: None,
-        channel: None,
-        edit_in_place: false,
-        max_attempts,
-    }
+    ChatConfig { url: Some(url), max_attempts, ..ChatConfig::new(name, kind) }
 }
 
 fn with_slack(dir: &std::path::Path, slack: &StandIn, max_attempts: u32) -> Config {
     let mut config = test_config(dir, vec![ios_trigger()]);
-    config.chat =
-        vec![chat("team", ChatKind::SlackWebhook, format!("http://{}/services/T0/B0/x", slack.addr), max_attempts)];
+    config.chat = vec![chat("team", ChatKind::SlackWebhook, slack.url("/services/T0/B0/x"), max_attempts)];
     config.outbound.retry_base_ms = 10;
     config.outbound.retry_cap_seconds = 1;
     config
@@ -107,7 +31,7 @@ async fn a_failed_build_gives_one_chat_line_per_state_and_one_short_tracker_comm
     std::fs::write(&token_file, format!("perm:{}", "y".repeat(40))).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o400)).unwrap();
-    config.youtrack.base_url = Some(format!("http://{}", youtrack.addr));
+    config.youtrack.base_url = Some(youtrack.url(""));
     config.youtrack.token_file = Some(token_file);
     let app = spawn_with(dir, config).await;
 
@@ -133,7 +57,9 @@ async fn a_failed_build_gives_one_chat_line_per_state_and_one_short_tracker_comm
     assert!(lines[0].starts_with("⏳ MOB-7 queued"), "{lines:?}");
     assert!(lines[1].starts_with("🔨 MOB-7 running") && lines[1].contains("on mac-1"), "{lines:?}");
     assert!(
-        lines[2].starts_with("❌ MOB-7 failed") && lines[2].contains("0123456") && lines[2].contains("log: http://")
+        lines[2].starts_with("❌ MOB-7 failed")
+            && lines[2].contains("0123456")
+            && lines[2].contains(&format!("log: {}", app.url("/api/v1/builds/")))
     );
     assert!(lines[0].contains("&lt;!channel&gt; &amp; co"), "tracker text is escaped: {}", lines[0]);
 
@@ -143,14 +69,36 @@ async fn a_failed_build_gives_one_chat_line_per_state_and_one_short_tracker_comm
     assert_eq!(comment.body["usesMarkdown"], true);
     let text = comment.body["text"].as_str().unwrap();
     assert!(text.lines().count() <= 5, "{text}");
-    for part in ["mac\\-1", "0123456789ab", "AppTests\\.testOffline", "/log?key="] {
-        assert!(text.contains(part), "{part} missing from {text}");
+    // As YouTrack shows it: no backslashes, no markup.
+    let shown = displayed(text);
+    assert!(shown.starts_with("❌ Build ios-build failed on mac-1 at 0123456789ab"), "{shown}");
+    for part in ["Failing test: AppTests.testOffline", "/log?key="] {
+        assert!(shown.contains(part), "{part} missing from {shown}");
     }
 
     // Exactly once: every key delivered, nothing more sent.
     app.wait_for_count("NotificationDelivered", 4).await;
     assert!(slack.received.try_recv().is_err() && youtrack.received.try_recv().is_err());
     assert_eq!(app.count("NotificationAttempted").await, 4);
+
+    // `meshgate events --issue` tells the whole story, the notifications about its build included
+    // (they name the build, not the issue). It reads the log beside the running gateway.
+    let data_dir = app.config.server.data_dir.to_str().unwrap().to_owned();
+    let output = std::process::Command::new(crate::process::BIN)
+        .args(["events", "--issue", "MOB-7", "--json"])
+        .env("MESHGATE_SERVER__DATA_DIR", &data_dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let types: Vec<String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["type"].as_str().unwrap().to_owned())
+        .collect();
+    for wanted in ["BuildRequested", "BuildFailed", "NotificationAttempted", "NotificationDelivered"] {
+        assert!(types.iter().any(|t| t == wanted), "{wanted} missing from {types:?}");
+    }
+    assert_eq!(types.iter().filter(|t| *t == "NotificationDelivered").count(), 4);
 }
 
 async fn slack_app(slack: &StandIn, max_attempts: u32) -> TestApp {
@@ -249,7 +197,7 @@ async fn when_every_chat_sink_gives_up_on_a_build_on_call_is_paged_once() {
     let mut pager = stand_in(vec![reply(202, None)]).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = with_slack(dir.path(), &slack, 8);
-    config.pager.url = Some(format!("http://{}/v2/enqueue", pager.addr));
+    config.pager.url = Some(pager.url("/v2/enqueue"));
     config.pager.routing_key_file = Some(secret_file(dir.path(), "routing.key", &"r".repeat(32)));
     let app = spawn_with(dir, config).await;
     let build = build_id(&app.deliver(&fixture("mob-issueUpdated-state-building.json")).await);
@@ -284,7 +232,7 @@ async fn a_failing_pager_shows_in_readiness() {
     let mut pager = stand_in(vec![reply(400, None)]).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = with_slack(dir.path(), &slack, 8);
-    config.pager.url = Some(format!("http://{}/v2/enqueue", pager.addr));
+    config.pager.url = Some(pager.url("/v2/enqueue"));
     config.pager.routing_key_file = Some(secret_file(dir.path(), "routing.key", &"r".repeat(32)));
     let app = spawn_with(dir, config).await;
     app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
@@ -307,7 +255,7 @@ async fn failed_build(app: &TestApp) {
 async fn tracker_app(youtrack: &StandIn, grace_minutes: u64) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path(), vec![ios_trigger()]);
-    config.youtrack.base_url = Some(format!("http://{}", youtrack.addr));
+    config.youtrack.base_url = Some(youtrack.url(""));
     config.youtrack.token_file = Some(secret_file(dir.path(), "yt-new.token", &format!("perm:{}", "n".repeat(40))));
     config.youtrack.previous_token_file =
         Some(secret_file(dir.path(), "yt-old.token", &format!("perm:{}", "o".repeat(40))));
@@ -348,8 +296,7 @@ fn with_chat(dir: &std::path::Path, kind: ChatKind, url: String) -> Config {
 async fn teams_gets_an_adaptive_card_and_202_counts_as_delivered() {
     let mut teams = stand_in(vec![reply(202, None)]).await;
     let dir = tempfile::tempdir().unwrap();
-    let config =
-        with_chat(dir.path(), ChatKind::TeamsWorkflow, format!("http://{}/workflows/x?sig=secret", teams.addr));
+    let config = with_chat(dir.path(), ChatKind::TeamsWorkflow, teams.url("/workflows/x?sig=secret"));
     let app = spawn_with(dir, config).await;
     app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
     let card = teams.next().await;
@@ -363,14 +310,14 @@ async fn teams_gets_an_adaptive_card_and_202_counts_as_delivered() {
 
 #[tokio::test]
 async fn discord_waits_for_the_message_and_honours_retry_after_in_its_body() {
-    let mut discord = stand_in(vec![Reply(
+    let mut discord = stand_in(vec![reply_with(
         429,
         None,
-        Some(r#"{"message": "You are being rate limited.", "retry_after": 1.5, "global": false}"#),
+        r#"{"message": "You are being rate limited.", "retry_after": 1.5, "global": false}"#,
     )])
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let config = with_chat(dir.path(), ChatKind::Discord, format!("http://{}/api/webhooks/1/token", discord.addr));
+    let config = with_chat(dir.path(), ChatKind::Discord, discord.url("/api/webhooks/1/token"));
     let app = spawn_with(dir, config).await;
     app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
     let first = discord.next().await;
@@ -388,13 +335,18 @@ async fn discord_waits_for_the_message_and_honours_retry_after_in_its_body() {
 #[tokio::test]
 async fn the_slack_api_posts_one_message_per_build_and_updates_it_as_the_build_moves() {
     let mut slack = stand_in(vec![
-        Reply(200, None, Some(r#"{"ok": true, "channel": "C1", "ts": "1700000000.000100"}"#)),
-        Reply(200, Some("1"), Some(r#"{"ok": false, "error": "ratelimited"}"#)),
-        Reply(200, None, Some(r#"{"ok": true, "channel": "C1", "ts": "1700000000.000100"}"#)),
+        // `ok` after a long warning: the whole answer is read, so it is a delivery.
+        reply_with(
+            200,
+            None,
+            &format!(r#"{{"warning": "{}", "ok": true, "ts": "1700000000.000100"}}"#, "w".repeat(8000)),
+        ),
+        reply_with(200, Some("1"), r#"{"ok": false, "error": "ratelimited"}"#),
+        reply_with(200, None, r#"{"ok": true, "channel": "C1", "ts": "1700000000.000100"}"#),
     ])
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = with_chat(dir.path(), ChatKind::SlackApi, format!("http://{}/api", slack.addr));
+    let mut config = with_chat(dir.path(), ChatKind::SlackApi, slack.url("/api"));
     config.chat[0].channel = Some("C1".into());
     config.chat[0].token_file = Some(secret_file(dir.path(), "slack.token", &format!("xoxb-{}", "s".repeat(40))));
     let app = spawn_with(dir, config).await;
@@ -421,9 +373,9 @@ async fn the_slack_api_posts_one_message_per_build_and_updates_it_as_the_build_m
 
 #[tokio::test]
 async fn discord_edits_the_build_s_message_in_place_as_the_build_moves() {
-    let mut discord = stand_in(vec![Reply(200, None, Some(r#"{"id": "1122334455", "content": "x"}"#))]).await;
+    let mut discord = stand_in(vec![reply_with(200, None, r#"{"id": "1122334455", "content": "x"}"#)]).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = with_chat(dir.path(), ChatKind::Discord, format!("http://{}/api/webhooks/1/token", discord.addr));
+    let config = with_chat(dir.path(), ChatKind::Discord, discord.url("/api/webhooks/1/token"));
     let app = spawn_with(dir, config).await;
     app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
     assert_eq!(discord.next().await.path, "/api/webhooks/1/token?wait=true");
@@ -442,7 +394,7 @@ async fn an_alert_channel_can_be_the_pager_and_gets_only_the_page() {
     let mut alerts = stand_in(vec![]).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = with_slack(dir.path(), &team, 8);
-    config.chat.push(chat("oncall", ChatKind::SlackWebhook, format!("http://{}/services/T0/B1/y", alerts.addr), 8));
+    config.chat.push(chat("oncall", ChatKind::SlackWebhook, alerts.url("/services/T0/B1/y"), 8));
     config.pager.alert_chat = Some("oncall".into());
     let app = spawn_with(dir, config).await;
     app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
@@ -482,6 +434,12 @@ async fn refused_connections_and_timeouts_are_retried_then_abandoned_with_no_sta
         .collect();
     assert_eq!(attempts.len(), 4, "two tries per sink");
     assert!(attempts.iter().all(|a| a["status"].is_null()), "no answer, no status: {attempts:?}");
+    // Each attempt says why, with the cause under reqwest's `error sending request`.
+    let why = |sink: &str| -> Vec<String> {
+        attempts.iter().filter(|a| a["sink"] == sink).map(|a| a["excerpt"].as_str().unwrap().to_owned()).collect()
+    };
+    assert!(why("chat").iter().all(|w| w.contains("Connection refused")), "{:?}", why("chat"));
+    assert!(why("silent").iter().all(|w| w.contains("timed out")), "{:?}", why("silent"));
     assert!(events
         .iter()
         .filter(|e| e.event_type == "NotificationAbandoned")
@@ -499,8 +457,9 @@ async fn a_retry_pending_when_the_gateway_process_is_killed_is_made_after_it_res
     test_config(dir.path(), vec![]); // token files
     let toml = std::fs::read_to_string(fixtures().join("config/one-trigger.toml")).unwrap()
         + &format!(
-            "\n[[chat]]\nname = \"team\"\nkind = \"slack_webhook\"\nurl = \"http://{}/services/T0/B0/x\"\n\n[outbound]\nretry_base_ms = 10\n",
-            slack.addr
+            "\n[[chat]]\nname = \"team\"\nkind = \"slack_webhook\"\nurl = \"{}\"\n\n[outbound]\nretry_base_ms = 10\nca_file = {:?}\n",
+            slack.url("/services/T0/B0/x"),
+            crate::pki::pki().ca_file
         );
     let config = dir.path().join("meshgate.toml");
     std::fs::write(&config, toml).unwrap();

@@ -19,10 +19,14 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_meshgate");
 pub struct Gateway {
     pub child: Child,
     pub addr: SocketAddr,
+    /// `http` or `https`, as the gateway announced itself.
+    pub scheme: &'static str,
 }
 
 /// Starts `meshgate serve` and waits for the line announcing its address (no polling). Its
-/// standard error goes to `stderr.log` in `dir`.
+/// standard error goes to `stderr.log` in `dir`. It runs in a working directory of its own
+/// (`dir/cwd`), as under a service manager: whatever its configuration names must resolve
+/// against the configuration's folder.
 pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Gateway {
     let stderr = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("stderr.log")).unwrap();
     launch(dir, args, env, stderr.into())
@@ -30,8 +34,10 @@ pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Gateway {
 
 /// [`start`] with standard error sent to `stderr`.
 pub fn launch(dir: &Path, args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Gateway {
+    let cwd = dir.join("cwd");
+    std::fs::create_dir_all(&cwd).unwrap();
     let mut command = Command::new(BIN);
-    command.current_dir(dir).args(args).arg("serve").stdout(Stdio::piped()).stderr(stderr);
+    command.current_dir(&cwd).args(args).arg("serve").stdout(Stdio::piped()).stderr(stderr);
     for (k, v) in env {
         command.env(k, v);
     }
@@ -40,10 +46,15 @@ pub fn launch(dir: &Path, args: &[&str], env: &[(&str, &str)], stderr: Stdio) ->
     let mut printed = Vec::new();
     for line in stdout.lines() {
         let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("meshgate listening on http://") {
+        let announced = match line.strip_prefix("meshgate listening on ") {
+            Some(rest) if rest.starts_with("https://") => Some(("https", &rest[8..])),
+            Some(rest) if rest.starts_with("http://") => Some(("http", &rest[7..])),
+            _ => None,
+        };
+        if let Some((scheme, rest)) = announced {
             let addr = rest.split('/').next().unwrap().parse().unwrap();
             std::fs::write(dir.join("stdout.log"), printed.join("\n")).unwrap();
-            return Gateway { child, addr };
+            return Gateway { child, addr, scheme };
         }
         printed.push(line);
     }
@@ -52,7 +63,20 @@ pub fn launch(dir: &Path, args: &[&str], env: &[(&str, &str)], stderr: Stdio) ->
     panic!("meshgate exited ({status}) before listening: {said}");
 }
 
+/// A gateway left running by a failed test is killed with it.
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Gateway {
+    /// A URL on this gateway.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}://{}{path}", self.scheme, self.addr)
+    }
+
     /// SIGTERM, then wait: the gateway drains and saves its projections.
     pub fn stop(mut self) {
         let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
@@ -184,14 +208,17 @@ async fn a_gateway_killed_during_a_load_loses_no_accepted_delivery_and_makes_no_
 async fn with_no_config_the_gateway_generates_its_tokens_and_prints_only_where_they_are() {
     let dir = tempfile::tempdir().unwrap();
     let gateway = start(dir.path(), &[], &[("MESHGATE_SERVER__LISTEN", "127.0.0.1:0")]);
+    assert_ne!(gateway.addr.port(), 8080, "the environment overrides the default listen address");
     let stdout = std::fs::read_to_string(dir.path().join("stdout.log")).unwrap();
-    let webhook_token = token(dir.path(), "meshgate-data/secrets/webhook.token");
-    let admin_token = token(dir.path(), "meshgate-data/secrets/admin.token");
+    // Without a configuration file, the data goes under the working directory.
+    let cwd = dir.path().join("cwd");
+    let webhook_token = token(&cwd, "meshgate-data/secrets/webhook.token");
+    let admin_token = token(&cwd, "meshgate-data/secrets/admin.token");
     assert_eq!(webhook_token.len(), 64);
     assert!(stdout.contains("meshgate-data/secrets/webhook.token"));
     assert!(!stdout.contains(&webhook_token) && !stdout.contains(&admin_token));
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir.path().join("meshgate-data/secrets/webhook.token")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(cwd.join("meshgate-data/secrets/webhook.token")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o400);
 
     let client = reqwest::Client::new();
@@ -296,7 +323,7 @@ async fn the_events_command_answers_audit_questions_from_the_log() {
     let caused = events(&["--correlation", second["correlation_id"].as_str().unwrap()]);
     assert_eq!(types(&caused), ["WebhookReceived", "BuildRequestFolded"]);
     assert_eq!(caused[0]["data"]["body"].as_str(), Some(copy.as_str()), "the body as it was received");
-    let build = events(&["--stream", &format!("build-{}", build_id(&first))]);
+    let build = events(&["--stream", &meshgate_domain::stream::build_stream(build_id(&first))]);
     assert_eq!(types(&build), ["BuildRequested", "BuildRequestFolded"]);
     assert_eq!(events(&["--type", "WebhookReceived"]).len(), 3);
 }

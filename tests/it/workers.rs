@@ -57,7 +57,7 @@ impl Drop for Agent {
 /// Starts `meshgate worker`; its stdout lines arrive on `lines` as (node, line).
 pub fn agent(
     dir: &Path,
-    gateway: std::net::SocketAddr,
+    gateway: &str,
     node: &str,
     labels: &str,
     slots: usize,
@@ -66,7 +66,9 @@ pub fn agent(
 ) -> Agent {
     let work = dir.join(format!("work-{node}"));
     let mut child = Command::new(BIN)
-        .args(["worker", "--gateway", &format!("http://{gateway}"), "--node-id", node, "--labels", labels])
+        .args(["worker", "--gateway", gateway, "--node-id", node, "--labels", labels])
+        // As a node of a gateway with a private CA is set up (harmless over plain HTTP).
+        .args(["--ca-file", crate::pki::pki().ca_file.to_str().unwrap()])
         .args(["--slots", &slots.to_string(), "--token-file", dir.join("nodes.token").to_str().unwrap()])
         .args(["--scripts", scripts, "--work-dir", work.to_str().unwrap(), "--claim-wait", "5", "--drain-seconds", "5"])
         .stdout(Stdio::piped())
@@ -100,8 +102,8 @@ pub fn wait_for(lines: &mpsc::Receiver<(String, String)>, prefix: &str, n: usize
 
 pub async fn deliver(gw: &Gateway, dir: &Path, issue: &str) {
     let body = with(&fixture("mob-issueUpdated-state-building.json"), &json!({"id": issue}));
-    let response = reqwest::Client::new()
-        .post(format!("http://{}/youtrack/webhook", gw.addr))
+    let response = crate::pki::https_client()
+        .post(gw.url("/youtrack/webhook"))
         .header("X-YouTrack-Token", token(dir, "webhook.token"))
         .header("Content-Type", "application/json")
         .body(body)
@@ -128,9 +130,9 @@ async fn builds_spread_over_real_workers_within_lanes_caps_and_slots() {
     let (tx, lines) = mpsc::channel();
     let slots: HashMap<&str, usize> = [("mac-1", 2), ("mac-2", 2), ("mac-3", 1)].into();
     let _agents = [
-        agent(dir.path(), gw.addr, "mac-1", "signing", 2, &scripts, &tx),
-        agent(dir.path(), gw.addr, "mac-2", "", 2, &scripts, &tx),
-        agent(dir.path(), gw.addr, "mac-3", "signing", 1, &scripts, &tx),
+        agent(dir.path(), &gw.url(""), "mac-1", "signing", 2, &scripts, &tx),
+        agent(dir.path(), &gw.url(""), "mac-2", "", 2, &scripts, &tx),
+        agent(dir.path(), &gw.url(""), "mac-3", "signing", 1, &scripts, &tx),
     ];
     for n in 1..=5 {
         deliver(&gw, dir.path(), &format!("MOB-{n}")).await;
@@ -141,7 +143,7 @@ async fn builds_spread_over_real_workers_within_lanes_caps_and_slots() {
     // The uploaded log carries the facts the script was given.
     let build = events(dir.path(), "BuildRequested").into_iter().find(|(_, d)| d["lane"] == "default").unwrap().1;
     let log = reqwest::Client::new()
-        .get(format!("http://{}/api/v1/builds/{}/log", gw.addr, build["build_id"].as_str().unwrap()))
+        .get(gw.url(&format!("/api/v1/builds/{}/log", build["build_id"].as_str().unwrap())))
         .bearer_auth(token(dir.path(), "admin.token"))
         .send()
         .await
@@ -204,7 +206,7 @@ async fn a_failing_build_reports_its_exit_code_failing_test_and_log_tail_and_an_
     let gw = gateway(dir.path());
     let scripts = scripts_file(dir.path(), &[("ios-build", "fail.sh")]); // no ios-sign here
     let (tx, lines) = mpsc::channel();
-    let _agent = agent(dir.path(), gw.addr, "mac-1", "signing", 2, &scripts, &tx);
+    let _agent = agent(dir.path(), &gw.url(""), "mac-1", "signing", 2, &scripts, &tx);
     deliver(&gw, dir.path(), "MOB-1").await;
     wait_for(&lines, "reported", 2);
     gw.stop();
@@ -227,7 +229,7 @@ async fn a_worker_killed_mid_build_is_replaced_and_its_late_result_is_refused() 
     let gw = gateway(dir.path());
     let scripts = scripts_file(dir.path(), &[("ios-build", "slow-first-attempt.sh"), ("ios-sign", "ok.sh")]);
     let (tx, lines) = mpsc::channel();
-    let mut doomed = agent(dir.path(), gw.addr, "mac-1", "", 1, &scripts, &tx);
+    let mut doomed = agent(dir.path(), &gw.url(""), "mac-1", "", 1, &scripts, &tx);
     deliver(&gw, dir.path(), "MOB-1").await;
     let started = wait_for(&lines, "started", 1);
     let build_id = started[0].1.split_whitespace().nth(1).unwrap().to_owned();
@@ -235,13 +237,13 @@ async fn a_worker_killed_mid_build_is_replaced_and_its_late_result_is_refused() 
     doomed.child.wait().unwrap();
 
     // Another node picks the build up once the lease has expired, and finishes attempt 2.
-    let _rescuer = agent(dir.path(), gw.addr, "mac-2", "", 1, &scripts, &tx);
+    let _rescuer = agent(dir.path(), &gw.url(""), "mac-2", "", 1, &scripts, &tx);
     let reported = wait_for(&lines, &format!("reported {build_id} attempt 2"), 1);
     assert!(reported[0].1.ends_with("accepted"));
 
     // The killed node's attempt reports late: refused.
     let late = reqwest::Client::new()
-        .post(format!("http://{}/api/v1/builds/{build_id}/result", gw.addr))
+        .post(gw.url(&format!("/api/v1/builds/{build_id}/result")))
         .bearer_auth(token(dir.path(), "nodes.token"))
         .json(&json!({"node_id": "mac-1", "attempt": 1, "outcome": "succeeded", "duration_ms": 20000}))
         .send()
@@ -275,7 +277,7 @@ async fn a_result_made_while_the_gateway_is_down_is_spooled_and_delivered_after_
     let port = gw.addr.port();
     let scripts = scripts_file(dir.path(), &[("ios-build", "wait-for-release.sh")]);
     let (tx, lines) = mpsc::channel();
-    let _agent = agent(dir.path(), gw.addr, "mac-1", "", 1, &scripts, &tx);
+    let _agent = agent(dir.path(), &gw.url(""), "mac-1", "", 1, &scripts, &tx);
     deliver(&gw, dir.path(), "MOB-1").await;
     wait_for(&lines, "started", 1);
     gw.stop();
@@ -300,7 +302,7 @@ async fn a_script_past_its_timeout_is_killed_and_the_build_fails_with_reason_tim
     let gw = gateway_with(dir.path(), 30, 0);
     let scripts = scripts_file_with_timeouts(dir.path(), &[("ios-build", "wait-for-release.sh", 1)]);
     let (tx, lines) = mpsc::channel();
-    let _agent = agent(dir.path(), gw.addr, "mac-1", "", 1, &scripts, &tx);
+    let _agent = agent(dir.path(), &gw.url(""), "mac-1", "", 1, &scripts, &tx);
     deliver(&gw, dir.path(), "MOB-1").await;
     let finished = wait_for(&lines, "finished", 1);
     assert!(finished[0].1.ends_with("failed"), "{finished:?}");
@@ -317,7 +319,7 @@ async fn sigterm_drains_a_worker_and_reports_a_build_still_running_after_the_gra
     let gw = gateway(dir.path());
     let scripts = scripts_file(dir.path(), &[("ios-build", "wait-for-release.sh")]);
     let (tx, lines) = mpsc::channel();
-    let worker = agent(dir.path(), gw.addr, "mac-1", "", 2, &scripts, &tx);
+    let worker = agent(dir.path(), &gw.url(""), "mac-1", "", 2, &scripts, &tx);
     deliver(&gw, dir.path(), "MOB-1").await;
     wait_for(&lines, "started", 1);
     let status = Command::new("kill").args(["-TERM", &worker.child.id().to_string()]).status().unwrap();

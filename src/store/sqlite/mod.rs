@@ -169,7 +169,7 @@ impl SqliteStore {
             result
         })
         .await
-        .map_err(|e| StoreError::Failed(format!("reader task failed: {e}")))?
+        .map_err(|e| StoreError::caused("reader task failed", e))?
     }
 }
 
@@ -248,7 +248,7 @@ impl EventStore for SqliteStore {
         let file = Arc::clone(&self.checkpoints);
         let saved = tokio::task::spawn_blocking(move || file.load())
             .await
-            .map_err(|e| StoreError::Failed(format!("checkpoint reader stopped: {e}")))??;
+            .map_err(|e| StoreError::caused("checkpoint reader stopped", e))??;
         let saved = if saved.is_empty() { self.read(checkpoints::legacy).await? } else { saved };
         Ok(checkpoints::within(saved, *self.head.borrow()))
     }
@@ -258,7 +258,7 @@ impl EventStore for SqliteStore {
         let file = Arc::clone(&self.checkpoints);
         tokio::task::spawn_blocking(move || file.save(&checkpoints))
             .await
-            .map_err(|e| StoreError::Failed(format!("checkpoint writer stopped: {e}")))?
+            .map_err(|e| StoreError::caused("checkpoint writer stopped", e))?
     }
 }
 
@@ -271,7 +271,7 @@ fn lock_exclusively(path: &Path, patience: Duration) -> Result<std::fs::File, St
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(|e| StoreError::Failed(format!("cannot open the lock file {}: {e}", lock_path.display())))?;
+        .map_err(|e| StoreError::caused(format_args!("cannot open the lock file {}", lock_path.display()), e))?;
     let deadline = std::time::Instant::now() + patience;
     loop {
         match file.try_lock() {
@@ -280,14 +280,14 @@ fn lock_exclusively(path: &Path, patience: Duration) -> Result<std::fs::File, St
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(StoreError::Failed(format!(
+                return Err(StoreError::failed(format!(
                     "the event log {} is in use by another process (lock file {}); stop it first",
                     path.display(),
                     lock_path.display()
                 )))
             }
             Err(std::fs::TryLockError::Error(e)) => {
-                return Err(StoreError::Failed(format!("cannot lock {}: {e}", lock_path.display())))
+                return Err(StoreError::caused(format_args!("cannot lock {}", lock_path.display()), e))
             }
         }
     }
@@ -316,7 +316,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         ))
         .store_err()?;
     } else if version > SCHEMA_VERSION {
-        return Err(StoreError::Failed(format!(
+        return Err(StoreError::failed(format!(
             "the event log has layout {version}, newer than this meshgate understands ({SCHEMA_VERSION})"
         )));
     }
@@ -351,7 +351,7 @@ fn index_rows_after(conn: &Connection, index: &mut StreamIndex, after: u64) -> R
         let key = StreamKey::of(stream);
         let expected = index.version(key).map_or(0, |v| v + 1);
         if version != expected {
-            return Err(StoreError::Failed(format!(
+            return Err(StoreError::failed(format!(
                 "the event log is inconsistent: stream `{stream}` has version {version} at position {position}, expected {expected}"
             )));
         }
@@ -391,7 +391,7 @@ pub fn read_range_decoded(
         let position: u64 = row.get(0).store_err()?;
         let text = |i: usize| row.get_ref(i).and_then(|v| Ok(v.as_str()?)).store_err();
         let event = meshgate_domain::Event::decode(text(3)?, row.get(4).store_err()?, text(5)?)
-            .map_err(|e| StoreError::Failed(format!("event at position {position}: {e}")))?;
+            .map_err(|e| StoreError::caused(format_args!("event at position {position}"), e))?;
         let correlation = row.get_ref(6).and_then(|v| Ok(v.as_blob()?)).store_err()?;
         let recorded_at: i64 = row.get(7).store_err()?;
         decoded.push(meshgate_domain::Recorded {
@@ -401,7 +401,7 @@ pub fn read_range_decoded(
             event,
             correlation_id: Uuid::from_slice(correlation).store_err()?,
             recorded_at: DateTime::from_timestamp_micros(recorded_at)
-                .ok_or_else(|| StoreError::Failed(format!("event at position {position}: timestamp out of range")))?,
+                .ok_or_else(|| StoreError::failed(format!("event at position {position}: timestamp out of range")))?,
         });
     }
     Ok(decoded)
@@ -416,8 +416,9 @@ pub struct EventFilter {
     pub event_type: Option<String>,
 }
 
-/// Events matching every given filter, in log order. An issue matches the events that name it and
-/// every event of its intents' and builds' streams.
+/// Events matching every given filter, in log order. An issue matches the events that name it,
+/// every event of its intents' and builds' streams, and the notification attempts and pages about
+/// its builds (they carry the build's id, not the issue's).
 pub fn query(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<Vec<StoredEvent>> {
     let sql = format!(
         "SELECT {COLUMNS} FROM events
@@ -425,7 +426,11 @@ pub fn query(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<Vec<St
                 OR json_extract(data, '$.issue_id') = ?1
                 OR stream LIKE 'intent-' || ?1 || '/%'
                 OR stream IN (SELECT stream FROM events
-                              WHERE type = 'BuildRequested' AND json_extract(data, '$.issue_id') = ?1))
+                              WHERE type = 'BuildRequested' AND json_extract(data, '$.issue_id') = ?1)
+                OR (type IN ('NotificationAttempted', 'NotificationDelivered', 'NotificationAbandoned')
+                    AND json_extract(data, '$.build_id') IN
+                        (SELECT json_extract(data, '$.build_id') FROM events
+                         WHERE type = 'BuildRequested' AND json_extract(data, '$.issue_id') = ?1)))
            AND (?2 IS NULL OR stream = ?2)
            AND (?3 IS NULL OR correlation_id = ?3)
            AND (?4 IS NULL OR type = ?4)

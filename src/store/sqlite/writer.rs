@@ -54,7 +54,7 @@ pub(super) fn spawn(
     std::thread::Builder::new()
         .name("meshgate-sqlite-writer".into())
         .spawn(move || writer.run(rx))
-        .map_err(|e| StoreError::Failed(format!("cannot start the writer thread: {e}")))?;
+        .map_err(|e| StoreError::caused("cannot start the writer thread", e))?;
     Ok((tx, head_rx))
 }
 
@@ -133,7 +133,7 @@ impl Checkpointer {
                 }
                 let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
             })
-            .map_err(|e| StoreError::Failed(format!("cannot start the checkpoint thread: {e}")))?;
+            .map_err(|e| StoreError::caused("cannot start the checkpoint thread", e))?;
         Ok(Checkpointer { wake })
     }
 

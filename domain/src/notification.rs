@@ -1,0 +1,384 @@
+//! The lifecycle of one notification, a (sink, build, milestone) key, as an enum state machine:
+//! pending → attempting → delivered | abandoned.
+//!
+//! The shell sends one try and hands what came back to [`decide`], which says what to record: the
+//! attempt, and whether the key is now delivered, waits for a retry (when, by the retry policy,
+//! which is data) or is abandoned (and why). [`evolve`] folds the recorded events back into the
+//! state; the `outbox` projection keeps one state per key with the very same function.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::event::{Event, NotificationAbandoned, NotificationAttempted, NotificationDelivered};
+use crate::notify::{notification_key, truncate, Milestone};
+use crate::retry::{classify, RetryPolicy, Verdict};
+
+/// The longest excerpt of an answer or error kept in an attempt event.
+pub const EXCERPT_GRAPHEMES: usize = 500;
+
+/// Where one notification key stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum NotificationState {
+    /// Nothing tried yet.
+    #[default]
+    Pending,
+    /// Tried and not done; `next_attempt_at` is when the next try is due (none: due now).
+    Attempting {
+        attempts: u32,
+        next_attempt_at: Option<DateTime<Utc>>,
+    },
+    Delivered {
+        attempts: u32,
+    },
+    Abandoned {
+        attempts: u32,
+    },
+}
+
+impl NotificationState {
+    pub fn attempts(&self) -> u32 {
+        match self {
+            NotificationState::Pending => 0,
+            NotificationState::Attempting { attempts, .. }
+            | NotificationState::Delivered { attempts }
+            | NotificationState::Abandoned { attempts } => *attempts,
+        }
+    }
+
+    /// Delivered or abandoned: nothing more to do.
+    pub fn is_done(&self) -> bool {
+        matches!(self, NotificationState::Delivered { .. } | NotificationState::Abandoned { .. })
+    }
+
+    pub fn is_delivered(&self) -> bool {
+        matches!(self, NotificationState::Delivered { .. })
+    }
+
+    /// When the next try is due, if one is waiting for a later moment.
+    pub fn next_attempt_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            NotificationState::Attempting { next_attempt_at, .. } => *next_attempt_at,
+            _ => None,
+        }
+    }
+
+    /// Whether a try may be made at `now`.
+    pub fn is_due(&self, now: DateTime<Utc>) -> bool {
+        match self {
+            NotificationState::Pending => true,
+            NotificationState::Attempting { next_attempt_at, .. } => next_attempt_at.is_none_or(|at| at <= now),
+            NotificationState::Delivered { .. } | NotificationState::Abandoned { .. } => false,
+        }
+    }
+}
+
+/// Which notification a try was for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationId {
+    pub sink: String,
+    pub build_id: Uuid,
+    pub milestone: Milestone,
+}
+
+impl NotificationId {
+    pub fn key(&self) -> String {
+        notification_key(&self.sink, self.build_id, self.milestone)
+    }
+}
+
+/// What one try came to, as the sink's protocol read the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TryOutcome {
+    /// The answer's status (a protocol that answers 200 with an error maps it to the status it
+    /// means); none when nothing came back (refused, reset, timed out, a certificate refused).
+    pub status: Option<u16>,
+    /// The start of the answer, or why there was none (the error with its causes).
+    pub detail: String,
+    /// How long the target asked us to wait (`Retry-After`, or its body's equivalent).
+    pub retry_after: Option<Duration>,
+    /// The target's id for the message it made, where it gives one.
+    pub message_ref: Option<String>,
+}
+
+impl TryOutcome {
+    pub fn succeeded(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+
+    /// No answer, 408, 425, 429 and 5xx are worth another try; other answers are final.
+    pub fn retryable(&self) -> bool {
+        self.status.is_none_or(|s| classify(s) == Verdict::Retry)
+    }
+}
+
+/// Why a notification was given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbandonReason {
+    /// The target gave a final answer that is not a success.
+    Refused { status: u16 },
+    /// Every try the policy allows was made.
+    GaveUp { attempts: u32 },
+}
+
+impl std::fmt::Display for AbandonReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AbandonReason::Refused { status } => write!(f, "refused with {status}"),
+            AbandonReason::GaveUp { attempts } => write!(f, "gave up after {attempts} attempts"),
+        }
+    }
+}
+
+/// A try that cannot be recorded, because the key is finished.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotificationError {
+    #[error("notification {key} was already delivered")]
+    AlreadyDelivered { key: String },
+    #[error("notification {key} was already abandoned")]
+    AlreadyAbandoned { key: String },
+}
+
+/// What to record for one try made at `now`. `random` is a fraction in `[0, 1)` for the jitter.
+pub fn decide(
+    state: &NotificationState,
+    id: &NotificationId,
+    outcome: &TryOutcome,
+    policy: &RetryPolicy,
+    now: DateTime<Utc>,
+    random: f64,
+) -> Result<Vec<Event>, NotificationError> {
+    let key = id.key();
+    match state {
+        NotificationState::Delivered { .. } => return Err(NotificationError::AlreadyDelivered { key }),
+        NotificationState::Abandoned { .. } => return Err(NotificationError::AlreadyAbandoned { key }),
+        NotificationState::Pending | NotificationState::Attempting { .. } => {}
+    }
+    let attempt = state.attempts() + 1;
+    let next_wait = match (outcome.succeeded(), outcome.retryable()) {
+        (false, true) => policy.next_wait(attempt - 1, outcome.retry_after, random),
+        _ => None,
+    };
+    let next_attempt_at = next_wait.map(|w| now + chrono::Duration::from_std(w).unwrap_or(chrono::Duration::MAX));
+    let mut events = vec![Event::NotificationAttempted(NotificationAttempted {
+        key: key.clone(),
+        sink: id.sink.clone(),
+        build_id: id.build_id,
+        milestone: id.milestone,
+        attempt,
+        status: outcome.status,
+        excerpt: truncate(&outcome.detail, EXCERPT_GRAPHEMES),
+        next_attempt_at,
+    })];
+    if outcome.succeeded() {
+        events.push(Event::NotificationDelivered(NotificationDelivered {
+            key,
+            sink: id.sink.clone(),
+            build_id: id.build_id,
+            milestone: id.milestone,
+            attempts: attempt,
+            message_ref: outcome.message_ref.clone(),
+        }));
+    } else if next_attempt_at.is_none() {
+        let reason = match outcome.status {
+            Some(status) if !outcome.retryable() => AbandonReason::Refused { status },
+            _ => AbandonReason::GaveUp { attempts: attempt },
+        };
+        events.push(Event::NotificationAbandoned(NotificationAbandoned {
+            key,
+            sink: id.sink.clone(),
+            build_id: id.build_id,
+            milestone: id.milestone,
+            attempts: attempt,
+            reason: reason.to_string(),
+        }));
+    }
+    Ok(events)
+}
+
+/// The state after one recorded event; events of other kinds leave it as it is.
+pub fn evolve(state: NotificationState, event: &Event) -> NotificationState {
+    match event {
+        Event::NotificationAttempted(e) if !state.is_done() => NotificationState::Attempting {
+            attempts: state.attempts().max(e.attempt),
+            next_attempt_at: e.next_attempt_at,
+        },
+        Event::NotificationDelivered(e) => NotificationState::Delivered { attempts: state.attempts().max(e.attempts) },
+        Event::NotificationAbandoned(e) if !state.is_delivered() => {
+            NotificationState::Abandoned { attempts: state.attempts().max(e.attempts) }
+        }
+        _ => state,
+    }
+}
+
+/// The state a key's recorded events lead to.
+pub fn replay(events: &[Event]) -> NotificationState {
+    events.iter().fold(NotificationState::Pending, evolve)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_787_562_900 + s, 0).unwrap()
+    }
+
+    fn id() -> NotificationId {
+        NotificationId { sink: "team".into(), build_id: Uuid::nil(), milestone: Milestone::Failed }
+    }
+
+    fn policy(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(60),
+            max_wait: Duration::from_secs(120),
+            max_attempts,
+        }
+    }
+
+    fn outcome(status: Option<u16>, retry_after: Option<u64>) -> TryOutcome {
+        TryOutcome {
+            status,
+            detail: "answer".into(),
+            retry_after: retry_after.map(Duration::from_secs),
+            message_ref: None,
+        }
+    }
+
+    fn attempted(attempt: u32, status: Option<u16>, next: Option<DateTime<Utc>>) -> Event {
+        Event::NotificationAttempted(NotificationAttempted {
+            key: id().key(),
+            sink: "team".into(),
+            build_id: Uuid::nil(),
+            milestone: Milestone::Failed,
+            attempt,
+            status,
+            excerpt: "answer".into(),
+            next_attempt_at: next,
+        })
+    }
+
+    fn abandoned(attempts: u32, reason: &str) -> Event {
+        Event::NotificationAbandoned(NotificationAbandoned {
+            key: id().key(),
+            sink: "team".into(),
+            build_id: Uuid::nil(),
+            milestone: Milestone::Failed,
+            attempts,
+            reason: reason.into(),
+        })
+    }
+
+    fn delivered(attempts: u32) -> Event {
+        Event::NotificationDelivered(NotificationDelivered {
+            key: id().key(),
+            sink: "team".into(),
+            build_id: Uuid::nil(),
+            milestone: Milestone::Failed,
+            attempts,
+            message_ref: None,
+        })
+    }
+
+    /// given(recorded events).when(a try's outcome, max attempts).then(events to record)
+    struct Given(Vec<Event>);
+    struct When(Result<Vec<Event>, NotificationError>);
+
+    fn given(events: Vec<Event>) -> Given {
+        Given(events)
+    }
+
+    impl Given {
+        fn when(self, outcome: TryOutcome, max_attempts: u32) -> When {
+            When(decide(&replay(&self.0), &id(), &outcome, &policy(max_attempts), t(0), 0.5))
+        }
+    }
+
+    impl When {
+        #[track_caller]
+        fn then(self, expected: Vec<Event>) {
+            assert_eq!(self.0, Ok(expected));
+        }
+        #[track_caller]
+        fn then_err(self, expected: NotificationError) {
+            assert_eq!(self.0, Err(expected));
+        }
+    }
+
+    #[test]
+    fn a_success_is_recorded_as_the_attempt_and_the_delivery() {
+        given(vec![]).when(outcome(Some(202), None), 8).then(vec![attempted(1, Some(202), None), delivered(1)]);
+    }
+
+    #[test]
+    fn a_retryable_answer_schedules_the_next_try_no_sooner_than_retry_after() {
+        given(vec![]).when(outcome(Some(429), Some(30)), 8).then(vec![attempted(1, Some(429), Some(t(30)))]);
+        // No hint: full jitter under the doubling ceiling (attempt 2 of base 1 s: 2 s, half of it).
+        given(vec![attempted(1, Some(503), Some(t(-1)))]).when(outcome(Some(503), None), 8).then(vec![attempted(
+            2,
+            Some(503),
+            Some(t(1)),
+        )]);
+    }
+
+    #[test]
+    fn no_answer_is_retried_like_a_server_error() {
+        given(vec![]).when(outcome(None, None), 8).then(vec![attempted(
+            1,
+            None,
+            Some(DateTime::from_timestamp_millis(1_787_562_900_500).unwrap()),
+        )]);
+    }
+
+    #[test]
+    fn a_final_answer_abandons_at_once_and_says_so() {
+        given(vec![])
+            .when(outcome(Some(400), None), 8)
+            .then(vec![attempted(1, Some(400), None), abandoned(1, "refused with 400")]);
+    }
+
+    #[test]
+    fn the_last_allowed_try_abandons_when_it_fails() {
+        given(vec![attempted(1, Some(500), Some(t(-2))), attempted(2, Some(500), Some(t(-1)))])
+            .when(outcome(Some(500), None), 3)
+            .then(vec![attempted(3, Some(500), None), abandoned(3, "gave up after 3 attempts")]);
+    }
+
+    #[test]
+    fn a_finished_key_records_no_further_try() {
+        given(vec![attempted(1, Some(200), None), delivered(1)])
+            .when(outcome(Some(200), None), 8)
+            .then_err(NotificationError::AlreadyDelivered { key: id().key() });
+        given(vec![attempted(1, Some(400), None), abandoned(1, "refused with 400")])
+            .when(outcome(Some(200), None), 8)
+            .then_err(NotificationError::AlreadyAbandoned { key: id().key() });
+    }
+
+    #[test]
+    fn long_details_are_cut_for_the_audit() {
+        let long = TryOutcome { detail: "x".repeat(10_000), ..outcome(Some(500), None) };
+        let events = decide(&NotificationState::Pending, &id(), &long, &policy(8), t(0), 0.0).unwrap();
+        let Event::NotificationAttempted(attempt) = &events[0] else { panic!("{events:?}") };
+        assert_eq!(attempt.excerpt.chars().count(), EXCERPT_GRAPHEMES);
+    }
+
+    #[test]
+    fn states_follow_the_recorded_events_and_a_delivery_is_never_undone() {
+        let next = Some(t(5));
+        assert_eq!(replay(&[]), NotificationState::Pending);
+        assert_eq!(
+            replay(&[attempted(1, Some(503), next)]),
+            NotificationState::Attempting { attempts: 1, next_attempt_at: next }
+        );
+        assert!(!replay(&[attempted(1, Some(503), next)]).is_due(t(4)));
+        assert!(replay(&[attempted(1, Some(503), next)]).is_due(t(5)));
+        let done =
+            replay(&[attempted(1, Some(200), None), delivered(1), abandoned(1, "late"), attempted(2, None, None)]);
+        assert_eq!(done, NotificationState::Delivered { attempts: 1 });
+        assert!(!done.is_due(t(100)));
+    }
+}

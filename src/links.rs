@@ -1,0 +1,54 @@
+//! Links to a build's log that open it without the admin token: the build id and a key derived
+//! from the gateway's log-link secret, under the gateway's public URL.
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+/// Makes and checks per-build log links.
+#[derive(Clone)]
+pub struct LogLinks {
+    /// How people reach the gateway, without a trailing `/`.
+    public_url: String,
+    secret: [u8; 32],
+}
+
+impl LogLinks {
+    pub fn new(public_url: &str, secret: [u8; 32]) -> Self {
+        LogLinks { public_url: public_url.trim_end_matches('/').to_owned(), secret }
+    }
+
+    /// The unguessable key that opens one build's log.
+    pub fn key(&self, build_id: Uuid) -> String {
+        let digest =
+            Sha256::new().chain_update(self.secret).chain_update(b"log:").chain_update(build_id.as_bytes()).finalize();
+        digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The absolute, stable link to a build's log.
+    pub fn url(&self, build_id: Uuid) -> String {
+        format!("{}/api/v1/builds/{build_id}/log?key={}", self.public_url, self.key(build_id))
+    }
+
+    /// Whether `key` opens the build's log (constant time).
+    pub fn opens(&self, build_id: Uuid, key: &str) -> bool {
+        bool::from(key.as_bytes().ct_eq(self.key(build_id).as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_is_absolute_and_opens_its_own_build_only() {
+        let links = LogLinks::new("https://ci.example.com/", [7; 32]);
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let url = links.url(a);
+        assert!(url.starts_with(&format!("https://ci.example.com/api/v1/builds/{a}/log?key=")), "{url}");
+        let key = url.rsplit('=').next().unwrap();
+        assert!(links.opens(a, key));
+        assert!(!links.opens(b, key));
+        assert!(!LogLinks::new("https://ci.example.com", [8; 32]).opens(a, key));
+    }
+}
