@@ -1,0 +1,300 @@
+//! The sections of the configuration file, each with its defaults. `docs/configuration.md`
+//! describes every key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// How people reach the gateway (for log links in chat and comments). Default: `http://{listen}`,
+    /// or `https://{listen}` with TLS.
+    pub public_url: Option<String>,
+    /// PEM certificate chain (leaf first): with `tls_key_file`, `listen` serves HTTPS only.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of the certificate (same permission checks as token files).
+    pub tls_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    pub path: String,
+    /// Header carrying the shared token; matched case-insensitively.
+    pub header: String,
+    /// Every live token (several during a rotation). Empty: one generated under the data dir.
+    pub token_files: Vec<PathBuf>,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct YouTrackConfig {
+    /// Deliveries authored by this login are ignored (the gateway's own comments).
+    pub bot_login: Option<String>,
+    /// YouTrack's base URL, for failure comments (`POST /api/issues/{id}/comments`). None: no comments.
+    pub base_url: Option<String>,
+    /// Permanent token of the bot account (`perm:…`), for comments.
+    pub token_file: Option<PathBuf>,
+    /// The token being rotated out: tried after a 401 with the current one, until
+    /// `previous_token_grace_minutes` after the current token file was written.
+    pub previous_token_file: Option<PathBuf>,
+    pub previous_token_grace_minutes: u64,
+    /// Comment on success too (off by default).
+    pub comment_on_success: bool,
+    /// Tries per comment before it is abandoned.
+    pub max_attempts: u32,
+}
+
+impl Default for YouTrackConfig {
+    fn default() -> Self {
+        YouTrackConfig {
+            bot_login: None,
+            base_url: None,
+            token_file: None,
+            previous_token_file: None,
+            previous_token_grace_minutes: 15,
+            comment_on_success: false,
+            max_attempts: default_max_attempts(),
+        }
+    }
+}
+
+/// One `[[chat]]` sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatConfig {
+    /// `[A-Za-z0-9._-]{1,64}`; part of every notification key.
+    pub name: String,
+    pub kind: ChatKind,
+    /// The endpoint. For a Slack incoming webhook the URL is a secret: prefer `url_file`.
+    pub url: Option<String>,
+    /// A file holding the endpoint URL (same permission checks as token files).
+    pub url_file: Option<PathBuf>,
+    /// Matrix: the room to post in (`!id` or `!id:server`).
+    pub room_id: Option<String>,
+    /// Matrix and Slack API: a file holding the bot's token (Matrix: log in once with a fixed
+    /// device id).
+    pub token_file: Option<PathBuf>,
+    /// Slack API: the channel to post in. OpenClaw: the channel it delivers to (`whatsapp`,
+    /// `telegram`, …).
+    pub channel: Option<String>,
+    /// OpenClaw: the recipient on that channel (a phone number, a chat id).
+    pub to: Option<String>,
+    /// OpenClaw: the agent that relays the line (its default agent if absent).
+    pub agent_id: Option<String>,
+    /// Matrix: later states of a build edit its first message (`m.replace`) instead of adding lines.
+    #[serde(default)]
+    pub edit_in_place: bool,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_max_attempts() -> u32 {
+    8
+}
+
+impl ChatConfig {
+    /// A sink of `kind` with nothing else set (every optional key absent, the default attempts).
+    pub fn new(name: &str, kind: ChatKind) -> Self {
+        ChatConfig {
+            name: name.to_owned(),
+            kind,
+            url: None,
+            url_file: None,
+            room_id: None,
+            token_file: None,
+            channel: None,
+            to: None,
+            agent_id: None,
+            edit_in_place: false,
+            max_attempts: default_max_attempts(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatKind {
+    /// JSON POST of the build state.
+    Generic,
+    /// Slack incoming webhook (`{"text": …}`).
+    SlackWebhook,
+    /// Microsoft Teams Workflows webhook: an Adaptive Card 1.4 (202 means queued).
+    TeamsWorkflow,
+    /// Discord webhook (`?wait=true`).
+    Discord,
+    /// Slack Web API with a bot token: `chat.postMessage` once per build, then `chat.update`, so the
+    /// channel shows one message per build. `url` is the API base (`https://slack.com/api`).
+    SlackApi,
+    /// A Matrix room: `m.notice` messages, the transaction id derived from the notification key.
+    Matrix,
+    /// An OpenClaw gateway's `POST /hooks/agent`, which relays each line to the channel it serves
+    /// (WhatsApp, Telegram, Signal, iMessage, …).
+    Openclaw,
+}
+
+/// `[pager]`: PagerDuty Events API v2, for builds neither chat nor the tracker could be told about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PagerConfig {
+    /// Default `https://events.pagerduty.com/v2/enqueue` when a routing key is given.
+    pub url: Option<String>,
+    /// File holding the integration's routing key. None: no PagerDuty.
+    pub routing_key_file: Option<PathBuf>,
+    /// A `[[chat]]` sink (its own channel) that gets the pages, and nothing else.
+    pub alert_chat: Option<String>,
+    /// Tries per page before it is abandoned.
+    pub max_attempts: u32,
+}
+
+impl Default for PagerConfig {
+    fn default() -> Self {
+        PagerConfig { url: None, routing_key_file: None, alert_chat: None, max_attempts: default_max_attempts() }
+    }
+}
+
+/// `[outbound]`: delivery rules shared by every sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// A notification key is delivered at most once within this window; older milestones are not sent.
+    pub dedupe_window_seconds: u64,
+    pub retry_base_ms: u64,
+    pub retry_cap_seconds: u64,
+    /// No wait between tries is longer, whatever `Retry-After` says.
+    pub max_wait_seconds: u64,
+    pub timeout_seconds: u64,
+    /// A PEM bundle trusted beside the platform's store and the webpki roots (a private CA).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        OutboundConfig {
+            dedupe_window_seconds: 3600,
+            retry_base_ms: 1000,
+            retry_cap_seconds: 300,
+            max_wait_seconds: 900,
+            timeout_seconds: 10,
+            ca_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token for the read API. Absent: one generated under the data dir.
+    pub token_file: Option<PathBuf>,
+    /// The admin token being rotated out, still accepted while its users move to the new one.
+    pub previous_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Fold concurrent appends into one commit (group commit). Off: one commit per request.
+    pub group_commit: bool,
+    /// Most appends in one group commit.
+    pub max_batch: usize,
+    /// How long an append waits for a lock held by another process before it fails (503).
+    pub busy_timeout_ms: u64,
+    /// Under load, how long a group commit may wait for appends on their way (microseconds).
+    pub linger_us: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaneConfig {
+    pub name: String,
+    #[serde(default)]
+    pub priority: i64,
+    /// A node must carry every one of these labels to run the lane's builds.
+    #[serde(default)]
+    pub required_labels: Vec<String>,
+    /// Most builds of the lane running at once across the pool (`1`: a mutex, e.g. around a
+    /// signing identity).
+    #[serde(default)]
+    pub max_running: Option<usize>,
+}
+
+/// `meshgate worker` settings, for nodes that keep them in a file; flags override them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    pub gateway: Option<String>,
+    pub node_id: Option<String>,
+    pub labels: Vec<String>,
+    pub slots: Option<usize>,
+    pub token_file: Option<PathBuf>,
+    pub scripts: Option<PathBuf>,
+    pub work_dir: Option<PathBuf>,
+    pub claim_wait_seconds: Option<u64>,
+    pub drain_seconds: Option<u64>,
+    /// A PEM bundle trusted beside the platform's store, for a gateway with a private CA.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodesConfig {
+    /// Bearer token shared by the build pool. Absent: one generated under the data dir.
+    pub token_file: Option<PathBuf>,
+    /// The pool token being rotated out, still accepted while the machines move to the new one.
+    pub previous_token_file: Option<PathBuf>,
+    /// How long a claim holds without a heartbeat.
+    pub lease_seconds: u64,
+    /// How long a claim request waits for work before answering empty.
+    pub claim_wait_seconds: u64,
+    /// Claims of one build before a lost node fails it with `node_lost`.
+    pub max_attempts: u32,
+    /// Largest log a node may upload.
+    pub max_log_bytes: usize,
+}
+
+impl Default for NodesConfig {
+    fn default() -> Self {
+        NodesConfig {
+            token_file: None,
+            previous_token_file: None,
+            lease_seconds: 120,
+            claim_wait_seconds: 30,
+            max_attempts: 3,
+            max_log_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("meshgate-data"),
+            public_url: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+        }
+    }
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            path: "/youtrack/webhook".into(),
+            header: "X-YouTrack-Token".into(),
+            token_files: Vec::new(),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { group_commit: true, max_batch: 512, busy_timeout_ms: 5000, linger_us: 1000 }
+    }
+}
