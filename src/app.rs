@@ -201,13 +201,15 @@ impl App {
 
 /// The configured outbound sinks, with their secrets read.
 fn outbound_sinks(config: &Config) -> anyhow::Result<Vec<Sink>> {
-    use crate::outbound::{discord, generic, matrix, openclaw, pagerduty, slack, teams, youtrack};
+    use crate::outbound::{console, discord, generic, matrix, openclaw, pagerduty, slack, teams, youtrack};
     let secret = |file: &std::path::Path| -> anyhow::Result<String> { Ok(Token::read(file)?.expose().to_owned()) };
     let mut sinks = Vec::new();
+    let consoles = config.chat.iter().filter(|c| c.kind == ChatKind::Console).count();
     for chat in &config.chat {
         let url = match (&chat.url, &chat.url_file) {
             (Some(url), _) => url.clone(),
             (None, Some(file)) => secret(file)?,
+            (None, None) if chat.kind == ChatKind::Console => String::new(),
             (None, None) => anyhow::bail!("chat sink `{}` has no url", chat.name),
         };
         let token = || match &chat.token_file {
@@ -215,6 +217,9 @@ fn outbound_sinks(config: &Config) -> anyhow::Result<Vec<Sink>> {
             None => anyhow::bail!("chat sink `{}` has no token_file", chat.name),
         };
         let target = match chat.kind {
+            ChatKind::Console => {
+                Target::Console(console::Console { prefix: (consoles > 1).then(|| chat.name.clone()) })
+            }
             ChatKind::Generic => Target::Generic(generic::Hook { url }),
             ChatKind::SlackWebhook => Target::SlackWebhook(slack::Webhook { url }),
             ChatKind::TeamsWorkflow => Target::Teams(teams::Workflow { url }),

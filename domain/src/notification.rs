@@ -96,6 +96,8 @@ pub struct TryOutcome {
     /// The answer's status (a protocol that answers 200 with an error maps it to the status it
     /// means); none when nothing came back (refused, reset, timed out, a certificate refused).
     pub status: Option<u16>,
+    /// A local sink (the gateway's console) took the line: delivered, with no status.
+    pub written: bool,
     /// The start of the answer, or why there was none (the error with its causes).
     pub detail: String,
     /// How long the target asked us to wait (`Retry-After`, or its body's equivalent).
@@ -106,12 +108,12 @@ pub struct TryOutcome {
 
 impl TryOutcome {
     pub fn succeeded(&self) -> bool {
-        self.status.is_some_and(|s| (200..300).contains(&s))
+        self.written || self.status.is_some_and(|s| (200..300).contains(&s))
     }
 
     /// No answer, 408, 425, 429 and 5xx are worth another try; other answers are final.
     pub fn retryable(&self) -> bool {
-        self.status.is_none_or(|s| classify(s) == Verdict::Retry)
+        !self.written && self.status.is_none_or(|s| classify(s) == Verdict::Retry)
     }
 }
 
@@ -243,6 +245,7 @@ mod tests {
     fn outcome(status: Option<u16>, retry_after: Option<u64>) -> TryOutcome {
         TryOutcome {
             status,
+            written: false,
             detail: "answer".into(),
             retry_after: retry_after.map(Duration::from_secs),
             message_ref: None,
@@ -332,6 +335,12 @@ mod tests {
             None,
             Some(DateTime::from_timestamp_millis(1_787_562_900_500).unwrap()),
         )]);
+    }
+
+    #[test]
+    fn a_line_a_local_sink_wrote_is_delivered_without_a_status() {
+        let written = TryOutcome { written: true, ..outcome(None, None) };
+        given(vec![]).when(written, 8).then(vec![attempted(1, None, None), delivered(1)]);
     }
 
     #[test]

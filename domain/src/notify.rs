@@ -170,6 +170,9 @@ pub fn chat_line(facts: &BuildFacts, milestone: Milestone) -> String {
     if let (Milestone::Failed, Some(reason)) = (milestone, &facts.reason) {
         parts.push(truncate(reason, 60));
     }
+    if let (Milestone::Failed, Some(test)) = (milestone, &facts.failing_test) {
+        parts.push(format!("failing: {}", truncate(test, 80)));
+    }
     if milestone == Milestone::Page {
         if let Some(reason) = &facts.page_reason {
             parts.push(format!("not reported: {}", truncate(reason, 80)));
@@ -310,7 +313,15 @@ mod tests {
     fn a_chat_line_carries_the_state_issue_lane_node_commit_duration_and_log() {
         let line = chat_line(&facts(), Milestone::Failed);
         assert!(line.starts_with("❌ MOB-7 failed · "), "{line}");
-        for part in ["default/ios-build", "on mac-1", "0123456", "1m 23s", "script_failed", "log: https://gw"] {
+        for part in [
+            "default/ios-build",
+            "on mac-1",
+            "0123456",
+            "1m 23s",
+            "script_failed",
+            "failing: AppTests.testOffline",
+            "log: https://gw",
+        ] {
             assert!(line.contains(part), "{part} missing from {line}");
         }
         assert!(escape_slack(&line).contains("&lt;@channel&gt; &amp;"));

@@ -3,6 +3,8 @@
 mod bench;
 mod bench_client;
 mod bench_dispatch;
+mod check;
+mod demo;
 mod events;
 pub(crate) mod rebuild;
 mod setup;
@@ -31,10 +33,21 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway.
     Serve,
+    /// Show the whole loop on this machine: a gateway on loopback with a sample trigger, a build
+    /// node running a sample script, and each build's timeline printed here.
+    Demo(demo::DemoArgs),
     /// Write a commented sample configuration and fresh token files into DIR.
     Init {
         #[arg(default_value = ".")]
         dir: PathBuf,
+        /// Where the gateway keeps its log and build logs (default: meshgate-data beside the file).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Token files.
     Token {
@@ -52,6 +65,13 @@ pub enum Command {
     Worker(crate::worker::WorkerArgs),
     /// Measure ingest throughput and latency, and projection rebuild speed.
     Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration (`--config F`) and every file it names, without starting; print
+    /// the effective configuration, secrets as file paths only. Exit 1 on any problem.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,7 +100,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let load = || Config::load(cli.config.as_deref());
     match cli.command {
         Command::Serve => serve(load()?).await,
-        Command::Init { dir } => setup::init(&dir),
+        Command::Demo(args) => demo::run(args).await,
+        Command::Init { dir, data_dir } => setup::init(&dir, data_dir.as_deref()),
+        Command::Config { command: ConfigCommand::Check } => check::run(cli.config.as_deref()),
         Command::Token { command: TokenCommand::Generate { file, force } } => setup::generate(&file, force),
         Command::Events(args) => events::run(&load()?, &args),
         Command::Projections { command: ProjectionsCommand::Rebuild { verify } } => {
@@ -91,7 +113,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(mut config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config) -> anyhow::Result<()> {
+    serve_then(config, |_| Ok(())).await
+}
+
+/// Serves until Ctrl-C or SIGTERM; `started` runs once the gateway takes requests, with the
+/// configuration as served (the port really bound).
+pub(crate) async fn serve_then(
+    mut config: Config,
+    started: impl FnOnce(&Config) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     // Bound first: deliveries arriving while the log opens wait in the backlog instead of being
     // refused, and links name the port really bound (`listen` may say port 0).
     let listener = tokio::net::TcpListener::bind(config.server.listen)
@@ -114,6 +145,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     let scheme = if config.tls_files().is_some() { "https" } else { "http" };
     println!("meshgate listening on {scheme}://{}{}", listener.local_addr()?, config.webhook.path);
     tracing::info!(listen = %listener.local_addr()?, triggers = config.triggers.len(), "gateway started");
+    started(&config)?;
     app.serve(listener, shutdown_signal()).await?;
     reloader.abort();
     tracing::info!("gateway stopped");

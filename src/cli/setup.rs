@@ -7,13 +7,22 @@ use anyhow::{bail, Context};
 use crate::config::SAMPLE;
 use crate::secrets::generate_token_file;
 
-pub fn init(dir: &Path) -> anyhow::Result<()> {
+/// Writes the sample configuration and fresh token files into `dir`; `data_dir` (the log and build
+/// logs, such as `/var/lib/meshgate`) replaces the sample's `meshgate-data` beside the file.
+pub fn init(dir: &Path, data_dir: Option<&Path>) -> anyhow::Result<()> {
     let config = dir.join("meshgate.toml");
     if config.exists() {
         bail!("{} exists; not overwriting it", config.display());
     }
+    let sample = match data_dir {
+        Some(data) => {
+            let line = format!("data_dir = {}", toml::Value::String(data.to_string_lossy().into_owned()));
+            SAMPLE.replacen("data_dir = \"meshgate-data\"", &line, 1)
+        }
+        None => SAMPLE.to_owned(),
+    };
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    std::fs::write(&config, SAMPLE).with_context(|| format!("cannot write {}", config.display()))?;
+    std::fs::write(&config, sample).with_context(|| format!("cannot write {}", config.display()))?;
     println!("wrote {}", config.display());
     for name in ["webhook.token", "admin.token", "nodes.token"] {
         let path = dir.join("secrets").join(name);

@@ -164,7 +164,11 @@ impl Config {
                     chat.name
                 ));
             }
-            if chat.url.is_some() == chat.url_file.is_some() {
+            if chat.kind == ChatKind::Console {
+                if chat.url.is_some() || chat.url_file.is_some() {
+                    return invalid(format!("chat sink `{}`: a console sink takes no url", chat.name));
+                }
+            } else if chat.url.is_some() == chat.url_file.is_some() {
                 return invalid(format!("chat sink `{}`: give exactly one of url and url_file", chat.name));
             }
             if chat.kind == ChatKind::Matrix && (chat.room_id.is_none() || chat.token_file.is_none()) {

@@ -136,6 +136,8 @@ pub enum ChatKind {
     /// An OpenClaw gateway's `POST /hooks/agent`, which relays each line to the channel it serves
     /// (WhatsApp, Telegram, Signal, iMessage, …).
     Openclaw,
+    /// The gateway's standard output: each line as it would go to chat (no `url`).
+    Console,
 }
 
 /// `[pager]`: PagerDuty Events API v2, for builds neither chat nor the tracker could be told about.

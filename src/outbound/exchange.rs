@@ -24,11 +24,13 @@ pub struct Answer {
     pub error: Option<String>,
     /// The target's id for the message it made, where it gives one.
     pub message_ref: Option<String>,
+    /// A local sink (the console) took the line: no HTTP, nothing to answer.
+    pub written: bool,
 }
 
 impl Answer {
     pub fn succeeded(&self) -> bool {
-        self.status.is_some_and(|s| (200..300).contains(&s))
+        self.written || self.status.is_some_and(|s| (200..300).contains(&s))
     }
 
     /// The body as JSON (`Null` if it is not).
@@ -41,13 +43,24 @@ impl Answer {
         Answer { error: Some(why.into()), ..Answer::default() }
     }
 
+    /// A local sink's line, written.
+    pub fn written(what: impl Into<String>) -> Self {
+        Answer { body: what.into(), written: true, ..Answer::default() }
+    }
+
     /// What the lifecycle needs from it; the audit keeps the start of the body, or the error.
     pub fn into_outcome(self) -> TryOutcome {
         let detail = match self.error {
             Some(error) => error,
             None => self.body.chars().take(EXCERPT_CHARS).collect(),
         };
-        TryOutcome { status: self.status, detail, retry_after: self.retry_after, message_ref: self.message_ref }
+        TryOutcome {
+            status: self.status,
+            written: self.written,
+            detail,
+            retry_after: self.retry_after,
+            message_ref: self.message_ref,
+        }
     }
 }
 
@@ -86,7 +99,7 @@ pub async fn exchange(request: reqwest::RequestBuilder) -> Answer {
             .or_else(|| v["retry_after"].as_f64().and_then(|s| Duration::try_from_secs_f64(s).ok()))
     });
     let error = error.map(|e| format!("status {status}, body cut short: {e}"));
-    Answer { status: Some(status), body, retry_after, error, message_ref: None }
+    Answer { status: Some(status), body, retry_after, error, message_ref: None, written: false }
 }
 
 /// `Retry-After` as delta-seconds or an HTTP-date (all three formats).

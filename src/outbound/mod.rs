@@ -9,9 +9,10 @@
 //! dedupe it on their side; the webhooks and YouTrack do not, so a lost answer can show a line
 //! twice there, which beats losing a failure notice.
 //!
-//! One file per protocol: `generic`, `slack`, `teams`, `discord`, `matrix`, `openclaw`,
-//! `youtrack`, `pagerduty`; `exchange` makes one HTTP try and reads its answer.
+//! One file per protocol: `console` (standard output), `generic`, `slack`, `teams`, `discord`,
+//! `matrix`, `openclaw`, `youtrack`, `pagerduty`; `exchange` makes one HTTP try and reads its answer.
 
+pub mod console;
 pub mod discord;
 pub mod exchange;
 pub mod generic;
@@ -168,14 +169,18 @@ async fn attempt(outbound: &Outbound, sink: &Sink, due: MilestoneRecord) {
     }
     let policy = RetryPolicy { max_attempts: sink.max_attempts, ..outbound.rules.retry };
     match record(outbound, &id, &outcome, &policy).await {
-        Ok(Some((position, abandoned))) => {
+        Ok(Some((position, ended))) => {
             // The next look at the outbox must see this attempt.
             outbound.projections.caught_up_to(position, Duration::from_secs(5)).await;
-            if abandoned {
-                tracing::warn!(sink = %sink.name, %key, "notification abandoned");
-                if outbound.rules.pager {
-                    page_if_due(outbound, due.build_id).await;
+            match ended {
+                Some(Ended::Delivered) => tracing::info!(sink = %sink.name, %key, "notification delivered"),
+                Some(Ended::Abandoned) => {
+                    tracing::warn!(sink = %sink.name, %key, "notification abandoned");
+                    if outbound.rules.pager {
+                        page_if_due(outbound, due.build_id).await;
+                    }
                 }
+                None => {}
             }
         }
         Ok(None) => {}
@@ -186,15 +191,21 @@ async fn attempt(outbound: &Outbound, sink: &Sink, due: MilestoneRecord) {
     }
 }
 
+/// How a recorded try ended the notification, if it did.
+enum Ended {
+    Delivered,
+    Abandoned,
+}
+
 /// Appends what the lifecycle decides for one try at the key stream's exact version, deciding
-/// again if another writer appended first. Returns the last position and whether the key was
-/// abandoned; `None` if another writer had finished the key meanwhile.
+/// again if another writer appended first. Returns the last position and how the key ended, if it
+/// did; `None` if another writer had finished the key meanwhile.
 async fn record(
     outbound: &Outbound,
     id: &NotificationId,
     outcome: &notification::TryOutcome,
     policy: &RetryPolicy,
-) -> Result<Option<(u64, bool)>, StoreError> {
+) -> Result<Option<(u64, Option<Ended>)>, StoreError> {
     let stream = notification_stream(&id.key());
     let random = random();
     for _ in 0..16 {
@@ -208,14 +219,18 @@ async fn record(
                 return Ok(None);
             }
         };
-        let abandoned = events.iter().any(|e| matches!(e, Event::NotificationAbandoned(_)));
+        let ended = events.iter().find_map(|e| match e {
+            Event::NotificationDelivered(_) => Some(Ended::Delivered),
+            Event::NotificationAbandoned(_) => Some(Ended::Abandoned),
+            _ => None,
+        });
         let append = StreamAppend {
             stream: stream.clone(),
             expected: ExpectedVersion::from_current(stored.last().map(|s| s.version)),
             events: events.iter().map(|e| NewEvent::from_domain(e, Uuid::now_v7(), None, now)).collect(),
         };
         match outbound.store.append(vec![append]).await {
-            Ok(appended) => return Ok(Some((appended.last_position, abandoned))),
+            Ok(appended) => return Ok(Some((appended.last_position, ended))),
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e),
         }

@@ -3,10 +3,11 @@
 use meshgate_domain::notify::Milestone;
 
 use super::exchange::Answer;
-use super::{discord, generic, matrix, openclaw, pagerduty, slack, teams, youtrack, Message};
+use super::{console, discord, generic, matrix, openclaw, pagerduty, slack, teams, youtrack, Message};
 
 /// Where a sink sends, by protocol.
 pub enum Target {
+    Console(console::Console),
     Generic(generic::Hook),
     SlackWebhook(slack::Webhook),
     SlackApi(slack::Api),
@@ -44,6 +45,7 @@ impl Sink {
     /// Sends one try.
     pub async fn send(&self, http: &reqwest::Client, message: &Message<'_>) -> Answer {
         match &self.target {
+            Target::Console(t) => t.send(message).await,
             Target::Generic(t) => t.send(http, message).await,
             Target::SlackWebhook(t) => t.send(http, message).await,
             Target::SlackApi(t) => t.send(http, message).await,

@@ -20,6 +20,9 @@ pub struct Claim {
 pub struct ClaimedBuild {
     pub build_id: Uuid,
     pub issue_id: String,
+    /// The issue's summary when the build was requested.
+    #[serde(default)]
+    pub summary: Option<String>,
     pub project: String,
     pub script: String,
     pub git_ref: String,

@@ -28,7 +28,7 @@ use crate::secrets::Token;
 use spool::{Spool, Spooled};
 
 /// Flags override the `[worker]` section of `--config`.
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct WorkerArgs {
     /// The gateway's base URL, such as http://gateway:8080.
     #[arg(long, env = "MESHGATE_GATEWAY")]
@@ -189,7 +189,11 @@ pub async fn run(args: WorkerArgs, file: &WorkerConfig) -> anyhow::Result<()> {
                 drop(permit);
                 failures += 1;
                 tracing::warn!(error = %e, "claim failed; retrying");
-                tokio::time::sleep(backoff(failures, Duration::from_millis(500), Duration::from_secs(30))).await;
+                // A node told to stop while the gateway is unreachable stops now, not after the wait.
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff(failures, Duration::from_millis(500), Duration::from_secs(30))) => {}
+                    _ = draining.wait_for(Option::is_some) => break,
+                }
             }
         }
     }

@@ -124,6 +124,7 @@ fn spawn(
         .current_dir(dir)
         .env("MESHGATE_BUILD_ID", build.build_id.to_string())
         .env("MESHGATE_ISSUE_ID", &build.issue_id)
+        .env("MESHGATE_ISSUE_SUMMARY", build.summary.as_deref().unwrap_or_default())
         .env("MESHGATE_GIT_REF", &build.git_ref)
         .env("MESHGATE_PROJECT", &build.project)
         .env("MESHGATE_ATTEMPT", claim.attempt.to_string())

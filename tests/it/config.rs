@@ -38,3 +38,76 @@ fn the_build_pool_token_being_rotated_out_is_read_beside_the_current_one() {
     assert_eq!(config.nodes_token_files(), [dir.path().join("new.token"), dir.path().join("old.token")]);
     assert_eq!(config.file.as_deref(), Some(file.as_path()));
 }
+
+/// `meshgate config check` on `file`: (succeeded, stdout, stderr).
+fn check(file: &std::path::Path) -> (bool, String, String) {
+    let output = std::process::Command::new(crate::process::BIN)
+        .args(["config", "check", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (output.status.success(), text(output.stdout), text(output.stderr))
+}
+
+#[test]
+fn config_check_passes_a_good_file_and_prints_it_with_secrets_as_paths_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let init =
+        std::process::Command::new(crate::process::BIN).args(["init", dir.path().to_str().unwrap()]).output().unwrap();
+    assert!(init.status.success());
+    let file = dir.path().join("meshgate.toml");
+    let slack = "https://hooks.slack.com/services/T0/B0/very-secret-part";
+    let mut toml = std::fs::read_to_string(&file).unwrap();
+    toml.push_str(&format!("\n[[chat]]\nname = \"team\"\nkind = \"slack_webhook\"\nurl = \"{slack}\"\n"));
+    std::fs::write(&file, toml).unwrap();
+    let (ok, out, err) = check(&file);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("# configuration OK"), "{out}");
+    // The effective configuration: paths resolved, defaults filled in, TOML that loads again.
+    let printed: toml::Value = toml::from_str(&out).unwrap();
+    assert_eq!(printed["admin"]["token_file"].as_str(), Some(dir.path().join("secrets/admin.token").to_str().unwrap()));
+    assert_eq!(printed["nodes"]["lease_seconds"].as_integer(), Some(120));
+    // Token values never; an inline webhook URL only as its host, with a warning.
+    let token = std::fs::read_to_string(dir.path().join("secrets/webhook.token")).unwrap();
+    assert!(!out.contains(token.trim()) && !out.contains("very-secret-part"), "{out}");
+    assert!(out.contains("https://hooks.slack.com/… (not shown)"), "{out}");
+    assert!(err.contains("warning: chat sink `team`") && err.contains("url_file"), "{err}");
+}
+
+#[test]
+fn config_check_names_every_broken_key_and_file_and_fails() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("meshgate.toml");
+    let loose = dir.path().join("webhook.token");
+    std::fs::write(&loose, "w".repeat(40)).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let short = dir.path().join("youtrack.token");
+    std::fs::write(&short, "perm:short").unwrap();
+    std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o400)).unwrap();
+    std::fs::write(
+        &file,
+        "[webhook]\ntoken_files = [\"webhook.token\"]\n\n[youtrack]\nbase_url = \"https://yt.example.com\"\n\
+         token_file = \"youtrack.token\"\n\n[server]\ntls_cert_file = \"none.crt\"\ntls_key_file = \"none.key\"\n\n\
+         [outbound]\nca_file = \"missing-ca.pem\"\n",
+    )
+    .unwrap();
+    let (ok, out, err) = check(&file);
+    assert!(!ok && out.is_empty(), "{out}");
+    for expected in [
+        "webhook.token_files[0]: secret file",
+        "world-readable",
+        "youtrack.token_file: token file",
+        "server.tls_cert_file / server.tls_key_file: cannot read",
+        "none.crt",
+        "outbound.ca_file: cannot read",
+        "4 problem(s)",
+    ] {
+        assert!(err.contains(expected), "`{expected}` missing from {err}");
+    }
+
+    // A value of the wrong type is named with its key and file before anything is read.
+    std::fs::write(&file, "[webhook]\nmax_body_bytes = \"lots\"\n").unwrap();
+    let (ok, _, err) = check(&file);
+    assert!(!ok && err.contains("webhook.max_body_bytes") && err.contains("meshgate.toml"), "{err}");
+}

@@ -1,6 +1,6 @@
-//! A first deployment as the shipped systemd unit runs it: `meshgate init /etc/meshgate`, every
-//! file key relative to that folder, the data under `/var/lib/meshgate` (the unit's environment),
-//! and the process started from another working directory.
+//! A first deployment as the shipped systemd unit runs it: `meshgate init /etc/meshgate --data-dir
+//! /var/lib/meshgate`, every file key relative to that folder, and the process started from another
+//! working directory.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -20,7 +20,10 @@ async fn a_gateway_started_like_the_systemd_unit_finds_every_file_its_configurat
     let etc = root.path().join("etc/meshgate");
     let var = root.path().join("var/lib/meshgate");
     std::fs::create_dir_all(&var).unwrap();
-    let init = std::process::Command::new(BIN).args(["init", etc.to_str().unwrap()]).output().unwrap();
+    let init = std::process::Command::new(BIN)
+        .args(["init", etc.to_str().unwrap(), "--data-dir", var.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
 
     // What an operator adds to the sample: every file named relative to /etc/meshgate.
@@ -56,15 +59,9 @@ async fn a_gateway_started_like_the_systemd_unit_finds_every_file_its_configurat
     );
     std::fs::write(etc.join("meshgate.toml"), config).unwrap();
 
-    // As the unit runs it: `--config /etc/meshgate/meshgate.toml`, data under /var/lib/meshgate.
-    let data = var.to_str().unwrap();
+    // As the unit runs it: `--config /etc/meshgate/meshgate.toml`, from /var/lib/meshgate.
     let config_file = etc.join("meshgate.toml");
-    let gateway = launch(
-        &var,
-        &["--config", config_file.to_str().unwrap()],
-        &[("MESHGATE_SERVER__DATA_DIR", data)],
-        Stdio::null(),
-    );
+    let gateway = launch(&var, &["--config", config_file.to_str().unwrap()], &[], Stdio::null());
     assert_eq!(gateway.scheme, "https");
     let client = https_client();
     let delivered = client

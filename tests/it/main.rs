@@ -2,6 +2,7 @@
 //! processes on free loopback ports.
 
 mod config;
+mod demo;
 mod deploy;
 mod helpers;
 mod idempotency;
@@ -10,6 +11,7 @@ mod nodes;
 mod outbound;
 mod pki;
 mod process;
+mod quickstart;
 mod rotation;
 mod scenarios;
 mod sinks;

@@ -47,6 +47,13 @@ pub struct Agent {
     child: Child,
 }
 
+impl Agent {
+    /// An agent started by the caller, stopped with the test.
+    pub fn from_child(child: Child) -> Agent {
+        Agent { child }
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -1,0 +1,228 @@
+//! docs/quickstart.md, run as written. Every block its source marks (`<!-- quickstart: … -->`) is
+//! run or written in order, in a sandbox: `/etc/meshgate`, `/var/lib/meshgate` and `/Users/builder`
+//! are folders of a temp dir, YouTrack and Slack are HTTPS stand-ins, and the steps the page leaves
+//! to the reader's hands (editing `[server]` and `[youtrack]`, copying the pool token, writing the
+//! build script) are done here, as the page says.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+
+use serde_json::json;
+
+use crate::helpers::*;
+use crate::pki::{pki, write_private};
+use crate::process::{launch, token, Gateway, BIN};
+use crate::stand_in::*;
+use crate::workers::{wait_for, Agent};
+
+/// A marked block of the page: what to do, and its text.
+struct Step {
+    action: String,
+    text: String,
+}
+
+fn steps() -> Vec<Step> {
+    let page = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/quickstart.md")).unwrap();
+    let mut steps = Vec::new();
+    let mut lines = page.lines();
+    while let Some(line) = lines.next() {
+        let Some(action) = line.strip_prefix("<!-- quickstart: ").and_then(|a| a.strip_suffix(" -->")) else {
+            continue;
+        };
+        assert!(lines.next().is_some_and(|fence| fence.starts_with("```")), "a block follows `{line}`");
+        let text: Vec<&str> = lines.by_ref().take_while(|l| !l.starts_with("```")).collect();
+        steps.push(Step { action: action.to_owned(), text: text.join("\n") + "\n" });
+    }
+    steps
+}
+
+struct Sandbox {
+    root: PathBuf,
+    replacements: Vec<(String, String)>,
+}
+
+impl Sandbox {
+    fn path(&self, page_path: &str) -> PathBuf {
+        PathBuf::from(self.text(page_path))
+    }
+
+    /// The page's text with its hosts and folders replaced by the sandbox's.
+    fn text(&self, text: &str) -> String {
+        self.replacements.iter().fold(text.to_owned(), |text, (from, to)| text.replace(from, to))
+    }
+
+    fn sh(&self, script: &str) -> String {
+        let bin = Path::new(BIN).parent().unwrap();
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+        let output = Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &self.text(script)])
+            .current_dir(&self.root)
+            .env("PATH", path)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{script}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    }
+}
+
+/// What the page leaves to the reader's hands before the check: `[server]` (the sample's TLS lines
+/// uncommented, with a certificate from the tests' CA, and a free loopback port) and `[youtrack]`;
+/// the stand-ins' CA trusted.
+fn edit_by_hand(sandbox: &Sandbox, youtrack: &str) {
+    let etc = sandbox.path("/etc/meshgate");
+    std::fs::create_dir_all(etc.join("tls")).unwrap();
+    pki().write_leaf(&etc.join("tls"), "gateway", 60);
+    let file = etc.join("meshgate.toml");
+    let toml = std::fs::read_to_string(&file).unwrap();
+    let edited = toml
+        .replacen("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"", 1)
+        .replacen("# tls_cert_file = \"tls/gateway.crt\"", "tls_cert_file = \"tls/gateway.crt\"", 1)
+        .replacen("# tls_key_file = \"tls/gateway.key\"", "tls_key_file = \"tls/gateway.key\"", 1)
+        .replacen("# base_url = \"https://youtrack.example.com\"", &format!("base_url = {youtrack:?}"), 1)
+        .replacen("# token_file = \"secrets/youtrack.token\"", "token_file = \"secrets/youtrack.token\"", 1)
+        .replacen("[outbound]\n", &format!("[outbound]\nca_file = {:?}\n", pki().ca_file), 1);
+    assert!(
+        edited.contains("\ntls_cert_file = \"tls/gateway.crt\"\ntls_key_file"),
+        "the sample's lines to uncomment: {edited}"
+    );
+    assert!(edited.contains("base_url = \"https://127.0.0.1:") && edited.contains("ca_file"), "{edited}");
+    std::fs::write(&file, edited).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quickstart_runs_as_written() {
+    let mut slack = stand_in(vec![]).await;
+    let mut youtrack = stand_in(vec![]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let mut sandbox = Sandbox {
+        replacements: vec![
+            ("/etc/meshgate".into(), root.join("etc/meshgate").display().to_string()),
+            ("/var/lib/meshgate".into(), root.join("var/lib/meshgate").display().to_string()),
+            ("/Users/builder".into(), root.join("Users/builder").display().to_string()),
+            ("https://hooks.slack.com".into(), slack.url("")),
+        ],
+        root,
+    };
+    let steps = steps();
+    let actions: Vec<&str> = steps.iter().map(|s| s.action.as_str()).collect();
+    assert!(actions.contains(&"start gateway") && actions.contains(&"start node"), "{actions:?}");
+
+    let mut gateway: Option<Gateway> = None;
+    let mut gateway_log: Option<mpsc::Receiver<String>> = None;
+    let mut _node: Option<Agent> = None;
+    let (node_tx, node_lines) = mpsc::channel();
+    let mut printed = Vec::new();
+    for step in &steps {
+        match step.action.as_str() {
+            "run" => {
+                if step.text.contains("meshgate config check") {
+                    edit_by_hand(&sandbox, &youtrack.url(""));
+                }
+                if step.text.contains("--type NotificationDelivered") {
+                    // The failed build's lines and comment are out before the page looks for them.
+                    for milestone in ["queued", "running", "failed"] {
+                        let line = slack.next().await.body["text"].as_str().unwrap().to_owned();
+                        assert!(line.contains(&format!("APP-12 {milestone}")), "{line}");
+                    }
+                    let comment = youtrack.next().await;
+                    let shown = displayed(comment.body["text"].as_str().unwrap());
+                    assert!(shown.starts_with("❌ Build app-build failed on mac-mini-01"), "{shown}");
+                    assert!(shown.contains("Failing test: AppTests.testOffline"), "{shown}");
+                    // ... and recorded: the gateway says so for each (read from its log, no polling).
+                    let log = gateway_log.as_ref().unwrap();
+                    for _ in 0..4 {
+                        let line = log.recv_timeout(std::time::Duration::from_secs(60)).expect("a delivery logged");
+                        assert!(line.contains("notification delivered"), "{line}");
+                    }
+                }
+                printed.push(sandbox.sh(&step.text));
+            }
+            action if action.starts_with("append ") => {
+                let file = sandbox.path(&action["append ".len()..]);
+                let mut text = std::fs::read_to_string(&file).unwrap();
+                text.push('\n');
+                text.push_str(&step.text);
+                std::fs::write(&file, text).unwrap();
+            }
+            action if action.starts_with("write ") => {
+                let file = sandbox.path(&action["write ".len()..]);
+                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                std::fs::write(&file, sandbox.text(&step.text)).unwrap();
+            }
+            "start gateway" => {
+                let command = sandbox.text(step.text.trim());
+                let args: Vec<&str> =
+                    command.strip_prefix("meshgate serve ").expect("meshgate serve").split(' ').collect();
+                let mut started = launch(&sandbox.root, &args, &[("RUST_LOG", "info")], Stdio::piped());
+                let stderr = BufReader::new(started.child.stderr.take().unwrap());
+                let (tx, log) = mpsc::channel();
+                // Every line read until the process ends; only deliveries are passed on.
+                std::thread::spawn(move || {
+                    for line in stderr.lines().map_while(Result::ok) {
+                        if line.contains("notification delivered") {
+                            let _ = tx.send(line);
+                        }
+                    }
+                });
+                gateway_log = Some(log);
+                assert_eq!(started.scheme, "https");
+                sandbox.replacements.push(("https://ci.example.com".into(), started.url("")));
+                // YouTrack: an issue of APP moves from In Progress to Ready for build.
+                let body = with(
+                    &fixture("mob-issueUpdated-state-building.json"),
+                    &json!({"id": "APP-12", "summary": "Checkout crashes", "project": {"key": "APP", "name": "App", "shortName": "APP"},
+                        "changedFields": [{"name": "State", "oldValue": {"name": "In Progress"}, "value": {"name": "Ready for build"}}]}),
+                );
+                let secrets = sandbox.path("/etc/meshgate/secrets");
+                let delivered = crate::pki::https_client()
+                    .post(started.url("/youtrack/webhook"))
+                    .header("X-YouTrack-Token", token(&secrets, "webhook.token"))
+                    .header("Content-Type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(delivered.status(), 200);
+                gateway = Some(started);
+            }
+            "start node" => {
+                // By hand: the pool token copied over, and the build script (it fails a test).
+                let nodes_token = token(&sandbox.path("/etc/meshgate/secrets"), "nodes.token");
+                write_private(&sandbox.path("/Users/builder/.meshgate/nodes.token"), &nodes_token);
+                let script = sandbox.path("/Users/builder/ci/app-build.sh");
+                std::fs::create_dir_all(script.parent().unwrap()).unwrap();
+                std::fs::copy(fixtures().join("scripts/fail.sh"), &script).unwrap();
+                let command = sandbox.text(step.text.trim());
+                let args: Vec<&str> = command.strip_prefix("meshgate ").expect("meshgate worker").split(' ').collect();
+                let mut child = Command::new(BIN)
+                    .args(&args)
+                    // The page's gateway has a certificate from a public CA; this one, from the tests'.
+                    .args(["--ca-file", pki().ca_file.to_str().unwrap()])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                let stdout = BufReader::new(child.stdout.take().unwrap());
+                let tx = node_tx.clone();
+                std::thread::spawn(move || {
+                    stdout.lines().map_while(Result::ok).for_each(|l| drop(tx.send(("mac-mini-01".to_owned(), l))))
+                });
+                _node = Some(Agent::from_child(child));
+                let reported = wait_for(&node_lines, "reported", 1);
+                assert!(reported[0].1.ends_with("accepted"), "{reported:?}");
+            }
+            other => panic!("unknown quickstart step `{other}`"),
+        }
+    }
+    // What the page says the two `events` commands show.
+    let arrived = &printed[printed.len() - 2];
+    for event in ["WebhookReceived", "WebhookRouted", "IntentActivated", "BuildRequested"] {
+        assert!(arrived.contains(event), "{event} missing from {arrived}");
+    }
+    assert_eq!(printed.last().unwrap().lines().filter(|l| l.contains("NotificationDelivered")).count(), 4);
+    assert!(printed.iter().any(|p| p.contains("# configuration OK")), "config check ran");
+    gateway.unwrap().stop();
+}
