@@ -34,6 +34,7 @@ pub struct App {
     stop_projector: oneshot::Sender<()>,
     reaper: JoinHandle<()>,
     outbound: Vec<JoinHandle<()>>,
+    reconcile: Option<JoinHandle<()>>,
 }
 
 impl App {
@@ -68,7 +69,12 @@ impl App {
         let projector = projector::Follower::spawn(follow).context("cannot start the projections' thread")?;
 
         let state = Arc::new(AppState {
-            ingest: IngestService::new(Arc::clone(&store), config.triggers.clone(), config.youtrack.bot_login.clone()),
+            ingest: IngestService::new(
+                Arc::clone(&store),
+                config.triggers.clone(),
+                config.youtrack.bot_login.clone(),
+                config.same_transition(),
+            ),
             store: Arc::clone(&store),
             projections,
             webhook_tokens: TokenSet::new(&webhook_tokens),
@@ -100,6 +106,7 @@ impl App {
                 .chain(config.pager.alert_chat.clone())
                 .collect(),
             config_file: config.file.clone(),
+            reconciler: reconciler(config, &store)?,
         });
         let reaper = Reaper {
             projections: state.projections.clone(),
@@ -148,8 +155,12 @@ impl App {
             .into_iter()
             .map(|sink| tokio::spawn(outbound::run(Arc::clone(&shared), sink, state.stopping.subscribe())))
             .collect();
+        let reconcile = state
+            .reconciler
+            .as_ref()
+            .map(|r| tokio::spawn(crate::reconcile::run(Arc::clone(r), state.stopping.subscribe())));
         let router = router(Arc::clone(&state), &config.webhook.path);
-        Ok(App { state, router, projector, stop_projector, reaper, outbound })
+        Ok(App { state, router, projector, stop_projector, reaper, outbound, reconcile })
     }
 
     /// Serves on `listener` until `shutdown` resolves, then lets in-flight requests finish and
@@ -191,12 +202,48 @@ impl App {
     pub async fn stop(self) {
         self.state.stopping.send_replace(true);
         let _ = self.reaper.await;
+        if let Some(reconcile) = self.reconcile {
+            let _ = reconcile.await;
+        }
         for sink in self.outbound {
             let _ = sink.await;
         }
         let _ = self.stop_projector.send(());
         self.projector.join().await;
     }
+}
+
+/// The reconciler, when `[youtrack] base_url` and `token_file` are set.
+pub fn reconciler(
+    config: &Config,
+    store: &Arc<dyn EventStore>,
+) -> anyhow::Result<Option<Arc<crate::reconcile::Reconciler>>> {
+    let (Some(base_url), Some(token_file)) = (&config.youtrack.base_url, &config.youtrack.token_file) else {
+        return Ok(None);
+    };
+    let token = secrecy::SecretString::from(Token::read(token_file)?.expose().to_owned());
+    let http = crate::tls::client(
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(config.outbound.timeout_seconds))
+            .redirect(reqwest::redirect::Policy::none()),
+        config.outbound.ca_file.as_deref(),
+    )
+    .context("cannot build the YouTrack HTTPS client")?;
+    let r = &config.reconcile;
+    let settings = crate::reconcile::Settings {
+        interval: std::time::Duration::from_secs(r.interval_seconds),
+        lookback: chrono::Duration::hours(r.lookback_hours.min(24 * 365 * 10) as i64),
+        overlap: chrono::Duration::seconds(r.overlap_seconds.min(86_400 * 365) as i64),
+        max_activities: r.max_activities_per_sweep,
+        same_transition: config.same_transition(),
+    };
+    Ok(Some(Arc::new(crate::reconcile::Reconciler::new(
+        Arc::clone(store),
+        crate::youtrack::YouTrack::new(http, base_url, token),
+        config.triggers.clone(),
+        config.youtrack.bot_login.clone(),
+        settings,
+    ))))
 }
 
 /// The configured outbound sinks, with their secrets read.

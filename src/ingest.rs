@@ -8,13 +8,12 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use meshgate_domain::build::replay;
 use meshgate_domain::ingest::{
     decide_delivery, left_intents, matched_intents, CurrentBuild, DeliveryInput, DeliveryStream, IngestPolicy,
     IntentView, LogView, Outcome,
 };
 use meshgate_domain::stream::{build_stream, delivery_stream, intent_stream};
-use meshgate_domain::{Delivery, Event, Fingerprint, Trigger};
+use meshgate_domain::{Delivery, Event, Fingerprint, IntentKey, Trigger};
 use uuid::Uuid;
 
 use crate::store::{EventStore, NewEvent, StoreError, StoredEvent, StreamAppend};
@@ -48,15 +47,25 @@ pub struct IngestService {
     store: Arc<dyn EventStore>,
     triggers: Vec<Trigger>,
     bot_login: Option<String>,
+    same_transition: chrono::Duration,
 }
 
 impl IngestService {
-    pub fn new(store: Arc<dyn EventStore>, triggers: Vec<Trigger>, bot_login: Option<String>) -> Self {
-        IngestService { store, triggers, bot_login }
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        triggers: Vec<Trigger>,
+        bot_login: Option<String>,
+        same_transition: chrono::Duration,
+    ) -> Self {
+        IngestService { store, triggers, bot_login, same_transition }
     }
 
-    fn policy(&self) -> IngestPolicy<'_> {
-        IngestPolicy { triggers: &self.triggers, bot_login: self.bot_login.as_deref() }
+    pub fn policy(&self) -> IngestPolicy<'_> {
+        IngestPolicy {
+            triggers: &self.triggers,
+            bot_login: self.bot_login.as_deref(),
+            same_transition: self.same_transition,
+        }
     }
 
     /// Records a parsed delivery and everything it causes; answers once it is durable.
@@ -109,24 +118,26 @@ impl IngestService {
         let policy = self.policy();
         let intents = matched_intents(&policy, delivery).into_iter().chain(left_intents(&policy, delivery));
         for (_, intent) in intents {
-            let stored = self.store.read_stream(&intent_stream(&intent)).await?;
-            let events = decode_all(&stored)?;
-            let current = match IntentView::current_build_id(&events) {
-                Some(build_id) => {
-                    let build = self.store.read_stream(&build_stream(build_id)).await?;
-                    let build_events = decode_all(&build)?;
-                    build.last().map(|last| CurrentBuild {
-                        build_id,
-                        version: last.version,
-                        state: replay(&build_events),
-                    })
-                }
-                None => None,
-            };
-            view.intents.insert(intent, IntentView { version: stored.last().map(|e| e.version), current });
+            let intent_view = load_intent(self.store.as_ref(), &intent).await?;
+            view.intents.insert(intent, intent_view);
         }
         Ok(view)
     }
+}
+
+/// What the log holds about one intent: its stream's version and its current build.
+pub async fn load_intent(store: &dyn EventStore, intent: &IntentKey) -> Result<IntentView, IngestError> {
+    let stored = store.read_stream(&intent_stream(intent)).await?;
+    let events = decode_all(&stored)?;
+    let current = match IntentView::current_build_id(&events) {
+        Some(build_id) => {
+            let build = store.read_stream(&build_stream(build_id)).await?;
+            let build_events = decode_all(&build)?;
+            build.last().map(|last| CurrentBuild::from_stream(build_id, last.version, &build_events))
+        }
+        None => None,
+    };
+    Ok(IntentView { version: stored.last().map(|e| e.version), current })
 }
 
 fn decode_all(stored: &[StoredEvent]) -> Result<Vec<Event>, IngestError> {
@@ -134,7 +145,7 @@ fn decode_all(stored: &[StoredEvent]) -> Result<Vec<Event>, IngestError> {
 }
 
 /// Stamps a plan's events with ids, the correlation id, and the first event as their cause.
-fn to_store_appends(
+pub fn to_store_appends(
     planned: Vec<meshgate_domain::ingest::PlannedAppend>,
     correlation_id: Uuid,
     now: DateTime<Utc>,

@@ -6,6 +6,8 @@
 //! - [`ingest`]: the delivery command handler (decide, append, retry on conflict).
 //! - [`builds`]: commands on one build (claims, heartbeats, results) with the same protocol.
 //! - [`reaper`]: requeues builds whose node stopped heartbeating.
+//! - [`reconcile`]: sweeps of YouTrack's activity stream for transitions no webhook brought.
+//! - [`youtrack`]: YouTrack's REST API as the gateway reads it.
 //! - [`projector`]: live projections with checkpoints.
 //! - [`http`]: the webhook, read API and health endpoints.
 //! - [`app`]: wiring it all together.
@@ -26,8 +28,10 @@ pub mod links;
 pub mod outbound;
 pub mod projector;
 pub mod reaper;
+pub mod reconcile;
 pub mod report;
 pub mod secrets;
 pub mod store;
 pub mod tls;
 pub mod worker;
+pub mod youtrack;

@@ -167,6 +167,7 @@ pub fn decide(
                 correlation_id: *correlation_id,
                 reason: *reason,
                 folded_at: now,
+                transition_at: None,
             })
         }
         (BuildState::Queued { attempt }, BuildCommand::Claim { node_id, lease_expires_at }) => {
@@ -317,6 +318,8 @@ mod tests {
             intent_key: "MOB-1/ios-build".into(),
             correlation_id: Uuid::from_u128(1),
             requested_at: t(0),
+            transition_at: None,
+            source: crate::event::RequestSource::Webhook,
         }
     }
 
@@ -412,6 +415,7 @@ mod tests {
                 correlation_id: Uuid::from_u128(2),
                 reason: FoldReason::DuplicateDelivery,
                 folded_at: t(100),
+                transition_at: None,
             })]);
     }
 
@@ -483,6 +487,7 @@ mod tests {
             correlation_id: Uuid::from_u128(3),
             reason: FoldReason::DuplicateDelivery,
             folded_at: t(5),
+            transition_at: None,
         });
         let state = replay(&[Event::BuildRequested(requested()), fold.clone(), fold]);
         assert_eq!(state, BuildState::Queued { attempt: 1 });

@@ -1,6 +1,8 @@
 //! Every fact the gateway records. Each event has a stable type name (the variant name) and a
 //! schema version; its data is stored as JSON. Changing an event's fields means a new schema version
-//! and an upcaster in [`Event::decode`], never a silent reinterpretation of stored data.
+//! and an upcaster in [`Event::decode`], never a silent reinterpretation of stored data. A field may
+//! be added with a default that says what older events meant (`None`, `webhook`): they read as
+//! before.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -18,6 +20,8 @@ pub enum IgnoreReason {
     UnknownEvent,
     /// The same change was delivered before, and it started no build then either.
     DuplicateDelivery,
+    /// A delivery the gateway's self-test posted to itself (`meshgate selftest`).
+    SelfTest,
 }
 
 impl IgnoreReason {
@@ -27,6 +31,7 @@ impl IgnoreReason {
             IgnoreReason::BotAuthored => "bot_authored",
             IgnoreReason::UnknownEvent => "unknown_event",
             IgnoreReason::DuplicateDelivery => "duplicate_delivery",
+            IgnoreReason::SelfTest => "self_test",
         }
     }
 }
@@ -39,6 +44,32 @@ pub enum FoldReason {
     DuplicateDelivery,
     /// A new transition for an intent whose build is still queued or running.
     Coalesced,
+    /// A transition the build was already started for, found again: its webhook after a sweep
+    /// found it, a sweep after its webhook, or a late webhook of an older change (ADR 0008).
+    SameTransition,
+}
+
+/// What started a build.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestSource {
+    /// A webhook delivery.
+    #[default]
+    Webhook,
+    /// A reconciliation sweep found the transition in YouTrack's activity stream.
+    Reconcile,
+    /// A recorded delivery decided again under today's triggers (`meshgate deliveries replay`).
+    Replay,
+}
+
+impl RequestSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestSource::Webhook => "webhook",
+            RequestSource::Reconcile => "reconcile",
+            RequestSource::Replay => "replay",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +152,16 @@ pub struct BuildRequested {
     pub intent_key: String,
     pub correlation_id: Uuid,
     pub requested_at: DateTime<Utc>,
+    /// When the transition happened on YouTrack's clock (the webhook's `updated`, the activity's
+    /// `timestamp`); none when the sender did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transition_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "is_webhook")]
+    pub source: RequestSource,
+}
+
+fn is_webhook(source: &RequestSource) -> bool {
+    *source == RequestSource::Webhook
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +170,9 @@ pub struct BuildRequestFolded {
     pub correlation_id: Uuid,
     pub reason: FoldReason,
     pub folded_at: DateTime<Utc>,
+    /// When the folded transition happened on YouTrack's clock, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transition_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,6 +296,58 @@ pub struct PageRequested {
     pub reason: String,
 }
 
+/// One reconciliation sweep over YouTrack's activity stream, whatever it found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconcileSwept {
+    pub sweep_id: Uuid,
+    /// What ran it: `start`, `interval`, `api` or `cli`.
+    pub trigger: String,
+    pub window_start: DateTime<Utc>,
+    /// Where the next sweep continues (the window's end, or the last activity read when the sweep
+    /// stopped at its cap or an error).
+    pub window_end: DateTime<Utc>,
+    pub activities_read: u32,
+    /// Transitions a trigger watches (author not the bot, issue still in the trigger's state).
+    pub transitions_matched: u32,
+    pub builds_started: Vec<Uuid>,
+    /// Builds a transition folded into (still queued or running).
+    pub builds_folded: Vec<Uuid>,
+    /// Transitions already built (their webhook, or an earlier sweep).
+    pub already_built: u32,
+    /// Transitions of issues that have left the trigger's state since.
+    pub left_since: u32,
+    /// Why the sweep failed; empty when it read its window.
+    pub errors: Vec<String>,
+    /// It stopped at `max_activities_per_sweep`: the next sweep continues at `window_end` exactly.
+    #[serde(default)]
+    pub cut_short: bool,
+}
+
+/// An operator asked for a notification to be sent again (`POST /api/v1/notifications/resend`
+/// or `recover`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationResendRequested {
+    pub key: String,
+    pub sink: String,
+    pub build_id: Uuid,
+    pub milestone: crate::notify::Milestone,
+    /// Who asked: `admin` (the API), or the command.
+    pub requested_by: String,
+    /// Sent again even though it was delivered.
+    pub force: bool,
+    pub requested_at: DateTime<Utc>,
+}
+
+/// A recorded delivery was decided again under today's triggers (`meshgate deliveries replay`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryReplayed {
+    /// The delivery's own correlation id.
+    pub correlation_id: Uuid,
+    pub issue_id: String,
+    pub build_ids: Vec<Uuid>,
+    pub replayed_at: DateTime<Utc>,
+}
+
 /// A stored event could not be read back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -326,6 +422,9 @@ events!(
     NotificationDelivered,
     NotificationAbandoned,
     PageRequested,
+    ReconcileSwept,
+    NotificationResendRequested,
+    DeliveryReplayed,
 );
 
 impl Event {
@@ -349,7 +448,12 @@ impl Event {
             Event::NotificationDelivered(e) => Some(e.build_id),
             Event::NotificationAbandoned(e) => Some(e.build_id),
             Event::PageRequested(e) => Some(e.build_id),
-            Event::WebhookReceived(_) | Event::WebhookIgnored(_) | Event::WebhookRouted(_) => None,
+            Event::NotificationResendRequested(e) => Some(e.build_id),
+            Event::WebhookReceived(_)
+            | Event::WebhookIgnored(_)
+            | Event::WebhookRouted(_)
+            | Event::ReconcileSwept(_)
+            | Event::DeliveryReplayed(_) => None,
         }
     }
 }
@@ -421,8 +525,18 @@ mod tests {
 
     #[test]
     fn type_names_are_stable() {
-        assert_eq!(Event::TYPES.len(), 17);
+        assert_eq!(Event::TYPES.len(), 20);
         assert!(Event::TYPES.contains(&"WebhookReceived"));
         assert!(Event::TYPES.contains(&"BuildRequestFolded"));
+        assert!(Event::TYPES.contains(&"ReconcileSwept"));
+    }
+
+    #[test]
+    fn builds_and_folds_recorded_before_change_times_were_kept_still_read() {
+        let older = r#"{"build_id":"00000000-0000-0000-0000-000000000009","correlation_id":"00000000-0000-0000-0000-000000000001","reason":"coalesced","folded_at":"2026-08-24T09:15:27Z"}"#;
+        let Event::BuildRequestFolded(fold) = Event::decode("BuildRequestFolded", 1, older).unwrap() else { panic!() };
+        assert_eq!(fold.transition_at, None);
+        // And what is written now for them is what was written then.
+        assert_eq!(Event::BuildRequestFolded(fold).encode(), older);
     }
 }

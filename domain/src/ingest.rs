@@ -8,7 +8,9 @@
 //! - the first delivery of a fingerprint creates `delivery-{fp}` (expected: no stream);
 //! - a new build for an intent appends `IntentActivated` to `intent-{key}` at its exact version;
 //! - a transition coalesced into an active build appends to `build-{id}` at its exact version, so a
-//!   build finishing at the same moment forces a re-decision instead of a lost transition.
+//!   build finishing at the same moment forces a re-decision instead of a lost transition;
+//! - a transition the intent's current build was already started for (or folded) starts nothing,
+//!   whether it comes by webhook or by a reconciliation sweep ([`decide_intent`], ADR 0008).
 
 use std::collections::BTreeMap;
 
@@ -18,7 +20,7 @@ use uuid::Uuid;
 use crate::build::BuildState;
 use crate::event::{
     BuildCancelled, BuildRequestFolded, BuildRequested, Event, FoldReason, IgnoreReason, IntentActivated,
-    WebhookIgnored, WebhookReceived, WebhookRouted,
+    RequestSource, WebhookIgnored, WebhookReceived, WebhookRouted,
 };
 use crate::fingerprint::Fingerprint;
 use crate::payload::{Delivery, EventKind};
@@ -31,7 +33,16 @@ pub struct IngestPolicy<'a> {
     pub triggers: &'a [Trigger],
     /// Deliveries authored by this login are ignored (the gateway's own comments).
     pub bot_login: Option<&'a str>,
+    /// Two reports of a transition of one intent whose change times are this close are one
+    /// transition (a webhook's `updated` and an activity's `timestamp` are normally equal).
+    pub same_transition: chrono::Duration,
 }
+
+/// The default of `[reconcile] same_transition_ms`.
+pub const SAME_TRANSITION: chrono::Duration = chrono::Duration::milliseconds(2000);
+
+/// The event type of the delivery `meshgate selftest` posts to the gateway: recorded, never routed.
+pub const SELF_TEST_EVENT: &str = "meshgateSelfTest";
 
 /// One delivery as it arrived.
 #[derive(Debug, Clone, Copy)]
@@ -81,6 +92,30 @@ pub struct CurrentBuild {
     /// Version of the build's stream.
     pub version: u64,
     pub state: BuildState,
+    /// The latest transition the build was started for or had folded into (YouTrack's clock; the
+    /// gateway's for events that did not say).
+    pub last_transition_at: Option<DateTime<Utc>>,
+}
+
+impl CurrentBuild {
+    /// Folds a build's stream, whose last event has `version`.
+    pub fn from_stream(build_id: Uuid, version: u64, events: &[Event]) -> Self {
+        let last_transition_at = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::BuildRequested(r) => Some(r.transition_at.unwrap_or(r.requested_at)),
+                Event::BuildRequestFolded(f) => Some(f.transition_at.unwrap_or(f.folded_at)),
+                _ => None,
+            })
+            .max();
+        CurrentBuild { build_id, version, state: crate::build::replay(events), last_transition_at }
+    }
+
+    /// Whether a transition at `at` is one this build was already started for or folded: its
+    /// latest transition is at most `same_transition` older. A transition of unknown time never is.
+    pub fn covers(&self, at: Option<DateTime<Utc>>, same_transition: chrono::Duration) -> bool {
+        matches!((at, self.last_transition_at), (Some(at), Some(last)) if last >= at - same_transition)
+    }
 }
 
 /// What the log says about one intent.
@@ -174,6 +209,123 @@ pub struct Plan {
     pub appends: Vec<PlannedAppend>,
 }
 
+/// A transition of an issue into a trigger's state, however the gateway learned of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Transition<'a> {
+    pub issue_id: &'a str,
+    pub project: &'a str,
+    pub summary: Option<&'a str>,
+    /// Who made the change.
+    pub author: Option<&'a str>,
+    /// When it happened on YouTrack's clock, if known.
+    pub at: Option<DateTime<Utc>>,
+    pub source: RequestSource,
+    /// The delivery's (or the sweep's) correlation id.
+    pub correlation_id: Uuid,
+    /// When the gateway learned of it.
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// What one transition did to one intent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntentDecision {
+    /// The intent's current build was already started for this transition (or a later one): the
+    /// appends fold the report into it, for a webhook's audit; a sweep appends nothing.
+    AlreadyBuilt { build_id: Uuid, appends: Vec<PlannedAppend> },
+    /// A new transition while the intent's build is queued or running: folded into it.
+    Coalesced { build_id: Uuid, appends: Vec<PlannedAppend> },
+    /// A new build for the intent.
+    Started { build_id: Uuid, appends: Vec<PlannedAppend> },
+}
+
+impl IntentDecision {
+    pub fn build_id(&self) -> Uuid {
+        match self {
+            IntentDecision::AlreadyBuilt { build_id, .. }
+            | IntentDecision::Coalesced { build_id, .. }
+            | IntentDecision::Started { build_id, .. } => *build_id,
+        }
+    }
+
+    pub fn into_appends(self) -> Vec<PlannedAppend> {
+        match self {
+            IntentDecision::AlreadyBuilt { appends, .. }
+            | IntentDecision::Coalesced { appends, .. }
+            | IntentDecision::Started { appends, .. } => appends,
+        }
+    }
+}
+
+/// Decides what a transition does to one of its intents, the same for a webhook and a sweep: a
+/// transition the current build already covers starts nothing; otherwise it folds into a build
+/// that is still queued or running, or starts a new one.
+pub fn decide_intent(
+    view: &IntentView,
+    trigger: &Trigger,
+    intent: &IntentKey,
+    transition: &Transition<'_>,
+    same_transition: chrono::Duration,
+    new_build_id: &mut dyn FnMut() -> Uuid,
+) -> IntentDecision {
+    let fold = |current: &CurrentBuild, reason, expected| PlannedAppend {
+        stream: build_stream(current.build_id),
+        expected,
+        events: vec![Event::BuildRequestFolded(BuildRequestFolded {
+            build_id: current.build_id,
+            correlation_id: transition.correlation_id,
+            reason,
+            folded_at: transition.recorded_at,
+            transition_at: transition.at,
+        })],
+    };
+    if let Some(current) = &view.current {
+        if current.covers(transition.at, same_transition) {
+            // A finished build takes the fold as a note; an active one at its exact version.
+            let expected =
+                if current.state.is_active() { ExpectedVersion::Exact(current.version) } else { ExpectedVersion::Any };
+            let appends = vec![fold(current, FoldReason::SameTransition, expected)];
+            return IntentDecision::AlreadyBuilt { build_id: current.build_id, appends };
+        }
+        if current.state.is_active() {
+            let appends = vec![fold(current, FoldReason::Coalesced, ExpectedVersion::Exact(current.version))];
+            return IntentDecision::Coalesced { build_id: current.build_id, appends };
+        }
+    }
+    let build_id = new_build_id();
+    let appends = vec![
+        PlannedAppend {
+            stream: intent_stream(intent),
+            expected: ExpectedVersion::from_current(view.version),
+            events: vec![Event::IntentActivated(IntentActivated {
+                intent_key: intent.as_str().to_owned(),
+                build_id,
+                correlation_id: transition.correlation_id,
+            })],
+        },
+        PlannedAppend {
+            stream: build_stream(build_id),
+            expected: ExpectedVersion::NoStream,
+            events: vec![Event::BuildRequested(BuildRequested {
+                build_id,
+                issue_id: transition.issue_id.to_owned(),
+                project: transition.project.to_owned(),
+                summary: transition.summary.map(str::to_owned),
+                trigger: trigger.name.clone(),
+                script: trigger.script.clone(),
+                lane: trigger.lane.clone(),
+                git_ref: trigger.git_ref_for(transition.issue_id, transition.project),
+                requested_by: transition.author.map(str::to_owned),
+                intent_key: intent.as_str().to_owned(),
+                correlation_id: transition.correlation_id,
+                requested_at: transition.recorded_at,
+                transition_at: transition.at,
+                source: transition.source,
+            })],
+        },
+    ];
+    IntentDecision::Started { build_id, appends }
+}
+
 /// The triggers a delivery fires and the intents they stand for (none for bot-authored or
 /// unknown deliveries).
 pub fn matched_intents<'a>(policy: &IngestPolicy<'a>, delivery: &Delivery) -> Vec<(&'a Trigger, IntentKey)> {
@@ -197,6 +349,9 @@ fn intents_where<'a>(
 }
 
 fn ignore_reason_before_matching(policy: &IngestPolicy<'_>, delivery: &Delivery) -> Option<IgnoreReason> {
+    if matches!(&delivery.event, EventKind::Unknown(name) if name == SELF_TEST_EVENT) {
+        return Some(IgnoreReason::SelfTest);
+    }
     if matches!(delivery.event, EventKind::Unknown(_)) {
         return Some(IgnoreReason::UnknownEvent);
     }
@@ -282,50 +437,13 @@ pub fn decide_delivery(
     let mut appends = cancels;
     let mut build_ids = Vec::new();
     let mut any_new = false;
+    let transition = transition_of(input, RequestSource::Webhook);
     for (trigger, intent) in matched {
         let intent_view = view.intents.get(&intent).cloned().unwrap_or_default();
-        match intent_view.current.filter(|b| b.state.is_active()) {
-            Some(active) => {
-                build_ids.push(active.build_id);
-                appends.push(PlannedAppend {
-                    stream: build_stream(active.build_id),
-                    expected: ExpectedVersion::Exact(active.version),
-                    events: vec![fold(active.build_id, input, FoldReason::Coalesced)],
-                });
-            }
-            None => {
-                let build_id = new_build_id();
-                any_new = true;
-                build_ids.push(build_id);
-                appends.push(PlannedAppend {
-                    stream: intent_stream(&intent),
-                    expected: ExpectedVersion::from_current(intent_view.version),
-                    events: vec![Event::IntentActivated(IntentActivated {
-                        intent_key: intent.as_str().to_owned(),
-                        build_id,
-                        correlation_id: input.correlation_id,
-                    })],
-                });
-                appends.push(PlannedAppend {
-                    stream: build_stream(build_id),
-                    expected: ExpectedVersion::NoStream,
-                    events: vec![Event::BuildRequested(BuildRequested {
-                        build_id,
-                        issue_id: d.issue_id.clone(),
-                        project: d.project.clone(),
-                        summary: d.summary.clone(),
-                        trigger: trigger.name.clone(),
-                        script: trigger.script.clone(),
-                        lane: trigger.lane.clone(),
-                        git_ref: trigger.git_ref_for(&d.issue_id, &d.project),
-                        requested_by: d.updated_by.as_ref().and_then(|u| u.login.clone()),
-                        intent_key: intent.as_str().to_owned(),
-                        correlation_id: input.correlation_id,
-                        requested_at: input.received_at,
-                    })],
-                });
-            }
-        }
+        let decision = decide_intent(&intent_view, trigger, &intent, &transition, policy.same_transition, new_build_id);
+        any_new |= matches!(decision, IntentDecision::Started { .. });
+        build_ids.push(decision.build_id());
+        appends.extend(decision.into_appends());
     }
     let routed = if build_ids.is_empty() { cancelled.clone() } else { build_ids.clone() };
     first.events.push(Event::WebhookRouted(WebhookRouted {
@@ -344,12 +462,28 @@ pub fn decide_delivery(
     Plan { outcome, appends }
 }
 
+/// The transition a delivery reports.
+pub fn transition_of<'a>(input: &DeliveryInput<'a>, source: RequestSource) -> Transition<'a> {
+    let d = input.delivery;
+    Transition {
+        issue_id: &d.issue_id,
+        project: &d.project,
+        summary: d.summary.as_deref(),
+        author: d.updated_by.as_ref().and_then(|u| u.login.as_deref()),
+        at: d.updated.and_then(DateTime::from_timestamp_millis),
+        source,
+        correlation_id: input.correlation_id,
+        recorded_at: input.received_at,
+    }
+}
+
 fn fold(build_id: Uuid, input: &DeliveryInput<'_>, reason: FoldReason) -> Event {
     Event::BuildRequestFolded(BuildRequestFolded {
         build_id,
         correlation_id: input.correlation_id,
         reason,
         folded_at: input.received_at,
+        transition_at: input.delivery.updated.and_then(DateTime::from_timestamp_millis),
     })
 }
 

@@ -13,6 +13,7 @@
 //! - [`notification`]: one notification's lifecycle: pending, attempting, delivered or abandoned.
 //! - [`notify`]: chat lines and tracker comments about builds.
 //! - [`retry`]: backoff with full jitter, `Retry-After` hints, retryable answers.
+//! - [`reconcile`]: which transitions in YouTrack's activity stream a trigger watches.
 
 pub mod build;
 pub mod event;
@@ -22,6 +23,7 @@ pub mod json;
 pub mod notification;
 pub mod notify;
 pub mod payload;
+pub mod reconcile;
 pub mod retry;
 pub mod stream;
 pub mod trigger;

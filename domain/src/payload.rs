@@ -164,6 +164,10 @@ pub struct Delivery {
     pub project: String,
     pub summary: Option<String>,
     pub timestamp: Option<String>,
+    /// `updated` of `issueUpdated`: when the change happened on YouTrack's clock (ms since the
+    /// epoch). The same instant as the change's activity in YouTrack's REST API, so a transition
+    /// found by reconciliation and its webhook are recognised as one (ADR 0008).
+    pub updated: Option<i64>,
     /// `updatedBy` of `issueUpdated`.
     pub updated_by: Option<User>,
     pub changed_fields: Vec<ChangedField>,
@@ -249,6 +253,8 @@ fn parse_json(body: &Json<'_>) -> Result<Delivery, PayloadError> {
         project,
         summary: opt_string(map, "summary"),
         timestamp: opt_string(map, "timestamp"),
+        // Lenient: a body with an odd `updated` is still a delivery, only without a change time.
+        updated: map.get("updated").and_then(Json::as_i64),
         updated_by: map.get("updatedBy").and_then(parse_user),
         changed_fields,
         authors,

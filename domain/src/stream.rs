@@ -61,6 +61,11 @@ pub fn notification_stream(key: &str) -> String {
     format!("notification-{key}")
 }
 
+/// The stream of every reconciliation sweep (`ReconcileSwept`); read by its last event only.
+pub fn reconcile_stream() -> String {
+    "reconcile-sweeps".to_owned()
+}
+
 /// The stream of a build's page: created with [`ExpectedVersion::NoStream`], so on-call is paged
 /// once per build.
 pub fn page_stream(build_id: Uuid) -> String {

@@ -77,16 +77,28 @@ impl Trigger {
         if delivery.event != EventKind::IssueUpdated {
             return false;
         }
-        if !self.projects.is_empty() && !self.projects.iter().any(|p| p == &delivery.project) {
+        // Several fields may change in one delivery, in any order: look at every entry.
+        delivery.changed_fields.iter().any(|change| {
+            self.matches_change(&delivery.project, &change.name, &change.old_value.names(), &change.value.names())
+        })
+    }
+
+    /// Whether a change of `field` in `project` from the values `old` to the values `new` is a
+    /// transition the rule watches (a webhook's changed field, or an activity of YouTrack's REST
+    /// API).
+    pub fn matches_change(&self, project: &str, field: &str, old: &[&str], new: &[&str]) -> bool {
+        if field != self.field || (!self.projects.is_empty() && !self.projects.iter().any(|p| p == project)) {
             return false;
         }
-        // Several fields may change in one delivery, in any order: look at every entry.
-        delivery.changed_fields.iter().filter(|f| f.name == self.field).any(|change| {
-            let to_matches = change.value.names().iter().any(|n| self.to.iter().any(|t| t == n));
-            let from_matches =
-                self.from.is_empty() || change.old_value.names().iter().any(|n| self.from.iter().any(|f| f == n));
-            to_matches && from_matches
-        })
+        let to_matches = new.iter().any(|n| self.to.iter().any(|t| t == n));
+        let from_matches = self.from.is_empty() || old.iter().any(|n| self.from.iter().any(|f| f == n));
+        to_matches && from_matches
+    }
+
+    /// Whether the field's current values (an issue as YouTrack shows it now) are still in the
+    /// trigger's state.
+    pub fn holds(&self, current: &[&str]) -> bool {
+        current.iter().any(|n| self.to.iter().any(|t| t == n))
     }
 
     /// Whether this delivery moves the watched field away from the trigger's values (say `State`

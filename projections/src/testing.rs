@@ -132,6 +132,8 @@ fn requested(build_id: Uuid, b: u8, now: DateTime<Utc>) -> BuildRequested {
         intent_key: format!("MOB-{b}/ios-build"),
         correlation_id: Uuid::nil(),
         requested_at: now,
+        transition_at: None,
+        source: Default::default(),
     }
 }
 

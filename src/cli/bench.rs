@@ -12,7 +12,7 @@ use anyhow::Context;
 use chrono::Utc;
 use clap::Args;
 use indicatif::ProgressBar;
-use meshgate_domain::ingest::{decide_delivery, DeliveryInput, IngestPolicy, LogView};
+use meshgate_domain::ingest::{decide_delivery, DeliveryInput, IngestPolicy, LogView, SAME_TRANSITION};
 use meshgate_domain::payload::parse_bytes;
 use meshgate_domain::Trigger;
 use uuid::Uuid;
@@ -251,7 +251,7 @@ async fn rebuild(events: u64) -> anyhow::Result<()> {
     let path = dir.join("events.sqlite");
     let store = SqliteStore::open(&path, WriterOptions::default())?;
     let triggers = [trigger()];
-    let policy = IngestPolicy { triggers: &triggers, bot_login: None };
+    let policy = IngestPolicy { triggers: &triggers, bot_login: None, same_transition: SAME_TRANSITION };
     let deliveries = events.div_ceil(4);
     let progress = ProgressBar::new(deliveries);
     progress.set_message("writing the log");
@@ -365,7 +365,7 @@ async fn store_only(args: &BenchArgs) -> anyhow::Result<()> {
         let (store, next) = (Arc::clone(&store), Arc::clone(&next));
         tasks.push(tokio::spawn(async move {
             let triggers = [trigger()];
-            let policy = IngestPolicy { triggers: &triggers, bot_login: None };
+            let policy = IngestPolicy { triggers: &triggers, bot_login: None, same_transition: SAME_TRANSITION };
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
                 let appends = plan_for(next.fetch_add(1, Ordering::Relaxed), &policy)?;

@@ -7,6 +7,7 @@ mod check;
 mod demo;
 mod events;
 pub(crate) mod rebuild;
+mod reconcile;
 mod setup;
 
 use std::path::PathBuf;
@@ -56,6 +57,8 @@ pub enum Command {
     },
     /// Audit queries over the event log.
     Events(events::EventsArgs),
+    /// Sweep YouTrack's activity stream now for transitions no webhook brought.
+    Reconcile(reconcile::ReconcileArgs),
     /// Projection maintenance.
     Projections {
         #[command(subcommand)]
@@ -105,6 +108,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config { command: ConfigCommand::Check } => check::run(cli.config.as_deref()),
         Command::Token { command: TokenCommand::Generate { file, force } } => setup::generate(&file, force),
         Command::Events(args) => events::run(&load()?, &args),
+        Command::Reconcile(args) => reconcile::run(&load()?, &args).await,
         Command::Projections { command: ProjectionsCommand::Rebuild { verify } } => {
             rebuild::run(&load()?, verify).await
         }

@@ -25,6 +25,7 @@ pub struct Config {
     pub chat: Vec<ChatConfig>,
     pub pager: PagerConfig,
     pub outbound: OutboundConfig,
+    pub reconcile: ReconcileConfig,
     pub store: StoreConfig,
     pub lanes: Vec<LaneConfig>,
     pub triggers: Vec<Trigger>,
@@ -43,8 +44,19 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-const SECTIONS: [&str; 12] = [
-    "server", "webhook", "youtrack", "admin", "nodes", "worker", "chat", "pager", "outbound", "store", "lanes",
+const SECTIONS: [&str; 13] = [
+    "server",
+    "webhook",
+    "youtrack",
+    "admin",
+    "nodes",
+    "worker",
+    "chat",
+    "pager",
+    "outbound",
+    "reconcile",
+    "store",
+    "lanes",
     "triggers",
 ];
 
@@ -133,6 +145,11 @@ impl Config {
         }
         if self.server.tls_cert_file.is_some() != self.server.tls_key_file.is_some() {
             return invalid("server.tls_cert_file and server.tls_key_file go together".into());
+        }
+        if self.reconcile.lookback_hours == 0 || self.reconcile.max_activities_per_sweep == 0 {
+            return invalid(
+                "reconcile.lookback_hours and reconcile.max_activities_per_sweep must be at least 1".into(),
+            );
         }
         if self.youtrack.max_attempts == 0 || self.pager.max_attempts == 0 {
             return invalid("youtrack.max_attempts and pager.max_attempts must be at least 1".into());
@@ -268,6 +285,11 @@ impl Config {
     /// The build pool's token files in force: the current one and the one being rotated out.
     pub fn nodes_token_files(&self) -> Vec<PathBuf> {
         std::iter::once(self.nodes_token_file()).chain(self.nodes.previous_token_file.clone()).collect()
+    }
+
+    /// How close two reports of one intent's transition are to be one transition.
+    pub fn same_transition(&self) -> chrono::Duration {
+        chrono::Duration::milliseconds(self.reconcile.same_transition_ms.min(i64::MAX as u64) as i64)
     }
 
     pub fn lane_priorities(&self) -> std::collections::HashMap<String, i64> {

@@ -160,6 +160,36 @@ impl Default for PagerConfig {
     }
 }
 
+/// `[reconcile]`: sweeps of YouTrack's activity stream for transitions no webhook brought. On when
+/// `[youtrack] base_url` and `token_file` are set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// Seconds between sweeps (one also runs at start); 0: only on demand (API, command).
+    pub interval_seconds: u64,
+    /// How far back a sweep looks at most: the first on an empty log, and after a long stop.
+    pub lookback_hours: u64,
+    /// Each sweep reads again this much before where the last one ended.
+    pub overlap_seconds: u64,
+    /// Activities one sweep reads at most; the next continues where it stopped.
+    pub max_activities_per_sweep: usize,
+    /// A webhook and an activity of one intent whose change times are this close are one
+    /// transition.
+    pub same_transition_ms: u64,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            interval_seconds: 300,
+            lookback_hours: 24,
+            overlap_seconds: 120,
+            max_activities_per_sweep: 1000,
+            same_transition_ms: 2000,
+        }
+    }
+}
+
 /// `[outbound]`: delivery rules shared by every sink.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

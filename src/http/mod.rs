@@ -54,6 +54,8 @@ pub struct AppState {
     pub pagers: Vec<String>,
     /// The configuration file the gateway started with, read again by a token reload.
     pub config_file: Option<std::path::PathBuf>,
+    /// Sweeps of YouTrack's activity stream (none: no `[youtrack]` base URL and token).
+    pub reconciler: Option<Arc<crate::reconcile::Reconciler>>,
 }
 
 /// The `[nodes]` settings in the units the handlers use.
@@ -107,6 +109,7 @@ pub fn router(state: Arc<AppState>, webhook_path: &str) -> Router {
         .route("/api/v1/builds/{id}", get(api::get_build))
         .route("/api/v1/queue", get(api::queue))
         .route("/api/v1/tokens/reload", post(admin::reload))
+        .route("/api/v1/reconcile", post(admin::reconcile))
         .route("/api/v1/nodes/claim", post(nodes::claim))
         .route("/api/v1/builds/{id}/heartbeat", post(nodes::heartbeat))
         .route("/api/v1/builds/{id}/result", post(nodes::result))
@@ -132,13 +135,24 @@ async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
     let head = *app.store.head().borrow();
     let caught_up = app.projections.caught_up_to(head, Duration::from_secs(1)).await;
     let ready = store.is_ok() && caught_up;
-    let body = json!({
+    let mut body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "store": match &store { Ok(()) => "writable".to_owned(), Err(e) => e.clone() },
         "projections": {"position": app.projections.position(), "head": head, "caught_up": caught_up},
         "deliveries": app.counters.snapshot(),
         "pager": if app.projections.read(|p| app.pagers.iter().any(|s| p.outbox.state.pager_failing(s))) { "failing" } else { "ok" },
     });
+    // Reconciliation failing does not make the gateway unready: webhooks are still taken.
+    if let Some(reconciler) = &app.reconciler {
+        let health = reconciler.health();
+        let failing = health.consecutive_failures >= crate::reconcile::FAILURES_SHOWN;
+        body["reconcile"] = json!({
+            "status": if failing { "failing" } else { "ok" },
+            "consecutive_failures": health.consecutive_failures,
+            "last_error": health.last_error,
+            "last_window_end": health.last_window_end,
+        });
+    }
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body))
 }

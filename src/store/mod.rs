@@ -134,6 +134,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// Every event of one stream, in version order (empty: no stream).
     async fn read_stream(&self, stream: &str) -> Result<Vec<StoredEvent>, StoreError>;
 
+    /// The last event of one stream (none: no stream), without reading the others: for streams
+    /// that only grow, such as the reconciliation sweeps'.
+    async fn read_last(&self, stream: &str) -> Result<Option<StoredEvent>, StoreError>;
+
     /// Up to `limit` events after global position `after`, in position order.
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
 

@@ -15,7 +15,8 @@ use crate::stand_in::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_started_like_the_systemd_unit_finds_every_file_its_configuration_names() {
     let mut slack = stand_in(vec![]).await;
-    let mut youtrack = stand_in(vec![]).await;
+    let bot_token = format!("perm:{}", "y".repeat(40));
+    let youtrack = crate::youtrack::YouTrack::start_with_token(&bot_token).await;
     let root = tempfile::tempdir().unwrap();
     let etc = root.path().join("etc/meshgate");
     let var = root.path().join("var/lib/meshgate");
@@ -29,7 +30,7 @@ async fn a_gateway_started_like_the_systemd_unit_finds_every_file_its_configurat
     // What an operator adds to the sample: every file named relative to /etc/meshgate.
     let secrets = etc.join("secrets");
     write_private(&secrets.join("slack-webhook.url"), &slack.url("/services/T0/B0/x"));
-    write_private(&secrets.join("youtrack.token"), &format!("perm:{}", "y".repeat(40)));
+    write_private(&secrets.join("youtrack.token"), &bot_token);
     write_private(&secrets.join("pagerduty.key"), &"p".repeat(32));
     std::fs::create_dir_all(etc.join("tls")).unwrap();
     pki().write_leaf(&etc.join("tls"), "gateway", 50);
@@ -40,7 +41,7 @@ async fn a_gateway_started_like_the_systemd_unit_finds_every_file_its_configurat
             "listen = \"127.0.0.1:8080\"",
             "listen = \"127.0.0.1:0\"\ntls_cert_file = \"tls/gateway.crt\"\ntls_key_file = \"tls/gateway.key\"",
         )
-        .replace("# base_url = \"https://youtrack.example.com\"", &format!("base_url = {:?}", youtrack.url("")))
+        .replace("# base_url = \"https://youtrack.example.com\"", &format!("base_url = {:?}", youtrack.url()))
         .replace("# token_file = \"secrets/youtrack.token\"", "token_file = \"secrets/youtrack.token\"")
         .replace(
             "# [[chat]]\n# name = \"team\"\n# kind = \"slack_webhook\"\n# url_file = \"secrets/slack-webhook.url\"",
@@ -81,8 +82,10 @@ async fn a_gateway_started_like_the_systemd_unit_finds_every_file_its_configurat
     node("/api/v1/nodes/claim".into(), json!({"node_id": "mac-1", "slots": 1, "wait_seconds": 5})).await.unwrap();
     let result = json!({"node_id": "mac-1", "attempt": 1, "outcome": "failed", "duration_ms": 1, "log_tail": "boom\n"});
     assert_eq!(node(format!("/api/v1/builds/{build}/result"), result).await.unwrap().status(), 200);
-    let comment = youtrack.next().await;
-    assert_eq!(comment.authorization, Some(format!("Bearer perm:{}", "y".repeat(40))));
+    // The bot's token from its relative token_file (the stand-in refuses any other).
+    let comment = youtrack.next_comment().await;
+    assert_eq!(comment["issue"], "MOB-7");
+    assert!(comment["text"].as_str().unwrap().contains("failed"));
     assert!(Path::new(&var).join("events.sqlite").exists(), "the log is under the unit's data folder");
     gateway.stop();
 }

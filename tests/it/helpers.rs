@@ -55,6 +55,8 @@ pub fn test_config(dir: &Path, triggers: Vec<Trigger>) -> Config {
     config.admin.token_file = Some(dir.join("admin.token"));
     config.nodes.token_file = Some(dir.join("nodes.token"));
     config.youtrack.bot_login = Some("meshgate-bot".into());
+    // Sweeps of YouTrack's activity stream only when a test asks (tests/it/reconcile.rs).
+    config.reconcile.interval_seconds = 0;
     // Stand-ins serve HTTPS with certificates of the tests' CA, trusted through this file only.
     config.outbound.ca_file = Some(crate::pki::pki().ca_file.clone());
     config.lanes = vec![

@@ -94,7 +94,9 @@ fn edit_by_hand(sandbox: &Sandbox, youtrack: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quickstart_runs_as_written() {
     let mut slack = stand_in(vec![]).await;
-    let mut youtrack = stand_in(vec![]).await;
+    // A YouTrack that knows the bot token the page writes (and sweeps its activity stream at start).
+    let youtrack =
+        crate::youtrack::YouTrack::start_with_token("perm:Ym90.NjEtMTI=.dGhpcyBpcyBub3QgYSByZWFsIHRva2Vu").await;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
     let mut sandbox = Sandbox {
@@ -119,7 +121,7 @@ async fn the_quickstart_runs_as_written() {
         match step.action.as_str() {
             "run" => {
                 if step.text.contains("meshgate config check") {
-                    edit_by_hand(&sandbox, &youtrack.url(""));
+                    edit_by_hand(&sandbox, &youtrack.url());
                 }
                 if step.text.contains("--type NotificationDelivered") {
                     // The failed build's lines and comment are out before the page looks for them.
@@ -127,8 +129,9 @@ async fn the_quickstart_runs_as_written() {
                         let line = slack.next().await.body["text"].as_str().unwrap().to_owned();
                         assert!(line.contains(&format!("APP-12 {milestone}")), "{line}");
                     }
-                    let comment = youtrack.next().await;
-                    let shown = displayed(comment.body["text"].as_str().unwrap());
+                    let comment = youtrack.next_comment().await;
+                    assert_eq!(comment["issue"], "APP-12");
+                    let shown = displayed(comment["text"].as_str().unwrap());
                     assert!(shown.starts_with("❌ Build app-build failed on mac-mini-01"), "{shown}");
                     assert!(shown.contains("Failing test: AppTests.testOffline"), "{shown}");
                     // ... and recorded: the gateway says so for each (read from its log, no polling).

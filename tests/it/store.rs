@@ -45,6 +45,9 @@ async fn contract(store: Arc<dyn EventStore>) {
     store.append(vec![append("a", ExpectedVersion::Any, 1)]).await.unwrap();
     let versions: Vec<u64> = store.read_stream("a").await.unwrap().iter().map(|e| e.version).collect();
     assert_eq!(versions, [0, 1, 2, 3]);
+    let last = store.read_last("a").await.unwrap().expect("the stream's last event");
+    assert_eq!((last.stream.as_str(), last.version), ("a", 3));
+    assert!(store.read_last("nope").await.unwrap().is_none());
     assert!(store.read_stream("nope").await.unwrap().is_empty());
 
     // Several streams are appended all or nothing.
@@ -220,6 +223,8 @@ fn requested(n: u128) -> StreamAppend {
         intent_key: format!("MOB-{n}/ios-build"),
         correlation_id: build_id,
         requested_at: chrono::Utc::now(),
+        transition_at: None,
+        source: Default::default(),
     });
     let new = NewEvent::from_domain(&event, build_id, None, chrono::Utc::now());
     StreamAppend {

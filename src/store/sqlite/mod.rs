@@ -201,6 +201,24 @@ impl EventStore for SqliteStore {
         .await
     }
 
+    async fn read_last(&self, stream: &str) -> Result<Option<StoredEvent>, StoreError> {
+        let positions =
+            self.index.read().unwrap_or_else(|poisoned| poisoned.into_inner()).positions(StreamKey::of(stream));
+        let stream = stream.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE position = ?1"))?;
+            // Newest first; a row of another stream sharing the name's hash is passed over.
+            for position in positions.into_iter().rev() {
+                let event = stmt.query_row([position], row_to_event)?;
+                if event.stream == stream {
+                    return Ok(Some(event));
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
         self.read(move |conn| read_all(conn, after, limit)).await
     }
