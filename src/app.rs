@@ -25,6 +25,7 @@ use crate::secrets::{generate_token_file, write_token_file, Token, TokenSet};
 use crate::store::sqlite::{SqliteStore, WriterOptions};
 use crate::store::EventStore;
 use crate::tls::{ServerTls, TlsListener};
+use meshgate_domain::notify::Milestone;
 
 /// A running gateway, minus its listener.
 pub struct App {
@@ -45,6 +46,11 @@ impl App {
         let admin_tokens = Token::read_all(&config.admin_token_files())?;
         let nodes_tokens = Token::read_all(&config.nodes_token_files())?;
         let log_secret = log_link_secret(config, &admin_tokens[0])?;
+        let sinks = outbound_sinks(config)?;
+        let sink_milestones = sinks
+            .iter()
+            .map(|s| (s.name.clone(), Milestone::ALL.into_iter().filter(|m| s.wants(*m)).collect()))
+            .collect();
         let tls = match config.tls_files() {
             Some(files) => Some(Arc::new(ServerTls::load(&files).context("cannot serve HTTPS")?)),
             None => None,
@@ -107,6 +113,7 @@ impl App {
                 .collect(),
             config_file: config.file.clone(),
             reconciler: reconciler(config, &store)?,
+            sinks: sink_milestones,
         });
         let reaper = Reaper {
             projections: state.projections.clone(),
@@ -114,7 +121,6 @@ impl App {
             max_attempts: config.nodes.max_attempts,
         };
         let reaper = tokio::spawn(reaper::run(reaper, state.stopping.subscribe()));
-        let sinks = outbound_sinks(config)?;
         let rules = outbound::Rules {
             // The alert channel is the pager's, not a chat path for the paging rule.
             chat_sinks: Arc::new(

@@ -150,7 +150,18 @@ pub fn to_store_appends(
     correlation_id: Uuid,
     now: DateTime<Utc>,
 ) -> Vec<StreamAppend> {
-    let mut cause = None;
+    caused_by(planned, correlation_id, None, now)
+}
+
+/// Stamps a plan's events with ids and the correlation id; `cause` is every event's cause (none:
+/// the plan's first event).
+pub fn caused_by(
+    planned: Vec<meshgate_domain::ingest::PlannedAppend>,
+    correlation_id: Uuid,
+    cause: Option<Uuid>,
+    now: DateTime<Utc>,
+) -> Vec<StreamAppend> {
+    let mut cause = cause;
     planned
         .into_iter()
         .map(|append| StreamAppend {

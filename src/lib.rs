@@ -8,6 +8,7 @@
 //! - [`reaper`]: requeues builds whose node stopped heartbeating.
 //! - [`reconcile`]: sweeps of YouTrack's activity stream for transitions no webhook brought.
 //! - [`youtrack`]: YouTrack's REST API as the gateway reads it.
+//! - [`replay`]: ignored deliveries decided again under today's triggers.
 //! - [`projector`]: live projections with checkpoints.
 //! - [`http`]: the webhook, read API and health endpoints.
 //! - [`app`]: wiring it all together.
@@ -29,6 +30,7 @@ pub mod outbound;
 pub mod projector;
 pub mod reaper;
 pub mod reconcile;
+pub mod replay;
 pub mod report;
 pub mod secrets;
 pub mod store;

@@ -1,5 +1,7 @@
 //! The lifecycle of one notification, a (sink, build, milestone) key, as an enum state machine:
-//! pending → attempting → delivered | abandoned.
+//! pending → attempting → delivered | abandoned, and back to attempting when an operator asks for
+//! it to be sent again (an abandoned key, or with `force` a delivered one), with a fresh budget of
+//! tries.
 //!
 //! The shell sends one try and hands what came back to [`decide`], which says what to record: the
 //! attempt, and whether the key is now delivered, waits for a retry (when, by the retry policy,
@@ -27,9 +29,13 @@ pub enum NotificationState {
     #[default]
     Pending,
     /// Tried and not done; `next_attempt_at` is when the next try is due (none: due now).
+    /// `budget_from` is how many tries were made before the last resend: the retry policy counts
+    /// the tries after it.
     Attempting {
         attempts: u32,
         next_attempt_at: Option<DateTime<Utc>>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        budget_from: u32,
     },
     Delivered {
         attempts: u32,
@@ -39,7 +45,19 @@ pub enum NotificationState {
     },
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 impl NotificationState {
+    /// Tries made since the last resend (all of them, if none).
+    fn tries_in_budget(&self) -> u32 {
+        match self {
+            NotificationState::Attempting { attempts, budget_from, .. } => attempts - budget_from.min(attempts),
+            other => other.attempts(),
+        }
+    }
+
     pub fn attempts(&self) -> u32 {
         match self {
             NotificationState::Pending => 0,
@@ -160,8 +178,9 @@ pub fn decide(
         NotificationState::Pending | NotificationState::Attempting { .. } => {}
     }
     let attempt = state.attempts() + 1;
+    let in_budget = state.tries_in_budget() + 1;
     let next_wait = match (outcome.succeeded(), outcome.retryable()) {
-        (false, true) => policy.next_wait(attempt - 1, outcome.retry_after, random),
+        (false, true) => policy.next_wait(in_budget - 1, outcome.retry_after, random),
         _ => None,
     };
     let next_attempt_at = next_wait.map(|w| now + chrono::Duration::from_std(w).unwrap_or(chrono::Duration::MAX));
@@ -187,7 +206,7 @@ pub fn decide(
     } else if next_attempt_at.is_none() {
         let reason = match outcome.status {
             Some(status) if !outcome.retryable() => AbandonReason::Refused { status },
-            _ => AbandonReason::GaveUp { attempts: attempt },
+            _ => AbandonReason::GaveUp { attempts: in_budget },
         };
         events.push(Event::NotificationAbandoned(NotificationAbandoned {
             key,
@@ -201,12 +220,30 @@ pub fn decide(
     Ok(events)
 }
 
+/// Whether an operator may ask for a key to be sent again: not a delivered one, unless forced.
+pub fn decide_resend(state: &NotificationState, id: &NotificationId, force: bool) -> Result<(), NotificationError> {
+    match state {
+        NotificationState::Delivered { .. } if !force => Err(NotificationError::AlreadyDelivered { key: id.key() }),
+        _ => Ok(()),
+    }
+}
+
 /// The state after one recorded event; events of other kinds leave it as it is.
 pub fn evolve(state: NotificationState, event: &Event) -> NotificationState {
     match event {
         Event::NotificationAttempted(e) if !state.is_done() => NotificationState::Attempting {
             attempts: state.attempts().max(e.attempt),
             next_attempt_at: e.next_attempt_at,
+            budget_from: match state {
+                NotificationState::Attempting { budget_from, .. } => budget_from,
+                _ => 0,
+            },
+        },
+        // Due now, with a fresh budget; attempt numbers go on from where they were.
+        Event::NotificationResendRequested(_) => NotificationState::Attempting {
+            attempts: state.attempts(),
+            next_attempt_at: None,
+            budget_from: state.attempts(),
         },
         Event::NotificationDelivered(e) => NotificationState::Delivered { attempts: state.attempts().max(e.attempts) },
         Event::NotificationAbandoned(e) if !state.is_delivered() => {
@@ -367,6 +404,49 @@ mod tests {
             .then_err(NotificationError::AlreadyAbandoned { key: id().key() });
     }
 
+    fn resend(force: bool) -> Event {
+        Event::NotificationResendRequested(crate::event::NotificationResendRequested {
+            key: id().key(),
+            sink: "team".into(),
+            build_id: Uuid::nil(),
+            milestone: Milestone::Failed,
+            requested_by: "admin".into(),
+            force,
+            requested_at: t(0),
+        })
+    }
+
+    #[test]
+    fn a_resent_key_gets_a_fresh_budget_and_its_attempts_go_on_counting() {
+        let gave_up = vec![
+            attempted(1, Some(500), Some(t(-2))),
+            attempted(2, Some(500), None),
+            abandoned(2, "gave up after 2 attempts"),
+        ];
+        assert_eq!(decide_resend(&replay(&gave_up), &id(), false), Ok(()));
+        let mut resent = gave_up;
+        resent.push(resend(false));
+        assert!(replay(&resent).is_due(t(0)));
+        // Attempt 3 is the first of a new budget of 2: a failure is retried, not abandoned.
+        let retry_at = t(0) + chrono::Duration::milliseconds(500);
+        given(resent.clone()).when(outcome(Some(500), None), 2).then(vec![attempted(3, Some(500), Some(retry_at))]);
+        resent.push(attempted(3, Some(500), Some(t(-1))));
+        given(resent)
+            .when(outcome(Some(500), None), 2)
+            .then(vec![attempted(4, Some(500), None), abandoned(4, "gave up after 2 attempts")]);
+    }
+
+    #[test]
+    fn a_delivered_key_is_sent_again_only_when_forced() {
+        let sent = vec![attempted(1, Some(200), None), delivered(1)];
+        let state = replay(&sent);
+        assert_eq!(decide_resend(&state, &id(), false), Err(NotificationError::AlreadyDelivered { key: id().key() }));
+        assert_eq!(decide_resend(&state, &id(), true), Ok(()));
+        let mut forced = sent;
+        forced.push(resend(true));
+        given(forced).when(outcome(Some(200), None), 8).then(vec![attempted(2, Some(200), None), delivered(2)]);
+    }
+
     #[test]
     fn long_details_are_cut_for_the_audit() {
         let long = TryOutcome { detail: "x".repeat(10_000), ..outcome(Some(500), None) };
@@ -381,7 +461,7 @@ mod tests {
         assert_eq!(replay(&[]), NotificationState::Pending);
         assert_eq!(
             replay(&[attempted(1, Some(503), next)]),
-            NotificationState::Attempting { attempts: 1, next_attempt_at: next }
+            NotificationState::Attempting { attempts: 1, next_attempt_at: next, budget_from: 0 }
         );
         assert!(!replay(&[attempted(1, Some(503), next)]).is_due(t(4)));
         assert!(replay(&[attempted(1, Some(503), next)]).is_due(t(5)));

@@ -40,6 +40,22 @@ impl Milestone {
         Some((event.build_id()?, milestone))
     }
 
+    /// Every milestone, in a build's order.
+    pub const ALL: [Milestone; 7] = [
+        Milestone::Queued,
+        Milestone::Running,
+        Milestone::Succeeded,
+        Milestone::Failed,
+        Milestone::Requeued,
+        Milestone::Cancelled,
+        Milestone::Page,
+    ];
+
+    /// The milestone named `name` (as in a notification key).
+    pub fn parse(name: &str) -> Option<Milestone> {
+        Milestone::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Milestone::Queued => "queued",

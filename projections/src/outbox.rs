@@ -31,6 +31,10 @@ pub struct Outbox {
     /// `sink/build` → the message later states of the build edit in place.
     #[serde(default)]
     pub message_refs: HashMap<String, String>,
+    /// Keys an operator asked to send again, by the position of the request: due for their sink
+    /// only, whatever their milestone's age, until they are delivered or abandoned again.
+    #[serde(default)]
+    pub resent: BTreeMap<u64, (String, MilestoneRecord)>,
 }
 
 impl Outbox {
@@ -43,9 +47,11 @@ impl Outbox {
         window: Duration,
         wanted: impl Fn(Milestone) -> bool,
     ) -> Vec<MilestoneRecord> {
+        let resent = self.resent.values().filter(|(s, _)| s == sink).map(|(_, m)| m);
         self.milestones
             .values()
             .filter(|m| m.at >= now - window && wanted(m.milestone))
+            .chain(resent)
             .filter(|m| {
                 let key = notification_key(sink, m.build_id, m.milestone);
                 self.keys.get(&key).is_none_or(|k| k.is_due(now))
@@ -115,6 +121,7 @@ impl Projection for Outbox {
                 | "NotificationAttempted"
                 | "NotificationDelivered"
                 | "NotificationAbandoned"
+                | "NotificationResendRequested"
                 | "PageRequested"
         )
     }
@@ -138,9 +145,18 @@ impl Projection for Outbox {
                 &e.key
             }
             Event::NotificationAbandoned(e) => &e.key,
+            Event::NotificationResendRequested(e) => {
+                let due = MilestoneRecord { build_id: e.build_id, milestone: e.milestone, at: recorded.recorded_at };
+                self.resent.insert(recorded.position, (e.sink.clone(), due));
+                &e.key
+            }
             _ => return,
         };
         let state = self.keys.entry(key.clone()).or_default();
         *state = evolve(std::mem::take(state), &recorded.event);
+        if state.is_done() {
+            let done = key.clone();
+            self.resent.retain(|_, (sink, m)| notification_key(sink, m.build_id, m.milestone) != done);
+        }
     }
 }

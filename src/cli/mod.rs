@@ -4,8 +4,10 @@ mod bench;
 mod bench_client;
 mod bench_dispatch;
 mod check;
+mod deliveries;
 mod demo;
 mod events;
+mod gateway;
 pub(crate) mod rebuild;
 mod reconcile;
 mod setup;
@@ -59,6 +61,11 @@ pub enum Command {
     Events(events::EventsArgs),
     /// Sweep YouTrack's activity stream now for transitions no webhook brought.
     Reconcile(reconcile::ReconcileArgs),
+    /// Recorded deliveries.
+    Deliveries {
+        #[command(subcommand)]
+        command: deliveries::DeliveriesCommand,
+    },
     /// Projection maintenance.
     Projections {
         #[command(subcommand)]
@@ -109,6 +116,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token { command: TokenCommand::Generate { file, force } } => setup::generate(&file, force),
         Command::Events(args) => events::run(&load()?, &args),
         Command::Reconcile(args) => reconcile::run(&load()?, &args).await,
+        Command::Deliveries { command } => deliveries::run(&load()?, &command).await,
         Command::Projections { command: ProjectionsCommand::Rebuild { verify } } => {
             rebuild::run(&load()?, verify).await
         }

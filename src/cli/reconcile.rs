@@ -10,7 +10,6 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::secrets::Token;
 use crate::store::sqlite::{SqliteStore, WriterOptions};
 use crate::store::EventStore;
 
@@ -31,7 +30,8 @@ pub async fn run(config: &Config, args: &ReconcileArgs) -> anyhow::Result<()> {
     if config.youtrack.base_url.is_none() || config.youtrack.token_file.is_none() {
         anyhow::bail!("reconciliation needs [youtrack] base_url and token_file in the configuration");
     }
-    let report = match ask_gateway(config, args).await? {
+    let body = json!({"since": args.since, "dry_run": args.dry_run});
+    let report = match super::gateway::ask(config, "/api/v1/reconcile", &body).await? {
         Some(report) => report,
         None => sweep_here(config, args).await?,
     };
@@ -44,43 +44,6 @@ pub async fn run(config: &Config, args: &ReconcileArgs) -> anyhow::Result<()> {
         Some(errors) if !errors.is_empty() => anyhow::bail!("the sweep met {} error(s)", errors.len()),
         _ => Ok(()),
     }
-}
-
-/// Where the running gateway answers: its public URL with TLS, else its listen address.
-fn gateway_url(config: &Config) -> String {
-    if config.tls_files().is_some() {
-        return config.public_url();
-    }
-    let mut addr = config.server.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    format!("http://{addr}")
-}
-
-/// The running gateway's sweep, or none when no gateway answers.
-async fn ask_gateway(config: &Config, args: &ReconcileArgs) -> anyhow::Result<Option<Value>> {
-    let http = crate::tls::client(reqwest::Client::builder(), config.outbound.ca_file.as_deref())?;
-    let token = Token::read(&config.admin_token_file())?;
-    let url = format!("{}/api/v1/reconcile", gateway_url(config));
-    let sent = http
-        .post(&url)
-        .bearer_auth(token.expose())
-        .json(&json!({"since": args.since, "dry_run": args.dry_run}))
-        .timeout(std::time::Duration::from_secs(600))
-        .send()
-        .await;
-    let response = match sent {
-        Ok(response) => response,
-        Err(e) if e.is_connect() => return Ok(None),
-        Err(e) => return Err(anyhow::anyhow!(crate::report::http_error(e))).context(format!("cannot ask {url}")),
-    };
-    let status = response.status();
-    let body: Value = response.json().await.with_context(|| format!("{url} answered {status} without json"))?;
-    if !status.is_success() {
-        anyhow::bail!("{url} answered {status}: {}", body["message"].as_str().unwrap_or_default());
-    }
-    Ok(Some(body))
 }
 
 /// No gateway runs: open the log and sweep from here.

@@ -87,40 +87,6 @@ pub fn reload_tokens(app: &AppState) -> Result<Reloaded, ReloadError> {
     }
 }
 
-/// `POST /api/v1/reconcile` `{"since"?: RFC 3339, "dry_run"?: bool}`: one sweep now, answered with
-/// what it found and started.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReconcileRequest {
-    pub since: Option<chrono::DateTime<chrono::Utc>>,
-    #[serde(default)]
-    pub dry_run: bool,
-}
-
-pub async fn reconcile(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Json<crate::reconcile::SweepReport>, ApiError> {
-    authorize(&app, &headers)?;
-    let request: ReconcileRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        ReconcileRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string()))?
-    };
-    let Some(reconciler) = &app.reconciler else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "reconcile_off",
-            "reconciliation needs [youtrack] base_url and token_file",
-        ));
-    };
-    let report =
-        reconciler.sweep("api", request.since, request.dry_run).await.map_err(|e| ApiError::unavailable(&e))?;
-    Ok(Json(report))
-}
-
 pub async fn reload(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Reloaded>, ApiError> {
     authorize(&app, &headers)?;
     let reloading = Arc::clone(&app);

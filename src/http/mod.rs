@@ -4,6 +4,7 @@ pub mod admin;
 mod api;
 mod error;
 pub mod nodes;
+mod operations;
 mod webhook;
 
 use std::collections::HashMap;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub config_file: Option<std::path::PathBuf>,
     /// Sweeps of YouTrack's activity stream (none: no `[youtrack]` base URL and token).
     pub reconciler: Option<Arc<crate::reconcile::Reconciler>>,
+    /// Every outbound sink by name, with the milestones it sends.
+    pub sinks: HashMap<String, Vec<meshgate_domain::notify::Milestone>>,
 }
 
 /// The `[nodes]` settings in the units the handlers use.
@@ -109,7 +112,10 @@ pub fn router(state: Arc<AppState>, webhook_path: &str) -> Router {
         .route("/api/v1/builds/{id}", get(api::get_build))
         .route("/api/v1/queue", get(api::queue))
         .route("/api/v1/tokens/reload", post(admin::reload))
-        .route("/api/v1/reconcile", post(admin::reconcile))
+        .route("/api/v1/reconcile", post(operations::reconcile))
+        .route("/api/v1/notifications/resend", post(operations::resend))
+        .route("/api/v1/notifications/recover", post(operations::recover))
+        .route("/api/v1/deliveries/replay", post(operations::replay))
         .route("/api/v1/nodes/claim", post(nodes::claim))
         .route("/api/v1/builds/{id}/heartbeat", post(nodes::heartbeat))
         .route("/api/v1/builds/{id}/result", post(nodes::result))

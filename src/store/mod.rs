@@ -167,6 +167,23 @@ pub trait EventStore: Send + Sync + 'static {
     async fn save_checkpoints(&self, checkpoints: Vec<Checkpoint>) -> Result<(), StoreError>;
 }
 
+/// Calls `each` with every event of the `wanted` types up to the head as it stood at the start, in
+/// position order, reading in batches: for admin actions over the whole log (recovering abandoned
+/// notifications, replaying ignored deliveries).
+pub async fn scan(store: &dyn EventStore, wanted: &[&str], mut each: impl FnMut(Recorded)) -> Result<(), StoreError> {
+    let head = *store.head().borrow();
+    let mut after = 0;
+    while after < head {
+        let (batch, last) = store.read_decoded(after, 10_000, wanted).await?;
+        batch.into_iter().for_each(&mut each);
+        if last <= after {
+            break;
+        }
+        after = last;
+    }
+    Ok(())
+}
+
 /// Maps a backend's error into [`StoreError::Failed`].
 pub(crate) trait StoreResultExt<T> {
     fn store_err(self) -> Result<T, StoreError>;

@@ -13,6 +13,7 @@ mod pki;
 mod process;
 mod quickstart;
 mod reconcile;
+mod replay;
 mod rotation;
 mod scenarios;
 mod sinks;

@@ -1,0 +1,183 @@
+//! What an operator asks of a running gateway beyond reading: a reconciliation sweep now, a
+//! notification sent again, the notifications abandoned in a window re-queued, and ignored
+//! deliveries decided again under today's triggers. Admin token; each action is recorded in the
+//! log (`ReconcileSwept`, `NotificationResendRequested`, `DeliveryReplayed`).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::api::authorize;
+use super::{ApiError, AppState};
+use crate::outbound::resend::{self, ResendError};
+
+/// A JSON body; an empty one reads as the defaults.
+fn body<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string()))
+}
+
+/// `POST /api/v1/reconcile` `{"since"?: RFC 3339, "dry_run"?: bool}`: one sweep now, answered with
+/// what it found and started.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileRequest {
+    pub since: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+pub async fn reconcile(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Result<Json<crate::reconcile::SweepReport>, ApiError> {
+    authorize(&app, &headers)?;
+    let request: ReconcileRequest = body(&bytes)?;
+    let Some(reconciler) = &app.reconciler else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "reconcile_off",
+            "reconciliation needs [youtrack] base_url and token_file",
+        ));
+    };
+    let report =
+        reconciler.sweep("api", request.since, request.dry_run).await.map_err(|e| ApiError::unavailable(&e))?;
+    Ok(Json(report))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResendRequest {
+    key: String,
+    #[serde(default)]
+    force: bool,
+}
+
+fn refused(e: ResendError) -> ApiError {
+    match e {
+        ResendError::BadKey(_) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_key", e.to_string()),
+        ResendError::Refused(_) => {
+            ApiError::new(StatusCode::CONFLICT, "already_delivered", format!("{e}; send it again with \"force\": true"))
+        }
+        other => ApiError::unavailable(&other),
+    }
+}
+
+/// `POST /api/v1/notifications/resend` `{"key": "sink/build/milestone", "force"?: bool}`.
+pub async fn resend(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    authorize(&app, &headers)?;
+    let request: ResendRequest = body(&bytes)?;
+    let id = resend::parse_key(&request.key).map_err(refused)?;
+    match app.sinks.get(&id.sink) {
+        None => return Err(ApiError::not_found("sink")),
+        Some(wanted) if !wanted.contains(&id.milestone) => {
+            let message = format!("sink `{}` does not send `{}`", id.sink, id.milestone.as_str());
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_key", message));
+        }
+        Some(_) => {}
+    }
+    if app.projections.read(|p| p.builds.state.get(id.build_id).is_none()) {
+        return Err(ApiError::not_found("build"));
+    }
+    let position =
+        resend::request(app.store.as_ref(), &id, request.force, "admin", Utc::now()).await.map_err(refused)?;
+    tracing::info!(key = %id.key(), force = request.force, "notification resend requested");
+    Ok((StatusCode::ACCEPTED, Json(json!({"key": id.key(), "queued": true, "position": position}))))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverRequest {
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    sink: Option<String>,
+}
+
+/// `POST /api/v1/notifications/recover` `{"since", "until"?, "sink"?}`: every notification abandoned
+/// in the window (of one sink) is queued again.
+pub async fn recover(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    let request: RecoverRequest = body(&bytes)?;
+    let since = request.since.ok_or_else(|| {
+        let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", "since is required");
+        e.field = Some("since".into());
+        e
+    })?;
+    let until = request.until.unwrap_or_else(Utc::now);
+    let abandoned = resend::abandoned_between(app.store.as_ref(), since, until, request.sink.as_deref())
+        .await
+        .map_err(|e| ApiError::unavailable(&e))?;
+    let mut requeued = Vec::new();
+    for id in abandoned {
+        // Configured sinks only; a key delivered since (or resent and in flight) is left alone.
+        let still_abandoned = app.projections.read(|p| {
+            matches!(
+                p.outbox.state.key(&id.key()),
+                Some(meshgate_domain::notification::NotificationState::Abandoned { .. })
+            )
+        });
+        if !app.sinks.contains_key(&id.sink) || !still_abandoned {
+            continue;
+        }
+        match resend::request(app.store.as_ref(), &id, false, "admin: recover", Utc::now()).await {
+            Ok(_) => requeued.push(id.key()),
+            Err(ResendError::Refused(_)) => {}
+            Err(e) => return Err(refused(e)),
+        }
+    }
+    tracing::info!(count = requeued.len(), %since, %until, "abandoned notifications requeued");
+    Ok(Json(json!({"since": since, "until": until, "requeued": requeued})))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `POST /api/v1/deliveries/replay` `{"since", "until"?, "dry_run"?}`.
+pub async fn replay(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Result<Json<crate::replay::ReplayReport>, ApiError> {
+    authorize(&app, &headers)?;
+    let request: ReplayRequest = body(&bytes)?;
+    let Some(since) = request.since else {
+        let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", "since is required");
+        e.field = Some("since".into());
+        return Err(e);
+    };
+    let until = request.until.unwrap_or_else(Utc::now);
+    let policy = app.ingest.policy();
+    let report = crate::replay::replay_deliveries(app.store.as_ref(), &policy, since, until, request.dry_run)
+        .await
+        .map_err(|e| ApiError::unavailable(&e))?;
+    tracing::info!(
+        deliveries = report.deliveries.len(),
+        started = report.builds_started.len(),
+        dry_run = request.dry_run,
+        "deliveries replayed"
+    );
+    Ok(Json(report))
+}
