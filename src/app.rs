@@ -114,6 +114,7 @@ impl App {
             config_file: config.file.clone(),
             reconciler: reconciler(config, &store)?,
             sinks: sink_milestones,
+            config: Arc::new(config.clone()),
         });
         let reaper = Reaper {
             projections: state.projections.clone(),
@@ -253,7 +254,7 @@ pub fn reconciler(
 }
 
 /// The configured outbound sinks, with their secrets read.
-fn outbound_sinks(config: &Config) -> anyhow::Result<Vec<Sink>> {
+pub(crate) fn outbound_sinks(config: &Config) -> anyhow::Result<Vec<Sink>> {
     use crate::outbound::{console, discord, generic, matrix, openclaw, pagerduty, slack, teams, youtrack};
     let secret = |file: &std::path::Path| -> anyhow::Result<String> { Ok(Token::read(file)?.expose().to_owned()) };
     let mut sinks = Vec::new();

@@ -9,6 +9,7 @@
 //! - [`reconcile`]: sweeps of YouTrack's activity stream for transitions no webhook brought.
 //! - [`youtrack`]: YouTrack's REST API as the gateway reads it.
 //! - [`replay`]: ignored deliveries decided again under today's triggers.
+//! - [`selftest`]: what a rotation can break, checked without starting a build.
 //! - [`projector`]: live projections with checkpoints.
 //! - [`http`]: the webhook, read API and health endpoints.
 //! - [`app`]: wiring it all together.
@@ -33,6 +34,7 @@ pub mod reconcile;
 pub mod replay;
 pub mod report;
 pub mod secrets;
+pub mod selftest;
 pub mod store;
 pub mod tls;
 pub mod worker;

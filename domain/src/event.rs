@@ -348,6 +348,21 @@ pub struct DeliveryReplayed {
     pub replayed_at: DateTime<Utc>,
 }
 
+/// `POST /api/v1/selftest` ran: what each check found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SelfTestRan {
+    pub passed: bool,
+    pub checks: Vec<SelfTestCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SelfTestCheck {
+    pub check: String,
+    /// `ok`, `failed` or `skipped`.
+    pub result: String,
+    pub detail: String,
+}
+
 /// A stored event could not be read back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -425,6 +440,7 @@ events!(
     ReconcileSwept,
     NotificationResendRequested,
     DeliveryReplayed,
+    SelfTestRan,
 );
 
 impl Event {
@@ -453,7 +469,8 @@ impl Event {
             | Event::WebhookIgnored(_)
             | Event::WebhookRouted(_)
             | Event::ReconcileSwept(_)
-            | Event::DeliveryReplayed(_) => None,
+            | Event::DeliveryReplayed(_)
+            | Event::SelfTestRan(_) => None,
         }
     }
 }
@@ -525,7 +542,7 @@ mod tests {
 
     #[test]
     fn type_names_are_stable() {
-        assert_eq!(Event::TYPES.len(), 20);
+        assert_eq!(Event::TYPES.len(), 21);
         assert!(Event::TYPES.contains(&"WebhookReceived"));
         assert!(Event::TYPES.contains(&"BuildRequestFolded"));
         assert!(Event::TYPES.contains(&"ReconcileSwept"));

@@ -66,6 +66,11 @@ pub fn reconcile_stream() -> String {
     "reconcile-sweeps".to_owned()
 }
 
+/// The stream of every self-test run through the API (`SelfTestRan`).
+pub fn selftest_stream() -> String {
+    "selftest-runs".to_owned()
+}
+
 /// The stream of a build's page: created with [`ExpectedVersion::NoStream`], so on-call is paged
 /// once per build.
 pub fn page_stream(build_id: Uuid) -> String {

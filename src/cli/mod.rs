@@ -3,7 +3,7 @@
 mod bench;
 mod bench_client;
 mod bench_dispatch;
-mod check;
+pub(crate) mod check;
 mod deliveries;
 mod demo;
 mod events;
@@ -59,6 +59,9 @@ pub enum Command {
     },
     /// Audit queries over the event log.
     Events(events::EventsArgs),
+    /// Check what a rotation can break (secret files, the webhook token end to end, YouTrack's
+    /// token, every sink) without starting a build; exit 1 if anything fails.
+    Selftest,
     /// Sweep YouTrack's activity stream now for transitions no webhook brought.
     Reconcile(reconcile::ReconcileArgs),
     /// Recorded deliveries.
@@ -116,6 +119,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token { command: TokenCommand::Generate { file, force } } => setup::generate(&file, force),
         Command::Events(args) => events::run(&load()?, &args),
         Command::Reconcile(args) => reconcile::run(&load()?, &args).await,
+        Command::Selftest => {
+            let checks = crate::selftest::run(&load()?).await;
+            print!("{}", crate::selftest::table(&checks));
+            if crate::selftest::passed(&checks) {
+                Ok(())
+            } else {
+                anyhow::bail!("{} check(s) failed", checks.iter().filter(|c| c.result == "failed").count())
+            }
+        }
         Command::Deliveries { command } => deliveries::run(&load()?, &command).await,
         Command::Projections { command: ProjectionsCommand::Rebuild { verify } } => {
             rebuild::run(&load()?, verify).await

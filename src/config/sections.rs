@@ -92,6 +92,10 @@ pub struct ChatConfig {
     pub edit_in_place: bool,
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// `meshgate selftest` posts a visible test line here (otherwise it only checks the endpoint
+    /// answers).
+    #[serde(default)]
+    pub selftest: bool,
 }
 
 fn default_max_attempts() -> u32 {
@@ -113,6 +117,7 @@ impl ChatConfig {
             agent_id: None,
             edit_in_place: false,
             max_attempts: default_max_attempts(),
+            selftest: false,
         }
     }
 }

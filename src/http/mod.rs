@@ -57,6 +57,8 @@ pub struct AppState {
     pub config_file: Option<std::path::PathBuf>,
     /// Sweeps of YouTrack's activity stream (none: no `[youtrack]` base URL and token).
     pub reconciler: Option<Arc<crate::reconcile::Reconciler>>,
+    /// The configuration the gateway started with (the self-test reads the file again if there is one).
+    pub config: Arc<crate::config::Config>,
     /// Every outbound sink by name, with the milestones it sends.
     pub sinks: HashMap<String, Vec<meshgate_domain::notify::Milestone>>,
 }
@@ -116,6 +118,7 @@ pub fn router(state: Arc<AppState>, webhook_path: &str) -> Router {
         .route("/api/v1/notifications/resend", post(operations::resend))
         .route("/api/v1/notifications/recover", post(operations::recover))
         .route("/api/v1/deliveries/replay", post(operations::replay))
+        .route("/api/v1/selftest", post(operations::selftest))
         .route("/api/v1/nodes/claim", post(nodes::claim))
         .route("/api/v1/builds/{id}/heartbeat", post(nodes::heartbeat))
         .route("/api/v1/builds/{id}/result", post(nodes::result))

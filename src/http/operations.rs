@@ -181,3 +181,35 @@ pub async fn replay(
     );
     Ok(Json(report))
 }
+
+/// `POST /api/v1/selftest`: the self-test's checks, from the configuration file as it is now (or the
+/// one the gateway started with), recorded as `SelfTestRan`. `200` with every check; `passed` says
+/// whether any failed.
+pub async fn selftest(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    let config = match &app.config_file {
+        Some(file) => crate::config::Config::load(Some(file))
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_configuration", e.to_string()))?,
+        None => (*app.config).clone(),
+    };
+    let checks = crate::selftest::run(&config).await;
+    let passed = crate::selftest::passed(&checks);
+    let event = meshgate_domain::Event::SelfTestRan(meshgate_domain::event::SelfTestRan {
+        passed,
+        checks: checks
+            .iter()
+            .map(|c| meshgate_domain::event::SelfTestCheck {
+                check: c.check.clone(),
+                result: c.result.to_owned(),
+                detail: c.detail.clone(),
+            })
+            .collect(),
+    });
+    let append = crate::store::StreamAppend {
+        stream: meshgate_domain::stream::selftest_stream(),
+        expected: meshgate_domain::ExpectedVersion::Any,
+        events: vec![crate::store::NewEvent::from_domain(&event, uuid::Uuid::now_v7(), None, Utc::now())],
+    };
+    app.store.append(vec![append]).await.map_err(|e| ApiError::unavailable(&e))?;
+    Ok(Json(json!({"passed": passed, "checks": checks})))
+}

@@ -19,6 +19,7 @@ pub mod generic;
 pub mod matrix;
 pub mod openclaw;
 pub mod pagerduty;
+pub mod probe;
 pub mod resend;
 mod sink;
 pub mod slack;

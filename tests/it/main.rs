@@ -16,6 +16,7 @@ mod reconcile;
 mod replay;
 mod rotation;
 mod scenarios;
+mod selftest;
 mod sinks;
 mod stand_in;
 mod store;
