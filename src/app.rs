@@ -67,11 +67,13 @@ impl App {
                 .with_context(|| format!("cannot open the event log at {}", config.log_path().display()))?,
         );
         let (stop_projector, stopped) = oneshot::channel::<()>();
-        let (projections, follow) = projector::start(Arc::clone(&store), async move {
-            let _ = stopped.await;
-        })
-        .await
-        .context("cannot load projection checkpoints")?;
+        let readmodel = open_readmodel(config)?;
+        let (projections, follow) =
+            projector::start(Arc::clone(&store), readmodel, outbound::outbox_config(config), async move {
+                let _ = stopped.await;
+            })
+            .await
+            .context("cannot load the read model")?;
         let projector = projector::Follower::spawn(follow).context("cannot start the projections' thread")?;
 
         let state = Arc::new(AppState {
@@ -220,6 +222,22 @@ impl App {
     }
 }
 
+/// The read model beside the log (`events.readmodel.sqlite`). The checkpoint file of earlier
+/// versions (`events.checkpoints.sqlite`, whole states) is removed: the read model replaces it.
+pub fn open_readmodel(config: &Config) -> anyhow::Result<Arc<crate::readmodel::ReadModel>> {
+    let log = config.log_path();
+    let old = log.with_extension("checkpoints.sqlite");
+    for stale in [old.clone(), old.with_extension("sqlite-wal"), old.with_extension("sqlite-shm")] {
+        if stale.exists() {
+            let _ = std::fs::remove_file(&stale);
+        }
+    }
+    let path = crate::readmodel::path_for(&log);
+    let readmodel = crate::readmodel::ReadModel::open(&path)
+        .with_context(|| format!("cannot open the read model at {}", path.display()))?;
+    Ok(Arc::new(readmodel))
+}
+
 /// The reconciler, when `[youtrack] base_url` and `token_file` are set.
 pub fn reconciler(
     config: &Config,
@@ -257,6 +275,8 @@ pub fn reconciler(
 pub(crate) fn outbound_sinks(config: &Config) -> anyhow::Result<Vec<Sink>> {
     use crate::outbound::{console, discord, generic, matrix, openclaw, pagerduty, slack, teams, youtrack};
     let secret = |file: &std::path::Path| -> anyhow::Result<String> { Ok(Token::read(file)?.expose().to_owned()) };
+    let specs = outbound::specs(config);
+    let wants = |name: &str| specs.iter().find(|s| s.name == name).map(|s| s.wants.clone()).unwrap_or_default();
     let mut sinks = Vec::new();
     let consoles = config.chat.iter().filter(|c| c.kind == ChatKind::Console).count();
     for chat in &config.chat {
@@ -297,8 +317,7 @@ pub(crate) fn outbound_sinks(config: &Config) -> anyhow::Result<Vec<Sink>> {
                 agent_id: chat.agent_id.clone(),
             }),
         };
-        let pages_only = config.pager.alert_chat.as_deref() == Some(chat.name.as_str());
-        sinks.push(Sink { name: chat.name.clone(), target, max_attempts: chat.max_attempts, pages_only });
+        sinks.push(Sink { name: chat.name.clone(), target, max_attempts: chat.max_attempts, wants: wants(&chat.name) });
     }
     if let (Some(base_url), Some(token_file)) = (&config.youtrack.base_url, &config.youtrack.token_file) {
         let previous = match &config.youtrack.previous_token_file {
@@ -318,7 +337,7 @@ pub(crate) fn outbound_sinks(config: &Config) -> anyhow::Result<Vec<Sink>> {
                 comment_on_success: config.youtrack.comment_on_success,
             }),
             max_attempts: config.youtrack.max_attempts,
-            pages_only: false,
+            wants: wants("youtrack"),
         });
     }
     if let Some(file) = &config.pager.routing_key_file {
@@ -329,7 +348,7 @@ pub(crate) fn outbound_sinks(config: &Config) -> anyhow::Result<Vec<Sink>> {
                 routing_key: secret(file)?,
             }),
             max_attempts: config.pager.max_attempts,
-            pages_only: true,
+            wants: wants("pager"),
         });
     }
     Ok(sinks)

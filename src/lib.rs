@@ -10,7 +10,8 @@
 //! - [`youtrack`]: YouTrack's REST API as the gateway reads it.
 //! - [`replay`]: ignored deliveries decided again under today's triggers.
 //! - [`selftest`]: what a rotation can break, checked without starting a build.
-//! - [`projector`]: live projections with checkpoints.
+//! - [`projector`]: live projections, saved to the read model.
+//! - [`readmodel`]: the projections saved in a SQLite file beside the log.
 //! - [`http`]: the webhook, read API and health endpoints.
 //! - [`app`]: wiring it all together.
 //! - [`links`]: signed, absolute links to build logs.
@@ -29,6 +30,7 @@ pub mod ingest;
 pub mod links;
 pub mod outbound;
 pub mod projector;
+pub mod readmodel;
 pub mod reaper;
 pub mod reconcile;
 pub mod replay;

@@ -1,47 +1,46 @@
-//! Keeps the projections following the log: catch up from the saved checkpoints, then apply each
-//! new commit as the store announces it, saving checkpoints now and then and on shutdown.
+//! Keeps the projections following the log: load what the read model saved, catch up from its
+//! position, then apply each new commit as the store announces it, saving to the read model about
+//! every second and on shutdown (docs/adr/0003-projection-checkpoints.md).
+//!
+//! Memory holds what the hot paths need (queued and running builds, the queue, the outbox); a
+//! finished build is let go once saved, and read from the read model after that
+//! ([`Projections::build`], [`Projections::list_builds`]). An event about a build memory let go
+//! brings its saved view back before it is applied.
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use meshgate_domain::{Event, Recorded};
-use meshgate_projections::{Builds, Checkpointed, Dedupe, Outbox, Projection, ProjectionSet, Queue};
+use meshgate_projections::{BuildView, OutboxConfig, ProjectionSet};
 use tokio::sync::watch;
+use uuid::Uuid;
 
-use crate::store::{Checkpoint, EventStore, StoreError, StoredEvent};
+use crate::readmodel::ReadModel;
+use crate::store::{EventStore, StoreError, StoredEvent};
 
 /// Positions read from the store in one go while catching up.
 const CATCH_UP_RANGE: usize = 8192;
-/// A restart after a crash replays at most this many events beyond the saved projections (a
-/// million took 1.2–1.8 s on the development machine, docs/benchmarks.md). Webhooks
-/// are accepted meanwhile; reads and readiness wait.
-const SAVE_EVERY_EVENTS: u64 = 2_000_000;
-/// Below that, a save waits for this many events and this long since the last one.
-const SAVE_AFTER_EVENTS: u64 = 10_000;
-const SAVE_AFTER: Duration = Duration::from_secs(600);
+/// A save is due this long after the last one if anything changed...
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// ... or after this many events (which bounds memory while catching up or rebuilding).
+pub const SAVE_AFTER_EVENTS: u64 = 50_000;
 
-/// Whether the projections are due a save, `events` and `elapsed` after the last one (they are
-/// saved at shutdown as well).
-///
-/// A save writes every projection's whole state, so its cost grows with the history (0.67 s for
-/// 151 MB at 129,000 builds), and all it buys is a shorter replay after a crash. Until 2026-11-28
-/// a save was due every 30 s when anything had been appended: a quiet gateway with a long history
-/// rewrote all of it twice a minute to spare a replay of milliseconds. Now a crash replays at most
-/// ten thousand events or ten minutes' worth, whichever is more, and never more than two million.
+/// Whether the projections are due a save, `events` and `elapsed` after the last one.
 pub fn save_due(events: u64, elapsed: Duration) -> bool {
-    events >= SAVE_EVERY_EVENTS || (events >= SAVE_AFTER_EVENTS && elapsed >= SAVE_AFTER)
+    events >= SAVE_AFTER_EVENTS || (events > 0 && elapsed >= SAVE_EVERY)
 }
 
-/// Shared, read-mostly access to the live projections.
+/// Shared access to the live projections: memory for the hot paths, the read model for the rest.
 #[derive(Clone)]
 pub struct Projections {
     set: Arc<RwLock<ProjectionSet>>,
     position: watch::Receiver<u64>,
+    readmodel: Arc<ReadModel>,
 }
 
 impl Projections {
-    /// Reads the projections.
+    /// Reads what memory holds.
     pub fn read<T>(&self, f: impl FnOnce(&ProjectionSet) -> T) -> T {
         let guard = self.set.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&guard)
@@ -61,98 +60,79 @@ impl Projections {
         let mut rx = self.position.clone();
         tokio::time::timeout(within, rx.wait_for(|p| *p >= position)).await.is_ok_and(|r| r.is_ok())
     }
-}
 
-/// A stored event made ready for the projections.
-pub enum Decoded {
-    /// An event some projection reads.
-    Apply(Box<Recorded>),
-    /// An event no projection reads: only the checkpoint moves.
-    Skip(u64),
-}
-
-/// Decodes the events the projections read; the others are only positions.
-pub fn decode_batch(batch: &[StoredEvent]) -> Result<Vec<Decoded>, StoreError> {
-    batch
-        .iter()
-        .map(|stored| {
-            if ProjectionSet::wants(&stored.event_type) {
-                let recorded = stored
-                    .decode()
-                    .map_err(|e| StoreError::caused(format_args!("event at position {}", stored.position), e))?;
-                Ok(Decoded::Apply(Box::new(recorded)))
-            } else {
-                Ok(Decoded::Skip(stored.position))
-            }
-        })
-        .collect()
-}
-
-pub fn apply_decoded(set: &mut ProjectionSet, decoded: &[Decoded]) {
-    for item in decoded {
-        match item {
-            Decoded::Apply(recorded) => set.apply(recorded),
-            Decoded::Skip(position) => set.skip_to(*position),
+    /// A build, from memory or else from the read model.
+    pub async fn build(&self, build_id: Uuid) -> Result<Option<BuildView>, StoreError> {
+        if let Some(view) = self.read(|p| p.builds.get(build_id).cloned()) {
+            return Ok(Some(view));
         }
+        let readmodel = Arc::clone(&self.readmodel);
+        blocking(move || readmodel.build(build_id)).await
+    }
+
+    /// The builds of an issue and a state, in log order: the read model's rows, with what memory
+    /// holds in their place (memory is read first: a build saved and let go meanwhile is then on
+    /// disk).
+    pub async fn list_builds(&self, issue: Option<&str>, state: Option<&str>) -> Result<Vec<BuildView>, StoreError> {
+        let hot: Vec<BuildView> = self.read(|p| p.builds.hot.values().cloned().collect());
+        let (i, s) = (issue.map(str::to_owned), state.map(str::to_owned));
+        let readmodel = Arc::clone(&self.readmodel);
+        let saved = blocking(move || readmodel.list(i.as_deref(), s.as_deref())).await?;
+        let mut all: std::collections::BTreeMap<Uuid, BuildView> = saved.into_iter().map(|b| (b.build_id, b)).collect();
+        for view in hot {
+            all.insert(view.build_id, view);
+        }
+        let mut builds: Vec<BuildView> = all
+            .into_values()
+            .filter(|b| issue.is_none_or(|i| b.issue_id == i))
+            .filter(|b| state.is_none_or(|s| b.state.name() == s))
+            .collect();
+        builds.sort_by_key(|b| b.position);
+        Ok(builds)
     }
 }
 
-/// Decodes and applies a batch of stored events.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::caused("a read model query stopped", e))?
+}
+
+/// Decodes and applies a batch of stored events (tests and tools folding in memory only).
 pub fn apply_batch(set: &mut ProjectionSet, batch: &[StoredEvent]) -> Result<(), StoreError> {
-    apply_decoded(set, &decode_batch(batch)?);
+    for stored in batch {
+        if ProjectionSet::wants(&stored.event_type) {
+            let recorded = stored
+                .decode()
+                .map_err(|e| StoreError::caused(format_args!("event at position {}", stored.position), e))?;
+            set.apply(&recorded);
+        } else {
+            set.skip_to(stored.position);
+        }
+    }
     Ok(())
 }
 
-/// Serializes every projection as a checkpoint.
-pub fn checkpoints_of(set: &ProjectionSet) -> Vec<Checkpoint> {
-    fn one<P: Projection>(c: &Checkpointed<P>) -> Checkpoint {
-        Checkpoint {
-            name: P::NAME.to_owned(),
-            position: c.position,
-            state: serde_json::to_string(&c.state).unwrap_or_default(),
-        }
-    }
-    vec![one(&set.builds), one(&set.queue), one(&set.dedupe), one(&set.outbox)]
-}
-
-/// Rebuilds a projection set from saved checkpoints; a missing or unreadable one starts from 0.
-pub fn from_checkpoints(checkpoints: &[Checkpoint]) -> ProjectionSet {
-    fn one<P: Projection>(checkpoints: &[Checkpoint]) -> Checkpointed<P> {
-        checkpoints
-            .iter()
-            .find(|c| c.name == P::NAME)
-            .and_then(|c| match serde_json::from_str(&c.state) {
-                Ok(state) => Some(Checkpointed { position: c.position, state }),
-                Err(e) => {
-                    tracing::warn!(projection = P::NAME, error = %e, "checkpoint unreadable; rebuilding from the start");
-                    None
-                }
-            })
-            .unwrap_or_default()
-    }
-    ProjectionSet {
-        builds: one::<Builds>(checkpoints),
-        queue: one::<Queue>(checkpoints),
-        dedupe: one::<Dedupe>(checkpoints),
-        outbox: one::<Outbox>(checkpoints),
-    }
-}
-
-/// Loads the checkpoints and returns the shared projections and the task that keeps them live.
+/// Loads what the read model saved and returns the shared projections and the task that keeps
+/// them live.
 pub async fn start(
     store: Arc<dyn EventStore>,
+    readmodel: Arc<ReadModel>,
+    outbox: OutboxConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(Projections, impl Future<Output = ()>), StoreError> {
-    let set = from_checkpoints(&store.load_checkpoints().await?);
-    let (position_tx, position_rx) = watch::channel(set.position());
+    let head = *store.head().borrow();
+    let loading = Arc::clone(&readmodel);
+    let set = blocking(move || loading.load(outbox, head)).await?;
+    let (position_tx, position_rx) = watch::channel(set.position);
     let set = Arc::new(RwLock::new(set));
-    let projections = Projections { set: Arc::clone(&set), position: position_rx };
+    let projections = Projections { set: Arc::clone(&set), position: position_rx, readmodel: Arc::clone(&readmodel) };
     // Subscribed here, before the caller can serve a request, not when `follow` first runs on its
     // thread: the writer publishes a request's events only if someone listens when it runs the
     // request, so a delivery appended in between and committed after the first catch-up read
     // reached the projections only with the next commit (outbound tests waited 30 s for it).
     let feed = store.committed();
-    Ok((projections, follow(store, set, position_tx, feed, shutdown)))
+    Ok((projections, follow(store, readmodel, set, position_tx, feed, shutdown)))
 }
 
 /// The thread the live projections fold on.
@@ -180,6 +160,7 @@ impl Follower {
 
 async fn follow(
     store: Arc<dyn EventStore>,
+    readmodel: Arc<ReadModel>,
     set: Arc<RwLock<ProjectionSet>>,
     position: watch::Sender<u64>,
     mut feed: Option<tokio::sync::broadcast::Receiver<Arc<[StoredEvent]>>>,
@@ -189,10 +170,11 @@ async fn follow(
     let mut head = store.head();
     let mut saved_at = (*position.borrow(), Instant::now());
     let mut behind = true;
+    let live = Live { readmodel: &readmodel, set: &set, position: &position };
     loop {
         if behind {
             let current = *position.borrow();
-            if let Err(e) = catch_up(&*store, &set, &position).await {
+            if let Err(e) = catch_up(&*store, &live, &mut saved_at).await {
                 tracing::error!(error = %e, position = current, "projections cannot read the log; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
@@ -202,13 +184,17 @@ async fn follow(
         }
         let reached = *position.borrow();
         if save_due(reached - saved_at.0, saved_at.1.elapsed()) {
-            save(&*store, &set).await;
+            live.save();
             saved_at = (reached, Instant::now());
         }
+        // Nothing new: wake up for the next commit, or in time to save what changed.
+        let unsaved = reached > saved_at.0;
+        let save_in = SAVE_EVERY.saturating_sub(saved_at.1.elapsed());
         match feed.as_mut() {
             Some(committed) => tokio::select! {
+                _ = tokio::time::sleep(save_in), if unsaved => {}
                 batch = committed.recv() => match batch {
-                    Ok(batch) => match apply_fresh(&set, &position, &batch) {
+                    Ok(batch) => match live.apply_fresh(&batch) {
                         Ok(applied) => behind = !applied,
                         Err(e) => {
                             tracing::error!(error = %e, "projections cannot apply a commit; reading the log");
@@ -227,6 +213,7 @@ async fn follow(
                 _ = &mut shutdown => break,
             },
             None => tokio::select! {
+                _ = tokio::time::sleep(save_in), if unsaved => {}
                 changed = head.wait_for(|h| *h > reached) => {
                     if changed.is_err() { break }
                     behind = true;
@@ -236,80 +223,112 @@ async fn follow(
         }
     }
     // Apply what committed before shutdown, then save.
-    let _ = catch_up(&*store, &set, &position).await;
-    save(&*store, &set).await;
+    let _ = catch_up(&*store, &live, &mut saved_at).await;
+    live.save();
 }
 
-/// Applies the events of a committed batch the projections have not seen. False if the batch
-/// starts after a gap (the log must be read first).
-fn apply_fresh(
-    set: &RwLock<ProjectionSet>,
-    position: &watch::Sender<u64>,
-    batch: &[StoredEvent],
-) -> Result<bool, StoreError> {
-    let current = *position.borrow();
-    let fresh = &batch[batch.partition_point(|e| e.position <= current)..];
-    match fresh.first() {
-        None => return Ok(true),
-        Some(first) if first.position != current + 1 => return Ok(false),
-        Some(_) => {}
+/// The live projections and where they are saved.
+struct Live<'a> {
+    readmodel: &'a ReadModel,
+    set: &'a RwLock<ProjectionSet>,
+    position: &'a watch::Sender<u64>,
+}
+
+impl Live<'_> {
+    /// Applies the events of a committed batch the projections have not seen. False if the batch
+    /// starts after a gap (the log must be read first).
+    fn apply_fresh(&self, batch: &[StoredEvent]) -> Result<bool, StoreError> {
+        let current = *self.position.borrow();
+        let fresh = &batch[batch.partition_point(|e| e.position <= current)..];
+        match fresh.first() {
+            None => return Ok(true),
+            Some(first) if first.position != current + 1 => return Ok(false),
+            Some(_) => {}
+        }
+        let Some(last) = fresh.last().map(|e| e.position) else { return Ok(true) };
+        // Decoded before the projections are locked.
+        let mut decoded = Vec::new();
+        for stored in fresh.iter().filter(|e| ProjectionSet::wants(&e.event_type)) {
+            decoded.push(
+                stored
+                    .decode()
+                    .map_err(|e| StoreError::caused(format_args!("event at position {}", stored.position), e))?,
+            );
+        }
+        self.fold(&decoded, last)?;
+        Ok(true)
     }
-    advance(set, position, fresh)?;
-    Ok(true)
-}
 
-/// Applies events that follow the projections' position directly, and moves the position to the
-/// last of them. Decoding happens before the projections are locked.
-fn advance(
-    set: &RwLock<ProjectionSet>,
-    position: &watch::Sender<u64>,
-    events: &[StoredEvent],
-) -> Result<(), StoreError> {
-    let Some(last) = events.last().map(|e| e.position) else {
-        return Ok(());
-    };
-    let decoded = decode_batch(events)?;
-    {
-        let mut guard = set.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        apply_decoded(&mut guard, &decoded);
+    /// Applies decoded events and moves the position to `covered`, bringing back first the saved
+    /// views of builds they are about that memory let go.
+    fn fold(&self, decoded: &[Recorded], covered: u64) -> Result<(), StoreError> {
+        if covered <= *self.position.borrow() {
+            return Ok(());
+        }
+        let missing = self.set.read().unwrap_or_else(|p| p.into_inner()).builds.missing(decoded);
+        let restored = if missing.is_empty() { Vec::new() } else { self.readmodel.builds(&missing)? };
+        let mut guard = self.set.write().unwrap_or_else(|p| p.into_inner());
+        guard.builds.restore(restored);
+        for recorded in decoded {
+            guard.apply(recorded);
+        }
+        guard.skip_to(covered);
+        drop(guard);
+        self.position.send_replace(covered);
+        Ok(())
     }
-    position.send_replace(last);
-    Ok(())
+
+    /// Saves what changed since the last save, then lets go of the finished builds saved. A
+    /// failed save is logged and done again at the next one: memory keeps what it did not save.
+    fn save(&self) {
+        let started = Instant::now();
+        let (views, mark, queue, outbox, position) = {
+            let guard = self.set.read().unwrap_or_else(|p| p.into_inner());
+            let (views, mark) = guard.builds.changed();
+            (views, mark, guard.queue.clone(), guard.outbox.clone(), guard.position)
+        };
+        match self.readmodel.save(&views, &queue, &outbox, position) {
+            Ok(()) => {
+                let mut guard = self.set.write().unwrap_or_else(|p| p.into_inner());
+                guard.builds.saved(mark);
+                let in_memory = guard.builds.hot.len();
+                drop(guard);
+                tracing::debug!(
+                    position,
+                    builds = views.len(),
+                    in_memory,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "read model saved"
+                );
+            }
+            Err(e) => tracing::warn!(error = %crate::report::chain(&e), "cannot save the read model"),
+        }
+    }
 }
 
-async fn catch_up(
-    store: &dyn EventStore,
-    set: &RwLock<ProjectionSet>,
-    position: &watch::Sender<u64>,
-) -> Result<(), StoreError> {
+async fn catch_up(store: &dyn EventStore, live: &Live<'_>, saved_at: &mut (u64, Instant)) -> Result<(), StoreError> {
     let wanted = projected_types();
-    let mut from = *position.borrow();
+    let mut from = *live.position.borrow();
     let mut read = store.read_decoded(from, CATCH_UP_RANGE, &wanted).await?;
     loop {
         let (decoded, covered) = read;
-        let fold = async { fold_range(set, position, &decoded, covered) };
+        let fold = async {
+            live.fold(&decoded, covered)?;
+            // A long catch-up saves as it goes, so memory stays bounded.
+            if covered - saved_at.0 >= SAVE_AFTER_EVENTS {
+                live.save();
+                *saved_at = (covered, Instant::now());
+            }
+            Ok::<(), StoreError>(())
+        };
         if covered - from < CATCH_UP_RANGE as u64 {
-            fold.await;
-            return Ok(());
+            return fold.await;
         }
         // The next range is read (on a blocking thread) while this one is folded.
-        let (next, ()) = tokio::join!(biased; store.read_decoded(covered, CATCH_UP_RANGE, &wanted), fold);
+        let (next, folded) = tokio::join!(biased; store.read_decoded(covered, CATCH_UP_RANGE, &wanted), fold);
+        folded?;
         (read, from) = (next?, covered);
     }
-}
-
-/// Applies a range read by `read_decoded` that covered positions up to `covered`.
-fn fold_range(set: &RwLock<ProjectionSet>, position: &watch::Sender<u64>, decoded: &[Recorded], covered: u64) {
-    if covered <= *position.borrow() {
-        return;
-    }
-    let mut guard = set.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-    for recorded in decoded {
-        guard.apply(recorded);
-    }
-    guard.skip_to(covered);
-    drop(guard);
-    position.send_replace(covered);
 }
 
 /// The event types some projection folds; the others are only positions to them.
@@ -317,47 +336,15 @@ pub fn projected_types() -> Vec<&'static str> {
     Event::TYPES.iter().copied().filter(|t| ProjectionSet::wants(t)).collect()
 }
 
-/// Saves every projection. Serializing whole states takes a while on a large log, so it runs on a
-/// blocking thread, not on one of the threads answering requests.
-async fn save(store: &dyn EventStore, set: &Arc<RwLock<ProjectionSet>>) {
-    let set = Arc::clone(set);
-    let serialized = tokio::task::spawn_blocking(move || {
-        let guard = set.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        checkpoints_of(&guard)
-    })
-    .await;
-    let checkpoints = match serialized {
-        Ok(checkpoints) => checkpoints,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot serialize projection checkpoints");
-            return;
-        }
-    };
-    let (position, bytes) =
-        (checkpoints.iter().map(|c| c.position).min(), checkpoints.iter().map(|c| c.state.len()).sum::<usize>());
-    let started = Instant::now();
-    match store.save_checkpoints(checkpoints).await {
-        Ok(()) => tracing::debug!(
-            position,
-            bytes,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "projection checkpoints saved"
-        ),
-        Err(e) => tracing::warn!(error = %e, "cannot save projection checkpoints"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_save_is_due_after_two_million_events_or_ten_thousand_and_ten_minutes() {
-        let minute = Duration::from_secs(60);
-        assert!(!save_due(1, 60 * minute), "a handful of events never rewrites the state");
-        assert!(!save_due(9_999, 60 * minute));
-        assert!(!save_due(1_999_999, 9 * minute));
-        assert!(save_due(10_000, 10 * minute));
-        assert!(save_due(2_000_000, Duration::ZERO));
+    fn a_save_is_due_a_second_after_a_change_or_after_fifty_thousand_events() {
+        assert!(!save_due(0, Duration::from_secs(3600)), "nothing changed, nothing to save");
+        assert!(!save_due(1, Duration::from_millis(999)));
+        assert!(save_due(1, Duration::from_secs(1)));
+        assert!(save_due(50_000, Duration::ZERO));
     }
 }

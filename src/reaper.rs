@@ -40,7 +40,7 @@ pub async fn run(reaper: Reaper, mut stopping: watch::Receiver<bool>) {
 
 /// Expires the leases that ran out at `now`; returns how many builds were requeued or failed.
 pub async fn reap_once(reaper: &Reaper, now: DateTime<Utc>) -> usize {
-    let expired = reaper.projections.read(|p| p.builds.state.expired_leases(now));
+    let expired = reaper.projections.read(|p| p.builds.expired_leases(now));
     let mut reaped = 0;
     for build_id in expired {
         let command = BuildCommand::Expire { max_attempts: reaper.max_attempts };

@@ -1,6 +1,14 @@
 //! `builds`: the state of every build, with the deliveries folded into it.
+//!
+//! Memory holds the builds the hot paths need, sized by the work in flight: every queued or
+//! running build, and finished ones changed since the read model last saved them. The shell saves
+//! changed views ([`Builds::changed`]) as rows of the read model, then lets the finished ones go
+//! ([`Builds::saved`]); a later event about a build no longer in memory (a late fold,
+//! a refused result) is applied after the shell has brought its view back ([`Builds::missing`],
+//! [`Builds::restore`]). Folding a log without saving keeps every build in memory, which is what a
+//! rebuild compares with.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use meshgate_domain::build::{evolve, BuildState};
@@ -19,6 +27,7 @@ pub struct FoldRecord {
     pub folded_at: DateTime<Utc>,
 }
 
+/// Everything the API shows about one build.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildView {
     pub build_id: Uuid,
@@ -41,25 +50,78 @@ pub struct BuildView {
     /// What the node reported for the attempt that finished the build.
     #[serde(default)]
     pub report: Option<BuildReport>,
-    /// Heartbeats and results refused as stale.
+    /// Heartbeats and results refused because their attempt was no longer current.
     #[serde(default)]
     pub rejected: u32,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+impl BuildView {
+    /// A new build's view.
+    fn requested(recorded: &Recorded) -> Option<BuildView> {
+        let Event::BuildRequested(e) = &recorded.event else { return None };
+        Some(BuildView {
+            build_id: e.build_id,
+            issue_id: e.issue_id.clone(),
+            project: e.project.clone(),
+            summary: e.summary.clone(),
+            trigger: e.trigger.clone(),
+            script: e.script.clone(),
+            lane: e.lane.clone(),
+            git_ref: e.git_ref.clone(),
+            intent_key: e.intent_key.clone(),
+            requested_by: e.requested_by.clone(),
+            correlation_id: e.correlation_id,
+            requested_at: e.requested_at,
+            position: recorded.position,
+            state: evolve(BuildState::New, &recorded.event),
+            updated_at: recorded.recorded_at,
+            folds: Vec::new(),
+            report: None,
+            rejected: 0,
+        })
+    }
+
+    /// Folds one later event of the build's stream into its view.
+    pub fn apply(&mut self, recorded: &Recorded) {
+        let event = &recorded.event;
+        match event {
+            Event::BuildRequestFolded(f) => self.folds.push(FoldRecord {
+                correlation_id: f.correlation_id,
+                reason: f.reason,
+                folded_at: f.folded_at,
+            }),
+            Event::BuildSucceeded(e) => self.report.clone_from(&e.report),
+            Event::BuildFailed(e) => self.report.clone_from(&e.report),
+            Event::BuildResultRejected(_) => self.rejected += 1,
+            _ => {}
+        }
+        self.state = evolve(std::mem::replace(&mut self.state, BuildState::New), event);
+        self.updated_at = recorded.recorded_at;
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Builds {
-    pub builds: BTreeMap<Uuid, BuildView>,
+    /// Queued and running builds, and builds changed since the last save.
+    pub hot: BTreeMap<Uuid, BuildView>,
+    /// Builds changed since the last save, with the change's number: a save that read a view
+    /// before a later change leaves it marked.
+    changed: BTreeMap<Uuid, u64>,
+    /// Counts changes.
+    changes: u64,
 }
 
 impl Builds {
+    /// A build held in memory (a queued or running one always is).
     pub fn get(&self, build_id: Uuid) -> Option<&BuildView> {
-        self.builds.get(&build_id)
+        self.hot.get(&build_id)
     }
 
-    /// Builds in log order, optionally only those of one issue and in one state.
+    /// The builds in memory of an issue and a state (`queued`, `running`, …), in log order. The
+    /// shell adds the saved ones for the whole answer.
     pub fn list<'a>(&'a self, issue: Option<&'a str>, state: Option<&'a str>) -> Vec<&'a BuildView> {
         let mut builds: Vec<_> = self
-            .builds
+            .hot
             .values()
             .filter(|b| issue.is_none_or(|i| b.issue_id == i))
             .filter(|b| state.is_none_or(|s| b.state.name() == s))
@@ -67,13 +129,11 @@ impl Builds {
         builds.sort_by_key(|b| b.position);
         builds
     }
-}
 
-impl Builds {
-    /// Running builds whose lease ran out at or before `now`, oldest lease first.
+    /// Running builds whose lease ran out at `now`, oldest lease first.
     pub fn expired_leases(&self, now: DateTime<Utc>) -> Vec<Uuid> {
         let mut expired: Vec<(DateTime<Utc>, Uuid)> = self
-            .builds
+            .hot
             .values()
             .filter_map(|b| match &b.state {
                 BuildState::Running { lease_expires_at, .. } if *lease_expires_at <= now => {
@@ -85,55 +145,78 @@ impl Builds {
         expired.sort();
         expired.into_iter().map(|(_, id)| id).collect()
     }
+
+    /// The builds later events of `batch` are about that memory does not hold: the shell brings
+    /// their saved views back before the batch is applied.
+    pub fn missing<'a>(&self, batch: impl IntoIterator<Item = &'a Recorded>) -> Vec<Uuid> {
+        let mut new = BTreeSet::new();
+        let mut missing = Vec::new();
+        for recorded in batch {
+            match &recorded.event {
+                Event::BuildRequested(e) => {
+                    new.insert(e.build_id);
+                }
+                event if event.event_type().starts_with("Build") => {
+                    if let Some(id) = event.build_id() {
+                        if !self.hot.contains_key(&id) && !new.contains(&id) && !missing.contains(&id) {
+                            missing.push(id);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        missing
+    }
+
+    /// Holds saved views in memory again (loaded at start, or brought back for a late event).
+    pub fn restore(&mut self, views: impl IntoIterator<Item = BuildView>) {
+        for view in views {
+            self.hot.entry(view.build_id).or_insert(view);
+        }
+    }
+
+    /// The views changed since the last save, to be saved, and the mark to pass to
+    /// [`Builds::saved`] once they are.
+    pub fn changed(&self) -> (Vec<BuildView>, u64) {
+        (self.changed.keys().filter_map(|id| self.hot.get(id).cloned()).collect(), self.changes)
+    }
+
+    /// The views [`Builds::changed`] gave with `mark` are saved: lets go of finished builds not
+    /// changed since; memory keeps the queued and running ones.
+    pub fn saved(&mut self, mark: u64) {
+        self.changed.retain(|_, change| *change > mark);
+        let changed = &self.changed;
+        self.hot.retain(|id, b| b.state.is_active() || changed.contains_key(id));
+    }
+
+    /// Builds changed and not yet saved.
+    pub fn unsaved(&self) -> usize {
+        self.changed.len()
+    }
 }
 
 impl Projection for Builds {
     const NAME: &'static str = "builds";
+    const VERSION: u32 = 2;
 
     fn wants(event_type: &str) -> bool {
         event_type.starts_with("Build")
     }
 
     fn apply(&mut self, recorded: &Recorded) {
-        let event = &recorded.event;
-        if let Event::BuildRequested(e) = event {
-            self.builds.entry(e.build_id).or_insert_with(|| BuildView {
-                build_id: e.build_id,
-                issue_id: e.issue_id.clone(),
-                project: e.project.clone(),
-                summary: e.summary.clone(),
-                trigger: e.trigger.clone(),
-                script: e.script.clone(),
-                lane: e.lane.clone(),
-                git_ref: e.git_ref.clone(),
-                intent_key: e.intent_key.clone(),
-                requested_by: e.requested_by.clone(),
-                correlation_id: e.correlation_id,
-                requested_at: e.requested_at,
-                position: recorded.position,
-                state: evolve(BuildState::New, event),
-                updated_at: recorded.recorded_at,
-                folds: Vec::new(),
-                report: None,
-                rejected: 0,
-            });
+        if let Some(view) = BuildView::requested(recorded) {
+            let id = view.build_id;
+            self.hot.entry(id).or_insert(view);
+            self.changes += 1;
+            self.changed.insert(id, self.changes);
             return;
         }
-        let Some(build) = event.build_id().and_then(|id| self.builds.get_mut(&id)) else {
-            return;
-        };
-        match event {
-            Event::BuildRequestFolded(f) => build.folds.push(FoldRecord {
-                correlation_id: f.correlation_id,
-                reason: f.reason,
-                folded_at: f.folded_at,
-            }),
-            Event::BuildSucceeded(e) => build.report.clone_from(&e.report),
-            Event::BuildFailed(e) => build.report.clone_from(&e.report),
-            Event::BuildResultRejected(_) => build.rejected += 1,
-            _ => {}
+        let Some(id) = recorded.event.build_id() else { return };
+        if let Some(build) = self.hot.get_mut(&id) {
+            build.apply(recorded);
+            self.changes += 1;
+            self.changed.insert(id, self.changes);
         }
-        build.state = evolve(std::mem::replace(&mut build.state, BuildState::New), event);
-        build.updated_at = recorded.recorded_at;
     }
 }

@@ -1,5 +1,12 @@
-//! `outbox`: build milestones and, per notification key, where its delivery stands. The outbound
-//! dispatcher asks it what is due for a sink; every attempt it makes comes back as an event.
+//! `outbox`: per notification key (sink, build, milestone), the milestone and where its delivery
+//! stands. The outbound dispatcher asks it what is due for a sink; every attempt it makes comes
+//! back as an event.
+//!
+//! It is sized by the work in flight, not by history: a milestone is kept only for the configured
+//! sinks that send it ([`OutboxConfig`]), and only while it is younger than the dedupe window
+//! (measured on the log's own clock, the newest event's time), since an older one is never sent.
+//! A sink added later does not send older milestones; a resend request makes a key due again
+//! whatever its age.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -12,9 +19,7 @@ use uuid::Uuid;
 
 use crate::Projection;
 
-/// Milestones older than this (against the newest event) are forgotten.
-const KEEP_HOURS: i64 = 48;
-
+/// A milestone worth telling a sink about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MilestoneRecord {
     pub build_id: Uuid,
@@ -22,67 +27,108 @@ pub struct MilestoneRecord {
     pub at: DateTime<Utc>,
 }
 
+/// A configured sink, as the outbox needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkSpec {
+    pub name: String,
+    /// The milestones it sends.
+    pub wants: Vec<Milestone>,
+}
+
+/// What the outbox keeps milestones for, and how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxConfig {
+    pub sinks: Vec<SinkSpec>,
+    /// `[outbound] dedupe_window_seconds`.
+    pub window: Duration,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig { sinks: Vec::new(), window: Duration::hours(1) }
+    }
+}
+
+/// One notification key the outbox follows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub key: String,
+    pub sink: String,
+    pub record: MilestoneRecord,
+    pub state: NotificationState,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outbox {
-    /// By global position, so notifications go out in log order.
-    pub milestones: BTreeMap<u64, MilestoneRecord>,
-    /// Where each notification key stands, folded with the domain's `notification::evolve`.
-    pub keys: HashMap<String, NotificationState>,
-    /// `sink/build` → the message later states of the build edit in place.
-    #[serde(default)]
-    pub message_refs: HashMap<String, String>,
-    /// Keys an operator asked to send again, by the position of the request: due for their sink
-    /// only, whatever their milestone's age, until they are delivered or abandoned again.
-    #[serde(default)]
-    pub resent: BTreeMap<u64, (String, MilestoneRecord)>,
+    #[serde(skip)]
+    config: OutboxConfig,
+    /// By the position of the milestone (or of the resend request) and the sink, so notifications
+    /// go out in log order.
+    entries: BTreeMap<(u64, String), Entry>,
+    /// Notification key → its entry.
+    keys: HashMap<String, (u64, String)>,
+    /// `sink/build` → the message later states of the build edit in place, and when it was last
+    /// used.
+    message_refs: HashMap<String, (String, DateTime<Utc>)>,
+    /// The newest event time applied: the outbox's clock.
+    latest: Option<DateTime<Utc>>,
 }
 
 impl Outbox {
-    /// Milestones a sink still has to send, oldest first: recorded within `window` of `now`, not
-    /// delivered or abandoned, accepted by `wanted`, and not waiting for a later retry.
-    pub fn due(
-        &self,
-        sink: &str,
-        now: DateTime<Utc>,
-        window: Duration,
-        wanted: impl Fn(Milestone) -> bool,
-    ) -> Vec<MilestoneRecord> {
-        let resent = self.resent.values().filter(|(s, _)| s == sink).map(|(_, m)| m);
-        self.milestones
+    pub fn new(config: OutboxConfig) -> Self {
+        Outbox { config, ..Outbox::default() }
+    }
+
+    /// The same state under another configuration (loaded from the read model at start).
+    pub fn with_config(mut self, config: OutboxConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Milestones a sink still has to send at `now`, oldest first: recorded within the window (or
+    /// asked again), not delivered or abandoned, and not waiting for a later retry.
+    pub fn due(&self, sink: &str, now: DateTime<Utc>) -> Vec<MilestoneRecord> {
+        let horizon = now - self.config.window;
+        self.entries
             .values()
-            .filter(|m| m.at >= now - window && wanted(m.milestone))
-            .chain(resent)
-            .filter(|m| {
-                let key = notification_key(sink, m.build_id, m.milestone);
-                self.keys.get(&key).is_none_or(|k| k.is_due(now))
-            })
-            .copied()
+            .filter(|e| e.sink == sink && e.record.at >= horizon && e.state.is_due(now))
+            .map(|e| e.record)
             .collect()
     }
 
     /// The earliest retry a sink is waiting for, if any.
     pub fn next_retry(&self, sink: &str) -> Option<DateTime<Utc>> {
-        let prefix = format!("{sink}/");
-        self.keys.iter().filter(|(k, _)| k.starts_with(&prefix)).filter_map(|(_, s)| s.next_attempt_at()).min()
+        self.entries.values().filter(|e| e.sink == sink).filter_map(|e| e.state.next_attempt_at()).min()
     }
 
     /// The message a sink posted first for a build, if it keeps one.
     pub fn message_ref(&self, sink: &str, build_id: Uuid) -> Option<&str> {
-        self.message_refs.get(&format!("{sink}/{build_id}")).map(String::as_str)
+        self.message_refs.get(&format!("{sink}/{build_id}")).map(|(r, _)| r.as_str())
     }
 
     pub fn key(&self, key: &str) -> Option<&NotificationState> {
-        self.keys.get(key)
+        self.keys.get(key).and_then(|at| self.entries.get(at)).map(|e| &e.state)
+    }
+
+    /// How many keys the outbox follows (its size is the work in flight).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn of_build<'a>(&'a self, sink: &'a str, build_id: Uuid) -> impl Iterator<Item = &'a NotificationState> + 'a {
+        self.entries.values().filter(move |e| e.sink == sink && e.record.build_id == build_id).map(|e| &e.state)
     }
 
     fn abandoned(&self, sink: &str, build_id: Uuid) -> bool {
-        let prefix = format!("{sink}/{build_id}/");
-        self.keys.iter().any(|(k, s)| k.starts_with(&prefix) && matches!(s, NotificationState::Abandoned { .. }))
+        self.of_build(sink, build_id).any(|s| matches!(s, NotificationState::Abandoned { .. }))
     }
 
     fn failing(&self, sink: &str, build_id: Uuid) -> bool {
-        let prefix = format!("{sink}/{build_id}/");
-        self.keys.iter().any(|(k, s)| k.starts_with(&prefix) && !s.is_delivered() && s.attempts() > 0)
+        self.of_build(sink, build_id).any(|s| !s.is_delivered() && s.attempts() > 0)
     }
 
     /// Why on-call should be paged about a build, if they should: the tracker comment was
@@ -99,15 +145,38 @@ impl Outbox {
         None
     }
 
-    /// Whether any page was abandoned (the pager itself is failing).
+    /// Whether a page was abandoned within the window (the pager itself is failing).
     pub fn pager_failing(&self, pager: &str) -> bool {
-        let prefix = format!("{pager}/");
-        self.keys.iter().any(|(k, s)| k.starts_with(&prefix) && matches!(s, NotificationState::Abandoned { .. }))
+        self.entries.values().any(|e| e.sink == pager && matches!(e.state, NotificationState::Abandoned { .. }))
+    }
+
+    fn follow(&mut self, position: u64, sink: &str, record: MilestoneRecord, state: NotificationState) {
+        let key = notification_key(sink, record.build_id, record.milestone);
+        let at = (position, sink.to_owned());
+        if let Some(old) = self.keys.insert(key.clone(), at.clone()) {
+            self.entries.remove(&old);
+        }
+        self.entries.insert(at, Entry { key, sink: sink.to_owned(), record, state });
+    }
+
+    /// Forgets what the window has passed by: milestones never sent any more, and message ids of
+    /// builds quiet for that long.
+    fn prune(&mut self, now: DateTime<Utc>) {
+        let horizon = now - self.config.window;
+        let old: Vec<(u64, String)> =
+            self.entries.iter().filter(|(_, e)| e.record.at < horizon).map(|(at, _)| at.clone()).collect();
+        for at in old {
+            if let Some(entry) = self.entries.remove(&at) {
+                self.keys.remove(&entry.key);
+            }
+        }
+        self.message_refs.retain(|_, (_, used)| *used >= horizon);
     }
 }
 
 impl Projection for Outbox {
     const NAME: &'static str = "outbox";
+    const VERSION: u32 = 2;
 
     fn wants(event_type: &str) -> bool {
         matches!(
@@ -127,36 +196,108 @@ impl Projection for Outbox {
     }
 
     fn apply(&mut self, recorded: &Recorded) {
+        let at = recorded.recorded_at;
+        if self.latest.is_none_or(|latest| at > latest) {
+            self.latest = Some(at);
+            // Pruning walks every entry: do it once a second of log time at most.
+            if self.entries.first_key_value().is_some_and(|(_, e)| e.record.at < at - self.config.window) {
+                self.prune(at);
+            }
+        }
         if let Some((build_id, milestone)) = Milestone::of(&recorded.event) {
-            self.milestones
-                .insert(recorded.position, MilestoneRecord { build_id, milestone, at: recorded.recorded_at });
-            let horizon = recorded.recorded_at - Duration::hours(KEEP_HOURS);
-            while self.milestones.first_key_value().is_some_and(|(_, m)| m.at < horizon) {
-                self.milestones.pop_first();
+            let record = MilestoneRecord { build_id, milestone, at };
+            let sinks: Vec<String> =
+                self.config.sinks.iter().filter(|s| s.wants.contains(&milestone)).map(|s| s.name.clone()).collect();
+            for sink in sinks {
+                // A milestone reached again (a second requeue) is the same key: it stays as it is.
+                if !self.keys.contains_key(&notification_key(&sink, build_id, milestone)) {
+                    self.follow(recorded.position, &sink, record, NotificationState::Pending);
+                }
             }
             return;
         }
-        let key = match &recorded.event {
-            Event::NotificationAttempted(e) => &e.key,
+        let (key, position) = match &recorded.event {
+            Event::NotificationAttempted(e) => (&e.key, self.keys.get(&e.key).cloned()),
             Event::NotificationDelivered(e) => {
                 if let Some(message) = &e.message_ref {
-                    self.message_refs.entry(format!("{}/{}", e.sink, e.build_id)).or_insert_with(|| message.clone());
+                    let entry = self.message_refs.entry(format!("{}/{}", e.sink, e.build_id));
+                    entry.or_insert_with(|| (message.clone(), at)).1 = at;
                 }
-                &e.key
+                (&e.key, self.keys.get(&e.key).cloned())
             }
-            Event::NotificationAbandoned(e) => &e.key,
+            Event::NotificationAbandoned(e) => (&e.key, self.keys.get(&e.key).cloned()),
             Event::NotificationResendRequested(e) => {
-                let due = MilestoneRecord { build_id: e.build_id, milestone: e.milestone, at: recorded.recorded_at };
-                self.resent.insert(recorded.position, (e.sink.clone(), due));
-                &e.key
+                // Due again for its sink, from now, whatever the milestone's age.
+                let state = self.key(&e.key).cloned().unwrap_or_default();
+                let record = MilestoneRecord { build_id: e.build_id, milestone: e.milestone, at };
+                self.follow(recorded.position, &e.sink, record, evolve(state, &recorded.event));
+                return;
             }
             _ => return,
         };
-        let state = self.keys.entry(key.clone()).or_default();
-        *state = evolve(std::mem::take(state), &recorded.event);
-        if state.is_done() {
-            let done = key.clone();
-            self.resent.retain(|_, (sink, m)| notification_key(sink, m.build_id, m.milestone) != done);
+        // A key the outbox no longer follows (past the window, or of a sink since removed) stays so.
+        let Some(at) = position else { return };
+        if let Some(entry) = self.entries.get_mut(&at) {
+            debug_assert_eq!(&entry.key, key);
+            entry.state = evolve(std::mem::take(&mut entry.state), &recorded.event);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_787_562_900 + s, 0).unwrap()
+    }
+
+    fn recorded(position: u64, at: i64, event: Event) -> Recorded {
+        Recorded { position, stream: String::new(), version: 0, event, correlation_id: Uuid::nil(), recorded_at: t(at) }
+    }
+
+    fn cancelled(build: u128) -> Event {
+        Event::BuildCancelled(meshgate_domain::event::BuildCancelled {
+            build_id: Uuid::from_u128(build),
+            reason: "x".into(),
+            cancelled_at: t(0),
+        })
+    }
+
+    fn config() -> OutboxConfig {
+        OutboxConfig {
+            sinks: vec![
+                SinkSpec { name: "team".into(), wants: vec![Milestone::Cancelled] },
+                SinkSpec { name: "tracker".into(), wants: vec![Milestone::Failed] },
+            ],
+            window: Duration::seconds(60),
+        }
+    }
+
+    #[test]
+    fn milestones_are_kept_only_for_the_sinks_that_send_them_and_only_within_the_window() {
+        let mut outbox = Outbox::new(config());
+        outbox.apply(&recorded(1, 0, cancelled(1)));
+        assert_eq!(outbox.len(), 1, "one sink wants cancellations");
+        assert_eq!(outbox.due("team", t(10)).len(), 1);
+        assert!(outbox.due("tracker", t(10)).is_empty());
+        // Two sinks wanting one milestone each follow their own key.
+        let mut both = Outbox::new(OutboxConfig {
+            sinks: vec![
+                SinkSpec { name: "a".into(), wants: vec![Milestone::Cancelled] },
+                SinkSpec { name: "b".into(), wants: vec![Milestone::Cancelled] },
+            ],
+            window: Duration::seconds(60),
+        });
+        both.apply(&recorded(1, 0, cancelled(1)));
+        assert_eq!((both.due("a", t(1)).len(), both.due("b", t(1)).len()), (1, 1));
+        // A minute later (on the log's clock) it is no longer followed.
+        outbox.apply(&recorded(2, 61, cancelled(2)));
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(outbox.due("team", t(61))[0].build_id, Uuid::from_u128(2));
+        // With no sinks, nothing is kept at all.
+        let mut quiet = Outbox::new(OutboxConfig::default());
+        (0..1000).for_each(|n| quiet.apply(&recorded(n + 1, 0, cancelled(n as u128))));
+        assert!(quiet.is_empty());
     }
 }

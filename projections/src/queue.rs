@@ -96,6 +96,7 @@ impl Queue {
 
 impl Projection for Queue {
     const NAME: &'static str = "queue";
+    const VERSION: u32 = 1;
 
     fn wants(event_type: &str) -> bool {
         matches!(

@@ -187,16 +187,44 @@ mod properties {
             }
             let a = fold_all(&log_of(&without));
             let b = fold_all(&log_of(&with));
-            let states = |s: &ProjectionSet| s.builds.state.builds.values().map(|b| b.state.clone()).collect::<Vec<_>>();
+            let states = |s: &ProjectionSet| s.builds.hot.values().map(|b| b.state.clone()).collect::<Vec<_>>();
             prop_assert_eq!(states(&a), states(&b));
             // Positions shift by the folds inserted; what is queued, and in which order, must not.
             let queue = |s: &ProjectionSet| {
                 let priorities = [("signing".to_owned(), 5)].into();
                 let order = |q: &crate::Queue| q.ordered(&priorities).iter().map(|e| (e.build_id, e.attempt)).collect::<Vec<_>>();
-                (order(&s.queue.state), s.queue.state.running.keys().copied().collect::<Vec<_>>())
+                (order(&s.queue), s.queue.running.keys().copied().collect::<Vec<_>>())
             };
             prop_assert_eq!(queue(&a), queue(&b));
-            prop_assert_eq!(&a.dedupe.state, &b.dedupe.state);
+        }
+
+        #[test]
+        fn saving_and_letting_finished_builds_go_along_the_way_changes_nothing_a_rebuild_sees(
+            actions in proptest::collection::vec(action(), 0..80),
+            saves in proptest::collection::vec(any::<bool>(), 80),
+        ) {
+            let log = log_of(&actions);
+            let everything = fold_all(&log);
+            // A live set: now and then its changed views are saved (to `disk`) and its finished
+            // builds let go; a later event about one brings it back first, as the shell does.
+            let mut live = ProjectionSet::default();
+            let mut disk = std::collections::BTreeMap::new();
+            for (event, save) in log.iter().zip(saves.iter().cycle()) {
+                let missing = live.builds.missing(std::iter::once(event));
+                live.builds.restore(missing.iter().filter_map(|id| disk.get(id).cloned()));
+                live.apply(event);
+                if *save {
+                    let (views, mark) = live.builds.changed();
+                    views.into_iter().for_each(|v| drop(disk.insert(v.build_id, v)));
+                    live.builds.saved(mark);
+                }
+            }
+            let (views, mark) = live.builds.changed();
+            views.into_iter().for_each(|v| drop(disk.insert(v.build_id, v)));
+            live.builds.saved(mark);
+            prop_assert_eq!(disk, everything.builds.hot.clone());
+            prop_assert!(live.builds.hot.values().all(|b| b.state.is_active()), "memory keeps the active builds only");
+            prop_assert_eq!(&live.queue, &everything.queue);
         }
     }
 
@@ -205,7 +233,7 @@ mod properties {
         let log = log_of(&[Action::Request(0), Action::Request(1), Action::Request(2), Action::Request(3)]);
         let set = fold_all(&log);
         let priorities = [("signing".to_owned(), 10)].into();
-        let order: Vec<_> = set.queue.state.ordered(&priorities).iter().map(|e| e.issue_id.clone()).collect();
+        let order: Vec<_> = set.queue.ordered(&priorities).iter().map(|e| e.issue_id.clone()).collect();
         assert_eq!(order, ["MOB-1", "MOB-3", "MOB-0", "MOB-2"]);
     }
 
@@ -213,26 +241,20 @@ mod properties {
     fn a_finished_build_frees_its_intent_and_leaves_the_queue() {
         let log = log_of(&[Action::Request(0), Action::Claim(0), Action::Request(1), Action::Succeed(0)]);
         let set = fold_all(&log);
-        assert_eq!(set.dedupe.state.active_intents.keys().collect::<Vec<_>>(), ["MOB-1/ios-build"]);
-        assert_eq!(set.queue.state.len(), 1);
-        assert_eq!(set.builds.state.list(None, Some("succeeded")).len(), 1);
+        let active: Vec<&str> =
+            set.builds.hot.values().filter(|b| b.state.is_active()).map(|b| b.intent_key.as_str()).collect();
+        assert_eq!(active, ["MOB-1/ios-build"]);
+        assert_eq!(set.queue.len(), 1);
+        assert_eq!(set.builds.list(None, Some("succeeded")).len(), 1);
     }
 
     #[test]
     fn a_requeued_build_returns_to_its_place_with_the_next_attempt() {
         let log = log_of(&[Action::Request(0), Action::Request(2), Action::Claim(0), Action::Requeue(0)]);
         let set = fold_all(&log);
-        let order = set.queue.state.ordered(&Default::default());
+        let order = set.queue.ordered(&Default::default());
         assert_eq!(order[0].issue_id, "MOB-0");
         assert_eq!(order[0].attempt, 2);
-    }
-
-    #[test]
-    fn fingerprints_keep_the_builds_of_their_first_routing() {
-        let log = log_of(&[Action::Routed(1, 0), Action::Routed(1, 2), Action::Ignored(2)]);
-        let set = fold_all(&log);
-        assert_eq!(set.dedupe.state.builds_for(&fingerprint(1)), Some(&[build_id(0)][..]));
-        assert_eq!(set.dedupe.state.builds_for(&fingerprint(2)), Some(&[][..]));
     }
 }
 
@@ -265,8 +287,8 @@ mod scheduling {
         let plain: Vec<String> = vec![];
         let signer = vec!["signing".to_owned()];
         let ask = |labels| NodeAsk { node_id: "n", labels, slots: 2 };
-        assert_eq!(set.queue.state.next_for(&lanes(), &ask(&plain)).unwrap().issue_id, "MOB-0");
-        assert_eq!(set.queue.state.next_for(&lanes(), &ask(&signer)).unwrap().issue_id, "MOB-1");
+        assert_eq!(set.queue.next_for(&lanes(), &ask(&plain)).unwrap().issue_id, "MOB-0");
+        assert_eq!(set.queue.next_for(&lanes(), &ask(&signer)).unwrap().issue_id, "MOB-1");
     }
 
     #[test]
@@ -275,13 +297,13 @@ mod scheduling {
         let set = fold_all(&log_of(&[Action::Request(1), Action::Request(3), Action::Claim(1)]));
         let signer = vec!["signing".to_owned()];
         let other = NodeAsk { node_id: "mac-2", labels: &signer, slots: 4 };
-        assert!(set.queue.state.next_for(&lanes(), &other).is_none());
+        assert!(set.queue.next_for(&lanes(), &other).is_none());
         let set = fold_all(&log_of(&[Action::Request(0), Action::Request(2), Action::Claim(0)]));
         let full = NodeAsk { node_id: "mac-1", labels: &signer, slots: 1 };
-        assert_eq!(set.queue.state.held_by("mac-1"), 1);
-        assert!(set.queue.state.next_for(&lanes(), &full).is_none());
+        assert_eq!(set.queue.held_by("mac-1"), 1);
+        assert!(set.queue.next_for(&lanes(), &full).is_none());
         let roomy = NodeAsk { node_id: "mac-1", labels: &signer, slots: 2 };
-        assert_eq!(set.queue.state.next_for(&lanes(), &roomy).unwrap().issue_id, "MOB-2");
+        assert_eq!(set.queue.next_for(&lanes(), &roomy).unwrap().issue_id, "MOB-2");
     }
 }
 
@@ -294,7 +316,7 @@ mod leases {
         // Action::Claim leases run until at(1000).
         let mut set = ProjectionSet::default();
         log_of(&[Action::Request(0), Action::Claim(0), Action::Request(1)]).iter().for_each(|e| set.apply(e));
-        assert!(set.builds.state.expired_leases(at(999)).is_empty());
-        assert_eq!(set.builds.state.expired_leases(at(1000)), [Uuid::from_u128(1000)]);
+        assert!(set.builds.expired_leases(at(999)).is_empty());
+        assert_eq!(set.builds.expired_leases(at(1000)), [Uuid::from_u128(1000)]);
     }
 }

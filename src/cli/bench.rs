@@ -23,7 +23,7 @@ use crate::cli::rebuild::fold_log;
 use crate::config::Config;
 use crate::projector::{self, Follower};
 use crate::secrets::generate_token_file;
-use crate::store::sqlite::{checkpoints, SqliteStore, WriterOptions};
+use crate::store::sqlite::{SqliteStore, WriterOptions};
 use crate::store::{EventStore, NewEvent, StreamAppend};
 
 /// A delivery in the sender's compact format; `{n}` makes each one a distinct change.
@@ -290,11 +290,16 @@ async fn rebuild(events: u64) -> anyhow::Result<()> {
     // The same fold inside this process, whose heap the writing left behind.
     let started = Instant::now();
     let log = path.clone();
-    let set = tokio::task::spawn_blocking(move || fold_log(&log, head, &ProgressBar::hidden())).await??;
+    let scratch = crate::readmodel::path_for(&path).with_extension("sqlite.bench");
+    let model = crate::readmodel::ReadModel::open(&scratch)?;
+    let set = tokio::task::spawn_blocking(move || {
+        fold_log(&log, head, meshgate_projections::OutboxConfig::default(), &model, &ProgressBar::hidden())
+    })
+    .await??;
     let elapsed = started.elapsed();
     println!(
-        "rebuild in the process that wrote the log: {} builds in {:.2} s = {:.0} events/s",
-        set.builds.state.builds.len(),
+        "rebuild in the process that wrote the log: {} builds in memory at the end, {:.2} s = {:.0} events/s",
+        set.builds.hot.len(),
         elapsed.as_secs_f64(),
         head as f64 / elapsed.as_secs_f64()
     );
@@ -312,14 +317,19 @@ async fn rebuild(events: u64) -> anyhow::Result<()> {
 /// projections catch up through the store (the replay a crash costs, bounded by how often they
 /// are saved).
 async fn catch_up(log: &Path, head: u64) -> anyhow::Result<()> {
-    let _ = std::fs::remove_file(checkpoints::path_for(log));
+    let path = crate::readmodel::path_for(log);
+    for file in [path.clone(), path.with_extension("sqlite-wal"), path.with_extension("sqlite-shm")] {
+        let _ = std::fs::remove_file(file);
+    }
     let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(log, WriterOptions::default())?);
     let started = Instant::now();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (projections, follow) = projector::start(store, async {
-        let _ = stopped.await;
-    })
-    .await?;
+    let readmodel = Arc::new(crate::readmodel::ReadModel::open(&path)?);
+    let (projections, follow) =
+        projector::start(store, readmodel, meshgate_projections::OutboxConfig::default(), async {
+            let _ = stopped.await;
+        })
+        .await?;
     let follower = Follower::spawn(follow)?;
     let caught_up = projections.caught_up_to(head, Duration::from_secs(600)).await;
     let elapsed = started.elapsed();

@@ -1,27 +1,38 @@
-//! `meshgate projections rebuild [--verify]`: recompute every projection from position 0.
+//! `meshgate projections rebuild [--verify]`: recompute the read model from position 0.
+//!
+//! The fold streams: it saves to a fresh read model file every fifty thousand events and lets the
+//! finished builds go, so memory stays bounded whatever the log's length. Without `--verify` the
+//! new file replaces the read model (the gateway must be stopped); with it, the log is folded up
+//! to the saved read model's position into a scratch file and the two are compared row by row.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use meshgate_domain::Recorded;
-use meshgate_projections::ProjectionSet;
+use meshgate_projections::{OutboxConfig, ProjectionSet};
 
 use crate::config::Config;
-use crate::projector::{checkpoints_of, from_checkpoints, projected_types};
+use crate::projector::{projected_types, SAVE_AFTER_EVENTS};
+use crate::readmodel::{self, ReadModel};
+use crate::store::sqlite::{lock_log, read_range_decoded, SqliteStore};
 
 /// Positions read per query during a rebuild.
 const REBUILD_RANGE: u64 = 8192;
-use crate::store::sqlite::{checkpoints, read_range_decoded, SqliteStore, WriterOptions};
-use crate::store::EventStore;
-
 /// Threads reading and decoding the log during a rebuild, each taking every other range.
 const READERS: u64 = 2;
 
-/// Folds the log at `path` from position 0 up to `until` (inclusive), reporting progress. Two
-/// threads read and decode alternate ranges of positions; the calling thread folds them in order.
-pub fn fold_log(path: &Path, until: u64, progress: &ProgressBar) -> anyhow::Result<ProjectionSet> {
+/// Folds the log at `path` from position 0 up to `until` (inclusive) into `into`, saving as it
+/// goes, and reports progress. Two threads read and decode alternate ranges of positions; the
+/// calling thread folds them in order.
+pub fn fold_log(
+    path: &Path,
+    until: u64,
+    outbox: OutboxConfig,
+    into: &ReadModel,
+    progress: &ProgressBar,
+) -> anyhow::Result<ProjectionSet> {
     let wanted = projected_types();
     let ranges = until.div_ceil(REBUILD_RANGE);
     std::thread::scope(|scope| {
@@ -47,19 +58,54 @@ pub fn fold_log(path: &Path, until: u64, progress: &ProgressBar) -> anyhow::Resu
                 }
             });
         }
-        let mut set = ProjectionSet::default();
+        let mut set = ProjectionSet::new(outbox);
+        let mut saved_at = 0;
         for range in 0..ranges {
             let (batch, upto) = inputs[(range % READERS) as usize]
                 .recv()
                 .map_err(|_| anyhow::anyhow!("a reading thread stopped early"))??;
+            let missing = set.builds.missing(&batch);
+            if !missing.is_empty() {
+                set.builds.restore(into.builds(&missing)?);
+            }
             for recorded in &batch {
                 set.apply(recorded);
             }
             set.skip_to(upto);
+            if upto - saved_at >= SAVE_AFTER_EVENTS {
+                save(into, &mut set)?;
+                saved_at = upto;
+            }
             progress.set_position(upto);
         }
+        save(into, &mut set)?;
         Ok(set)
     })
+}
+
+fn save(into: &ReadModel, set: &mut ProjectionSet) -> anyhow::Result<()> {
+    let (views, mark) = set.builds.changed();
+    into.save(&views, &set.queue, &set.outbox, set.position)?;
+    set.builds.saved(mark);
+    Ok(())
+}
+
+/// A scratch read model beside the real one, emptied first.
+fn scratch(real: &Path, suffix: &str) -> anyhow::Result<(PathBuf, ReadModel)> {
+    let path = real.with_extension(format!("sqlite.{suffix}"));
+    remove(&path);
+    let model = ReadModel::open(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    Ok((path, model))
+}
+
+fn remove(path: &Path) {
+    for file in [
+        path.to_owned(),
+        PathBuf::from(format!("{}-wal", path.display())),
+        PathBuf::from(format!("{}-shm", path.display())),
+    ] {
+        let _ = std::fs::remove_file(file);
+    }
 }
 
 pub async fn run(config: &Config, verify: bool) -> anyhow::Result<()> {
@@ -67,8 +113,17 @@ pub async fn run(config: &Config, verify: bool) -> anyhow::Result<()> {
     let conn = SqliteStore::open_read_only(&path)
         .with_context(|| format!("cannot open the event log at {}", path.display()))?;
     let head: u64 = conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| r.get(0))?;
-    let saved = from_checkpoints(&checkpoints::read(&path, &conn, head)?);
-    let until = if verify { saved.position() } else { head };
+    drop(conn);
+    let real = readmodel::path_for(&path);
+    let outbox = crate::outbound::outbox_config(config);
+    // Verifying runs beside a live gateway; replacing the read model needs it stopped.
+    let _lock = if verify { None } else { Some(lock_log(&path)?) };
+    let (until, saved) = if verify {
+        let saved = ReadModel::open(&real).with_context(|| format!("cannot open {}", real.display()))?;
+        (saved.position()?.unwrap_or(0), Some(saved))
+    } else {
+        (head, None)
+    };
     let progress = ProgressBar::new(until);
     progress.set_style(
         ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} events ({per_sec}, {eta})")
@@ -76,24 +131,28 @@ pub async fn run(config: &Config, verify: bool) -> anyhow::Result<()> {
     );
     progress.set_message(if verify { "verifying" } else { "rebuilding" });
     let started = std::time::Instant::now();
-    let rebuilt = fold_log(&path, until, &progress)?;
+    let (scratch_path, fresh) = scratch(&real, if verify { "verify" } else { "rebuild" })?;
+    let fresh = Arc::new(fresh);
+    let folding = Arc::clone(&fresh);
+    let log = path.clone();
+    let bar = progress.clone();
+    tokio::task::spawn_blocking(move || fold_log(&log, until, outbox, &folding, &bar)).await??;
     progress.finish_and_clear();
     let elapsed = started.elapsed();
     let rate = until as f64 / elapsed.as_secs_f64().max(1e-9);
-    if verify {
-        let differences = rebuilt.differences(&saved);
+    if let Some(saved) = saved {
+        let differences = readmodel::differences(&saved, &fresh)?;
+        drop(fresh);
+        remove(&scratch_path);
         if differences.is_empty() {
-            println!("projections match the log up to position {until} ({until} events in {elapsed:.2?}, {rate:.0} events/s)");
+            println!("the read model matches the log up to position {until} ({until} events in {elapsed:.2?}, {rate:.0} events/s)");
             return Ok(());
         }
-        bail!("projections differ from a rebuild up to position {until}: {}", differences.join(", "));
+        bail!("the read model differs from a rebuild up to position {until}: {}", differences.join("; "));
     }
-    let store = SqliteStore::open(&path, WriterOptions::default())?;
-    let store: Arc<dyn EventStore> = Arc::new(store);
-    store.save_checkpoints(checkpoints_of(&rebuilt)).await?;
-    println!(
-        "rebuilt {} projections from {head} events in {elapsed:.2?} ({rate:.0} events/s)",
-        ProjectionSet::NAMES.len()
-    );
+    drop(fresh);
+    remove(&real);
+    std::fs::rename(&scratch_path, &real).with_context(|| format!("cannot replace {}", real.display()))?;
+    println!("rebuilt the read model from {head} events in {elapsed:.2?} ({rate:.0} events/s)");
     Ok(())
 }

@@ -60,9 +60,12 @@ pub async fn list_builds(
         e.field = Some("state".into());
         return Err(e);
     }
-    let builds = app.projections.read(|p| {
-        serde_json::to_value(p.builds.state.list(filter.issue.as_deref(), filter.state.as_deref())).unwrap_or_default()
-    });
+    let builds = app
+        .projections
+        .list_builds(filter.issue.as_deref(), filter.state.as_deref())
+        .await
+        .map_err(|e| ApiError::unavailable(&e))?;
+    let builds = serde_json::to_value(builds).unwrap_or_default();
     Ok(Json(json!({ "builds": builds })))
 }
 
@@ -74,8 +77,8 @@ pub async fn get_build(
     authorize(&app, &headers)?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("build"))?;
     caught_up(&app).await?;
-    let build = app.projections.read(|p| p.builds.state.get(id).map(serde_json::to_value));
-    let Some(Ok(build)) = build else {
+    let build = app.projections.build(id).await.map_err(|e| ApiError::unavailable(&e))?;
+    let Some(Ok(build)) = build.map(serde_json::to_value) else {
         return Err(ApiError::not_found("build"));
     };
     let stored = app.store.read_stream(&build_stream(id)).await.map_err(|e| ApiError::unavailable(&e))?;
@@ -103,6 +106,6 @@ pub async fn queue(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Resu
     authorize(&app, &headers)?;
     caught_up(&app).await?;
     let queued =
-        app.projections.read(|p| serde_json::to_value(p.queue.state.ordered(&app.lane_priorities)).unwrap_or_default());
+        app.projections.read(|p| serde_json::to_value(p.queue.ordered(&app.lane_priorities)).unwrap_or_default());
     Ok(Json(json!({ "queue": queued })))
 }

@@ -149,7 +149,7 @@ async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
         "store": match &store { Ok(()) => "writable".to_owned(), Err(e) => e.clone() },
         "projections": {"position": app.projections.position(), "head": head, "caught_up": caught_up},
         "deliveries": app.counters.snapshot(),
-        "pager": if app.projections.read(|p| app.pagers.iter().any(|s| p.outbox.state.pager_failing(s))) { "failing" } else { "ok" },
+        "pager": if app.projections.read(|p| app.pagers.iter().any(|s| p.outbox.pager_failing(s))) { "failing" } else { "ok" },
     });
     // Reconciliation failing does not make the gateway unready: webhooks are still taken.
     if let Some(reconciler) = &app.reconciler {

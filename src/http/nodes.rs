@@ -98,7 +98,7 @@ pub async fn claim(
         {
             // One claim at a time per gateway: lane caps and node slots are read, then written.
             let _turn = app.claim_lock.lock().await;
-            let candidate = app.projections.read(|p| p.queue.state.next_for(&app.lanes, &ask).map(|e| e.build_id));
+            let candidate = app.projections.read(|p| p.queue.next_for(&app.lanes, &ask).map(|e| e.build_id));
             if let Some(build_id) = candidate {
                 let lease_expires_at = Utc::now() + app.nodes.lease;
                 let command = BuildCommand::Claim { node_id: request.node_id.clone(), lease_expires_at };
@@ -109,7 +109,7 @@ pub async fn claim(
                             BuildState::Running { attempt, .. } => attempt,
                             _ => 0,
                         };
-                        let build = app.projections.read(|p| p.builds.state.get(build_id).cloned());
+                        let build = app.projections.read(|p| p.builds.get(build_id).cloned());
                         tracing::info!(%build_id, node_id = %request.node_id, attempt, "build claimed");
                         let body = json!({
                             "build": build,
@@ -311,7 +311,7 @@ pub async fn upload_log(
     }
     let head = *app.store.head().borrow();
     app.projections.caught_up_to(head, Duration::from_secs(2)).await;
-    if app.projections.read(|p| p.builds.state.get(build_id).is_none()) {
+    if app.projections.build(build_id).await.map_err(|e| ApiError::unavailable(&e))?.is_none() {
         return Err(ApiError::not_found("build"));
     }
     let path = log_path(&app, build_id, attempt);

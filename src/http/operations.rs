@@ -89,7 +89,7 @@ pub async fn resend(
         }
         Some(_) => {}
     }
-    if app.projections.read(|p| p.builds.state.get(id.build_id).is_none()) {
+    if app.projections.build(id.build_id).await.map_err(|e| ApiError::unavailable(&e))?.is_none() {
         return Err(ApiError::not_found("build"));
     }
     let position =
@@ -128,10 +128,7 @@ pub async fn recover(
     for id in abandoned {
         // Configured sinks only; a key delivered since (or resent and in flight) is left alone.
         let still_abandoned = app.projections.read(|p| {
-            matches!(
-                p.outbox.state.key(&id.key()),
-                Some(meshgate_domain::notification::NotificationState::Abandoned { .. })
-            )
+            matches!(p.outbox.key(&id.key()), Some(meshgate_domain::notification::NotificationState::Abandoned { .. }))
         });
         if !app.sinks.contains_key(&id.sink) || !still_abandoned {
             continue;

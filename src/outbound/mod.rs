@@ -43,7 +43,7 @@ use crate::links::LogLinks;
 use crate::projector::Projections;
 use crate::store::{EventStore, NewEvent, StoreError, StreamAppend};
 pub use exchange::Answer;
-pub use sink::{Sink, Target};
+pub use sink::{outbox_config, specs, Sink, Target};
 
 /// One notification to send.
 pub struct Message<'a> {
@@ -88,14 +88,13 @@ pub async fn run(outbound: Arc<Outbound>, sink: Sink, mut stopping: watch::Recei
             return;
         }
         let now = Utc::now();
-        let window = outbound.rules.window;
-        let due = projections.read(|p| p.outbox.state.due(&sink.name, now, window, |m| sink.wants(m)));
+        let due = projections.read(|p| p.outbox.due(&sink.name, now));
         if let Some(next) = due.first() {
             attempt(&outbound, &sink, *next).await;
             continue;
         }
         let retry_in = projections
-            .read(|p| p.outbox.state.next_retry(&sink.name))
+            .read(|p| p.outbox.next_retry(&sink.name))
             .map(|at| (at - now).to_std().unwrap_or_default())
             .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
@@ -108,34 +107,38 @@ pub async fn run(outbound: Arc<Outbound>, sink: Sink, mut stopping: watch::Recei
 
 /// What a message says about a build, from the projections (and, for a page, its reason).
 async fn facts(outbound: &Outbound, build_id: Uuid, milestone: Milestone) -> Option<BuildFacts> {
-    let mut facts = outbound.projections.read(|p| {
-        let build = p.builds.state.get(build_id)?;
-        let report = build.report.as_ref();
-        let node_id = match &build.state {
-            BuildState::Running { node_id, .. } => Some(node_id.clone()),
-            _ => report.map(|r| r.node_id.clone()),
-        };
-        let reason = match &build.state {
-            BuildState::Failed { reason, .. } | BuildState::Cancelled { reason } => Some(reason.clone()),
-            _ => None,
-        };
-        Some(BuildFacts {
-            build_id,
-            issue_id: build.issue_id.clone(),
-            summary: build.summary.clone(),
-            lane: build.lane.clone(),
-            script: build.script.clone(),
-            node_id,
-            commit_sha: report.and_then(|r| r.commit_sha.clone()),
-            duration_ms: report.map(|r| r.duration_ms),
-            failing_test: report.and_then(|r| r.failing_test.clone()),
-            reason,
-            log_tail: report.map(|r| r.log_tail.clone()),
-            log_url: report.map(|_| outbound.links.url(build_id)),
-            state: Some(build.state.name().to_owned()),
-            page_reason: None,
-        })
-    })?;
+    let build = match outbound.projections.build(build_id).await {
+        Ok(build) => build?,
+        Err(e) => {
+            tracing::warn!(%build_id, error = %crate::report::chain(&e), "cannot read a build for its notification");
+            return None;
+        }
+    };
+    let report = build.report.as_ref();
+    let node_id = match &build.state {
+        BuildState::Running { node_id, .. } => Some(node_id.clone()),
+        _ => report.map(|r| r.node_id.clone()),
+    };
+    let reason = match &build.state {
+        BuildState::Failed { reason, .. } | BuildState::Cancelled { reason } => Some(reason.clone()),
+        _ => None,
+    };
+    let mut facts = BuildFacts {
+        build_id,
+        issue_id: build.issue_id.clone(),
+        summary: build.summary.clone(),
+        lane: build.lane.clone(),
+        script: build.script.clone(),
+        node_id,
+        commit_sha: report.and_then(|r| r.commit_sha.clone()),
+        duration_ms: report.map(|r| r.duration_ms),
+        failing_test: report.and_then(|r| r.failing_test.clone()),
+        reason,
+        log_tail: report.map(|r| r.log_tail.clone()),
+        log_url: report.map(|_| outbound.links.url(build_id)),
+        state: Some(build.state.name().to_owned()),
+        page_reason: None,
+    };
     if milestone == Milestone::Page {
         let page = outbound.store.read_stream(&page_stream(build_id)).await.ok()?;
         facts.page_reason = page.iter().find_map(|e| match e.decode().ok()?.event {
@@ -150,8 +153,7 @@ async fn facts(outbound: &Outbound, build_id: Uuid, milestone: Milestone) -> Opt
 async fn attempt(outbound: &Outbound, sink: &Sink, due: MilestoneRecord) {
     let id = NotificationId { sink: sink.name.clone(), build_id: due.build_id, milestone: due.milestone };
     let key = id.key();
-    let message_ref =
-        outbound.projections.read(|p| p.outbox.state.message_ref(&sink.name, due.build_id).map(str::to_owned));
+    let message_ref = outbound.projections.read(|p| p.outbox.message_ref(&sink.name, due.build_id).map(str::to_owned));
     let answer = match facts(outbound, due.build_id, due.milestone).await {
         Some(facts) => {
             let message = Message {
@@ -244,10 +246,12 @@ async fn record(
 async fn page_if_due(outbound: &Outbound, build_id: Uuid) {
     let rules = &outbound.rules;
     let projections = &outbound.projections;
-    let reason =
-        projections.read(|p| p.outbox.state.page_reason(build_id, &rules.chat_sinks, rules.tracker.as_deref()));
+    let reason = projections.read(|p| p.outbox.page_reason(build_id, &rules.chat_sinks, rules.tracker.as_deref()));
     let Some(reason) = reason else { return };
-    let issue_id = projections.read(|p| p.builds.state.get(build_id).map(|b| b.issue_id.clone())).unwrap_or_default();
+    let issue_id = match projections.build(build_id).await {
+        Ok(build) => build.map(|b| b.issue_id).unwrap_or_default(),
+        Err(_) => String::new(),
+    };
     let event =
         Event::PageRequested(meshgate_domain::event::PageRequested { build_id, issue_id, reason: reason.into() });
     let append = StreamAppend {

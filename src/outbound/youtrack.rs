@@ -19,10 +19,6 @@ pub struct Comments {
 }
 
 impl Comments {
-    pub fn wants(&self, milestone: Milestone) -> bool {
-        milestone == Milestone::Failed || (self.comment_on_success && milestone == Milestone::Succeeded)
-    }
-
     pub async fn send(&self, http: &reqwest::Client, message: &Message<'_>) -> Answer {
         let facts = message.facts;
         let text = match message.milestone {

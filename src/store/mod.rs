@@ -88,15 +88,6 @@ pub struct Appended {
     pub last_position: u64,
 }
 
-/// A saved projection state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checkpoint {
-    pub name: String,
-    pub position: u64,
-    /// The projection's state as JSON.
-    pub state: String,
-}
-
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("stream `{stream}` is at version {actual:?}, expected {expected:?}")]
@@ -160,11 +151,6 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Succeeds if an append could be made now.
     async fn check_writable(&self) -> Result<(), StoreError>;
-
-    async fn load_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError>;
-
-    /// Saves projection checkpoints atomically.
-    async fn save_checkpoints(&self, checkpoints: Vec<Checkpoint>) -> Result<(), StoreError>;
 }
 
 /// Calls `each` with every event of the `wanted` types up to the head as it stood at the start, in

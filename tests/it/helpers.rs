@@ -13,7 +13,7 @@ use meshgate::store::{EventStore, StoredEvent, StreamAppend};
 use meshgate_domain::build::{decide, replay, BuildCommand};
 use meshgate_domain::stream::build_stream;
 use meshgate_domain::{ExpectedVersion, Trigger};
-use meshgate_projections::ProjectionSet;
+use meshgate_projections::{BuildView, Outbox, ProjectionSet, Queue};
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -177,18 +177,24 @@ impl TestApp {
         assert!(reached.is_ok(), "fewer than {n} {event_type}");
     }
 
-    /// The live projections once they have caught up with the log.
-    pub async fn live(&self) -> ProjectionSet {
+    /// The live projections once they have caught up with the log: every build (memory and the
+    /// read model), the queue and the outbox.
+    pub async fn live(&self) -> Model {
         let head = *self.store().head().borrow();
         assert!(self.state.projections.caught_up_to(head, std::time::Duration::from_secs(10)).await);
-        self.state.projections.read(Clone::clone)
+        let builds = self.state.projections.list_builds(None, None).await.unwrap();
+        let (position, queue, outbox) =
+            self.state.projections.read(|p| (p.position, p.queue.clone(), p.outbox.clone()));
+        Model { position, builds, queue, outbox }
     }
 
-    /// The projections recomputed from position 0.
-    pub async fn rebuilt(&self) -> ProjectionSet {
-        let mut set = ProjectionSet::default();
+    /// The projections recomputed from position 0, in memory.
+    pub async fn rebuilt(&self) -> Model {
+        let mut set = ProjectionSet::new(meshgate::outbound::outbox_config(&self.config));
         apply_batch(&mut set, &self.all_events().await).unwrap();
-        set
+        let mut builds: Vec<BuildView> = set.builds.hot.values().cloned().collect();
+        builds.sort_by_key(|b| b.position);
+        Model { position: set.position, builds, queue: set.queue, outbox: set.outbox }
     }
 
     /// Runs a build to its end the way a node would: claim, then report.
@@ -236,6 +242,16 @@ impl TestApp {
         let (dir, config) = self.shutdown().await;
         spawn_with(dir, config).await
     }
+}
+
+/// The projections as the API sees them: whatever memory holds and the read model saved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    pub position: u64,
+    /// Every build, in log order.
+    pub builds: Vec<BuildView>,
+    pub queue: Queue,
+    pub outbox: Outbox,
 }
 
 pub fn build_id(answer: &Value) -> Uuid {

@@ -120,9 +120,9 @@ async fn projections_resume_from_their_checkpoint_and_equal_a_rebuild() {
     let before = app.live().await;
     let app = app.restart().await;
     // Restarted from the checkpoint, not from position 0.
-    assert_eq!(app.state.projections.position(), before.position());
+    assert_eq!(app.state.projections.position(), before.position);
     app.deliver(&with(&building(), &json!({"id": "MOB-9"}))).await;
     let live = app.live().await;
     assert_eq!(live, app.rebuilt().await);
-    assert_eq!(live.builds.state.builds.len(), 6);
+    assert_eq!(live.builds.len(), 6);
 }

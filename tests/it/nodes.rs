@@ -156,7 +156,8 @@ async fn a_lost_node_s_build_is_requeued_then_failed_and_its_late_result_is_refu
     let mut states = app.state.projections.changes();
     let failed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         loop {
-            if app.state.projections.read(|p| p.builds.state.get(build).map(|b| b.state.name()) == Some("failed")) {
+            let view = app.state.projections.build(build).await.unwrap();
+            if view.is_some_and(|b| b.state.name() == "failed") {
                 return;
             }
             states.changed().await.unwrap();
@@ -246,7 +247,7 @@ async fn the_reaper_requeues_at_the_end_of_the_lease_and_not_before() {
     app.claim("mac-1", &[], 1, 0).await.unwrap();
     let head = *app.store().head().borrow();
     assert!(app.state.projections.caught_up_to(head, std::time::Duration::from_secs(5)).await);
-    let lease = app.state.projections.read(|p| match &p.builds.state.get(build).unwrap().state {
+    let lease = app.state.projections.read(|p| match &p.builds.get(build).unwrap().state {
         meshgate_domain::BuildState::Running { lease_expires_at, .. } => *lease_expires_at,
         other => panic!("not running: {other:?}"),
     });

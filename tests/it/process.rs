@@ -201,7 +201,7 @@ async fn a_gateway_killed_during_a_load_loses_no_accepted_delivery_and_makes_no_
     let verify =
         Command::new(BIN).args(["--config", config_arg, "projections", "rebuild", "--verify"]).output().unwrap();
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
-    assert!(String::from_utf8_lossy(&verify.stdout).contains("projections match"));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("the read model matches the log"));
 }
 
 #[tokio::test]

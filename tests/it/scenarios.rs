@@ -129,9 +129,7 @@ async fn run(path: &std::path::Path) {
     let live = app.live().await;
     let builds: Vec<BuildExpect> = live
         .builds
-        .state
-        .list(None, None)
-        .into_iter()
+        .iter()
         .map(|b| BuildExpect {
             build: aliases.alias(b.build_id),
             issue: b.issue_id.clone(),
@@ -145,12 +143,19 @@ async fn run(path: &std::path::Path) {
         })
         .collect();
     assert_eq!(builds, scenario.expect.builds, "{name}: builds projection");
-    let queue: Vec<String> = live.queue.state.ordered(&priorities).iter().map(|e| aliases.alias(e.build_id)).collect();
+    let queue: Vec<String> = live.queue.ordered(&priorities).iter().map(|e| aliases.alias(e.build_id)).collect();
     assert_eq!(queue, scenario.expect.queue, "{name}: queue projection");
-    let intents: BTreeMap<String, String> =
-        live.dedupe.state.active_intents.iter().map(|(k, v)| (k.clone(), aliases.alias(*v))).collect();
+    // The active build of each intent, and the changes seen (a `delivery-` stream each).
+    let intents: BTreeMap<String, String> = live
+        .builds
+        .iter()
+        .filter(|b| b.state.is_active())
+        .map(|b| (b.intent_key.clone(), aliases.alias(b.build_id)))
+        .collect();
     assert_eq!(intents, scenario.expect.active_intents, "{name}: active intents");
-    assert_eq!(live.dedupe.state.fingerprints.len(), scenario.expect.fingerprints, "{name}: fingerprints");
+    let fingerprints: std::collections::BTreeSet<String> =
+        app.all_events().await.into_iter().map(|e| e.stream).filter(|s| s.starts_with("delivery-")).collect();
+    assert_eq!(fingerprints.len(), scenario.expect.fingerprints, "{name}: fingerprints");
 
     assert_eq!(live, app.rebuilt().await, "{name}: rebuilt projections differ from live ones");
     let app = app.restart().await;

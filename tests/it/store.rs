@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures_util::future::join_all;
 use meshgate::store::sqlite::{SqliteStore, WriterOptions};
-use meshgate::store::{Checkpoint, EventStore, NewEvent, StoreError, StreamAppend};
+use meshgate::store::{EventStore, NewEvent, StoreError, StreamAppend};
 use meshgate_domain::event::{BuildCancelled, Event};
 use meshgate_domain::ExpectedVersion;
 use uuid::Uuid;
@@ -92,11 +92,6 @@ async fn contract(store: Arc<dyn EventStore>) {
     let (none, covered) = store.read_decoded(head, 10, &["BuildCancelled"]).await.unwrap();
     assert_eq!((none.len(), covered), (0, head));
 
-    // Checkpoints round-trip and are replaced.
-    let checkpoint = |p| Checkpoint { name: "builds".into(), position: p, state: format!("{{\"p\":{p}}}") };
-    store.save_checkpoints(vec![checkpoint(3)]).await.unwrap();
-    store.save_checkpoints(vec![checkpoint(7)]).await.unwrap();
-    assert_eq!(store.load_checkpoints().await.unwrap(), [checkpoint(7)]);
     store.check_writable().await.unwrap();
 }
 
@@ -238,7 +233,16 @@ fn requested(n: u128) -> StreamAppend {
 async fn live_projections_that_fall_behind_the_commit_feed_catch_up_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 512);
-    let (live, follow) = meshgate::projector::start(Arc::clone(&store), std::future::pending()).await.unwrap();
+    let readmodel = |name: &str| Arc::new(meshgate::readmodel::ReadModel::open(&dir.path().join(name)).unwrap());
+    let outbox = meshgate_projections::OutboxConfig::default();
+    let (live, follow) = meshgate::projector::start(
+        Arc::clone(&store),
+        readmodel("live.sqlite"),
+        outbox.clone(),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
     tokio::spawn(follow);
 
     // Hold the projections still (a reader that does not let go) while more commits land than
@@ -264,49 +268,14 @@ async fn live_projections_that_fall_behind_the_commit_feed_catch_up_from_the_log
     let head = *store.head().borrow();
     assert!(live.caught_up_to(head, std::time::Duration::from_secs(30)).await, "the follower never caught up");
     // A follower started now reads everything from the log: both must agree.
-    let (fresh, follow) = meshgate::projector::start(Arc::clone(&store), std::future::pending()).await.unwrap();
+    let (fresh, follow) =
+        meshgate::projector::start(Arc::clone(&store), readmodel("fresh.sqlite"), outbox, std::future::pending())
+            .await
+            .unwrap();
     tokio::spawn(follow);
     assert!(fresh.caught_up_to(head, std::time::Duration::from_secs(30)).await);
-    let (a, b) = (live.read(Clone::clone), fresh.read(Clone::clone));
-    assert_eq!(a.builds.state.builds.len(), 1500);
+    let (a, b) = (live.list_builds(None, None).await.unwrap(), fresh.list_builds(None, None).await.unwrap());
+    assert_eq!(a.len(), 1500);
     assert!(a == b, "the live projections differ from a fresh read of the log");
-}
-
-fn checkpoint(name: &str, position: u64) -> Checkpoint {
-    Checkpoint { name: name.into(), position, state: format!("{{\"p\":{position}}}") }
-}
-
-#[tokio::test]
-async fn checkpoints_past_the_end_of_the_log_are_dropped_on_load() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), 512);
-    store.append(vec![append("s", ExpectedVersion::NoStream, 2)]).await.unwrap();
-    // As if the log had been restored from a backup older than the checkpoints.
-    store.save_checkpoints(vec![checkpoint("builds", 2), checkpoint("queue", 5)]).await.unwrap();
-    assert_eq!(store.load_checkpoints().await.unwrap(), [checkpoint("builds", 2)]);
-}
-
-#[tokio::test]
-async fn checkpoints_kept_in_the_log_by_earlier_versions_are_read_until_the_first_save() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("events.sqlite");
-    {
-        let store = open(dir.path(), 512);
-        store.append(vec![append("s", ExpectedVersion::NoStream, 3)]).await.unwrap();
-    }
-    std::fs::remove_file(meshgate::store::sqlite::checkpoints::path_for(&path)).unwrap();
-    {
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch(
-            "CREATE TABLE checkpoints (name TEXT PRIMARY KEY, position INTEGER NOT NULL, state TEXT NOT NULL,
-                 saved_at TEXT NOT NULL) WITHOUT ROWID;
-             INSERT INTO checkpoints VALUES ('builds', 3, '{\"p\":3}', '2026-11-01T00:00:00Z');",
-        )
-        .unwrap();
-    }
-    let store = open(dir.path(), 512);
-    assert_eq!(store.load_checkpoints().await.unwrap(), [checkpoint("builds", 3)]);
-    store.append(vec![append("s", ExpectedVersion::Exact(2), 1)]).await.unwrap();
-    store.save_checkpoints(vec![checkpoint("builds", 4)]).await.unwrap();
-    assert_eq!(store.load_checkpoints().await.unwrap(), [checkpoint("builds", 4)]);
+    assert_eq!(live.read(|p| p.queue.clone()), fresh.read(|p| p.queue.clone()));
 }

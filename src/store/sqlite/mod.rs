@@ -21,15 +21,13 @@ use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::{broadcast, oneshot, watch};
 use uuid::Uuid;
 
-pub mod checkpoints;
 mod index;
 mod writer;
 
-use checkpoints::CheckpointFile;
 use index::{StreamIndex, StreamKey};
 use writer::WriteRequest;
 
-use super::{Appended, Checkpoint, EventStore, StoreError, StoreResultExt, StoredEvent, StreamAppend};
+use super::{Appended, EventStore, StoreError, StoreResultExt, StoredEvent, StreamAppend};
 
 /// Page size of a new log (docs/benchmarks.md).
 const PAGE_SIZE: i64 = 16 * 1024;
@@ -81,7 +79,6 @@ pub struct SqliteStore {
     head: watch::Receiver<u64>,
     index: Arc<RwLock<StreamIndex>>,
     feed: broadcast::Sender<Arc<[StoredEvent]>>,
-    checkpoints: Arc<CheckpointFile>,
 }
 
 /// Committed batches a slow follower may fall behind by before it has to read the log instead.
@@ -110,9 +107,8 @@ impl SqliteStore {
         let (index, head) = load_index(&conn)?;
         let index = Arc::new(RwLock::new(index));
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
-        let checkpoints = Arc::new(CheckpointFile::open(&checkpoints::path_for(path))?);
         let (writer, head) = writer::spawn(conn, lock, path, Arc::clone(&index), feed.clone(), head, options)?;
-        Ok(SqliteStore { path: path.to_owned(), writer, readers: Arc::default(), head, index, feed, checkpoints })
+        Ok(SqliteStore { path: path.to_owned(), writer, readers: Arc::default(), head, index, feed })
     }
 
     /// Opens the log for reading only (audit queries from the CLI).
@@ -261,23 +257,12 @@ impl EventStore for SqliteStore {
     async fn check_writable(&self) -> Result<(), StoreError> {
         self.write(|reply| WriteRequest::Ping { reply }).await.map(|_| ())
     }
+}
 
-    async fn load_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
-        let file = Arc::clone(&self.checkpoints);
-        let saved = tokio::task::spawn_blocking(move || file.load())
-            .await
-            .map_err(|e| StoreError::caused("checkpoint reader stopped", e))??;
-        let saved = if saved.is_empty() { self.read(checkpoints::legacy).await? } else { saved };
-        Ok(checkpoints::within(saved, *self.head.borrow()))
-    }
-
-    /// Saves to the checkpoint file, not through the log's writer: appends go on meanwhile.
-    async fn save_checkpoints(&self, checkpoints: Vec<Checkpoint>) -> Result<(), StoreError> {
-        let file = Arc::clone(&self.checkpoints);
-        tokio::task::spawn_blocking(move || file.save(&checkpoints))
-            .await
-            .map_err(|e| StoreError::caused("checkpoint writer stopped", e))?
-    }
+/// Holds the log's lock file: no gateway appends while the returned file is open (a rebuild
+/// replacing the read model takes it).
+pub fn lock_log(path: &Path) -> Result<std::fs::File, StoreError> {
+    lock_exclusively(path, Duration::ZERO)
 }
 
 /// Takes the lock file beside the log, waiting up to `patience` for a store closing in this

@@ -1,0 +1,288 @@
+//! The read model: the projections saved in a SQLite file of their own beside the log
+//! (`events.readmodel.sqlite`), disposable and rebuilt from the log whenever it is missing, of an
+//! older projection version, or ahead of the log (restored from an older backup).
+//!
+//! A save writes the builds changed since the last one (one row each, the view as JSON, with its
+//! issue and state indexed for the API), the queue and the outbox whole (both sized by the work in
+//! flight), the position and the projections' versions, in one transaction: what a save holds is
+//! always the fold of the log up to its position. Memory then lets finished builds go, and reads
+//! of them come here (docs/adr/0003-projection-checkpoints.md).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use meshgate_projections::{BuildView, Outbox, OutboxConfig, ProjectionSet, Queue};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use uuid::Uuid;
+
+use crate::store::{StoreError, StoreResultExt};
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS versions (name TEXT PRIMARY KEY, version INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS position (id INTEGER PRIMARY KEY CHECK (id = 1), position INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS builds (
+        build_id BLOB PRIMARY KEY,
+        issue_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        view TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS builds_by_issue ON builds (issue_id, position);
+    CREATE INDEX IF NOT EXISTS builds_by_state ON builds (state, position);
+    CREATE TABLE IF NOT EXISTS states (name TEXT PRIMARY KEY, state TEXT NOT NULL);
+";
+
+/// Where a log's read model lives: `events.readmodel.sqlite` beside `events.sqlite`.
+pub fn path_for(log: &Path) -> PathBuf {
+    log.with_extension("readmodel.sqlite")
+}
+
+/// The file saves go to, and connections that read from it.
+pub struct ReadModel {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(5)).store_err()?;
+    // Disposable: a save lost to a power cut is redone from the log, so no sync per save.
+    conn.pragma_update(None, "synchronous", "NORMAL").store_err()?;
+    Ok(())
+}
+
+impl ReadModel {
+    pub fn open(path: &Path) -> Result<ReadModel, StoreError> {
+        let conn = Connection::open(path).store_err()?;
+        conn.pragma_update(None, "journal_mode", "WAL").store_err()?;
+        configure(&conn)?;
+        conn.execute_batch(SCHEMA).store_err()?;
+        Ok(ReadModel { path: path.to_owned(), writer: Mutex::new(conn), readers: Mutex::default() })
+    }
+
+    /// The saved projections, with the outbox under today's configuration; an empty set (and an
+    /// emptied file) when there is nothing to start from: no save, another version of a
+    /// projection, or a position past the log's `head`.
+    pub fn load(&self, outbox: OutboxConfig, head: u64) -> Result<ProjectionSet, StoreError> {
+        let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let position: Option<u64> =
+            conn.query_row("SELECT position FROM position WHERE id = 1", [], |r| r.get(0)).optional().store_err()?;
+        let versions = saved_versions(&conn)?;
+        let current = ProjectionSet::VERSIONS.iter().all(|(name, v)| versions.iter().any(|(n, s)| n == name && s == v));
+        let fresh = || ProjectionSet::new(outbox.clone());
+        let Some(position) = position else { return Ok(fresh()) };
+        if !current || position > head {
+            tracing::warn!(
+                position,
+                head,
+                saved = ?versions,
+                now = ?ProjectionSet::VERSIONS,
+                "the read model does not fit this log or this version; rebuilding it from the log"
+            );
+            drop(conn);
+            self.clear()?;
+            return Ok(fresh());
+        }
+        let state = |name: &str| -> Result<Option<String>, StoreError> {
+            conn.query_row("SELECT state FROM states WHERE name = ?1", [name], |r| r.get(0)).optional().store_err()
+        };
+        let queue: Queue = state("queue")?.map(|t| parse("queue", &t)).transpose()?.unwrap_or_default();
+        let saved_outbox: Outbox = state("outbox")?.map(|t| parse("outbox", &t)).transpose()?.unwrap_or_default();
+        let mut set = ProjectionSet { position, queue, outbox: saved_outbox.with_config(outbox), ..Default::default() };
+        let mut stmt = conn
+            .prepare("SELECT view FROM builds WHERE state IN ('queued', 'running') ORDER BY position")
+            .store_err()?;
+        let views = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .store_err()?
+            .map(|row| parse("build", &row.store_err()?))
+            .collect::<Result<Vec<BuildView>, _>>()?;
+        set.builds.restore(views);
+        Ok(set)
+    }
+
+    /// Empties the file (a rebuild starts from position 0).
+    pub fn clear(&self) -> Result<(), StoreError> {
+        let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        conn.execute_batch("DELETE FROM builds; DELETE FROM states; DELETE FROM position; DELETE FROM versions;")
+            .store_err()
+    }
+
+    /// Saves `views` (changed builds), the queue and the outbox of `set`, and its position, in one
+    /// transaction.
+    pub fn save(&self, views: &[BuildView], queue: &Queue, outbox: &Outbox, position: u64) -> Result<(), StoreError> {
+        let (queue, outbox) = (to_json(queue)?, to_json(outbox)?);
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction().store_err()?;
+        {
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO builds (build_id, issue_id, state, position, view) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (build_id) DO UPDATE SET state = excluded.state, view = excluded.view",
+                )
+                .store_err()?;
+            for view in views {
+                let text = serde_json::to_string(view).map_err(|e| StoreError::caused("a build's view", e))?;
+                upsert
+                    .execute(params![view.build_id.as_bytes(), view.issue_id, view.state.name(), view.position, text])
+                    .store_err()?;
+            }
+            let mut state =
+                tx.prepare_cached("INSERT OR REPLACE INTO states (name, state) VALUES (?1, ?2)").store_err()?;
+            state.execute(params!["queue", queue]).store_err()?;
+            state.execute(params!["outbox", outbox]).store_err()?;
+            tx.execute("INSERT OR REPLACE INTO position (id, position) VALUES (1, ?1)", [position]).store_err()?;
+            let mut version =
+                tx.prepare_cached("INSERT OR REPLACE INTO versions (name, version) VALUES (?1, ?2)").store_err()?;
+            for (name, v) in ProjectionSet::VERSIONS {
+                version.execute(params![name, v]).store_err()?;
+            }
+        }
+        tx.commit().store_err()
+    }
+
+    /// Runs `query` on a reading connection (they are pooled).
+    fn read<T>(&self, query: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .store_err()?;
+                configure(&conn)?;
+                conn
+            }
+        };
+        let result = query(&conn);
+        self.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        result
+    }
+
+    /// A saved build.
+    pub fn build(&self, build_id: Uuid) -> Result<Option<BuildView>, StoreError> {
+        self.read(|conn| {
+            let text: Option<String> = conn
+                .query_row("SELECT view FROM builds WHERE build_id = ?1", [build_id.as_bytes()], |r| r.get(0))
+                .optional()
+                .store_err()?;
+            text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::caused("a build's view", e))).transpose()
+        })
+    }
+
+    /// Saved builds (of several ids), for events about builds memory has let go.
+    pub fn builds(&self, ids: &[Uuid]) -> Result<Vec<BuildView>, StoreError> {
+        let mut found = Vec::new();
+        for id in ids {
+            found.extend(self.build(*id)?);
+        }
+        Ok(found)
+    }
+
+    /// Saved builds of an issue and a state, in log order.
+    pub fn list(&self, issue: Option<&str>, state: Option<&str>) -> Result<Vec<BuildView>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT view FROM builds WHERE (?1 IS NULL OR issue_id = ?1) AND (?2 IS NULL OR state = ?2)
+                     ORDER BY position",
+                )
+                .store_err()?;
+            let rows = stmt.query_map(params![issue, state], |r| r.get::<_, String>(0)).store_err()?;
+            rows.map(|row| serde_json::from_str(&row.store_err()?).map_err(|e| StoreError::caused("a build's view", e)))
+                .collect()
+        })
+    }
+}
+
+impl ReadModel {
+    /// The position the last save reached (none: never saved).
+    pub fn position(&self) -> Result<Option<u64>, StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT position FROM position WHERE id = 1", [], |r| r.get(0)).optional().store_err()
+        })
+    }
+}
+
+/// Where two read models differ (empty: they hold the same), read side by side in build order so
+/// memory stays bounded: versions, positions, each build's view, the queue and the outbox.
+pub fn differences(a: &ReadModel, b: &ReadModel) -> Result<Vec<String>, StoreError> {
+    let mut found = Vec::new();
+    let (pa, pb) = (a.position()?, b.position()?);
+    if pa != pb {
+        found.push(format!("positions {pa:?} and {pb:?}"));
+    }
+    a.read(|ca| {
+        b.read(|cb| {
+            if saved_versions(ca)? != saved_versions(cb)? {
+                found.push("projection versions".into());
+            }
+            for name in ["queue", "outbox"] {
+                let state = |conn: &Connection| -> Result<Option<serde_json::Value>, StoreError> {
+                    let text: Option<String> = conn
+                        .query_row("SELECT state FROM states WHERE name = ?1", [name], |r| r.get(0))
+                        .optional()
+                        .store_err()?;
+                    Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+                };
+                if state(ca)? != state(cb)? {
+                    found.push(format!("the {name}"));
+                }
+            }
+            let sql = "SELECT build_id, view FROM builds ORDER BY build_id";
+            let (mut sa, mut sb) = (ca.prepare(sql).store_err()?, cb.prepare(sql).store_err()?);
+            let (mut ra, mut rb) = (sa.query([]).store_err()?, sb.query([]).store_err()?);
+            let row = |r: Option<&rusqlite::Row<'_>>| -> Result<Option<(Vec<u8>, serde_json::Value)>, StoreError> {
+                let Some(r) = r else { return Ok(None) };
+                let text: String = r.get(1).store_err()?;
+                Ok(Some((r.get(0).store_err()?, serde_json::from_str(&text).unwrap_or_default())))
+            };
+            let (mut x, mut y) = (row(ra.next().store_err()?)?, row(rb.next().store_err()?)?);
+            let mut builds = 0;
+            while x.is_some() || y.is_some() {
+                let order = match (&x, &y) {
+                    (Some((ia, _)), Some((ib, _))) => ia.cmp(ib),
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    _ => std::cmp::Ordering::Greater,
+                };
+                let same = order == std::cmp::Ordering::Equal && x.as_ref().map(|r| &r.1) == y.as_ref().map(|r| &r.1);
+                if !same {
+                    builds += 1;
+                    if builds <= 5 {
+                        let id = |r: &Option<(Vec<u8>, serde_json::Value)>| {
+                            r.as_ref().and_then(|(id, _)| Uuid::from_slice(id).ok()).map(|u| u.to_string())
+                        };
+                        found.push(format!("build {}", id(&x).or_else(|| id(&y)).unwrap_or_default()));
+                    }
+                }
+                if order != std::cmp::Ordering::Greater {
+                    x = row(ra.next().store_err()?)?;
+                }
+                if order != std::cmp::Ordering::Less {
+                    y = row(rb.next().store_err()?)?;
+                }
+            }
+            if builds > 5 {
+                found.push(format!("{} more builds", builds - 5));
+            }
+            Ok(())
+        })
+    })?;
+    Ok(found)
+}
+
+fn saved_versions(conn: &Connection) -> Result<Vec<(String, u32)>, StoreError> {
+    let mut stmt = conn.prepare("SELECT name, version FROM versions ORDER BY name").store_err()?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).store_err()?;
+    rows.collect::<Result<_, _>>().store_err()
+}
+
+fn parse<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::caused(format_args!("the read model's {what}"), e))
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::caused("a projection's state", e))
+}
