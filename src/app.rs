@@ -61,6 +61,7 @@ impl App {
             max_batch: if config.store.group_commit { config.store.max_batch } else { 1 },
             busy_timeout: std::time::Duration::from_millis(config.store.busy_timeout_ms),
             linger: std::time::Duration::from_micros(config.store.linger_us),
+            ..WriterOptions::default()
         };
         let store: Arc<dyn EventStore> = Arc::new(
             SqliteStore::open(&config.log_path(), options)

@@ -64,6 +64,7 @@ pub struct Outbox {
     config: OutboxConfig,
     /// By the position of the milestone (or of the resend request) and the sink, so notifications
     /// go out in log order.
+    #[serde(with = "pairs")]
     entries: BTreeMap<(u64, String), Entry>,
     /// Notification key → its entry.
     keys: HashMap<String, (u64, String)>,
@@ -176,7 +177,8 @@ impl Outbox {
 
 impl Projection for Outbox {
     const NAME: &'static str = "outbox";
-    const VERSION: u32 = 2;
+    // 3: entries saved as pairs (a JSON object cannot have them as keys).
+    const VERSION: u32 = 3;
 
     fn wants(event_type: &str) -> bool {
         matches!(
@@ -244,6 +246,30 @@ impl Projection for Outbox {
     }
 }
 
+/// A map whose keys are not strings, saved as a list of `[key, value]` pairs (JSON objects only
+/// take string keys).
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(deserializer)?.into_iter().collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +288,18 @@ mod tests {
             reason: "x".into(),
             cancelled_at: t(0),
         })
+    }
+
+    #[test]
+    fn an_outbox_with_entries_is_saved_and_read_back_whole() {
+        let mut outbox = Outbox::new(config());
+        for (position, build) in [(1, 7), (2, 8)] {
+            outbox.apply(&recorded(position, position as i64, cancelled(build)));
+        }
+        assert_eq!(outbox.len(), 2);
+        let saved = serde_json::to_string(&outbox).expect("a read model can save it");
+        let back: Outbox = serde_json::from_str(&saved).unwrap();
+        assert_eq!(back.with_config(config()), outbox);
     }
 
     fn config() -> OutboxConfig {

@@ -53,13 +53,34 @@ pub struct BenchArgs {
     /// Builds for the dispatch-latency measurement (0 skips it and the claim throughput).
     #[arg(long, default_value_t = 1000)]
     dispatch_builds: u64,
+    /// Instead of the measurements above: grow a log to this many events and measure a gateway
+    /// serving it (memory, start, stop, restart after kill -9, rebuild, webhook throughput).
+    #[arg(long, default_value_t = 0)]
+    history_events: u64,
+    /// Where `--history-events` keeps the grown log, to reuse it in the next run (default: a
+    /// temporary folder, removed at the end).
+    #[arg(long)]
+    history_dir: Option<std::path::PathBuf>,
+    /// With `--history-events`: load runs on the empty log and on the history, alternately.
+    #[arg(long, default_value_t = 3)]
+    history_rounds: usize,
 }
 
-fn trigger() -> Trigger {
+pub(super) fn trigger() -> Trigger {
     Config::sample_triggers().remove(0)
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.history_events > 0 {
+        return super::bench_history::run(super::bench_history::HistoryArgs {
+            events: args.history_events,
+            clients: args.clients,
+            seconds: args.seconds,
+            rounds: args.history_rounds,
+            dir: args.history_dir,
+        })
+        .await;
+    }
     println!("body: {} bytes, {} clients, {} s per mode", BODY.len(), args.clients, args.seconds);
     if !args.no_ingest {
         let group = ingest(&args, true).await?;
@@ -170,15 +191,19 @@ pub(super) fn body(n: u64) -> String {
     body
 }
 
-/// `clients` keep-alive connections posting distinct deliveries: one second of warm-up, then
+/// `clients` keep-alive connections posting distinct deliveries (issues numbered from
+/// `first_issue`; with `then_out`, each issue is moved out of `Building` right after, which
+/// cancels its build and keeps the work in flight bounded): one second of warm-up, then
 /// `seconds` measured. Returns the latencies of the accepted ones, the failures, the time measured.
-async fn load(
+pub(super) async fn load(
     addr: SocketAddr,
     token: String,
     clients: usize,
     seconds: u64,
+    first_issue: u64,
+    then_out: bool,
 ) -> anyhow::Result<(Vec<u64>, u64, Duration)> {
-    let next = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(first_issue));
     let errors = Arc::new(AtomicU64::new(0));
     let measuring = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
@@ -190,14 +215,19 @@ async fn load(
             let mut latencies = Vec::with_capacity(1 << 16);
             while !done.load(Ordering::Relaxed) {
                 let n = next.fetch_add(1, Ordering::Relaxed);
-                let body = body(n);
-                let started = Instant::now();
-                let ok = matches!(client.post(body.as_bytes()).await, Ok(200));
-                if measuring.load(Ordering::Relaxed) {
-                    if ok {
-                        latencies.push(started.elapsed().as_micros() as u64);
-                    } else {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                let mut bodies = vec![body(n)];
+                if then_out {
+                    bodies.push(transition(n, "Building", "Open", 60_000));
+                }
+                for body in bodies {
+                    let started = Instant::now();
+                    let ok = matches!(client.post(body.as_bytes()).await, Ok(200));
+                    if measuring.load(Ordering::Relaxed) {
+                        if ok {
+                            latencies.push(started.elapsed().as_micros() as u64);
+                        } else {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }
@@ -224,12 +254,12 @@ async fn ingest(args: &BenchArgs, group_commit: bool) -> anyhow::Result<IngestRe
     let (mut latencies_us, errors, elapsed) = if args.load_thread {
         let load = std::thread::Builder::new().name("meshgate-bench-load".into()).spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(load(addr, token, clients, seconds))
+            runtime.block_on(load(addr, token, clients, seconds, 0, false))
         })?;
         let joined = tokio::task::spawn_blocking(move || load.join()).await?;
         joined.map_err(|_| anyhow::anyhow!("the load generator panicked"))??
     } else {
-        load(addr, token, clients, seconds).await?
+        load(addr, token, clients, seconds, 0, false).await?
     };
     latencies_us.sort_unstable();
     server.stop().await?;
@@ -342,6 +372,18 @@ async fn catch_up(log: &Path, head: u64) -> anyhow::Result<()> {
         head as f64 / elapsed.as_secs_f64()
     );
     Ok(())
+}
+
+/// Issue `n` moving from `from` to `to`, `later_ms` after the sample's change time.
+pub(super) fn transition(n: u64, from: &str, to: &str, later_ms: u64) -> String {
+    body(n)
+        .replace(
+            r#""oldValue":{"name":"Open","presentation":"Open"},"value":{"name":"Building","presentation":"Building"}"#,
+            &format!(
+                r#""oldValue":{{"name":"{from}","presentation":"{from}"}},"value":{{"name":"{to}","presentation":"{to}"}}"#
+            ),
+        )
+        .replace("\"updated\":1787565700000", &format!("\"updated\":{}", 1_787_565_700_000 + later_ms))
 }
 
 /// The appends ingest makes for delivery `n`, decided on the fast path.

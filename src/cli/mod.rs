@@ -3,6 +3,7 @@
 mod bench;
 mod bench_client;
 mod bench_dispatch;
+mod bench_history;
 pub(crate) mod check;
 mod deliveries;
 mod demo;

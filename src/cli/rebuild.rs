@@ -153,6 +153,15 @@ pub async fn run(config: &Config, verify: bool) -> anyhow::Result<()> {
     drop(fresh);
     remove(&real);
     std::fs::rename(&scratch_path, &real).with_context(|| format!("cannot replace {}", real.display()))?;
-    println!("rebuilt the read model from {head} events in {elapsed:.2?} ({rate:.0} events/s)");
+    let peak = peak_memory().map(|b| format!(", peak memory {:.0} MiB", b as f64 / 1048576.0)).unwrap_or_default();
+    println!("rebuilt the read model from {head} events in {elapsed:.2?} ({rate:.0} events/s{peak})");
     Ok(())
+}
+
+/// This process's peak resident memory (Linux: `VmHWM` in `/proc/self/status`).
+fn peak_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib =
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse::<u64>();
+    kib.ok().map(|k| k * 1024)
 }

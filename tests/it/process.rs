@@ -85,7 +85,7 @@ impl Gateway {
     }
 }
 
-fn write_config(dir: &Path) -> PathBuf {
+pub fn write_config(dir: &Path) -> PathBuf {
     let config = test_config(dir, vec![ios_trigger()]);
     let toml = std::fs::read_to_string(fixtures().join("config/one-trigger.toml")).unwrap();
     assert!(config.webhook.token_files[0].exists());

@@ -10,7 +10,7 @@ use meshgate_domain::event::{BuildCancelled, Event};
 use meshgate_domain::ExpectedVersion;
 use uuid::Uuid;
 
-fn event(n: u128) -> NewEvent {
+pub(crate) fn event(n: u128) -> NewEvent {
     let e = Event::BuildCancelled(BuildCancelled {
         build_id: Uuid::from_u128(n),
         reason: format!("r{n}"),
@@ -19,7 +19,7 @@ fn event(n: u128) -> NewEvent {
     NewEvent::from_domain(&e, Uuid::from_u128(n), None, chrono::Utc::now())
 }
 
-fn append(stream: &str, expected: ExpectedVersion, n: usize) -> StreamAppend {
+pub(crate) fn append(stream: &str, expected: ExpectedVersion, n: usize) -> StreamAppend {
     StreamAppend { stream: stream.into(), expected, events: (0..n as u128).map(event).collect() }
 }
 
@@ -28,7 +28,7 @@ fn open(dir: &std::path::Path, max_batch: usize) -> Arc<dyn EventStore> {
     Arc::new(SqliteStore::open(&dir.join("events.sqlite"), options).unwrap())
 }
 
-async fn contract(store: Arc<dyn EventStore>) {
+pub(crate) async fn contract(store: Arc<dyn EventStore>) {
     // Versions and expectations.
     let a = store.append(vec![append("a", ExpectedVersion::NoStream, 2)]).await.unwrap();
     assert_eq!(a.last_position, 2);

@@ -8,8 +8,9 @@
 //! the single writer, so they are gap-free and increase in commit order.
 //!
 //! The `events` table is append-only and carries no secondary index: expected versions are checked
-//! against the in-memory [`index::StreamIndex`], which the writer owns (a lock file keeps every
-//! other process from appending) and which is rebuilt from the table on open. ADR 0006 says why.
+//! against the stream index, which the writer owns (a lock file keeps every other process from
+//! appending): recent and active streams in memory ([`index::StreamIndex`]), every stream in a file
+//! beside the log that lags it by at most a flush ([`streams`]). ADR 0006 says why.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -21,7 +22,10 @@ use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::{broadcast, oneshot, watch};
 use uuid::Uuid;
 
+mod checkpointer;
 mod index;
+mod indexer;
+mod streams;
 mod writer;
 
 use index::{StreamIndex, StreamKey};
@@ -63,11 +67,25 @@ pub struct WriterOptions {
     pub busy_timeout: Duration,
     /// Under load, how long a batch may wait for requests on their way before it commits.
     pub linger: Duration,
+    /// Streams the writer keeps in memory beyond those appended since the last flush of the
+    /// stream index (least recently used evicted first); the rest are read from its file.
+    pub index_capacity: usize,
+    /// Streams appended that make the writer flush the stream index to its file.
+    pub index_flush_streams: usize,
+    /// Longest time appended streams wait for that flush.
+    pub index_flush_interval: Duration,
 }
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        WriterOptions { max_batch: 512, busy_timeout: Duration::from_secs(5), linger: Duration::from_micros(1000) }
+        WriterOptions {
+            max_batch: 512,
+            busy_timeout: Duration::from_secs(5),
+            linger: Duration::from_micros(1000),
+            index_capacity: 65_536,
+            index_flush_streams: 65_536,
+            index_flush_interval: Duration::from_secs(1),
+        }
     }
 }
 
@@ -78,11 +96,15 @@ pub struct SqliteStore {
     readers: Arc<Mutex<Vec<Connection>>>,
     head: watch::Receiver<u64>,
     index: Arc<RwLock<StreamIndex>>,
+    /// The stream index on disk, for streams the writer does not hold in memory.
+    index_file: streams::IndexFile,
     feed: broadcast::Sender<Arc<[StoredEvent]>>,
+    /// Joined when the store is dropped: the writer flushes the stream index before it ends.
+    writer_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Committed batches a slow follower may fall behind by before it has to read the log instead.
-const FEED_CAPACITY: usize = 1024;
+const FEED_CAPACITY: usize = 64;
 
 impl SqliteStore {
     /// Opens (creating if needed) the log at `path` and starts its writer thread. Fails if another
@@ -104,11 +126,22 @@ impl SqliteStore {
         // A WAL that grew while readers held it is cut back to this when it starts over.
         conn.pragma_update(None, "journal_size_limit", 64i64 << 20).store_err()?;
         migrate(&mut conn)?;
-        let (index, head) = load_index(&conn)?;
-        let index = Arc::new(RwLock::new(index));
+        let (indexer, head) = indexer::Indexer::open(path, &conn, &options)?;
+        let index = Arc::clone(&indexer.shared);
+        let index_file = indexer.file.clone();
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
-        let (writer, head) = writer::spawn(conn, lock, path, Arc::clone(&index), feed.clone(), head, options)?;
-        Ok(SqliteStore { path: path.to_owned(), writer, readers: Arc::default(), head, index, feed })
+        let writer::Spawned { queue: writer, head, thread } =
+            writer::spawn(conn, lock, path, indexer, feed.clone(), head, options)?;
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            writer,
+            readers: Arc::default(),
+            head,
+            index,
+            index_file,
+            feed,
+            writer_thread: Some(thread),
+        })
     }
 
     /// Opens the log for reading only (audit queries from the CLI).
@@ -117,9 +150,25 @@ impl SqliteStore {
             Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
                 .store_err()?;
         conn.busy_timeout(Duration::from_secs(5)).store_err()?;
-        // Whole-log scans (rebuilds, audits) read pages in place instead of copying them.
-        conn.pragma_update(None, "mmap_size", 1i64 << 34).store_err()?;
+        // No memory map: a whole-log scan (a rebuild, an audit) would map every page of the log and
+        // count it as resident (2.2 GB at 10M events); reading through the page cache costs 5 %.
         Ok(conn)
+    }
+
+    /// A stream's positions: those the writer holds in memory, else those of the index on disk.
+    /// A stream evicted from memory was on disk whole before it was evicted, so a miss that finds
+    /// nothing there means the stream did not exist when the lookup began.
+    async fn positions(&self, stream: &str) -> Result<Vec<u64>, StoreError> {
+        let key = StreamKey::of(stream);
+        let cached = self.index.read().unwrap_or_else(|poisoned| poisoned.into_inner()).cached(key);
+        if let Some(positions) = cached {
+            return Ok(positions);
+        }
+        let file = self.index_file.clone();
+        let found = tokio::task::spawn_blocking(move || file.lookup(key))
+            .await
+            .map_err(|e| StoreError::caused("reader task failed", e))??;
+        Ok(found.map(|p| p.to_vec()).unwrap_or_default())
     }
 
     async fn write(
@@ -169,6 +218,18 @@ impl SqliteStore {
     }
 }
 
+impl Drop for SqliteStore {
+    /// Waits for the writer to finish: it answers what is queued and flushes the stream index, so
+    /// the next open reads no tail of the log again.
+    fn drop(&mut self) {
+        let (closed, _) = std::sync::mpsc::channel();
+        drop(std::mem::replace(&mut self.writer, closed));
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 #[async_trait]
 impl EventStore for SqliteStore {
     async fn append(&self, appends: Vec<StreamAppend>) -> Result<Appended, StoreError> {
@@ -176,17 +237,17 @@ impl EventStore for SqliteStore {
     }
 
     async fn read_stream(&self, stream: &str) -> Result<Vec<StoredEvent>, StoreError> {
-        let positions =
-            self.index.read().unwrap_or_else(|poisoned| poisoned.into_inner()).positions(StreamKey::of(stream));
+        let positions = self.positions(stream).await?;
         if positions.is_empty() {
             return Ok(Vec::new());
         }
         let stream = stream.to_owned();
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE position = ?1"))?;
-            let mut events = Vec::with_capacity(positions.len());
+        self.read_with(move |conn| {
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE position = ?1")).store_err()?;
+            let mut events = Vec::new();
             for position in positions {
-                let event = stmt.query_row([position], row_to_event)?;
+                let event = stmt.query_row([position], row_to_event).store_err()?;
                 // The index keys streams by a hash of their name; the row has the name itself.
                 if event.stream == stream {
                     events.push(event);
@@ -198,14 +259,17 @@ impl EventStore for SqliteStore {
     }
 
     async fn read_last(&self, stream: &str) -> Result<Option<StoredEvent>, StoreError> {
-        let positions =
-            self.index.read().unwrap_or_else(|poisoned| poisoned.into_inner()).positions(StreamKey::of(stream));
+        let positions = self.positions(stream).await?;
+        if positions.is_empty() {
+            return Ok(None);
+        }
         let stream = stream.to_owned();
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE position = ?1"))?;
+        self.read_with(move |conn| {
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE position = ?1")).store_err()?;
             // Newest first; a row of another stream sharing the name's hash is passed over.
             for position in positions.into_iter().rev() {
-                let event = stmt.query_row([position], row_to_event)?;
+                let event = stmt.query_row([position], row_to_event).store_err()?;
                 if event.stream == stream {
                     return Ok(Some(event));
                 }
@@ -257,6 +321,36 @@ impl EventStore for SqliteStore {
     async fn check_writable(&self) -> Result<(), StoreError> {
         self.write(|reply| WriteRequest::Ping { reply }).await.map(|_| ())
     }
+}
+
+/// What a lookup in the stream index on disk costs (the writer's miss), for the benchmark: the mean
+/// time to find `samples` streams of the log, and to learn that as many do not exist. Takes the
+/// log's lock: no gateway may be running.
+pub fn index_lookup_cost(path: &Path, samples: usize) -> Result<(Duration, Duration), StoreError> {
+    let _lock = lock_log(path)?;
+    let conn = Connection::open(path).store_err()?;
+    let (index, flushed) = streams::IndexFile::open(&streams::path_for(path), &conn)?;
+    let mut names = Vec::with_capacity(samples);
+    {
+        let mut stmt =
+            conn.prepare("SELECT stream FROM events WHERE position = ?1 * 2654435761 % ?2 + 1").store_err()?;
+        for n in 0..samples as u64 {
+            names.push(stmt.query_row(params![n, flushed.max(1)], |r| r.get::<_, String>(0)).store_err()?);
+        }
+    }
+    let time = |names: &[String], expect_found: bool| -> Result<Duration, StoreError> {
+        let keys: Vec<StreamKey> = names.iter().map(|n| StreamKey::of(n)).collect();
+        let started = std::time::Instant::now();
+        for key in keys {
+            if index.lookup(key)?.is_some() != expect_found {
+                return Err(StoreError::failed("the stream index answered a lookup wrongly"));
+            }
+        }
+        Ok(started.elapsed() / names.len().max(1) as u32)
+    };
+    let present = time(&names, true)?;
+    let absent: Vec<String> = (0..samples).map(|n| format!("delivery-absent-{n}")).collect();
+    Ok((present, time(&absent, false)?))
 }
 
 /// Holds the log's lock file: no gateway appends while the returned file is open (a rebuild
@@ -325,43 +419,6 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION).store_err()?;
     tx.commit().store_err()
-}
-
-/// Reads every stream's positions from the log, checking that versions run gap-free.
-fn load_index(conn: &Connection) -> Result<(StreamIndex, u64), StoreError> {
-    let started = std::time::Instant::now();
-    let mut index = StreamIndex::default();
-    let head = index_rows_after(conn, &mut index, 0)?;
-    tracing::debug!(
-        streams = index.streams(),
-        head,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "stream index loaded"
-    );
-    Ok((index, head))
-}
-
-/// Adds the rows after position `after` to the index; returns the last position (or `after`).
-fn index_rows_after(conn: &Connection, index: &mut StreamIndex, after: u64) -> Result<u64, StoreError> {
-    let mut stmt = conn
-        .prepare_cached("SELECT position, stream, version FROM events WHERE position > ?1 ORDER BY position")
-        .store_err()?;
-    let mut rows = stmt.query([after]).store_err()?;
-    let mut head = after;
-    while let Some(row) = rows.next().store_err()? {
-        let (position, version): (u64, u64) = (row.get(0).store_err()?, row.get(2).store_err()?);
-        let stream = row.get_ref(1).store_err()?.as_str().store_err()?;
-        let key = StreamKey::of(stream);
-        let expected = index.version(key).map_or(0, |v| v + 1);
-        if version != expected {
-            return Err(StoreError::failed(format!(
-                "the event log is inconsistent: stream `{stream}` has version {version} at position {position}, expected {expected}"
-            )));
-        }
-        index.push(key, position);
-        head = position;
-    }
-    Ok(head)
 }
 
 /// Up to `limit` events after `after`, on any connection.

@@ -1,7 +1,7 @@
-//! The writer thread (group commit in savepoints) and the checkpointer thread.
+//! The writer thread: group commit in savepoints, and the stream index kept in step with it.
 
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection};
@@ -9,9 +9,18 @@ use std::sync::mpsc;
 
 use tokio::sync::{broadcast, oneshot, watch};
 
-use super::index::{version_through, Pending, StreamIndex, StreamKey};
+use super::checkpointer::{Checkpointer, CHECKPOINT_EVERY_BYTES, RESTART_EVERY_BYTES};
+use super::index::{version_through, Pending, StreamKey};
+use super::indexer::Indexer;
 use super::{WriterOptions, COLUMNS};
 use crate::store::{Appended, StoreError, StoreResultExt, StoredEvent, StreamAppend};
+
+/// A running writer: its queue, the head it announces, and its thread.
+pub(super) struct Spawned {
+    pub queue: mpsc::Sender<WriteRequest>,
+    pub head: watch::Receiver<u64>,
+    pub thread: std::thread::JoinHandle<()>,
+}
 
 pub(super) enum WriteRequest {
     Append { appends: Vec<StreamAppend>, reply: oneshot::Sender<Result<Appended, StoreError>> },
@@ -19,16 +28,17 @@ pub(super) enum WriteRequest {
 }
 
 /// Starts the writer thread (and its checkpointer) on `conn`, which holds the log's lock file;
-/// returns its queue and the head.
+/// returns its queue, the head and the thread (it ends, having flushed the stream index, once
+/// every sender of the queue is gone).
 pub(super) fn spawn(
     conn: Connection,
     lock: std::fs::File,
     path: &Path,
-    index: Arc<RwLock<StreamIndex>>,
+    indexer: Indexer,
     feed: broadcast::Sender<Arc<[StoredEvent]>>,
     head: u64,
     options: WriterOptions,
-) -> Result<(mpsc::Sender<WriteRequest>, watch::Receiver<u64>), StoreError> {
+) -> Result<Spawned, StoreError> {
     let checkpointer = Checkpointer::start(path)?;
     let (head_tx, head_rx) = watch::channel(head);
     // Unbounded: every caller waits for its answer, so callers bound the queue.
@@ -36,7 +46,7 @@ pub(super) fn spawn(
     let writer = Writer {
         conn,
         _lock: lock,
-        index,
+        indexer,
         batch: Pending::default(),
         feed,
         unpublished: Vec::new(),
@@ -51,19 +61,19 @@ pub(super) fn spawn(
         unchecked_bytes: 0,
         unrestarted_bytes: 0,
     };
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("meshgate-sqlite-writer".into())
         .spawn(move || writer.run(rx))
         .map_err(|e| StoreError::caused("cannot start the writer thread", e))?;
-    Ok((tx, head_rx))
+    Ok(Spawned { queue: tx, head: head_rx, thread })
 }
 
 struct Writer {
     conn: Connection,
     /// Held while the writer runs: no other process appends to this log.
     _lock: std::fs::File,
-    /// The committed stream index, shared with readers.
-    index: Arc<RwLock<StreamIndex>>,
+    /// The committed stream index: in memory (shared with readers) and in its file.
+    indexer: Indexer,
     /// Streams appended in the open transaction.
     batch: Pending,
     /// Committed events, for followers in this process.
@@ -88,61 +98,6 @@ struct Writer {
     unrestarted_bytes: usize,
 }
 
-/// Copies the WAL back into the database on its own connection and thread, so that no group
-/// commit waits for a checkpoint. Passive checkpoints never block the writer.
-struct Checkpointer {
-    wake: std::sync::mpsc::SyncSender<()>,
-}
-
-/// Bytes appended between two requests to the background checkpointer.
-const CHECKPOINT_EVERY_BYTES: usize = 1 << 20;
-
-/// Bytes appended before the writer finishes a checkpoint itself, so that the WAL starts over.
-///
-/// Under steady load a background checkpoint never catches up with the writer: each pass copies
-/// what was there when it began, and the WAL grows without bound (hundreds of MiB a minute), every
-/// commit then allocating new blocks. The writer, between two batches, copies what the background
-/// passes left (a commit or two) and lets its next commit rewrite the WAL from the start.
-const RESTART_EVERY_BYTES: usize = 8 << 20;
-
-impl Checkpointer {
-    fn start(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).store_err()?;
-        conn.busy_timeout(Duration::from_secs(5)).store_err()?;
-        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
-        std::thread::Builder::new()
-            .name("meshgate-ckpt".into())
-            .spawn(move || {
-                // Ends when the writer (the only sender) is gone.
-                while woken.recv().is_ok() {
-                    // Pass after pass while the writer keeps adding frames, so that what is left
-                    // for the writer to copy (`finish_checkpoint`) stays small.
-                    for _ in 0..64 {
-                        let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-                        });
-                        match pass {
-                            Ok((0, log, copied)) if log > copied => continue,
-                            Ok(_) => break,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "wal checkpoint failed");
-                                break;
-                            }
-                        }
-                    }
-                }
-                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-            })
-            .map_err(|e| StoreError::caused("cannot start the checkpoint thread", e))?;
-        Ok(Checkpointer { wake })
-    }
-
-    fn request(&self) {
-        // A full channel means a checkpoint is already due.
-        let _ = self.wake.try_send(());
-    }
-}
-
 /// Under load, a batch waits for `1 / LINGER_FRACTION` of the previous batch's requests.
 ///
 /// Waiting for fewer keeps the writer and the request threads working side by side: while one
@@ -164,7 +119,16 @@ impl Writer {
     /// committed at once.
     fn run(mut self, requests: mpsc::Receiver<WriteRequest>) {
         let mut batch = Vec::with_capacity(self.max_batch);
-        while let Ok(first) = requests.recv() {
+        loop {
+            let first = match requests.recv_timeout(self.indexer.interval()) {
+                Ok(first) => first,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // Quiet: the streams of the last batches still reach the index file.
+                    self.indexer.tend(&self.conn, self.next_position - 1);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             batch.push(first);
             self.drain(&requests, &mut batch);
             let target = (self.previous_batch / LINGER_FRACTION).min(self.max_batch);
@@ -182,6 +146,7 @@ impl Writer {
             self.previous_batch = batch.len();
             self.commit_batch(batch.drain(..));
         }
+        self.indexer.close(&self.conn, self.next_position - 1);
     }
 
     fn drain(&self, requests: &mpsc::Receiver<WriteRequest>, batch: &mut Vec<WriteRequest>) {
@@ -222,9 +187,7 @@ impl Writer {
             match committed {
                 Ok(()) => {
                     // Durable now: readers and later appends may see it.
-                    let mut index = self.index.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-                    batch.commit_into(&mut index);
-                    drop(index);
+                    self.indexer.commit(batch);
                     if !self.unpublished.is_empty() {
                         // No follower listening is fine: followers read the log when they start.
                         let _ = self.feed.send(Arc::from(std::mem::take(&mut self.unpublished)));
@@ -263,6 +226,7 @@ impl Writer {
         for (reply, result) in answers {
             let _ = reply.send(result);
         }
+        self.indexer.tend(&self.conn, self.next_position - 1);
         if self.unrestarted_bytes >= RESTART_EVERY_BYTES && self.finish_checkpoint() {
             self.unrestarted_bytes = 0;
         }
@@ -302,9 +266,8 @@ impl Writer {
     /// and the index must know them before the next append is checked.
     fn resync_after_failed_commit(&mut self) {
         let known = self.head.borrow().to_owned();
-        let mut index = self.index.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        match super::index_rows_after(&self.conn, &mut index, known) {
-            Ok(head) => self.next_position = head + 1,
+        match self.indexer.index_rows_after(&self.conn, known, u64::MAX) {
+            Ok((head, _)) => self.next_position = head + 1,
             Err(e) => {
                 // Appending on an index that may be stale could break versions: stop appending.
                 tracing::error!(error = %e, "cannot read the log after a failed commit; refusing appends");
@@ -388,10 +351,7 @@ impl Writer {
             .store_err()?;
         for append in appends {
             let key = StreamKey::of(&append.stream);
-            let current = {
-                let index = self.index.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-                version_through(&index, &[&self.batch, request], key)
-            };
+            let current = version_through(self.indexer.committed_version(key)?, &[&self.batch, request], key);
             if !append.expected.is_satisfied_by(current) {
                 return Err(StoreError::Conflict {
                     stream: append.stream.clone(),

@@ -1,0 +1,52 @@
+//! Short runs of `meshgate bench`, so the benchmarks of docs/benchmarks.md cannot rot. They assert
+//! that every measurement is made and reported, never how fast anything was.
+
+use std::process::Command;
+
+use crate::process::BIN;
+
+fn bench(args: &[&str]) -> String {
+    let cwd = tempfile::tempdir().unwrap();
+    let output =
+        Command::new(BIN).current_dir(cwd.path()).env("RUST_LOG", "warn").arg("bench").args(args).output().unwrap();
+    let said = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{said}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0, "the benchmark left files in its working directory");
+    said
+}
+
+#[test]
+fn the_throughput_benchmark_measures_every_mode() {
+    let said = bench(&["--seconds", "1", "--rebuild-events", "2000", "--store-only", "--dispatch-builds", "20"]);
+    for line in [
+        "| group commit |",
+        "| one commit per request |",
+        "store only:",
+        "dispatch",
+        "claims:",
+        "rebuild: log of 2000 events",
+        "catch-up",
+    ] {
+        assert!(said.contains(line), "no `{line}` in:\n{said}");
+    }
+}
+
+#[test]
+fn the_history_benchmark_grows_a_log_and_reports_every_measure() {
+    let said = bench(&["--history-events", "2000", "--seconds", "1", "--history-rounds", "1"]);
+    for row in [
+        "| history |",
+        "| RSS of the serving gateway, ready, before load |",
+        "| start → /readyz, read model present |",
+        "| start → /readyz after kill -9 under load |",
+        "| graceful stop |",
+        "| `projections rebuild` |",
+        "empty log |",
+        "this history |",
+    ] {
+        assert!(said.contains(row), "no `{row}` in:\n{said}");
+    }
+    let loads: Vec<&str> = said.lines().filter(|l| l.starts_with("load: ")).collect();
+    assert_eq!(loads.len(), 2, "one load on the empty log, one on the history:\n{said}");
+    assert!(loads.iter().all(|l| l.ends_with(", 0 errors")), "deliveries failed:\n{said}");
+}
