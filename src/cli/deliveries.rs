@@ -4,14 +4,11 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::store::sqlite::{SqliteStore, WriterOptions};
-use crate::store::EventStore;
 
 #[derive(Debug, Subcommand)]
 pub enum DeliveriesCommand {
@@ -73,11 +70,7 @@ async fn replay_here(
     until: DateTime<Utc>,
     dry_run: bool,
 ) -> anyhow::Result<Value> {
-    let path = config.log_path();
-    let store: Arc<dyn EventStore> = Arc::new(
-        SqliteStore::open(&path, WriterOptions::default())
-            .with_context(|| format!("cannot open the event log at {}", path.display()))?,
-    );
+    let (store, _lock) = crate::app::open_store(config).await?;
     let ingest = crate::ingest::IngestService::new(
         Arc::clone(&store),
         config.triggers.clone(),

@@ -31,6 +31,12 @@ pub struct EventsArgs {
 }
 
 pub fn run(config: &Config, args: &EventsArgs) -> anyhow::Result<()> {
+    if config.store.backend == crate::config::StoreBackend::Postgres {
+        anyhow::bail!(
+            "`meshgate events` reads the SQLite log; with store.backend = \"postgres\" the log is the \
+             table meshgate_events (docs/operations.md, \"Running two gateways\")"
+        );
+    }
     let path = config.log_path();
     let conn = SqliteStore::open_read_only(&path)
         .with_context(|| format!("cannot open the event log at {}", path.display()))?;

@@ -13,10 +13,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use meshgate_domain::Recorded;
 use meshgate_projections::{OutboxConfig, ProjectionSet};
 
-use crate::config::Config;
+use crate::config::{Config, StoreBackend};
 use crate::projector::{projected_types, SAVE_AFTER_EVENTS};
 use crate::readmodel::{self, ReadModel};
+use crate::store::postgres::{PostgresOptions, PostgresStore};
 use crate::store::sqlite::{lock_log, read_range_decoded, SqliteStore};
+use crate::store::EventStore;
+use secrecy::ExposeSecret;
 
 /// Positions read per query during a rebuild.
 const REBUILD_RANGE: u64 = 8192;
@@ -64,23 +67,36 @@ pub fn fold_log(
             let (batch, upto) = inputs[(range % READERS) as usize]
                 .recv()
                 .map_err(|_| anyhow::anyhow!("a reading thread stopped early"))??;
-            let missing = set.builds.missing(&batch);
-            if !missing.is_empty() {
-                set.builds.restore(into.builds(&missing)?);
-            }
-            for recorded in &batch {
-                set.apply(recorded);
-            }
-            set.skip_to(upto);
-            if upto - saved_at >= SAVE_AFTER_EVENTS {
-                save(into, &mut set)?;
-                saved_at = upto;
-            }
+            fold_range(into, &mut set, &batch, upto, &mut saved_at)?;
             progress.set_position(upto);
         }
         save(into, &mut set)?;
         Ok(set)
     })
+}
+
+/// Folds one range of the log that reaches `upto`, bringing back first the saved views of builds
+/// memory let go, and saves every [`SAVE_AFTER_EVENTS`] events.
+fn fold_range(
+    into: &ReadModel,
+    set: &mut ProjectionSet,
+    batch: &[Recorded],
+    upto: u64,
+    saved_at: &mut u64,
+) -> anyhow::Result<()> {
+    let missing = set.builds.missing(batch);
+    if !missing.is_empty() {
+        set.builds.restore(into.builds(&missing)?);
+    }
+    for recorded in batch {
+        set.apply(recorded);
+    }
+    set.skip_to(upto);
+    if upto - *saved_at >= SAVE_AFTER_EVENTS {
+        save(into, set)?;
+        *saved_at = upto;
+    }
+    Ok(())
 }
 
 fn save(into: &ReadModel, set: &mut ProjectionSet) -> anyhow::Result<()> {
@@ -109,15 +125,33 @@ fn remove(path: &Path) {
 }
 
 pub async fn run(config: &Config, verify: bool) -> anyhow::Result<()> {
-    let path = config.log_path();
-    let conn = SqliteStore::open_read_only(&path)
-        .with_context(|| format!("cannot open the event log at {}", path.display()))?;
-    let head: u64 = conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| r.get(0))?;
-    drop(conn);
-    let real = readmodel::path_for(&path);
-    let outbox = crate::outbound::outbox_config(config);
+    let shared = config.store.backend == StoreBackend::Postgres;
+    let real = config.readmodel_path();
+    let log = config.log_path();
     // Verifying runs beside a live gateway; replacing the read model needs it stopped.
-    let _lock = if verify { None } else { Some(lock_log(&path)?) };
+    let _lock = match (verify, shared) {
+        (true, _) => None,
+        (false, false) => Some(lock_log(&log)?),
+        (false, true) => Some(lock_log(&real)?),
+    };
+    let store = if shared {
+        let url = crate::app::postgres_url(config)?;
+        let store = PostgresStore::open(url.expose_secret(), PostgresOptions::default())
+            .await
+            .context("cannot open the event log in PostgreSQL")?;
+        Some(store)
+    } else {
+        None
+    };
+    let head = match &store {
+        Some(store) => *store.head().borrow(),
+        None => {
+            let conn = SqliteStore::open_read_only(&log)
+                .with_context(|| format!("cannot open the event log at {}", log.display()))?;
+            conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| r.get(0))?
+        }
+    };
+    let outbox = crate::outbound::outbox_config(config);
     let (until, saved) = if verify {
         let saved = ReadModel::open(&real).with_context(|| format!("cannot open {}", real.display()))?;
         (saved.position()?.unwrap_or(0), Some(saved))
@@ -133,10 +167,16 @@ pub async fn run(config: &Config, verify: bool) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let (scratch_path, fresh) = scratch(&real, if verify { "verify" } else { "rebuild" })?;
     let fresh = Arc::new(fresh);
-    let folding = Arc::clone(&fresh);
-    let log = path.clone();
-    let bar = progress.clone();
-    tokio::task::spawn_blocking(move || fold_log(&log, until, outbox, &folding, &bar)).await??;
+    match store {
+        Some(store) => {
+            fold_store(&store, until, outbox, &fresh, &progress).await?;
+        }
+        None => {
+            let folding = Arc::clone(&fresh);
+            let bar = progress.clone();
+            tokio::task::spawn_blocking(move || fold_log(&log, until, outbox, &folding, &bar)).await??;
+        }
+    }
     progress.finish_and_clear();
     let elapsed = started.elapsed();
     let rate = until as f64 / elapsed.as_secs_f64().max(1e-9);
@@ -156,6 +196,34 @@ pub async fn run(config: &Config, verify: bool) -> anyhow::Result<()> {
     let peak = peak_memory().map(|b| format!(", peak memory {:.0} MiB", b as f64 / 1048576.0)).unwrap_or_default();
     println!("rebuilt the read model from {head} events in {elapsed:.2?} ({rate:.0} events/s{peak})");
     Ok(())
+}
+
+/// [`fold_log`] through the store's own reads (a shared log): one range at a time.
+async fn fold_store(
+    store: &dyn EventStore,
+    until: u64,
+    outbox: OutboxConfig,
+    into: &ReadModel,
+    progress: &ProgressBar,
+) -> anyhow::Result<ProjectionSet> {
+    let wanted = projected_types();
+    let mut set = ProjectionSet::new(outbox);
+    let (mut after, mut saved_at) = (0, 0);
+    while after < until {
+        let limit = (until - after).min(REBUILD_RANGE) as usize;
+        let (batch, covered) = store
+            .read_decoded(after, limit, &wanted)
+            .await
+            .with_context(|| format!("cannot read the event log after position {after}"))?;
+        if covered <= after {
+            bail!("the event log ends at position {after}, before {until}");
+        }
+        fold_range(into, &mut set, &batch, covered, &mut saved_at)?;
+        after = covered;
+        progress.set_position(after);
+    }
+    save(into, &mut set)?;
+    Ok(set)
 }
 
 /// This process's peak resident memory (Linux: `VmHWM` in `/proc/self/status`).

@@ -2,16 +2,12 @@
 //! log, so it is asked to sweep (`POST /api/v1/reconcile`); without one, the command opens the log
 //! and sweeps itself. Prints what it found and started (or, with `--dry-run`, would start).
 
-use std::sync::Arc;
-
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Args;
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::store::sqlite::{SqliteStore, WriterOptions};
-use crate::store::EventStore;
 
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
@@ -48,11 +44,7 @@ pub async fn run(config: &Config, args: &ReconcileArgs) -> anyhow::Result<()> {
 
 /// No gateway runs: open the log and sweep from here.
 async fn sweep_here(config: &Config, args: &ReconcileArgs) -> anyhow::Result<Value> {
-    let path = config.log_path();
-    let store: Arc<dyn EventStore> = Arc::new(
-        SqliteStore::open(&path, WriterOptions::default())
-            .with_context(|| format!("cannot open the event log at {}", path.display()))?,
-    );
+    let (store, _lock) = crate::app::open_store(config).await?;
     let reconciler = crate::app::reconciler(config, &store)?.context("reconciliation is not configured")?;
     let report = reconciler.sweep("cli", args.since, args.dry_run).await?;
     Ok(serde_json::to_value(report)?)

@@ -105,6 +105,7 @@ impl Config {
             &mut self.youtrack.token_file,
             &mut self.youtrack.previous_token_file,
             &mut self.pager.routing_key_file,
+            &mut self.store.url_file,
             &mut self.outbound.ca_file,
             &mut self.worker.token_file,
             &mut self.worker.scripts,
@@ -156,6 +157,21 @@ impl Config {
         }
         if self.store.max_batch == 0 {
             return invalid("store.max_batch must be at least 1".into());
+        }
+        if !(1..=3600).contains(&self.store.lease_seconds) {
+            return invalid("store.lease_seconds must be between 1 and 3600".into());
+        }
+        match (self.store.backend, self.store.url_file.is_some(), self.store.url.is_some()) {
+            (StoreBackend::Postgres, false, false) => {
+                return invalid("store.backend = \"postgres\" needs store.url_file (or store.url)".into())
+            }
+            (StoreBackend::Postgres, true, true) => {
+                return invalid("store.url_file and store.url are alternatives: set one".into())
+            }
+            (StoreBackend::Sqlite, false, false) | (StoreBackend::Postgres, _, _) => {}
+            (StoreBackend::Sqlite, _, _) => {
+                return invalid("store.url_file and store.url are for store.backend = \"postgres\"".into())
+            }
         }
         let mut lanes = HashSet::new();
         for lane in &self.lanes {
@@ -249,6 +265,14 @@ impl Config {
 
     pub fn log_path(&self) -> PathBuf {
         self.server.data_dir.join("events.sqlite")
+    }
+
+    /// This gateway's read model: beside the SQLite log, or in the data dir for a shared log.
+    pub fn readmodel_path(&self) -> PathBuf {
+        match self.store.backend {
+            StoreBackend::Sqlite => crate::readmodel::path_for(&self.log_path()),
+            StoreBackend::Postgres => self.server.data_dir.join("postgres.readmodel.sqlite"),
+        }
     }
 
     pub fn secrets_dir(&self) -> PathBuf {

@@ -235,6 +235,17 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
+    /// Where the log lives: `sqlite` (a file in the data dir, the default) or `postgres` (a
+    /// database shared by every gateway of a team, ADR 0009).
+    pub backend: StoreBackend,
+    /// `postgres`: a file holding the connection URL (`postgres://user:password@host/db`), a secret
+    /// with the token files' permission checks.
+    pub url_file: Option<PathBuf>,
+    /// `postgres`: the connection URL itself, for local use (it then shows in the config file).
+    pub url: Option<String>,
+    /// `postgres`: how long the lease on the work done once (reaper, dispatchers, sweeps) lasts
+    /// unrenewed; another gateway takes that work over at most this long after its holder died.
+    pub lease_seconds: u64,
     /// Fold concurrent appends into one commit (group commit). Off: one commit per request.
     pub group_commit: bool,
     /// Most appends in one group commit.
@@ -332,6 +343,23 @@ impl Default for WebhookConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { group_commit: true, max_batch: 512, busy_timeout_ms: 5000, linger_us: 1000 }
+        StoreConfig {
+            backend: StoreBackend::Sqlite,
+            url_file: None,
+            url: None,
+            lease_seconds: 5,
+            group_commit: true,
+            max_batch: 512,
+            busy_timeout_ms: 5000,
+            linger_us: 1000,
+        }
     }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    #[default]
+    Sqlite,
+    Postgres,
 }

@@ -80,7 +80,7 @@ pub struct Outbound {
 }
 
 /// Runs one sink until `stopping` turns true.
-pub async fn run(outbound: Arc<Outbound>, sink: Sink, mut stopping: watch::Receiver<bool>) {
+pub async fn run(outbound: Arc<Outbound>, sink: Arc<Sink>, mut stopping: watch::Receiver<bool>) {
     let projections = &outbound.projections;
     let mut changes = projections.changes();
     loop {

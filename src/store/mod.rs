@@ -1,9 +1,11 @@
-//! The event log: a trait every backend implements, and the embedded SQLite backend.
+//! The event log: a trait every backend implements, the embedded SQLite backend ([`sqlite`]) and
+//! the shared PostgreSQL backend ([`postgres`]).
 //!
 //! Architecture Invariant: nothing outside this module knows which backend is in use. The trait
 //! speaks of streams, expected versions and global positions only; SQLite specifics (savepoints,
 //! WAL, the writer thread) stay in [`sqlite`].
 
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -151,6 +153,72 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Succeeds if an append could be made now.
     async fn check_writable(&self) -> Result<(), StoreError>;
+
+    /// Appends like [`EventStore::append`], but only while `term` is the term of the lease this
+    /// gateway holds on the work done once ([`EventStore::leadership`]): a former leader's appends
+    /// are refused once another term has begun. A log with a single appender has one term, 0.
+    async fn append_fenced(&self, appends: Vec<StreamAppend>, term: i64) -> Result<Appended, StoreError> {
+        let _ = term;
+        self.append(appends).await
+    }
+
+    /// The term in which this gateway runs the work done once (the reaper, the outbound
+    /// dispatchers, reconciliation sweeps), or `None` while another gateway does. A log with a
+    /// single appender: always `Some(0)`.
+    fn leadership(&self) -> watch::Receiver<Option<i64>> {
+        watch::channel(Some(0)).1
+    }
+}
+
+/// The store as the work done once sees it during one term: every append is fenced with the term.
+pub struct Fenced {
+    inner: Arc<dyn EventStore>,
+    term: i64,
+}
+
+impl Fenced {
+    pub fn wrap(inner: Arc<dyn EventStore>, term: i64) -> Arc<dyn EventStore> {
+        Arc::new(Fenced { inner, term })
+    }
+}
+
+#[async_trait]
+impl EventStore for Fenced {
+    async fn append(&self, appends: Vec<StreamAppend>) -> Result<Appended, StoreError> {
+        self.inner.append_fenced(appends, self.term).await
+    }
+    async fn read_stream(&self, stream: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.read_stream(stream).await
+    }
+    async fn read_last(&self, stream: &str) -> Result<Option<StoredEvent>, StoreError> {
+        self.inner.read_last(stream).await
+    }
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.read_all(after, limit).await
+    }
+    async fn read_decoded(
+        &self,
+        after: u64,
+        limit: usize,
+        wanted: &[&str],
+    ) -> Result<(Vec<Recorded>, u64), StoreError> {
+        self.inner.read_decoded(after, limit, wanted).await
+    }
+    fn head(&self) -> watch::Receiver<u64> {
+        self.inner.head()
+    }
+    fn committed(&self) -> Option<broadcast::Receiver<Arc<[StoredEvent]>>> {
+        self.inner.committed()
+    }
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        self.inner.check_writable().await
+    }
+    async fn append_fenced(&self, appends: Vec<StreamAppend>, term: i64) -> Result<Appended, StoreError> {
+        self.inner.append_fenced(appends, term).await
+    }
+    fn leadership(&self) -> watch::Receiver<Option<i64>> {
+        self.inner.leadership()
+    }
 }
 
 /// Calls `each` with every event of the `wanted` types up to the head as it stood at the start, in

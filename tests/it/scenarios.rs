@@ -80,11 +80,16 @@ impl Aliases {
     }
 }
 
-async fn run(path: &std::path::Path) {
+/// Runs one scenario on the embedded log, or on a fresh PostgreSQL database (`shared`).
+async fn run(path: &std::path::Path, shared: bool) {
     let name = path.file_name().unwrap().to_string_lossy().into_owned();
     let scenario: Scenario = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect(&name);
     let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path(), scenario.triggers.clone());
+    let mut config = test_config(dir.path(), scenario.triggers.clone());
+    if shared {
+        config.store.backend = meshgate::config::StoreBackend::Postgres;
+        config.store.url = Some(crate::postgres::database().await);
+    }
     let priorities = config.lane_priorities();
     let app = spawn_with(dir, config).await;
     let mut aliases = Aliases::default();
@@ -162,14 +167,25 @@ async fn run(path: &std::path::Path) {
     assert_eq!(app.live().await, live, "{name}: projections changed across a restart");
 }
 
-#[tokio::test]
-async fn every_scenario_produces_its_expected_log_and_projections() {
+fn scenarios() -> Vec<std::path::PathBuf> {
     let dir = fixtures().join("scenarios");
     let mut paths: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     paths.retain(|p| p.extension().is_some_and(|e| e == "json"));
     paths.sort();
     assert!(paths.len() >= 4, "scenarios missing from {}", dir.display());
-    for path in paths {
-        run(&path).await;
+    paths
+}
+
+#[tokio::test]
+async fn every_scenario_produces_its_expected_log_and_projections() {
+    for path in scenarios() {
+        run(&path, false).await;
+    }
+}
+
+#[tokio::test]
+async fn every_scenario_produces_its_expected_log_and_projections_on_postgres() {
+    for path in scenarios() {
+        run(&path, true).await;
     }
 }

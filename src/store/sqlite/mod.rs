@@ -378,7 +378,7 @@ fn lock_exclusively(path: &Path, patience: Duration) -> Result<std::fs::File, St
             }
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(StoreError::failed(format!(
-                    "the event log {} is in use by another process (lock file {}); stop it first",
+                    "{} is in use by another process (lock file {}); stop it first",
                     path.display(),
                     lock_path.display()
                 )))

@@ -1,0 +1,96 @@
+//! The work that must happen once per team of gateways: the lease reaper, one dispatcher per
+//! outbound sink and reconciliation sweeps. They run on the gateway that holds the lease
+//! ([`EventStore::leadership`]; with the SQLite log, the only gateway, always), each term with a
+//! store whose appends are fenced with the term, and stop when the term ends or the gateway stops.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::builds::BuildService;
+use crate::config::Config;
+use crate::outbound::{self, Outbound, Rules, Sink};
+use crate::projector::Projections;
+use crate::reaper::{self, Reaper};
+use crate::store::{EventStore, Fenced};
+
+/// What the elected work is made of, kept to be started again in each term.
+pub struct Jobs {
+    pub store: Arc<dyn EventStore>,
+    pub projections: Projections,
+    pub links: crate::links::LogLinks,
+    pub rules: Rules,
+    pub http: reqwest::Client,
+    pub sinks: Vec<Arc<Sink>>,
+    pub config: Arc<Config>,
+}
+
+impl Jobs {
+    fn start(&self, term: i64, stop: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        let store = Fenced::wrap(Arc::clone(&self.store), term);
+        let reaper = Reaper {
+            projections: self.projections.clone(),
+            builds: BuildService::new(Arc::clone(&store)),
+            max_attempts: self.config.nodes.max_attempts,
+        };
+        let mut jobs = vec![tokio::spawn(reaper::run(reaper, stop.clone()))];
+        let shared = Arc::new(Outbound {
+            store: Arc::clone(&store),
+            projections: self.projections.clone(),
+            links: self.links.clone(),
+            rules: self.rules.clone(),
+            http: self.http.clone(),
+        });
+        for sink in &self.sinks {
+            jobs.push(tokio::spawn(outbound::run(Arc::clone(&shared), Arc::clone(sink), stop.clone())));
+        }
+        match crate::app::reconciler(&self.config, &store) {
+            Ok(Some(reconciler)) => jobs.push(tokio::spawn(crate::reconcile::run(reconciler, stop.clone()))),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot start reconciliation sweeps"),
+        }
+        jobs
+    }
+}
+
+/// Runs the jobs in every term this gateway holds, until `stopping` turns true.
+pub async fn run(jobs: Jobs, mut leadership: watch::Receiver<Option<i64>>, mut stopping: watch::Receiver<bool>) {
+    // Whether the lease can still change (a single appender's never does).
+    let mut changing = true;
+    loop {
+        let term = loop {
+            if *stopping.borrow() {
+                return;
+            }
+            if let Some(term) = *leadership.borrow_and_update() {
+                break term;
+            }
+            if !changing {
+                let _ = stopping.wait_for(|s| *s).await;
+                return;
+            }
+            tokio::select! {
+                changed = leadership.changed() => changing = changed.is_ok(),
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+        };
+        let (stop, stopped) = watch::channel(false);
+        let running = jobs.start(term, &stopped);
+        loop {
+            tokio::select! {
+                changed = leadership.changed(), if changing => {
+                    changing = changed.is_ok();
+                    if *leadership.borrow_and_update() != Some(term) {
+                        break;
+                    }
+                }
+                _ = stopping.wait_for(|s| *s) => break,
+            }
+        }
+        stop.send_replace(true);
+        for job in running {
+            let _ = job.await;
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The shared backend: the log in a PostgreSQL database, for teams that run several gateways.
+//!
+//! Every gateway appends through its own writer (group commit, [`writer`]); appends from all of
+//! them are serialized by a row lock on the log's head, so positions are gap-free and become
+//! visible in order, and any follower can read `position > cursor` without ever skipping an event.
+//! Versions are enforced by the database (`UNIQUE (stream, version)` and a check in each insert),
+//! never by one process's memory. Each gateway's followers learn of new events from a tailer
+//! ([`tail`]): its own commits directly, the other gateways' through `LISTEN meshgate_events`,
+//! and a poll every second in case a notification is lost. A notification is only a hint: the
+//! tailer always reads the log from where it stands. ADR 0009 says why.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use meshgate_domain::{Event, Recorded};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, RwLock};
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls, Row};
+
+mod leader;
+mod schema;
+mod tail;
+mod writer;
+
+use super::{Appended, EventStore, StoreError, StoredEvent, StreamAppend};
+
+const COLUMNS: &str =
+    "position, stream, version, id, type, schema_version, data, correlation_id, causation_id, recorded_at";
+
+/// Committed batches kept for followers that are a little behind (as the SQLite backend's feed).
+const FEED_CAPACITY: usize = 64;
+
+/// How the PostgreSQL backend appends and reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostgresOptions {
+    /// Most requests folded into one transaction; 1 means one transaction per request.
+    pub max_batch: usize,
+    /// Connections for reads (each pipelines many queries).
+    pub readers: usize,
+    /// How often the tailer reads the log even without a notification.
+    pub poll: Duration,
+    /// How long the lease on the work done once lasts without renewal: the bound on a failover.
+    pub lease: Duration,
+    /// How often the lease is taken or renewed.
+    pub renew: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            max_batch: 512,
+            readers: 2,
+            poll: Duration::from_secs(1),
+            lease: Duration::from_secs(5),
+            renew: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A database error as one line: what failed, and the server's own words when it answered
+/// (`cannot append to the event log: deadlock detected (40P01)`); the error stays the source.
+pub(crate) fn pg_failed(context: impl std::fmt::Display, e: tokio_postgres::Error) -> StoreError {
+    let message = match e.as_db_error() {
+        Some(db) => format!("{context}: {} ({})", db.message(), db.code().code()),
+        None => format!("{context}: {e}"),
+    };
+    StoreError::Failed { message, source: Some(Arc::new(e)) }
+}
+
+/// Opens a connection and drives it on a task of its own.
+pub(crate) async fn connect(url: &str) -> Result<Client, StoreError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|e| pg_failed("cannot connect to the event log's database", e))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %crate::report::chain(&e), "a connection to the event log's database ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Connections for reads, reopened when one is lost.
+pub(crate) struct Readers {
+    url: String,
+    clients: Vec<RwLock<Option<Arc<Client>>>>,
+    next: AtomicUsize,
+}
+
+impl Readers {
+    fn new(url: &str, n: usize) -> Readers {
+        Readers {
+            url: url.to_owned(),
+            clients: (0..n.max(1)).map(|_| RwLock::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) async fn get(&self) -> Result<Arc<Client>, StoreError> {
+        let slot = &self.clients[self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len()];
+        if let Some(client) = slot.read().await.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(client));
+        }
+        let mut guard = slot.write().await;
+        if let Some(client) = guard.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(client));
+        }
+        let client = Arc::new(connect(&self.url).await?);
+        *guard = Some(Arc::clone(&client));
+        Ok(client)
+    }
+
+    pub(crate) async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let client = self.get().await?;
+        client.query(sql, params).await.map_err(|e| pg_failed("cannot read the event log", e))
+    }
+}
+
+pub struct PostgresStore {
+    writer: mpsc::Sender<writer::WriteRequest>,
+    readers: Arc<Readers>,
+    head: watch::Receiver<u64>,
+    feed: broadcast::Sender<Arc<[StoredEvent]>>,
+    leading: watch::Receiver<Option<i64>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl PostgresStore {
+    /// Connects, brings the schema up to date and starts the writer and the tailer.
+    pub async fn open(url: &str, options: PostgresOptions) -> Result<PostgresStore, StoreError> {
+        let mut client = connect(url).await?;
+        schema::migrate(&mut client).await?;
+        let last: i64 = client
+            .query_one("SELECT last FROM meshgate_head WHERE id = 1", &[])
+            .await
+            .map_err(|e| pg_failed("cannot read the event log's head", e))?
+            .get(0);
+        drop(client);
+        let (head_tx, head) = watch::channel(last as u64);
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let readers = Arc::new(Readers::new(url, options.readers));
+        let (writer, requests) = mpsc::channel(options.max_batch.max(1) * 4);
+        let (committed, local) = mpsc::unbounded_channel();
+        let head_tx = Arc::new(head_tx);
+        let (leader, leading) = watch::channel(None);
+        let tasks = vec![
+            tokio::spawn(writer::run(
+                url.to_owned(),
+                requests,
+                options.max_batch.max(1),
+                Arc::clone(&head_tx),
+                committed,
+            )),
+            tokio::spawn(tail::run(tail::Tailer {
+                url: url.to_owned(),
+                readers: Arc::clone(&readers),
+                head: head_tx,
+                feed: feed.clone(),
+                cursor: last as u64,
+                poll: options.poll,
+                local,
+            })),
+            tokio::spawn(leader::run(url.to_owned(), uuid::Uuid::now_v7(), options.lease, options.renew, leader)),
+        ];
+        Ok(PostgresStore { writer, readers, head, feed, leading, tasks })
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // The writer ends once its queue is closed and drained; the tailer and the lease have
+        // nothing left to do (the lease expires by itself).
+        for task in self.tasks.iter().skip(1) {
+            task.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn append(&self, appends: Vec<StreamAppend>) -> Result<Appended, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer.send(writer::WriteRequest { appends, fence: None, reply }).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn append_fenced(&self, appends: Vec<StreamAppend>, term: i64) -> Result<Appended, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let request = writer::WriteRequest { appends, fence: Some(term), reply };
+        self.writer.send(request).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn leadership(&self) -> watch::Receiver<Option<i64>> {
+        self.leading.clone()
+    }
+
+    async fn read_stream(&self, stream: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM meshgate_events WHERE stream = $1 ORDER BY version");
+        self.readers.query(&sql, &[&stream]).await?.iter().map(stored).collect()
+    }
+
+    async fn read_last(&self, stream: &str) -> Result<Option<StoredEvent>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM meshgate_events WHERE stream = $1 ORDER BY version DESC LIMIT 1");
+        self.readers.query(&sql, &[&stream]).await?.first().map(stored).transpose()
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        read_all(&self.readers, after, limit).await
+    }
+
+    async fn read_decoded(
+        &self,
+        after: u64,
+        limit: usize,
+        wanted: &[&str],
+    ) -> Result<(Vec<Recorded>, u64), StoreError> {
+        // One statement, so the rows and how far they reach come from one snapshot.
+        let sql = "
+            WITH h AS (SELECT LEAST($1::bigint + $2::bigint, last) AS upto FROM meshgate_head WHERE id = 1)
+            SELECT h.upto, e.position, e.stream, e.version, e.type, e.schema_version, e.data, e.correlation_id, e.recorded_at
+            FROM h LEFT JOIN meshgate_events e ON e.position > $1 AND e.position <= h.upto AND e.type = ANY($3::text[])
+            ORDER BY e.position";
+        let (after_i, limit_i) = (after as i64, limit.min(i64::MAX as usize) as i64);
+        let rows = self.readers.query(sql, &[&after_i, &limit_i, &wanted]).await?;
+        let covered = rows.first().map_or(after as i64, |r| r.get::<_, i64>(0)).max(after as i64) as u64;
+        let mut decoded = Vec::with_capacity(rows.len());
+        for row in rows.iter().filter(|r| r.get::<_, Option<i64>>(1).is_some()) {
+            let position: i64 = row.get(1);
+            let (event_type, schema_version, data): (&str, i32, &str) = (row.get(4), row.get(5), row.get(6));
+            let event = Event::decode(event_type, schema_version as u32, data)
+                .map_err(|e| StoreError::caused(format_args!("event at position {position}"), e))?;
+            decoded.push(Recorded {
+                position: position as u64,
+                stream: row.get(2),
+                version: row.get::<_, i64>(3) as u64,
+                event,
+                correlation_id: row.get(7),
+                recorded_at: row.get(8),
+            });
+        }
+        Ok((decoded, covered))
+    }
+
+    fn head(&self) -> watch::Receiver<u64> {
+        self.head.clone()
+    }
+
+    fn committed(&self) -> Option<broadcast::Receiver<Arc<[StoredEvent]>>> {
+        Some(self.feed.subscribe())
+    }
+
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        let rows = self.readers.query("SELECT pg_is_in_recovery()", &[]).await?;
+        match rows.first().map(|r| r.get::<_, bool>(0)) {
+            Some(false) => Ok(()),
+            _ => Err(StoreError::failed("the event log's database is a read-only standby")),
+        }
+    }
+}
+
+pub(crate) async fn read_all(readers: &Readers, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM meshgate_events WHERE position > $1 ORDER BY position LIMIT $2");
+    let (after, limit) = (after as i64, limit.min(i64::MAX as usize) as i64);
+    readers.query(&sql, &[&after, &limit]).await?.iter().map(stored).collect()
+}
+
+fn stored(row: &Row) -> Result<StoredEvent, StoreError> {
+    let get = |e: tokio_postgres::Error| pg_failed("an event row of an unexpected shape", e);
+    Ok(StoredEvent {
+        position: row.try_get::<_, i64>(0).map_err(get)? as u64,
+        stream: row.try_get(1).map_err(get)?,
+        version: row.try_get::<_, i64>(2).map_err(get)? as u64,
+        id: row.try_get(3).map_err(get)?,
+        event_type: row.try_get(4).map_err(get)?,
+        schema_version: row.try_get::<_, i32>(5).map_err(get)? as u32,
+        data: row.try_get(6).map_err(get)?,
+        correlation_id: row.try_get(7).map_err(get)?,
+        causation_id: row.try_get(8).map_err(get)?,
+        recorded_at: row.try_get(9).map_err(get)?,
+    })
+}

@@ -1,0 +1,149 @@
+//! The tailer: hands this gateway's followers every committed event, in position order, whichever
+//! gateway appended it.
+//!
+//! This gateway's own commits arrive from its writer and are passed on as they are. Another
+//! gateway's commits are read from the log: after a `meshgate_events` notification, or after
+//! `poll` without one (a notification is a hint and may be lost with a connection). Reads always
+//! start from the tailer's cursor, so nothing is skipped and nothing is handed on twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::{pg_failed, read_all, Readers};
+use crate::store::{StoreError, StoredEvent};
+
+/// Events read from the log per query while catching up.
+const PAGE: usize = 2048;
+
+pub struct Tailer {
+    pub url: String,
+    pub readers: Arc<Readers>,
+    pub head: Arc<watch::Sender<u64>>,
+    pub feed: broadcast::Sender<Arc<[StoredEvent]>>,
+    /// The last position handed on.
+    pub cursor: u64,
+    pub poll: Duration,
+    /// This gateway's commits, from its writer.
+    pub local: mpsc::UnboundedReceiver<Arc<[StoredEvent]>>,
+}
+
+pub async fn run(mut tailer: Tailer) {
+    let (hints, mut hinted) = watch::channel(0u64);
+    let listener = tokio::spawn(listen(tailer.url.clone(), hints, tailer.poll));
+    let mut poll = tokio::time::interval(tailer.poll);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            local = tailer.local.recv() => match local {
+                Some(batch) => tailer.pass_on(batch).await,
+                None => break,
+            },
+            Ok(()) = hinted.changed() => {
+                let hint = *hinted.borrow_and_update();
+                if hint > tailer.cursor {
+                    tailer.read_log().await;
+                }
+            }
+            _ = poll.tick() => tailer.read_log().await,
+        }
+    }
+    listener.abort();
+}
+
+impl Tailer {
+    /// A batch this gateway committed: handed on at once if it follows the cursor, after what the
+    /// log holds before it otherwise.
+    async fn pass_on(&mut self, batch: Arc<[StoredEvent]>) {
+        let Some(first) = batch.first().map(|e| e.position) else { return };
+        if first > self.cursor + 1 {
+            self.read_log().await;
+        }
+        let fresh = batch.partition_point(|e| e.position <= self.cursor);
+        match batch.get(fresh) {
+            Some(next) if next.position == self.cursor + 1 => {
+                let rest: Arc<[StoredEvent]> = batch[fresh..].into();
+                self.publish(rest);
+            }
+            Some(_) => self.read_log().await,
+            None => {}
+        }
+    }
+
+    /// Reads and hands on everything committed after the cursor.
+    async fn read_log(&mut self) {
+        loop {
+            match read_all(&self.readers, self.cursor, PAGE).await {
+                Ok(page) if page.is_empty() => return,
+                Ok(page) => {
+                    let full = page.len() == PAGE;
+                    self.publish(page.into());
+                    if !full {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %crate::report::chain(&e), "cannot read new events from the log; trying again");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn publish(&mut self, batch: Arc<[StoredEvent]>) {
+        let Some(last) = batch.last().map(|e| e.position) else { return };
+        self.cursor = last;
+        self.head.send_if_modified(|h| (last > *h).then(|| *h = last).is_some());
+        // Nobody listening is fine: followers read the log when they start.
+        let _ = self.feed.send(batch);
+    }
+}
+
+/// Listens for `meshgate_events` notifications and turns each into a hint; reconnects after
+/// `retry` when the connection is lost.
+async fn listen(url: String, hints: watch::Sender<u64>, retry: Duration) {
+    loop {
+        if let Err(e) = listen_once(&url, &hints).await {
+            tracing::debug!(error = %crate::report::chain(&e), "listening for new events stopped; polling meanwhile");
+        }
+        if hints.is_closed() {
+            return;
+        }
+        tokio::time::sleep(retry).await;
+    }
+}
+
+async fn listen_once(url: &str, hints: &watch::Sender<u64>) -> Result<(), StoreError> {
+    let (client, mut connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|e| pg_failed("cannot connect to the event log's database", e))?;
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let listened = client.batch_execute("LISTEN meshgate_events");
+    tokio::pin!(listened);
+    let mut listening = false;
+    loop {
+        tokio::select! {
+            done = &mut listened, if !listening => {
+                done.map_err(|e| pg_failed("cannot listen for new events", e))?;
+                listening = true;
+                // What was committed before the LISTEN took effect, the next poll reads.
+            }
+            message = messages.next() => match message {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    // The payload is the head the commit reached.
+                    let reached = n.payload().parse::<u64>().unwrap_or(u64::MAX);
+                    hints.send_if_modified(|h| (reached > *h).then(|| *h = reached).is_some());
+                    if hints.is_closed() {
+                        return Ok(());
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(pg_failed("the connection listening for new events failed", e)),
+                None => return Ok(()),
+            },
+        }
+    }
+}

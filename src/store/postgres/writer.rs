@@ -1,0 +1,352 @@
+//! The gateway's appender on PostgreSQL: group commit over one connection.
+//!
+//! It takes every request waiting (up to `max_batch`) into one transaction. The transaction first
+//! locks the log's head row (`meshgate_head`), so appends from every gateway on the database are
+//! serialized: positions are assigned from the head, gap-free, and a later position can never
+//! become visible before an earlier one (the lock is released only by the commit that made the
+//! earlier one visible). Each request runs in a savepoint; each of its streams is one `INSERT …
+//! SELECT` that inserts only if the stream is at the expected version, its statements sent
+//! together (pipelined) in one round trip. A request that conflicts is rolled back to its
+//! savepoint without spoiling the batch. The commit moves the head and notifies followers on every
+//! gateway (`NOTIFY meshgate_events`); callers are answered after it.
+
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Statement};
+use uuid::Uuid;
+
+use super::{connect, pg_failed};
+use crate::store::{Appended, StoreError, StoredEvent, StreamAppend};
+use meshgate_domain::ExpectedVersion;
+
+pub struct WriteRequest {
+    pub appends: Vec<StreamAppend>,
+    /// Only while the lease on the work done once is in this term.
+    pub fence: Option<i64>,
+    pub reply: oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+/// Inserts one stream's events if the stream is as expected (`$3`: 0 any, 1 no stream, 2 exact
+/// `$4`); positions follow `$2`, versions follow the stream's last. Returns the versions written.
+const INSERT: &str = "
+    INSERT INTO meshgate_events
+        (position, stream, version, id, type, schema_version, data, correlation_id, causation_id, recorded_at)
+    SELECT $2 + e.n, $1, COALESCE(cur.v, -1) + e.n, e.id, e.type, e.sv, e.data, e.corr, e.caus, e.at
+    FROM (SELECT max(version) AS v FROM meshgate_events WHERE stream = $1) AS cur,
+         unnest($5::uuid[], $6::text[], $7::integer[], $8::text[], $9::uuid[], $10::uuid[], $11::timestamptz[])
+             WITH ORDINALITY AS e(id, type, sv, data, corr, caus, at, n)
+    WHERE $3 = 0 OR ($3 = 1 AND cur.v IS NULL) OR ($3 = 2 AND cur.v = $4)
+    RETURNING version";
+
+const VERSION: &str = "SELECT max(version) FROM meshgate_events WHERE stream = $1";
+
+/// The writer's connection and its prepared statements. Every statement sent in a pipeline must be
+/// prepared beforehand: one given as text is prepared first (a round trip), so it would reach the
+/// server after the simple queries (`COMMIT`) sent behind it.
+struct Connection {
+    client: Client,
+    insert: Statement,
+    version: Statement,
+    lock_head: Statement,
+    move_head: Statement,
+    notify: Statement,
+    lease: Statement,
+}
+
+impl Connection {
+    async fn open(url: &str) -> Result<Connection, StoreError> {
+        let client = connect(url).await?;
+        let failed = |e| pg_failed("cannot prepare appends", e);
+        let insert = client.prepare(INSERT).await.map_err(failed)?;
+        let version = client.prepare(VERSION).await.map_err(failed)?;
+        let lock_head =
+            client.prepare("SELECT last FROM meshgate_head WHERE id = 1 FOR UPDATE").await.map_err(failed)?;
+        let move_head = client.prepare("UPDATE meshgate_head SET last = $1 WHERE id = 1").await.map_err(failed)?;
+        let notify = client.prepare("SELECT pg_notify('meshgate_events', $1)").await.map_err(failed)?;
+        let lease = client
+            .prepare("SELECT term, expires_at > now() FROM meshgate_leader WHERE id = 1")
+            .await
+            .map_err(failed)?;
+        Ok(Connection { client, insert, version, lock_head, move_head, notify, lease })
+    }
+}
+
+/// Appends batches until every sender is gone.
+pub async fn run(
+    url: String,
+    mut requests: mpsc::Receiver<WriteRequest>,
+    max_batch: usize,
+    head: Arc<watch::Sender<u64>>,
+    committed: mpsc::UnboundedSender<Arc<[StoredEvent]>>,
+) {
+    let mut connection: Option<Connection> = None;
+    let mut batch = Vec::new();
+    while let Some(first) = requests.recv().await {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        if connection.as_ref().is_none_or(|c| c.client.is_closed()) {
+            match Connection::open(&url).await {
+                Ok(opened) => connection = Some(opened),
+                Err(e) => {
+                    tracing::error!(error = %crate::report::chain(&e), "cannot reach the event log's database");
+                    for request in batch.drain(..) {
+                        let _ = request.reply.send(Err(e.clone()));
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(conn) = connection.as_ref() else { continue };
+        let requests: Vec<WriteRequest> = std::mem::take(&mut batch);
+        let appends: Vec<(&[StreamAppend], Option<i64>)> =
+            requests.iter().map(|r| (r.appends.as_slice(), r.fence)).collect();
+        match commit(conn, &appends).await {
+            Ok((outcomes, stored)) => {
+                if let Some(last) = stored.last().map(|e| e.position) {
+                    head.send_if_modified(|h| (last > *h).then(|| *h = last).is_some());
+                    let _ = committed.send(stored.into());
+                }
+                for (request, outcome) in requests.into_iter().zip(outcomes) {
+                    let _ = request.reply.send(outcome);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %crate::report::chain(&e), "an append to the event log failed");
+                let _ = conn.client.batch_execute("ROLLBACK").await;
+                for request in requests {
+                    let _ = request.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for the batch: the outcome of each request and the events committed.
+async fn commit(
+    conn: &Connection,
+    batch: &[(&[StreamAppend], Option<i64>)],
+) -> Result<(Vec<Result<Appended, StoreError>>, Vec<StoredEvent>), StoreError> {
+    let client = &conn.client;
+    let failed = |e: tokio_postgres::Error| pg_failed("cannot append to the event log", e);
+    let (begun, locked) = tokio::join!(client.batch_execute("BEGIN"), client.query_one(&conn.lock_head, &[]),);
+    begun.map_err(failed)?;
+    let base: i64 = locked.map_err(failed)?.get(0);
+    // The lease as it stands under the head lock (changes of term take it too).
+    let lease: Option<(i64, bool)> = if batch.iter().any(|(_, fence)| fence.is_some()) {
+        let row = client.query_one(&conn.lease, &[]).await.map_err(failed)?;
+        Some((row.get(0), row.get(1)))
+    } else {
+        None
+    };
+    let mut last = base;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut stored = Vec::new();
+    let mut release = false;
+    for &(appends, fence) in batch {
+        if let (Some(term), Some((current, valid))) = (fence, lease) {
+            if term != current || !valid {
+                outcomes.push(Err(StoreError::failed(format!(
+                    "fenced: this gateway's term {term} of the work done once is over (the lease is in term {current}{})",
+                    if valid { "" } else { ", expired" }
+                ))));
+                continue;
+            }
+        }
+        let (release_done, savepoint, inserted) = tokio::join!(
+            async {
+                if release {
+                    client.batch_execute("RELEASE SAVEPOINT r").await
+                } else {
+                    Ok(())
+                }
+            },
+            client.batch_execute("SAVEPOINT r"),
+            join_all(appends.iter().scan(last, |next, append| {
+                let first = *next;
+                *next += append.events.len() as i64;
+                Some(insert(conn, append, first))
+            })),
+        );
+        release_done.map_err(failed)?;
+        savepoint.map_err(failed)?;
+        match judge(conn, appends, inserted, last).await? {
+            Ok(events) => {
+                last += events.len() as i64;
+                outcomes.push(Ok(Appended { last_position: last as u64 }));
+                stored.extend(events);
+                release = true;
+            }
+            Err(refusal) => {
+                client.batch_execute("ROLLBACK TO SAVEPOINT r; RELEASE SAVEPOINT r").await.map_err(failed)?;
+                outcomes.push(Err(match refusal {
+                    Refusal::Conflict(i) => conflict(conn, &appends[i]).await?,
+                    Refusal::Duplicate(e) => e,
+                }));
+                release = false;
+            }
+        }
+    }
+    let moved = last > base;
+    let (released, updated, notified, committed) = tokio::join!(
+        async {
+            if release {
+                client.batch_execute("RELEASE SAVEPOINT r").await
+            } else {
+                Ok(())
+            }
+        },
+        async {
+            if moved {
+                client.execute(&conn.move_head, &[&last]).await.map(|_| ())
+            } else {
+                Ok(())
+            }
+        },
+        async {
+            if moved {
+                client.execute(&conn.notify, &[&last.to_string()]).await.map(|_| ())
+            } else {
+                Ok(())
+            }
+        },
+        client.batch_execute("COMMIT"),
+    );
+    released.and(updated).and(notified).map_err(failed)?;
+    committed.map_err(|e| pg_failed("the commit of an append failed; it may or may not have landed", e))?;
+    Ok((outcomes, stored))
+}
+
+/// Sends one stream's insert (pipelined with the others of its request): the versions written.
+async fn insert(conn: &Connection, append: &StreamAppend, first: i64) -> Result<Vec<i64>, tokio_postgres::Error> {
+    let (mode, expected): (i32, i64) = match append.expected {
+        ExpectedVersion::Any => (0, 0),
+        ExpectedVersion::NoStream => (1, 0),
+        ExpectedVersion::Exact(v) => (2, v as i64),
+    };
+    let events = &append.events;
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type).collect();
+    let schema_versions: Vec<i32> = events.iter().map(|e| e.schema_version as i32).collect();
+    let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+    let correlations: Vec<Uuid> = events.iter().map(|e| e.correlation_id).collect();
+    let causations: Vec<Option<Uuid>> = events.iter().map(|e| e.causation_id).collect();
+    let at: Vec<chrono::DateTime<chrono::Utc>> = events.iter().map(|e| micros(e.recorded_at)).collect();
+    let rows = conn
+        .client
+        .query(
+            &conn.insert,
+            &[
+                &append.stream,
+                &first,
+                &mode,
+                &expected,
+                &ids,
+                &types,
+                &schema_versions,
+                &data,
+                &correlations,
+                &causations,
+                &at,
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Why a request was refused: a stream not as expected (its index), or an event already in the log.
+enum Refusal {
+    Conflict(usize),
+    Duplicate(StoreError),
+}
+
+/// What the inserts of one request came to: its stored events, or why it was refused. Other
+/// database errors fail the batch.
+async fn judge(
+    conn: &Connection,
+    appends: &[StreamAppend],
+    inserted: Vec<Result<Vec<i64>, tokio_postgres::Error>>,
+    last: i64,
+) -> Result<Result<Vec<StoredEvent>, Refusal>, StoreError> {
+    let mut events = Vec::new();
+    let mut position = last;
+    for (i, (append, versions)) in appends.iter().zip(inserted).enumerate() {
+        let versions = match versions {
+            Ok(versions) if versions.len() != append.events.len() => return Ok(Err(Refusal::Conflict(i))),
+            Ok(_) if append.events.is_empty() && !holds(conn, append).await? => return Ok(Err(Refusal::Conflict(i))),
+            Ok(versions) => versions,
+            Err(e) if is_version_clash(&e) => return Ok(Err(Refusal::Conflict(i))),
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                return Ok(Err(Refusal::Duplicate(pg_failed(
+                    format_args!("an event appended to `{}` is already in the log (same event id)", append.stream),
+                    e,
+                ))))
+            }
+            Err(e) => return Err(pg_failed("cannot append to the event log", e)),
+        };
+        for (event, version) in append.events.iter().zip(versions) {
+            position += 1;
+            events.push(StoredEvent {
+                position: position as u64,
+                stream: append.stream.clone(),
+                version: version as u64,
+                id: event.id,
+                event_type: event.event_type.to_owned(),
+                schema_version: event.schema_version,
+                data: event.data.clone(),
+                correlation_id: event.correlation_id,
+                causation_id: event.causation_id,
+                recorded_at: micros(event.recorded_at),
+            });
+        }
+    }
+    Ok(Ok(events))
+}
+
+/// Whether an append of no events finds its stream as expected.
+async fn holds(conn: &Connection, append: &StreamAppend) -> Result<bool, StoreError> {
+    let actual = current(conn, &append.stream).await?;
+    Ok(match append.expected {
+        ExpectedVersion::Any => true,
+        ExpectedVersion::NoStream => actual.is_none(),
+        ExpectedVersion::Exact(v) => actual == Some(v),
+    })
+}
+
+fn is_version_clash(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        db.code() == &SqlState::UNIQUE_VIOLATION && db.constraint() == Some("meshgate_events_stream_version_key")
+    })
+}
+
+async fn conflict(conn: &Connection, append: &StreamAppend) -> Result<StoreError, StoreError> {
+    Ok(StoreError::Conflict {
+        stream: append.stream.clone(),
+        expected: append.expected,
+        actual: current(conn, &append.stream).await?,
+    })
+}
+
+/// The stream's last version. Inside the batch's transaction: after a rollback to the savepoint,
+/// it sees what was committed and what earlier requests of the batch appended.
+async fn current(conn: &Connection, stream: &str) -> Result<Option<u64>, StoreError> {
+    let row = conn
+        .client
+        .query_one(&conn.version, &[&stream])
+        .await
+        .map_err(|e| pg_failed("cannot read a stream's version", e))?;
+    Ok(row.get::<_, Option<i64>>(0).map(|v| v as u64))
+}
+
+/// The time as the log keeps it (PostgreSQL's `timestamptz` holds microseconds), so what followers
+/// are handed is what a reader of the log gets back.
+fn micros(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at)
+}
