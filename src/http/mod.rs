@@ -150,6 +150,9 @@ async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
         "projections": {"position": app.projections.position(), "head": head, "caught_up": caught_up},
         "deliveries": app.counters.snapshot(),
         "pager": if app.projections.read(|p| app.pagers.iter().any(|s| p.outbox.pager_failing(s))) { "failing" } else { "ok" },
+        // The term of this gateway's lease on the work done once (reaper, dispatchers, sweeps),
+        // or null while another gateway holds it.
+        "lease": {"term": *app.store.leadership().borrow()},
     });
     // Reconciliation failing does not make the gateway unready: webhooks are still taken.
     if let Some(reconciler) = &app.reconciler {

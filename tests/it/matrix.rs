@@ -12,7 +12,7 @@ use crate::helpers::*;
 
 const PASSWORD: &str = "meshgate-test-password-0123456789";
 
-struct Synapse {
+pub struct Synapse {
     child: Child,
     base: String,
     token: String,
@@ -44,6 +44,11 @@ fn free_port() -> u16 {
 }
 
 async fn start_synapse() -> Synapse {
+    start_synapse_limited(0.5, 3).await
+}
+
+/// A homeserver that lets through `per_second` messages (after a burst of `burst`).
+pub async fn start_synapse_limited(per_second: f64, burst: u32) -> Synapse {
     let python = python();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("homeserver.yaml");
@@ -71,8 +76,8 @@ trusted_key_servers: []
 suppress_key_server_warning: true
 url_preview_enabled: false
 rc_message:
-  per_second: 0.5
-  burst_count: 3
+  per_second: {per_second}
+  burst_count: {burst}
 rc_login:
   address: {{per_second: 100, burst_count: 100}}
   account: {{per_second: 100, burst_count: 100}}
@@ -139,7 +144,7 @@ rc_registration:
 
 impl Synapse {
     /// A `[[chat]]` sink posting to this homeserver's room, its token written into `dir`.
-    fn sink(&self, dir: &Path) -> ChatConfig {
+    pub fn sink(&self, dir: &Path) -> ChatConfig {
         use std::os::unix::fs::PermissionsExt;
         let token_file = dir.join("matrix.token");
         std::fs::write(&token_file, &self.token).unwrap();
@@ -172,7 +177,7 @@ impl Synapse {
     }
 
     /// The body of every `m.notice` in the room, oldest first.
-    async fn notices(&self) -> Vec<String> {
+    pub async fn notices(&self) -> Vec<String> {
         self.messages()
             .await
             .iter()
