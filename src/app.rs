@@ -217,6 +217,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn EventStore>,
             Ok((Arc::new(store), None))
         }
         StoreBackend::Postgres => {
+            create_private_dir(&config.server.data_dir)?;
             let lock = crate::store::sqlite::lock_log(&config.readmodel_path())?;
             let url = postgres_url(config)?;
             let lease = std::time::Duration::from_secs(config.store.lease_seconds);

@@ -95,6 +95,41 @@ impl BuildService {
         Err(CommandError::Contention)
     }
 
+    /// Claims a build together with `guard` (a lane's stream, appended at the version the claim
+    /// was decided on), in one atomic append, once: a conflict on either stream answers
+    /// [`CommandError::Contention`], and the caller decides again on fresher projections.
+    pub async fn claim_guarded(
+        &self,
+        build_id: Uuid,
+        correlation_id: Uuid,
+        command: &BuildCommand,
+        guard: StreamAppend,
+    ) -> Result<Executed, CommandError> {
+        let now = Utc::now();
+        let stream = build_stream(build_id);
+        let stored = self.store.read_stream(&stream).await?;
+        if stored.is_empty() {
+            return Err(CommandError::NotFound);
+        }
+        let history = stored.iter().map(|s| s.decode().map(|r| r.event)).collect::<Result<Vec<_>, _>>()?;
+        let state = replay(&history);
+        let events =
+            decide(&state, build_id, command, now).map_err(|error| CommandError::Refused { error, history })?;
+        let append = StreamAppend {
+            stream,
+            expected: ExpectedVersion::from_current(stored.last().map(|s| s.version)),
+            events: events.iter().map(|e| NewEvent::from_domain(e, correlation_id, None, now)).collect(),
+        };
+        match self.store.append(vec![append, guard]).await {
+            Ok(appended) => {
+                let state = events.iter().fold(state, meshgate_domain::build::evolve);
+                Ok(Executed { events, state, last_position: appended.last_position })
+            }
+            Err(StoreError::Conflict { .. }) => Err(CommandError::Contention),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Records a refused heartbeat or result, so the log shows every stale attempt.
     pub async fn record_rejection(
         &self,

@@ -349,6 +349,16 @@ pub struct DeliveryReplayed {
 }
 
 /// `POST /api/v1/selftest` ran: what each check found.
+/// A claim in a lane with a cap on running builds, recorded on the lane's stream at the exact
+/// version the claim was decided on: two gateways cannot both grant the lane's last slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneClaimed {
+    pub lane: String,
+    pub build_id: Uuid,
+    pub node_id: String,
+    pub attempt: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SelfTestRan {
     pub passed: bool,
@@ -441,6 +451,7 @@ events!(
     NotificationResendRequested,
     DeliveryReplayed,
     SelfTestRan,
+    LaneClaimed,
 );
 
 impl Event {
@@ -465,6 +476,7 @@ impl Event {
             Event::NotificationAbandoned(e) => Some(e.build_id),
             Event::PageRequested(e) => Some(e.build_id),
             Event::NotificationResendRequested(e) => Some(e.build_id),
+            Event::LaneClaimed(e) => Some(e.build_id),
             Event::WebhookReceived(_)
             | Event::WebhookIgnored(_)
             | Event::WebhookRouted(_)
@@ -542,7 +554,7 @@ mod tests {
 
     #[test]
     fn type_names_are_stable() {
-        assert_eq!(Event::TYPES.len(), 21);
+        assert_eq!(Event::TYPES.len(), 22);
         assert!(Event::TYPES.contains(&"WebhookReceived"));
         assert!(Event::TYPES.contains(&"BuildRequestFolded"));
         assert!(Event::TYPES.contains(&"ReconcileSwept"));

@@ -71,6 +71,12 @@ pub fn selftest_stream() -> String {
     "selftest-runs".to_owned()
 }
 
+/// The stream of the claims in a lane with a cap on running builds (`LaneClaimed`), appended at
+/// its exact version with each claim.
+pub fn lane_stream(lane: &str) -> String {
+    format!("lane-{lane}")
+}
+
 /// The stream of a build's page: created with [`ExpectedVersion::NoStream`], so on-call is paged
 /// once per build.
 pub fn page_stream(build_id: Uuid) -> String {

@@ -9,6 +9,7 @@ mod deliveries;
 mod demo;
 mod events;
 mod gateway;
+mod migrate;
 pub(crate) mod rebuild;
 mod reconcile;
 mod setup;
@@ -70,6 +71,11 @@ pub enum Command {
         #[command(subcommand)]
         command: deliveries::DeliveriesCommand,
     },
+    /// Event log maintenance.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Projection maintenance.
     Projections {
         #[command(subcommand)]
@@ -96,6 +102,18 @@ pub enum TokenCommand {
         /// Replace FILE if it exists.
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy this configuration's event log into the (empty) log another configuration names, e.g.
+    /// from SQLite to PostgreSQL; positions, ids and times are kept, and both logs are compared
+    /// afterwards. Stop the gateways first.
+    Migrate {
+        /// The configuration whose `[store]` names the target log.
+        #[arg(long)]
+        to_config: PathBuf,
     },
 }
 
@@ -130,6 +148,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Deliveries { command } => deliveries::run(&load()?, &command).await,
+        Command::Store { command: StoreCommand::Migrate { to_config } } => migrate::run(&load()?, &to_config).await,
         Command::Projections { command: ProjectionsCommand::Rebuild { verify } } => {
             rebuild::run(&load()?, verify).await
         }

@@ -11,9 +11,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use meshgate_domain::build::ReportedOutcome;
-use meshgate_domain::event::BuildReport;
+use meshgate_domain::event::{BuildReport, LaneClaimed};
+use meshgate_domain::stream::lane_stream;
 use meshgate_domain::trigger::is_simple_name;
-use meshgate_domain::{BuildCommand, BuildError, BuildState, Event};
+use meshgate_domain::{BuildCommand, BuildError, BuildState, Event, ExpectedVersion};
 use meshgate_projections::NodeAsk;
 use serde::Deserialize;
 use serde_json::json;
@@ -21,6 +22,7 @@ use uuid::Uuid;
 
 use super::{ApiError, AppState};
 use crate::builds::CommandError;
+use crate::store::{NewEvent, StoreError, StreamAppend};
 
 /// Longest wait a claim may ask for.
 const MAX_CLAIM_WAIT: Duration = Duration::from_secs(300);
@@ -98,11 +100,25 @@ pub async fn claim(
         {
             // One claim at a time per gateway: lane caps and node slots are read, then written.
             let _turn = app.claim_lock.lock().await;
-            let candidate = app.projections.read(|p| p.queue.next_for(&app.lanes, &ask).map(|e| e.build_id));
-            if let Some(build_id) = candidate {
+            let candidate = app
+                .projections
+                .read(|p| p.queue.next_for(&app.lanes, &ask).map(|e| (e.build_id, e.lane.clone(), e.attempt)));
+            if let Some((build_id, lane, attempt)) = candidate {
                 let lease_expires_at = Utc::now() + app.nodes.lease;
                 let command = BuildCommand::Claim { node_id: request.node_id.clone(), lease_expires_at };
-                match app.builds.execute(build_id, Uuid::now_v7(), &command).await {
+                let capped = app.lanes.iter().any(|l| l.name == lane && l.max_running.is_some());
+                let claimed = if capped {
+                    // With several gateways, the lane's cap holds through its stream (ADR 0004).
+                    match lane_guard(&app, &lane, build_id, &request.node_id, attempt).await {
+                        Ok(Some(guard)) => app.builds.claim_guarded(build_id, Uuid::now_v7(), &command, guard).await,
+                        Ok(None) if tokio::time::Instant::now() < deadline => continue,
+                        Ok(None) => break,
+                        Err(e) => return Err(ApiError::unavailable(&e)),
+                    }
+                } else {
+                    app.builds.execute(build_id, Uuid::now_v7(), &command).await
+                };
+                match claimed {
                     Ok(executed) => {
                         app.projections.caught_up_to(executed.last_position, Duration::from_secs(2)).await;
                         let attempt = match executed.state {
@@ -137,6 +153,32 @@ pub async fn claim(
         }
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The append that records a claim in a capped lane on the lane's stream, at the version the
+/// projections have seen; `None` if they have not yet seen the lane's last claim (decide again).
+async fn lane_guard(
+    app: &AppState,
+    lane: &str,
+    build_id: Uuid,
+    node_id: &str,
+    attempt: u32,
+) -> Result<Option<StreamAppend>, StoreError> {
+    let stream = lane_stream(lane);
+    let last = app.store.read_last(&stream).await?;
+    if let Some(last) = &last {
+        if app.projections.position() < last.position {
+            app.projections.caught_up_to(last.position, Duration::from_secs(2)).await;
+            return Ok(None);
+        }
+    }
+    let event =
+        Event::LaneClaimed(LaneClaimed { lane: lane.to_owned(), build_id, node_id: node_id.to_owned(), attempt });
+    Ok(Some(StreamAppend {
+        stream,
+        expected: ExpectedVersion::from_current(last.map(|e| e.version)),
+        events: vec![NewEvent::from_domain(&event, Uuid::now_v7(), None, Utc::now())],
+    }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -97,17 +97,6 @@ async fn fold_frozen(dir: &Path) -> Expectation {
     }
 }
 
-async fn read_everything(store: &dyn EventStore) -> Vec<StoredEvent> {
-    let mut all = Vec::new();
-    loop {
-        let page = store.read_all(all.len() as u64, 1000).await.unwrap();
-        if page.is_empty() {
-            return all;
-        }
-        all.extend(page);
-    }
-}
-
 #[tokio::test]
 async fn frozen_logs_still_read_and_fold_into_what_they_were_saved_with() {
     let mut folders: Vec<PathBuf> = std::fs::read_dir(logs())
@@ -129,15 +118,25 @@ async fn frozen_logs_still_read_and_fold_into_what_they_were_saved_with() {
     assert_eq!(types, every, "the frozen logs must hold every event type: freeze a log with the new ones");
 }
 
-/// Writes today's log and its expectation to `fixtures/logs/<date>/`. Run by hand when an event
-/// type or schema is added:
-/// `cargo test --test it frozen_logs::freeze_todays_log -- --ignored`.
+/// Writes today's log and its expectation to `fixtures/logs/<date>/` (or the folder named by
+/// `MESHGATE_FROZEN_LOG`), never over an existing one. Run by hand when an event type or schema is
+/// added: `cargo test --test it frozen_logs::freeze_todays_log -- --ignored`.
 #[tokio::test]
 #[ignore = "writes fixtures/logs/; run by hand to freeze a new log"]
 async fn freeze_todays_log() {
-    let out = logs().join(Utc::now().format("%Y-%m-%d").to_string());
+    let name = std::env::var("MESHGATE_FROZEN_LOG").unwrap_or_else(|_| Utc::now().format("%Y-%m-%d").to_string());
+    let out = logs().join(name);
+    assert!(!out.exists(), "{} exists: a frozen log is never rewritten", out.display());
     std::fs::create_dir_all(&out).unwrap();
-    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let signing = meshgate_domain::Trigger {
+        name: "sign-build".into(),
+        projects: vec!["SIGN".into()],
+        lane: "signing".into(),
+        ..ios_trigger()
+    };
+    let config = test_config(dir.path(), vec![ios_trigger(), signing]);
+    let app = spawn_with(dir, config).await;
     write_scenarios(&app).await;
     let (dir, _) = app.shutdown().await;
     let written = dir.path().join("data").join("events.sqlite");
@@ -217,6 +216,15 @@ async fn write_scenarios(app: &TestApp) {
     let ignored = app.deliver(&fixture("mob-issueCreated.json")).await;
     app.deliver(&fixture("mob-issueUpdated-by-bot.json")).await;
     app.deliver(&fixture("mob-unknown-event.json")).await;
+
+    // A claim through the node API in a lane that runs one build at a time.
+    let sign =
+        with(&building, &json!({"id": "SIGN-1", "project": {"id": "0-9", "name": "Signing", "shortName": "SIGN"}}));
+    let signed = build_id(&app.deliver(&sign).await);
+    let nodes = std::fs::read_to_string(app.config.nodes.token_file.as_ref().unwrap()).unwrap().trim().to_owned();
+    let claim = json!({"node_id": "mac-9", "labels": ["signing"], "slots": 1, "wait_seconds": 5});
+    let claimed = answer_of(app.client.post(app.url("/api/v1/nodes/claim")).bearer_auth(nodes).json(&claim)).await;
+    assert_eq!(claimed["build"]["build_id"], signed.to_string());
 
     // Notifications as the dispatcher records them.
     let chat = |build, milestone| notification_key("team-chat", build, milestone);

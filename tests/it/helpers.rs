@@ -275,3 +275,20 @@ pub fn displayed(markdown: &str) -> String {
     }
     shown.trim_end().to_owned()
 }
+
+/// Every event of a log, in position order.
+pub async fn read_everything(store: &dyn EventStore) -> Vec<StoredEvent> {
+    let mut all = Vec::new();
+    loop {
+        let page = store.read_all(all.len() as u64, 1000).await.unwrap();
+        if page.is_empty() {
+            return all;
+        }
+        all.extend(page);
+    }
+}
+
+/// Sends a request and reads its answer as JSON.
+pub async fn answer_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}

@@ -92,3 +92,75 @@ async fn only_the_leaseholder_sends_and_another_gateway_takes_over_when_it_stops
     lines.dedup();
     assert_eq!(lines.len(), 20, "one line per build: {lines:?}");
 }
+
+/// A lane that runs one build at a time keeps to it when two gateways grant claims at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_cap_holds_across_gateways() {
+    let url = crate::postgres::database().await;
+    let signing = meshgate_domain::Trigger { lane: "signing".into(), ..ios_trigger() };
+    let gateway = |url: String, trigger: meshgate_domain::Trigger| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path(), vec![trigger]);
+        config.store.backend = StoreBackend::Postgres;
+        config.store.url = Some(url);
+        spawn_with(dir, config).await
+    };
+    let (a, b) = (gateway(url.clone(), signing.clone()).await, gateway(url, signing).await);
+    let building = fixture("mob-issueUpdated-state-building.json");
+    for n in 0..6 {
+        a.deliver(&with(&building, &json!({"id": format!("MOB-{n}")}))).await;
+    }
+    let claim = |app: &TestApp, node: &'static str| {
+        let token = std::fs::read_to_string(app.config.nodes.token_file.as_ref().unwrap()).unwrap().trim().to_owned();
+        let request = app.client.post(app.url("/api/v1/nodes/claim")).bearer_auth(token);
+        let body = json!({"node_id": node, "labels": ["signing"], "slots": 4, "wait_seconds": 1});
+        async move { request.json(&body).send().await.unwrap() }
+    };
+    for round in 0..3 {
+        let head = (*a.store().head().borrow()).max(*b.store().head().borrow());
+        for app in [&a, &b] {
+            assert!(app.state.projections.caught_up_to(head, Duration::from_secs(10)).await);
+        }
+        let (one, other) = tokio::join!(claim(&a, "mac-a"), claim(&b, "mac-b"));
+        let granted: Vec<Value> = join_all([one, other].into_iter().filter(|r| r.status() == 200).map(|r| r.json()))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(granted.len(), 1, "round {round}: the lane runs one build at a time: {granted:?}");
+        let build: uuid::Uuid = granted[0]["build"]["build_id"].as_str().unwrap().parse().unwrap();
+        let done = meshgate_domain::BuildCommand::Succeed { attempt: 1 };
+        a.apply_command(&meshgate_domain::stream::build_stream(build), build, done).await;
+    }
+}
+
+/// The mechanism under the cap: claims decided on the same version of a lane's stream cannot
+/// both land, even for different builds (two gateways whose views of the queue differ).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_decided_on_one_version_of_a_lane_land_once() {
+    use meshgate::builds::CommandError;
+    use meshgate::store::{NewEvent, StreamAppend};
+    use meshgate_domain::event::LaneClaimed;
+    use meshgate_domain::{BuildCommand, Event, ExpectedVersion};
+    let url = crate::postgres::database().await;
+    let (a, b) = (gateway(&url).await, gateway(&url).await);
+    let building = fixture("mob-issueUpdated-state-building.json");
+    let first = build_id(&a.deliver(&with(&building, &json!({"id": "MOB-1"}))).await);
+    let second = build_id(&b.deliver(&with(&building, &json!({"id": "MOB-2"}))).await);
+    let guard = |build_id, node: &str| StreamAppend {
+        stream: meshgate_domain::stream::lane_stream("signing"),
+        expected: ExpectedVersion::NoStream,
+        events: vec![NewEvent::from_domain(
+            &Event::LaneClaimed(LaneClaimed { lane: "signing".into(), build_id, node_id: node.into(), attempt: 1 }),
+            uuid::Uuid::now_v7(),
+            None,
+            chrono::Utc::now(),
+        )],
+    };
+    let claim = |node: &str| BuildCommand::Claim { node_id: node.into(), lease_expires_at: chrono::Utc::now() };
+    let id = uuid::Uuid::now_v7();
+    a.state.builds.claim_guarded(first, id, &claim("mac-a"), guard(first, "mac-a")).await.unwrap();
+    let refused = b.state.builds.claim_guarded(second, id, &claim("mac-b"), guard(second, "mac-b")).await;
+    assert!(matches!(refused, Err(CommandError::Contention)), "{refused:?}");
+    assert_eq!(a.store().read_stream(&meshgate_domain::stream::build_stream(second)).await.unwrap().len(), 1);
+}

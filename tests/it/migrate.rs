@@ -1,0 +1,90 @@
+//! `meshgate store migrate`: a SQLite log copied into PostgreSQL as it is, and a gateway started on
+//! the copy serving what the original served.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use meshgate::store::postgres::{PostgresOptions, PostgresStore};
+use meshgate::store::sqlite::{SqliteStore, WriterOptions};
+use meshgate::store::EventStore;
+use serde_json::json;
+
+use crate::helpers::*;
+use crate::process::{start, token, write_config, BIN};
+
+#[tokio::test]
+async fn a_sqlite_log_moves_to_postgres_whole() {
+    let source = tempfile::tempdir().unwrap();
+    let config = write_config(source.path());
+    let gateway = start(source.path(), &["--config", config.to_str().unwrap()], &[]);
+    let client = reqwest::Client::new();
+    let building = fixture("mob-issueUpdated-state-building.json");
+    for n in [1, 2, 3, 1] {
+        let answer = client
+            .post(gateway.url("/youtrack/webhook"))
+            .header("X-YouTrack-Token", token(source.path(), "webhook.token"))
+            .header("Content-Type", "application/json")
+            .body(with(&building, &json!({"id": format!("MOB-{n}")})))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    gateway.stop();
+
+    // The target: the same gateway's settings, with the log in PostgreSQL.
+    let target = tempfile::tempdir().unwrap();
+    let url = crate::postgres::database().await;
+    use std::os::unix::fs::PermissionsExt;
+    for name in ["webhook.token", "admin.token", "nodes.token"] {
+        std::fs::copy(source.path().join(name), target.path().join(name)).unwrap();
+    }
+    std::fs::write(target.path().join("postgres.url"), &url).unwrap();
+    std::fs::set_permissions(target.path().join("postgres.url"), std::fs::Permissions::from_mode(0o400)).unwrap();
+    let toml =
+        std::fs::read_to_string(&config).unwrap() + "\n[store]\nbackend = \"postgres\"\nurl_file = \"postgres.url\"\n";
+    let target_config = target.path().join("meshgate.toml");
+    std::fs::write(&target_config, toml).unwrap();
+
+    let migrate = || {
+        Command::new(BIN)
+            .args(["--config", config.to_str().unwrap(), "store", "migrate", "--to-config"])
+            .arg(&target_config)
+            .output()
+            .unwrap()
+    };
+    let moved = migrate();
+    assert!(moved.status.success(), "{}", String::from_utf8_lossy(&moved.stderr));
+    assert!(
+        String::from_utf8_lossy(&moved.stdout).starts_with("copied 14 events"),
+        "{}",
+        String::from_utf8_lossy(&moved.stdout)
+    );
+    let again = migrate();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"), "{}", String::from_utf8_lossy(&again.stderr));
+
+    // Event for event, field for field.
+    let original: Arc<dyn EventStore> =
+        Arc::new(SqliteStore::open(&source.path().join("data/events.sqlite"), WriterOptions::default()).unwrap());
+    let copy: Arc<dyn EventStore> = Arc::new(PostgresStore::open(&url, PostgresOptions::default()).await.unwrap());
+    assert_eq!(read_everything(copy.as_ref()).await, read_everything(original.as_ref()).await);
+    drop(copy);
+
+    // A gateway on the copy serves the same builds; a copy of a delivery still folds.
+    let gateway = start(target.path(), &["--config", target_config.to_str().unwrap()], &[]);
+    let builds =
+        answer_of(client.get(gateway.url("/api/v1/builds")).bearer_auth(token(target.path(), "admin.token"))).await;
+    assert_eq!(builds["builds"].as_array().unwrap().len(), 3, "{builds}");
+    let copy = with(&building, &json!({"id": "MOB-2", "timestamp": "2026-08-24T23:00:00.000Z"}));
+    let answer = answer_of(
+        client
+            .post(gateway.url("/youtrack/webhook"))
+            .header("X-YouTrack-Token", token(target.path(), "webhook.token"))
+            .header("Content-Type", "application/json")
+            .body(copy),
+    )
+    .await;
+    assert_eq!(answer["outcome"], "folded");
+    gateway.stop();
+}
