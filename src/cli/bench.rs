@@ -64,6 +64,10 @@ pub struct BenchArgs {
     /// With `--history-events`: load runs on the empty log and on the history, alternately.
     #[arg(long, default_value_t = 3)]
     history_rounds: usize,
+    /// Instead of the measurements above: compare SQLite with PostgreSQL (one gateway, two) at
+    /// this server, in databases the benchmark creates and drops (the role needs CREATEDB).
+    #[arg(long)]
+    postgres_url: Option<String>,
 }
 
 pub(super) fn trigger() -> Trigger {
@@ -71,6 +75,9 @@ pub(super) fn trigger() -> Trigger {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(url) = &args.postgres_url {
+        return super::bench_shared::run(url, args.clients, args.seconds, args.dispatch_builds).await;
+    }
     if args.history_events > 0 {
         return super::bench_history::run(super::bench_history::HistoryArgs {
             events: args.history_events,
@@ -113,18 +120,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct IngestResult {
-    latencies_us: Vec<u64>,
-    errors: u64,
-    elapsed: Duration,
+pub(super) struct IngestResult {
+    pub latencies_us: Vec<u64>,
+    pub errors: u64,
+    pub elapsed: Duration,
 }
 
 impl IngestResult {
-    fn rate(&self) -> f64 {
+    pub fn rate(&self) -> f64 {
         self.latencies_us.len() as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn percentile(&self, p: f64) -> f64 {
+    pub fn percentile(&self, p: f64) -> f64 {
         if self.latencies_us.is_empty() {
             return 0.0;
         }
@@ -133,7 +140,7 @@ impl IngestResult {
     }
 }
 
-fn bench_config(dir: &Path, group_commit: bool) -> anyhow::Result<Config> {
+pub(super) fn bench_config(dir: &Path, group_commit: bool) -> anyhow::Result<Config> {
     let mut config = Config::default();
     config.server.data_dir = dir.join("data");
     config.webhook.token_files = vec![dir.join("webhook.token")];
@@ -159,8 +166,14 @@ pub(super) struct BenchServer {
 
 impl BenchServer {
     pub async fn start(group_commit: bool) -> anyhow::Result<BenchServer> {
+        Self::start_with(|config| config.store.group_commit = group_commit).await
+    }
+
+    /// A gateway with the benchmark's configuration changed by `adjust` (its log's backend).
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> anyhow::Result<BenchServer> {
         let dir = tempfile_dir("meshgate-bench")?;
-        let config = bench_config(&dir, group_commit)?;
+        let mut config = bench_config(&dir, true)?;
+        adjust(&mut config);
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).map(|t| t.trim().to_owned());
         let (webhook_token, nodes_token) = (read("webhook.token")?, read("nodes.token")?);
         let app = App::start(&config).await?;

@@ -12,7 +12,7 @@ use super::bench::{body, BenchServer};
 
 /// A node that claims, hands each build to `received` with the moment it arrived, reports it
 /// succeeded, and claims again, until `received` is closed.
-async fn node(
+pub(super) async fn node(
     client: reqwest::Client,
     base: String,
     token: String,
@@ -50,7 +50,7 @@ async fn node(
 }
 
 /// `n` node tasks, each handing what it claims to `received`.
-fn spawn_nodes(
+pub(super) fn spawn_nodes(
     n: usize,
     client: &reqwest::Client,
     base: &str,
@@ -66,7 +66,7 @@ fn spawn_nodes(
 }
 
 /// Posts delivery `n` (a distinct change that enqueues one build).
-async fn post_delivery(
+pub(super) async fn post_delivery(
     client: &reqwest::Client,
     base: &str,
     token: &str,
@@ -81,7 +81,7 @@ async fn post_delivery(
         .await
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub(super) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

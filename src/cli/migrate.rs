@@ -47,10 +47,16 @@ pub async fn run(source: &Config, target: &Path) -> anyhow::Result<()> {
 }
 
 /// Appends one page in log order: a run of events of one stream is one append at the version the
-/// stream had before it.
+/// stream had before it; a request never names a stream twice, so a stream coming back starts the
+/// next request.
 async fn copy(to: &Arc<dyn EventStore>, page: &[StoredEvent]) -> anyhow::Result<()> {
     let mut appends: Vec<StreamAppend> = Vec::new();
     for event in page {
+        let back = appends.last().is_some_and(|run| run.stream != event.stream)
+            && appends.iter().any(|run| run.stream == event.stream);
+        if back {
+            to.append(std::mem::take(&mut appends)).await?;
+        }
         let new = NewEvent {
             id: event.id,
             event_type: static_type(&event.event_type)?,
@@ -74,6 +80,7 @@ async fn copy(to: &Arc<dyn EventStore>, page: &[StoredEvent]) -> anyhow::Result<
     }
     let appended = to.append(appends).await?;
     let expected = page.last().map_or(0, |e| e.position);
+    // The target assigned positions in the same order: its last is the page's last.
     if appended.last_position != expected {
         bail!("the target placed the event of position {expected} at {}", appended.last_position);
     }

@@ -4,6 +4,7 @@ mod bench;
 mod bench_client;
 mod bench_dispatch;
 mod bench_history;
+mod bench_shared;
 pub(crate) mod check;
 mod deliveries;
 mod demo;

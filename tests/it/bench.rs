@@ -50,3 +50,17 @@ fn the_history_benchmark_grows_a_log_and_reports_every_measure() {
     assert_eq!(loads.len(), 2, "one load on the empty log, one on the history:\n{said}");
     assert!(loads.iter().all(|l| l.ends_with(", 0 errors")), "deliveries failed:\n{said}");
 }
+
+#[test]
+fn the_shared_log_benchmark_compares_sqlite_with_one_and_two_gateways_on_postgres() {
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", crate::postgres::server().port);
+    let said = bench(&["--postgres-url", &url, "--seconds", "1", "--dispatch-builds", "10"]);
+    for row in [
+        "| SQLite, one gateway |",
+        "| PostgreSQL, one gateway |",
+        "| PostgreSQL, two gateways |",
+        "dispatch across gateways: 10 builds",
+    ] {
+        assert!(said.contains(row), "no `{row}` in:\n{said}");
+    }
+}

@@ -129,3 +129,16 @@ async fn one_gateway_holds_the_lease_and_a_former_leaders_appends_are_fenced() {
     second.append_fenced(vec![append("job", ExpectedVersion::Exact(0), 1)], next).await.unwrap();
     assert_eq!(second.read_stream("job").await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn a_request_may_name_one_stream_twice() {
+    let store = open(&database().await, 512).await;
+    let twice = vec![
+        append("t", ExpectedVersion::NoStream, 1),
+        append("u", ExpectedVersion::Any, 1),
+        append("t", ExpectedVersion::Exact(0), 1),
+    ];
+    store.append(twice).await.unwrap();
+    let t: Vec<(u64, u64)> = store.read_stream("t").await.unwrap().iter().map(|e| (e.position, e.version)).collect();
+    assert_eq!(t, [(1, 0), (3, 1)]);
+}
