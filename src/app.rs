@@ -36,6 +36,10 @@ pub struct App {
     stop_projector: oneshot::Sender<()>,
     /// The work done once per team of gateways, while this one holds the lease.
     elected: JoinHandle<()>,
+    /// `GET /metrics` on its own listener, if configured.
+    metrics: Option<JoinHandle<()>>,
+    /// Where the metrics listener is bound.
+    pub metrics_addr: Option<SocketAddr>,
     /// With a shared log: this gateway's hold on its data dir's read model (the SQLite store holds
     /// the log's own lock).
     _lock: Option<std::fs::File>,
@@ -152,8 +156,19 @@ impl App {
             config: Arc::clone(&state.config),
         };
         let elected = tokio::spawn(crate::elected::run(jobs, store.leadership(), state.stopping.subscribe()));
+        let (metrics, metrics_addr) = match config.metrics.listen.parse::<SocketAddr>() {
+            Ok(listen) => match crate::metrics::bind(listen).await {
+                Some(listener) => {
+                    let addr = listener.local_addr().ok();
+                    let serving = crate::metrics::serve(listener, Arc::clone(&state), state.stopping.subscribe());
+                    (Some(tokio::spawn(serving)), addr)
+                }
+                None => (None, None),
+            },
+            Err(_) => (None, None),
+        };
         let router = router(Arc::clone(&state), &config.webhook.path);
-        Ok(App { state, router, projector, stop_projector, elected, _lock: lock })
+        Ok(App { state, router, projector, stop_projector, elected, metrics, metrics_addr, _lock: lock })
     }
 
     /// Serves on `listener` until `shutdown` resolves, then lets in-flight requests finish and
@@ -195,6 +210,9 @@ impl App {
     pub async fn stop(self) {
         self.state.stopping.send_replace(true);
         let _ = self.elected.await;
+        if let Some(metrics) = self.metrics {
+            let _ = metrics.await;
+        }
         let _ = self.stop_projector.send(());
         self.projector.join().await;
     }

@@ -29,6 +29,7 @@ pub mod elected;
 pub mod http;
 pub mod ingest;
 pub mod links;
+pub mod metrics;
 pub mod outbound;
 pub mod projector;
 pub mod readmodel;

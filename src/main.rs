@@ -28,15 +28,19 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 async fn run() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        // The stream index's engine reports each run it writes and merges at `info`: routine.
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,fjall=warn,lsm_tree=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = meshgate::cli::Cli::parse();
+    // The format comes from the configuration (`[log] format`); a configuration that does not load
+    // is reported by the command itself, in the default format.
+    let format = meshgate::config::Config::load(cli.config.as_deref()).map(|c| c.log.format).unwrap_or_default();
+    // The stream index's engine reports each run it writes and merges at `info`: routine.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        meshgate::config::LogFormat::Json => logs.json().flatten_event(true).with_current_span(true).init(),
+        meshgate::config::LogFormat::Text => {
+            logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init()
+        }
+    }
     match meshgate::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

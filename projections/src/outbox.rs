@@ -112,6 +112,19 @@ impl Outbox {
     }
 
     /// How many keys the outbox follows (its size is the work in flight).
+    /// How many notifications of `sink` are neither delivered nor abandoned, and when the oldest
+    /// of their milestones was recorded.
+    pub fn pending(&self, sink: &str) -> (usize, Option<DateTime<Utc>>) {
+        let open = self
+            .entries
+            .values()
+            .filter(|e| e.sink == sink)
+            .filter(|e| matches!(e.state, NotificationState::Pending | NotificationState::Attempting { .. }));
+        open.fold((0, None), |(n, oldest): (usize, Option<DateTime<Utc>>), e| {
+            (n + 1, Some(oldest.map_or(e.record.at, |o| o.min(e.record.at))))
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -27,6 +27,8 @@ pub struct Config {
     pub outbound: OutboundConfig,
     pub reconcile: ReconcileConfig,
     pub store: StoreConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
     pub lanes: Vec<LaneConfig>,
     pub triggers: Vec<Trigger>,
     /// The file this was loaded from (none: defaults and environment only).
@@ -157,6 +159,9 @@ impl Config {
         }
         if self.store.max_batch == 0 {
             return invalid("store.max_batch must be at least 1".into());
+        }
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            return invalid(format!("metrics.listen `{}` is not host:port (empty: no metrics)", self.metrics.listen));
         }
         if !(1..=3600).contains(&self.store.lease_seconds) {
             return invalid("store.lease_seconds must be between 1 and 3600".into());

@@ -166,6 +166,38 @@ impl Default for PagerConfig {
 }
 
 /// `[reconcile]`: sweeps of YouTrack's activity stream for transitions no webhook brought. On when
+/// How log lines are written (to standard error; `RUST_LOG` sets the level).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, its fields (the correlation id among them) as keys.
+    Json,
+}
+
+/// Prometheus metrics (`GET /metrics`), on a listener of their own without auth: keep it on
+/// loopback or a private network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `host:port`; empty: no metrics listener.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: "127.0.0.1:9464".into() }
+    }
+}
+
 /// `[youtrack] base_url` and `token_file` are set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -126,6 +126,11 @@ pub async fn claim(
                             _ => 0,
                         };
                         let build = app.projections.read(|p| p.builds.get(build_id).cloned());
+                        if let Some(build) = &build {
+                            let waited = (Utc::now() - build.requested_at).num_milliseconds().max(0) as f64 / 1000.0;
+                            metrics::histogram!(crate::metrics::QUEUE_WAIT_SECONDS, "lane" => build.lane.clone())
+                                .record(waited);
+                        }
                         tracing::info!(%build_id, node_id = %request.node_id, attempt, "build claimed");
                         let body = json!({
                             "build": build,
@@ -306,6 +311,10 @@ pub async fn result(
     let correlation_id = Uuid::now_v7();
     match app.builds.execute(build_id, correlation_id, &command).await {
         Ok(executed) => {
+            let lane = app.projections.read(|p| p.builds.get(build_id).map(|b| b.lane.clone())).unwrap_or_default();
+            let outcome = executed.state.name();
+            metrics::histogram!(crate::metrics::BUILD_SECONDS, "lane" => lane, "outcome" => outcome)
+                .record(request.duration_ms as f64 / 1000.0);
             tracing::info!(%build_id, node_id = %request.node_id, attempt = request.attempt, state = executed.state.name(), "build result accepted");
             Ok(Json(json!({"accepted": true, "state": executed.state.name()})).into_response())
         }

@@ -20,7 +20,20 @@ pub async fn receive(State(app): State<Arc<AppState>>, request: Request) -> Resp
     let received_at = Utc::now();
     let (parts, body) = request.into_parts();
     let remote = Remote(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0));
+    let started = std::time::Instant::now();
     let result = handle(&app, correlation_id, received_at, remote, &parts.headers, body).await;
+    let outcome = match &result {
+        Ok((_, outcome)) => *outcome,
+        Err(e) => match e.status {
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            StatusCode::BAD_REQUEST => "bad_request",
+            _ => "unavailable",
+        },
+    };
+    crate::metrics::delivery(outcome, started.elapsed());
+    let result = result.map(|(response, _)| response);
     let mut response = match result {
         Ok(response) => response,
         Err(e) => e.into_response(),
@@ -63,7 +76,7 @@ async fn handle(
     remote: Remote,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<(Response, &'static str), ApiError> {
     let declared_length =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
 
@@ -143,7 +156,7 @@ async fn handle(
     };
     let build_ids = outcome.build_ids();
     let body = AcceptedBody { correlation_id, outcome: outcome.name(), build_id: build_ids.first(), build_ids, reason };
-    Ok((StatusCode::OK, Json(body)).into_response())
+    Ok(((StatusCode::OK, Json(body)).into_response(), outcome.name()))
 }
 
 /// `application/json`, with or without parameters such as `charset`.

@@ -174,6 +174,12 @@ async fn attempt(outbound: &Outbound, sink: &Sink, due: MilestoneRecord) {
     let policy = RetryPolicy { max_attempts: sink.max_attempts, ..outbound.rules.retry };
     match record(outbound, &id, &outcome, &policy).await {
         Ok(Some((position, ended))) => {
+            let counted = match ended {
+                Some(Ended::Delivered) => "delivered",
+                Some(Ended::Abandoned) => "abandoned",
+                None => "retry",
+            };
+            metrics::counter!(crate::metrics::ATTEMPTS, "sink" => sink.name.clone(), "outcome" => counted).increment(1);
             // The next look at the outbox must see this attempt.
             outbound.projections.caught_up_to(position, Duration::from_secs(5)).await;
             match ended {
@@ -261,7 +267,10 @@ async fn page_if_due(outbound: &Outbound, build_id: Uuid) {
         events: vec![NewEvent::from_domain(&event, Uuid::now_v7(), None, Utc::now())],
     };
     match outbound.store.append(vec![append]).await {
-        Ok(_) => tracing::error!(%build_id, reason, "paging on-call: the build could not be reported"),
+        Ok(_) => {
+            metrics::counter!(crate::metrics::PAGES).increment(1);
+            tracing::error!(%build_id, reason, "paging on-call: the build could not be reported")
+        }
         Err(StoreError::Conflict { .. }) => {}
         Err(e) => tracing::error!(%build_id, error = %crate::report::chain(&e), "cannot record a page"),
     }

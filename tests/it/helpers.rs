@@ -57,6 +57,8 @@ pub fn test_config(dir: &Path, triggers: Vec<Trigger>) -> Config {
     config.youtrack.bot_login = Some("meshgate-bot".into());
     // Sweeps of YouTrack's activity stream only when a test asks (tests/it/reconcile.rs).
     config.reconcile.interval_seconds = 0;
+    // Metrics on a free port of their own.
+    config.metrics.listen = "127.0.0.1:0".into();
     // Stand-ins serve HTTPS with certificates of the tests' CA, trusted through this file only.
     config.outbound.ca_file = Some(crate::pki::pki().ca_file.clone());
     config.lanes = vec![
@@ -85,6 +87,8 @@ pub struct TestApp {
     pub webhook_token: String,
     pub admin_token: String,
     pub client: reqwest::Client,
+    /// Where `GET /metrics` answers.
+    pub metrics_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
@@ -102,6 +106,7 @@ pub async fn spawn_with(dir: TempDir, mut config: Config) -> TestApp {
     config.server.listen = addr;
     let app = App::start(&config).await.expect("app starts");
     let state = Arc::clone(&app.state);
+    let metrics_addr = app.metrics_addr;
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         app.serve(listener, async move {
@@ -119,6 +124,7 @@ pub async fn spawn_with(dir: TempDir, mut config: Config) -> TestApp {
         addr,
         state,
         client: crate::pki::https_client(),
+        metrics_addr,
         stop: Some(stop),
         server: Some(server),
     }

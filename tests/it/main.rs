@@ -10,6 +10,7 @@ mod ha;
 mod helpers;
 mod idempotency;
 pub mod matrix;
+mod metrics;
 mod migrate;
 mod nodes;
 mod outbound;

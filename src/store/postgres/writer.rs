@@ -108,8 +108,10 @@ pub async fn run(
         let requests: Vec<WriteRequest> = std::mem::take(&mut batch);
         let appends: Vec<(&[StreamAppend], Option<i64>)> =
             requests.iter().map(|r| (r.appends.as_slice(), r.fence)).collect();
+        let started = std::time::Instant::now();
         match commit(conn, &appends).await {
             Ok((outcomes, stored)) => {
+                crate::metrics::commit(started.elapsed(), stored.len());
                 if let Some(last) = stored.last().map(|e| e.position) {
                     head.send_if_modified(|h| (last > *h).then(|| *h = last).is_some());
                     let _ = committed.send(stored.into());

@@ -186,6 +186,7 @@ impl Writer {
             };
             match committed {
                 Ok(()) => {
+                    crate::metrics::commit(started.elapsed(), self.unpublished.len());
                     // Durable now: readers and later appends may see it.
                     self.indexer.commit(batch);
                     if !self.unpublished.is_empty() {

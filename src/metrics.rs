@@ -1,0 +1,156 @@
+//! Prometheus metrics: the `metrics` facade, recorded where things happen, and the exporter's text
+//! format served on a listener of its own (`[metrics] listen`, loopback by default, no auth).
+//!
+//! Counters and histograms are recorded on the hot paths (a handful of atomic operations each);
+//! what the projections know (builds in flight, the outbox, the log's head) is read into gauges
+//! when Prometheus scrapes, so nothing is computed between scrapes. The recorder is the process's
+//! (one per process: several gateways in one test process share it).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::sync::watch;
+
+use crate::http::AppState;
+
+pub const DELIVERIES: &str = "meshgate_webhook_deliveries_total";
+pub const WEBHOOK_SECONDS: &str = "meshgate_webhook_request_duration_seconds";
+pub const COMMIT_SECONDS: &str = "meshgate_store_commit_duration_seconds";
+pub const COMMIT_EVENTS: &str = "meshgate_store_commit_events";
+pub const BUILDS: &str = "meshgate_builds";
+pub const BUILD_SECONDS: &str = "meshgate_build_duration_seconds";
+pub const QUEUE_WAIT_SECONDS: &str = "meshgate_queue_wait_seconds";
+pub const ATTEMPTS: &str = "meshgate_notification_attempts_total";
+pub const OUTBOX_PENDING: &str = "meshgate_outbox_pending";
+pub const OUTBOX_OLDEST_SECONDS: &str = "meshgate_outbox_oldest_pending_seconds";
+pub const PAGES: &str = "meshgate_pages_total";
+pub const PROJECTION_LAG: &str = "meshgate_projection_lag_events";
+pub const LOG_POSITION: &str = "meshgate_log_position";
+
+/// Request and commit times: 100 µs to 10 s.
+const SECONDS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+/// Builds and queue waits: a second to three hours.
+const LONG_SECONDS: &[f64] = &[1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 10800.0];
+/// Events per commit.
+const EVENTS: &[f64] = &[1.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0];
+
+/// The process's recorder, installed on first use (`None` if another one was installed first).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let built = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(BUILD_SECONDS.into()), LONG_SECONDS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(QUEUE_WAIT_SECONDS.into()), LONG_SECONDS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(COMMIT_EVENTS.into()), EVENTS));
+            let handle = match built.map(|b| b.install_recorder()) {
+                Ok(Ok(handle)) => handle,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot install the metrics recorder; /metrics is empty");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot set the metrics' buckets; /metrics is empty");
+                    return None;
+                }
+            };
+            describe();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+fn describe() {
+    describe_counter!(DELIVERIES, "Webhook deliveries answered, by outcome (accepted ones by what they did).");
+    describe_histogram!(WEBHOOK_SECONDS, Unit::Seconds, "Time from a webhook's arrival to its answer.");
+    describe_histogram!(COMMIT_SECONDS, Unit::Seconds, "Time of one commit of the event log (group commit).");
+    describe_histogram!(COMMIT_EVENTS, Unit::Count, "Events appended by one commit of the event log.");
+    describe_gauge!(BUILDS, "Builds in flight, by lane and state (queued, running).");
+    describe_histogram!(BUILD_SECONDS, Unit::Seconds, "Build durations as nodes report them, by lane and outcome.");
+    describe_histogram!(QUEUE_WAIT_SECONDS, Unit::Seconds, "Time from a build's request to its claim, by lane.");
+    describe_counter!(ATTEMPTS, "Notification tries, by sink and outcome (delivered, retry, abandoned).");
+    describe_gauge!(OUTBOX_PENDING, "Notifications neither delivered nor abandoned, by sink.");
+    describe_gauge!(OUTBOX_OLDEST_SECONDS, Unit::Seconds, "Age of the oldest pending notification, by sink.");
+    describe_counter!(PAGES, "Pages requested (chat and tracker both failed for a build).");
+    describe_gauge!(PROJECTION_LAG, "Events committed that the projections have not applied yet.");
+    describe_gauge!(LOG_POSITION, "The event log's head: the position of the last committed event.");
+}
+
+/// Counts one webhook answer.
+pub fn delivery(outcome: &'static str, elapsed: Duration) {
+    if handle().is_some() {
+        counter!(DELIVERIES, "outcome" => outcome).increment(1);
+        histogram!(WEBHOOK_SECONDS).record(elapsed.as_secs_f64());
+    }
+}
+
+/// Records one commit of the event log.
+pub fn commit(elapsed: Duration, events: usize) {
+    histogram!(COMMIT_SECONDS).record(elapsed.as_secs_f64());
+    histogram!(COMMIT_EVENTS).record(events as f64);
+}
+
+/// Sets the gauges read from the gateway's state, then renders everything.
+pub fn render(app: &AppState) -> String {
+    let Some(handle) = handle() else { return String::new() };
+    let head = *app.store.head().borrow();
+    gauge!(LOG_POSITION).set(head as f64);
+    gauge!(PROJECTION_LAG, "projection" => "all").set(head.saturating_sub(app.projections.position()) as f64);
+    let now = chrono::Utc::now();
+    app.projections.read(|p| {
+        for lane in &app.lanes {
+            let in_lane = p.queue.ordered(&app.lane_priorities).into_iter().filter(|e| e.lane == lane.name);
+            let (running, queued): (Vec<_>, Vec<_>) = in_lane.partition(|e| e.node_id.is_some());
+            gauge!(BUILDS, "lane" => lane.name.clone(), "state" => "queued").set(queued.len() as f64);
+            gauge!(BUILDS, "lane" => lane.name.clone(), "state" => "running").set(running.len() as f64);
+        }
+        for sink in app.sinks.keys() {
+            let (pending, oldest) = p.outbox.pending(sink);
+            let age = oldest.map_or(0.0, |at| (now - at).num_milliseconds().max(0) as f64 / 1000.0);
+            gauge!(OUTBOX_PENDING, "sink" => sink.clone()).set(pending as f64);
+            gauge!(OUTBOX_OLDEST_SECONDS, "sink" => sink.clone()).set(age);
+        }
+    });
+    handle.render()
+}
+
+/// The metrics listener; a port that cannot be bound is logged and leaves the gateway serving
+/// without it (metrics are never a reason not to take webhooks).
+pub async fn bind(listen: SocketAddr) -> Option<tokio::net::TcpListener> {
+    handle();
+    match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "metrics at http://{addr}/metrics");
+            }
+            Some(listener)
+        }
+        Err(e) => {
+            tracing::warn!(%listen, error = %e, "cannot listen for metrics; /metrics is off");
+            None
+        }
+    }
+}
+
+/// `GET /metrics` until `stopping` turns true.
+pub async fn serve(listener: tokio::net::TcpListener, app: Arc<AppState>, mut stopping: watch::Receiver<bool>) {
+    let router = axum::Router::new().route("/metrics", axum::routing::get(scrape)).with_state(app);
+    let stopped = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stopped).await {
+        tracing::warn!(error = %e, "the metrics listener stopped");
+    }
+}
+
+async fn scrape(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&app))
+}
