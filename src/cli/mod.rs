@@ -137,7 +137,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init { dir, data_dir } => setup::init(&dir, data_dir.as_deref()),
         Command::Config { command: ConfigCommand::Check } => check::run(cli.config.as_deref()),
         Command::Token { command: TokenCommand::Generate { file, force } } => setup::generate(&file, force),
-        Command::Events(args) => events::run(&load()?, &args),
+        Command::Events(args) => events::run(&load()?, &args).await,
         Command::Reconcile(args) => reconcile::run(&load()?, &args).await,
         Command::Selftest => {
             let checks = crate::selftest::run(&load()?).await;

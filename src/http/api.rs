@@ -109,3 +109,61 @@ pub async fn queue(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Resu
         app.projections.read(|p| serde_json::to_value(p.queue.ordered(&app.lane_priorities)).unwrap_or_default());
     Ok(Json(json!({ "queue": queued })))
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    issue: Option<String>,
+    build: Option<String>,
+    stream: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    correlation: Option<String>,
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// Most events in one answer of `GET /api/v1/events`.
+const MAX_EVENTS: usize = 1000;
+
+/// `GET /api/v1/events`: the audit over HTTP, the same answers as `meshgate events`, paged by log
+/// position (`after`: the last position of the previous page; `next_after` says where to go on).
+pub async fn events(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", e.body_text()))?;
+    let uuid = |value: Option<String>, field: &str| -> Result<Option<Uuid>, ApiError> {
+        value
+            .map(|v| {
+                Uuid::parse_str(&v).map_err(|_| {
+                    let mut e =
+                        ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", format!("`{v}` is not a uuid"));
+                    e.field = Some(field.into());
+                    e
+                })
+            })
+            .transpose()
+    };
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_EVENTS).contains(&limit) {
+        let mut e =
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", format!("limit must be 1 to {MAX_EVENTS}"));
+        e.field = Some("limit".into());
+        return Err(e);
+    }
+    let filter = crate::store::EventFilter {
+        issue: query.issue,
+        build: uuid(query.build, "build")?,
+        stream: query.stream,
+        correlation_id: uuid(query.correlation, "correlation")?,
+        event_type: query.event_type,
+    };
+    let found =
+        app.store.query(&filter, query.after.unwrap_or(0), limit).await.map_err(|e| ApiError::unavailable(&e))?;
+    let next_after = (found.len() == limit).then(|| found.last().map(|e| e.position)).flatten();
+    let events: Vec<Value> = found.iter().map(|e| e.audit_json()).collect();
+    Ok(Json(json!({ "events": events, "next_after": next_after })))
+}

@@ -154,6 +154,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// Succeeds if an append could be made now.
     async fn check_writable(&self) -> Result<(), StoreError>;
 
+    /// Up to `limit` events after position `after` that match `filter`, in log order (audits:
+    /// the log is scanned, not indexed, for everything but streams).
+    async fn query(&self, filter: &EventFilter, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+
     /// Appends like [`EventStore::append`], but only while `term` is the term of the lease this
     /// gateway holds on the work done once ([`EventStore::leadership`]): a former leader's appends
     /// are refused once another term has begun. A log with a single appender has one term, 0.
@@ -213,11 +217,43 @@ impl EventStore for Fenced {
     async fn check_writable(&self) -> Result<(), StoreError> {
         self.inner.check_writable().await
     }
+    async fn query(&self, filter: &EventFilter, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.query(filter, after, limit).await
+    }
     async fn append_fenced(&self, appends: Vec<StreamAppend>, term: i64) -> Result<Appended, StoreError> {
         self.inner.append_fenced(appends, term).await
     }
     fn leadership(&self) -> watch::Receiver<Option<i64>> {
         self.inner.leadership()
+    }
+}
+
+/// An audit question: events matching every given filter, in log order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// The events that name the issue, every event of its intents' and builds' streams, and the
+    /// notifications and pages about its builds.
+    pub issue: Option<String>,
+    /// The build's stream, and the notifications and pages about it.
+    pub build: Option<Uuid>,
+    pub stream: Option<String>,
+    pub correlation_id: Option<Uuid>,
+    pub event_type: Option<String>,
+}
+
+impl StoredEvent {
+    /// The event as the audit shows it (`meshgate events --json`, `GET /api/v1/events`): its data
+    /// as JSON, a received body as the text it arrived as.
+    pub fn audit_json(&self) -> serde_json::Value {
+        let mut data: serde_json::Value = serde_json::from_str(&self.data).unwrap_or(serde_json::Value::Null);
+        if let Ok(Event::WebhookReceived(received)) = Event::decode(&self.event_type, self.schema_version, &self.data) {
+            data["body"] = serde_json::Value::String(received.body);
+        }
+        serde_json::json!({
+            "position": self.position, "stream": self.stream, "version": self.version, "id": self.id,
+            "type": self.event_type, "schema_version": self.schema_version, "data": data,
+            "correlation_id": self.correlation_id, "causation_id": self.causation_id, "recorded_at": self.recorded_at,
+        })
     }
 }
 

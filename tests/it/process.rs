@@ -8,7 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use meshgate::store::sqlite::{query, EventFilter, SqliteStore};
+use meshgate::store::sqlite::{query, SqliteStore};
+use meshgate::store::EventFilter;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
@@ -180,13 +181,15 @@ async fn a_gateway_killed_during_a_load_loses_no_accepted_delivery_and_makes_no_
     // Every delivery that got a 200 is in the log; no issue got two builds.
     let conn = SqliteStore::open_read_only(&dir.path().join("data/events.sqlite")).unwrap();
     let received =
-        query(&conn, &EventFilter { event_type: Some("WebhookReceived".into()), ..Default::default() }).unwrap();
+        query(&conn, &EventFilter { event_type: Some("WebhookReceived".into()), ..Default::default() }, 0, usize::MAX)
+            .unwrap();
     let logged: std::collections::HashSet<String> = received.iter().map(|e| e.correlation_id.to_string()).collect();
     for (correlation_id, issue) in &accepted {
         assert!(logged.contains(correlation_id), "accepted delivery {correlation_id} for {issue} is not in the log");
     }
     let requested =
-        query(&conn, &EventFilter { event_type: Some("BuildRequested".into()), ..Default::default() }).unwrap();
+        query(&conn, &EventFilter { event_type: Some("BuildRequested".into()), ..Default::default() }, 0, usize::MAX)
+            .unwrap();
     let mut per_issue = std::collections::HashMap::<String, usize>::new();
     for e in &requested {
         let data: Value = serde_json::from_str(&e.data).unwrap();

@@ -24,7 +24,7 @@ mod schema;
 mod tail;
 mod writer;
 
-use super::{Appended, EventStore, StoreError, StoredEvent, StreamAppend};
+use super::{Appended, EventFilter, EventStore, StoreError, StoredEvent, StreamAppend};
 
 const COLUMNS: &str =
     "position, stream, version, id, type, schema_version, data, correlation_id, causation_id, recorded_at";
@@ -188,6 +188,34 @@ impl EventStore for PostgresStore {
         let (reply, answer) = oneshot::channel();
         self.writer.send(writer::WriteRequest { appends, fence: None, reply }).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn query(&self, filter: &EventFilter, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        // As the SQLite backend's audit query (`meshgate events`), on `data` read as JSON.
+        let sql = format!(
+            "SELECT {COLUMNS} FROM meshgate_events
+             WHERE position > $6
+               AND ($1::text IS NULL
+                    OR data::jsonb ->> 'issue_id' = $1
+                    OR stream LIKE 'intent-' || $1 || '/%'
+                    OR stream IN (SELECT stream FROM meshgate_events
+                                  WHERE type = 'BuildRequested' AND data::jsonb ->> 'issue_id' = $1)
+                    OR (type IN ('NotificationAttempted', 'NotificationDelivered', 'NotificationAbandoned', 'PageRequested')
+                        AND data::jsonb ->> 'build_id' IN
+                            (SELECT data::jsonb ->> 'build_id' FROM meshgate_events
+                             WHERE type = 'BuildRequested' AND data::jsonb ->> 'issue_id' = $1)))
+               AND ($5::text IS NULL OR stream = 'build-' || $5 OR data::jsonb ->> 'build_id' = $5)
+               AND ($2::text IS NULL OR stream = $2)
+               AND ($3::uuid IS NULL OR correlation_id = $3)
+               AND ($4::text IS NULL OR type = $4)
+             ORDER BY position
+             LIMIT $7"
+        );
+        let build = filter.build.map(|b| b.to_string());
+        let (after, limit) = (after as i64, limit.min(i64::MAX as usize) as i64);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+            [&filter.issue, &filter.stream, &filter.correlation_id, &filter.event_type, &build, &after, &limit];
+        self.readers.query(&sql, &params).await?.iter().map(stored).collect()
     }
 
     async fn append_fenced(&self, appends: Vec<StreamAppend>, term: i64) -> Result<Appended, StoreError> {

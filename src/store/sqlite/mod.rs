@@ -31,7 +31,7 @@ mod writer;
 use index::{StreamIndex, StreamKey};
 use writer::WriteRequest;
 
-use super::{Appended, EventStore, StoreError, StoreResultExt, StoredEvent, StreamAppend};
+use super::{Appended, EventFilter, EventStore, StoreError, StoreResultExt, StoredEvent, StreamAppend};
 
 /// Page size of a new log (docs/benchmarks.md).
 const PAGE_SIZE: i64 = 16 * 1024;
@@ -321,6 +321,11 @@ impl EventStore for SqliteStore {
     async fn check_writable(&self) -> Result<(), StoreError> {
         self.write(|reply| WriteRequest::Ping { reply }).await.map(|_| ())
     }
+
+    async fn query(&self, filter: &EventFilter, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let filter = filter.clone();
+        self.read(move |conn| query(conn, &filter, after, limit)).await
+    }
 }
 
 /// What a lookup in the stream index on disk costs (the writer's miss), for the benchmark: the mean
@@ -467,38 +472,40 @@ pub fn read_range_decoded(
     Ok(decoded)
 }
 
-/// Filters for audit queries over the whole log.
-#[derive(Debug, Clone, Default)]
-pub struct EventFilter {
-    pub issue: Option<String>,
-    pub stream: Option<String>,
-    pub correlation_id: Option<Uuid>,
-    pub event_type: Option<String>,
-}
-
-/// Events matching every given filter, in log order. An issue matches the events that name it,
-/// every event of its intents' and builds' streams, and the notification attempts and pages about
-/// its builds (they carry the build's id, not the issue's).
-pub fn query(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<Vec<StoredEvent>> {
+/// Up to `limit` events after `after` matching every given filter, in log order. An issue
+/// matches the events that name it, every event of its intents' and builds' streams, and the
+/// notification attempts and pages about its builds (they carry the build's id, not the issue's).
+pub fn query(conn: &Connection, filter: &EventFilter, after: u64, limit: usize) -> rusqlite::Result<Vec<StoredEvent>> {
     let sql = format!(
         "SELECT {COLUMNS} FROM events
-         WHERE (?1 IS NULL
+         WHERE position > ?6
+           AND (?1 IS NULL
                 OR json_extract(data, '$.issue_id') = ?1
                 OR stream LIKE 'intent-' || ?1 || '/%'
                 OR stream IN (SELECT stream FROM events
                               WHERE type = 'BuildRequested' AND json_extract(data, '$.issue_id') = ?1)
-                OR (type IN ('NotificationAttempted', 'NotificationDelivered', 'NotificationAbandoned')
+                OR (type IN ('NotificationAttempted', 'NotificationDelivered', 'NotificationAbandoned', 'PageRequested')
                     AND json_extract(data, '$.build_id') IN
                         (SELECT json_extract(data, '$.build_id') FROM events
                          WHERE type = 'BuildRequested' AND json_extract(data, '$.issue_id') = ?1)))
+           AND (?5 IS NULL OR stream = 'build-' || ?5 OR json_extract(data, '$.build_id') = ?5)
            AND (?2 IS NULL OR stream = ?2)
            AND (?3 IS NULL OR correlation_id = ?3)
            AND (?4 IS NULL OR type = ?4)
-         ORDER BY position"
+         ORDER BY position
+         LIMIT ?7"
     );
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(
-        params![filter.issue, filter.stream, filter.correlation_id.map(|c| c.as_bytes().to_vec()), filter.event_type],
+        params![
+            filter.issue,
+            filter.stream,
+            filter.correlation_id.map(|c| c.as_bytes().to_vec()),
+            filter.event_type,
+            filter.build.map(|b| b.to_string()),
+            after,
+            limit.min(i64::MAX as usize) as i64
+        ],
         row_to_event,
     )?;
     rows.collect()

@@ -1,0 +1,72 @@
+//! `GET /api/v1/events`: the audit over HTTP, on both backends, paged by log position.
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+async fn gateway(shared: bool) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), vec![ios_trigger()]);
+    if shared {
+        config.store.backend = meshgate::config::StoreBackend::Postgres;
+        config.store.url = Some(crate::postgres::database().await);
+    }
+    spawn_with(dir, config).await
+}
+
+fn types(answer: &Value) -> Vec<&str> {
+    answer["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect()
+}
+
+async fn audit(shared: bool) {
+    let app = gateway(shared).await;
+    let building = fixture("mob-issueUpdated-state-building.json");
+    let first = app.deliver(&with(&building, &json!({"id": "MOB-1"}))).await;
+    let build = build_id(&first);
+    app.deliver(&with(&building, &json!({"id": "MOB-2"}))).await;
+    app.finish_build(build, true).await;
+    let get = |query: &str| {
+        let url = app.url(&format!("/api/v1/events?{query}"));
+        app.client.get(url).bearer_auth(&app.admin_token).send()
+    };
+
+    let issue: Value = get("issue=MOB-1").await.unwrap().json().await.unwrap();
+    assert_eq!(
+        types(&issue),
+        ["WebhookReceived", "WebhookRouted", "IntentActivated", "BuildRequested", "BuildClaimed", "BuildSucceeded"],
+        "{issue}"
+    );
+    assert!(issue["events"][0]["data"]["body"].as_str().unwrap().contains("MOB-1"), "the body as it arrived");
+    let of_build: Value = get(&format!("build={build}")).await.unwrap().json().await.unwrap();
+    assert_eq!(types(&of_build), ["IntentActivated", "BuildRequested", "BuildClaimed", "BuildSucceeded"]);
+    let caused: Value =
+        get(&format!("correlation={}", first["correlation_id"].as_str().unwrap())).await.unwrap().json().await.unwrap();
+    assert_eq!(caused["events"].as_array().unwrap().len(), 4);
+
+    // Paged by position.
+    let page: Value = get("type=BuildRequested&limit=1").await.unwrap().json().await.unwrap();
+    assert_eq!(page["events"].as_array().unwrap().len(), 1);
+    let next = page["next_after"].as_u64().expect("more to read");
+    assert_eq!(page["events"][0]["position"].as_u64(), Some(next));
+    let rest: Value = get(&format!("type=BuildRequested&after={next}")).await.unwrap().json().await.unwrap();
+    assert_eq!(rest["events"][0]["data"]["issue_id"], "MOB-2");
+    assert!(rest["next_after"].is_null());
+
+    // Clear refusals.
+    let bad = get("build=nope").await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(bad.json::<Value>().await.unwrap()["field"], "build");
+    assert_eq!(get("limit=0").await.unwrap().status(), 400);
+    assert_eq!(get("colour=red").await.unwrap().status(), 400);
+    assert_eq!(app.client.get(app.url("/api/v1/events")).send().await.unwrap().status(), 401);
+}
+
+#[tokio::test]
+async fn the_audit_answers_over_http_on_sqlite() {
+    audit(false).await;
+}
+
+#[tokio::test]
+async fn the_audit_answers_over_http_on_postgres() {
+    audit(true).await;
+}
