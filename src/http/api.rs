@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -135,10 +137,28 @@ pub async fn events(
 ) -> Result<Json<Value>, ApiError> {
     authorize(&app, &headers)?;
     let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", e.body_text()))?;
-    let uuid = |value: Option<String>, field: &str| -> Result<Option<Uuid>, ApiError> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_EVENTS).contains(&limit) {
+        let mut e =
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", format!("limit must be 1 to {MAX_EVENTS}"));
+        e.field = Some("limit".into());
+        return Err(e);
+    }
+    let filter = filter_of(&query)?;
+    let found =
+        app.store.query(&filter, query.after.unwrap_or(0), limit).await.map_err(|e| ApiError::unavailable(&e))?;
+    let next_after = (found.len() == limit).then(|| found.last().map(|e| e.position)).flatten();
+    let events: Vec<Value> = found.iter().map(|e| e.audit_json()).collect();
+    Ok(Json(json!({ "events": events, "next_after": next_after })))
+}
+
+/// The filters of an audit question, refused clearly when one does not parse.
+fn filter_of(query: &EventsQuery) -> Result<crate::store::EventFilter, ApiError> {
+    let uuid = |value: &Option<String>, field: &str| -> Result<Option<Uuid>, ApiError> {
         value
+            .as_deref()
             .map(|v| {
-                Uuid::parse_str(&v).map_err(|_| {
+                Uuid::parse_str(v).map_err(|_| {
                     let mut e =
                         ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", format!("`{v}` is not a uuid"));
                     e.field = Some(field.into());
@@ -147,23 +167,93 @@ pub async fn events(
             })
             .transpose()
     };
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=MAX_EVENTS).contains(&limit) {
-        let mut e =
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", format!("limit must be 1 to {MAX_EVENTS}"));
-        e.field = Some("limit".into());
-        return Err(e);
-    }
-    let filter = crate::store::EventFilter {
-        issue: query.issue,
-        build: uuid(query.build, "build")?,
-        stream: query.stream,
-        correlation_id: uuid(query.correlation, "correlation")?,
-        event_type: query.event_type,
+    Ok(crate::store::EventFilter {
+        issue: query.issue.clone(),
+        build: uuid(&query.build, "build")?,
+        stream: query.stream.clone(),
+        correlation_id: uuid(&query.correlation, "correlation")?,
+        event_type: query.event_type.clone(),
+    })
+}
+
+/// `GET /api/v1/events/stream`: the live tail of the log as server-sent events (`id` the position,
+/// `event` the type, `data` the event as `GET /api/v1/events` shows it), with the same filters.
+/// It starts after `after`, or after the `Last-Event-ID` a reconnecting client sends, or at the
+/// head (only what happens from now on); it ends when the gateway stops.
+pub async fn stream(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers)?;
+    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", e.body_text()))?;
+    let filter = filter_of(&query)?;
+    let resumed = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let after = resumed.or(query.after).unwrap_or_else(|| *app.store.head().borrow());
+    let tail = Tail {
+        store: Arc::clone(&app.store),
+        head: app.store.head(),
+        stopping: app.stopping.subscribe(),
+        filter,
+        after,
+        ready: std::collections::VecDeque::new(),
     };
-    let found =
-        app.store.query(&filter, query.after.unwrap_or(0), limit).await.map_err(|e| ApiError::unavailable(&e))?;
-    let next_after = (found.len() == limit).then(|| found.last().map(|e| e.position)).flatten();
-    let events: Vec<Value> = found.iter().map(|e| e.audit_json()).collect();
-    Ok(Json(json!({ "events": events, "next_after": next_after })))
+    let events = futures_util::stream::unfold(tail, |mut tail| async move {
+        let event = tail.next().await?;
+        let sent = SseEvent::default()
+            .id(event.position.to_string())
+            .event(event.event_type.clone())
+            .data(event.audit_json().to_string());
+        Some((Ok::<_, std::convert::Infallible>(sent), tail))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// Events a live tail reads from the log at a time.
+const TAIL_PAGE: usize = 500;
+
+/// Where a live tail stands.
+struct Tail {
+    store: Arc<dyn crate::store::EventStore>,
+    head: tokio::sync::watch::Receiver<u64>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    filter: crate::store::EventFilter,
+    /// The position up to which the log has been read.
+    after: u64,
+    ready: std::collections::VecDeque<crate::store::StoredEvent>,
+}
+
+impl Tail {
+    /// The next matching event, waiting for commits; `None` once the gateway stops.
+    async fn next(&mut self) -> Option<crate::store::StoredEvent> {
+        loop {
+            if *self.stopping.borrow() {
+                return None;
+            }
+            if let Some(event) = self.ready.pop_front() {
+                return Some(event);
+            }
+            let head = *self.head.borrow_and_update();
+            if head > self.after {
+                match self.store.query(&self.filter, self.after, TAIL_PAGE).await {
+                    Ok(page) => {
+                        // A short page read everything committed up to the head seen (and
+                        // maybe past it), matching or not.
+                        let last = page.last().map_or(0, |e| e.position);
+                        self.after = if page.len() == TAIL_PAGE { last } else { last.max(head) };
+                        self.ready.extend(page);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %crate::report::chain(&e), "the live tail cannot read the log");
+                        return None;
+                    }
+                }
+            }
+            tokio::select! {
+                changed = self.head.changed() => if changed.is_err() { return None },
+                _ = self.stopping.wait_for(|s| *s) => return None,
+            }
+        }
+    }
 }

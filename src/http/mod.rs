@@ -114,6 +114,7 @@ pub fn router(state: Arc<AppState>, webhook_path: &str) -> Router {
         .route("/api/v1/builds/{id}", get(api::get_build))
         .route("/api/v1/queue", get(api::queue))
         .route("/api/v1/events", get(api::events))
+        .route("/api/v1/events/stream", get(api::stream))
         .route("/api/v1/tokens/reload", post(admin::reload))
         .route("/api/v1/reconcile", post(operations::reconcile))
         .route("/api/v1/notifications/resend", post(operations::resend))

@@ -70,3 +70,56 @@ async fn the_audit_answers_over_http_on_sqlite() {
 async fn the_audit_answers_over_http_on_postgres() {
     audit(true).await;
 }
+
+/// The live tail: server-sent events as commits land, resumable by position, over when the
+/// gateway stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_tail_streams_each_commit_and_ends_when_the_gateway_stops() {
+    let app = gateway(false).await;
+    let building = fixture("mob-issueUpdated-state-building.json");
+    app.deliver(&with(&building, &json!({"id": "MOB-1"}))).await;
+    let first_head = *app.store().head().borrow();
+    // From now on, requested builds only.
+    let response = app
+        .client
+        .get(app.url("/api/v1/events/stream?type=BuildRequested"))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response;
+    app.deliver(&with(&building, &json!({"id": "MOB-2"}))).await;
+    let mut seen = String::new();
+    while !seen.contains("\n\n") {
+        let chunk =
+            tokio::time::timeout(std::time::Duration::from_secs(10), body.chunk()).await.unwrap().unwrap().unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(seen.contains("event: BuildRequested"), "{seen}");
+    assert!(seen.contains("\"issue_id\":\"MOB-2\""), "only what happened after it opened: {seen}");
+    assert!(!seen.contains("MOB-1"), "{seen}");
+
+    // A client resuming after the first delivery's events gets MOB-2's build again.
+    let resumed = app
+        .client
+        .get(app.url("/api/v1/events/stream?type=BuildRequested"))
+        .header("Last-Event-ID", first_head.to_string())
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .unwrap();
+    let mut resumed = resumed;
+    let chunk =
+        tokio::time::timeout(std::time::Duration::from_secs(10), resumed.chunk()).await.unwrap().unwrap().unwrap();
+    assert!(std::str::from_utf8(&chunk).unwrap().contains("MOB-2"));
+
+    // Stopping the gateway ends the streams (and is not held up by them).
+    tokio::time::timeout(std::time::Duration::from_secs(10), app.shutdown()).await.expect("the gateway stops");
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Ok(Some(_)) = body.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ended");
+}
