@@ -121,6 +121,8 @@ pub fn router(state: Arc<AppState>, webhook_path: &str) -> Router {
         .route("/api/v1/notifications/recover", post(operations::recover))
         .route("/api/v1/deliveries/replay", post(operations::replay))
         .route("/api/v1/selftest", post(operations::selftest))
+        .route("/api/v1/builds/{id}/cancel", post(operations::cancel_build))
+        .route("/api/v1/builds/{id}/requeue", post(operations::requeue_build))
         .route("/api/v1/nodes/claim", post(nodes::claim))
         .route("/api/v1/builds/{id}/heartbeat", post(nodes::heartbeat))
         .route("/api/v1/builds/{id}/result", post(nodes::result))

@@ -1,7 +1,8 @@
 //! What an operator asks of a running gateway beyond reading: a reconciliation sweep now, a
 //! notification sent again, the notifications abandoned in a window re-queued, and ignored
-//! deliveries decided again under today's triggers. Admin token; each action is recorded in the
-//! log (`ReconcileSwept`, `NotificationResendRequested`, `DeliveryReplayed`).
+//! deliveries decided again under today's triggers, a build cancelled or requeued. Admin token;
+//! each action is recorded in the log (`ReconcileSwept`, `NotificationResendRequested`,
+//! `DeliveryReplayed`, `BuildCancelled`, `BuildRequeued`).
 
 use std::sync::Arc;
 
@@ -209,4 +210,62 @@ pub async fn selftest(State(app): State<Arc<AppState>>, headers: HeaderMap) -> R
     };
     app.store.append(vec![append]).await.map_err(|e| ApiError::unavailable(&e))?;
     Ok(Json(json!({"passed": passed, "checks": checks})))
+}
+
+/// `POST /api/v1/builds/{id}/cancel` and `…/requeue` `{"reason": "…"}`: an operator stops a build
+/// (queued or running; a running build's node learns it at its next heartbeat) or sends a running
+/// build back to the queue for another node. Recorded as `BuildCancelled` / `BuildRequeued` whose
+/// reason says an operator asked, and why.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildActionRequest {
+    #[serde(default)]
+    pub reason: String,
+}
+
+pub async fn cancel_build(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Path(build_id): axum::extract::Path<uuid::Uuid>,
+    bytes: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    build_action(&app, &headers, build_id, &bytes, |reason| meshgate_domain::BuildCommand::Cancel { reason }).await
+}
+
+pub async fn requeue_build(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Path(build_id): axum::extract::Path<uuid::Uuid>,
+    bytes: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    build_action(&app, &headers, build_id, &bytes, |reason| meshgate_domain::BuildCommand::Requeue { reason }).await
+}
+
+async fn build_action(
+    app: &AppState,
+    headers: &HeaderMap,
+    build_id: uuid::Uuid,
+    bytes: &[u8],
+    command: impl FnOnce(String) -> meshgate_domain::BuildCommand,
+) -> Result<Json<Value>, ApiError> {
+    authorize(app, headers)?;
+    let request: BuildActionRequest = body(bytes)?;
+    let reason = request.reason.trim();
+    if reason.is_empty() || reason.len() > 500 {
+        let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", "reason is required (1 to 500 bytes)");
+        e.field = Some("reason".into());
+        return Err(e);
+    }
+    let command = command(format!("by an operator (admin): {reason}"));
+    match app.builds.execute(build_id, uuid::Uuid::now_v7(), &command).await {
+        Ok(executed) => {
+            tracing::info!(%build_id, state = executed.state.name(), reason, "build changed by an operator");
+            Ok(Json(json!({"build_id": build_id, "state": executed.state.name()})))
+        }
+        Err(crate::builds::CommandError::NotFound) => Err(ApiError::not_found("build")),
+        Err(crate::builds::CommandError::Refused { error, .. }) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "build_state", error.to_string()))
+        }
+        Err(e) => Err(ApiError::unavailable(&e)),
+    }
 }

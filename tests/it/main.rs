@@ -1,6 +1,7 @@
 //! One integration-test binary: real routers, real SQLite files in temp dirs, real `meshgate`
 //! processes on free loopback ports.
 
+mod admin_actions;
 mod audit;
 mod bench;
 mod config;

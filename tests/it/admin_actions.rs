@@ -1,0 +1,54 @@
+//! Operator actions on builds: cancel and requeue, recorded with who asked and why.
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn an_operator_cancels_a_queued_build_and_requeues_a_running_one() {
+    let app = spawn_app().await;
+    let building = fixture("mob-issueUpdated-state-building.json");
+    let queued = build_id(&app.deliver(&with(&building, &json!({"id": "MOB-1"}))).await);
+    let act = |build: String, action: &str, body: Value| {
+        app.client
+            .post(app.url(&format!("/api/v1/builds/{build}/{action}")))
+            .bearer_auth(&app.admin_token)
+            .json(&body)
+            .send()
+    };
+
+    let missing = act(queued.to_string(), "cancel", json!({})).await.unwrap();
+    assert_eq!(missing.status(), 400);
+    assert_eq!(missing.json::<Value>().await.unwrap()["field"], "reason");
+    let cancelled = act(queued.to_string(), "cancel", json!({"reason": "wrong branch"})).await.unwrap();
+    assert_eq!(cancelled.status(), 200);
+    assert_eq!(cancelled.json::<Value>().await.unwrap()["state"], "cancelled");
+    let again = act(queued.to_string(), "cancel", json!({"reason": "twice"})).await.unwrap();
+    assert_eq!(again.status(), 409);
+    assert_eq!(act(uuid::Uuid::now_v7().to_string(), "cancel", json!({"reason": "x"})).await.unwrap().status(), 404);
+    let anonymous =
+        app.client.post(app.url(&format!("/api/v1/builds/{queued}/cancel"))).json(&json!({"reason": "x"})).send();
+    assert_eq!(anonymous.await.unwrap().status(), 401);
+
+    // A running build goes back to the queue; the next claim is its second attempt.
+    let running = build_id(&app.deliver(&with(&building, &json!({"id": "MOB-2"}))).await);
+    let nodes = std::fs::read_to_string(app.config.nodes.token_file.as_ref().unwrap()).unwrap().trim().to_owned();
+    let claim = || {
+        let body = json!({"node_id": "mac-1", "slots": 1, "wait_seconds": 5});
+        answer_of(app.client.post(app.url("/api/v1/nodes/claim")).bearer_auth(&nodes).json(&body))
+    };
+    assert_eq!(claim().await["attempt"], 1);
+    let requeued = act(running.to_string(), "requeue", json!({"reason": "node is being rebooted"})).await.unwrap();
+    assert_eq!(requeued.json::<Value>().await.unwrap()["state"], "queued");
+    assert_eq!(act(running.to_string(), "requeue", json!({"reason": "again"})).await.unwrap().status(), 409);
+    assert_eq!(claim().await["attempt"], 2);
+
+    let reasons: Vec<String> = app
+        .all_events()
+        .await
+        .into_iter()
+        .filter(|e| e.event_type == "BuildCancelled" || e.event_type == "BuildRequeued")
+        .map(|e| serde_json::from_str::<Value>(&e.data).unwrap()["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(reasons, ["by an operator (admin): wrong branch", "by an operator (admin): node is being rebooted"]);
+}
