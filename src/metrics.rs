@@ -32,6 +32,7 @@ pub const OUTBOX_OLDEST_SECONDS: &str = "meshgate_outbox_oldest_pending_seconds"
 pub const PAGES: &str = "meshgate_pages_total";
 pub const PROJECTION_LAG: &str = "meshgate_projection_lag_events";
 pub const LOG_POSITION: &str = "meshgate_log_position";
+pub const NODES: &str = "meshgate_nodes";
 
 /// Request and commit times: 100 µs to 10 s.
 const SECONDS: &[f64] =
@@ -81,6 +82,7 @@ fn describe() {
     describe_gauge!(OUTBOX_OLDEST_SECONDS, Unit::Seconds, "Age of the oldest pending notification, by sink.");
     describe_counter!(PAGES, "Pages requested (chat and tracker both failed for a build).");
     describe_gauge!(PROJECTION_LAG, "Events committed that the projections have not applied yet.");
+    describe_gauge!(NODES, "Build nodes the log knows, by state (idle, busy, draining, lost).");
     describe_gauge!(LOG_POSITION, "The event log's head: the position of the last committed event.");
 }
 
@@ -111,6 +113,10 @@ pub fn render(app: &AppState) -> String {
             let (running, queued): (Vec<_>, Vec<_>) = in_lane.partition(|e| e.node_id.is_some());
             gauge!(BUILDS, "lane" => lane.name.clone(), "state" => "queued").set(queued.len() as f64);
             gauge!(BUILDS, "lane" => lane.name.clone(), "state" => "running").set(running.len() as f64);
+        }
+        for state in ["idle", "busy", "draining", "lost"] {
+            let n = p.nodes.all().filter(|node| node.state() == state).count();
+            gauge!(NODES, "state" => state).set(n as f64);
         }
         for sink in app.sinks.keys() {
             let (pending, oldest) = p.outbox.pending(sink);

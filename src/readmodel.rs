@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use meshgate_projections::{BuildView, Outbox, OutboxConfig, ProjectionSet, Queue};
+use meshgate_projections::{BuildView, Nodes, Outbox, OutboxConfig, ProjectionSet, Queue};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use uuid::Uuid;
 
@@ -88,7 +88,9 @@ impl ReadModel {
         };
         let queue: Queue = state("queue")?.map(|t| parse("queue", &t)).transpose()?.unwrap_or_default();
         let saved_outbox: Outbox = state("outbox")?.map(|t| parse("outbox", &t)).transpose()?.unwrap_or_default();
-        let mut set = ProjectionSet { position, queue, outbox: saved_outbox.with_config(outbox), ..Default::default() };
+        let nodes: Nodes = state("nodes")?.map(|t| parse("nodes", &t)).transpose()?.unwrap_or_default();
+        let mut set =
+            ProjectionSet { position, queue, nodes, outbox: saved_outbox.with_config(outbox), ..Default::default() };
         let mut stmt = conn
             .prepare("SELECT view FROM builds WHERE state IN ('queued', 'running') ORDER BY position")
             .store_err()?;
@@ -108,10 +110,17 @@ impl ReadModel {
             .store_err()
     }
 
-    /// Saves `views` (changed builds), the queue and the outbox of `set`, and its position, in one
-    /// transaction.
-    pub fn save(&self, views: &[BuildView], queue: &Queue, outbox: &Outbox, position: u64) -> Result<(), StoreError> {
-        let (queue, outbox) = (to_json(queue)?, to_json(outbox)?);
+    /// Saves `views` (changed builds), the queue, the outbox and the nodes, and the position, in
+    /// one transaction.
+    pub fn save(
+        &self,
+        views: &[BuildView],
+        queue: &Queue,
+        outbox: &Outbox,
+        nodes: &Nodes,
+        position: u64,
+    ) -> Result<(), StoreError> {
+        let (queue, outbox, nodes) = (to_json(queue)?, to_json(outbox)?, to_json(nodes)?);
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction().store_err()?;
         {
@@ -131,6 +140,7 @@ impl ReadModel {
                 tx.prepare_cached("INSERT OR REPLACE INTO states (name, state) VALUES (?1, ?2)").store_err()?;
             state.execute(params!["queue", queue]).store_err()?;
             state.execute(params!["outbox", outbox]).store_err()?;
+            state.execute(params!["nodes", nodes]).store_err()?;
             tx.execute("INSERT OR REPLACE INTO position (id, position) VALUES (1, ?1)", [position]).store_err()?;
             let mut version =
                 tx.prepare_cached("INSERT OR REPLACE INTO versions (name, version) VALUES (?1, ?2)").store_err()?;

@@ -359,6 +359,24 @@ pub struct LaneClaimed {
     pub attempt: u32,
 }
 
+/// A build node as it presented itself to a claim: recorded when it is new or its labels or slots
+/// changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSeen {
+    pub node_id: String,
+    pub labels: Vec<String>,
+    pub slots: u32,
+}
+
+/// An operator stopped (or resumed) giving a node new builds; its running builds finish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDrained {
+    pub node_id: String,
+    pub draining: bool,
+    pub reason: String,
+    pub requested_by: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SelfTestRan {
     pub passed: bool,
@@ -452,6 +470,8 @@ events!(
     DeliveryReplayed,
     SelfTestRan,
     LaneClaimed,
+    NodeSeen,
+    NodeDrained,
 );
 
 impl Event {
@@ -482,7 +502,9 @@ impl Event {
             | Event::WebhookRouted(_)
             | Event::ReconcileSwept(_)
             | Event::DeliveryReplayed(_)
-            | Event::SelfTestRan(_) => None,
+            | Event::SelfTestRan(_)
+            | Event::NodeSeen(_)
+            | Event::NodeDrained(_) => None,
         }
     }
 }
@@ -554,7 +576,7 @@ mod tests {
 
     #[test]
     fn type_names_are_stable() {
-        assert_eq!(Event::TYPES.len(), 22);
+        assert_eq!(Event::TYPES.len(), 24);
         assert!(Event::TYPES.contains(&"WebhookReceived"));
         assert!(Event::TYPES.contains(&"BuildRequestFolded"));
         assert!(Event::TYPES.contains(&"ReconcileSwept"));

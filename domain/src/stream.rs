@@ -71,6 +71,11 @@ pub fn selftest_stream() -> String {
     "selftest-runs".to_owned()
 }
 
+/// The stream of one build node: how it presented itself (`NodeSeen`) and operators' drains.
+pub fn node_stream(node_id: &str) -> String {
+    format!("node-{node_id}")
+}
+
 /// The stream of the claims in a lane with a cap on running builds (`LaneClaimed`), appended at
 /// its exact version with each claim.
 pub fn lane_stream(lane: &str) -> String {

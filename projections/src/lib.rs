@@ -9,10 +9,12 @@
 //! `meshgate projections rebuild` recomputes it from position 0 with the very same `apply`.
 
 mod builds;
+mod nodes;
 mod outbox;
 mod queue;
 
 pub use builds::{BuildView, Builds, FoldRecord};
+pub use nodes::{NodeView, Nodes};
 pub use outbox::{Entry, MilestoneRecord, Outbox, OutboxConfig, SinkSpec};
 pub use queue::{LaneRule, NodeAsk, Queue, QueueEntry};
 
@@ -39,12 +41,17 @@ pub struct ProjectionSet {
     pub builds: Builds,
     pub queue: Queue,
     pub outbox: Outbox,
+    pub nodes: Nodes,
 }
 
 impl ProjectionSet {
     /// The names and versions of the projections, as their saved states record them.
-    pub const VERSIONS: [(&'static str, u32); 3] =
-        [(Builds::NAME, Builds::VERSION), (Queue::NAME, Queue::VERSION), (Outbox::NAME, Outbox::VERSION)];
+    pub const VERSIONS: [(&'static str, u32); 4] = [
+        (Builds::NAME, Builds::VERSION),
+        (Queue::NAME, Queue::VERSION),
+        (Outbox::NAME, Outbox::VERSION),
+        (Nodes::NAME, Nodes::VERSION),
+    ];
 
     pub fn new(outbox: OutboxConfig) -> Self {
         ProjectionSet { outbox: Outbox::new(outbox), ..ProjectionSet::default() }
@@ -52,7 +59,7 @@ impl ProjectionSet {
 
     /// Whether any projection reads events of this type.
     pub fn wants(event_type: &str) -> bool {
-        Builds::wants(event_type) || Queue::wants(event_type) || Outbox::wants(event_type)
+        Builds::wants(event_type) || Queue::wants(event_type) || Outbox::wants(event_type) || Nodes::wants(event_type)
     }
 
     /// Applies an event once: events at or below the position are skipped.
@@ -69,6 +76,9 @@ impl ProjectionSet {
         }
         if Outbox::wants(event_type) {
             self.outbox.apply(event);
+        }
+        if Nodes::wants(event_type) {
+            self.nodes.apply(event);
         }
         self.position = event.position;
     }

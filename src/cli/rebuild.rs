@@ -101,7 +101,7 @@ fn fold_range(
 
 fn save(into: &ReadModel, set: &mut ProjectionSet) -> anyhow::Result<()> {
     let (views, mark) = set.builds.changed();
-    into.save(&views, &set.queue, &set.outbox, set.position)?;
+    into.save(&views, &set.queue, &set.outbox, &set.nodes, set.position)?;
     set.builds.saved(mark);
     Ok(())
 }

@@ -257,3 +257,22 @@ impl Tail {
         }
     }
 }
+
+/// `GET /api/v1/nodes`: every build node the log knows, with its state (`idle`, `busy`,
+/// `draining`, `lost`), labels, slots, running builds and when it was last heard from.
+pub async fn nodes(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    caught_up(&app).await?;
+    let nodes: Vec<Value> = app.projections.read(|p| {
+        p.nodes
+            .all()
+            .map(|n| {
+                json!({
+                    "node_id": n.node_id, "state": n.state(), "labels": n.labels, "slots": n.slots,
+                    "running": n.running, "last_seen": n.last_seen, "draining": n.draining,
+                })
+            })
+            .collect()
+    });
+    Ok(Json(json!({ "nodes": nodes })))
+}

@@ -113,6 +113,8 @@ pub fn router(state: Arc<AppState>, webhook_path: &str) -> Router {
         .route("/api/v1/builds", get(api::list_builds))
         .route("/api/v1/builds/{id}", get(api::get_build))
         .route("/api/v1/queue", get(api::queue))
+        .route("/api/v1/nodes", get(api::nodes))
+        .route("/api/v1/nodes/{id}/drain", post(operations::drain_node))
         .route("/api/v1/events", get(api::events))
         .route("/api/v1/events/stream", get(api::stream))
         .route("/api/v1/tokens/reload", post(admin::reload))

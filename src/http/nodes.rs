@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use meshgate_domain::build::ReportedOutcome;
-use meshgate_domain::event::{BuildReport, LaneClaimed};
-use meshgate_domain::stream::lane_stream;
+use meshgate_domain::event::{BuildReport, LaneClaimed, NodeSeen};
+use meshgate_domain::stream::{lane_stream, node_stream};
 use meshgate_domain::trigger::is_simple_name;
 use meshgate_domain::{BuildCommand, BuildError, BuildState, Event, ExpectedVersion};
 use meshgate_projections::NodeAsk;
@@ -88,6 +88,7 @@ pub async fn claim(
     if !(1..=256).contains(&request.slots) {
         return Err(bad_request("slots", "slots must be between 1 and 256"));
     }
+    record_node(&app, &request).await?;
     let wait = request.wait_seconds.map_or(app.nodes.claim_wait, Duration::from_secs).min(MAX_CLAIM_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
     let ask = NodeAsk { node_id: &request.node_id, labels: &request.labels, slots: request.slots };
@@ -100,9 +101,12 @@ pub async fn claim(
         {
             // One claim at a time per gateway: lane caps and node slots are read, then written.
             let _turn = app.claim_lock.lock().await;
-            let candidate = app
-                .projections
-                .read(|p| p.queue.next_for(&app.lanes, &ask).map(|e| (e.build_id, e.lane.clone(), e.attempt)));
+            // A draining node gets no new builds; its running ones finish.
+            let candidate = app.projections.read(|p| {
+                let draining = p.nodes.get(&request.node_id).is_some_and(|n| n.draining);
+                let next = p.queue.next_for(&app.lanes, &ask).filter(|_| !draining);
+                next.map(|e| (e.build_id, e.lane.clone(), e.attempt))
+            });
             if let Some((build_id, lane, attempt)) = candidate {
                 let lease_expires_at = Utc::now() + app.nodes.lease;
                 let command = BuildCommand::Claim { node_id: request.node_id.clone(), lease_expires_at };
@@ -158,6 +162,28 @@ pub async fn claim(
         }
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Records how a node presents itself (`NodeSeen`) when it is new to the log or its labels or
+/// slots changed.
+async fn record_node(app: &AppState, request: &ClaimRequest) -> Result<(), ApiError> {
+    let mut labels = request.labels.clone();
+    labels.sort();
+    labels.dedup();
+    let slots = request.slots as u32;
+    let known = app.projections.read(|p| p.nodes.get(&request.node_id).map(|n| (n.labels.clone(), n.slots)));
+    if known.as_ref() == Some(&(labels.clone(), slots)) {
+        return Ok(());
+    }
+    let event = Event::NodeSeen(NodeSeen { node_id: request.node_id.clone(), labels, slots });
+    let append = StreamAppend {
+        stream: node_stream(&request.node_id),
+        expected: ExpectedVersion::Any,
+        events: vec![NewEvent::from_domain(&event, Uuid::now_v7(), None, Utc::now())],
+    };
+    let appended = app.store.append(vec![append]).await.map_err(|e| ApiError::unavailable(&e))?;
+    app.projections.caught_up_to(appended.last_position, Duration::from_secs(2)).await;
+    Ok(())
 }
 
 /// The append that records a claim in a capped lane on the lane's stream, at the version the

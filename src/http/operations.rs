@@ -269,3 +269,47 @@ async fn build_action(
         Err(e) => Err(ApiError::unavailable(&e)),
     }
 }
+
+/// `POST /api/v1/nodes/{id}/drain` `{"draining": true|false, "reason": "…"}`: stop (or resume)
+/// giving a node new builds; its running builds finish. Recorded as `NodeDrained`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    #[serde(default = "yes")]
+    pub draining: bool,
+    #[serde(default)]
+    pub reason: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub async fn drain_node(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Path(node_id): axum::extract::Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    let request: DrainRequest = body(&bytes)?;
+    if app.projections.read(|p| p.nodes.get(&node_id).is_none()) {
+        return Err(ApiError::not_found("node"));
+    }
+    let event = meshgate_domain::Event::NodeDrained(meshgate_domain::event::NodeDrained {
+        node_id: node_id.clone(),
+        draining: request.draining,
+        reason: request.reason.trim().chars().take(500).collect(),
+        requested_by: "admin".into(),
+    });
+    let append = crate::store::StreamAppend {
+        stream: meshgate_domain::stream::node_stream(&node_id),
+        expected: meshgate_domain::ExpectedVersion::Any,
+        events: vec![crate::store::NewEvent::from_domain(&event, uuid::Uuid::now_v7(), None, Utc::now())],
+    };
+    let appended = app.store.append(vec![append]).await.map_err(|e| ApiError::unavailable(&e))?;
+    app.projections.caught_up_to(appended.last_position, std::time::Duration::from_secs(2)).await;
+    tracing::info!(%node_id, draining = request.draining, "node drain changed by an operator");
+    let state = app.projections.read(|p| p.nodes.get(&node_id).map(|n| n.state()));
+    Ok(Json(json!({"node_id": node_id, "draining": request.draining, "state": state})))
+}

@@ -15,6 +15,7 @@ pub mod matrix;
 mod metrics;
 mod migrate;
 mod nodes;
+mod nodes_view;
 mod outbound;
 mod pki;
 mod postgres;
