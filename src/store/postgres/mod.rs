@@ -29,6 +29,11 @@ use super::{Appended, EventFilter, EventStore, StoreError, StoredEvent, StreamAp
 const COLUMNS: &str =
     "position, stream, version, id, type, schema_version, data, correlation_id, causation_id, recorded_at";
 
+/// Most requests in one transaction: each runs in a savepoint (a subtransaction once it writes),
+/// and past 64 of them PostgreSQL's snapshots overflow into `pg_subtrans`, slowing every session
+/// on the database.
+const MAX_SUBTRANSACTIONS: usize = 60;
+
 /// Committed batches kept for followers that are a little behind (as the SQLite backend's feed).
 const FEED_CAPACITY: usize = 64;
 
@@ -153,7 +158,7 @@ impl PostgresStore {
             tokio::spawn(writer::run(
                 url.to_owned(),
                 requests,
-                options.max_batch.max(1),
+                options.max_batch.clamp(1, MAX_SUBTRANSACTIONS),
                 Arc::clone(&head_tx),
                 committed,
             )),
