@@ -48,7 +48,7 @@ impl Jobs {
         match crate::app::reconciler(&self.config, &store) {
             Ok(Some(reconciler)) => jobs.push(tokio::spawn(crate::reconcile::run(reconciler, stop.clone()))),
             Ok(None) => {}
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot start reconciliation sweeps"),
+            Err(e) => tracing::error!(error = %crate::report::chain(e.as_ref()), "cannot start reconciliation sweeps"),
         }
         jobs
     }

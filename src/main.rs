@@ -44,7 +44,7 @@ async fn run() -> std::process::ExitCode {
     match meshgate::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", meshgate::report::chain(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }

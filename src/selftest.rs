@@ -44,7 +44,7 @@ pub async fn run(config: &Config) -> Vec<Check> {
     let http = match client(config) {
         Ok(http) => http,
         Err(e) => {
-            checks.push(Check::new("https client", false, format!("{e:#}")));
+            checks.push(Check::new("https client", false, crate::report::chain(e.as_ref())));
             return checks;
         }
     };
@@ -64,7 +64,7 @@ pub async fn run(config: &Config) -> Vec<Check> {
                 }
             }
         }
-        Err(e) => checks.push(Check::new("sinks", false, format!("{e:#}"))),
+        Err(e) => checks.push(Check::new("sinks", false, crate::report::chain(e.as_ref()))),
     }
     checks
 }

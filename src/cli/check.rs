@@ -82,7 +82,7 @@ pub fn problems(config: &Config) -> Vec<String> {
     }
     if let Some(path) = &config.worker.scripts {
         if let Err(e) = crate::worker::Scripts::load(path) {
-            problems.push(format!("worker.scripts: {e:#}"));
+            problems.push(format!("worker.scripts: {}", crate::report::chain(e.as_ref())));
         }
     }
     problems

@@ -51,7 +51,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let node = WorkerConfig { gateway: Some(gateway), ..node };
         worker = Some(tokio::spawn(async move {
             if let Err(e) = crate::worker::run(crate::worker::WorkerArgs::default(), &node).await {
-                eprintln!("error: the demo's build node stopped: {e:#}");
+                eprintln!("error: the demo's build node stopped: {}", crate::report::chain(e.as_ref()));
             }
         }));
         Ok(())
