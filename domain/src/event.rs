@@ -248,54 +248,6 @@ pub struct BuildCancelled {
     pub cancelled_at: DateTime<Utc>,
 }
 
-/// One HTTP try at delivering a notification.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NotificationAttempted {
-    /// (sink, build, milestone), see [`crate::notify::notification_key`].
-    pub key: String,
-    pub sink: String,
-    pub build_id: Uuid,
-    pub milestone: crate::notify::Milestone,
-    /// Counts from 1.
-    pub attempt: u32,
-    /// None: no answer (network error or timeout).
-    pub status: Option<u16>,
-    /// The start of the answer, for the audit.
-    pub excerpt: String,
-    /// When the next try is due; None when there is none (delivered, or abandoned).
-    pub next_attempt_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NotificationDelivered {
-    pub key: String,
-    pub sink: String,
-    pub build_id: Uuid,
-    pub milestone: crate::notify::Milestone,
-    pub attempts: u32,
-    /// The target's id for the message (Slack `ts`), so later states edit it in place.
-    #[serde(default)]
-    pub message_ref: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NotificationAbandoned {
-    pub key: String,
-    pub sink: String,
-    pub build_id: Uuid,
-    pub milestone: crate::notify::Milestone,
-    pub attempts: u32,
-    pub reason: String,
-}
-
-/// Neither chat nor the tracker could be told about a build: on-call is paged (once per build).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PageRequested {
-    pub build_id: Uuid,
-    pub issue_id: String,
-    pub reason: String,
-}
-
 /// One reconciliation sweep over YouTrack's activity stream, whatever it found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReconcileSwept {
@@ -321,21 +273,6 @@ pub struct ReconcileSwept {
     /// It stopped at `max_activities_per_sweep`: the next sweep continues at `window_end` exactly.
     #[serde(default)]
     pub cut_short: bool,
-}
-
-/// An operator asked for a notification to be sent again (`POST /api/v1/notifications/resend`
-/// or `recover`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NotificationResendRequested {
-    pub key: String,
-    pub sink: String,
-    pub build_id: Uuid,
-    pub milestone: crate::notify::Milestone,
-    /// Who asked: `admin` (the API), or the command.
-    pub requested_by: String,
-    /// Sent again even though it was delivered.
-    pub force: bool,
-    pub requested_at: DateTime<Utc>,
 }
 
 /// A recorded delivery was decided again under today's triggers (`meshgate deliveries replay`).
@@ -522,72 +459,8 @@ pub struct Recorded {
     pub recorded_at: DateTime<Utc>,
 }
 
+mod notifications;
+pub use notifications::*;
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_round_trip_through_their_stored_form() {
-        let event = Event::BuildCancelled(BuildCancelled {
-            build_id: Uuid::nil(),
-            reason: "superseded".into(),
-            cancelled_at: DateTime::from_timestamp(1_787_562_927, 0).unwrap(),
-        });
-        let back = Event::decode(event.event_type(), Event::SCHEMA_VERSION, &event.encode()).unwrap();
-        assert_eq!(back, event);
-    }
-
-    #[test]
-    fn unknown_types_and_versions_are_named_errors() {
-        assert_eq!(Event::decode("Nope", 1, "{}"), Err(DecodeError::UnknownType("Nope".into())));
-        assert!(matches!(Event::decode("BuildCancelled", 9, "{}"), Err(DecodeError::UnknownVersion { .. })));
-        assert!(matches!(Event::decode("BuildCancelled", 1, "{}"), Err(DecodeError::Data { .. })));
-    }
-
-    fn received(body: &str) -> Event {
-        Event::WebhookReceived(WebhookReceived {
-            correlation_id: Uuid::nil(),
-            event_type: "issueUpdated".into(),
-            issue_id: "MOB-1".into(),
-            project: "MOB".into(),
-            fingerprint: "f".repeat(64),
-            body: body.into(),
-            received_at: DateTime::from_timestamp(1_787_562_927, 0).unwrap(),
-        })
-    }
-
-    #[test]
-    fn received_bodies_come_back_byte_for_byte() {
-        let compact = r#"{"event":"issueUpdated","id":"MOB-1","summary":"say \"hi\"\n"}"#;
-        let stored = received(compact).encode();
-        assert!(stored.contains(&format!(r#""body":{compact}"#)), "embedded as JSON, not escaped: {stored}");
-        for body in [compact, "{\"id\": \"MOB-1\"}\n", " [1, 2] ", "\"just a string\"", "not json at all"] {
-            let back = Event::decode("WebhookReceived", Event::SCHEMA_VERSION, &received(body).encode()).unwrap();
-            assert_eq!(back, received(body), "{body:?}");
-        }
-    }
-
-    #[test]
-    fn received_bodies_stored_as_strings_still_read() {
-        let older = r#"{"correlation_id":"00000000-0000-0000-0000-000000000000","event_type":"issueUpdated","issue_id":"MOB-1","project":"MOB","fingerprint":"ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff","body":"{\"id\":\"MOB-1\"}","received_at":"2026-08-24T09:15:27Z"}"#;
-        let back = Event::decode("WebhookReceived", 1, older).unwrap();
-        assert_eq!(back, received(r#"{"id":"MOB-1"}"#));
-    }
-
-    #[test]
-    fn type_names_are_stable() {
-        assert_eq!(Event::TYPES.len(), 24);
-        assert!(Event::TYPES.contains(&"WebhookReceived"));
-        assert!(Event::TYPES.contains(&"BuildRequestFolded"));
-        assert!(Event::TYPES.contains(&"ReconcileSwept"));
-    }
-
-    #[test]
-    fn builds_and_folds_recorded_before_change_times_were_kept_still_read() {
-        let older = r#"{"build_id":"00000000-0000-0000-0000-000000000009","correlation_id":"00000000-0000-0000-0000-000000000001","reason":"coalesced","folded_at":"2026-08-24T09:15:27Z"}"#;
-        let Event::BuildRequestFolded(fold) = Event::decode("BuildRequestFolded", 1, older).unwrap() else { panic!() };
-        assert_eq!(fold.transition_at, None);
-        // And what is written now for them is what was written then.
-        assert_eq!(Event::BuildRequestFolded(fold).encode(), older);
-    }
-}
+mod tests;
