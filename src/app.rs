@@ -153,6 +153,7 @@ impl App {
             rules,
             http,
             sinks: sinks.into_iter().map(Arc::new).collect(),
+            reconciler: state.reconciler.clone(),
             config: Arc::clone(&state.config),
         };
         let elected = tokio::spawn(crate::elected::run(jobs, store.leadership(), state.stopping.subscribe()));

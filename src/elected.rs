@@ -1,7 +1,8 @@
 //! The work that must happen once per team of gateways: the lease reaper, one dispatcher per
 //! outbound sink and reconciliation sweeps. They run on the gateway that holds the lease
-//! ([`EventStore::leadership`]; with the SQLite log, the only gateway, always), each term with a
-//! store whose appends are fenced with the term, and stop when the term ends or the gateway stops.
+//! ([`EventStore::leadership`]; with the SQLite log, the only gateway, always), and stop when the
+//! term ends or the gateway stops. The reaper and the dispatchers append through a store fenced
+//! with the term.
 
 use std::sync::Arc;
 
@@ -23,6 +24,8 @@ pub struct Jobs {
     pub rules: Rules,
     pub http: reqwest::Client,
     pub sinks: Vec<Arc<Sink>>,
+    /// The gateway's reconciler (the API's too: one sweep at a time, one health to report).
+    pub reconciler: Option<Arc<crate::reconcile::Reconciler>>,
     pub config: Arc<Config>,
 }
 
@@ -45,10 +48,10 @@ impl Jobs {
         for sink in &self.sinks {
             jobs.push(tokio::spawn(outbound::run(Arc::clone(&shared), Arc::clone(sink), stop.clone())));
         }
-        match crate::app::reconciler(&self.config, &store) {
-            Ok(Some(reconciler)) => jobs.push(tokio::spawn(crate::reconcile::run(reconciler, stop.clone()))),
-            Ok(None) => {}
-            Err(e) => tracing::error!(error = %crate::report::chain(e.as_ref()), "cannot start reconciliation sweeps"),
+        // Sweeps decide like webhooks, at exact versions (ADR 0008): they need no fence, only one
+        // gateway sweeping on schedule.
+        if let Some(reconciler) = &self.reconciler {
+            jobs.push(tokio::spawn(crate::reconcile::run(Arc::clone(reconciler), stop.clone())));
         }
         jobs
     }
