@@ -87,4 +87,31 @@ async fn a_sqlite_log_moves_to_postgres_whole() {
     .await;
     assert_eq!(answer["outcome"], "folded");
     gateway.stop();
+
+    // The operator's commands work on the shared log too: the audit, and a rebuild that then
+    // verifies.
+    let run = |args: &[&str]| {
+        let output = Command::new(BIN).args(["--config", target_config.to_str().unwrap()]).args(args).output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let audit = run(&["events", "--issue", "MOB-2", "--json"]);
+    let types: Vec<String> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "WebhookReceived",
+            "WebhookRouted",
+            "IntentActivated",
+            "BuildRequested",
+            "WebhookReceived",
+            "BuildRequestFolded"
+        ]
+    );
+    let rebuilt = run(&["projections", "rebuild"]);
+    assert!(rebuilt.starts_with("rebuilt the read model from 16 events"), "{rebuilt}");
+    assert!(run(&["projections", "rebuild", "--verify"]).contains("the read model matches the log"));
 }
