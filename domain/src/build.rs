@@ -147,6 +147,9 @@ pub enum BuildError {
     LeaseNotExpired { lease_expires_at: DateTime<Utc> },
 }
 
+/// The reason of a requeue because the node's lease ran out (the node is presumed lost).
+pub const LEASE_EXPIRED: &str = "lease_expired";
+
 /// Decides what a command appends to a build's stream.
 pub fn decide(
     state: &BuildState,
@@ -208,7 +211,7 @@ pub fn decide(
                 Event::BuildRequeued(BuildRequeued {
                     build_id,
                     next_attempt: attempt + 1,
-                    reason: "lease_expired".into(),
+                    reason: LEASE_EXPIRED.into(),
                 })
             }
         }

@@ -129,7 +129,7 @@ impl Projection for Nodes {
             }
             Event::BuildRequeued(e) => {
                 if let Some(node) = self.release(e.build_id) {
-                    if e.reason == "lease_expired" {
+                    if e.reason == meshgate_domain::build::LEASE_EXPIRED {
                         node.lost = true;
                     }
                 }

@@ -285,7 +285,7 @@ async fn judge(
             Ok(_) if append.events.is_empty() && !holds(conn, append).await? => return Ok(Err(Refusal::Conflict(i))),
             Ok(versions) => versions,
             Err(e) if is_version_clash(&e) => return Ok(Err(Refusal::Conflict(i))),
-            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            Err(e) if is_clash_on(&e, "meshgate_events_id_key") => {
                 return Ok(Err(Refusal::Duplicate(pg_failed(
                     format_args!("an event appended to `{}` is already in the log (same event id)", append.stream),
                     e,
@@ -323,9 +323,12 @@ async fn holds(conn: &Connection, append: &StreamAppend) -> Result<bool, StoreEr
 }
 
 fn is_version_clash(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error().is_some_and(|db| {
-        db.code() == &SqlState::UNIQUE_VIOLATION && db.constraint() == Some("meshgate_events_stream_version_key")
-    })
+    is_clash_on(e, "meshgate_events_stream_version_key")
+}
+
+/// A unique violation of `constraint` (any other, such as a position taken, fails the batch).
+fn is_clash_on(e: &tokio_postgres::Error, constraint: &str) -> bool {
+    e.as_db_error().is_some_and(|db| db.code() == &SqlState::UNIQUE_VIOLATION && db.constraint() == Some(constraint))
 }
 
 async fn conflict(conn: &Connection, append: &StreamAppend) -> Result<StoreError, StoreError> {
