@@ -6,7 +6,7 @@
 #   tests (rcgen).
 # - A real Matrix homeserver: Synapse from PyPI, in a venv under target/synapse-venv (kept between
 #   runs); the tests start and stop their own homeservers on free loopback ports.
-# - A real PostgreSQL server (below).
+# - A real PostgreSQL server, schemathesis and headless Chromium (below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +42,26 @@ if [ -z "${MESHGATE_PG_BINDIR:-}" ]; then
 fi
 export MESHGATE_PG_BINDIR
 echo "PostgreSQL for the tests: $("$MESHGATE_PG_BINDIR/postgres" --version)"
+
+# schemathesis (PyPI) checks the live API against its published OpenAPI schema
+# (tests/it/openapi.rs), in a venv under target/schemathesis-venv (kept between runs).
+SCHEMATHESIS_VERSION="4.32.5"
+SCHEMATHESIS_VENV="$PWD/target/schemathesis-venv"
+if ! "$SCHEMATHESIS_VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  echo "provisioning schemathesis $SCHEMATHESIS_VERSION in $SCHEMATHESIS_VENV"
+  rm -rf "$SCHEMATHESIS_VENV"
+  python3 -m venv "$SCHEMATHESIS_VENV"
+  "$SCHEMATHESIS_VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+export MESHGATE_SCHEMATHESIS="$SCHEMATHESIS_VENV/bin/schemathesis"
+
+# The dashboard's tests drive a real browser: Debian's Chromium and its WebDriver (chromedriver).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "provisioning chromium and chromium-driver"
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver;
+  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver; fi
+fi
+export MESHGATE_CHROMIUM="$(command -v chromium)" MESHGATE_CHROMEDRIVER="$(command -v chromedriver)"
 
 # The README's and the quickstart's commands are run as written: they use curl.
 if ! command -v curl >/dev/null; then

@@ -114,6 +114,7 @@ impl App {
                 .collect(),
             config_file: config.file.clone(),
             reconciler: reconciler(config, &store)?,
+            sessions: Default::default(),
             sinks: sink_milestones,
             config: Arc::new(config.clone()),
         });

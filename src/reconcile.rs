@@ -45,13 +45,14 @@ pub struct Settings {
 }
 
 /// What became of one transition a sweep found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TransitionReport {
     pub issue_id: String,
     pub trigger: String,
     pub at: DateTime<Utc>,
     pub author: Option<String>,
     /// `started`, `folded`, `already_built`, `left_since`, `would_start`, `would_fold` or `error`.
+    #[schema(value_type = String)]
     pub outcome: &'static str,
     pub build_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -60,7 +61,7 @@ pub struct TransitionReport {
 
 /// One sweep, as answered by the API and printed by the command: what its event records, and
 /// each transition it looked at.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SweepReport {
     #[serde(flatten)]
     pub swept: ReconcileSwept,
@@ -68,6 +69,7 @@ pub struct SweepReport {
     pub transitions: Vec<TransitionReport>,
     /// How long YouTrack asked to wait, if it did.
     #[serde(skip)]
+    #[schema(ignore)]
     pub retry_after: Option<Duration>,
 }
 

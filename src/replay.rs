@@ -18,18 +18,19 @@ use crate::ingest::{caused_by, load_intent, IngestError};
 use crate::store::{EventStore, StoreError};
 
 /// What became of one ignored delivery.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReplayedDelivery {
     pub correlation_id: Uuid,
     pub issue_id: String,
     pub received_at: DateTime<Utc>,
     /// `started`, `folded`, `already_built`, `still_ignored`, `replayed_before`, `would_start` or
     /// `would_fold`.
+    #[schema(value_type = String)]
     pub outcome: &'static str,
     pub build_ids: Vec<Uuid>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReplayReport {
     pub since: DateTime<Utc>,
     pub until: DateTime<Utc>,

@@ -132,6 +132,21 @@ impl TokenSet {
         matched.into()
     }
 
+    /// Which live token `presented` is (its digest), if it is one: a dashboard session remembers
+    /// it and ends when that token is rotated out.
+    pub fn identify(&self, presented: &[u8]) -> Option<[u8; 32]> {
+        self.verify(presented).then(|| digest(presented))
+    }
+
+    /// Whether the token with this digest is still live.
+    pub fn holds(&self, token_digest: &[u8; 32]) -> bool {
+        let mut matched = subtle::Choice::from(0);
+        for d in self.digests.read().unwrap_or_else(|poisoned| poisoned.into_inner()).iter() {
+            matched |= d.ct_eq(token_digest);
+        }
+        matched.into()
+    }
+
     /// From now on, these tokens and no others are live.
     pub fn replace(&self, tokens: &[Token]) {
         *self.digests.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = digests(tokens);

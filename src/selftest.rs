@@ -15,10 +15,11 @@ use crate::config::Config;
 use crate::secrets::Token;
 
 /// One line of the report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Check {
     pub check: String,
     /// `ok`, `failed` or `skipped`.
+    #[schema(value_type = String)]
     pub result: &'static str,
     pub detail: String,
 }

@@ -75,9 +75,11 @@ pub fn ca_bundle(path: &Path) -> Result<Vec<reqwest::Certificate>, TlsError> {
 }
 
 /// The certificate files a gateway serves HTTPS with.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct TlsFiles {
+    #[schema(value_type = String)]
     pub cert_file: PathBuf,
+    #[schema(value_type = String)]
     pub key_file: PathBuf,
 }
 

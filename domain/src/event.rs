@@ -37,6 +37,7 @@ impl IgnoreReason {
 }
 
 /// Why a delivery or transition was absorbed into an existing build.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FoldReason {
@@ -201,6 +202,7 @@ pub struct BuildLeaseRenewed {
 }
 
 /// What a node reported about a finished attempt.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildReport {
     pub node_id: String,
@@ -249,6 +251,7 @@ pub struct BuildCancelled {
 }
 
 /// One reconciliation sweep over YouTrack's activity stream, whatever it found.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReconcileSwept {
     pub sweep_id: Uuid,

@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::Projection;
 
 /// A delivery or transition absorbed into a build.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FoldRecord {
     pub correlation_id: Uuid,
@@ -28,6 +29,7 @@ pub struct FoldRecord {
 }
 
 /// Everything the API shows about one build.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildView {
     pub build_id: Uuid,

@@ -125,6 +125,14 @@ impl Outbox {
         })
     }
 
+    /// How many notifications of `sink` were given up on (within the window the outbox keeps).
+    pub fn abandoned_count(&self, sink: &str) -> usize {
+        self.entries
+            .values()
+            .filter(|e| e.sink == sink && matches!(e.state, NotificationState::Abandoned { .. }))
+            .count()
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::Projection;
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueEntry {
     pub build_id: Uuid,

@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Serialize;
 
-use super::api::authorize;
+use super::api::authorize_change;
 use super::{ApiError, AppState};
 use crate::config::{Config, ConfigError};
 use crate::secrets::{SecretError, Token};
@@ -35,10 +35,13 @@ pub enum ReloadError {
 }
 
 /// The files in force after a reload.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Reloaded {
+    #[schema(value_type = Vec<String>)]
     pub webhook: Vec<PathBuf>,
+    #[schema(value_type = Vec<String>)]
     pub admin: Vec<PathBuf>,
+    #[schema(value_type = Vec<String>)]
     pub nodes: Vec<PathBuf>,
     /// The certificate and key served (none: plain HTTP).
     pub tls: Option<TlsFiles>,
@@ -87,8 +90,17 @@ pub fn reload_tokens(app: &AppState) -> Result<Reloaded, ReloadError> {
     }
 }
 
+/// `POST /api/v1/tokens/reload`: the configuration, token files and certificate read again and put
+/// in force together, or nothing changed.
+#[utoipa::path(post, path = "/api/v1/tokens/reload", tag = "operations", security(("admin" = [])),
+    responses(
+        (status = 200, description = "The files in force now", body = Reloaded),
+        (status = 401, description = "Missing or invalid admin token", body = super::openapi::ErrorBody),
+        (status = 422, description = "Refused; the tokens in force are unchanged", body = super::openapi::ErrorBody),
+        (status = 503, description = "The reload could not run", body = super::openapi::ErrorBody),
+    ))]
 pub async fn reload(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Reloaded>, ApiError> {
-    authorize(&app, &headers)?;
+    authorize_change(&app, &headers)?;
     let reloading = Arc::clone(&app);
     let reloaded =
         tokio::task::spawn_blocking(move || reload_tokens(&reloading)).await.map_err(|e| ApiError::unavailable(&e))?;

@@ -6,28 +6,48 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
 use uuid::Uuid;
 
 use meshgate_domain::stream::build_stream;
 
+use super::extract::{ApiPath, ApiQuery};
+use super::openapi::{
+    BuildDetail, BuildsPage, ErrorBody, EventsPage, NodeAnswer, NodesPage, OutboxPage, QueuePage, SinkHealth,
+};
 use super::{ApiError, AppState};
 
 const READ_YOUR_WRITES: Duration = Duration::from_secs(2);
 
+/// A read: the admin token, or a dashboard session.
 pub(super) fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let token =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    match token {
+    match bearer(headers) {
         Some(token) if app.admin_tokens.verify(token.trim().as_bytes()) => Ok(()),
+        None if app.sessions.find(app, headers).is_some() => Ok(()),
         _ => Err(ApiError::unauthorized()),
     }
+}
+
+/// A change: the admin token, or a dashboard session with its CSRF token.
+pub(super) fn authorize_change(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    match bearer(headers) {
+        Some(token) if app.admin_tokens.verify(token.trim().as_bytes()) => Ok(()),
+        None => match app.sessions.find(app, headers) {
+            Some(signed) if signed.allows_change(headers) => Ok(()),
+            Some(_) => Err(ApiError::csrf()),
+            None => Err(ApiError::unauthorized()),
+        },
+        _ => Err(ApiError::unauthorized()),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
 }
 
 async fn caught_up(app: &AppState) -> Result<(), ApiError> {
@@ -43,17 +63,29 @@ async fn caught_up(app: &AppState) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct BuildFilter {
+    /// Builds of one issue (`MOB-42`).
     issue: Option<String>,
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    #[param(pattern = "^(queued|running|succeeded|failed|cancelled)$")]
     state: Option<String>,
 }
 
+/// Builds, newest first, filtered by issue and state.
+#[utoipa::path(get, path = "/api/v1/builds", tag = "builds", params(BuildFilter), security(("admin" = [])),
+    responses(
+        (status = 200, description = "The builds", body = BuildsPage),
+        (status = 400, description = "A filter is wrong", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
+        (status = 503, description = "The projections or the log are behind or unavailable", body = ErrorBody),
+    ))]
 pub async fn list_builds(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(filter): Query<BuildFilter>,
-) -> Result<Json<Value>, ApiError> {
+    ApiQuery(filter): ApiQuery<BuildFilter>,
+) -> Result<Json<BuildsPage>, ApiError> {
     authorize(&app, &headers)?;
     caught_up(&app).await?;
     const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
@@ -67,61 +99,72 @@ pub async fn list_builds(
         .list_builds(filter.issue.as_deref(), filter.state.as_deref())
         .await
         .map_err(|e| ApiError::unavailable(&e))?;
-    let builds = serde_json::to_value(builds).unwrap_or_default();
-    Ok(Json(json!({ "builds": builds })))
+    Ok(Json(BuildsPage { builds }))
 }
 
+/// One build with every event of its stream and the link to its log.
+#[utoipa::path(get, path = "/api/v1/builds/{id}", tag = "builds", security(("admin" = [])),
+    params(("id" = String, Path, description = "The build's id (a UUID)")),
+    responses(
+        (status = 200, description = "The build", body = BuildDetail),
+        (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
+        (status = 404, description = "No such build", body = ErrorBody),
+        (status = 503, description = "The projections or the log are behind or unavailable", body = ErrorBody),
+    ))]
 pub async fn get_build(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<BuildDetail>, ApiError> {
     authorize(&app, &headers)?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("build"))?;
     caught_up(&app).await?;
     let build = app.projections.build(id).await.map_err(|e| ApiError::unavailable(&e))?;
-    let Some(Ok(build)) = build.map(serde_json::to_value) else {
+    let Some(build) = build else {
         return Err(ApiError::not_found("build"));
     };
     let stored = app.store.read_stream(&build_stream(id)).await.map_err(|e| ApiError::unavailable(&e))?;
-    let events: Vec<Value> = stored
-        .iter()
-        .map(|e| {
-            json!({
-                "position": e.position,
-                "version": e.version,
-                "id": e.id,
-                "type": e.event_type,
-                "schema_version": e.schema_version,
-                "data": serde_json::from_str::<Value>(&e.data).unwrap_or(Value::Null),
-                "correlation_id": e.correlation_id,
-                "causation_id": e.causation_id,
-                "recorded_at": e.recorded_at,
-            })
-        })
-        .collect();
+    let events = stored.iter().map(|e| e.audit()).collect();
     let log_url = app.links.url(id);
-    Ok(Json(json!({ "build": build, "events": events, "log_url": log_url })))
+    Ok(Json(BuildDetail { build, events, log_url }))
 }
 
-pub async fn queue(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+/// Queued and running builds, in the order nodes get them.
+#[utoipa::path(get, path = "/api/v1/queue", tag = "builds", security(("admin" = [])),
+    responses(
+        (status = 200, description = "The queue", body = QueuePage),
+        (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
+        (status = 503, description = "The projections are behind", body = ErrorBody),
+    ))]
+pub async fn queue(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<QueuePage>, ApiError> {
     authorize(&app, &headers)?;
     caught_up(&app).await?;
-    let queued =
-        app.projections.read(|p| serde_json::to_value(p.queue.ordered(&app.lane_priorities)).unwrap_or_default());
-    Ok(Json(json!({ "queue": queued })))
+    let queue = app.projections.read(|p| p.queue.ordered(&app.lane_priorities).into_iter().cloned().collect());
+    Ok(Json(QueuePage { queue }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
+    /// Events about one issue (`MOB-42`).
     issue: Option<String>,
+    /// Events about one build (a UUID): its stream, its delivery, its notifications and pages.
+    #[param(value_type = Option<Uuid>)]
     build: Option<String>,
+    /// One stream's events.
     stream: Option<String>,
+    /// One event type (`BuildRequested`).
     #[serde(rename = "type")]
     event_type: Option<String>,
+    /// Events of one correlation id (a UUID).
+    #[param(value_type = Option<Uuid>)]
     correlation: Option<String>,
+    /// Events after this log position (the `next_after` of the previous page).
+    #[param(minimum = 0)]
     after: Option<u64>,
+    /// At most this many events (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -130,11 +173,18 @@ const MAX_EVENTS: usize = 1000;
 
 /// `GET /api/v1/events`: the audit over HTTP, the same answers as `meshgate events`, paged by log
 /// position (`after`: the last position of the previous page; `next_after` says where to go on).
+#[utoipa::path(get, path = "/api/v1/events", tag = "audit", params(EventsQuery), security(("admin" = [])),
+    responses(
+        (status = 200, description = "A page of events in log order", body = EventsPage),
+        (status = 400, description = "A filter is wrong", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
+        (status = 503, description = "The log is unavailable", body = ErrorBody),
+    ))]
 pub async fn events(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventsPage>, ApiError> {
     authorize(&app, &headers)?;
     let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", e.body_text()))?;
     let limit = query.limit.unwrap_or(100);
@@ -145,11 +195,13 @@ pub async fn events(
         return Err(e);
     }
     let filter = filter_of(&query)?;
-    let found =
-        app.store.query(&filter, query.after.unwrap_or(0), limit).await.map_err(|e| ApiError::unavailable(&e))?;
+    let head = *app.store.head().borrow();
+    // Positions are stored as 63-bit integers: beyond that nothing can follow.
+    let after = query.after.unwrap_or(0).min(i64::MAX as u64);
+    let found = app.store.query(&filter, after, limit).await.map_err(|e| ApiError::unavailable(&e))?;
     let next_after = (found.len() == limit).then(|| found.last().map(|e| e.position)).flatten();
-    let events: Vec<Value> = found.iter().map(|e| e.audit_json()).collect();
-    Ok(Json(json!({ "events": events, "next_after": next_after })))
+    let events = found.iter().map(|e| e.audit()).collect();
+    Ok(Json(EventsPage { events, next_after, head }))
 }
 
 /// The filters of an audit question, refused clearly when one does not parse.
@@ -180,6 +232,13 @@ fn filter_of(query: &EventsQuery) -> Result<crate::store::EventFilter, ApiError>
 /// `event` the type, `data` the event as `GET /api/v1/events` shows it), with the same filters.
 /// It starts after `after`, or after the `Last-Event-ID` a reconnecting client sends, or at the
 /// head (only what happens from now on); it ends when the gateway stops.
+#[utoipa::path(get, path = "/api/v1/events/stream", tag = "audit", params(EventsQuery), security(("admin" = [])),
+    responses(
+        (status = 200, description = "Server-sent events: `id` the position, `event` the type, `data` an AuditEvent",
+            content_type = "text/event-stream", body = String),
+        (status = 400, description = "A filter is wrong", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
+    ))]
 pub async fn stream(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -189,7 +248,7 @@ pub async fn stream(
     let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", e.body_text()))?;
     let filter = filter_of(&query)?;
     let resumed = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    let after = resumed.or(query.after).unwrap_or_else(|| *app.store.head().borrow());
+    let after = resumed.or(query.after).unwrap_or_else(|| *app.store.head().borrow()).min(i64::MAX as u64);
     let tail = Tail {
         store: Arc::clone(&app.store),
         head: app.store.head(),
@@ -260,19 +319,60 @@ impl Tail {
 
 /// `GET /api/v1/nodes`: every build node the log knows, with its state (`idle`, `busy`,
 /// `draining`, `lost`), labels, slots, running builds and when it was last heard from.
-pub async fn nodes(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", security(("admin" = [])),
+    responses(
+        (status = 200, description = "Every node", body = NodesPage),
+        (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
+        (status = 503, description = "The projections are behind", body = ErrorBody),
+    ))]
+pub async fn nodes(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<NodesPage>, ApiError> {
     authorize(&app, &headers)?;
     caught_up(&app).await?;
-    let nodes: Vec<Value> = app.projections.read(|p| {
+    let nodes = app.projections.read(|p| {
         p.nodes
             .all()
-            .map(|n| {
-                json!({
-                    "node_id": n.node_id, "state": n.state(), "labels": n.labels, "slots": n.slots,
-                    "running": n.running, "last_seen": n.last_seen, "draining": n.draining,
-                })
+            .map(|n| NodeAnswer {
+                node_id: n.node_id.clone(),
+                state: n.state().to_owned(),
+                labels: n.labels.clone(),
+                slots: n.slots,
+                running: n.running.iter().copied().collect(),
+                last_seen: n.last_seen,
+                draining: n.draining,
             })
             .collect()
     });
-    Ok(Json(json!({ "nodes": nodes })))
+    Ok(Json(NodesPage { nodes }))
+}
+
+/// `GET /api/v1/outbox`: each outbound sink's backlog: pending notifications, the oldest, the
+/// next retry, and those given up on.
+#[utoipa::path(get, path = "/api/v1/outbox", tag = "operations", security(("admin" = [])),
+    responses(
+        (status = 200, description = "Every configured sink", body = OutboxPage),
+        (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
+        (status = 503, description = "The projections are behind", body = ErrorBody),
+    ))]
+pub async fn outbox(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<OutboxPage>, ApiError> {
+    authorize(&app, &headers)?;
+    caught_up(&app).await?;
+    let mut names: Vec<&String> = app.sinks.keys().collect();
+    names.sort();
+    let sinks = app.projections.read(|p| {
+        names
+            .iter()
+            .map(|&sink| {
+                let (pending, oldest_pending_at) = p.outbox.pending(sink);
+                SinkHealth {
+                    sink: sink.clone(),
+                    milestones: app.sinks[sink].iter().map(|m| m.as_str().to_owned()).collect(),
+                    pending,
+                    oldest_pending_at,
+                    next_retry_at: p.outbox.next_retry(sink),
+                    abandoned: p.outbox.abandoned_count(sink),
+                }
+            })
+            .collect()
+    });
+    Ok(Json(OutboxPage { sinks }))
 }

@@ -4,7 +4,6 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -21,6 +20,11 @@ impl ApiError {
 
     pub fn unauthorized() -> Self {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or invalid token")
+    }
+
+    /// A change from a dashboard session without its CSRF token.
+    pub fn csrf() -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, "csrf", "a change from the dashboard needs its X-CSRF-Token")
     }
 
     pub fn not_found(what: &str) -> Self {
@@ -40,10 +44,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({"error": self.code, "message": self.message});
-        if let Some(field) = self.field {
-            body["field"] = json!(field);
-        }
+        let body = super::openapi::ErrorBody { error: self.code.to_owned(), message: self.message, field: self.field };
         (self.status, Json(body)).into_response()
     }
 }

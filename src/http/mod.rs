@@ -3,8 +3,11 @@
 pub mod admin;
 mod api;
 mod error;
+mod extract;
 pub mod nodes;
+pub mod openapi;
 mod operations;
+pub mod ui;
 mod webhook;
 
 use std::collections::HashMap;
@@ -59,6 +62,8 @@ pub struct AppState {
     pub reconciler: Option<Arc<crate::reconcile::Reconciler>>,
     /// The configuration the gateway started with (the self-test reads the file again if there is one).
     pub config: Arc<crate::config::Config>,
+    /// Dashboard sessions signed in on this gateway.
+    pub sessions: ui::Sessions,
     /// Every outbound sink by name, with the milestones it sends.
     pub sinks: HashMap<String, Vec<meshgate_domain::notify::Milestone>>,
 }
@@ -107,32 +112,54 @@ pub fn router(state: Arc<AppState>, webhook_path: &str) -> Router {
     // and their deliveries fold into one build.
     let trimmed = webhook_path.trim_end_matches('/');
     let log_limit = axum::extract::DefaultBodyLimit::max(state.nodes.max_log_bytes);
+    let (api, document) = api_router().split_for_parts();
+    let document = Arc::new(document.to_pretty_json().unwrap_or_default());
     Router::new()
         .route(trimmed, post(webhook::receive))
         .route(&format!("{trimmed}/"), post(webhook::receive))
-        .route("/api/v1/builds", get(api::list_builds))
-        .route("/api/v1/builds/{id}", get(api::get_build))
-        .route("/api/v1/queue", get(api::queue))
-        .route("/api/v1/nodes", get(api::nodes))
-        .route("/api/v1/nodes/{id}/drain", post(operations::drain_node))
-        .route("/api/v1/events", get(api::events))
-        .route("/api/v1/events/stream", get(api::stream))
-        .route("/api/v1/tokens/reload", post(admin::reload))
-        .route("/api/v1/reconcile", post(operations::reconcile))
-        .route("/api/v1/notifications/resend", post(operations::resend))
-        .route("/api/v1/notifications/recover", post(operations::recover))
-        .route("/api/v1/deliveries/replay", post(operations::replay))
-        .route("/api/v1/selftest", post(operations::selftest))
-        .route("/api/v1/builds/{id}/cancel", post(operations::cancel_build))
-        .route("/api/v1/builds/{id}/requeue", post(operations::requeue_build))
-        .route("/api/v1/nodes/claim", post(nodes::claim))
-        .route("/api/v1/builds/{id}/heartbeat", post(nodes::heartbeat))
-        .route("/api/v1/builds/{id}/result", post(nodes::result))
-        .route("/api/v1/builds/{id}/log", get(nodes::download_log).put(nodes::upload_log))
+        .merge(api)
+        .merge(ui::routes())
+        .route("/api/openapi.json", get(move || openapi_json(Arc::clone(&document))))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .layer(log_limit)
         .with_state(state)
+}
+
+/// The admin and node API, with the schema generated from its handlers.
+fn api_router() -> utoipa_axum::router::OpenApiRouter<Arc<AppState>> {
+    use utoipa::OpenApi;
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(api::list_builds))
+        .routes(routes!(api::get_build))
+        .routes(routes!(api::queue))
+        .routes(routes!(api::nodes))
+        .routes(routes!(api::outbox))
+        .routes(routes!(operations::drain_node))
+        .routes(routes!(api::events))
+        .routes(routes!(api::stream))
+        .routes(routes!(admin::reload))
+        .routes(routes!(operations::reconcile))
+        .routes(routes!(operations::resend))
+        .routes(routes!(operations::recover))
+        .routes(routes!(operations::replay))
+        .routes(routes!(operations::selftest))
+        .routes(routes!(operations::cancel_build))
+        .routes(routes!(operations::requeue_build))
+        .routes(routes!(nodes::claim))
+        .routes(routes!(nodes::heartbeat))
+        .routes(routes!(nodes::result))
+        .routes(routes!(nodes::download_log, nodes::upload_log))
+}
+
+/// The schema of the API (`GET /api/openapi.json`, no token: it holds no secrets).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    api_router().into_openapi()
+}
+
+async fn openapi_json(document: Arc<String>) -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], document.as_str().to_owned())
 }
 
 async fn healthz() -> impl IntoResponse {

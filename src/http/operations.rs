@@ -12,9 +12,10 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
-use super::api::authorize;
+use super::api::authorize_change;
+use super::extract::ApiPath;
+use super::openapi::{BuildActionAnswer, DrainAnswer, ErrorBody, RecoverAnswer, ResendAnswer, SelftestAnswer};
 use super::{ApiError, AppState};
 use crate::outbound::resend::{self, ResendError};
 
@@ -28,7 +29,7 @@ fn body<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
 
 /// `POST /api/v1/reconcile` `{"since"?: RFC 3339, "dry_run"?: bool}`: one sweep now, answered with
 /// what it found and started.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReconcileRequest {
     pub since: Option<DateTime<Utc>>,
@@ -36,12 +37,21 @@ pub struct ReconcileRequest {
     pub dry_run: bool,
 }
 
+#[utoipa::path(post, path = "/api/v1/reconcile", tag = "operations", security(("admin" = [])),
+    request_body = ReconcileRequest,
+    responses(
+        (status = 200, description = "The sweep's report", body = crate::reconcile::SweepReport),
+        (status = 400, description = "The request is wrong", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
+        (status = 409, description = "Reconciliation is not configured", body = ErrorBody),
+        (status = 503, description = "The log is unavailable; nothing was recorded", body = ErrorBody),
+    ))]
 pub async fn reconcile(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     bytes: axum::body::Bytes,
 ) -> Result<Json<crate::reconcile::SweepReport>, ApiError> {
-    authorize(&app, &headers)?;
+    authorize_change(&app, &headers)?;
     let request: ReconcileRequest = body(&bytes)?;
     let Some(reconciler) = &app.reconciler else {
         return Err(ApiError::new(
@@ -55,9 +65,11 @@ pub async fn reconcile(
     Ok(Json(report))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResendRequest {
+    /// `sink/build/milestone`.
+    #[schema(pattern = "^[^/]+/[0-9a-f-]{36}/[a-z_]+$")]
     key: String,
     #[serde(default)]
     force: bool,
@@ -74,12 +86,22 @@ fn refused(e: ResendError) -> ApiError {
 }
 
 /// `POST /api/v1/notifications/resend` `{"key": "sink/build/milestone", "force"?: bool}`.
+#[utoipa::path(post, path = "/api/v1/notifications/resend", tag = "operations", security(("admin" = [])),
+    request_body = ResendRequest,
+    responses(
+        (status = 202, description = "Queued to be sent again", body = ResendAnswer),
+        (status = 400, description = "The request is wrong", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
+        (status = 404, description = "No such sink or build", body = ErrorBody),
+        (status = 409, description = "Already delivered (send `force`)", body = ErrorBody),
+        (status = 503, description = "The log is unavailable; nothing was recorded", body = ErrorBody),
+    ))]
 pub async fn resend(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     bytes: axum::body::Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    authorize(&app, &headers)?;
+) -> Result<(StatusCode, Json<ResendAnswer>), ApiError> {
+    authorize_change(&app, &headers)?;
     let request: ResendRequest = body(&bytes)?;
     let id = resend::parse_key(&request.key).map_err(refused)?;
     match app.sinks.get(&id.sink) {
@@ -96,12 +118,14 @@ pub async fn resend(
     let position =
         resend::request(app.store.as_ref(), &id, request.force, "admin", Utc::now()).await.map_err(refused)?;
     tracing::info!(key = %id.key(), force = request.force, "notification resend requested");
-    Ok((StatusCode::ACCEPTED, Json(json!({"key": id.key(), "queued": true, "position": position}))))
+    Ok((StatusCode::ACCEPTED, Json(ResendAnswer { key: id.key(), queued: true, position })))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecoverRequest {
+    /// Required: the start of the window (RFC 3339).
+    #[schema(value_type = DateTime<Utc>, required = true)]
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
     sink: Option<String>,
@@ -109,12 +133,20 @@ pub struct RecoverRequest {
 
 /// `POST /api/v1/notifications/recover` `{"since", "until"?, "sink"?}`: every notification abandoned
 /// in the window (of one sink) is queued again.
+#[utoipa::path(post, path = "/api/v1/notifications/recover", tag = "operations", security(("admin" = [])),
+    request_body = RecoverRequest,
+    responses(
+        (status = 200, description = "The notifications queued again", body = RecoverAnswer),
+        (status = 400, description = "The request is wrong", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
+        (status = 503, description = "The log is unavailable; nothing was recorded", body = ErrorBody),
+    ))]
 pub async fn recover(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     bytes: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
-    authorize(&app, &headers)?;
+) -> Result<Json<RecoverAnswer>, ApiError> {
+    authorize_change(&app, &headers)?;
     let request: RecoverRequest = body(&bytes)?;
     let since = request.since.ok_or_else(|| {
         let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", "since is required");
@@ -141,12 +173,14 @@ pub async fn recover(
         }
     }
     tracing::info!(count = requeued.len(), %since, %until, "abandoned notifications requeued");
-    Ok(Json(json!({"since": since, "until": until, "requeued": requeued})))
+    Ok(Json(RecoverAnswer { since, until, requeued }))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
+    /// Required: the start of the window (RFC 3339).
+    #[schema(value_type = DateTime<Utc>, required = true)]
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
     #[serde(default)]
@@ -154,12 +188,20 @@ pub struct ReplayRequest {
 }
 
 /// `POST /api/v1/deliveries/replay` `{"since", "until"?, "dry_run"?}`.
+#[utoipa::path(post, path = "/api/v1/deliveries/replay", tag = "operations", security(("admin" = [])),
+    request_body = ReplayRequest,
+    responses(
+        (status = 200, description = "What became of each ignored delivery", body = crate::replay::ReplayReport),
+        (status = 400, description = "The request is wrong", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
+        (status = 503, description = "The log is unavailable; nothing was recorded", body = ErrorBody),
+    ))]
 pub async fn replay(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     bytes: axum::body::Bytes,
 ) -> Result<Json<crate::replay::ReplayReport>, ApiError> {
-    authorize(&app, &headers)?;
+    authorize_change(&app, &headers)?;
     let request: ReplayRequest = body(&bytes)?;
     let Some(since) = request.since else {
         let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", "since is required");
@@ -183,8 +225,15 @@ pub async fn replay(
 /// `POST /api/v1/selftest`: the self-test's checks, from the configuration file as it is now (or the
 /// one the gateway started with), recorded as `SelfTestRan`. `200` with every check; `passed` says
 /// whether any failed.
-pub async fn selftest(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    authorize(&app, &headers)?;
+#[utoipa::path(post, path = "/api/v1/selftest", tag = "operations", security(("admin" = [])),
+    responses(
+        (status = 200, description = "Every check; `passed` says whether any failed", body = SelftestAnswer),
+        (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
+        (status = 422, description = "The configuration file no longer loads", body = ErrorBody),
+        (status = 503, description = "The log is unavailable; nothing was recorded", body = ErrorBody),
+    ))]
+pub async fn selftest(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<SelftestAnswer>, ApiError> {
+    authorize_change(&app, &headers)?;
     let config = match &app.config_file {
         Some(file) => crate::config::Config::load(Some(file))
             .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_configuration", e.to_string()))?,
@@ -209,35 +258,57 @@ pub async fn selftest(State(app): State<Arc<AppState>>, headers: HeaderMap) -> R
         events: vec![crate::store::NewEvent::from_domain(&event, uuid::Uuid::now_v7(), None, Utc::now())],
     };
     app.store.append(vec![append]).await.map_err(|e| ApiError::unavailable(&e))?;
-    Ok(Json(json!({"passed": passed, "checks": checks})))
+    Ok(Json(SelftestAnswer { passed, checks }))
 }
 
 /// `POST /api/v1/builds/{id}/cancel` and `…/requeue` `{"reason": "…"}`: an operator stops a build
 /// (queued or running; a running build's node learns it at its next heartbeat) or sends a running
 /// build back to the queue for another node. Recorded as `BuildCancelled` / `BuildRequeued` whose
 /// reason says an operator asked, and why.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BuildActionRequest {
+    /// Why (1 to 500 bytes, not blank); recorded with the event.
     #[serde(default)]
+    #[schema(pattern = "\\S", min_length = 1, max_length = 120, required = true)]
     pub reason: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/builds/{id}/cancel", tag = "builds", security(("admin" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The build's id")), request_body = BuildActionRequest,
+    responses(
+        (status = 200, description = "The build's state after the action", body = BuildActionAnswer),
+        (status = 400, description = "The request is wrong", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
+        (status = 404, description = "No such build", body = ErrorBody),
+        (status = 409, description = "The build's state does not allow it", body = ErrorBody),
+        (status = 503, description = "The log is unavailable; nothing was recorded", body = ErrorBody),
+    ))]
 pub async fn cancel_build(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
-    axum::extract::Path(build_id): axum::extract::Path<uuid::Uuid>,
+    ApiPath(build_id): ApiPath<uuid::Uuid>,
     bytes: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BuildActionAnswer>, ApiError> {
     build_action(&app, &headers, build_id, &bytes, |reason| meshgate_domain::BuildCommand::Cancel { reason }).await
 }
 
+#[utoipa::path(post, path = "/api/v1/builds/{id}/requeue", tag = "builds", security(("admin" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The build's id")), request_body = BuildActionRequest,
+    responses(
+        (status = 200, description = "The build's state after the action", body = BuildActionAnswer),
+        (status = 400, description = "The request is wrong", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
+        (status = 404, description = "No such build", body = ErrorBody),
+        (status = 409, description = "The build's state does not allow it", body = ErrorBody),
+        (status = 503, description = "The log is unavailable; nothing was recorded", body = ErrorBody),
+    ))]
 pub async fn requeue_build(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
-    axum::extract::Path(build_id): axum::extract::Path<uuid::Uuid>,
+    ApiPath(build_id): ApiPath<uuid::Uuid>,
     bytes: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BuildActionAnswer>, ApiError> {
     build_action(&app, &headers, build_id, &bytes, |reason| meshgate_domain::BuildCommand::Requeue { reason }).await
 }
 
@@ -247,8 +318,8 @@ async fn build_action(
     build_id: uuid::Uuid,
     bytes: &[u8],
     command: impl FnOnce(String) -> meshgate_domain::BuildCommand,
-) -> Result<Json<Value>, ApiError> {
-    authorize(app, headers)?;
+) -> Result<Json<BuildActionAnswer>, ApiError> {
+    authorize_change(app, headers)?;
     let request: BuildActionRequest = body(bytes)?;
     let reason = request.reason.trim();
     if reason.is_empty() || reason.len() > 500 {
@@ -260,7 +331,7 @@ async fn build_action(
     match app.builds.execute(build_id, uuid::Uuid::now_v7(), &command).await {
         Ok(executed) => {
             tracing::info!(%build_id, state = executed.state.name(), reason, "build changed by an operator");
-            Ok(Json(json!({"build_id": build_id, "state": executed.state.name()})))
+            Ok(Json(BuildActionAnswer { build_id, state: executed.state.name().to_owned() }))
         }
         Err(crate::builds::CommandError::NotFound) => Err(ApiError::not_found("build")),
         Err(crate::builds::CommandError::Refused { error, .. }) => {
@@ -272,7 +343,7 @@ async fn build_action(
 
 /// `POST /api/v1/nodes/{id}/drain` `{"draining": true|false, "reason": "…"}`: stop (or resume)
 /// giving a node new builds; its running builds finish. Recorded as `NodeDrained`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DrainRequest {
     #[serde(default = "yes")]
@@ -285,13 +356,22 @@ fn yes() -> bool {
     true
 }
 
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/drain", tag = "nodes", security(("admin" = [])),
+    params(("id" = String, Path, description = "The node's id")), request_body = DrainRequest,
+    responses(
+        (status = 200, description = "The node's drain and state now", body = DrainAnswer),
+        (status = 400, description = "The request is wrong", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
+        (status = 404, description = "No such node", body = ErrorBody),
+        (status = 503, description = "The log is unavailable; nothing was recorded", body = ErrorBody),
+    ))]
 pub async fn drain_node(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
-    axum::extract::Path(node_id): axum::extract::Path<String>,
+    ApiPath(node_id): ApiPath<String>,
     bytes: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
-    authorize(&app, &headers)?;
+) -> Result<Json<DrainAnswer>, ApiError> {
+    authorize_change(&app, &headers)?;
     let request: DrainRequest = body(&bytes)?;
     if app.projections.read(|p| p.nodes.get(&node_id).is_none()) {
         return Err(ApiError::not_found("node"));
@@ -310,6 +390,6 @@ pub async fn drain_node(
     let appended = app.store.append(vec![append]).await.map_err(|e| ApiError::unavailable(&e))?;
     app.projections.caught_up_to(appended.last_position, std::time::Duration::from_secs(2)).await;
     tracing::info!(%node_id, draining = request.draining, "node drain changed by an operator");
-    let state = app.projections.read(|p| p.nodes.get(&node_id).map(|n| n.state()));
-    Ok(Json(json!({"node_id": node_id, "draining": request.draining, "state": state})))
+    let state = app.projections.read(|p| p.nodes.get(&node_id).map(|n| n.state().to_owned()));
+    Ok(Json(DrainAnswer { node_id, draining: request.draining, state }))
 }

@@ -244,17 +244,49 @@ pub struct EventFilter {
 impl StoredEvent {
     /// The event as the audit shows it (`meshgate events --json`, `GET /api/v1/events`): its data
     /// as JSON, a received body as the text it arrived as.
-    pub fn audit_json(&self) -> serde_json::Value {
+    pub fn audit(&self) -> AuditEvent {
         let mut data: serde_json::Value = serde_json::from_str(&self.data).unwrap_or(serde_json::Value::Null);
         if let Ok(Event::WebhookReceived(received)) = Event::decode(&self.event_type, self.schema_version, &self.data) {
             data["body"] = serde_json::Value::String(received.body);
         }
-        serde_json::json!({
-            "position": self.position, "stream": self.stream, "version": self.version, "id": self.id,
-            "type": self.event_type, "schema_version": self.schema_version, "data": data,
-            "correlation_id": self.correlation_id, "causation_id": self.causation_id, "recorded_at": self.recorded_at,
-        })
+        AuditEvent {
+            position: self.position,
+            stream: self.stream.clone(),
+            version: self.version,
+            id: self.id,
+            event_type: self.event_type.clone(),
+            schema_version: self.schema_version,
+            data,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            recorded_at: self.recorded_at,
+        }
     }
+
+    /// [`StoredEvent::audit`] as a JSON value.
+    pub fn audit_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.audit()).unwrap_or_default()
+    }
+}
+
+/// One event as the audit shows it (`meshgate events --json`).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct AuditEvent {
+    /// Global log position: gap-free, in commit order.
+    pub position: u64,
+    pub stream: String,
+    /// The event's version in its stream, from 0.
+    pub version: u64,
+    pub id: uuid::Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub schema_version: u32,
+    /// The event's fields; a received webhook's body as the text it arrived as.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    pub correlation_id: uuid::Uuid,
+    pub causation_id: Option<uuid::Uuid>,
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Calls `each` with every event of the `wanted` types up to the head as it stood at the start, in

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,13 +16,17 @@ use meshgate_domain::stream::{lane_stream, node_stream};
 use meshgate_domain::trigger::is_simple_name;
 use meshgate_domain::{BuildCommand, BuildError, BuildState, Event, ExpectedVersion};
 use meshgate_projections::NodeAsk;
-use serde::Deserialize;
-use serde_json::json;
 use uuid::Uuid;
 
-use super::{ApiError, AppState};
+use crate::http::extract::{json_body, ApiPath, ApiQuery};
+use crate::http::openapi::{ClaimAnswer, ErrorBody, HeartbeatAnswer, LogUploaded, ResultAnswer};
+use crate::http::{ApiError, AppState};
+
+mod wire;
 use crate::builds::CommandError;
 use crate::store::{NewEvent, StoreError, StreamAppend};
+use wire::AttemptRefusals;
+pub use wire::{ClaimRequest, HeartbeatRequest, LogQuery, Outcome, ResultRequest};
 
 /// Longest wait a claim may ask for.
 const MAX_CLAIM_WAIT: Duration = Duration::from_secs(300);
@@ -62,25 +66,20 @@ fn command_failed(e: CommandError) -> ApiError {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClaimRequest {
-    node_id: String,
-    #[serde(default)]
-    labels: Vec<String>,
-    slots: usize,
-    /// Seconds to wait for work; the gateway's `nodes.claim_wait_seconds` if absent.
-    wait_seconds: Option<u64>,
-}
-
 /// `POST /api/v1/nodes/claim`: answers as soon as a build this node may run is claimed for it, or
 /// 204 when the wait is over.
-pub async fn claim(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Json(request): Json<ClaimRequest>,
-) -> Result<Response, ApiError> {
+#[utoipa::path(post, path = "/api/v1/nodes/claim", tag = "nodes", security(("node" = [])), request_body = ClaimRequest,
+    responses(
+        (status = 200, description = "A build claimed for this node", body = ClaimAnswer),
+        (status = 204, description = "Nothing to run within the wait"),
+        (status = 400, description = "The request is wrong", body = ErrorBody),
+        (status = 401, description = "Missing or invalid node token", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 503, description = "The log is unavailable", body = ErrorBody),
+    ))]
+pub async fn claim(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     authorize_node(&app, &headers)?;
+    let request: ClaimRequest = json_body(&headers, &body)?;
     check_node_id(&request.node_id)?;
     if let Some(label) = request.labels.iter().find(|l| !is_simple_name(l)) {
         return Err(bad_request("labels", format!("label `{label}` must be 1-64 of [A-Za-z0-9._-]")));
@@ -136,12 +135,12 @@ pub async fn claim(
                                 .record(waited);
                         }
                         tracing::info!(%build_id, node_id = %request.node_id, attempt, "build claimed");
-                        let body = json!({
-                            "build": build,
-                            "attempt": attempt,
-                            "lease_expires_at": lease_expires_at,
-                            "lease_seconds": app.nodes.lease.num_seconds(),
-                        });
+                        let body = ClaimAnswer {
+                            build,
+                            attempt,
+                            lease_expires_at,
+                            lease_seconds: app.nodes.lease.num_seconds(),
+                        };
                         return Ok((StatusCode::OK, Json(body)).into_response());
                     }
                     // Another gateway (or a lagging view) got there first: look again.
@@ -212,31 +211,33 @@ async fn lane_guard(
     }))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeartbeatRequest {
-    node_id: String,
-    attempt: u32,
-}
-
 /// `POST /api/v1/builds/{id}/heartbeat`: renews the lease; says whether the build was cancelled.
+#[utoipa::path(post, path = "/api/v1/builds/{id}/heartbeat", tag = "nodes", security(("node" = [])),
+    params(("id" = Uuid, Path, description = "The build's id")), request_body = HeartbeatRequest,
+    responses(
+        (status = 200, description = "The lease renewed, or the build cancelled", body = HeartbeatAnswer),
+        AttemptRefusals,
+    ))]
 pub async fn heartbeat(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(build_id): Path<Uuid>,
-    Json(request): Json<HeartbeatRequest>,
+    ApiPath(build_id): ApiPath<Uuid>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     authorize_node(&app, &headers)?;
+    let request: HeartbeatRequest = json_body(&headers, &body)?;
     check_node_id(&request.node_id)?;
     let lease_expires_at = Utc::now() + app.nodes.lease;
     let command = BuildCommand::Renew { node_id: request.node_id.clone(), attempt: request.attempt, lease_expires_at };
     let correlation_id = Uuid::now_v7();
     match app.builds.execute(build_id, correlation_id, &command).await {
-        Ok(_) => Ok(Json(json!({"cancelled": false, "lease_expires_at": lease_expires_at})).into_response()),
+        Ok(_) => {
+            Ok(Json(HeartbeatAnswer { cancelled: false, lease_expires_at: Some(lease_expires_at) }).into_response())
+        }
         Err(CommandError::Refused { error, history }) => {
             let state = meshgate_domain::build::replay(&history);
             if matches!(state, BuildState::Cancelled { .. }) && current_attempt_of(&history) == Some(request.attempt) {
-                return Ok(Json(json!({"cancelled": true})).into_response());
+                return Ok(Json(HeartbeatAnswer { cancelled: true, lease_expires_at: None }).into_response());
             }
             refuse(&app, build_id, correlation_id, &request.node_id, request.attempt, "heartbeat", &error).await
         }
@@ -270,38 +271,21 @@ async fn refuse(
     Err(ApiError::new(StatusCode::CONFLICT, "stale_attempt", reason))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResultRequest {
-    node_id: String,
-    attempt: u32,
-    outcome: Outcome,
-    /// Why it failed (`script_failed`, `timeout`, `unknown_script`, …).
-    reason: Option<String>,
-    exit_code: Option<i32>,
-    duration_ms: u64,
-    commit_sha: Option<String>,
-    failing_test: Option<String>,
-    #[serde(default)]
-    log_tail: String,
-}
-
 /// `POST /api/v1/builds/{id}/result`: at most one result per build is ever accepted.
+#[utoipa::path(post, path = "/api/v1/builds/{id}/result", tag = "nodes", security(("node" = [])),
+    params(("id" = Uuid, Path, description = "The build's id")), request_body = ResultRequest,
+    responses(
+        (status = 200, description = "The result accepted (or the same result again)", body = ResultAnswer),
+        AttemptRefusals,
+    ))]
 pub async fn result(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(build_id): Path<Uuid>,
-    Json(request): Json<ResultRequest>,
+    ApiPath(build_id): ApiPath<Uuid>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     authorize_node(&app, &headers)?;
+    let request: ResultRequest = json_body(&headers, &body)?;
     check_node_id(&request.node_id)?;
     let commit_sha = match request.commit_sha {
         Some(sha) if sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()) => Some(sha.to_ascii_lowercase()),
@@ -342,12 +326,15 @@ pub async fn result(
             metrics::histogram!(crate::metrics::BUILD_SECONDS, "lane" => lane, "outcome" => outcome)
                 .record(request.duration_ms as f64 / 1000.0);
             tracing::info!(%build_id, node_id = %request.node_id, attempt = request.attempt, state = executed.state.name(), "build result accepted");
-            Ok(Json(json!({"accepted": true, "state": executed.state.name()})).into_response())
+            let answer =
+                ResultAnswer { accepted: true, state: Some(executed.state.name().to_owned()), duplicate: None };
+            Ok(Json(answer).into_response())
         }
         Err(CommandError::Refused { error, history }) => {
             // The same result sent again (its answer was lost): accepted once, answered again.
             if already_reported(&history, &report, request.attempt, succeeded) {
-                return Ok(Json(json!({"accepted": true, "duplicate": true})).into_response());
+                let answer = ResultAnswer { accepted: true, state: None, duplicate: Some(true) };
+                return Ok(Json(answer).into_response());
             }
             refuse(&app, build_id, correlation_id, &request.node_id, request.attempt, "result", &error).await
         }
@@ -363,22 +350,27 @@ fn already_reported(history: &[Event], report: &BuildReport, attempt: u32, succe
     })
 }
 
-#[derive(Debug, Deserialize)]
-pub struct LogQuery {
-    attempt: Option<u32>,
-    key: Option<String>,
-}
-
 fn log_path(app: &AppState, build_id: Uuid, attempt: u32) -> std::path::PathBuf {
     app.logs_dir.join(build_id.to_string()).join(format!("attempt-{attempt}.log"))
 }
 
 /// `PUT /api/v1/builds/{id}/log?attempt=N`: a node uploads the full log of an attempt.
+#[utoipa::path(put, path = "/api/v1/builds/{id}/log", tag = "nodes", security(("node" = [])),
+    params(("id" = Uuid, Path, description = "The build's id"), LogQuery),
+    request_body(content = String, content_type = "text/plain"),
+    responses(
+        (status = 200, description = "The log stored", body = LogUploaded),
+        (status = 400, description = "The request is wrong", body = ErrorBody),
+        (status = 401, description = "Missing or invalid node token", body = ErrorBody),
+        (status = 404, description = "No such build", body = ErrorBody),
+        (status = 413, description = "The log is larger than `nodes.max_log_bytes`", body = ErrorBody),
+        (status = 503, description = "The log cannot be stored", body = ErrorBody),
+    ))]
 pub async fn upload_log(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(build_id): Path<Uuid>,
-    Query(query): Query<LogQuery>,
+    ApiPath(build_id): ApiPath<Uuid>,
+    ApiQuery(query): ApiQuery<LogQuery>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     authorize_node(&app, &headers)?;
@@ -399,16 +391,24 @@ pub async fn upload_log(
         tokio::fs::rename(&tmp, &path).await
     };
     write.await.map_err(|e| ApiError::unavailable(&e))?;
-    Ok(Json(json!({"url": app.links.url(build_id), "bytes": body.len()})).into_response())
+    Ok(Json(LogUploaded { url: app.links.url(build_id), bytes: body.len() }).into_response())
 }
 
 /// `GET /api/v1/builds/{id}/log`: the newest attempt's log (or `?attempt=N`), with the admin token
 /// or the build's key.
+#[utoipa::path(get, path = "/api/v1/builds/{id}/log", tag = "nodes", security(("admin" = []), ()),
+    params(("id" = Uuid, Path, description = "The build's id"), LogQuery),
+    responses(
+        (status = 200, description = "The log", content_type = "text/plain", body = String),
+        (status = 400, description = "The request is wrong", body = ErrorBody),
+        (status = 401, description = "Neither the admin token nor the build's key", body = ErrorBody),
+        (status = 404, description = "No such build or log", body = ErrorBody),
+    ))]
 pub async fn download_log(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(build_id): Path<Uuid>,
-    Query(query): Query<LogQuery>,
+    ApiPath(build_id): ApiPath<Uuid>,
+    ApiQuery(query): ApiQuery<LogQuery>,
 ) -> Result<Response, ApiError> {
     let keyed = query.key.as_deref().is_some_and(|k| app.links.opens(build_id, k));
     if !keyed {

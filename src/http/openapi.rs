@@ -1,0 +1,193 @@
+//! The API's published schema, `GET /api/openapi.json` (OpenAPI 3.1): generated from the
+//! handlers' `#[utoipa::path]` annotations and the types they answer with, so the document and
+//! the code cannot drift apart silently (the test command checks live answers against it with
+//! schemathesis).
+
+use chrono::{DateTime, Utc};
+use meshgate_projections::{BuildView, QueueEntry};
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use uuid::Uuid;
+
+/// The document's fixed parts; paths come from the router (`utoipa_axum::routes!`).
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "meshgate",
+        description = "The admin, audit and build-node API of a meshgate gateway. Admin endpoints take \
+                       `Authorization: Bearer <admin token>`; node endpoints the node pool's token.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    modifiers(&Security),
+    tags(
+        (name = "builds", description = "Builds, the queue and what operators do to them"),
+        (name = "audit", description = "The event log, read over HTTP"),
+        (name = "nodes", description = "Build nodes: claims, heartbeats, results, logs"),
+        (name = "operations", description = "Reconciliation, notifications, replays, tokens, self-test"),
+    )
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = |description: &str| {
+            SecurityScheme::Http(
+                HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(description)).build(),
+            )
+        };
+        components.add_security_scheme("admin", bearer("An admin token (`[admin] token_file`)"));
+        components.add_security_scheme("node", bearer("The node pool's token (`[nodes] token_file`)"));
+    }
+}
+
+/// Every refusal: a stable code, a message for people and, when one field is wrong, its name.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// `unauthorized`, `not_found`, `invalid_request`, `invalid_filter`, `stale_attempt`, …
+    pub error: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BuildsPage {
+    pub builds: Vec<BuildView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BuildDetail {
+    pub build: BuildView,
+    /// Every event of the build's stream, oldest first.
+    pub events: Vec<crate::store::AuditEvent>,
+    /// The signed link to the build's log.
+    pub log_url: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueuePage {
+    /// Queued and running builds, in the order nodes get them.
+    pub queue: Vec<QueueEntry>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventsPage {
+    pub events: Vec<crate::store::AuditEvent>,
+    /// The `after` of the next page; null on the last page.
+    pub next_after: Option<u64>,
+    /// The log's last position when the page was read.
+    pub head: u64,
+}
+
+/// A build node as the log knows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeAnswer {
+    pub node_id: String,
+    /// `idle`, `busy`, `draining` or `lost`.
+    pub state: String,
+    pub labels: Vec<String>,
+    pub slots: u32,
+    pub running: Vec<Uuid>,
+    pub last_seen: DateTime<Utc>,
+    pub draining: bool,
+}
+
+/// One outbound sink's backlog.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SinkHealth {
+    pub sink: String,
+    /// Milestones it sends (`requested`, `started`, `succeeded`, `failed`, …).
+    pub milestones: Vec<String>,
+    /// Notifications neither delivered nor abandoned.
+    pub pending: usize,
+    /// When the oldest pending notification's milestone happened.
+    pub oldest_pending_at: Option<DateTime<Utc>>,
+    /// The earliest retry it waits for.
+    pub next_retry_at: Option<DateTime<Utc>>,
+    /// Notifications given up on, within the outbox's window.
+    pub abandoned: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OutboxPage {
+    pub sinks: Vec<SinkHealth>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodesPage {
+    pub nodes: Vec<NodeAnswer>,
+}
+
+/// A claimed build: run `build.script` as attempt `attempt`, heartbeat before the lease ends.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClaimAnswer {
+    pub build: Option<BuildView>,
+    pub attempt: u32,
+    pub lease_expires_at: DateTime<Utc>,
+    pub lease_seconds: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HeartbeatAnswer {
+    /// The build was cancelled: stop it and report `cancelled`.
+    pub cancelled: bool,
+    /// The renewed lease (absent when cancelled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResultAnswer {
+    pub accepted: bool,
+    /// The build's state after the result (absent for a repeated result).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The same result was already accepted; nothing was recorded again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<bool>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogUploaded {
+    pub url: String,
+    pub bytes: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BuildActionAnswer {
+    pub build_id: Uuid,
+    pub state: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DrainAnswer {
+    pub node_id: String,
+    pub draining: bool,
+    pub state: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResendAnswer {
+    /// `sink/build/milestone`.
+    pub key: String,
+    pub queued: bool,
+    pub position: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecoverAnswer {
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    /// The keys queued again.
+    pub requeued: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SelftestAnswer {
+    pub passed: bool,
+    pub checks: Vec<crate::selftest::Check>,
+}

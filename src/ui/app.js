@@ -1,0 +1,283 @@
+// meshgate's dashboard: plain JavaScript, no build step. Reads the API with the session cookie,
+// sends changes with the session's CSRF token, and follows the log's live tail (server-sent
+// events) to redraw the page it shows. Text is always set as text, never as HTML.
+"use strict";
+
+const state = { csrf: null, refresh: null, source: null };
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat(Infinity)) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+async function api(path, options = {}) {
+  const init = { credentials: "same-origin", headers: {}, ...options };
+  if (init.method && init.method !== "GET") {
+    init.headers["X-CSRF-Token"] = state.csrf;
+    init.headers["Content-Type"] = "application/json";
+  }
+  const response = await fetch(path, init);
+  if (response.status === 401) { location.href = "/ui/login"; throw new Error("signed out"); }
+  const body = response.headers.get("content-type")?.includes("json") ? await response.json() : await response.text();
+  if (!response.ok) throw new Error(body?.message || `${response.status}`);
+  return body;
+}
+
+function ago(iso) {
+  if (!iso) return "–";
+  const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`;
+  return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+}
+
+const when = (iso) => h("time", { datetime: iso, title: iso }, new Date(iso).toLocaleString());
+const badge = (word) => h("span", { class: `state ${word}` }, word);
+const buildLink = (b) => h("a", { href: `#/builds/${b.build_id}`, "data-build": b.build_id }, b.issue_id);
+const issueLink = (issue) => h("a", { href: `#/issues/${encodeURIComponent(issue)}` }, issue);
+
+function table(cls, heads, rows, empty) {
+  if (!rows.length) return h("p", { class: "empty" }, empty);
+  return h("table", { class: cls },
+    h("thead", {}, h("tr", {}, heads.map((x) => h("th", {}, x)))),
+    h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((c, i) =>
+      h("td", { "data-label": heads[i], class: typeof c === "number" ? "num" : null }, c))))));
+}
+
+function section(id, title, ...body) {
+  return h("section", { id }, h("h2", {}, title), ...body);
+}
+
+// ---- pages ----
+
+async function overview() {
+  const [queued, running, nodes, outbox, recent, deliveries] = await Promise.all([
+    api("/api/v1/builds?state=queued"), api("/api/v1/builds?state=running"), api("/api/v1/nodes"),
+    api("/api/v1/outbox"), api("/api/v1/builds"), recentDeliveries(),
+  ]);
+  const lanes = {};
+  for (const b of queued.builds) (lanes[b.lane] ||= []).push(b);
+  const started = await Promise.all(running.builds.map(startedAt));
+  return [
+    h("h1", {}, "Overview"),
+    section("queue", "Queue",
+      Object.keys(lanes).length === 0 ? h("p", { class: "empty" }, "Nothing is waiting.") :
+        Object.entries(lanes).map(([lane, builds]) => [
+          h("h3", {}, `${lane}: ${builds.length} waiting, longest ${ago(builds.map((b) => b.requested_at).sort()[0])}`),
+          table("wide", ["Issue", "Script", "Waiting", "State"],
+            builds.map((b) => [buildLink(b), b.script, ago(b.requested_at), badge("queued")]), ""),
+        ])),
+    section("running", "Running",
+      table("wide", ["Issue", "Node", "Attempt", "Elapsed", "State"], running.builds.map((b, i) =>
+        [buildLink(b), b.state.node_id, b.state.attempt, ago(started[i]), badge("running")]), "No build is running.")),
+    section("nodes", "Nodes", nodesTable(nodes.nodes, false)),
+    section("deliveries", "Recent deliveries",
+      table("wide", ["Received", "Issue", "Outcome", "Why"], deliveries.map((d) =>
+        [when(d.at), issueLink(d.issue), badge(d.outcome), d.why]), "No delivery yet.")),
+    section("outbox", "Outbox",
+      table("wide", ["Sink", "Pending", "Oldest pending", "Next retry", "Abandoned"], outbox.sinks.map((s) =>
+        [s.sink, s.pending, s.oldest_pending_at ? ago(s.oldest_pending_at) : "–",
+          s.next_retry_at ? when(s.next_retry_at) : "–", s.abandoned]), "No outbound sink is configured.")),
+    section("recent", "Latest builds",
+      table("wide", ["Issue", "Lane", "Requested", "State"], recent.builds.slice(0, 15).map((b) =>
+        [buildLink(b), b.lane, when(b.requested_at), badge(b.state.state)]), "No build yet.")),
+  ];
+}
+
+async function startedAt(build) {
+  const detail = await api(`/api/v1/builds/${build.build_id}`);
+  const claims = detail.events.filter((e) => e.type === "BuildClaimed");
+  return claims.length ? claims[claims.length - 1].recorded_at : build.updated_at;
+}
+
+/// The last deliveries and what became of them, read from the log's tail.
+async function recentDeliveries() {
+  const { head } = await api("/api/v1/events?limit=1");
+  const after = Math.max(0, head - 500);
+  const page = await api(`/api/v1/events?after=${after}&limit=500`);
+  const byDelivery = new Map();
+  for (const e of page.events) {
+    const id = e.data.correlation_id || e.correlation_id;
+    if (e.type === "WebhookReceived") {
+      byDelivery.set(id, { at: e.recorded_at, issue: e.data.issue_id, outcome: "received", why: e.data.event_type });
+    } else if (byDelivery.has(id)) {
+      const d = byDelivery.get(id);
+      if (e.type === "WebhookIgnored") { d.outcome = "ignored"; d.why = e.data.reason.replaceAll("_", " "); }
+      if (e.type === "WebhookRouted") { d.outcome = "enqueued"; d.why = `${e.data.build_ids.length} build(s)`; }
+      if (e.type === "BuildRequestFolded") { d.outcome = "folded"; d.why = e.data.reason.replaceAll("_", " "); }
+    }
+  }
+  return [...byDelivery.values()].reverse().slice(0, 20);
+}
+
+function nodesTable(nodes, withActions) {
+  const heads = ["Node", "State", "Labels", "Slots", "Running", "Last seen"];
+  if (withActions) heads.push("");
+  return table("wide", heads, nodes.map((n) => {
+    const row = [n.node_id, badge(n.state), n.labels.join(", ") || "–", n.slots, n.running.length, ago(n.last_seen)];
+    if (withActions) {
+      row.push(h("button", { type: "button", "data-node": n.node_id, onclick: () => drain(n.node_id, !n.draining) },
+        n.draining ? "Resume" : "Drain"));
+    }
+    return row;
+  }), "No node has asked for work yet.");
+}
+
+async function nodesPage() {
+  const nodes = await api("/api/v1/nodes");
+  return [h("h1", {}, "Nodes"), section("nodes", "Build nodes", nodesTable(nodes.nodes, true))];
+}
+
+async function drain(node, draining) {
+  await act(() => api(`/api/v1/nodes/${encodeURIComponent(node)}/drain`, {
+    method: "POST", body: JSON.stringify({ draining, reason: "from the dashboard" }),
+  }));
+}
+
+function summary(e) {
+  const d = e.data;
+  switch (e.type) {
+    case "WebhookReceived": return `${d.event_type} for ${d.issue_id} received`;
+    case "WebhookRouted": return `routed to ${d.build_ids.length} build(s)`;
+    case "WebhookIgnored": return `ignored: ${d.reason}`;
+    case "IntentActivated": return `the active build of ${d.intent_key}`;
+    case "BuildRequested": return `requested by ${d.requested_by || "?"}: ${d.script} on ${d.git_ref} (lane ${d.lane})`;
+    case "BuildRequestFolded": return `a delivery folded in (${d.reason})`;
+    case "BuildClaimed": return `claimed by ${d.node_id}, attempt ${d.attempt}`;
+    case "BuildLeaseRenewed": return `heartbeat from ${d.node_id}`;
+    case "BuildRequeued": return `requeued: ${d.reason}`;
+    case "BuildSucceeded": return "succeeded";
+    case "BuildFailed": return `failed: ${d.reason}`;
+    case "BuildCancelled": return `cancelled: ${d.reason}`;
+    case "BuildResultRejected": return `refused a stale ${d.reason || "report"}`;
+    case "NotificationAttempted":
+      return `${d.sink} ${d.milestone}: attempt ${d.attempt} answered ${d.status ?? "no status"}${d.excerpt ? ` (${d.excerpt})` : ""}`;
+    case "NotificationDelivered": return `${d.sink} ${d.milestone}: delivered after ${d.attempts} attempt(s)`;
+    case "NotificationAbandoned": return `${d.sink} ${d.milestone}: abandoned after ${d.attempts}: ${d.reason}`;
+    case "PageRequested": return `on-call paged: ${d.reason}`;
+    default: return JSON.stringify(d);
+  }
+}
+
+function timeline(events) {
+  return h("ol", { class: "timeline", id: "timeline" }, events.map((e) =>
+    h("li", { "data-type": e.type },
+      h("span", { class: "when" }, new Date(e.recorded_at).toLocaleTimeString(), " · "),
+      h("span", { class: "type" }, e.type),
+      h("span", { class: "what" }, summary(e)))));
+}
+
+async function buildPage(id) {
+  const [detail, ofBuild] = await Promise.all([
+    api(`/api/v1/builds/${id}`), api(`/api/v1/events?build=${id}&limit=1000`),
+  ]);
+  const b = detail.build;
+  // The delivery that asked for it (its correlation id) and everything about the build itself.
+  const ofDelivery = await api(`/api/v1/events?correlation=${b.correlation_id}&limit=1000`);
+  const byPosition = new Map([...ofDelivery.events, ...ofBuild.events].map((e) => [e.position, e]));
+  const related = { events: [...byPosition.values()].sort((x, y) => x.position - y.position) };
+  const active = b.state.state === "queued" || b.state.state === "running";
+  const reason = h("input", { id: "reason", placeholder: "Why (recorded with the action)", maxlength: "500" });
+  const act2 = (what) => () => {
+    if (!reason.value.trim()) { reason.focus(); return notice("Say why first.", true); }
+    return act(() => api(`/api/v1/builds/${id}/${what}`, { method: "POST", body: JSON.stringify({ reason: reason.value }) }));
+  };
+  return [
+    h("h1", {}, "Build ", issueLink(b.issue_id), " ", h("span", { id: "build-state" }, badge(b.state.state))),
+    section("facts", "Build", h("dl", { class: "facts" },
+      [["Build", b.build_id], ["Trigger", b.trigger], ["Script", b.script], ["Ref", b.git_ref], ["Lane", b.lane],
+        ["Requested", new Date(b.requested_at).toLocaleString()], ["Node", b.state.node_id || b.report?.node_id || "–"],
+        ["Summary", b.summary || "–"]].map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]),
+      h("dt", {}, "Log"), h("dd", {}, h("a", { href: detail.log_url, id: "log-link" }, "full log")))),
+    active ? h("div", { class: "actions" }, reason,
+      h("button", { type: "button", id: "cancel", class: "danger", onclick: act2("cancel") }, "Cancel build"),
+      b.state.state === "running" ? h("button", { type: "button", id: "requeue", onclick: act2("requeue") }, "Requeue") : null) : null,
+    section("events", "Timeline", timeline(related.events)),
+    b.report?.log_tail ? section("log-tail", "End of the log", h("pre", {}, b.report.log_tail)) : null,
+  ];
+}
+
+async function issuePage(issue) {
+  const [builds, events] = await Promise.all([
+    api(`/api/v1/builds?issue=${encodeURIComponent(issue)}`),
+    api(`/api/v1/events?issue=${encodeURIComponent(issue)}&limit=1000`),
+  ]);
+  return [
+    h("h1", {}, `Issue ${issue}`),
+    section("builds", "Builds", table("wide", ["Build", "Requested", "State"], builds.builds.map((b) =>
+      [h("a", { href: `#/builds/${b.build_id}`, "data-build": b.build_id }, b.build_id), when(b.requested_at), badge(b.state.state)]),
+    "No build for this issue.")),
+    section("events", "History", timeline(events.events)),
+  ];
+}
+
+// ---- plumbing ----
+
+function notice(text, error) {
+  const page = document.getElementById("page");
+  page.prepend(h("p", { class: `notice${error ? " error" : ""}`, role: "status" }, text));
+}
+
+async function act(call) {
+  try { await call(); await render(); } catch (e) { notice(e.message, true); }
+}
+
+async function render() {
+  const page = document.getElementById("page");
+  const [, kind, arg] = location.hash.match(/^#\/(builds|issues|nodes)?\/?(.*)$/) || [];
+  try {
+    const content = kind === "builds" ? await buildPage(arg)
+      : kind === "issues" ? await issuePage(decodeURIComponent(arg))
+      : kind === "nodes" ? await nodesPage() : await overview();
+    page.replaceChildren(...content.flat(Infinity).filter(Boolean));
+  } catch (e) {
+    page.replaceChildren(h("p", { class: "notice error", role: "alert" }, `Cannot read the gateway: ${e.message}`));
+  }
+}
+
+function scheduleRender() {
+  clearTimeout(state.refresh);
+  state.refresh = setTimeout(render, 250);
+}
+
+function follow() {
+  const live = document.getElementById("live");
+  const source = new EventSource("/api/v1/events/stream");
+  source.onopen = () => { live.textContent = "live"; live.className = "live on"; };
+  source.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };
+  // Every event of the log arrives as its own type: any of them may change what the page shows.
+  const types = ["WebhookReceived", "WebhookIgnored", "WebhookRouted", "BuildRequested", "BuildRequestFolded",
+    "BuildClaimed", "BuildLeaseRenewed", "BuildRequeued", "BuildSucceeded", "BuildFailed", "BuildCancelled",
+    "BuildResultRejected", "NotificationAttempted", "NotificationDelivered", "NotificationAbandoned", "PageRequested",
+    "NodeSeen", "NodeDrained"];
+  for (const t of types) source.addEventListener(t, scheduleRender);
+  state.source = source;
+}
+
+async function start() {
+  const session = await api("/ui/session");
+  state.csrf = session.csrf;
+  document.getElementById("find").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const issue = document.getElementById("find-issue").value.trim();
+    if (issue) location.hash = `#/issues/${encodeURIComponent(issue)}`;
+  });
+  document.getElementById("sign-out").addEventListener("click", async () => {
+    await api("/ui/logout", { method: "POST" });
+    location.href = "/ui/login";
+  });
+  window.addEventListener("hashchange", render);
+  follow();
+  await render();
+}
+
+start();

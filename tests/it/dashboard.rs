@@ -1,0 +1,288 @@
+//! The dashboard at `/ui/`, in a real browser: headless Chromium (Debian's `chromium`) driven
+//! over WebDriver (`chromedriver`) against a real gateway process. Waits for the page happen in
+//! the browser (a MutationObserver answers an async script), never by sleeping.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+use crate::pki::pki;
+use crate::process::{start, token, write_config, Gateway};
+use crate::stand_in::{reply, stand_in};
+
+/// A chromedriver on a free loopback port, stopped with the test.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn program(var: &str, default: &str) -> PathBuf {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(default));
+    assert!(
+        path.exists(),
+        "{} is missing: run ./scripts/test.sh (it installs Debian's chromium and chromium-driver)",
+        path.display()
+    );
+    path
+}
+
+/// Starts chromedriver and waits for the line that says it listens.
+fn driver() -> Driver {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(program("MESHGATE_CHROMEDRIVER", "/usr/bin/chromedriver"))
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    for line in stdout.lines() {
+        if line.unwrap().contains("started successfully") {
+            return Driver { child, port };
+        }
+    }
+    let status = child.wait();
+    panic!("chromedriver exited before it listened ({status:?})");
+}
+
+async fn browser(driver: &Driver, profile: &Path) -> Client {
+    let chromium = program("MESHGATE_CHROMIUM", "/usr/bin/chromium");
+    let mut caps = serde_json::Map::new();
+    // As root Chromium needs --no-sandbox; the network flags keep it from calling out.
+    let args = [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,900",
+    ];
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    args.push(format!("--user-data-dir={}", profile.display()));
+    caps.insert("goog:chromeOptions".into(), json!({ "binary": chromium, "args": args }));
+    caps.insert("timeouts".into(), json!({ "script": 20_000, "pageLoad": 20_000 }));
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a WebDriver session")
+}
+
+/// Waits in the page until `css` matches (or 20 s pass): a MutationObserver, no polling. A
+/// navigation under way (after a form is sent) ends the script early; it is asked again of the new
+/// page.
+async fn appears(client: &Client, css: &str) {
+    let script = r#"
+        const [css, done] = [arguments[0], arguments[arguments.length - 1]];
+        if (document.querySelector(css)) return done(true);
+        const observer = new MutationObserver(() => {
+            if (document.querySelector(css)) { observer.disconnect(); done(true); }
+        });
+        observer.observe(document.documentElement, { childList: true, subtree: true, attributes: true });
+    "#;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut found = client.execute_async(script, vec![json!(css)]).await;
+    while !matches!(found, Ok(Value::Bool(true))) && std::time::Instant::now() < deadline {
+        found = client.execute_async(script, vec![json!(css)]).await;
+    }
+    assert!(
+        matches!(found, Ok(Value::Bool(true))),
+        "`{css}` never appeared: {found:?}\n{}",
+        client.source().await.unwrap_or_default()
+    );
+}
+
+async fn text(client: &Client, css: &str) -> String {
+    client.find(Locator::Css(css)).await.unwrap().text().await.unwrap()
+}
+
+fn deliver(gateway: &Gateway, dir: &Path, issue: &str) -> reqwest::RequestBuilder {
+    reqwest::Client::new()
+        .post(gateway.url("/youtrack/webhook"))
+        .header("X-YouTrack-Token", token(dir, "webhook.token"))
+        .header("Content-Type", "application/json")
+        .body(with(&fixture("mob-issueUpdated-state-building.json"), &json!({"id": issue})))
+}
+
+/// Screenshots for docs/ are written when `MESHGATE_SCREENSHOTS` names a folder.
+async fn screenshot(client: &Client, name: &str) {
+    if let Some(dir) = std::env::var_os("MESHGATE_SCREENSHOTS") {
+        let png = client.screenshot().await.unwrap();
+        std::fs::write(Path::new(&dir).join(name), png).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_signs_in_watches_a_build_arrive_live_opens_its_timeline_and_cancels_another() {
+    let dir = tempfile::tempdir().unwrap();
+    // A chat sink that refuses the first notification (503) and takes the next.
+    let mut slack = stand_in(vec![reply(503, None)]).await;
+    let config = write_config(dir.path());
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str(&format!(
+        "\n[outbound]\nca_file = \"{}\"\nretry_base_ms = 50\nretry_cap_seconds = 1\n\n[[chat]]\nname = \"team\"\nkind = \"slack_webhook\"\nurl = \"{}\"\n",
+        pki().ca_file.display(),
+        slack.url("/services/T0/B0/x")
+    ));
+    std::fs::write(&config, toml).unwrap();
+    let gateway = start(dir.path(), &["--config", config.to_str().unwrap()], &[]);
+    let admin = token(dir.path(), "admin.token");
+    let driver = driver();
+    let client = browser(&driver, &dir.path().join("chromium")).await;
+
+    // Signed out, /ui/ leads to the sign-in form; the token goes in a form body, once.
+    client.goto(&gateway.url("/ui/")).await.unwrap();
+    assert!(client.current_url().await.unwrap().path().ends_with("/ui/login"));
+    client.find(Locator::Css("#token")).await.unwrap().send_keys("not-the-token").await.unwrap();
+    client.find(Locator::Css("#sign-in")).await.unwrap().click().await.unwrap();
+    appears(&client, "p.error").await;
+    client.find(Locator::Css("#token")).await.unwrap().send_keys(&admin).await.unwrap();
+    client.find(Locator::Css("#sign-in")).await.unwrap().click().await.unwrap();
+    appears(&client, "section#queue").await;
+    assert!(client.current_url().await.unwrap().path().ends_with("/ui/"));
+    let source = client.source().await.unwrap();
+    assert!(!source.contains(&admin), "the token is in the page");
+    // The session cookie is out of the page's reach (HttpOnly).
+    assert_eq!(client.execute("return document.cookie", vec![]).await.unwrap(), json!(""));
+    appears(&client, "#live.on").await;
+
+    // A delivery shows up without a reload (the marker set on this page survives).
+    client.execute("window.stillTheSamePage = true", vec![]).await.unwrap();
+    let first = build_id(&answer_of(deliver(&gateway, dir.path(), "MOB-7")).await);
+    appears(&client, &format!("#queue a[data-build='{first}']")).await;
+    appears(&client, "#deliveries .state.enqueued").await;
+    assert_eq!(client.execute("return window.stillTheSamePage === true", vec![]).await.unwrap(), json!(true));
+    // The chat sink was tried (503) and then took the notification.
+    assert_eq!(slack.next().await.method, "POST");
+    assert_eq!(slack.next().await.method, "POST");
+
+    // A node takes it: it moves to the running builds, and the node shows as busy.
+    for issue in ["MOB-9", "MOB-10"] {
+        answer_of(deliver(&gateway, dir.path(), issue)).await;
+    }
+    let claim = json!({"node_id": "mac-mini-1", "labels": ["xcode-16"], "slots": 1, "wait_seconds": 1});
+    let claimed = reqwest::Client::new()
+        .post(gateway.url("/api/v1/nodes/claim"))
+        .bearer_auth(token(dir.path(), "nodes.token"))
+        .json(&claim);
+    assert_eq!(answer_of(claimed).await["build"]["build_id"], first.to_string());
+    appears(&client, &format!("#running a[data-build='{first}']")).await;
+    appears(&client, "#nodes .state.busy").await;
+    assert_eq!(client.execute("return window.stillTheSamePage === true", vec![]).await.unwrap(), json!(true));
+    screenshot(&client, "dashboard-overview.png").await;
+
+    // Its timeline: the delivery, the request, the claim and each notification attempt with its
+    // answer.
+    client.find(Locator::Css(&format!("#running a[data-build='{first}']"))).await.unwrap().click().await.unwrap();
+    appears(&client, "#timeline li[data-type='BuildClaimed']").await;
+    appears(&client, "#timeline li[data-type='WebhookReceived']").await;
+    appears(&client, "#timeline li[data-type='NotificationDelivered']").await;
+    let attempts = client.find_all(Locator::Css("#timeline li[data-type='NotificationAttempted']")).await.unwrap();
+    assert!(!attempts.is_empty());
+    let answered = attempts[0].text().await.unwrap();
+    assert!(answered.contains("503"), "{answered}");
+    screenshot(&client, "dashboard-timeline.png").await;
+
+    // Cancel it with the button: asked for a reason first, then recorded as the operator's.
+    client.find(Locator::Css("#cancel")).await.unwrap().click().await.unwrap();
+    appears(&client, ".notice.error").await;
+    client.find(Locator::Css("#reason")).await.unwrap().send_keys("wrong branch").await.unwrap();
+    client.find(Locator::Css("#cancel")).await.unwrap().click().await.unwrap();
+    appears(&client, "#build-state .state.cancelled").await;
+    assert_eq!(text(&client, "#build-state").await, "cancelled");
+    let http = reqwest::Client::new();
+    let build = answer_of(http.get(gateway.url(&format!("/api/v1/builds/{first}"))).bearer_auth(&admin)).await;
+    let cancelled = build["events"].as_array().unwrap().iter().find(|e| e["type"] == "BuildCancelled").unwrap();
+    assert_eq!(cancelled["data"]["reason"], "by an operator (admin): wrong branch");
+
+    // The issue's history, and the page at a phone's width: nothing wider than the screen.
+    client.goto(&gateway.url("/ui/#/issues/MOB-7")).await.unwrap();
+    appears(&client, "#events li[data-type='BuildCancelled']").await;
+    client.set_window_size(390, 844).await.unwrap();
+    client.goto(&gateway.url("/ui/#/")).await.unwrap();
+    appears(&client, "#recent a[data-build]").await;
+    let fits = client.execute("return document.documentElement.scrollWidth <= window.innerWidth", vec![]).await;
+    assert_eq!(fits.unwrap(), json!(true));
+    screenshot(&client, "dashboard-phone.png").await;
+    client.close().await.unwrap();
+    gateway.stop();
+}
+
+#[tokio::test]
+async fn a_session_reads_but_changes_nothing_without_its_csrf_token_and_ends_with_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let gateway = start(dir.path(), &["--config", config.to_str().unwrap()], &[]);
+    let admin = token(dir.path(), "admin.token");
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let build = build_id(&answer_of(deliver(&gateway, dir.path(), "MOB-8")).await);
+
+    let signed_in = http.post(gateway.url("/ui/login")).form(&[("token", admin.as_str())]).send().await.unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let set_cookie = signed_in.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let csrf = answer_of(http.get(gateway.url("/ui/session")).header("cookie", &cookie)).await["csrf"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Reads with the cookie; a change needs the CSRF token too.
+    let read = http.get(gateway.url("/api/v1/builds")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(read.status(), 200);
+    let cancel = |csrf: Option<&str>| {
+        let mut request = http
+            .post(gateway.url(&format!("/api/v1/builds/{build}/cancel")))
+            .header("cookie", &cookie)
+            .json(&json!({"reason": "forged"}));
+        if let Some(csrf) = csrf {
+            request = request.header("x-csrf-token", csrf);
+        }
+        request.send()
+    };
+    let forged = cancel(None).await.unwrap();
+    assert_eq!(forged.status(), 403);
+    assert_eq!(forged.json::<Value>().await.unwrap()["error"], "csrf");
+    assert_eq!(cancel(Some("0".repeat(64).as_str())).await.unwrap().status(), 403);
+    assert_eq!(cancel(Some(&csrf)).await.unwrap().status(), 200);
+
+    // Without a cookie, or with one made up: signed out.
+    let made_up =
+        http.get(gateway.url("/api/v1/builds")).header("cookie", "meshgate_session=abc").send().await.unwrap();
+    assert_eq!(made_up.status(), 401);
+    let page = http.get(gateway.url("/ui/")).send().await.unwrap();
+    assert_eq!(page.status(), 303);
+    assert_eq!(page.headers()["location"], "/ui/login");
+    assert!(page.headers()["content-security-policy"].to_str().unwrap().contains("script-src 'self'"));
+
+    // The admin token rotated out (a new file, reloaded): the session ends with it.
+    let admin_file = dir.path().join("admin.token");
+    std::fs::remove_file(&admin_file).unwrap();
+    meshgate::secrets::generate_token_file(&admin_file, 0o400).unwrap();
+    let new_admin = token(dir.path(), "admin.token");
+    let reloaded = http.post(gateway.url("/api/v1/tokens/reload")).bearer_auth(&new_admin).send().await.unwrap();
+    assert_eq!(reloaded.status(), 401, "the old token is still in force until the reload; use it");
+    let reloaded = http.post(gateway.url("/api/v1/tokens/reload")).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(reloaded.status(), 200);
+    let after = http.get(gateway.url("/api/v1/builds")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(after.status(), 401);
+    gateway.stop();
+}
