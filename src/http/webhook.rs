@@ -21,7 +21,8 @@ pub async fn receive(State(app): State<Arc<AppState>>, request: Request) -> Resp
     let (parts, body) = request.into_parts();
     let remote = Remote(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0));
     let started = std::time::Instant::now();
-    let result = handle(&app, correlation_id, received_at, remote, &parts.headers, body).await;
+    let mut body = Some(body);
+    let result = handle(&app, correlation_id, received_at, remote, &parts.headers, &mut body).await;
     let outcome = match &result {
         Ok((_, outcome)) => *outcome,
         Err(e) => match e.status {
@@ -38,11 +39,48 @@ pub async fn receive(State(app): State<Arc<AppState>>, request: Request) -> Resp
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
+    // A refusal before the body was read: take in what is still arriving (up to a bound) before
+    // answering, so the client reads the refusal instead of a reset from a socket closed on
+    // unread data (a lingering close).
+    if let Some(unread) = body {
+        let bound =
+            if response.status() == StatusCode::PAYLOAD_TOO_LARGE { DRAIN_TOO_LARGE } else { app.max_body_bytes };
+        if !drain(unread, bound).await {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
     let mut id = Uuid::encode_buffer();
     if let Ok(value) = HeaderValue::from_str(correlation_id.hyphenated().encode_lower(&mut id)) {
         response.headers_mut().insert("x-correlation-id", value);
     }
     response
+}
+
+/// Most bytes of a too-large body taken in and thrown away before answering 413.
+const DRAIN_TOO_LARGE: usize = 16 << 20;
+/// Longest a refused body is read for.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and discards `body` up to `bound` bytes or [`DRAIN_TIME`]; whether it all arrived.
+async fn drain(body: Body, bound: usize) -> bool {
+    let mut body = body.into_data_stream();
+    let mut taken = 0usize;
+    let reading = async {
+        use futures_util::StreamExt;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    taken += chunk.len();
+                    if taken > bound {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DRAIN_TIME, reading).await.unwrap_or(false)
 }
 
 /// The peer's address, formatted only when a log line asks for it.
@@ -75,7 +113,7 @@ async fn handle(
     received_at: chrono::DateTime<Utc>,
     remote: Remote,
     headers: &HeaderMap,
-    body: Body,
+    body: &mut Option<Body>,
 ) -> Result<(Response, &'static str), ApiError> {
     let declared_length =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -123,7 +161,7 @@ async fn handle(
             "content type must be application/json",
         ));
     }
-    let bytes = match axum::body::to_bytes(body, app.max_body_bytes).await {
+    let bytes = match axum::body::to_bytes(body.take().unwrap_or_default(), app.max_body_bytes).await {
         Ok(bytes) => bytes,
         Err(_) => return Err(too_large()),
     };

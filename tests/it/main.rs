@@ -11,6 +11,7 @@ mod deploy;
 mod frozen_logs;
 mod ha;
 mod helpers;
+mod hostile;
 mod idempotency;
 pub mod matrix;
 mod metrics;
