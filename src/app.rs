@@ -115,6 +115,7 @@ impl App {
             config_file: config.file.clone(),
             reconciler: reconciler(config, &store)?,
             sessions: Default::default(),
+            bad_tokens: crate::http::BadTokens::new(config.webhook.max_bad_tokens_per_minute),
             sinks: sink_milestones,
             config: Arc::new(config.clone()),
         });

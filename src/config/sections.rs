@@ -29,6 +29,9 @@ pub struct WebhookConfig {
     /// Every live token (several during a rotation). Empty: one generated under the data dir.
     pub token_files: Vec<PathBuf>,
     pub max_body_bytes: usize,
+    /// Bad tokens from one address in a minute before its requests without a correct token are
+    /// answered 429 (0: never).
+    pub max_bad_tokens_per_minute: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -369,6 +372,7 @@ impl Default for WebhookConfig {
             header: "X-YouTrack-Token".into(),
             token_files: Vec::new(),
             max_body_bytes: 1024 * 1024,
+            max_bad_tokens_per_minute: 30,
         }
     }
 }

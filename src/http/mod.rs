@@ -4,6 +4,7 @@ pub mod admin;
 mod api;
 mod error;
 mod extract;
+mod limiter;
 pub mod nodes;
 pub mod openapi;
 mod operations;
@@ -23,6 +24,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 pub use error::ApiError;
+pub use limiter::BadTokens;
 
 use crate::builds::BuildService;
 use crate::ingest::IngestService;
@@ -62,6 +64,8 @@ pub struct AppState {
     pub reconciler: Option<Arc<crate::reconcile::Reconciler>>,
     /// The configuration the gateway started with (the self-test reads the file again if there is one).
     pub config: Arc<crate::config::Config>,
+    /// Addresses that sent bad webhook tokens, slowed down past their limit.
+    pub bad_tokens: limiter::BadTokens,
     /// Dashboard sessions signed in on this gateway.
     pub sessions: ui::Sessions,
     /// Every outbound sink by name, with the milestones it sends.

@@ -26,7 +26,7 @@ pub async fn receive(State(app): State<Arc<AppState>>, request: Request) -> Resp
     let outcome = match &result {
         Ok((_, outcome)) => *outcome,
         Err(e) => match e.status {
-            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS => "unauthorized",
             StatusCode::PAYLOAD_TOO_LARGE => "too_large",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
             StatusCode::BAD_REQUEST => "bad_request",
@@ -83,6 +83,18 @@ async fn drain(body: Body, bound: usize) -> bool {
     tokio::time::timeout(DRAIN_TIME, reading).await.unwrap_or(false)
 }
 
+/// Whether reading a body failed on the size limit (rather than on a malformed or cut body).
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// The peer's address, formatted only when a log line asks for it.
 #[derive(Clone, Copy)]
 struct Remote(Option<SocketAddr>);
@@ -119,17 +131,28 @@ async fn handle(
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
 
     // 1. The token, before anything else is looked at. Only its presence and length are logged.
-    let presented = headers.get(&app.token_header);
+    // A token header sent twice is ambiguous (a proxy adding its own copy): refused either way.
+    let mut copies = headers.get_all(&app.token_header).iter();
+    let presented = copies.next().filter(|_| copies.next().is_none());
     if !presented.is_some_and(|token| app.webhook_tokens.verify(token.as_bytes())) {
         let total = Counters::bump(&app.counters.unauthorized);
         tracing::warn!(
             %remote,
-            header_present = presented.is_some(),
+            token_headers = headers.get_all(&app.token_header).iter().count(),
             received_token_length = presented.map_or(0, |t| t.len()),
             body_length = declared_length,
             rejected_total = total,
             "webhook token mismatch"
         );
+        if let Some(wait) = remote.0.and_then(|addr| app.bad_tokens.failed(addr.ip(), std::time::Instant::now())) {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_bad_tokens",
+                format!("too many bad tokens from this address; try again in {} s", wait.as_secs()),
+            );
+            e.retry_after = Some(wait);
+            return Err(e);
+        }
         return Err(ApiError::unauthorized());
     }
 
@@ -163,12 +186,17 @@ async fn handle(
     }
     let bytes = match axum::body::to_bytes(body.take().unwrap_or_default(), app.max_body_bytes).await {
         Ok(bytes) => bytes,
-        Err(_) => return Err(too_large()),
+        Err(e) if is_length_limit(&e) => return Err(too_large()),
+        Err(e) => {
+            let total = Counters::bump(&app.counters.bad_request);
+            tracing::warn!(%remote, error = %e, rejected_total = total, "webhook body could not be read");
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("cannot read the body: {e}")));
+        }
     };
     let bad_request = |message: String, field: Option<String>| {
         let total = Counters::bump(&app.counters.bad_request);
         tracing::warn!(%remote, error = %message, field = field.as_deref(), rejected_total = total, "webhook body refused");
-        ApiError { status: StatusCode::BAD_REQUEST, code: "invalid_payload", message, field }
+        ApiError { status: StatusCode::BAD_REQUEST, code: "invalid_payload", message, field, retry_after: None }
     };
     let text = std::str::from_utf8(&bytes).map_err(|_| bad_request("body is not valid utf-8".into(), None))?;
     let (fingerprint, delivery) =

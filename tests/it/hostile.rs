@@ -54,3 +54,128 @@ async fn a_body_too_large_gets_its_413_and_not_a_reset() {
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     assert_eq!(read_everything(app.store().as_ref()).await.len(), 0, "nothing was recorded");
 }
+
+/// Expands `{{fill:C:N}}` (N copies of C) and `{{token}}`.
+fn expand(text: &str, token: &str) -> String {
+    let mut out = text.replace("{{token}}", token);
+    while let Some(start) = out.find("{{fill:") {
+        let end = start + out[start..].find("}}").unwrap();
+        let spec = &out[start + 7..end];
+        let (fill, n) = spec.rsplit_once(':').unwrap();
+        let filled = fill.repeat(n.parse().unwrap());
+        out.replace_range(start..end + 2, &filled);
+    }
+    out
+}
+
+fn body_of(spec: &serde_json::Value, token: &str) -> Vec<u8> {
+    if let Some(text) = spec["text"].as_str() {
+        return expand(text, token).into_bytes();
+    }
+    if let Some(hex) = spec["hex"].as_str() {
+        return (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+    }
+    if let Some([unit, times]) = spec["repeat"].as_array().map(Vec::as_slice) {
+        return unit.as_str().unwrap().repeat(times.as_u64().unwrap() as usize).into_bytes();
+    }
+    if let Some(chunks) = spec["chunked"].as_array() {
+        let mut out = Vec::new();
+        for chunk in chunks {
+            let chunk = expand(chunk.as_str().unwrap(), token);
+            out.extend(format!("{:x}\r\n{chunk}\r\n", chunk.len()).bytes());
+        }
+        out.extend(b"0\r\n\r\n");
+        return out;
+    }
+    panic!("unknown body {spec}")
+}
+
+/// The status of the first answer on a connection (0: closed without one).
+async fn status_of(addr: std::net::SocketAddr, request: Vec<u8>) -> u16 {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(&request).await;
+        write
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_head = async {
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+            if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read_head).await.expect("an answer within 10 s");
+    drop(writer.await);
+    let head = String::from_utf8_lossy(&answer);
+    head.strip_prefix("HTTP/1.1 ")
+        .or(head.strip_prefix("HTTP/1.0 "))
+        .and_then(|r| r.get(..3))
+        .map_or(0, |s| s.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hostile_or_broken_request_of_the_table_gets_its_status_and_records_nothing() {
+    let app = spawn_app().await;
+    let table: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("hostile/webhook.json")).unwrap()).unwrap();
+    let cases = table["cases"].as_array().unwrap();
+    assert!(cases.len() >= 30);
+    let mut wrong = Vec::new();
+    let mut recorded = 0;
+    for case in cases {
+        recorded += usize::from(case["recorded"].as_bool().unwrap_or(false));
+        let body = body_of(&case["body"], &app.webhook_token);
+        let mut head = expand(case["head"].as_str().unwrap(), &app.webhook_token);
+        if !case["body"]["no_length"].as_bool().unwrap_or(false) && !head.contains("Transfer-Encoding") {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        let status = status_of(app.addr, [head.into_bytes(), body].concat()).await;
+        let expected = case["status"].as_u64().unwrap() as u16;
+        if status != expected {
+            wrong.push(format!("{}: {status}, expected {expected}", case["name"]));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    let received = read_everything(app.store().as_ref()).await;
+    let deliveries = received.iter().filter(|e| e.event_type == "WebhookReceived").count();
+    assert_eq!(deliveries, recorded, "a refused request was recorded");
+    // Nothing is left busy: a good delivery is answered as ever.
+    let answer = app.post(&fixture("mob-issueUpdated-state-building.json")).await;
+    assert_eq!(answer.status(), 200);
+}
+
+#[tokio::test]
+async fn repeated_bad_tokens_are_slowed_down_and_a_correct_token_never_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), vec![ios_trigger()]);
+    config.webhook.max_bad_tokens_per_minute = 5;
+    let app = spawn_with(dir, config).await;
+    let wrong = || {
+        app.client
+            .post(app.url("/youtrack/webhook"))
+            .header("X-YouTrack-Token", "guess")
+            .header("Content-Type", "application/json")
+            .body("{}")
+            .send()
+    };
+    for _ in 0..5 {
+        assert_eq!(wrong().await.unwrap().status(), 401);
+    }
+    let slowed = wrong().await.unwrap();
+    assert_eq!(slowed.status(), 429);
+    let wait: u64 = slowed.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert_eq!(slowed.json::<serde_json::Value>().await.unwrap()["error"], "too_many_bad_tokens");
+    // The same address with the right token: answered at once, as ever.
+    let answer = app.post(&fixture("mob-issueUpdated-state-building.json")).await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(wrong().await.unwrap().status(), 429);
+}
