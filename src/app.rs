@@ -9,6 +9,8 @@ use anyhow::Context;
 use axum::http::HeaderName;
 use axum::Router;
 use secrecy::{ExposeSecret, SecretString};
+use std::time::Duration;
+
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -88,6 +90,7 @@ impl App {
             admin_tokens: TokenSet::new(&admin_tokens),
             token_header: HeaderName::from_bytes(config.webhook.header.as_bytes())?,
             max_body_bytes: config.webhook.max_body_bytes,
+            body_timeout: Duration::from_secs(config.server.body_timeout_seconds),
             lane_priorities: config.lane_priorities(),
             counters: Counters::default(),
             builds: BuildService::new(Arc::clone(&store)),
@@ -181,7 +184,11 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let service = self.router.clone().into_make_service_with_connect_info::<SocketAddr>();
+        let limits = crate::http::serve::ConnectionLimits {
+            max_connections: self.state.config.server.max_connections,
+            header_timeout: Duration::from_secs(self.state.config.server.header_timeout_seconds),
+        };
+        let router = self.router.clone();
         let stopping = self.state.stopping.clone();
         let shutdown = async move {
             shutdown.await;
@@ -191,9 +198,9 @@ impl App {
         use axum::serve::ListenerExt;
         match self.state.tls.clone() {
             Some(tls) => {
-                // HTTPS only. (`tap_io` gives the peer's address to the handlers, as below.)
-                let listener = TlsListener::new(listener, tls)?.tap_io(|_| {});
-                axum::serve(listener, service).with_graceful_shutdown(shutdown).await?;
+                // HTTPS only.
+                let listener = TlsListener::new(listener, tls)?;
+                crate::http::serve::serve(listener, router, limits, shutdown).await;
             }
             None => {
                 // Answers are small and written at once: no waiting for an acknowledgement (Nagle).
@@ -202,7 +209,7 @@ impl App {
                         tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
                     }
                 });
-                axum::serve(listener, service).with_graceful_shutdown(shutdown).await?;
+                crate::http::serve::serve(listener, router, limits, shutdown).await;
             }
         }
         self.stop().await;

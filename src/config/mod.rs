@@ -143,6 +143,14 @@ impl Config {
         if !(1024..=64 * 1024 * 1024).contains(&self.webhook.max_body_bytes) {
             return invalid("webhook.max_body_bytes must be between 1024 and 67108864".into());
         }
+        if self.server.max_connections == 0
+            || self.server.header_timeout_seconds == 0
+            || self.server.body_timeout_seconds == 0
+        {
+            return invalid(
+                "server.max_connections, header_timeout_seconds and body_timeout_seconds must be at least 1".into(),
+            );
+        }
         if self.nodes.lease_seconds == 0 || self.nodes.max_attempts == 0 {
             return invalid("nodes.lease_seconds and nodes.max_attempts must be at least 1".into());
         }

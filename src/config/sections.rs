@@ -18,6 +18,12 @@ pub struct ServerConfig {
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key of the certificate (same permission checks as token files).
     pub tls_key_file: Option<PathBuf>,
+    /// Connections served at once; past that, new ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// A request's head must arrive within this (idle and slowloris connections are closed).
+    pub header_timeout_seconds: u64,
+    /// The webhook's body must arrive within this (`408` otherwise).
+    pub body_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -361,6 +367,9 @@ impl Default for ServerConfig {
             public_url: None,
             tls_cert_file: None,
             tls_key_file: None,
+            max_connections: 4096,
+            header_timeout_seconds: 10,
+            body_timeout_seconds: 30,
         }
     }
 }

@@ -8,6 +8,7 @@ mod limiter;
 pub mod nodes;
 pub mod openapi;
 mod operations;
+pub mod serve;
 pub mod ui;
 mod webhook;
 
@@ -41,6 +42,8 @@ pub struct AppState {
     pub admin_tokens: TokenSet,
     pub token_header: HeaderName,
     pub max_body_bytes: usize,
+    /// How long the webhook waits for its body.
+    pub body_timeout: Duration,
     pub lane_priorities: HashMap<String, i64>,
     pub counters: Counters,
     pub builds: BuildService,

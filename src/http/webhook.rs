@@ -29,7 +29,7 @@ pub async fn receive(State(app): State<Arc<AppState>>, request: Request) -> Resp
             StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS => "unauthorized",
             StatusCode::PAYLOAD_TOO_LARGE => "too_large",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT => "bad_request",
             _ => "unavailable",
         },
     };
@@ -184,7 +184,13 @@ async fn handle(
             "content type must be application/json",
         ));
     }
-    let bytes = match axum::body::to_bytes(body.take().unwrap_or_default(), app.max_body_bytes).await {
+    let reading = axum::body::to_bytes(body.take().unwrap_or_default(), app.max_body_bytes);
+    let Ok(read) = tokio::time::timeout(app.body_timeout, reading).await else {
+        let total = Counters::bump(&app.counters.bad_request);
+        tracing::warn!(%remote, body_length = declared_length, rejected_total = total, "webhook body did not arrive in time");
+        return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", "the body did not arrive in time"));
+    };
+    let bytes = match read {
         Ok(bytes) => bytes,
         Err(e) if is_length_limit(&e) => return Err(too_large()),
         Err(e) => {

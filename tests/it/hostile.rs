@@ -179,3 +179,65 @@ async fn repeated_bad_tokens_are_slowed_down_and_a_correct_token_never_is() {
     assert_eq!(answer.status(), 200);
     assert_eq!(wrong().await.unwrap().status(), 429);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_slow_and_stalled_clients_do_not_keep_a_delivery_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), vec![ios_trigger()]);
+    config.server.header_timeout_seconds = 2;
+    config.server.body_timeout_seconds = 2;
+    let app = spawn_with(dir, config).await;
+
+    // 1,000 connections that send nothing, 20 that send their head a byte at a time, 20 whose
+    // body stops halfway.
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(tokio::net::TcpStream::connect(app.addr).await.unwrap());
+    }
+    let head = format!(
+        "POST /youtrack/webhook HTTP/1.1\r\nHost: gateway\r\nX-YouTrack-Token: {}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
+        app.webhook_token
+    );
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let head = head.clone().into_bytes();
+        slow.push(tokio::spawn(async move {
+            for byte in head {
+                if stream.write_all(&[byte]).await.is_err() {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            false
+        }));
+    }
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(b"{\"event\":").await.unwrap();
+        stalled.push(stream);
+    }
+
+    // A delivery meanwhile is answered as ever.
+    let started = std::time::Instant::now();
+    let answer = app.post(&fixture("mob-issueUpdated-state-building.json")).await;
+    assert_eq!(answer.status(), 200);
+    eprintln!("a delivery beside 1,040 hostile connections answered in {:?}", started.elapsed());
+
+    // The gateway closes what sends nothing, answers a stalled body 408, and drops the slow heads.
+    let mut buf = [0u8; 512];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), idle[0].read(&mut buf));
+    let closed = read.await.expect("an idle connection closed within 10 s").unwrap_or(0);
+    assert_eq!(closed, 0, "an idle connection is closed after the header timeout");
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stalled[0].read(&mut buf));
+    let n = read.await.expect("a stalled body answered within 10 s").unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&buf[..n]));
+    let cut = tokio::time::timeout(std::time::Duration::from_secs(10), slow.remove(0)).await;
+    assert!(cut.expect("a slow head cut off within 10 s").unwrap(), "a head sent a byte every half second is cut off");
+    assert_eq!(
+        read_everything(app.store().as_ref()).await.iter().filter(|e| e.event_type == "WebhookReceived").count(),
+        1
+    );
+}
