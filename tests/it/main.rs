@@ -4,6 +4,7 @@
 mod admin_actions;
 mod audit;
 mod bench;
+mod chaos;
 mod config;
 mod dashboard;
 mod demo;

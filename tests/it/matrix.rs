@@ -158,20 +158,28 @@ impl Synapse {
         }
     }
 
-    /// Every `m.room.message` event in the room, oldest first.
+    /// Every `m.room.message` event in the room, oldest first (read back a page at a time).
     async fn messages(&self) -> Vec<Value> {
         let room = self.room_id.replace('!', "%21").replace(':', "%3A");
-        let messages: Value = reqwest::Client::new()
-            .get(format!("{}/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=500", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let mut events: Vec<Value> =
-            messages["chunk"].as_array().unwrap().iter().filter(|e| e["type"] == "m.room.message").cloned().collect();
+        let mut events = Vec::new();
+        let mut from = String::new();
+        loop {
+            let page: Value = reqwest::Client::new()
+                .get(format!("{}/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=500{from}", self.base))
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let chunk = page["chunk"].as_array().unwrap();
+            events.extend(chunk.iter().filter(|e| e["type"] == "m.room.message").cloned());
+            match page["end"].as_str() {
+                Some(end) if !chunk.is_empty() => from = format!("&from={end}"),
+                _ => break,
+            }
+        }
         events.reverse();
         events
     }

@@ -38,14 +38,14 @@ fn scripts_file_with_timeouts(dir: &Path, scripts: &[(&str, &str, u64)]) -> Stri
 }
 
 /// A gateway in `dir` with the two-lane config above.
-fn gateway(dir: &Path) -> Gateway {
+pub fn gateway(dir: &Path) -> Gateway {
     test_config(dir, vec![]); // writes the token files
     std::fs::write(dir.join("meshgate.toml"), gateway_toml()).unwrap();
     start(dir, &["--config", dir.join("meshgate.toml").to_str().unwrap()], &[])
 }
 
 pub struct Agent {
-    child: Child,
+    pub child: Child,
 }
 
 impl Agent {

@@ -1,0 +1,281 @@
+//! Repeated crashes: a gateway under webhook load, with two workers and a Matrix sink on a real
+//! Synapse, killed with SIGKILL at a random moment each round and restarted. After every round
+//! `projections rebuild --verify` must pass; after all of them no delivery that got a 200 is
+//! missing, no change has two builds, every build finished, and every chat line reached the room
+//! once.
+//!
+//! The test command runs a few rounds; `MESHGATE_CHAOS_ROUNDS=50 MESHGATE_CHAOS_SEED=…
+//! cargo test --test it chaos -- --nocapture` runs more (docs/reliability.md).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meshgate::store::sqlite::{query, SqliteStore};
+use meshgate::store::EventFilter;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+use crate::helpers::*;
+use crate::matrix::start_synapse_limited;
+use crate::process::{start, token, Gateway, BIN};
+use crate::workers::{agent, scripts_file};
+
+/// Changes delivered per round (each twice).
+const ISSUES_PER_ROUND: usize = 6;
+
+/// splitmix64: a seeded sequence, so a failing round can be run again.
+struct Dice(u64);
+
+impl Dice {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % below
+    }
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name} must be a number")))
+}
+
+/// Counts events of `types` on the gateway's live tail (from the log's start) until `wanted`
+/// distinct (type, build) pairs are seen.
+async fn wait_for_events(gateway: &Gateway, admin: &str, types: &[&str], wanted: usize) {
+    let client = reqwest::Client::new();
+    let mut answer = client.get(gateway.url("/api/v1/events/stream?after=0")).bearer_auth(admin).send().await.unwrap();
+    let mut seen = HashSet::new();
+    let mut pending = String::new();
+    let mut event = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while seen.len() < wanted {
+        let chunk = tokio::time::timeout_at(deadline, answer.chunk()).await;
+        let chunk = chunk.unwrap_or_else(|_| panic!("saw {} of {wanted} {types:?} in 120 s", seen.len()));
+        pending.push_str(&String::from_utf8_lossy(&chunk.unwrap().expect("the tail ended")));
+        while let Some(end) = pending.find('\n') {
+            let line: String = pending.drain(..=end).collect();
+            if let Some(kind) = line.strip_prefix("event:") {
+                event = kind.trim().to_owned();
+            } else if let Some(data) = line.strip_prefix("data:") {
+                if types.contains(&event.as_str()) {
+                    let data: Value = serde_json::from_str(data.trim()).unwrap();
+                    seen.insert((event.clone(), data["data"]["build_id"].to_string(), data["data"]["key"].to_string()));
+                }
+            }
+        }
+    }
+}
+
+fn verify(config: &Path) {
+    let verify = Command::new(BIN)
+        .args(["--config", config.to_str().unwrap(), "projections", "rebuild", "--verify"])
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("the read model matches the log"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_at_random_moments_round_after_round_loses_nothing_and_repeats_nothing() {
+    let rounds = env_number("MESHGATE_CHAOS_ROUNDS").unwrap_or(3) as usize;
+    let seed = env_number("MESHGATE_CHAOS_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    eprintln!("chaos: {rounds} rounds, seed {seed}");
+    let mut dice = Dice(seed);
+
+    let synapse = start_synapse_limited(100.0, 100).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), vec![ios_trigger()]);
+    // One port for every restart: the workers keep their gateway URL.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    config.server.listen = ([127, 0, 0, 1], port).into();
+    config.chat = vec![synapse.sink(dir.path())];
+    config.outbound.retry_base_ms = 50;
+    config.nodes.lease_seconds = 3;
+    let config_file = dir.path().join("meshgate.toml");
+    std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
+    let args = ["--config", config_file.to_str().unwrap()];
+    let webhook = token(dir.path(), "webhook.token");
+    let admin = token(dir.path(), "admin.token");
+    let building = fixture("mob-issueUpdated-state-building.json");
+    let scripts = scripts_file(dir.path(), &[("ios-build", "ok.sh")]);
+    let (tx, _lines) = std::sync::mpsc::channel();
+    let url = format!("http://127.0.0.1:{port}");
+    let _workers = [
+        agent(dir.path(), &url, "mac-1", "", 2, &scripts, &tx),
+        agent(dir.path(), &url, "mac-2", "", 2, &scripts, &tx),
+    ];
+
+    let client = reqwest::Client::new();
+    let accepted: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let started = Instant::now();
+    for round in 0..rounds {
+        let gateway = start(dir.path(), &args, &[]);
+        let issues: Vec<String> =
+            (0..ISSUES_PER_ROUND).map(|i| format!("MOB-{}", round * ISSUES_PER_ROUND + i)).collect();
+        let mut bodies = Vec::new();
+        for issue in &issues {
+            for copy in 0..2 {
+                let stamp = format!("2026-08-24T10:00:00.{copy:03}Z");
+                bodies.push((issue.clone(), with(&building, &json!({"id": issue, "timestamp": stamp}))));
+            }
+        }
+        // Four clients post the round's deliveries; the gateway is killed after a random number
+        // of them were answered 200 (0: before the first).
+        let kill_after = dice.next(bodies.len() as u64 + 1) as usize;
+        let answered = Arc::new(AtomicUsize::new(0));
+        let moment = Arc::new(Notify::new());
+        let unanswered: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let mut clients = Vec::new();
+        for part in bodies.chunks(bodies.len().div_ceil(4)) {
+            let (part, client, accepted, answered, moment, unanswered) =
+                (part.to_vec(), client.clone(), accepted.clone(), answered.clone(), moment.clone(), unanswered.clone());
+            let (target, webhook) = (gateway.url("/youtrack/webhook"), webhook.clone());
+            clients.push(tokio::spawn(async move {
+                for (issue, body) in part {
+                    let sent = client
+                        .post(&target)
+                        .header("X-YouTrack-Token", &webhook)
+                        .header("Content-Type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    let answer = match sent {
+                        Ok(r) if r.status() == 200 => r.json::<Value>().await.ok(),
+                        _ => None,
+                    };
+                    match answer {
+                        Some(answer) => {
+                            accepted
+                                .lock()
+                                .unwrap()
+                                .push((answer["correlation_id"].as_str().unwrap().to_owned(), issue));
+                            if answered.fetch_add(1, Ordering::SeqCst) + 1 == kill_after {
+                                moment.notify_one();
+                            }
+                        }
+                        None => unanswered.lock().unwrap().push((issue, body)),
+                    }
+                }
+            }));
+        }
+        let mut gateway = gateway;
+        if kill_after > 0 {
+            moment.notified().await;
+        }
+        gateway.child.kill().unwrap(); // SIGKILL
+        gateway.child.wait().unwrap();
+        for c in clients {
+            let _ = c.await;
+        }
+
+        // Restarted: what was not answered is sent again (a sweep would find it); copies fold.
+        let gateway = start(dir.path(), &args, &[]);
+        let resend: Vec<(String, String)> = unanswered.lock().unwrap().drain(..).collect();
+        for (issue, body) in resend {
+            let answer = client
+                .post(gateway.url("/youtrack/webhook"))
+                .header("X-YouTrack-Token", &webhook)
+                .header("Content-Type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 200, "after the restart");
+            let answer: Value = answer.json().await.unwrap();
+            accepted.lock().unwrap().push((answer["correlation_id"].as_str().unwrap().to_owned(), issue));
+        }
+        let so_far = (round + 1) * ISSUES_PER_ROUND;
+        wait_for_events(&gateway, &admin, &["BuildSucceeded"], so_far).await;
+        wait_for_events(&gateway, &admin, &["NotificationDelivered"], 3 * so_far).await;
+        gateway.stop();
+        verify(&config_file);
+        eprintln!("chaos: round {} killed after {kill_after} answers; clean", round + 1);
+    }
+    eprintln!("chaos: {rounds} rounds in {:?}", started.elapsed());
+
+    // Every delivery that got a 200 is in the log; one build per change, every one finished.
+    let log = SqliteStore::open_read_only(&dir.path().join("data/events.sqlite")).unwrap();
+    let of_type = |t: &str| {
+        query(&log, &EventFilter { event_type: Some(t.into()), ..Default::default() }, 0, usize::MAX).unwrap()
+    };
+    let received: HashSet<String> = of_type("WebhookReceived").iter().map(|e| e.correlation_id.to_string()).collect();
+    for (correlation_id, issue) in accepted.lock().unwrap().iter() {
+        assert!(received.contains(correlation_id), "accepted delivery {correlation_id} for {issue} is not in the log");
+    }
+    let mut builds = HashMap::<String, usize>::new();
+    for e in of_type("BuildRequested") {
+        let data: Value = serde_json::from_str(&e.data).unwrap();
+        *builds.entry(data["issue_id"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    let issues = rounds * ISSUES_PER_ROUND;
+    assert_eq!(builds.len(), issues);
+    assert!(builds.values().all(|n| *n == 1), "a change got two builds: {builds:?}");
+    assert_eq!(of_type("BuildSucceeded").len(), issues, "every build finished once");
+
+    // Every chat line reached the room exactly once.
+    let notices = synapse.notices().await;
+    for n in 0..issues {
+        for line in [format!("⏳ MOB-{n} queued"), format!("🔨 MOB-{n} running"), format!("✅ MOB-{n} succeeded")] {
+            let times = notices.iter().filter(|l| l.starts_with(&format!("{line} ")) || **l == line).count();
+            assert_eq!(times, 1, "`{line}` reached the room {times} times (seed {seed})");
+        }
+    }
+    // A build whose node's lease ran out while the gateway was down is requeued (and says so once).
+    let requeued: HashSet<String> = of_type("BuildRequeued").iter().map(|e| e.stream.clone()).collect();
+    let requeue_lines = notices.iter().filter(|l| l.starts_with("🔁 ")).count();
+    assert_eq!(requeue_lines, requeued.len(), "one requeue line per requeued build (seed {seed})");
+    assert_eq!(notices.len(), 3 * issues + requeue_lines, "{notices:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_build_round_after_round_is_replaced_and_its_late_result_refused_every_time() {
+    use crate::workers::{deliver, events, gateway, wait_for};
+    let rounds = env_number("MESHGATE_WORKER_CHAOS_ROUNDS").unwrap_or(2) as usize;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path()); // lease 2 s
+    let scripts = scripts_file(dir.path(), &[("ios-build", "slow-first-attempt.sh"), ("ios-sign", "ok.sh")]);
+    let (tx, lines) = std::sync::mpsc::channel();
+    let mut waits = Vec::new();
+    for round in 0..rounds {
+        let mut doomed = agent(dir.path(), &gw.url(""), &format!("doomed-{round}"), "", 1, &scripts, &tx);
+        deliver(&gw, dir.path(), &format!("MOB-{round}")).await;
+        let started = wait_for(&lines, "started", 1);
+        let build_id = started[0].1.split_whitespace().nth(1).unwrap().to_owned();
+        doomed.child.kill().unwrap(); // SIGKILL mid-build
+        doomed.child.wait().unwrap();
+        let killed = Instant::now();
+
+        // Another node takes the build once its lease has run out, and finishes attempt 2.
+        let rescuer = agent(dir.path(), &gw.url(""), &format!("rescuer-{round}"), "", 1, &scripts, &tx);
+        wait_for(&lines, &format!("started {build_id} attempt 2"), 1);
+        waits.push(killed.elapsed());
+        let reported = wait_for(&lines, &format!("reported {build_id} attempt 2"), 1);
+        assert!(reported[0].1.ends_with("accepted"));
+        drop(rescuer);
+
+        // The killed node's attempt reports late: refused.
+        let late = reqwest::Client::new()
+            .post(gw.url(&format!("/api/v1/builds/{build_id}/result")))
+            .bearer_auth(token(dir.path(), "nodes.token"))
+            .json(
+                &json!({"node_id": format!("doomed-{round}"), "attempt": 1, "outcome": "succeeded", "duration_ms": 1}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(late.status(), 409, "round {round}");
+    }
+    gw.stop();
+    let longest = waits.iter().max().unwrap();
+    eprintln!("worker chaos: {rounds} rounds, kill to attempt 2 started: longest {longest:?} (lease 2 s)");
+    assert_eq!(events(dir.path(), "BuildSucceeded").len(), rounds, "one accepted result per build");
+    assert_eq!(events(dir.path(), "BuildRequeued").len(), rounds);
+    assert!(events(dir.path(), "BuildResultRejected").len() >= rounds);
+}
