@@ -274,16 +274,29 @@ pub struct BuildActionRequest {
     pub reason: String,
 }
 
+/// What a cancel or a requeue answers.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum BuildActionResponses {
+    #[response(status = 200, description = "The build's state after the action")]
+    Done(BuildActionAnswer),
+    #[response(status = 400, description = "The request is wrong")]
+    BadRequest(ErrorBody),
+    #[response(status = 401, description = "Missing or invalid admin token")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "A dashboard session without its CSRF token")]
+    Forbidden(ErrorBody),
+    #[response(status = 404, description = "No such build")]
+    NotFound(ErrorBody),
+    #[response(status = 409, description = "The build's state does not allow it")]
+    Conflict(ErrorBody),
+    #[response(status = 503, description = "The log is unavailable; nothing was recorded")]
+    Unavailable(ErrorBody),
+}
+
 #[utoipa::path(post, path = "/api/v1/builds/{id}/cancel", tag = "builds", security(("admin" = [])),
     params(("id" = uuid::Uuid, Path, description = "The build's id")), request_body = BuildActionRequest,
-    responses(
-        (status = 200, description = "The build's state after the action", body = BuildActionAnswer),
-        (status = 400, description = "The request is wrong", body = ErrorBody),
-        (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
-        (status = 404, description = "No such build", body = ErrorBody),
-        (status = 409, description = "The build's state does not allow it", body = ErrorBody),
-        (status = 503, description = "The log is unavailable; nothing was recorded", body = ErrorBody),
-    ))]
+    responses(BuildActionResponses))]
 pub async fn cancel_build(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -295,14 +308,7 @@ pub async fn cancel_build(
 
 #[utoipa::path(post, path = "/api/v1/builds/{id}/requeue", tag = "builds", security(("admin" = [])),
     params(("id" = uuid::Uuid, Path, description = "The build's id")), request_body = BuildActionRequest,
-    responses(
-        (status = 200, description = "The build's state after the action", body = BuildActionAnswer),
-        (status = 400, description = "The request is wrong", body = ErrorBody),
-        (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
-        (status = 404, description = "No such build", body = ErrorBody),
-        (status = 409, description = "The build's state does not allow it", body = ErrorBody),
-        (status = 503, description = "The log is unavailable; nothing was recorded", body = ErrorBody),
-    ))]
+    responses(BuildActionResponses))]
 pub async fn requeue_build(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,

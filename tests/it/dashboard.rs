@@ -14,6 +14,32 @@ use crate::pki::pki;
 use crate::process::{start, token, write_config, Gateway};
 use crate::stand_in::{reply, stand_in};
 
+/// A gateway process serving HTTPS with a certificate of the tests' CA, as deployed, its config in
+/// `dir` (not its working directory).
+fn https_gateway(dir: &Path, extra: &str) -> Gateway {
+    let config = write_config(dir);
+    let files = pki().write_leaf(dir, "gateway", 7);
+    let toml = std::fs::read_to_string(&config).unwrap().replacen(
+        "data_dir = \"data\"\n",
+        &format!(
+            "data_dir = \"data\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            files.cert_file.display(),
+            files.key_file.display()
+        ),
+        1,
+    ) + extra;
+    std::fs::write(&config, toml).unwrap();
+    let gateway = start(dir, &["--config", config.to_str().unwrap()], &[]);
+    assert_eq!(gateway.scheme, "https");
+    gateway
+}
+
+/// A client that trusts the tests' CA and follows no redirects.
+fn https(redirects: bool) -> reqwest::Client {
+    let policy = if redirects { reqwest::redirect::Policy::default() } else { reqwest::redirect::Policy::none() };
+    meshgate::tls::client(reqwest::Client::builder().redirect(policy), Some(&pki().ca_file)).unwrap()
+}
+
 /// A chromedriver on a free loopback port, stopped with the test.
 struct Driver {
     child: Child,
@@ -76,6 +102,8 @@ async fn browser(driver: &Driver, profile: &Path) -> Client {
     args.push(format!("--user-data-dir={}", profile.display()));
     caps.insert("goog:chromeOptions".into(), json!({ "binary": chromium, "args": args }));
     caps.insert("timeouts".into(), json!({ "script": 20_000, "pageLoad": 20_000 }));
+    // The gateway's certificate is of the tests' CA, which this profile does not know.
+    caps.insert("acceptInsecureCerts".into(), json!(true));
     let connector = hyper_util::client::legacy::connect::HttpConnector::new();
     ClientBuilder::new(connector)
         .capabilities(caps)
@@ -113,7 +141,7 @@ async fn text(client: &Client, css: &str) -> String {
 }
 
 fn deliver(gateway: &Gateway, dir: &Path, issue: &str) -> reqwest::RequestBuilder {
-    reqwest::Client::new()
+    https(true)
         .post(gateway.url("/youtrack/webhook"))
         .header("X-YouTrack-Token", token(dir, "webhook.token"))
         .header("Content-Type", "application/json")
@@ -133,15 +161,12 @@ async fn an_operator_signs_in_watches_a_build_arrive_live_opens_its_timeline_and
     let dir = tempfile::tempdir().unwrap();
     // A chat sink that refuses the first notification (503) and takes the next.
     let mut slack = stand_in(vec![reply(503, None)]).await;
-    let config = write_config(dir.path());
-    let mut toml = std::fs::read_to_string(&config).unwrap();
-    toml.push_str(&format!(
+    let sink = format!(
         "\n[outbound]\nca_file = \"{}\"\nretry_base_ms = 50\nretry_cap_seconds = 1\n\n[[chat]]\nname = \"team\"\nkind = \"slack_webhook\"\nurl = \"{}\"\n",
         pki().ca_file.display(),
         slack.url("/services/T0/B0/x")
-    ));
-    std::fs::write(&config, toml).unwrap();
-    let gateway = start(dir.path(), &["--config", config.to_str().unwrap()], &[]);
+    );
+    let gateway = https_gateway(dir.path(), &sink);
     let admin = token(dir.path(), "admin.token");
     let driver = driver();
     let client = browser(&driver, &dir.path().join("chromium")).await;
@@ -177,10 +202,8 @@ async fn an_operator_signs_in_watches_a_build_arrive_live_opens_its_timeline_and
         answer_of(deliver(&gateway, dir.path(), issue)).await;
     }
     let claim = json!({"node_id": "mac-mini-1", "labels": ["xcode-16"], "slots": 1, "wait_seconds": 1});
-    let claimed = reqwest::Client::new()
-        .post(gateway.url("/api/v1/nodes/claim"))
-        .bearer_auth(token(dir.path(), "nodes.token"))
-        .json(&claim);
+    let claimed =
+        https(true).post(gateway.url("/api/v1/nodes/claim")).bearer_auth(token(dir.path(), "nodes.token")).json(&claim);
     assert_eq!(answer_of(claimed).await["build"]["build_id"], first.to_string());
     appears(&client, &format!("#running a[data-build='{first}']")).await;
     appears(&client, "#nodes .state.busy").await;
@@ -206,7 +229,7 @@ async fn an_operator_signs_in_watches_a_build_arrive_live_opens_its_timeline_and
     client.find(Locator::Css("#cancel")).await.unwrap().click().await.unwrap();
     appears(&client, "#build-state .state.cancelled").await;
     assert_eq!(text(&client, "#build-state").await, "cancelled");
-    let http = reqwest::Client::new();
+    let http = https(true);
     let build = answer_of(http.get(gateway.url(&format!("/api/v1/builds/{first}"))).bearer_auth(&admin)).await;
     let cancelled = build["events"].as_array().unwrap().iter().find(|e| e["type"] == "BuildCancelled").unwrap();
     assert_eq!(cancelled["data"]["reason"], "by an operator (admin): wrong branch");
@@ -227,16 +250,15 @@ async fn an_operator_signs_in_watches_a_build_arrive_live_opens_its_timeline_and
 #[tokio::test]
 async fn a_session_reads_but_changes_nothing_without_its_csrf_token_and_ends_with_its_token() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
-    let gateway = start(dir.path(), &["--config", config.to_str().unwrap()], &[]);
+    let gateway = https_gateway(dir.path(), "");
     let admin = token(dir.path(), "admin.token");
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let http = https(false);
     let build = build_id(&answer_of(deliver(&gateway, dir.path(), "MOB-8")).await);
 
     let signed_in = http.post(gateway.url("/ui/login")).form(&[("token", admin.as_str())]).send().await.unwrap();
     assert_eq!(signed_in.status(), 303);
     let set_cookie = signed_in.headers()["set-cookie"].to_str().unwrap().to_owned();
-    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Secure"] {
         assert!(set_cookie.contains(attribute), "{set_cookie}");
     }
     let cookie = set_cookie.split(';').next().unwrap().to_owned();
