@@ -46,8 +46,15 @@ pub(super) fn authorize_change(app: &AppState, headers: &HeaderMap) -> Result<()
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+/// The bearer token of the one `Authorization` header (two are ambiguous: none is taken, and the
+/// request is refused rather than read as a session's).
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    match (all.next(), all.next()) {
+        (Some(one), None) => one.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).or(Some("")),
+        (Some(_), Some(_)) => Some(""),
+        (None, _) => None,
+    }
 }
 
 async fn caught_up(app: &AppState) -> Result<(), ApiError> {

@@ -241,3 +241,20 @@ async fn idle_slow_and_stalled_clients_do_not_keep_a_delivery_waiting() {
         1
     );
 }
+
+#[tokio::test]
+async fn an_authorization_header_sent_twice_is_refused_even_when_one_is_right() {
+    let app = spawn_app().await;
+    let right = format!("Bearer {}", app.admin_token);
+    let one = app.client.get(app.url("/api/v1/builds")).header("authorization", &right).send().await.unwrap();
+    assert_eq!(one.status(), 200);
+    let twice = app
+        .client
+        .get(app.url("/api/v1/builds"))
+        .header("authorization", &right)
+        .header("authorization", "Bearer guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), 401);
+}

@@ -34,8 +34,7 @@ const MAX_CLAIM_WAIT: Duration = Duration::from_secs(300);
 pub const MAX_LOG_TAIL_BYTES: usize = 4096;
 
 fn authorize_node(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let token =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let token = crate::http::api::bearer(headers);
     match token {
         Some(token) if app.nodes_tokens.verify(token.trim().as_bytes()) => Ok(()),
         _ => {
