@@ -199,7 +199,10 @@ impl App {
         match self.state.tls.clone() {
             Some(tls) => {
                 // HTTPS only.
-                let listener = TlsListener::new(listener, tls)?;
+                // A handshake is bounded like a request's head: in time, and in number.
+                let handshakes =
+                    crate::tls::HandshakeLimits { timeout: limits.header_timeout, in_flight: limits.max_connections };
+                let listener = TlsListener::with_limits(listener, tls, handshakes)?;
                 crate::http::serve::serve(listener, router, limits, shutdown).await;
             }
             None => {

@@ -84,12 +84,17 @@ pub fn read_private(path: &Path) -> Result<Vec<u8>, SecretError> {
     fs::read(path).map_err(unreadable)
 }
 
+/// 32 bytes from the operating system's random source, as 64 hex characters: tokens, session ids.
+pub fn random_hex() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Writes a fresh 64-hex-character token to `path` with `mode`, replacing any file there.
 pub fn generate_token_file(path: &Path, mode: u32) -> Result<(), SecretError> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes)
+    let hex = random_hex()
         .map_err(|e| SecretError::Unwritable { path: path.to_owned(), source: std::io::Error::other(e.to_string()) })?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     write_token_file(path, &hex, mode)
 }
 

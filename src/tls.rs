@@ -147,11 +147,31 @@ pub struct TlsListener {
     acceptor: JoinHandle<()>,
 }
 
+/// How long and how many TLS handshakes a listener lets run.
+#[derive(Debug, Clone, Copy)]
+pub struct HandshakeLimits {
+    pub timeout: Duration,
+    /// Handshakes in flight at most; past that, new connections wait in the kernel's backlog.
+    pub in_flight: usize,
+}
+
+impl Default for HandshakeLimits {
+    fn default() -> Self {
+        HandshakeLimits { timeout: HANDSHAKE_TIMEOUT, in_flight: 1024 }
+    }
+}
+
 impl TlsListener {
     pub fn new(listener: TcpListener, tls: Arc<ServerTls>) -> io::Result<Self> {
+        TlsListener::with_limits(listener, tls, HandshakeLimits::default())
+    }
+
+    /// A listener whose handshakes are bounded in time and number: a connection that never sends
+    /// its hello is closed at `limits.timeout`, like an idle plain-HTTP one at the header timeout.
+    pub fn with_limits(listener: TcpListener, tls: Arc<ServerTls>, limits: HandshakeLimits) -> io::Result<Self> {
         let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
-        let acceptor = tokio::spawn(accept_loop(listener, tls, tx));
+        let acceptor = tokio::spawn(accept_loop(listener, tls, tx, limits));
         Ok(TlsListener { ready, local, acceptor })
     }
 }
@@ -166,8 +186,14 @@ async fn accept_loop(
     listener: TcpListener,
     tls: Arc<ServerTls>,
     ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    limits: HandshakeLimits,
 ) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(limits.in_flight));
     loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&handshakes).acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
+            _ = ready.closed() => return,
+        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = ready.closed() => return,
@@ -188,7 +214,9 @@ async fn accept_loop(
         let acceptor = TlsAcceptor::from(tls.config());
         let ready = ready.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let shaken = tokio::time::timeout(limits.timeout, acceptor.accept(tcp)).await;
+            drop(permit);
+            match shaken {
                 Ok(Ok(stream)) => {
                     let _ = ready.send((stream, peer)).await;
                 }

@@ -10,22 +10,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::api::authorize_change;
-use super::extract::ApiPath;
+use super::extract::{json_or_default as body, ApiPath};
 use super::openapi::{BuildActionAnswer, DrainAnswer, ErrorBody, RecoverAnswer, ResendAnswer, SelftestAnswer};
 use super::{ApiError, AppState};
 use crate::outbound::resend::{self, ResendError};
-
-/// A JSON body; an empty one reads as the defaults.
-fn body<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string()))
-}
 
 /// `POST /api/v1/reconcile` `{"since"?: RFC 3339, "dry_run"?: bool}`: one sweep now, answered with
 /// what it found and started.

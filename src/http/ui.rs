@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
+use crate::secrets::random_hex;
 
 pub const COOKIE: &str = "meshgate_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
@@ -53,9 +54,9 @@ pub struct Signed {
 }
 
 impl Sessions {
-    /// A new session for the token with digest `token`: its id (the cookie) and CSRF token.
-    fn open(&self, token: [u8; 32]) -> (String, String) {
-        let (id, csrf) = (random_hex(), random_hex());
+    /// A new session for the token with digest `token`: its id (the cookie).
+    fn open(&self, token: [u8; 32]) -> Result<String, getrandom::Error> {
+        let (id, csrf) = (random_hex()?, random_hex()?);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.retain(|_, s| s.opened.elapsed() < SESSION_LIFETIME);
         if open.len() >= MAX_SESSIONS {
@@ -63,8 +64,8 @@ impl Sessions {
                 open.remove(&oldest);
             }
         }
-        open.insert(digest(&id), Session { csrf: csrf.clone(), token, opened: Instant::now() });
-        (id, csrf)
+        open.insert(digest(&id), Session { csrf, token, opened: Instant::now() });
+        Ok(id)
     }
 
     fn close(&self, id: &str) {
@@ -91,12 +92,6 @@ impl Signed {
         let sent = headers.get(CSRF_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
         bool::from(sent.ct_eq(self.csrf.as_bytes()))
     }
-}
-
-fn random_hex() -> String {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the operating system's random source");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn digest(id: &str) -> [u8; 32] {
@@ -172,7 +167,10 @@ async fn sign_in(
         let refused = LOGIN.replace("{{error}}", "<p class=\"error\" role=\"alert\">That is not an admin token.</p>");
         return html(StatusCode::UNAUTHORIZED, refused);
     };
-    let (id, _) = app.sessions.open(token_digest);
+    let id = match app.sessions.open(token_digest) {
+        Ok(id) => id,
+        Err(e) => return ApiError::unavailable(&e).into_response(),
+    };
     tracing::info!("dashboard session opened");
     let secure = if app.tls.is_some() { "; Secure" } else { "" };
     let max_age = SESSION_LIFETIME.as_secs();

@@ -180,12 +180,53 @@ async fn repeated_bad_tokens_are_slowed_down_and_a_correct_token_never_is() {
     assert_eq!(wrong().await.unwrap().status(), 429);
 }
 
+/// A connection to the gateway, over TLS when it serves HTTPS (trusting the tests' CA).
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+async fn connect(addr: std::net::SocketAddr, tls: bool) -> Box<dyn Io> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    if !tls {
+        return Box::new(tcp);
+    }
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(&crate::pki::pki().ca_file).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    Box::new(connector.connect(name, tcp).await.unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_slow_and_stalled_clients_do_not_keep_a_delivery_waiting() {
+    hostile_clients(false).await;
+}
+
+/// As deployed: over HTTPS, where a connection that never sends its hello is closed at the same
+/// bound as one that never sends its head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_slow_and_stalled_clients_do_not_keep_a_delivery_waiting_over_https() {
+    hostile_clients(true).await;
+}
+
+async fn hostile_clients(tls: bool) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path(), vec![ios_trigger()]);
     config.server.header_timeout_seconds = 2;
     config.server.body_timeout_seconds = 2;
+    if tls {
+        let files = crate::pki::pki().write_leaf(dir.path(), "gateway", 30);
+        config.server.tls_cert_file = Some(files.cert_file);
+        config.server.tls_key_file = Some(files.key_file);
+    }
     let app = spawn_with(dir, config).await;
 
     // 1,000 connections that send nothing, 20 that send their head a byte at a time, 20 whose
@@ -200,7 +241,7 @@ async fn idle_slow_and_stalled_clients_do_not_keep_a_delivery_waiting() {
     );
     let mut slow = Vec::new();
     for _ in 0..20 {
-        let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let mut stream = connect(app.addr, tls).await;
         let head = head.clone().into_bytes();
         slow.push(tokio::spawn(async move {
             for byte in head {
@@ -214,7 +255,7 @@ async fn idle_slow_and_stalled_clients_do_not_keep_a_delivery_waiting() {
     }
     let mut stalled = Vec::new();
     for _ in 0..20 {
-        let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let mut stream = connect(app.addr, tls).await;
         stream.write_all(head.as_bytes()).await.unwrap();
         stream.write_all(b"{\"event\":").await.unwrap();
         stalled.push(stream);
@@ -224,12 +265,13 @@ async fn idle_slow_and_stalled_clients_do_not_keep_a_delivery_waiting() {
     let started = std::time::Instant::now();
     let answer = app.post(&fixture("mob-issueUpdated-state-building.json")).await;
     assert_eq!(answer.status(), 200);
-    eprintln!("a delivery beside 1,040 hostile connections answered in {:?}", started.elapsed());
+    let scheme = if tls { "https" } else { "http" };
+    eprintln!("{scheme}: a delivery beside 1,040 hostile connections answered in {:?}", started.elapsed());
 
     // The gateway closes what sends nothing, answers a stalled body 408, and drops the slow heads.
     let mut buf = [0u8; 512];
-    let read = tokio::time::timeout(std::time::Duration::from_secs(10), idle[0].read(&mut buf));
-    let closed = read.await.expect("an idle connection closed within 10 s").unwrap_or(0);
+    let read = tokio::time::timeout(std::time::Duration::from_secs(7), idle[0].read(&mut buf));
+    let closed = read.await.expect("an idle connection closed within the header timeout + 5 s").unwrap_or(0);
     assert_eq!(closed, 0, "an idle connection is closed after the header timeout");
     let read = tokio::time::timeout(std::time::Duration::from_secs(10), stalled[0].read(&mut buf));
     let n = read.await.expect("a stalled body answered within 10 s").unwrap();
