@@ -11,23 +11,14 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 use crate::pki::pki;
-use crate::process::{start, token, write_config, Gateway};
+use crate::process::{start, token, with_tls, write_config, Gateway};
 use crate::stand_in::{reply, stand_in};
 
 /// A gateway process serving HTTPS with a certificate of the tests' CA, as deployed, its config in
 /// `dir` (not its working directory).
 fn https_gateway(dir: &Path, extra: &str) -> Gateway {
     let config = write_config(dir);
-    let files = pki().write_leaf(dir, "gateway", 7);
-    let toml = std::fs::read_to_string(&config).unwrap().replacen(
-        "data_dir = \"data\"\n",
-        &format!(
-            "data_dir = \"data\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
-            files.cert_file.display(),
-            files.key_file.display()
-        ),
-        1,
-    ) + extra;
+    let toml = with_tls(dir, &std::fs::read_to_string(&config).unwrap()) + extra;
     std::fs::write(&config, toml).unwrap();
     let gateway = start(dir, &["--config", config.to_str().unwrap()], &[]);
     assert_eq!(gateway.scheme, "https");

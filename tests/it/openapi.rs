@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::helpers::*;
-use crate::process::{start, token, write_config};
+use crate::process::{start, token, with_tls, write_config};
 
 #[tokio::test]
 async fn the_schema_is_openapi_3_1_and_every_documented_operation_demands_a_token() {
@@ -50,14 +50,17 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_schema() {
     let config = write_config(dir.path());
     // One token for the admin and the node API, so one header reaches every operation; claims
     // answer at once.
+    // Over HTTPS, as deployed.
     let toml = std::fs::read_to_string(&config)
         .unwrap()
         .replace("token_file = \"admin.token\"", "token_file = \"nodes.token\"")
         .replace("[nodes]\n", "[nodes]\nclaim_wait_seconds = 0\n");
-    std::fs::write(&config, toml).unwrap();
+    std::fs::write(&config, with_tls(dir.path(), &toml)).unwrap();
     let gateway = start(dir.path(), &["--config", config.to_str().unwrap()], &[]);
+    assert_eq!(gateway.scheme, "https");
     let api_token = token(dir.path(), "nodes.token");
-    let client = reqwest::Client::new();
+    let ca_file = crate::pki::pki().ca_file.clone();
+    let client = meshgate::tls::client(reqwest::Client::builder(), Some(&ca_file)).unwrap();
 
     // Something for the operations on one build and one node to find: three builds, one running.
     let building = fixture("mob-issueUpdated-state-building.json");
@@ -90,6 +93,8 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_schema() {
             // are documented in docs/operations.md.
             .args(["--max-examples", "25", "--seed", "20261129", "--phases", "examples,coverage,fuzzing"])
             .arg("--no-color")
+            .arg("--tls-verify")
+            .arg(&ca_file)
             .env("MESHGATE_API_TOKEN", &api_token)
             .env("MESHGATE_BUILD_ID", &build)
             .env("MESHGATE_NODE_ID", "mac-1")

@@ -95,6 +95,18 @@ pub fn write_config(dir: &Path) -> PathBuf {
     path
 }
 
+/// `toml` (a config written by [`write_config`]) serving HTTPS with a certificate of the tests' CA
+/// written into `dir`.
+pub fn with_tls(dir: &Path, toml: &str) -> String {
+    let files = crate::pki::pki().write_leaf(dir, "gateway", 7);
+    let tls = format!(
+        "data_dir = \"data\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        files.cert_file.display(),
+        files.key_file.display()
+    );
+    toml.replacen("data_dir = \"data\"\n", &tls, 1)
+}
+
 pub fn token(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap().trim().to_owned()
 }
