@@ -60,6 +60,16 @@ impl ReadModel {
         Ok(ReadModel { path: path.to_owned(), writer: Mutex::new(conn), readers: Mutex::default() })
     }
 
+    /// A consistent copy of the read model at `path` written to `to` in one statement: a gateway
+    /// saving meanwhile (a verify against a live gateway) changes neither half of what is read.
+    pub fn copy(path: &Path, to: &Path) -> Result<(), StoreError> {
+        let conn = Connection::open(path).store_err()?;
+        configure(&conn)?;
+        let to = to.to_str().ok_or_else(|| StoreError::failed("the copy's path is not UTF-8"))?;
+        conn.execute("VACUUM INTO ?1", [to]).store_err()?;
+        Ok(())
+    }
+
     /// The saved projections, with the outbox under today's configuration; an empty set (and an
     /// emptied file) when there is nothing to start from: no save, another version of a
     /// projection, or a position past the log's `head`.

@@ -152,8 +152,12 @@ pub async fn run(config: &Config, verify: bool) -> anyhow::Result<()> {
         }
     };
     let outbox = crate::outbound::outbox_config(config);
+    // Verified against a copy taken at one instant: the gateway may be saving as this runs.
+    let copy = real.with_extension("sqlite.saved");
     let (until, saved) = if verify {
-        let saved = ReadModel::open(&real).with_context(|| format!("cannot open {}", real.display()))?;
+        remove(&copy);
+        ReadModel::copy(&real, &copy).with_context(|| format!("cannot read {}", real.display()))?;
+        let saved = ReadModel::open(&copy).with_context(|| format!("cannot open a copy of {}", real.display()))?;
         (saved.position()?.unwrap_or(0), Some(saved))
     } else {
         (head, None)
@@ -182,8 +186,9 @@ pub async fn run(config: &Config, verify: bool) -> anyhow::Result<()> {
     let rate = until as f64 / elapsed.as_secs_f64().max(1e-9);
     if let Some(saved) = saved {
         let differences = readmodel::differences(&saved, &fresh)?;
-        drop(fresh);
+        drop((fresh, saved));
         remove(&scratch_path);
+        remove(&copy);
         if differences.is_empty() {
             println!("the read model matches the log up to position {until} ({until} events in {elapsed:.2?}, {rate:.0} events/s)");
             return Ok(());

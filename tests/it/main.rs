@@ -10,6 +10,7 @@ mod dashboard;
 mod demo;
 mod deploy;
 mod frozen_logs;
+mod full_disk;
 mod ha;
 mod helpers;
 mod hostile;

@@ -27,6 +27,15 @@ pub(super) enum WriteRequest {
     Ping { reply: oneshot::Sender<Result<Appended, StoreError>> },
 }
 
+/// What the probe of a failing disk writes: room for a few batches of deliveries.
+const PROBE_BYTES: usize = 256 << 10;
+
+fn probe_path(log: &Path) -> std::path::PathBuf {
+    let mut name = log.file_name().unwrap_or_default().to_os_string();
+    name.push(".probe");
+    log.with_file_name(name)
+}
+
 /// Starts the writer thread (and its checkpointer) on `conn`, which holds the log's lock file;
 /// returns its queue, the head and the thread (it ends, having flushed the stream index, once
 /// every sender of the queue is gone).
@@ -60,6 +69,8 @@ pub(super) fn spawn(
         checkpointer,
         unchecked_bytes: 0,
         unrestarted_bytes: 0,
+        probe_file: probe_path(path),
+        appends_failing: None,
     };
     let thread = std::thread::Builder::new()
         .name("meshgate-sqlite-writer".into())
@@ -69,6 +80,11 @@ pub(super) fn spawn(
 }
 
 struct Writer {
+    /// Why the last batch with appends could not store them (a full disk, say), until a batch
+    /// stores some again or a probe finds room: `/readyz` then says the log takes no writes.
+    appends_failing: Option<StoreError>,
+    /// A scratch file beside the log, written by that probe.
+    probe_file: std::path::PathBuf,
     conn: Connection,
     /// Held while the writer runs: no other process appends to this log.
     _lock: std::fs::File,
@@ -159,6 +175,8 @@ impl Writer {
     }
 
     fn commit_batch(&mut self, batch: impl Iterator<Item = WriteRequest>) {
+        let batch: Vec<WriteRequest> = batch.collect();
+        let has_appends = batch.iter().any(|r| matches!(r, WriteRequest::Append { .. }));
         let mut answers: Vec<(Reply, Result<Appended, StoreError>)> = Vec::new();
         let started = std::time::Instant::now();
         let begun = self.run_cached("BEGIN IMMEDIATE");
@@ -224,12 +242,42 @@ impl Writer {
             self.unchecked_bytes = 0;
             self.checkpointer.request();
         }
+        if has_appends {
+            // Refused for a storage failure (not a version conflict) with nothing stored: failing.
+            let stored = answers.iter().any(|(_, r)| r.is_ok());
+            let failure = answers.iter().find_map(|(_, r)| match r {
+                Err(e @ StoreError::Failed { .. }) => Some(e.clone()),
+                _ => None,
+            });
+            self.appends_failing = if stored { None } else { failure.or(self.appends_failing.take()) };
+        }
         for (reply, result) in answers {
             let _ = reply.send(result);
         }
         self.indexer.tend(&self.conn, self.next_position - 1);
         if self.unrestarted_bytes >= RESTART_EVERY_BYTES && self.finish_checkpoint() {
             self.unrestarted_bytes = 0;
+        }
+    }
+
+    /// While appends fail for storage, whether the disk has room again: a scratch file of
+    /// [`PROBE_BYTES`] beside the log is written, synced and removed.
+    fn probe(&mut self) -> Result<(), StoreError> {
+        let Some(failing) = &self.appends_failing else { return Ok(()) };
+        let written = (|| {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&self.probe_file)?;
+            file.write_all(&[0u8; PROBE_BYTES])?;
+            file.sync_all()
+        })();
+        let _ = std::fs::remove_file(&self.probe_file);
+        match written {
+            Ok(()) => {
+                tracing::info!("the log's disk has room again");
+                self.appends_failing = None;
+                Ok(())
+            }
+            Err(e) => Err(StoreError::caused(format!("appends are failing ({failing})"), e)),
         }
     }
 
@@ -289,7 +337,7 @@ impl Writer {
                 appended = Some(appends);
                 result
             }
-            Work::Ping => Ok(Appended { last_position: start - 1 }),
+            Work::Ping => self.probe().map(|()| Appended { last_position: start - 1 }),
         };
         match &result {
             Ok(_) => {
