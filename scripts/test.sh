@@ -72,3 +72,9 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+
+# The fuzz targets' checks over every seed, on this stable toolchain (the targets themselves run
+# under `cargo fuzz`, docs/reliability.md); formatted and linted like the rest.
+cargo fmt --manifest-path tests/fuzz/Cargo.toml -- --check
+CARGO_TARGET_DIR="$PWD/target/fuzz-stable" cargo clippy --manifest-path tests/fuzz/Cargo.toml --all-targets --locked -- -D warnings
+CARGO_TARGET_DIR="$PWD/target/fuzz-stable" cargo test --manifest-path tests/fuzz/Cargo.toml --locked
