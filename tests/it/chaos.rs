@@ -4,8 +4,8 @@
 //! missing, no change has two builds, every build finished, and every chat line reached the room
 //! once.
 //!
-//! The test command runs a few rounds; `MESHGATE_CHAOS_ROUNDS=50 MESHGATE_CHAOS_SEED=…
-//! cargo test --test it chaos -- --nocapture` runs more (docs/reliability.md).
+//! The test command runs a few rounds; `scripts/chaos.sh 50 20 SEED` runs more
+//! (`MESHGATE_CHAOS_ROUNDS`, `MESHGATE_WORKER_CHAOS_ROUNDS`, `MESHGATE_CHAOS_SEED`; docs/reliability.md).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
