@@ -69,6 +69,13 @@ if ! command -v curl >/dev/null; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq curl; else sudo apt-get install -y -qq curl; fi
 fi
 
+# A clean build and a test run need several GiB under target/ and the temporary directory; say so
+# plainly rather than failing later with a linker's bus error.
+free_kib=$(df -Pk . | awk 'NR==2 {print $4}')
+if [ "${free_kib:-0}" -lt $((6 * 1024 * 1024)) ]; then
+  echo "warning: only $((free_kib / 1024)) MiB free on $(df -P . | awk 'NR==2 {print $6}'); a clean build needs about 6 GiB" >&2
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
@@ -76,5 +83,6 @@ cargo test --workspace --locked
 # The fuzz targets' checks over every seed, on this stable toolchain (the targets themselves run
 # under `cargo fuzz`, docs/reliability.md); formatted and linted like the rest.
 cargo fmt --manifest-path tests/fuzz/Cargo.toml -- --check
-CARGO_TARGET_DIR="$PWD/target/fuzz-stable" cargo clippy --manifest-path tests/fuzz/Cargo.toml --all-targets --locked -- -D warnings
-CARGO_TARGET_DIR="$PWD/target/fuzz-stable" cargo test --manifest-path tests/fuzz/Cargo.toml --locked
+# They share target/ with the workspace: same dependencies, same profile, built once.
+CARGO_TARGET_DIR="$PWD/target" cargo clippy --manifest-path tests/fuzz/Cargo.toml --all-targets --locked -- -D warnings
+CARGO_TARGET_DIR="$PWD/target" cargo test --manifest-path tests/fuzz/Cargo.toml --locked

@@ -5,7 +5,7 @@
 //! them if the system has none), else from the system's `/usr/lib/postgresql/*/bin`. As root the
 //! server runs as `nobody` (initdb refuses root). The server does not sync to disk (`fsync=off`):
 //! the tests are about meshgate's protocol, not the disk's durability. A watchdog stops it when
-//! the test process ends.
+//! the test process ends and removes its files.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
@@ -75,7 +75,7 @@ fn start() -> Server {
         .stderr(Stdio::piped());
     user(&mut postgres);
     let mut child = postgres.spawn().expect("postgres starts");
-    watch_over(child.id());
+    watch_over(child.id(), &root);
     // Ready when it says so; what it says afterwards goes to a file beside its data.
     let (ready, said_ready) = std::sync::mpsc::channel();
     let stderr = child.stderr.take().unwrap();
@@ -107,11 +107,14 @@ fn forward(stderr: impl std::io::Read, log: &Path, ready: std::sync::mpsc::Sende
     let _ = ready.send(false);
 }
 
-/// Stops the server (fast shutdown) once this test process is gone, however it ended.
-fn watch_over(server: u32) {
-    let script = r#"while kill -0 "$1" 2>/dev/null; do sleep 1; done; kill -INT "$2""#;
+/// Stops the server (fast shutdown) once this test process is gone, however it ended, and removes
+/// its cluster (a few hundred MiB per test run) when it has stopped.
+fn watch_over(server: u32, root: &Path) {
+    let script = r#"while kill -0 "$1" 2>/dev/null; do sleep 1; done; kill -INT "$2"
+while kill -0 "$2" 2>/dev/null; do sleep 0.2; done; rm -rf "$3""#;
     let mut watchdog = Command::new("sh")
         .args(["-c", script, "watchdog", &std::process::id().to_string(), &server.to_string()])
+        .arg(root)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
