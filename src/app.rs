@@ -24,6 +24,7 @@ use crate::links::LogLinks;
 use crate::outbound::{self, Sink, Target};
 use crate::projector;
 use crate::secrets::{generate_token_file, write_token_file, Token, TokenSet};
+use crate::store::eventstoredb::{EventStoreDbOptions, EventStoreDbStore};
 use crate::store::postgres::{PostgresOptions, PostgresStore};
 use crate::store::sqlite::{SqliteStore, WriterOptions};
 use crate::store::EventStore;
@@ -247,22 +248,44 @@ pub async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn EventStore>,
                 .with_context(|| format!("cannot open the event log at {}", config.log_path().display()))?;
             Ok((Arc::new(store), None))
         }
-        StoreBackend::Postgres => {
+        StoreBackend::Postgres | StoreBackend::EventStoreDb => {
             create_private_dir(&config.server.data_dir)?;
             let lock = crate::store::sqlite::lock_log(&config.readmodel_path())?;
-            let url = postgres_url(config)?;
+            Ok((open_shared(config, max_batch).await?, Some(lock)))
+        }
+    }
+}
+
+/// Opens the configured shared log (PostgreSQL or EventStoreDB), without the read model's lock:
+/// for commands that only read beside running gateways.
+pub async fn open_shared(config: &Config, max_batch: usize) -> anyhow::Result<Arc<dyn EventStore>> {
+    let url = store_url(config)?;
+    match config.store.backend {
+        StoreBackend::Postgres => {
             let lease = std::time::Duration::from_secs(config.store.lease_seconds);
             let options = PostgresOptions { max_batch, lease, renew: lease / 5, ..PostgresOptions::default() };
             let store = PostgresStore::open(url.expose_secret(), options)
                 .await
                 .context("cannot open the event log in PostgreSQL")?;
-            Ok((Arc::new(store), Some(lock)))
+            Ok(Arc::new(store))
         }
+        StoreBackend::EventStoreDb => {
+            let options = EventStoreDbOptions {
+                prefix: config.store.stream_prefix.clone(),
+                max_batch,
+                ..EventStoreDbOptions::default()
+            };
+            let store = EventStoreDbStore::open(url.expose_secret(), options)
+                .await
+                .context("cannot open the event log in EventStoreDB")?;
+            Ok(Arc::new(store))
+        }
+        StoreBackend::Sqlite => anyhow::bail!("the SQLite log is not shared"),
     }
 }
 
-/// The PostgreSQL connection URL: from `store.url_file` (checked like a token file) or `store.url`.
-pub fn postgres_url(config: &Config) -> anyhow::Result<SecretString> {
+/// A shared log's connection URL: from `store.url_file` (checked like a token file) or `store.url`.
+pub fn store_url(config: &Config) -> anyhow::Result<SecretString> {
     if let Some(file) = &config.store.url_file {
         let bytes = crate::secrets::read_private(file)?;
         let url = String::from_utf8(bytes)
@@ -270,13 +293,15 @@ pub fn postgres_url(config: &Config) -> anyhow::Result<SecretString> {
             .trim()
             .to_owned();
         if url.is_empty() {
-            anyhow::bail!("{} is empty; it should hold the PostgreSQL connection URL", file.display());
+            anyhow::bail!("{} is empty; it should hold the event log's connection URL", file.display());
         }
         return Ok(SecretString::from(url));
     }
     match &config.store.url {
         Some(url) => Ok(SecretString::from(url.clone())),
-        None => anyhow::bail!("store.backend = \"postgres\" needs store.url_file (or store.url)"),
+        None => {
+            anyhow::bail!("store.backend = \"{}\" needs store.url_file (or store.url)", config.store.backend.name())
+        }
     }
 }
 

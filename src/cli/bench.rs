@@ -68,6 +68,10 @@ pub struct BenchArgs {
     /// this server, in databases the benchmark creates and drops (the role needs CREATEDB).
     #[arg(long)]
     postgres_url: Option<String>,
+    /// Instead of the measurements above: compare SQLite with EventStoreDB (one gateway) at this
+    /// server (`esdb://…`), under a stream prefix of its own.
+    #[arg(long)]
+    esdb_url: Option<String>,
 }
 
 pub(super) fn trigger() -> Trigger {
@@ -75,6 +79,9 @@ pub(super) fn trigger() -> Trigger {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(url) = &args.esdb_url {
+        return super::bench_shared::run_esdb(url, args.clients, args.seconds).await;
+    }
     if let Some(url) = &args.postgres_url {
         return super::bench_shared::run(url, args.clients, args.seconds, args.dispatch_builds).await;
     }

@@ -40,22 +40,11 @@ pub async fn run(url: &str, clients: usize, seconds: u64, dispatch_builds: u64) 
     let on_two = measure(&[&a, &b], clients, seconds).await?;
     report("PostgreSQL, two gateways", &on_two);
 
-    println!();
-    println!("| log | accepted/s | p50 | p99 | errors |");
-    println!("|---|---:|---:|---:|---:|");
-    for (name, r) in [
+    table(&[
         ("SQLite, one gateway", &on_sqlite),
         ("PostgreSQL, one gateway", &on_one),
         ("PostgreSQL, two gateways", &on_two),
-    ] {
-        println!(
-            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {} |",
-            r.rate(),
-            r.percentile(0.5),
-            r.percentile(0.99),
-            r.errors
-        );
-    }
+    ]);
     println!(
         "PostgreSQL one gateway / SQLite: {:.2}; two gateways / one: {:.2}",
         on_one.rate() / on_sqlite.rate(),
@@ -70,9 +59,52 @@ pub async fn run(url: &str, clients: usize, seconds: u64, dispatch_builds: u64) 
     Ok(())
 }
 
+/// `meshgate bench --esdb-url URL`: ingest into a gateway on SQLite and one on EventStoreDB.
+pub async fn run_esdb(url: &str, clients: usize, seconds: u64) -> anyhow::Result<()> {
+    println!("{clients} clients, {seconds} s per mode; EventStoreDB at {}", url.split('?').next().unwrap_or(url));
+    let sqlite = BenchServer::start(true).await?;
+    let on_sqlite = measure(&[&sqlite], clients, seconds).await?;
+    sqlite.stop().await?;
+    report("SQLite, one gateway", &on_sqlite);
+
+    let prefix = format!("bench{}-", uuid::Uuid::now_v7().simple());
+    let one = BenchServer::start_with(|c| {
+        c.store.backend = StoreBackend::EventStoreDb;
+        c.store.url = Some(url.to_owned());
+        c.store.stream_prefix = prefix.clone();
+    })
+    .await?;
+    let on_esdb = measure(&[&one], clients, seconds).await?;
+    one.stop().await?;
+    report("EventStoreDB, one gateway", &on_esdb);
+
+    table(&[("SQLite, one gateway", &on_sqlite), ("EventStoreDB, one gateway", &on_esdb)]);
+    println!(
+        "EventStoreDB / SQLite: {:.3}; the streams are under the prefix {prefix}",
+        on_esdb.rate() / on_sqlite.rate()
+    );
+    Ok(())
+}
+
 fn shared(config: &mut crate::config::Config, url: &str) {
     config.store.backend = StoreBackend::Postgres;
     config.store.url = Some(url.to_owned());
+}
+
+/// The measurements as a Markdown table.
+fn table(rows: &[(&str, &IngestResult)]) {
+    println!();
+    println!("| log | accepted/s | p50 | p99 | errors |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, r) in rows {
+        println!(
+            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {} |",
+            r.rate(),
+            r.percentile(0.5),
+            r.percentile(0.99),
+            r.errors
+        );
+    }
 }
 
 fn report(name: &str, r: &IngestResult) {

@@ -4,13 +4,11 @@ use std::io::Write;
 
 use anyhow::Context;
 use clap::Args;
-use secrecy::ExposeSecret;
 use uuid::Uuid;
 
 use crate::config::{Config, StoreBackend};
-use crate::store::postgres::{PostgresOptions, PostgresStore};
 use crate::store::sqlite::{query, SqliteStore};
-use crate::store::{EventFilter, EventStore, StoredEvent};
+use crate::store::{EventFilter, StoredEvent};
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {
@@ -70,11 +68,8 @@ pub async fn run(config: &Config, args: &EventsArgs) -> anyhow::Result<()> {
             let events = query(&conn, &filter, 0, usize::MAX).context("cannot query the event log")?;
             print(&events)?;
         }
-        StoreBackend::Postgres => {
-            let url = crate::app::postgres_url(config)?;
-            let store = PostgresStore::open(url.expose_secret(), PostgresOptions::default())
-                .await
-                .context("cannot open the event log in PostgreSQL")?;
+        StoreBackend::Postgres | StoreBackend::EventStoreDb => {
+            let store = crate::app::open_shared(config, 1).await?;
             let mut after = 0;
             loop {
                 let page = store.query(&filter, after, 10_000).await.context("cannot query the event log")?;

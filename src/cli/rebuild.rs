@@ -13,13 +13,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use meshgate_domain::Recorded;
 use meshgate_projections::{OutboxConfig, ProjectionSet};
 
-use crate::config::{Config, StoreBackend};
+use crate::config::Config;
 use crate::projector::{projected_types, SAVE_AFTER_EVENTS};
 use crate::readmodel::{self, ReadModel};
-use crate::store::postgres::{PostgresOptions, PostgresStore};
 use crate::store::sqlite::{lock_log, read_range_decoded, SqliteStore};
 use crate::store::EventStore;
-use secrecy::ExposeSecret;
 
 /// Positions read per query during a rebuild.
 const REBUILD_RANGE: u64 = 8192;
@@ -125,7 +123,7 @@ fn remove(path: &Path) {
 }
 
 pub async fn run(config: &Config, verify: bool) -> anyhow::Result<()> {
-    let shared = config.store.backend == StoreBackend::Postgres;
+    let shared = config.store.backend.is_shared();
     let real = config.readmodel_path();
     let log = config.log_path();
     // Verifying runs beside a live gateway; replacing the read model needs it stopped.
@@ -134,15 +132,7 @@ pub async fn run(config: &Config, verify: bool) -> anyhow::Result<()> {
         (false, false) => Some(lock_log(&log)?),
         (false, true) => Some(lock_log(&real)?),
     };
-    let store = if shared {
-        let url = crate::app::postgres_url(config)?;
-        let store = PostgresStore::open(url.expose_secret(), PostgresOptions::default())
-            .await
-            .context("cannot open the event log in PostgreSQL")?;
-        Some(store)
-    } else {
-        None
-    };
+    let store = if shared { Some(crate::app::open_shared(config, 1).await?) } else { None };
     let head = match &store {
         Some(store) => *store.head().borrow(),
         None => {
@@ -173,7 +163,7 @@ pub async fn run(config: &Config, verify: bool) -> anyhow::Result<()> {
     let fresh = Arc::new(fresh);
     match store {
         Some(store) => {
-            fold_store(&store, until, outbox, &fresh, &progress).await?;
+            fold_store(store.as_ref(), until, outbox, &fresh, &progress).await?;
         }
         None => {
             let folding = Arc::clone(&fresh);

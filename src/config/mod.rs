@@ -174,17 +174,23 @@ impl Config {
         if !(1..=3600).contains(&self.store.lease_seconds) {
             return invalid("store.lease_seconds must be between 1 and 3600".into());
         }
-        match (self.store.backend, self.store.url_file.is_some(), self.store.url.is_some()) {
-            (StoreBackend::Postgres, false, false) => {
-                return invalid("store.backend = \"postgres\" needs store.url_file (or store.url)".into())
+        let backend = self.store.backend;
+        match (backend.is_shared(), self.store.url_file.is_some(), self.store.url.is_some()) {
+            (true, false, false) => {
+                return invalid(format!("store.backend = \"{}\" needs store.url_file (or store.url)", backend.name()))
             }
-            (StoreBackend::Postgres, true, true) => {
-                return invalid("store.url_file and store.url are alternatives: set one".into())
-            }
-            (StoreBackend::Sqlite, false, false) | (StoreBackend::Postgres, _, _) => {}
-            (StoreBackend::Sqlite, _, _) => {
-                return invalid("store.url_file and store.url are for store.backend = \"postgres\"".into())
-            }
+            (true, true, true) => return invalid("store.url_file and store.url are alternatives: set one".into()),
+            (false, true, _) | (false, _, true) => return invalid(
+                "store.url_file and store.url are for a shared log (store.backend = \"postgres\" or \"eventstoredb\")"
+                    .into(),
+            ),
+            _ => {}
+        }
+        if self.store.stream_prefix.is_empty()
+            || self.store.stream_prefix.starts_with('$')
+            || self.store.stream_prefix.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return invalid("store.stream_prefix must be non-empty, not start with `$` and hold no spaces".into());
         }
         let mut lanes = HashSet::new();
         for lane in &self.lanes {
@@ -285,6 +291,7 @@ impl Config {
         match self.store.backend {
             StoreBackend::Sqlite => crate::readmodel::path_for(&self.log_path()),
             StoreBackend::Postgres => self.server.data_dir.join("postgres.readmodel.sqlite"),
+            StoreBackend::EventStoreDb => self.server.data_dir.join("eventstoredb.readmodel.sqlite"),
         }
     }
 

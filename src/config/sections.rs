@@ -276,14 +276,20 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// Where the log lives: `sqlite` (a file in the data dir, the default) or `postgres` (a
-    /// database shared by every gateway of a team, ADR 0009).
+    /// Where the log lives: `sqlite` (a file in the data dir, the default), `postgres` (a
+    /// database shared by every gateway of a team, ADR 0009) or `eventstoredb` (EventStoreDB or
+    /// KurrentDB, ADR 0010).
     pub backend: StoreBackend,
-    /// `postgres`: a file holding the connection URL (`postgres://user:password@host/db`), a secret
+    /// `postgres`, `eventstoredb`: a file holding the connection URL
+    /// (`postgres://user:password@host/db`, `esdb://user:password@host:2113?tls=true`), a secret
     /// with the token files' permission checks.
     pub url_file: Option<PathBuf>,
-    /// `postgres`: the connection URL itself, for local use (it then shows in the config file).
+    /// `postgres`, `eventstoredb`: the connection URL itself, for local use (it then shows in the
+    /// config file).
     pub url: Option<String>,
+    /// `eventstoredb`: put before every stream's name (`meshgate-build-…`); the log itself is the
+    /// stream `{prefix}log`.
+    pub stream_prefix: String,
     /// `postgres`: how long the lease on the work done once (reaper, dispatchers, sweeps) lasts
     /// unrenewed; another gateway takes that work over at most this long after its holder died.
     pub lease_seconds: u64,
@@ -392,6 +398,7 @@ impl Default for StoreConfig {
             backend: StoreBackend::Sqlite,
             url_file: None,
             url: None,
+            stream_prefix: "meshgate-".to_owned(),
             lease_seconds: 5,
             group_commit: true,
             max_batch: 512,
@@ -407,4 +414,23 @@ pub enum StoreBackend {
     #[default]
     Sqlite,
     Postgres,
+    #[serde(rename = "eventstoredb")]
+    EventStoreDb,
+}
+
+impl StoreBackend {
+    /// A log several gateways can share, reached by a connection URL; each gateway keeps its read
+    /// model in its data dir.
+    pub fn is_shared(self) -> bool {
+        self != StoreBackend::Sqlite
+    }
+
+    /// The name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreBackend::Sqlite => "sqlite",
+            StoreBackend::Postgres => "postgres",
+            StoreBackend::EventStoreDb => "eventstoredb",
+        }
+    }
 }

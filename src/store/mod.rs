@@ -1,10 +1,11 @@
-//! The event log: a trait every backend implements, the embedded SQLite backend ([`sqlite`]) and
-//! the shared PostgreSQL backend ([`postgres`]).
+//! The event log: a trait every backend implements, the embedded SQLite backend ([`sqlite`]), the
+//! shared PostgreSQL backend ([`postgres`]) and EventStoreDB ([`eventstoredb`]).
 //!
 //! Architecture Invariant: nothing outside this module knows which backend is in use. The trait
 //! speaks of streams, expected versions and global positions only; SQLite specifics (savepoints,
 //! WAL, the writer thread) stay in [`sqlite`].
 
+pub mod eventstoredb;
 pub mod postgres;
 pub mod sqlite;
 
@@ -42,6 +43,24 @@ impl NewEvent {
             correlation_id,
             causation_id,
             recorded_at: now,
+        }
+    }
+}
+
+impl NewEvent {
+    /// This event as stored at `position`, version `version` of `stream`.
+    pub fn stored(&self, position: u64, stream: &str, version: u64) -> StoredEvent {
+        StoredEvent {
+            position,
+            stream: stream.to_owned(),
+            version,
+            id: self.id,
+            event_type: self.event_type.to_owned(),
+            schema_version: self.schema_version,
+            data: self.data.clone(),
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            recorded_at: self.recorded_at,
         }
     }
 }
@@ -239,6 +258,45 @@ pub struct EventFilter {
     pub stream: Option<String>,
     pub correlation_id: Option<Uuid>,
     pub event_type: Option<String>,
+}
+
+/// What an issue's audit needs to know beyond each event: its builds' streams and ids (from the
+/// `BuildRequested` events that name it).
+#[derive(Debug, Clone, Default)]
+pub struct IssueBuilds {
+    pub streams: std::collections::HashSet<String>,
+    pub ids: std::collections::HashSet<String>,
+}
+
+impl EventFilter {
+    /// Whether `event` answers this question, as the SQL backends' audit query decides it; for a
+    /// backend that scans the log (`builds`: those of the filter's issue).
+    pub fn matches(&self, event: &StoredEvent, builds: &IssueBuilds) -> bool {
+        const ABOUT_BUILDS: [&str; 4] =
+            ["NotificationAttempted", "NotificationDelivered", "NotificationAbandoned", "PageRequested"];
+        let data = || serde_json::from_str::<serde_json::Value>(&event.data).unwrap_or_default();
+        let text = |data: &serde_json::Value, key: &str| data[key].as_str().map(str::to_owned);
+        if let Some(issue) = &self.issue {
+            let data = data();
+            let names = text(&data, "issue_id").as_deref() == Some(issue.as_str())
+                || event.stream.starts_with(&format!("intent-{issue}/"))
+                || builds.streams.contains(&event.stream)
+                || (ABOUT_BUILDS.contains(&event.event_type.as_str())
+                    && text(&data, "build_id").is_some_and(|b| builds.ids.contains(&b)));
+            if !names {
+                return false;
+            }
+        }
+        if let Some(build) = self.build {
+            let build = build.to_string();
+            if event.stream != format!("build-{build}") && text(&data(), "build_id") != Some(build) {
+                return false;
+            }
+        }
+        self.stream.as_ref().is_none_or(|s| *s == event.stream)
+            && self.correlation_id.is_none_or(|c| c == event.correlation_id)
+            && self.event_type.as_ref().is_none_or(|t| *t == event.event_type)
+    }
 }
 
 impl StoredEvent {

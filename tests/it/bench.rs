@@ -64,3 +64,22 @@ fn the_shared_log_benchmark_compares_sqlite_with_one_and_two_gateways_on_postgre
         assert!(said.contains(row), "no `{row}` in:\n{said}");
     }
 }
+
+/// Against the stand-in of `crate::esdb` (or `MESHGATE_ESDB_URL`). `MESHGATE_ESDB_BENCH="SECONDS
+/// CLIENTS"` makes it the longer run of docs/benchmarks.md (with `--nocapture` to see it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_eventstoredb_benchmark_compares_it_with_sqlite() {
+    let server = crate::esdb::server().await;
+    let run = std::env::var("MESHGATE_ESDB_BENCH").unwrap_or_else(|_| "1 8".into());
+    let (seconds, clients) = run.split_once(' ').expect("MESHGATE_ESDB_BENCH is \"SECONDS CLIENTS\"");
+    let (seconds, clients) = (seconds.to_owned(), clients.to_owned());
+    let said = tokio::task::spawn_blocking(move || {
+        bench(&["--esdb-url", &server.url, "--seconds", &seconds, "--clients", &clients])
+    })
+    .await
+    .unwrap();
+    eprintln!("{said}");
+    for row in ["| SQLite, one gateway |", "| EventStoreDB, one gateway |", "EventStoreDB / SQLite:"] {
+        assert!(said.contains(row), "no `{row}` in:\n{said}");
+    }
+}

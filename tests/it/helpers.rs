@@ -208,7 +208,10 @@ impl TestApp {
     /// Runs a build to its end the way a node would: claim, then report.
     pub async fn finish_build(&self, build_id: Uuid, succeeded: bool) {
         let stream = build_stream(build_id);
-        let claim = BuildCommand::Claim { node_id: "mac-1".into(), lease_expires_at: chrono::Utc::now() };
+        // A lease a node would hold: the reaper must not requeue the build between the two steps,
+        // however slow the log is.
+        let lease_expires_at = chrono::Utc::now() + chrono::Duration::minutes(10);
+        let claim = BuildCommand::Claim { node_id: "mac-1".into(), lease_expires_at };
         self.apply_command(&stream, build_id, claim).await;
         let result = if succeeded {
             BuildCommand::Succeed { attempt: 1 }

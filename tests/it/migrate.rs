@@ -1,9 +1,11 @@
-//! `meshgate store migrate`: a SQLite log copied into PostgreSQL as it is, and a gateway started on
-//! the copy serving what the original served.
+//! `meshgate store migrate`: a SQLite log copied into PostgreSQL, or into EventStoreDB, as it is,
+//! and a gateway started on the copy serving what the original served.
 
 use std::process::Command;
 use std::sync::Arc;
 
+use meshgate::config::StoreBackend;
+use meshgate::store::eventstoredb::{EventStoreDbOptions, EventStoreDbStore};
 use meshgate::store::postgres::{PostgresOptions, PostgresStore};
 use meshgate::store::sqlite::{SqliteStore, WriterOptions};
 use meshgate::store::EventStore;
@@ -14,6 +16,15 @@ use crate::process::{start, token, write_config, BIN};
 
 #[tokio::test]
 async fn a_sqlite_log_moves_to_postgres_whole() {
+    moves_whole(StoreBackend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_sqlite_log_moves_to_eventstoredb_whole() {
+    moves_whole(StoreBackend::EventStoreDb).await;
+}
+
+async fn moves_whole(backend: StoreBackend) {
     let source = tempfile::tempdir().unwrap();
     let config = write_config(source.path());
     let gateway = start(source.path(), &["--config", config.to_str().unwrap()], &[]);
@@ -32,17 +43,22 @@ async fn a_sqlite_log_moves_to_postgres_whole() {
     }
     gateway.stop();
 
-    // The target: the same gateway's settings, with the log in PostgreSQL.
+    // The target: the same gateway's settings, with the log in PostgreSQL or EventStoreDB.
     let target = tempfile::tempdir().unwrap();
-    let url = crate::postgres::database().await;
-    use std::os::unix::fs::PermissionsExt;
+    let prefix = crate::store_esdb::fresh_prefix();
+    let url = match backend {
+        StoreBackend::EventStoreDb => crate::esdb::server().await.url,
+        _ => crate::postgres::database().await,
+    };
     for name in ["webhook.token", "admin.token", "nodes.token"] {
         std::fs::copy(source.path().join(name), target.path().join(name)).unwrap();
     }
-    std::fs::write(target.path().join("postgres.url"), &url).unwrap();
-    std::fs::set_permissions(target.path().join("postgres.url"), std::fs::Permissions::from_mode(0o400)).unwrap();
-    let toml =
-        std::fs::read_to_string(&config).unwrap() + "\n[store]\nbackend = \"postgres\"\nurl_file = \"postgres.url\"\n";
+    crate::pki::write_private(&target.path().join("log.url"), &url);
+    let toml = std::fs::read_to_string(&config).unwrap()
+        + &format!(
+            "\n[store]\nbackend = \"{}\"\nurl_file = \"log.url\"\nstream_prefix = \"{prefix}\"\n",
+            backend.name()
+        );
     let target_config = target.path().join("meshgate.toml");
     std::fs::write(&target_config, toml).unwrap();
 
@@ -67,7 +83,13 @@ async fn a_sqlite_log_moves_to_postgres_whole() {
     // Event for event, field for field.
     let original: Arc<dyn EventStore> =
         Arc::new(SqliteStore::open(&source.path().join("data/events.sqlite"), WriterOptions::default()).unwrap());
-    let copy: Arc<dyn EventStore> = Arc::new(PostgresStore::open(&url, PostgresOptions::default()).await.unwrap());
+    let copy: Arc<dyn EventStore> = match backend {
+        StoreBackend::EventStoreDb => {
+            let options = EventStoreDbOptions { prefix, ..EventStoreDbOptions::default() };
+            Arc::new(EventStoreDbStore::open(&url, options).await.unwrap())
+        }
+        _ => Arc::new(PostgresStore::open(&url, PostgresOptions::default()).await.unwrap()),
+    };
     assert_eq!(read_everything(copy.as_ref()).await, read_everything(original.as_ref()).await);
     drop(copy);
 

@@ -3,6 +3,7 @@
 //! For every scenario, the live projections equal a rebuild from position 0, before and after a
 //! restart.
 
+use meshgate::config::StoreBackend;
 use std::collections::{BTreeMap, HashMap};
 
 use meshgate_domain::build::BuildCommand;
@@ -81,14 +82,19 @@ impl Aliases {
 }
 
 /// Runs one scenario on the embedded log, or on a fresh PostgreSQL database (`shared`).
-async fn run(path: &std::path::Path, shared: bool) {
+async fn run(path: &std::path::Path, backend: StoreBackend) {
     let name = path.file_name().unwrap().to_string_lossy().into_owned();
     let scenario: Scenario = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect(&name);
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path(), scenario.triggers.clone());
-    if shared {
-        config.store.backend = meshgate::config::StoreBackend::Postgres;
-        config.store.url = Some(crate::postgres::database().await);
+    config.store.backend = backend;
+    match backend {
+        StoreBackend::Sqlite => {}
+        StoreBackend::Postgres => config.store.url = Some(crate::postgres::database().await),
+        StoreBackend::EventStoreDb => {
+            config.store.url = Some(crate::esdb::server().await.url);
+            config.store.stream_prefix = crate::store_esdb::fresh_prefix();
+        }
     }
     let priorities = config.lane_priorities();
     let app = spawn_with(dir, config).await;
@@ -179,13 +185,20 @@ fn scenarios() -> Vec<std::path::PathBuf> {
 #[tokio::test]
 async fn every_scenario_produces_its_expected_log_and_projections() {
     for path in scenarios() {
-        run(&path, false).await;
+        run(&path, StoreBackend::Sqlite).await;
     }
 }
 
 #[tokio::test]
 async fn every_scenario_produces_its_expected_log_and_projections_on_postgres() {
     for path in scenarios() {
-        run(&path, true).await;
+        run(&path, StoreBackend::Postgres).await;
+    }
+}
+
+#[tokio::test]
+async fn every_scenario_produces_its_expected_log_and_projections_on_eventstoredb() {
+    for path in scenarios() {
+        run(&path, StoreBackend::EventStoreDb).await;
     }
 }

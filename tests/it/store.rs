@@ -95,6 +95,49 @@ pub(crate) async fn contract(store: Arc<dyn EventStore>) {
     store.check_writable().await.unwrap();
 }
 
+/// A request that appends to a stream, then another, then the first again, on a fresh store.
+pub(crate) async fn one_request_names_a_stream_twice(store: Arc<dyn EventStore>) {
+    let twice = vec![
+        append("t", ExpectedVersion::NoStream, 1),
+        append("u", ExpectedVersion::Any, 1),
+        append("t", ExpectedVersion::Exact(0), 1),
+    ];
+    store.append(twice).await.unwrap();
+    let t: Vec<(u64, u64)> = store.read_stream("t").await.unwrap().iter().map(|e| (e.position, e.version)).collect();
+    assert_eq!(t, [(1, 0), (3, 1)]);
+}
+
+/// Two stores on one shared log (two gateways): `streams` streams, each wanted by both at once
+/// expecting it not to exist. One of each pair wins; the log stays one, gap-free, and each
+/// store's followers are handed all of it in order, whichever store appended it.
+pub(crate) async fn two_stores_keep_one_log(a: &Arc<dyn EventStore>, b: &Arc<dyn EventStore>, streams: usize) {
+    let (mut feed_a, mut feed_b) = (a.committed().unwrap(), b.committed().unwrap());
+    let attempts = (0..streams * 2).map(|i| {
+        let store = Arc::clone(if i % 2 == 0 { a } else { b });
+        async move { store.append(vec![append(&format!("s{}", i / 2), ExpectedVersion::NoStream, 2)]).await }
+    });
+    let results = join_all(attempts).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), streams);
+    assert!(results.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(e, StoreError::Conflict { .. })));
+
+    let events = streams as u64 * 2;
+    let log = a.read_all(0, 1000).await.unwrap();
+    assert_eq!(log.iter().map(|e| e.position).collect::<Vec<_>>(), (1..=events).collect::<Vec<_>>());
+    assert_eq!(b.read_all(0, 1000).await.unwrap(), log);
+    for feed in [&mut feed_a, &mut feed_b] {
+        let mut seen = Vec::new();
+        while seen.len() < log.len() {
+            seen.extend(feed.recv().await.unwrap().iter().cloned());
+        }
+        assert_eq!(seen, log);
+    }
+    for i in 0..streams {
+        assert_eq!(b.read_stream(&format!("s{i}")).await.unwrap().len(), 2);
+    }
+    let mut head_b = b.head();
+    assert_eq!(*head_b.wait_for(|h| *h == events).await.unwrap(), events);
+}
+
 /// The event at `position`, as `read_all` decodes it.
 async fn event_at(store: &Arc<dyn EventStore>, position: u64) -> Event {
     store.read_all(position - 1, 1).await.unwrap().remove(0).decode().unwrap().event
@@ -278,4 +321,10 @@ async fn live_projections_that_fall_behind_the_commit_feed_catch_up_from_the_log
     assert_eq!(a.len(), 1500);
     assert!(a == b, "the live projections differ from a fresh read of the log");
     assert_eq!(live.read(|p| p.queue.clone()), fresh.read(|p| p.queue.clone()));
+}
+
+#[tokio::test]
+async fn a_request_may_name_one_stream_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    one_request_names_a_stream_twice(open(dir.path(), 512)).await;
 }

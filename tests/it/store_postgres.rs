@@ -9,7 +9,7 @@ use meshgate::store::{EventStore, StoreError};
 use meshgate_domain::ExpectedVersion;
 
 use crate::postgres::database;
-use crate::store::{append, contract};
+use crate::store::{append, contract, one_request_names_a_stream_twice, two_stores_keep_one_log};
 
 async fn open(url: &str, max_batch: usize) -> Arc<dyn EventStore> {
     let options = PostgresOptions { max_batch, ..PostgresOptions::default() };
@@ -49,31 +49,7 @@ async fn an_event_id_is_appended_once() {
 async fn two_gateways_on_one_database_keep_one_log() {
     let url = database().await;
     let (a, b) = (open(&url, 512).await, open(&url, 512).await);
-    let (mut feed_a, mut feed_b) = (a.committed().unwrap(), b.committed().unwrap());
-
-    // Each stream is wanted by both, each expecting it not to exist: one of them wins.
-    let attempts = (0..60).map(|i| {
-        let store = Arc::clone(if i % 2 == 0 { &a } else { &b });
-        async move { store.append(vec![append(&format!("s{}", i / 2), ExpectedVersion::NoStream, 2)]).await }
-    });
-    let results = join_all(attempts).await;
-    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 30);
-    assert!(results.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(e, StoreError::Conflict { .. })));
-
-    // One log: gap-free positions, and each gateway's followers are handed all of it, in order,
-    // whichever gateway appended it.
-    let log = a.read_all(0, 1000).await.unwrap();
-    assert_eq!(log.iter().map(|e| e.position).collect::<Vec<_>>(), (1..=60).collect::<Vec<_>>());
-    assert_eq!(b.read_all(0, 1000).await.unwrap(), log);
-    for feed in [&mut feed_a, &mut feed_b] {
-        let mut seen = Vec::new();
-        while seen.len() < log.len() {
-            seen.extend(feed.recv().await.unwrap().iter().cloned());
-        }
-        assert_eq!(seen, log);
-    }
-    let mut head_b = b.head();
-    assert_eq!(*head_b.wait_for(|h| *h == 60).await.unwrap(), 60);
+    two_stores_keep_one_log(&a, &b, 30).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,13 +108,5 @@ async fn one_gateway_holds_the_lease_and_a_former_leaders_appends_are_fenced() {
 
 #[tokio::test]
 async fn a_request_may_name_one_stream_twice() {
-    let store = open(&database().await, 512).await;
-    let twice = vec![
-        append("t", ExpectedVersion::NoStream, 1),
-        append("u", ExpectedVersion::Any, 1),
-        append("t", ExpectedVersion::Exact(0), 1),
-    ];
-    store.append(twice).await.unwrap();
-    let t: Vec<(u64, u64)> = store.read_stream("t").await.unwrap().iter().map(|e| (e.position, e.version)).collect();
-    assert_eq!(t, [(1, 0), (3, 1)]);
+    one_request_names_a_stream_twice(open(&database().await, 512).await).await;
 }

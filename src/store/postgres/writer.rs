@@ -296,16 +296,8 @@ async fn judge(
         for (event, version) in append.events.iter().zip(versions) {
             position += 1;
             events.push(StoredEvent {
-                position: position as u64,
-                stream: append.stream.clone(),
-                version: version as u64,
-                id: event.id,
-                event_type: event.event_type.to_owned(),
-                schema_version: event.schema_version,
-                data: event.data.clone(),
-                correlation_id: event.correlation_id,
-                causation_id: event.causation_id,
                 recorded_at: micros(event.recorded_at),
+                ..event.stored(position as u64, &append.stream, version as u64)
             });
         }
     }
