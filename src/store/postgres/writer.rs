@@ -43,6 +43,17 @@ const INSERT: &str = "
 
 const VERSION: &str = "SELECT max(version) FROM meshgate_events WHERE stream = $1";
 
+/// The last version of each of the streams `$1` (streams without events are left out).
+const VERSIONS: &str =
+    "SELECT stream, max(version) FROM meshgate_events WHERE stream = ANY($1::text[]) GROUP BY stream";
+
+/// A whole batch's events, in one statement.
+const INSERT_ALL: &str = "
+    INSERT INTO meshgate_events
+        (position, stream, version, id, type, schema_version, data, correlation_id, causation_id, recorded_at)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::integer[],
+                         $7::text[], $8::uuid[], $9::uuid[], $10::timestamptz[])";
+
 /// The writer's connection and its prepared statements. Every statement sent in a pipeline must be
 /// prepared beforehand: one given as text is prepared first (a round trip), so it would reach the
 /// server after the simple queries (`COMMIT`) sent behind it.
@@ -50,6 +61,8 @@ struct Connection {
     client: Client,
     insert: Statement,
     version: Statement,
+    versions: Statement,
+    insert_all: Statement,
     lock_head: Statement,
     move_head: Statement,
     notify: Statement,
@@ -62,6 +75,8 @@ impl Connection {
         let failed = |e| pg_failed("cannot prepare appends", e);
         let insert = client.prepare(INSERT).await.map_err(failed)?;
         let version = client.prepare(VERSION).await.map_err(failed)?;
+        let versions = client.prepare(VERSIONS).await.map_err(failed)?;
+        let insert_all = client.prepare(INSERT_ALL).await.map_err(failed)?;
         let lock_head =
             client.prepare("SELECT last FROM meshgate_head WHERE id = 1 FOR UPDATE").await.map_err(failed)?;
         let move_head = client.prepare("UPDATE meshgate_head SET last = $1 WHERE id = 1").await.map_err(failed)?;
@@ -70,7 +85,7 @@ impl Connection {
             .prepare("SELECT term, expires_at > now() FROM meshgate_leader WHERE id = 1")
             .await
             .map_err(failed)?;
-        Ok(Connection { client, insert, version, lock_head, move_head, notify, lease })
+        Ok(Connection { client, insert, version, versions, insert_all, lock_head, move_head, notify, lease })
     }
 }
 
@@ -109,7 +124,13 @@ pub async fn run(
         let appends: Vec<(&[StreamAppend], Option<i64>)> =
             requests.iter().map(|r| (r.appends.as_slice(), r.fence)).collect();
         let started = std::time::Instant::now();
-        match commit(conn, &appends).await {
+        let committed_batch = match commit_whole(conn, &appends).await {
+            Ok(Some(done)) => Ok(done),
+            // An event id already in the log: request by request, to refuse only that one.
+            Ok(None) => commit(conn, &appends).await,
+            Err(e) => Err(e),
+        };
+        match committed_batch {
             Ok((outcomes, stored)) => {
                 crate::metrics::commit(started.elapsed(), stored.len());
                 if let Some(last) = stored.last().map(|e| e.position) {
@@ -131,7 +152,141 @@ pub async fn run(
     }
 }
 
-/// One transaction for the batch: the outcome of each request and the events committed.
+/// One transaction for the batch, in three round trips: the head locked; the last version of
+/// every stream the batch names; the batch's events in one insert, the head moved, the
+/// notification and the commit, pipelined. Under the head's lock the versions read are the log's
+/// own (every writer of every gateway takes that lock first), so each request is judged here, in
+/// order, each seeing those before it. `None` (and the transaction rolled back) when an event id
+/// is already in the log: [`commit`] then takes the batch request by request.
+async fn commit_whole(
+    conn: &Connection,
+    batch: &[(&[StreamAppend], Option<i64>)],
+) -> Result<Option<(Vec<Result<Appended, StoreError>>, Vec<StoredEvent>)>, StoreError> {
+    let client = &conn.client;
+    let failed = |e: tokio_postgres::Error| pg_failed("cannot append to the event log", e);
+    let mut streams: Vec<&str> = batch.iter().flat_map(|(a, _)| a.iter().map(|a| a.stream.as_str())).collect();
+    streams.sort_unstable();
+    streams.dedup();
+    let fenced = batch.iter().any(|(_, fence)| fence.is_some());
+    let streams_param: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&streams];
+    let (begun, locked, read, lease) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        client.query_one(&conn.lock_head, &[]),
+        client.query(&conn.versions, &streams_param),
+        async {
+            if fenced {
+                client.query_one(&conn.lease, &[]).await.map(|row| Some((row.get::<_, i64>(0), row.get::<_, bool>(1))))
+            } else {
+                Ok(None)
+            }
+        },
+    );
+    begun.map_err(failed)?;
+    let base: i64 = locked.map_err(failed)?.get(0);
+    let lease = lease.map_err(failed)?;
+    let mut versions: std::collections::HashMap<String, u64> =
+        read.map_err(failed)?.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64)).collect();
+
+    let mut last = base as u64;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut stored: Vec<StoredEvent> = Vec::new();
+    for &(appends, fence) in batch {
+        if let Some(refused) = fence.zip(lease).and_then(|(term, lease)| refuse_fenced(term, lease)) {
+            outcomes.push(Err(refused));
+            continue;
+        }
+        let mut mine: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+        let mut events = Vec::new();
+        let mut refused = None;
+        for append in appends {
+            let current = mine.get(append.stream.as_str()).or_else(|| versions.get(&append.stream)).copied();
+            let fits = match append.expected {
+                ExpectedVersion::Any => true,
+                ExpectedVersion::NoStream => current.is_none(),
+                ExpectedVersion::Exact(v) => current == Some(v),
+            };
+            if !fits {
+                refused = Some(StoreError::Conflict {
+                    stream: append.stream.clone(),
+                    expected: append.expected,
+                    actual: current,
+                });
+                break;
+            }
+            let first = current.map_or(0, |v| v + 1);
+            for (version, event) in (first..).zip(&append.events) {
+                let position = last + events.len() as u64 + 1;
+                events.push(StoredEvent {
+                    recorded_at: micros(event.recorded_at),
+                    ..event.stored(position, &append.stream, version)
+                });
+            }
+            if !append.events.is_empty() {
+                mine.insert(&append.stream, first + append.events.len() as u64 - 1);
+            }
+        }
+        match refused {
+            Some(conflict) => outcomes.push(Err(conflict)),
+            None => {
+                versions.extend(mine.into_iter().map(|(s, v)| (s.to_owned(), v)));
+                last += events.len() as u64;
+                outcomes.push(Ok(Appended { last_position: last }));
+                stored.extend(events);
+            }
+        }
+    }
+    if stored.is_empty() {
+        client.batch_execute("COMMIT").await.map_err(failed)?;
+        return Ok(Some((outcomes, stored)));
+    }
+    let last = last as i64;
+    let positions: Vec<i64> = stored.iter().map(|e| e.position as i64).collect();
+    let names: Vec<&str> = stored.iter().map(|e| e.stream.as_str()).collect();
+    let numbers: Vec<i64> = stored.iter().map(|e| e.version as i64).collect();
+    let ids: Vec<Uuid> = stored.iter().map(|e| e.id).collect();
+    let types: Vec<&str> = stored.iter().map(|e| e.event_type.as_str()).collect();
+    let schema_versions: Vec<i32> = stored.iter().map(|e| e.schema_version as i32).collect();
+    let data: Vec<&str> = stored.iter().map(|e| e.data.as_str()).collect();
+    let correlations: Vec<Uuid> = stored.iter().map(|e| e.correlation_id).collect();
+    let causations: Vec<Option<Uuid>> = stored.iter().map(|e| e.causation_id).collect();
+    let at: Vec<chrono::DateTime<chrono::Utc>> = stored.iter().map(|e| e.recorded_at).collect();
+    let columns: [&(dyn tokio_postgres::types::ToSql + Sync); 10] =
+        [&positions, &names, &numbers, &ids, &types, &schema_versions, &data, &correlations, &causations, &at];
+    let head = last.to_string();
+    let (last_param, head_param): (
+        [&(dyn tokio_postgres::types::ToSql + Sync); 1],
+        [&(dyn tokio_postgres::types::ToSql + Sync); 1],
+    ) = ([&last], [&head]);
+    let (inserted, updated, notified, committed) = tokio::join!(
+        client.execute(&conn.insert_all, &columns),
+        client.execute(&conn.move_head, &last_param),
+        client.execute(&conn.notify, &head_param),
+        client.batch_execute("COMMIT"),
+    );
+    match inserted {
+        Err(e) if is_clash_on(&e, "meshgate_events_id_key") => {
+            // The commit behind it ended the failed transaction (as a rollback).
+            return Ok(None);
+        }
+        other => other.map_err(failed)?,
+    };
+    updated.and(notified).map_err(failed)?;
+    committed.map_err(|e| pg_failed("the commit of an append failed; it may or may not have landed", e))?;
+    Ok(Some((outcomes, stored)))
+}
+
+/// Why a fenced request is refused under `lease` (its term, whether it is still valid), if it is.
+fn refuse_fenced(term: i64, (current, valid): (i64, bool)) -> Option<StoreError> {
+    (term != current || !valid).then(|| {
+        StoreError::failed(format!(
+            "fenced: this gateway's term {term} of the work done once is over (the lease is in term {current}{})",
+            if valid { "" } else { ", expired" }
+        ))
+    })
+}
+
+/// One transaction for the batch, request by request (each in a savepoint): the outcome of each
+/// request and the events committed.
 async fn commit(
     conn: &Connection,
     batch: &[(&[StreamAppend], Option<i64>)],
@@ -153,14 +308,9 @@ async fn commit(
     let mut stored = Vec::new();
     let mut release = false;
     for &(appends, fence) in batch {
-        if let (Some(term), Some((current, valid))) = (fence, lease) {
-            if term != current || !valid {
-                outcomes.push(Err(StoreError::failed(format!(
-                    "fenced: this gateway's term {term} of the work done once is over (the lease is in term {current}{})",
-                    if valid { "" } else { ", expired" }
-                ))));
-                continue;
-            }
+        if let Some(refused) = fence.zip(lease).and_then(|(term, lease)| refuse_fenced(term, lease)) {
+            outcomes.push(Err(refused));
+            continue;
         }
         let (release_done, savepoint, inserted) = tokio::join!(
             async {
