@@ -16,6 +16,7 @@
 //! this gateway's writer last saw it, and the append to the log at that exact revision fails if
 //! any other gateway appended meanwhile.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +81,8 @@ pub(crate) struct Inner {
     pub prefix: String,
     pub log: String,
     pub head: watch::Sender<u64>,
+    /// How far the writer has the log copied (its `copied`), for reads to see without asking it.
+    pub copied: AtomicU64,
 }
 
 impl Inner {
@@ -200,8 +203,13 @@ impl EventStoreDbStore {
         let client = Client::new(settings)
             .map_err(|e| StoreError::failed(format!("cannot make an EventStoreDB client: {e}")))?;
         let (head_tx, head) = watch::channel(0);
-        let inner =
-            Arc::new(Inner { client, log: format!("{}log", options.prefix), prefix: options.prefix, head: head_tx });
+        let inner = Arc::new(Inner {
+            client,
+            log: format!("{}log", options.prefix),
+            prefix: options.prefix,
+            head: head_tx,
+            copied: AtomicU64::new(0),
+        });
         let mut writer = writer::Writer::default();
         let last = writer.recover(&inner).await?;
         inner.head.send_replace(last);
@@ -217,6 +225,9 @@ impl EventStoreDbStore {
     /// Copies the log's last decision if this gateway's writer has not seen it (its gateway may have
     /// died before it could), so reads of single streams see every decision.
     async fn settle(&self) -> Result<(), StoreError> {
+        if self.inner.copied.load(Ordering::Acquire) >= *self.head.borrow() {
+            return Ok(());
+        }
         let (reply, answer) = oneshot::channel();
         self.writer.send(writer::Request::Settle(reply)).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?

@@ -8,6 +8,7 @@
 //! therefore copies the last decision only; copies are idempotent.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -54,6 +55,7 @@ impl Writer {
                     StoreError::failed(format!("the log's last event (position {head}) cannot be read"))
                 })?;
             self.copied = decision - 1;
+            inner.copied.store(self.copied, Ordering::Release);
         }
         self.catch_up(inner).await
     }
@@ -73,6 +75,7 @@ impl Writer {
             let decision = inner.read_log(first - 1, (cursor + 1 - first) as usize).await?;
             copy(inner, &decision).await?;
             self.copied = cursor;
+            inner.copied.store(cursor, Ordering::Release);
             inner.head.send_if_modified(|h| std::mem::replace(h, (*h).max(cursor)) < cursor);
         }
         Ok(self.copied)
@@ -113,6 +116,7 @@ impl Writer {
                     Ok(()) => {
                         self.remember(planned.iter());
                         self.copied = last;
+                        inner.copied.store(last, Ordering::Release);
                     }
                     // In the log, so decided. This writer stays behind it, so it (or whoever comes
                     // next) copies it before anything is planned on top of it.

@@ -4,11 +4,12 @@
 //! locks the log's head row (`meshgate_head`), so appends from every gateway on the database are
 //! serialized: positions are assigned from the head, gap-free, and a later position can never
 //! become visible before an earlier one (the lock is released only by the commit that made the
-//! earlier one visible). Each request runs in a savepoint; each of its streams is one `INSERT …
-//! SELECT` that inserts only if the stream is at the expected version, its statements sent
-//! together (pipelined) in one round trip. A request that conflicts is rolled back to its
-//! savepoint without spoiling the batch. The commit moves the head and notifies followers on every
-//! gateway (`NOTIFY meshgate_events`); callers are answered after it.
+//! earlier one visible). Under the lock the writer reads the versions of every stream the batch
+//! names, judges the requests in order, and inserts all accepted events in one statement
+//! ([`commit_whole`]); if an event id is already in the log it takes the batch request by request
+//! instead, each in a savepoint, each stream one `INSERT … SELECT` that inserts only if the stream
+//! is at the expected version ([`commit`]). The commit moves the head and notifies followers on
+//! every gateway (`NOTIFY meshgate_events`); callers are answered after it.
 
 use std::sync::Arc;
 
