@@ -270,9 +270,12 @@ pub async fn open_shared(config: &Config, max_batch: usize) -> anyhow::Result<Ar
             Ok(Arc::new(store))
         }
         StoreBackend::EventStoreDb => {
+            let lease = std::time::Duration::from_secs(config.store.lease_seconds);
             let options = EventStoreDbOptions {
                 prefix: config.store.stream_prefix.clone(),
                 max_batch,
+                lease,
+                renew: lease / 5,
                 ..EventStoreDbOptions::default()
             };
             let store = EventStoreDbStore::open(url.expose_secret(), options)

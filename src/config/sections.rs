@@ -290,8 +290,9 @@ pub struct StoreConfig {
     /// `eventstoredb`: put before every stream's name (`meshgate-build-…`); the log itself is the
     /// stream `{prefix}log`.
     pub stream_prefix: String,
-    /// `postgres`: how long the lease on the work done once (reaper, dispatchers, sweeps) lasts
-    /// unrenewed; another gateway takes that work over at most this long after its holder died.
+    /// `postgres`, `eventstoredb`: how long the lease on the work done once (reaper, dispatchers,
+    /// sweeps) lasts unrenewed; another gateway takes that work over at most this long after its
+    /// holder died.
     pub lease_seconds: u64,
     /// Fold concurrent appends into one commit (group commit). Off: one commit per request.
     pub group_commit: bool,

@@ -6,6 +6,7 @@
 //! WAL, the writer thread) stay in [`sqlite`].
 
 pub mod eventstoredb;
+pub(crate) mod lease;
 pub mod postgres;
 pub mod sqlite;
 

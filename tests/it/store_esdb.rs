@@ -244,3 +244,32 @@ async fn a_gateway_killed_between_the_appends_of_a_decision_leaves_nothing_half_
         assert!(verify.status.success(), "{failpoint}: {}", String::from_utf8_lossy(&verify.stderr));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gateway_holds_the_lease_and_another_takes_over_when_it_is_gone() {
+    let server = crate::esdb::server().await;
+    let prefix = fresh_prefix();
+    let options = EventStoreDbOptions {
+        prefix: prefix.clone(),
+        lease: std::time::Duration::from_millis(1500),
+        renew: std::time::Duration::from_millis(300),
+        ..EventStoreDbOptions::default()
+    };
+    let a: Arc<dyn EventStore> = Arc::new(EventStoreDbStore::open(&server.url, options.clone()).await.unwrap());
+    let mut leads_a = a.leadership();
+    let term = leads_a.wait_for(Option::is_some).await.unwrap().unwrap();
+    let b: Arc<dyn EventStore> = Arc::new(EventStoreDbStore::open(&server.url, options).await.unwrap());
+    let mut leads_b = b.leadership();
+    // B tries several times while A renews: it never leads.
+    let tries = tokio::time::timeout(std::time::Duration::from_millis(1200), leads_b.wait_for(Option::is_some));
+    assert!(tries.await.is_err(), "two gateways held the lease at once");
+    a.append_fenced(vec![append("a", ExpectedVersion::NoStream, 1)], term).await.unwrap();
+
+    // A is gone: B takes over in a new term within the lease, and A's term is fenced off.
+    drop(a);
+    let next = leads_b.wait_for(Option::is_some).await.unwrap().unwrap();
+    assert!(next > term);
+    let fenced = b.append_fenced(vec![append("b", ExpectedVersion::NoStream, 1)], term).await.unwrap_err();
+    assert!(fenced.to_string().contains("fenced"), "{fenced}");
+    b.append_fenced(vec![append("b", ExpectedVersion::NoStream, 1)], next).await.unwrap();
+}

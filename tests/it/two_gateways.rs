@@ -48,19 +48,38 @@ async fn a_delivery_sent_to_two_gateways_on_one_log_starts_one_build() {
 /// took the delivery, and still after the gateway that sends them stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leaseholder_sends_and_another_gateway_takes_over_when_it_stops() {
+    only_the_leaseholder_sends(StoreBackend::Postgres).await;
+}
+
+/// The same on one EventStoreDB log (the stand-in), where the lease is a stream of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leaseholder_sends_on_eventstoredb_and_another_takes_over_when_it_stops() {
+    only_the_leaseholder_sends(StoreBackend::EventStoreDb).await;
+}
+
+async fn only_the_leaseholder_sends(backend: StoreBackend) {
     use crate::stand_in::stand_in;
     use meshgate::config::{ChatConfig, ChatKind};
-    let url = crate::postgres::database().await;
+    let url = match backend {
+        StoreBackend::EventStoreDb => crate::esdb::server().await.url,
+        _ => crate::postgres::database().await,
+    };
+    let prefix = crate::store_esdb::fresh_prefix();
     let mut slack = stand_in(vec![]).await;
-    let gateway = |url: String, hook: String| async move {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = test_config(dir.path(), vec![ios_trigger()]);
-        config.store.backend = StoreBackend::Postgres;
-        config.store.url = Some(url);
-        config.store.lease_seconds = 1;
-        let chat = ChatConfig { url: Some(hook), max_attempts: 3, ..ChatConfig::new("team", ChatKind::SlackWebhook) };
-        config.chat = vec![chat];
-        spawn_with(dir, config).await
+    let gateway = |url: String, hook: String| {
+        let prefix = prefix.clone();
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = test_config(dir.path(), vec![ios_trigger()]);
+            config.store.backend = backend;
+            config.store.url = Some(url);
+            config.store.stream_prefix = prefix;
+            config.store.lease_seconds = 1;
+            let chat =
+                ChatConfig { url: Some(hook), max_attempts: 3, ..ChatConfig::new("team", ChatKind::SlackWebhook) };
+            config.chat = vec![chat];
+            spawn_with(dir, config).await
+        }
     };
     let hook = slack.url("/services/T0/B0/x");
     let (a, b) = (gateway(url.clone(), hook.clone()).await, gateway(url, hook).await);

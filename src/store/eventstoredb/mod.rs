@@ -12,6 +12,8 @@
 //! a stream) first copies the last one, in case its gateway died on the way. ADR 0010 says why
 //! this design and shows that every uniqueness rule holds.
 //!
+//! The work done once runs on the holder of a lease in `{prefix}leader` ([`leader`]).
+//!
 //! Architecture Invariant: the log stream is the truth. A decision is planned against the log as
 //! this gateway's writer last saw it, and the append to the log at that exact revision fails if
 //! any other gateway appended meanwhile.
@@ -29,6 +31,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+mod leader;
 mod tail;
 mod writer;
 
@@ -50,11 +53,21 @@ pub struct EventStoreDbOptions {
     pub poll: Duration,
     /// Most requests folded into one append to the log; 1 means one append per request.
     pub max_batch: usize,
+    /// How long the lease on the work done once lasts without renewal: the bound on a failover.
+    pub lease: Duration,
+    /// How often the lease is taken or renewed.
+    pub renew: Duration,
 }
 
 impl Default for EventStoreDbOptions {
     fn default() -> Self {
-        EventStoreDbOptions { prefix: "meshgate-".to_owned(), poll: Duration::from_secs(1), max_batch: 512 }
+        EventStoreDbOptions {
+            prefix: "meshgate-".to_owned(),
+            poll: Duration::from_secs(1),
+            max_batch: 512,
+            lease: Duration::from_secs(5),
+            renew: Duration::from_secs(1),
+        }
     }
 }
 
@@ -190,7 +203,8 @@ pub struct EventStoreDbStore {
     writer: mpsc::Sender<writer::Request>,
     head: watch::Receiver<u64>,
     feed: broadcast::Sender<Arc<[StoredEvent]>>,
-    tasks: [JoinHandle<()>; 2],
+    leading: watch::Receiver<Option<i64>>,
+    tasks: [JoinHandle<()>; 3],
 }
 
 impl EventStoreDbStore {
@@ -215,11 +229,19 @@ impl EventStoreDbStore {
         inner.head.send_replace(last);
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let (requests, queue) = mpsc::channel(options.max_batch.max(1) * 4);
+        let (leader, leading) = watch::channel(None);
+        let holder = uuid::Uuid::now_v7();
         let tasks = [
             tokio::spawn(writer::run(Arc::clone(&inner), writer, queue, options.max_batch)),
             tokio::spawn(tail::run(Arc::clone(&inner), feed.clone(), last, options.poll)),
+            tokio::spawn(crate::store::lease::keep(
+                leader::EsdbLease { inner: Arc::clone(&inner), holder, ttl: options.lease },
+                options.lease,
+                options.renew,
+                leader,
+            )),
         ];
-        Ok(EventStoreDbStore { inner, writer: requests, head, feed, tasks })
+        Ok(EventStoreDbStore { inner, writer: requests, head, feed, leading, tasks })
     }
 
     /// Copies the log's last decision if this gateway's writer has not seen it (its gateway may have
@@ -236,8 +258,10 @@ impl EventStoreDbStore {
 
 impl Drop for EventStoreDbStore {
     fn drop(&mut self) {
-        // The writer ends once its queue is closed and drained; the follower has nothing left to do.
+        // The writer ends once its queue is closed and drained; the follower and the lease have
+        // nothing left to do (the lease expires by itself).
         self.tasks[1].abort();
+        self.tasks[2].abort();
     }
 }
 
@@ -248,6 +272,24 @@ impl EventStore for EventStoreDbStore {
         let pending = writer::Pending { appends, reply };
         self.writer.send(writer::Request::Append(pending)).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn append_fenced(&self, appends: Vec<StreamAppend>, term: i64) -> Result<Appended, StoreError> {
+        // The fence is this gateway's clock (the lease steps down before it can expire): the lease
+        // cannot be checked in the log's own compare-and-set (ADR 0010).
+        match *self.leading.borrow() {
+            Some(current) if current == term => {}
+            current => {
+                return Err(StoreError::failed(format!(
+                    "fenced: this gateway's term {term} of the work done once is over (it holds {current:?})"
+                )))
+            }
+        }
+        self.append(appends).await
+    }
+
+    fn leadership(&self) -> watch::Receiver<Option<i64>> {
+        self.leading.clone()
     }
 
     async fn read_stream(&self, stream: &str) -> Result<Vec<StoredEvent>, StoreError> {

@@ -9,12 +9,12 @@
 //! so its jobs stop before another gateway's start; if it was paused instead, its appends are
 //! refused by the fence.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::connect;
+use crate::store::lease::Lease;
 
 /// Takes or extends the lease; returns the term, or nothing if another gateway holds it.
 const TAKE: &str = "
@@ -25,51 +25,24 @@ const TAKE: &str = "
     WHERE id = 1 AND (holder = $1 OR expires_at <= now())
     RETURNING term";
 
-/// Keeps `leading` up to date with this gateway's term while it holds the lease.
-pub async fn run(url: String, holder: Uuid, ttl: Duration, renew: Duration, leading: watch::Sender<Option<i64>>) {
-    let mut tick = tokio::time::interval(renew);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut client = None;
-    // The deadline by this gateway's clock: the lease's end, less a margin for clock rates.
-    let mut valid_until: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = leading.closed() => return,
-        }
-        let started = Instant::now();
-        if client.as_ref().is_none_or(|c: &tokio_postgres::Client| c.is_closed()) {
-            client = connect(&url).await.ok();
-        }
-        let term = match &client {
-            Some(client) => take(client, holder, ttl).await,
-            None => Err(()),
-        };
-        match term {
-            Ok(Some(term)) => {
-                valid_until = Some(started + ttl.mul_f64(0.8));
-                if *leading.borrow() != Some(term) {
-                    tracing::info!(term, "this gateway now runs the reaper, the outbound dispatchers and sweeps");
-                    leading.send_replace(Some(term));
-                }
-            }
-            Ok(None) => {
-                valid_until = None;
-                step_down(&leading, "another gateway holds the lease");
-            }
-            Err(()) => {
-                if valid_until.is_some_and(|until| Instant::now() >= until) {
-                    valid_until = None;
-                    step_down(&leading, "the lease could not be renewed in time");
-                }
-            }
-        }
-    }
+/// The lease row, asked over a connection of its own (reopened when lost).
+pub struct PgLease {
+    pub url: String,
+    pub holder: Uuid,
+    pub ttl: Duration,
+    pub client: Option<tokio_postgres::Client>,
 }
 
-fn step_down(leading: &watch::Sender<Option<i64>>, why: &str) {
-    if let Some(term) = leading.send_replace(None) {
-        tracing::warn!(term, reason = why, "this gateway no longer runs the work done once");
+#[async_trait::async_trait]
+impl Lease for PgLease {
+    async fn take(&mut self) -> Result<Option<i64>, ()> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = connect(&self.url).await.ok();
+        }
+        match &self.client {
+            Some(client) => take(client, self.holder, self.ttl).await,
+            None => Err(()),
+        }
     }
 }
 

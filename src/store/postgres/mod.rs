@@ -171,7 +171,12 @@ impl PostgresStore {
                 poll: options.poll,
                 local,
             })),
-            tokio::spawn(leader::run(url.to_owned(), uuid::Uuid::now_v7(), options.lease, options.renew, leader)),
+            tokio::spawn(crate::store::lease::keep(
+                leader::PgLease { url: url.to_owned(), holder: uuid::Uuid::now_v7(), ttl: options.lease, client: None },
+                options.lease,
+                options.renew,
+                leader,
+            )),
         ];
         Ok(PostgresStore { writer, readers, head, feed, leading, tasks })
     }
