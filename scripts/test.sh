@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 
 SYNAPSE_VERSION="1.163.2"
 SYNAPSE_VENV="${MESHGATE_SYNAPSE_VENV:-$PWD/target/synapse-venv}"
-if ! "$SYNAPSE_VENV/bin/python" -c "import synapse, sys; sys.exit(synapse.__version__ != '$SYNAPSE_VERSION')" 2>/dev/null; then
+# (The installed version, not `synapse.__version__`: run inside a git checkout, that one carries
+# the checkout's branch and commit.)
+if ! "$SYNAPSE_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('matrix-synapse') != '$SYNAPSE_VERSION')" 2>/dev/null; then
   echo "provisioning Synapse $SYNAPSE_VERSION in $SYNAPSE_VENV"
   rm -rf "$SYNAPSE_VENV"
   python3 -m venv "$SYNAPSE_VENV"
