@@ -91,9 +91,11 @@ pub struct BuildFilter {
 pub async fn list_builds(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
-    ApiQuery(filter): ApiQuery<BuildFilter>,
+    query: Result<ApiQuery<BuildFilter>, ApiError>,
 ) -> Result<Json<BuildsPage>, ApiError> {
+    // The token first: a caller without it learns nothing of the filters.
     authorize(&app, &headers)?;
+    let ApiQuery(filter) = query?;
     caught_up(&app).await?;
     const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
     if let Some(state) = filter.state.as_deref().filter(|s| !STATES.contains(s)) {

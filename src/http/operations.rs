@@ -291,7 +291,7 @@ enum BuildActionResponses {
 pub async fn cancel_build(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
-    ApiPath(build_id): ApiPath<uuid::Uuid>,
+    ApiPath(build_id): ApiPath<String>,
     bytes: axum::body::Bytes,
 ) -> Result<Json<BuildActionAnswer>, ApiError> {
     build_action(&app, &headers, build_id, &bytes, |reason| meshgate_domain::BuildCommand::Cancel { reason }).await
@@ -303,7 +303,7 @@ pub async fn cancel_build(
 pub async fn requeue_build(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
-    ApiPath(build_id): ApiPath<uuid::Uuid>,
+    ApiPath(build_id): ApiPath<String>,
     bytes: axum::body::Bytes,
 ) -> Result<Json<BuildActionAnswer>, ApiError> {
     build_action(&app, &headers, build_id, &bytes, |reason| meshgate_domain::BuildCommand::Requeue { reason }).await
@@ -312,11 +312,13 @@ pub async fn requeue_build(
 async fn build_action(
     app: &AppState,
     headers: &HeaderMap,
-    build_id: uuid::Uuid,
+    build_id: String,
     bytes: &[u8],
     command: impl FnOnce(String) -> meshgate_domain::BuildCommand,
 ) -> Result<Json<BuildActionAnswer>, ApiError> {
+    // The token first: nothing of the request is read for a caller without it.
     authorize_change(app, headers)?;
+    let build_id = uuid::Uuid::parse_str(&build_id).map_err(|_| ApiError::not_found("build"))?;
     let request: BuildActionRequest = body(bytes)?;
     let reason = request.reason.trim();
     if reason.is_empty() || reason.len() > 500 {

@@ -52,3 +52,41 @@ async fn an_operator_cancels_a_queued_build_and_requeues_a_running_one() {
         .collect();
     assert_eq!(reasons, ["by an operator (admin): wrong branch", "by an operator (admin): node is being rebooted"]);
 }
+
+/// A caller without the admin token is refused before anything of its request is read: a path
+/// or a filter that would not parse answers 401 too, not what is wrong with it.
+#[tokio::test]
+async fn the_token_is_checked_before_the_path_and_the_query() {
+    let app = spawn_app().await;
+    let get = |path: &str, token: Option<&str>| {
+        let request = app.client.get(app.url(path));
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+        .send()
+    };
+    let post = |path: &str, token: Option<&str>| {
+        let request = app.client.post(app.url(path)).json(&json!({"reason": "x"}));
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+        .send()
+    };
+    let admin = Some(app.admin_token.as_str());
+    for (path, with_token) in [
+        ("/api/v1/builds/not-a-build", 404),
+        ("/api/v1/builds?issue=MOB-1&issue=MOB-2", 400),
+        ("/api/v1/builds?state=bogus", 400),
+        ("/api/v1/events?after=x", 400),
+    ] {
+        assert_eq!(get(path, None).await.unwrap().status(), 401, "{path}");
+        assert_eq!(get(path, Some("wrong")).await.unwrap().status(), 401, "{path}");
+        assert_eq!(get(path, admin).await.unwrap().status(), with_token, "{path}");
+    }
+    for path in ["/api/v1/builds/not-a-build/cancel", "/api/v1/builds/not-a-build/requeue"] {
+        assert_eq!(post(path, None).await.unwrap().status(), 401, "{path}");
+        assert_eq!(post(path, admin).await.unwrap().status(), 404, "{path}");
+    }
+}
