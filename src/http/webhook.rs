@@ -83,6 +83,22 @@ async fn drain(body: Body, bound: usize) -> bool {
     tokio::time::timeout(DRAIN_TIME, reading).await.unwrap_or(false)
 }
 
+/// Reads `body` whole if it holds at most `limit` bytes; `Err(None)` as soon as it holds more (the
+/// rest left in `body`), `Err(Some(_))` if it could not be read.
+async fn read_limited(body: &mut Body, limit: usize) -> Result<bytes::Bytes, Option<axum::Error>> {
+    use http_body_util::BodyExt;
+    let mut read = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map_err(Some)?.into_data() {
+            if read.len() + data.len() > limit {
+                return Err(None);
+            }
+            read.extend_from_slice(&data);
+        }
+    }
+    Ok(read.freeze())
+}
+
 /// Whether reading a body failed on the size limit (rather than on a malformed or cut body).
 fn is_length_limit(error: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
@@ -184,7 +200,8 @@ async fn handle(
             "content type must be application/json",
         ));
     }
-    let reading = axum::body::to_bytes(body.take().unwrap_or_default(), app.max_body_bytes);
+    let mut incoming = body.take().unwrap_or_default();
+    let reading = read_limited(&mut incoming, app.max_body_bytes);
     let Ok(read) = tokio::time::timeout(app.body_timeout, reading).await else {
         let total = Counters::bump(&app.counters.bad_request);
         tracing::warn!(%remote, body_length = declared_length, rejected_total = total, "webhook body did not arrive in time");
@@ -192,8 +209,14 @@ async fn handle(
     };
     let bytes = match read {
         Ok(bytes) => bytes,
-        Err(e) if is_length_limit(&e) => return Err(too_large()),
-        Err(e) => {
+        Err(None) => {
+            // Past the limit without a length said up front (chunked): the rest is drained before
+            // the 413, as for a declared length.
+            *body = Some(incoming);
+            return Err(too_large());
+        }
+        Err(Some(e)) if is_length_limit(&e) => return Err(too_large()),
+        Err(Some(e)) => {
             let total = Counters::bump(&app.counters.bad_request);
             tracing::warn!(%remote, error = %e, rejected_total = total, "webhook body could not be read");
             return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("cannot read the body: {e}")));

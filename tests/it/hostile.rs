@@ -45,6 +45,20 @@ async fn a_body_too_large_gets_its_413_and_not_a_reset() {
         assert!(answer.starts_with("HTTP/1.1 413"), "{} bytes: {:?}", answer.len(), &answer[..answer.len().min(200)]);
         assert!(answer.contains("payload_too_large"), "{answer}");
     }
+    // The same without a length said up front (chunked): the 413 after the limit, read too.
+    let head = format!(
+        "POST /youtrack/webhook HTTP/1.1\r\nHost: gateway\r\nX-YouTrack-Token: {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        app.webhook_token
+    );
+    let mut chunked = Vec::new();
+    for chunk in body.chunks(32 << 10) {
+        chunked.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        chunked.extend_from_slice(chunk);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let answer = exchange(app.addr, &head, &chunked).await.expect("an answer, not a reset");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{} bytes: {:?}", answer.len(), &answer[..answer.len().min(200)]);
     // Refused with a wrong token, the body still arriving: the 401 is read too.
     let head = format!(
         "POST /youtrack/webhook HTTP/1.1\r\nHost: gateway\r\nX-YouTrack-Token: wrong\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
