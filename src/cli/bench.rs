@@ -154,6 +154,9 @@ pub(super) fn bench_config(dir: &Path, group_commit: bool) -> anyhow::Result<Con
     config.admin.token_file = Some(dir.join("admin.token"));
     config.nodes.token_file = Some(dir.join("nodes.token"));
     config.store.group_commit = group_commit;
+    // Metrics recorded as in production, served on a free port (never a running gateway's, nor
+    // the other gateway's of the same run).
+    config.metrics.listen = "127.0.0.1:0".into();
     config.triggers = vec![trigger()];
     generate_token_file(&dir.join("webhook.token"), 0o400)?;
     generate_token_file(&dir.join("admin.token"), 0o400)?;
