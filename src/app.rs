@@ -120,6 +120,7 @@ impl App {
             reconciler: reconciler(config, &store)?,
             sessions: Default::default(),
             bad_tokens: crate::http::BadTokens::new(config.webhook.max_bad_tokens_per_minute),
+            bad_api_tokens: crate::http::BadTokens::new(config.webhook.max_bad_tokens_per_minute),
             sinks: sink_milestones,
             config: Arc::new(config.clone()),
         });

@@ -36,7 +36,8 @@ pub struct WebhookConfig {
     pub token_files: Vec<PathBuf>,
     pub max_body_bytes: usize,
     /// Bad tokens from one address in a minute before its requests without a correct token are
-    /// answered 429 (0: never).
+    /// answered 429 (0: never). The admin and node API and the dashboard's sign-in apply the same
+    /// limit, counted apart.
     pub max_bad_tokens_per_minute: u32,
 }
 

@@ -1,12 +1,20 @@
 //! Repeated bad tokens from one address are slowed down: past `[webhook] max_bad_tokens_per_minute`
 //! failures in a minute, that address's requests without a correct token are answered 429 with
 //! `Retry-After` until its minute is over. The token is always checked first, so a correct token
-//! is never delayed, whatever else comes from its address (a proxy's, say).
+//! is never delayed, whatever else comes from its address (a proxy's, say). The webhook counts its
+//! own; the admin and node API and the dashboard's sign-in count theirs ([`slow_bad_tokens`]).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::Mutex;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiError, AppState};
 
 /// Addresses followed at most; beyond, the one whose minute started first gives way.
 const MAX_ADDRESSES: usize = 10_000;
@@ -44,6 +52,30 @@ impl BadTokens {
         *count += 1;
         (*count > self.per_minute)
             .then(|| WINDOW.saturating_sub(now.duration_since(*start)).max(Duration::from_secs(1)))
+    }
+}
+
+/// Middleware for the routes that take the admin or node token (or sign in with it): a refusal
+/// (401) from an address over its limit becomes a 429 with `Retry-After`. A request with a correct
+/// token is never refused, so never slowed down.
+pub async fn slow_bad_tokens(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let from = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let response = next.run(request).await;
+    if response.status() != StatusCode::UNAUTHORIZED {
+        return response;
+    }
+    match from.and_then(|ip| app.bad_api_tokens.failed(ip, Instant::now())) {
+        Some(wait) => {
+            tracing::warn!(from = ?from, "too many bad tokens on the API from one address");
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_bad_tokens",
+                format!("too many bad tokens from this address; try again in {} s", wait.as_secs()),
+            );
+            e.retry_after = Some(wait);
+            e.into_response()
+        }
+        None => response,
     }
 }
 

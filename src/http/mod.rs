@@ -69,6 +69,8 @@ pub struct AppState {
     pub config: Arc<crate::config::Config>,
     /// Addresses that sent bad webhook tokens, slowed down past their limit.
     pub bad_tokens: limiter::BadTokens,
+    /// The same limit, counted apart, for the admin and node API and the dashboard's sign-in.
+    pub bad_api_tokens: limiter::BadTokens,
     /// Dashboard sessions signed in on this gateway.
     pub sessions: ui::Sessions,
     /// Every outbound sink by name, with the milestones it sends.
@@ -119,13 +121,14 @@ pub fn router(state: Arc<AppState>, webhook_path: &str) -> Router {
     // and their deliveries fold into one build.
     let trimmed = webhook_path.trim_end_matches('/');
     let log_limit = axum::extract::DefaultBodyLimit::max(state.nodes.max_log_bytes);
-    let (api, document) = api_router().split_for_parts();
+    let (api, mut document) = api_router().split_for_parts();
+    openapi::document_throttling(&mut document);
     let document = Arc::new(document.to_pretty_json().unwrap_or_default());
+    let slowed = axum::middleware::from_fn_with_state(Arc::clone(&state), limiter::slow_bad_tokens);
     Router::new()
         .route(trimmed, post(webhook::receive))
         .route(&format!("{trimmed}/"), post(webhook::receive))
-        .merge(api)
-        .merge(ui::routes())
+        .merge(api.merge(ui::routes()).layer(slowed))
         .route("/api/openapi.json", get(move || openapi_json(Arc::clone(&document))))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -162,7 +165,9 @@ fn api_router() -> utoipa_axum::router::OpenApiRouter<Arc<AppState>> {
 
 /// The schema of the API (`GET /api/openapi.json`, no token: it holds no secrets).
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    api_router().into_openapi()
+    let mut document = api_router().into_openapi();
+    openapi::document_throttling(&mut document);
+    document
 }
 
 async fn openapi_json(document: Arc<String>) -> impl IntoResponse {

@@ -44,6 +44,39 @@ impl Modify for Security {
     }
 }
 
+/// Adds the answer of [`super::limiter::slow_bad_tokens`] to every operation that can refuse a
+/// token: `429` with `Retry-After`, once an address has sent too many bad tokens.
+pub fn document_throttling(document: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let throttled = ResponseBuilder::new()
+        .description("Too many bad tokens from this address; `Retry-After` says when to try again")
+        .header(
+            "Retry-After",
+            utoipa::openapi::header::Header::new(
+                utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::Integer),
+            ),
+        )
+        .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+        .build();
+    for item in document.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+            &mut item.head,
+            &mut item.options,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            if operation.responses.responses.contains_key("401") {
+                operation.responses.responses.insert("429".to_owned(), throttled.clone().into());
+            }
+        }
+    }
+}
+
 /// Every refusal: a stable code, a message for people and, when one field is wrong, its name.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {

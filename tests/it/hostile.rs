@@ -194,6 +194,38 @@ async fn repeated_bad_tokens_are_slowed_down_and_a_correct_token_never_is() {
     assert_eq!(wrong().await.unwrap().status(), 429);
 }
 
+/// The admin API and the dashboard's sign-in count their own bad tokens per address: past the
+/// limit a refusal is a 429, and the right token is still answered at once.
+#[tokio::test]
+async fn repeated_bad_tokens_on_the_api_and_the_sign_in_are_slowed_down_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), vec![ios_trigger()]);
+    config.webhook.max_bad_tokens_per_minute = 4;
+    let app = spawn_with(dir, config).await;
+    let builds = |token: &str| app.client.get(app.url("/api/v1/builds")).bearer_auth(token).send();
+    for _ in 0..3 {
+        assert_eq!(builds("guess").await.unwrap().status(), 401);
+    }
+    let sign_in = app.client.post(app.url("/ui/login")).form(&[("token", "guess")]).send().await.unwrap();
+    assert_eq!(sign_in.status(), 401, "the fourth bad token, at the sign-in");
+    let slowed = builds("guess").await.unwrap();
+    assert_eq!(slowed.status(), 429);
+    assert!(slowed.headers().contains_key("retry-after"));
+    assert_eq!(slowed.json::<serde_json::Value>().await.unwrap()["error"], "too_many_bad_tokens");
+    let sign_in = app.client.post(app.url("/ui/login")).form(&[("token", "guess")]).send().await.unwrap();
+    assert_eq!(sign_in.status(), 429);
+    assert_eq!(builds(&app.admin_token).await.unwrap().status(), 200);
+    // The webhook counts apart: its first bad token is still a 401.
+    let webhook = app
+        .client
+        .post(app.url("/youtrack/webhook"))
+        .header("X-YouTrack-Token", "guess")
+        .header("Content-Type", "application/json")
+        .body("{}")
+        .send();
+    assert_eq!(webhook.await.unwrap().status(), 401);
+}
+
 /// A connection to the gateway, over TLS when it serves HTTPS (trusting the tests' CA).
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
