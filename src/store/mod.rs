@@ -66,6 +66,45 @@ impl NewEvent {
     }
 }
 
+/// Whether a stream whose last version is `current` (`None`: no stream) is as `expected`.
+pub(crate) fn fits(expected: ExpectedVersion, current: Option<u64>) -> bool {
+    match expected {
+        ExpectedVersion::Any => true,
+        ExpectedVersion::NoStream => current.is_none(),
+        ExpectedVersion::Exact(v) => current == Some(v),
+    }
+}
+
+/// A request planned by a writer that knows the streams' versions: its events as they will stand
+/// after position `after`, and the last version of each stream it appends to.
+pub(crate) type Planned = (Vec<StoredEvent>, Vec<(String, u64)>);
+
+/// Plans one request against the streams' last versions as `current` gives them (a stream the
+/// request names twice: as its first part left it), or answers the conflict that refuses it whole.
+pub(crate) fn plan_request(
+    appends: &[StreamAppend],
+    after: u64,
+    mut current: impl FnMut(&str) -> Option<u64>,
+) -> Result<Planned, StoreError> {
+    let mut mine: Vec<(String, u64)> = Vec::new();
+    let mut events = Vec::new();
+    for append in appends {
+        let stream = append.stream.as_str();
+        let now = mine.iter().rev().find(|(s, _)| s == stream).map(|(_, v)| *v).or_else(|| current(stream));
+        if !fits(append.expected, now) {
+            return Err(StoreError::Conflict { stream: append.stream.clone(), expected: append.expected, actual: now });
+        }
+        let first = now.map_or(0, |v| v + 1);
+        for (version, event) in (first..).zip(&append.events) {
+            events.push(event.stored(after + events.len() as u64 + 1, stream, version));
+        }
+        if !append.events.is_empty() {
+            mine.push((append.stream.clone(), first + append.events.len() as u64 - 1));
+        }
+    }
+    Ok((events, mine))
+}
+
 /// Events for one stream, appended only if the stream is as expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamAppend {

@@ -14,11 +14,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use eventstore::{AppendToStreamOptions, EventData, ExpectedRevision, ReadStreamOptions, StreamPosition};
 use futures_util::future::try_join_all;
-use meshgate_domain::ExpectedVersion;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{esdb_failed, Inner, Meta, PAGE};
-use crate::store::{Appended, StoreError, StoredEvent, StreamAppend};
+use crate::store::{plan_request, Appended, StoreError, StoredEvent, StreamAppend};
 
 /// Most times one append is tried when other gateways keep appending first.
 const RACES: usize = 100;
@@ -162,54 +161,26 @@ impl Writer {
             .collect();
         unknown.sort_unstable();
         unknown.dedup();
-        let mut versions: HashMap<&str, Option<u64>> = HashMap::new();
+        let mut versions: HashMap<String, Option<u64>> = HashMap::new();
         for streams in unknown.chunks(IN_FLIGHT) {
             let read = try_join_all(streams.iter().map(|stream| inner.last_of(stream))).await?;
-            versions.extend(streams.iter().zip(read).map(|(stream, last)| (*stream, last.map(|e| e.version))));
+            versions
+                .extend(streams.iter().zip(read).map(|(stream, last)| ((*stream).to_owned(), last.map(|e| e.version))));
         }
         let mut position = head;
         let mut plans = Vec::with_capacity(batch.len());
         for pending in batch {
-            let mut mine: HashMap<&str, Option<u64>> = HashMap::new();
-            let mut planned = Vec::new();
-            let mut refused = None;
-            for append in &pending.appends {
-                let stream = append.stream.as_str();
-                let current = match (mine.get(stream), versions.get(stream)) {
-                    (Some(current), _) | (None, Some(current)) => *current,
-                    (None, None) => self.versions.get(stream).copied(),
-                };
-                let fits = match append.expected {
-                    ExpectedVersion::Any => true,
-                    ExpectedVersion::NoStream => current.is_none(),
-                    ExpectedVersion::Exact(v) => current == Some(v),
-                };
-                if !fits {
-                    refused = Some(StoreError::Conflict {
-                        stream: append.stream.clone(),
-                        expected: append.expected,
-                        actual: current,
-                    });
-                    break;
-                }
-                let mut version = current.map_or(0, |v| v + 1);
-                for event in &append.events {
-                    planned.push(event.stored(position + planned.len() as u64 + 1, &append.stream, version));
-                    version += 1;
-                }
-                if !append.events.is_empty() {
-                    mine.insert(stream, Some(version - 1));
-                }
-            }
-            match refused {
-                Some(conflict) => plans.push(Err(conflict)),
-                None => {
-                    // Accepted: later requests of the batch see its versions.
-                    versions.extend(mine);
-                    position += planned.len() as u64;
-                    plans.push(Ok(planned));
-                }
-            }
+            let current = |stream: &str| match versions.get(stream) {
+                Some(known) => *known,
+                None => self.versions.get(stream).copied(),
+            };
+            let plan = plan_request(&pending.appends, position, current).map(|(planned, last)| {
+                // Accepted: later requests of the batch see its versions.
+                versions.extend(last.into_iter().map(|(stream, version)| (stream, Some(version))));
+                position += planned.len() as u64;
+                planned
+            });
+            plans.push(plan);
         }
         Ok(plans)
     }

@@ -20,7 +20,7 @@ use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
 use super::{connect, pg_failed};
-use crate::store::{Appended, StoreError, StoredEvent, StreamAppend};
+use crate::store::{plan_request, Appended, StoreError, StoredEvent, StreamAppend};
 use meshgate_domain::ExpectedVersion;
 
 pub struct WriteRequest {
@@ -196,43 +196,15 @@ async fn commit_whole(
             outcomes.push(Err(refused));
             continue;
         }
-        let mut mine: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
-        let mut events = Vec::new();
-        let mut refused = None;
-        for append in appends {
-            let current = mine.get(append.stream.as_str()).or_else(|| versions.get(&append.stream)).copied();
-            let fits = match append.expected {
-                ExpectedVersion::Any => true,
-                ExpectedVersion::NoStream => current.is_none(),
-                ExpectedVersion::Exact(v) => current == Some(v),
-            };
-            if !fits {
-                refused = Some(StoreError::Conflict {
-                    stream: append.stream.clone(),
-                    expected: append.expected,
-                    actual: current,
-                });
-                break;
-            }
-            let first = current.map_or(0, |v| v + 1);
-            for (version, event) in (first..).zip(&append.events) {
-                let position = last + events.len() as u64 + 1;
-                events.push(StoredEvent {
-                    recorded_at: micros(event.recorded_at),
-                    ..event.stored(position, &append.stream, version)
-                });
-            }
-            if !append.events.is_empty() {
-                mine.insert(&append.stream, first + append.events.len() as u64 - 1);
-            }
-        }
-        match refused {
-            Some(conflict) => outcomes.push(Err(conflict)),
-            None => {
-                versions.extend(mine.into_iter().map(|(s, v)| (s.to_owned(), v)));
+        let current = |stream: &str| versions.get(stream).copied();
+        match plan_request(appends, last, current) {
+            Err(conflict) => outcomes.push(Err(conflict)),
+            Ok((events, streams)) => {
+                // Accepted: later requests of the batch see its versions.
+                versions.extend(streams);
                 last += events.len() as u64;
                 outcomes.push(Ok(Appended { last_position: last }));
-                stored.extend(events);
+                stored.extend(events.into_iter().map(|e| StoredEvent { recorded_at: micros(e.recorded_at), ..e }));
             }
         }
     }
@@ -458,11 +430,7 @@ async fn judge(
 /// Whether an append of no events finds its stream as expected.
 async fn holds(conn: &Connection, append: &StreamAppend) -> Result<bool, StoreError> {
     let actual = current(conn, &append.stream).await?;
-    Ok(match append.expected {
-        ExpectedVersion::Any => true,
-        ExpectedVersion::NoStream => actual.is_none(),
-        ExpectedVersion::Exact(v) => actual == Some(v),
-    })
+    Ok(crate::store::fits(append.expected, actual))
 }
 
 fn is_version_clash(e: &tokio_postgres::Error) -> bool {
