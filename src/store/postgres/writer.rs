@@ -121,11 +121,30 @@ pub async fn run(
             }
         }
         let Some(conn) = connection.as_ref() else { continue };
+        let started = std::time::Instant::now();
+        // The head's lock first: while another gateway holds it, requests keep arriving, and they
+        // join this batch once it is ours (fewer, larger batches when gateways take turns).
+        let base = match lock_head(conn).await {
+            Ok(base) => base,
+            Err(e) => {
+                tracing::error!(error = %crate::report::chain(&e), "an append to the event log failed");
+                let _ = conn.client.batch_execute("ROLLBACK").await;
+                for request in batch.drain(..) {
+                    let _ = request.reply.send(Err(e.clone()));
+                }
+                continue;
+            }
+        };
+        while batch.len() < max_batch {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
         let requests: Vec<WriteRequest> = std::mem::take(&mut batch);
         let appends: Vec<(&[StreamAppend], Option<i64>)> =
             requests.iter().map(|r| (r.appends.as_slice(), r.fence)).collect();
-        let started = std::time::Instant::now();
-        let committed_batch = match commit_whole(conn, &appends).await {
+        let committed_batch = match commit_whole(conn, base, &appends).await {
             Ok(Some(done)) => Ok(done),
             // An event id already in the log: request by request, to refuse only that one.
             Ok(None) => commit(conn, &appends).await,
@@ -153,14 +172,24 @@ pub async fn run(
     }
 }
 
-/// One transaction for the batch, in three round trips: the head locked; the last version of
-/// every stream the batch names; the batch's events in one insert, the head moved, the
-/// notification and the commit, pipelined. Under the head's lock the versions read are the log's
-/// own (every writer of every gateway takes that lock first), so each request is judged here, in
-/// order, each seeing those before it. `None` (and the transaction rolled back) when an event id
-/// is already in the log: [`commit`] then takes the batch request by request.
+/// Begins the batch's transaction and takes the log's head row: the position it stands at.
+async fn lock_head(conn: &Connection) -> Result<i64, StoreError> {
+    let failed = |e: tokio_postgres::Error| pg_failed("cannot append to the event log", e);
+    let (begun, locked) = tokio::join!(conn.client.batch_execute("BEGIN"), conn.client.query_one(&conn.lock_head, &[]));
+    begun.map_err(failed)?;
+    Ok(locked.map_err(failed)?.get(0))
+}
+
+/// The rest of the batch's transaction, begun by [`lock_head`] (`base`: the head it locked), in two
+/// round trips: the last version of every stream the batch names; the batch's events in one
+/// insert, the head moved, the notification and the commit, pipelined. Under the head's lock the
+/// versions read are the log's own (every writer of every gateway takes that lock first), so each
+/// request is judged here, in order, each seeing those before it. `None` (and the transaction
+/// rolled back) when an event id is already in the log: [`commit`] then takes the batch request by
+/// request.
 async fn commit_whole(
     conn: &Connection,
+    base: i64,
     batch: &[(&[StreamAppend], Option<i64>)],
 ) -> Result<Option<(Vec<Result<Appended, StoreError>>, Vec<StoredEvent>)>, StoreError> {
     let client = &conn.client;
@@ -170,20 +199,13 @@ async fn commit_whole(
     streams.dedup();
     let fenced = batch.iter().any(|(_, fence)| fence.is_some());
     let streams_param: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&streams];
-    let (begun, locked, read, lease) = tokio::join!(
-        client.batch_execute("BEGIN"),
-        client.query_one(&conn.lock_head, &[]),
-        client.query(&conn.versions, &streams_param),
-        async {
-            if fenced {
-                client.query_one(&conn.lease, &[]).await.map(|row| Some((row.get::<_, i64>(0), row.get::<_, bool>(1))))
-            } else {
-                Ok(None)
-            }
-        },
-    );
-    begun.map_err(failed)?;
-    let base: i64 = locked.map_err(failed)?.get(0);
+    let (read, lease) = tokio::join!(client.query(&conn.versions, &streams_param), async {
+        if fenced {
+            client.query_one(&conn.lease, &[]).await.map(|row| Some((row.get::<_, i64>(0), row.get::<_, bool>(1))))
+        } else {
+            Ok(None)
+        }
+    },);
     let lease = lease.map_err(failed)?;
     let mut versions: std::collections::HashMap<String, u64> =
         read.map_err(failed)?.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64)).collect();
