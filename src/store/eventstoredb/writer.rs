@@ -37,8 +37,9 @@ const IN_FLIGHT: usize = 100;
 /// How far this gateway has the log, and the last versions of the streams it saw there.
 #[derive(Debug, Default)]
 pub(crate) struct Writer {
-    /// The log up to this position is known to this writer, and copied to its streams.
-    pub copied: u64,
+    /// The log up to this position is known to this writer, and copied to its streams (published
+    /// as `Inner::copied` for reads: set both with [`Writer::copied_to`]).
+    copied: u64,
     /// Last versions as of position `copied`, for streams this writer saw there.
     versions: HashMap<String, u64>,
 }
@@ -53,8 +54,7 @@ impl Writer {
                 inner.read_log_decisions(head - 1, 1).await?.pop().ok_or_else(|| {
                     StoreError::failed(format!("the log's last event (position {head}) cannot be read"))
                 })?;
-            self.copied = decision - 1;
-            inner.copied.store(self.copied, Ordering::Release);
+            self.copied_to(inner, decision - 1);
         }
         self.catch_up(inner).await
     }
@@ -73,8 +73,7 @@ impl Writer {
         if let Some(first) = last_decision {
             let decision = inner.read_log(first - 1, (cursor + 1 - first) as usize).await?;
             copy(inner, &decision).await?;
-            self.copied = cursor;
-            inner.copied.store(cursor, Ordering::Release);
+            self.copied_to(inner, cursor);
             inner.head.send_if_modified(|h| std::mem::replace(h, (*h).max(cursor)) < cursor);
         }
         Ok(self.copied)
@@ -114,8 +113,7 @@ impl Writer {
                 match copy(inner, &planned).await {
                     Ok(()) => {
                         self.remember(planned.iter());
-                        self.copied = last;
-                        inner.copied.store(last, Ordering::Release);
+                        self.copied_to(inner, last);
                     }
                     // In the log, so decided. This writer stays behind it, so it (or whoever comes
                     // next) copies it before anything is planned on top of it.
@@ -133,6 +131,11 @@ impl Writer {
         }
         let busy = StoreError::failed(format!("other gateways appended first {RACES} times in a row; try again"));
         answer_all(batch, busy);
+    }
+
+    fn copied_to(&mut self, inner: &Inner, position: u64) {
+        self.copied = position;
+        inner.copied.store(position, Ordering::Release);
     }
 
     /// Remembers the versions of events read from or appended to the log.
