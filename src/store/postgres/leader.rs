@@ -30,33 +30,53 @@ pub struct PgLease {
     pub url: String,
     pub holder: Uuid,
     pub ttl: Duration,
-    pub client: Option<tokio_postgres::Client>,
+    pub connection: Option<LeaseConnection>,
+}
+
+/// The lease's connection and its statements, prepared so that a renewal is one round trip.
+pub struct LeaseConnection {
+    client: tokio_postgres::Client,
+    lock_head: tokio_postgres::Statement,
+    take: tokio_postgres::Statement,
+}
+
+impl LeaseConnection {
+    async fn open(url: &str) -> Option<LeaseConnection> {
+        let client = connect(url).await.ok()?;
+        let lock_head = client.prepare("SELECT last FROM meshgate_head WHERE id = 1 FOR UPDATE").await.ok()?;
+        let take = client.prepare(TAKE).await.ok()?;
+        Some(LeaseConnection { client, lock_head, take })
+    }
 }
 
 #[async_trait::async_trait]
 impl Lease for PgLease {
     async fn take(&mut self) -> Result<Option<i64>, ()> {
-        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            self.client = connect(&self.url).await.ok();
+        if self.connection.as_ref().is_none_or(|c| c.client.is_closed()) {
+            self.connection = LeaseConnection::open(&self.url).await;
         }
-        match &self.client {
-            Some(client) => take(client, self.holder, self.ttl).await,
+        match &self.connection {
+            Some(connection) => take(connection, self.holder, self.ttl).await,
             None => Err(()),
         }
     }
 }
 
-async fn take(client: &tokio_postgres::Client, holder: Uuid, ttl: Duration) -> Result<Option<i64>, ()> {
-    let result = async {
-        client.batch_execute("BEGIN").await?;
-        client.query_one("SELECT last FROM meshgate_head WHERE id = 1 FOR UPDATE", &[]).await?;
-        let rows = client.query(TAKE, &[&holder, &ttl.as_secs_f64()]).await?;
-        client.batch_execute("COMMIT").await?;
-        Ok::<_, tokio_postgres::Error>(rows.first().map(|r| r.get::<_, i64>(0)))
-    }
-    .await;
+/// One transaction, pipelined: the head's lock (appends and changes of term are serialized), the
+/// lease taken or renewed, the commit. The head is held for the server's work only.
+async fn take(connection: &LeaseConnection, holder: Uuid, ttl: Duration) -> Result<Option<i64>, ()> {
+    let client = &connection.client;
+    let seconds = ttl.as_secs_f64();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&holder, &seconds];
+    let (begun, locked, taken, committed) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        client.query_one(&connection.lock_head, &[]),
+        client.query(&connection.take, &params),
+        client.batch_execute("COMMIT"),
+    );
+    let result = begun.and(locked.map(|_| ())).and(taken).and_then(|rows| committed.map(|()| rows));
     match result {
-        Ok(term) => Ok(term),
+        Ok(rows) => Ok(rows.first().map(|r| r.get::<_, i64>(0))),
         Err(e) => {
             let _ = client.batch_execute("ROLLBACK").await;
             tracing::debug!(error = %crate::report::chain(&e), "cannot take or renew the lease");

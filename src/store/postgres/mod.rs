@@ -24,15 +24,15 @@ mod schema;
 mod tail;
 mod writer;
 
+/// The writer's one-round-trip append and its connection's settings, for the tests that check
+/// how the server plans it.
+#[doc(hidden)]
+pub use writer::{APPEND as APPEND_STATEMENT, SESSION as WRITER_SESSION};
+
 use super::{Appended, EventFilter, EventStore, StoreError, StoredEvent, StreamAppend};
 
 const COLUMNS: &str =
     "position, stream, version, id, type, schema_version, data, correlation_id, causation_id, recorded_at";
-
-/// Most requests in one transaction: each runs in a savepoint (a subtransaction once it writes),
-/// and past 64 of them PostgreSQL's snapshots overflow into `pg_subtrans`, slowing every session
-/// on the database.
-const MAX_SUBTRANSACTIONS: usize = 60;
 
 /// Committed batches kept for followers that are a little behind (as the SQLite backend's feed).
 const FEED_CAPACITY: usize = 64;
@@ -158,7 +158,7 @@ impl PostgresStore {
             tokio::spawn(writer::run(
                 url.to_owned(),
                 requests,
-                options.max_batch.clamp(1, MAX_SUBTRANSACTIONS),
+                options.max_batch.max(1),
                 Arc::clone(&head_tx),
                 committed,
             )),
@@ -172,7 +172,12 @@ impl PostgresStore {
                 local,
             })),
             tokio::spawn(crate::store::lease::keep(
-                leader::PgLease { url: url.to_owned(), holder: uuid::Uuid::now_v7(), ttl: options.lease, client: None },
+                leader::PgLease {
+                    url: url.to_owned(),
+                    holder: uuid::Uuid::now_v7(),
+                    ttl: options.lease,
+                    connection: None,
+                },
                 options.lease,
                 options.renew,
                 leader,

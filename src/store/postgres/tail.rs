@@ -44,7 +44,9 @@ pub async fn run(mut tailer: Tailer) {
             },
             Ok(()) = hinted.changed() => {
                 let hint = *hinted.borrow_and_update();
-                if hint > tailer.cursor {
+                // Not past this gateway's head: handed on already, or a commit of its own writer
+                // on its way here (whose gap, if any, is read from the log then).
+                if hint > tailer.cursor && hint > *tailer.head.borrow() {
                     tailer.read_log().await;
                 }
             }
