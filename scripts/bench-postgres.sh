@@ -3,9 +3,10 @@
 # throwaway PostgreSQL cluster with its default durability (fsync and synchronous_commit on) on a
 # free loopback port, runs `meshgate bench --postgres-url` against it, and removes it.
 #
-#   ./scripts/bench-postgres.sh [--seconds 10] [--dispatch-builds 500]
+#   ./scripts/bench-postgres.sh [--seconds 10] [--dispatch-builds 500] [--leave]
 #
 # Server binaries: MESHGATE_PG_BINDIR, else the system's, else the venv scripts/test.sh provisions.
+# MESHGATE_BENCH_PG_OPTIONS adds server settings, e.g. "-c wal_init_zero=off".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,6 @@ if [ "$(id -u)" = 0 ]; then chown nobody:nogroup "$root" 2>/dev/null || chown 65
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 "${as_user[@]}" "$bindir/initdb" -D "$root/data" -U postgres --auth=trust -E UTF8 >/dev/null
 "${as_user[@]}" "$bindir/pg_ctl" -D "$root/data" -l "$root/postgres.log" -w \
-  -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories= -c max_connections=100" start >/dev/null
+  -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories= -c max_connections=100 ${MESHGATE_BENCH_PG_OPTIONS:-}" start >/dev/null
 trap '"${as_user[@]}" "$bindir/pg_ctl" -D "$root/data" -m fast stop >/dev/null; rm -rf "$root"' EXIT
 RUST_LOG=warn ./target/release/meshgate bench --postgres-url "postgres://postgres@127.0.0.1:$port/postgres" "$@"

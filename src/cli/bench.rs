@@ -72,6 +72,10 @@ pub struct BenchArgs {
     /// server (`esdb://…`), under a stream prefix of its own.
     #[arg(long)]
     esdb_url: Option<String>,
+    /// With `--postgres-url`: each delivery's issue then leaves the state (a second delivery that
+    /// reads the streams it touches and cancels the build), so the work in flight stays bounded.
+    #[arg(long)]
+    leave: bool,
 }
 
 pub(super) fn trigger() -> Trigger {
@@ -83,7 +87,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return super::bench_shared::run_esdb(url, args.clients, args.seconds).await;
     }
     if let Some(url) = &args.postgres_url {
-        return super::bench_shared::run(url, args.clients, args.seconds, args.dispatch_builds).await;
+        return super::bench_shared::run(url, args.clients, args.seconds, args.dispatch_builds, args.leave).await;
     }
     if args.history_events > 0 {
         return super::bench_history::run(super::bench_history::HistoryArgs {

@@ -16,18 +16,21 @@ use super::bench::{load, BenchServer, IngestResult};
 use super::bench_dispatch::{percentile, post_delivery, spawn_nodes};
 use crate::config::StoreBackend;
 
-pub async fn run(url: &str, clients: usize, seconds: u64, dispatch_builds: u64) -> anyhow::Result<()> {
+pub async fn run(url: &str, clients: usize, seconds: u64, dispatch_builds: u64, leave: bool) -> anyhow::Result<()> {
     let server = Server::connect(url).await?;
     println!("{clients} clients, {seconds} s per mode; PostgreSQL {}", server.version);
+    if leave {
+        println!("each delivery followed by one that leaves the state and cancels its build");
+    }
 
     let sqlite = BenchServer::start(true).await?;
-    let on_sqlite = measure(&[&sqlite], clients, seconds).await?;
+    let on_sqlite = measure(&[&sqlite], clients, seconds, leave).await?;
     sqlite.stop().await?;
     report("SQLite, one gateway", &on_sqlite);
 
     let db = server.create().await?;
     let one = BenchServer::start_with(|c| shared(c, &db.url)).await?;
-    let on_one = measure(&[&one], clients, seconds).await?;
+    let on_one = measure(&[&one], clients, seconds, leave).await?;
     one.stop().await?;
     server.drop(db).await?;
     report("PostgreSQL, one gateway", &on_one);
@@ -37,7 +40,7 @@ pub async fn run(url: &str, clients: usize, seconds: u64, dispatch_builds: u64) 
         BenchServer::start_with(|c| shared(c, &db.url)).await?,
         BenchServer::start_with(|c| shared(c, &db.url)).await?,
     );
-    let on_two = measure(&[&a, &b], clients, seconds).await?;
+    let on_two = measure(&[&a, &b], clients, seconds, leave).await?;
     report("PostgreSQL, two gateways", &on_two);
 
     table(&[
@@ -50,12 +53,21 @@ pub async fn run(url: &str, clients: usize, seconds: u64, dispatch_builds: u64) 
         on_one.rate() / on_sqlite.rate(),
         on_two.rate() / on_one.rate()
     );
-    if dispatch_builds > 0 {
-        dispatch_across(&a, &b, dispatch_builds).await?;
-    }
     a.stop().await?;
     b.stop().await?;
     server.drop(db).await?;
+    if dispatch_builds > 0 {
+        // On a log of its own: the builds the load queued would be claimed first.
+        let db = server.create().await?;
+        let (a, b) = (
+            BenchServer::start_with(|c| shared(c, &db.url)).await?,
+            BenchServer::start_with(|c| shared(c, &db.url)).await?,
+        );
+        dispatch_across(&a, &b, dispatch_builds).await?;
+        a.stop().await?;
+        b.stop().await?;
+        server.drop(db).await?;
+    }
     Ok(())
 }
 
@@ -63,7 +75,7 @@ pub async fn run(url: &str, clients: usize, seconds: u64, dispatch_builds: u64) 
 pub async fn run_esdb(url: &str, clients: usize, seconds: u64) -> anyhow::Result<()> {
     println!("{clients} clients, {seconds} s per mode; EventStoreDB at {}", url.split('?').next().unwrap_or(url));
     let sqlite = BenchServer::start(true).await?;
-    let on_sqlite = measure(&[&sqlite], clients, seconds).await?;
+    let on_sqlite = measure(&[&sqlite], clients, seconds, false).await?;
     sqlite.stop().await?;
     report("SQLite, one gateway", &on_sqlite);
 
@@ -74,7 +86,7 @@ pub async fn run_esdb(url: &str, clients: usize, seconds: u64) -> anyhow::Result
         c.store.stream_prefix = prefix.clone();
     })
     .await?;
-    let on_esdb = measure(&[&one], clients, seconds).await?;
+    let on_esdb = measure(&[&one], clients, seconds, false).await?;
     one.stop().await?;
     report("EventStoreDB, one gateway", &on_esdb);
 
@@ -112,12 +124,12 @@ fn report(name: &str, r: &IngestResult) {
 }
 
 /// The load spread evenly over the gateways, issue numbers apart.
-async fn measure(gateways: &[&BenchServer], clients: usize, seconds: u64) -> anyhow::Result<IngestResult> {
+async fn measure(gateways: &[&BenchServer], clients: usize, seconds: u64, leave: bool) -> anyhow::Result<IngestResult> {
     let share = clients.div_ceil(gateways.len());
     let runs = gateways
         .iter()
         .enumerate()
-        .map(|(i, g)| load(g.addr, g.webhook_token.clone(), share, seconds, (i as u64) << 40, false));
+        .map(|(i, g)| load(g.addr, g.webhook_token.clone(), share, seconds, (i as u64) << 40, leave));
     let mut result = IngestResult { latencies_us: Vec::new(), errors: 0, elapsed: Duration::ZERO };
     for run in futures_util::future::join_all(runs).await {
         let (latencies, errors, elapsed) = run?;
@@ -142,7 +154,7 @@ async fn dispatch_across(to: &BenchServer, from: &BenchServer, builds: u64) -> a
         let accepted_at = Instant::now();
         let answer: Value = response.json().await?;
         let build_id = answer["build_id"].as_str().unwrap_or_default().to_owned();
-        // Builds queued by the load above may come first: wait for this one.
+        // Wait for this one (a node may still hold an earlier build).
         loop {
             let Some((claimed, at)) = received.recv().await else { anyhow::bail!("every node stopped") };
             if claimed == build_id {
