@@ -3,7 +3,7 @@
 # throwaway PostgreSQL cluster with its default durability (fsync and synchronous_commit on) on a
 # free loopback port, runs `meshgate bench --postgres-url` against it, and removes it.
 #
-#   ./scripts/bench-postgres.sh [--seconds 10] [--dispatch-builds 500] [--leave]
+#   ./scripts/bench-postgres.sh [--seconds 10] [--dispatch-builds 500] [--leave] [--load-on-one]
 #
 # Server binaries: MESHGATE_PG_BINDIR, else the system's, else the venv scripts/test.sh provisions.
 # MESHGATE_BENCH_PG_OPTIONS adds server settings, e.g. "-c wal_init_zero=off".

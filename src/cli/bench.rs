@@ -76,6 +76,10 @@ pub struct BenchArgs {
     /// reads the streams it touches and cancels the build), so the work in flight stays bounded.
     #[arg(long)]
     leave: bool,
+    /// With `--postgres-url`: the two gateways' measurement sends every client to the first one;
+    /// the second only follows the log (what a second gateway costs on the same machine).
+    #[arg(long)]
+    load_on_one: bool,
 }
 
 pub(super) fn trigger() -> Trigger {
@@ -87,7 +91,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return super::bench_shared::run_esdb(url, args.clients, args.seconds).await;
     }
     if let Some(url) = &args.postgres_url {
-        return super::bench_shared::run(url, args.clients, args.seconds, args.dispatch_builds, args.leave).await;
+        let shared = super::bench_shared::SharedArgs {
+            clients: args.clients,
+            seconds: args.seconds,
+            dispatch_builds: args.dispatch_builds,
+            leave: args.leave,
+            load_on_one: args.load_on_one,
+        };
+        return super::bench_shared::run(url, shared).await;
     }
     if args.history_events > 0 {
         return super::bench_history::run(super::bench_history::HistoryArgs {

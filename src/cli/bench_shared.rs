@@ -16,11 +16,26 @@ use super::bench::{load, BenchServer, IngestResult};
 use super::bench_dispatch::{percentile, post_delivery, spawn_nodes};
 use crate::config::StoreBackend;
 
-pub async fn run(url: &str, clients: usize, seconds: u64, dispatch_builds: u64, leave: bool) -> anyhow::Result<()> {
+/// What `meshgate bench --postgres-url` measures.
+pub struct SharedArgs {
+    pub clients: usize,
+    pub seconds: u64,
+    pub dispatch_builds: u64,
+    /// Each delivery followed by one that leaves the state.
+    pub leave: bool,
+    /// Every client on the first of the two gateways.
+    pub load_on_one: bool,
+}
+
+pub async fn run(url: &str, args: SharedArgs) -> anyhow::Result<()> {
+    let SharedArgs { clients, seconds, dispatch_builds, leave, load_on_one } = args;
     let server = Server::connect(url).await?;
     println!("{clients} clients, {seconds} s per mode; PostgreSQL {}", server.version);
     if leave {
         println!("each delivery followed by one that leaves the state and cancels its build");
+    }
+    if load_on_one {
+        println!("two gateways: every client on the first, the second only follows the log");
     }
 
     let sqlite = BenchServer::start(true).await?;
@@ -40,7 +55,8 @@ pub async fn run(url: &str, clients: usize, seconds: u64, dispatch_builds: u64, 
         BenchServer::start_with(|c| shared(c, &db.url)).await?,
         BenchServer::start_with(|c| shared(c, &db.url)).await?,
     );
-    let on_two = measure(&[&a, &b], clients, seconds, leave).await?;
+    let loaded: &[&BenchServer] = if load_on_one { &[&a] } else { &[&a, &b] };
+    let on_two = measure(loaded, clients, seconds, leave).await?;
     report("PostgreSQL, two gateways", &on_two);
 
     table(&[
