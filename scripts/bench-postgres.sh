@@ -28,4 +28,4 @@ port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); 
 "${as_user[@]}" "$bindir/pg_ctl" -D "$root/data" -l "$root/postgres.log" -w \
   -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories= -c max_connections=100 ${MESHGATE_BENCH_PG_OPTIONS:-}" start >/dev/null
 trap '"${as_user[@]}" "$bindir/pg_ctl" -D "$root/data" -m fast stop >/dev/null; rm -rf "$root"' EXIT
-RUST_LOG=warn ./target/release/meshgate bench --postgres-url "postgres://postgres@127.0.0.1:$port/postgres" "$@"
+RUST_LOG=${RUST_LOG:-warn} ./target/release/meshgate bench --postgres-url "postgres://postgres@127.0.0.1:$port/postgres" "$@"

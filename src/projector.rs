@@ -282,15 +282,17 @@ impl Live<'_> {
     /// failed save is logged and done again at the next one: memory keeps what it did not save.
     fn save(&self) {
         let started = Instant::now();
-        let (views, mark, queue, outbox, nodes, position) = {
+        let (views, mark, queue, queue_mark, outbox, nodes, position) = {
             let guard = self.set.read().unwrap_or_else(|p| p.into_inner());
             let (views, mark) = guard.builds.changed();
-            (views, mark, guard.queue.clone(), guard.outbox.clone(), guard.nodes.clone(), guard.position)
+            let (queue, queue_mark) = guard.queue.changed();
+            (views, mark, queue, queue_mark, guard.outbox.clone(), guard.nodes.clone(), guard.position)
         };
         match self.readmodel.save(&views, &queue, &outbox, &nodes, position) {
             Ok(()) => {
                 let mut guard = self.set.write().unwrap_or_else(|p| p.into_inner());
                 guard.builds.saved(mark);
+                guard.queue.saved(queue_mark);
                 let in_memory = guard.builds.hot.len();
                 drop(guard);
                 tracing::debug!(

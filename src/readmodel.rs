@@ -3,15 +3,16 @@
 //! older projection version, or ahead of the log (restored from an older backup).
 //!
 //! A save writes the builds changed since the last one (one row each, the view as JSON, with its
-//! issue and state indexed for the API), the queue and the outbox whole (both sized by the work in
-//! flight), the position and the projections' versions, in one transaction: what a save holds is
+//! issue and state indexed for the API), the queue's entries changed (one row each), the outbox and
+//! the nodes whole (both small), the position and the projections' versions, in one transaction:
+//! what a save holds is
 //! always the fold of the log up to its position. Memory then lets finished builds go, and reads
 //! of them come here (docs/adr/0003-projection-checkpoints.md).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use meshgate_projections::{BuildView, Nodes, Outbox, OutboxConfig, ProjectionSet, Queue};
+use meshgate_projections::{BuildView, Nodes, Outbox, OutboxConfig, ProjectionSet, Queue, QueueChange, QueueEntry};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use uuid::Uuid;
 
@@ -30,6 +31,11 @@ const SCHEMA: &str = "
     CREATE INDEX IF NOT EXISTS builds_by_issue ON builds (issue_id, position);
     CREATE INDEX IF NOT EXISTS builds_by_state ON builds (state, position);
     CREATE TABLE IF NOT EXISTS states (name TEXT PRIMARY KEY, state TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS queue (
+        build_id BLOB PRIMARY KEY,
+        running INTEGER NOT NULL,
+        entry TEXT NOT NULL
+    ) WITHOUT ROWID;
 ";
 
 /// Where a log's read model lives: `events.readmodel.sqlite` beside `events.sqlite`.
@@ -96,7 +102,20 @@ impl ReadModel {
         let state = |name: &str| -> Result<Option<String>, StoreError> {
             conn.query_row("SELECT state FROM states WHERE name = ?1", [name], |r| r.get(0)).optional().store_err()
         };
-        let queue: Queue = state("queue")?.map(|t| parse("queue", &t)).transpose()?.unwrap_or_default();
+        let (mut queued, mut running) = (Vec::new(), Vec::new());
+        let mut entries = conn.prepare("SELECT running, entry FROM queue").store_err()?;
+        let mut rows = entries.query([]).store_err()?;
+        while let Some(row) = rows.next().store_err()? {
+            let entry: QueueEntry = parse("queue entry", &row.get::<_, String>(1).store_err()?)?;
+            if row.get::<_, bool>(0).store_err()? {
+                running.push(entry)
+            } else {
+                queued.push(entry)
+            }
+        }
+        drop(rows);
+        drop(entries);
+        let queue = Queue::restore(queued, running);
         let saved_outbox: Outbox = state("outbox")?.map(|t| parse("outbox", &t)).transpose()?.unwrap_or_default();
         let nodes: Nodes = state("nodes")?.map(|t| parse("nodes", &t)).transpose()?.unwrap_or_default();
         let mut set =
@@ -116,21 +135,23 @@ impl ReadModel {
     /// Empties the file (a rebuild starts from position 0).
     pub fn clear(&self) -> Result<(), StoreError> {
         let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        conn.execute_batch("DELETE FROM builds; DELETE FROM states; DELETE FROM position; DELETE FROM versions;")
-            .store_err()
+        conn.execute_batch(
+            "DELETE FROM builds; DELETE FROM queue; DELETE FROM states; DELETE FROM position; DELETE FROM versions;",
+        )
+        .store_err()
     }
 
-    /// Saves `views` (changed builds), the queue, the outbox and the nodes, and the position, in
-    /// one transaction.
+    /// Saves `views` (changed builds), the queue's changed entries, the outbox and the nodes, and
+    /// the position, in one transaction.
     pub fn save(
         &self,
         views: &[BuildView],
-        queue: &Queue,
+        queue: &[QueueChange],
         outbox: &Outbox,
         nodes: &Nodes,
         position: u64,
     ) -> Result<(), StoreError> {
-        let (queue, outbox, nodes) = (to_json(queue)?, to_json(outbox)?, to_json(nodes)?);
+        let (outbox, nodes) = (to_json(outbox)?, to_json(nodes)?);
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction().store_err()?;
         {
@@ -146,9 +167,20 @@ impl ReadModel {
                     .execute(params![view.build_id.as_bytes(), view.issue_id, view.state.name(), view.position, text])
                     .store_err()?;
             }
+            let mut entry = tx
+                .prepare_cached("INSERT OR REPLACE INTO queue (build_id, running, entry) VALUES (?1, ?2, ?3)")
+                .store_err()?;
+            let mut gone = tx.prepare_cached("DELETE FROM queue WHERE build_id = ?1").store_err()?;
+            for change in queue {
+                match change {
+                    QueueChange::Queued(e) => entry.execute(params![e.build_id.as_bytes(), false, to_json(e)?]),
+                    QueueChange::Running(e) => entry.execute(params![e.build_id.as_bytes(), true, to_json(e)?]),
+                    QueueChange::Gone(id) => gone.execute([id.as_bytes()]),
+                }
+                .store_err()?;
+            }
             let mut state =
                 tx.prepare_cached("INSERT OR REPLACE INTO states (name, state) VALUES (?1, ?2)").store_err()?;
-            state.execute(params!["queue", queue]).store_err()?;
             state.execute(params!["outbox", outbox]).store_err()?;
             state.execute(params!["nodes", nodes]).store_err()?;
             tx.execute("INSERT OR REPLACE INTO position (id, position) VALUES (1, ?1)", [position]).store_err()?;
@@ -239,17 +271,31 @@ pub fn differences(a: &ReadModel, b: &ReadModel) -> Result<Vec<String>, StoreErr
             if saved_versions(ca)? != saved_versions(cb)? {
                 found.push("projection versions".into());
             }
-            for name in ["queue", "outbox"] {
-                let state = |conn: &Connection| -> Result<Option<serde_json::Value>, StoreError> {
-                    let text: Option<String> = conn
-                        .query_row("SELECT state FROM states WHERE name = ?1", [name], |r| r.get(0))
-                        .optional()
-                        .store_err()?;
-                    Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
-                };
-                if state(ca)? != state(cb)? {
-                    found.push(format!("the {name}"));
-                }
+            let queue = |conn: &Connection| -> Result<Vec<(Vec<u8>, bool, serde_json::Value)>, StoreError> {
+                let mut stmt =
+                    conn.prepare("SELECT build_id, running, entry FROM queue ORDER BY build_id").store_err()?;
+                let rows = stmt
+                    .query_map([], |r| {
+                        let text: String = r.get(2)?;
+                        Ok((r.get(0)?, r.get(1)?, serde_json::from_str(&text).unwrap_or_default()))
+                    })
+                    .store_err()?
+                    .collect::<Result<Vec<_>, _>>()
+                    .store_err()?;
+                Ok(rows)
+            };
+            if queue(ca)? != queue(cb)? {
+                found.push("the queue".into());
+            }
+            let outbox = |conn: &Connection| -> Result<Option<serde_json::Value>, StoreError> {
+                let text: Option<String> = conn
+                    .query_row("SELECT state FROM states WHERE name = 'outbox'", [], |r| r.get(0))
+                    .optional()
+                    .store_err()?;
+                Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+            };
+            if outbox(ca)? != outbox(cb)? {
+                found.push("the outbox".into());
             }
             let sql = "SELECT build_id, view FROM builds ORDER BY build_id";
             let (mut sa, mut sb) = (ca.prepare(sql).store_err()?, cb.prepare(sql).store_err()?);

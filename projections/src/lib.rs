@@ -1,11 +1,11 @@
 //! Projections: pure folds over the event log.
 //!
 //! Each projection has a stable name ([`Projection::NAME`]) and a version
-//! ([`Projection::VERSION`], bumped whenever its fold changes, so a saved read model of an older
-//! version is rebuilt). The set moves one position: applying an event at or below it is a no-op,
+//! ([`Projection::VERSION`], bumped whenever its fold or the way it is saved changes, so a saved
+//! read model of an older version is rebuilt). The set moves one position: applying an event at or below it is a no-op,
 //! so a subscription that delivers an event twice cannot change the state. Memory holds what the
 //! hot paths need, sized by the work in flight; the shell saves the rest as a read model on disk
-//! (`builds` rows, the `queue` and `outbox` whole, both small) together with the position, and
+//! (a row per build and per queue entry changed, the `outbox` whole) together with the position, and
 //! `meshgate projections rebuild` recomputes it from position 0 with the very same `apply`.
 
 mod builds;
@@ -16,7 +16,7 @@ mod queue;
 pub use builds::{BuildView, Builds, FoldRecord};
 pub use nodes::{NodeView, Nodes};
 pub use outbox::{Entry, MilestoneRecord, Outbox, OutboxConfig, SinkSpec};
-pub use queue::{LaneRule, NodeAsk, Queue, QueueEntry};
+pub use queue::{LaneRule, NodeAsk, Queue, QueueChange, QueueEntry};
 
 use meshgate_domain::Recorded;
 

@@ -44,10 +44,33 @@ pub struct NodeAsk<'a> {
 }
 
 /// Queued builds. Running builds are kept aside so that a requeue restores their entry.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Queue {
     pub queued: BTreeMap<Uuid, QueueEntry>,
     pub running: BTreeMap<Uuid, QueueEntry>,
+    /// Entries changed since the last save, with the change's number (as `Builds` keeps its
+    /// views'): a save costs what changed, not the depth of the queue.
+    #[serde(skip)]
+    changed: BTreeMap<Uuid, u64>,
+    #[serde(skip)]
+    changes: u64,
+}
+
+/// The queue's state; which entries are not yet saved is bookkeeping, not state.
+impl PartialEq for Queue {
+    fn eq(&self, other: &Queue) -> bool {
+        self.queued == other.queued && self.running == other.running
+    }
+}
+
+impl Eq for Queue {}
+
+/// An entry of the queue as a save finds it: queued, running, or gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueChange {
+    Queued(QueueEntry),
+    Running(QueueEntry),
+    Gone(Uuid),
 }
 
 impl Queue {
@@ -97,7 +120,8 @@ impl Queue {
 
 impl Projection for Queue {
     const NAME: &'static str = "queue";
-    const VERSION: u32 = 1;
+    /// 2: saved one row per entry, not whole.
+    const VERSION: u32 = 2;
 
     fn wants(event_type: &str) -> bool {
         matches!(
@@ -107,6 +131,18 @@ impl Projection for Queue {
     }
 
     fn apply(&mut self, recorded: &Recorded) {
+        let touched = match &recorded.event {
+            Event::BuildRequested(e) => Some(e.build_id),
+            Event::BuildClaimed(e) => Some(e.build_id),
+            Event::BuildRequeued(e) => Some(e.build_id),
+            Event::BuildSucceeded(e) => Some(e.build_id),
+            Event::BuildFailed(e) => Some(e.build_id),
+            Event::BuildCancelled(e) => Some(e.build_id),
+            _ => None,
+        };
+        if let Some(build_id) = touched {
+            self.touch(build_id);
+        }
         match &recorded.event {
             Event::BuildRequested(e) => {
                 self.queued.insert(
@@ -145,6 +181,32 @@ impl Projection for Queue {
 }
 
 impl Queue {
+    /// The queue as saved: its queued and running entries.
+    pub fn restore(queued: Vec<QueueEntry>, running: Vec<QueueEntry>) -> Queue {
+        let by_id = |entries: Vec<QueueEntry>| entries.into_iter().map(|e| (e.build_id, e)).collect();
+        Queue { queued: by_id(queued), running: by_id(running), ..Queue::default() }
+    }
+
+    /// The entries changed since the last save, and a mark for [`Queue::saved`].
+    pub fn changed(&self) -> (Vec<QueueChange>, u64) {
+        let change = |id: &Uuid| match (self.queued.get(id), self.running.get(id)) {
+            (Some(entry), _) => QueueChange::Queued(entry.clone()),
+            (None, Some(entry)) => QueueChange::Running(entry.clone()),
+            (None, None) => QueueChange::Gone(*id),
+        };
+        (self.changed.keys().map(change).collect(), self.changes)
+    }
+
+    /// The changes [`Queue::changed`] gave with `mark` are saved.
+    pub fn saved(&mut self, mark: u64) {
+        self.changed.retain(|_, change| *change > mark);
+    }
+
+    fn touch(&mut self, build_id: Uuid) {
+        self.changes += 1;
+        self.changed.insert(build_id, self.changes);
+    }
+
     fn finish(&mut self, build_id: Uuid) {
         self.queued.remove(&build_id);
         self.running.remove(&build_id);

@@ -173,6 +173,43 @@ mod properties {
         }
 
         #[test]
+        fn the_queue_saved_change_by_change_restores_as_it_stands(
+            actions in proptest::collection::vec(action(), 0..60),
+            saves in proptest::collection::vec(any::<proptest::sample::Index>(), 0..6),
+        ) {
+            let log = log_of(&actions);
+            let mut points: Vec<usize> = saves.iter().map(|i| i.index(log.len() + 1)).collect();
+            points.push(log.len());
+            points.sort_unstable();
+            // What a read model would hold: one row per entry, written and deleted by the saves.
+            let mut saved: std::collections::BTreeMap<Uuid, (bool, crate::QueueEntry)> = Default::default();
+            let mut set = ProjectionSet::default();
+            let mut applied = 0;
+            for point in points {
+                for event in &log[applied..point] {
+                    set.apply(event);
+                }
+                applied = point;
+                let (changes, mark) = set.queue.changed();
+                for change in changes {
+                    match change {
+                        crate::QueueChange::Queued(e) => saved.insert(e.build_id, (false, e)),
+                        crate::QueueChange::Running(e) => saved.insert(e.build_id, (true, e)),
+                        crate::QueueChange::Gone(id) => saved.remove(&id),
+                    };
+                }
+                set.queue.saved(mark);
+                let (queued, running): (Vec<_>, Vec<_>) = saved.values().cloned().partition(|(running, _)| !running);
+                let restored = crate::Queue::restore(
+                    queued.into_iter().map(|(_, e)| e).collect(),
+                    running.into_iter().map(|(_, e)| e).collect(),
+                );
+                prop_assert_eq!(&restored, &set.queue);
+                prop_assert!(set.queue.changed().0.is_empty(), "a save leaves nothing to save");
+            }
+        }
+
+        #[test]
         fn duplicate_deliveries_folded_into_builds_leave_their_state_unchanged(
             actions in proptest::collection::vec(action(), 0..60),
             copies in 1usize..5,

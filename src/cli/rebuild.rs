@@ -99,8 +99,10 @@ fn fold_range(
 
 fn save(into: &ReadModel, set: &mut ProjectionSet) -> anyhow::Result<()> {
     let (views, mark) = set.builds.changed();
-    into.save(&views, &set.queue, &set.outbox, &set.nodes, set.position)?;
+    let (queue, queue_mark) = set.queue.changed();
+    into.save(&views, &queue, &set.outbox, &set.nodes, set.position)?;
     set.builds.saved(mark);
+    set.queue.saved(queue_mark);
     Ok(())
 }
 

@@ -86,7 +86,8 @@ async fn fold_frozen(dir: &Path) -> Expectation {
     apply_batch(&mut set, &all).unwrap();
     let model = ReadModel::open(&scratch.path().join("events.readmodel.sqlite")).unwrap();
     let (views, _) = set.builds.changed();
-    model.save(&views, &set.queue, &set.outbox, &set.nodes, set.position).unwrap();
+    let (queue, _) = set.queue.changed();
+    model.save(&views, &queue, &set.outbox, &set.nodes, set.position).unwrap();
     let loaded = model.load(outbox_config(), set.position).unwrap();
     assert_eq!((loaded.position, &loaded.queue, &loaded.outbox), (set.position, &set.queue, &set.outbox));
     assert_eq!(loaded.nodes, set.nodes);
