@@ -22,13 +22,14 @@ pub fn pki() -> &'static Pki {
 }
 
 impl Pki {
-    /// A new CA, its files in a folder kept for the life of the test binary.
+    /// A new CA, its files in a folder kept for the life of the test binary (named after its
+    /// process; the folders of test binaries that have ended are removed here).
     pub fn new(name: &str) -> Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
         let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let dir = tempfile::tempdir().unwrap().keep();
+        let dir = kept_dir();
         let ca_file = dir.join("ca.pem");
         std::fs::write(&ca_file, issuer.pem()).unwrap();
         Pki { issuer, ca_file, dir }
@@ -84,4 +85,24 @@ pub fn first_certificate(path: &Path) -> Vec<u8> {
 /// The certificate a server presented on the connection that carried `response`.
 pub fn presented(response: &reqwest::Response) -> Vec<u8> {
     response.extensions().get::<reqwest::tls::TlsInfo>().and_then(|i| i.peer_certificate()).unwrap().to_vec()
+}
+
+/// A folder of this test binary's, `meshgate-test-pki-<pid>-…`, after removing those of processes
+/// that no longer run (a static is never dropped, so nothing else removes them).
+fn kept_dir() -> PathBuf {
+    const PREFIX: &str = "meshgate-test-pki-";
+    let root = std::env::temp_dir();
+    for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)).and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let dir = root.join(format!("{PREFIX}{}-{}", std::process::id(), uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir(&dir).unwrap();
+    dir
 }

@@ -90,8 +90,10 @@ pub async fn server() -> Server {
         return Server { url, stand_in: None };
     }
     let (chain, key) = pki().leaf(2113);
-    let dir = tempfile::tempdir().unwrap().keep();
-    let files = meshgate::tls::TlsFiles { cert_file: dir.join("esdb.crt"), key_file: dir.join("esdb.key") };
+    // Read once into the server's configuration; the folder goes at the end of this function.
+    let dir = tempfile::tempdir().unwrap();
+    let files =
+        meshgate::tls::TlsFiles { cert_file: dir.path().join("esdb.crt"), key_file: dir.path().join("esdb.key") };
     crate::pki::write_private(&files.cert_file, &chain);
     crate::pki::write_private(&files.key_file, &key);
     let mut config = (*meshgate::tls::server_config(&files).unwrap()).clone();
