@@ -87,11 +87,19 @@ pub(crate) async fn connect(url: &str) -> Result<Client, StoreError> {
     Ok(client)
 }
 
-/// Connections for reads, reopened when one is lost.
+/// Connections for reads, reopened when one is lost. Each statement is prepared once per
+/// connection (a statement given as text costs a round trip and a parse at every read) and, as the
+/// writer's, planned at each execution for the log as it then stands.
 pub(crate) struct Readers {
     url: String,
-    clients: Vec<RwLock<Option<Arc<Client>>>>,
+    clients: Vec<RwLock<Option<Arc<Reader>>>>,
     next: AtomicUsize,
+}
+
+/// A reading connection and the statements prepared on it.
+pub(crate) struct Reader {
+    client: Client,
+    prepared: std::sync::Mutex<std::collections::HashMap<String, tokio_postgres::Statement>>,
 }
 
 impl Readers {
@@ -103,18 +111,20 @@ impl Readers {
         }
     }
 
-    pub(crate) async fn get(&self) -> Result<Arc<Client>, StoreError> {
+    async fn get(&self) -> Result<Arc<Reader>, StoreError> {
         let slot = &self.clients[self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len()];
-        if let Some(client) = slot.read().await.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(Arc::clone(client));
+        if let Some(reader) = slot.read().await.as_ref().filter(|r| !r.client.is_closed()) {
+            return Ok(Arc::clone(reader));
         }
         let mut guard = slot.write().await;
-        if let Some(client) = guard.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(Arc::clone(client));
+        if let Some(reader) = guard.as_ref().filter(|r| !r.client.is_closed()) {
+            return Ok(Arc::clone(reader));
         }
-        let client = Arc::new(connect(&self.url).await?);
-        *guard = Some(Arc::clone(&client));
-        Ok(client)
+        let client = connect(&self.url).await?;
+        client.batch_execute(writer::SESSION).await.map_err(|e| pg_failed("cannot set up a reading connection", e))?;
+        let reader = Arc::new(Reader { client, prepared: Default::default() });
+        *guard = Some(Arc::clone(&reader));
+        Ok(reader)
     }
 
     pub(crate) async fn query(
@@ -122,8 +132,18 @@ impl Readers {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
-        let client = self.get().await?;
-        client.query(sql, params).await.map_err(|e| pg_failed("cannot read the event log", e))
+        let reader = self.get().await?;
+        let failed = |e| pg_failed("cannot read the event log", e);
+        let cached = reader.prepared.lock().unwrap_or_else(|p| p.into_inner()).get(sql).cloned();
+        let statement = match cached {
+            Some(statement) => statement,
+            None => {
+                let statement = reader.client.prepare(sql).await.map_err(failed)?;
+                reader.prepared.lock().unwrap_or_else(|p| p.into_inner()).insert(sql.to_owned(), statement.clone());
+                statement
+            }
+        };
+        reader.client.query(&statement, params).await.map_err(failed)
     }
 }
 
