@@ -70,17 +70,17 @@ pub(super) async fn commit(conn: &Connection, plan: Plan<'_>, locked: bool) -> R
     let written: Vec<bool> = plan.assumptions.iter().map(|a| a.written).collect();
     let params = c.params(&[&streams, &versions], &[&assumed, &assumed_at, &written, &plan.terms]);
     let (begun, appended, committed) = tokio::join!(
+        // Sent first: `BEGIN` and the lock are on their way before the statement behind them.
         async {
             if locked {
-                return Ok(());
+                return Ok(0);
             }
-            let (begun, lock) = tokio::join!(client.batch_execute("BEGIN"), client.query_one(&conn.lock_head, &[]));
-            begun.and(lock.map(|_| ()))
+            super::whole::lock_head(conn).await
         },
         client.query_one(&conn.assumed, &params[..]),
         client.batch_execute("COMMIT"),
     );
-    begun.map_err(failed)?;
+    begun?;
     let row = match appended {
         Err(e) if is_clash_on(&e, "meshgate_events_id_key") || is_version_clash(&e) => {
             // The commit behind it ended the failed transaction (as a rollback).

@@ -56,9 +56,7 @@ pub(super) async fn commit(conn: &Connection, batch: &Batch<'_>) -> Result<Done,
 async fn commit_chunk(conn: &Connection, batch: &Batch<'_>) -> Result<Done, StoreError> {
     let client = &conn.client;
     let failed = |e: tokio_postgres::Error| pg_failed("cannot append to the event log", e);
-    let (begun, locked) = tokio::join!(client.batch_execute("BEGIN"), client.query_one(&conn.lock_head, &[]),);
-    begun.map_err(failed)?;
-    let base: i64 = locked.map_err(failed)?.get(0);
+    let base = super::whole::lock_head(conn).await?;
     // The lease as it stands under the head lock (changes of term take it too).
     let lease: Option<(i64, bool)> = if batch.iter().any(|(_, fence)| fence.is_some()) {
         let row = client.query_one(&conn.lease, &[]).await.map_err(failed)?;
