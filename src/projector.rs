@@ -74,7 +74,7 @@ impl Projections {
     /// holds in their place (memory is read first: a build saved and let go meanwhile is then on
     /// disk).
     pub async fn list_builds(&self, issue: Option<&str>, state: Option<&str>) -> Result<Vec<BuildView>, StoreError> {
-        let hot: Vec<BuildView> = self.read(|p| p.builds.hot.values().cloned().collect());
+        let hot: Vec<BuildView> = self.read(|p| p.builds.in_memory().cloned().collect());
         let (i, s) = (issue.map(str::to_owned), state.map(str::to_owned));
         let readmodel = Arc::clone(&self.readmodel);
         let saved = blocking(move || readmodel.list(i.as_deref(), s.as_deref())).await?;
@@ -293,7 +293,7 @@ impl Live<'_> {
                 let mut guard = self.set.write().unwrap_or_else(|p| p.into_inner());
                 guard.builds.saved(mark);
                 guard.queue.saved(queue_mark);
-                let in_memory = guard.builds.hot.len();
+                let in_memory = guard.builds.in_memory_len();
                 drop(guard);
                 tracing::debug!(
                     position,

@@ -105,18 +105,43 @@ impl BuildView {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Builds {
     /// Queued and running builds, and builds changed since the last save.
-    pub hot: BTreeMap<Uuid, BuildView>,
+    hot: BTreeMap<Uuid, BuildView>,
+    /// The running builds in memory by the end of their lease: the reaper's question is a range
+    /// of it, not a scan of every queued build.
+    leases: BTreeSet<(DateTime<Utc>, Uuid)>,
     /// Builds changed since the last save, with the change's number: a save that read a view
     /// before a later change leaves it marked.
     changed: BTreeMap<Uuid, u64>,
+    /// Finished views brought back since the last save (let go again by the next one if no
+    /// event changed them).
+    restored: Vec<Uuid>,
     /// Counts changes.
     changes: u64,
+}
+
+/// The lease a build holds, if it is running.
+fn lease(view: &BuildView) -> Option<(DateTime<Utc>, Uuid)> {
+    match &view.state {
+        BuildState::Running { lease_expires_at, .. } => Some((*lease_expires_at, view.build_id)),
+        _ => None,
+    }
 }
 
 impl Builds {
     /// A build held in memory (a queued or running one always is).
     pub fn get(&self, build_id: Uuid) -> Option<&BuildView> {
         self.hot.get(&build_id)
+    }
+
+    /// Every build memory holds: the queued and running ones, and those changed since the last
+    /// save.
+    pub fn in_memory(&self) -> impl Iterator<Item = &BuildView> {
+        self.hot.values()
+    }
+
+    /// How many builds memory holds.
+    pub fn in_memory_len(&self) -> usize {
+        self.hot.len()
     }
 
     /// The builds in memory of an issue and a state (`queued`, `running`, …), in log order. The
@@ -134,18 +159,7 @@ impl Builds {
 
     /// Running builds whose lease ran out at `now`, oldest lease first.
     pub fn expired_leases(&self, now: DateTime<Utc>) -> Vec<Uuid> {
-        let mut expired: Vec<(DateTime<Utc>, Uuid)> = self
-            .hot
-            .values()
-            .filter_map(|b| match &b.state {
-                BuildState::Running { lease_expires_at, .. } if *lease_expires_at <= now => {
-                    Some((*lease_expires_at, b.build_id))
-                }
-                _ => None,
-            })
-            .collect();
-        expired.sort();
-        expired.into_iter().map(|(_, id)| id).collect()
+        self.leases.range(..=(now, Uuid::max())).map(|(_, id)| *id).collect()
     }
 
     /// The builds later events of `batch` are about that memory does not hold: the shell brings
@@ -174,7 +188,16 @@ impl Builds {
     /// Holds saved views in memory again (loaded at start, or brought back for a late event).
     pub fn restore(&mut self, views: impl IntoIterator<Item = BuildView>) {
         for view in views {
-            self.hot.entry(view.build_id).or_insert(view);
+            if self.hot.contains_key(&view.build_id) {
+                continue;
+            }
+            if let Some(lease) = lease(&view) {
+                self.leases.insert(lease);
+            }
+            if !view.state.is_active() {
+                self.restored.push(view.build_id);
+            }
+            self.hot.insert(view.build_id, view);
         }
     }
 
@@ -186,10 +209,23 @@ impl Builds {
 
     /// The views [`Builds::changed`] gave with `mark` are saved: lets go of finished builds not
     /// changed since; memory keeps the queued and running ones.
+    /// Only builds saved now or brought back since can have to go: every other one in memory is
+    /// active or changed since (a save costs what changed, not what memory holds).
     pub fn saved(&mut self, mark: u64) {
-        self.changed.retain(|_, change| *change > mark);
-        let changed = &self.changed;
-        self.hot.retain(|id, b| b.state.is_active() || changed.contains_key(id));
+        let mut candidates = std::mem::take(&mut self.restored);
+        self.changed.retain(|id, change| {
+            let keep = *change > mark;
+            if !keep {
+                candidates.push(*id);
+            }
+            keep
+        });
+        for id in candidates {
+            let idle = self.hot.get(&id).is_some_and(|b| !b.state.is_active());
+            if idle && !self.changed.contains_key(&id) {
+                self.hot.remove(&id);
+            }
+        }
     }
 
     /// Builds changed and not yet saved.
@@ -209,14 +245,29 @@ impl Projection for Builds {
     fn apply(&mut self, recorded: &Recorded) {
         if let Some(view) = BuildView::requested(recorded) {
             let id = view.build_id;
-            self.hot.entry(id).or_insert(view);
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.hot.entry(id) {
+                if let Some(lease) = lease(&view) {
+                    self.leases.insert(lease);
+                }
+                slot.insert(view);
+            }
             self.changes += 1;
             self.changed.insert(id, self.changes);
             return;
         }
         let Some(id) = recorded.event.build_id() else { return };
         if let Some(build) = self.hot.get_mut(&id) {
+            let before = lease(build);
             build.apply(recorded);
+            let after = lease(build);
+            if before != after {
+                if let Some(old) = before {
+                    self.leases.remove(&old);
+                }
+                if let Some(new) = after {
+                    self.leases.insert(new);
+                }
+            }
             self.changes += 1;
             self.changed.insert(id, self.changes);
         }

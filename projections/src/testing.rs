@@ -13,6 +13,7 @@ pub enum Action {
     Request(u8),
     Fold(u8, bool),
     Claim(u8),
+    Renew(u8),
     Requeue(u8),
     Succeed(u8),
     Fail(u8),
@@ -27,6 +28,7 @@ pub fn action() -> impl Strategy<Value = Action> {
         b.clone().prop_map(Action::Request),
         (b.clone(), any::<bool>()).prop_map(|(b, dup)| Action::Fold(b, dup)),
         b.clone().prop_map(Action::Claim),
+        b.clone().prop_map(Action::Renew),
         b.clone().prop_map(Action::Requeue),
         b.clone().prop_map(Action::Succeed),
         b.clone().prop_map(Action::Fail),
@@ -73,6 +75,7 @@ pub fn log_of(actions: &[Action]) -> Vec<Recorded> {
             Action::Request(b)
             | Action::Fold(b, _)
             | Action::Claim(b)
+            | Action::Renew(b)
             | Action::Requeue(b)
             | Action::Succeed(b)
             | Action::Fail(b)
@@ -92,6 +95,11 @@ pub fn log_of(actions: &[Action]) -> Vec<Recorded> {
                         reason: if dup { FoldReason::DuplicateDelivery } else { FoldReason::Coalesced },
                     },
                     Action::Claim(_) => BuildCommand::Claim { node_id: "mac-1".into(), lease_expires_at: at(1000) },
+                    Action::Renew(_) => BuildCommand::Renew {
+                        node_id: "mac-1".into(),
+                        attempt,
+                        lease_expires_at: at(2000 - 10 * i64::from(b)),
+                    },
                     Action::Requeue(_) => BuildCommand::Requeue { reason: "node_lost".into() },
                     Action::Succeed(_) => BuildCommand::Succeed { attempt },
                     Action::Fail(_) => BuildCommand::Fail { attempt, reason: "exit 1".into() },
@@ -224,7 +232,7 @@ mod properties {
             }
             let a = fold_all(&log_of(&without));
             let b = fold_all(&log_of(&with));
-            let states = |s: &ProjectionSet| s.builds.hot.values().map(|b| b.state.clone()).collect::<Vec<_>>();
+            let states = |s: &ProjectionSet| s.builds.in_memory().map(|b| b.state.clone()).collect::<Vec<_>>();
             prop_assert_eq!(states(&a), states(&b));
             // Positions shift by the folds inserted; what is queued, and in which order, must not.
             let queue = |s: &ProjectionSet| {
@@ -259,8 +267,22 @@ mod properties {
             let (views, mark) = live.builds.changed();
             views.into_iter().for_each(|v| drop(disk.insert(v.build_id, v)));
             live.builds.saved(mark);
-            prop_assert_eq!(disk, everything.builds.hot.clone());
-            prop_assert!(live.builds.hot.values().all(|b| b.state.is_active()), "memory keeps the active builds only");
+            let folded: std::collections::BTreeMap<_, _> =
+                everything.builds.in_memory().map(|b| (b.build_id, b.clone())).collect();
+            prop_assert_eq!(disk, folded);
+            prop_assert!(live.builds.in_memory().all(|b| b.state.is_active()), "memory keeps the active builds only");
+            // The reaper's index holds every running build, by the end of its lease.
+            let mut leases: Vec<_> = everything
+                .builds
+                .in_memory()
+                .filter_map(|b| match b.state {
+                    meshgate_domain::build::BuildState::Running { lease_expires_at, .. } => Some((lease_expires_at, b.build_id)),
+                    _ => None,
+                })
+                .collect();
+            leases.sort();
+            let leases: Vec<_> = leases.into_iter().map(|(_, id)| id).collect();
+            prop_assert_eq!(live.builds.expired_leases(DateTime::<Utc>::MAX_UTC), leases);
             prop_assert_eq!(&live.queue, &everything.queue);
         }
     }
@@ -279,7 +301,7 @@ mod properties {
         let log = log_of(&[Action::Request(0), Action::Claim(0), Action::Request(1), Action::Succeed(0)]);
         let set = fold_all(&log);
         let active: Vec<&str> =
-            set.builds.hot.values().filter(|b| b.state.is_active()).map(|b| b.intent_key.as_str()).collect();
+            set.builds.in_memory().filter(|b| b.state.is_active()).map(|b| b.intent_key.as_str()).collect();
         assert_eq!(active, ["MOB-1/ios-build"]);
         assert_eq!(set.queue.len(), 1);
         assert_eq!(set.builds.list(None, Some("succeeded")).len(), 1);

@@ -367,7 +367,7 @@ async fn rebuild(events: u64) -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     println!(
         "rebuild in the process that wrote the log: {} builds in memory at the end, {:.2} s = {:.0} events/s",
-        set.builds.hot.len(),
+        set.builds.in_memory_len(),
         elapsed.as_secs_f64(),
         head as f64 / elapsed.as_secs_f64()
     );

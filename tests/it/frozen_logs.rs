@@ -92,7 +92,7 @@ async fn fold_frozen(dir: &Path) -> Expectation {
     assert_eq!((loaded.position, &loaded.queue, &loaded.outbox), (set.position, &set.queue, &set.outbox));
     assert_eq!(loaded.nodes, set.nodes);
     let builds = model.list(None, None).unwrap();
-    assert_eq!(builds.len(), set.builds.hot.len(), "every build is in the read model");
+    assert_eq!(builds.len(), set.builds.in_memory_len(), "every build is in the read model");
     Expectation {
         position: set.position,
         events,

@@ -200,7 +200,7 @@ impl TestApp {
     pub async fn rebuilt(&self) -> Model {
         let mut set = ProjectionSet::new(meshgate::outbound::outbox_config(&self.config));
         apply_batch(&mut set, &self.all_events().await).unwrap();
-        let mut builds: Vec<BuildView> = set.builds.hot.values().cloned().collect();
+        let mut builds: Vec<BuildView> = set.builds.in_memory().cloned().collect();
         builds.sort_by_key(|b| b.position);
         Model { position: set.position, builds, queue: set.queue, outbox: set.outbox }
     }
