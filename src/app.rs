@@ -189,6 +189,7 @@ impl App {
         let limits = crate::http::serve::ConnectionLimits {
             max_connections: self.state.config.server.max_connections,
             header_timeout: Duration::from_secs(self.state.config.server.header_timeout_seconds),
+            idle_timeout: Duration::from_secs(self.state.config.server.idle_timeout_seconds),
         };
         let router = self.router.clone();
         let stopping = self.state.stopping.clone();

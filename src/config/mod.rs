@@ -145,10 +145,12 @@ impl Config {
         }
         if self.server.max_connections == 0
             || self.server.header_timeout_seconds == 0
+            || self.server.idle_timeout_seconds == 0
             || self.server.body_timeout_seconds == 0
         {
             return invalid(
-                "server.max_connections, header_timeout_seconds and body_timeout_seconds must be at least 1".into(),
+                "server.max_connections, header_timeout_seconds, idle_timeout_seconds and body_timeout_seconds must be at least 1"
+                    .into(),
             );
         }
         if self.nodes.lease_seconds == 0 || self.nodes.max_attempts == 0 {

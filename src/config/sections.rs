@@ -22,6 +22,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// A request's head must arrive within this (idle and slowloris connections are closed).
     pub header_timeout_seconds: u64,
+    /// A kept-alive connection may stay silent this long between requests (longer than a load
+    /// balancer's own idle timeout, so the balancer lets a pooled connection go first).
+    pub idle_timeout_seconds: u64,
     /// The webhook's body must arrive within this (`408` otherwise).
     pub body_timeout_seconds: u64,
 }
@@ -377,6 +380,7 @@ impl Default for ServerConfig {
             tls_key_file: None,
             max_connections: 4096,
             header_timeout_seconds: 10,
+            idle_timeout_seconds: 75,
             body_timeout_seconds: 30,
         }
     }

@@ -346,3 +346,61 @@ async fn an_authorization_header_sent_twice_is_refused_even_when_one_is_right() 
         .unwrap();
     assert_eq!(twice.status(), 401);
 }
+
+/// Reads one answer (head, and a body of `content-length` bytes) from a kept-alive connection.
+async fn read_answer(stream: &mut Box<dyn Io>) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await.expect("the connection is open");
+        assert!(n > 0, "the connection was closed before its answer: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return text;
+            }
+        }
+    }
+}
+
+/// A load balancer keeps its connections to the gateway open between deliveries: the gateway
+/// lets a silent one go only after `idle_timeout_seconds` (not the header timeout), and cleanly,
+/// so the balancer, whose own idle timeout is shorter, is always the one to close it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_outlives_the_header_timeout_and_closes_cleanly_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), vec![ios_trigger()]);
+    config.server.header_timeout_seconds = 1;
+    config.server.idle_timeout_seconds = 3;
+    let files = crate::pki::pki().write_leaf(dir.path(), "gateway", 30);
+    config.server.tls_cert_file = Some(files.cert_file);
+    config.server.tls_key_file = Some(files.key_file);
+    let app = spawn_with(dir, config).await;
+
+    let mut stream = connect(app.addr, true).await;
+    let ask = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n";
+    stream.write_all(ask).await.unwrap();
+    assert!(read_answer(&mut stream).await.starts_with("HTTP/1.1 200"));
+    // Silent for longer than the header timeout, as between two deliveries: still open.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    stream.write_all(ask).await.unwrap();
+    assert!(read_answer(&mut stream).await.starts_with("HTTP/1.1 200"), "a kept-alive connection is reused");
+
+    // Then left silent: closed after the idle timeout, with a close_notify (a read ends, no error).
+    let silent = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf)).await;
+    let read = read.expect("an idle connection is closed within the idle timeout + 7 s");
+    assert_eq!(read.expect("closed cleanly (close_notify), not cut"), 0);
+    assert!(
+        silent.elapsed() >= std::time::Duration::from_secs(2),
+        "closed after {:?}, before the idle timeout",
+        silent.elapsed()
+    );
+}
