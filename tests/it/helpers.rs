@@ -246,12 +246,32 @@ impl TestApp {
         if let Some(server) = self.server.take() {
             server.await.unwrap();
         }
-        (self.dir, self.config)
+        // The folder and configuration go on to the restart; an empty folder takes their place.
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (dir, std::mem::take(&mut self.config))
     }
 
     pub async fn restart(self) -> TestApp {
         let (dir, config) = self.shutdown().await;
         spawn_with(dir, config).await
+    }
+}
+
+/// A test that ends without [`TestApp::shutdown`]: the gateway is stopped before its folder is
+/// removed, and, on a runtime with worker threads, waited for, so that its last save does not
+/// write into a folder being removed (which left it behind in the temp dir).
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let Some(server) = self.server.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+            // Bounded: a test that failed may leave a gateway that cannot stop cleanly.
+            let stopped = tokio::time::timeout(std::time::Duration::from_secs(10), server);
+            let _ = tokio::task::block_in_place(|| runtime.block_on(stopped));
+        }
     }
 }
 
