@@ -287,15 +287,17 @@ pub fn differences(a: &ReadModel, b: &ReadModel) -> Result<Vec<String>, StoreErr
             if queue(ca)? != queue(cb)? {
                 found.push("the queue".into());
             }
-            let outbox = |conn: &Connection| -> Result<Option<serde_json::Value>, StoreError> {
+            let state = |conn: &Connection, name: &str| -> Result<Option<serde_json::Value>, StoreError> {
                 let text: Option<String> = conn
-                    .query_row("SELECT state FROM states WHERE name = 'outbox'", [], |r| r.get(0))
+                    .query_row("SELECT state FROM states WHERE name = ?1", [name], |r| r.get(0))
                     .optional()
                     .store_err()?;
                 Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
             };
-            if outbox(ca)? != outbox(cb)? {
-                found.push("the outbox".into());
+            for name in ["outbox", "nodes"] {
+                if state(ca, name)? != state(cb, name)? {
+                    found.push(format!("the {name}"));
+                }
             }
             let sql = "SELECT build_id, view FROM builds ORDER BY build_id";
             let (mut sa, mut sb) = (ca.prepare(sql).store_err()?, cb.prepare(sql).store_err()?);

@@ -328,3 +328,33 @@ async fn a_request_may_name_one_stream_twice() {
     let dir = tempfile::tempdir().unwrap();
     one_request_names_a_stream_twice(open(dir.path(), 512)).await;
 }
+
+/// `projections rebuild --verify` compares every saved projection: a read model whose nodes
+/// differ from the log's is reported, as one whose builds, queue or outbox differ.
+#[test]
+fn a_read_model_whose_nodes_differ_is_told_apart() {
+    use meshgate::readmodel::{differences, ReadModel};
+    use meshgate_domain::event::NodeSeen;
+    use meshgate_domain::Recorded;
+    let dir = tempfile::tempdir().unwrap();
+    let seen = Recorded {
+        position: 1,
+        stream: "node-mac-1".into(),
+        version: 0,
+        event: Event::NodeSeen(NodeSeen { node_id: "mac-1".into(), labels: vec!["xcode-16".into()], slots: 2 }),
+        correlation_id: Uuid::now_v7(),
+        recorded_at: chrono::Utc::now(),
+    };
+    let mut folded = meshgate_projections::ProjectionSet::default();
+    folded.apply(&seen);
+    let save = |name: &str, set: &meshgate_projections::ProjectionSet| {
+        let model = ReadModel::open(&dir.path().join(name)).unwrap();
+        model.save(&[], &[], &set.outbox, &set.nodes, 1).unwrap();
+        model
+    };
+    let (a, b) = (save("a.sqlite", &folded), save("b.sqlite", &folded));
+    assert_eq!(differences(&a, &b).unwrap(), Vec::<String>::new());
+    let unseen = meshgate_projections::ProjectionSet::default();
+    let c = save("c.sqlite", &unseen);
+    assert_eq!(differences(&a, &c).unwrap(), vec!["the nodes".to_owned()]);
+}
