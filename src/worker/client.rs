@@ -89,11 +89,18 @@ pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     RetryPolicy { base, cap, max_wait: cap, max_attempts: u32::MAX }.backoff(attempt, fraction)
 }
 
+/// How long the node keeps an unused connection to the gateway (shorter than the gateway's
+/// `[server] idle_timeout_seconds`).
+const POOL_IDLE: Duration = Duration::from_secs(50);
+
 impl Gateway {
     /// A client for the gateway at `base` (`http://` or `https://`), trusting the platform's store,
     /// the webpki roots and the certificates of `ca_file`.
     pub fn new(base: &str, token: String, ca_file: Option<&std::path::Path>) -> anyhow::Result<Self> {
-        let http = crate::tls::client(reqwest::Client::builder().connect_timeout(Duration::from_secs(5)), ca_file)?;
+        // Pooled connections are let go before the gateway's idle timeout (75 s by default) would
+        // close one under a request.
+        let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).pool_idle_timeout(POOL_IDLE);
+        let http = crate::tls::client(builder, ca_file)?;
         Ok(Gateway { http, base: base.trim_end_matches('/').to_owned(), token })
     }
 
