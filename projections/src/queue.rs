@@ -1,6 +1,7 @@
 //! `queue`: builds waiting for a node, ordered by lane priority, then log position.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use meshgate_domain::{Event, Recorded};
 use serde::{Deserialize, Serialize};
@@ -44,15 +45,16 @@ pub struct NodeAsk<'a> {
 }
 
 /// Queued builds. Running builds are kept aside so that a requeue restores their entry.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default)]
 pub struct Queue {
-    pub queued: BTreeMap<Uuid, QueueEntry>,
-    pub running: BTreeMap<Uuid, QueueEntry>,
+    queued: BTreeMap<Uuid, QueueEntry>,
+    running: BTreeMap<Uuid, QueueEntry>,
+    /// The queued builds of each lane in log order: a claim reads the head of each lane instead
+    /// of sorting the whole queue (which a backlog makes deep).
+    lanes: BTreeMap<String, BTreeSet<(u64, Uuid)>>,
     /// Entries changed since the last save, with the change's number (as `Builds` keeps its
     /// views'): a save costs what changed, not the depth of the queue.
-    #[serde(skip)]
     changed: BTreeMap<Uuid, u64>,
-    #[serde(skip)]
     changes: u64,
 }
 
@@ -97,16 +99,53 @@ impl Queue {
         }
         let default = LaneRule::default();
         let rule = |lane: &str| lanes.iter().find(|l| l.name == lane).unwrap_or(&default);
-        let mut candidates: Vec<&QueueEntry> = self.queued.values().collect();
-        candidates.sort_by_key(|e| (-rule(&e.lane).priority, e.position));
-        candidates.into_iter().find(|entry| {
-            let lane = rule(&entry.lane);
-            let labelled = lane.required_labels.iter().all(|l| node.labels.contains(l));
-            let below_cap =
-                lane.max_running.is_none_or(|cap| self.running.values().filter(|r| r.lane == entry.lane).count() < cap);
-            let intent_free = !self.running.values().any(|r| r.issue_id == entry.issue_id && r.script == entry.script);
-            labelled && below_cap && intent_free
-        })
+        // What runs, counted once: per lane, and the (issue, script) pairs.
+        let mut running_in: HashMap<&str, usize> = HashMap::new();
+        let mut busy: HashSet<(&str, &str)> = HashSet::new();
+        for r in self.running.values() {
+            *running_in.entry(r.lane.as_str()).or_default() += 1;
+            busy.insert((r.issue_id.as_str(), r.script.as_str()));
+        }
+        // The lanes with queued builds, highest priority first; within a priority, log order
+        // across its lanes: the earliest of each lane's first claimable build.
+        let mut levels: BTreeMap<Reverse<i64>, Vec<(&str, &LaneRule)>> = BTreeMap::new();
+        for lane in self.lanes.keys() {
+            let rule = rule(lane);
+            levels.entry(Reverse(rule.priority)).or_default().push((lane, rule));
+        }
+        for at_level in levels.values() {
+            let mut best: Option<&QueueEntry> = None;
+            for (lane, rule) in at_level {
+                let labelled = rule.required_labels.iter().all(|l| node.labels.contains(l));
+                let below_cap = rule.max_running.is_none_or(|cap| running_in.get(lane).copied().unwrap_or(0) < cap);
+                if !labelled || !below_cap {
+                    continue;
+                }
+                let first = self.lanes[*lane]
+                    .iter()
+                    .filter_map(|(_, id)| self.queued.get(id))
+                    .find(|e| !busy.contains(&(e.issue_id.as_str(), e.script.as_str())));
+                if let Some(entry) = first {
+                    if best.is_none_or(|b| entry.position < b.position) {
+                        best = Some(entry);
+                    }
+                }
+            }
+            if best.is_some() {
+                return best;
+            }
+        }
+        None
+    }
+
+    /// The queued entries, by build.
+    pub fn queued(&self) -> &BTreeMap<Uuid, QueueEntry> {
+        &self.queued
+    }
+
+    /// The running entries, by build.
+    pub fn running(&self) -> &BTreeMap<Uuid, QueueEntry> {
+        &self.running
     }
 
     pub fn len(&self) -> usize {
@@ -145,21 +184,18 @@ impl Projection for Queue {
         }
         match &recorded.event {
             Event::BuildRequested(e) => {
-                self.queued.insert(
-                    e.build_id,
-                    QueueEntry {
-                        build_id: e.build_id,
-                        issue_id: e.issue_id.clone(),
-                        lane: e.lane.clone(),
-                        script: e.script.clone(),
-                        position: recorded.position,
-                        attempt: 1,
-                        node_id: None,
-                    },
-                );
+                self.enqueue(QueueEntry {
+                    build_id: e.build_id,
+                    issue_id: e.issue_id.clone(),
+                    lane: e.lane.clone(),
+                    script: e.script.clone(),
+                    position: recorded.position,
+                    attempt: 1,
+                    node_id: None,
+                });
             }
             Event::BuildClaimed(e) => {
-                if let Some(mut entry) = self.queued.remove(&e.build_id) {
+                if let Some(mut entry) = self.dequeue(e.build_id) {
                     entry.attempt = e.attempt;
                     entry.node_id = Some(e.node_id.clone());
                     self.running.insert(e.build_id, entry);
@@ -169,7 +205,7 @@ impl Projection for Queue {
                 if let Some(mut entry) = self.running.remove(&e.build_id) {
                     entry.attempt = e.next_attempt;
                     entry.node_id = None;
-                    self.queued.insert(e.build_id, entry);
+                    self.enqueue(entry);
                 }
             }
             Event::BuildSucceeded(e) => self.finish(e.build_id),
@@ -183,8 +219,34 @@ impl Projection for Queue {
 impl Queue {
     /// The queue as saved: its queued and running entries.
     pub fn restore(queued: Vec<QueueEntry>, running: Vec<QueueEntry>) -> Queue {
-        let by_id = |entries: Vec<QueueEntry>| entries.into_iter().map(|e| (e.build_id, e)).collect();
-        Queue { queued: by_id(queued), running: by_id(running), ..Queue::default() }
+        let mut queue = Queue { running: running.into_iter().map(|e| (e.build_id, e)).collect(), ..Queue::default() };
+        for entry in queued {
+            queue.enqueue(entry);
+        }
+        queue
+    }
+
+    /// Queues an entry, in its lane's order too.
+    fn enqueue(&mut self, entry: QueueEntry) {
+        self.dequeue(entry.build_id);
+        self.lanes.entry(entry.lane.clone()).or_default().insert((entry.position, entry.build_id));
+        self.queued.insert(entry.build_id, entry);
+    }
+
+    /// Takes an entry out of the queue and of its lane's order.
+    fn dequeue(&mut self, build_id: Uuid) -> Option<QueueEntry> {
+        let entry = self.queued.remove(&build_id)?;
+        self.unlane(&entry);
+        Some(entry)
+    }
+
+    fn unlane(&mut self, entry: &QueueEntry) {
+        if let Some(order) = self.lanes.get_mut(&entry.lane) {
+            order.remove(&(entry.position, entry.build_id));
+            if order.is_empty() {
+                self.lanes.remove(&entry.lane);
+            }
+        }
     }
 
     /// The entries changed since the last save, and a mark for [`Queue::saved`].
@@ -208,7 +270,104 @@ impl Queue {
     }
 
     fn finish(&mut self, build_id: Uuid) {
-        self.queued.remove(&build_id);
+        self.dequeue(build_id);
         self.running.remove(&build_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What a claim chooses, by its definition: every queued build sorted by lane priority, then
+    /// log position, and the first that the node may run.
+    fn by_definition<'a>(queue: &'a Queue, lanes: &[LaneRule], node: &NodeAsk<'_>) -> Option<&'a QueueEntry> {
+        if queue.held_by(node.node_id) >= node.slots {
+            return None;
+        }
+        let default = LaneRule::default();
+        let rule = |lane: &str| lanes.iter().find(|l| l.name == lane).unwrap_or(&default);
+        let mut candidates: Vec<&QueueEntry> = queue.queued.values().collect();
+        candidates.sort_by_key(|e| (-rule(&e.lane).priority, e.position));
+        candidates.into_iter().find(|entry| {
+            let lane = rule(&entry.lane);
+            let labelled = lane.required_labels.iter().all(|l| node.labels.contains(l));
+            let running_in_lane = queue.running.values().filter(|r| r.lane == entry.lane).count();
+            let below_cap = lane.max_running.is_none_or(|cap| running_in_lane < cap);
+            let intent_free = !queue.running.values().any(|r| r.issue_id == entry.issue_id && r.script == entry.script);
+            labelled && below_cap && intent_free
+        })
+    }
+
+    const LANES: [&str; 3] = ["default", "signing", "nightly"];
+    const LABELS: [&str; 2] = ["signing", "xcode-16"];
+
+    fn entry() -> impl Strategy<Value = (usize, usize, usize, bool, usize)> {
+        // lane, issue, script, running, node
+        (0..3usize, 0..4usize, 0..2usize, any::<bool>(), 0..2usize)
+    }
+
+    fn rule() -> impl Strategy<Value = (i64, Vec<bool>, Option<usize>)> {
+        (-1..2i64, proptest::collection::vec(any::<bool>(), 2), proptest::option::of(0..3usize))
+    }
+
+    proptest! {
+        /// The lanes' order gives the claim the definition gives, whatever the queue, the lanes'
+        /// rules (some lanes unconfigured) and the node; after requeues and finishes too.
+        #[test]
+        fn a_claim_reads_the_lanes_heads_and_chooses_as_the_sorted_queue_would(
+            entries in proptest::collection::vec(entry(), 0..40),
+            rules in proptest::collection::vec(rule(), 3),
+            configured in proptest::collection::vec(any::<bool>(), 3),
+            node_labels in proptest::collection::vec(any::<bool>(), 2),
+            node in 0..2usize,
+            slots in 0..4usize,
+            shuffle in proptest::collection::vec(0..40usize, 0..10),
+        ) {
+            let made: Vec<QueueEntry> = entries
+                .iter()
+                .enumerate()
+                .map(|(i, (lane, issue, script, running, node))| QueueEntry {
+                    build_id: Uuid::from_u128(i as u128 + 1),
+                    issue_id: format!("MOB-{issue}"),
+                    lane: LANES[*lane].into(),
+                    script: format!("script-{script}"),
+                    position: 1000 - 7 * i as u64,
+                    attempt: 1,
+                    node_id: running.then(|| format!("mac-{node}")),
+                })
+                .collect();
+            let (running, queued): (Vec<_>, Vec<_>) = made.into_iter().partition(|e| e.node_id.is_some());
+            let mut queue = Queue::restore(queued, running);
+            // Some builds move: a running one requeued (back to its place), a queued one finished.
+            for i in shuffle {
+                let id = Uuid::from_u128(i as u128 + 1);
+                if let Some(mut entry) = queue.running.remove(&id) {
+                    entry.node_id = None;
+                    queue.enqueue(entry);
+                } else {
+                    queue.finish(id);
+                }
+            }
+            let lanes: Vec<LaneRule> = rules
+                .iter()
+                .zip(LANES)
+                .zip(&configured)
+                .filter(|(_, configured)| **configured)
+                .map(|(((priority, labels, cap), name), _)| LaneRule {
+                    name: name.into(),
+                    priority: *priority,
+                    required_labels: LABELS.iter().zip(labels).filter(|(_, on)| **on).map(|(l, _)| (*l).into()).collect(),
+                    max_running: *cap,
+                })
+                .collect();
+            let labels: Vec<String> = LABELS.iter().zip(&node_labels).filter(|(_, on)| **on).map(|(l, _)| (*l).into()).collect();
+            let node_id = format!("mac-{node}");
+            let ask = NodeAsk { node_id: &node_id, labels: &labels, slots };
+            prop_assert_eq!(queue.next_for(&lanes, &ask), by_definition(&queue, &lanes, &ask));
+            let laned: usize = queue.lanes.values().map(BTreeSet::len).sum();
+            prop_assert_eq!(laned, queue.queued.len(), "every queued build is in its lane's order, once");
+        }
     }
 }

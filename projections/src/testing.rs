@@ -238,7 +238,7 @@ mod properties {
             let queue = |s: &ProjectionSet| {
                 let priorities = [("signing".to_owned(), 5)].into();
                 let order = |q: &crate::Queue| q.ordered(&priorities).iter().map(|e| (e.build_id, e.attempt)).collect::<Vec<_>>();
-                (order(&s.queue), s.queue.running.keys().copied().collect::<Vec<_>>())
+                (order(&s.queue), s.queue.running().keys().copied().collect::<Vec<_>>())
             };
             prop_assert_eq!(queue(&a), queue(&b));
         }

@@ -97,7 +97,7 @@ async fn fold_frozen(dir: &Path) -> Expectation {
         position: set.position,
         events,
         builds: serde_json::to_value(&builds).unwrap(),
-        queue: serde_json::to_value(&set.queue).unwrap(),
+        queue: serde_json::json!({ "queued": set.queue.queued(), "running": set.queue.running() }),
         outbox: serde_json::to_value(&set.outbox).unwrap(),
         nodes: Some(serde_json::to_value(&set.nodes).unwrap()),
     }

@@ -1,0 +1,49 @@
+//! What one claim costs beside a backlog (docs/benchmarks.md, "A claim beside a backlog"):
+//! `backlog` builds queued in a lane no node can run (it needs a label nobody has), ten in the
+//! default lane, and the median time of `Queue::next_for` for a node without that label.
+//!
+//!   cargo run --release -p meshgate-projections --example claim_backlog
+
+use std::time::Instant;
+
+use meshgate_projections::{LaneRule, NodeAsk, Queue, QueueEntry};
+use uuid::Uuid;
+
+fn entry(n: u64, lane: &str) -> QueueEntry {
+    QueueEntry {
+        build_id: Uuid::from_u128(u128::from(n) + 1),
+        issue_id: format!("MOB-{n}"),
+        lane: lane.into(),
+        script: "ios-build".into(),
+        position: n + 1,
+        attempt: 1,
+        node_id: None,
+    }
+}
+
+fn main() {
+    let lanes = vec![
+        LaneRule { name: "default".into(), priority: 0, required_labels: vec![], max_running: None },
+        LaneRule { name: "signing".into(), priority: 10, required_labels: vec!["signing".into()], max_running: None },
+    ];
+    let labels = vec!["xcode-16".to_owned()];
+    let node = NodeAsk { node_id: "mac-1", labels: &labels, slots: 2 };
+    println!("| builds queued in a lane the node cannot run | claim, median of 201 | claim, p99 |");
+    println!("|---:|---:|---:|");
+    for backlog in [0u64, 1_000, 10_000, 100_000] {
+        let mut queued: Vec<QueueEntry> = (0..backlog).map(|n| entry(n, "signing")).collect();
+        queued.extend((backlog..backlog + 10).map(|n| entry(n, "default")));
+        let queue = Queue::restore(queued, Vec::new());
+        let mut took: Vec<f64> = (0..201)
+            .map(|_| {
+                let started = Instant::now();
+                let next = queue.next_for(&lanes, &node);
+                let elapsed = started.elapsed().as_secs_f64() * 1e6;
+                assert_eq!(next.map(|e| e.position), Some(backlog + 1), "the default lane's first build");
+                elapsed
+            })
+            .collect();
+        took.sort_by(f64::total_cmp);
+        println!("| {backlog} | {:.1} µs | {:.1} µs |", took[100], took[198]);
+    }
+}
