@@ -81,6 +81,9 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# The claim benchmark's example (docs/benchmarks.md), once in the test profile: it checks its
+# own answers, so it cannot rot.
+cargo run --quiet --locked -p meshgate-projections --example claim_backlog >/dev/null
 
 # The fuzz targets' checks over every seed, on this stable toolchain (the targets themselves run
 # under `cargo fuzz`, docs/reliability.md); formatted and linted like the rest.
