@@ -107,10 +107,9 @@ pub fn render(app: &AppState) -> String {
     let now = chrono::Utc::now();
     app.projections.read(|p| {
         for lane in &app.lanes {
-            let in_lane = p.queue.ordered(&app.lane_priorities).into_iter().filter(|e| e.lane == lane.name);
-            let (running, queued): (Vec<_>, Vec<_>) = in_lane.partition(|e| e.node_id.is_some());
-            gauge!(BUILDS, "lane" => lane.name.clone(), "state" => "queued").set(queued.len() as f64);
-            gauge!(BUILDS, "lane" => lane.name.clone(), "state" => "running").set(running.len() as f64);
+            let (queued, running) = p.queue.in_lane(&lane.name);
+            gauge!(BUILDS, "lane" => lane.name.clone(), "state" => "queued").set(queued as f64);
+            gauge!(BUILDS, "lane" => lane.name.clone(), "state" => "running").set(running as f64);
         }
         for state in ["idle", "busy", "draining", "lost"] {
             let n = p.nodes.all().filter(|node| node.state() == state).count();

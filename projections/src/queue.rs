@@ -138,6 +138,12 @@ impl Queue {
         None
     }
 
+    /// How many builds of `lane` are queued and how many run (without sorting anything).
+    pub fn in_lane(&self, lane: &str) -> (usize, usize) {
+        let queued = self.lanes.get(lane).map_or(0, BTreeSet::len);
+        (queued, self.running.values().filter(|r| r.lane == lane).count())
+    }
+
     /// The queued entries, by build.
     pub fn queued(&self) -> &BTreeMap<Uuid, QueueEntry> {
         &self.queued

@@ -35,6 +35,28 @@ async fn the_metrics_listener_serves_deliveries_commits_builds_and_the_log_head(
     assert_eq!(value("meshgate_log_position"), head as f64);
     assert_eq!(value("meshgate_projection_lag_events{projection=\"all\"}"), 0.0);
     assert!(text.contains("# HELP meshgate_webhook_deliveries_total"), "{text}");
+
+    // Claimed by a node: one running, none queued.
+    let nodes_token = std::fs::read_to_string(app.dir.path().join("nodes.token")).unwrap();
+    let claim = json!({"node_id": "mac-1", "labels": ["xcode-16"], "slots": 1, "wait_seconds": 0});
+    let claimed = app
+        .client
+        .post(app.url("/api/v1/nodes/claim"))
+        .bearer_auth(nodes_token.trim())
+        .json(&claim)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(claimed.status(), 200);
+    let head = *app.store().head().borrow();
+    assert!(app.state.projections.caught_up_to(head, std::time::Duration::from_secs(5)).await);
+    let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+    let value = |series: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("meshgate_builds{lane=\"default\",state=\"queued\"}"), 0.0);
+    assert_eq!(value("meshgate_builds{lane=\"default\",state=\"running\"}"), 1.0);
 }
 
 #[tokio::test]
