@@ -209,6 +209,7 @@ impl Builds {
 
     /// The views [`Builds::changed`] gave with `mark` are saved: lets go of finished builds not
     /// changed since; memory keeps the queued and running ones.
+    ///
     /// Only builds saved now or brought back since can have to go: every other one in memory is
     /// active or changed since (a save costs what changed, not what memory holds).
     pub fn saved(&mut self, mark: u64) {
@@ -245,12 +246,8 @@ impl Projection for Builds {
     fn apply(&mut self, recorded: &Recorded) {
         if let Some(view) = BuildView::requested(recorded) {
             let id = view.build_id;
-            if let std::collections::btree_map::Entry::Vacant(slot) = self.hot.entry(id) {
-                if let Some(lease) = lease(&view) {
-                    self.leases.insert(lease);
-                }
-                slot.insert(view);
-            }
+            // A requested build is queued: it holds no lease yet.
+            self.hot.entry(id).or_insert(view);
             self.changes += 1;
             self.changed.insert(id, self.changes);
             return;

@@ -120,7 +120,7 @@ where
                 async move {
                     let response = tower_service::Service::call(&mut router, request.map(Body::new)).await;
                     // Idle again once the answer's body is written (or given up).
-                    response.map(|r| r.map(|body| Body::new(Answer { body, phase: Some(phase) })))
+                    response.map(|r| r.map(|body| Body::new(Answer { body, phase })))
                 }
             });
             let mut connection = pin!(builder.serve_connection(TokioIo::new(io), service));
@@ -211,14 +211,12 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 /// An answer's body: once it is written or given up, the connection waits for its next request.
 struct Answer {
     body: Body,
-    phase: Option<Arc<watch::Sender<Phase>>>,
+    phase: Arc<watch::Sender<Phase>>,
 }
 
 impl Drop for Answer {
     fn drop(&mut self) {
-        if let Some(phase) = self.phase.take() {
-            phase.send_replace(Phase::Waiting { since: Instant::now(), first: false });
-        }
+        self.phase.send_replace(Phase::Waiting { since: Instant::now(), first: false });
     }
 }
 
