@@ -90,6 +90,47 @@ impl Projections {
         builds.sort_by_key(|b| b.position);
         Ok(builds)
     }
+
+    /// A page of builds of an issue and a state requested before `before`, newest first, with
+    /// what memory holds in place of a saved row. Active builds are all in memory, so a page of
+    /// queued or running ones never reads the read model; otherwise it reads saved rows only as
+    /// far down as memory's own candidates do not already fill the page. A saved row out of date
+    /// is one of a build memory holds: it matches a filter only if memory's view does too (a
+    /// finished build stays finished, and queued or running pages do not read saved rows), so
+    /// it is among memory's candidates and gives way to their view.
+    pub async fn page_builds(
+        &self,
+        issue: Option<&str>,
+        state: Option<&str>,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<BuildView>, StoreError> {
+        let matches = |b: &BuildView| {
+            b.position < before && issue.is_none_or(|i| b.issue_id == i) && state.is_none_or(|s| b.state.name() == s)
+        };
+        let mut page: Vec<BuildView> = self.read(|p| {
+            let mut hot: Vec<&BuildView> = p.builds.in_memory().filter(|b| matches(b)).collect();
+            // The newest `limit` without sorting the whole backlog.
+            if hot.len() > limit {
+                hot.select_nth_unstable_by_key(limit, |b| std::cmp::Reverse(b.position));
+                hot.truncate(limit);
+            }
+            hot.sort_by_key(|b| std::cmp::Reverse(b.position));
+            hot.into_iter().cloned().collect()
+        });
+        if !matches!(state, Some("queued" | "running")) {
+            // Only saved builds newer than the last candidate memory gave can enter a full page.
+            let above = if page.len() == limit { page.last().map_or(0, |b| b.position) } else { 0 };
+            let (i, s) = (issue.map(str::to_owned), state.map(str::to_owned));
+            let readmodel = Arc::clone(&self.readmodel);
+            let saved = blocking(move || readmodel.page((i.as_deref(), s.as_deref()), (above, before), limit)).await?;
+            let known: std::collections::HashSet<Uuid> = page.iter().map(|b| b.build_id).collect();
+            page.extend(saved.into_iter().filter(|b| !known.contains(&b.build_id)));
+            page.sort_by_key(|b| std::cmp::Reverse(b.position));
+            page.truncate(limit);
+        }
+        Ok(page)
+    }
 }
 
 async fn blocking<T: Send + 'static>(

@@ -30,6 +30,7 @@ const SCHEMA: &str = "
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS builds_by_issue ON builds (issue_id, position);
     CREATE INDEX IF NOT EXISTS builds_by_state ON builds (state, position);
+    CREATE INDEX IF NOT EXISTS builds_by_position ON builds (position);
     CREATE TABLE IF NOT EXISTS states (name TEXT PRIMARY KEY, state TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS queue (
         build_id BLOB PRIMARY KEY,
@@ -245,6 +246,34 @@ impl ReadModel {
             let rows = stmt.query_map(params![issue, state], |r| r.get::<_, String>(0)).store_err()?;
             rows.map(|row| serde_json::from_str(&row.store_err()?).map_err(|e| StoreError::caused("a build's view", e)))
                 .collect()
+        })
+    }
+
+    /// Saved builds of an issue and a state requested between `above` and `before` (both
+    /// excluded), newest first, at most `limit` of them. Each filter has its index, so a page
+    /// reads what it answers, however long the history.
+    pub fn page(
+        &self,
+        filter: (Option<&str>, Option<&str>),
+        (above, before): (u64, u64),
+        limit: usize,
+    ) -> Result<Vec<BuildView>, StoreError> {
+        let (issue, state) = filter;
+        let mut sql = String::from("SELECT view FROM builds WHERE position > ?1 AND position < ?2");
+        let mut values: Vec<rusqlite::types::Value> =
+            vec![(above.min(i64::MAX as u64) as i64).into(), (before.min(i64::MAX as u64) as i64).into()];
+        for (column, value) in [("issue_id", issue), ("state", state)] {
+            if let Some(value) = value {
+                values.push(value.to_owned().into());
+                sql.push_str(&format!(" AND {column} = ?{}", values.len()));
+            }
+        }
+        values.push((limit as i64).into());
+        sql.push_str(&format!(" ORDER BY position DESC LIMIT ?{}", values.len()));
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&sql).store_err()?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| r.get::<_, String>(0)).store_err()?;
+            rows.map(|row| parse("build", &row.store_err()?)).collect()
         })
     }
 }

@@ -78,9 +78,19 @@ pub struct BuildFilter {
     /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
     #[param(pattern = "^(queued|running|succeeded|failed|cancelled)$")]
     state: Option<String>,
+    /// Builds requested before this log position (the `next_before` of the previous page).
+    #[param(minimum = 0)]
+    before: Option<u64>,
+    /// At most this many builds (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
 }
 
-/// Builds, newest first, filtered by issue and state.
+/// Most builds in one answer of `GET /api/v1/builds`.
+const MAX_BUILDS: usize = 1000;
+
+/// Builds, newest first, filtered by issue and state, a page at a time (`before`: the
+/// `next_before` of the previous page).
 #[utoipa::path(get, path = "/api/v1/builds", tag = "builds", params(BuildFilter), security(("admin" = [])),
     responses(
         (status = 200, description = "The builds", body = BuildsPage),
@@ -103,12 +113,21 @@ pub async fn list_builds(
         e.field = Some("state".into());
         return Err(e);
     }
+    let limit = filter.limit.unwrap_or(100);
+    if !(1..=MAX_BUILDS).contains(&limit) {
+        let mut e =
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", format!("limit must be 1 to {MAX_BUILDS}"));
+        e.field = Some("limit".into());
+        return Err(e);
+    }
+    let before = filter.before.unwrap_or(u64::MAX);
     let builds = app
         .projections
-        .list_builds(filter.issue.as_deref(), filter.state.as_deref())
+        .page_builds(filter.issue.as_deref(), filter.state.as_deref(), before, limit)
         .await
         .map_err(|e| ApiError::unavailable(&e))?;
-    Ok(Json(BuildsPage { builds }))
+    let next_before = (builds.len() == limit).then(|| builds.last().map(|b| b.position)).flatten();
+    Ok(Json(BuildsPage { builds, next_before }))
 }
 
 /// One build with every event of its stream and the link to its log.

@@ -89,7 +89,10 @@ pub struct ErrorBody {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BuildsPage {
+    /// Newest first.
     pub builds: Vec<BuildView>,
+    /// When the page is full: where the next one starts (`before=`); none on the last page.
+    pub next_before: Option<u64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

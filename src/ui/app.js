@@ -61,18 +61,20 @@ function section(id, title, ...body) {
 
 async function overview() {
   const [queued, running, nodes, outbox, recent, deliveries] = await Promise.all([
-    api("/api/v1/builds?state=queued"), api("/api/v1/builds?state=running"), api("/api/v1/nodes"),
-    api("/api/v1/outbox"), api("/api/v1/builds"), recentDeliveries(),
+    api("/api/v1/builds?state=queued&limit=1000"), api("/api/v1/builds?state=running&limit=1000"), api("/api/v1/nodes"),
+    api("/api/v1/outbox"), api("/api/v1/builds?limit=15"), recentDeliveries(),
   ]);
   const lanes = {};
   for (const b of queued.builds) (lanes[b.lane] ||= []).push(b);
+  const more = queued.next_before != null;
   const started = await Promise.all(running.builds.map(startedAt));
   return [
     h("h1", {}, "Overview"),
     section("queue", "Queue",
       Object.keys(lanes).length === 0 ? h("p", { class: "empty" }, "Nothing is waiting.") :
         Object.entries(lanes).map(([lane, builds]) => [
-          h("h3", {}, `${lane}: ${builds.length} waiting, longest ${ago(builds.map((b) => b.requested_at).sort()[0])}`),
+          // A page of the newest 1000: past that, the counts and the longest wait are lower bounds.
+          h("h3", {}, `${lane}: ${builds.length}${more ? "+" : ""} waiting, longest ${more ? "over " : ""}${ago(builds.map((b) => b.requested_at).sort()[0])}`),
           table("wide", ["Issue", "Script", "Waiting", "State"],
             builds.map((b) => [buildLink(b), b.script, ago(b.requested_at), badge("queued")]), ""),
         ])),
@@ -88,7 +90,7 @@ async function overview() {
         [s.sink, s.pending, s.oldest_pending_at ? ago(s.oldest_pending_at) : "–",
           s.next_retry_at ? when(s.next_retry_at) : "–", s.abandoned]), "No outbound sink is configured.")),
     section("recent", "Latest builds",
-      table("wide", ["Issue", "Lane", "Requested", "State"], recent.builds.slice(0, 15).map((b) =>
+      table("wide", ["Issue", "Lane", "Requested", "State"], recent.builds.map((b) =>
         [buildLink(b), b.lane, when(b.requested_at), badge(b.state.state)]), "No build yet.")),
   ];
 }

@@ -3,7 +3,9 @@
 
 mod admin_actions;
 mod audit;
+
 mod bench;
+mod builds_api;
 mod chaos;
 mod config;
 mod dashboard;
