@@ -86,6 +86,17 @@ pub struct BuildFilter {
     limit: Option<usize>,
 }
 
+/// A page's size: 100 unless asked, at most `max`.
+fn page_limit(asked: Option<usize>, max: usize) -> Result<usize, ApiError> {
+    let limit = asked.unwrap_or(100);
+    if (1..=max).contains(&limit) {
+        return Ok(limit);
+    }
+    let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", format!("limit must be 1 to {max}"));
+    e.field = Some("limit".into());
+    Err(e)
+}
+
 /// Most builds in one answer of `GET /api/v1/builds`.
 const MAX_BUILDS: usize = 1000;
 
@@ -113,13 +124,7 @@ pub async fn list_builds(
         e.field = Some("state".into());
         return Err(e);
     }
-    let limit = filter.limit.unwrap_or(100);
-    if !(1..=MAX_BUILDS).contains(&limit) {
-        let mut e =
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", format!("limit must be 1 to {MAX_BUILDS}"));
-        e.field = Some("limit".into());
-        return Err(e);
-    }
+    let limit = page_limit(filter.limit, MAX_BUILDS)?;
     let before = filter.before.unwrap_or(u64::MAX);
     let builds = app
         .projections
@@ -215,13 +220,7 @@ pub async fn events(
 ) -> Result<Json<EventsPage>, ApiError> {
     authorize(&app, &headers)?;
     let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", e.body_text()))?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=MAX_EVENTS).contains(&limit) {
-        let mut e =
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", format!("limit must be 1 to {MAX_EVENTS}"));
-        e.field = Some("limit".into());
-        return Err(e);
-    }
+    let limit = page_limit(query.limit, MAX_EVENTS)?;
     let filter = filter_of(&query)?;
     let head = *app.store.head().borrow();
     // Positions are stored as 63-bit integers: beyond that nothing can follow.
