@@ -4,7 +4,7 @@
 //!
 //! Memory holds what the hot paths need (queued and running builds, the queue, the outbox); a
 //! finished build is let go once saved, and read from the read model after that
-//! ([`Projections::build`], [`Projections::list_builds`]). An event about a build memory let go
+//! ([`Projections::build`], [`Projections::page_builds`]). An event about a build memory let go
 //! brings its saved view back before it is applied.
 
 use std::future::Future;
@@ -68,27 +68,6 @@ impl Projections {
         }
         let readmodel = Arc::clone(&self.readmodel);
         blocking(move || readmodel.build(build_id)).await
-    }
-
-    /// The builds of an issue and a state, in log order: the read model's rows, with what memory
-    /// holds in their place (memory is read first: a build saved and let go meanwhile is then on
-    /// disk).
-    pub async fn list_builds(&self, issue: Option<&str>, state: Option<&str>) -> Result<Vec<BuildView>, StoreError> {
-        let hot: Vec<BuildView> = self.read(|p| p.builds.in_memory().cloned().collect());
-        let (i, s) = (issue.map(str::to_owned), state.map(str::to_owned));
-        let readmodel = Arc::clone(&self.readmodel);
-        let saved = blocking(move || readmodel.list(i.as_deref(), s.as_deref())).await?;
-        let mut all: std::collections::BTreeMap<Uuid, BuildView> = saved.into_iter().map(|b| (b.build_id, b)).collect();
-        for view in hot {
-            all.insert(view.build_id, view);
-        }
-        let mut builds: Vec<BuildView> = all
-            .into_values()
-            .filter(|b| issue.is_none_or(|i| b.issue_id == i))
-            .filter(|b| state.is_none_or(|s| b.state.name() == s))
-            .collect();
-        builds.sort_by_key(|b| b.position);
-        Ok(builds)
     }
 
     /// A page of builds of an issue and a state requested before `before`, newest first, with

@@ -234,21 +234,6 @@ impl ReadModel {
         Ok(found)
     }
 
-    /// Saved builds of an issue and a state, in log order.
-    pub fn list(&self, issue: Option<&str>, state: Option<&str>) -> Result<Vec<BuildView>, StoreError> {
-        self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT view FROM builds WHERE (?1 IS NULL OR issue_id = ?1) AND (?2 IS NULL OR state = ?2)
-                     ORDER BY position",
-                )
-                .store_err()?;
-            let rows = stmt.query_map(params![issue, state], |r| r.get::<_, String>(0)).store_err()?;
-            rows.map(|row| serde_json::from_str(&row.store_err()?).map_err(|e| StoreError::caused("a build's view", e)))
-                .collect()
-        })
-    }
-
     /// Saved builds of an issue and a state requested between `above` and `before` (both
     /// excluded), newest first, at most `limit` of them. Each filter has its index, so a page
     /// reads what it answers, however long the history.
@@ -268,7 +253,7 @@ impl ReadModel {
                 sql.push_str(&format!(" AND {column} = ?{}", values.len()));
             }
         }
-        values.push((limit as i64).into());
+        values.push(i64::try_from(limit).unwrap_or(i64::MAX).into());
         sql.push_str(&format!(" ORDER BY position DESC LIMIT ?{}", values.len()));
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(&sql).store_err()?;

@@ -91,7 +91,9 @@ async fn fold_frozen(dir: &Path) -> Expectation {
     let loaded = model.load(outbox_config(), set.position).unwrap();
     assert_eq!((loaded.position, &loaded.queue, &loaded.outbox), (set.position, &set.queue, &set.outbox));
     assert_eq!(loaded.nodes, set.nodes);
-    let builds = model.list(None, None).unwrap();
+    // In log order, as they were saved with.
+    let mut builds = model.page((None, None), (0, u64::MAX), usize::MAX).unwrap();
+    builds.reverse();
     assert_eq!(builds.len(), set.builds.in_memory_len(), "every build is in the read model");
     Expectation {
         position: set.position,

@@ -190,7 +190,8 @@ impl TestApp {
     pub async fn live(&self) -> Model {
         let head = *self.store().head().borrow();
         assert!(self.state.projections.caught_up_to(head, std::time::Duration::from_secs(10)).await);
-        let builds = self.state.projections.list_builds(None, None).await.unwrap();
+        let mut builds = self.state.projections.page_builds(None, None, u64::MAX, usize::MAX).await.unwrap();
+        builds.reverse();
         let (position, queue, outbox) =
             self.state.projections.read(|p| (p.position, p.queue.clone(), p.outbox.clone()));
         Model { position, builds, queue, outbox }
