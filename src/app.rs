@@ -39,6 +39,8 @@ pub struct App {
     stop_projector: oneshot::Sender<()>,
     /// The work done once per team of gateways, while this one holds the lease.
     elected: JoinHandle<()>,
+    /// Old artifacts removed from this gateway's disk (each gateway keeps the files sent to it).
+    retention: JoinHandle<()>,
     /// `GET /metrics` on its own listener, if configured.
     metrics: Option<JoinHandle<()>>,
     /// Where the metrics listener is bound.
@@ -105,7 +107,14 @@ impl App {
             },
             claim_lock: tokio::sync::Mutex::new(()),
             stopping: tokio::sync::watch::channel(false).0,
-            logs_dir: config.server.data_dir.join("logs"),
+            logs: Arc::new(crate::files::BuildLogs::new(
+                config.server.data_dir.join("logs"),
+                config.nodes.max_log_bytes as u64,
+            )),
+            artifacts: Arc::new(crate::files::Artifacts::new(
+                config.server.data_dir.join("artifacts"),
+                config.nodes.max_artifact_bytes,
+            )),
             links: links.clone(),
             tls,
             pagers: config
@@ -164,6 +173,16 @@ impl App {
             config: Arc::clone(&state.config),
         };
         let elected = tokio::spawn(crate::elected::run(jobs, store.leadership(), state.stopping.subscribe()));
+        let retention = crate::files::retention::Retention {
+            artifacts: Arc::clone(&state.artifacts),
+            store: Arc::clone(&store),
+            projections: state.projections.clone(),
+            keep_days: config.artifacts.keep_days,
+        };
+        let mut stopping = state.stopping.subscribe();
+        let retention = tokio::spawn(retention.run(async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        }));
         let (metrics, metrics_addr) = match config.metrics.listen.parse::<SocketAddr>() {
             Ok(listen) => match crate::metrics::bind(listen).await {
                 Some(listener) => {
@@ -176,7 +195,7 @@ impl App {
             Err(_) => (None, None),
         };
         let router = router(Arc::clone(&state), &config.webhook.path);
-        Ok(App { state, router, projector, stop_projector, elected, metrics, metrics_addr, _lock: lock })
+        Ok(App { state, router, projector, stop_projector, elected, retention, metrics, metrics_addr, _lock: lock })
     }
 
     /// Serves on `listener` until `shutdown` resolves, then lets in-flight requests finish and
@@ -226,6 +245,7 @@ impl App {
     pub async fn stop(self) {
         self.state.stopping.send_replace(true);
         let _ = self.elected.await;
+        let _ = self.retention.await;
         if let Some(metrics) = self.metrics {
             let _ = metrics.await;
         }

@@ -16,7 +16,7 @@
 //! - [`app`]: wiring it all together.
 //! - [`links`]: signed, absolute links to build logs.
 //! - [`outbound`]: chat lines and tracker comments, with retries, every attempt an event.
-//! - [`worker`]: the build-node agent (`meshgate worker`).
+//! - [`files`]: build logs (live and whole) and artifacts on the gateway's disk.
 //! - [`cli`]: the `meshgate` commands.
 //! - [`tls`]: HTTPS in and out (rustls).
 //! - [`report`]: errors with their whole chain of causes.
@@ -26,6 +26,7 @@ pub mod builds;
 pub mod cli;
 pub mod config;
 pub mod elected;
+pub mod files;
 pub mod http;
 pub mod ingest;
 pub mod links;
@@ -41,5 +42,4 @@ pub mod secrets;
 pub mod selftest;
 pub mod store;
 pub mod tls;
-pub mod worker;
 pub mod youtrack;

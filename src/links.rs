@@ -1,5 +1,5 @@
-//! Links to a build's log that open it without the admin token: the build id and a key derived
-//! from the gateway's log-link secret, under the gateway's public URL.
+//! Links to a build's log and artifacts that open them without the admin token: the build id and
+//! a key derived from the gateway's log-link secret, under the gateway's public URL.
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -30,7 +30,24 @@ impl LogLinks {
         format!("{}/api/v1/builds/{build_id}/log?key={}", self.public_url, self.key(build_id))
     }
 
-    /// Whether `key` opens the build's log (constant time).
+    /// The absolute link to one of a build's artifacts (its name percent-encoded as one segment).
+    pub fn artifact_url(&self, build_id: Uuid, attempt: u32, name: &str) -> String {
+        let base = format!("{}/api/v1/builds/{build_id}/artifacts/", self.public_url);
+        match reqwest::Url::parse(&base) {
+            Ok(mut url) => {
+                if let Ok(mut path) = url.path_segments_mut() {
+                    path.pop_if_empty().push(name);
+                }
+                url.query_pairs_mut()
+                    .append_pair("attempt", &attempt.to_string())
+                    .append_pair("key", &self.key(build_id));
+                url.into()
+            }
+            Err(_) => format!("{base}?attempt={attempt}&key={}", self.key(build_id)),
+        }
+    }
+
+    /// Whether `key` opens the build's log and artifacts (constant time).
     pub fn opens(&self, build_id: Uuid, key: &str) -> bool {
         bool::from(key.as_bytes().ct_eq(self.key(build_id).as_bytes()))
     }
@@ -50,5 +67,9 @@ mod tests {
         assert!(links.opens(a, key));
         assert!(!links.opens(b, key));
         assert!(!LogLinks::new("https://ci.example.com", [8; 32]).opens(a, key));
+        let artifact = links.artifact_url(a, 2, "reports/junit 1.xml");
+        let expected =
+            format!("https://ci.example.com/api/v1/builds/{a}/artifacts/reports%2Fjunit%201.xml?attempt=2&key={key}");
+        assert_eq!(artifact, expected);
     }
 }

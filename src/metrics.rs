@@ -33,6 +33,11 @@ pub const PAGES: &str = "meshgate_pages_total";
 pub const PROJECTION_LAG: &str = "meshgate_projection_lag_events";
 pub const LOG_POSITION: &str = "meshgate_log_position";
 pub const NODES: &str = "meshgate_nodes";
+pub const LOG_CHUNKS: &str = "meshgate_log_chunks_total";
+pub const LOG_CHUNK_BYTES: &str = "meshgate_log_chunk_bytes_total";
+pub const ARTIFACTS: &str = "meshgate_artifacts_stored_total";
+pub const ARTIFACT_BYTES: &str = "meshgate_artifact_bytes_total";
+pub const RETRIES: &str = "meshgate_build_retries_total";
 
 /// Request and commit times: 100 µs to 10 s.
 const SECONDS: &[f64] =
@@ -78,6 +83,11 @@ fn describe() {
     describe_histogram!(BUILD_SECONDS, Unit::Seconds, "Build durations as nodes report them, by lane and outcome.");
     describe_histogram!(QUEUE_WAIT_SECONDS, Unit::Seconds, "Time from a build's request to its claim, by lane.");
     describe_counter!(ATTEMPTS, "Notification tries, by sink and outcome (delivered, retry, abandoned).");
+    describe_counter!(LOG_CHUNKS, "Live log chunks nodes sent while their builds ran.");
+    describe_counter!(LOG_CHUNK_BYTES, Unit::Bytes, "Bytes of live log stored from chunks.");
+    describe_counter!(ARTIFACTS, "Artifacts stored.");
+    describe_counter!(ARTIFACT_BYTES, Unit::Bytes, "Bytes of artifacts stored.");
+    describe_counter!(RETRIES, "Builds queued again because a failure matched a node's retry rule, by lane.");
     describe_gauge!(OUTBOX_PENDING, "Notifications neither delivered nor abandoned, by sink.");
     describe_gauge!(OUTBOX_OLDEST_SECONDS, Unit::Seconds, "Age of the oldest pending notification, by sink.");
     describe_counter!(PAGES, "Pages requested (chat and tracker both failed for a build).");

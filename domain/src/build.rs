@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::event::{
-    BuildCancelled, BuildClaimed, BuildFailed, BuildLeaseRenewed, BuildReport, BuildRequestFolded, BuildRequested,
-    BuildRequeued, BuildSucceeded, Event, FoldReason,
+    ArtifactStored, BuildCancelled, BuildClaimed, BuildFailed, BuildLeaseRenewed, BuildReport, BuildRequestFolded,
+    BuildRequested, BuildRequeued, BuildRetryScheduled, BuildSucceeded, Event, FoldReason,
 };
 
 /// Where a build stands in its life.
@@ -70,6 +70,8 @@ pub enum ReportedOutcome {
     Succeeded,
     Failed {
         reason: String,
+        /// The node's `retry_on` rule the failure matched: infrastructure, not the change.
+        retry_rule: Option<String>,
     },
     /// The node stopped the build (it was cancelled, or the node is draining).
     Cancelled,
@@ -100,12 +102,22 @@ pub enum BuildCommand {
     Expire {
         max_attempts: u32,
     },
-    /// A node's result for its attempt.
+    /// A node's result for its attempt. A failure that matched a retry rule queues the build again
+    /// while `attempt < max_attempts`.
     Report {
         node_id: String,
         attempt: u32,
         outcome: ReportedOutcome,
         report: Box<BuildReport>,
+        max_attempts: u32,
+    },
+    /// A file the attempt produced, uploaded by the node that holds it.
+    StoreArtifact {
+        node_id: String,
+        attempt: u32,
+        name: String,
+        bytes: u64,
+        sha256: String,
     },
     Succeed {
         attempt: u32,
@@ -129,6 +141,7 @@ impl BuildCommand {
             BuildCommand::Requeue { .. } => "requeue",
             BuildCommand::Expire { .. } => "expire the lease of",
             BuildCommand::Report { .. } => "report a result for",
+            BuildCommand::StoreArtifact { .. } => "store an artifact of",
             BuildCommand::Succeed { .. } => "succeed",
             BuildCommand::Fail { .. } => "fail",
             BuildCommand::Cancel { .. } => "cancel",
@@ -218,23 +231,56 @@ pub fn decide(
         }
         (
             BuildState::Running { attempt, node_id, .. },
-            BuildCommand::Report { node_id: node, attempt: reported, outcome, report },
+            BuildCommand::Report { node_id: node, attempt: reported, outcome, report, max_attempts },
         ) => {
             check_holder(*attempt, node_id, *reported, node)?;
-            let report = Some((**report).clone());
+            let mut report = (**report).clone();
             match outcome {
                 ReportedOutcome::Succeeded => {
-                    Event::BuildSucceeded(BuildSucceeded { build_id, attempt: *reported, report })
+                    Event::BuildSucceeded(BuildSucceeded { build_id, attempt: *reported, report: Some(report) })
                 }
-                ReportedOutcome::Failed { reason } => {
-                    Event::BuildFailed(BuildFailed { build_id, attempt: *reported, reason: reason.clone(), report })
+                ReportedOutcome::Failed { reason, retry_rule: Some(rule) } if reported < max_attempts => {
+                    report.retry_rule = Some(rule.clone());
+                    Event::BuildRetryScheduled(BuildRetryScheduled {
+                        build_id,
+                        attempt: *reported,
+                        next_attempt: reported + 1,
+                        reason: reason.clone(),
+                        rule: rule.clone(),
+                        report: Some(report),
+                    })
+                }
+                ReportedOutcome::Failed { reason, retry_rule } => {
+                    // Past the cap a retryable failure is an ordinary one; the report names the rule.
+                    report.retry_rule.clone_from(retry_rule);
+                    Event::BuildFailed(BuildFailed {
+                        build_id,
+                        attempt: *reported,
+                        reason: reason.clone(),
+                        report: Some(report),
+                    })
                 }
                 ReportedOutcome::Cancelled => Event::BuildCancelled(BuildCancelled {
                     build_id,
                     reason: "stopped_on_node".into(),
                     cancelled_at: now,
+                    report: Some(report),
                 }),
             }
+        }
+        (
+            BuildState::Running { attempt, node_id, .. },
+            BuildCommand::StoreArtifact { node_id: node, attempt: reported, name, bytes, sha256 },
+        ) => {
+            check_holder(*attempt, node_id, *reported, node)?;
+            Event::ArtifactStored(ArtifactStored {
+                build_id,
+                attempt: *reported,
+                node_id: node.clone(),
+                name: name.clone(),
+                bytes: *bytes,
+                sha256: sha256.clone(),
+            })
         }
         (BuildState::Running { attempt: current, .. }, BuildCommand::Succeed { attempt }) => {
             check_attempt(*current, *attempt)?;
@@ -245,7 +291,7 @@ pub fn decide(
             Event::BuildFailed(BuildFailed { build_id, attempt: *attempt, reason: reason.clone(), report: None })
         }
         (BuildState::Queued { .. } | BuildState::Running { .. }, BuildCommand::Cancel { reason }) => {
-            Event::BuildCancelled(BuildCancelled { build_id, reason: reason.clone(), cancelled_at: now })
+            Event::BuildCancelled(BuildCancelled { build_id, reason: reason.clone(), cancelled_at: now, report: None })
         }
         _ => return Err(illegal()),
     };
@@ -280,6 +326,7 @@ pub fn evolve(state: BuildState, event: &Event) -> BuildState {
             BuildState::Running { attempt, node_id, lease_expires_at: e.lease_expires_at }
         }
         (BuildState::Running { .. }, Event::BuildRequeued(e)) => BuildState::Queued { attempt: e.next_attempt },
+        (BuildState::Running { .. }, Event::BuildRetryScheduled(e)) => BuildState::Queued { attempt: e.next_attempt },
         (BuildState::Running { .. }, Event::BuildSucceeded(e)) => BuildState::Succeeded { attempt: e.attempt },
         (BuildState::Running { .. }, Event::BuildFailed(e)) => {
             BuildState::Failed { attempt: e.attempt, reason: e.reason.clone() }
@@ -324,6 +371,7 @@ mod tests {
             requested_at: t(0),
             transition_at: None,
             source: crate::event::RequestSource::Webhook,
+            xcode: None,
         }
     }
 
@@ -406,8 +454,12 @@ mod tests {
 
     #[test]
     fn coalescing_needs_an_active_build_but_duplicates_fold_forever() {
-        let cancelled =
-            Event::BuildCancelled(BuildCancelled { build_id: id(), reason: "x".into(), cancelled_at: t(1) });
+        let cancelled = Event::BuildCancelled(BuildCancelled {
+            build_id: id(),
+            reason: "x".into(),
+            cancelled_at: t(1),
+            report: None,
+        });
         let history = vec![Event::BuildRequested(requested()), cancelled];
         given(history.clone())
             .when(BuildCommand::Fold { correlation_id: Uuid::from_u128(2), reason: FoldReason::Coalesced })
@@ -437,7 +489,77 @@ mod tests {
             attempt,
             outcome: ReportedOutcome::Succeeded,
             report: Box::new(BuildReport { node_id: node.into(), ..BuildReport::default() }),
+            max_attempts: 3,
         }
+    }
+
+    fn failed_with_rule(attempt: u32, max_attempts: u32) -> BuildCommand {
+        BuildCommand::Report {
+            node_id: "mac-1".into(),
+            attempt,
+            outcome: ReportedOutcome::Failed {
+                reason: "script_failed".into(),
+                retry_rule: Some("Failed to boot simulator".into()),
+            },
+            report: Box::new(BuildReport { node_id: "mac-1".into(), exit_code: Some(65), ..BuildReport::default() }),
+            max_attempts,
+        }
+    }
+
+    #[test]
+    fn a_failure_matching_a_retry_rule_queues_the_next_attempt_until_the_cap_then_fails_naming_the_rule() {
+        let history = vec![Event::BuildRequested(requested()), claimed(1)];
+        let retried = decide(&replay(&history), id(), &failed_with_rule(1, 2), t(100)).unwrap();
+        let Event::BuildRetryScheduled(retry) = &retried[0] else { panic!("{retried:?}") };
+        assert_eq!((retry.attempt, retry.next_attempt, retry.rule.as_str()), (1, 2, "Failed to boot simulator"));
+        assert_eq!(retry.report.as_ref().unwrap().retry_rule.as_deref(), Some("Failed to boot simulator"));
+        let mut history = history;
+        history.extend(retried);
+        assert_eq!(replay(&history), BuildState::Queued { attempt: 2 });
+        history.push(claimed(2));
+        let last = decide(&replay(&history), id(), &failed_with_rule(2, 2), t(100)).unwrap();
+        let Event::BuildFailed(failed) = &last[0] else { panic!("{last:?}") };
+        assert_eq!(failed.reason, "script_failed");
+        assert_eq!(failed.report.as_ref().unwrap().retry_rule.as_deref(), Some("Failed to boot simulator"));
+        // A failure without a rule is final at once.
+        let plain = BuildCommand::Report {
+            node_id: "mac-1".into(),
+            attempt: 1,
+            outcome: ReportedOutcome::Failed { reason: "script_failed".into(), retry_rule: None },
+            report: Box::default(),
+            max_attempts: 3,
+        };
+        let history = vec![Event::BuildRequested(requested()), claimed(1)];
+        assert!(matches!(&decide(&replay(&history), id(), &plain, t(100)).unwrap()[0], Event::BuildFailed(_)));
+    }
+
+    #[test]
+    fn only_the_holder_of_the_running_attempt_stores_artifacts() {
+        let store = |node: &str, attempt| BuildCommand::StoreArtifact {
+            node_id: node.into(),
+            attempt,
+            name: "App.ipa".into(),
+            bytes: 3,
+            sha256: "ab".repeat(32),
+        };
+        let history = vec![Event::BuildRequested(requested()), claimed(1)];
+        given(history.clone()).when(store("mac-1", 1)).then(vec![Event::ArtifactStored(ArtifactStored {
+            build_id: id(),
+            attempt: 1,
+            node_id: "mac-1".into(),
+            name: "App.ipa".into(),
+            bytes: 3,
+            sha256: "ab".repeat(32),
+        })]);
+        given(history.clone()).when(store("mac-2", 1)).then_err(BuildError::NotHolder {
+            attempt: 1,
+            holder: "mac-1".into(),
+            node: "mac-2".into(),
+        });
+        let done = Event::BuildSucceeded(BuildSucceeded { build_id: id(), attempt: 1, report: None });
+        given(vec![Event::BuildRequested(requested()), claimed(1), done])
+            .when(store("mac-1", 1))
+            .then_err(BuildError::IllegalTransition { action: "store an artifact of", state: "succeeded" });
     }
 
     #[test]

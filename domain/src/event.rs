@@ -159,6 +159,9 @@ pub struct BuildRequested {
     pub transition_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "is_webhook")]
     pub source: RequestSource,
+    /// The Xcode the trigger requires (`16.2` exactly, `16` any 16.x); none: the lane's, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xcode: Option<String>,
 }
 
 fn is_webhook(source: &RequestSource) -> bool {
@@ -213,6 +216,64 @@ pub struct BuildReport {
     pub failing_test: Option<String>,
     /// The end of the log, at most 4 KiB of valid UTF-8.
     pub log_tail: String,
+    /// The node stopped the script: why, and whether SIGTERM was enough.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<crate::node_api::Stop>,
+    /// Seconds without output after which the script was stopped as hung.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_output_seconds: Option<u64>,
+    /// The script's `retry_on` rule the failure matched (infrastructure, not the change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_rule: Option<String>,
+    /// What went wrong in the node's `after_build` hook (never a build failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_build: Option<String>,
+    /// Artifacts not uploaded because the build's artifacts passed `max_artifact_bytes`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub artifacts_skipped: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A failure the node matched to a `retry_on` rule (infrastructure, not the change): the build is
+/// queued again for another attempt, on any node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRetryScheduled {
+    pub build_id: Uuid,
+    /// The attempt that failed.
+    pub attempt: u32,
+    /// The attempt the next claim will be.
+    pub next_attempt: u32,
+    /// The failure's reason (`script_failed`, `timeout`, …).
+    pub reason: String,
+    /// The rule that matched (`Failed to boot simulator`, `exit:75`).
+    pub rule: String,
+    #[serde(default)]
+    pub report: Option<BuildReport>,
+}
+
+/// A file a build produced, uploaded by the node that ran the attempt and kept by the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactStored {
+    pub build_id: Uuid,
+    pub attempt: u32,
+    pub node_id: String,
+    /// Its path under the build's artifacts (checked by [`crate::node_api::check_artifact_name`]).
+    pub name: String,
+    pub bytes: u64,
+    /// 64 lower-case hex characters.
+    pub sha256: String,
+}
+
+/// A build's artifacts were removed after `[artifacts] keep_days`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactsExpired {
+    pub build_id: Uuid,
+    /// The names removed (every artifact the gateway held for the build).
+    pub names: Vec<String>,
+    pub keep_days: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,6 +309,9 @@ pub struct BuildCancelled {
     pub build_id: Uuid,
     pub reason: String,
     pub cancelled_at: DateTime<Utc>,
+    /// What the node reported, when it stopped the build itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<BuildReport>,
 }
 
 /// One reconciliation sweep over YouTrack's activity stream, whatever it found.
@@ -306,6 +370,9 @@ pub struct NodeSeen {
     pub node_id: String,
     pub labels: Vec<String>,
     pub slots: u32,
+    /// The Xcodes it has.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xcodes: Vec<crate::xcode::Xcode>,
 }
 
 /// An operator stopped (or resumed) giving a node new builds; its running builds finish.
@@ -412,6 +479,9 @@ events!(
     LaneClaimed,
     NodeSeen,
     NodeDrained,
+    BuildRetryScheduled,
+    ArtifactStored,
+    ArtifactsExpired,
 );
 
 impl Event {
@@ -437,6 +507,9 @@ impl Event {
             Event::PageRequested(e) => Some(e.build_id),
             Event::NotificationResendRequested(e) => Some(e.build_id),
             Event::LaneClaimed(e) => Some(e.build_id),
+            Event::BuildRetryScheduled(e) => Some(e.build_id),
+            Event::ArtifactStored(e) => Some(e.build_id),
+            Event::ArtifactsExpired(e) => Some(e.build_id),
             Event::WebhookReceived(_)
             | Event::WebhookIgnored(_)
             | Event::WebhookRouted(_)

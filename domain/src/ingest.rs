@@ -320,6 +320,7 @@ pub fn decide_intent(
                 requested_at: transition.recorded_at,
                 transition_at: transition.at,
                 source: transition.source,
+                xcode: trigger.xcode.clone(),
             })],
         },
     ];
@@ -422,6 +423,7 @@ pub fn decide_delivery(
                     build_id: active.build_id,
                     reason: "left_trigger_state".into(),
                     cancelled_at: input.received_at,
+                    report: None,
                 })],
             });
         }

@@ -14,12 +14,15 @@
 //! - [`notify`]: chat lines and tracker comments about builds.
 //! - [`retry`]: backoff with full jitter, `Retry-After` hints, retryable answers.
 //! - [`reconcile`]: which transitions in YouTrack's activity stream a trigger watches.
+//! - [`node_api`]: what a build node's agent and the gateway say to each other.
+//! - [`xcode`]: which Xcode a build requires and a node runs it with.
 
 pub mod build;
 pub mod event;
 pub mod fingerprint;
 pub mod ingest;
 pub mod json;
+pub mod node_api;
 pub mod notification;
 pub mod notify;
 pub mod payload;
@@ -27,6 +30,7 @@ pub mod reconcile;
 pub mod retry;
 pub mod stream;
 pub mod trigger;
+pub mod xcode;
 
 pub use build::{BuildCommand, BuildError, BuildState, ReportedOutcome};
 pub use event::{Event, Recorded};

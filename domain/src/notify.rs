@@ -22,6 +22,9 @@ pub enum Milestone {
     Cancelled,
     /// On-call was paged about the build (the pager's only subject).
     Page,
+    /// A failure matched one of the node's retry rules (infrastructure, not the change): the build
+    /// runs again as this attempt. Each retry is a milestone of its own.
+    Retrying(u32),
 }
 
 impl Milestone {
@@ -35,15 +38,17 @@ impl Milestone {
             Event::BuildRequeued(_) => Milestone::Requeued,
             Event::BuildCancelled(_) => Milestone::Cancelled,
             Event::PageRequested(_) => Milestone::Page,
+            Event::BuildRetryScheduled(e) => Milestone::Retrying(e.next_attempt),
             _ => return None,
         };
         Some((event.build_id()?, milestone))
     }
 
-    /// Every milestone, in a build's order.
-    pub const ALL: [Milestone; 7] = [
+    /// Every kind of milestone, in a build's order (a retry stands for every retry).
+    pub const ALL: [Milestone; 8] = [
         Milestone::Queued,
         Milestone::Running,
+        Milestone::Retrying(0),
         Milestone::Succeeded,
         Milestone::Failed,
         Milestone::Requeued,
@@ -51,11 +56,28 @@ impl Milestone {
         Milestone::Page,
     ];
 
-    /// The milestone named `name` (as in a notification key).
+    /// The milestone named `name` in a notification key (`failed`, `retrying-2`).
     pub fn parse(name: &str) -> Option<Milestone> {
-        Milestone::ALL.into_iter().find(|m| m.as_str() == name)
+        if let Some(attempt) = name.strip_prefix("retrying-") {
+            return attempt.parse().ok().filter(|a| *a > 0).map(Milestone::Retrying);
+        }
+        Milestone::ALL.into_iter().filter(|m| !matches!(m, Milestone::Retrying(_))).find(|m| m.as_str() == name)
     }
 
+    /// Whether two milestones are of one kind (every retry is of one kind).
+    pub fn same_kind(self, other: Milestone) -> bool {
+        std::mem::discriminant(&self) == std::mem::discriminant(&other)
+    }
+
+    /// Its name in a notification key: the kind's name, and a retry's attempt.
+    pub fn key_name(self) -> String {
+        match self {
+            Milestone::Retrying(attempt) => format!("retrying-{attempt}"),
+            other => other.as_str().to_owned(),
+        }
+    }
+
+    /// The kind's name (`retrying` for every retry).
     pub fn as_str(self) -> &'static str {
         match self {
             Milestone::Queued => "queued",
@@ -65,6 +87,7 @@ impl Milestone {
             Milestone::Requeued => "requeued",
             Milestone::Cancelled => "cancelled",
             Milestone::Page => "page",
+            Milestone::Retrying(_) => "retrying",
         }
     }
 
@@ -77,13 +100,14 @@ impl Milestone {
             Milestone::Requeued => "🔁",
             Milestone::Cancelled => "⛔",
             Milestone::Page => "🚨",
+            Milestone::Retrying(_) => "🔁",
         }
     }
 }
 
 /// (sink, build, milestone): delivered at most once within the dedupe window.
 pub fn notification_key(sink: &str, build_id: Uuid, milestone: Milestone) -> String {
-    format!("{sink}/{build_id}/{}", milestone.as_str())
+    format!("{sink}/{build_id}/{}", milestone.key_name())
 }
 
 /// What a message says about a build.
@@ -105,6 +129,41 @@ pub struct BuildFacts {
     pub state: Option<String>,
     /// Why on-call was paged, for pages.
     pub page_reason: Option<String>,
+    /// The retry rule a failure matched (a retry's, or a failure's past the cap).
+    pub retry_rule: Option<String>,
+    /// Seconds without output before a hung build was stopped.
+    pub no_output_seconds: Option<u64>,
+    /// What the build produced, with signed links.
+    pub artifacts: Vec<ArtifactLink>,
+}
+
+/// An artifact as a message names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactLink {
+    pub name: String,
+    pub url: String,
+}
+
+/// Most artifacts a chat line names.
+const ARTIFACTS_SHOWN: usize = 3;
+
+/// A quiet spell as people say it: `45 s`, `10 min`, `2 min 30 s`.
+fn quiet_for(seconds: u64) -> String {
+    match (seconds / 60, seconds % 60) {
+        (0, s) => format!("{s} s"),
+        (m, 0) => format!("{m} min"),
+        (m, s) => format!("{m} min {s} s"),
+    }
+}
+
+/// Why a build failed, in words: a hung build says how long it was quiet.
+pub fn describe_reason(reason: &str, facts: &BuildFacts) -> String {
+    match (reason, facts.no_output_seconds) {
+        ("hung", Some(seconds)) => format!("no output for {}", quiet_for(seconds)),
+        ("hung", None) => "no output".to_owned(),
+        ("setup_failed", _) => "before_build hook failed".to_owned(),
+        _ => reason.to_owned(),
+    }
 }
 
 /// Text with at most `max` grapheme clusters; `…` marks a cut.
@@ -167,7 +226,11 @@ fn duration(ms: u64) -> String {
 
 /// One chat line, plain text (the sink escapes it for its format).
 pub fn chat_line(facts: &BuildFacts, milestone: Milestone) -> String {
-    let mut parts = vec![format!("{} {} {}", milestone.emoji(), facts.issue_id, milestone.as_str())];
+    let mut head = format!("{} {} {}", milestone.emoji(), facts.issue_id, milestone.as_str());
+    if let (Milestone::Retrying(_), Some(rule)) = (milestone, &facts.retry_rule) {
+        head.push_str(&format!(" ({})", truncate(rule, 60)));
+    }
+    let mut parts = vec![head];
     if let Some(summary) = &facts.summary {
         parts.push(truncate(summary, 80));
     }
@@ -183,8 +246,14 @@ pub fn chat_line(facts: &BuildFacts, milestone: Milestone) -> String {
     if let Some(ms) = facts.duration_ms {
         parts.push(duration(ms));
     }
+    if let Milestone::Retrying(attempt) = milestone {
+        parts.push(format!("attempt {attempt}"));
+    }
     if let (Milestone::Failed, Some(reason)) = (milestone, &facts.reason) {
-        parts.push(truncate(reason, 60));
+        parts.push(truncate(&describe_reason(reason, facts), 60));
+        if let Some(rule) = &facts.retry_rule {
+            parts.push(format!("retries used up: {}", truncate(rule, 60)));
+        }
     }
     if let (Milestone::Failed, Some(test)) = (milestone, &facts.failing_test) {
         parts.push(format!("failing: {}", truncate(test, 80)));
@@ -199,6 +268,18 @@ pub fn chat_line(facts: &BuildFacts, milestone: Milestone) -> String {
     }
     if let Some(url) = &facts.log_url {
         parts.push(format!("log: {url}"));
+    }
+    if matches!(milestone, Milestone::Succeeded | Milestone::Failed) && !facts.artifacts.is_empty() {
+        let mut named: Vec<String> = facts
+            .artifacts
+            .iter()
+            .take(ARTIFACTS_SHOWN)
+            .map(|a| format!("{}: {}", truncate(&a.name, 60), a.url))
+            .collect();
+        if facts.artifacts.len() > ARTIFACTS_SHOWN {
+            named.push(format!("{} more", facts.artifacts.len() - ARTIFACTS_SHOWN));
+        }
+        parts.push(format!("artifacts: {}", named.join(", ")));
     }
     parts.join(" · ")
 }
@@ -225,17 +306,30 @@ pub fn failure_comment(facts: &BuildFacts) -> String {
         code_span(facts.node_id.as_deref().unwrap_or("no node")),
         code_span(sha.as_deref().unwrap_or("unknown commit")),
     )];
+    // A reason worth its own line: anything but a script's plain non-zero exit, which the test or
+    // the log's last lines explain better.
+    let reason = facts.reason.as_deref().filter(|r| *r != "script_failed" || facts.retry_rule.is_some());
+    if let Some(reason) = reason {
+        let mut said = describe_reason(reason, facts);
+        if let Some(rule) = &facts.retry_rule {
+            said.push_str(&format!(" (retries used up: {rule})"));
+        }
+        lines.push(format!("Reason: {}", escape_markdown(&truncate(&said, 120))));
+    }
     match (&facts.failing_test, &facts.log_tail) {
         (Some(test), _) => lines.push(format!("Failing test: {}", escape_markdown(&truncate(test, 120)))),
         (None, Some(tail)) => {
+            let keep = if reason.is_some() { 1 } else { 2 };
             let last: Vec<&str> = tail.lines().filter(|l| !l.trim().is_empty()).collect();
-            for line in last.iter().skip(last.len().saturating_sub(2)) {
+            for line in last.iter().skip(last.len().saturating_sub(keep)) {
                 lines.push(format!("> {}", escape_markdown(&truncate(line, 120))));
             }
         }
         (None, None) => {
-            if let Some(reason) = &facts.reason {
-                lines.push(format!("Reason: {}", escape_markdown(&truncate(reason, 120))));
+            if reason.is_none() {
+                if let Some(reason) = &facts.reason {
+                    lines.push(format!("Reason: {}", escape_markdown(&truncate(reason, 120))));
+                }
             }
         }
     }
@@ -266,6 +360,9 @@ mod tests {
             log_url: Some("https://gw/api/v1/builds/x/log?key=k".into()),
             state: Some("failed".into()),
             page_reason: None,
+            retry_rule: None,
+            no_output_seconds: None,
+            artifacts: Vec::new(),
         }
     }
 
@@ -356,6 +453,54 @@ mod tests {
     }
 
     #[test]
+    fn a_hung_build_says_how_long_it_was_quiet_in_chat_and_in_the_comment() {
+        let hung =
+            BuildFacts { reason: Some("hung".into()), no_output_seconds: Some(600), failing_test: None, ..facts() };
+        let line = chat_line(&hung, Milestone::Failed);
+        assert!(line.contains("no output for 10 min"), "{line}");
+        let comment = failure_comment(&hung);
+        assert!(comment.contains("Reason: no output for 10 min"), "{comment}");
+        assert!(comment.lines().count() <= 5 && comment.ends_with("log?key=k"), "{comment}");
+        assert_eq!(quiet_for(45), "45 s");
+        assert_eq!(quiet_for(150), "2 min 30 s");
+    }
+
+    #[test]
+    fn a_retry_is_one_line_per_attempt_naming_its_rule_and_a_spent_rule_is_named_in_the_failure() {
+        let retry = BuildFacts { retry_rule: Some("Failed to boot simulator".into()), ..facts() };
+        let line = chat_line(&retry, Milestone::Retrying(2));
+        assert!(line.starts_with("🔁 MOB-7 retrying (Failed to boot simulator) · "), "{line}");
+        assert!(line.contains("attempt 2") && !line.contains("failing:"), "{line}");
+        assert_ne!(
+            notification_key("t", Uuid::nil(), Milestone::Retrying(2)),
+            notification_key("t", Uuid::nil(), Milestone::Retrying(3))
+        );
+        assert_eq!(Milestone::parse("retrying-3"), Some(Milestone::Retrying(3)));
+        assert_eq!(Milestone::parse("retrying"), None);
+        assert_eq!(Milestone::parse("retrying-0"), None);
+        assert!(Milestone::Retrying(2).same_kind(Milestone::Retrying(0)));
+        let failed = chat_line(&retry, Milestone::Failed);
+        assert!(failed.contains("retries used up: Failed to boot simulator"), "{failed}");
+        assert!(failure_comment(&retry).contains("retries used up: Failed to boot simulator"));
+    }
+
+    #[test]
+    fn the_final_line_links_the_artifacts() {
+        let artifact = |n: &str| ArtifactLink { name: n.into(), url: format!("https://gw/a/{n}?key=k") };
+        let built = BuildFacts { artifacts: vec![artifact("App.ipa"), artifact("App.dSYM.zip")], ..facts() };
+        let line = chat_line(&built, Milestone::Succeeded);
+        assert!(
+            line.contains(
+                "artifacts: App.ipa: https://gw/a/App.ipa?key=k, App.dSYM.zip: https://gw/a/App.dSYM.zip?key=k"
+            ),
+            "{line}"
+        );
+        assert!(!chat_line(&built, Milestone::Running).contains("artifacts"));
+        let many = BuildFacts { artifacts: (0..5).map(|i| artifact(&format!("a{i}"))).collect(), ..facts() };
+        assert!(chat_line(&many, Milestone::Failed).contains(", 2 more"));
+    }
+
+    #[test]
     fn truncation_keeps_whole_graphemes() {
         let family = "👨‍👩‍👧‍👦"; // one grapheme, several code points
         let text = format!("{family}{family}{family}");
@@ -371,6 +516,7 @@ mod tests {
             build_id: Uuid::nil(),
             reason: "x".into(),
             cancelled_at: chrono::DateTime::from_timestamp(0, 0).unwrap(),
+            report: None,
         });
         assert_eq!(Milestone::of(&e), Some((Uuid::nil(), Milestone::Cancelled)));
         assert_eq!(

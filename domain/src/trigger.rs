@@ -24,6 +24,10 @@ pub struct Trigger {
     pub lane: String,
     /// A fixed ref (`main`) or a template over `{issue}` and `{project}`.
     pub git_ref: String,
+    /// The Xcode the build needs: `16.2` exactly, `16` any 16.x (the highest the node has). Only
+    /// nodes that have one claim the build; none: the lane's requirement, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xcode: Option<String>,
 }
 
 fn default_lane() -> String {
@@ -61,6 +65,11 @@ impl Trigger {
         }
         if !is_simple_name(&self.lane) {
             return invalid("lane", "must be 1-64 of [A-Za-z0-9._-]");
+        }
+        if let Some(xcode) = &self.xcode {
+            if crate::xcode::Requirement::parse(xcode).is_err() {
+                return invalid("xcode", "must be a version such as `16` or `16.2`");
+            }
         }
         let rendered = self.git_ref_for("ISSUE-1", "PROJECT");
         if rendered.contains('{') || rendered.contains('}') {
@@ -166,6 +175,7 @@ pub(crate) mod tests {
             script: "ios-build".into(),
             lane: "default".into(),
             git_ref: "feature/{issue}".into(),
+            xcode: None,
         }
     }
 

@@ -18,16 +18,23 @@ fn entry(n: u64, lane: &str) -> QueueEntry {
         position: n + 1,
         attempt: 1,
         node_id: None,
+        xcode: None,
     }
 }
 
 fn main() {
     let lanes = vec![
-        LaneRule { name: "default".into(), priority: 0, required_labels: vec![], max_running: None },
-        LaneRule { name: "signing".into(), priority: 10, required_labels: vec!["signing".into()], max_running: None },
+        LaneRule { name: "default".into(), priority: 0, required_labels: vec![], max_running: None, xcode: None },
+        LaneRule {
+            name: "signing".into(),
+            priority: 10,
+            required_labels: vec!["signing".into()],
+            max_running: None,
+            xcode: None,
+        },
     ];
     let labels = vec!["xcode-16".to_owned()];
-    let node = NodeAsk { node_id: "mac-1", labels: &labels, slots: 2 };
+    let node = NodeAsk { node_id: "mac-1", labels: &labels, slots: 2, xcodes: &[] };
     println!("| builds queued in a lane the node cannot run | claim, median of 201 | claim, p99 |");
     println!("|---:|---:|---:|");
     for backlog in [0u64, 1_000, 10_000, 100_000] {

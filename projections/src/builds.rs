@@ -28,6 +28,34 @@ pub struct FoldRecord {
     pub folded_at: DateTime<Utc>,
 }
 
+/// A file a build produced, as the gateway keeps it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    pub attempt: u32,
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
+    pub stored_at: DateTime<Utc>,
+    /// Removed after `[artifacts] keep_days`.
+    #[serde(default)]
+    pub removed: bool,
+}
+
+/// A failure that matched a retry rule, and the attempt it scheduled.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryRecord {
+    /// The attempt that failed.
+    pub attempt: u32,
+    pub reason: String,
+    pub rule: String,
+    pub at: DateTime<Utc>,
+    /// The node it failed on.
+    #[serde(default)]
+    pub node_id: Option<String>,
+}
+
 /// Everything the API shows about one build.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +83,24 @@ pub struct BuildView {
     /// Heartbeats and results refused because their attempt was no longer current.
     #[serde(default)]
     pub rejected: u32,
+    /// The Xcode its trigger requires (`16.2`, `16`); its lane may require one too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xcode: Option<String>,
+    /// Failures that matched a retry rule, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retries: Vec<RetryRecord>,
+    /// What its attempts produced, in the order stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<ArtifactRecord>,
+}
+
+impl BuildView {
+    /// The artifacts the gateway still holds of the attempt that finished the build (or of the
+    /// running one).
+    pub fn final_artifacts(&self) -> impl Iterator<Item = &ArtifactRecord> {
+        let attempt = self.artifacts.iter().map(|a| a.attempt).max().unwrap_or(0);
+        self.artifacts.iter().filter(move |a| a.attempt == attempt && !a.removed)
+    }
 }
 
 impl BuildView {
@@ -80,6 +126,9 @@ impl BuildView {
             folds: Vec::new(),
             report: None,
             rejected: 0,
+            xcode: e.xcode.clone(),
+            retries: Vec::new(),
+            artifacts: Vec::new(),
         })
     }
 
@@ -94,7 +143,32 @@ impl BuildView {
             }),
             Event::BuildSucceeded(e) => self.report.clone_from(&e.report),
             Event::BuildFailed(e) => self.report.clone_from(&e.report),
+            Event::BuildCancelled(e) if e.report.is_some() => self.report.clone_from(&e.report),
             Event::BuildResultRejected(_) => self.rejected += 1,
+            Event::BuildRetryScheduled(e) => self.retries.push(RetryRecord {
+                attempt: e.attempt,
+                reason: e.reason.clone(),
+                rule: e.rule.clone(),
+                at: recorded.recorded_at,
+                node_id: e.report.as_ref().map(|r| r.node_id.clone()),
+            }),
+            Event::ArtifactStored(e) => {
+                // The same name stored again by the same attempt replaces the first.
+                self.artifacts.retain(|a| !(a.attempt == e.attempt && a.name == e.name));
+                self.artifacts.push(ArtifactRecord {
+                    attempt: e.attempt,
+                    name: e.name.clone(),
+                    bytes: e.bytes,
+                    sha256: e.sha256.clone(),
+                    stored_at: recorded.recorded_at,
+                    removed: false,
+                });
+            }
+            Event::ArtifactsExpired(e) => {
+                for artifact in self.artifacts.iter_mut().filter(|a| e.names.contains(&a.name)) {
+                    artifact.removed = true;
+                }
+            }
             _ => {}
         }
         self.state = evolve(std::mem::replace(&mut self.state, BuildState::New), event);
@@ -172,7 +246,7 @@ impl Builds {
                 Event::BuildRequested(e) => {
                     new.insert(e.build_id);
                 }
-                event if event.event_type().starts_with("Build") => {
+                event if Builds::wants(event.event_type()) => {
                     if let Some(id) = event.build_id() {
                         if !self.hot.contains_key(&id) && !new.contains(&id) && !missing.contains(&id) {
                             missing.push(id);
@@ -237,10 +311,11 @@ impl Builds {
 
 impl Projection for Builds {
     const NAME: &'static str = "builds";
-    const VERSION: u32 = 2;
+    /// 3: Xcode requirements, retries and artifacts.
+    const VERSION: u32 = 3;
 
     fn wants(event_type: &str) -> bool {
-        event_type.starts_with("Build")
+        event_type.starts_with("Build") || event_type.starts_with("Artifact")
     }
 
     fn apply(&mut self, recorded: &Recorded) {

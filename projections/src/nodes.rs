@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
+use meshgate_domain::xcode::Xcode;
 use meshgate_domain::{Event, Recorded};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -18,6 +19,9 @@ pub struct NodeView {
     pub node_id: String,
     pub labels: Vec<String>,
     pub slots: u32,
+    /// The Xcodes it has.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xcodes: Vec<Xcode>,
     pub last_seen: DateTime<Utc>,
     pub running: BTreeSet<Uuid>,
     pub draining: bool,
@@ -61,6 +65,7 @@ impl Nodes {
             node_id: node_id.to_owned(),
             labels: Vec::new(),
             slots: 0,
+            xcodes: Vec::new(),
             last_seen: at,
             running: BTreeSet::new(),
             draining: false,
@@ -81,7 +86,8 @@ impl Nodes {
 
 impl Projection for Nodes {
     const NAME: &'static str = "nodes";
-    const VERSION: u32 = 1;
+    /// 2: Xcodes; a retried build leaves its node.
+    const VERSION: u32 = 2;
 
     fn wants(event_type: &str) -> bool {
         matches!(
@@ -94,6 +100,7 @@ impl Projection for Nodes {
                 | "BuildFailed"
                 | "BuildCancelled"
                 | "BuildRequeued"
+                | "BuildRetryScheduled"
         )
     }
 
@@ -104,6 +111,7 @@ impl Projection for Nodes {
                 let node = self.seen(&e.node_id, at);
                 node.labels = e.labels.clone();
                 node.slots = e.slots;
+                node.xcodes = e.xcodes.clone();
             }
             Event::NodeDrained(e) => {
                 if let Some(node) = self.nodes.get_mut(&e.node_id) {
@@ -118,7 +126,7 @@ impl Projection for Nodes {
             Event::BuildLeaseRenewed(e) => {
                 self.seen(&e.node_id, at);
             }
-            Event::BuildSucceeded(_) | Event::BuildFailed(_) => {
+            Event::BuildSucceeded(_) | Event::BuildFailed(_) | Event::BuildRetryScheduled(_) => {
                 if let Some(node) = self.release(recorded.event.build_id().unwrap_or_default()) {
                     node.last_seen = node.last_seen.max(at);
                     node.lost = false;

@@ -31,8 +31,14 @@ pub struct MilestoneRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SinkSpec {
     pub name: String,
-    /// The milestones it sends.
+    /// The milestones it sends (one retry stands for every retry).
     pub wants: Vec<Milestone>,
+}
+
+impl SinkSpec {
+    pub fn wants(&self, milestone: Milestone) -> bool {
+        self.wants.iter().any(|w| w.same_kind(milestone))
+    }
 }
 
 /// What the outbox keeps milestones for, and how long.
@@ -198,8 +204,8 @@ impl Outbox {
 
 impl Projection for Outbox {
     const NAME: &'static str = "outbox";
-    // 3: entries saved as pairs (a JSON object cannot have them as keys).
-    const VERSION: u32 = 3;
+    // 3: entries saved as pairs (a JSON object cannot have them as keys). 4: retries.
+    const VERSION: u32 = 4;
 
     fn wants(event_type: &str) -> bool {
         matches!(
@@ -209,6 +215,7 @@ impl Projection for Outbox {
                 | "BuildSucceeded"
                 | "BuildFailed"
                 | "BuildRequeued"
+                | "BuildRetryScheduled"
                 | "BuildCancelled"
                 | "NotificationAttempted"
                 | "NotificationDelivered"
@@ -230,7 +237,7 @@ impl Projection for Outbox {
         if let Some((build_id, milestone)) = Milestone::of(&recorded.event) {
             let record = MilestoneRecord { build_id, milestone, at };
             let sinks: Vec<String> =
-                self.config.sinks.iter().filter(|s| s.wants.contains(&milestone)).map(|s| s.name.clone()).collect();
+                self.config.sinks.iter().filter(|s| s.wants(milestone)).map(|s| s.name.clone()).collect();
             for sink in sinks {
                 // A milestone reached again (a second requeue) is the same key: it stays as it is.
                 if !self.keys.contains_key(&notification_key(&sink, build_id, milestone)) {
@@ -308,6 +315,7 @@ mod tests {
             build_id: Uuid::from_u128(build),
             reason: "x".into(),
             cancelled_at: t(0),
+            report: None,
         })
     }
 

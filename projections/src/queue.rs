@@ -3,6 +3,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use meshgate_domain::xcode::{can_run, Xcode};
 use meshgate_domain::{Event, Recorded};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -23,6 +24,9 @@ pub struct QueueEntry {
     /// The node running it, while it runs.
     #[serde(default)]
     pub node_id: Option<String>,
+    /// The Xcode its trigger requires (its lane's otherwise applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xcode: Option<String>,
 }
 
 /// A configured lane, as the scheduler needs it.
@@ -34,6 +38,15 @@ pub struct LaneRule {
     pub required_labels: Vec<String>,
     /// Most builds of the lane running at once across the pool (`1`: a mutex).
     pub max_running: Option<usize>,
+    /// The Xcode the lane's builds require when their trigger names none.
+    pub xcode: Option<String>,
+}
+
+impl LaneRule {
+    /// The Xcode a build of this lane requires: its trigger's, else the lane's.
+    pub fn xcode_for<'a>(&'a self, entry: &'a QueueEntry) -> Option<&'a str> {
+        entry.xcode.as_deref().or(self.xcode.as_deref())
+    }
 }
 
 /// A node asking for work.
@@ -42,6 +55,7 @@ pub struct NodeAsk<'a> {
     pub node_id: &'a str,
     pub labels: &'a [String],
     pub slots: usize,
+    pub xcodes: &'a [Xcode],
 }
 
 /// Queued builds. Running builds are kept aside so that a requeue restores their entry.
@@ -91,7 +105,8 @@ impl Queue {
 
     /// The build a node should claim next, if any: none while the node's slots are full; otherwise
     /// the first queued build (lane priority, then log order) whose lane's labels the node has,
-    /// whose lane is below its `max_running`, and whose (issue, script) is not running already.
+    /// whose lane is below its `max_running`, whose (issue, script) is not running already, and
+    /// whose Xcode requirement (its trigger's, else its lane's) one of the node's Xcodes meets.
     /// Lanes missing from `lanes` have priority 0, no labels and no cap.
     pub fn next_for(&self, lanes: &[LaneRule], node: &NodeAsk<'_>) -> Option<&QueueEntry> {
         if self.held_by(node.node_id) >= node.slots {
@@ -124,6 +139,7 @@ impl Queue {
                 let first = self.lanes[*lane]
                     .iter()
                     .filter_map(|(_, id)| self.queued.get(id))
+                    .filter(|e| can_run(rule.xcode_for(e), node.xcodes))
                     .find(|e| !busy.contains(&(e.issue_id.as_str(), e.script.as_str())));
                 if let Some(entry) = first {
                     if best.is_none_or(|b| entry.position < b.position) {
@@ -165,13 +181,20 @@ impl Queue {
 
 impl Projection for Queue {
     const NAME: &'static str = "queue";
-    /// 2: saved one row per entry, not whole.
-    const VERSION: u32 = 2;
+    /// 2: saved one row per entry, not whole. 3: entries carry their Xcode requirement; retries
+    /// requeue.
+    const VERSION: u32 = 3;
 
     fn wants(event_type: &str) -> bool {
         matches!(
             event_type,
-            "BuildRequested" | "BuildClaimed" | "BuildRequeued" | "BuildSucceeded" | "BuildFailed" | "BuildCancelled"
+            "BuildRequested"
+                | "BuildClaimed"
+                | "BuildRequeued"
+                | "BuildRetryScheduled"
+                | "BuildSucceeded"
+                | "BuildFailed"
+                | "BuildCancelled"
         )
     }
 
@@ -180,6 +203,7 @@ impl Projection for Queue {
             Event::BuildRequested(e) => Some(e.build_id),
             Event::BuildClaimed(e) => Some(e.build_id),
             Event::BuildRequeued(e) => Some(e.build_id),
+            Event::BuildRetryScheduled(e) => Some(e.build_id),
             Event::BuildSucceeded(e) => Some(e.build_id),
             Event::BuildFailed(e) => Some(e.build_id),
             Event::BuildCancelled(e) => Some(e.build_id),
@@ -198,6 +222,7 @@ impl Projection for Queue {
                     position: recorded.position,
                     attempt: 1,
                     node_id: None,
+                    xcode: e.xcode.clone(),
                 });
             }
             Event::BuildClaimed(e) => {
@@ -207,13 +232,8 @@ impl Projection for Queue {
                     self.running.insert(e.build_id, entry);
                 }
             }
-            Event::BuildRequeued(e) => {
-                if let Some(mut entry) = self.running.remove(&e.build_id) {
-                    entry.attempt = e.next_attempt;
-                    entry.node_id = None;
-                    self.enqueue(entry);
-                }
-            }
+            Event::BuildRequeued(e) => self.requeue(e.build_id, e.next_attempt),
+            Event::BuildRetryScheduled(e) => self.requeue(e.build_id, e.next_attempt),
             Event::BuildSucceeded(e) => self.finish(e.build_id),
             Event::BuildFailed(e) => self.finish(e.build_id),
             Event::BuildCancelled(e) => self.finish(e.build_id),
@@ -275,6 +295,15 @@ impl Queue {
         self.changed.insert(build_id, self.changes);
     }
 
+    /// A running build back in the queue, in its place.
+    fn requeue(&mut self, build_id: Uuid, next_attempt: u32) {
+        if let Some(mut entry) = self.running.remove(&build_id) {
+            entry.attempt = next_attempt;
+            entry.node_id = None;
+            self.enqueue(entry);
+        }
+    }
+
     fn finish(&mut self, build_id: Uuid) {
         self.dequeue(build_id);
         self.running.remove(&build_id);
@@ -302,20 +331,30 @@ mod tests {
             let running_in_lane = queue.running.values().filter(|r| r.lane == entry.lane).count();
             let below_cap = lane.max_running.is_none_or(|cap| running_in_lane < cap);
             let intent_free = !queue.running.values().any(|r| r.issue_id == entry.issue_id && r.script == entry.script);
-            labelled && below_cap && intent_free
+            let xcode = entry.xcode.as_deref().or(lane.xcode.as_deref());
+            let has_xcode = xcode.is_none_or(|x| node.xcodes.iter().any(|n| n.version.split('.').next() == Some(x)));
+            labelled && below_cap && intent_free && has_xcode
         })
     }
 
     const LANES: [&str; 3] = ["default", "signing", "nightly"];
     const LABELS: [&str; 2] = ["signing", "xcode-16"];
 
-    fn entry() -> impl Strategy<Value = (usize, usize, usize, bool, usize)> {
-        // lane, issue, script, running, node
-        (0..3usize, 0..4usize, 0..2usize, any::<bool>(), 0..2usize)
+    /// Xcode majors a build or lane may require, and a node may have.
+    const XCODES: [&str; 3] = ["15", "16", "17"];
+
+    fn entry() -> impl Strategy<Value = (usize, usize, usize, bool, usize, Option<usize>)> {
+        // lane, issue, script, running, node, xcode
+        (0..3usize, 0..4usize, 0..2usize, any::<bool>(), 0..2usize, proptest::option::weighted(0.3, 0..3usize))
     }
 
-    fn rule() -> impl Strategy<Value = (i64, Vec<bool>, Option<usize>)> {
-        (-1..2i64, proptest::collection::vec(any::<bool>(), 2), proptest::option::of(0..3usize))
+    fn rule() -> impl Strategy<Value = (i64, Vec<bool>, Option<usize>, Option<usize>)> {
+        (
+            -1..2i64,
+            proptest::collection::vec(any::<bool>(), 2),
+            proptest::option::of(0..3usize),
+            proptest::option::weighted(0.3, 0..3usize),
+        )
     }
 
     proptest! {
@@ -327,6 +366,7 @@ mod tests {
             rules in proptest::collection::vec(rule(), 3),
             configured in proptest::collection::vec(any::<bool>(), 3),
             node_labels in proptest::collection::vec(any::<bool>(), 2),
+            node_xcodes in proptest::collection::vec(any::<bool>(), 3),
             node in 0..2usize,
             slots in 0..4usize,
             shuffle in proptest::collection::vec(0..40usize, 0..10),
@@ -334,7 +374,7 @@ mod tests {
             let made: Vec<QueueEntry> = entries
                 .iter()
                 .enumerate()
-                .map(|(i, (lane, issue, script, running, node))| QueueEntry {
+                .map(|(i, (lane, issue, script, running, node, xcode))| QueueEntry {
                     build_id: Uuid::from_u128(i as u128 + 1),
                     issue_id: format!("MOB-{issue}"),
                     lane: LANES[*lane].into(),
@@ -342,6 +382,7 @@ mod tests {
                     position: 1000 - 7 * i as u64,
                     attempt: 1,
                     node_id: running.then(|| format!("mac-{node}")),
+                    xcode: xcode.map(|x| XCODES[x].to_owned()),
                 })
                 .collect();
             let (running, queued): (Vec<_>, Vec<_>) = made.into_iter().partition(|e| e.node_id.is_some());
@@ -361,16 +402,23 @@ mod tests {
                 .zip(LANES)
                 .zip(&configured)
                 .filter(|(_, configured)| **configured)
-                .map(|(((priority, labels, cap), name), _)| LaneRule {
+                .map(|(((priority, labels, cap, xcode), name), _)| LaneRule {
                     name: name.into(),
                     priority: *priority,
                     required_labels: LABELS.iter().zip(labels).filter(|(_, on)| **on).map(|(l, _)| (*l).into()).collect(),
                     max_running: *cap,
+                    xcode: xcode.map(|x| XCODES[x].to_owned()),
                 })
                 .collect();
             let labels: Vec<String> = LABELS.iter().zip(&node_labels).filter(|(_, on)| **on).map(|(l, _)| (*l).into()).collect();
             let node_id = format!("mac-{node}");
-            let ask = NodeAsk { node_id: &node_id, labels: &labels, slots };
+            let xcodes: Vec<Xcode> = XCODES
+                .iter()
+                .zip(&node_xcodes)
+                .filter(|(_, on)| **on)
+                .map(|(major, _)| Xcode { version: format!("{major}.2"), path: format!("/Applications/Xcode-{major}.app") })
+                .collect();
+            let ask = NodeAsk { node_id: &node_id, labels: &labels, slots, xcodes: &xcodes };
             prop_assert_eq!(queue.next_for(&lanes, &ask), by_definition(&queue, &lanes, &ask));
             let laned: usize = queue.lanes.values().map(BTreeSet::len).sum();
             prop_assert_eq!(laned, queue.queued.len(), "every queued build is in its lane's order, once");

@@ -18,6 +18,10 @@ pub enum Action {
     Succeed(u8),
     Fail(u8),
     Cancel(u8),
+    /// A failure matching a retry rule (queued again below the cap of 3 attempts).
+    Retry(u8),
+    /// The running attempt stores an artifact.
+    Artifact(u8),
     Ignored(u8),
     Routed(u8, u8),
 }
@@ -33,6 +37,8 @@ pub fn action() -> impl Strategy<Value = Action> {
         b.clone().prop_map(Action::Succeed),
         b.clone().prop_map(Action::Fail),
         b.clone().prop_map(Action::Cancel),
+        b.clone().prop_map(Action::Retry),
+        b.clone().prop_map(Action::Artifact),
         (0u8..4).prop_map(Action::Ignored),
         (0u8..4, b).prop_map(|(f, b)| Action::Routed(f, b)),
     ]
@@ -79,6 +85,8 @@ pub fn log_of(actions: &[Action]) -> Vec<Recorded> {
             | Action::Requeue(b)
             | Action::Succeed(b)
             | Action::Fail(b)
+            | Action::Retry(b)
+            | Action::Artifact(b)
             | Action::Cancel(b) => {
                 let id = build_id(b);
                 let stream = meshgate_domain::stream::build_stream(id);
@@ -103,6 +111,23 @@ pub fn log_of(actions: &[Action]) -> Vec<Recorded> {
                     Action::Requeue(_) => BuildCommand::Requeue { reason: "node_lost".into() },
                     Action::Succeed(_) => BuildCommand::Succeed { attempt },
                     Action::Fail(_) => BuildCommand::Fail { attempt, reason: "exit 1".into() },
+                    Action::Retry(_) => BuildCommand::Report {
+                        node_id: "mac-1".into(),
+                        attempt,
+                        outcome: meshgate_domain::ReportedOutcome::Failed {
+                            reason: "script_failed".into(),
+                            retry_rule: Some("Failed to boot simulator".into()),
+                        },
+                        report: Box::default(),
+                        max_attempts: 3,
+                    },
+                    Action::Artifact(_) => BuildCommand::StoreArtifact {
+                        node_id: "mac-1".into(),
+                        attempt,
+                        name: format!("App-{i}.ipa"),
+                        bytes: i as u64,
+                        sha256: format!("{i:064x}"),
+                    },
                     _ => BuildCommand::Cancel { reason: "superseded".into() },
                 };
                 match decide(&state, id, &command, now) {
@@ -142,6 +167,7 @@ fn requested(build_id: Uuid, b: u8, now: DateTime<Utc>) -> BuildRequested {
         requested_at: now,
         transition_at: None,
         source: Default::default(),
+        xcode: None,
     }
 }
 
@@ -329,12 +355,13 @@ mod scheduling {
 
     fn lanes() -> Vec<LaneRule> {
         vec![
-            LaneRule { name: "default".into(), priority: 0, required_labels: vec![], max_running: None },
+            LaneRule { name: "default".into(), priority: 0, required_labels: vec![], max_running: None, xcode: None },
             LaneRule {
                 name: "signing".into(),
                 priority: 10,
                 required_labels: vec!["signing".into()],
                 max_running: Some(1),
+                xcode: None,
             },
         ]
     }
@@ -345,7 +372,7 @@ mod scheduling {
         let set = fold_all(&log_of(&[Action::Request(0), Action::Request(1), Action::Request(2), Action::Request(3)]));
         let plain: Vec<String> = vec![];
         let signer = vec!["signing".to_owned()];
-        let ask = |labels| NodeAsk { node_id: "n", labels, slots: 2 };
+        let ask = |labels| NodeAsk { node_id: "n", labels, slots: 2, xcodes: &[] };
         assert_eq!(set.queue.next_for(&lanes(), &ask(&plain)).unwrap().issue_id, "MOB-0");
         assert_eq!(set.queue.next_for(&lanes(), &ask(&signer)).unwrap().issue_id, "MOB-1");
     }
@@ -355,13 +382,13 @@ mod scheduling {
         // MOB-1 (signing) is running on mac-1: the signing lane is at its cap of 1.
         let set = fold_all(&log_of(&[Action::Request(1), Action::Request(3), Action::Claim(1)]));
         let signer = vec!["signing".to_owned()];
-        let other = NodeAsk { node_id: "mac-2", labels: &signer, slots: 4 };
+        let other = NodeAsk { node_id: "mac-2", labels: &signer, slots: 4, xcodes: &[] };
         assert!(set.queue.next_for(&lanes(), &other).is_none());
         let set = fold_all(&log_of(&[Action::Request(0), Action::Request(2), Action::Claim(0)]));
-        let full = NodeAsk { node_id: "mac-1", labels: &signer, slots: 1 };
+        let full = NodeAsk { node_id: "mac-1", labels: &signer, slots: 1, xcodes: &[] };
         assert_eq!(set.queue.held_by("mac-1"), 1);
         assert!(set.queue.next_for(&lanes(), &full).is_none());
-        let roomy = NodeAsk { node_id: "mac-1", labels: &signer, slots: 2 };
+        let roomy = NodeAsk { node_id: "mac-1", labels: &signer, slots: 2, xcodes: &[] };
         assert_eq!(set.queue.next_for(&lanes(), &roomy).unwrap().issue_id, "MOB-2");
     }
 }

@@ -81,8 +81,8 @@ pub fn problems(config: &Config) -> Vec<String> {
         }
     }
     if let Some(path) = &config.worker.scripts {
-        if let Err(e) = crate::worker::Scripts::load(path) {
-            problems.push(format!("worker.scripts: {}", crate::report::chain(e.as_ref())));
+        if let Err(e) = meshgate_worker::scripts::Scripts::load(path) {
+            problems.push(format!("worker.scripts: {}", crate::report::chain(&e)));
         }
     }
     problems

@@ -50,7 +50,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         print_banner(config, &data_dir, throwaway);
         let node = WorkerConfig { gateway: Some(gateway), ..node };
         worker = Some(tokio::spawn(async move {
-            if let Err(e) = crate::worker::run(crate::worker::WorkerArgs::default(), &node).await {
+            let ran = match meshgate_worker::Settings::merge(meshgate_worker::WorkerArgs::default(), &node) {
+                Ok(settings) => meshgate_worker::run(settings, super::shutdown_signal()).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = ran {
                 eprintln!("error: the demo's build node stopped: {}", crate::report::chain(e.as_ref()));
             }
         }));
@@ -102,6 +106,7 @@ fn demo_config(listen: SocketAddr, data_dir: &Path) -> Config {
         script: "demo-build".into(),
         lane: "default".into(),
         git_ref: "main".into(),
+        xcode: None,
     }];
     config.chat = vec![ChatConfig::new("console", ChatKind::Console)];
     config.nodes.claim_wait_seconds = 5;

@@ -19,6 +19,19 @@ fn gateway_url(config: &Config) -> String {
     format!("http://{addr}")
 }
 
+/// GETs the running gateway's `path` (with the admin token), for an answer read as it arrives;
+/// none when no gateway answers there.
+pub async fn get(config: &Config, path: &str) -> anyhow::Result<Option<reqwest::Response>> {
+    let http = crate::tls::client(reqwest::Client::builder(), config.outbound.ca_file.as_deref())?;
+    let token = Token::read(&config.admin_token_file())?;
+    let url = format!("{}{path}", gateway_url(config));
+    match http.get(&url).bearer_auth(token.expose()).send().await {
+        Ok(response) => Ok(Some(response)),
+        Err(e) if e.is_connect() => Ok(None),
+        Err(e) => Err(anyhow::anyhow!(crate::report::http_error(e))).context(format!("cannot ask {url}")),
+    }
+}
+
 /// POSTs `body` to the running gateway's `path`; none when no gateway answers there.
 pub async fn ask(config: &Config, path: &str, body: &Value) -> anyhow::Result<Option<Value>> {
     let http = crate::tls::client(reqwest::Client::builder(), config.outbound.ca_file.as_deref())?;

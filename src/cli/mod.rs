@@ -10,6 +10,7 @@ mod deliveries;
 mod demo;
 mod events;
 mod gateway;
+mod logs;
 mod migrate;
 pub(crate) mod rebuild;
 mod reconcile;
@@ -82,8 +83,10 @@ pub enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// A build's log (`--follow`: as it grows while the build runs).
+    Logs(logs::LogsArgs),
     /// Run the build-node agent: claim builds, run scripts, report results.
-    Worker(crate::worker::WorkerArgs),
+    Worker(meshgate_worker::WorkerArgs),
     /// Measure ingest throughput and latency, and projection rebuild speed.
     Bench(bench::BenchArgs),
 }
@@ -153,7 +156,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Projections { command: ProjectionsCommand::Rebuild { verify } } => {
             rebuild::run(&load()?, verify).await
         }
-        Command::Worker(args) => crate::worker::run(args, &load()?.worker).await,
+        Command::Logs(args) => logs::run(&load()?, &args).await,
+        Command::Worker(args) => {
+            let settings = meshgate_worker::Settings::merge(args, &load()?.worker)?;
+            meshgate_worker::run(settings, shutdown_signal()).await
+        }
         Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -31,6 +31,7 @@ pub struct Config {
     pub log: LogConfig,
     pub lanes: Vec<LaneConfig>,
     pub triggers: Vec<Trigger>,
+    pub artifacts: ArtifactsConfig,
     /// The file this was loaded from (none: defaults and environment only).
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -46,7 +47,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-const SECTIONS: [&str; 13] = [
+const SECTIONS: [&str; 14] = [
     "server",
     "webhook",
     "youtrack",
@@ -60,6 +61,7 @@ const SECTIONS: [&str; 13] = [
     "store",
     "lanes",
     "triggers",
+    "artifacts",
 ];
 
 impl Config {
@@ -95,6 +97,7 @@ impl Config {
             }
         };
         resolve(&mut self.server.data_dir);
+        self.worker.resolve_paths(base);
         self.webhook.token_files.iter_mut().for_each(resolve);
         let chat = self.chat.iter_mut().flat_map(|c| [&mut c.url_file, &mut c.token_file]);
         for p in [
@@ -109,10 +112,6 @@ impl Config {
             &mut self.pager.routing_key_file,
             &mut self.store.url_file,
             &mut self.outbound.ca_file,
-            &mut self.worker.token_file,
-            &mut self.worker.scripts,
-            &mut self.worker.work_dir,
-            &mut self.worker.ca_file,
         ]
         .into_iter()
         .chain(chat)
@@ -152,6 +151,9 @@ impl Config {
                 "server.max_connections, header_timeout_seconds, idle_timeout_seconds and body_timeout_seconds must be at least 1"
                     .into(),
             );
+        }
+        if self.artifacts.keep_days == 0 {
+            return invalid("artifacts.keep_days must be at least 1".into());
         }
         if self.nodes.lease_seconds == 0 || self.nodes.max_attempts == 0 {
             return invalid("nodes.lease_seconds and nodes.max_attempts must be at least 1".into());
@@ -201,6 +203,11 @@ impl Config {
             }
             if lane.max_running == Some(0) {
                 return invalid(format!("lane `{}`: max_running must be at least 1", lane.name));
+            }
+            if let Some(xcode) = &lane.xcode {
+                if let Err(e) = meshgate_domain::xcode::Requirement::parse(xcode) {
+                    return invalid(format!("lane `{}`: {e}", lane.name));
+                }
             }
             if !lanes.insert(lane.name.as_str()) {
                 return invalid(format!("lane `{}` is defined twice", lane.name));
@@ -350,6 +357,7 @@ impl Config {
                 priority: l.priority,
                 required_labels: l.required_labels.clone(),
                 max_running: l.max_running,
+                xcode: l.xcode.clone(),
             })
             .collect()
     }

@@ -321,24 +321,14 @@ pub struct LaneConfig {
     /// signing identity).
     #[serde(default)]
     pub max_running: Option<usize>,
+    /// The Xcode the lane's builds require when their trigger names none: `16.2` exactly, `16`
+    /// any 16.x.
+    #[serde(default)]
+    pub xcode: Option<String>,
 }
 
-/// `meshgate worker` settings, for nodes that keep them in a file; flags override them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WorkerConfig {
-    pub gateway: Option<String>,
-    pub node_id: Option<String>,
-    pub labels: Vec<String>,
-    pub slots: Option<usize>,
-    pub token_file: Option<PathBuf>,
-    pub scripts: Option<PathBuf>,
-    pub work_dir: Option<PathBuf>,
-    pub claim_wait_seconds: Option<u64>,
-    pub drain_seconds: Option<u64>,
-    /// A PEM bundle trusted beside the platform's store, for a gateway with a private CA.
-    pub ca_file: Option<PathBuf>,
-}
+/// `meshgate worker` settings (the `[worker]` table the agent reads too); flags override them.
+pub type WorkerConfig = meshgate_worker::FileSettings;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -353,8 +343,24 @@ pub struct NodesConfig {
     pub claim_wait_seconds: u64,
     /// Claims of one build before a lost node fails it with `node_lost`.
     pub max_attempts: u32,
-    /// Largest log a node may upload.
+    /// Largest log kept of an attempt: the rest is cut, with a line saying so.
     pub max_log_bytes: usize,
+    /// Most bytes of artifacts kept of an attempt: a node skips the rest and says so.
+    pub max_artifact_bytes: u64,
+}
+
+/// `[artifacts]`: what builds produced, kept by the gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArtifactsConfig {
+    /// A build's artifacts are removed this many days after its newest one was stored.
+    pub keep_days: u32,
+}
+
+impl Default for ArtifactsConfig {
+    fn default() -> Self {
+        ArtifactsConfig { keep_days: 14 }
+    }
 }
 
 impl Default for NodesConfig {
@@ -366,6 +372,7 @@ impl Default for NodesConfig {
             claim_wait_seconds: 30,
             max_attempts: 3,
             max_log_bytes: 64 * 1024 * 1024,
+            max_artifact_bytes: 2 * 1024 * 1024 * 1024,
         }
     }
 }

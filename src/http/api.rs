@@ -366,6 +366,7 @@ pub async fn nodes(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Resu
                 running: n.running.iter().copied().collect(),
                 last_seen: n.last_seen,
                 draining: n.draining,
+                xcodes: n.xcodes.clone(),
             })
             .collect()
     });

@@ -54,7 +54,10 @@ pub struct AppState {
     pub claim_lock: tokio::sync::Mutex<()>,
     /// Set when the gateway is stopping: long polls answer at once.
     pub stopping: tokio::sync::watch::Sender<bool>,
-    pub logs_dir: std::path::PathBuf,
+    /// Build logs: live chunks and whole uploads.
+    pub logs: Arc<crate::files::BuildLogs>,
+    /// Build artifacts.
+    pub artifacts: Arc<crate::files::Artifacts>,
     /// Per-build log links (absolute, signed).
     pub links: crate::links::LogLinks,
     /// The certificate HTTPS is served with, reloaded with the tokens (none: plain HTTP).
@@ -120,7 +123,9 @@ pub fn router(state: Arc<AppState>, webhook_path: &str) -> Router {
     // YouTrack posts to every configured URL, so `/path` and `/path/` both arrive; both are served
     // and their deliveries fold into one build.
     let trimmed = webhook_path.trim_end_matches('/');
-    let log_limit = axum::extract::DefaultBodyLimit::max(state.nodes.max_log_bytes);
+    // A whole log is at most `max_log_bytes` (a longer one is sent cut); a little room for an
+    // older node that sends the whole of a long log, which is then cut here.
+    let log_limit = axum::extract::DefaultBodyLimit::max(state.nodes.max_log_bytes.saturating_add(1 << 20));
     let (api, mut document) = api_router().split_for_parts();
     openapi::document_throttling(&mut document);
     let document = Arc::new(document.to_pretty_json().unwrap_or_default());
@@ -157,10 +162,23 @@ fn api_router() -> utoipa_axum::router::OpenApiRouter<Arc<AppState>> {
         .routes(routes!(operations::selftest))
         .routes(routes!(operations::cancel_build))
         .routes(routes!(operations::requeue_build))
+        .routes(routes!(nodes::check))
         .routes(routes!(nodes::claim))
         .routes(routes!(nodes::heartbeat))
         .routes(routes!(nodes::result))
-        .routes(routes!(nodes::download_log, nodes::upload_log))
+        .routes(routes!(nodes::logs::download, nodes::logs::upload))
+        .routes(routes!(nodes::logs::chunk))
+        .routes(routes!(nodes::artifacts::list))
+        .merge(artifact_router())
+}
+
+/// Artifacts are streamed to disk and capped by `nodes.max_artifact_bytes` as they arrive, not by
+/// the body limit of the other routes.
+fn artifact_router() -> utoipa_axum::router::OpenApiRouter<Arc<AppState>> {
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(routes!(nodes::artifacts::download, nodes::artifacts::upload))
+        .layer(axum::extract::DefaultBodyLimit::disable())
 }
 
 /// The schema of the API (`GET /api/openapi.json`, no token: it holds no secrets).

@@ -130,6 +130,8 @@ pub struct NodeAnswer {
     pub running: Vec<Uuid>,
     pub last_seen: DateTime<Utc>,
     pub draining: bool,
+    /// The Xcodes it has.
+    pub xcodes: Vec<meshgate_domain::xcode::Xcode>,
 }
 
 /// One outbound sink's backlog.
@@ -158,33 +160,17 @@ pub struct NodesPage {
     pub nodes: Vec<NodeAnswer>,
 }
 
-/// A claimed build: run `build.script` as attempt `attempt`, heartbeat before the lease ends.
+/// The node token is accepted.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ClaimAnswer {
-    pub build: Option<BuildView>,
-    pub attempt: u32,
-    pub lease_expires_at: DateTime<Utc>,
-    pub lease_seconds: i64,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct HeartbeatAnswer {
-    /// The build was cancelled: stop it and report `cancelled`.
-    pub cancelled: bool,
-    /// The renewed lease (absent when cancelled).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lease_expires_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ResultAnswer {
+pub struct NodeCheckAnswer {
     pub accepted: bool,
-    /// The build's state after the result (absent for a repeated result).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
-    /// The same result was already accepted; nothing was recorded again.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duplicate: Option<bool>,
+    /// The gateway's clock (leases run on it).
+    pub now: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArtifactsPage {
+    pub artifacts: Vec<meshgate_domain::node_api::ArtifactAnswer>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

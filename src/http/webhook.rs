@@ -100,7 +100,7 @@ async fn read_limited(body: &mut Body, limit: usize) -> Result<bytes::Bytes, Opt
 }
 
 /// Whether reading a body failed on the size limit (rather than on a malformed or cut body).
-fn is_length_limit(error: &axum::Error) -> bool {
+pub(crate) fn is_length_limit(error: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
         if e.is::<http_body_util::LengthLimitError>() {

@@ -43,5 +43,7 @@ pub fn body(message: &Message<'_>) -> Value {
         "log_url": facts.log_url,
         "build_state": facts.state,
         "page_reason": facts.page_reason,
+        "retry_rule": facts.retry_rule,
+        "artifacts": facts.artifacts.iter().map(|a| json!({"name": a.name, "url": a.url})).collect::<Vec<_>>(),
     })
 }

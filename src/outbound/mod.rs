@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use meshgate_domain::notification::{self, NotificationError, NotificationId};
-use meshgate_domain::notify::{BuildFacts, Milestone};
+use meshgate_domain::notify::{ArtifactLink, BuildFacts, Milestone};
 use meshgate_domain::retry::RetryPolicy;
 use meshgate_domain::stream::{notification_stream, page_stream};
 use meshgate_domain::{BuildState, Event, ExpectedVersion};
@@ -119,9 +119,29 @@ async fn facts(outbound: &Outbound, build_id: Uuid, milestone: Milestone) -> Opt
         BuildState::Running { node_id, .. } => Some(node_id.clone()),
         _ => report.map(|r| r.node_id.clone()),
     };
-    let reason = match &build.state {
+    let mut reason = match &build.state {
         BuildState::Failed { reason, .. } | BuildState::Cancelled { reason } => Some(reason.clone()),
         _ => None,
+    };
+    let mut node_id = node_id;
+    let mut retry_rule = report.and_then(|r| r.retry_rule.clone());
+    if let Milestone::Retrying(next) = milestone {
+        // What the retry said, whatever the build is doing now.
+        if let Some(retry) = build.retries.iter().find(|r| r.attempt + 1 == next) {
+            retry_rule = Some(retry.rule.clone());
+            reason = Some(retry.reason.clone());
+            node_id.clone_from(&retry.node_id);
+        }
+    }
+    let artifacts = match milestone {
+        Milestone::Succeeded | Milestone::Failed => build
+            .final_artifacts()
+            .map(|a| ArtifactLink {
+                name: a.name.clone(),
+                url: outbound.links.artifact_url(build_id, a.attempt, &a.name),
+            })
+            .collect(),
+        _ => Vec::new(),
     };
     let mut facts = BuildFacts {
         build_id,
@@ -138,6 +158,9 @@ async fn facts(outbound: &Outbound, build_id: Uuid, milestone: Milestone) -> Opt
         log_url: report.map(|_| outbound.links.url(build_id)),
         state: Some(build.state.name().to_owned()),
         page_reason: None,
+        retry_rule,
+        no_output_seconds: report.and_then(|r| r.no_output_seconds),
+        artifacts,
     };
     if milestone == Milestone::Page {
         let page = outbound.store.read_stream(&page_stream(build_id)).await.ok()?;

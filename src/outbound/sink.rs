@@ -33,7 +33,7 @@ pub struct Sink {
 
 impl Sink {
     pub fn wants(&self, milestone: Milestone) -> bool {
-        self.wants.contains(&milestone)
+        self.wants.iter().any(|w| w.same_kind(milestone))
     }
 }
 

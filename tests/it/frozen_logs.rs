@@ -146,7 +146,13 @@ async fn freeze_todays_log() {
         lane: "signing".into(),
         ..ios_trigger()
     };
-    let config = test_config(dir.path(), vec![ios_trigger(), signing]);
+    let xcode = meshgate_domain::Trigger {
+        name: "xcode-build".into(),
+        projects: vec!["XC".into()],
+        xcode: Some("16".into()),
+        ..ios_trigger()
+    };
+    let config = test_config(dir.path(), vec![ios_trigger(), signing, xcode]);
     let app = spawn_with(dir, config).await;
     write_scenarios(&app).await;
     let (dir, _) = app.shutdown().await;
@@ -186,19 +192,21 @@ async fn write_scenarios(app: &TestApp) {
         commit_sha: Some("4f1c2e9".into()),
         failing_test: (exit != 0).then(|| "LoginTests.testLaunch".into()),
         log_tail: "** BUILD DONE **".into(),
+        ..BuildReport::default()
     };
     let outcome = |outcome: ReportedOutcome, node: &str, attempt: u32, exit: i32| BuildCommand::Report {
         node_id: node.into(),
         attempt,
         outcome,
         report: Box::new(report(node, exit)),
+        max_attempts: 3,
     };
     run(b1, outcome(ReportedOutcome::Succeeded, "mac-1", 1, 0)).await;
 
     // Fails; chat gives up, the tracker comment goes through, on-call is paged.
     let b2 = build_id(&app.deliver(&issue("MOB-102", 3)).await);
     run(b2, BuildCommand::Claim { node_id: "mac-2".into(), lease_expires_at: lease() }).await;
-    run(b2, outcome(ReportedOutcome::Failed { reason: "exit 65".into() }, "mac-2", 1, 65)).await;
+    run(b2, outcome(ReportedOutcome::Failed { reason: "exit 65".into(), retry_rule: None }, "mac-2", 1, 65)).await;
 
     // Its node is lost: requeued, claimed again, the lost node's late result refused.
     let b3 = build_id(&app.deliver(&issue("MOB-103", 4)).await);
@@ -233,11 +241,65 @@ async fn write_scenarios(app: &TestApp) {
         with(&building, &json!({"id": "SIGN-1", "project": {"id": "0-9", "name": "Signing", "shortName": "SIGN"}}));
     let signed = build_id(&app.deliver(&sign).await);
     let nodes = std::fs::read_to_string(app.config.nodes.token_file.as_ref().unwrap()).unwrap().trim().to_owned();
-    let claim = json!({"node_id": "mac-9", "labels": ["signing"], "slots": 1, "wait_seconds": 5});
+    let xcodes = json!([{"version": "15.4", "path": "/Applications/Xcode-15.4.app"}]);
+    let claim = json!({"node_id": "mac-9", "labels": ["signing"], "slots": 1, "wait_seconds": 5, "xcodes": xcodes});
     let claimed = answer_of(app.client.post(app.url("/api/v1/nodes/claim")).bearer_auth(nodes).json(&claim)).await;
     assert_eq!(claimed["build"]["build_id"], signed.to_string());
     let drain = json!({"draining": true, "reason": "maintenance"});
     answer_of(app.client.post(app.url("/api/v1/nodes/mac-9/drain")).bearer_auth(&app.admin_token).json(&drain)).await;
+
+    // A failure that matched a node's retry rule, run again on another node and passed; each
+    // attempt stored an artifact, removed later by retention. Another build stopped on its node.
+    let b8 = build_id(&app.deliver(&issue("MOB-108", 9)).await);
+    run(b8, BuildCommand::Claim { node_id: "mac-1".into(), lease_expires_at: lease() }).await;
+    let artifact = |node: &str, attempt: u32, name: &str| BuildCommand::StoreArtifact {
+        node_id: node.into(),
+        attempt,
+        name: name.into(),
+        bytes: 3,
+        sha256: "78324857e8d9bfa749dc301271df54a6572de9f4c3df8a9507cfa7b7d2b25f8e".into(),
+    };
+    run(b8, artifact("mac-1", 1, "logs/xcodebuild.log")).await;
+    let simulator =
+        ReportedOutcome::Failed { reason: "script_failed".into(), retry_rule: Some("Failed to boot simulator".into()) };
+    run(b8, outcome(simulator, "mac-1", 1, 70)).await;
+    run(b8, BuildCommand::Claim { node_id: "mac-2".into(), lease_expires_at: lease() }).await;
+    run(b8, artifact("mac-2", 2, "App.ipa")).await;
+    run(b8, outcome(ReportedOutcome::Succeeded, "mac-2", 2, 0)).await;
+    record(
+        app,
+        &meshgate_domain::stream::build_stream(b8),
+        vec![Event::ArtifactsExpired(ArtifactsExpired {
+            build_id: b8,
+            names: vec!["App.ipa".into(), "logs/xcodebuild.log".into()],
+            keep_days: 14,
+        })],
+    )
+    .await;
+    let b9 = build_id(&app.deliver(&issue("MOB-109", 10)).await);
+    run(b9, BuildCommand::Claim { node_id: "mac-1".into(), lease_expires_at: lease() }).await;
+    let stopped = BuildReport {
+        node_id: "mac-1".into(),
+        duration_ms: 30_000,
+        log_tail: "meshgate: mac-1 ended after SIGTERM".into(),
+        stop: Some(meshgate_domain::node_api::Stop {
+            cause: meshgate_domain::node_api::StopCause::Drained,
+            signal: meshgate_domain::node_api::StopSignal::Terminated,
+        }),
+        after_build: Some("after_build failed (exit 4)".into()),
+        ..BuildReport::default()
+    };
+    let node_stop = BuildCommand::Report {
+        node_id: "mac-1".into(),
+        attempt: 1,
+        outcome: ReportedOutcome::Cancelled,
+        report: Box::new(stopped),
+        max_attempts: 3,
+    };
+    run(b9, node_stop).await;
+    // A build that requires an Xcode, queued until a node with one claims it.
+    let xcode = with(&building, &json!({"id": "XC-1", "project": {"id": "0-8", "name": "Xcode", "shortName": "XC"}}));
+    build_id(&app.deliver(&xcode).await);
 
     // Notifications as the dispatcher records them.
     let chat = |build, milestone| notification_key("team-chat", build, milestone);
@@ -281,6 +343,16 @@ async fn write_scenarios(app: &TestApp) {
         vec![
             attempted(&succeeded, "team-chat", b1, Milestone::Succeeded, 1, 200, false),
             delivered(&succeeded, "team-chat", b1, Milestone::Succeeded, 1),
+        ],
+    )
+    .await;
+    let retrying = chat(b8, Milestone::Retrying(2));
+    record(
+        app,
+        &notification_stream(&retrying),
+        vec![
+            attempted(&retrying, "team-chat", b8, Milestone::Retrying(2), 1, 200, false),
+            delivered(&retrying, "team-chat", b8, Milestone::Retrying(2), 1),
         ],
     )
     .await;

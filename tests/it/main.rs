@@ -2,6 +2,7 @@
 //! processes on free loopback ports.
 
 mod admin_actions;
+mod agent;
 mod audit;
 
 mod bench;
@@ -21,6 +22,7 @@ mod idempotency;
 pub mod matrix;
 mod metrics;
 mod migrate;
+mod node_files;
 mod nodes;
 mod nodes_view;
 mod openapi;

@@ -15,6 +15,7 @@ pub(crate) fn event(n: u128) -> NewEvent {
         build_id: Uuid::from_u128(n),
         reason: format!("r{n}"),
         cancelled_at: chrono::Utc::now(),
+        report: None,
     });
     NewEvent::from_domain(&e, Uuid::from_u128(n), None, chrono::Utc::now())
 }
@@ -263,6 +264,7 @@ fn requested(n: u128) -> StreamAppend {
         requested_at: chrono::Utc::now(),
         transition_at: None,
         source: Default::default(),
+        xcode: None,
     });
     let new = NewEvent::from_domain(&event, build_id, None, chrono::Utc::now());
     StreamAppend {
@@ -345,7 +347,12 @@ fn a_read_model_whose_nodes_differ_is_told_apart() {
         position: 1,
         stream: "node-mac-1".into(),
         version: 0,
-        event: Event::NodeSeen(NodeSeen { node_id: "mac-1".into(), labels: vec!["xcode-16".into()], slots: 2 }),
+        event: Event::NodeSeen(NodeSeen {
+            node_id: "mac-1".into(),
+            labels: vec!["xcode-16".into()],
+            slots: 2,
+            xcodes: vec![],
+        }),
         correlation_id: Uuid::now_v7(),
         recorded_at: chrono::Utc::now(),
     };

@@ -8,6 +8,7 @@ fn events_round_trip_through_their_stored_form() {
         build_id: Uuid::nil(),
         reason: "superseded".into(),
         cancelled_at: DateTime::from_timestamp(1_787_562_927, 0).unwrap(),
+        report: None,
     });
     let back = Event::decode(event.event_type(), Event::SCHEMA_VERSION, &event.encode()).unwrap();
     assert_eq!(back, event);
@@ -52,7 +53,9 @@ fn received_bodies_stored_as_strings_still_read() {
 
 #[test]
 fn type_names_are_stable() {
-    assert_eq!(Event::TYPES.len(), 24);
+    assert_eq!(Event::TYPES.len(), 27);
+    assert!(Event::TYPES.contains(&"BuildRetryScheduled"));
+    assert!(Event::TYPES.contains(&"ArtifactStored"));
     assert!(Event::TYPES.contains(&"WebhookReceived"));
     assert!(Event::TYPES.contains(&"BuildRequestFolded"));
     assert!(Event::TYPES.contains(&"ReconcileSwept"));

@@ -178,6 +178,7 @@ fn a_build_covers_its_latest_transition_requested_or_folded() {
             requested_at: DateTime::from_timestamp(500, 0).unwrap(),
             transition_at: ms.and_then(DateTime::from_timestamp_millis),
             source: RequestSource::Reconcile,
+            xcode: None,
         })
     };
     let folded = Event::BuildRequestFolded(BuildRequestFolded {

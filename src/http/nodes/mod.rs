@@ -1,37 +1,46 @@
-//! The node API: build machines claim builds under leases, heartbeat, upload logs and report
-//! results. Authenticated with the pool's bearer token.
+//! The node API: build machines claim builds under leases, heartbeat, send their logs while they
+//! run, upload artifacts and whole logs, and report results. Authenticated with the pool's bearer
+//! token. The bodies are the domain's [`meshgate_domain::node_api`] types, which the agent
+//! (`meshgate-worker`) sends and reads too. Logs are in [`logs`], artifacts in [`artifacts`].
+
+pub mod artifacts;
+pub mod logs;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use meshgate_domain::build::ReportedOutcome;
 use meshgate_domain::event::{BuildReport, LaneClaimed, NodeSeen};
+use meshgate_domain::node_api::{
+    ClaimAnswer, ClaimRequest, ClaimedBuild, HeartbeatAnswer, HeartbeatRequest, NodeLimits, Outcome, ResultAnswer,
+    ResultRequest, MAX_FAILING_TEST_BYTES, MAX_LOG_TAIL_BYTES, MAX_NOTE_BYTES,
+};
 use meshgate_domain::stream::{lane_stream, node_stream};
 use meshgate_domain::trigger::is_simple_name;
+use meshgate_domain::xcode::{Version, Xcode};
 use meshgate_domain::{BuildCommand, BuildError, BuildState, Event, ExpectedVersion};
-use meshgate_projections::NodeAsk;
+use meshgate_projections::{BuildView, NodeAsk};
 use uuid::Uuid;
 
-use crate::http::extract::{json_body, ApiPath, ApiQuery};
-use crate::http::openapi::{ClaimAnswer, ErrorBody, HeartbeatAnswer, LogUploaded, ResultAnswer};
-use crate::http::{ApiError, AppState};
-
-mod wire;
 use crate::builds::CommandError;
+use crate::http::extract::{json_body, ApiPath};
+use crate::http::openapi::{ErrorBody, NodeCheckAnswer};
+use crate::http::{ApiError, AppState};
 use crate::store::{NewEvent, StoreError, StreamAppend};
 use wire::AttemptRefusals;
-pub use wire::{ClaimRequest, HeartbeatRequest, LogQuery, Outcome, ResultRequest};
+pub use wire::{ArtifactRead, LogQuery, UploadQuery};
 
 /// Longest wait a claim may ask for.
 const MAX_CLAIM_WAIT: Duration = Duration::from_secs(300);
-/// Largest log tail carried in a result.
-pub const MAX_LOG_TAIL_BYTES: usize = 4096;
+/// Most Xcodes a node may present.
+const MAX_XCODES: usize = 32;
 
 fn authorize_node(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let token = crate::http::api::bearer(headers);
@@ -55,6 +64,43 @@ fn check_node_id(node_id: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(bad_request("node_id", "node_id must be 1-64 of [A-Za-z0-9._-]"))
+    }
+}
+
+/// A node's Xcodes as it presents them: at most 32, versions that are numbers, paths of at most
+/// 1024 bytes without control characters.
+fn check_xcodes(xcodes: &[Xcode]) -> Result<(), ApiError> {
+    if xcodes.len() > MAX_XCODES {
+        return Err(bad_request("xcodes", format!("a node presents at most {MAX_XCODES} Xcodes")));
+    }
+    for xcode in xcodes {
+        Version::parse(&xcode.version).map_err(|e| bad_request("xcodes", e.to_string()))?;
+        if xcode.path.is_empty() || xcode.path.len() > 1024 || xcode.path.chars().any(char::is_control) {
+            return Err(bad_request("xcodes", "an Xcode's path must be 1-1024 bytes without control characters"));
+        }
+    }
+    Ok(())
+}
+
+/// The build, if `node_id` holds its running `attempt`; 404 for no such build, 409 otherwise
+/// (not recorded: chunks and uploads come often, a refused heartbeat or result is recorded).
+pub(crate) async fn held(app: &AppState, build_id: Uuid, node_id: &str, attempt: u32) -> Result<BuildView, ApiError> {
+    let head = *app.store.head().borrow();
+    app.projections.caught_up_to(head, Duration::from_secs(2)).await;
+    let build = app.projections.build(build_id).await.map_err(|e| ApiError::unavailable(&e))?;
+    let build = build.ok_or_else(|| ApiError::not_found("build"))?;
+    match &build.state {
+        BuildState::Running { attempt: current, node_id: holder, .. } if *current == attempt && holder == node_id => {
+            Ok(build)
+        }
+        state => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "stale_attempt",
+            format!(
+                "attempt {attempt} of node {node_id} is not the build's running one (the build is {})",
+                state.name()
+            ),
+        )),
     }
 }
 
@@ -86,10 +132,12 @@ pub async fn claim(State(app): State<Arc<AppState>>, headers: HeaderMap, body: B
     if !(1..=256).contains(&request.slots) {
         return Err(bad_request("slots", "slots must be between 1 and 256"));
     }
+    check_xcodes(&request.xcodes)?;
     record_node(&app, &request).await?;
     let wait = request.wait_seconds.map_or(app.nodes.claim_wait, Duration::from_secs).min(MAX_CLAIM_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
-    let ask = NodeAsk { node_id: &request.node_id, labels: &request.labels, slots: request.slots };
+    let ask =
+        NodeAsk { node_id: &request.node_id, labels: &request.labels, slots: request.slots, xcodes: &request.xcodes };
     let mut changes = app.projections.changes();
     let mut stopping = app.stopping.subscribe();
     loop {
@@ -128,17 +176,38 @@ pub async fn claim(State(app): State<Arc<AppState>>, headers: HeaderMap, body: B
                             _ => 0,
                         };
                         let build = app.projections.read(|p| p.builds.get(build_id).cloned());
-                        if let Some(build) = &build {
-                            let waited = (Utc::now() - build.requested_at).num_milliseconds().max(0) as f64 / 1000.0;
-                            metrics::histogram!(crate::metrics::QUEUE_WAIT_SECONDS, "lane" => build.lane.clone())
-                                .record(waited);
-                        }
+                        let Some(build) = build else {
+                            // Claimed, but not yet in the projections: the lease runs out and the
+                            // reaper queues it again.
+                            return Err(ApiError::unavailable(&"the claimed build is not in the projections yet"));
+                        };
+                        let waited = (Utc::now() - build.requested_at).num_milliseconds().max(0) as f64 / 1000.0;
+                        metrics::histogram!(crate::metrics::QUEUE_WAIT_SECONDS, "lane" => build.lane.clone())
+                            .record(waited);
                         tracing::info!(%build_id, node_id = %request.node_id, attempt, "build claimed");
+                        let xcode = build
+                            .xcode
+                            .clone()
+                            .or_else(|| app.lanes.iter().find(|l| l.name == build.lane).and_then(|l| l.xcode.clone()));
                         let body = ClaimAnswer {
-                            build,
+                            build: ClaimedBuild {
+                                build_id,
+                                issue_id: build.issue_id,
+                                summary: build.summary,
+                                project: build.project,
+                                trigger: build.trigger,
+                                script: build.script,
+                                lane: build.lane,
+                                git_ref: build.git_ref,
+                                xcode,
+                            },
                             attempt,
                             lease_expires_at,
                             lease_seconds: app.nodes.lease.num_seconds(),
+                            limits: NodeLimits {
+                                max_log_bytes: app.logs.max_bytes(),
+                                max_artifact_bytes: app.artifacts.max_bytes(),
+                            },
                         };
                         return Ok((StatusCode::OK, Json(body)).into_response());
                     }
@@ -162,18 +231,20 @@ pub async fn claim(State(app): State<Arc<AppState>>, headers: HeaderMap, body: B
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Records how a node presents itself (`NodeSeen`) when it is new to the log or its labels or
-/// slots changed.
+/// Records how a node presents itself (`NodeSeen`) when it is new to the log or its labels,
+/// slots or Xcodes changed.
 async fn record_node(app: &AppState, request: &ClaimRequest) -> Result<(), ApiError> {
     let mut labels = request.labels.clone();
     labels.sort();
     labels.dedup();
     let slots = request.slots as u32;
-    let known = app.projections.read(|p| p.nodes.get(&request.node_id).map(|n| (n.labels.clone(), n.slots)));
-    if known.as_ref() == Some(&(labels.clone(), slots)) {
+    let xcodes = request.xcodes.clone();
+    let known =
+        app.projections.read(|p| p.nodes.get(&request.node_id).map(|n| (n.labels.clone(), n.slots, n.xcodes.clone())));
+    if known.as_ref() == Some(&(labels.clone(), slots, xcodes.clone())) {
         return Ok(());
     }
-    let event = Event::NodeSeen(NodeSeen { node_id: request.node_id.clone(), labels, slots });
+    let event = Event::NodeSeen(NodeSeen { node_id: request.node_id.clone(), labels, slots, xcodes });
     let append = StreamAppend {
         stream: node_stream(&request.node_id),
         expected: ExpectedVersion::Any,
@@ -294,8 +365,13 @@ pub async fn result(
     if request.log_tail.len() > MAX_LOG_TAIL_BYTES {
         return Err(bad_request("log_tail", format!("log_tail is limited to {MAX_LOG_TAIL_BYTES} bytes")));
     }
-    if request.failing_test.as_ref().is_some_and(|t| t.len() > 512) {
-        return Err(bad_request("failing_test", "failing_test is limited to 512 bytes"));
+    if request.failing_test.as_ref().is_some_and(|t| t.len() > MAX_FAILING_TEST_BYTES) {
+        return Err(bad_request("failing_test", format!("failing_test is limited to {MAX_FAILING_TEST_BYTES} bytes")));
+    }
+    for (field, note) in [("retry_rule", &request.retry_rule), ("after_build", &request.after_build)] {
+        if note.as_ref().is_some_and(|n| n.len() > MAX_NOTE_BYTES || n.is_empty()) {
+            return Err(bad_request(field, format!("{field} is 1-{MAX_NOTE_BYTES} bytes")));
+        }
     }
     let report = BuildReport {
         node_id: request.node_id.clone(),
@@ -304,11 +380,18 @@ pub async fn result(
         commit_sha,
         failing_test: request.failing_test,
         log_tail: request.log_tail,
+        stop: request.stop,
+        no_output_seconds: request.no_output_seconds,
+        retry_rule: None,
+        after_build: request.after_build,
+        artifacts_skipped: request.artifacts_skipped,
     };
-    let succeeded = matches!(request.outcome, Outcome::Succeeded);
     let outcome = match request.outcome {
         Outcome::Succeeded => ReportedOutcome::Succeeded,
-        Outcome::Failed => ReportedOutcome::Failed { reason: request.reason.unwrap_or_else(|| "script_failed".into()) },
+        Outcome::Failed => ReportedOutcome::Failed {
+            reason: request.reason.map_or("script_failed", |r| r.as_str()).to_owned(),
+            retry_rule: request.retry_rule.clone(),
+        },
         Outcome::Cancelled => ReportedOutcome::Cancelled,
     };
     let command = BuildCommand::Report {
@@ -316,12 +399,17 @@ pub async fn result(
         attempt: request.attempt,
         outcome,
         report: Box::new(report.clone()),
+        max_attempts: app.nodes.max_attempts,
     };
     let correlation_id = Uuid::now_v7();
     match app.builds.execute(build_id, correlation_id, &command).await {
         Ok(executed) => {
             let lane = app.projections.read(|p| p.builds.get(build_id).map(|b| b.lane.clone())).unwrap_or_default();
-            let outcome = executed.state.name();
+            let retried = executed.events.iter().any(|e| matches!(e, Event::BuildRetryScheduled(_)));
+            let outcome = if retried { "retried" } else { executed.state.name() };
+            if retried {
+                metrics::counter!(crate::metrics::RETRIES, "lane" => lane.clone()).increment(1);
+            }
             metrics::histogram!(crate::metrics::BUILD_SECONDS, "lane" => lane, "outcome" => outcome)
                 .record(request.duration_ms as f64 / 1000.0);
             tracing::info!(%build_id, node_id = %request.node_id, attempt = request.attempt, state = executed.state.name(), "build result accepted");
@@ -331,7 +419,7 @@ pub async fn result(
         }
         Err(CommandError::Refused { error, history }) => {
             // The same result sent again (its answer was lost): accepted once, answered again.
-            if already_reported(&history, &report, request.attempt, succeeded) {
+            if already_reported(&history, &report, request.attempt, request.outcome) {
                 let answer = ResultAnswer { accepted: true, state: None, duplicate: Some(true) };
                 return Ok(Json(answer).into_response());
             }
@@ -341,95 +429,28 @@ pub async fn result(
     }
 }
 
-fn already_reported(history: &[Event], report: &BuildReport, attempt: u32, succeeded: bool) -> bool {
-    history.iter().rev().any(|e| match e {
-        Event::BuildSucceeded(s) => succeeded && s.attempt == attempt && s.report.as_ref() == Some(report),
-        Event::BuildFailed(f) => !succeeded && f.attempt == attempt && f.report.as_ref() == Some(report),
+fn already_reported(history: &[Event], report: &BuildReport, attempt: u32, outcome: Outcome) -> bool {
+    // A retry or failure past the cap carries the matched rule in its report; compare without it.
+    let same = |stored: &Option<BuildReport>| {
+        stored.as_ref().is_some_and(|s| BuildReport { retry_rule: None, ..s.clone() } == *report)
+    };
+    history.iter().rev().any(|e| match (e, outcome) {
+        (Event::BuildSucceeded(s), Outcome::Succeeded) => s.attempt == attempt && same(&s.report),
+        (Event::BuildFailed(f), Outcome::Failed) => f.attempt == attempt && same(&f.report),
+        (Event::BuildRetryScheduled(r), Outcome::Failed) => r.attempt == attempt && same(&r.report),
+        (Event::BuildCancelled(c), Outcome::Cancelled) => same(&c.report),
         _ => false,
     })
 }
 
-fn log_path(app: &AppState, build_id: Uuid, attempt: u32) -> std::path::PathBuf {
-    app.logs_dir.join(build_id.to_string()).join(format!("attempt-{attempt}.log"))
-}
-
-/// `PUT /api/v1/builds/{id}/log?attempt=N`: a node uploads the full log of an attempt.
-#[utoipa::path(put, path = "/api/v1/builds/{id}/log", tag = "nodes", security(("node" = [])),
-    params(("id" = Uuid, Path, description = "The build's id"), LogQuery),
-    request_body(content = String, content_type = "text/plain"),
+/// `GET /api/v1/nodes/check`: whether the node token is accepted (`meshgate-worker doctor`); records
+/// nothing.
+#[utoipa::path(get, path = "/api/v1/nodes/check", tag = "nodes", security(("node" = [])),
     responses(
-        (status = 200, description = "The log stored", body = LogUploaded),
-        (status = 400, description = "The request is wrong", body = ErrorBody),
+        (status = 200, description = "The token is accepted", body = NodeCheckAnswer),
         (status = 401, description = "Missing or invalid node token", body = ErrorBody),
-        (status = 404, description = "No such build", body = ErrorBody),
-        (status = 413, description = "The log is larger than `nodes.max_log_bytes`", body = ErrorBody),
-        (status = 503, description = "The log cannot be stored", body = ErrorBody),
     ))]
-pub async fn upload_log(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    ApiPath(build_id): ApiPath<Uuid>,
-    ApiQuery(query): ApiQuery<LogQuery>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+pub async fn check(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<NodeCheckAnswer>, ApiError> {
     authorize_node(&app, &headers)?;
-    let attempt = query.attempt.ok_or_else(|| bad_request("attempt", "attempt is required"))?;
-    if body.len() > app.nodes.max_log_bytes {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "log is too large"));
-    }
-    let head = *app.store.head().borrow();
-    app.projections.caught_up_to(head, Duration::from_secs(2)).await;
-    if app.projections.build(build_id).await.map_err(|e| ApiError::unavailable(&e))?.is_none() {
-        return Err(ApiError::not_found("build"));
-    }
-    let path = log_path(&app, build_id, attempt);
-    let write = async {
-        tokio::fs::create_dir_all(path.parent().unwrap_or(&app.logs_dir)).await?;
-        let tmp = path.with_extension("part");
-        tokio::fs::write(&tmp, &body).await?;
-        tokio::fs::rename(&tmp, &path).await
-    };
-    write.await.map_err(|e| ApiError::unavailable(&e))?;
-    Ok(Json(LogUploaded { url: app.links.url(build_id), bytes: body.len() }).into_response())
-}
-
-/// `GET /api/v1/builds/{id}/log`: the newest attempt's log (or `?attempt=N`), with the admin token
-/// or the build's key.
-#[utoipa::path(get, path = "/api/v1/builds/{id}/log", tag = "nodes", security(("admin" = []), ()),
-    params(("id" = Uuid, Path, description = "The build's id"), LogQuery),
-    responses(
-        (status = 200, description = "The log", content_type = "text/plain", body = String),
-        (status = 400, description = "The request is wrong", body = ErrorBody),
-        (status = 401, description = "Neither the admin token nor the build's key", body = ErrorBody),
-        (status = 404, description = "No such build or log", body = ErrorBody),
-    ))]
-pub async fn download_log(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    ApiPath(build_id): ApiPath<Uuid>,
-    ApiQuery(query): ApiQuery<LogQuery>,
-) -> Result<Response, ApiError> {
-    let keyed = query.key.as_deref().is_some_and(|k| app.links.opens(build_id, k));
-    if !keyed {
-        super::api::authorize(&app, &headers)?;
-    }
-    let attempt = match query.attempt {
-        Some(a) => a,
-        None => newest_attempt(&app, build_id).await.ok_or_else(|| ApiError::not_found("log"))?,
-    };
-    let text = tokio::fs::read(log_path(&app, build_id, attempt)).await.map_err(|_| ApiError::not_found("log"))?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
-}
-
-async fn newest_attempt(app: &AppState, build_id: Uuid) -> Option<u32> {
-    let mut entries = tokio::fs::read_dir(app.logs_dir.join(build_id.to_string())).await.ok()?;
-    let mut newest = None;
-    while let Ok(Some(entry)) = entries.next_entry().await {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(n) = name.strip_prefix("attempt-").and_then(|n| n.strip_suffix(".log")).and_then(|n| n.parse().ok())
-        {
-            newest = newest.max(Some(n));
-        }
-    }
-    newest
+    Ok(Json(NodeCheckAnswer { accepted: true, now: Utc::now() }))
 }

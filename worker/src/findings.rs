@@ -1,4 +1,9 @@
-//! Reading what a build left behind: the failing test's name and the end of the log.
+//! What a build left behind, read after it ends: the failing test's name, the end of the log,
+//! the commit it built. Logs can be large (tens of megabytes): they are read line by line or from
+//! their end, never whole.
+
+use std::io::{BufRead, Read, Seek, SeekFrom};
+use std::path::Path;
 
 /// The first failing test in xcodebuild / XCTest output (`Test Case '-[Suite testName]' failed`),
 /// as `Suite.testName`.
@@ -62,6 +67,58 @@ pub fn log_tail(log: &[u8], max: usize) -> String {
     tail
 }
 
+/// The first failing XCTest case in a log file, read line by line.
+pub fn failing_test_in_file(path: &Path) -> Option<String> {
+    let file = std::fs::File::open(path).ok()?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).ok()? == 0 {
+            return None;
+        }
+        if let Some(test) = failing_test_in_log(&String::from_utf8_lossy(&line)) {
+            return Some(test);
+        }
+    }
+}
+
+/// The last `max` bytes of a log file as valid UTF-8 (empty if it cannot be read).
+pub fn file_tail(path: &Path, max: usize) -> String {
+    let read = || -> std::io::Result<Vec<u8>> {
+        let mut file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(max as u64)))?;
+        let mut bytes = Vec::with_capacity(max);
+        file.take(max as u64).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    read().map(|bytes| log_tail(&bytes, max)).unwrap_or_default()
+}
+
+/// The commit a build built: `$MESHGATE_RESULT_DIR/commit-sha` if the script wrote one, else `git
+/// rev-parse HEAD` in the build's work dir.
+pub async fn commit_sha(work_dir: &Path, result_dir: &Path) -> Option<String> {
+    let valid = |s: &str| s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if let Ok(text) = tokio::fs::read_to_string(result_dir.join("commit-sha")).await {
+        let sha = text.trim().to_ascii_lowercase();
+        if valid(&sha) {
+            return Some(sha);
+        }
+    }
+    let output = tokio::process::Command::new("git")
+        .arg("-C")
+        .arg(work_dir)
+        .args(["rev-parse", "HEAD"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .await
+        .ok()?;
+    let sha = String::from_utf8_lossy(&output.stdout).trim().to_ascii_lowercase();
+    (output.status.success() && valid(&sha)).then_some(sha)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +150,19 @@ mod tests {
             assert!(log.ends_with(tail.trim_start_matches('\u{fffd}')));
         }
         assert_eq!(log_tail(b"short", 4096), "short");
+    }
+
+    #[test]
+    fn a_large_log_file_is_read_from_its_end_and_line_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.log");
+        let mut text = "Test Case '-[A testOk]' passed (0.1 seconds).\n".repeat(20_000);
+        text.push_str("Test Case '-[AppTests testOffline]' failed (0.2 seconds).\n** TEST FAILED **\n");
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(failing_test_in_file(&path).as_deref(), Some("AppTests.testOffline"));
+        let tail = file_tail(&path, 4096);
+        assert_eq!(tail.len(), 4096);
+        assert!(tail.ends_with("** TEST FAILED **\n"));
+        assert_eq!(file_tail(&dir.path().join("missing.log"), 4096), "");
     }
 }

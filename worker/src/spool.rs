@@ -6,15 +6,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use meshgate_domain::node_api::ResultRequest;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::client::{backoff, Delivered, Gateway, ResultBody};
+use crate::gateway::{backoff, Delivered, Gateway};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Spooled {
     pub build_id: Uuid,
-    pub result: ResultBody,
+    pub result: ResultRequest,
 }
 
 pub struct Spool {
