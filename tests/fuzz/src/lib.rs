@@ -29,7 +29,7 @@ pub fn event_decode(data: &[u8]) {
 
 /// The node API's bodies: read or refused, never a panic.
 pub fn node_bodies(data: &[u8]) {
-    use meshgate::http::nodes::{ClaimRequest, HeartbeatRequest, ResultRequest};
+    use meshgate_domain::node_api::{ClaimRequest, HeartbeatRequest, ResultRequest};
     let _ = serde_json::from_slice::<ClaimRequest>(data);
     let _ = serde_json::from_slice::<HeartbeatRequest>(data);
     let _ = serde_json::from_slice::<ResultRequest>(data);
