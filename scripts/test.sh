@@ -65,11 +65,15 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
 fi
 export MESHGATE_CHROMIUM="$(command -v chromium)" MESHGATE_CHROMEDRIVER="$(command -v chromedriver)"
 
-# The README's and the quickstart's commands are run as written: they use curl.
-if ! command -v curl >/dev/null; then
-  echo "provisioning curl"
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq curl; else sudo apt-get install -y -qq curl; fi
-fi
+# The README's and the quickstart's commands are run as written: they use curl. The shipped
+# systemd units are checked with systemd-analyze; the sample build script clones with git.
+for need in curl:curl systemd-analyze:systemd git:git; do
+  if ! command -v "${need%%:*}" >/dev/null; then
+    echo "provisioning ${need#*:}"
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need#*:}";
+    else sudo apt-get update -qq && sudo apt-get install -y -qq "${need#*:}"; fi
+  fi
+done
 
 # A clean build and a test run need several GiB under target/ and the temporary directory; say so
 # plainly rather than failing later with a linker's bus error.

@@ -36,6 +36,23 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `meshgate worker [flags]` runs the agent; `meshgate worker doctor [flags]` checks the node.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct WorkerCommand {
+    #[command(subcommand)]
+    check: Option<WorkerCheck>,
+    #[command(flatten)]
+    args: meshgate_worker::WorkerArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkerCheck {
+    /// Check what this node has: the gateway with its CA and token, the scripts and hooks, the
+    /// Xcodes, the work dir, free disk.
+    Doctor(meshgate_worker::WorkerArgs),
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway.
@@ -85,8 +102,9 @@ pub enum Command {
     },
     /// A build's log (`--follow`: as it grows while the build runs).
     Logs(logs::LogsArgs),
-    /// Run the build-node agent: claim builds, run scripts, report results.
-    Worker(meshgate_worker::WorkerArgs),
+    /// Run the build-node agent: claim builds, run scripts, report results (`meshgate-worker`,
+    /// the agent alone, is what build machines install).
+    Worker(Box<WorkerCommand>),
     /// Measure ingest throughput and latency, and projection rebuild speed.
     Bench(bench::BenchArgs),
 }
@@ -157,10 +175,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             rebuild::run(&load()?, verify).await
         }
         Command::Logs(args) => logs::run(&load()?, &args).await,
-        Command::Worker(args) => {
-            let settings = meshgate_worker::Settings::merge(args, &load()?.worker)?;
-            meshgate_worker::run(settings, shutdown_signal()).await
-        }
+        Command::Worker(worker) => match *worker {
+            WorkerCommand { check: Some(WorkerCheck::Doctor(args)), .. } => {
+                let settings = meshgate_worker::Settings::merge(args, &load()?.worker)?;
+                meshgate_worker::doctor::report(&settings).await
+            }
+            WorkerCommand { args, .. } => {
+                let settings = meshgate_worker::Settings::merge(args, &load()?.worker)?;
+                meshgate_worker::run(settings, shutdown_signal()).await
+            }
+        },
         Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -332,7 +332,7 @@ async fn hooks_prepare_every_build_clean_up_after_every_end_and_a_failing_setup_
     assert!(at.windows(2).all(|w| w[0] < w[1]), "{log}");
     assert!(log.contains(&format!(
         "keychain {}",
-        dir.path().join(format!("work-mac-1/{build}-1/.meshgate/build.keychain-db")).display()
+        dir.path().join(format!("work-mac-1/results/{build}-1/build.keychain-db")).display()
     )));
     drop(agent_1);
 
@@ -502,6 +502,7 @@ async fn artifacts_are_uploaded_checked_listed_linked_in_chat_and_skipped_past_t
     deliver(&gw, dir.path(), "MOB-1").await;
     let build = build_of(&wait_for(&lines, "reported", 1)[0]);
     let folder = dir.path().join(format!("work-mac-1/{build}-1"));
+    let results = dir.path().join(format!("work-mac-1/results/{build}-1"));
     let succeeded = event_of(dir.path(), "BuildSucceeded", &build);
     assert_eq!(succeeded["report"]["artifacts_skipped"], 1);
     let list: Value =
@@ -510,8 +511,8 @@ async fn artifacts_are_uploaded_checked_listed_linked_in_chat_and_skipped_past_t
     let names: Vec<&str> = artifacts.iter().map(|a| a["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["App.ipa", "reports/junit.xml", "App.dSYM.zip"]);
     let local = [
-        folder.join(".meshgate/artifacts/App.ipa"),
-        folder.join(".meshgate/artifacts/reports/junit.xml"),
+        results.join("artifacts/App.ipa"),
+        results.join("artifacts/reports/junit.xml"),
         folder.join("build/App.dSYM.zip"),
     ];
     for (artifact, path) in artifacts.iter().zip(&local) {
@@ -610,7 +611,7 @@ async fn a_relative_work_dir_hands_scripts_absolute_paths_and_the_commit_is_foun
     let build = build_of(&wait_for(&lines, "reported", 1)[0]);
     let succeeded = event_of(dir.path(), "BuildSucceeded", &build);
     assert_eq!(succeeded["report"]["commit_sha"], "0123456789abcdef0123456789abcdef01234567");
-    assert!(cwd.join(format!("work/{build}-1/.meshgate/commit-sha")).exists());
+    assert!(cwd.join(format!("work/results/{build}-1/commit-sha")).exists());
     gw.stop();
 }
 

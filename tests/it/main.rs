@@ -19,6 +19,7 @@ mod ha;
 mod helpers;
 mod hostile;
 mod idempotency;
+mod mac_node;
 pub mod matrix;
 mod metrics;
 mod migrate;

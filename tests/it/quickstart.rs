@@ -44,6 +44,24 @@ struct Sandbox {
 }
 
 impl Sandbox {
+    /// `meshgate-worker` as the Mac has it: here the same agent behind `meshgate worker`, trusting
+    /// the tests' CA (the page's gateway has a certificate from a public one).
+    fn agent_bin(&self) -> PathBuf {
+        let bin = self.root.join("agent-bin");
+        let agent = bin.join("meshgate-worker");
+        if !agent.exists() {
+            std::fs::create_dir_all(&bin).unwrap();
+            let ca = pki().ca_file.display().to_string();
+            let script = format!(
+                "#!/bin/sh\nif [ \"${{1:-}}\" = doctor ]; then shift; exec {BIN} worker doctor \"$@\" --ca-file {ca}; fi\n\
+                 exec {BIN} worker \"$@\" --ca-file {ca}\n"
+            );
+            std::fs::write(&agent, script).unwrap();
+            std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        }
+        agent
+    }
+
     fn path(&self, page_path: &str) -> PathBuf {
         PathBuf::from(self.text(page_path))
     }
@@ -55,14 +73,20 @@ impl Sandbox {
 
     fn sh(&self, script: &str) -> String {
         let bin = Path::new(BIN).parent().unwrap();
-        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{}:{}:{}",
+            self.agent_bin().parent().unwrap().display(),
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let output = Command::new("bash")
             .args(["-euo", "pipefail", "-c", &self.text(script)])
             .current_dir(&self.root)
             .env("PATH", path)
             .output()
             .unwrap();
-        assert!(output.status.success(), "{script}: {}", String::from_utf8_lossy(&output.stderr));
+        let said = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        assert!(output.status.success(), "{script}: {}{}", said(&output.stdout), said(&output.stderr));
         String::from_utf8(output.stdout).unwrap()
     }
 }
@@ -119,6 +143,20 @@ async fn the_quickstart_runs_as_written() {
     let mut printed = Vec::new();
     for step in &steps {
         match step.action.as_str() {
+            "run node" => {
+                // By hand first: the pool token copied over, and the build script (it fails a
+                // test), executable.
+                let nodes_token = token(&sandbox.path("/etc/meshgate/secrets"), "nodes.token");
+                write_private(&sandbox.path("/Users/builder/.meshgate/nodes.token"), &nodes_token);
+                let script = sandbox.path("/Users/builder/ci/app-build.sh");
+                std::fs::create_dir_all(script.parent().unwrap()).unwrap();
+                std::fs::copy(fixtures().join("scripts/fail.sh"), &script).unwrap();
+                std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+                let said = sandbox.sh(&step.text);
+                for check in ["the gateway accepts the pool token", "script `app-build` runs", "is writable"] {
+                    assert!(said.contains(check), "doctor: {check} missing from\n{said}");
+                }
+            }
             "run" => {
                 if step.text.contains("meshgate config check") {
                     edit_by_hand(&sandbox, &youtrack.url());
@@ -192,18 +230,12 @@ async fn the_quickstart_runs_as_written() {
                 gateway = Some(started);
             }
             "start node" => {
-                // By hand: the pool token copied over, and the build script (it fails a test).
-                let nodes_token = token(&sandbox.path("/etc/meshgate/secrets"), "nodes.token");
-                write_private(&sandbox.path("/Users/builder/.meshgate/nodes.token"), &nodes_token);
-                let script = sandbox.path("/Users/builder/ci/app-build.sh");
-                std::fs::create_dir_all(script.parent().unwrap()).unwrap();
-                std::fs::copy(fixtures().join("scripts/fail.sh"), &script).unwrap();
                 let command = sandbox.text(step.text.trim());
-                let args: Vec<&str> = command.strip_prefix("meshgate ").expect("meshgate worker").split(' ').collect();
-                let mut child = Command::new(BIN)
+                let args: Vec<&str> =
+                    command.strip_prefix("meshgate-worker ").expect("meshgate-worker").split(' ').collect();
+                let mut child = Command::new(sandbox.agent_bin())
                     .args(&args)
-                    // The page's gateway has a certificate from a public CA; this one, from the tests'.
-                    .args(["--ca-file", pki().ca_file.to_str().unwrap()])
+                    .current_dir(&sandbox.root)
                     .stdout(Stdio::piped())
                     .stderr(Stdio::null())
                     .spawn()

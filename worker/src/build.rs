@@ -325,8 +325,12 @@ fn with(env: &[(String, String)], more: &[(&str, &str)]) -> Vec<(String, String)
 /// The build's folders, and its environment: every path absolute.
 fn prepare(node: &Node, claim: &ClaimAnswer, xcode: Option<&Xcode>) -> std::io::Result<Place> {
     let build = &claim.build;
-    let dir = node.work_dir.join(format!("{}-{}", build.build_id, claim.attempt));
-    let result_dir = dir.join(".meshgate");
+    let name = format!("{}-{}", build.build_id, claim.attempt);
+    // The work dir starts empty (a checkout goes right into it); what the script leaves for the
+    // agent goes beside it.
+    let dir = node.work_dir.join(&name);
+    let result_dir = node.work_dir.join("results").join(&name);
+    std::fs::create_dir_all(&dir)?;
     std::fs::create_dir_all(result_dir.join("artifacts"))?;
     let path = |p: &Path| p.to_string_lossy().into_owned();
     let mut env: Vec<(String, String)> = [

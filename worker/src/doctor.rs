@@ -164,6 +164,18 @@ fn disk(dir: &Path) -> Check {
     }
 }
 
+/// Runs every check and prints them; fails if any failed (`meshgate-worker doctor`,
+/// `meshgate worker doctor`).
+pub async fn report(settings: &Settings) -> anyhow::Result<()> {
+    let checks = run(settings).await;
+    print!("{}", table(&checks));
+    let failed = checks.iter().filter(|c| c.verdict == Verdict::Fail).count();
+    if failed > 0 {
+        anyhow::bail!("{failed} check(s) failed");
+    }
+    Ok(())
+}
+
 /// One line per check, as printed.
 pub fn table(checks: &[Check]) -> String {
     checks

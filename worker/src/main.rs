@@ -49,7 +49,7 @@ impl NodeArgs {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("MESHGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -72,12 +72,5 @@ async fn run(args: NodeArgs) -> anyhow::Result<()> {
 }
 
 async fn check(args: NodeArgs) -> anyhow::Result<()> {
-    let settings = args.settings()?;
-    let checks = doctor::run(&settings).await;
-    print!("{}", doctor::table(&checks));
-    let failed = checks.iter().filter(|c| c.verdict == doctor::Verdict::Fail).count();
-    if failed > 0 {
-        anyhow::bail!("{failed} check(s) failed");
-    }
-    Ok(())
+    doctor::report(&args.settings()?).await
 }
