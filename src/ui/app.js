@@ -3,7 +3,10 @@
 // events) to redraw the page it shows. Text is always set as text, never as HTML.
 "use strict";
 
-const state = { csrf: null, refresh: null, source: null };
+const state = { csrf: null, refresh: null, source: null, log: null };
+
+/// Most of a running build's log kept on the page (its end): the whole log is behind its link.
+const LOG_SHOWN = 200000;
 
 function h(tag, attrs, ...children) {
   const el = document.createElement(tag);
@@ -122,10 +125,12 @@ async function recentDeliveries() {
 }
 
 function nodesTable(nodes, withActions) {
-  const heads = ["Node", "State", "Labels", "Slots", "Running", "Last seen"];
+  const heads = ["Node", "State", "Labels", "Xcodes", "Slots", "Running", "Last seen"];
   if (withActions) heads.push("");
   return table("wide", heads, nodes.map((n) => {
-    const row = [n.node_id, badge(n.state), n.labels.join(", ") || "–", n.slots, n.running.length, ago(n.last_seen)];
+    const xcodes = h("span", { class: "xcodes", title: n.xcodes.map((x) => `${x.version}: ${x.path}`).join("\n") },
+      n.xcodes.map((x) => x.version).join(", ") || "–");
+    const row = [n.node_id, badge(n.state), n.labels.join(", ") || "–", xcodes, n.slots, n.running.length, ago(n.last_seen)];
     if (withActions) {
       row.push(h("button", { type: "button", "data-node": n.node_id, onclick: () => drain(n.node_id, !n.draining) },
         n.draining ? "Resume" : "Drain"));
@@ -158,7 +163,10 @@ function summary(e) {
     case "BuildLeaseRenewed": return `heartbeat from ${d.node_id}`;
     case "BuildRequeued": return `requeued: ${d.reason}`;
     case "BuildSucceeded": return "succeeded";
-    case "BuildFailed": return `failed: ${d.reason}`;
+    case "BuildFailed": return `failed: ${d.reason}${d.report?.retry_rule ? ` (retries used up: ${d.report.retry_rule})` : ""}`;
+    case "BuildRetryScheduled": return `attempt ${d.attempt} failed the way ${d.rule} says: retrying as attempt ${d.next_attempt}`;
+    case "ArtifactStored": return `artifact ${d.name} (${size(d.bytes)}) from ${d.node_id}`;
+    case "ArtifactsExpired": return `artifacts removed after ${d.keep_days} days: ${d.names.join(", ")}`;
     case "BuildCancelled": return `cancelled: ${d.reason}`;
     case "BuildResultRejected": return `refused a stale ${d.reason || "report"}`;
     case "NotificationAttempted":
@@ -170,6 +178,12 @@ function summary(e) {
   }
 }
 
+function size(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+}
+
 function timeline(events) {
   return h("ol", { class: "timeline", id: "timeline" }, events.map((e) =>
     h("li", { "data-type": e.type },
@@ -179,8 +193,8 @@ function timeline(events) {
 }
 
 async function buildPage(id) {
-  const [detail, ofBuild] = await Promise.all([
-    api(`/api/v1/builds/${id}`), api(`/api/v1/events?build=${id}&limit=1000`),
+  const [detail, ofBuild, artifacts] = await Promise.all([
+    api(`/api/v1/builds/${id}`), api(`/api/v1/events?build=${id}&limit=1000`), api(`/api/v1/builds/${id}/artifacts`),
   ]);
   const b = detail.build;
   // The delivery that asked for it (its correlation id) and everything about the build itself.
@@ -198,14 +212,59 @@ async function buildPage(id) {
     section("facts", "Build", h("dl", { class: "facts" },
       [["Build", b.build_id], ["Trigger", b.trigger], ["Script", b.script], ["Ref", b.git_ref], ["Lane", b.lane],
         ["Requested", new Date(b.requested_at).toLocaleString()], ["Node", b.state.node_id || b.report?.node_id || "–"],
-        ["Summary", b.summary || "–"]].map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]),
+        ["Xcode", b.xcode || "–"], ["Summary", b.summary || "–"]].map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]),
       h("dt", {}, "Log"), h("dd", {}, h("a", { href: detail.log_url, id: "log-link" }, "full log")))),
     active ? h("div", { class: "actions" }, reason,
       h("button", { type: "button", id: "cancel", class: "danger", onclick: act2("cancel") }, "Cancel build"),
       b.state.state === "running" ? h("button", { type: "button", id: "requeue", onclick: act2("requeue") }, "Requeue") : null) : null,
     section("events", "Timeline", timeline(related.events)),
-    b.report?.log_tail ? section("log-tail", "End of the log", h("pre", {}, b.report.log_tail)) : null,
+    artifactsSection(b, artifacts.artifacts),
+    b.state.state === "running" ? liveLog(id, b.state.attempt)
+      : b.report?.log_tail ? section("log-tail", "End of the log", h("pre", {}, b.report.log_tail)) : null,
   ];
+}
+
+function artifactsSection(build, stored) {
+  const removed = build.artifacts?.filter((a) => a.removed) || [];
+  if (!stored.length && !removed.length) return null;
+  return section("artifacts", "Artifacts", table("wide", ["Artifact", "Attempt", "Size", "SHA-256"],
+    stored.map((a) => [h("a", { href: a.url, "data-artifact": a.name, download: "" }, a.name), a.attempt, size(a.bytes),
+      h("code", { title: a.sha256 }, a.sha256.slice(0, 12))]), ""),
+  removed.length ? h("p", { class: "empty" }, `Removed after the retention time: ${removed.map((a) => a.name).join(", ")}`) : null);
+}
+
+/// A running attempt's log, growing as the node sends it: one reader per build and attempt,
+/// kept across redraws of the page (each redraw shows what it read so far).
+function liveLog(id, attempt) {
+  if (state.log?.id !== id || state.log.attempt !== attempt) {
+    state.log?.abort.abort();
+    const log = { id, attempt, text: "", abort: new AbortController() };
+    state.log = log;
+    readLog(log);
+  }
+  return section("live-log", "Log, as it runs", h("pre", { id: "log" }, state.log.text));
+}
+
+async function readLog(log) {
+  try {
+    const response = await fetch(`/api/v1/builds/${log.id}/log?attempt=${log.attempt}&follow=true`,
+      { credentials: "same-origin", signal: log.abort.signal });
+    if (!response.ok) return;
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      log.text = (log.text + value).slice(-LOG_SHOWN);
+      const pre = state.log === log && document.getElementById("log");
+      if (pre) {
+        const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+        pre.textContent = log.text;
+        if (atEnd) pre.scrollTop = pre.scrollHeight;
+      }
+    }
+  } catch (e) {
+    if (e.name !== "AbortError") console.warn("the live log stopped", e);
+  }
 }
 
 async function issuePage(issue) {
@@ -236,6 +295,7 @@ async function act(call) {
 async function render() {
   const page = document.getElementById("page");
   const [, kind, arg] = location.hash.match(/^#\/(builds|issues|nodes)?\/?(.*)$/) || [];
+  if (kind !== "builds" && state.log) { state.log.abort.abort(); state.log = null; }
   try {
     const content = kind === "builds" ? await buildPage(arg)
       : kind === "issues" ? await issuePage(decodeURIComponent(arg))
@@ -260,7 +320,7 @@ function follow() {
   const types = ["WebhookReceived", "WebhookIgnored", "WebhookRouted", "BuildRequested", "BuildRequestFolded",
     "BuildClaimed", "BuildLeaseRenewed", "BuildRequeued", "BuildSucceeded", "BuildFailed", "BuildCancelled",
     "BuildResultRejected", "NotificationAttempted", "NotificationDelivered", "NotificationAbandoned", "PageRequested",
-    "NodeSeen", "NodeDrained"];
+    "NodeSeen", "NodeDrained", "BuildRetryScheduled", "ArtifactStored", "ArtifactsExpired"];
   for (const t of types) source.addEventListener(t, scheduleRender);
   state.source = source;
 }

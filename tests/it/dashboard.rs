@@ -127,6 +127,24 @@ async fn appears(client: &Client, css: &str) {
     );
 }
 
+/// Waits in the page until the element `css` holds `needle` in its text (or 20 s pass): a
+/// MutationObserver on text changes too, no polling.
+async fn shows(client: &Client, css: &str, needle: &str) {
+    let script = r#"
+        const [css, needle, done] = [arguments[0], arguments[1], arguments[arguments.length - 1]];
+        const holds = () => (document.querySelector(css)?.textContent || "").includes(needle);
+        if (holds()) return done(true);
+        const observer = new MutationObserver(() => { if (holds()) { observer.disconnect(); done(true); } });
+        observer.observe(document.documentElement, { childList: true, subtree: true, characterData: true });
+    "#;
+    let found = client.execute_async(script, vec![json!(css), json!(needle)]).await;
+    assert!(
+        matches!(found, Ok(Value::Bool(true))),
+        "`{css}` never showed `{needle}`: {found:?}\n{}",
+        client.source().await.unwrap_or_default()
+    );
+}
+
 async fn text(client: &Client, css: &str) -> String {
     client.find(Locator::Css(css)).await.unwrap().text().await.unwrap()
 }
@@ -192,12 +210,15 @@ async fn an_operator_signs_in_watches_a_build_arrive_live_opens_its_timeline_and
     for issue in ["MOB-9", "MOB-10"] {
         answer_of(deliver(&gateway, dir.path(), issue)).await;
     }
-    let claim = json!({"node_id": "mac-mini-1", "labels": ["xcode-16"], "slots": 1, "wait_seconds": 1});
+    let xcodes = json!([{"version": "15.4", "path": "/Applications/Xcode-15.4.app"}, {"version": "16.2", "path": "/Applications/Xcode.app"}]);
+    let claim =
+        json!({"node_id": "mac-mini-1", "labels": ["xcode-16"], "slots": 1, "wait_seconds": 1, "xcodes": xcodes});
     let claimed =
         https(true).post(gateway.url("/api/v1/nodes/claim")).bearer_auth(token(dir.path(), "nodes.token")).json(&claim);
     assert_eq!(answer_of(claimed).await["build"]["build_id"], first.to_string());
     appears(&client, &format!("#running a[data-build='{first}']")).await;
     appears(&client, "#nodes .state.busy").await;
+    shows(&client, "#nodes .xcodes", "15.4, 16.2").await;
     assert_eq!(client.execute("return window.stillTheSamePage === true", vec![]).await.unwrap(), json!(true));
     screenshot(&client, "dashboard-overview.png").await;
 
@@ -211,6 +232,35 @@ async fn an_operator_signs_in_watches_a_build_arrive_live_opens_its_timeline_and
     assert!(!attempts.is_empty());
     let answered = attempts[0].text().await.unwrap();
     assert!(answered.contains("503"), "{answered}");
+    // Its log grows on the page while it runs, and what it produced is linked.
+    let nodes_token = token(dir.path(), "nodes.token");
+    let node = https(true);
+    let chunk = |offset: usize, text: &'static str| {
+        node.post(
+            gateway.url(&format!("/api/v1/builds/{first}/log/chunks?node_id=mac-mini-1&attempt=1&offset={offset}")),
+        )
+        .bearer_auth(&nodes_token)
+        .body(text)
+        .send()
+    };
+    assert_eq!(chunk(0, "Compiling Checkout.swift\n").await.unwrap().status(), 200);
+    shows(&client, "#log", "Compiling Checkout.swift").await;
+    assert_eq!(chunk(25, "Testing AppTests\n").await.unwrap().status(), 200);
+    shows(&client, "#log", "Compiling Checkout.swift\nTesting AppTests").await;
+    let ipa = "78324857e8d9bfa749dc301271df54a6572de9f4c3df8a9507cfa7b7d2b25f8e";
+    let stored = node
+        .put(
+            gateway.url(&format!("/api/v1/builds/{first}/artifacts/App.ipa?node_id=mac-mini-1&attempt=1&sha256={ipa}")),
+        )
+        .bearer_auth(&nodes_token)
+        .body("ipa")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 200);
+    appears(&client, "#artifacts a[data-artifact='App.ipa']").await;
+    let href = client.find(Locator::Css("#artifacts a[data-artifact='App.ipa']")).await.unwrap().attr("href").await;
+    assert!(href.unwrap().unwrap().contains("/artifacts/App.ipa?attempt=1&key="));
     screenshot(&client, "dashboard-timeline.png").await;
 
     // Cancel it with the button: asked for a reason first, then recorded as the operator's.
