@@ -108,11 +108,11 @@ impl App {
             claim_lock: tokio::sync::Mutex::new(()),
             stopping: tokio::sync::watch::channel(false).0,
             logs: Arc::new(crate::files::BuildLogs::new(
-                config.server.data_dir.join("logs"),
+                config.files_dir().join("logs"),
                 config.nodes.max_log_bytes as u64,
             )),
             artifacts: Arc::new(crate::files::Artifacts::new(
-                config.server.data_dir.join("artifacts"),
+                config.files_dir().join("artifacts"),
                 config.nodes.max_artifact_bytes,
             )),
             links: links.clone(),

@@ -41,8 +41,7 @@ pub async fn run(config: &Config, args: &LogsArgs) -> anyhow::Result<()> {
         }
         None => {
             // No gateway: the files it keeps (nothing grows without one).
-            let logs =
-                crate::files::BuildLogs::new(config.server.data_dir.join("logs"), config.nodes.max_log_bytes as u64);
+            let logs = crate::files::BuildLogs::new(config.files_dir().join("logs"), config.nodes.max_log_bytes as u64);
             let attempt = match args.attempt {
                 Some(attempt) => attempt,
                 None => logs.newest_attempt(args.build_id).await.context("no log of that build here")?,

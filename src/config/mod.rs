@@ -112,6 +112,7 @@ impl Config {
             &mut self.pager.routing_key_file,
             &mut self.store.url_file,
             &mut self.outbound.ca_file,
+            &mut self.nodes.files_dir,
         ]
         .into_iter()
         .chain(chat)
@@ -302,6 +303,11 @@ impl Config {
             StoreBackend::Postgres => self.server.data_dir.join("postgres.readmodel.sqlite"),
             StoreBackend::EventStoreDb => self.server.data_dir.join("eventstoredb.readmodel.sqlite"),
         }
+    }
+
+    /// Where build logs and artifacts are kept: `[nodes] files_dir`, else the data dir.
+    pub fn files_dir(&self) -> PathBuf {
+        self.nodes.files_dir.clone().unwrap_or_else(|| self.server.data_dir.clone())
     }
 
     pub fn secrets_dir(&self) -> PathBuf {

@@ -347,6 +347,9 @@ pub struct NodesConfig {
     pub max_log_bytes: usize,
     /// Most bytes of artifacts kept of an attempt: a node skips the rest and says so.
     pub max_artifact_bytes: u64,
+    /// Where build logs and artifacts are kept (`logs/`, `artifacts/`); none: the data dir. With
+    /// several gateways, a folder every one of them mounts.
+    pub files_dir: Option<PathBuf>,
 }
 
 /// `[artifacts]`: what builds produced, kept by the gateway.
@@ -373,6 +376,7 @@ impl Default for NodesConfig {
             max_attempts: 3,
             max_log_bytes: 64 * 1024 * 1024,
             max_artifact_bytes: 2 * 1024 * 1024 * 1024,
+            files_dir: None,
         }
     }
 }

@@ -5,6 +5,10 @@
 //! ([`BuildLogs::replace`]), which replaces what the chunks made. Past `nodes.max_log_bytes` a log
 //! is cut, with a line saying so. Readers following a log are woken by every change.
 //!
+//! The file says how much arrived (nothing is cached beside it), so gateways that share the
+//! folder agree; two of them taking overlapping chunks at the same moment could store a stretch
+//! twice in the live view, which the whole upload then replaces.
+//!
 //! Chunks are counted (metrics), never recorded in the event log: the log's events say what
 //! happened to a build, the file what it printed.
 
@@ -44,18 +48,11 @@ pub fn cut_line(max: u64) -> String {
     format!("\n[meshgate: the log was cut at {max} bytes (nodes.max_log_bytes)]\n")
 }
 
-/// An attempt's live log as the gateway holds it.
-#[derive(Debug, Clone, Copy)]
-struct Live {
-    received: u64,
-    cut: bool,
-}
-
 pub struct BuildLogs {
     dir: PathBuf,
     max_bytes: u64,
-    /// Attempts whose chunks arrived since the gateway started (or whose file was read back).
-    live: Mutex<HashMap<(Uuid, u32), Live>>,
+    /// One change to the logs at a time in this gateway (a chunk is read, then written).
+    writing: Mutex<()>,
     /// Per build: bumped at every change, for readers that follow.
     changes: std::sync::Mutex<HashMap<Uuid, watch::Sender<u64>>>,
 }
@@ -70,7 +67,7 @@ pub enum LogError {
 
 impl BuildLogs {
     pub fn new(dir: PathBuf, max_bytes: u64) -> BuildLogs {
-        BuildLogs { dir, max_bytes, live: Mutex::default(), changes: std::sync::Mutex::default() }
+        BuildLogs { dir, max_bytes, writing: Mutex::default(), changes: std::sync::Mutex::default() }
     }
 
     pub fn max_bytes(&self) -> u64 {
@@ -118,42 +115,23 @@ impl BuildLogs {
         build_id: Uuid,
         attempt: u32,
         offset: u64,
-        bytes: &[u8],
+        bytes: Bytes,
     ) -> Result<ChunkAnswer, LogError> {
         let path = self.path(build_id, attempt);
-        let mut live = self.live.lock().await;
-        let state = match live.get(&(build_id, attempt)) {
-            Some(state) => *state,
-            // After a restart the file says how much arrived (a cut file is longer than the cap).
-            None => {
-                let size = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
-                Live { received: size.min(self.max_bytes), cut: size > self.max_bytes }
-            }
-        };
-        if state.cut {
-            live.insert((build_id, attempt), state);
-            return Ok(ChunkAnswer { received: offset + bytes.len() as u64, cut: true });
-        }
-        let Some(plan) = plan(state.received, offset, bytes.len(), self.max_bytes) else {
-            return Ok(ChunkAnswer { received: state.received, cut: false });
-        };
-        if plan.write > 0 || plan.cut {
-            tokio::fs::create_dir_all(path.parent().unwrap_or(&self.dir)).await?;
-            let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await?;
-            file.write_all(&bytes[plan.skip..plan.skip + plan.write]).await?;
-            if plan.cut {
-                file.write_all(cut_line(self.max_bytes).as_bytes()).await?;
-            }
-            file.flush().await?;
-        }
-        let received = state.received + plan.write as u64;
-        live.insert((build_id, attempt), Live { received, cut: plan.cut });
-        drop(live);
+        let max = self.max_bytes;
+        let writing = self.writing.lock().await;
+        // One trip to the blocking pool for the whole chunk: a chunk comes every few milliseconds
+        // from a chatty build, and each trip is a thread hand-off.
+        let written = tokio::task::spawn_blocking(move || append_at(&path, offset, &bytes, max))
+            .await
+            .map_err(|e| LogError::Io(std::io::Error::other(e)))??;
+        drop(writing);
         metrics::counter!(crate::metrics::LOG_CHUNKS).increment(1);
-        metrics::counter!(crate::metrics::LOG_CHUNK_BYTES).increment(plan.write as u64);
-        self.changed(build_id);
-        let received = if plan.cut { offset + bytes.len() as u64 } else { received };
-        Ok(ChunkAnswer { received, cut: plan.cut })
+        metrics::counter!(crate::metrics::LOG_CHUNK_BYTES).increment(written.1);
+        if written.1 > 0 || written.0.cut {
+            self.changed(build_id);
+        }
+        Ok(written.0)
     }
 
     /// Replaces an attempt's log with the whole log its node uploaded (`total` bytes long; the
@@ -176,21 +154,44 @@ impl BuildLogs {
                 return Err(e);
             }
         };
-        let mut live = self.live.lock().await;
+        let writing = self.writing.lock().await;
         tokio::fs::rename(&part, &path).await?;
-        live.insert((build_id, attempt), Live { received: written.received, cut: written.cut });
-        drop(live);
+        drop(writing);
         self.changed(build_id);
         Ok(written.stored)
     }
 }
 
+/// Stores a chunk at `offset` in the log at `path` (capped at `max`): the answer, and the bytes
+/// written.
+fn append_at(path: &Path, offset: u64, bytes: &[u8], max: u64) -> std::io::Result<(ChunkAnswer, u64)> {
+    use std::io::Write;
+    // The file says how much arrived; a cut one is longer than the cap (its closing line).
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let past = offset + bytes.len() as u64;
+    if size > max {
+        return Ok((ChunkAnswer { received: past, cut: true }, 0));
+    }
+    let Some(plan) = plan(size, offset, bytes.len(), max) else {
+        return Ok((ChunkAnswer { received: size, cut: false }, 0));
+    };
+    if plan.write > 0 || plan.cut {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        file.write_all(&bytes[plan.skip..plan.skip + plan.write])?;
+        if plan.cut {
+            file.write_all(cut_line(max).as_bytes())?;
+        }
+    }
+    let received = if plan.cut { past } else { size + plan.write as u64 };
+    Ok((ChunkAnswer { received, cut: plan.cut }, plan.write as u64))
+}
+
 struct Written {
-    /// Bytes of output taken.
-    received: u64,
     /// Bytes in the file.
     stored: u64,
-    cut: bool,
 }
 
 async fn write_capped(
@@ -219,7 +220,7 @@ async fn write_capped(
         stored += line.len() as u64;
     }
     file.flush().await?;
-    Ok(Written { received: total.unwrap_or(received).max(received), stored, cut })
+    Ok(Written { stored })
 }
 
 #[cfg(test)]
@@ -251,16 +252,22 @@ mod tests {
         let logs = BuildLogs::new(dir.path().to_owned(), 1000);
         let build = Uuid::from_u128(1);
         let follower = logs.follow(build);
-        assert_eq!(logs.append(build, 1, 0, b"hello ").await.unwrap(), ChunkAnswer { received: 6, cut: false });
+        assert_eq!(
+            logs.append(build, 1, 0, Bytes::from_static(b"hello ")).await.unwrap(),
+            ChunkAnswer { received: 6, cut: false }
+        );
         assert!(follower.has_changed().unwrap());
         // The same chunk again (its answer was lost), then one overlapping, then one past the end.
-        assert_eq!(logs.append(build, 1, 0, b"hello ").await.unwrap().received, 6);
-        assert_eq!(logs.append(build, 1, 3, b"lo world").await.unwrap().received, 11);
-        assert_eq!(logs.append(build, 1, 20, b"later").await.unwrap(), ChunkAnswer { received: 11, cut: false });
+        assert_eq!(logs.append(build, 1, 0, Bytes::from_static(b"hello ")).await.unwrap().received, 6);
+        assert_eq!(logs.append(build, 1, 3, Bytes::from_static(b"lo world")).await.unwrap().received, 11);
+        assert_eq!(
+            logs.append(build, 1, 20, Bytes::from_static(b"later")).await.unwrap(),
+            ChunkAnswer { received: 11, cut: false }
+        );
         assert_eq!(std::fs::read_to_string(logs.path(build, 1)).unwrap(), "hello world");
         // A gateway that restarts reads how much it holds from the file.
         let again = BuildLogs::new(dir.path().to_owned(), 1000);
-        assert_eq!(again.append(build, 1, 11, b"!").await.unwrap().received, 12);
+        assert_eq!(again.append(build, 1, 11, Bytes::from_static(b"!")).await.unwrap().received, 12);
         // The final upload is the truth.
         let stored = again.replace(build, 1, Some(13), body(&[b"hello", b" world!\n"])).await.unwrap();
         assert_eq!(stored, 13);
@@ -273,8 +280,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let logs = BuildLogs::new(dir.path().to_owned(), 8);
         let build = Uuid::from_u128(2);
-        assert_eq!(logs.append(build, 1, 0, b"0123456789").await.unwrap(), ChunkAnswer { received: 10, cut: true });
-        assert!(logs.append(build, 1, 10, b"more").await.unwrap().cut);
+        assert_eq!(
+            logs.append(build, 1, 0, Bytes::from_static(b"0123456789")).await.unwrap(),
+            ChunkAnswer { received: 10, cut: true }
+        );
+        assert!(logs.append(build, 1, 10, Bytes::from_static(b"more")).await.unwrap().cut);
         let text = std::fs::read_to_string(logs.path(build, 1)).unwrap();
         assert_eq!(text, format!("01234567{}", cut_line(8)));
         // A node that sends the first 8 bytes of a 20-byte log.
@@ -285,6 +295,6 @@ mod tests {
         assert_eq!(std::fs::read_to_string(logs.path(build, 3)).unwrap(), format!("abcdefgh{}", cut_line(8)));
         // After a restart, a cut log stays cut.
         let again = BuildLogs::new(dir.path().to_owned(), 8);
-        assert!(again.append(build, 1, 14, b"x").await.unwrap().cut);
+        assert!(again.append(build, 1, 14, Bytes::from_static(b"x")).await.unwrap().cut);
     }
 }

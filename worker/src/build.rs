@@ -382,13 +382,13 @@ async fn run_process(
         .kill_on_drop(true)
         .spawn()?;
     let group = Group::of(&child);
-    let mut written = log.watch();
+    let spawned = Instant::now();
     let mut lease = bounds.lease.clone();
     let mut draining = bounds.draining.clone();
-    let quiet = |now: Instant| bounds.no_output.map(|d| now + d);
-    let mut quiet_until = quiet(Instant::now());
     let cause = loop {
-        let hang_at = quiet_until.unwrap_or(bounds.deadline);
+        // Silent since its start or its last output: read when the clock runs out, not at every
+        // write (a chatty build writes hundreds of thousands of lines).
+        let hang_at = bounds.no_output.map(|quiet| log.last_write().max(spawned) + quiet);
         tokio::select! {
             status = child.wait() => {
                 let code = status.ok().and_then(|s| s.code());
@@ -401,10 +401,11 @@ async fn run_process(
                 return Ok(Ended::Exited(code));
             }
             _ = tokio::time::sleep_until(bounds.deadline) => break StopCause::Timeout,
-            _ = tokio::time::sleep_until(hang_at), if quiet_until.is_some() => break StopCause::Hung,
-            changed = written.changed(), if quiet_until.is_some() => {
-                if changed.is_ok() {
-                    quiet_until = quiet(Instant::now());
+            _ = tokio::time::sleep_until(hang_at.unwrap_or(bounds.deadline)), if hang_at.is_some() => {
+                // Output since the clock was set moves the clock on.
+                let silent_since = log.last_write().max(spawned);
+                if bounds.no_output.is_some_and(|quiet| silent_since + quiet <= Instant::now()) {
+                    break StopCause::Hung;
                 }
             }
             cause = verdict(&mut lease) => break cause,

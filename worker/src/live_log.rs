@@ -60,20 +60,22 @@ fn read_range(log: &Log, from: u64, to: u64) -> std::io::Result<Vec<u8>> {
 }
 
 async fn ship(target: Target, log: Log, mut stopped: watch::Receiver<bool>) -> u64 {
-    let mut written = log.watch();
+    // Signalled once per 64 KiB written, and at the first write after a wait for one.
+    let mut changes = log.changes();
     // What the gateway holds, by its last answer.
     let mut sent = 0u64;
     // Since when output has been waiting.
     let mut waiting_since: Option<Instant> = None;
     let mut failures = 0;
     loop {
-        let total = *written.borrow_and_update();
+        changes.borrow_and_update();
+        let total = log.len();
         if total > sent {
             let since = *waiting_since.get_or_insert_with(Instant::now);
             if total - sent < ENOUGH && since.elapsed() < EVERY {
                 tokio::select! {
                     _ = tokio::time::sleep_until(since + EVERY) => {}
-                    changed = written.changed() => if changed.is_err() { return sent },
+                    changed = changes.changed() => if changed.is_err() { return sent },
                     _ = stopped.wait_for(|s| *s) => return sent,
                 }
                 continue;
@@ -118,8 +120,15 @@ async fn ship(target: Target, log: Log, mut stopped: watch::Receiver<bool>) -> u
                 }
             }
         } else {
+            // Nothing waits: be woken by the next write, whatever its size (checking once more
+            // after asking, so a write in between is not missed).
+            waiting_since = None;
+            log.wake_at_next_write();
+            if log.len() > sent {
+                continue;
+            }
             tokio::select! {
-                changed = written.changed() => if changed.is_err() { return sent },
+                changed = changes.changed() => if changed.is_err() { return sent },
                 _ = stopped.wait_for(|s| *s) => return sent,
             }
         }

@@ -13,7 +13,7 @@ use axum::Json;
 use futures_util::StreamExt;
 use meshgate_domain::node_api::{ChunkAnswer, ChunkQuery};
 use meshgate_domain::BuildState;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncSeekExt;
 use uuid::Uuid;
 
 use super::wire::{LogQuery, UploadQuery};
@@ -51,7 +51,7 @@ pub async fn chunk(
     check_node_id(&query.node_id)?;
     held(&app, build_id, &query.node_id, query.attempt).await?;
     let answer =
-        app.logs.append(build_id, query.attempt, query.offset, &body).await.map_err(|e| ApiError::unavailable(&e))?;
+        app.logs.append(build_id, query.attempt, query.offset, body).await.map_err(|e| ApiError::unavailable(&e))?;
     Ok(Json(answer))
 }
 
@@ -169,15 +169,19 @@ struct Follower {
 
 impl Follower {
     async fn read_more(&mut self) -> Option<Bytes> {
-        let mut file = tokio::fs::File::open(self.app.logs.path(self.build_id, self.attempt)).await.ok()?;
-        file.seek(std::io::SeekFrom::Start(self.offset)).await.ok()?;
-        let mut bytes = vec![0u8; FOLLOW_READ];
-        let n = file.read(&mut bytes).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        bytes.truncate(n);
-        self.offset += n as u64;
+        let path = self.app.logs.path(self.build_id, self.attempt);
+        let offset = self.offset;
+        // One trip to the blocking pool per read.
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            use std::io::{Read, Seek};
+            let mut file = std::fs::File::open(path)?;
+            file.seek(std::io::SeekFrom::Start(offset))?;
+            let mut bytes = Vec::with_capacity(FOLLOW_READ);
+            file.take(FOLLOW_READ as u64).read_to_end(&mut bytes)?;
+            Ok(bytes)
+        });
+        let bytes = read.await.ok()?.ok().filter(|b| !b.is_empty())?;
+        self.offset += bytes.len() as u64;
         Some(Bytes::from(bytes))
     }
 
