@@ -257,3 +257,32 @@ async fn artifacts_older_than_keep_days_are_removed_and_the_removal_recorded() {
     let detail: Value = app.get(&format!("/api/v1/builds/{build}")).await.json().await.unwrap();
     assert_eq!(detail["build"]["artifacts"][0]["removed"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_artifacts_survive_a_restart_and_a_rebuild_of_the_projections() {
+    let app = spawn_app().await;
+    let build = running(&app, "MOB-1").await;
+    let sha = sha256(b"ipa");
+    assert_eq!(put_artifact(&app, build, "mac-1", "logs/xcodebuild.log", &sha, &b"ipa"[..]).await.status(), 200);
+    let failed = json!({"node_id": "mac-1", "attempt": 1, "outcome": "failed", "reason": "script_failed",
+        "exit_code": 70, "duration_ms": 1000, "log_tail": "Failed to boot simulator\n",
+        "retry_rule": "Failed to boot simulator"});
+    let answer = app.node_post(&format!("/api/v1/builds/{build}/result"), failed.clone()).await;
+    assert_eq!(answer.json::<Value>().await.unwrap()["state"], "queued");
+    // The same result again (its answer was lost): answered, not recorded twice.
+    let again = app.node_post(&format!("/api/v1/builds/{build}/result"), failed).await;
+    assert_eq!(again.json::<Value>().await.unwrap()["duplicate"], true);
+    assert_eq!(app.count("BuildRetryScheduled").await, 1);
+    let claim = app.claim("mac-2", &[], 1, 0).await.expect("the retry, claimed by another node");
+    assert_eq!(claim["attempt"], 2);
+
+    let app = app.restart().await;
+    let detail: Value = app.get(&format!("/api/v1/builds/{build}")).await.json().await.unwrap();
+    assert_eq!(detail["build"]["retries"][0]["rule"], "Failed to boot simulator");
+    assert_eq!(detail["build"]["retries"][0]["node_id"], "mac-1");
+    assert_eq!(detail["build"]["artifacts"][0]["name"], "logs/xcodebuild.log");
+    assert_eq!(detail["build"]["state"]["state"], "running");
+    let list: Value = app.get(&format!("/api/v1/builds/{build}/artifacts")).await.json().await.unwrap();
+    assert_eq!(list["artifacts"].as_array().unwrap().len(), 1);
+    assert_eq!(app.live().await, app.rebuilt().await, "the projections rebuilt from the log are the live ones");
+}
