@@ -245,6 +245,8 @@ impl App {
     pub async fn stop(self) {
         self.state.stopping.send_replace(true);
         let _ = self.elected.await;
+        // The work done once has stopped here: another gateway may take it over now.
+        self.state.store.close().await;
         let _ = self.retention.await;
         if let Some(metrics) = self.metrics {
             let _ = metrics.await;
@@ -284,7 +286,7 @@ pub async fn open_shared(config: &Config, max_batch: usize) -> anyhow::Result<Ar
     let url = store_url(config)?;
     match config.store.backend {
         StoreBackend::Postgres => {
-            let lease = std::time::Duration::from_secs(config.store.lease_seconds);
+            let lease = std::time::Duration::from_secs(config.store_lease_seconds());
             let options = PostgresOptions { max_batch, lease, renew: lease / 5, ..PostgresOptions::default() };
             let store = PostgresStore::open(url.expose_secret(), options)
                 .await
@@ -292,12 +294,13 @@ pub async fn open_shared(config: &Config, max_batch: usize) -> anyhow::Result<Ar
             Ok(Arc::new(store))
         }
         StoreBackend::EventStoreDb => {
-            let lease = std::time::Duration::from_secs(config.store.lease_seconds);
+            let lease = std::time::Duration::from_secs(config.store_lease_seconds());
             let options = EventStoreDbOptions {
                 prefix: config.store.stream_prefix.clone(),
                 max_batch,
+                max_append_bytes: config.store.max_append_bytes,
                 lease,
-                renew: lease / 5,
+                renew: lease / 3,
                 ..EventStoreDbOptions::default()
             };
             let store = EventStoreDbStore::open(url.expose_secret(), options)

@@ -105,7 +105,20 @@ fn warnings(config: &Config) -> Vec<String> {
     if config.triggers.is_empty() {
         warnings.push("no [[triggers]]: every delivery will be recorded and ignored".into());
     }
+    if let Some(largest) = config.largest_recordable_body() {
+        warnings.push(too_large_bodies(config, largest));
+    }
     warnings
+}
+
+/// Bodies an EventStoreDB log cannot take, in words.
+pub(crate) fn too_large_bodies(config: &Config, largest: usize) -> String {
+    format!(
+        "webhook.max_body_bytes ({}) is above what one append to the log may hold (store.max_append_bytes {}): \
+         deliveries larger than about {largest} bytes will be refused with 413; raise the server's MaxAppendSize \
+         and store.max_append_bytes, or lower webhook.max_body_bytes",
+        config.webhook.max_body_bytes, config.store.max_append_bytes
+    )
 }
 
 /// The configuration as printed: inline URLs (a webhook URL is a secret) keep their scheme and

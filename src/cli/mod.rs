@@ -221,6 +221,9 @@ pub(crate) async fn serve_then(
     let scheme = if config.tls_files().is_some() { "https" } else { "http" };
     println!("meshgate listening on {scheme}://{}{}", listener.local_addr()?, config.webhook.path);
     tracing::info!(listen = %listener.local_addr()?, triggers = config.triggers.len(), "gateway started");
+    if let Some(largest) = config.largest_recordable_body() {
+        tracing::warn!(largest, "{}", check::too_large_bodies(&config, largest));
+    }
     started(&config)?;
     app.serve(listener, shutdown_signal()).await?;
     reloader.abort();

@@ -176,8 +176,11 @@ impl Config {
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             return invalid(format!("metrics.listen `{}` is not host:port (empty: no metrics)", self.metrics.listen));
         }
-        if !(1..=3600).contains(&self.store.lease_seconds) {
+        if !(1..=3600).contains(&self.store_lease_seconds()) {
             return invalid("store.lease_seconds must be between 1 and 3600".into());
+        }
+        if self.store.max_append_bytes < 64 * 1024 {
+            return invalid("store.max_append_bytes must be at least 65536".into());
         }
         let backend = self.store.backend;
         match (backend.is_shared(), self.store.url_file.is_some(), self.store.url.is_some()) {
@@ -344,6 +347,24 @@ impl Config {
     /// The build pool's token files in force: the current one and the one being rotated out.
     pub fn nodes_token_files(&self) -> Vec<PathBuf> {
         std::iter::once(self.nodes_token_file()).chain(self.nodes.previous_token_file.clone()).collect()
+    }
+
+    /// The lease on the work done once, in seconds: `[store] lease_seconds`, else the backend's
+    /// default (a renewal on EventStoreDB is an event: it renews seldom).
+    pub fn store_lease_seconds(&self) -> u64 {
+        self.store.lease_seconds.unwrap_or(match self.store.backend {
+            StoreBackend::EventStoreDb => 30,
+            _ => 5,
+        })
+    }
+
+    /// Deliveries larger than this may not fit the log's appends (on EventStoreDB): the bodies
+    /// between it and `max_body_bytes` are refused with 413.
+    pub fn largest_recordable_body(&self) -> Option<usize> {
+        // A delivery's decision holds its body once and a few kilobytes besides (the build's
+        // request, the intent, the routing), more with several triggers.
+        let room = self.store.max_append_bytes.saturating_sub(16 * 1024 * (1 + self.triggers.len()));
+        (self.store.backend == StoreBackend::EventStoreDb && room < self.webhook.max_body_bytes).then_some(room)
     }
 
     /// How close two reports of one intent's transition are to be one transition.

@@ -296,8 +296,12 @@ pub struct StoreConfig {
     pub stream_prefix: String,
     /// `postgres`, `eventstoredb`: how long the lease on the work done once (reaper, dispatchers,
     /// sweeps) lasts unrenewed; another gateway takes that work over at most this long after its
-    /// holder died.
-    pub lease_seconds: u64,
+    /// holder died. None: 5 s on PostgreSQL (a renewal updates a row), 30 s on EventStoreDB (a
+    /// renewal is an event).
+    pub lease_seconds: Option<u64>,
+    /// Most bytes in one append to the log, counted as EventStoreDB counts them (data, metadata and
+    /// twice the type's length of each event): `eventstoredb` only, the server's `MaxAppendSize`.
+    pub max_append_bytes: usize,
     /// Fold concurrent appends into one commit (group commit). Off: one commit per request.
     pub group_commit: bool,
     /// Most appends in one group commit.
@@ -416,7 +420,8 @@ impl Default for StoreConfig {
             url_file: None,
             url: None,
             stream_prefix: "meshgate-".to_owned(),
-            lease_seconds: 5,
+            lease_seconds: None,
+            max_append_bytes: 1024 * 1024,
             group_commit: true,
             max_batch: 512,
             busy_timeout_ms: 5000,

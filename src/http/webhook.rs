@@ -14,6 +14,8 @@ use meshgate_domain::payload;
 use uuid::Uuid;
 
 use super::{ApiError, AppState, Counters};
+use crate::ingest::IngestError;
+use crate::store::StoreError;
 
 pub async fn receive(State(app): State<Arc<AppState>>, request: Request) -> Response {
     let correlation_id = Uuid::now_v7();
@@ -232,9 +234,33 @@ async fn handle(
         payload::parse_bytes(&bytes).map_err(|e| bad_request(e.to_string(), e.field().map(str::to_owned)))?;
 
     // 3. Durably recorded, or refused as a whole.
-    let accepted = app.ingest.ingest(correlation_id, received_at, text, fingerprint, &delivery).await.map_err(|e| {
-        Counters::bump(&app.counters.unavailable);
-        ApiError::unavailable(&e)
+    let ingested = app.ingest.ingest(correlation_id, received_at, text, fingerprint, &delivery).await;
+    let accepted = ingested.map_err(|e| match e {
+        // It can never be recorded: said at once, not as something to retry.
+        IngestError::Store(StoreError::TooLarge { bytes, max }) => {
+            let total = Counters::bump(&app.counters.too_large);
+            tracing::warn!(%remote, bytes, max, rejected_total = total, "webhook body too large for the log");
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large_for_the_log",
+                format!(
+                    "this delivery's record would be {bytes} bytes, over the event log's max_append_bytes ({max}); nothing was recorded"
+                ),
+            )
+        }
+        IngestError::Store(e @ StoreError::Unknown { .. }) => {
+            Counters::bump(&app.counters.unavailable);
+            tracing::error!(error = %crate::report::chain(&e), "a delivery's outcome is unknown");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome_unknown",
+                "the event log did not say whether this delivery was recorded; sending it again is safe (it is recognised, never recorded twice)",
+            )
+        }
+        e => {
+            Counters::bump(&app.counters.unavailable);
+            ApiError::unavailable(&e)
+        }
     })?;
     Counters::bump(&app.counters.accepted);
     let outcome = &accepted.outcome;

@@ -163,6 +163,18 @@ pub enum StoreError {
     },
     #[error("event store is closed")]
     Closed,
+    /// The events are larger than one append to the log may be: they can never be recorded.
+    #[error("the record is {bytes} bytes as the log counts them, over [store] max_append_bytes ({max}); it cannot be recorded")]
+    TooLarge { bytes: u64, max: u64 },
+    /// The backend did not say whether the append was written (a connection lost with it in
+    /// flight, and the log could not be asked since). Sending it again is safe: the log recognises
+    /// it by its events' ids, and the next decision reads it first.
+    #[error("the event store did not say whether it recorded the append: {message}")]
+    Unknown {
+        message: String,
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    },
 }
 
 impl StoreError {
@@ -231,6 +243,10 @@ pub trait EventStore: Send + Sync + 'static {
     fn leadership(&self) -> watch::Receiver<Option<i64>> {
         watch::channel(Some(0)).1
     }
+
+    /// This gateway is stopping: let go of what it holds in the log (the lease on the work done
+    /// once, so another gateway takes it over now rather than when it runs out).
+    async fn close(&self) {}
 }
 
 /// The store as the work done once sees it during one term: every append is fenced with the term.
@@ -284,6 +300,9 @@ impl EventStore for Fenced {
     }
     fn leadership(&self) -> watch::Receiver<Option<i64>> {
         self.inner.leadership()
+    }
+    async fn close(&self) {
+        self.inner.close().await
     }
 }
 

@@ -30,7 +30,7 @@ async fn two_gateways_lose_nothing_when_the_leaseholder_is_killed() {
     std::fs::set_permissions(&url_file, std::fs::Permissions::from_mode(0o400)).unwrap();
     config.store.backend = StoreBackend::Postgres;
     config.store.url_file = Some(url_file);
-    config.store.lease_seconds = 2;
+    config.store.lease_seconds = Some(2);
     config.chat = vec![synapse.sink(shared.path())];
     config.outbound.retry_base_ms = 50;
 

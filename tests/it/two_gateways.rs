@@ -74,7 +74,7 @@ async fn only_the_leaseholder_sends(backend: StoreBackend) {
             config.store.backend = backend;
             config.store.url = Some(url);
             config.store.stream_prefix = prefix;
-            config.store.lease_seconds = 1;
+            config.store.lease_seconds = Some(1);
             let chat =
                 ChatConfig { url: Some(hook), max_attempts: 3, ..ChatConfig::new("team", ChatKind::SlackWebhook) };
             config.chat = vec![chat];

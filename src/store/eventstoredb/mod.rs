@@ -43,6 +43,9 @@ const FEED_CAPACITY: usize = 64;
 /// Events read per request when paging through a stream.
 const PAGE: usize = 1000;
 
+/// Most messages read after `stream_not_found` while waiting for a read's end.
+const TRAILING_MESSAGES: usize = 16;
+
 /// How the EventStoreDB backend names its streams and follows the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventStoreDbOptions {
@@ -53,10 +56,16 @@ pub struct EventStoreDbOptions {
     pub poll: Duration,
     /// Most requests folded into one append to the log; 1 means one append per request.
     pub max_batch: usize,
-    /// How long the lease on the work done once lasts without renewal: the bound on a failover.
+    /// Most bytes in one append, counted as the server counts them: its `MaxAppendSize`.
+    pub max_append_bytes: usize,
+    /// How long the lease on the work done once lasts without renewal: the bound on a failover
+    /// after a crash (a gateway that stops lets it go).
     pub lease: Duration,
-    /// How often the lease is taken or renewed.
+    /// How often its holder renews the lease (each renewal is an event).
     pub renew: Duration,
+    /// How often a gateway that does not hold the lease reads whether it can take it (reads cost
+    /// the database nothing it keeps).
+    pub lease_poll: Duration,
 }
 
 impl Default for EventStoreDbOptions {
@@ -65,8 +74,10 @@ impl Default for EventStoreDbOptions {
             prefix: "meshgate-".to_owned(),
             poll: Duration::from_secs(1),
             max_batch: 512,
-            lease: Duration::from_secs(5),
-            renew: Duration::from_secs(1),
+            max_append_bytes: 1024 * 1024,
+            lease: Duration::from_secs(30),
+            renew: Duration::from_secs(10),
+            lease_poll: Duration::from_secs(1),
         }
     }
 }
@@ -105,7 +116,9 @@ impl Inner {
     }
 
     /// Up to `limit` events of `stream` from `from` on (or back), in the order read; none if the
-    /// stream does not exist.
+    /// stream does not exist. Every read is driven to its end, trailers included: a call dropped
+    /// after `stream_not_found` is reset, and an HTTP/2 client that resets many calls whose
+    /// trailers then arrive closes the whole connection (every call on it fails).
     pub async fn read(&self, stream: &str, options: ReadStreamOptions) -> Result<Vec<ResolvedEvent>, StoreError> {
         let mut read = match self.client.read_stream(stream, &options).await {
             Ok(read) => read,
@@ -116,7 +129,15 @@ impl Inner {
             match read.next().await {
                 Ok(Some(event)) => events.push(event),
                 Ok(None) => return Ok(events),
-                Err(eventstore::Error::ResourceNotFound) => return Ok(Vec::new()),
+                Err(eventstore::Error::ResourceNotFound) => {
+                    // The server ends the call after this message: read on to its end.
+                    for _ in 0..TRAILING_MESSAGES {
+                        if !matches!(read.next().await, Ok(Some(_))) {
+                            break;
+                        }
+                    }
+                    return Ok(Vec::new());
+                }
                 Err(e) => return Err(esdb_failed(format_args!("cannot read stream {stream}"), e)),
             }
         }
@@ -153,6 +174,28 @@ impl Inner {
 /// An EventStoreDB client error as one line, kept as the source.
 pub(crate) fn esdb_failed(context: impl std::fmt::Display, e: eventstore::Error) -> StoreError {
     StoreError::caused(context, e)
+}
+
+/// How many bytes the server counts an event for against its `MaxAppendSize`: its data, its
+/// custom metadata and twice its type's length (KurrentDB's `Streams.Append`).
+pub(crate) fn counted_bytes(data: usize, metadata: usize, event_type: &str) -> usize {
+    data + metadata + 2 * event_type.len()
+}
+
+/// The most bytes meshgate's metadata can take for an event of `stream` (every number at its
+/// widest).
+pub(crate) fn metadata_bound(stream: &str, correlation_id: Uuid, causation_id: Option<Uuid>) -> usize {
+    let widest = Meta {
+        stream: stream.to_owned(),
+        version: u64::MAX,
+        schema_version: u32::MAX,
+        correlation_id,
+        causation_id,
+        recorded_at: DateTime::<Utc>::MAX_UTC,
+        position: None,
+        decision: Some(u64::MAX),
+    };
+    serde_json::to_vec(&widest).map_or(1024, |m| m.len())
 }
 
 /// A recorded event as meshgate stores it: from the log (`copy_of: None`; position = revision + 1)
@@ -204,7 +247,11 @@ pub struct EventStoreDbStore {
     head: watch::Receiver<u64>,
     feed: broadcast::Sender<Arc<[StoredEvent]>>,
     leading: watch::Receiver<Option<i64>>,
-    tasks: [JoinHandle<()>; 3],
+    /// Says the lease to let go (a stop).
+    stop_lease: watch::Sender<bool>,
+    /// The lease's task, waited for by [`EventStoreDbStore::close`].
+    lease_task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    tasks: [JoinHandle<()>; 2],
 }
 
 impl EventStoreDbStore {
@@ -230,18 +277,39 @@ impl EventStoreDbStore {
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let (requests, queue) = mpsc::channel(options.max_batch.max(1) * 4);
         let (leader, leading) = watch::channel(None);
+        let (stop_lease, stopped) = watch::channel(false);
         let holder = uuid::Uuid::now_v7();
+        let limits = writer::Limits { max_batch: options.max_batch, max_bytes: options.max_append_bytes };
         let tasks = [
-            tokio::spawn(writer::run(Arc::clone(&inner), writer, queue, options.max_batch)),
+            tokio::spawn(writer::run(Arc::clone(&inner), writer, queue, limits)),
             tokio::spawn(tail::run(Arc::clone(&inner), feed.clone(), last, options.poll)),
-            tokio::spawn(crate::store::lease::keep(
-                leader::EsdbLease { inner: Arc::clone(&inner), holder, ttl: options.lease },
-                options.lease,
-                options.renew,
-                leader,
-            )),
         ];
-        Ok(EventStoreDbStore { inner, writer: requests, head, feed, leading, tasks })
+        let lease = tokio::spawn(crate::store::lease::keep(
+            leader::EsdbLease { inner: Arc::clone(&inner), holder, ttl: options.lease },
+            crate::store::lease::Times { ttl: options.lease, renew: options.renew, poll: options.lease_poll },
+            leader,
+            stopped,
+        ));
+        Ok(EventStoreDbStore {
+            inner,
+            writer: requests,
+            head,
+            feed,
+            leading,
+            stop_lease,
+            lease_task: std::sync::Mutex::new(Some(lease)),
+            tasks,
+        })
+    }
+
+    /// Lets the lease go if this gateway holds it (another gateway takes it at its next look),
+    /// and waits a moment for that to be written.
+    pub async fn close(&self) {
+        self.stop_lease.send_replace(true);
+        let task = self.lease_task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
     }
 
     /// Copies the log's last decision if this gateway's writer has not seen it (its gateway may have
@@ -259,9 +327,11 @@ impl EventStoreDbStore {
 impl Drop for EventStoreDbStore {
     fn drop(&mut self) {
         // The writer ends once its queue is closed and drained; the follower and the lease have
-        // nothing left to do (the lease expires by itself).
+        // nothing left to do (a lease not let go by `close` expires by itself).
         self.tasks[1].abort();
-        self.tasks[2].abort();
+        if let Some(task) = self.lease_task.lock().ok().and_then(|mut t| t.take()) {
+            task.abort();
+        }
     }
 }
 
@@ -290,6 +360,10 @@ impl EventStore for EventStoreDbStore {
 
     fn leadership(&self) -> watch::Receiver<Option<i64>> {
         self.leading.clone()
+    }
+
+    async fn close(&self) {
+        EventStoreDbStore::close(self).await
     }
 
     async fn read_stream(&self, stream: &str) -> Result<Vec<StoredEvent>, StoreError> {

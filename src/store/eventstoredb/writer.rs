@@ -6,6 +6,12 @@
 //! it copies the last decision there before it plans again; so when a decision lands, the one
 //! before it was copied. Whoever catches up (a writer, a read of a stream, a gateway starting)
 //! therefore copies the last decision only; copies are idempotent.
+//!
+//! A batch (group commit) is at most `max_batch` requests and `max_bytes` as the server counts
+//! them (its `MaxAppendSize`); a request that alone is larger can never be recorded and is refused
+//! at once. An append whose answer was lost is sent again as it was (the server recognises its
+//! event ids at that revision); one whose outcome stays unknown is looked for in the log, and if
+//! the log cannot be asked either, the writer reads the log before it plans anything else.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -13,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use eventstore::{AppendToStreamOptions, EventData, ExpectedRevision, ReadStreamOptions, StreamPosition};
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{esdb_failed, Inner, Meta, PAGE};
@@ -34,6 +40,15 @@ const REMEMBERED: usize = 100_000;
 /// concurrent HTTP/2 streams a server allows by default (100 in EventStoreDB's Kestrel).
 const IN_FLIGHT: usize = 100;
 
+/// How much one batch may hold.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Requests.
+    pub max_batch: usize,
+    /// Bytes, as the server counts them.
+    pub max_bytes: usize,
+}
+
 /// How far this gateway has the log, and the last versions of the streams it saw there.
 #[derive(Debug, Default)]
 pub(crate) struct Writer {
@@ -42,6 +57,29 @@ pub(crate) struct Writer {
     copied: u64,
     /// Last versions as of position `copied`, for streams this writer saw there.
     versions: HashMap<String, u64>,
+    /// An append's outcome is unknown: the log is read before anything else is planned.
+    stale: bool,
+}
+
+/// The bytes a request's events count against the server's `MaxAppendSize` (at most: their
+/// metadata is measured at its widest).
+fn request_bytes(appends: &[StreamAppend]) -> usize {
+    appends
+        .iter()
+        .flat_map(|a| a.events.iter().map(move |e| (a.stream.as_str(), e)))
+        .map(|(stream, e)| {
+            let metadata = super::metadata_bound(stream, e.correlation_id, e.causation_id);
+            super::counted_bytes(e.data.len(), metadata, e.event_type)
+        })
+        .sum()
+}
+
+/// What the server said of an append.
+enum Landed {
+    Yes,
+    AnotherWasFirst,
+    /// Over the server's `MaxAppendSize` (which may be below `max_append_bytes`).
+    TooLarge,
 }
 
 impl Writer {
@@ -79,22 +117,44 @@ impl Writer {
         Ok(self.copied)
     }
 
+    /// Appends batches as decisions, one after the other; a batch the server finds too large is
+    /// halved until each part fits, and a single request it refuses can never be recorded.
+    async fn append_all(&mut self, inner: &Inner, batch: Vec<Pending>, max_bytes: usize) {
+        let mut todo = vec![batch];
+        while let Some(batch) = todo.pop() {
+            let Some(mut refused) = self.append_batch(inner, batch).await else { continue };
+            if refused.len() == 1 {
+                let bytes = request_bytes(&refused[0].appends) as u64;
+                tracing::warn!(bytes, max_append_bytes = max_bytes, "the server refused an append as larger than its MaxAppendSize: is its MaxAppendSize below [store] max_append_bytes?");
+                answer_all(refused, StoreError::TooLarge { bytes, max: max_bytes as u64 });
+                continue;
+            }
+            let second = refused.split_off(refused.len() / 2);
+            todo.push(second);
+            todo.push(refused);
+        }
+    }
+
     /// Appends a batch of requests as one decision (group commit). It is planned against the log as
     /// this writer last saw it; if another gateway appended since, the append to the log fails, the
     /// writer catches up and plans the batch again. A request whose expectation does not hold gets
     /// its conflict once the others land (which shows the plan was made on the log as it stands),
-    /// or once the log's head shows it when nothing else is to land.
-    async fn append_batch(&mut self, inner: &Inner, mut batch: Vec<Pending>) {
+    /// or once the log's head shows it when nothing else is to land. Gives the batch back, not
+    /// answered, when the server refuses it as too large.
+    async fn append_batch(&mut self, inner: &Inner, mut batch: Vec<Pending>) -> Option<Vec<Pending>> {
         for race in 0..RACES {
-            let caught_up = if race == 0 { Ok(self.copied) } else { self.catch_up(inner).await };
+            let caught_up = if race == 0 && !self.stale { Ok(self.copied) } else { self.catch_up(inner).await };
             let head = match caught_up {
-                Ok(head) => head,
-                Err(e) => return answer_all(batch, e),
+                Ok(head) => {
+                    self.stale = false;
+                    head
+                }
+                Err(e) => {
+                    answer_all(batch, e);
+                    return None;
+                }
             };
-            let plans = match self.plan(inner, head, &batch).await {
-                Ok(plans) => plans,
-                Err(e) => return answer_all(batch, e),
-            };
+            let plans = self.plan(inner, head, &batch).await;
             let planned: Vec<StoredEvent> = plans.iter().filter_map(|p| p.as_ref().ok()).flatten().cloned().collect();
             let landed = if planned.is_empty() {
                 // Only conflicts: they stand if nothing was appended since the plan.
@@ -105,7 +165,15 @@ impl Writer {
             match landed {
                 Ok(Landed::Yes) => {}
                 Ok(Landed::AnotherWasFirst) => continue,
-                Err(e) => return answer_all(batch, e),
+                Ok(Landed::TooLarge) => return Some(batch),
+                Err(e) => {
+                    if matches!(e, StoreError::Unknown { .. }) {
+                        // Perhaps in the log: read it before anything is planned on top.
+                        self.stale = true;
+                    }
+                    answer_all(batch, e);
+                    return None;
+                }
             }
             if !planned.is_empty() {
                 failpoint("eventstoredb-after-log-append").await;
@@ -127,10 +195,11 @@ impl Writer {
                 let answer = plan.map(|events| Appended { last_position: events.last().map_or(head, |e| e.position) });
                 let _ = pending.reply.send(answer);
             }
-            return;
+            return None;
         }
         let busy = StoreError::failed(format!("other gateways appended first {RACES} times in a row; try again"));
         answer_all(batch, busy);
+        None
     }
 
     fn copied_to(&mut self, inner: &Inner, position: u64) {
@@ -149,13 +218,9 @@ impl Writer {
     }
 
     /// Each request's events as they will stand in the log after `head` (the position up to which
-    /// this writer knows the log), one request after the other, or the conflict that refuses it.
-    async fn plan(
-        &self,
-        inner: &Inner,
-        head: u64,
-        batch: &[Pending],
-    ) -> Result<Vec<Result<Vec<StoredEvent>, StoreError>>, StoreError> {
+    /// this writer knows the log), one request after the other, or why it is refused: the
+    /// conflict, or the failed read of one of its streams (the others' requests go on).
+    async fn plan(&self, inner: &Inner, head: u64, batch: &[Pending]) -> Vec<Result<Vec<StoredEvent>, StoreError>> {
         // The streams this writer has not seen, read at once.
         let mut unknown: Vec<&str> = batch
             .iter()
@@ -165,14 +230,27 @@ impl Writer {
         unknown.sort_unstable();
         unknown.dedup();
         let mut versions: HashMap<String, Option<u64>> = HashMap::new();
+        let mut unreadable: HashMap<String, StoreError> = HashMap::new();
         for streams in unknown.chunks(IN_FLIGHT) {
-            let read = try_join_all(streams.iter().map(|stream| inner.last_of(stream))).await?;
-            versions
-                .extend(streams.iter().zip(read).map(|(stream, last)| ((*stream).to_owned(), last.map(|e| e.version))));
+            let read = join_all(streams.iter().map(|stream| inner.last_of(stream))).await;
+            for (stream, last) in streams.iter().zip(read) {
+                match last {
+                    Ok(last) => {
+                        versions.insert((*stream).to_owned(), last.map(|e| e.version));
+                    }
+                    Err(e) => {
+                        unreadable.insert((*stream).to_owned(), e);
+                    }
+                }
+            }
         }
         let mut position = head;
         let mut plans = Vec::with_capacity(batch.len());
         for pending in batch {
+            if let Some(e) = pending.appends.iter().find_map(|a| unreadable.get(&a.stream)) {
+                plans.push(Err(e.clone()));
+                continue;
+            }
             let current = |stream: &str| match versions.get(stream) {
                 Some(known) => *known,
                 None => self.versions.get(stream).copied(),
@@ -185,7 +263,7 @@ impl Writer {
             });
             plans.push(plan);
         }
-        Ok(plans)
+        plans
     }
 }
 
@@ -208,24 +286,41 @@ fn answer_all(batch: Vec<Pending>, error: StoreError) {
     }
 }
 
-/// The writer: takes whatever requests are waiting (up to `max_batch` appends) and handles them as
-/// one batch, until every sender is gone.
+/// The writer: takes whatever requests are waiting (up to `max_batch` appends) and handles them in
+/// batches of at most `max_bytes`, until every sender is gone.
 pub(crate) async fn run(
     inner: std::sync::Arc<Inner>,
     mut writer: Writer,
     mut requests: mpsc::Receiver<Request>,
-    max_batch: usize,
+    limits: Limits,
 ) {
     while let Some(first) = requests.recv().await {
-        let mut batch = Vec::new();
+        let mut batches: Vec<Vec<Pending>> = vec![Vec::new()];
+        let mut bytes = 0;
+        let mut taken = 0;
         let mut settles = Vec::new();
         let mut next = Some(first);
         while let Some(request) = next.take() {
             match request {
-                Request::Append(pending) => batch.push(pending),
+                Request::Append(pending) => {
+                    taken += 1;
+                    let size = request_bytes(&pending.appends);
+                    if size > limits.max_bytes {
+                        // It can never be recorded: said at once, never tried.
+                        let refused = StoreError::TooLarge { bytes: size as u64, max: limits.max_bytes as u64 };
+                        let _ = pending.reply.send(Err(refused));
+                    } else {
+                        if bytes + size > limits.max_bytes {
+                            batches.push(Vec::new());
+                            bytes = 0;
+                        }
+                        bytes += size;
+                        batches.last_mut().expect("a batch").push(pending);
+                    }
+                }
                 Request::Settle(reply) => settles.push(reply),
             }
-            if batch.len() < max_batch.max(1) {
+            if taken < limits.max_batch.max(1) {
                 next = requests.try_recv().ok();
             }
         }
@@ -236,15 +331,10 @@ pub(crate) async fn run(
                 let _ = reply.send(settled.clone());
             }
         }
-        if !batch.is_empty() {
-            writer.append_batch(&inner, batch).await;
+        for batch in batches.into_iter().filter(|b| !b.is_empty()) {
+            writer.append_all(&inner, batch, limits.max_bytes).await;
         }
     }
-}
-
-enum Landed {
-    Yes,
-    AnotherWasFirst,
 }
 
 /// Appends the planned events to the log right after `head`, as one decision.
@@ -254,32 +344,85 @@ async fn append_to_log(inner: &Inner, head: u64, planned: &[StoredEvent]) -> Res
     let mut resends = 0;
     loop {
         let events = planned.iter().map(|e| event_data(e, Some(head + 1))).collect::<Result<Vec<_>, _>>()?;
-        match inner.client.append_to_stream(inner.log.as_str(), &options, events).await {
+        let e = match inner.client.append_to_stream(inner.log.as_str(), &options, events).await {
             Ok(_) => return Ok(Landed::Yes),
-            Err(eventstore::Error::WrongExpectedVersion { .. }) => {
-                // Either another gateway appended first, or an earlier send of these very events
-                // landed and its answer was lost.
-                let first = inner.read_log(head, 1).await?;
-                return Ok(match first.first() {
-                    Some(e) if e.id == planned[0].id => Landed::Yes,
-                    _ => Landed::AnotherWasFirst,
-                });
-            }
-            Err(e) if resends < RESENDS && in_transit(&e) => {
-                resends += 1;
-                tracing::warn!(error = %e, resends, "an append to the event log failed in transit; sending it again");
-                tokio::time::sleep(Duration::from_millis(100 * resends as u64)).await;
-            }
-            Err(e) => return Err(esdb_failed("cannot append to the event log", e)),
+            Err(e) => e,
+        };
+        if matches!(e, eventstore::Error::WrongExpectedVersion { .. }) {
+            // Either another gateway appended first, or an earlier send of these very events
+            // landed and its answer was lost.
+            return match landed_at(inner, head, planned).await? {
+                Some(landed) => Ok(landed),
+                None => Err(StoreError::failed(
+                    "the event log refused the append as out of date, and holds nothing after it",
+                )),
+            };
         }
+        if too_large(&e) {
+            return Ok(Landed::TooLarge);
+        }
+        if refused(&e) {
+            return Err(esdb_failed("cannot append to the event log", e));
+        }
+        // The append may or may not have been written (an answer lost, a reset, a server gone):
+        // the same events at the same revision are recognised if they were.
+        if resends < RESENDS {
+            resends += 1;
+            tracing::warn!(error = %e, resends, "an append to the event log may not have arrived; sending it again");
+            tokio::time::sleep(Duration::from_millis(100 * resends as u64)).await;
+            continue;
+        }
+        return match landed_at(inner, head, planned).await {
+            Ok(Some(landed)) => Ok(landed),
+            Ok(None) => Err(esdb_failed("cannot append to the event log", e)),
+            Err(read) => Err(StoreError::Unknown {
+                message: format!("{e}; and the log cannot be read to find out: {read}"),
+                source: Some(std::sync::Arc::new(e)),
+            }),
+        };
     }
 }
 
-/// Errors after which the request may or may not have been written (the client reports a server
-/// that is unavailable, or failed inside, as `ServerError`).
-fn in_transit(e: &eventstore::Error) -> bool {
+/// What the log holds right after `head`: these very events, another decision, or nothing.
+async fn landed_at(inner: &Inner, head: u64, planned: &[StoredEvent]) -> Result<Option<Landed>, StoreError> {
+    let first = inner.read_log(head, 1).await?;
+    Ok(first.first().map(|e| if e.id == planned[0].id { Landed::Yes } else { Landed::AnotherWasFirst }))
+}
+
+/// The server's `maximum-append-size-exceeded` (the client keeps only its status and message).
+fn too_large(e: &eventstore::Error) -> bool {
+    matches!(e, eventstore::Error::Grpc { code: tonic::Code::InvalidArgument, message } if message.contains("Maximum Append Size"))
+}
+
+/// Errors that say the server refused the append: nothing was written. Anything else may have
+/// been (the client reports a lost connection, a reset, a server that went away or failed inside
+/// as `ConnectionClosed`, `ServerError`, `DeadlineExceeded` or an unmapped status such as
+/// `RESOURCE_EXHAUSTED` or `CANCELLED`).
+fn refused(e: &eventstore::Error) -> bool {
     use eventstore::Error as E;
-    matches!(e, E::ConnectionClosed | E::GrpcConnectionError(_) | E::DeadlineExceeded | E::ServerError(_))
+    use tonic::Code as C;
+    match e {
+        E::AccessDenied
+        | E::ResourceNotFound
+        | E::ResourceDeleted
+        | E::ResourceAlreadyExists
+        | E::UnsupportedFeature
+        | E::NotLeaderException(_)
+        | E::InternalParsingError(_)
+        | E::InitializationError(_) => true,
+        E::Grpc { code, .. } => matches!(
+            code,
+            C::InvalidArgument
+                | C::NotFound
+                | C::AlreadyExists
+                | C::PermissionDenied
+                | C::Unauthenticated
+                | C::FailedPrecondition
+                | C::OutOfRange
+                | C::Unimplemented
+        ),
+        _ => false,
+    }
 }
 
 /// Copies one decision's events to their streams: each stream's events in one append at the

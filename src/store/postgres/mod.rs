@@ -198,9 +198,10 @@ impl PostgresStore {
                     ttl: options.lease,
                     connection: None,
                 },
-                options.lease,
-                options.renew,
+                crate::store::lease::Times { ttl: options.lease, renew: options.renew, poll: options.renew },
                 leader,
+                // Not let go on a stop: the next holder waits for the lease to run out (5 s).
+                watch::channel(false).1,
             )),
         ];
         Ok(PostgresStore { writer, readers, head, feed, leading, tasks })

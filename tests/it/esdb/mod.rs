@@ -5,6 +5,14 @@
 //! subscriptions to a stream (catch-up, then live). Other calls (`$all`, deletes, batch appends,
 //! server features) answer `UNIMPLEMENTED`, as a server without them would.
 //!
+//! It behaves as KurrentDB's server does where that decides what a client sees: an append larger
+//! than `MaxAppendSize` (1 MiB by default; data, custom metadata and twice the type's length of
+//! each event) is refused whole with the server's `maximum-append-size-exceeded`; a read of a
+//! missing stream answers `stream_not_found`, then ends the call a moment later with its trailers,
+//! and a client that resets the call before then is counted ([`StandIn::cancelled_reads`]). Faults
+//! can be asked for: an answer lost after the append was written (with any status), every append
+//! refused as out of date, and the server gone (every call unavailable).
+//!
 //! With `MESHGATE_ESDB_URL` set, [`server`] answers that real server instead (docs/operations.md).
 
 use std::collections::HashMap;
@@ -64,9 +72,29 @@ struct Log {
 pub struct StandIn {
     log: Mutex<Log>,
     appended: broadcast::Sender<Arc<Recorded>>,
-    /// Appends still to be written and then answered `UNAVAILABLE`, as if the answer were lost.
+    /// Appends still to be written and then answered with `lost_with`, as if the answer were lost.
     lose_answers: AtomicUsize,
+    lost_with: Mutex<tonic::Code>,
+    /// Faults of appends hit only streams whose name ends with this (none: every stream).
+    fault_streams: Mutex<Option<String>>,
+    /// The server's `MaxAppendSize`.
+    max_append_size: AtomicUsize,
+    /// Appends refused for their size.
+    too_large: AtomicUsize,
+    /// Reads the client reset before the server ended them.
+    cancelled_reads: Arc<AtomicUsize>,
+    /// Every append is refused as out of date.
+    refuse_appends: std::sync::atomic::AtomicBool,
+    /// The server is gone: every call answers `UNAVAILABLE`.
+    down: std::sync::atomic::AtomicBool,
+    /// The server goes away right after writing the next append.
+    down_after_write: std::sync::atomic::AtomicBool,
 }
+
+/// KurrentDB's default `MaxAppendSize`.
+pub const MAX_APPEND_SIZE: usize = 1024 * 1024;
+/// How long the server takes to end a read after `stream_not_found`.
+const TRAILERS_AFTER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A running stand-in (or the real server of `MESHGATE_ESDB_URL`).
 pub struct Server {
@@ -77,9 +105,81 @@ pub struct Server {
 }
 
 impl StandIn {
-    /// The next `n` appends are written, but their answers are lost.
+    /// The next `n` appends are written, but their answers are lost (`UNAVAILABLE`).
     pub fn lose_answers(&self, n: usize) {
+        self.lose_answers_with(n, tonic::Code::Unavailable);
+    }
+
+    /// The next `n` appends are written, then answered with `code` (`RESOURCE_EXHAUSTED`, a
+    /// reset seen as `CANCELLED`), as a connection dropped with the append in flight.
+    pub fn lose_answers_with(&self, n: usize, code: tonic::Code) {
+        *self.lost_with.lock().unwrap() = code;
         self.lose_answers.store(n, Ordering::SeqCst);
+    }
+
+    /// From now on, the faults asked for hit only appends to streams whose name ends with
+    /// `suffix` (`"log"`: meshgate's log, not its lease or copies).
+    pub fn faults_only_on(&self, suffix: &str) {
+        *self.fault_streams.lock().unwrap() = Some(suffix.to_owned());
+    }
+
+    pub fn set_max_append_size(&self, bytes: usize) {
+        self.max_append_size.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Appends refused as larger than `MaxAppendSize`.
+    pub fn too_large(&self) -> usize {
+        self.too_large.load(Ordering::SeqCst)
+    }
+
+    /// Reads of missing streams the client reset before the server ended them.
+    pub fn cancelled_reads(&self) -> usize {
+        self.cancelled_reads.load(Ordering::SeqCst)
+    }
+
+    pub fn refuse_appends(&self, refuse: bool) {
+        self.refuse_appends.store(refuse, Ordering::SeqCst);
+    }
+
+    /// The server is gone (`true`) or back.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// The server goes away right after writing the next append, before answering it.
+    pub fn go_down_after_next_write(&self) {
+        self.down_after_write.store(true, Ordering::SeqCst);
+    }
+
+    /// Every event of `stream` as `(id, type)`.
+    pub fn events_of(&self, stream: &str) -> Vec<(uuid::Uuid, String)> {
+        let log = self.log.lock().unwrap();
+        log.streams
+            .get(stream.as_bytes())
+            .map(|events| {
+                events.iter().map(|e| (uuid_of(&e.id), e.metadata.get("type").cloned().unwrap_or_default())).collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn check_up(&self) -> Result<(), Status> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Status::unavailable("the server is gone (stand-in)"));
+        }
+        Ok(())
+    }
+}
+
+fn uuid_of(id: &ProtoUuid) -> uuid::Uuid {
+    use proto::event_store::client::uuid::Value;
+    match &id.value {
+        Some(Value::String(s)) => s.parse().unwrap_or_default(),
+        Some(Value::Structured(s)) => {
+            let (most, least) = (s.most_significant_bits as u64, s.least_significant_bits as u64);
+            uuid::Uuid::from_u64_pair(most, least)
+        }
+        None => uuid::Uuid::nil(),
     }
 }
 
@@ -107,6 +207,14 @@ pub async fn server() -> Server {
         log: Mutex::new(Log { next_position: 1000, ..Log::default() }),
         appended: broadcast::channel(4096).0,
         lose_answers: AtomicUsize::new(0),
+        lost_with: Mutex::new(tonic::Code::Unavailable),
+        fault_streams: Mutex::new(None),
+        max_append_size: AtomicUsize::new(MAX_APPEND_SIZE),
+        too_large: AtomicUsize::new(0),
+        cancelled_reads: Arc::new(AtomicUsize::new(0)),
+        refuse_appends: Default::default(),
+        down: Default::default(),
+        down_after_write: Default::default(),
     });
     let service = streams_server::StreamsServer::from_arc(Arc::clone(&stand_in));
     // On a runtime of its own: a test blocking its thread (waiting for a `meshgate` command) must
@@ -214,6 +322,7 @@ impl streams_server::Streams for StandIn {
 
     async fn append(&self, request: Request<Streaming<AppendReq>>) -> Result<Response<AppendResp>, Status> {
         use append_req::options::ExpectedStreamRevision as X;
+        self.check_up()?;
         let mut messages = request.into_inner();
         let Some(AppendReq { content: Some(append_req::Content::Options(options)) }) = messages.message().await? else {
             return Err(Status::invalid_argument("an append starts with its options"));
@@ -222,9 +331,24 @@ impl streams_server::Streams for StandIn {
         let expected =
             options.expected_stream_revision.ok_or_else(|| Status::invalid_argument("no expected revision"))?;
         let mut proposed = Vec::new();
+        // As the server counts an append's size: data, custom metadata, twice the type's length.
+        let mut size = 0usize;
+        let max = self.max_append_size.load(Ordering::SeqCst);
         while let Some(message) = messages.message().await? {
             match message.content {
-                Some(append_req::Content::ProposedMessage(p)) => proposed.push(p),
+                Some(append_req::Content::ProposedMessage(p)) => {
+                    let kind = p.metadata.get("type").map_or(0, String::len);
+                    size += p.data.len() + p.custom_metadata.len() + 2 * kind;
+                    if size > max {
+                        self.too_large.fetch_add(1, Ordering::SeqCst);
+                        let mut status = Status::invalid_argument(format!("Maximum Append Size of {max} Exceeded."));
+                        let meta = status.metadata_mut();
+                        meta.insert("exception", "maximum-append-size-exceeded".parse().unwrap());
+                        meta.insert("maximum-append-size", max.to_string().parse().unwrap());
+                        return Err(status);
+                    }
+                    proposed.push(p);
+                }
                 _ => return Err(Status::invalid_argument("only proposed messages follow the options")),
             }
         }
@@ -254,7 +378,7 @@ impl streams_server::Streams for StandIn {
             X::NoStream(()) => current.is_none(),
             X::Any(()) => true,
             X::StreamExists(()) => current.is_some(),
-        };
+        } && !self.refuse_appends.load(Ordering::SeqCst);
         if !fits {
             return Ok(Response::new(wrong_expected_version(current, &expected)));
         }
@@ -277,15 +401,26 @@ impl streams_server::Streams for StandIn {
                 position,
             }));
         }
+        let answer_stream = stream.clone();
         log.streams.entry(stream).or_default().extend(written.iter().cloned());
         let answer = success(written.last().unwrap());
         for e in written {
             let _ = self.appended.send(e);
         }
         drop(log);
+        let targeted =
+            self.fault_streams.lock().unwrap().as_ref().is_none_or(|suffix| answer_stream.ends_with(suffix.as_bytes()));
+        if !targeted {
+            return Ok(Response::new(answer));
+        }
+        if self.down_after_write.swap(false, Ordering::SeqCst) {
+            self.set_down(true);
+            return Err(Status::unavailable("the server went away (stand-in)"));
+        }
         let lost = self.lose_answers.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
         if lost {
-            return Err(Status::unavailable("the answer was lost on its way (stand-in)"));
+            let code = *self.lost_with.lock().unwrap();
+            return Err(Status::new(code, "the answer was lost on its way (stand-in)"));
         }
         Ok(Response::new(answer))
     }
@@ -293,6 +428,7 @@ impl streams_server::Streams for StandIn {
     async fn read(&self, request: Request<ReadReq>) -> Result<Response<Self::ReadStream>, Status> {
         use read_req::options::stream_options::RevisionOption;
         use read_req::options::{CountOption, StreamOption};
+        self.check_up()?;
         let options = request.into_inner().options.ok_or_else(|| Status::invalid_argument("no options"))?;
         let Some(StreamOption::Stream(stream_options)) = options.stream_option else {
             return Err(Status::unimplemented("the stand-in reads single streams only"));
@@ -310,6 +446,17 @@ impl streams_server::Streams for StandIn {
                         read_resp::StreamNotFound { stream_identifier: Some(StreamIdentifier { stream_name: stream }) };
                     let _ =
                         sender.try_send(Ok(ReadResp { content: Some(read_resp::Content::StreamNotFound(not_found)) }));
+                    // The server ends the call with its trailers a moment later; a client that
+                    // resets it first (drops the answer) is counted.
+                    let cancelled = Arc::clone(&self.cancelled_reads);
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = sender.closed() => {
+                                cancelled.fetch_add(1, Ordering::SeqCst);
+                            }
+                            _ = tokio::time::sleep(TRAILERS_AFTER) => {}
+                        }
+                    });
                     return Ok(Response::new(ReceiverStream::new(receiver)));
                 };
                 let count = count.min(usize::MAX as u64) as usize;
