@@ -10,7 +10,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::builds::BuildService;
-use crate::config::Config;
 use crate::outbound::{self, Outbound, Rules, Sink};
 use crate::projector::Projections;
 use crate::reaper::{self, Reaper};
@@ -26,7 +25,8 @@ pub struct Jobs {
     pub sinks: Vec<Arc<Sink>>,
     /// The gateway's reconciler (the API's too: one sweep at a time, one health to report).
     pub reconciler: Option<Arc<crate::reconcile::Reconciler>>,
-    pub config: Arc<Config>,
+    /// `[nodes] max_attempts`: the reaper fails a build whose lease ran out that often.
+    pub max_attempts: u32,
 }
 
 impl Jobs {
@@ -35,7 +35,7 @@ impl Jobs {
         let reaper = Reaper {
             projections: self.projections.clone(),
             builds: BuildService::new(Arc::clone(&store)),
-            max_attempts: self.config.nodes.max_attempts,
+            max_attempts: self.max_attempts,
         };
         let mut jobs = vec![tokio::spawn(reaper::run(reaper, stop.clone()))];
         let shared = Arc::new(Outbound {

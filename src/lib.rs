@@ -38,6 +38,7 @@ pub mod reaper;
 pub mod reconcile;
 pub mod replay;
 pub mod report;
+pub mod scrape;
 pub mod secrets;
 pub mod selftest;
 pub mod store;

@@ -1,23 +1,14 @@
-//! Prometheus metrics: the `metrics` facade, recorded where things happen, and the exporter's text
-//! format served on a listener of its own (`[metrics] listen`, loopback by default, no auth).
+//! Prometheus metrics: their names, the process's recorder, and the counters and histograms
+//! recorded where things happen (a handful of atomic operations each). The gauges read from the
+//! projections and the listener Prometheus scrapes are the `scrape` module's.
 //!
-//! Counters and histograms are recorded on the hot paths (a handful of atomic operations each);
-//! what the projections know (builds in flight, the outbox, the log's head) is read into gauges
-//! when Prometheus scrapes, so nothing is computed between scrapes. The recorder is the process's
-//! (one per process: several gateways in one test process share it).
+//! The recorder is the process's (one per process: several gateways in one test process share it).
 
-use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::sync::watch;
-
-use crate::http::AppState;
 
 pub const DELIVERIES: &str = "meshgate_webhook_deliveries_total";
 pub const WEBHOOK_SECONDS: &str = "meshgate_webhook_request_duration_seconds";
@@ -106,64 +97,4 @@ pub fn delivery(outcome: &'static str, elapsed: Duration) {
 pub fn commit(elapsed: Duration, events: usize) {
     histogram!(COMMIT_SECONDS).record(elapsed.as_secs_f64());
     histogram!(COMMIT_EVENTS).record(events as f64);
-}
-
-/// Sets the gauges read from the gateway's state, then renders everything.
-pub fn render(app: &AppState) -> String {
-    let Some(handle) = handle() else { return String::new() };
-    let head = *app.store.head().borrow();
-    gauge!(LOG_POSITION).set(head as f64);
-    gauge!(PROJECTION_LAG, "projection" => "all").set(head.saturating_sub(app.projections.position()) as f64);
-    let now = chrono::Utc::now();
-    app.projections.read(|p| {
-        for lane in &app.lanes {
-            let (queued, running) = p.queue.in_lane(&lane.name);
-            gauge!(BUILDS, "lane" => lane.name.clone(), "state" => "queued").set(queued as f64);
-            gauge!(BUILDS, "lane" => lane.name.clone(), "state" => "running").set(running as f64);
-        }
-        for state in ["idle", "busy", "draining", "lost"] {
-            let n = p.nodes.all().filter(|node| node.state() == state).count();
-            gauge!(NODES, "state" => state).set(n as f64);
-        }
-        for sink in app.sinks.keys() {
-            let (pending, oldest) = p.outbox.pending(sink);
-            let age = oldest.map_or(0.0, |at| (now - at).num_milliseconds().max(0) as f64 / 1000.0);
-            gauge!(OUTBOX_PENDING, "sink" => sink.clone()).set(pending as f64);
-            gauge!(OUTBOX_OLDEST_SECONDS, "sink" => sink.clone()).set(age);
-        }
-    });
-    handle.render()
-}
-
-/// The metrics listener; a port that cannot be bound is logged and leaves the gateway serving
-/// without it (metrics are never a reason not to take webhooks).
-pub async fn bind(listen: SocketAddr) -> Option<tokio::net::TcpListener> {
-    handle();
-    match tokio::net::TcpListener::bind(listen).await {
-        Ok(listener) => {
-            if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, "metrics at http://{addr}/metrics");
-            }
-            Some(listener)
-        }
-        Err(e) => {
-            tracing::warn!(%listen, error = %e, "cannot listen for metrics; /metrics is off");
-            None
-        }
-    }
-}
-
-/// `GET /metrics` until `stopping` turns true.
-pub async fn serve(listener: tokio::net::TcpListener, app: Arc<AppState>, mut stopping: watch::Receiver<bool>) {
-    let router = axum::Router::new().route("/metrics", axum::routing::get(scrape)).with_state(app);
-    let stopped = async move {
-        let _ = stopping.wait_for(|s| *s).await;
-    };
-    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stopped).await {
-        tracing::warn!(error = %e, "the metrics listener stopped");
-    }
-}
-
-async fn scrape(State(app): State<Arc<AppState>>) -> impl IntoResponse {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&app))
 }

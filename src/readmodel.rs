@@ -10,12 +10,13 @@
 //! of them come here (docs/adr/0003-projection-checkpoints.md).
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use meshgate_projections::{BuildView, Nodes, Outbox, OutboxConfig, ProjectionSet, Queue, QueueChange, QueueEntry};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use uuid::Uuid;
 
+use crate::config::Config;
 use crate::store::{StoreError, StoreResultExt};
 
 const SCHEMA: &str = "
@@ -39,9 +40,16 @@ const SCHEMA: &str = "
     ) WITHOUT ROWID;
 ";
 
-/// Where a log's read model lives: `events.readmodel.sqlite` beside `events.sqlite`.
-pub fn path_for(log: &Path) -> PathBuf {
-    log.with_extension("readmodel.sqlite")
+/// This gateway's read model ([`Config::readmodel_path`]). The checkpoint file of earlier
+/// versions (`events.checkpoints.sqlite`, whole states) is removed: the read model replaces it.
+pub fn open_beside(config: &Config) -> Result<Arc<ReadModel>, StoreError> {
+    let old = config.log_path().with_extension("checkpoints.sqlite");
+    for stale in [old.clone(), old.with_extension("sqlite-wal"), old.with_extension("sqlite-shm")] {
+        if stale.exists() {
+            let _ = std::fs::remove_file(&stale);
+        }
+    }
+    Ok(Arc::new(ReadModel::open(&config.readmodel_path())?))
 }
 
 /// The file saves go to, and connections that read from it.

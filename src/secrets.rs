@@ -30,6 +30,8 @@ pub enum SecretError {
     NotText { path: PathBuf },
     #[error("cannot write token file {path}: {source}")]
     Unwritable { path: PathBuf, source: std::io::Error },
+    #[error("cannot create {path}")]
+    Directory { path: PathBuf, source: std::io::Error },
 }
 
 /// A token read from a file.
@@ -89,6 +91,20 @@ pub fn random_hex() -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Creates `dir` (and its parents) readable by its owner only (0700), if it is missing: the data
+/// dir and its secrets.
+pub fn private_dir(dir: &Path) -> Result<(), SecretError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| SecretError::Directory { path: dir.to_owned(), source })?;
+    }
+    Ok(())
 }
 
 /// Writes a fresh 64-hex-character token to `path` with `mode`, replacing any file there.

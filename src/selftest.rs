@@ -36,7 +36,7 @@ impl Check {
 
 /// Runs every check of `config`.
 pub async fn run(config: &Config) -> Vec<Check> {
-    let problems = crate::cli::check::problems(config);
+    let problems = config.problems();
     let mut checks = vec![Check::new(
         "secret files",
         problems.is_empty(),
@@ -51,7 +51,7 @@ pub async fn run(config: &Config) -> Vec<Check> {
     };
     checks.push(webhook(config, &http).await);
     checks.push(youtrack(config, &http).await);
-    match crate::app::outbound_sinks(config) {
+    match crate::outbound::sinks(config) {
         Ok(sinks) => {
             let text = format!("meshgate self-test: this sink works ({})", Utc::now().format("%Y-%m-%d %H:%M:%S UTC"));
             for sink in sinks {
@@ -65,7 +65,7 @@ pub async fn run(config: &Config) -> Vec<Check> {
                 }
             }
         }
-        Err(e) => checks.push(Check::new("sinks", false, crate::report::chain(e.as_ref()))),
+        Err(e) => checks.push(Check::new("sinks", false, crate::report::chain(&e))),
     }
     checks
 }

@@ -358,7 +358,7 @@ async fn rebuild(events: u64) -> anyhow::Result<()> {
     // The same fold inside this process, whose heap the writing left behind.
     let started = Instant::now();
     let log = path.clone();
-    let scratch = crate::readmodel::path_for(&path).with_extension("sqlite.bench");
+    let scratch = path.with_extension("readmodel.sqlite").with_extension("sqlite.bench");
     let model = crate::readmodel::ReadModel::open(&scratch)?;
     let set = tokio::task::spawn_blocking(move || {
         fold_log(&log, head, meshgate_projections::OutboxConfig::default(), &model, &ProgressBar::hidden())
@@ -385,7 +385,7 @@ async fn rebuild(events: u64) -> anyhow::Result<()> {
 /// projections catch up through the store (the replay a crash costs, bounded by how often they
 /// are saved).
 async fn catch_up(log: &Path, head: u64) -> anyhow::Result<()> {
-    let path = crate::readmodel::path_for(log);
+    let path = log.with_extension("readmodel.sqlite");
     for file in [path.clone(), path.with_extension("sqlite-wal"), path.with_extension("sqlite-shm")] {
         let _ = std::fs::remove_file(file);
     }

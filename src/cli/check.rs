@@ -3,16 +3,15 @@
 //! certificate pair, CA bundles, the worker's scripts), and prints the effective configuration with
 //! secrets shown as file paths only.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::config::{ChatKind, Config};
-use crate::secrets::Token;
 
 /// Checks the configuration `file` (or the defaults and environment); every problem is printed,
 /// naming its key and file. Fails if there is any.
 pub fn run(file: Option<&Path>) -> anyhow::Result<()> {
     let config = Config::load(file)?;
-    let problems = problems(&config);
+    let problems = config.problems();
     let name = file.map_or_else(|| "the defaults".to_owned(), |f| f.display().to_string());
     if !problems.is_empty() {
         for problem in &problems {
@@ -27,65 +26,6 @@ pub fn run(file: Option<&Path>) -> anyhow::Result<()> {
     println!("# effective configuration (defaults, file, MESHGATE_ variables); secrets as file paths only");
     print!("{}", toml::to_string_pretty(&redacted(&config))?);
     Ok(())
-}
-
-/// Every file the configuration names that the gateway (or the worker) would refuse.
-pub fn problems(config: &Config) -> Vec<String> {
-    let mut problems = Vec::new();
-    let mut secret = |key: String, path: &Path, generated: bool| {
-        if generated && !path.exists() {
-            return; // written on first start
-        }
-        if let Err(e) = Token::read(path) {
-            problems.push(format!("{key}: {}", crate::report::chain(&e)));
-        }
-    };
-    if config.webhook.token_files.is_empty() {
-        secret("webhook.token_files".into(), &config.webhook_token_files()[0], true);
-    }
-    for (i, path) in config.webhook.token_files.iter().enumerate() {
-        secret(format!("webhook.token_files[{i}]"), path, false);
-    }
-    secret("admin.token_file".into(), &config.admin_token_file(), config.admin.token_file.is_none());
-    secret("nodes.token_file".into(), &config.nodes_token_file(), config.nodes.token_file.is_none());
-    let optional: [(&str, &Option<PathBuf>); 6] = [
-        ("admin.previous_token_file", &config.admin.previous_token_file),
-        ("nodes.previous_token_file", &config.nodes.previous_token_file),
-        ("youtrack.token_file", &config.youtrack.token_file),
-        ("youtrack.previous_token_file", &config.youtrack.previous_token_file),
-        ("pager.routing_key_file", &config.pager.routing_key_file),
-        ("worker.token_file", &config.worker.token_file),
-    ];
-    for (key, path) in optional {
-        if let Some(path) = path {
-            secret(key.into(), path, false);
-        }
-    }
-    for (i, chat) in config.chat.iter().enumerate() {
-        for (key, path) in [("url_file", &chat.url_file), ("token_file", &chat.token_file)] {
-            if let Some(path) = path {
-                secret(format!("chat[{i}].{key} (`{}`)", chat.name), path, false);
-            }
-        }
-    }
-    if let Some(files) = config.tls_files() {
-        if let Err(e) = crate::tls::server_config(&files) {
-            problems.push(format!("server.tls_cert_file / server.tls_key_file: {}", crate::report::chain(&e)));
-        }
-    }
-    for (key, path) in [("outbound.ca_file", &config.outbound.ca_file), ("worker.ca_file", &config.worker.ca_file)] {
-        if let Some(path) = path {
-            if let Err(e) = crate::tls::ca_bundle(path) {
-                problems.push(format!("{key}: {}", crate::report::chain(&e)));
-            }
-        }
-    }
-    if let Some(path) = &config.worker.scripts {
-        if let Err(e) = meshgate_worker::scripts::Scripts::load(path) {
-            problems.push(format!("worker.scripts: {}", crate::report::chain(&e)));
-        }
-    }
-    problems
 }
 
 fn warnings(config: &Config) -> Vec<String> {
@@ -106,19 +46,9 @@ fn warnings(config: &Config) -> Vec<String> {
         warnings.push("no [[triggers]]: every delivery will be recorded and ignored".into());
     }
     if let Some(largest) = config.largest_recordable_body() {
-        warnings.push(too_large_bodies(config, largest));
+        warnings.push(config.too_large_bodies(largest));
     }
     warnings
-}
-
-/// Bodies an EventStoreDB log cannot take, in words.
-pub(crate) fn too_large_bodies(config: &Config, largest: usize) -> String {
-    format!(
-        "webhook.max_body_bytes ({}) is above what one append to the log may hold (store.max_append_bytes {}): \
-         deliveries larger than about {largest} bytes will be refused with 413; raise the server's MaxAppendSize \
-         and store.max_append_bytes, or lower webhook.max_body_bytes",
-        config.webhook.max_body_bytes, config.store.max_append_bytes
-    )
 }
 
 /// The configuration as printed: inline URLs (a webhook URL is a secret) keep their scheme and

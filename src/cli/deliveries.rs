@@ -70,7 +70,8 @@ async fn replay_here(
     until: DateTime<Utc>,
     dry_run: bool,
 ) -> anyhow::Result<Value> {
-    let (store, _lock) = crate::app::open_store(config).await?;
+    let opened = crate::store::open::log(config).await?;
+    let store = opened.store;
     let ingest = crate::ingest::IngestService::new(
         Arc::clone(&store),
         config.triggers.clone(),

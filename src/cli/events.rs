@@ -69,7 +69,7 @@ pub async fn run(config: &Config, args: &EventsArgs) -> anyhow::Result<()> {
             print(&events)?;
         }
         StoreBackend::Postgres | StoreBackend::EventStoreDb => {
-            let store = crate::app::open_shared(config, 1).await?;
+            let store = crate::store::open::shared(config, 1).await?;
             let mut after = 0;
             loop {
                 let page = store.query(&filter, after, 10_000).await.context("cannot query the event log")?;

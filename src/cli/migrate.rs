@@ -22,8 +22,9 @@ const PAGE: usize = 1000;
 pub async fn run(source: &Config, target: &Path) -> anyhow::Result<()> {
     let target_config = Config::load(Some(target))
         .with_context(|| format!("cannot load the target configuration {}", target.display()))?;
-    let (from, _source_lock) = crate::app::open_store(source).await.context("cannot open the source log")?;
-    let (to, _target_lock) = crate::app::open_store(&target_config).await.context("cannot open the target log")?;
+    let source = crate::store::open::log(source).await.context("cannot open the source log")?;
+    let target = crate::store::open::log(&target_config).await.context("cannot open the target log")?;
+    let (from, to) = (source.store, target.store);
     let existing = *to.head().borrow();
     if existing > 0 {
         bail!("the target log is not empty ({existing} events): migrate only into an empty log");

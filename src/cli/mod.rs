@@ -23,8 +23,7 @@ use clap::{Parser, Subcommand};
 
 use crate::app::{generate_missing_default_tokens, App};
 use crate::config::Config;
-use crate::http::admin::reload_tokens;
-use crate::http::AppState;
+use crate::http::reload::{reload_tokens, Reloadable};
 
 #[derive(Debug, Parser)]
 #[command(name = "meshgate", version, about = "Gateway from YouTrack webhooks to a pool of build machines")]
@@ -217,12 +216,12 @@ pub(crate) async fn serve_then(
     // Caught from here on (its default would end the process).
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
-    let reloader = tokio::spawn(reload_on_hangup(hangups, Arc::clone(&app.state)));
+    let reloader = tokio::spawn(reload_on_hangup(hangups, Arc::clone(&app.handles.surfaces.reload)));
     let scheme = if config.tls_files().is_some() { "https" } else { "http" };
     println!("meshgate listening on {scheme}://{}{}", listener.local_addr()?, config.webhook.path);
     tracing::info!(listen = %listener.local_addr()?, triggers = config.triggers.len(), "gateway started");
     if let Some(largest) = config.largest_recordable_body() {
-        tracing::warn!(largest, "{}", check::too_large_bodies(&config, largest));
+        tracing::warn!(largest, "{}", config.too_large_bodies(largest));
     }
     started(&config)?;
     app.serve(listener, shutdown_signal()).await?;
@@ -232,7 +231,7 @@ pub(crate) async fn serve_then(
 }
 
 /// Reloads the received tokens on every SIGHUP (`http::admin`); a refused reload is logged there.
-async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, state: Arc<AppState>) {
+async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, state: Arc<Reloadable>) {
     while hangups.recv().await.is_some() {
         let state = Arc::clone(&state);
         let _ = tokio::task::spawn_blocking(move || reload_tokens(&state)).await;

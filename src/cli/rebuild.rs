@@ -134,7 +134,7 @@ pub async fn run(config: &Config, verify: bool) -> anyhow::Result<()> {
         (false, false) => Some(lock_log(&log)?),
         (false, true) => Some(lock_log(&real)?),
     };
-    let store = if shared { Some(crate::app::open_shared(config, 1).await?) } else { None };
+    let store = if shared { Some(crate::store::open::shared(config, 1).await?) } else { None };
     let head = match &store {
         Some(store) => *store.head().borrow(),
         None => {

@@ -44,7 +44,8 @@ pub async fn run(config: &Config, args: &ReconcileArgs) -> anyhow::Result<()> {
 
 /// No gateway runs: open the log and sweep from here.
 async fn sweep_here(config: &Config, args: &ReconcileArgs) -> anyhow::Result<Value> {
-    let (store, _lock) = crate::app::open_store(config).await?;
+    let opened = crate::store::open::log(config).await?;
+    let store = opened.store;
     let reconciler = crate::app::reconciler(config, &store)?.context("reconciliation is not configured")?;
     let report = reconciler.sweep("cli", args.since, args.dry_run).await?;
     Ok(serde_json::to_value(report)?)

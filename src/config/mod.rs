@@ -10,6 +10,7 @@ use meshgate_domain::trigger::is_simple_name;
 use meshgate_domain::Trigger;
 use serde::{Deserialize, Serialize};
 
+mod files;
 mod sections;
 pub use sections::*;
 
@@ -302,7 +303,7 @@ impl Config {
     /// This gateway's read model: beside the SQLite log, or in the data dir for a shared log.
     pub fn readmodel_path(&self) -> PathBuf {
         match self.store.backend {
-            StoreBackend::Sqlite => crate::readmodel::path_for(&self.log_path()),
+            StoreBackend::Sqlite => self.log_path().with_extension("readmodel.sqlite"),
             StoreBackend::Postgres => self.server.data_dir.join("postgres.readmodel.sqlite"),
             StoreBackend::EventStoreDb => self.server.data_dir.join("eventstoredb.readmodel.sqlite"),
         }

@@ -3,61 +3,58 @@
 //! Answers come from the projections once they have caught up with the log as it stood when the
 //! request arrived, so a client reads what it wrote.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use uuid::Uuid;
 
+use meshgate_domain::notify::Milestone;
 use meshgate_domain::stream::build_stream;
+use tokio::sync::watch;
 
+use super::access::Reader;
 use super::extract::{ApiPath, ApiQuery};
 use super::openapi::{
     BuildDetail, BuildsPage, ErrorBody, EventsPage, NodeAnswer, NodesPage, OutboxPage, QueuePage, SinkHealth,
 };
-use super::{ApiError, AppState};
+use super::ApiError;
+use crate::builds::BuildService;
+use crate::config::Config;
+use crate::ingest::IngestService;
+use crate::links::LogLinks;
+use crate::projector::Projections;
+use crate::reconcile::Reconciler;
+use crate::store::EventStore;
+
+/// What the admin API (its reads here, its operations in `operations.rs`) uses.
+pub struct AdminApi {
+    pub store: Arc<dyn EventStore>,
+    pub projections: Projections,
+    pub builds: BuildService,
+    /// Replays decide ignored deliveries again under today's triggers.
+    pub ingest: Arc<IngestService>,
+    /// Sweeps of YouTrack's activity stream (none: no `[youtrack]` base URL and token).
+    pub reconciler: Option<Arc<Reconciler>>,
+    pub links: LogLinks,
+    pub lane_priorities: HashMap<String, i64>,
+    /// Every outbound sink by name, with the milestones it sends.
+    pub sinks: HashMap<String, Vec<Milestone>>,
+    /// The configuration the gateway started with (the self-test reads its file again).
+    pub config: Arc<Config>,
+    /// Turns true when the gateway stops: live tails end.
+    pub stopping: watch::Receiver<bool>,
+}
 
 const READ_YOUR_WRITES: Duration = Duration::from_secs(2);
 
-/// A read: the admin token, or a dashboard session.
-pub(super) fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    match bearer(headers) {
-        Some(token) if app.admin_tokens.verify(token.trim().as_bytes()) => Ok(()),
-        None if app.sessions.find(app, headers).is_some() => Ok(()),
-        _ => Err(ApiError::unauthorized()),
-    }
-}
-
-/// A change: the admin token, or a dashboard session with its CSRF token.
-pub(super) fn authorize_change(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    match bearer(headers) {
-        Some(token) if app.admin_tokens.verify(token.trim().as_bytes()) => Ok(()),
-        None => match app.sessions.find(app, headers) {
-            Some(signed) if signed.allows_change(headers) => Ok(()),
-            Some(_) => Err(ApiError::csrf()),
-            None => Err(ApiError::unauthorized()),
-        },
-        _ => Err(ApiError::unauthorized()),
-    }
-}
-
-/// The bearer token of the one `Authorization` header (two are ambiguous: none is taken, and the
-/// request is refused rather than read as a session's).
-pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let mut all = headers.get_all(header::AUTHORIZATION).iter();
-    match (all.next(), all.next()) {
-        (Some(one), None) => one.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).or(Some("")),
-        (Some(_), Some(_)) => Some(""),
-        (None, _) => None,
-    }
-}
-
-async fn caught_up(app: &AppState) -> Result<(), ApiError> {
+async fn caught_up(app: &AdminApi) -> Result<(), ApiError> {
     let head = *app.store.head().borrow();
     if app.projections.caught_up_to(head, READ_YOUR_WRITES).await {
         Ok(())
@@ -110,12 +107,11 @@ const MAX_BUILDS: usize = 1000;
         (status = 503, description = "The projections or the log are behind or unavailable", body = ErrorBody),
     ))]
 pub async fn list_builds(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
+    // The token first: a caller without it learns nothing of the filters.
+    _: Reader,
+    State(app): State<Arc<AdminApi>>,
     query: Result<ApiQuery<BuildFilter>, ApiError>,
 ) -> Result<Json<BuildsPage>, ApiError> {
-    // The token first: a caller without it learns nothing of the filters.
-    authorize(&app, &headers)?;
     let ApiQuery(filter) = query?;
     caught_up(&app).await?;
     const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
@@ -145,11 +141,10 @@ pub async fn list_builds(
         (status = 503, description = "The projections or the log are behind or unavailable", body = ErrorBody),
     ))]
 pub async fn get_build(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _: Reader,
+    State(app): State<Arc<AdminApi>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<BuildDetail>, ApiError> {
-    authorize(&app, &headers)?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("build"))?;
     caught_up(&app).await?;
     let build = app.projections.build(id).await.map_err(|e| ApiError::unavailable(&e))?;
@@ -169,8 +164,7 @@ pub async fn get_build(
         (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
         (status = 503, description = "The projections are behind", body = ErrorBody),
     ))]
-pub async fn queue(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<QueuePage>, ApiError> {
-    authorize(&app, &headers)?;
+pub async fn queue(_: Reader, State(app): State<Arc<AdminApi>>) -> Result<Json<QueuePage>, ApiError> {
     caught_up(&app).await?;
     let queue = app.projections.read(|p| p.queue.ordered(&app.lane_priorities).into_iter().cloned().collect());
     Ok(Json(QueuePage { queue }))
@@ -214,11 +208,10 @@ const MAX_EVENTS: usize = 1000;
         (status = 503, description = "The log is unavailable", body = ErrorBody),
     ))]
 pub async fn events(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _: Reader,
+    State(app): State<Arc<AdminApi>>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<EventsPage>, ApiError> {
-    authorize(&app, &headers)?;
     let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", e.body_text()))?;
     let limit = page_limit(query.limit, MAX_EVENTS)?;
     let filter = filter_of(&query)?;
@@ -267,11 +260,11 @@ fn filter_of(query: &EventsQuery) -> Result<crate::store::EventFilter, ApiError>
         (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
     ))]
 pub async fn stream(
-    State(app): State<Arc<AppState>>,
+    _: Reader,
+    State(app): State<Arc<AdminApi>>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &headers)?;
     let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", e.body_text()))?;
     let filter = filter_of(&query)?;
     let resumed = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -279,7 +272,7 @@ pub async fn stream(
     let tail = Tail {
         store: Arc::clone(&app.store),
         head: app.store.head(),
-        stopping: app.stopping.subscribe(),
+        stopping: app.stopping.clone(),
         filter,
         after,
         ready: std::collections::VecDeque::new(),
@@ -352,8 +345,7 @@ impl Tail {
         (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
         (status = 503, description = "The projections are behind", body = ErrorBody),
     ))]
-pub async fn nodes(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<NodesPage>, ApiError> {
-    authorize(&app, &headers)?;
+pub async fn nodes(_: Reader, State(app): State<Arc<AdminApi>>) -> Result<Json<NodesPage>, ApiError> {
     caught_up(&app).await?;
     let nodes = app.projections.read(|p| {
         p.nodes
@@ -381,8 +373,7 @@ pub async fn nodes(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Resu
         (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
         (status = 503, description = "The projections are behind", body = ErrorBody),
     ))]
-pub async fn outbox(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<OutboxPage>, ApiError> {
-    authorize(&app, &headers)?;
+pub async fn outbox(_: Reader, State(app): State<Arc<AdminApi>>) -> Result<Json<OutboxPage>, ApiError> {
     caught_up(&app).await?;
     let mut names: Vec<&String> = app.sinks.keys().collect();
     names.sort();

@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::{ApiError, AppState};
+use super::ApiError;
 
 /// Addresses followed at most; beyond, the one whose minute started first gives way.
 const MAX_ADDRESSES: usize = 10_000;
@@ -58,13 +58,13 @@ impl BadTokens {
 /// Middleware for the routes that take the admin or node token (or sign in with it): a refusal
 /// (401) from an address over its limit becomes a 429 with `Retry-After`. A request with a correct
 /// token is never refused, so never slowed down.
-pub async fn slow_bad_tokens(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+pub async fn slow_bad_tokens(State(bad_tokens): State<Arc<BadTokens>>, request: Request, next: Next) -> Response {
     let from = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let response = next.run(request).await;
     if response.status() != StatusCode::UNAUTHORIZED {
         return response;
     }
-    match from.and_then(|ip| app.bad_api_tokens.failed(ip, Instant::now())) {
+    match from.and_then(|ip| bad_tokens.failed(ip, Instant::now())) {
         Some(wait) => {
             tracing::warn!(from = ?from, "too many bad tokens on the API from one address");
             let mut e = ApiError::new(

@@ -1,24 +1,28 @@
-//! The HTTP surface: the webhook, the read API, and health checks.
+//! The HTTP surface: the webhook, the node API, the admin API (reads and operations), the
+//! dashboard and health checks. Each surface's handlers take the state of their own surface
+//! ([`webhook::Webhook`], [`nodes::NodeApi`], [`api::AdminApi`], [`access::Access`] for the
+//! dashboard and the admin token, [`Health`], [`reload::Reloadable`]), drawn from [`Surfaces`]
+//! by axum's `FromRef`.
 
-pub mod admin;
-mod api;
+pub mod access;
+pub mod api;
 mod error;
 mod extract;
 mod limiter;
 pub mod nodes;
 pub mod openapi;
 mod operations;
+pub mod reload;
 pub mod serve;
 pub mod ui;
-mod webhook;
+pub mod webhook;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{HeaderName, StatusCode};
+use axum::extract::{FromRef, State};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -27,66 +31,33 @@ use serde_json::json;
 pub use error::ApiError;
 pub use limiter::BadTokens;
 
-use crate::builds::BuildService;
-use crate::ingest::IngestService;
 use crate::projector::Projections;
-use crate::secrets::TokenSet;
+use crate::reconcile::Reconciler;
 use crate::store::EventStore;
 
-/// Everything the handlers share.
-pub struct AppState {
-    pub store: Arc<dyn EventStore>,
-    pub ingest: IngestService,
-    pub projections: Projections,
-    pub webhook_tokens: TokenSet,
-    pub admin_tokens: TokenSet,
-    pub token_header: HeaderName,
-    pub max_body_bytes: usize,
-    /// How long the webhook waits for its body.
-    pub body_timeout: Duration,
-    pub lane_priorities: HashMap<String, i64>,
-    pub counters: Counters,
-    pub builds: BuildService,
-    pub nodes_tokens: TokenSet,
-    pub lanes: Vec<meshgate_projections::LaneRule>,
-    pub nodes: NodeSettings,
-    /// One claim decision at a time (lane caps and node slots are read, then written).
-    pub claim_lock: tokio::sync::Mutex<()>,
-    /// Set when the gateway is stopping: long polls answer at once.
-    pub stopping: tokio::sync::watch::Sender<bool>,
-    /// Build logs: live chunks and whole uploads.
-    pub logs: Arc<crate::files::BuildLogs>,
-    /// Build artifacts.
-    pub artifacts: Arc<crate::files::Artifacts>,
-    /// Per-build log links (absolute, signed).
-    pub links: crate::links::LogLinks,
-    /// The certificate HTTPS is served with, reloaded with the tokens (none: plain HTTP).
-    pub tls: Option<Arc<crate::tls::ServerTls>>,
-    /// The sinks that carry pages (PagerDuty, an alert channel), for `/readyz`.
-    pub pagers: Vec<String>,
-    /// The configuration file the gateway started with, read again by a token reload.
-    pub config_file: Option<std::path::PathBuf>,
-    /// Sweeps of YouTrack's activity stream (none: no `[youtrack]` base URL and token).
-    pub reconciler: Option<Arc<crate::reconcile::Reconciler>>,
-    /// The configuration the gateway started with (the self-test reads the file again if there is one).
-    pub config: Arc<crate::config::Config>,
-    /// Addresses that sent bad webhook tokens, slowed down past their limit.
-    pub bad_tokens: limiter::BadTokens,
-    /// The same limit, counted apart, for the admin and node API and the dashboard's sign-in.
-    pub bad_api_tokens: limiter::BadTokens,
-    /// Dashboard sessions signed in on this gateway.
-    pub sessions: ui::Sessions,
-    /// Every outbound sink by name, with the milestones it sends.
-    pub sinks: HashMap<String, Vec<meshgate_domain::notify::Milestone>>,
+/// Every surface's state: the router's, from which each handler draws its own.
+#[derive(Clone, FromRef)]
+pub struct Surfaces {
+    pub webhook: Arc<webhook::Webhook>,
+    pub nodes: Arc<nodes::NodeApi>,
+    pub admin: Arc<api::AdminApi>,
+    pub access: Arc<access::Access>,
+    pub health: Arc<Health>,
+    pub reload: Arc<reload::Reloadable>,
+    /// Bad tokens on the admin and node API and the dashboard's sign-in, counted apart from the
+    /// webhook's.
+    pub bad_api_tokens: Arc<BadTokens>,
 }
 
-/// The `[nodes]` settings in the units the handlers use.
-#[derive(Debug, Clone)]
-pub struct NodeSettings {
-    pub lease: chrono::Duration,
-    pub claim_wait: Duration,
-    pub max_attempts: u32,
-    pub max_log_bytes: usize,
+/// What `/readyz` reads.
+pub struct Health {
+    pub store: Arc<dyn EventStore>,
+    pub projections: Projections,
+    /// The webhook's (shared).
+    pub counters: Arc<Counters>,
+    /// The sinks that carry pages (PagerDuty, an alert channel).
+    pub pagers: Vec<String>,
+    pub reconciler: Option<Arc<Reconciler>>,
 }
 
 /// Deliveries by what became of them, for logs and `/readyz`.
@@ -119,17 +90,17 @@ impl Counters {
     }
 }
 
-pub fn router(state: Arc<AppState>, webhook_path: &str) -> Router {
+pub fn router(surfaces: Surfaces, webhook_path: &str) -> Router {
     // YouTrack posts to every configured URL, so `/path` and `/path/` both arrive; both are served
     // and their deliveries fold into one build.
     let trimmed = webhook_path.trim_end_matches('/');
     // A whole log is at most `max_log_bytes` (a longer one is sent cut); a little room for an
     // older node that sends the whole of a long log, which is then cut here.
-    let log_limit = axum::extract::DefaultBodyLimit::max(state.nodes.max_log_bytes.saturating_add(1 << 20));
+    let log_limit = axum::extract::DefaultBodyLimit::max(surfaces.nodes.settings.max_log_bytes.saturating_add(1 << 20));
     let (api, mut document) = api_router().split_for_parts();
     openapi::document_throttling(&mut document);
     let document = Arc::new(document.to_pretty_json().unwrap_or_default());
-    let slowed = axum::middleware::from_fn_with_state(Arc::clone(&state), limiter::slow_bad_tokens);
+    let slowed = axum::middleware::from_fn_with_state(Arc::clone(&surfaces.bad_api_tokens), limiter::slow_bad_tokens);
     Router::new()
         .route(trimmed, post(webhook::receive))
         .route(&format!("{trimmed}/"), post(webhook::receive))
@@ -138,11 +109,11 @@ pub fn router(state: Arc<AppState>, webhook_path: &str) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .layer(log_limit)
-        .with_state(state)
+        .with_state(surfaces)
 }
 
 /// The admin and node API, with the schema generated from its handlers.
-fn api_router() -> utoipa_axum::router::OpenApiRouter<Arc<AppState>> {
+fn api_router() -> utoipa_axum::router::OpenApiRouter<Surfaces> {
     use utoipa::OpenApi;
     use utoipa_axum::routes;
     utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
@@ -154,7 +125,7 @@ fn api_router() -> utoipa_axum::router::OpenApiRouter<Arc<AppState>> {
         .routes(routes!(operations::drain_node))
         .routes(routes!(api::events))
         .routes(routes!(api::stream))
-        .routes(routes!(admin::reload))
+        .routes(routes!(reload::reload))
         .routes(routes!(operations::reconcile))
         .routes(routes!(operations::resend))
         .routes(routes!(operations::recover))
@@ -174,7 +145,7 @@ fn api_router() -> utoipa_axum::router::OpenApiRouter<Arc<AppState>> {
 
 /// Artifacts are streamed to disk and capped by `nodes.max_artifact_bytes` as they arrive, not by
 /// the body limit of the other routes.
-fn artifact_router() -> utoipa_axum::router::OpenApiRouter<Arc<AppState>> {
+fn artifact_router() -> utoipa_axum::router::OpenApiRouter<Surfaces> {
     use utoipa_axum::routes;
     utoipa_axum::router::OpenApiRouter::new()
         .routes(routes!(nodes::artifacts::download, nodes::artifacts::upload))
@@ -197,7 +168,7 @@ async fn healthz() -> impl IntoResponse {
 }
 
 /// Ready when the store takes writes and the projections have caught up with the log.
-async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+async fn readyz(State(app): State<Arc<Health>>) -> impl IntoResponse {
     let writable = tokio::time::timeout(Duration::from_secs(2), app.store.check_writable()).await;
     let store = match writable {
         Ok(Ok(())) => Ok(()),

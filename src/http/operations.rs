@@ -7,15 +7,16 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::api::authorize_change;
+use super::access::Operator;
+use super::api::AdminApi;
 use super::extract::{json_or_default as body, ApiPath};
 use super::openapi::{BuildActionAnswer, DrainAnswer, ErrorBody, RecoverAnswer, ResendAnswer, SelftestAnswer};
-use super::{ApiError, AppState};
+use super::ApiError;
 use crate::outbound::resend::{self, ResendError};
 
 /// `POST /api/v1/reconcile` `{"since"?: RFC 3339, "dry_run"?: bool}`: one sweep now, answered with
@@ -38,11 +39,10 @@ pub struct ReconcileRequest {
         (status = 503, description = "The log is unavailable; nothing was recorded", body = ErrorBody),
     ))]
 pub async fn reconcile(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _: Operator,
+    State(app): State<Arc<AdminApi>>,
     bytes: axum::body::Bytes,
 ) -> Result<Json<crate::reconcile::SweepReport>, ApiError> {
-    authorize_change(&app, &headers)?;
     let request: ReconcileRequest = body(&bytes)?;
     let Some(reconciler) = &app.reconciler else {
         return Err(ApiError::new(
@@ -88,11 +88,10 @@ fn refused(e: ResendError) -> ApiError {
         (status = 503, description = "The log is unavailable; nothing was recorded", body = ErrorBody),
     ))]
 pub async fn resend(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _: Operator,
+    State(app): State<Arc<AdminApi>>,
     bytes: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<ResendAnswer>), ApiError> {
-    authorize_change(&app, &headers)?;
     let request: ResendRequest = body(&bytes)?;
     let id = resend::parse_key(&request.key).map_err(refused)?;
     match app.sinks.get(&id.sink) {
@@ -133,11 +132,10 @@ pub struct RecoverRequest {
         (status = 503, description = "The log is unavailable; nothing was recorded", body = ErrorBody),
     ))]
 pub async fn recover(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _: Operator,
+    State(app): State<Arc<AdminApi>>,
     bytes: axum::body::Bytes,
 ) -> Result<Json<RecoverAnswer>, ApiError> {
-    authorize_change(&app, &headers)?;
     let request: RecoverRequest = body(&bytes)?;
     let since = request.since.ok_or_else(|| {
         let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", "since is required");
@@ -188,11 +186,10 @@ pub struct ReplayRequest {
         (status = 503, description = "The log is unavailable; nothing was recorded", body = ErrorBody),
     ))]
 pub async fn replay(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _: Operator,
+    State(app): State<Arc<AdminApi>>,
     bytes: axum::body::Bytes,
 ) -> Result<Json<crate::replay::ReplayReport>, ApiError> {
-    authorize_change(&app, &headers)?;
     let request: ReplayRequest = body(&bytes)?;
     let Some(since) = request.since else {
         let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", "since is required");
@@ -223,9 +220,8 @@ pub async fn replay(
         (status = 422, description = "The configuration file no longer loads", body = ErrorBody),
         (status = 503, description = "The log is unavailable; nothing was recorded", body = ErrorBody),
     ))]
-pub async fn selftest(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<SelftestAnswer>, ApiError> {
-    authorize_change(&app, &headers)?;
-    let config = match &app.config_file {
+pub async fn selftest(_: Operator, State(app): State<Arc<AdminApi>>) -> Result<Json<SelftestAnswer>, ApiError> {
+    let config = match &app.config.file {
         Some(file) => crate::config::Config::load(Some(file))
             .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_configuration", e.to_string()))?,
         None => (*app.config).clone(),
@@ -289,35 +285,32 @@ enum BuildActionResponses {
     params(("id" = uuid::Uuid, Path, description = "The build's id")), request_body = BuildActionRequest,
     responses(BuildActionResponses))]
 pub async fn cancel_build(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _: Operator,
+    State(app): State<Arc<AdminApi>>,
     ApiPath(build_id): ApiPath<String>,
     bytes: axum::body::Bytes,
 ) -> Result<Json<BuildActionAnswer>, ApiError> {
-    build_action(&app, &headers, build_id, &bytes, |reason| meshgate_domain::BuildCommand::Cancel { reason }).await
+    build_action(&app, build_id, &bytes, |reason| meshgate_domain::BuildCommand::Cancel { reason }).await
 }
 
 #[utoipa::path(post, path = "/api/v1/builds/{id}/requeue", tag = "builds", security(("admin" = [])),
     params(("id" = uuid::Uuid, Path, description = "The build's id")), request_body = BuildActionRequest,
     responses(BuildActionResponses))]
 pub async fn requeue_build(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _: Operator,
+    State(app): State<Arc<AdminApi>>,
     ApiPath(build_id): ApiPath<String>,
     bytes: axum::body::Bytes,
 ) -> Result<Json<BuildActionAnswer>, ApiError> {
-    build_action(&app, &headers, build_id, &bytes, |reason| meshgate_domain::BuildCommand::Requeue { reason }).await
+    build_action(&app, build_id, &bytes, |reason| meshgate_domain::BuildCommand::Requeue { reason }).await
 }
 
 async fn build_action(
-    app: &AppState,
-    headers: &HeaderMap,
+    app: &AdminApi,
     build_id: String,
     bytes: &[u8],
     command: impl FnOnce(String) -> meshgate_domain::BuildCommand,
 ) -> Result<Json<BuildActionAnswer>, ApiError> {
-    // The token first: nothing of the request is read for a caller without it.
-    authorize_change(app, headers)?;
     let build_id = uuid::Uuid::parse_str(&build_id).map_err(|_| ApiError::not_found("build"))?;
     let request: BuildActionRequest = body(bytes)?;
     let reason = request.reason.trim();
@@ -365,12 +358,11 @@ fn yes() -> bool {
         (status = 503, description = "The log is unavailable; nothing was recorded", body = ErrorBody),
     ))]
 pub async fn drain_node(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _: Operator,
+    State(app): State<Arc<AdminApi>>,
     ApiPath(node_id): ApiPath<String>,
     bytes: axum::body::Bytes,
 ) -> Result<Json<DrainAnswer>, ApiError> {
-    authorize_change(&app, &headers)?;
     let request: DrainRequest = body(&bytes)?;
     if app.projections.read(|p| p.nodes.get(&node_id).is_none()) {
         return Err(ApiError::not_found("node"));

@@ -2,114 +2,34 @@
 //! the API with a session cookie.
 //!
 //! Sign-in posts the admin token once (a form body, never a URL); the answer is an HttpOnly,
-//! SameSite=Strict cookie naming a session held in this gateway's memory. A session lasts
-//! [`SESSION_LIFETIME`] and ends at once when the token it was opened with is rotated out. Reads
-//! accept the cookie; every change also needs the session's CSRF token in `X-CSRF-Token`, which only
-//! a page of this origin can read (`GET /ui/session`).
+//! SameSite=Strict cookie naming a session held in this gateway's memory ([`super::access`]: it
+//! lasts [`SESSION_LIFETIME`] and ends at once when the token it was opened with is rotated out).
+//! Reads accept the cookie; every change also needs the session's CSRF token in `X-CSRF-Token`,
+//! which only a page of this origin can read (`GET /ui/session`).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
-use super::{ApiError, AppState};
-use crate::secrets::random_hex;
-
-pub const COOKIE: &str = "meshgate_session";
-pub const CSRF_HEADER: &str = "x-csrf-token";
-/// How long a sign-in lasts.
-pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
-/// Sessions kept at most; the oldest gives way.
-const MAX_SESSIONS: usize = 1024;
+use super::access::{cookie, Access, COOKIE, SESSION_LIFETIME};
+use super::ApiError;
 
 const INDEX: &str = include_str!("../ui/index.html");
 const LOGIN: &str = include_str!("../ui/login.html");
 const SCRIPT: &str = include_str!("../ui/app.js");
 const STYLE: &str = include_str!("../ui/style.css");
 
-/// The sessions signed in on this gateway, by the digest of their id.
-#[derive(Default)]
-pub struct Sessions {
-    open: Mutex<HashMap<[u8; 32], Session>>,
-}
-
-struct Session {
-    csrf: String,
-    /// The admin token it was opened with.
-    token: [u8; 32],
-    opened: Instant,
-}
-
-/// A signed-in session, as a request presents it.
-pub struct Signed {
-    pub csrf: String,
-}
-
-impl Sessions {
-    /// A new session for the token with digest `token`: its id (the cookie).
-    fn open(&self, token: [u8; 32]) -> Result<String, getrandom::Error> {
-        let (id, csrf) = (random_hex()?, random_hex()?);
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.retain(|_, s| s.opened.elapsed() < SESSION_LIFETIME);
-        if open.len() >= MAX_SESSIONS {
-            if let Some(oldest) = open.iter().min_by_key(|(_, s)| s.opened).map(|(k, _)| *k) {
-                open.remove(&oldest);
-            }
-        }
-        open.insert(digest(&id), Session { csrf, token, opened: Instant::now() });
-        Ok(id)
-    }
-
-    fn close(&self, id: &str) {
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).remove(&digest(id));
-    }
-
-    /// The session a request's cookie names, while it lasts and its token is live.
-    pub fn find(&self, app: &AppState, headers: &HeaderMap) -> Option<Signed> {
-        let id = cookie(headers)?;
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let key = digest(&id);
-        let session = open.get(&key)?;
-        if session.opened.elapsed() >= SESSION_LIFETIME || !app.admin_tokens.holds(&session.token) {
-            open.remove(&key);
-            return None;
-        }
-        Some(Signed { csrf: session.csrf.clone() })
-    }
-}
-
-impl Signed {
-    /// Whether a change carries this session's CSRF token.
-    pub fn allows_change(&self, headers: &HeaderMap) -> bool {
-        let sent = headers.get(CSRF_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
-        bool::from(sent.ct_eq(self.csrf.as_bytes()))
-    }
-}
-
-fn digest(id: &str) -> [u8; 32] {
-    Sha256::digest(id.as_bytes()).into()
-}
-
-fn cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.to_owned())
-}
-
-pub fn routes() -> Router<Arc<AppState>> {
+/// The dashboard's pages and sign-in, for any router state that holds the [`Access`].
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Access>: FromRef<S>,
+{
     Router::new()
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
         .route("/ui/", get(index))
@@ -141,8 +61,8 @@ fn html(status: StatusCode, body: String) -> Response {
     guarded((status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response())
 }
 
-async fn index(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if app.sessions.find(&app, &headers).is_none() {
+async fn index(State(access): State<Arc<Access>>, headers: HeaderMap) -> Response {
+    if access.session(&headers).is_none() {
         return guarded(Redirect::to("/ui/login").into_response());
     }
     html(StatusCode::OK, INDEX.to_owned())
@@ -158,21 +78,21 @@ struct SignIn {
 }
 
 async fn sign_in(
-    State(app): State<Arc<AppState>>,
+    State(access): State<Arc<Access>>,
     form: Result<Form<SignIn>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let token = form.map(|Form(f)| f.token).unwrap_or_default();
-    let Some(token_digest) = app.admin_tokens.identify(token.trim().as_bytes()) else {
+    let Some(token_digest) = access.admin_tokens.identify(token.trim().as_bytes()) else {
         tracing::warn!("dashboard sign-in refused: not an admin token");
         let refused = LOGIN.replace("{{error}}", "<p class=\"error\" role=\"alert\">That is not an admin token.</p>");
         return html(StatusCode::UNAUTHORIZED, refused);
     };
-    let id = match app.sessions.open(token_digest) {
+    let id = match access.sessions.open(token_digest) {
         Ok(id) => id,
         Err(e) => return ApiError::unavailable(&e).into_response(),
     };
     tracing::info!("dashboard session opened");
-    let secure = if app.tls.is_some() { "; Secure" } else { "" };
+    let secure = if access.secure_cookies { "; Secure" } else { "" };
     let max_age = SESSION_LIFETIME.as_secs();
     let cookie = format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
     let mut response = Redirect::to("/ui/").into_response();
@@ -182,13 +102,13 @@ async fn sign_in(
     guarded(response)
 }
 
-async fn sign_out(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let signed = app.sessions.find(&app, &headers).ok_or_else(ApiError::unauthorized)?;
+async fn sign_out(State(access): State<Arc<Access>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let signed = access.session(&headers).ok_or_else(ApiError::unauthorized)?;
     if !signed.allows_change(&headers) {
         return Err(ApiError::csrf());
     }
     if let Some(id) = cookie(&headers) {
-        app.sessions.close(&id);
+        access.sessions.close(&id);
     }
     let expired = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
     let mut response = StatusCode::NO_CONTENT.into_response();
@@ -199,7 +119,7 @@ async fn sign_out(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Resul
 }
 
 /// The page's CSRF token, for the session the cookie names.
-async fn session(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let signed = app.sessions.find(&app, &headers).ok_or_else(ApiError::unauthorized)?;
+async fn session(State(access): State<Arc<Access>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let signed = access.session(&headers).ok_or_else(ApiError::unauthorized)?;
     Ok(guarded(Json(serde_json::json!({ "csrf": signed.csrf })).into_response()))
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
@@ -13,18 +13,35 @@ use meshgate_domain::ingest::Outcome;
 use meshgate_domain::payload;
 use uuid::Uuid;
 
-use super::{ApiError, AppState, Counters};
-use crate::ingest::IngestError;
+use super::limiter::BadTokens;
+use super::{ApiError, Counters};
+use crate::ingest::{IngestError, IngestService};
+use crate::secrets::TokenSet;
 use crate::store::StoreError;
 
-pub async fn receive(State(app): State<Arc<AppState>>, request: Request) -> Response {
+/// What the webhook uses: the ingest handler, the tokens it takes and its limits.
+pub struct Webhook {
+    pub ingest: Arc<IngestService>,
+    pub tokens: Arc<TokenSet>,
+    /// The header the token arrives in.
+    pub token_header: HeaderName,
+    pub max_body_bytes: usize,
+    /// How long it waits for a body.
+    pub body_timeout: std::time::Duration,
+    /// Deliveries by what became of them (`/readyz` shows them too).
+    pub counters: Arc<Counters>,
+    /// Addresses that sent bad tokens, slowed down past their limit.
+    pub bad_tokens: BadTokens,
+}
+
+pub async fn receive(State(webhook): State<Arc<Webhook>>, request: Request) -> Response {
     let correlation_id = Uuid::now_v7();
     let received_at = Utc::now();
     let (parts, body) = request.into_parts();
     let remote = Remote(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0));
     let started = std::time::Instant::now();
     let mut body = Some(body);
-    let result = handle(&app, correlation_id, received_at, remote, &parts.headers, &mut body).await;
+    let result = handle(&webhook, correlation_id, received_at, remote, &parts.headers, &mut body).await;
     let outcome = match &result {
         Ok((_, outcome)) => *outcome,
         Err(e) => match e.status {
@@ -46,7 +63,7 @@ pub async fn receive(State(app): State<Arc<AppState>>, request: Request) -> Resp
     // unread data (a lingering close).
     if let Some(unread) = body {
         let bound =
-            if response.status() == StatusCode::PAYLOAD_TOO_LARGE { DRAIN_TOO_LARGE } else { app.max_body_bytes };
+            if response.status() == StatusCode::PAYLOAD_TOO_LARGE { DRAIN_TOO_LARGE } else { webhook.max_body_bytes };
         if !drain(unread, bound).await {
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -138,7 +155,7 @@ struct AcceptedBody<'a> {
 
 #[tracing::instrument(name = "delivery", skip_all, fields(correlation_id = %correlation_id))]
 async fn handle(
-    app: &AppState,
+    webhook: &Webhook,
     correlation_id: Uuid,
     received_at: chrono::DateTime<Utc>,
     remote: Remote,
@@ -150,19 +167,19 @@ async fn handle(
 
     // 1. The token, before anything else is looked at. Only its presence and length are logged.
     // A token header sent twice is ambiguous (a proxy adding its own copy): refused either way.
-    let mut copies = headers.get_all(&app.token_header).iter();
+    let mut copies = headers.get_all(&webhook.token_header).iter();
     let presented = copies.next().filter(|_| copies.next().is_none());
-    if !presented.is_some_and(|token| app.webhook_tokens.verify(token.as_bytes())) {
-        let total = Counters::bump(&app.counters.unauthorized);
+    if !presented.is_some_and(|token| webhook.tokens.verify(token.as_bytes())) {
+        let total = Counters::bump(&webhook.counters.unauthorized);
         tracing::warn!(
             %remote,
-            token_headers = headers.get_all(&app.token_header).iter().count(),
+            token_headers = headers.get_all(&webhook.token_header).iter().count(),
             received_token_length = presented.map_or(0, |t| t.len()),
             body_length = declared_length,
             rejected_total = total,
             "webhook token mismatch"
         );
-        if let Some(wait) = remote.0.and_then(|addr| app.bad_tokens.failed(addr.ip(), std::time::Instant::now())) {
+        if let Some(wait) = remote.0.and_then(|addr| webhook.bad_tokens.failed(addr.ip(), std::time::Instant::now())) {
             let mut e = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_bad_tokens",
@@ -176,25 +193,25 @@ async fn handle(
 
     // 2. Size, media type, then the body itself.
     let too_large = || {
-        let total = Counters::bump(&app.counters.too_large);
+        let total = Counters::bump(&webhook.counters.too_large);
         tracing::warn!(
             %remote,
             body_length = declared_length,
-            limit = app.max_body_bytes,
+            limit = webhook.max_body_bytes,
             rejected_total = total,
             "webhook body too large"
         );
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("body exceeds {} bytes", app.max_body_bytes),
+            format!("body exceeds {} bytes", webhook.max_body_bytes),
         )
     };
-    if declared_length.is_some_and(|n| n > app.max_body_bytes as u64) {
+    if declared_length.is_some_and(|n| n > webhook.max_body_bytes as u64) {
         return Err(too_large());
     }
     if !is_json(headers) {
-        let total = Counters::bump(&app.counters.unsupported_media_type);
+        let total = Counters::bump(&webhook.counters.unsupported_media_type);
         tracing::warn!(%remote, rejected_total = total, "webhook body is not json");
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -203,9 +220,9 @@ async fn handle(
         ));
     }
     let mut incoming = body.take().unwrap_or_default();
-    let reading = read_limited(&mut incoming, app.max_body_bytes);
-    let Ok(read) = tokio::time::timeout(app.body_timeout, reading).await else {
-        let total = Counters::bump(&app.counters.bad_request);
+    let reading = read_limited(&mut incoming, webhook.max_body_bytes);
+    let Ok(read) = tokio::time::timeout(webhook.body_timeout, reading).await else {
+        let total = Counters::bump(&webhook.counters.bad_request);
         tracing::warn!(%remote, body_length = declared_length, rejected_total = total, "webhook body did not arrive in time");
         return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", "the body did not arrive in time"));
     };
@@ -219,13 +236,13 @@ async fn handle(
         }
         Err(Some(e)) if is_length_limit(&e) => return Err(too_large()),
         Err(Some(e)) => {
-            let total = Counters::bump(&app.counters.bad_request);
+            let total = Counters::bump(&webhook.counters.bad_request);
             tracing::warn!(%remote, error = %e, rejected_total = total, "webhook body could not be read");
             return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("cannot read the body: {e}")));
         }
     };
     let bad_request = |message: String, field: Option<String>| {
-        let total = Counters::bump(&app.counters.bad_request);
+        let total = Counters::bump(&webhook.counters.bad_request);
         tracing::warn!(%remote, error = %message, field = field.as_deref(), rejected_total = total, "webhook body refused");
         ApiError { status: StatusCode::BAD_REQUEST, code: "invalid_payload", message, field, retry_after: None }
     };
@@ -234,11 +251,11 @@ async fn handle(
         payload::parse_bytes(&bytes).map_err(|e| bad_request(e.to_string(), e.field().map(str::to_owned)))?;
 
     // 3. Durably recorded, or refused as a whole.
-    let ingested = app.ingest.ingest(correlation_id, received_at, text, fingerprint, &delivery).await;
+    let ingested = webhook.ingest.ingest(correlation_id, received_at, text, fingerprint, &delivery).await;
     let accepted = ingested.map_err(|e| match e {
         // It can never be recorded: said at once, not as something to retry.
         IngestError::Store(StoreError::TooLarge { bytes, max }) => {
-            let total = Counters::bump(&app.counters.too_large);
+            let total = Counters::bump(&webhook.counters.too_large);
             tracing::warn!(%remote, bytes, max, rejected_total = total, "webhook body too large for the log");
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -249,7 +266,7 @@ async fn handle(
             )
         }
         IngestError::Store(e @ StoreError::Unknown { .. }) => {
-            Counters::bump(&app.counters.unavailable);
+            Counters::bump(&webhook.counters.unavailable);
             tracing::error!(error = %crate::report::chain(&e), "a delivery's outcome is unknown");
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -258,11 +275,11 @@ async fn handle(
             )
         }
         e => {
-            Counters::bump(&app.counters.unavailable);
+            Counters::bump(&webhook.counters.unavailable);
             ApiError::unavailable(&e)
         }
     })?;
-    Counters::bump(&app.counters.accepted);
+    Counters::bump(&webhook.counters.accepted);
     let outcome = &accepted.outcome;
     tracing::info!(
         issue = %delivery.issue_id,

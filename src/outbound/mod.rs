@@ -12,6 +12,7 @@
 //! One file per protocol: `console` (standard output), `generic`, `slack`, `teams`, `discord`,
 //! `matrix`, `openclaw`, `youtrack`, `pagerduty`; `exchange` makes one HTTP try and reads its answer.
 
+mod configured;
 pub mod console;
 pub mod discord;
 pub mod exchange;
@@ -42,8 +43,9 @@ use uuid::Uuid;
 use crate::links::LogLinks;
 use crate::projector::Projections;
 use crate::store::{EventStore, NewEvent, StoreError, StreamAppend};
+pub use configured::{client, outbox_config, pagers, rules, sinks, specs, SinkError};
 pub use exchange::Answer;
-pub use sink::{outbox_config, specs, Sink, Target};
+pub use sink::{Sink, Target};
 
 /// One notification to send.
 pub struct Message<'a> {

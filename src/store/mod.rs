@@ -7,6 +7,7 @@
 
 pub mod eventstoredb;
 pub(crate) mod lease;
+pub mod open;
 pub mod postgres;
 pub mod sqlite;
 

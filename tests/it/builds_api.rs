@@ -31,7 +31,7 @@ async fn builds_are_listed_newest_first_a_page_at_a_time_from_memory_and_the_rea
     // One more change after the restart: MOB-4's saved row still says queued, memory knows better.
     app.finish_build(ids[3], true).await;
     let head = *app.store().head().borrow();
-    assert!(app.state.projections.caught_up_to(head, std::time::Duration::from_secs(10)).await);
+    assert!(app.handles.projections.caught_up_to(head, std::time::Duration::from_secs(10)).await);
 
     // Every build, three at a time, newest first, each once.
     let mut all = Vec::new();

@@ -173,7 +173,7 @@ async fn write_scenarios(app: &TestApp) {
     let issue = |id: &str, minute: u32| {
         with(&building, &json!({"id": id, "timestamp": format!("2026-11-29T10:{minute:02}:00.000Z")}))
     };
-    let builds = &app.state.builds;
+    let builds = &app.handles.builds;
     let lease = || Utc::now() + Duration::minutes(5);
     let run = |build: Uuid, command: BuildCommand| async move {
         builds.execute(build, Uuid::now_v7(), &command).await.unwrap();

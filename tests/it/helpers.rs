@@ -4,9 +4,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use meshgate::app::App;
+use meshgate::app::{App, Handles};
 use meshgate::config::{Config, LaneConfig};
-use meshgate::http::AppState;
 use meshgate::projector::apply_batch;
 use meshgate::secrets::generate_token_file;
 use meshgate::store::{EventStore, StoredEvent, StreamAppend};
@@ -84,7 +83,7 @@ pub struct TestApp {
     pub dir: TempDir,
     pub config: Config,
     pub addr: SocketAddr,
-    pub state: Arc<AppState>,
+    pub handles: Handles,
     pub webhook_token: String,
     pub admin_token: String,
     pub client: reqwest::Client,
@@ -106,7 +105,7 @@ pub async fn spawn_with(dir: TempDir, mut config: Config) -> TestApp {
     let addr = listener.local_addr().unwrap();
     config.server.listen = addr;
     let app = App::start(&config).await.expect("app starts");
-    let state = Arc::clone(&app.state);
+    let handles = app.handles.clone();
     let metrics_addr = app.metrics_addr;
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -123,7 +122,7 @@ pub async fn spawn_with(dir: TempDir, mut config: Config) -> TestApp {
         dir,
         config,
         addr,
-        state,
+        handles,
         client: crate::pki::https_client(),
         metrics_addr,
         stop: Some(stop),
@@ -163,7 +162,7 @@ impl TestApp {
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
-        &self.state.store
+        &self.handles.store
     }
 
     pub async fn all_events(&self) -> Vec<StoredEvent> {
@@ -176,7 +175,7 @@ impl TestApp {
 
     /// Waits (on the projections' change signal, no polling) until the log holds `n` events of a type.
     pub async fn wait_for_count(&self, event_type: &str, n: usize) {
-        let mut changes = self.state.projections.changes();
+        let mut changes = self.handles.projections.changes();
         let reached = tokio::time::timeout(std::time::Duration::from_secs(90), async {
             while self.count(event_type).await < n {
                 changes.changed().await.unwrap();
@@ -190,11 +189,11 @@ impl TestApp {
     /// read model), the queue and the outbox.
     pub async fn live(&self) -> Model {
         let head = *self.store().head().borrow();
-        assert!(self.state.projections.caught_up_to(head, std::time::Duration::from_secs(10)).await);
-        let mut builds = self.state.projections.page_builds(None, None, u64::MAX, usize::MAX).await.unwrap();
+        assert!(self.handles.projections.caught_up_to(head, std::time::Duration::from_secs(10)).await);
+        let mut builds = self.handles.projections.page_builds(None, None, u64::MAX, usize::MAX).await.unwrap();
         builds.reverse();
         let (position, queue, outbox) =
-            self.state.projections.read(|p| (p.position, p.queue.clone(), p.outbox.clone()));
+            self.handles.projections.read(|p| (p.position, p.queue.clone(), p.outbox.clone()));
         Model { position, builds, queue, outbox }
     }
 

@@ -94,12 +94,12 @@ async fn simultaneous_different_transitions_of_one_intent_share_one_build() {
 async fn many_more_simultaneous_transitions_than_attempts_are_all_recorded() {
     let app = spawn_app().await;
     let calls = (0..64u64).map(|n| {
-        let state = std::sync::Arc::clone(&app.state);
+        let webhook = std::sync::Arc::clone(&app.handles.surfaces.webhook);
         let body = with(&building(), &json!({"updated": 1_787_565_700_000u64 + n}));
         tokio::spawn(async move {
             let (fingerprint, delivery) = meshgate_domain::payload::parse_bytes(body.as_bytes()).unwrap();
             let correlation_id = uuid::Uuid::now_v7();
-            state.ingest.ingest(correlation_id, chrono::Utc::now(), &body, fingerprint, &delivery).await
+            webhook.ingest.ingest(correlation_id, chrono::Utc::now(), &body, fingerprint, &delivery).await
         })
     });
     let outcomes: Vec<_> = join_all(calls).await.into_iter().map(|joined| joined.unwrap()).collect();
@@ -120,7 +120,7 @@ async fn projections_resume_from_their_checkpoint_and_equal_a_rebuild() {
     let before = app.live().await;
     let app = app.restart().await;
     // Restarted from the checkpoint, not from position 0.
-    assert_eq!(app.state.projections.position(), before.position);
+    assert_eq!(app.handles.projections.position(), before.position);
     app.deliver(&with(&building(), &json!({"id": "MOB-9"}))).await;
     let live = app.live().await;
     assert_eq!(live, app.rebuilt().await);

@@ -12,7 +12,7 @@ async fn the_metrics_listener_serves_deliveries_commits_builds_and_the_log_head(
         app.client.post(app.url("/youtrack/webhook")).header("X-YouTrack-Token", "wrong").body("{}").send().await;
     assert_eq!(refused.unwrap().status(), 401);
     let head = *app.store().head().borrow();
-    assert!(app.state.projections.caught_up_to(head, std::time::Duration::from_secs(5)).await);
+    assert!(app.handles.projections.caught_up_to(head, std::time::Duration::from_secs(5)).await);
 
     let addr = app.metrics_addr.expect("a metrics listener");
     let scraped = reqwest::get(format!("http://{addr}/metrics")).await.unwrap();
@@ -49,7 +49,7 @@ async fn the_metrics_listener_serves_deliveries_commits_builds_and_the_log_head(
         .unwrap();
     assert_eq!(claimed.status(), 200);
     let head = *app.store().head().borrow();
-    assert!(app.state.projections.caught_up_to(head, std::time::Duration::from_secs(5)).await);
+    assert!(app.handles.projections.caught_up_to(head, std::time::Duration::from_secs(5)).await);
     let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
     let value = |series: &str| -> f64 {
         let line = text.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("no {series} in:\n{text}"));

@@ -234,9 +234,9 @@ async fn artifacts_older_than_keep_days_are_removed_and_the_removal_recorded() {
     assert_eq!(put_artifact(&app, build, "mac-1", "App.ipa", &sha, &b"ipa"[..]).await.status(), 200);
     succeed(&app, build).await;
     let retention = Retention {
-        artifacts: std::sync::Arc::clone(&app.state.artifacts),
+        artifacts: std::sync::Arc::clone(&app.handles.artifacts),
         store: std::sync::Arc::clone(app.store()),
-        projections: app.state.projections.clone(),
+        projections: app.handles.projections.clone(),
         keep_days: 14,
     };
     // Thirteen days on: kept. Fifteen: removed, once.

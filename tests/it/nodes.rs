@@ -153,10 +153,10 @@ async fn a_lost_node_s_build_is_requeued_then_failed_and_its_late_result_is_refu
         app.node_post(&format!("/api/v1/builds/{build}/heartbeat"), json!({"node_id": "mac-1", "attempt": 1})).await;
     assert_eq!(stale_beat.status(), 409);
     // mac-2 is lost too: after the last attempt the build fails with node_lost.
-    let mut states = app.state.projections.changes();
+    let mut states = app.handles.projections.changes();
     let failed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         loop {
-            let view = app.state.projections.build(build).await.unwrap();
+            let view = app.handles.projections.build(build).await.unwrap();
             if view.is_some_and(|b| b.state.name() == "failed") {
                 return;
             }
@@ -246,15 +246,15 @@ async fn the_reaper_requeues_at_the_end_of_the_lease_and_not_before() {
     let build = build_for(&app, "MOB-1").await;
     app.claim("mac-1", &[], 1, 0).await.unwrap();
     let head = *app.store().head().borrow();
-    assert!(app.state.projections.caught_up_to(head, std::time::Duration::from_secs(5)).await);
-    let lease = app.state.projections.read(|p| match &p.builds.get(build).unwrap().state {
+    assert!(app.handles.projections.caught_up_to(head, std::time::Duration::from_secs(5)).await);
+    let lease = app.handles.projections.read(|p| match &p.builds.get(build).unwrap().state {
         meshgate_domain::BuildState::Running { lease_expires_at, .. } => *lease_expires_at,
         other => panic!("not running: {other:?}"),
     });
     let reaper = meshgate::reaper::Reaper {
-        projections: app.state.projections.clone(),
-        builds: app.state.builds.clone(),
-        max_attempts: app.state.nodes.max_attempts,
+        projections: app.handles.projections.clone(),
+        builds: app.handles.builds.clone(),
+        max_attempts: app.config.nodes.max_attempts,
     };
     let reap = |at| meshgate::reaper::reap_once(&reaper, at);
     assert_eq!(reap(lease - chrono::Duration::seconds(1)).await, 0);
@@ -262,7 +262,7 @@ async fn the_reaper_requeues_at_the_end_of_the_lease_and_not_before() {
     assert_eq!(app.count("BuildRequeued").await, 1);
     // Reaping again finds nothing: the build is queued, not running.
     let head = *app.store().head().borrow();
-    assert!(app.state.projections.caught_up_to(head, std::time::Duration::from_secs(5)).await);
+    assert!(app.handles.projections.caught_up_to(head, std::time::Duration::from_secs(5)).await);
     assert_eq!(reap(lease + chrono::Duration::seconds(1)).await, 0);
     assert_eq!(app.claim("mac-2", &[], 1, 0).await.unwrap()["attempt"], 2);
 }

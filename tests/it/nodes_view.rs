@@ -43,9 +43,9 @@ async fn nodes_are_listed_drained_and_shown_lost_when_their_lease_runs_out() {
     // Its lease runs out (the reaper's expiry): lost, until it is heard from again.
     let later = chrono::Utc::now() + chrono::Duration::hours(1);
     let expire = meshgate_domain::BuildCommand::Expire { max_attempts: 3 };
-    app.state.builds.execute_at(first, uuid::Uuid::now_v7(), &expire, later).await.unwrap();
+    app.handles.builds.execute_at(first, uuid::Uuid::now_v7(), &expire, later).await.unwrap();
     let head = *app.store().head().borrow();
-    assert!(app.state.projections.caught_up_to(head, std::time::Duration::from_secs(5)).await);
+    assert!(app.handles.projections.caught_up_to(head, std::time::Duration::from_secs(5)).await);
     assert_eq!(node(&listed().await, "mac-1").unwrap()["state"], "lost");
     let scraped =
         reqwest::get(format!("http://{}/metrics", app.metrics_addr.unwrap())).await.unwrap().text().await.unwrap();

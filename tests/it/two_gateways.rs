@@ -36,7 +36,7 @@ async fn a_delivery_sent_to_two_gateways_on_one_log_starts_one_build() {
     // Each gateway folds the whole shared log.
     let head = (*a.store().head().borrow()).max(*b.store().head().borrow());
     for app in [&a, &b] {
-        assert!(app.state.projections.caught_up_to(head, Duration::from_secs(10)).await);
+        assert!(app.handles.projections.caught_up_to(head, Duration::from_secs(10)).await);
     }
     let (on_a, on_b) = (a.live().await, b.live().await);
     assert_eq!(on_a.builds.len(), 20);
@@ -138,7 +138,7 @@ async fn a_lane_cap_holds_across_gateways() {
     for round in 0..3 {
         let head = (*a.store().head().borrow()).max(*b.store().head().borrow());
         for app in [&a, &b] {
-            assert!(app.state.projections.caught_up_to(head, Duration::from_secs(10)).await);
+            assert!(app.handles.projections.caught_up_to(head, Duration::from_secs(10)).await);
         }
         let (one, other) = tokio::join!(claim(&a, "mac-a"), claim(&b, "mac-b"));
         let granted: Vec<Value> = join_all([one, other].into_iter().filter(|r| r.status() == 200).map(|r| r.json()))
@@ -178,8 +178,8 @@ async fn claims_decided_on_one_version_of_a_lane_land_once() {
     };
     let claim = |node: &str| BuildCommand::Claim { node_id: node.into(), lease_expires_at: chrono::Utc::now() };
     let id = uuid::Uuid::now_v7();
-    a.state.builds.claim_guarded(first, id, &claim("mac-a"), guard(first, "mac-a")).await.unwrap();
-    let refused = b.state.builds.claim_guarded(second, id, &claim("mac-b"), guard(second, "mac-b")).await;
+    a.handles.builds.claim_guarded(first, id, &claim("mac-a"), guard(first, "mac-a")).await.unwrap();
+    let refused = b.handles.builds.claim_guarded(second, id, &claim("mac-b"), guard(second, "mac-b")).await;
     assert!(matches!(refused, Err(CommandError::Contention)), "{refused:?}");
     assert_eq!(a.store().read_stream(&meshgate_domain::stream::build_stream(second)).await.unwrap().len(), 1);
 }

@@ -76,7 +76,7 @@ async fn a_body_over_the_limit_is_refused_whether_or_not_its_length_is_declared(
     assert_eq!(app.post(&big).await.status(), 413);
 
     // Chunked, no Content-Length: the limit holds while reading.
-    let router = meshgate::http::router(app.state.clone(), "/youtrack/webhook");
+    let router = meshgate::http::router(app.handles.surfaces.clone(), "/youtrack/webhook");
     let request = Request::post("/youtrack/webhook")
         .header("X-YouTrack-Token", &app.webhook_token)
         .header("Content-Type", "application/json")

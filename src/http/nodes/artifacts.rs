@@ -14,14 +14,15 @@ use meshgate_projections::{ArtifactRecord, BuildView};
 use uuid::Uuid;
 
 use super::wire::ArtifactRead;
-use super::{authorize_node, bad_request, check_node_id, command_failed, held};
+use super::{bad_request, check_node_id, command_failed, held, NodeApi};
 use crate::builds::CommandError;
 use crate::files::ArtifactError;
+use crate::http::access::Access;
 use crate::http::extract::{ApiPath, ApiQuery};
 use crate::http::openapi::{ArtifactsPage, ErrorBody};
-use crate::http::{ApiError, AppState};
+use crate::http::ApiError;
 
-fn answer(app: &AppState, build_id: Uuid, record: &ArtifactRecord) -> ArtifactAnswer {
+fn answer(app: &NodeApi, build_id: Uuid, record: &ArtifactRecord) -> ArtifactAnswer {
     ArtifactAnswer {
         name: record.name.clone(),
         attempt: record.attempt,
@@ -68,13 +69,13 @@ fn refused(e: ArtifactError) -> ApiError {
         (status = 503, description = "The artifact cannot be stored", body = ErrorBody),
     ))]
 pub async fn upload(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<NodeApi>>,
     headers: HeaderMap,
     ApiPath((build_id, name)): ApiPath<(Uuid, String)>,
     query: Result<ApiQuery<ArtifactQuery>, ApiError>,
     body: Body,
 ) -> Result<Json<ArtifactAnswer>, ApiError> {
-    authorize_node(&app, &headers)?;
+    app.authorize(&headers)?;
     let ApiQuery(query) = query?;
     check_node_id(&query.node_id)?;
     check_artifact_name(&name).map_err(|problem| bad_request("name", problem))?;
@@ -128,13 +129,14 @@ pub async fn upload(
 
 /// The build, if the caller has the admin token, a dashboard session or the build's key.
 async fn readable(
-    app: &AppState,
+    app: &NodeApi,
+    access: &Access,
     headers: &HeaderMap,
     build_id: Uuid,
     key: Option<&str>,
 ) -> Result<BuildView, ApiError> {
     if !key.is_some_and(|k| app.links.opens(build_id, k)) {
-        crate::http::api::authorize(app, headers)?;
+        access.authorize(headers)?;
     }
     let build = app.projections.build(build_id).await.map_err(|e| ApiError::unavailable(&e))?;
     build.ok_or_else(|| ApiError::not_found("build"))
@@ -150,12 +152,13 @@ async fn readable(
         (status = 404, description = "No such build", body = ErrorBody),
     ))]
 pub async fn list(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<NodeApi>>,
+    State(access): State<Arc<Access>>,
     headers: HeaderMap,
     ApiPath(build_id): ApiPath<Uuid>,
     ApiQuery(query): ApiQuery<ArtifactRead>,
 ) -> Result<Json<ArtifactsPage>, ApiError> {
-    let build = readable(&app, &headers, build_id, query.key.as_deref()).await?;
+    let build = readable(&app, &access, &headers, build_id, query.key.as_deref()).await?;
     let artifacts = build
         .artifacts
         .iter()
@@ -179,12 +182,13 @@ pub async fn list(
         (status = 404, description = "No such build or artifact, or it was removed after `artifacts.keep_days`", body = ErrorBody),
     ))]
 pub async fn download(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<NodeApi>>,
+    State(access): State<Arc<Access>>,
     headers: HeaderMap,
     ApiPath((build_id, name)): ApiPath<(Uuid, String)>,
     ApiQuery(query): ApiQuery<ArtifactRead>,
 ) -> Result<Response, ApiError> {
-    let build = readable(&app, &headers, build_id, query.key.as_deref()).await?;
+    let build = readable(&app, &access, &headers, build_id, query.key.as_deref()).await?;
     let record = build
         .artifacts
         .iter()

@@ -17,10 +17,11 @@ use tokio::io::AsyncSeekExt;
 use uuid::Uuid;
 
 use super::wire::{LogQuery, UploadQuery};
-use super::{authorize_node, bad_request, check_node_id, held};
+use super::{bad_request, check_node_id, held, NodeApi};
+use crate::http::access::Access;
 use crate::http::extract::{ApiPath, ApiQuery};
 use crate::http::openapi::{ErrorBody, LogUploaded};
-use crate::http::{ApiError, AppState};
+use crate::http::ApiError;
 
 /// Most bytes a follower is sent at once.
 const FOLLOW_READ: usize = 64 * 1024;
@@ -40,13 +41,13 @@ const FOLLOW_CHECK: Duration = Duration::from_secs(5);
         (status = 503, description = "The log cannot be stored", body = ErrorBody),
     ))]
 pub async fn chunk(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<NodeApi>>,
     headers: HeaderMap,
     ApiPath(build_id): ApiPath<Uuid>,
     query: Result<ApiQuery<ChunkQuery>, ApiError>,
     body: Bytes,
 ) -> Result<Json<ChunkAnswer>, ApiError> {
-    authorize_node(&app, &headers)?;
+    app.authorize(&headers)?;
     let ApiQuery(query) = query?;
     check_node_id(&query.node_id)?;
     held(&app, build_id, &query.node_id, query.attempt).await?;
@@ -70,13 +71,13 @@ pub async fn chunk(
         (status = 503, description = "The log cannot be stored", body = ErrorBody),
     ))]
 pub async fn upload(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<NodeApi>>,
     headers: HeaderMap,
     ApiPath(build_id): ApiPath<Uuid>,
     query: Result<ApiQuery<UploadQuery>, ApiError>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize_node(&app, &headers)?;
+    app.authorize(&headers)?;
     let ApiQuery(query) = query?;
     let attempt = query.attempt.ok_or_else(|| bad_request("attempt", "attempt is required"))?;
     let head = *app.store.head().borrow();
@@ -107,14 +108,15 @@ pub async fn upload(
         (status = 404, description = "No such build or log", body = ErrorBody),
     ))]
 pub async fn download(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<NodeApi>>,
+    State(access): State<Arc<Access>>,
     headers: HeaderMap,
     ApiPath(build_id): ApiPath<Uuid>,
     ApiQuery(query): ApiQuery<LogQuery>,
 ) -> Result<Response, ApiError> {
     let keyed = query.key.as_deref().is_some_and(|k| app.links.opens(build_id, k));
     if !keyed {
-        crate::http::api::authorize(&app, &headers)?;
+        access.authorize(&headers)?;
     }
     // The running attempt (its log may not have arrived yet), else the newest one with a log.
     let attempt = match query.attempt {
@@ -145,7 +147,7 @@ pub async fn download(
 }
 
 /// The build's running attempt, if it runs.
-async fn running_attempt(app: &AppState, build_id: Uuid) -> Option<u32> {
+async fn running_attempt(app: &NodeApi, build_id: Uuid) -> Option<u32> {
     match app.projections.build(build_id).await.ok().flatten()?.state {
         BuildState::Running { attempt, .. } => Some(attempt),
         _ => None,
@@ -153,14 +155,14 @@ async fn running_attempt(app: &AppState, build_id: Uuid) -> Option<u32> {
 }
 
 /// Whether `attempt` of the build is running.
-async fn running(app: &AppState, build_id: Uuid, attempt: u32) -> bool {
+async fn running(app: &NodeApi, build_id: Uuid, attempt: u32) -> bool {
     running_attempt(app, build_id).await == Some(attempt)
 }
 
 /// A reader of a running attempt's log: sends what the file holds past `offset`, then waits for
 /// more, until the attempt has ended and everything is sent.
 struct Follower {
-    app: Arc<AppState>,
+    app: Arc<NodeApi>,
     build_id: Uuid,
     attempt: u32,
     offset: u64,
@@ -188,7 +190,7 @@ impl Follower {
     async fn next(mut self) -> Option<(Bytes, Follower)> {
         let mut changes = self.app.logs.follow(self.build_id);
         let mut states = self.app.projections.changes();
-        let mut stopping = self.app.stopping.subscribe();
+        let mut stopping = self.app.stopping.clone();
         loop {
             changes.borrow_and_update();
             if let Some(bytes) = self.read_more().await {

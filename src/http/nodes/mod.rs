@@ -29,11 +29,15 @@ use meshgate_domain::{BuildCommand, BuildError, BuildState, Event, ExpectedVersi
 use meshgate_projections::{BuildView, NodeAsk};
 use uuid::Uuid;
 
-use crate::builds::CommandError;
+use crate::builds::{BuildService, CommandError};
+use crate::files::{Artifacts, BuildLogs};
 use crate::http::extract::{json_body, ApiPath};
 use crate::http::openapi::{ErrorBody, NodeCheckAnswer};
-use crate::http::{ApiError, AppState};
-use crate::store::{NewEvent, StoreError, StreamAppend};
+use crate::http::ApiError;
+use crate::links::LogLinks;
+use crate::projector::Projections;
+use crate::secrets::TokenSet;
+use crate::store::{EventStore, NewEvent, StoreError, StreamAppend};
 use wire::AttemptRefusals;
 pub use wire::{ArtifactRead, LogQuery, UploadQuery};
 
@@ -42,13 +46,45 @@ const MAX_CLAIM_WAIT: Duration = Duration::from_secs(300);
 /// Most Xcodes a node may present.
 const MAX_XCODES: usize = 32;
 
-fn authorize_node(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let token = crate::http::api::bearer(headers);
-    match token {
-        Some(token) if app.nodes_tokens.verify(token.trim().as_bytes()) => Ok(()),
-        _ => {
-            tracing::warn!(header_present = token.is_some(), "node token mismatch");
-            Err(ApiError::unauthorized())
+/// What the node API uses.
+pub struct NodeApi {
+    pub store: Arc<dyn EventStore>,
+    pub projections: Projections,
+    pub builds: BuildService,
+    /// The build pool's tokens.
+    pub tokens: Arc<TokenSet>,
+    pub lanes: Vec<meshgate_projections::LaneRule>,
+    pub settings: NodeSettings,
+    /// One claim decision at a time (lane caps and node slots are read, then written).
+    pub claim_lock: tokio::sync::Mutex<()>,
+    /// Turns true when the gateway stops: long polls and followed logs answer at once.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Build logs: live chunks and whole uploads.
+    pub logs: Arc<BuildLogs>,
+    pub artifacts: Arc<Artifacts>,
+    /// Per-build log and artifact links (absolute, signed).
+    pub links: LogLinks,
+}
+
+/// The `[nodes]` settings in the units the handlers use.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    pub lease: chrono::Duration,
+    pub claim_wait: Duration,
+    pub max_attempts: u32,
+    pub max_log_bytes: usize,
+}
+
+impl NodeApi {
+    /// The build pool's token, checked before anything else of a request is read.
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let token = crate::http::access::bearer(headers);
+        match token {
+            Some(token) if self.tokens.verify(token.trim().as_bytes()) => Ok(()),
+            _ => {
+                tracing::warn!(header_present = token.is_some(), "node token mismatch");
+                Err(ApiError::unauthorized())
+            }
         }
     }
 }
@@ -84,7 +120,7 @@ fn check_xcodes(xcodes: &[Xcode]) -> Result<(), ApiError> {
 
 /// The build, if `node_id` holds its running `attempt`; 404 for no such build, 409 otherwise
 /// (not recorded: chunks and uploads come often, a refused heartbeat or result is recorded).
-pub(crate) async fn held(app: &AppState, build_id: Uuid, node_id: &str, attempt: u32) -> Result<BuildView, ApiError> {
+pub(crate) async fn held(app: &NodeApi, build_id: Uuid, node_id: &str, attempt: u32) -> Result<BuildView, ApiError> {
     let head = *app.store.head().borrow();
     app.projections.caught_up_to(head, Duration::from_secs(2)).await;
     let build = app.projections.build(build_id).await.map_err(|e| ApiError::unavailable(&e))?;
@@ -122,8 +158,8 @@ fn command_failed(e: CommandError) -> ApiError {
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 503, description = "The log is unavailable", body = ErrorBody),
     ))]
-pub async fn claim(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authorize_node(&app, &headers)?;
+pub async fn claim(State(app): State<Arc<NodeApi>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    app.authorize(&headers)?;
     let request: ClaimRequest = json_body(&headers, &body)?;
     check_node_id(&request.node_id)?;
     if let Some(label) = request.labels.iter().find(|l| !is_simple_name(l)) {
@@ -134,12 +170,12 @@ pub async fn claim(State(app): State<Arc<AppState>>, headers: HeaderMap, body: B
     }
     check_xcodes(&request.xcodes)?;
     record_node(&app, &request).await?;
-    let wait = request.wait_seconds.map_or(app.nodes.claim_wait, Duration::from_secs).min(MAX_CLAIM_WAIT);
+    let wait = request.wait_seconds.map_or(app.settings.claim_wait, Duration::from_secs).min(MAX_CLAIM_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
     let ask =
         NodeAsk { node_id: &request.node_id, labels: &request.labels, slots: request.slots, xcodes: &request.xcodes };
     let mut changes = app.projections.changes();
-    let mut stopping = app.stopping.subscribe();
+    let mut stopping = app.stopping.clone();
     loop {
         // Decide on projections that include everything committed so far (our own claims too).
         let head = *app.store.head().borrow();
@@ -154,7 +190,7 @@ pub async fn claim(State(app): State<Arc<AppState>>, headers: HeaderMap, body: B
                 next.map(|e| (e.build_id, e.lane.clone(), e.attempt))
             });
             if let Some((build_id, lane, attempt)) = candidate {
-                let lease_expires_at = Utc::now() + app.nodes.lease;
+                let lease_expires_at = Utc::now() + app.settings.lease;
                 let command = BuildCommand::Claim { node_id: request.node_id.clone(), lease_expires_at };
                 let capped = app.lanes.iter().any(|l| l.name == lane && l.max_running.is_some());
                 let claimed = if capped {
@@ -203,7 +239,7 @@ pub async fn claim(State(app): State<Arc<AppState>>, headers: HeaderMap, body: B
                             },
                             attempt,
                             lease_expires_at,
-                            lease_seconds: app.nodes.lease.num_seconds(),
+                            lease_seconds: app.settings.lease.num_seconds(),
                             limits: NodeLimits {
                                 max_log_bytes: app.logs.max_bytes(),
                                 max_artifact_bytes: app.artifacts.max_bytes(),
@@ -233,7 +269,7 @@ pub async fn claim(State(app): State<Arc<AppState>>, headers: HeaderMap, body: B
 
 /// Records how a node presents itself (`NodeSeen`) when it is new to the log or its labels,
 /// slots or Xcodes changed.
-async fn record_node(app: &AppState, request: &ClaimRequest) -> Result<(), ApiError> {
+async fn record_node(app: &NodeApi, request: &ClaimRequest) -> Result<(), ApiError> {
     let mut labels = request.labels.clone();
     labels.sort();
     labels.dedup();
@@ -258,7 +294,7 @@ async fn record_node(app: &AppState, request: &ClaimRequest) -> Result<(), ApiEr
 /// The append that records a claim in a capped lane on the lane's stream, at the version the
 /// projections have seen; `None` if they have not yet seen the lane's last claim (decide again).
 async fn lane_guard(
-    app: &AppState,
+    app: &NodeApi,
     lane: &str,
     build_id: Uuid,
     node_id: &str,
@@ -289,15 +325,15 @@ async fn lane_guard(
         AttemptRefusals,
     ))]
 pub async fn heartbeat(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<NodeApi>>,
     headers: HeaderMap,
     ApiPath(build_id): ApiPath<Uuid>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize_node(&app, &headers)?;
+    app.authorize(&headers)?;
     let request: HeartbeatRequest = json_body(&headers, &body)?;
     check_node_id(&request.node_id)?;
-    let lease_expires_at = Utc::now() + app.nodes.lease;
+    let lease_expires_at = Utc::now() + app.settings.lease;
     let command = BuildCommand::Renew { node_id: request.node_id.clone(), attempt: request.attempt, lease_expires_at };
     let correlation_id = Uuid::now_v7();
     match app.builds.execute(build_id, correlation_id, &command).await {
@@ -324,7 +360,7 @@ fn current_attempt_of(history: &[Event]) -> Option<u32> {
 }
 
 async fn refuse(
-    app: &AppState,
+    app: &NodeApi,
     build_id: Uuid,
     correlation_id: Uuid,
     node_id: &str,
@@ -349,12 +385,12 @@ async fn refuse(
         AttemptRefusals,
     ))]
 pub async fn result(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<NodeApi>>,
     headers: HeaderMap,
     ApiPath(build_id): ApiPath<Uuid>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize_node(&app, &headers)?;
+    app.authorize(&headers)?;
     let request: ResultRequest = json_body(&headers, &body)?;
     check_node_id(&request.node_id)?;
     let commit_sha = match request.commit_sha {
@@ -399,7 +435,7 @@ pub async fn result(
         attempt: request.attempt,
         outcome,
         report: Box::new(report.clone()),
-        max_attempts: app.nodes.max_attempts,
+        max_attempts: app.settings.max_attempts,
     };
     let correlation_id = Uuid::now_v7();
     match app.builds.execute(build_id, correlation_id, &command).await {
@@ -450,7 +486,7 @@ fn already_reported(history: &[Event], report: &BuildReport, attempt: u32, outco
         (status = 200, description = "The token is accepted", body = NodeCheckAnswer),
         (status = 401, description = "Missing or invalid node token", body = ErrorBody),
     ))]
-pub async fn check(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<NodeCheckAnswer>, ApiError> {
-    authorize_node(&app, &headers)?;
+pub async fn check(State(app): State<Arc<NodeApi>>, headers: HeaderMap) -> Result<Json<NodeCheckAnswer>, ApiError> {
+    app.authorize(&headers)?;
     Ok(Json(NodeCheckAnswer { accepted: true, now: Utc::now() }))
 }

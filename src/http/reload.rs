@@ -14,15 +14,27 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use serde::Serialize;
 
-use super::api::authorize_change;
-use super::{ApiError, AppState};
+use super::access::Operator;
+use super::ApiError;
 use crate::config::{Config, ConfigError};
-use crate::secrets::{SecretError, Token};
+use crate::secrets::{SecretError, Token, TokenSet};
 use crate::tls::{ServerTls, TlsError, TlsFiles};
+
+/// What a reload reads again and replaces: the token sets the webhook, the admin API and the node
+/// API check (shared with them), and the certificate served.
+pub struct Reloadable {
+    /// The configuration file the gateway started with (none: the defaults and environment).
+    pub config_file: Option<PathBuf>,
+    pub webhook: Arc<TokenSet>,
+    pub admin: Arc<TokenSet>,
+    pub nodes: Arc<TokenSet>,
+    /// The certificate HTTPS is served with (none: plain HTTP).
+    pub tls: Option<Arc<ServerTls>>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -49,7 +61,7 @@ pub struct Reloaded {
 
 /// Reads the configuration, the token files and the certificate pair again and puts them in force
 /// together, or changes nothing.
-pub fn reload_tokens(app: &AppState) -> Result<Reloaded, ReloadError> {
+pub fn reload_tokens(app: &Reloadable) -> Result<Reloaded, ReloadError> {
     let reloaded = Config::load(app.config_file.as_deref()).map_err(ReloadError::from).and_then(|config| {
         let tls = match (&app.tls, config.tls_files()) {
             (Some(_), Some(files)) => Some(ServerTls::prepare(&files)?),
@@ -74,9 +86,9 @@ pub fn reload_tokens(app: &AppState) -> Result<Reloaded, ReloadError> {
     });
     match reloaded {
         Ok((files, (webhook, admin, nodes), tls)) => {
-            app.webhook_tokens.replace(&webhook);
-            app.admin_tokens.replace(&admin);
-            app.nodes_tokens.replace(&nodes);
+            app.webhook.replace(&webhook);
+            app.admin.replace(&admin);
+            app.nodes.replace(&nodes);
             if let (Some(serving), Some(prepared)) = (&app.tls, tls) {
                 serving.replace(prepared);
             }
@@ -99,8 +111,7 @@ pub fn reload_tokens(app: &AppState) -> Result<Reloaded, ReloadError> {
         (status = 422, description = "Refused; the tokens in force are unchanged", body = super::openapi::ErrorBody),
         (status = 503, description = "The reload could not run", body = super::openapi::ErrorBody),
     ))]
-pub async fn reload(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Reloaded>, ApiError> {
-    authorize_change(&app, &headers)?;
+pub async fn reload(_: Operator, State(app): State<Arc<Reloadable>>) -> Result<Json<Reloaded>, ApiError> {
     let reloading = Arc::clone(&app);
     let reloaded =
         tokio::task::spawn_blocking(move || reload_tokens(&reloading)).await.map_err(|e| ApiError::unavailable(&e))?;

@@ -1,0 +1,185 @@
+//! What a gateway is made of, from its configuration: every surface's state, the work done once
+//! per team of gateways, artifact retention and the gauges Prometheus scrapes. Nothing here runs;
+//! [`super::App`] starts and stops it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::HeaderName;
+use meshgate_domain::notify::Milestone;
+use secrecy::SecretString;
+use tokio::sync::watch;
+
+use crate::builds::BuildService;
+use crate::config::Config;
+use crate::files::retention::Retention;
+use crate::files::{Artifacts, BuildLogs};
+use crate::http::access::Access;
+use crate::http::api::AdminApi;
+use crate::http::nodes::{NodeApi, NodeSettings};
+use crate::http::reload::Reloadable;
+use crate::http::webhook::Webhook;
+use crate::http::{BadTokens, Counters, Health, Surfaces};
+use crate::ingest::IngestService;
+use crate::links::LogLinks;
+use crate::outbound::{self, Sink};
+use crate::projector::Projections;
+use crate::reconcile::Reconciler;
+use crate::secrets::{Token, TokenSet};
+use crate::store::EventStore;
+use crate::tls::ServerTls;
+
+/// The parts of a gateway, wired and not yet started.
+pub(super) struct Parts {
+    pub surfaces: Surfaces,
+    pub builds: BuildService,
+    pub artifacts: Arc<Artifacts>,
+    pub jobs: crate::elected::Jobs,
+    pub retention: Retention,
+    pub gauges: crate::scrape::Gauges,
+}
+
+/// What a gateway reads from its secret files before it wires anything.
+pub(super) struct Secrets {
+    /// The token sets in force, each shared by the surface that checks it and the reload.
+    pub webhook: Arc<TokenSet>,
+    pub admin: Arc<TokenSet>,
+    pub nodes: Arc<TokenSet>,
+    /// The certificate HTTPS is served with (none: plain HTTP).
+    pub tls: Option<Arc<ServerTls>>,
+    /// Links to logs and artifacts, signed with the data dir's key.
+    pub links: LogLinks,
+    /// Every outbound sink with its secrets.
+    pub sinks: Vec<Sink>,
+}
+
+/// Wires every part of a gateway over an opened log and its projections.
+pub(super) fn parts(
+    config: &Config,
+    store: &Arc<dyn EventStore>,
+    projections: &Projections,
+    secrets: Secrets,
+    stopping: &watch::Receiver<bool>,
+) -> anyhow::Result<Parts> {
+    let Secrets { webhook: webhook_tokens, admin: admin_tokens, nodes: nodes_tokens, tls, links, sinks } = secrets;
+    let config = Arc::new(config.clone());
+    let builds = BuildService::new(Arc::clone(store));
+    let ingest = Arc::new(IngestService::new(
+        Arc::clone(store),
+        config.triggers.clone(),
+        config.youtrack.bot_login.clone(),
+        config.same_transition(),
+    ));
+    let reconciler = reconciler(&config, store)?;
+    let logs = Arc::new(BuildLogs::new(config.files_dir().join("logs"), config.nodes.max_log_bytes as u64));
+    let artifacts = Arc::new(Artifacts::new(config.files_dir().join("artifacts"), config.nodes.max_artifact_bytes));
+    let counters = Arc::new(Counters::default());
+    let sink_milestones =
+        sinks.iter().map(|s| (s.name.clone(), Milestone::ALL.into_iter().filter(|m| s.wants(*m)).collect())).collect();
+
+    let surfaces = Surfaces {
+        webhook: Arc::new(Webhook {
+            ingest: Arc::clone(&ingest),
+            tokens: Arc::clone(&webhook_tokens),
+            token_header: HeaderName::from_bytes(config.webhook.header.as_bytes())?,
+            max_body_bytes: config.webhook.max_body_bytes,
+            body_timeout: Duration::from_secs(config.server.body_timeout_seconds),
+            counters: Arc::clone(&counters),
+            bad_tokens: BadTokens::new(config.webhook.max_bad_tokens_per_minute),
+        }),
+        nodes: Arc::new(NodeApi {
+            store: Arc::clone(store),
+            projections: projections.clone(),
+            builds: builds.clone(),
+            tokens: Arc::clone(&nodes_tokens),
+            lanes: config.lane_rules(),
+            settings: NodeSettings {
+                lease: chrono::Duration::seconds(config.nodes.lease_seconds as i64),
+                claim_wait: Duration::from_secs(config.nodes.claim_wait_seconds),
+                max_attempts: config.nodes.max_attempts,
+                max_log_bytes: config.nodes.max_log_bytes,
+            },
+            claim_lock: tokio::sync::Mutex::new(()),
+            stopping: stopping.clone(),
+            logs,
+            artifacts: Arc::clone(&artifacts),
+            links: links.clone(),
+        }),
+        admin: Arc::new(AdminApi {
+            store: Arc::clone(store),
+            projections: projections.clone(),
+            builds: builds.clone(),
+            ingest,
+            reconciler: reconciler.clone(),
+            links: links.clone(),
+            lane_priorities: config.lane_priorities(),
+            sinks: sink_milestones,
+            config: Arc::clone(&config),
+            stopping: stopping.clone(),
+        }),
+        access: Arc::new(Access::new(Arc::clone(&admin_tokens), tls.is_some())),
+        health: Arc::new(Health {
+            store: Arc::clone(store),
+            projections: projections.clone(),
+            counters,
+            pagers: outbound::pagers(&config),
+            reconciler: reconciler.clone(),
+        }),
+        reload: Arc::new(Reloadable {
+            config_file: config.file.clone(),
+            webhook: webhook_tokens,
+            admin: admin_tokens,
+            nodes: nodes_tokens,
+            tls,
+        }),
+        bad_api_tokens: Arc::new(BadTokens::new(config.webhook.max_bad_tokens_per_minute)),
+    };
+    let gauges = crate::scrape::Gauges {
+        store: Arc::clone(store),
+        projections: projections.clone(),
+        lanes: config.lane_rules().into_iter().map(|l| l.name).collect(),
+        sinks: sinks.iter().map(|s| s.name.clone()).collect(),
+    };
+    let jobs = crate::elected::Jobs {
+        store: Arc::clone(store),
+        projections: projections.clone(),
+        links,
+        rules: outbound::rules(&config),
+        http: outbound::client(&config).context("cannot build the outbound HTTPS client")?,
+        sinks: sinks.into_iter().map(Arc::new).collect(),
+        reconciler,
+        max_attempts: config.nodes.max_attempts,
+    };
+    let retention = Retention {
+        artifacts: Arc::clone(&artifacts),
+        store: Arc::clone(store),
+        projections: projections.clone(),
+        keep_days: config.artifacts.keep_days,
+    };
+    Ok(Parts { surfaces, builds, artifacts, jobs, retention, gauges })
+}
+
+/// The reconciler, when `[youtrack] base_url` and `token_file` are set.
+pub fn reconciler(config: &Config, store: &Arc<dyn EventStore>) -> anyhow::Result<Option<Arc<Reconciler>>> {
+    let (Some(base_url), Some(token_file)) = (&config.youtrack.base_url, &config.youtrack.token_file) else {
+        return Ok(None);
+    };
+    let token = SecretString::from(Token::read(token_file)?.expose().to_owned());
+    let http = outbound::client(config).context("cannot build the YouTrack HTTPS client")?;
+    let r = &config.reconcile;
+    let settings = crate::reconcile::Settings {
+        interval: Duration::from_secs(r.interval_seconds),
+        lookback: chrono::Duration::hours(r.lookback_hours.min(24 * 365 * 10) as i64),
+        overlap: chrono::Duration::seconds(r.overlap_seconds.min(86_400 * 365) as i64),
+        max_activities: r.max_activities_per_sweep,
+        same_transition: config.same_transition(),
+    };
+    Ok(Some(Arc::new(Reconciler::new(
+        Arc::clone(store),
+        crate::youtrack::YouTrack::new(http, base_url, token),
+        config.triggers.clone(),
+        config.youtrack.bot_login.clone(),
+        settings,
+    ))))
+}

@@ -1,0 +1,86 @@
+//! What Prometheus scrapes: `GET /metrics` on a listener of its own (`[metrics] listen`, loopback
+//! by default, no auth), with the gauges read from the projections and the log's head at that
+//! moment, so nothing is computed between scrapes. Counters and histograms are [`crate::metrics`]'.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use metrics::gauge;
+use tokio::sync::watch;
+
+use crate::metrics::{BUILDS, LOG_POSITION, NODES, OUTBOX_OLDEST_SECONDS, OUTBOX_PENDING, PROJECTION_LAG};
+use crate::projector::Projections;
+use crate::store::EventStore;
+
+/// What the gauges are read from.
+pub struct Gauges {
+    pub store: Arc<dyn EventStore>,
+    pub projections: Projections,
+    /// The configured lanes, by name.
+    pub lanes: Vec<String>,
+    /// The outbound sinks, by name.
+    pub sinks: Vec<String>,
+}
+
+/// Sets the gauges, then renders every metric of the process.
+pub fn render(from: &Gauges) -> String {
+    let Some(handle) = crate::metrics::handle() else { return String::new() };
+    let head = *from.store.head().borrow();
+    gauge!(LOG_POSITION).set(head as f64);
+    gauge!(PROJECTION_LAG, "projection" => "all").set(head.saturating_sub(from.projections.position()) as f64);
+    let now = chrono::Utc::now();
+    from.projections.read(|p| {
+        for lane in &from.lanes {
+            let (queued, running) = p.queue.in_lane(lane);
+            gauge!(BUILDS, "lane" => lane.clone(), "state" => "queued").set(queued as f64);
+            gauge!(BUILDS, "lane" => lane.clone(), "state" => "running").set(running as f64);
+        }
+        for state in ["idle", "busy", "draining", "lost"] {
+            let n = p.nodes.all().filter(|node| node.state() == state).count();
+            gauge!(NODES, "state" => state).set(n as f64);
+        }
+        for sink in &from.sinks {
+            let (pending, oldest) = p.outbox.pending(sink);
+            let age = oldest.map_or(0.0, |at| (now - at).num_milliseconds().max(0) as f64 / 1000.0);
+            gauge!(OUTBOX_PENDING, "sink" => sink.clone()).set(pending as f64);
+            gauge!(OUTBOX_OLDEST_SECONDS, "sink" => sink.clone()).set(age);
+        }
+    });
+    handle.render()
+}
+
+/// The metrics listener; a port that cannot be bound is logged and leaves the gateway serving
+/// without it (metrics are never a reason not to take webhooks).
+pub async fn bind(listen: SocketAddr) -> Option<tokio::net::TcpListener> {
+    crate::metrics::handle();
+    match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "metrics at http://{addr}/metrics");
+            }
+            Some(listener)
+        }
+        Err(e) => {
+            tracing::warn!(%listen, error = %e, "cannot listen for metrics; /metrics is off");
+            None
+        }
+    }
+}
+
+/// `GET /metrics` until `stopping` turns true.
+pub async fn serve(listener: tokio::net::TcpListener, gauges: Arc<Gauges>, mut stopping: watch::Receiver<bool>) {
+    let router = axum::Router::new().route("/metrics", axum::routing::get(scrape)).with_state(gauges);
+    let stopped = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stopped).await {
+        tracing::warn!(error = %e, "the metrics listener stopped");
+    }
+}
+
+async fn scrape(State(gauges): State<Arc<Gauges>>) -> impl IntoResponse {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&gauges))
+}
