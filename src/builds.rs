@@ -1,5 +1,5 @@
 //! Commands on one build: read its stream, decide, append at the exact version it was read at,
-//! and decide again if another writer got there first.
+//! and decide again if another writer got there first ([`decide_and_append`]).
 
 use std::sync::Arc;
 
@@ -10,9 +10,9 @@ use meshgate_domain::stream::build_stream;
 use meshgate_domain::{BuildCommand, BuildError, BuildState, Event, ExpectedVersion};
 use uuid::Uuid;
 
-use crate::store::{EventStore, NewEvent, StoreError, StreamAppend};
-
-const MAX_ATTEMPTS: usize = 8;
+use crate::store::{
+    decide_and_append, Decision, EventStore, NewEvent, Retry, StoreError, StoredEvent, StreamAppend, RETRY_FOR,
+};
 
 /// A command that was applied.
 #[derive(Debug, Clone)]
@@ -20,6 +20,7 @@ pub struct Executed {
     pub events: Vec<Event>,
     /// The build's state after the command.
     pub state: BuildState,
+    /// The position of the last event appended (0: the command appended nothing).
     pub last_position: u64,
 }
 
@@ -34,8 +35,6 @@ pub enum CommandError {
     Store(#[from] StoreError),
     #[error("stored event cannot be read: {0}")]
     Decode(#[from] meshgate_domain::event::DecodeError),
-    #[error("gave up after {MAX_ATTEMPTS} version conflicts")]
-    Contention,
 }
 
 #[derive(Clone)]
@@ -66,38 +65,12 @@ impl BuildService {
         command: &BuildCommand,
         now: DateTime<Utc>,
     ) -> Result<Executed, CommandError> {
-        let stream = build_stream(build_id);
-        for _ in 0..MAX_ATTEMPTS {
-            let stored = self.store.read_stream(&stream).await?;
-            if stored.is_empty() && !matches!(command, BuildCommand::Request(_)) {
-                return Err(CommandError::NotFound);
-            }
-            let history = stored.iter().map(|s| s.decode().map(|r| r.event)).collect::<Result<Vec<_>, _>>()?;
-            let state = replay(&history);
-            let events = match decide(&state, build_id, command, now) {
-                Ok(events) => events,
-                Err(error) => return Err(CommandError::Refused { error, history }),
-            };
-            let append = StreamAppend {
-                stream: stream.clone(),
-                expected: ExpectedVersion::from_current(stored.last().map(|s| s.version)),
-                events: events.iter().map(|e| NewEvent::from_domain(e, correlation_id, None, now)).collect(),
-            };
-            match self.store.append(vec![append]).await {
-                Ok(appended) => {
-                    let state = events.iter().fold(state, meshgate_domain::build::evolve);
-                    return Ok(Executed { events, state, last_position: appended.last_position });
-                }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(CommandError::Contention)
+        self.decide(build_id, correlation_id, command, now, Retry::For(RETRY_FOR), None).await
     }
 
     /// Claims a build together with `guard` (a lane's stream, appended at the version the claim
     /// was decided on), in one atomic append, once: a conflict on either stream answers
-    /// [`CommandError::Contention`], and the caller decides again on fresher projections.
+    /// [`StoreError::Contention`], and the caller decides again on fresher projections.
     pub async fn claim_guarded(
         &self,
         build_id: Uuid,
@@ -105,29 +78,41 @@ impl BuildService {
         command: &BuildCommand,
         guard: StreamAppend,
     ) -> Result<Executed, CommandError> {
-        let now = Utc::now();
-        let stream = build_stream(build_id);
-        let stored = self.store.read_stream(&stream).await?;
-        if stored.is_empty() {
-            return Err(CommandError::NotFound);
-        }
-        let history = stored.iter().map(|s| s.decode().map(|r| r.event)).collect::<Result<Vec<_>, _>>()?;
-        let state = replay(&history);
-        let events =
-            decide(&state, build_id, command, now).map_err(|error| CommandError::Refused { error, history })?;
-        let append = StreamAppend {
-            stream,
-            expected: ExpectedVersion::from_current(stored.last().map(|s| s.version)),
-            events: events.iter().map(|e| NewEvent::from_domain(e, correlation_id, None, now)).collect(),
-        };
-        match self.store.append(vec![append, guard]).await {
-            Ok(appended) => {
-                let state = events.iter().fold(state, meshgate_domain::build::evolve);
-                Ok(Executed { events, state, last_position: appended.last_position })
+        self.decide(build_id, correlation_id, command, Utc::now(), Retry::Once, Some(guard)).await
+    }
+
+    /// Reads the build's stream, decides `command` on it and appends the events at the version
+    /// read (with `guard`, in the same append).
+    async fn decide(
+        &self,
+        build_id: Uuid,
+        correlation_id: Uuid,
+        command: &BuildCommand,
+        now: DateTime<Utc>,
+        retry: Retry,
+        guard: Option<StreamAppend>,
+    ) -> Result<Executed, CommandError> {
+        let stream = &build_stream(build_id);
+        let load = |_| async move { Ok::<_, CommandError>(self.store.read_stream(stream).await?) };
+        let decided = decide_and_append(self.store.as_ref(), retry, load, |stored: &Vec<StoredEvent>| {
+            if stored.is_empty() && !matches!(command, BuildCommand::Request(_)) {
+                return Err(CommandError::NotFound);
             }
-            Err(StoreError::Conflict { .. }) => Err(CommandError::Contention),
-            Err(e) => Err(e.into()),
-        }
+            let history = stored.iter().map(|s| s.decode().map(|r| r.event)).collect::<Result<Vec<_>, _>>()?;
+            let state = replay(&history);
+            let events =
+                decide(&state, build_id, command, now).map_err(|error| CommandError::Refused { error, history })?;
+            let append = StreamAppend {
+                stream: stream.clone(),
+                expected: ExpectedVersion::from_current(stored.last().map(|s| s.version)),
+                events: events.iter().map(|e| NewEvent::from_domain(e, correlation_id, None, now)).collect(),
+            };
+            let state = events.iter().fold(state, meshgate_domain::build::evolve);
+            Ok(Decision::append([append].into_iter().chain(guard.clone()).collect(), (events, state)))
+        })
+        .await?;
+        let (events, state) = decided.answer;
+        Ok(Executed { events, state, last_position: decided.last_position.unwrap_or_default() })
     }
 
     /// Records a refused heartbeat or result, so the log shows every stale attempt.

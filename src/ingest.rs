@@ -1,5 +1,5 @@
 //! The ingest command handler: decide a delivery against the log, append with optimistic
-//! concurrency, and decide again on conflict.
+//! concurrency, and decide again on conflict ([`decide_and_append`]).
 //!
 //! The first try assumes nothing was seen before (no reads): a first delivery of a new change, the
 //! common case, costs one append. A wrong guess surfaces as a version conflict; the handler then
@@ -16,29 +16,20 @@ use meshgate_domain::stream::{build_stream, delivery_stream, intent_stream};
 use meshgate_domain::{Delivery, Event, Fingerprint, IntentKey, Trigger};
 use uuid::Uuid;
 
-use crate::store::{EventStore, NewEvent, StoreError, StoredEvent, StreamAppend};
-
-/// How long a delivery may go on being decided again after version conflicts.
-///
-/// A conflict means another append to the same streams landed first, so contenders get through
-/// at least one per commit and none waits forever; but twenty transitions of one issue arriving
-/// together coalesce one at a time, so no fixed number of attempts is enough (sixteen refused a
-/// third of 64 simultaneous ones). The bound is time, well inside the sender's 5 s.
-const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+use crate::store::{
+    decide_and_append, Decision, EventStore, NewEvent, Retry, StoreError, StoredEvent, StreamAppend, RETRY_FOR,
+};
 
 /// A delivery durably recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
     pub outcome: Outcome,
-    pub last_position: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("gave up after {attempts} version conflicts in {RETRY_FOR:?}")]
-    Contention { attempts: usize },
     #[error("stored event cannot be read: {0}")]
     Decode(#[from] meshgate_domain::event::DecodeError),
 }
@@ -79,33 +70,25 @@ impl IngestService {
         delivery: &Delivery,
     ) -> Result<Accepted, IngestError> {
         let input = DeliveryInput { correlation_id, received_at, fingerprint: &fingerprint, body, delivery };
+        let policy = self.policy();
         // A delivery that leaves a trigger's state must see whether a build is active: no guessing.
-        let mut view = if left_intents(&self.policy(), delivery).is_empty() {
-            LogView::assume_new()
-        } else {
-            self.load_view(&fingerprint, delivery).await?
-        };
-        let deadline = tokio::time::Instant::now() + RETRY_FOR;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let plan = decide_delivery(&view, &input, &self.policy(), &mut Uuid::now_v7);
-            let appends = to_store_appends(plan.appends, correlation_id, Utc::now());
-            match self.store.append(appends).await {
-                Ok(appended) => {
-                    tracing::debug!(outcome = plan.outcome.name(), attempt, "delivery recorded");
-                    return Ok(Accepted { outcome: plan.outcome, last_position: appended.last_position });
-                }
-                Err(StoreError::Conflict { .. }) if tokio::time::Instant::now() >= deadline => {
-                    return Err(IngestError::Contention { attempts: attempt });
-                }
-                Err(StoreError::Conflict { stream, .. }) => {
-                    tracing::debug!(%stream, attempt, "version conflict; deciding again");
-                    view = self.load_view(&fingerprint, delivery).await?;
-                }
-                Err(e) => return Err(e.into()),
+        // Any other first try assumes nothing was seen (no reads); a wrong guess is a conflict.
+        let guess = left_intents(&policy, delivery).is_empty();
+        let fingerprint = &fingerprint;
+        let load = |tries| async move {
+            if tries == 0 && guess {
+                Ok(LogView::assume_new())
+            } else {
+                self.load_view(fingerprint, delivery).await
             }
-        }
+        };
+        let decided = decide_and_append(self.store.as_ref(), Retry::For(RETRY_FOR), load, |view| {
+            let plan = decide_delivery(view, &input, &policy, &mut Uuid::now_v7);
+            Ok(Decision::append(to_store_appends(plan.appends, correlation_id, Utc::now()), plan.outcome))
+        })
+        .await?;
+        tracing::debug!(outcome = decided.answer.name(), "delivery recorded");
+        Ok(Accepted { outcome: decided.answer })
     }
 
     /// Reads what the log holds about the streams a delivery touches.

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::builds::{BuildService, CommandError};
 use crate::projector::Projections;
+use crate::store::StoreError;
 
 const EVERY: Duration = Duration::from_millis(250);
 
@@ -50,7 +51,7 @@ pub async fn reap_once(reaper: &Reaper, now: DateTime<Utc>) -> usize {
                 tracing::warn!(%build_id, state = executed.state.name(), "lease expired: node lost");
             }
             // Renewed, finished or already reaped meanwhile.
-            Err(CommandError::Refused { .. } | CommandError::Contention) => {}
+            Err(CommandError::Refused { .. } | CommandError::Store(StoreError::Contention { .. })) => {}
             Err(e) => tracing::error!(%build_id, error = %e, "cannot expire a lease"),
         }
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use meshgate_domain::event::{ReconcileSwept, RequestSource};
-use meshgate_domain::ingest::{decide_intent, IntentDecision, Transition};
+use meshgate_domain::ingest::{decide_intent, IntentDecision, IntentOutcome, Transition};
 use meshgate_domain::reconcile::{candidates, issue_query, window_start, Activity, IssueNow, LastSweep};
 use meshgate_domain::stream::reconcile_stream;
 use meshgate_domain::{Event, ExpectedVersion, Trigger};
@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::ingest::{load_intent, to_store_appends};
-use crate::store::{EventStore, NewEvent, StoreError, StreamAppend};
+use crate::store::{decide_and_append, Decision, EventStore, NewEvent, Retry, StoreError, StreamAppend, RETRY_FOR};
 use crate::youtrack::{ActivityQuery, YouTrack, YouTrackError};
 
 /// Failed sweeps in a row before `/readyz` reports reconciliation as failing.
@@ -51,12 +51,42 @@ pub struct TransitionReport {
     pub trigger: String,
     pub at: DateTime<Utc>,
     pub author: Option<String>,
-    /// `started`, `folded`, `already_built`, `left_since`, `would_start`, `would_fold` or `error`.
-    #[schema(value_type = String)]
-    pub outcome: &'static str,
+    pub outcome: TransitionOutcome,
     pub build_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// What became of a transition a sweep found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransitionOutcome {
+    /// A build was started.
+    Started,
+    /// The transition was folded into a queued or running build.
+    Folded,
+    /// The intent's build was already started for this transition.
+    AlreadyBuilt,
+    /// The issue is no longer in the trigger's state.
+    LeftSince,
+    /// A dry run: a build would be started.
+    WouldStart,
+    /// A dry run: the transition would be folded.
+    WouldFold,
+    /// It could not be decided (`error` says why); the next sweep looks again.
+    Error,
+}
+
+impl From<IntentOutcome> for TransitionOutcome {
+    fn from(outcome: IntentOutcome) -> Self {
+        match outcome {
+            IntentOutcome::Started => TransitionOutcome::Started,
+            IntentOutcome::Folded => TransitionOutcome::Folded,
+            IntentOutcome::AlreadyBuilt => TransitionOutcome::AlreadyBuilt,
+            IntentOutcome::WouldStart => TransitionOutcome::WouldStart,
+            IntentOutcome::WouldFold => TransitionOutcome::WouldFold,
+        }
+    }
 }
 
 /// One sweep, as answered by the API and printed by the command: what its event records, and
@@ -245,7 +275,7 @@ impl Reconciler {
                 trigger: candidate.trigger.name.clone(),
                 at: activity.at,
                 author: activity.author.clone(),
-                outcome: "error",
+                outcome: TransitionOutcome::Error,
                 build_id: None,
                 error: None,
             };
@@ -267,7 +297,7 @@ impl Reconciler {
             let issue = &issues[&activity.issue_id];
             if !candidate.trigger.holds(&issue.values(&candidate.trigger.field)) {
                 report.swept.left_since += 1;
-                entry.outcome = "left_since";
+                entry.outcome = TransitionOutcome::LeftSince;
                 report.transitions.push(entry);
                 continue;
             }
@@ -286,28 +316,13 @@ impl Reconciler {
                 Ok(decision) => {
                     let build_id = decision.build_id();
                     entry.build_id = Some(build_id);
-                    entry.outcome = match (decision, report.dry_run) {
-                        (IntentDecision::AlreadyBuilt { .. }, _) => {
-                            report.swept.already_built += 1;
-                            "already_built"
-                        }
-                        (IntentDecision::Coalesced { .. }, dry) => {
-                            report.swept.builds_folded.push(build_id);
-                            if dry {
-                                "would_fold"
-                            } else {
-                                "folded"
-                            }
-                        }
-                        (IntentDecision::Started { .. }, dry) => {
-                            report.swept.builds_started.push(build_id);
-                            if dry {
-                                "would_start"
-                            } else {
-                                "started"
-                            }
-                        }
-                    };
+                    match decision {
+                        IntentDecision::AlreadyBuilt { .. } => report.swept.already_built += 1,
+                        IntentDecision::Coalesced { .. } => report.swept.builds_folded.push(build_id),
+                        IntentDecision::Started { .. } => report.swept.builds_started.push(build_id),
+                    }
+                    let outcome = decision.outcome();
+                    entry.outcome = if report.dry_run { outcome.dry() } else { outcome }.into();
                 }
                 Err(e) => {
                     let why = crate::report::chain(&e);
@@ -328,27 +343,25 @@ impl Reconciler {
         transition: &Transition<'_>,
         dry_run: bool,
     ) -> Result<IntentDecision, SweepError> {
-        for _ in 0..16 {
-            let view = load_intent(self.store.as_ref(), &candidate.intent).await?;
+        let intent = &candidate.intent;
+        let load = |_| async move { load_intent(self.store.as_ref(), intent).await };
+        let decided = decide_and_append(self.store.as_ref(), Retry::For(RETRY_FOR), load, |view| {
             let decision = decide_intent(
-                &view,
+                view,
                 candidate.trigger,
-                &candidate.intent,
+                intent,
                 transition,
                 self.settings.same_transition,
                 &mut Uuid::now_v7,
             );
             if dry_run || matches!(decision, IntentDecision::AlreadyBuilt { .. }) {
-                return Ok(decision);
+                return Ok(Decision::nothing(decision));
             }
             let appends = to_store_appends(decision.clone().into_appends(), transition.correlation_id, Utc::now());
-            match self.store.append(appends).await {
-                Ok(_) => return Ok(decision),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(SweepError::Contention)
+            Ok(Decision::append(appends, decision))
+        })
+        .await?;
+        Ok(decided.answer)
     }
 
     async fn record(&self, report: &SweepReport) -> Result<(), StoreError> {
@@ -377,8 +390,6 @@ enum SweepError {
     Ingest(#[from] crate::ingest::IngestError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the intent kept changing while the transition was decided")]
-    Contention,
 }
 
 /// Sweeps at start, then every interval, until `stopping` turns true.

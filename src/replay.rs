@@ -6,16 +6,16 @@
 //! starts carries the delivery's correlation id and, as its cause, the delivery's event.
 
 use chrono::{DateTime, Utc};
-use meshgate_domain::event::{DeliveryReplayed, IgnoreReason, RequestSource};
+use meshgate_domain::event::{DeliveryReplayed, IgnoreReason, RequestSource, WebhookReceived};
 use meshgate_domain::ingest::{
-    decide_intent, matched_intents, IngestPolicy, IntentDecision, PlannedAppend, Transition,
+    decide_intent, matched_intents, IngestPolicy, IntentDecision, IntentOutcome, IntentView, PlannedAppend, Transition,
 };
-use meshgate_domain::{payload, Event, ExpectedVersion};
+use meshgate_domain::{payload, Delivery, Event, ExpectedVersion, IntentKey, Trigger};
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::ingest::{caused_by, load_intent, IngestError};
-use crate::store::{EventStore, StoreError};
+use crate::store::{decide_and_append, Decision, EventStore, Retry, StoreError, StoredEvent, RETRY_FOR};
 
 /// What became of one ignored delivery.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -23,11 +23,40 @@ pub struct ReplayedDelivery {
     pub correlation_id: Uuid,
     pub issue_id: String,
     pub received_at: DateTime<Utc>,
-    /// `started`, `folded`, `already_built`, `still_ignored`, `replayed_before`, `would_start` or
-    /// `would_fold`.
-    #[schema(value_type = String)]
-    pub outcome: &'static str,
+    pub outcome: ReplayOutcome,
     pub build_ids: Vec<Uuid>,
+}
+
+/// What became of an ignored delivery decided again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayOutcome {
+    /// A build was started.
+    Started,
+    /// The transition was folded into a queued or running build.
+    Folded,
+    /// The intent's build was already started for this transition.
+    AlreadyBuilt,
+    /// No trigger matches it today either.
+    StillIgnored,
+    /// It was replayed before: replaying again starts nothing.
+    ReplayedBefore,
+    /// A dry run: a build would be started.
+    WouldStart,
+    /// A dry run: the transition would be folded.
+    WouldFold,
+}
+
+impl From<IntentOutcome> for ReplayOutcome {
+    fn from(outcome: IntentOutcome) -> Self {
+        match outcome {
+            IntentOutcome::Started => ReplayOutcome::Started,
+            IntentOutcome::Folded => ReplayOutcome::Folded,
+            IntentOutcome::AlreadyBuilt => ReplayOutcome::AlreadyBuilt,
+            IntentOutcome::WouldStart => ReplayOutcome::WouldStart,
+            IntentOutcome::WouldFold => ReplayOutcome::WouldFold,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -45,8 +74,6 @@ pub enum ReplayError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Ingest(#[from] IngestError),
-    #[error("delivery {0}'s streams kept changing")]
-    Contention(Uuid),
 }
 
 /// Decides again every delivery ignored between `since` and `until` (by when it was recorded).
@@ -60,7 +87,7 @@ pub async fn replay_deliveries(
     let mut report = ReplayReport { since, until, dry_run, deliveries: Vec::new(), builds_started: Vec::new() };
     for stream in ignored_between(store, since, until).await? {
         if let Some(replayed) = replay_one(store, policy, &stream, dry_run).await? {
-            if matches!(replayed.outcome, "started") {
+            if replayed.outcome == ReplayOutcome::Started {
                 report.builds_started.extend(&replayed.build_ids);
             }
             report.deliveries.push(replayed);
@@ -89,30 +116,58 @@ async fn ignored_between(
     Ok(streams)
 }
 
+/// An ignored delivery as the log holds it, with the intents today's triggers match.
+struct Loaded<'p> {
+    stored: Vec<StoredEvent>,
+    received: WebhookReceived,
+    /// None: the body no longer parses (stored bodies were accepted once).
+    delivery: Option<Delivery>,
+    intents: Vec<(&'p Trigger, IntentKey, IntentView)>,
+}
+
+/// Reads a delivery's stream and its intents; none: no such delivery.
+async fn load<'p>(
+    store: &dyn EventStore,
+    policy: &IngestPolicy<'p>,
+    stream: &str,
+) -> Result<Option<Loaded<'p>>, ReplayError> {
+    let stored = store.read_stream(stream).await?;
+    let Some(Ok(Event::WebhookReceived(received))) = stored.first().map(|e| e.decode().map(|r| r.event)) else {
+        return Ok(None);
+    };
+    let delivery = payload::parse_bytes(received.body.as_bytes()).ok().map(|(_, delivery)| delivery);
+    let mut intents = Vec::new();
+    let replayed_before = stored.iter().any(|e| matches!(e.decode().map(|r| r.event), Ok(Event::DeliveryReplayed(_))));
+    if let Some(delivery) = delivery.as_ref().filter(|_| !replayed_before) {
+        for (trigger, intent) in matched_intents(policy, delivery) {
+            let view = load_intent(store, &intent).await?;
+            intents.push((trigger, intent, view));
+        }
+    }
+    Ok(Some(Loaded { stored, received, delivery, intents }))
+}
+
 async fn replay_one(
     store: &dyn EventStore,
     policy: &IngestPolicy<'_>,
     stream: &str,
     dry_run: bool,
 ) -> Result<Option<ReplayedDelivery>, ReplayError> {
-    for _ in 0..16 {
-        let stored = store.read_stream(stream).await?;
-        let Some(first) = stored.first() else { return Ok(None) };
-        let Ok(Event::WebhookReceived(received)) = first.decode().map(|r| r.event) else { return Ok(None) };
+    let load = |_| async move { load(store, policy, stream).await };
+    let decided = decide_and_append(store, Retry::For(RETRY_FOR), load, |loaded| {
+        let Some(Loaded { stored, received, delivery, intents }) = loaded else { return Ok(Decision::nothing(None)) };
         let mut entry = ReplayedDelivery {
             correlation_id: received.correlation_id,
             issue_id: received.issue_id.clone(),
             received_at: received.received_at,
-            outcome: "still_ignored",
+            outcome: ReplayOutcome::StillIgnored,
             build_ids: Vec::new(),
         };
-        let replayed_before = stored.iter().any(|e| e.event_type == "DeliveryReplayed");
-        if replayed_before {
-            entry.outcome = "replayed_before";
-            return Ok(Some(entry));
+        if stored.iter().any(|e| matches!(e.decode().map(|r| r.event), Ok(Event::DeliveryReplayed(_)))) {
+            entry.outcome = ReplayOutcome::ReplayedBefore;
+            return Ok(Decision::nothing(Some(entry)));
         }
-        // Stored bodies were accepted once: one that no longer parses is left as it was.
-        let Ok((_, delivery)) = payload::parse_bytes(received.body.as_bytes()) else { return Ok(Some(entry)) };
+        let Some(delivery) = delivery else { return Ok(Decision::nothing(Some(entry))) };
         let now = Utc::now();
         let transition = Transition {
             issue_id: &delivery.issue_id,
@@ -126,35 +181,20 @@ async fn replay_one(
         };
         let mut appends: Vec<PlannedAppend> = Vec::new();
         let mut outcomes = Vec::new();
-        for (trigger, intent) in matched_intents(policy, &delivery) {
-            let view = load_intent(store, &intent).await?;
-            let decision =
-                decide_intent(&view, trigger, &intent, &transition, policy.same_transition, &mut Uuid::now_v7);
+        for (trigger, intent, view) in intents {
+            let decision = decide_intent(view, trigger, intent, &transition, policy.same_transition, &mut Uuid::now_v7);
             entry.build_ids.push(decision.build_id());
-            outcomes.push(match decision {
-                IntentDecision::Started { .. } => "started",
-                IntentDecision::Coalesced { .. } => "folded",
-                IntentDecision::AlreadyBuilt { .. } => "already_built",
-            });
+            outcomes.push(decision.outcome());
             if !matches!(decision, IntentDecision::AlreadyBuilt { .. }) {
                 appends.extend(decision.into_appends());
             }
         }
-        entry.outcome = ["started", "folded", "already_built"]
-            .into_iter()
-            .find(|o| outcomes.contains(o))
-            .unwrap_or("still_ignored");
-        if outcomes.is_empty() {
-            return Ok(Some(entry));
-        }
+        let Some(outcome) = outcomes.into_iter().min() else { return Ok(Decision::nothing(Some(entry))) };
         if dry_run {
-            entry.outcome = match entry.outcome {
-                "started" => "would_start",
-                "folded" => "would_fold",
-                other => other,
-            };
-            return Ok(Some(entry));
+            entry.outcome = outcome.dry().into();
+            return Ok(Decision::nothing(Some(entry)));
         }
+        entry.outcome = outcome.into();
         appends.push(PlannedAppend {
             stream: stream.to_owned(),
             expected: ExpectedVersion::Exact(stored.last().map_or(0, |e| e.version)),
@@ -165,11 +205,9 @@ async fn replay_one(
                 replayed_at: now,
             })],
         });
-        match store.append(caused_by(appends, received.correlation_id, Some(first.id), now)).await {
-            Ok(_) => return Ok(Some(entry)),
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ReplayError::Contention(Uuid::nil()))
+        let cause = stored.first().map(|first| first.id);
+        Ok(Decision::append(caused_by(appends, received.correlation_id, cause, now), Some(entry)))
+    })
+    .await?;
+    Ok(decided.answer)
 }

@@ -18,19 +18,38 @@ use crate::secrets::Token;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Check {
     pub check: String,
-    /// `ok`, `failed` or `skipped`.
-    #[schema(value_type = String)]
-    pub result: &'static str,
+    pub result: CheckResult,
     pub detail: String,
+}
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckResult {
+    Ok,
+    Failed,
+    /// Nothing to check: what it would check is not configured.
+    Skipped,
+}
+
+impl CheckResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckResult::Ok => "ok",
+            CheckResult::Failed => "failed",
+            CheckResult::Skipped => "skipped",
+        }
+    }
 }
 
 impl Check {
     fn new(check: impl Into<String>, ok: bool, detail: impl Into<String>) -> Check {
-        Check { check: check.into(), result: if ok { "ok" } else { "failed" }, detail: detail.into() }
+        let result = if ok { CheckResult::Ok } else { CheckResult::Failed };
+        Check { check: check.into(), result, detail: detail.into() }
     }
 
     fn skipped(check: &str, detail: &str) -> Check {
-        Check { check: check.into(), result: "skipped", detail: detail.into() }
+        Check { check: check.into(), result: CheckResult::Skipped, detail: detail.into() }
     }
 }
 
@@ -151,11 +170,11 @@ pub fn table(checks: &[Check]) -> String {
     let width = checks.iter().map(|c| c.check.chars().count()).max().unwrap_or(5).max(5);
     let mut text = format!("{:<width$}  {:<7}  detail\n", "check", "result");
     for c in checks {
-        text.push_str(&format!("{:<width$}  {:<7}  {}\n", c.check, c.result, c.detail));
+        text.push_str(&format!("{:<width$}  {:<7}  {}\n", c.check, c.result.as_str(), c.detail));
     }
     text
 }
 
 pub fn passed(checks: &[Check]) -> bool {
-    checks.iter().all(|c| c.result != "failed")
+    checks.iter().all(|c| c.result != CheckResult::Failed)
 }

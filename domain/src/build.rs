@@ -11,6 +11,7 @@ use crate::event::{
     ArtifactStored, BuildCancelled, BuildClaimed, BuildFailed, BuildLeaseRenewed, BuildReport, BuildRequestFolded,
     BuildRequested, BuildRequeued, BuildRetryScheduled, BuildSucceeded, Event, FoldReason,
 };
+use crate::node_api::FailureReason;
 
 /// Where a build stands in its life.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -69,7 +70,7 @@ impl BuildState {
 pub enum ReportedOutcome {
     Succeeded,
     Failed {
-        reason: String,
+        reason: FailureReason,
         /// The node's `retry_on` rule the failure matched: infrastructure, not the change.
         retry_rule: Option<String>,
     },
@@ -245,7 +246,7 @@ pub fn decide(
                         build_id,
                         attempt: *reported,
                         next_attempt: reported + 1,
-                        reason: reason.clone(),
+                        reason: reason.as_str().to_owned(),
                         rule: rule.clone(),
                         report: Some(report),
                     })
@@ -256,7 +257,7 @@ pub fn decide(
                     Event::BuildFailed(BuildFailed {
                         build_id,
                         attempt: *reported,
-                        reason: reason.clone(),
+                        reason: reason.as_str().to_owned(),
                         report: Some(report),
                     })
                 }
@@ -498,7 +499,7 @@ mod tests {
             node_id: "mac-1".into(),
             attempt,
             outcome: ReportedOutcome::Failed {
-                reason: "script_failed".into(),
+                reason: FailureReason::ScriptFailed,
                 retry_rule: Some("Failed to boot simulator".into()),
             },
             report: Box::new(BuildReport { node_id: "mac-1".into(), exit_code: Some(65), ..BuildReport::default() }),
@@ -525,7 +526,7 @@ mod tests {
         let plain = BuildCommand::Report {
             node_id: "mac-1".into(),
             attempt: 1,
-            outcome: ReportedOutcome::Failed { reason: "script_failed".into(), retry_rule: None },
+            outcome: ReportedOutcome::Failed { reason: FailureReason::ScriptFailed, retry_rule: None },
             report: Box::default(),
             max_attempts: 3,
         };

@@ -254,6 +254,38 @@ impl IntentDecision {
             | IntentDecision::Started { appends, .. } => appends,
         }
     }
+
+    /// What the decision does, as a replay or a sweep reports it.
+    pub fn outcome(&self) -> IntentOutcome {
+        match self {
+            IntentDecision::AlreadyBuilt { .. } => IntentOutcome::AlreadyBuilt,
+            IntentDecision::Coalesced { .. } => IntentOutcome::Folded,
+            IntentDecision::Started { .. } => IntentOutcome::Started,
+        }
+    }
+}
+
+/// What deciding a transition again did (a replay, a sweep), or in a dry run would do. Ordered by
+/// precedence: of the intents one transition decides, the report names the first outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum IntentOutcome {
+    Started,
+    Folded,
+    AlreadyBuilt,
+    WouldStart,
+    WouldFold,
+}
+
+impl IntentOutcome {
+    /// The outcome of a dry run: what the decision would do (a started build would start, a fold
+    /// would fold; a transition already built stays so).
+    pub fn dry(self) -> IntentOutcome {
+        match self {
+            IntentOutcome::Started => IntentOutcome::WouldStart,
+            IntentOutcome::Folded => IntentOutcome::WouldFold,
+            other => other,
+        }
+    }
 }
 
 /// Decides what a transition does to one of its intents, the same for a webhook and a sweep: a

@@ -7,6 +7,7 @@
 //! - [`payload`]: parsing the bodies YouTrack's Webhook Triggers app sends.
 //! - [`fingerprint`]: the hash that tells two deliveries of one change apart from two changes.
 //! - [`trigger`]: configured rules mapping a transition to a build request.
+//! - [`audit`]: which recorded events answer an audit question.
 //! - [`event`]: every fact the gateway records, with its stable type name and schema version.
 //! - [`build`]: the build aggregate, an enum state machine with `decide` and `evolve`.
 //! - [`ingest`]: deciding what a delivery appends, given what the log already holds.
@@ -17,6 +18,7 @@
 //! - [`node_api`]: what a build node's agent and the gateway say to each other.
 //! - [`xcode`]: which Xcode a build requires and a node runs it with.
 
+pub mod audit;
 pub mod build;
 pub mod event;
 pub mod fingerprint;

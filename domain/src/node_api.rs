@@ -130,12 +130,14 @@ impl Outcome {
     }
 }
 
-/// Why an attempt failed on the node.
+/// Why an attempt failed on the node. A failure reported without one (an agent of an earlier
+/// release) is the script's: [`FailureReason::ScriptFailed`], the default.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureReason {
     /// The script exited with a code other than 0.
+    #[default]
     ScriptFailed,
     /// The script ran past its `timeout_seconds`.
     Timeout,

@@ -135,13 +135,16 @@ impl TryOutcome {
     }
 }
 
-/// Why a notification was given up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a notification was given up. Recorded as its words (`refused with 404`, `gave up after 5
+/// attempts`), which read back as the reason they say.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AbandonReason {
     /// The target gave a final answer that is not a success.
     Refused { status: u16 },
     /// Every try the policy allows was made.
     GaveUp { attempts: u32 },
+    /// Words of an earlier release (such as `HTTP 500`), kept as they were recorded.
+    Said(String),
 }
 
 impl std::fmt::Display for AbandonReason {
@@ -149,7 +152,35 @@ impl std::fmt::Display for AbandonReason {
         match self {
             AbandonReason::Refused { status } => write!(f, "refused with {status}"),
             AbandonReason::GaveUp { attempts } => write!(f, "gave up after {attempts} attempts"),
+            AbandonReason::Said(words) => f.write_str(words),
         }
+    }
+}
+
+impl AbandonReason {
+    /// The reason recorded words say.
+    pub fn read(words: &str) -> AbandonReason {
+        if let Some(status) = words.strip_prefix("refused with ").and_then(|n| n.parse().ok()) {
+            return AbandonReason::Refused { status };
+        }
+        let attempts = words.strip_prefix("gave up after ").and_then(|r| r.strip_suffix(" attempts"));
+        match attempts.and_then(|n| n.parse().ok()) {
+            Some(attempts) => AbandonReason::GaveUp { attempts },
+            None => AbandonReason::Said(words.to_owned()),
+        }
+    }
+}
+
+impl serde::Serialize for AbandonReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for AbandonReason {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let words = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(AbandonReason::read(&words))
     }
 }
 
@@ -214,7 +245,7 @@ pub fn decide(
             build_id: id.build_id,
             milestone: id.milestone,
             attempts: attempt,
-            reason: reason.to_string(),
+            reason,
         }));
     }
     Ok(events)
@@ -309,8 +340,21 @@ mod tests {
             build_id: Uuid::nil(),
             milestone: Milestone::Failed,
             attempts,
-            reason: reason.into(),
+            reason: AbandonReason::read(reason),
         })
+    }
+
+    #[test]
+    fn an_abandon_reason_is_recorded_as_its_words_and_read_back_as_the_reason_they_say() {
+        for (reason, words) in [
+            (AbandonReason::Refused { status: 404 }, "\"refused with 404\""),
+            (AbandonReason::GaveUp { attempts: 5 }, "\"gave up after 5 attempts\""),
+            (AbandonReason::Said("HTTP 500".into()), "\"HTTP 500\""),
+        ] {
+            assert_eq!(serde_json::to_string(&reason).unwrap(), words);
+            assert_eq!(serde_json::from_str::<AbandonReason>(words).unwrap(), reason);
+        }
+        assert_eq!(AbandonReason::read("refused with many"), AbandonReason::Said("refused with many".into()));
     }
 
     fn delivered(attempts: u32) -> Event {

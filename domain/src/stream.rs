@@ -46,14 +46,19 @@ pub fn delivery_stream(fingerprint: &Fingerprint) -> String {
     format!("delivery-{}", fingerprint.as_str())
 }
 
+/// What every intent's stream name starts with (an issue's intents: `intent-{issue}/…`).
+pub const INTENT_PREFIX: &str = "intent-";
+/// What every build's stream name starts with.
+pub const BUILD_PREFIX: &str = "build-";
+
 /// The stream recording which build serves an intent.
 pub fn intent_stream(intent: &IntentKey) -> String {
-    format!("intent-{}", intent.as_str())
+    format!("{INTENT_PREFIX}{}", intent.as_str())
 }
 
 /// The stream holding one build's whole life.
 pub fn build_stream(build_id: Uuid) -> String {
-    format!("build-{build_id}")
+    format!("{BUILD_PREFIX}{build_id}")
 }
 
 /// The stream of one notification key (`sink/build/milestone`): its attempts and how it ended.

@@ -115,7 +115,7 @@ pub fn log_of(actions: &[Action]) -> Vec<Recorded> {
                         node_id: "mac-1".into(),
                         attempt,
                         outcome: meshgate_domain::ReportedOutcome::Failed {
-                            reason: "script_failed".into(),
+                            reason: meshgate_domain::node_api::FailureReason::ScriptFailed,
                             retry_rule: Some("Failed to boot simulator".into()),
                         },
                         report: Box::default(),

@@ -165,7 +165,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if crate::selftest::passed(&checks) {
                 Ok(())
             } else {
-                anyhow::bail!("{} check(s) failed", checks.iter().filter(|c| c.result == "failed").count())
+                anyhow::bail!(
+                    "{} check(s) failed",
+                    checks.iter().filter(|c| c.result == crate::selftest::CheckResult::Failed).count()
+                )
             }
         }
         Command::Deliveries { command } => deliveries::run(&load()?, &command).await,

@@ -234,7 +234,7 @@ pub async fn selftest(_: Operator, State(app): State<Arc<AdminApi>>) -> Result<J
             .iter()
             .map(|c| meshgate_domain::event::SelfTestCheck {
                 check: c.check.clone(),
-                result: c.result.to_owned(),
+                result: c.result.as_str().to_owned(),
                 detail: c.detail.clone(),
             })
             .collect(),

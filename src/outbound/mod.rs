@@ -42,7 +42,7 @@ use uuid::Uuid;
 
 use crate::links::LogLinks;
 use crate::projector::Projections;
-use crate::store::{EventStore, NewEvent, StoreError, StreamAppend};
+use crate::store::{decide_and_append, Decision, EventStore, NewEvent, Retry, StoreError, StreamAppend, RETRY_FOR};
 pub use configured::{client, outbox_config, pagers, rules, sinks, specs, SinkError};
 pub use exchange::Answer;
 pub use sink::{Sink, Target};
@@ -241,17 +241,17 @@ async fn record(
     outcome: &notification::TryOutcome,
     policy: &RetryPolicy,
 ) -> Result<Option<(u64, Option<Ended>)>, StoreError> {
-    let stream = notification_stream(&id.key());
+    let stream = &notification_stream(&id.key());
     let random = random();
-    for _ in 0..16 {
-        let stored = outbound.store.read_stream(&stream).await?;
+    let load = |_| async move { outbound.store.read_stream(stream).await };
+    let decided = decide_and_append(outbound.store.as_ref(), Retry::For(RETRY_FOR), load, |stored| {
         let recorded: Vec<Event> = stored.iter().filter_map(|e| e.decode().ok().map(|r| r.event)).collect();
         let now = Utc::now();
         let events = match notification::decide(&notification::replay(&recorded), id, outcome, policy, now, random) {
             Ok(events) => events,
             Err(e @ (NotificationError::AlreadyDelivered { .. } | NotificationError::AlreadyAbandoned { .. })) => {
                 tracing::info!(reason = %e, "a try is not recorded: the notification was finished meanwhile");
-                return Ok(None);
+                return Ok(Decision::nothing(None));
             }
         };
         let ended = events.iter().find_map(|e| match e {
@@ -264,13 +264,10 @@ async fn record(
             expected: ExpectedVersion::from_current(stored.last().map(|s| s.version)),
             events: events.iter().map(|e| NewEvent::from_domain(e, Uuid::now_v7(), None, now)).collect(),
         };
-        match outbound.store.append(vec![append]).await {
-            Ok(appended) => return Ok(Some((appended.last_position, ended))),
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(StoreError::failed(format!("stream {stream} kept changing while an attempt was recorded")))
+        Ok(Decision::append(vec![append], Some(ended)))
+    })
+    .await?;
+    Ok(decided.answer.zip(decided.last_position).map(|(ended, position)| (position, ended)))
 }
 
 /// Pages on-call once per build when neither chat nor the tracker could be told.

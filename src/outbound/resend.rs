@@ -12,7 +12,7 @@ use meshgate_domain::stream::notification_stream;
 use meshgate_domain::{Event, ExpectedVersion};
 use uuid::Uuid;
 
-use crate::store::{EventStore, NewEvent, StoreError, StreamAppend};
+use crate::store::{decide_and_append, Decision, EventStore, NewEvent, Retry, StoreError, StreamAppend, RETRY_FOR};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResendError {
@@ -22,8 +22,6 @@ pub enum ResendError {
     Refused(#[from] NotificationError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the key's stream kept changing")]
-    Contention,
 }
 
 /// Reads `sink/build/milestone`.
@@ -48,9 +46,9 @@ pub async fn request(
     requested_by: &str,
     now: DateTime<Utc>,
 ) -> Result<u64, ResendError> {
-    let stream = notification_stream(&id.key());
-    for _ in 0..16 {
-        let stored = store.read_stream(&stream).await?;
+    let stream = &notification_stream(&id.key());
+    let load = |_| async move { Ok::<_, ResendError>(store.read_stream(stream).await?) };
+    let decided = decide_and_append(store, Retry::For(RETRY_FOR), load, |stored| {
         let events: Vec<Event> = stored.iter().filter_map(|e| e.decode().ok().map(|r| r.event)).collect();
         decide_resend(&replay(&events), id, force)?;
         let event = Event::NotificationResendRequested(NotificationResendRequested {
@@ -67,13 +65,10 @@ pub async fn request(
             expected: ExpectedVersion::from_current(stored.last().map(|s| s.version)),
             events: vec![NewEvent::from_domain(&event, Uuid::now_v7(), None, now)],
         };
-        match store.append(vec![append]).await {
-            Ok(appended) => return Ok(appended.last_position),
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ResendError::Contention)
+        Ok(Decision::append(vec![append], ()))
+    })
+    .await?;
+    Ok(decided.last_position.unwrap_or_default())
 }
 
 /// The keys abandoned between `since` and `until` (of one sink, if given), oldest first, read

@@ -5,6 +5,7 @@
 //! speaks of streams, expected versions and global positions only; SQLite specifics (savepoints,
 //! WAL, the writer thread) stay in [`sqlite`].
 
+mod decide;
 pub mod eventstoredb;
 pub(crate) mod lease;
 pub mod open;
@@ -19,6 +20,8 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
+
+pub use decide::{decide_and_append, Decided, Decision, Retry, RETRY_FOR};
 
 /// An event about to be appended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +157,10 @@ pub struct Appended {
 pub enum StoreError {
     #[error("stream `{stream}` is at version {actual:?}, expected {expected:?}")]
     Conflict { stream: String, expected: ExpectedVersion, actual: Option<u64> },
+    /// Other writers kept changing `stream` while a decision was taken again after each
+    /// conflict, for as long as its budget allowed ([`decide_and_append`]).
+    #[error("stream `{stream}` kept changing: gave up after {tries} tries")]
+    Contention { stream: String, tries: u32 },
     /// The backend failed; `source` keeps why (an I/O error, a database error), so an operator
     /// reading the log sees the whole chain.
     #[error("event store failed: {message}")]
@@ -307,59 +314,19 @@ impl EventStore for Fenced {
     }
 }
 
-/// An audit question: events matching every given filter, in log order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EventFilter {
-    /// The events that name the issue, every event of its intents' and builds' streams, and the
-    /// notifications and pages about its builds.
-    pub issue: Option<String>,
-    /// The build's stream, and the notifications and pages about it.
-    pub build: Option<Uuid>,
-    pub stream: Option<String>,
-    pub correlation_id: Option<Uuid>,
-    pub event_type: Option<String>,
-}
-
-/// What an issue's audit needs to know beyond each event: its builds' streams and ids (from the
-/// `BuildRequested` events that name it).
-#[derive(Debug, Clone, Default)]
-pub struct IssueBuilds {
-    pub streams: std::collections::HashSet<String>,
-    pub ids: std::collections::HashSet<String>,
-}
-
-impl EventFilter {
-    /// Whether `event` answers this question, as the SQL backends' audit query decides it; for a
-    /// backend that scans the log (`builds`: those of the filter's issue).
-    pub fn matches(&self, event: &StoredEvent, builds: &IssueBuilds) -> bool {
-        const ABOUT_BUILDS: [&str; 4] =
-            ["NotificationAttempted", "NotificationDelivered", "NotificationAbandoned", "PageRequested"];
-        let data = || serde_json::from_str::<serde_json::Value>(&event.data).unwrap_or_default();
-        let text = |data: &serde_json::Value, key: &str| data[key].as_str().map(str::to_owned);
-        if let Some(issue) = &self.issue {
-            let data = data();
-            let names = text(&data, "issue_id").as_deref() == Some(issue.as_str())
-                || event.stream.starts_with(&format!("intent-{issue}/"))
-                || builds.streams.contains(&event.stream)
-                || (ABOUT_BUILDS.contains(&event.event_type.as_str())
-                    && text(&data, "build_id").is_some_and(|b| builds.ids.contains(&b)));
-            if !names {
-                return false;
-            }
-        }
-        if let Some(build) = self.build {
-            let build = build.to_string();
-            if event.stream != format!("build-{build}") && text(&data(), "build_id") != Some(build) {
-                return false;
-            }
-        }
-        self.stream.as_ref().is_none_or(|s| *s == event.stream)
-            && self.correlation_id.is_none_or(|c| c == event.correlation_id)
-            && self.event_type.as_ref().is_none_or(|t| *t == event.event_type)
-    }
-}
+pub use meshgate_domain::audit::{EventFilter, IssueBuilds};
 
 impl StoredEvent {
+    /// The event as an audit question looks at it.
+    pub fn seen(&self) -> meshgate_domain::audit::Seen<'_> {
+        meshgate_domain::audit::Seen {
+            stream: &self.stream,
+            event_type: &self.event_type,
+            data: &self.data,
+            correlation_id: self.correlation_id,
+        }
+    }
+
     /// The event as the audit shows it (`meshgate events --json`, `GET /api/v1/events`): its data
     /// as JSON, a received body as the text it arrived as.
     pub fn audit(&self) -> AuditEvent {

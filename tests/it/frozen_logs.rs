@@ -18,6 +18,7 @@ use meshgate::store::sqlite::{SqliteStore, WriterOptions};
 use meshgate::store::{EventStore, NewEvent, StoredEvent, StreamAppend};
 use meshgate_domain::build::{BuildCommand, ReportedOutcome};
 use meshgate_domain::event::*;
+use meshgate_domain::node_api::FailureReason;
 use meshgate_domain::notify::{notification_key, Milestone};
 use meshgate_domain::stream::{notification_stream, page_stream, reconcile_stream, selftest_stream};
 use meshgate_domain::{Event, ExpectedVersion};
@@ -206,7 +207,8 @@ async fn write_scenarios(app: &TestApp) {
     // Fails; chat gives up, the tracker comment goes through, on-call is paged.
     let b2 = build_id(&app.deliver(&issue("MOB-102", 3)).await);
     run(b2, BuildCommand::Claim { node_id: "mac-2".into(), lease_expires_at: lease() }).await;
-    run(b2, outcome(ReportedOutcome::Failed { reason: "exit 65".into(), retry_rule: None }, "mac-2", 1, 65)).await;
+    run(b2, outcome(ReportedOutcome::Failed { reason: FailureReason::ScriptFailed, retry_rule: None }, "mac-2", 1, 65))
+        .await;
 
     // Its node is lost: requeued, claimed again, the lost node's late result refused.
     let b3 = build_id(&app.deliver(&issue("MOB-103", 4)).await);
@@ -260,8 +262,10 @@ async fn write_scenarios(app: &TestApp) {
         sha256: "78324857e8d9bfa749dc301271df54a6572de9f4c3df8a9507cfa7b7d2b25f8e".into(),
     };
     run(b8, artifact("mac-1", 1, "logs/xcodebuild.log")).await;
-    let simulator =
-        ReportedOutcome::Failed { reason: "script_failed".into(), retry_rule: Some("Failed to boot simulator".into()) };
+    let simulator = ReportedOutcome::Failed {
+        reason: FailureReason::ScriptFailed,
+        retry_rule: Some("Failed to boot simulator".into()),
+    };
     run(b8, outcome(simulator, "mac-1", 1, 70)).await;
     run(b8, BuildCommand::Claim { node_id: "mac-2".into(), lease_expires_at: lease() }).await;
     run(b8, artifact("mac-2", 2, "App.ipa")).await;
@@ -369,7 +373,7 @@ async fn write_scenarios(app: &TestApp) {
                 build_id: b2,
                 milestone: Milestone::Failed,
                 attempts: 2,
-                reason: "HTTP 500".into(),
+                reason: meshgate_domain::notification::AbandonReason::read("HTTP 500"),
             }),
         ],
     )

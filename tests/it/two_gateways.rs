@@ -180,6 +180,6 @@ async fn claims_decided_on_one_version_of_a_lane_land_once() {
     let id = uuid::Uuid::now_v7();
     a.handles.builds.claim_guarded(first, id, &claim("mac-a"), guard(first, "mac-a")).await.unwrap();
     let refused = b.handles.builds.claim_guarded(second, id, &claim("mac-b"), guard(second, "mac-b")).await;
-    assert!(matches!(refused, Err(CommandError::Contention)), "{refused:?}");
+    assert!(matches!(refused, Err(CommandError::Store(meshgate::store::StoreError::Contention { .. }))), "{refused:?}");
     assert_eq!(a.store().read_stream(&meshgate_domain::stream::build_stream(second)).await.unwrap().len(), 1);
 }

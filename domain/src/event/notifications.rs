@@ -41,7 +41,7 @@ pub struct NotificationAbandoned {
     pub build_id: Uuid,
     pub milestone: crate::notify::Milestone,
     pub attempts: u32,
-    pub reason: String,
+    pub reason: crate::notification::AbandonReason,
 }
 
 /// Neither chat nor the tracker could be told about a build: on-call is paged (once per build).

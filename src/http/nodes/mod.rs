@@ -248,7 +248,7 @@ pub async fn claim(State(app): State<Arc<NodeApi>>, headers: HeaderMap, body: By
                         return Ok((StatusCode::OK, Json(body)).into_response());
                     }
                     // Another gateway (or a lagging view) got there first: look again.
-                    Err(CommandError::Refused { .. } | CommandError::Contention) => {
+                    Err(CommandError::Refused { .. } | CommandError::Store(StoreError::Contention { .. })) => {
                         if tokio::time::Instant::now() >= deadline {
                             break;
                         }
@@ -425,7 +425,7 @@ pub async fn result(
     let outcome = match request.outcome {
         Outcome::Succeeded => ReportedOutcome::Succeeded,
         Outcome::Failed => ReportedOutcome::Failed {
-            reason: request.reason.map_or("script_failed", |r| r.as_str()).to_owned(),
+            reason: request.reason.unwrap_or_default(),
             retry_rule: request.retry_rule.clone(),
         },
         Outcome::Cancelled => ReportedOutcome::Cancelled,

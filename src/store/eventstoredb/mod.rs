@@ -427,7 +427,7 @@ impl EventStore for EventStoreDbStore {
             let page = self.inner.read_log(cursor, PAGE).await?;
             let Some(last) = page.last() else { break };
             cursor = last.position;
-            found.extend(page.into_iter().filter(|e| filter.matches(e, &builds)));
+            found.extend(page.into_iter().filter(|e| filter.matches(e.seen(), &builds)));
         }
         found.truncate(limit);
         Ok(found)
@@ -443,14 +443,8 @@ impl EventStoreDbStore {
             let page = self.inner.read_log(cursor, PAGE).await?;
             let Some(last) = page.last() else { return Ok(builds) };
             cursor = last.position;
-            for e in page.iter().filter(|e| e.event_type == "BuildRequested") {
-                let data: serde_json::Value = serde_json::from_str(&e.data).unwrap_or_default();
-                if data["issue_id"].as_str() == Some(issue) {
-                    builds.streams.insert(e.stream.clone());
-                    if let Some(build) = data["build_id"].as_str() {
-                        builds.ids.insert(build.to_owned());
-                    }
-                }
+            for e in &page {
+                builds.note(issue, &e.stream, &e.event_type, &e.data);
             }
         }
     }

@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use meshgate_domain::audit::{ABOUT_A_BUILD, BUILD_REQUESTED};
+use meshgate_domain::stream::{BUILD_PREFIX, INTENT_PREFIX};
 use meshgate_domain::{Event, Recorded};
 use tokio::sync::{broadcast, mpsc, oneshot, watch, RwLock};
 use tokio::task::JoinHandle;
@@ -228,19 +230,21 @@ impl EventStore for PostgresStore {
 
     async fn query(&self, filter: &EventFilter, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
         // As the SQLite backend's audit query (`meshgate events`), on `data` read as JSON.
+        // The names the question asks for are the domain's (`meshgate_domain::audit`).
+        let about_a_build = ABOUT_A_BUILD.map(|t| format!("'{t}'")).join(", ");
         let sql = format!(
             "SELECT {COLUMNS} FROM meshgate_events
              WHERE position > $6
                AND ($1::text IS NULL
                     OR data::jsonb ->> 'issue_id' = $1
-                    OR stream LIKE 'intent-' || $1 || '/%'
+                    OR stream LIKE '{INTENT_PREFIX}' || $1 || '/%'
                     OR stream IN (SELECT stream FROM meshgate_events
-                                  WHERE type = 'BuildRequested' AND data::jsonb ->> 'issue_id' = $1)
-                    OR (type IN ('NotificationAttempted', 'NotificationDelivered', 'NotificationAbandoned', 'PageRequested')
+                                  WHERE type = '{BUILD_REQUESTED}' AND data::jsonb ->> 'issue_id' = $1)
+                    OR (type IN ({about_a_build})
                         AND data::jsonb ->> 'build_id' IN
                             (SELECT data::jsonb ->> 'build_id' FROM meshgate_events
-                             WHERE type = 'BuildRequested' AND data::jsonb ->> 'issue_id' = $1)))
-               AND ($5::text IS NULL OR stream = 'build-' || $5 OR data::jsonb ->> 'build_id' = $5)
+                             WHERE type = '{BUILD_REQUESTED}' AND data::jsonb ->> 'issue_id' = $1)))
+               AND ($5::text IS NULL OR stream = '{BUILD_PREFIX}' || $5 OR data::jsonb ->> 'build_id' = $5)
                AND ($2::text IS NULL OR stream = $2)
                AND ($3::uuid IS NULL OR correlation_id = $3)
                AND ($4::text IS NULL OR type = $4)

@@ -2,6 +2,8 @@
 //! of positions, decoded ranges of some types, and audit queries.
 
 use chrono::DateTime;
+use meshgate_domain::audit::{ABOUT_A_BUILD, BUILD_REQUESTED};
+use meshgate_domain::stream::{BUILD_PREFIX, INTENT_PREFIX};
 use rusqlite::{params, Connection};
 use uuid::Uuid;
 
@@ -58,19 +60,21 @@ pub fn read_range_decoded(
 /// matches the events that name it, every event of its intents' and builds' streams, and the
 /// notification attempts and pages about its builds (they carry the build's id, not the issue's).
 pub fn query(conn: &Connection, filter: &EventFilter, after: u64, limit: usize) -> rusqlite::Result<Vec<StoredEvent>> {
+    // The names the question asks for are the domain's (`meshgate_domain::audit`).
+    let about_a_build = ABOUT_A_BUILD.map(|t| format!("'{t}'")).join(", ");
     let sql = format!(
         "SELECT {COLUMNS} FROM events
          WHERE position > ?6
            AND (?1 IS NULL
                 OR json_extract(data, '$.issue_id') = ?1
-                OR stream LIKE 'intent-' || ?1 || '/%'
+                OR stream LIKE '{INTENT_PREFIX}' || ?1 || '/%'
                 OR stream IN (SELECT stream FROM events
-                              WHERE type = 'BuildRequested' AND json_extract(data, '$.issue_id') = ?1)
-                OR (type IN ('NotificationAttempted', 'NotificationDelivered', 'NotificationAbandoned', 'PageRequested')
+                              WHERE type = '{BUILD_REQUESTED}' AND json_extract(data, '$.issue_id') = ?1)
+                OR (type IN ({about_a_build})
                     AND json_extract(data, '$.build_id') IN
                         (SELECT json_extract(data, '$.build_id') FROM events
-                         WHERE type = 'BuildRequested' AND json_extract(data, '$.issue_id') = ?1)))
-           AND (?5 IS NULL OR stream = 'build-' || ?5 OR json_extract(data, '$.build_id') = ?5)
+                         WHERE type = '{BUILD_REQUESTED}' AND json_extract(data, '$.issue_id') = ?1)))
+           AND (?5 IS NULL OR stream = '{BUILD_PREFIX}' || ?5 OR json_extract(data, '$.build_id') = ?5)
            AND (?2 IS NULL OR stream = ?2)
            AND (?3 IS NULL OR correlation_id = ?3)
            AND (?4 IS NULL OR type = ?4)
