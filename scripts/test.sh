@@ -88,9 +88,6 @@ cargo test --workspace --locked
 # The claim benchmark's example (docs/benchmarks.md), once in the test profile: it checks its
 # own answers, so it cannot rot.
 cargo run --quiet --locked -p meshgate-projections --example claim_backlog >/dev/null
-# The live log's benchmark (docs/benchmarks.md), on one megabyte, against the gateway binary the
-# tests built: it checks that every line arrives once, in order, and the stored log is whole.
-cargo run --quiet --locked --example live_log -- --mb 1 --rate 0 >/dev/null
 
 # The fuzz targets' checks over every seed, on this stable toolchain (the targets themselves run
 # under `cargo fuzz`, docs/reliability.md); formatted and linted like the rest.

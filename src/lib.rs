@@ -35,6 +35,7 @@ pub mod outbound;
 pub mod projector;
 pub mod readmodel;
 pub mod reaper;
+pub mod rebuild;
 pub mod reconcile;
 pub mod replay;
 pub mod report;

@@ -6,6 +6,7 @@
 //! starts carries the delivery's correlation id and, as its cause, the delivery's event.
 
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use meshgate_domain::event::{DeliveryReplayed, IgnoreReason, RequestSource, WebhookReceived};
 use meshgate_domain::ingest::{
     decide_intent, matched_intents, IngestPolicy, IntentDecision, IntentOutcome, IntentView, PlannedAppend, Transition,
@@ -105,14 +106,17 @@ async fn ignored_between(
 ) -> Result<Vec<String>, StoreError> {
     let mut streams: Vec<String> = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    crate::store::scan(store, &["WebhookIgnored"], |recorded| {
-        let Event::WebhookIgnored(ignored) = &recorded.event else { return };
-        let replayable = !matches!(ignored.reason, IgnoreReason::DuplicateDelivery | IgnoreReason::SelfTest);
-        if replayable && (since..=until).contains(&recorded.recorded_at) && seen.insert(recorded.stream.clone()) {
-            streams.push(recorded.stream);
+    let head = *store.head().borrow();
+    let mut batches = store.scan(0, head, &["WebhookIgnored"]);
+    while let Some((batch, _)) = batches.try_next().await? {
+        for recorded in batch {
+            let Event::WebhookIgnored(ignored) = &recorded.event else { continue };
+            let replayable = !matches!(ignored.reason, IgnoreReason::DuplicateDelivery | IgnoreReason::SelfTest);
+            if replayable && (since..=until).contains(&recorded.recorded_at) && seen.insert(recorded.stream.clone()) {
+                streams.push(recorded.stream);
+            }
         }
-    })
-    .await?;
+    }
     Ok(streams)
 }
 

@@ -6,8 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use uuid::Uuid;
 
-use crate::config::{Config, StoreBackend};
-use crate::store::sqlite::{query, SqliteStore};
+use crate::config::Config;
 use crate::store::{EventFilter, StoredEvent};
 
 #[derive(Debug, Args)]
@@ -59,25 +58,14 @@ pub async fn run(config: &Config, args: &EventsArgs) -> anyhow::Result<()> {
         }
         Ok(())
     };
-    match config.store.backend {
-        // The SQLite log is read as it is, without its lock: beside a running gateway.
-        StoreBackend::Sqlite => {
-            let path = config.log_path();
-            let conn = SqliteStore::open_read_only(&path)
-                .with_context(|| format!("cannot open the event log at {}", path.display()))?;
-            let events = query(&conn, &filter, 0, usize::MAX).context("cannot query the event log")?;
-            print(&events)?;
-        }
-        StoreBackend::Postgres | StoreBackend::EventStoreDb => {
-            let store = crate::store::open::shared(config, 1).await?;
-            let mut after = 0;
-            loop {
-                let page = store.query(&filter, after, 10_000).await.context("cannot query the event log")?;
-                let Some(last) = page.last().map(|e| e.position) else { break };
-                print(&page)?;
-                after = last;
-            }
-        }
+    // Read as it is, beside a running gateway.
+    let log = crate::store::open::reader(config).await?;
+    let mut after = 0;
+    loop {
+        let page = log.query(&filter, after, 10_000).await.context("cannot query the event log")?;
+        let Some(last) = page.last().map(|e| e.position) else { break };
+        print(&page)?;
+        after = last;
     }
     Ok(())
 }

@@ -1,10 +1,5 @@
 //! The `meshgate` command line.
 
-mod bench;
-mod bench_client;
-mod bench_dispatch;
-mod bench_history;
-mod bench_shared;
 pub(crate) mod check;
 mod deliveries;
 mod demo;
@@ -12,7 +7,7 @@ mod events;
 mod gateway;
 mod logs;
 mod migrate;
-pub(crate) mod rebuild;
+mod rebuild;
 mod reconcile;
 mod setup;
 
@@ -104,8 +99,6 @@ pub enum Command {
     /// Run the build-node agent: claim builds, run scripts, report results (`meshgate-worker`,
     /// the agent alone, is what build machines install).
     Worker(Box<WorkerCommand>),
-    /// Measure ingest throughput and latency, and projection rebuild speed.
-    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,7 +180,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 meshgate_worker::run(settings, shutdown_signal()).await
             }
         },
-        Command::Bench(args) => bench::run(args).await,
     }
 }
 

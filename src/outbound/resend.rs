@@ -5,6 +5,7 @@
 //! finds the key due again, with a fresh budget of tries.
 
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use meshgate_domain::event::NotificationResendRequested;
 use meshgate_domain::notification::{decide_resend, replay, NotificationError, NotificationId};
 use meshgate_domain::notify::Milestone;
@@ -81,15 +82,18 @@ pub async fn abandoned_between(
 ) -> Result<Vec<NotificationId>, StoreError> {
     let mut found = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    crate::store::scan(store, &["NotificationAbandoned"], |recorded| {
-        if let Event::NotificationAbandoned(e) = recorded.event {
-            let in_window = (since..=until).contains(&recorded.recorded_at);
-            if in_window && sink.is_none_or(|s| s == e.sink) && seen.insert(e.key) {
-                found.push(NotificationId { sink: e.sink, build_id: e.build_id, milestone: e.milestone });
+    let head = *store.head().borrow();
+    let mut batches = store.scan(0, head, &["NotificationAbandoned"]);
+    while let Some((batch, _)) = batches.try_next().await? {
+        for recorded in batch {
+            if let Event::NotificationAbandoned(e) = recorded.event {
+                let in_window = (since..=until).contains(&recorded.recorded_at);
+                if in_window && sink.is_none_or(|s| s == e.sink) && seen.insert(e.key) {
+                    found.push(NotificationId { sink: e.sink, build_id: e.build_id, milestone: e.milestone });
+                }
             }
         }
-    })
-    .await?;
+    }
     Ok(found)
 }
 

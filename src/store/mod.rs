@@ -196,9 +196,58 @@ impl StoreError {
     }
 }
 
+/// Reading the log by position: what the commands that read beside a running gateway open
+/// ([`open::reader`]), and every [`EventStore`].
+#[async_trait]
+pub trait LogReader: Send + Sync + 'static {
+    /// Up to `limit` events after global position `after`, in position order.
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// The events of positions `after + 1 ..= after + limit` (no further than the last committed
+    /// one) whose type is in `wanted`, decoded, in position order, and the last position the read
+    /// covered (`after`: nothing new). Followers catching up use it: the rows nobody folds need not
+    /// be read.
+    async fn read_decoded(&self, after: u64, limit: usize, wanted: &[&str]) -> Result<Decoded, StoreError>;
+
+    /// Up to `limit` events after position `after` that match `filter`, in log order (audits:
+    /// the log is scanned, not indexed, for everything but streams).
+    async fn query(&self, filter: &EventFilter, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// The position of the last committed event, as the log says now.
+    async fn last_position(&self) -> Result<u64, StoreError>;
+
+    /// The events of positions `after + 1 ..= until` whose type is in `wanted`, decoded, in
+    /// position order, in batches that each say the last position they cover: a fold of the whole
+    /// log (a rebuild, an operator's question over history) reads this. A backend reads ahead as
+    /// fast as it can (SQLite: readers of their own, beside the writer); by default, one range of
+    /// [`read_decoded`](LogReader::read_decoded) after another.
+    fn scan<'a>(&'a self, after: u64, until: u64, wanted: &'a [&'a str]) -> Scan<'a> {
+        Box::pin(futures_util::stream::try_unfold(after, move |after| async move {
+            if after >= until {
+                return Ok(None);
+            }
+            let limit = (until - after).min(SCAN_RANGE) as usize;
+            let (batch, covered) = self.read_decoded(after, limit, wanted).await?;
+            if covered <= after {
+                return Err(StoreError::failed(format!("the event log ends at position {after}, before {until}")));
+            }
+            Ok(Some(((batch, covered), covered)))
+        }))
+    }
+}
+
+/// Batches of a scan of the log: the events decoded, and the last position each batch covers.
+pub type Scan<'a> = futures_util::stream::BoxStream<'a, Result<Decoded, StoreError>>;
+
+/// Events decoded, and the last position the read that found them covered.
+pub type Decoded = (Vec<Recorded>, u64);
+
+/// Positions one batch of a scan covers.
+pub const SCAN_RANGE: u64 = 8192;
+
 /// An append-only log of streams with global positions.
 #[async_trait]
-pub trait EventStore: Send + Sync + 'static {
+pub trait EventStore: LogReader {
     /// Appends to every stream atomically: all appends land in one commit, or none does.
     /// Answers only once the commit is durable.
     async fn append(&self, appends: Vec<StreamAppend>) -> Result<Appended, StoreError>;
@@ -209,16 +258,6 @@ pub trait EventStore: Send + Sync + 'static {
     /// The last event of one stream (none: no stream), without reading the others: for streams
     /// that only grow, such as the reconciliation sweeps'.
     async fn read_last(&self, stream: &str) -> Result<Option<StoredEvent>, StoreError>;
-
-    /// Up to `limit` events after global position `after`, in position order.
-    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
-
-    /// The events of positions `after + 1 ..= after + limit` (no further than the last committed
-    /// one) whose type is in `wanted`, decoded, in position order, and the last position the read
-    /// covered (`after`: nothing new). Followers catching up use it: the rows nobody folds need not
-    /// be read.
-    async fn read_decoded(&self, after: u64, limit: usize, wanted: &[&str])
-        -> Result<(Vec<Recorded>, u64), StoreError>;
 
     /// The position of the last committed event; changes whenever a commit lands.
     fn head(&self) -> watch::Receiver<u64>;
@@ -233,17 +272,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// Succeeds if an append could be made now.
     async fn check_writable(&self) -> Result<(), StoreError>;
 
-    /// Up to `limit` events after position `after` that match `filter`, in log order (audits:
-    /// the log is scanned, not indexed, for everything but streams).
-    async fn query(&self, filter: &EventFilter, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
-
     /// Appends like [`EventStore::append`], but only while `term` is the term of the lease this
     /// gateway holds on the work done once ([`EventStore::leadership`]): a former leader's appends
-    /// are refused once another term has begun. A log with a single appender has one term, 0.
-    async fn append_fenced(&self, appends: Vec<StreamAppend>, term: i64) -> Result<Appended, StoreError> {
-        let _ = term;
-        self.append(appends).await
-    }
+    /// are refused once another term has begun. Every backend says how it fences.
+    async fn append_fenced(&self, appends: Vec<StreamAppend>, term: i64) -> Result<Appended, StoreError>;
 
     /// The term in which this gateway runs the work done once (the reaper, the outbound
     /// dispatchers, reconciliation sweeps), or `None` while another gateway does. A log with a
@@ -270,6 +302,25 @@ impl Fenced {
 }
 
 #[async_trait]
+impl LogReader for Fenced {
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.read_all(after, limit).await
+    }
+    async fn read_decoded(&self, after: u64, limit: usize, wanted: &[&str]) -> Result<Decoded, StoreError> {
+        self.inner.read_decoded(after, limit, wanted).await
+    }
+    async fn query(&self, filter: &EventFilter, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.query(filter, after, limit).await
+    }
+    async fn last_position(&self) -> Result<u64, StoreError> {
+        self.inner.last_position().await
+    }
+    fn scan<'a>(&'a self, after: u64, until: u64, wanted: &'a [&'a str]) -> Scan<'a> {
+        self.inner.scan(after, until, wanted)
+    }
+}
+
+#[async_trait]
 impl EventStore for Fenced {
     async fn append(&self, appends: Vec<StreamAppend>) -> Result<Appended, StoreError> {
         self.inner.append_fenced(appends, self.term).await
@@ -280,17 +331,6 @@ impl EventStore for Fenced {
     async fn read_last(&self, stream: &str) -> Result<Option<StoredEvent>, StoreError> {
         self.inner.read_last(stream).await
     }
-    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        self.inner.read_all(after, limit).await
-    }
-    async fn read_decoded(
-        &self,
-        after: u64,
-        limit: usize,
-        wanted: &[&str],
-    ) -> Result<(Vec<Recorded>, u64), StoreError> {
-        self.inner.read_decoded(after, limit, wanted).await
-    }
     fn head(&self) -> watch::Receiver<u64> {
         self.inner.head()
     }
@@ -299,9 +339,6 @@ impl EventStore for Fenced {
     }
     async fn check_writable(&self) -> Result<(), StoreError> {
         self.inner.check_writable().await
-    }
-    async fn query(&self, filter: &EventFilter, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        self.inner.query(filter, after, limit).await
     }
     async fn append_fenced(&self, appends: Vec<StreamAppend>, term: i64) -> Result<Appended, StoreError> {
         self.inner.append_fenced(appends, term).await
@@ -372,23 +409,6 @@ pub struct AuditEvent {
     pub correlation_id: uuid::Uuid,
     pub causation_id: Option<uuid::Uuid>,
     pub recorded_at: chrono::DateTime<chrono::Utc>,
-}
-
-/// Calls `each` with every event of the `wanted` types up to the head as it stood at the start, in
-/// position order, reading in batches: for admin actions over the whole log (recovering abandoned
-/// notifications, replaying ignored deliveries).
-pub async fn scan(store: &dyn EventStore, wanted: &[&str], mut each: impl FnMut(Recorded)) -> Result<(), StoreError> {
-    let head = *store.head().borrow();
-    let mut after = 0;
-    while after < head {
-        let (batch, last) = store.read_decoded(after, 10_000, wanted).await?;
-        batch.into_iter().for_each(&mut each);
-        if last <= after {
-            break;
-        }
-        after = last;
-    }
-    Ok(())
 }
 
 /// Maps a backend's error into [`StoreError::Failed`].

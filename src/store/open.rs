@@ -9,8 +9,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::eventstoredb::{EventStoreDbOptions, EventStoreDbStore};
 use super::postgres::{PostgresOptions, PostgresStore};
-use super::sqlite::{SqliteStore, WriterOptions};
-use super::{EventStore, StoreError};
+use super::sqlite::{Reader, SqliteStore, WriterOptions};
+use super::{EventStore, LogReader, StoreError};
 use crate::config::{Config, StoreBackend};
 use crate::secrets::SecretError;
 
@@ -96,6 +96,32 @@ pub async fn shared(config: &Config, max_batch: usize) -> Result<Arc<dyn EventSt
         }
         StoreBackend::Sqlite => Err(OpenError::NotShared),
     }
+}
+
+/// Opens the configured log to read it beside running gateways: the SQLite file as it is, without
+/// its lock, or the shared log.
+pub async fn reader(config: &Config) -> Result<Arc<dyn LogReader>, OpenError> {
+    match config.store.backend {
+        StoreBackend::Sqlite => {
+            let path = config.log_path();
+            let reader = Reader::open(&path).map_err(|source| OpenError::Log { path, source })?;
+            Ok(Arc::new(reader))
+        }
+        StoreBackend::Postgres | StoreBackend::EventStoreDb => {
+            let store: Arc<dyn LogReader> = shared(config, 1).await?;
+            Ok(store)
+        }
+    }
+}
+
+/// Holds what keeps this data dir's gateway from running (the SQLite log's lock, or the read
+/// model's with a shared log), for a command that replaces what the gateway owns.
+pub fn hold(config: &Config) -> Result<std::fs::File, OpenError> {
+    let path = match config.store.backend {
+        StoreBackend::Sqlite => config.log_path(),
+        StoreBackend::Postgres | StoreBackend::EventStoreDb => config.readmodel_path(),
+    };
+    super::sqlite::lock_log(&path).map_err(|source| OpenError::Lock { path, source })
 }
 
 /// A shared log's connection URL: from `store.url_file` (checked like a token file) or `store.url`.

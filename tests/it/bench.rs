@@ -1,14 +1,30 @@
-//! Short runs of `meshgate bench`, so the benchmarks of docs/benchmarks.md cannot rot. They assert
-//! that every measurement is made and reported, never how fast anything was.
+//! Short runs of `meshgate-bench` (`bench/`), so the benchmarks of docs/benchmarks.md cannot rot.
+//! They assert that every measurement is made and reported, never how fast anything was.
+//!
+//! The benchmark is a crate of its own; `cargo test --workspace` builds its binary beside the
+//! gateway's (its own tests need it), which these start with the gateway's binary of this build.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use crate::process::BIN;
 
+/// `meshgate-bench` of this build, beside `meshgate`.
+fn bench_binary() -> PathBuf {
+    let path = std::path::Path::new(BIN).with_file_name("meshgate-bench");
+    assert!(path.exists(), "{} is missing: run the tests with `cargo test --workspace`", path.display());
+    path
+}
+
 fn bench(args: &[&str]) -> String {
     let cwd = tempfile::tempdir().unwrap();
-    let output =
-        Command::new(BIN).current_dir(cwd.path()).env("RUST_LOG", "warn").arg("bench").args(args).output().unwrap();
+    let output = Command::new(bench_binary())
+        .current_dir(cwd.path())
+        .env("RUST_LOG", "warn")
+        .env("MESHGATE_BIN", BIN)
+        .args(args)
+        .output()
+        .unwrap();
     let said = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(output.status.success(), "{said}\n{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0, "the benchmark left files in its working directory");
@@ -81,5 +97,15 @@ async fn the_eventstoredb_benchmark_compares_it_with_sqlite() {
     eprintln!("{said}");
     for row in ["| SQLite, one gateway |", "| EventStoreDB, one gateway |", "EventStoreDB / SQLite:"] {
         assert!(said.contains(row), "no `{row}` in:\n{said}");
+    }
+}
+
+/// The live log's measurement on one megabyte, as fast as the script can print: it checks that
+/// every line arrives once, in order, and that the stored log is whole.
+#[test]
+fn the_live_log_benchmark_follows_a_build_to_its_end() {
+    let said = bench(&["live-log", "--mb", "1", "--rate", "0"]);
+    for line in ["live log: 1.0 MiB", "delay written → readable: p50", "gateway CPU over the build", "one upload"] {
+        assert!(said.contains(line), "no `{line}` in:\n{said}");
     }
 }

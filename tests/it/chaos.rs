@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use meshgate::store::sqlite::{query, SqliteStore};
+use meshgate::store::sqlite::query;
 use meshgate::store::EventFilter;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
@@ -201,7 +201,7 @@ async fn a_gateway_killed_at_random_moments_round_after_round_loses_nothing_and_
     eprintln!("chaos: {rounds} rounds in {:?}", started.elapsed());
 
     // Every delivery that got a 200 is in the log; one build per change, every one finished.
-    let log = SqliteStore::open_read_only(&dir.path().join("data/events.sqlite")).unwrap();
+    let log = meshgate::store::sqlite::open_read_only(&dir.path().join("data/events.sqlite")).unwrap();
     let of_type = |t: &str| {
         query(&log, &EventFilter { event_type: Some(t.into()), ..Default::default() }, 0, usize::MAX).unwrap()
     };

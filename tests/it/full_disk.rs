@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use meshgate::store::sqlite::{query, SqliteStore};
+use meshgate::store::sqlite::query;
 use meshgate::store::EventFilter;
 use serde_json::{json, Value};
 
@@ -112,7 +112,7 @@ async fn a_full_disk_refuses_deliveries_loses_nothing_and_recovers_without_a_res
     gateway.stop();
 
     // Everything accepted is in the log; nothing refused is.
-    let log = SqliteStore::open_read_only(&disk.0.join("data/events.sqlite")).unwrap();
+    let log = meshgate::store::sqlite::open_read_only(&disk.0.join("data/events.sqlite")).unwrap();
     let filter = EventFilter { event_type: Some("WebhookReceived".into()), ..Default::default() };
     let logged: std::collections::HashSet<String> =
         query(&log, &filter, 0, usize::MAX).unwrap().iter().map(|e| e.correlation_id.to_string()).collect();

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use meshgate::store::sqlite::{query, SqliteStore};
+use meshgate::store::sqlite::query;
 use meshgate::store::EventFilter;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
@@ -191,7 +191,7 @@ async fn a_gateway_killed_during_a_load_loses_no_accepted_delivery_and_makes_no_
     gateway.stop();
 
     // Every delivery that got a 200 is in the log; no issue got two builds.
-    let conn = SqliteStore::open_read_only(&dir.path().join("data/events.sqlite")).unwrap();
+    let conn = meshgate::store::sqlite::open_read_only(&dir.path().join("data/events.sqlite")).unwrap();
     let received =
         query(&conn, &EventFilter { event_type: Some("WebhookReceived".into()), ..Default::default() }, 0, usize::MAX)
             .unwrap();

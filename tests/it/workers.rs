@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use meshgate::store::sqlite::{query, SqliteStore};
+use meshgate::store::sqlite::query;
 use meshgate::store::EventFilter;
 use serde_json::{json, Value};
 
@@ -122,7 +122,7 @@ pub async fn deliver(gw: &Gateway, dir: &Path, issue: &str) {
 }
 
 pub fn events(dir: &Path, event_type: &str) -> Vec<(u64, Value)> {
-    let conn = SqliteStore::open_read_only(&dir.join("data/events.sqlite")).unwrap();
+    let conn = meshgate::store::sqlite::open_read_only(&dir.join("data/events.sqlite")).unwrap();
     query(&conn, &EventFilter { event_type: Some(event_type.into()), ..Default::default() }, 0, usize::MAX)
         .unwrap()
         .into_iter()

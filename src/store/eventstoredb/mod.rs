@@ -25,7 +25,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use eventstore::{Client, ClientSettings, ReadStreamOptions, ResolvedEvent, StreamPosition};
-use meshgate_domain::Recorded;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -35,7 +34,9 @@ mod leader;
 mod tail;
 mod writer;
 
-use super::{Appended, EventFilter, EventStore, IssueBuilds, StoreError, StoredEvent, StreamAppend};
+use super::{
+    Appended, Decoded, EventFilter, EventStore, IssueBuilds, LogReader, StoreError, StoredEvent, StreamAppend,
+};
 
 /// Committed batches kept for followers that are a little behind (as the other backends' feeds).
 const FEED_CAPACITY: usize = 64;
@@ -336,6 +337,47 @@ impl Drop for EventStoreDbStore {
 }
 
 #[async_trait]
+impl LogReader for EventStoreDbStore {
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.read_log(after, limit).await
+    }
+
+    async fn read_decoded(&self, after: u64, limit: usize, wanted: &[&str]) -> Result<Decoded, StoreError> {
+        let events = self.inner.read_log(after, limit.min(PAGE * 10)).await?;
+        let covered = events.last().map_or(after, |e| e.position);
+        let decoded = events
+            .iter()
+            .filter(|e| wanted.contains(&e.event_type.as_str()))
+            .map(|e| e.decode().map_err(|d| StoreError::caused(format_args!("event at position {}", e.position), d)))
+            .collect::<Result<_, _>>()?;
+        Ok((decoded, covered))
+    }
+
+    async fn query(&self, filter: &EventFilter, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        // The log is scanned (as the other backends do for everything but streams); an issue's
+        // builds are learned from the whole log first.
+        let builds = match &filter.issue {
+            Some(issue) => self.builds_of(issue).await?,
+            None => IssueBuilds::default(),
+        };
+        let mut found = Vec::new();
+        let mut cursor = after;
+        while found.len() < limit {
+            let page = self.inner.read_log(cursor, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            cursor = last.position;
+            found.extend(page.into_iter().filter(|e| filter.matches(e.seen(), &builds)));
+        }
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    async fn last_position(&self) -> Result<u64, StoreError> {
+        Ok(*self.head().borrow())
+    }
+}
+
+#[async_trait]
 impl EventStore for EventStoreDbStore {
     async fn append(&self, appends: Vec<StreamAppend>) -> Result<Appended, StoreError> {
         let (reply, answer) = oneshot::channel();
@@ -382,26 +424,6 @@ impl EventStore for EventStoreDbStore {
         self.inner.last_of(stream).await
     }
 
-    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        self.inner.read_log(after, limit).await
-    }
-
-    async fn read_decoded(
-        &self,
-        after: u64,
-        limit: usize,
-        wanted: &[&str],
-    ) -> Result<(Vec<Recorded>, u64), StoreError> {
-        let events = self.inner.read_log(after, limit.min(PAGE * 10)).await?;
-        let covered = events.last().map_or(after, |e| e.position);
-        let decoded = events
-            .iter()
-            .filter(|e| wanted.contains(&e.event_type.as_str()))
-            .map(|e| e.decode().map_err(|d| StoreError::caused(format_args!("event at position {}", e.position), d)))
-            .collect::<Result<_, _>>()?;
-        Ok((decoded, covered))
-    }
-
     fn head(&self) -> watch::Receiver<u64> {
         self.head.clone()
     }
@@ -412,25 +434,6 @@ impl EventStore for EventStoreDbStore {
 
     async fn check_writable(&self) -> Result<(), StoreError> {
         self.inner.log_head().await.map(|_| ())
-    }
-
-    async fn query(&self, filter: &EventFilter, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        // The log is scanned (as the other backends do for everything but streams); an issue's
-        // builds are learned from the whole log first.
-        let builds = match &filter.issue {
-            Some(issue) => self.builds_of(issue).await?,
-            None => IssueBuilds::default(),
-        };
-        let mut found = Vec::new();
-        let mut cursor = after;
-        while found.len() < limit {
-            let page = self.inner.read_log(cursor, PAGE).await?;
-            let Some(last) = page.last() else { break };
-            cursor = last.position;
-            found.extend(page.into_iter().filter(|e| filter.matches(e.seen(), &builds)));
-        }
-        found.truncate(limit);
-        Ok(found)
     }
 }
 

@@ -31,7 +31,7 @@ mod writer;
 #[doc(hidden)]
 pub use writer::{APPEND as APPEND_STATEMENT, SESSION as WRITER_SESSION};
 
-use super::{Appended, EventFilter, EventStore, StoreError, StoredEvent, StreamAppend};
+use super::{Appended, Decoded, EventFilter, EventStore, LogReader, StoreError, StoredEvent, StreamAppend};
 
 const COLUMNS: &str =
     "position, stream, version, id, type, schema_version, data, correlation_id, causation_id, recorded_at";
@@ -221,13 +221,7 @@ impl Drop for PostgresStore {
 }
 
 #[async_trait]
-impl EventStore for PostgresStore {
-    async fn append(&self, appends: Vec<StreamAppend>) -> Result<Appended, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.writer.send(writer::WriteRequest { appends, fence: None, reply }).await.map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
-    }
-
+impl LogReader for PostgresStore {
     async fn query(&self, filter: &EventFilter, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
         // As the SQLite backend's audit query (`meshgate events`), on `data` read as JSON.
         // The names the question asks for are the domain's (`meshgate_domain::audit`).
@@ -258,37 +252,11 @@ impl EventStore for PostgresStore {
         self.readers.query(&sql, &params).await?.iter().map(stored).collect()
     }
 
-    async fn append_fenced(&self, appends: Vec<StreamAppend>, term: i64) -> Result<Appended, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let request = writer::WriteRequest { appends, fence: Some(term), reply };
-        self.writer.send(request).await.map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
-    }
-
-    fn leadership(&self) -> watch::Receiver<Option<i64>> {
-        self.leading.clone()
-    }
-
-    async fn read_stream(&self, stream: &str) -> Result<Vec<StoredEvent>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM meshgate_events WHERE stream = $1 ORDER BY version");
-        self.readers.query(&sql, &[&stream]).await?.iter().map(stored).collect()
-    }
-
-    async fn read_last(&self, stream: &str) -> Result<Option<StoredEvent>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM meshgate_events WHERE stream = $1 ORDER BY version DESC LIMIT 1");
-        self.readers.query(&sql, &[&stream]).await?.first().map(stored).transpose()
-    }
-
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
         read_all(&self.readers, after, limit).await
     }
 
-    async fn read_decoded(
-        &self,
-        after: u64,
-        limit: usize,
-        wanted: &[&str],
-    ) -> Result<(Vec<Recorded>, u64), StoreError> {
+    async fn read_decoded(&self, after: u64, limit: usize, wanted: &[&str]) -> Result<Decoded, StoreError> {
         // One statement, so the rows and how far they reach come from one snapshot.
         let sql = "
             WITH h AS (SELECT LEAST($1::bigint + $2::bigint, last) AS upto FROM meshgate_head WHERE id = 1)
@@ -314,6 +282,40 @@ impl EventStore for PostgresStore {
             });
         }
         Ok((decoded, covered))
+    }
+
+    async fn last_position(&self) -> Result<u64, StoreError> {
+        Ok(*self.head().borrow())
+    }
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn append(&self, appends: Vec<StreamAppend>) -> Result<Appended, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer.send(writer::WriteRequest { appends, fence: None, reply }).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn append_fenced(&self, appends: Vec<StreamAppend>, term: i64) -> Result<Appended, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let request = writer::WriteRequest { appends, fence: Some(term), reply };
+        self.writer.send(request).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn leadership(&self) -> watch::Receiver<Option<i64>> {
+        self.leading.clone()
+    }
+
+    async fn read_stream(&self, stream: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM meshgate_events WHERE stream = $1 ORDER BY version");
+        self.readers.query(&sql, &[&stream]).await?.iter().map(stored).collect()
+    }
+
+    async fn read_last(&self, stream: &str) -> Result<Option<StoredEvent>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM meshgate_events WHERE stream = $1 ORDER BY version DESC LIMIT 1");
+        self.readers.query(&sql, &[&stream]).await?.first().map(stored).transpose()
     }
 
     fn head(&self) -> watch::Receiver<u64> {

@@ -12,27 +12,31 @@
 //! appending): recent and active streams in memory ([`index::StreamIndex`]), every stream in a file
 //! beside the log that lags it by at most a flush ([`streams`]). ADR 0006 says why.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::{params, Connection};
 use tokio::sync::{broadcast, oneshot, watch};
 
 mod checkpointer;
 mod index;
 mod indexer;
+mod reader;
 mod reads;
 mod streams;
 mod writer;
 
 use index::{StreamIndex, StreamKey};
+pub use reader::{open_read_only, Reader};
 use reads::row_to_event;
 pub use reads::{query, read_all, read_range_decoded};
 use writer::WriteRequest;
 
-use super::{Appended, EventFilter, EventStore, StoreError, StoreResultExt, StoredEvent, StreamAppend};
+use super::{
+    Appended, Decoded, EventFilter, EventStore, LogReader, Scan, StoreError, StoreResultExt, StoredEvent, StreamAppend,
+};
 
 /// Page size of a new log (docs/benchmarks.md).
 const PAGE_SIZE: i64 = 16 * 1024;
@@ -92,9 +96,8 @@ impl Default for WriterOptions {
 
 /// The SQLite event store.
 pub struct SqliteStore {
-    path: PathBuf,
     writer: std::sync::mpsc::Sender<WriteRequest>,
-    readers: Arc<Mutex<Vec<Connection>>>,
+    readers: Reader,
     head: watch::Receiver<u64>,
     index: Arc<RwLock<StreamIndex>>,
     /// The stream index on disk, for streams the writer does not hold in memory.
@@ -134,26 +137,14 @@ impl SqliteStore {
         let writer::Spawned { queue: writer, head, thread } =
             writer::spawn(conn, lock, path, indexer, feed.clone(), head, options)?;
         Ok(SqliteStore {
-            path: path.to_owned(),
             writer,
-            readers: Arc::default(),
+            readers: Reader::beside(path),
             head,
             index,
             index_file,
             feed,
             writer_thread: Some(thread),
         })
-    }
-
-    /// Opens the log for reading only (audit queries from the CLI).
-    pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
-        let conn =
-            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-                .store_err()?;
-        conn.busy_timeout(Duration::from_secs(5)).store_err()?;
-        // No memory map: a whole-log scan (a rebuild, an audit) would map every page of the log and
-        // count it as resident (2.2 GB at 10M events); reading through the page cache costs 5 %.
-        Ok(conn)
     }
 
     /// A stream's positions: those the writer holds in memory, else those of the index on disk.
@@ -180,43 +171,6 @@ impl SqliteStore {
         self.writer.send(make(reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
-
-    async fn read<T: Send + 'static>(
-        &self,
-        query: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        self.read_with(move |conn| query(conn).store_err()).await
-    }
-
-    /// Runs `query` on a pooled reader connection, on a blocking thread.
-    async fn read_with<T: Send + 'static>(
-        &self,
-        query: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let readers = Arc::clone(&self.readers);
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let pooled = readers.lock().map(|mut pool| pool.pop()).unwrap_or(None);
-            let conn = match pooled {
-                Some(conn) => conn,
-                None => {
-                    let conn = Connection::open(&path).store_err()?;
-                    conn.busy_timeout(Duration::from_secs(5)).store_err()?;
-                    conn.pragma_update(None, "query_only", true).store_err()?;
-                    conn
-                }
-            };
-            let result = query(&conn);
-            if let Ok(mut pool) = readers.lock() {
-                if pool.len() < 8 {
-                    pool.push(conn);
-                }
-            }
-            result
-        })
-        .await
-        .map_err(|e| StoreError::caused("reader task failed", e))?
-    }
 }
 
 impl Drop for SqliteStore {
@@ -232,6 +186,29 @@ impl Drop for SqliteStore {
 }
 
 #[async_trait]
+impl LogReader for SqliteStore {
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.readers.read_all(after, limit).await
+    }
+
+    async fn read_decoded(&self, after: u64, limit: usize, wanted: &[&str]) -> Result<Decoded, StoreError> {
+        self.readers.read_decoded(after, limit, wanted).await
+    }
+
+    async fn query(&self, filter: &EventFilter, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.readers.query(filter, after, limit).await
+    }
+
+    async fn last_position(&self) -> Result<u64, StoreError> {
+        Ok(*self.head.borrow())
+    }
+
+    fn scan<'a>(&'a self, after: u64, until: u64, wanted: &'a [&'a str]) -> Scan<'a> {
+        self.readers.scan(after, until, wanted)
+    }
+}
+
+#[async_trait]
 impl EventStore for SqliteStore {
     async fn append(&self, appends: Vec<StreamAppend>) -> Result<Appended, StoreError> {
         self.write(|reply| WriteRequest::Append { appends, reply }).await
@@ -243,20 +220,21 @@ impl EventStore for SqliteStore {
             return Ok(Vec::new());
         }
         let stream = stream.to_owned();
-        self.read_with(move |conn| {
-            let mut stmt =
-                conn.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE position = ?1")).store_err()?;
-            let mut events = Vec::new();
-            for position in positions {
-                let event = stmt.query_row([position], row_to_event).store_err()?;
-                // The index keys streams by a hash of their name; the row has the name itself.
-                if event.stream == stream {
-                    events.push(event);
+        self.readers
+            .read_with(move |conn| {
+                let mut stmt =
+                    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE position = ?1")).store_err()?;
+                let mut events = Vec::new();
+                for position in positions {
+                    let event = stmt.query_row([position], row_to_event).store_err()?;
+                    // The index keys streams by a hash of their name; the row has the name itself.
+                    if event.stream == stream {
+                        events.push(event);
+                    }
                 }
-            }
-            Ok(events)
-        })
-        .await
+                Ok(events)
+            })
+            .await
     }
 
     async fn read_last(&self, stream: &str) -> Result<Option<StoredEvent>, StoreError> {
@@ -265,50 +243,20 @@ impl EventStore for SqliteStore {
             return Ok(None);
         }
         let stream = stream.to_owned();
-        self.read_with(move |conn| {
-            let mut stmt =
-                conn.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE position = ?1")).store_err()?;
-            // Newest first; a row of another stream sharing the name's hash is passed over.
-            for position in positions.into_iter().rev() {
-                let event = stmt.query_row([position], row_to_event).store_err()?;
-                if event.stream == stream {
-                    return Ok(Some(event));
+        self.readers
+            .read_with(move |conn| {
+                let mut stmt =
+                    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE position = ?1")).store_err()?;
+                // Newest first; a row of another stream sharing the name's hash is passed over.
+                for position in positions.into_iter().rev() {
+                    let event = stmt.query_row([position], row_to_event).store_err()?;
+                    if event.stream == stream {
+                        return Ok(Some(event));
+                    }
                 }
-            }
-            Ok(None)
-        })
-        .await
-    }
-
-    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        self.read(move |conn| read_all(conn, after, limit)).await
-    }
-
-    /// Filters by type in the query and decodes from SQLite's row buffers, as a rebuild does.
-    async fn read_decoded(
-        &self,
-        after: u64,
-        limit: usize,
-        wanted: &[&str],
-    ) -> Result<(Vec<meshgate_domain::Recorded>, u64), StoreError> {
-        let wanted: Vec<String> = wanted.iter().map(|t| (*t).to_owned()).collect();
-        self.read_with(move |conn| {
-            // One snapshot for both reads: every position up to the last one it holds is
-            // committed (the writer assigns them in commit order), so the range has no gap that a
-            // later commit could fill. The head is not used: it moves after the commit feed.
-            let snapshot = conn.unchecked_transaction().store_err()?;
-            let last: Option<u64> =
-                snapshot.query_row("SELECT MAX(position) FROM events", [], |r| r.get(0)).store_err()?;
-            let upto = last.unwrap_or(0).min(after.saturating_add(limit as u64));
-            if upto <= after {
-                return Ok((Vec::new(), after));
-            }
-            let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
-            let decoded = read_range_decoded(&snapshot, after, upto, &wanted)?;
-            snapshot.finish().store_err()?;
-            Ok((decoded, upto))
-        })
-        .await
+                Ok(None)
+            })
+            .await
     }
 
     fn head(&self) -> watch::Receiver<u64> {
@@ -323,9 +271,11 @@ impl EventStore for SqliteStore {
         self.write(|reply| WriteRequest::Ping { reply }).await.map(|_| ())
     }
 
-    async fn query(&self, filter: &EventFilter, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        let filter = filter.clone();
-        self.read(move |conn| query(conn, &filter, after, limit)).await
+    /// One appender: the log's lock file keeps every other process out, so this gateway's term
+    /// (0) is the only one there is.
+    async fn append_fenced(&self, appends: Vec<StreamAppend>, term: i64) -> Result<Appended, StoreError> {
+        debug_assert_eq!(term, 0, "the SQLite log has a single term");
+        self.append(appends).await
     }
 }
 

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::bench::{body, BenchServer};
+use crate::ingest::{body, BenchServer};
 
 /// A node that claims, hands each build to `received` with the moment it arrived, reports it
 /// succeeded, and claims again, until `received` is closed.
-pub(super) async fn node(
+pub(crate) async fn node(
     client: reqwest::Client,
     base: String,
     token: String,
@@ -50,7 +50,7 @@ pub(super) async fn node(
 }
 
 /// `n` node tasks, each handing what it claims to `received`.
-pub(super) fn spawn_nodes(
+pub(crate) fn spawn_nodes(
     n: usize,
     client: &reqwest::Client,
     base: &str,
@@ -66,7 +66,7 @@ pub(super) fn spawn_nodes(
 }
 
 /// Posts delivery `n` (a distinct change that enqueues one build).
-pub(super) async fn post_delivery(
+pub(crate) async fn post_delivery(
     client: &reqwest::Client,
     base: &str,
     token: &str,
@@ -81,7 +81,7 @@ pub(super) async fn post_delivery(
         .await
 }
 
-pub(super) fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -92,7 +92,7 @@ pub(super) fn percentile(sorted: &[Duration], p: f64) -> f64 {
 pub async fn dispatch(builds: u64, nodes: usize) -> anyhow::Result<()> {
     let server = BenchServer::start(true).await?;
     let base = format!("http://{}", server.addr);
-    let client = reqwest::Client::new();
+    let client = meshgate::tls::client(reqwest::Client::builder(), None)?;
     let (tx, mut received) = mpsc::unbounded_channel();
     let tasks = spawn_nodes(nodes, &client, &base, &server.nodes_token, &tx);
     drop(tx);
@@ -125,7 +125,7 @@ pub async fn dispatch(builds: u64, nodes: usize) -> anyhow::Result<()> {
 pub async fn claims(builds: u64, nodes: usize) -> anyhow::Result<()> {
     let server = BenchServer::start(true).await?;
     let base = format!("http://{}", server.addr);
-    let client = reqwest::Client::new();
+    let client = meshgate::tls::client(reqwest::Client::builder(), None)?;
     let posted = Arc::new(AtomicU64::new(0));
     let posters: Vec<_> = (0..8)
         .map(|_| {

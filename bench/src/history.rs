@@ -1,4 +1,4 @@
-//! `meshgate bench --history-events N`: a gateway with years of history. Grows a log to N events
+//! `meshgate-bench --history-events N`: a gateway with years of history. Grows a log to N events
 //! through the real ingest path (each issue moved to `Building`, then out of it again, which
 //! cancels its build; the last 100 stay in flight), then runs the release binary on it as a
 //! service manager would and measures memory, start, stop, a restart after `kill -9`, a rebuild, and
@@ -17,10 +17,10 @@ use meshgate_domain::ingest::SAME_TRANSITION;
 use meshgate_domain::payload::parse_bytes;
 use uuid::Uuid;
 
-use super::bench::{load, transition, trigger};
-use crate::ingest::IngestService;
-use crate::store::sqlite::{SqliteStore, WriterOptions};
-use crate::store::EventStore;
+use crate::ingest::{load, transition, trigger};
+use meshgate::ingest::IngestService;
+use meshgate::store::sqlite::{SqliteStore, WriterOptions};
+use meshgate::store::EventStore;
 
 /// Builds left queued at the end of the history.
 const IN_FLIGHT: u64 = 100;
@@ -39,6 +39,8 @@ pub struct HistoryArgs {
 }
 
 pub async fn run(args: HistoryArgs) -> anyhow::Result<()> {
+    // The measurements start the gateway binary: say at once if it is not there.
+    crate::gateway_binary()?;
     let keep = args.dir.is_some();
     let dir = match &args.dir {
         Some(dir) => dir.clone(),
@@ -55,7 +57,7 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<()> {
         }
     }
     copy_dir(&grown.join("events.streams"), &history.data.join("events.streams"))?;
-    let (present, absent) = crate::store::sqlite::index_lookup_cost(&grown.join("events.sqlite"), 100_000)?;
+    let (present, absent) = meshgate::store::sqlite::index_lookup_cost(&grown.join("events.sqlite"), 100_000)?;
     println!(
         "stream index on disk: a lookup that finds a stream {:.1} µs, one that finds none {:.2} µs (mean of 100,000)",
         present.as_secs_f64() * 1e6,
@@ -192,7 +194,14 @@ impl Site {
         let data = root.join("data");
         let config = config_dir.join("meshgate.toml");
         if !config.exists() {
-            super::setup::init(&config_dir, Some(&data))?;
+            let status = Command::new(crate::gateway_binary()?)
+                .arg("init")
+                .arg(&config_dir)
+                .arg("--data-dir")
+                .arg(&data)
+                .stdout(Stdio::null())
+                .status()?;
+            anyhow::ensure!(status.success(), "meshgate init failed");
         }
         Ok(Site { root: root.to_owned(), config, data })
     }
@@ -259,7 +268,7 @@ async fn deliver(ingest: &IngestService, body: &str) -> anyhow::Result<()> {
 }
 
 fn count_builds(log: &Path) -> anyhow::Result<u64> {
-    let conn = SqliteStore::open_read_only(log)?;
+    let conn = rusqlite::Connection::open_with_flags(log, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     Ok(conn.query_row("SELECT COUNT(*) FROM events WHERE type = 'BuildRequested'", [], |r| r.get(0))?)
 }
 
@@ -289,7 +298,7 @@ impl Running {
     fn start(site: &Site) -> anyhow::Result<Running> {
         use std::io::BufRead;
         let started = Instant::now();
-        let mut child = Command::new(std::env::current_exe()?)
+        let mut child = Command::new(crate::gateway_binary()?)
             .arg("--config")
             .arg(&site.config)
             .arg("serve")
@@ -412,7 +421,7 @@ async fn webhook_load(gateway: &Running, site: &Site, clients: usize, seconds: u
 
 /// `meshgate projections rebuild` as an operator runs it; its own report of time and memory.
 fn rebuild(site: &Site) -> anyhow::Result<String> {
-    let output = Command::new(std::env::current_exe()?)
+    let output = Command::new(crate::gateway_binary()?)
         .arg("--config")
         .arg(&site.config)
         .args(["projections", "rebuild"])

@@ -5,12 +5,12 @@
 //! build, and, for comparison, the gateway's CPU time to take the same log as one upload.
 //!
 //! ```sh
-//! cargo build --release --bin meshgate && cargo run --release --example live_log -- --mb 50
+//! cargo build --release -p meshgate -p meshgate-bench && ./target/release/meshgate-bench live-log --mb 50
 //! ```
 //!
-//! Linux only (CPU time from `/proc`); the test command runs `--mb 1` once, in the test profile,
-//! so it keeps working. It checks its own answers: every line arrives, in order, once, and the
-//! stored log is the script's whole output.
+//! Linux only (CPU time from `/proc`); the test suite runs `--mb 1 --rate 0` once, in the test
+//! profile, so it keeps working. It checks its own answers: every line arrives, in order, once,
+//! and the stored log is the script's whole output.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -67,11 +67,24 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn binary() -> PathBuf {
-    let here = std::env::current_exe().unwrap();
-    // target/<profile>/examples/live_log → target/<profile>/meshgate
-    let bin = here.parent().and_then(Path::parent).unwrap().join("meshgate");
-    assert!(bin.exists(), "{} is missing: cargo build --bin meshgate (same profile) first", bin.display());
-    bin
+    crate::gateway_binary().unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LiveLogArgs {
+    /// Megabytes the build prints.
+    #[arg(long, default_value_t = 50.0)]
+    mb: f64,
+    /// Megabytes a second it prints them at (0: as fast as it can).
+    #[arg(long, default_value_t = 5.0)]
+    rate: f64,
+    /// Be the build's script: print `--lines` lines at `--bytes-per-second`.
+    #[arg(long, hide = true)]
+    print: bool,
+    #[arg(long, hide = true, default_value_t = 1000)]
+    lines: usize,
+    #[arg(long, hide = true, default_value_t = 0.0)]
+    bytes_per_second: f64,
 }
 
 struct Running(Child);
@@ -108,21 +121,14 @@ fn token(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(format!("data/secrets/{name}"))).unwrap().trim().to_owned()
 }
 
-#[tokio::main]
-async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str, default: f64| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    if args.iter().any(|a| a == "--print") {
-        return print(arg("--lines", 1000.0) as usize, arg("--bytes-per-second", 0.0));
+/// Runs the measurement (or, with `--print`, the build's script). It checks its own answers and
+/// panics on a wrong one.
+pub async fn run(args: LiveLogArgs) -> anyhow::Result<()> {
+    if args.print {
+        print(args.lines, args.bytes_per_second);
+        return Ok(());
     }
-    let mb = arg("--mb", 50.0);
-    let rate_mb = arg("--rate", 5.0);
+    let (mb, rate_mb) = (args.mb, args.rate);
     let lines = (mb * 1024.0 * 1024.0 / LINE as f64) as usize;
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
@@ -139,16 +145,13 @@ async fn main() {
     std::fs::write(
         dir.join("scripts.toml"),
         format!(
-            "[scripts.big]\ncommand = [\"{}\", \"--print\", \"--lines\", \"{lines}\", \"--bytes-per-second\", \"{rate}\"]\n",
+            "[scripts.big]\ncommand = [\"{}\", \"live-log\", \"--print\", \"--lines\", \"{lines}\", \"--bytes-per-second\", \"{rate}\"]\n",
             this.display()
         ),
     )
     .unwrap();
-    let http = reqwest::Client::new();
-    let body = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/youtrack/demo-issueUpdated-state-building.json"),
-    )
-    .unwrap();
+    let http = meshgate::tls::client(reqwest::Client::builder(), None)?;
+    let body = include_str!("../../fixtures/youtrack/demo-issueUpdated-state-building.json");
     let delivered = http
         .post(format!("{base}/youtrack/webhook"))
         .header("X-YouTrack-Token", token(dir, "webhook.token"))
@@ -255,4 +258,5 @@ async fn main() {
         gw_build * 100.0 / elapsed.as_secs_f64()
     );
     println!("gateway CPU to take the same log as one upload: {upload:.2} s");
+    Ok(())
 }

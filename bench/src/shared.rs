@@ -12,9 +12,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_postgres::NoTls;
 
-use super::bench::{load, BenchServer, IngestResult};
-use super::bench_dispatch::{percentile, post_delivery, spawn_nodes};
-use crate::config::StoreBackend;
+use crate::dispatch::{percentile, post_delivery, spawn_nodes};
+use crate::ingest::{load, BenchServer, IngestResult};
+use meshgate::config::StoreBackend;
 
 /// What `meshgate bench --postgres-url` measures.
 pub struct SharedArgs {
@@ -114,7 +114,7 @@ pub async fn run_esdb(url: &str, clients: usize, seconds: u64) -> anyhow::Result
     Ok(())
 }
 
-fn shared(config: &mut crate::config::Config, url: &str) {
+fn shared(config: &mut meshgate::config::Config, url: &str) {
     config.store.backend = StoreBackend::Postgres;
     config.store.url = Some(url.to_owned());
 }
@@ -159,7 +159,7 @@ async fn measure(gateways: &[&BenchServer], clients: usize, seconds: u64, leave:
 
 /// One webhook at a time to `to`; four idle nodes long-poll `from`.
 async fn dispatch_across(to: &BenchServer, from: &BenchServer, builds: u64) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = meshgate::tls::client(reqwest::Client::builder(), None)?;
     let (tx, mut received) = mpsc::unbounded_channel();
     let tasks = spawn_nodes(4, &client, &format!("http://{}", from.addr), &from.nodes_token, &tx);
     drop(tx);

@@ -1,5 +1,6 @@
-//! `meshgate bench`: ingest throughput and latency against a real server on loopback, and the
-//! speed of a projection rebuild. See docs/benchmarks.md for how to read the figures.
+//! `meshgate-bench`: ingest throughput and latency against a real server on loopback, and the
+//! speed of a projection rebuild; the other measurements are chosen by its flags. See
+//! docs/benchmarks.md for how to read the figures.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -17,14 +18,13 @@ use meshgate_domain::payload::parse_bytes;
 use meshgate_domain::Trigger;
 use uuid::Uuid;
 
-use super::bench_client::LoadClient;
-use crate::app::App;
-use crate::cli::rebuild::fold_log;
-use crate::config::Config;
-use crate::projector::{self, Follower};
-use crate::secrets::generate_token_file;
-use crate::store::sqlite::{SqliteStore, WriterOptions};
-use crate::store::{EventStore, NewEvent, StreamAppend};
+use crate::client::LoadClient;
+use meshgate::app::App;
+use meshgate::config::Config;
+use meshgate::projector::{self, Follower};
+use meshgate::secrets::generate_token_file;
+use meshgate::store::sqlite::{SqliteStore, WriterOptions};
+use meshgate::store::{EventStore, NewEvent, StreamAppend};
 
 /// A delivery in the sender's compact format; `{n}` makes each one a distinct change.
 const BODY: &str = r#"{"event":"issueUpdated","timestamp":"2026-08-24T10:00:00.000Z","id":"MOB-{n}","summary":"Crash on launch when the device is offline and the cache is cold (iOS 18.2, iPhone 15)","project":{"key":"MOB","name":"Mobile","shortName":"MOB"},"description":"Steps to reproduce:\n1. Install the app from TestFlight build 2.1.0 (412)\n2. Enable airplane mode\n3. Clear the cache from Settings > Storage\n4. Launch the app\n\nExpected: the offline screen.\nActual: crash in CacheController.load() with EXC_BAD_ACCESS.\n\nSeen on iOS 18.2 and 18.3 beta 1; not on iOS 17. Crash log attached; symbolicated stack points at the image decoder running on the main thread while the cache index is rebuilt on a background queue.","updated":1787565700000,"updatedBy":{"login":"omar.haddad","fullName":"Omar Haddad","email":"omar.haddad@example.com"},"changedFields":[{"name":"State","oldValue":{"name":"Open","presentation":"Open"},"value":{"name":"Building","presentation":"Building"}},{"name":"Assignee","oldValue":null,"value":{"login":"jane.doe","fullName":"Jane Doe","email":"jane.doe@example.com"}}]}"#;
@@ -82,26 +82,26 @@ pub struct BenchArgs {
     load_on_one: bool,
 }
 
-pub(super) fn trigger() -> Trigger {
+pub(crate) fn trigger() -> Trigger {
     Config::sample_triggers().remove(0)
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(url) = &args.esdb_url {
-        return super::bench_shared::run_esdb(url, args.clients, args.seconds).await;
+        return crate::shared::run_esdb(url, args.clients, args.seconds).await;
     }
     if let Some(url) = &args.postgres_url {
-        let shared = super::bench_shared::SharedArgs {
+        let shared = crate::shared::SharedArgs {
             clients: args.clients,
             seconds: args.seconds,
             dispatch_builds: args.dispatch_builds,
             leave: args.leave,
             load_on_one: args.load_on_one,
         };
-        return super::bench_shared::run(url, shared).await;
+        return crate::shared::run(url, shared).await;
     }
     if args.history_events > 0 {
-        return super::bench_history::run(super::bench_history::HistoryArgs {
+        return crate::history::run(crate::history::HistoryArgs {
             events: args.history_events,
             clients: args.clients,
             seconds: args.seconds,
@@ -133,8 +133,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         store_only(&args).await?;
     }
     if args.dispatch_builds > 0 {
-        super::bench_dispatch::dispatch(args.dispatch_builds, 4).await?;
-        super::bench_dispatch::claims(args.dispatch_builds * 2, 16).await?;
+        crate::dispatch::dispatch(args.dispatch_builds, 4).await?;
+        crate::dispatch::claims(args.dispatch_builds * 2, 16).await?;
     }
     if args.rebuild_events > 0 {
         rebuild(args.rebuild_events).await?;
@@ -142,7 +142,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(super) struct IngestResult {
+pub(crate) struct IngestResult {
     pub latencies_us: Vec<u64>,
     pub errors: u64,
     pub elapsed: Duration,
@@ -162,7 +162,7 @@ impl IngestResult {
     }
 }
 
-pub(super) fn bench_config(dir: &Path, group_commit: bool) -> anyhow::Result<Config> {
+pub(crate) fn bench_config(dir: &Path, group_commit: bool) -> anyhow::Result<Config> {
     let mut config = Config::default();
     config.server.data_dir = dir.join("data");
     config.webhook.token_files = vec![dir.join("webhook.token")];
@@ -180,7 +180,7 @@ pub(super) fn bench_config(dir: &Path, group_commit: bool) -> anyhow::Result<Con
 }
 
 /// A gateway on a free loopback port in a temp dir, for the measurements.
-pub(super) struct BenchServer {
+pub(crate) struct BenchServer {
     pub addr: SocketAddr,
     pub dir: std::path::PathBuf,
     pub webhook_token: String,
@@ -220,7 +220,7 @@ impl BenchServer {
 }
 
 /// A distinct delivery that enqueues one build.
-pub(super) fn body(n: u64) -> String {
+pub(crate) fn body(n: u64) -> String {
     let (head, tail) = BODY.split_once("{n}").unwrap_or((BODY, ""));
     let mut body = String::with_capacity(BODY.len() + 20);
     body.push_str(head);
@@ -233,7 +233,7 @@ pub(super) fn body(n: u64) -> String {
 /// `first_issue`; with `then_out`, each issue is moved out of `Building` right after, which
 /// cancels its build and keeps the work in flight bounded): one second of warm-up, then
 /// `seconds` measured. Returns the latencies of the accepted ones, the failures, the time measured.
-pub(super) async fn load(
+pub(crate) async fn load(
     addr: SocketAddr,
     token: String,
     clients: usize,
@@ -343,7 +343,7 @@ async fn rebuild(events: u64) -> anyhow::Result<()> {
     // As an operator runs it: `meshgate projections rebuild`, a fresh process on the log.
     let config = dir.join("bench.toml");
     std::fs::write(&config, format!("[server]\ndata_dir = '{}'\n", dir.display()))?;
-    let output = std::process::Command::new(std::env::current_exe()?)
+    let output = std::process::Command::new(crate::gateway_binary()?)
         .arg("--config")
         .arg(&config)
         .args(["projections", "rebuild"])
@@ -359,11 +359,10 @@ async fn rebuild(events: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     let log = path.clone();
     let scratch = path.with_extension("readmodel.sqlite").with_extension("sqlite.bench");
-    let model = crate::readmodel::ReadModel::open(&scratch)?;
-    let set = tokio::task::spawn_blocking(move || {
-        fold_log(&log, head, meshgate_projections::OutboxConfig::default(), &model, &ProgressBar::hidden())
-    })
-    .await??;
+    let model = meshgate::readmodel::ReadModel::open(&scratch)?;
+    let reader = meshgate::store::sqlite::Reader::open(&log)?;
+    let set =
+        meshgate::rebuild::fold(&reader, head, meshgate_projections::OutboxConfig::default(), &model, |_| {}).await?;
     let elapsed = started.elapsed();
     println!(
         "rebuild in the process that wrote the log: {} builds in memory at the end, {:.2} s = {:.0} events/s",
@@ -392,7 +391,7 @@ async fn catch_up(log: &Path, head: u64) -> anyhow::Result<()> {
     let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(log, WriterOptions::default())?);
     let started = Instant::now();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let readmodel = Arc::new(crate::readmodel::ReadModel::open(&path)?);
+    let readmodel = Arc::new(meshgate::readmodel::ReadModel::open(&path)?);
     let (projections, follow) =
         projector::start(store, readmodel, meshgate_projections::OutboxConfig::default(), async {
             let _ = stopped.await;
@@ -413,7 +412,7 @@ async fn catch_up(log: &Path, head: u64) -> anyhow::Result<()> {
 }
 
 /// Issue `n` moving from `from` to `to`, `later_ms` after the sample's change time.
-pub(super) fn transition(n: u64, from: &str, to: &str, later_ms: u64) -> String {
+pub(crate) fn transition(n: u64, from: &str, to: &str, later_ms: u64) -> String {
     body(n)
         .replace(
             r#""oldValue":{"name":"Open","presentation":"Open"},"value":{"name":"Building","presentation":"Building"}"#,

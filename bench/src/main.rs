@@ -1,0 +1,89 @@
+//! `meshgate-bench`: the measurements of docs/benchmarks.md, kept out of the product's binary. It
+//! runs gateways in its own process (ingest, dispatch, the store alone) or starts the `meshgate`
+//! binary beside it as a service manager would (a history of millions of events, the live log,
+//! `projections rebuild`), and drives them with load generators of its own.
+//!
+//! ```sh
+//! cargo build --release -p meshgate -p meshgate-bench
+//! ./target/release/meshgate-bench --seconds 10
+//! ```
+
+mod client;
+mod dispatch;
+mod history;
+mod ingest;
+mod live_log;
+mod shared;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Debug, Parser)]
+#[command(name = "meshgate-bench", about = "Measure a meshgate gateway (docs/benchmarks.md)")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    args: ingest::BenchArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// What the live log costs: a gateway and an agent run a build that prints a lot, while a
+    /// reader follows its log.
+    LiveLog(live_log::LiveLogArgs),
+}
+
+/// The `meshgate` binary the benchmarks start: `MESHGATE_BIN`, else the one beside this binary
+/// (the same profile of the same target directory).
+pub fn gateway_binary() -> anyhow::Result<PathBuf> {
+    let path = match std::env::var_os("MESHGATE_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => std::env::current_exe()?.with_file_name("meshgate"),
+    };
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: build the gateway in the same profile first (cargo build --release -p meshgate)",
+        path.display()
+    );
+    Ok(path)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // The gateways measured here run as `meshgate serve` does: one worker thread fewer than there
+    // are cores, leaving the log's writer a core (`TOKIO_WORKER_THREADS` overrides).
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        builder.worker_threads(cores.saturating_sub(1).max(1));
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let ran = runtime.block_on(async {
+        match cli.command {
+            Some(Command::LiveLog(args)) => live_log::run(args).await,
+            None => ingest::run(cli.args).await,
+        }
+    });
+    match ran {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
