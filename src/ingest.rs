@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use meshgate_domain::ingest::{
-    decide_delivery, left_intents, matched_intents, CurrentBuild, DeliveryInput, DeliveryStream, IngestPolicy,
-    IntentView, LogView, Outcome,
+    decide_delivery, left_intents, matched_intents, DeliveryInput, DeliveryStream, IngestPolicy, LogView, Outcome,
 };
+use meshgate_domain::intent::{CurrentBuild, IntentView};
 use meshgate_domain::stream::{build_stream, delivery_stream, intent_stream};
 use meshgate_domain::{Delivery, Event, Fingerprint, IntentKey, Trigger};
 use uuid::Uuid;
@@ -129,7 +129,7 @@ fn decode_all(stored: &[StoredEvent]) -> Result<Vec<Event>, IngestError> {
 
 /// Stamps a plan's events with ids, the correlation id, and the first event as their cause.
 pub fn to_store_appends(
-    planned: Vec<meshgate_domain::ingest::PlannedAppend>,
+    planned: Vec<meshgate_domain::intent::PlannedAppend>,
     correlation_id: Uuid,
     now: DateTime<Utc>,
 ) -> Vec<StreamAppend> {
@@ -139,7 +139,7 @@ pub fn to_store_appends(
 /// Stamps a plan's events with ids and the correlation id; `cause` is every event's cause (none:
 /// the plan's first event).
 pub fn caused_by(
-    planned: Vec<meshgate_domain::ingest::PlannedAppend>,
+    planned: Vec<meshgate_domain::intent::PlannedAppend>,
     correlation_id: Uuid,
     cause: Option<Uuid>,
     now: DateTime<Utc>,

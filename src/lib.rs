@@ -1,25 +1,27 @@
-//! meshgate: the shell around the pure core.
+//! meshgate: the shell around the pure core (`meshgate-domain`, `meshgate-projections`). Its
+//! modules sit in layers (docs/ARCHITECTURE.md, checked by `tests/it/architecture.rs`), lowest
+//! first:
 //!
-//! - [`config`]: layered configuration, validated at start.
-//! - [`secrets`]: token files, redaction, constant-time comparison.
-//! - [`store`]: the event log trait and its SQLite backend.
-//! - [`ingest`]: the delivery command handler (decide, append, retry on conflict).
-//! - [`builds`]: commands on one build (claims, heartbeats, results) with the same protocol.
-//! - [`reaper`]: requeues builds whose node stopped heartbeating.
-//! - [`reconcile`]: sweeps of YouTrack's activity stream for transitions no webhook brought.
-//! - [`youtrack`]: YouTrack's REST API as the gateway reads it.
-//! - [`replay`]: ignored deliveries decided again under today's triggers.
-//! - [`selftest`]: what a rotation can break, checked without starting a build.
-//! - [`projector`]: live projections, saved to the read model.
-//! - [`readmodel`]: the projections saved in a SQLite file beside the log.
-//! - [`http`]: the webhook, read API and health endpoints.
-//! - [`app`]: wiring it all together.
-//! - [`links`]: signed, absolute links to build logs.
-//! - [`outbound`]: chat lines and tracker comments, with retries, every attempt an event.
-//! - [`files`]: build logs (live and whole) and artifacts on the gateway's disk.
-//! - [`cli`]: the `meshgate` commands.
+//! - [`report`], [`secrets`], [`links`], [`metrics`]: errors with their whole chain of causes;
+//!   token files, redaction, constant-time comparison; signed links to logs and artifacts; metric
+//!   names and the recorder.
 //! - [`tls`]: HTTPS in and out (rustls).
-//! - [`report`]: errors with their whole chain of causes.
+//! - [`config`]: layered configuration, validated at start, and the files it names.
+//! - [`store`]: the event log (SQLite embedded, PostgreSQL or EventStoreDB shared), the one
+//!   decide-and-append loop, opening the configured log.
+//! - [`readmodel`], [`builds`], [`ingest`]: the projections saved beside the log; commands on one
+//!   build; the delivery command handler.
+//! - [`projector`]: live projections, following the log.
+//! - [`files`], [`outbound`], [`rebuild`], [`scrape`]: build logs and artifacts on disk; chat
+//!   lines, tracker comments and pages, every attempt an event; the read model rebuilt from the
+//!   log; the gauges and listener Prometheus scrapes.
+//! - [`youtrack`], [`reaper`], [`replay`]: YouTrack's REST API; builds whose node stopped
+//!   heartbeating; ignored deliveries decided again under today's triggers.
+//! - [`reconcile`], [`selftest`]: sweeps of YouTrack's activity stream; what a rotation can break.
+//! - [`elected`]: the work done once per team of gateways.
+//! - [`http`]: the webhook, the node API, the admin API, the dashboard, health checks.
+//! - [`app`]: a running gateway, wired.
+//! - [`cli`]: the `meshgate` commands.
 
 pub mod app;
 pub mod builds;

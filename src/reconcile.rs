@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use meshgate_domain::event::{ReconcileSwept, RequestSource};
-use meshgate_domain::ingest::{decide_intent, IntentDecision, IntentOutcome, Transition};
+use meshgate_domain::intent::{decide_intent, IntentDecision, IntentOutcome, Transition};
 use meshgate_domain::reconcile::{candidates, issue_query, window_start, Activity, IssueNow, LastSweep};
 use meshgate_domain::stream::reconcile_stream;
 use meshgate_domain::{Event, ExpectedVersion, Trigger};

@@ -8,9 +8,8 @@
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use meshgate_domain::event::{DeliveryReplayed, IgnoreReason, RequestSource, WebhookReceived};
-use meshgate_domain::ingest::{
-    decide_intent, matched_intents, IngestPolicy, IntentDecision, IntentOutcome, IntentView, PlannedAppend, Transition,
-};
+use meshgate_domain::ingest::{matched_intents, IngestPolicy};
+use meshgate_domain::intent::{decide_intent, IntentDecision, IntentOutcome, IntentView, PlannedAppend, Transition};
 use meshgate_domain::{payload, Delivery, Event, ExpectedVersion, IntentKey, Trigger};
 use serde::Serialize;
 use uuid::Uuid;

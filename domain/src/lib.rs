@@ -11,6 +11,7 @@
 //! - [`event`]: every fact the gateway records, with its stable type name and schema version.
 //! - [`build`]: the build aggregate, an enum state machine with `decide` and `evolve`.
 //! - [`ingest`]: deciding what a delivery appends, given what the log already holds.
+//! - [`intent`]: what one transition does to one intent (start, fold, or nothing), however it came.
 //! - [`notification`]: one notification's lifecycle: pending, attempting, delivered or abandoned.
 //! - [`notify`]: chat lines and tracker comments about builds.
 //! - [`retry`]: backoff with full jitter, `Retry-After` hints, retryable answers.
@@ -23,6 +24,7 @@ pub mod build;
 pub mod event;
 pub mod fingerprint;
 pub mod ingest;
+pub mod intent;
 pub mod json;
 pub mod node_api;
 pub mod notification;

@@ -3,6 +3,7 @@
 
 mod admin_actions;
 mod agent;
+mod architecture;
 mod audit;
 
 mod bench;

@@ -1,5 +1,7 @@
 //! `decide_delivery` against hand-made log views.
 use super::*;
+use crate::build::BuildState;
+use crate::intent::CurrentBuild;
 use crate::payload::parse;
 use serde_json::json;
 
