@@ -108,7 +108,11 @@ fn every_import_of_the_shell_points_to_a_lower_layer() {
             }
             let (from, to) = (layers[top], layers.get(target).copied().unwrap_or(u32::MAX));
             if to >= from {
-                wrong.push(format!("{} (`{top}`, layer {from}) uses `crate::{}` (layer {to})", file.display(), path.join("::")));
+                wrong.push(format!(
+                    "{} (`{top}`, layer {from}) uses `crate::{}` (layer {to})",
+                    file.display(),
+                    path.join("::")
+                ));
             }
         }
     }
@@ -119,7 +123,8 @@ fn every_import_of_the_shell_points_to_a_lower_layer() {
 fn no_files_of_the_shell_import_their_way_back_to_themselves() {
     let src = Path::new(ROOT).join("src");
     let files = sources(&src);
-    let modules: BTreeMap<Vec<String>, usize> = files.iter().enumerate().map(|(i, f)| (module_of(&src, f), i)).collect();
+    let modules: BTreeMap<Vec<String>, usize> =
+        files.iter().enumerate().map(|(i, f)| (module_of(&src, f), i)).collect();
     // The file a path names: its longest prefix that is a file's module.
     let file_of = |path: &[String]| (1..=path.len()).rev().find_map(|n| modules.get(&path[..n]).copied());
     let edges: Vec<BTreeSet<usize>> = files

@@ -21,9 +21,8 @@ use meshgate_domain::{BuildCommand, BuildState, Event, ExpectedVersion};
 use meshgate_projections::NodeAsk;
 use uuid::Uuid;
 
-use super::{bad_request, check_node_id, command_failed, NodeApi};
+use super::{bad_request, command_failed, NodeApi};
 use crate::builds::CommandError;
-use crate::http::extract::json_body;
 use crate::http::openapi::ErrorBody;
 use crate::http::ApiError;
 use crate::store::{NewEvent, StoreError, StreamAppend};
@@ -60,9 +59,7 @@ fn check_xcodes(xcodes: &[Xcode]) -> Result<(), ApiError> {
         (status = 503, description = "The log is unavailable", body = ErrorBody),
     ))]
 pub async fn claim(State(app): State<Arc<NodeApi>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    app.authorize(&headers)?;
-    let request: ClaimRequest = json_body(&headers, &body)?;
-    check_node_id(&request.node_id)?;
+    let request = app.request(&headers, &body, |r: &ClaimRequest| &r.node_id)?;
     if let Some(label) = request.labels.iter().find(|l| !is_simple_name(l)) {
         return Err(bad_request("labels", format!("label `{label}` must be 1-64 of [A-Za-z0-9._-]")));
     }

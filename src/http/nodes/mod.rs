@@ -73,6 +73,20 @@ impl NodeApi {
             }
         }
     }
+
+    /// A node's JSON request, read after its token is checked, with a `node_id` that is a simple
+    /// name.
+    fn request<T: serde::de::DeserializeOwned>(
+        &self,
+        headers: &HeaderMap,
+        body: &axum::body::Bytes,
+        node_id: fn(&T) -> &str,
+    ) -> Result<T, ApiError> {
+        self.authorize(headers)?;
+        let request: T = crate::http::extract::json_body(headers, body)?;
+        check_node_id(node_id(&request))?;
+        Ok(request)
+    }
 }
 
 fn bad_request(field: &str, message: impl Into<String>) -> ApiError {

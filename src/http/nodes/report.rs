@@ -20,9 +20,9 @@ use meshgate_domain::{BuildCommand, BuildError, BuildState, Event};
 use uuid::Uuid;
 
 use super::wire::AttemptRefusals;
-use super::{bad_request, check_node_id, command_failed, NodeApi};
+use super::{bad_request, command_failed, NodeApi};
 use crate::builds::CommandError;
-use crate::http::extract::{json_body, ApiPath};
+use crate::http::extract::ApiPath;
 use crate::http::ApiError;
 
 /// `POST /api/v1/builds/{id}/heartbeat`: renews the lease; says whether the build was cancelled.
@@ -38,9 +38,7 @@ pub async fn heartbeat(
     ApiPath(build_id): ApiPath<Uuid>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    app.authorize(&headers)?;
-    let request: HeartbeatRequest = json_body(&headers, &body)?;
-    check_node_id(&request.node_id)?;
+    let request = app.request(&headers, &body, |r: &HeartbeatRequest| &r.node_id)?;
     let lease_expires_at = Utc::now() + app.settings.lease;
     let command = BuildCommand::Renew { node_id: request.node_id.clone(), attempt: request.attempt, lease_expires_at };
     let correlation_id = Uuid::now_v7();
@@ -98,9 +96,7 @@ pub async fn result(
     ApiPath(build_id): ApiPath<Uuid>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    app.authorize(&headers)?;
-    let request: ResultRequest = json_body(&headers, &body)?;
-    check_node_id(&request.node_id)?;
+    let request = app.request(&headers, &body, |r: &ResultRequest| &r.node_id)?;
     let commit_sha = match request.commit_sha {
         Some(sha) if sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()) => Some(sha.to_ascii_lowercase()),
         Some(_) => return Err(bad_request("commit_sha", "commit_sha must be 40 hex characters")),
