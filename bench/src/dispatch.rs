@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::ingest::{body, BenchServer};
+use crate::server::{body, BenchServer};
 
 /// A node that claims, hands each build to `received` with the moment it arrived, reports it
 /// succeeded, and claims again, until `received` is closed.

@@ -17,7 +17,8 @@ use meshgate_domain::ingest::SAME_TRANSITION;
 use meshgate_domain::payload::parse_bytes;
 use uuid::Uuid;
 
-use crate::ingest::{load, transition, trigger};
+use crate::ingest::load;
+use crate::server::{transition, trigger};
 use meshgate::ingest::IngestService;
 use meshgate::store::sqlite::{SqliteStore, WriterOptions};
 use meshgate::store::EventStore;

@@ -13,6 +13,8 @@ mod dispatch;
 mod history;
 mod ingest;
 mod live_log;
+mod rebuild;
+mod server;
 mod shared;
 
 use std::path::PathBuf;

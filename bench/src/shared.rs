@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 use tokio_postgres::NoTls;
 
 use crate::dispatch::{percentile, post_delivery, spawn_nodes};
-use crate::ingest::{load, BenchServer, IngestResult};
+use crate::ingest::{load, IngestResult};
+use crate::server::BenchServer;
 use meshgate::config::StoreBackend;
 
 /// What `meshgate bench --postgres-url` measures.

@@ -51,7 +51,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let node = WorkerConfig { gateway: Some(gateway), ..node };
         worker = Some(tokio::spawn(async move {
             let ran = match meshgate_worker::Settings::merge(meshgate_worker::WorkerArgs::default(), &node) {
-                Ok(settings) => meshgate_worker::run(settings, super::shutdown_signal()).await,
+                Ok(settings) => meshgate_worker::run(settings, meshgate_worker::shutdown_signal()).await,
                 Err(e) => Err(e),
             };
             if let Err(e) = ran {

@@ -15,6 +15,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+// The gateway stops on the same signals as the agent (Ctrl-C or SIGTERM).
+use meshgate_worker::shutdown_signal;
 
 use crate::app::{generate_missing_default_tokens, App};
 use crate::config::Config;
@@ -230,24 +232,5 @@ async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, state: Arc<R
     while hangups.recv().await.is_some() {
         let state = Arc::clone(&state);
         let _ = tokio::task::spawn_blocking(move || reload_tokens(&state)).await;
-    }
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
 }
