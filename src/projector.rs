@@ -16,7 +16,7 @@ use meshgate_projections::{BuildView, OutboxConfig, ProjectionSet};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::readmodel::ReadModel;
+use crate::readmodel::{ReadModel, Snapshot};
 use crate::store::{EventStore, StoreError, StoredEvent};
 
 /// Positions read from the store in one go while catching up.
@@ -68,6 +68,15 @@ impl Projections {
         }
         let readmodel = Arc::clone(&self.readmodel);
         blocking(move || readmodel.build(build_id)).await
+    }
+
+    /// The build of `trigger` numbered `number`, from memory or else from the read model.
+    pub async fn build_by_number(&self, trigger: &str, number: u64) -> Result<Option<BuildView>, StoreError> {
+        if let Some(view) = self.read(|p| p.builds.by_number(trigger, number).cloned()) {
+            return Ok(Some(view));
+        }
+        let (readmodel, trigger) = (Arc::clone(&self.readmodel), trigger.to_owned());
+        blocking(move || readmodel.build_by_number(&trigger, number)).await
     }
 
     /// A page of builds of an issue and a state requested before `before`, newest first, with
@@ -302,13 +311,16 @@ impl Live<'_> {
     /// failed save is logged and done again at the next one: memory keeps what it did not save.
     fn save(&self) {
         let started = Instant::now();
-        let (views, mark, queue, queue_mark, outbox, nodes, position) = {
+        let (views, mark, queue, queue_mark, outbox, nodes, numbers, position) = {
             let guard = self.set.read().unwrap_or_else(|p| p.into_inner());
             let (views, mark) = guard.builds.changed();
             let (queue, queue_mark) = guard.queue.changed();
-            (views, mark, queue, queue_mark, guard.outbox.clone(), guard.nodes.clone(), guard.position)
+            let (outbox, nodes, numbers) = (guard.outbox.clone(), guard.nodes.clone(), guard.builds.numbers().clone());
+            (views, mark, queue, queue_mark, outbox, nodes, numbers, guard.position)
         };
-        match self.readmodel.save(&views, &queue, &outbox, &nodes, position) {
+        let snapshot =
+            Snapshot { views: &views, queue: &queue, outbox: &outbox, nodes: &nodes, numbers: &numbers, position };
+        match self.readmodel.save(&snapshot) {
             Ok(()) => {
                 let mut guard = self.set.write().unwrap_or_else(|p| p.into_inner());
                 guard.builds.saved(mark);

@@ -3,12 +3,14 @@
 //! older projection version, or ahead of the log (restored from an older backup).
 //!
 //! A save writes the builds changed since the last one (one row each, the view as JSON, with its
-//! issue and state indexed for the API), the queue's entries changed (one row each), the outbox and
-//! the nodes whole (both small), the position and the projections' versions, in one transaction:
+//! issue, state and number indexed for the API), the queue's entries changed (one row each), the
+//! outbox, the nodes and the builds' last numbers whole (all small), the position and the
+//! projections' versions, in one transaction:
 //! what a save holds is
 //! always the fold of the log up to its position. Memory then lets finished builds go, and reads
 //! of them come here (docs/adr/0003-projection-checkpoints.md).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -27,9 +29,12 @@ const SCHEMA: &str = "
         issue_id TEXT NOT NULL,
         state TEXT NOT NULL,
         position INTEGER NOT NULL,
-        view TEXT NOT NULL
+        view TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        number INTEGER NOT NULL
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS builds_by_issue ON builds (issue_id, position);
+    CREATE INDEX IF NOT EXISTS builds_by_number ON builds (trigger, number);
     CREATE INDEX IF NOT EXISTS builds_by_state ON builds (state, position);
     CREATE INDEX IF NOT EXISTS builds_by_position ON builds (position);
     CREATE TABLE IF NOT EXISTS states (name TEXT PRIMARY KEY, state TEXT NOT NULL);
@@ -50,6 +55,33 @@ pub fn open_beside(config: &Config) -> Result<Arc<ReadModel>, StoreError> {
         }
     }
     Ok(Arc::new(ReadModel::open(&config.readmodel_path())?))
+}
+
+/// What one save writes: the builds and queue entries changed since the last save, the small
+/// projections whole (the outbox, the nodes, each trigger's last build number) and the position
+/// they reach.
+#[derive(Clone, Copy)]
+pub struct Snapshot<'a> {
+    pub views: &'a [BuildView],
+    pub queue: &'a [QueueChange],
+    pub outbox: &'a Outbox,
+    pub nodes: &'a Nodes,
+    pub numbers: &'a BTreeMap<String, u64>,
+    pub position: u64,
+}
+
+impl<'a> Snapshot<'a> {
+    /// What a fold holds, with the changes `views` and `queue` it gave.
+    pub fn of(set: &'a ProjectionSet, views: &'a [BuildView], queue: &'a [QueueChange]) -> Self {
+        Snapshot {
+            views,
+            queue,
+            outbox: &set.outbox,
+            nodes: &set.nodes,
+            numbers: set.builds.numbers(),
+            position: set.position,
+        }
+    }
 }
 
 /// The file saves go to, and connections that read from it.
@@ -127,6 +159,8 @@ impl ReadModel {
         let queue = Queue::restore(queued, running);
         let saved_outbox: Outbox = state("outbox")?.map(|t| parse("outbox", &t)).transpose()?.unwrap_or_default();
         let nodes: Nodes = state("nodes")?.map(|t| parse("nodes", &t)).transpose()?.unwrap_or_default();
+        let numbers: BTreeMap<String, u64> =
+            state("numbers")?.map(|t| parse("numbers", &t)).transpose()?.unwrap_or_default();
         let mut set =
             ProjectionSet { position, queue, nodes, outbox: saved_outbox.with_config(outbox), ..Default::default() };
         let mut stmt = conn
@@ -138,6 +172,7 @@ impl ReadModel {
             .map(|row| parse("build", &row.store_err()?))
             .collect::<Result<Vec<BuildView>, _>>()?;
         set.builds.restore(views);
+        set.builds.restore_numbers(numbers);
         Ok(set)
     }
 
@@ -150,30 +185,32 @@ impl ReadModel {
         .store_err()
     }
 
-    /// Saves `views` (changed builds), the queue's changed entries, the outbox and the nodes, and
-    /// the position, in one transaction.
-    pub fn save(
-        &self,
-        views: &[BuildView],
-        queue: &[QueueChange],
-        outbox: &Outbox,
-        nodes: &Nodes,
-        position: u64,
-    ) -> Result<(), StoreError> {
-        let (outbox, nodes) = (to_json(outbox)?, to_json(nodes)?);
+    /// Saves a snapshot in one transaction.
+    pub fn save(&self, snapshot: &Snapshot<'_>) -> Result<(), StoreError> {
+        let Snapshot { views, queue, outbox, nodes, numbers, position } = *snapshot;
+        let (outbox, nodes, numbers) = (to_json(outbox)?, to_json(nodes)?, to_json(numbers)?);
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction().store_err()?;
         {
             let mut upsert = tx
                 .prepare_cached(
-                    "INSERT INTO builds (build_id, issue_id, state, position, view) VALUES (?1, ?2, ?3, ?4, ?5)
+                    "INSERT INTO builds (build_id, issue_id, state, position, view, trigger, number)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                      ON CONFLICT (build_id) DO UPDATE SET state = excluded.state, view = excluded.view",
                 )
                 .store_err()?;
             for view in views {
                 let text = serde_json::to_string(view).map_err(|e| StoreError::caused("a build's view", e))?;
                 upsert
-                    .execute(params![view.build_id.as_bytes(), view.issue_id, view.state.name(), view.position, text])
+                    .execute(params![
+                        view.build_id.as_bytes(),
+                        view.issue_id,
+                        view.state.name(),
+                        view.position,
+                        text,
+                        view.trigger,
+                        view.number
+                    ])
                     .store_err()?;
             }
             let mut entry = tx
@@ -192,6 +229,7 @@ impl ReadModel {
                 tx.prepare_cached("INSERT OR REPLACE INTO states (name, state) VALUES (?1, ?2)").store_err()?;
             state.execute(params!["outbox", outbox]).store_err()?;
             state.execute(params!["nodes", nodes]).store_err()?;
+            state.execute(params!["numbers", numbers]).store_err()?;
             tx.execute("INSERT OR REPLACE INTO position (id, position) VALUES (1, ?1)", [position]).store_err()?;
             let mut version =
                 tx.prepare_cached("INSERT OR REPLACE INTO versions (name, version) VALUES (?1, ?2)").store_err()?;
@@ -233,6 +271,23 @@ impl ReadModel {
         })
     }
 
+    /// The saved build of `trigger` numbered `number`.
+    pub fn build_by_number(&self, trigger: &str, number: u64) -> Result<Option<BuildView>, StoreError> {
+        // Numbers are stored as 63-bit integers: none is larger.
+        let Ok(number) = i64::try_from(number) else { return Ok(None) };
+        self.read(|conn| {
+            let text: Option<String> = conn
+                .query_row(
+                    "SELECT view FROM builds WHERE trigger = ?1 AND number = ?2",
+                    params![trigger, number],
+                    |r| r.get(0),
+                )
+                .optional()
+                .store_err()?;
+            text.map(|t| parse("build", &t)).transpose()
+        })
+    }
+
     /// Saved builds (of several ids), for events about builds memory has let go.
     pub fn builds(&self, ids: &[Uuid]) -> Result<Vec<BuildView>, StoreError> {
         let mut found = Vec::new();
@@ -269,6 +324,26 @@ impl ReadModel {
             rows.map(|row| parse("build", &row.store_err()?)).collect()
         })
     }
+}
+
+/// The names (`ios-build #412`) of the builds among `ids` the read model at `path` has saved, read
+/// beside a running gateway (`meshgate events`); none if there is no read model there.
+pub fn saved_names(path: &Path, ids: &[Uuid]) -> Result<std::collections::HashMap<Uuid, String>, StoreError> {
+    let mut names = std::collections::HashMap::new();
+    if !path.exists() {
+        return Ok(names);
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).store_err()?;
+    configure(&conn)?;
+    let mut stmt = conn.prepare_cached("SELECT trigger, number FROM builds WHERE build_id = ?1").store_err()?;
+    for id in ids {
+        let found: Option<(String, u64)> =
+            stmt.query_row([id.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?))).optional().store_err()?;
+        if let Some((trigger, number)) = found {
+            names.insert(*id, meshgate_projections::build_name(&trigger, number));
+        }
+    }
+    Ok(names)
 }
 
 impl ReadModel {
@@ -316,7 +391,7 @@ pub fn differences(a: &ReadModel, b: &ReadModel) -> Result<Vec<String>, StoreErr
                     .store_err()?;
                 Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
             };
-            for name in ["outbox", "nodes"] {
+            for name in ["outbox", "nodes", "numbers"] {
                 if state(ca, name)? != state(cb, name)? {
                     found.push(format!("the {name}"));
                 }

@@ -59,7 +59,7 @@ fn fold_range(
 fn save(into: &ReadModel, set: &mut ProjectionSet) -> Result<(), StoreError> {
     let (views, mark) = set.builds.changed();
     let (queue, queue_mark) = set.queue.changed();
-    into.save(&views, &queue, &set.outbox, &set.nodes, set.position)?;
+    into.save(&crate::readmodel::Snapshot::of(set, &views, &queue))?;
     set.builds.saved(mark);
     set.queue.saved(queue_mark);
     Ok(())

@@ -114,6 +114,8 @@ pub fn notification_key(sink: &str, build_id: Uuid, milestone: Milestone) -> Str
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BuildFacts {
     pub build_id: Uuid,
+    /// How people name the build: its trigger and number (`ios-build #412`).
+    pub name: Option<String>,
     pub issue_id: String,
     pub summary: Option<String>,
     pub lane: String,
@@ -226,7 +228,11 @@ fn duration(ms: u64) -> String {
 
 /// One chat line, plain text (the sink escapes it for its format).
 pub fn chat_line(facts: &BuildFacts, milestone: Milestone) -> String {
-    let mut head = format!("{} {} {}", milestone.emoji(), facts.issue_id, milestone.as_str());
+    let mut head = format!("{} {}", milestone.emoji(), facts.issue_id);
+    if let Some(name) = &facts.name {
+        head.push_str(&format!(" {name}"));
+    }
+    head.push_str(&format!(" {}", milestone.as_str()));
     if let (Milestone::Retrying(_), Some(rule)) = (milestone, &facts.retry_rule) {
         head.push_str(&format!(" ({})", truncate(rule, 60)));
     }
@@ -287,7 +293,11 @@ pub fn chat_line(facts: &BuildFacts, milestone: Milestone) -> String {
 /// What a page says: which build could not be reported, why, and where the build stands now (a
 /// build paged because its `queued` line was abandoned may have succeeded since).
 pub fn page_summary(facts: &BuildFacts) -> String {
-    let mut summary = format!("meshgate could not report build {} of {}", facts.build_id, facts.issue_id);
+    let build = match &facts.name {
+        Some(name) => format!("{name} ({})", facts.build_id),
+        None => facts.build_id.to_string(),
+    };
+    let mut summary = format!("meshgate could not report build {build} of {}", facts.issue_id);
     if let Some(reason) = &facts.page_reason {
         summary.push_str(&format!(" ({reason})"));
     }
@@ -302,7 +312,7 @@ pub fn failure_comment(facts: &BuildFacts) -> String {
     let sha = facts.commit_sha.as_deref().map(|s| s.chars().take(12).collect::<String>());
     let mut lines = vec![format!(
         "❌ Build {} failed on {} at {}",
-        code_span(&facts.script),
+        code_span(facts.name.as_deref().unwrap_or(&facts.script)),
         code_span(facts.node_id.as_deref().unwrap_or("no node")),
         code_span(sha.as_deref().unwrap_or("unknown commit")),
     )];
@@ -347,6 +357,7 @@ mod tests {
     fn facts() -> BuildFacts {
         BuildFacts {
             build_id: Uuid::nil(),
+            name: None,
             issue_id: "MOB-7".into(),
             summary: Some("Crash on launch <@channel> & *bold*".into()),
             lane: "default".into(),
@@ -438,6 +449,14 @@ mod tests {
             assert!(line.contains(part), "{part} missing from {line}");
         }
         assert!(escape_slack(&line).contains("&lt;@channel&gt; &amp;"));
+    }
+
+    #[test]
+    fn a_numbered_build_is_named_by_its_trigger_and_number_in_chat_comments_and_pages() {
+        let named = BuildFacts { name: Some("ios-build #412".into()), ..facts() };
+        assert!(chat_line(&named, Milestone::Failed).starts_with("❌ MOB-7 ios-build #412 failed · "));
+        assert!(failure_comment(&named).starts_with("❌ Build `ios-build #412` failed on `mac-1`"));
+        assert!(page_summary(&named).contains("build ios-build #412 (00000000-0000-0000-0000-000000000000) of MOB-7"));
     }
 
     #[test]

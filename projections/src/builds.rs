@@ -61,6 +61,10 @@ pub struct RetryRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildView {
     pub build_id: Uuid,
+    /// Its number among its trigger's builds, from 1 in log order: gap-free, the same on every
+    /// gateway of a shared log and after a rebuild ([`BuildView::name`]: `ios-build #412`).
+    #[serde(default)]
+    pub number: u64,
     pub issue_id: String,
     pub project: String,
     pub summary: Option<String>,
@@ -104,11 +108,17 @@ impl BuildView {
 }
 
 impl BuildView {
-    /// A new build's view.
-    fn requested(recorded: &Recorded) -> Option<BuildView> {
+    /// How people say which build it is: its trigger and number (`ios-build #412`).
+    pub fn name(&self) -> String {
+        build_name(&self.trigger, self.number)
+    }
+
+    /// A new build's view, the `number`th of its trigger.
+    fn requested(recorded: &Recorded, number: u64) -> Option<BuildView> {
         let Event::BuildRequested(e) = &recorded.event else { return None };
         Some(BuildView {
             build_id: e.build_id,
+            number,
             issue_id: e.issue_id.clone(),
             project: e.project.clone(),
             summary: e.summary.clone(),
@@ -176,8 +186,15 @@ impl BuildView {
     }
 }
 
+/// A build's name: its trigger and its number among the trigger's builds.
+pub fn build_name(trigger: &str, number: u64) -> String {
+    format!("{trigger} #{number}")
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Builds {
+    /// The last number given to a build of each trigger (saved whole: one entry per trigger).
+    numbers: BTreeMap<String, u64>,
     /// Queued and running builds, and builds changed since the last save.
     hot: BTreeMap<Uuid, BuildView>,
     /// The running builds in memory by the end of their lease: the reaper's question is a range
@@ -307,19 +324,37 @@ impl Builds {
     pub fn unsaved(&self) -> usize {
         self.changed.len()
     }
+
+    /// The last number given to a build of each trigger.
+    pub fn numbers(&self) -> &BTreeMap<String, u64> {
+        &self.numbers
+    }
+
+    /// Goes on numbering from saved numbers (loaded at start).
+    pub fn restore_numbers(&mut self, numbers: BTreeMap<String, u64>) {
+        self.numbers = numbers;
+    }
+
+    /// The build of `trigger` numbered `number`, if memory holds it.
+    pub fn by_number(&self, trigger: &str, number: u64) -> Option<&BuildView> {
+        self.hot.values().find(|b| b.number == number && b.trigger == trigger)
+    }
 }
 
 impl Projection for Builds {
     const NAME: &'static str = "builds";
-    /// 3: Xcode requirements, retries and artifacts.
-    const VERSION: u32 = 3;
+    /// 3: Xcode requirements, retries and artifacts. 4: build numbers.
+    const VERSION: u32 = 4;
 
     fn wants(event_type: &str) -> bool {
         event_type.starts_with("Build") || event_type.starts_with("Artifact")
     }
 
     fn apply(&mut self, recorded: &Recorded) {
-        if let Some(view) = BuildView::requested(recorded) {
+        if let Event::BuildRequested(requested) = &recorded.event {
+            let number = self.numbers.entry(requested.trigger.clone()).or_insert(0);
+            *number += 1;
+            let Some(view) = BuildView::requested(recorded, *number) else { return };
             let id = view.build_id;
             // A requested build is queued: it holds no lease yet.
             self.hot.entry(id).or_insert(view);

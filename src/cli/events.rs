@@ -7,7 +7,7 @@ use clap::Args;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::store::{EventFilter, StoredEvent};
+use crate::store::{AuditEvent, EventFilter, StoredEvent};
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {
@@ -40,19 +40,27 @@ pub async fn run(config: &Config, args: &EventsArgs) -> anyhow::Result<()> {
         event_type: args.event_type.clone(),
     };
     let mut out = std::io::stdout().lock();
-    let mut print = |page: &[StoredEvent]| -> std::io::Result<()> {
+    let readmodel = config.readmodel_path();
+    let mut print = |page: &[StoredEvent]| -> anyhow::Result<()> {
+        // Events about a build carry its name (`ios-build #412`) once this gateway's read model
+        // has saved it.
+        let ids: Vec<uuid::Uuid> = page.iter().filter_map(StoredEvent::build_id).collect();
+        let names = crate::readmodel::saved_names(&readmodel, &ids).unwrap_or_default();
         for e in page {
+            let name = e.build_id().and_then(|id| names.get(&id).cloned());
             if args.json {
-                writeln!(out, "{}", e.audit_json())?;
+                let audit = AuditEvent { build: name, ..e.audit() };
+                writeln!(out, "{}", serde_json::to_value(&audit)?)?;
             } else {
                 writeln!(
                     out,
-                    "{:>8}  {}  {:<20}  {}  {}",
+                    "{:>8}  {}  {:<20}  {}  {}{}",
                     e.position,
                     e.recorded_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
                     e.event_type,
                     e.correlation_id,
-                    e.stream
+                    e.stream,
+                    name.map(|n| format!("  {n}")).unwrap_or_default()
                 )?;
             }
         }

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use meshgate_domain::notify::Milestone;
 use meshgate_domain::stream::build_stream;
+use meshgate_projections::BuildView;
 use tokio::sync::watch;
 
 use super::access::Reader;
@@ -31,7 +32,7 @@ use crate::ingest::IngestService;
 use crate::links::LogLinks;
 use crate::projector::Projections;
 use crate::reconcile::Reconciler;
-use crate::store::EventStore;
+use crate::store::{AuditEvent, EventStore, StoredEvent};
 
 /// What the admin API (its reads here, its operations in `operations.rs`) uses.
 pub struct AdminApi {
@@ -148,12 +149,40 @@ pub async fn get_build(
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("build"))?;
     caught_up(&app).await?;
     let build = app.projections.build(id).await.map_err(|e| ApiError::unavailable(&e))?;
+    detail(&app, build).await
+}
+
+/// One build by its trigger and number (`ios-build`, `412`), as `GET /api/v1/builds/{id}` shows it.
+#[utoipa::path(get, path = "/api/v1/builds/by-number/{trigger}/{number}", tag = "builds", security(("admin" = [])),
+    params(
+        ("trigger" = String, Path, description = "The trigger's name"),
+        ("number" = u64, Path, description = "The build's number among the trigger's builds, from 1"),
+    ),
+    responses(
+        (status = 200, description = "The build", body = BuildDetail),
+        (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
+        (status = 404, description = "No such build", body = ErrorBody),
+        (status = 503, description = "The projections or the log are behind or unavailable", body = ErrorBody),
+    ))]
+pub async fn get_build_by_number(
+    _: Reader,
+    State(app): State<Arc<AdminApi>>,
+    ApiPath((trigger, number)): ApiPath<(String, u64)>,
+) -> Result<Json<BuildDetail>, ApiError> {
+    caught_up(&app).await?;
+    let build = app.projections.build_by_number(&trigger, number).await.map_err(|e| ApiError::unavailable(&e))?;
+    detail(&app, build).await
+}
+
+/// A build with every event of its stream and the link to its log (404 for none).
+async fn detail(app: &AdminApi, build: Option<BuildView>) -> Result<Json<BuildDetail>, ApiError> {
     let Some(build) = build else {
         return Err(ApiError::not_found("build"));
     };
-    let stored = app.store.read_stream(&build_stream(id)).await.map_err(|e| ApiError::unavailable(&e))?;
-    let events = stored.iter().map(|e| e.audit()).collect();
-    let log_url = app.links.url(id);
+    let stored = app.store.read_stream(&build_stream(build.build_id)).await.map_err(|e| ApiError::unavailable(&e))?;
+    let name = build.name();
+    let events = stored.iter().map(|e| AuditEvent { build: Some(name.clone()), ..e.audit() }).collect();
+    let log_url = app.links.url(build.build_id);
     Ok(Json(BuildDetail { build, events, log_url }))
 }
 
@@ -220,8 +249,26 @@ pub async fn events(
     let after = query.after.unwrap_or(0).min(i64::MAX as u64);
     let found = app.store.query(&filter, after, limit).await.map_err(|e| ApiError::unavailable(&e))?;
     let next_after = (found.len() == limit).then(|| found.last().map(|e| e.position)).flatten();
-    let events = found.iter().map(|e| e.audit()).collect();
+    let events = named(&app.projections, &found).await?;
     Ok(Json(EventsPage { events, next_after, head }))
+}
+
+/// A page of events as the audit shows them, each about a build named (`ios-build #412`).
+async fn named(projections: &Projections, found: &[StoredEvent]) -> Result<Vec<AuditEvent>, ApiError> {
+    let mut names: HashMap<Uuid, Option<String>> = HashMap::new();
+    let mut events = Vec::with_capacity(found.len());
+    for event in found {
+        let mut audit = event.audit();
+        if let Some(id) = event.build_id() {
+            if let std::collections::hash_map::Entry::Vacant(unnamed) = names.entry(id) {
+                let build = projections.build(id).await.map_err(|e| ApiError::unavailable(&e))?;
+                unnamed.insert(build.map(|b| b.name()));
+            }
+            audit.build = names[&id].clone();
+        }
+        events.push(audit);
+    }
+    Ok(events)
 }
 
 /// The filters of an audit question, refused clearly when one does not parse.
@@ -277,13 +324,17 @@ pub async fn stream(
         after,
         ready: std::collections::VecDeque::new(),
     };
-    let events = futures_util::stream::unfold(tail, |mut tail| async move {
+    let projections = app.projections.clone();
+    let events = futures_util::stream::unfold((tail, projections), |(mut tail, projections)| async move {
         let event = tail.next().await?;
+        // A build's first event names it once the projections have folded it.
+        projections.caught_up_to(event.position, READ_YOUR_WRITES).await;
+        let audit = named(&projections, std::slice::from_ref(&event)).await.ok()?.pop()?;
         let sent = SseEvent::default()
             .id(event.position.to_string())
             .event(event.event_type.clone())
-            .data(event.audit_json().to_string());
-        Some((Ok::<_, std::convert::Infallible>(sent), tail))
+            .data(serde_json::to_string(&audit).unwrap_or_default());
+        Some((Ok::<_, std::convert::Infallible>(sent), (tail, projections)))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }

@@ -119,6 +119,7 @@ fn api_router() -> utoipa_axum::router::OpenApiRouter<Surfaces> {
     utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(api::list_builds))
         .routes(routes!(api::get_build))
+        .routes(routes!(api::get_build_by_number))
         .routes(routes!(api::queue))
         .routes(routes!(api::nodes))
         .routes(routes!(api::outbox))

@@ -147,6 +147,7 @@ async fn facts(outbound: &Outbound, build_id: Uuid, milestone: Milestone) -> Opt
     };
     let mut facts = BuildFacts {
         build_id,
+        name: (build.number > 0).then(|| build.name()),
         issue_id: build.issue_id.clone(),
         summary: build.summary.clone(),
         lane: build.lane.clone(),

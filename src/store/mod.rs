@@ -382,7 +382,13 @@ impl StoredEvent {
             correlation_id: self.correlation_id,
             causation_id: self.causation_id,
             recorded_at: self.recorded_at,
+            build: None,
         }
+    }
+
+    /// The build the event is about, if it is about one.
+    pub fn build_id(&self) -> Option<Uuid> {
+        Event::decode(&self.event_type, self.schema_version, &self.data).ok()?.build_id()
     }
 
     /// [`StoredEvent::audit`] as a JSON value.
@@ -409,6 +415,9 @@ pub struct AuditEvent {
     pub correlation_id: uuid::Uuid,
     pub causation_id: Option<uuid::Uuid>,
     pub recorded_at: chrono::DateTime<chrono::Utc>,
+    /// The name of the build the event is about (`ios-build #412`), when the projections know it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
 }
 
 /// Maps a backend's error into [`StoreError::Failed`].

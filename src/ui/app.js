@@ -45,7 +45,10 @@ function ago(iso) {
 
 const when = (iso) => h("time", { datetime: iso, title: iso }, new Date(iso).toLocaleString());
 const badge = (word) => h("span", { class: `state ${word}` }, word);
-const buildLink = (b) => h("a", { href: `#/builds/${b.build_id}`, "data-build": b.build_id }, b.issue_id);
+// How people name a build: its trigger and number (`ios-build #412`).
+const buildName = (b) => (b.number ? `${b.trigger} #${b.number}` : b.build_id);
+const buildLink = (b) =>
+  h("a", { href: `#/builds/${b.build_id}`, "data-build": b.build_id }, b.number ? `${b.issue_id} ${buildName(b)}` : b.issue_id);
 const issueLink = (issue) => h("a", { href: `#/issues/${encodeURIComponent(issue)}` }, issue);
 
 function table(cls, heads, rows, empty) {
@@ -208,9 +211,10 @@ async function buildPage(id) {
     return act(() => api(`/api/v1/builds/${id}/${what}`, { method: "POST", body: JSON.stringify({ reason: reason.value }) }));
   };
   return [
-    h("h1", {}, "Build ", issueLink(b.issue_id), " ", h("span", { id: "build-state" }, badge(b.state.state))),
+    h("h1", {}, h("span", { id: "build-name" }, buildName(b)), " of ", issueLink(b.issue_id), " ",
+      h("span", { id: "build-state" }, badge(b.state.state))),
     section("facts", "Build", h("dl", { class: "facts" },
-      [["Build", b.build_id], ["Trigger", b.trigger], ["Script", b.script], ["Ref", b.git_ref], ["Lane", b.lane],
+      [["Build", b.build_id], ["Number", b.number ? `#${b.number}` : "–"], ["Trigger", b.trigger], ["Script", b.script], ["Ref", b.git_ref], ["Lane", b.lane],
         ["Requested", new Date(b.requested_at).toLocaleString()], ["Node", b.state.node_id || b.report?.node_id || "–"],
         ["Xcode", b.xcode || "–"], ["Summary", b.summary || "–"]].map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]),
       h("dt", {}, "Log"), h("dd", {}, h("a", { href: detail.log_url, id: "log-link" }, "full log")))),
@@ -275,7 +279,7 @@ async function issuePage(issue) {
   return [
     h("h1", {}, `Issue ${issue}`),
     section("builds", "Builds", table("wide", ["Build", "Requested", "State"], builds.builds.map((b) =>
-      [h("a", { href: `#/builds/${b.build_id}`, "data-build": b.build_id }, b.build_id), when(b.requested_at), badge(b.state.state)]),
+      [h("a", { href: `#/builds/${b.build_id}`, "data-build": b.build_id }, buildName(b)), when(b.requested_at), badge(b.state.state)]),
     "No build for this issue.")),
     section("events", "History", timeline(events.events)),
   ];

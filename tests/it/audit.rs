@@ -39,6 +39,9 @@ async fn audit(shared: bool) {
     assert!(issue["events"][0]["data"]["body"].as_str().unwrap().contains("MOB-1"), "the body as it arrived");
     let of_build: Value = get(&format!("build={build}")).await.unwrap().json().await.unwrap();
     assert_eq!(types(&of_build), ["IntentActivated", "BuildRequested", "BuildClaimed", "BuildSucceeded"]);
+    let names: Vec<&Value> = of_build["events"].as_array().unwrap().iter().map(|e| &e["build"]).collect();
+    assert!(names.iter().all(|n| *n == "ios-build #1"), "each event names its build: {names:?}");
+    assert!(issue["events"][0]["build"].is_null(), "a delivery is about no one build");
     let caused: Value =
         get(&format!("correlation={}", first["correlation_id"].as_str().unwrap())).await.unwrap().json().await.unwrap();
     assert_eq!(caused["events"].as_array().unwrap().len(), 4);
@@ -50,6 +53,7 @@ async fn audit(shared: bool) {
     assert_eq!(page["events"][0]["position"].as_u64(), Some(next));
     let rest: Value = get(&format!("type=BuildRequested&after={next}")).await.unwrap().json().await.unwrap();
     assert_eq!(rest["events"][0]["data"]["issue_id"], "MOB-2");
+    assert_eq!(rest["events"][0]["build"], "ios-build #2");
     assert!(rest["next_after"].is_null());
 
     // Clear refusals.

@@ -69,3 +69,43 @@ async fn builds_are_listed_newest_first_a_page_at_a_time_from_memory_and_the_rea
         assert_eq!(answer.json::<Value>().await.unwrap()["error"], error, "{wrong}");
     }
 }
+
+async fn by_number(app: &TestApp, path: &str) -> reqwest::Response {
+    let url = app.url(&format!("/api/v1/builds/by-number/{path}"));
+    app.client.get(url).bearer_auth(&app.admin_token).send().await.unwrap()
+}
+
+/// Each build found by its number, named in its events, listed with it; what does not exist is 404.
+async fn numbered(app: &TestApp, ids: &[Uuid]) {
+    for (n, id) in ids.iter().enumerate() {
+        let found: Value = by_number(app, &format!("ios-build/{}", n + 1)).await.json().await.unwrap();
+        assert_eq!(found["build"]["build_id"], id.to_string(), "{found}");
+        assert_eq!(found["build"]["number"], n + 1);
+        let name = format!("ios-build #{}", n + 1);
+        assert!(found["events"].as_array().unwrap().iter().all(|e| e["build"] == name.as_str()), "{found}");
+    }
+    let listed: Value = app.get("/api/v1/builds").await.json().await.unwrap();
+    let numbers: Vec<u64> =
+        listed["builds"].as_array().unwrap().iter().map(|b| b["number"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, [3, 2, 1]);
+    for (missing, status) in
+        [("ios-build/4", 404), ("ios-build/0", 404), ("android-build/1", 404), ("ios-build/x", 404)]
+    {
+        assert_eq!(by_number(app, missing).await.status(), status, "{missing}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_is_found_by_its_trigger_and_number_from_memory_and_after_a_restart() {
+    let app = spawn_app().await;
+    let building = fixture("mob-issueUpdated-state-building.json");
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        ids.push(build_id(&app.deliver(&with(&building, &json!({"id": format!("MOB-{n}")}))).await));
+    }
+    app.finish_build(ids[0], true).await;
+    numbered(&app, &ids).await;
+    // Restarted: the finished build is only in the read model now.
+    let app = app.restart().await;
+    numbered(&app, &ids).await;
+}

@@ -220,7 +220,7 @@ async fn a_gateway_killed_at_random_moments_round_after_round_loses_nothing_and_
     assert_eq!(of_type("BuildSucceeded").len(), issues, "every build finished once");
 
     // Every chat line reached the room exactly once.
-    let notices = synapse.notices().await;
+    let notices: Vec<String> = synapse.notices().await.iter().map(|l| unnamed(l)).collect();
     for n in 0..issues {
         for line in [format!("⏳ MOB-{n} queued"), format!("🔨 MOB-{n} running"), format!("✅ MOB-{n} succeeded")] {
             let times = notices.iter().filter(|l| l.starts_with(&format!("{line} ")) || **l == line).count();

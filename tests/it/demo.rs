@@ -58,9 +58,9 @@ async fn the_demo_shows_the_whole_timeline_of_the_readme_s_delivery_and_of_a_fai
 
     let curl = readme_curl().replace("127.0.0.1:8080", &addr);
     assert!(sh(dir.path(), &curl).contains(r#""outcome":"enqueued""#));
-    assert!(line_starting(&lines, "⏳ DEMO-1 queued").contains("Dark mode for the settings screen"));
-    assert!(line_starting(&lines, "🔨 DEMO-1 running").contains("on demo-node"));
-    let passed = line_starting(&lines, "✅ DEMO-1 succeeded");
+    assert!(line_starting(&lines, "⏳ DEMO-1 demo #1 queued").contains("Dark mode for the settings screen"));
+    assert!(line_starting(&lines, "🔨 DEMO-1 demo #1 running").contains("on demo-node"));
+    let passed = line_starting(&lines, "✅ DEMO-1 demo #1 succeeded");
     let log = passed.split("log: ").nth(1).expect("where the log is").to_owned();
     assert!(log.starts_with(&format!("http://{addr}/api/v1/builds/")), "{passed}");
     let text = reqwest::get(&log).await.unwrap().text().await.unwrap();
@@ -69,8 +69,8 @@ async fn the_demo_shows_the_whole_timeline_of_the_readme_s_delivery_and_of_a_fai
     // The README's other fixture says "fails": the sample script fails and the line names the test.
     let failing = curl.replace("demo-issueUpdated-state-building.json", "issueUpdated-state-building.json");
     sh(dir.path(), &failing);
-    line_starting(&lines, "🔨 GW-42 running");
-    let failed = line_starting(&lines, "❌ GW-42 failed");
+    line_starting(&lines, "🔨 GW-42 demo #2 running");
+    let failed = line_starting(&lines, "❌ GW-42 demo #2 failed");
     assert!(failed.contains("failing: DemoTests.testCheckout") && failed.contains("log: http://"), "{failed}");
 
     // Ctrl-C stops it, and the throwaway folder goes with it.

@@ -75,7 +75,7 @@ async fn a_gateway_started_like_the_systemd_unit_finds_every_file_its_configurat
         .unwrap();
     assert_eq!(delivered.status(), 200);
     let build = build_id(&delivered.json().await.unwrap());
-    assert!(slack.next().await.body["text"].as_str().unwrap().starts_with("⏳ MOB-7 queued"));
+    assert!(slack.next().await.body["text"].as_str().unwrap().starts_with("⏳ MOB-7 ios-build #1 queued"));
 
     let nodes = token(&secrets, "nodes.token");
     let node = |path: String, body: Value| client.post(gateway.url(&path)).bearer_auth(&nodes).json(&body).send();

@@ -102,7 +102,15 @@ async fn two_gateways_lose_nothing_when_the_leaseholder_is_killed() {
     assert!(builds.values().all(|n| *n == 1), "an issue got two builds: {builds:?}");
     assert_eq!(log.data("BuildSucceeded").await.len(), ISSUES, "every build finished");
 
-    let notices = synapse.notices().await;
+    let said = synapse.notices().await;
+    // Each build numbered once, from 1, without a gap, whichever gateway decided it.
+    let numbers: std::collections::BTreeSet<u64> = said
+        .iter()
+        .filter(|l| l.starts_with("⏳ "))
+        .filter_map(|l| l.split(" ios-build #").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(numbers, (1..=ISSUES as u64).collect(), "{said:#?}");
+    let notices: Vec<String> = said.iter().map(|l| unnamed(l)).collect();
     for n in 0..ISSUES {
         for line in [format!("⏳ MOB-{n} queued"), format!("🔨 MOB-{n} running"), format!("✅ MOB-{n} succeeded")] {
             let times = notices.iter().filter(|l| l.starts_with(&format!("{line} ")) || **l == line).count();

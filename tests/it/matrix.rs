@@ -213,7 +213,7 @@ async fn every_line_reaches_a_rate_limited_matrix_room_exactly_once() {
     let notices = synapse.notices().await;
     assert_eq!(notices.len(), 6, "{notices:#?}");
     for n in 1..=6 {
-        let prefix = format!("⏳ MOB-{n} queued");
+        let prefix = format!("⏳ MOB-{n} ios-build #{n} queued");
         assert_eq!(notices.iter().filter(|l| l.starts_with(&prefix)).count(), 1, "{prefix}: {notices:#?}");
     }
     // The homeserver's rate limit was met, and retried through.
@@ -280,9 +280,9 @@ async fn a_failing_build_on_a_real_worker_reaches_matrix_and_youtrack() {
     app.wait_for_count("NotificationDelivered", 4).await;
     let notices = synapse.notices().await;
     assert_eq!(notices.len(), 3, "{notices:#?}");
-    assert!(notices[0].starts_with("⏳ MOB-7 queued"));
-    assert!(notices[1].starts_with("🔨 MOB-7 running") && notices[1].contains("on mac-7"));
-    assert!(notices[2].starts_with("❌ MOB-7 failed") && notices[2].contains("log: http://"));
+    assert!(notices[0].starts_with("⏳ MOB-7 ios-build #1 queued"));
+    assert!(notices[1].starts_with("🔨 MOB-7 ios-build #1 running") && notices[1].contains("on mac-7"));
+    assert!(notices[2].starts_with("❌ MOB-7 ios-build #1 failed") && notices[2].contains("log: http://"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,8 +308,9 @@ async fn with_edit_in_place_a_build_keeps_one_message_that_later_states_replace(
     let events = synapse.messages().await;
     assert_eq!(events.len(), 3, "{events:#?}");
     let original = events[0]["event_id"].as_str().unwrap();
-    assert!(events[0]["content"]["body"].as_str().unwrap().starts_with("⏳ MOB-7 queued"));
-    for (edit, prefix) in events[1..].iter().zip(["🔨 MOB-7 running", "✅ MOB-7 succeeded"]) {
+    assert!(events[0]["content"]["body"].as_str().unwrap().starts_with("⏳ MOB-7 ios-build #1 queued"));
+    for (edit, prefix) in events[1..].iter().zip(["🔨 MOB-7 ios-build #1 running", "✅ MOB-7 ios-build #1 succeeded"])
+    {
         assert_eq!(edit["content"]["m.relates_to"]["rel_type"], "m.replace");
         assert_eq!(edit["content"]["m.relates_to"]["event_id"], original);
         assert!(edit["content"]["m.new_content"]["body"].as_str().unwrap().starts_with(prefix), "{edit:#?}");

@@ -133,6 +133,10 @@ async fn moves_whole(backend: StoreBackend) {
             "BuildRequestFolded"
         ]
     );
+    let requested = audit.lines().find(|l| l.contains("\"BuildRequested\"")).unwrap();
+    assert_eq!(serde_json::from_str::<serde_json::Value>(requested).unwrap()["build"], "ios-build #2", "{requested}");
+    let text = run(&["events", "--issue", "MOB-2"]);
+    assert!(text.lines().any(|l| l.contains("BuildRequested") && l.ends_with("ios-build #2")), "{text}");
     let rebuilt = run(&["projections", "rebuild"]);
     assert!(rebuilt.starts_with("rebuilt the read model from 16 events"), "{rebuilt}");
     assert!(run(&["projections", "rebuild", "--verify"]).contains("the read model matches the log"));

@@ -54,10 +54,10 @@ async fn a_failed_build_gives_one_chat_line_per_state_and_one_short_tracker_comm
     for _ in 0..3 {
         lines.push(slack.next().await.body["text"].as_str().unwrap().to_owned());
     }
-    assert!(lines[0].starts_with("⏳ MOB-7 queued"), "{lines:?}");
-    assert!(lines[1].starts_with("🔨 MOB-7 running") && lines[1].contains("on mac-1"), "{lines:?}");
+    assert!(lines[0].starts_with("⏳ MOB-7 ios-build #1 queued"), "{lines:?}");
+    assert!(lines[1].starts_with("🔨 MOB-7 ios-build #1 running") && lines[1].contains("on mac-1"), "{lines:?}");
     assert!(
-        lines[2].starts_with("❌ MOB-7 failed")
+        lines[2].starts_with("❌ MOB-7 ios-build #1 failed")
             && lines[2].contains("0123456")
             && lines[2].contains(&format!("log: {}", app.url("/api/v1/builds/")))
     );
@@ -71,7 +71,7 @@ async fn a_failed_build_gives_one_chat_line_per_state_and_one_short_tracker_comm
     assert!(text.lines().count() <= 5, "{text}");
     // As YouTrack shows it: no backslashes, no markup.
     let shown = displayed(text);
-    assert!(shown.starts_with("❌ Build ios-build failed on mac-1 at 0123456789ab"), "{shown}");
+    assert!(shown.starts_with("❌ Build ios-build #1 failed on mac-1 at 0123456789ab"), "{shown}");
     for part in ["Failing test: AppTests.testOffline", "/log?key="] {
         assert!(shown.contains(part), "{part} missing from {shown}");
     }
@@ -304,7 +304,7 @@ async fn teams_gets_an_adaptive_card_and_202_counts_as_delivered() {
     let content = &card.body["attachments"][0]["content"];
     assert_eq!(card.body["attachments"][0]["contentType"], "application/vnd.microsoft.card.adaptive");
     assert_eq!(content["version"], "1.4");
-    assert!(content["body"][0]["text"].as_str().unwrap().contains("MOB\\-7 queued"));
+    assert!(content["body"][0]["text"].as_str().unwrap().contains("MOB\\-7 ios\\-build \\#1 queued"));
     app.wait_for_count("NotificationDelivered", 1).await;
 }
 
@@ -365,7 +365,7 @@ async fn the_slack_api_posts_one_message_per_build_and_updates_it_as_the_build_m
         let update = slack.next().await;
         assert_eq!(update.path, "/api/chat.update");
         assert_eq!(update.body["ts"], "1700000000.000100");
-        assert!(update.body["text"].as_str().unwrap().starts_with("🔨 MOB-7 running"));
+        assert!(update.body["text"].as_str().unwrap().starts_with("🔨 MOB-7 ios-build #1 running"));
     }
     app.wait_for_count("NotificationDelivered", 2).await;
     assert!(slack.received.try_recv().is_err());
@@ -385,7 +385,7 @@ async fn discord_edits_the_build_s_message_in_place_as_the_build_moves() {
     claim.json(&json!({"node_id": "mac-1", "slots": 1, "wait_seconds": 5})).send().await.unwrap();
     let edit = discord.next().await;
     assert_eq!((edit.method.as_str(), edit.path.as_str()), ("PATCH", "/api/webhooks/1/token/messages/1122334455"));
-    assert!(edit.body["content"].as_str().unwrap().starts_with("🔨 MOB-7 running"));
+    assert!(edit.body["content"].as_str().unwrap().starts_with("🔨 MOB-7 ios-build #1 running"));
 }
 
 #[tokio::test]
@@ -400,7 +400,7 @@ async fn an_alert_channel_can_be_the_pager_and_gets_only_the_page() {
     app.deliver(&fixture("mob-issueUpdated-state-building.json")).await;
     team.next().await;
     let alert = alerts.next().await;
-    assert!(alert.body["text"].as_str().unwrap().starts_with("🚨 MOB-7 page"), "{:?}", alert.body);
+    assert!(alert.body["text"].as_str().unwrap().starts_with("🚨 MOB-7 ios-build #1 page"), "{:?}", alert.body);
     app.wait_for_count("NotificationDelivered", 1).await;
     assert!(alerts.received.try_recv().is_err(), "the alert channel gets nothing but the page");
 }
@@ -483,7 +483,7 @@ async fn a_retry_pending_when_the_gateway_process_is_killed_is_made_after_it_res
 
     let gateway = start(dir.path(), &args, &[]);
     let retry = slack.next().await;
-    assert!(retry.body["text"].as_str().unwrap().starts_with("⏳ MOB-7 queued"));
+    assert!(retry.body["text"].as_str().unwrap().starts_with("⏳ MOB-7 ios-build #1 queued"));
     // A graceful stop lets the sink task finish recording the attempt it is making.
     gateway.stop();
     assert_eq!(events(dir.path(), "NotificationDelivered").len(), 1);

@@ -165,12 +165,12 @@ async fn the_quickstart_runs_as_written() {
                     // The failed build's lines and comment are out before the page looks for them.
                     for milestone in ["queued", "running", "failed"] {
                         let line = slack.next().await.body["text"].as_str().unwrap().to_owned();
-                        assert!(line.contains(&format!("APP-12 {milestone}")), "{line}");
+                        assert!(line.contains(&format!("APP-12 app-build #1 {milestone}")), "{line}");
                     }
                     let comment = youtrack.next_comment().await;
                     assert_eq!(comment["issue"], "APP-12");
                     let shown = displayed(comment["text"].as_str().unwrap());
-                    assert!(shown.starts_with("❌ Build app-build failed on mac-mini-01"), "{shown}");
+                    assert!(shown.starts_with("❌ Build app-build #1 failed on mac-mini-01"), "{shown}");
                     assert!(shown.contains("Failing test: AppTests.testOffline"), "{shown}");
                     // ... and recorded: the gateway says so for each (read from its log, no polling).
                     let log = gateway_log.as_ref().unwrap();

@@ -31,7 +31,7 @@ async fn a_notification_is_sent_again_on_request_and_a_delivered_one_only_when_f
 
     let (status, answer) = admin_post(&app, "/api/v1/notifications/resend", json!({"key": key})).await;
     assert_eq!(status, 202, "{answer}");
-    assert!(slack.next().await.body["text"].as_str().unwrap().starts_with("⏳ MOB-7 queued"));
+    assert!(slack.next().await.body["text"].as_str().unwrap().starts_with("⏳ MOB-7 ios-build #1 queued"));
     app.wait_for_count("NotificationDelivered", 1).await;
 
     // Delivered now: not again unless forced.

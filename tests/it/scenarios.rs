@@ -56,6 +56,8 @@ struct Expect {
 #[serde(deny_unknown_fields)]
 struct BuildExpect {
     build: String,
+    /// Its trigger and number (`ios-build #2`).
+    name: String,
     issue: String,
     git_ref: String,
     state: String,
@@ -143,6 +145,7 @@ async fn run(path: &std::path::Path, backend: StoreBackend) {
         .iter()
         .map(|b| BuildExpect {
             build: aliases.alias(b.build_id),
+            name: b.name(),
             issue: b.issue_id.clone(),
             git_ref: b.git_ref.clone(),
             state: b.state.name().to_owned(),

@@ -77,7 +77,7 @@ async fn every_chat_kind_delivers_to_an_https_stand_in_trusted_through_the_ca_fi
     assert_eq!((posted.body["state"].as_str(), posted.body["schema_version"].as_u64()), (Some("queued"), Some(1)));
     assert_eq!(posted.body["issue_id"], "MOB-7");
     assert!(posted.body["at"].as_str().is_some_and(|at| at.starts_with("20")), "{:?}", posted.body);
-    assert!(slack.next().await.body["text"].as_str().unwrap().starts_with("⏳ MOB-7 queued"));
+    assert!(slack.next().await.body["text"].as_str().unwrap().starts_with("⏳ MOB-7 ios-build #1 queued"));
     assert_eq!(slack_api.next().await.path, "/api/chat.postMessage");
     assert_eq!(teams.next().await.body["type"], "message");
     assert_eq!(discord.next().await.path, "/api/webhooks/1/t?wait=true");
@@ -153,7 +153,7 @@ async fn openclaw_relays_each_line_with_its_idempotency_key_and_honours_its_answ
             (&sent.body["channel"], &sent.body["to"], &sent.body["name"], &sent.body["deliver"], &sent.body["agentId"]),
             (&json!("whatsapp"), &json!("+15555550123"), &json!("meshgate"), &json!(true), &json!("ops"))
         );
-        assert!(sent.body["message"].as_str().unwrap().starts_with("⏳ MOB-7 queued"));
+        assert!(sent.body["message"].as_str().unwrap().starts_with("⏳ MOB-7 ios-build #1 queued"));
     }
     app.wait_for_count("NotificationDelivered", 1).await;
     let events = app.all_events().await;

@@ -360,7 +360,9 @@ fn a_read_model_whose_nodes_differ_is_told_apart() {
     folded.apply(&seen);
     let save = |name: &str, set: &meshgate_projections::ProjectionSet| {
         let model = ReadModel::open(&dir.path().join(name)).unwrap();
-        model.save(&[], &[], &set.outbox, &set.nodes, 1).unwrap();
+        model
+            .save(&meshgate::readmodel::Snapshot { position: 1, ..meshgate::readmodel::Snapshot::of(set, &[], &[]) })
+            .unwrap();
         model
     };
     let (a, b) = (save("a.sqlite", &folded), save("b.sqlite", &folded));

@@ -41,6 +41,9 @@ async fn a_delivery_sent_to_two_gateways_on_one_log_starts_one_build() {
     let (on_a, on_b) = (a.live().await, b.live().await);
     assert_eq!(on_a.builds.len(), 20);
     assert_eq!(on_a, on_b);
+    // Numbers come from the shared log: in log order, from 1, no gap, no repeat, the same on both.
+    let numbers: Vec<u64> = on_a.builds.iter().map(|b| b.number).collect();
+    assert_eq!(numbers, (1..=20).collect::<Vec<u64>>());
     assert_eq!(on_a, a.rebuilt().await);
 }
 
