@@ -23,6 +23,7 @@
 //! - [`app`]: a running gateway, wired.
 //! - [`cli`]: the `meshgate` commands.
 
+pub mod actions;
 pub mod app;
 pub mod builds;
 pub mod cli;

@@ -346,6 +346,24 @@ pub fn saved_names(path: &Path, ids: &[Uuid]) -> Result<std::collections::HashMa
     Ok(names)
 }
 
+/// The id of the build the read model at `path` saved as `trigger` #`number`, read beside a
+/// running gateway (`meshgate builds rebuild ios-build#412`).
+pub fn saved_build_id(path: &Path, trigger: &str, number: u64) -> Result<Option<Uuid>, StoreError> {
+    let Ok(number) = i64::try_from(number) else { return Ok(None) };
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).store_err()?;
+    configure(&conn)?;
+    let id: Option<Vec<u8>> = conn
+        .query_row("SELECT build_id FROM builds WHERE trigger = ?1 AND number = ?2", params![trigger, number], |r| {
+            r.get(0)
+        })
+        .optional()
+        .store_err()?;
+    Ok(id.and_then(|bytes| Uuid::from_slice(&bytes).ok()))
+}
+
 impl ReadModel {
     /// The position the last save reached (none: never saved).
     pub fn position(&self) -> Result<Option<u64>, StoreError> {

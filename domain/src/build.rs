@@ -373,6 +373,7 @@ mod tests {
             transition_at: None,
             source: crate::event::RequestSource::Webhook,
             xcode: None,
+            rebuild_of: None,
         }
     }
 

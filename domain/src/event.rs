@@ -61,6 +61,9 @@ pub enum RequestSource {
     Reconcile,
     /// A recorded delivery decided again under today's triggers (`meshgate deliveries replay`).
     Replay,
+    /// Someone asked for a finished build again (the dashboard, the CLI, a chat button or
+    /// reaction): `rebuild_of` names it.
+    Rebuild,
 }
 
 impl RequestSource {
@@ -69,6 +72,7 @@ impl RequestSource {
             RequestSource::Webhook => "webhook",
             RequestSource::Reconcile => "reconcile",
             RequestSource::Replay => "replay",
+            RequestSource::Rebuild => "rebuild",
         }
     }
 }
@@ -162,6 +166,9 @@ pub struct BuildRequested {
     /// The Xcode the trigger requires (`16.2` exactly, `16` any 16.x); none: the lane's, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xcode: Option<String>,
+    /// The build this one repeats (a rebuild, `source` `rebuild`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild_of: Option<Uuid>,
 }
 
 fn is_webhook(source: &RequestSource) -> bool {
@@ -482,6 +489,8 @@ events!(
     BuildRetryScheduled,
     ArtifactStored,
     ArtifactsExpired,
+    BuildRebuilt,
+    BuildActionRequested,
 );
 
 impl Event {
@@ -510,6 +519,8 @@ impl Event {
             Event::BuildRetryScheduled(e) => Some(e.build_id),
             Event::ArtifactStored(e) => Some(e.build_id),
             Event::ArtifactsExpired(e) => Some(e.build_id),
+            Event::BuildRebuilt(e) => Some(e.build_id),
+            Event::BuildActionRequested(e) => Some(e.build_id),
             Event::WebhookReceived(_)
             | Event::WebhookIgnored(_)
             | Event::WebhookRouted(_)
@@ -535,7 +546,9 @@ pub struct Recorded {
     pub recorded_at: DateTime<Utc>,
 }
 
+mod actions;
 mod notifications;
+pub use actions::*;
 pub use notifications::*;
 
 #[cfg(test)]

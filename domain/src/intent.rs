@@ -218,6 +218,7 @@ pub fn decide_intent(
                 transition_at: transition.at,
                 source: transition.source,
                 xcode: trigger.xcode.clone(),
+                rebuild_of: None,
             })],
         },
     ];

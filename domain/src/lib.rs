@@ -19,6 +19,7 @@
 //! - [`node_api`]: what a build node's agent and the gateway say to each other.
 //! - [`xcode`]: which Xcode a build requires and a node runs it with.
 
+pub mod action;
 pub mod audit;
 pub mod build;
 pub mod event;

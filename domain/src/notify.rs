@@ -25,6 +25,8 @@ pub enum Milestone {
     /// A failure matched one of the node's retry rules (infrastructure, not the change): the build
     /// runs again as this attempt. Each retry is a milestone of its own.
     Retrying(u32),
+    /// Someone asked for the build again: its message says which build repeats it, and who asked.
+    Rebuilt,
 }
 
 impl Milestone {
@@ -39,13 +41,14 @@ impl Milestone {
             Event::BuildCancelled(_) => Milestone::Cancelled,
             Event::PageRequested(_) => Milestone::Page,
             Event::BuildRetryScheduled(e) => Milestone::Retrying(e.next_attempt),
+            Event::BuildRebuilt(_) => Milestone::Rebuilt,
             _ => return None,
         };
         Some((event.build_id()?, milestone))
     }
 
     /// Every kind of milestone, in a build's order (a retry stands for every retry).
-    pub const ALL: [Milestone; 8] = [
+    pub const ALL: [Milestone; 9] = [
         Milestone::Queued,
         Milestone::Running,
         Milestone::Retrying(0),
@@ -53,6 +56,7 @@ impl Milestone {
         Milestone::Failed,
         Milestone::Requeued,
         Milestone::Cancelled,
+        Milestone::Rebuilt,
         Milestone::Page,
     ];
 
@@ -88,6 +92,7 @@ impl Milestone {
             Milestone::Cancelled => "cancelled",
             Milestone::Page => "page",
             Milestone::Retrying(_) => "retrying",
+            Milestone::Rebuilt => "rebuilt",
         }
     }
 
@@ -101,6 +106,7 @@ impl Milestone {
             Milestone::Cancelled => "⛔",
             Milestone::Page => "🚨",
             Milestone::Retrying(_) => "🔁",
+            Milestone::Rebuilt => "🔁",
         }
     }
 }
@@ -137,6 +143,10 @@ pub struct BuildFacts {
     pub no_output_seconds: Option<u64>,
     /// What the build produced, with signed links.
     pub artifacts: Vec<ArtifactLink>,
+    /// The build this one repeats, by name.
+    pub rebuild_of: Option<String>,
+    /// The latest rebuild of this build: its name and who asked (`U024BE7LH (slack)`).
+    pub rebuilt_as: Option<(String, String)>,
 }
 
 /// An artifact as a message names it.
@@ -272,6 +282,18 @@ pub fn chat_line(facts: &BuildFacts, milestone: Milestone) -> String {
             parts.push(format!("build {state}"));
         }
     }
+    if let Some(original) = &facts.rebuild_of {
+        parts.push(format!("rebuild of {original}"));
+    }
+    if let (Milestone::Cancelled, Some(reason)) = (milestone, &facts.reason) {
+        parts.push(truncate(reason, 80));
+    }
+    if let (Milestone::Rebuilt, Some((name, by))) = (milestone, &facts.rebuilt_as) {
+        if let Some(state) = &facts.state {
+            parts.push(format!("was {state}"));
+        }
+        parts.push(format!("rebuilt as {name} by {}", truncate(by, 60)));
+    }
     if let Some(url) = &facts.log_url {
         parts.push(format!("log: {url}"));
     }
@@ -374,7 +396,22 @@ mod tests {
             retry_rule: None,
             no_output_seconds: None,
             artifacts: Vec::new(),
+            rebuild_of: None,
+            rebuilt_as: None,
         }
+    }
+
+    #[test]
+    fn rebuilds_are_named_in_both_timelines_and_a_cancel_says_who() {
+        let mut old = BuildFacts { name: Some("ios-build #1".into()), ..facts() };
+        old.rebuilt_as = Some(("ios-build #2".into(), "U024BE7LH (slack)".into()));
+        let line = chat_line(&old, Milestone::Rebuilt);
+        assert!(line.starts_with("🔁 MOB-7 ios-build #1 rebuilt · "), "{line}");
+        assert!(line.contains(" · was failed · rebuilt as ios-build #2 by U024BE7LH (slack)"), "{line}");
+        let new = BuildFacts { name: Some("ios-build #2".into()), rebuild_of: Some("ios-build #1".into()), ..facts() };
+        assert!(chat_line(&new, Milestone::Queued).contains(" · rebuild of ios-build #1"));
+        let cancelled = BuildFacts { reason: Some("by U024BE7LH (slack)".into()), ..facts() };
+        assert!(chat_line(&cancelled, Milestone::Cancelled).contains(" · by U024BE7LH (slack)"));
     }
 
     /// The text a CommonMark renderer shows (YouTrack renders comments as Markdown), one line per

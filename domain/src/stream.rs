@@ -93,6 +93,13 @@ pub fn page_stream(build_id: Uuid) -> String {
     format!("page-{build_id}")
 }
 
+/// The stream of one request from chat (`via`: `slack`, `matrix`; `request_id`: the chat's id of
+/// the click or reaction): created with [`ExpectedVersion::NoStream`], so a request sent again
+/// does nothing more.
+pub fn action_stream(via: &str, request_id: &str) -> String {
+    format!("action-{via}-{request_id}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,6 +56,17 @@ pub struct RetryRecord {
     pub node_id: Option<String>,
 }
 
+/// A rebuild of the build: the new build, who asked and where.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildRecord {
+    pub build_id: Uuid,
+    pub by: String,
+    /// `admin`, `slack` or `matrix`.
+    pub via: String,
+    pub at: DateTime<Utc>,
+}
+
 /// Everything the API shows about one build.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +107,12 @@ pub struct BuildView {
     /// What its attempts produced, in the order stored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<ArtifactRecord>,
+    /// The build this one repeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild_of: Option<Uuid>,
+    /// The builds that repeat this one, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rebuilds: Vec<RebuildRecord>,
 }
 
 impl BuildView {
@@ -139,6 +156,8 @@ impl BuildView {
             xcode: e.xcode.clone(),
             retries: Vec::new(),
             artifacts: Vec::new(),
+            rebuild_of: e.rebuild_of,
+            rebuilds: Vec::new(),
         })
     }
 
@@ -174,6 +193,12 @@ impl BuildView {
                     removed: false,
                 });
             }
+            Event::BuildRebuilt(e) => self.rebuilds.push(RebuildRecord {
+                build_id: e.rebuild_id,
+                by: e.by.clone(),
+                via: e.via.clone(),
+                at: recorded.recorded_at,
+            }),
             Event::ArtifactsExpired(e) => {
                 for artifact in self.artifacts.iter_mut().filter(|a| e.names.contains(&a.name)) {
                     artifact.removed = true;

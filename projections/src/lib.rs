@@ -13,7 +13,7 @@ mod nodes;
 mod outbox;
 mod queue;
 
-pub use builds::{build_name, ArtifactRecord, BuildView, Builds, FoldRecord, RetryRecord};
+pub use builds::{build_name, ArtifactRecord, BuildView, Builds, FoldRecord, RebuildRecord, RetryRecord};
 pub use nodes::{NodeView, Nodes};
 pub use outbox::{Entry, MilestoneRecord, Outbox, OutboxConfig, SinkSpec};
 pub use queue::{LaneRule, NodeAsk, Queue, QueueChange, QueueEntry};

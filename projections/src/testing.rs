@@ -168,6 +168,7 @@ fn requested(build_id: Uuid, b: u8, now: DateTime<Utc>) -> BuildRequested {
         transition_at: None,
         source: Default::default(),
         xcode: None,
+        rebuild_of: None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! The `meshgate` command line.
 
+mod builds;
 pub(crate) mod check;
 mod deliveries;
 mod demo;
@@ -98,6 +99,11 @@ pub enum Command {
     },
     /// A build's log (`--follow`: as it grows while the build runs).
     Logs(logs::LogsArgs),
+    /// What an operator asks of a build: a rebuild.
+    Builds {
+        #[command(subcommand)]
+        command: builds::BuildsCommand,
+    },
     /// Run the build-node agent: claim builds, run scripts, report results (`meshgate-worker`,
     /// the agent alone, is what build machines install).
     Worker(Box<WorkerCommand>),
@@ -172,6 +178,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             rebuild::run(&load()?, verify).await
         }
         Command::Logs(args) => logs::run(&load()?, &args).await,
+        Command::Builds { command } => builds::run(&load()?, &command).await,
         Command::Worker(worker) => match *worker {
             WorkerCommand { check: Some(WorkerCheck::Doctor(args)), .. } => {
                 let settings = meshgate_worker::Settings::merge(args, &load()?.worker)?;

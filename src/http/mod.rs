@@ -134,6 +134,7 @@ fn api_router() -> utoipa_axum::router::OpenApiRouter<Surfaces> {
         .routes(routes!(operations::selftest))
         .routes(routes!(operations::cancel_build))
         .routes(routes!(operations::requeue_build))
+        .routes(routes!(operations::rebuild_build))
         .routes(routes!(nodes::check))
         .routes(routes!(nodes::claim::claim))
         .routes(routes!(nodes::report::heartbeat))

@@ -185,6 +185,17 @@ pub struct BuildActionAnswer {
     pub state: String,
 }
 
+/// What a rebuild answers: the build that answers it (new, or the build already queued or
+/// running), its name, the build asked for again, and whether a build was started.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RebuildAnswer {
+    pub build_id: Uuid,
+    /// `ios-build #413`.
+    pub name: Option<String>,
+    pub rebuild_of: Uuid,
+    pub started: bool,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DrainAnswer {
     pub node_id: String,

@@ -15,7 +15,9 @@ use serde::Deserialize;
 use super::access::Operator;
 use super::api::AdminApi;
 use super::extract::{json_or_default as body, ApiPath};
-use super::openapi::{BuildActionAnswer, DrainAnswer, ErrorBody, RecoverAnswer, ResendAnswer, SelftestAnswer};
+use super::openapi::{
+    BuildActionAnswer, DrainAnswer, ErrorBody, RebuildAnswer, RecoverAnswer, ResendAnswer, SelftestAnswer,
+};
 use super::ApiError;
 use crate::outbound::resend::{self, ResendError};
 
@@ -329,6 +331,39 @@ async fn build_action(
         Err(crate::builds::CommandError::Refused { error, .. }) => {
             Err(ApiError::new(StatusCode::CONFLICT, "build_state", error.to_string()))
         }
+        Err(e) => Err(ApiError::unavailable(&e)),
+    }
+}
+
+/// `POST /api/v1/builds/{id}/rebuild`: the build asked for again, as a new build (a number of
+/// its own) of the same issue, trigger and git ref, linked to it (`rebuild_of`). While the issue's
+/// build for the trigger is queued or running, that build answers and nothing new starts.
+#[utoipa::path(post, path = "/api/v1/builds/{id}/rebuild", tag = "builds", security(("admin" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The build's id")),
+    responses(
+        (status = 200, description = "The build that answers the rebuild", body = RebuildAnswer),
+        (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
+        (status = 403, description = "A dashboard session without its CSRF token", body = ErrorBody),
+        (status = 404, description = "No such build", body = ErrorBody),
+        (status = 503, description = "The log is unavailable; nothing was recorded", body = ErrorBody),
+    ))]
+pub async fn rebuild_build(
+    _: Operator,
+    State(app): State<Arc<AdminApi>>,
+    ApiPath(build_id): ApiPath<String>,
+) -> Result<Json<RebuildAnswer>, ApiError> {
+    let build_id = uuid::Uuid::parse_str(&build_id).map_err(|_| ApiError::not_found("build"))?;
+    match crate::actions::rebuild(app.store.as_ref(), build_id, "admin", "admin").await {
+        Ok(rebuilt) => {
+            if let Some(position) = rebuilt.position {
+                // The answer names the new build: the projections must know it.
+                app.projections.caught_up_to(position, std::time::Duration::from_secs(5)).await;
+            }
+            let name = app.projections.build(rebuilt.build_id).await.ok().flatten().map(|b| b.name());
+            tracing::info!(%build_id, rebuild = %rebuilt.build_id, started = rebuilt.started, "rebuild asked by an operator");
+            Ok(Json(RebuildAnswer { build_id: rebuilt.build_id, name, rebuild_of: build_id, started: rebuilt.started }))
+        }
+        Err(crate::actions::ActionError::UnknownBuild) => Err(ApiError::not_found("build")),
         Err(e) => Err(ApiError::unavailable(&e)),
     }
 }

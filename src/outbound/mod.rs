@@ -164,7 +164,20 @@ async fn facts(outbound: &Outbound, build_id: Uuid, milestone: Milestone) -> Opt
         retry_rule,
         no_output_seconds: report.and_then(|r| r.no_output_seconds),
         artifacts,
+        rebuild_of: None,
+        rebuilt_as: None,
     };
+    // Rebuilds are named in both timelines.
+    let name_of = |id: Uuid| async move {
+        outbound.projections.build(id).await.ok().flatten().filter(|b| b.number > 0).map(|b| b.name())
+    };
+    if let Some(original) = build.rebuild_of {
+        facts.rebuild_of = name_of(original).await;
+    }
+    if let (Milestone::Rebuilt, Some(rebuild)) = (milestone, build.rebuilds.last()) {
+        let name = name_of(rebuild.build_id).await.unwrap_or_else(|| rebuild.build_id.to_string());
+        facts.rebuilt_as = Some((name, format!("{} ({})", rebuild.by, rebuild.via)));
+    }
     if milestone == Milestone::Page {
         let page = outbound.store.read_stream(&page_stream(build_id)).await.ok()?;
         facts.page_reason = page.iter().find_map(|e| match e.decode().ok()?.event {

@@ -160,7 +160,7 @@ function summary(e) {
     case "WebhookRouted": return `routed to ${d.build_ids.length} build(s)`;
     case "WebhookIgnored": return `ignored: ${d.reason}`;
     case "IntentActivated": return `the active build of ${d.intent_key}`;
-    case "BuildRequested": return `requested by ${d.requested_by || "?"}: ${d.script} on ${d.git_ref} (lane ${d.lane})`;
+    case "BuildRequested": return `${d.rebuild_of ? "rebuild " : ""}requested by ${d.requested_by || "?"}: ${d.script} on ${d.git_ref} (lane ${d.lane})`;
     case "BuildRequestFolded": return `a delivery folded in (${d.reason})`;
     case "BuildClaimed": return `claimed by ${d.node_id}, attempt ${d.attempt}`;
     case "BuildLeaseRenewed": return `heartbeat from ${d.node_id}`;
@@ -171,6 +171,8 @@ function summary(e) {
     case "ArtifactStored": return `artifact ${d.name} (${size(d.bytes)}) from ${d.node_id}`;
     case "ArtifactsExpired": return `artifacts removed after ${d.keep_days} days: ${d.names.join(", ")}`;
     case "BuildCancelled": return `cancelled: ${d.reason}`;
+    case "BuildRebuilt": return `rebuilt by ${d.by} (${d.via}) as a new build`;
+    case "BuildActionRequested": return `${d.action} asked by ${d.user} on ${d.via}: ${d.outcome.replace("_", " ")}`;
     case "BuildResultRejected": return `refused a stale ${d.reason || "report"}`;
     case "NotificationAttempted":
       return `${d.sink} ${d.milestone}: attempt ${d.attempt} answered ${d.status ?? "no status"}${d.excerpt ? ` (${d.excerpt})` : ""}`;
@@ -220,7 +222,16 @@ async function buildPage(id) {
       h("dt", {}, "Log"), h("dd", {}, h("a", { href: detail.log_url, id: "log-link" }, "full log")))),
     active ? h("div", { class: "actions" }, reason,
       h("button", { type: "button", id: "cancel", class: "danger", onclick: act2("cancel") }, "Cancel build"),
-      b.state.state === "running" ? h("button", { type: "button", id: "requeue", onclick: act2("requeue") }, "Requeue") : null) : null,
+      b.state.state === "running" ? h("button", { type: "button", id: "requeue", onclick: act2("requeue") }, "Requeue") : null)
+      : h("div", { class: "actions" }, h("button", { type: "button", id: "rebuild", onclick: () => act(async () => {
+        // The build that answers: the new one, or the one already queued or running for the issue.
+        const again = await api(`/api/v1/builds/${id}/rebuild`, { method: "POST", body: "{}" });
+        location.hash = `#/builds/${again.build_id}`;
+      }) }, "Rebuild")),
+    b.rebuild_of || b.rebuilds?.length ? section("rebuilds", "Rebuilds", h("ul", { id: "rebuild-links" },
+      b.rebuild_of ? h("li", {}, "A rebuild of ", h("a", { href: `#/builds/${b.rebuild_of}`, id: "rebuild-of" }, "the build it repeats")) : null,
+      (b.rebuilds || []).map((r) => h("li", {}, h("a", { href: `#/builds/${r.build_id}`, "data-rebuild": r.build_id }, "rebuilt"),
+        ` by ${r.by} (${r.via}) ${ago(r.at)}`)))) : null,
     section("events", "Timeline", timeline(related.events)),
     artifactsSection(b, artifacts.artifacts),
     b.state.state === "running" ? liveLog(id, b.state.attempt)
@@ -324,7 +335,8 @@ function follow() {
   const types = ["WebhookReceived", "WebhookIgnored", "WebhookRouted", "BuildRequested", "BuildRequestFolded",
     "BuildClaimed", "BuildLeaseRenewed", "BuildRequeued", "BuildSucceeded", "BuildFailed", "BuildCancelled",
     "BuildResultRejected", "NotificationAttempted", "NotificationDelivered", "NotificationAbandoned", "PageRequested",
-    "NodeSeen", "NodeDrained", "BuildRetryScheduled", "ArtifactStored", "ArtifactsExpired"];
+    "NodeSeen", "NodeDrained", "BuildRetryScheduled", "ArtifactStored", "ArtifactsExpired", "BuildRebuilt",
+    "BuildActionRequested"];
   for (const t of types) source.addEventListener(t, scheduleRender);
   state.source = source;
 }

@@ -90,3 +90,55 @@ async fn the_token_is_checked_before_the_path_and_the_query() {
         assert_eq!(post(path, admin).await.unwrap().status(), 404, "{path}");
     }
 }
+
+/// A rebuild is a new build of the same issue, trigger and ref, with a number of its own and a
+/// link both ways; asked again while the issue's build is queued, it starts nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_rebuilds_a_finished_build_once_however_often_asked() {
+    let app = spawn_app().await;
+    let building = fixture("mob-issueUpdated-state-building.json");
+    let first = build_id(&app.deliver(&with(&building, &json!({"id": "MOB-1"}))).await);
+    let rebuild = |build: String| {
+        app.client.post(app.url(&format!("/api/v1/builds/{build}/rebuild"))).bearer_auth(&app.admin_token).send()
+    };
+    // Still queued: the build itself answers.
+    let queued: Value = rebuild(first.to_string()).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (queued["build_id"].as_str(), queued["started"].as_bool()),
+        (Some(first.to_string().as_str()), Some(false))
+    );
+
+    app.finish_build(first, false).await;
+    let again: Value = rebuild(first.to_string()).await.unwrap().json().await.unwrap();
+    assert_eq!((again["started"].as_bool(), again["name"].as_str()), (Some(true), Some("ios-build #2")), "{again}");
+    let second = again["build_id"].as_str().unwrap().to_owned();
+    // Asked again (a double click, a second operator): the rebuild that is queued answers.
+    for build in [first.to_string(), second.clone()] {
+        let twice: Value = rebuild(build).await.unwrap().json().await.unwrap();
+        assert_eq!((twice["build_id"].as_str(), twice["started"].as_bool()), (Some(second.as_str()), Some(false)));
+    }
+    let detail =
+        answer_of(app.client.get(app.url(&format!("/api/v1/builds/{second}"))).bearer_auth(&app.admin_token)).await;
+    let (original, view) = (app.get(&format!("/api/v1/builds/{first}")).await, &detail["build"]);
+    let original: Value = original.json().await.unwrap();
+    for field in ["issue_id", "trigger", "script", "lane", "git_ref", "intent_key"] {
+        assert_eq!(view[field], original["build"][field], "{field}");
+    }
+    assert_eq!((view["rebuild_of"].as_str(), view["number"].as_u64()), (Some(first.to_string().as_str()), Some(2)));
+    assert_eq!(view["requested_by"], "admin");
+    assert_eq!(original["build"]["number"], 1, "a rebuild leaves the number of the build it repeats");
+    assert_eq!(original["build"]["rebuilds"][0]["build_id"], second.as_str());
+    assert_eq!(original["build"]["rebuilds"][0]["via"], "admin");
+    assert_eq!(app.count("BuildRebuilt").await, 1);
+    assert_eq!(app.count("BuildRequested").await, 2);
+
+    // Another delivery of the transition (a second webhook, changed by a proxy): the rebuild answers.
+    let moved = json!({"id": "MOB-1", "updated": 1_787_652_100_000_u64});
+    let folded = app.deliver(&with(&building, &moved)).await;
+    assert_eq!(folded["build_id"].as_str(), Some(second.as_str()), "{folded}");
+
+    assert_eq!(rebuild(uuid::Uuid::now_v7().to_string()).await.unwrap().status(), 404);
+    assert_eq!(rebuild("nope".into()).await.unwrap().status(), 404);
+    let anonymous = app.client.post(app.url(&format!("/api/v1/builds/{first}/rebuild"))).send();
+    assert_eq!(anonymous.await.unwrap().status(), 401);
+}

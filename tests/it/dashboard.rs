@@ -275,6 +275,18 @@ async fn an_operator_signs_in_watches_a_build_arrive_live_opens_its_timeline_and
     let cancelled = build["events"].as_array().unwrap().iter().find(|e| e["type"] == "BuildCancelled").unwrap();
     assert_eq!(cancelled["data"]["reason"], "by an operator (admin): wrong branch");
 
+    // Rebuild it with the button: a new build of the same issue, linked both ways.
+    client.find(Locator::Css("#rebuild")).await.unwrap().click().await.unwrap();
+    appears(&client, "#rebuild-of").await;
+    let url = client.current_url().await.unwrap();
+    let again: uuid::Uuid = url.fragment().unwrap().trim_start_matches("/builds/").parse().unwrap();
+    assert_ne!(again, first);
+    let rebuilt = answer_of(http.get(gateway.url(&format!("/api/v1/builds/{again}"))).bearer_auth(&admin)).await;
+    assert_eq!(rebuilt["build"]["rebuild_of"], first.to_string());
+    assert_eq!(rebuilt["build"]["state"]["state"], "queued");
+    let old = answer_of(http.get(gateway.url(&format!("/api/v1/builds/{first}"))).bearer_auth(&admin)).await;
+    assert_eq!(old["build"]["rebuilds"][0]["build_id"], again.to_string());
+
     // The issue's history, and the page at a phone's width: nothing wider than the screen.
     client.goto(&gateway.url("/ui/#/issues/MOB-7")).await.unwrap();
     appears(&client, "#events li[data-type='BuildCancelled']").await;

@@ -137,6 +137,9 @@ async fn moves_whole(backend: StoreBackend) {
     assert_eq!(serde_json::from_str::<serde_json::Value>(requested).unwrap()["build"], "ios-build #2", "{requested}");
     let text = run(&["events", "--issue", "MOB-2"]);
     assert!(text.lines().any(|l| l.contains("BuildRequested") && l.ends_with("ios-build #2")), "{text}");
+    // No gateway runs: the command opens the log; the name comes from the read model it saved.
+    let asked = run(&["builds", "rebuild", "ios-build#2"]);
+    assert!(asked.starts_with("nothing started: "), "MOB-2's build is still queued: {asked}");
     let rebuilt = run(&["projections", "rebuild"]);
     assert!(rebuilt.starts_with("rebuilt the read model from 16 events"), "{rebuilt}");
     assert!(run(&["projections", "rebuild", "--verify"]).contains("the read model matches the log"));

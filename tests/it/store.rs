@@ -265,6 +265,7 @@ fn requested(n: u128) -> StreamAppend {
         transition_at: None,
         source: Default::default(),
         xcode: None,
+        rebuild_of: None,
     });
     let new = NewEvent::from_domain(&event, build_id, None, chrono::Utc::now());
     StreamAppend {

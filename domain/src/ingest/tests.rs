@@ -181,6 +181,7 @@ fn a_build_covers_its_latest_transition_requested_or_folded() {
             transition_at: ms.and_then(DateTime::from_timestamp_millis),
             source: RequestSource::Reconcile,
             xcode: None,
+            rebuild_of: None,
         })
     };
     let folded = Event::BuildRequestFolded(BuildRequestFolded {

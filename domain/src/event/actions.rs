@@ -1,0 +1,37 @@
+//! The events of what people ask of a build where they are: a rebuild, and an action from chat
+//! (a Slack button, a Matrix reaction) with who asked and what became of it.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A finished build was asked for again: `rebuild_id` is the new build (its `BuildRequested` has
+/// `rebuild_of`). Appended to the repeated build's stream, so both timelines show the link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRebuilt {
+    pub build_id: Uuid,
+    pub rebuild_id: Uuid,
+    /// Who asked, as the timeline names them (`admin`, `<@U024BE7LH>` on Slack, a Matrix user id).
+    pub by: String,
+    /// Where they asked: `admin` (the dashboard, the API, the CLI), `slack`, `matrix`.
+    pub via: String,
+}
+
+/// An action on a build from chat, once per request (its stream is the request's: a click Slack
+/// sends again, or a reaction seen twice, finds it there and does nothing more).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildActionRequested {
+    /// The chat's own id of the request (Slack's `action_ts`, a Matrix reaction's event id).
+    pub request_id: String,
+    /// `slack` or `matrix`.
+    pub via: String,
+    /// The sink the build's message is on.
+    pub sink: String,
+    /// The chat's id of who asked (`U024BE7LH`, `@alice:example.org`).
+    pub user: String,
+    pub action: crate::action::ActionKind,
+    pub build_id: Uuid,
+    pub outcome: crate::action::ActionOutcome,
+    /// The new build, when the action started one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild_id: Option<Uuid>,
+}
