@@ -29,6 +29,7 @@ pub const LOG_CHUNK_BYTES: &str = "meshgate_log_chunk_bytes_total";
 pub const ARTIFACTS: &str = "meshgate_artifacts_stored_total";
 pub const ARTIFACT_BYTES: &str = "meshgate_artifact_bytes_total";
 pub const RETRIES: &str = "meshgate_build_retries_total";
+pub const CHAT_ACTIONS: &str = "meshgate_chat_actions_total";
 
 /// Request and commit times: 100 µs to 10 s.
 const SECONDS: &[f64] =
@@ -84,6 +85,10 @@ fn describe() {
     describe_counter!(PAGES, "Pages requested (chat and tracker both failed for a build).");
     describe_gauge!(PROJECTION_LAG, "Events committed that the projections have not applied yet.");
     describe_gauge!(NODES, "Build nodes the log knows, by state (idle, busy, draining, lost).");
+    describe_counter!(
+        CHAT_ACTIONS,
+        "Actions from chat, by chat (slack, matrix) and outcome (what they did, or why they were refused or ignored)."
+    );
     describe_gauge!(LOG_POSITION, "The event log's head: the position of the last committed event.");
 }
 

@@ -372,7 +372,8 @@ impl Projection for Builds {
     const VERSION: u32 = 4;
 
     fn wants(event_type: &str) -> bool {
-        event_type.starts_with("Build") || event_type.starts_with("Artifact")
+        // An action from chat is in a stream of its own; what it did is in the build's.
+        (event_type.starts_with("Build") && event_type != "BuildActionRequested") || event_type.starts_with("Artifact")
     }
 
     fn apply(&mut self, recorded: &Recorded) {

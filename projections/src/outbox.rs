@@ -217,6 +217,7 @@ impl Projection for Outbox {
                 | "BuildRequeued"
                 | "BuildRetryScheduled"
                 | "BuildCancelled"
+                | "BuildRebuilt"
                 | "NotificationAttempted"
                 | "NotificationDelivered"
                 | "NotificationAbandoned"

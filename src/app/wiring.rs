@@ -19,6 +19,7 @@ use crate::http::access::Access;
 use crate::http::api::AdminApi;
 use crate::http::nodes::{NodeApi, NodeSettings};
 use crate::http::reload::Reloadable;
+use crate::http::slack::{SlackActions, SlackSink};
 use crate::http::webhook::Webhook;
 use crate::http::{BadTokens, Counters, Health, Surfaces};
 use crate::ingest::IngestService;
@@ -133,6 +134,12 @@ pub(super) fn parts(
             nodes: nodes_tokens,
             tls,
         }),
+        slack: Arc::new(SlackActions {
+            sinks: slack_sinks(&config)?,
+            store: Arc::clone(store),
+            projections: projections.clone(),
+            http: outbound::client(&config).context("cannot build the outbound HTTPS client")?,
+        }),
         bad_api_tokens: Arc::new(BadTokens::new(config.webhook.max_bad_tokens_per_minute)),
     };
     let gauges = crate::scrape::Gauges {
@@ -158,6 +165,35 @@ pub(super) fn parts(
         keep_days: config.artifacts.keep_days,
     };
     Ok(Parts { surfaces, builds, artifacts, jobs, retention, gauges })
+}
+
+/// The `slack_api` sinks with buttons (a signing secret and someone allowed to act).
+fn slack_sinks(config: &Config) -> anyhow::Result<Vec<SlackSink>> {
+    let read = |file: &std::path::Path| Ok::<_, anyhow::Error>(Token::read(file)?.expose().to_owned());
+    let mut sinks = Vec::new();
+    for chat in config.chat.iter().filter(|c| c.kind == crate::config::ChatKind::SlackApi) {
+        let (Some(secret), Some(token)) = (&chat.signing_secret_file, &chat.token_file) else { continue };
+        if chat.allowed_users.is_empty() {
+            continue;
+        }
+        let api = match (&chat.url, &chat.url_file) {
+            (Some(url), _) => url.clone(),
+            (None, Some(file)) => read(file)?,
+            (None, None) => continue,
+        };
+        sinks.push(SlackSink {
+            name: chat.name.clone(),
+            signing_secret: read(secret)?,
+            allowed_users: chat.allowed_users.clone(),
+            api: outbound::slack::Api {
+                api,
+                channel: chat.channel.clone().unwrap_or_default(),
+                token: read(token)?,
+                buttons: true,
+            },
+        });
+    }
+    Ok(sinks)
 }
 
 /// The reconciler, when `[youtrack] base_url` and `token_file` are set.

@@ -41,7 +41,12 @@ impl Config {
             }
         }
         for (i, chat) in self.chat.iter().enumerate() {
-            for (key, path) in [("url_file", &chat.url_file), ("token_file", &chat.token_file)] {
+            let files = [
+                ("url_file", &chat.url_file),
+                ("token_file", &chat.token_file),
+                ("signing_secret_file", &chat.signing_secret_file),
+            ];
+            for (key, path) in files {
                 if let Some(path) = path {
                     secret(format!("chat[{i}].{key} (`{}`)", chat.name), path, false);
                 }

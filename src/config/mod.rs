@@ -100,7 +100,7 @@ impl Config {
         resolve(&mut self.server.data_dir);
         self.worker.resolve_paths(base);
         self.webhook.token_files.iter_mut().for_each(resolve);
-        let chat = self.chat.iter_mut().flat_map(|c| [&mut c.url_file, &mut c.token_file]);
+        let chat = self.chat.iter_mut().flat_map(|c| [&mut c.url_file, &mut c.token_file, &mut c.signing_secret_file]);
         for p in [
             &mut self.server.tls_cert_file,
             &mut self.server.tls_key_file,
@@ -253,6 +253,18 @@ impl Config {
             }
             if chat.max_attempts == 0 {
                 return invalid(format!("chat sink `{}`: max_attempts must be at least 1", chat.name));
+            }
+            if !chat.allowed_users.is_empty() && !matches!(chat.kind, ChatKind::SlackApi | ChatKind::Matrix) {
+                return invalid(format!("chat sink `{}`: allowed_users is for slack_api and matrix sinks", chat.name));
+            }
+            if chat.signing_secret_file.is_some() && chat.kind != ChatKind::SlackApi {
+                return invalid(format!("chat sink `{}`: signing_secret_file is for slack_api sinks", chat.name));
+            }
+            if chat.kind == ChatKind::SlackApi && !chat.allowed_users.is_empty() && chat.signing_secret_file.is_none() {
+                return invalid(format!(
+                    "chat sink `{}`: buttons (allowed_users) need signing_secret_file, the Slack app's signing secret",
+                    chat.name
+                ));
             }
         }
         if let Some(alert) = &self.pager.alert_chat {

@@ -109,6 +109,15 @@ pub struct ChatConfig {
     /// answers).
     #[serde(default)]
     pub selftest: bool,
+    /// Slack API: a file holding the app's signing secret, which Slack signs its interactivity
+    /// requests (`POST /chat/slack/actions`) with. Needed for buttons.
+    #[serde(default)]
+    pub signing_secret_file: Option<PathBuf>,
+    /// Slack API and Matrix: who may rebuild and cancel builds from the channel (Slack user ids
+    /// `U…`; Matrix user ids `@alice:example.org`). Empty: nobody, and no buttons or reactions
+    /// are shown.
+    #[serde(default)]
+    pub allowed_users: Vec<String>,
 }
 
 fn default_max_attempts() -> u32 {
@@ -131,6 +140,8 @@ impl ChatConfig {
             edit_in_place: false,
             max_attempts: default_max_attempts(),
             selftest: false,
+            signing_secret_file: None,
+            allowed_users: Vec::new(),
         }
     }
 }

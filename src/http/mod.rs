@@ -14,6 +14,7 @@ pub mod openapi;
 mod operations;
 pub mod reload;
 pub mod serve;
+pub mod slack;
 pub mod ui;
 pub mod webhook;
 
@@ -44,6 +45,7 @@ pub struct Surfaces {
     pub access: Arc<access::Access>,
     pub health: Arc<Health>,
     pub reload: Arc<reload::Reloadable>,
+    pub slack: Arc<slack::SlackActions>,
     /// Bad tokens on the admin and node API and the dashboard's sign-in, counted apart from the
     /// webhook's.
     pub bad_api_tokens: Arc<BadTokens>,
@@ -106,6 +108,10 @@ pub fn router(surfaces: Surfaces, webhook_path: &str) -> Router {
         .route(&format!("{trimmed}/"), post(webhook::receive))
         .merge(api.merge(ui::routes()).layer(slowed))
         .route("/api/openapi.json", get(move || openapi_json(Arc::clone(&document))))
+        .route(
+            "/chat/slack/actions",
+            post(slack::actions).layer(axum::extract::DefaultBodyLimit::max(slack::MAX_BODY_BYTES)),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .layer(log_limit)

@@ -94,6 +94,7 @@ pub fn sinks(config: &Config) -> Result<Vec<Sink>, SinkError> {
                 api: url,
                 channel: chat.channel.clone().unwrap_or_default(),
                 token: token()?,
+                buttons: !chat.allowed_users.is_empty(),
             }),
             ChatKind::Matrix => Target::Matrix(matrix::Room {
                 homeserver: url,

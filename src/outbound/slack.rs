@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::exchange::{exchange, Answer};
 use super::Message;
-use meshgate_domain::notify::{chat_line, escape_slack};
+use meshgate_domain::notify::{chat_line, escape_slack, Milestone};
 
 /// An incoming webhook (`https://hooks.slack.com/services/…`, a secret).
 pub struct Webhook {
@@ -24,20 +24,69 @@ pub struct Api {
     pub api: String,
     pub channel: String,
     pub token: String,
+    /// Whether the build's message carries buttons (the sink has `allowed_users`).
+    pub buttons: bool,
 }
+
+/// A button's `action_id`: what it asks.
+pub const REBUILD: &str = "rebuild";
+pub const CANCEL: &str = "cancel";
 
 impl Api {
     pub async fn send(&self, http: &reqwest::Client, message: &Message<'_>) -> Answer {
         let text = escape_slack(&chat_line(message.facts, message.milestone));
         let api = self.api.trim_end_matches('/');
+        let mut body = json!({"channel": self.channel, "text": text});
+        if self.buttons {
+            body["blocks"] = blocks(&text, message.facts.build_id, message.milestone);
+        }
         let request = match message.message_ref {
             Some(ts) => {
-                http.post(format!("{api}/chat.update")).json(&json!({"channel": self.channel, "ts": ts, "text": text}))
+                body["ts"] = json!(ts);
+                http.post(format!("{api}/chat.update")).json(&body)
             }
-            None => http.post(format!("{api}/chat.postMessage")).json(&json!({"channel": self.channel, "text": text})),
+            None => http.post(format!("{api}/chat.postMessage")).json(&body),
         };
         api_answer(exchange(request.bearer_auth(&self.token)).await, message.message_ref)
     }
+
+    /// A message only `user` sees in the channel (`chat.postEphemeral`): one try, for answers to
+    /// a click (not allowed, nothing to do).
+    pub async fn whisper(&self, http: &reqwest::Client, user: &str, text: &str) -> Answer {
+        let api = self.api.trim_end_matches('/');
+        let body = json!({"channel": self.channel, "user": user, "text": escape_slack(text)});
+        api_answer(
+            exchange(http.post(format!("{api}/chat.postEphemeral")).json(&body).bearer_auth(&self.token)).await,
+            None,
+        )
+    }
+}
+
+/// The message as Block Kit: the line, then `Cancel` while the build is queued or running and
+/// `Rebuild` once it has finished. Each button's value is the build's id.
+pub fn blocks(text: &str, build_id: uuid::Uuid, milestone: Milestone) -> serde_json::Value {
+    let button = match milestone {
+        Milestone::Queued | Milestone::Running | Milestone::Requeued | Milestone::Retrying(_) => json!({
+            "type": "button", "action_id": CANCEL, "style": "danger", "value": build_id.to_string(),
+            "text": {"type": "plain_text", "text": "Cancel"},
+            "confirm": {
+                "title": {"type": "plain_text", "text": "Cancel the build?"},
+                "text": {"type": "plain_text", "text": "Its node stops it at the next heartbeat."},
+                "confirm": {"type": "plain_text", "text": "Cancel it"},
+                "deny": {"type": "plain_text", "text": "Keep it"},
+            },
+        }),
+        Milestone::Succeeded | Milestone::Failed | Milestone::Cancelled | Milestone::Rebuilt | Milestone::Page => {
+            json!({
+                "type": "button", "action_id": REBUILD, "value": build_id.to_string(),
+                "text": {"type": "plain_text", "text": "Rebuild"},
+            })
+        }
+    };
+    json!([
+        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+        {"type": "actions", "block_id": "meshgate", "elements": [button]},
+    ])
 }
 
 /// Slack's Web API answers 200 with `{"ok": false, "error": …}` for most failures: `ratelimited`

@@ -40,6 +40,7 @@ mod rotation;
 mod scenarios;
 mod selftest;
 mod sinks;
+mod slack;
 pub mod stand_in;
 mod store;
 pub mod store_esdb;
