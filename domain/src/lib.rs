@@ -35,6 +35,7 @@ pub mod reconcile;
 pub mod retry;
 pub mod stream;
 pub mod trigger;
+pub mod writeback;
 pub mod xcode;
 
 pub use build::{BuildCommand, BuildError, BuildState, ReportedOutcome};

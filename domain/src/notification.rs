@@ -122,6 +122,9 @@ pub struct TryOutcome {
     pub retry_after: Option<Duration>,
     /// The target's id for the message it made, where it gives one.
     pub message_ref: Option<String>,
+    /// Why the target refused, in its own words, where its answer says (YouTrack's
+    /// `error_description` for a command it cannot apply).
+    pub said: Option<String>,
 }
 
 impl TryOutcome {
@@ -139,8 +142,8 @@ impl TryOutcome {
 /// attempts`), which read back as the reason they say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AbandonReason {
-    /// The target gave a final answer that is not a success.
-    Refused { status: u16 },
+    /// The target gave a final answer that is not a success, and what it said, if it said why.
+    Refused { status: u16, said: Option<String> },
     /// Every try the policy allows was made.
     GaveUp { attempts: u32 },
     /// Words of an earlier release (such as `HTTP 500`), kept as they were recorded.
@@ -150,7 +153,8 @@ pub enum AbandonReason {
 impl std::fmt::Display for AbandonReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            AbandonReason::Refused { status } => write!(f, "refused with {status}"),
+            AbandonReason::Refused { status, said: None } => write!(f, "refused with {status}"),
+            AbandonReason::Refused { status, said: Some(said) } => write!(f, "refused with {status}: {said}"),
             AbandonReason::GaveUp { attempts } => write!(f, "gave up after {attempts} attempts"),
             AbandonReason::Said(words) => f.write_str(words),
         }
@@ -160,8 +164,14 @@ impl std::fmt::Display for AbandonReason {
 impl AbandonReason {
     /// The reason recorded words say.
     pub fn read(words: &str) -> AbandonReason {
-        if let Some(status) = words.strip_prefix("refused with ").and_then(|n| n.parse().ok()) {
-            return AbandonReason::Refused { status };
+        if let Some(refused) = words.strip_prefix("refused with ") {
+            let (status, said) = match refused.split_once(": ") {
+                Some((status, said)) => (status, Some(said.to_owned())),
+                None => (refused, None),
+            };
+            if let Ok(status) = status.parse() {
+                return AbandonReason::Refused { status, said };
+            }
         }
         let attempts = words.strip_prefix("gave up after ").and_then(|r| r.strip_suffix(" attempts"));
         match attempts.and_then(|n| n.parse().ok()) {
@@ -236,7 +246,9 @@ pub fn decide(
         }));
     } else if next_attempt_at.is_none() {
         let reason = match outcome.status {
-            Some(status) if !outcome.retryable() => AbandonReason::Refused { status },
+            Some(status) if !outcome.retryable() => {
+                AbandonReason::Refused { status, said: outcome.said.as_deref().map(|s| truncate(s, EXCERPT_GRAPHEMES)) }
+            }
             _ => AbandonReason::GaveUp { attempts: in_budget },
         };
         events.push(Event::NotificationAbandoned(NotificationAbandoned {
@@ -315,6 +327,7 @@ mod tests {
             status,
             written: false,
             detail: "answer".into(),
+            said: None,
             retry_after: retry_after.map(Duration::from_secs),
             message_ref: None,
         }
@@ -347,7 +360,11 @@ mod tests {
     #[test]
     fn an_abandon_reason_is_recorded_as_its_words_and_read_back_as_the_reason_they_say() {
         for (reason, words) in [
-            (AbandonReason::Refused { status: 404 }, "\"refused with 404\""),
+            (AbandonReason::Refused { status: 404, said: None }, "\"refused with 404\""),
+            (
+                AbandonReason::Refused { status: 400, said: Some("Unknown state: Ready for QQA".into()) },
+                "\"refused with 400: Unknown state: Ready for QQA\"",
+            ),
             (AbandonReason::GaveUp { attempts: 5 }, "\"gave up after 5 attempts\""),
             (AbandonReason::Said("HTTP 500".into()), "\"HTTP 500\""),
         ] {

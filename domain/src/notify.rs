@@ -122,6 +122,9 @@ pub struct BuildFacts {
     pub build_id: Uuid,
     /// How people name the build: its trigger and number (`ios-build #412`).
     pub name: Option<String>,
+    pub trigger: String,
+    /// Its number among its trigger's builds (0: not known).
+    pub number: u64,
     pub issue_id: String,
     pub summary: Option<String>,
     pub lane: String,
@@ -380,6 +383,8 @@ mod tests {
         BuildFacts {
             build_id: Uuid::nil(),
             name: None,
+            trigger: "ios-build".into(),
+            number: 0,
             issue_id: "MOB-7".into(),
             summary: Some("Crash on launch <@channel> & *bold*".into()),
             lane: "default".into(),

@@ -28,6 +28,16 @@ pub struct Trigger {
     /// nodes that have one claim the build; none: the lane's requirement, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xcode: Option<String>,
+    /// A YouTrack command applied to the issue when a build of this trigger succeeds
+    /// (`State Ready for QA`); `{number}`, `{name}`, `{sha}` and `{node}` are filled in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success_command: Option<String>,
+    /// The same when a build fails (`State Build failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure_command: Option<String>,
+    /// A field set to the build's name when it succeeds (`Fixed in build` → `ios-build #412`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_in_build_field: Option<String>,
 }
 
 fn default_lane() -> String {
@@ -70,6 +80,19 @@ impl Trigger {
             if crate::xcode::Requirement::parse(xcode).is_err() {
                 return invalid("xcode", "must be a version such as `16` or `16.2`");
             }
+        }
+        for (field, command) in
+            [("on_success_command", &self.on_success_command), ("on_failure_command", &self.on_failure_command)]
+        {
+            if let Some(command) = command {
+                let filled = crate::writeback::fill(command, &crate::writeback::Filled::sample());
+                if command.trim().is_empty() || filled.is_err() {
+                    return invalid(field, "must be a YouTrack command; it may use {number}, {name}, {sha} and {node}");
+                }
+            }
+        }
+        if self.fixed_in_build_field.as_ref().is_some_and(|f| f.trim().is_empty() || f.contains(['{', '}'])) {
+            return invalid("fixed_in_build_field", "must name a field");
         }
         let rendered = self.git_ref_for("ISSUE-1", "PROJECT");
         if rendered.contains('{') || rendered.contains('}') {
@@ -176,6 +199,9 @@ pub(crate) mod tests {
             lane: "default".into(),
             git_ref: "feature/{issue}".into(),
             xcode: None,
+            on_success_command: None,
+            on_failure_command: None,
+            fixed_in_build_field: None,
         }
     }
 
@@ -228,5 +254,10 @@ pub(crate) mod tests {
         assert!(Trigger { git_ref: "x/{branch}".into(), ..trigger() }.validate().is_err());
         assert!(Trigger { name: "a b".into(), ..trigger() }.validate().is_err());
         assert!(Trigger { to: vec![], ..trigger() }.validate().is_err());
+        let command = |c: &str| Trigger { on_success_command: Some(c.into()), ..trigger() }.validate();
+        assert!(command("State {Ready for QA} tag {name}").is_ok());
+        assert!(command("State {issue}").is_err(), "an unknown placeholder");
+        assert!(command("  ").is_err());
+        assert!(Trigger { fixed_in_build_field: Some(" ".into()), ..trigger() }.validate().is_err());
     }
 }

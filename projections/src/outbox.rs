@@ -45,13 +45,16 @@ impl SinkSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxConfig {
     pub sinks: Vec<SinkSpec>,
+    /// Sinks that speak only of some triggers' builds: sink → trigger → the milestones it sends
+    /// for that trigger's builds (YouTrack commands, configured per trigger).
+    pub by_trigger: BTreeMap<String, BTreeMap<String, Vec<Milestone>>>,
     /// `[outbound] dedupe_window_seconds`.
     pub window: Duration,
 }
 
 impl Default for OutboxConfig {
     fn default() -> Self {
-        OutboxConfig { sinks: Vec::new(), window: Duration::hours(1) }
+        OutboxConfig { sinks: Vec::new(), by_trigger: BTreeMap::new(), window: Duration::hours(1) }
     }
 }
 
@@ -79,6 +82,9 @@ pub struct Outbox {
     message_refs: HashMap<String, (String, DateTime<Utc>)>,
     /// The newest event time applied: the outbox's clock.
     latest: Option<DateTime<Utc>>,
+    /// The trigger of each build in flight, for the sinks that speak only of some triggers.
+    #[serde(default)]
+    triggers: HashMap<Uuid, String>,
 }
 
 impl Outbox {
@@ -159,10 +165,11 @@ impl Outbox {
         self.of_build(sink, build_id).any(|s| !s.is_delivered() && s.attempts() > 0)
     }
 
-    /// Why on-call should be paged about a build, if they should: the tracker comment was
-    /// abandoned while chat also failed for the build, or every chat sink abandoned it.
-    pub fn page_reason(&self, build_id: Uuid, chat_sinks: &[String], tracker: Option<&str>) -> Option<&'static str> {
-        let tracker_abandoned = tracker.is_some_and(|t| self.abandoned(t, build_id));
+    /// Why on-call should be paged about a build, if they should: the tracker's comment (or
+    /// command) was abandoned while chat also failed for the build, or every chat sink abandoned
+    /// it.
+    pub fn page_reason(&self, build_id: Uuid, chat_sinks: &[String], trackers: &[String]) -> Option<&'static str> {
+        let tracker_abandoned = trackers.iter().any(|t| self.abandoned(t, build_id));
         let chat_failed = chat_sinks.is_empty() || chat_sinks.iter().any(|s| self.failing(s, build_id));
         if tracker_abandoned && chat_failed {
             return Some("tracker comment abandoned and chat failing");
@@ -204,8 +211,9 @@ impl Outbox {
 
 impl Projection for Outbox {
     const NAME: &'static str = "outbox";
-    // 3: entries saved as pairs (a JSON object cannot have them as keys). 4: retries.
-    const VERSION: u32 = 4;
+    // 3: entries saved as pairs (a JSON object cannot have them as keys). 4: retries. 5: the
+    // triggers of builds in flight, rebuilds.
+    const VERSION: u32 = 5;
 
     fn wants(event_type: &str) -> bool {
         matches!(
@@ -235,10 +243,30 @@ impl Projection for Outbox {
                 self.prune(at);
             }
         }
+        if let Event::BuildRequested(e) = &recorded.event {
+            self.triggers.insert(e.build_id, e.trigger.clone());
+        }
         if let Some((build_id, milestone)) = Milestone::of(&recorded.event) {
             let record = MilestoneRecord { build_id, milestone, at };
-            let sinks: Vec<String> =
-                self.config.sinks.iter().filter(|s| s.wants(milestone)).map(|s| s.name.clone()).collect();
+            let trigger = self.triggers.get(&build_id);
+            let by_trigger = &self.config.by_trigger;
+            let sinks: Vec<String> = self
+                .config
+                .sinks
+                .iter()
+                .filter(|s| s.wants(milestone))
+                .filter(|s| match by_trigger.get(&s.name) {
+                    None => true,
+                    Some(only) => trigger
+                        .and_then(|t| only.get(t))
+                        .is_some_and(|wanted| wanted.iter().any(|w| w.same_kind(milestone))),
+                })
+                .map(|s| s.name.clone())
+                .collect();
+            // A build's trigger is needed until it has finished.
+            if matches!(milestone, Milestone::Succeeded | Milestone::Failed | Milestone::Cancelled) {
+                self.triggers.remove(&build_id);
+            }
             for sink in sinks {
                 // A milestone reached again (a second requeue) is the same key: it stays as it is.
                 if !self.keys.contains_key(&notification_key(&sink, build_id, milestone)) {
@@ -338,6 +366,7 @@ mod tests {
                 SinkSpec { name: "team".into(), wants: vec![Milestone::Cancelled] },
                 SinkSpec { name: "tracker".into(), wants: vec![Milestone::Failed] },
             ],
+            by_trigger: BTreeMap::new(),
             window: Duration::seconds(60),
         }
     }
@@ -355,6 +384,7 @@ mod tests {
                 SinkSpec { name: "a".into(), wants: vec![Milestone::Cancelled] },
                 SinkSpec { name: "b".into(), wants: vec![Milestone::Cancelled] },
             ],
+            by_trigger: BTreeMap::new(),
             window: Duration::seconds(60),
         });
         both.apply(&recorded(1, 0, cancelled(1)));

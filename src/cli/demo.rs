@@ -107,6 +107,9 @@ fn demo_config(listen: SocketAddr, data_dir: &Path) -> Config {
         lane: "default".into(),
         git_ref: "main".into(),
         xcode: None,
+        on_success_command: None,
+        on_failure_command: None,
+        fixed_in_build_field: None,
     }];
     config.chat = vec![ChatConfig::new("console", ChatKind::Console)];
     config.nodes.claim_wait_seconds = 5;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use meshgate_domain::notify::Milestone;
 use meshgate_domain::retry::RetryPolicy;
+use meshgate_domain::writeback;
 use meshgate_projections::{OutboxConfig, SinkSpec};
 
 use super::{console, discord, generic, matrix, openclaw, pagerduty, slack, teams, youtrack};
@@ -15,6 +16,11 @@ use super::{Rules, Sink, Target};
 use crate::config::{ChatKind, Config};
 use crate::secrets::{SecretError, Token};
 use crate::tls::TlsError;
+
+/// The sink of YouTrack commands (a trigger's `on_success_command`, `on_failure_command`,
+/// `fixed_in_build_field`), apart from the comments' so each is tried, deduped and abandoned on
+/// its own.
+pub const COMMANDS: &str = "youtrack-commands";
 
 /// Why the configured sinks cannot be made.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +55,9 @@ pub fn specs(config: &Config) -> Vec<SinkSpec> {
             wants.push(Milestone::Succeeded);
         }
         specs.push(SinkSpec { name: "youtrack".into(), wants });
+        if config.triggers.iter().any(|t| !writeback::milestones(t).is_empty()) {
+            specs.push(SinkSpec { name: COMMANDS.into(), wants: vec![Milestone::Succeeded, Milestone::Failed] });
+        }
     }
     if config.pager.routing_key_file.is_some() {
         specs.push(SinkSpec { name: "pager".into(), wants: vec![Milestone::Page] });
@@ -58,8 +67,12 @@ pub fn specs(config: &Config) -> Vec<SinkSpec> {
 
 /// What the outbox follows, from the configuration.
 pub fn outbox_config(config: &Config) -> OutboxConfig {
+    // The commands' sink speaks only of the builds of triggers with commands, of the milestones
+    // each has one for.
+    let commands = config.triggers.iter().map(|t| (t.name.clone(), writeback::milestones(t))).collect();
     OutboxConfig {
         sinks: specs(config),
+        by_trigger: [(COMMANDS.to_owned(), commands)].into_iter().collect(),
         window: chrono::Duration::seconds(config.outbound.dedupe_window_seconds.min(i64::MAX as u64 / 1000) as i64),
     }
 }
@@ -123,17 +136,32 @@ pub fn sinks(config: &Config) -> Result<Vec<Sink>, SinkError> {
             }
             None => None,
         };
+        let api = || -> Result<youtrack::Api, SinkError> {
+            Ok(youtrack::Api { base_url: base_url.clone(), token: secret(token_file)?, previous: previous.clone() })
+        };
         sinks.push(Sink {
             name: "youtrack".into(),
             target: Target::YouTrack(youtrack::Comments {
-                base_url: base_url.clone(),
-                token: secret(token_file)?,
-                previous,
+                api: api()?,
                 comment_on_success: config.youtrack.comment_on_success,
             }),
             max_attempts: config.youtrack.max_attempts,
             wants: wants("youtrack"),
         });
+        let triggers: std::collections::HashMap<String, meshgate_domain::Trigger> = config
+            .triggers
+            .iter()
+            .filter(|t| !writeback::milestones(t).is_empty())
+            .map(|t| (t.name.clone(), t.clone()))
+            .collect();
+        if !triggers.is_empty() {
+            sinks.push(Sink {
+                name: COMMANDS.into(),
+                target: Target::YouTrackCommands(youtrack::Commands { api: api()?, triggers }),
+                max_attempts: config.youtrack.max_attempts,
+                wants: wants(COMMANDS),
+            });
+        }
     }
     if let Some(file) = &config.pager.routing_key_file {
         sinks.push(Sink {
@@ -161,7 +189,12 @@ pub fn rules(config: &Config) -> Rules {
                 .map(|c| c.name.clone())
                 .collect(),
         ),
-        tracker: config.youtrack.base_url.as_ref().map(|_| "youtrack".to_owned()),
+        // The comments' sink and the commands' (when a trigger has commands).
+        trackers: specs(config)
+            .into_iter()
+            .map(|s| s.name)
+            .filter(|name| name == "youtrack" || name == COMMANDS)
+            .collect(),
         pager: config.pager.routing_key_file.is_some() || config.pager.alert_chat.is_some(),
         window: chrono::Duration::seconds(config.outbound.dedupe_window_seconds as i64),
         retry: RetryPolicy {

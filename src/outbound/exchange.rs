@@ -26,6 +26,8 @@ pub struct Answer {
     pub message_ref: Option<String>,
     /// A local sink (the console) took the line: no HTTP, nothing to answer.
     pub written: bool,
+    /// Why the target refused, in its own words, where the protocol reads them from its answer.
+    pub said: Option<String>,
 }
 
 impl Answer {
@@ -60,6 +62,7 @@ impl Answer {
             detail,
             retry_after: self.retry_after,
             message_ref: self.message_ref,
+            said: self.said,
         }
     }
 }
@@ -99,7 +102,7 @@ pub async fn exchange(request: reqwest::RequestBuilder) -> Answer {
             .or_else(|| v["retry_after"].as_f64().and_then(|s| Duration::try_from_secs_f64(s).ok()))
     });
     let error = error.map(|e| format!("status {status}, body cut short: {e}"));
-    Answer { status: Some(status), body, retry_after, error, message_ref: None, written: false }
+    Answer { status: Some(status), body, retry_after, error, message_ref: None, written: false, said: None }
 }
 
 /// `Retry-After` as delta-seconds or an HTTP-date (all three formats).

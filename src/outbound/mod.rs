@@ -66,7 +66,7 @@ pub struct Rules {
     pub retry: RetryPolicy,
     /// The chat sinks' names and the tracker's, for the paging rule.
     pub chat_sinks: Arc<Vec<String>>,
-    pub tracker: Option<String>,
+    pub trackers: Vec<String>,
     /// Whether a pager is configured.
     pub pager: bool,
 }
@@ -148,6 +148,8 @@ async fn facts(outbound: &Outbound, build_id: Uuid, milestone: Milestone) -> Opt
     let mut facts = BuildFacts {
         build_id,
         name: (build.number > 0).then(|| build.name()),
+        trigger: build.trigger.clone(),
+        number: build.number,
         issue_id: build.issue_id.clone(),
         summary: build.summary.clone(),
         lane: build.lane.clone(),
@@ -288,7 +290,7 @@ async fn record(
 async fn page_if_due(outbound: &Outbound, build_id: Uuid) {
     let rules = &outbound.rules;
     let projections = &outbound.projections;
-    let reason = projections.read(|p| p.outbox.page_reason(build_id, &rules.chat_sinks, rules.tracker.as_deref()));
+    let reason = projections.read(|p| p.outbox.page_reason(build_id, &rules.chat_sinks, &rules.trackers));
     let Some(reason) = reason else { return };
     let issue_id = match projections.build(build_id).await {
         Ok(build) => build.map(|b| b.issue_id).unwrap_or_default(),

@@ -59,6 +59,10 @@ impl Sink {
                 }
             }
             Target::YouTrack(_) => Probe { ok: true, detail: "checked with its token (users/me)".into() },
+            Target::YouTrackCommands(commands) => {
+                let (ok, detail) = commands.check(http).await;
+                Probe { ok, detail }
+            }
             Target::Generic(t) => judged(exchange(http.get(&t.url)).await, "the endpoint"),
             Target::SlackWebhook(t) => judged(exchange(http.get(&t.url)).await, "the webhook"),
             Target::Teams(t) => judged(exchange(http.get(&t.url)).await, "the workflow"),
@@ -114,7 +118,7 @@ impl Sink {
                 let url = format!("{}/hooks/agent", t.url.trim_end_matches('/'));
                 exchange(http.post(url).bearer_auth(&t.token).header("Idempotency-Key", key).json(&body)).await
             }
-            Target::YouTrack(_) | Target::PagerDuty(_) => return None,
+            Target::YouTrack(_) | Target::YouTrackCommands(_) | Target::PagerDuty(_) => return None,
         };
         let sent = answer.succeeded();
         Some(match judged(answer, "the test line") {

@@ -16,6 +16,7 @@ pub enum Target {
     Matrix(matrix::Room),
     OpenClaw(openclaw::Hook),
     YouTrack(youtrack::Comments),
+    YouTrackCommands(youtrack::Commands),
     PagerDuty(pagerduty::Events),
 }
 
@@ -47,6 +48,7 @@ impl Sink {
             Target::Matrix(t) => t.send(http, message).await,
             Target::OpenClaw(t) => t.send(http, message).await,
             Target::YouTrack(t) => t.send(http, message).await,
+            Target::YouTrackCommands(t) => t.send(http, message).await,
             Target::PagerDuty(t) => t.send(http, message).await,
         }
     }

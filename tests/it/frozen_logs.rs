@@ -37,6 +37,7 @@ fn outbox_config() -> OutboxConfig {
             SinkSpec { name: "youtrack".into(), wants: vec![Milestone::Failed] },
             SinkSpec { name: "pager".into(), wants: vec![Milestone::Page] },
         ],
+        by_trigger: Default::default(),
         window: Duration::hours(1),
     }
 }

@@ -51,4 +51,5 @@ mod two_gateways;
 mod upgrade;
 mod webhook;
 pub mod workers;
+mod writeback;
 mod youtrack;

@@ -1,7 +1,10 @@
 //! A stand-in for YouTrack's REST API, as reconciliation and the self-test use it: the activity
 //! stream (`/api/activitiesPage` with cursors, `/api/activities`), an issue's current values
-//! (`/api/issues/{id}`), the token's account (`/api/users/me`) and new comments
-//! (`POST /api/issues/{id}/comments`), built from the realistic bodies in `fixtures/youtrack/rest/`,
+//! (`/api/issues/{id}`), the token's account (`/api/users/me`), new comments
+//! (`POST /api/issues/{id}/comments`), commands (`POST /api/commands`, which change the issue's
+//! `State` and refuse a state the workflow does not have with 400 and YouTrack's
+//! `error_description`; `POST /api/commands/assist`, which applies nothing) and issue searches
+//! (`GET /api/issues?query=project: {P}`), built from the realistic bodies in `fixtures/youtrack/rest/`,
 //! over HTTPS. It filters by the window and `issueQuery`, refuses a
 //! wrong token with 401 and a request without the documented parameters with 400, and can be
 //! scripted to answer 429, 5xx or malformed JSON.
@@ -39,13 +42,18 @@ struct Data {
     asked: Vec<String>,
     token: String,
     comments: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
+    commands: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
 }
+
+/// The states the stand-in's workflow has: a command naming another is refused.
+pub const STATES: [&str; 5] = ["Open", "Building", "Ready for QA", "Build failed", "Fixed"];
 
 #[derive(Clone)]
 pub struct YouTrack {
     pub addr: SocketAddr,
     data: Arc<Mutex<Data>>,
     comments: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Value>>>,
+    commands: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Value>>>,
 }
 
 fn fixture(name: &str) -> Value {
@@ -61,12 +69,16 @@ impl YouTrack {
     /// A YouTrack whose bot has this permanent token.
     pub async fn start_with_token(token: &str) -> YouTrack {
         let (tx, comments) = tokio::sync::mpsc::unbounded_channel();
-        let data = Data { token: token.to_owned(), comments: Some(tx), ..Data::default() };
+        let (applied, commands) = tokio::sync::mpsc::unbounded_channel();
+        let data = Data { token: token.to_owned(), comments: Some(tx), commands: Some(applied), ..Data::default() };
         let data = Arc::new(Mutex::new(data));
         let router = axum::Router::new()
             .route("/api/activitiesPage", get(activities_page))
             .route("/api/activities", get(activities))
+            .route("/api/issues", get(search))
             .route("/api/issues/{id}", get(issue))
+            .route("/api/commands", post(command))
+            .route("/api/commands/assist", post(assist))
             .route("/api/issues/{id}/comments", post(comment))
             .route("/api/users/me", get(me))
             .with_state(Arc::clone(&data));
@@ -74,7 +86,26 @@ impl YouTrack {
         let addr = listener.local_addr().unwrap();
         let listener = TlsListener::new(listener, pki().server(2)).unwrap();
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-        YouTrack { addr, data, comments: Arc::new(tokio::sync::Mutex::new(comments)) }
+        YouTrack {
+            addr,
+            data,
+            comments: Arc::new(tokio::sync::Mutex::new(comments)),
+            commands: Arc::new(tokio::sync::Mutex::new(commands)),
+        }
+    }
+
+    /// The next command applied or refused: its body, and the status it was answered with.
+    pub async fn next_command(&self) -> Value {
+        let mut commands = self.commands.lock().await;
+        tokio::time::timeout(std::time::Duration::from_secs(30), commands.recv())
+            .await
+            .expect("a command in time")
+            .unwrap()
+    }
+
+    /// The issue's state now.
+    pub fn state(&self, issue: &str) -> Option<String> {
+        self.data.lock().unwrap().states.get(issue).cloned()
     }
 
     /// The next comment posted: `{"issue", "text", "usesMarkdown"}` (a bounded wait on a channel).
@@ -282,4 +313,90 @@ async fn me(State(data): Shared, headers: HeaderMap) -> Response {
         return refused;
     }
     axum::Json(fixture("users-me.json")).into_response()
+}
+
+/// `State X` or `State {X with spaces}` at the start of a command, and what follows.
+fn state_in(query: &str) -> Option<(String, &str)> {
+    let rest = query.strip_prefix("State ")?;
+    match rest.strip_prefix('{') {
+        Some(braced) => braced.split_once('}').map(|(state, rest)| (state.to_owned(), rest.trim_start())),
+        None => {
+            let (state, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+            Some((state.to_owned(), rest))
+        }
+    }
+}
+
+/// What YouTrack would say of a command, or why it cannot apply it.
+fn read_command(query: &str) -> Result<Option<String>, String> {
+    let Some((state, rest)) = state_in(query) else { return Err(format!("Unknown command: {query}")) };
+    if !STATES.contains(&state.as_str()) {
+        return Err(format!("Unknown state: {state}"));
+    }
+    // `Fixed in build {…}`: a build field that takes any value here.
+    if !(rest.is_empty() || rest.starts_with("Fixed in build ")) {
+        return Err(format!("Unknown command: {rest}"));
+    }
+    Ok(Some(state))
+}
+
+async fn command(State(data): Shared, headers: HeaderMap, axum::Json(body): axum::Json<Value>) -> Response {
+    let record = |status: u16| {
+        let sender = data.lock().unwrap().commands.clone();
+        let _ = sender.unwrap().send(json!({"status": status, "body": body.clone()}));
+    };
+    if let Some(refused) = gate(&data, &headers, "/api/commands".into()) {
+        record(refused.status().as_u16());
+        return refused;
+    }
+    let issues: Vec<String> = body["issues"]
+        .as_array()
+        .map(|i| i.iter().filter_map(|i| i["idReadable"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let (Some(query), false) = (body["query"].as_str(), issues.is_empty()) else {
+        record(400);
+        return bad_request("query and issues are required");
+    };
+    match read_command(query) {
+        Ok(state) => {
+            for issue in &issues {
+                if let Some(state) = &state {
+                    data.lock().unwrap().states.insert(issue.clone(), state.clone());
+                }
+            }
+            record(200);
+            StatusCode::OK.into_response()
+        }
+        Err(why) => {
+            record(400);
+            bad_request(&why)
+        }
+    }
+}
+
+async fn assist(State(data): Shared, headers: HeaderMap, axum::Json(body): axum::Json<Value>) -> Response {
+    if let Some(refused) = gate(&data, &headers, "/api/commands/assist".into()) {
+        return refused;
+    }
+    let query = body["query"].as_str().unwrap_or_default();
+    let command = match read_command(query) {
+        Ok(_) => json!({"description": format!("Apply `{query}`"), "error": false, "$type": "ParsedCommand"}),
+        Err(why) => json!({"description": why, "error": true, "$type": "ParsedCommand"}),
+    };
+    axum::Json(json!({"commands": [command], "$type": "CommandList"})).into_response()
+}
+
+async fn search(State(data): Shared, headers: HeaderMap, Query(query): Query<HashMap<String, String>>) -> Response {
+    if let Some(refused) = gate(&data, &headers, "/api/issues".into()) {
+        return refused;
+    }
+    let wanted = query.get("query").and_then(|q| q.strip_prefix("project: {")).and_then(|q| q.strip_suffix('}'));
+    let data = data.lock().unwrap();
+    let mut found: Vec<&String> =
+        data.states.keys().filter(|id| wanted.is_some_and(|p| id.split('-').next() == Some(p))).collect();
+    found.sort();
+    let top: usize = query.get("$top").and_then(|t| t.parse().ok()).unwrap_or(42);
+    let issues: Vec<Value> =
+        found.into_iter().take(top).map(|id| json!({"idReadable": id, "$type": "Issue"})).collect();
+    axum::Json(issues).into_response()
 }
