@@ -1,5 +1,5 @@
 //! The work that must happen once per team of gateways: the lease reaper, one dispatcher per
-//! outbound sink and reconciliation sweeps. They run on the gateway that holds the lease
+//! outbound sink, reconciliation sweeps and the Matrix rooms followed for reactions. They run on the gateway that holds the lease
 //! ([`EventStore::leadership`]; with the SQLite log, the only gateway, always), and stop when the
 //! term ends or the gateway stops. The reaper and the dispatchers append through a store fenced
 //! with the term.
@@ -27,6 +27,8 @@ pub struct Jobs {
     pub reconciler: Option<Arc<crate::reconcile::Reconciler>>,
     /// `[nodes] max_attempts`: the reaper fails a build whose lease ran out that often.
     pub max_attempts: u32,
+    /// The Matrix rooms whose reactions act on builds.
+    pub followers: Vec<Arc<crate::reactions::Follower>>,
 }
 
 impl Jobs {
@@ -52,6 +54,11 @@ impl Jobs {
         // gateway sweeping on schedule.
         if let Some(reconciler) = &self.reconciler {
             jobs.push(tokio::spawn(crate::reconcile::run(Arc::clone(reconciler), stop.clone())));
+        }
+        for follower in &self.followers {
+            let follow =
+                crate::reactions::run(Arc::clone(follower), Arc::clone(&store), self.projections.clone(), stop.clone());
+            jobs.push(tokio::spawn(follow));
         }
         jobs
     }

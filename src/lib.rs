@@ -36,6 +36,7 @@ pub mod links;
 pub mod metrics;
 pub mod outbound;
 pub mod projector;
+pub mod reactions;
 pub mod readmodel;
 pub mod reaper;
 pub mod rebuild;

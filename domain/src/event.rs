@@ -491,6 +491,7 @@ events!(
     ArtifactsExpired,
     BuildRebuilt,
     BuildActionRequested,
+    ChatSynced,
 );
 
 impl Event {
@@ -528,7 +529,8 @@ impl Event {
             | Event::DeliveryReplayed(_)
             | Event::SelfTestRan(_)
             | Event::NodeSeen(_)
-            | Event::NodeDrained(_) => None,
+            | Event::NodeDrained(_)
+            | Event::ChatSynced(_) => None,
         }
     }
 }

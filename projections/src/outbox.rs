@@ -119,6 +119,14 @@ impl Outbox {
         self.message_refs.get(&format!("{sink}/{build_id}")).map(|(r, _)| r.as_str())
     }
 
+    /// The build whose message on `sink` is `message_ref`, while the outbox keeps it.
+    pub fn build_of_message(&self, sink: &str, message_ref: &str) -> Option<Uuid> {
+        self.message_refs.iter().find_map(|(key, (r, _))| {
+            let (of_sink, build) = key.split_once('/')?;
+            (of_sink == sink && r == message_ref).then(|| Uuid::parse_str(build).ok()).flatten()
+        })
+    }
+
     pub fn key(&self, key: &str) -> Option<&NotificationState> {
         self.keys.get(key).and_then(|at| self.entries.get(at)).map(|e| &e.state)
     }

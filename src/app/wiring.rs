@@ -157,6 +157,7 @@ pub(super) fn parts(
         sinks: sinks.into_iter().map(Arc::new).collect(),
         reconciler,
         max_attempts: config.nodes.max_attempts,
+        followers: followers(&config)?,
     };
     let retention = Retention {
         artifacts: Arc::clone(&artifacts),
@@ -194,6 +195,29 @@ fn slack_sinks(config: &Config) -> anyhow::Result<Vec<SlackSink>> {
         });
     }
     Ok(sinks)
+}
+
+/// The `matrix` sinks whose rooms are followed for reactions (someone is allowed to act).
+fn followers(config: &Config) -> anyhow::Result<Vec<Arc<crate::reactions::Follower>>> {
+    let mut followers = Vec::new();
+    for chat in config.chat.iter().filter(|c| c.kind == crate::config::ChatKind::Matrix && !c.allowed_users.is_empty())
+    {
+        let (Some(room_id), Some(token)) = (&chat.room_id, &chat.token_file) else { continue };
+        let homeserver = match (&chat.url, &chat.url_file) {
+            (Some(url), _) => url.clone(),
+            (None, Some(file)) => Token::read(file)?.expose().to_owned(),
+            (None, None) => continue,
+        };
+        followers.push(Arc::new(crate::reactions::Follower {
+            sink: chat.name.clone(),
+            homeserver,
+            room_id: room_id.clone(),
+            token: Token::read(token)?.expose().to_owned(),
+            allowed_users: chat.allowed_users.clone(),
+            http: outbound::client(config).context("cannot build the outbound HTTPS client")?,
+        }));
+    }
+    Ok(followers)
 }
 
 /// The reconciler, when `[youtrack] base_url` and `token_file` are set.

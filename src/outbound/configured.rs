@@ -112,6 +112,7 @@ pub fn sinks(config: &Config) -> Result<Vec<Sink>, SinkError> {
             ChatKind::Matrix => Target::Matrix(matrix::Room {
                 homeserver: url,
                 edit_in_place: chat.edit_in_place,
+                reactions: !chat.allowed_users.is_empty(),
                 room_id: chat.room_id.clone().unwrap_or_default(),
                 token: token()?,
             }),

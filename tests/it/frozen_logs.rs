@@ -469,6 +469,51 @@ async fn write_scenarios(app: &TestApp) {
         })],
     )
     .await;
+
+    // The failed build rebuilt by an operator; the rebuild cancelled from Slack by an allowed
+    // user, after a click by someone who is not; the Matrix room read to a point.
+    let store = app.store().as_ref();
+    let rebuilt = meshgate::actions::rebuild(store, b2, "admin", "admin").await.unwrap();
+    assert!(rebuilt.started);
+    let click = |request_id: &'static str, user: &'static str, allowed| meshgate_domain::action::ChatAction {
+        request_id,
+        sink: "team-chat",
+        user,
+        action: meshgate_domain::action::ActionKind::Cancel,
+        build_id: rebuilt.build_id,
+        allowed,
+    };
+    meshgate::actions::from_chat(store, "slack", &click("U0BOB-1764410500.000100", "U0BOB", false)).await.unwrap();
+    meshgate::actions::from_chat(store, "slack", &click("U0ALICE-1764410501.000100", "U0ALICE", true)).await.unwrap();
+    record(
+        app,
+        &meshgate_domain::stream::chat_sync_stream("team-room"),
+        vec![Event::ChatSynced(meshgate_domain::event::ChatSynced {
+            sink: "team-room".into(),
+            since: "s72594_4483_1934_0_0_0_0_0_0_0".into(),
+        })],
+    )
+    .await;
+    // A YouTrack command the workflow refused.
+    let command = notification_key("youtrack-commands", b2, Milestone::Failed);
+    record(
+        app,
+        &notification_stream(&command),
+        vec![
+            attempted(&command, "youtrack-commands", b2, Milestone::Failed, 1, 400, false),
+            Event::NotificationAbandoned(NotificationAbandoned {
+                key: command.clone(),
+                sink: "youtrack-commands".into(),
+                build_id: b2,
+                milestone: Milestone::Failed,
+                attempts: 1,
+                reason: meshgate_domain::notification::AbandonReason::read(
+                    "refused with 400: Unknown state: Build broken",
+                ),
+            }),
+        ],
+    )
+    .await;
 }
 
 /// Appends `events` to the end of `stream`.

@@ -23,6 +23,7 @@ mod hostile;
 mod idempotency;
 mod mac_node;
 pub mod matrix;
+mod matrix_reactions;
 mod metrics;
 mod migrate;
 mod node_files;

@@ -17,6 +17,7 @@ pub struct Synapse {
     base: String,
     token: String,
     room_id: String,
+    config: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -109,24 +110,16 @@ rc_registration:
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut synapse = Synapse { child, base: base.clone(), token: String::new(), room_id: String::new(), _dir: dir };
+    let mut synapse = Synapse {
+        child,
+        base: base.clone(),
+        token: String::new(),
+        room_id: String::new(),
+        config: config.clone(),
+        _dir: dir,
+    };
     assert!(ready, "synapse did not start");
-    let register = python.with_file_name("register_new_matrix_user");
-    let registered = Command::new(register)
-        .args(["-c", config.to_str().unwrap(), "-u", "meshgate", "-p", PASSWORD, "--no-admin", &base])
-        .output()
-        .unwrap();
-    assert!(registered.status.success(), "{}", String::from_utf8_lossy(&registered.stderr));
-    let login: Value = client
-        .post(format!("{base}/_matrix/client/v3/login"))
-        .json(&json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "meshgate"},
-                      "password": PASSWORD, "device_id": "MESHGATE"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let login = synapse.register("meshgate", Some("MESHGATE")).await;
     synapse.token = login["access_token"].as_str().expect("an access token").to_owned();
     let room: Value = client
         .post(format!("{base}/_matrix/client/v3/createRoom"))
@@ -143,6 +136,91 @@ rc_registration:
 }
 
 impl Synapse {
+    /// Registers `name` and logs in (as `device`, if given): the login's answer.
+    async fn register(&self, name: &str, device: Option<&str>) -> Value {
+        let register = python().with_file_name("register_new_matrix_user");
+        let registered = Command::new(register)
+            .args(["-c", self.config.to_str().unwrap(), "-u", name, "-p", PASSWORD, "--no-admin", &self.base])
+            .output()
+            .unwrap();
+        assert!(registered.status.success(), "{}", String::from_utf8_lossy(&registered.stderr));
+        let mut login = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name},
+                               "password": PASSWORD});
+        if let Some(device) = device {
+            login["device_id"] = json!(device);
+        }
+        let answer = reqwest::Client::new().post(format!("{}/_matrix/client/v3/login", self.base)).json(&login).send();
+        answer.await.unwrap().json().await.unwrap()
+    }
+
+    /// A member of the room (registered, invited by the bot, joined): its user id and token.
+    pub async fn member(&self, name: &str) -> (String, String) {
+        let client = reqwest::Client::new();
+        let login = self.register(name, None).await;
+        let (user, token) =
+            (login["user_id"].as_str().unwrap().to_owned(), login["access_token"].as_str().unwrap().to_owned());
+        let room = self.room();
+        let invited = client
+            .post(format!("{}/_matrix/client/v3/rooms/{room}/invite", self.base))
+            .bearer_auth(&self.token)
+            .json(&json!({"user_id": user}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(invited.status(), 200);
+        let joined = client
+            .post(format!("{}/_matrix/client/v3/join/{room}", self.base))
+            .bearer_auth(&token)
+            .json(&json!({}))
+            .send();
+        assert_eq!(joined.await.unwrap().status(), 200);
+        (user, token)
+    }
+
+    /// The room's id as a path segment.
+    fn room(&self) -> String {
+        self.room_id.replace('!', "%21").replace(':', "%3A")
+    }
+
+    /// GETs `path` of the client API (`/_matrix/client/…`) with the bot's token.
+    async fn read(&self, path: &str) -> Value {
+        let answer = reqwest::Client::new().get(format!("{}{path}", self.base)).bearer_auth(&self.token).send();
+        answer.await.unwrap().json().await.unwrap()
+    }
+
+    /// `token`'s user reacts to `event_id` with `key`; the reaction's event id.
+    pub async fn react(&self, token: &str, event_id: &str, key: &str) -> String {
+        let room = self.room();
+        let txn = uuid::Uuid::now_v7().simple();
+        let body = json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}});
+        let sent: Value = reqwest::Client::new()
+            .put(format!("{}/_matrix/client/v3/rooms/{room}/send/m.reaction/{txn}", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        sent["event_id"].as_str().expect("a reaction").to_owned()
+    }
+
+    /// The reactions to `event_id`: (sender, key), oldest first.
+    pub async fn reactions_on(&self, event_id: &str) -> Vec<(String, String)> {
+        let (room, event) = (self.room(), event_id.replace('$', "%24"));
+        let page = self.read(&format!("/_matrix/client/v1/rooms/{room}/relations/{event}/m.annotation?dir=f")).await;
+        page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let key = e["content"]["m.relates_to"]["key"].as_str().unwrap().to_owned();
+                (e["sender"].as_str().unwrap().to_owned(), key)
+            })
+            .collect()
+    }
+
     /// A `[[chat]]` sink posting to this homeserver's room, its token written into `dir`.
     pub fn sink(&self, dir: &Path) -> ChatConfig {
         use std::os::unix::fs::PermissionsExt;
@@ -160,19 +238,11 @@ impl Synapse {
 
     /// Every `m.room.message` event in the room, oldest first (read back a page at a time).
     async fn messages(&self) -> Vec<Value> {
-        let room = self.room_id.replace('!', "%21").replace(':', "%3A");
+        let room = self.room();
         let mut events = Vec::new();
         let mut from = String::new();
         loop {
-            let page: Value = reqwest::Client::new()
-                .get(format!("{}/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=500{from}", self.base))
-                .bearer_auth(&self.token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let page = self.read(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=500{from}")).await;
             let chunk = page["chunk"].as_array().unwrap();
             events.extend(chunk.iter().filter(|e| e["type"] == "m.room.message").cloned());
             match page["end"].as_str() {

@@ -35,3 +35,12 @@ pub struct BuildActionRequested {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebuild_id: Option<Uuid>,
 }
+
+/// How far the gateway has read a chat room for actions (a Matrix `/sync` `next_batch`), recorded
+/// after the actions of a batch: a restart goes on from there, so it misses no reaction, and one
+/// read again finds its request already recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatSynced {
+    pub sink: String,
+    pub since: String,
+}
