@@ -7,24 +7,33 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::secrets::Token;
 
-/// Where the running gateway answers: its public URL with TLS, else its listen address.
-fn gateway_url(config: &Config) -> String {
-    if config.tls_files().is_some() {
-        return config.public_url();
-    }
+/// Where the running gateway answers, and a client that reaches it there: with TLS, its public
+/// URL (the name its certificate is for) resolved to where it listens on this machine; else its
+/// listen address.
+fn gateway(config: &Config) -> anyhow::Result<(String, reqwest::Client)> {
     let mut addr = config.server.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    format!("http://{addr}")
+    let mut builder = reqwest::Client::builder();
+    let url = if config.tls_files().is_some() {
+        let public = config.public_url();
+        if let Some(host) = reqwest::Url::parse(&public).ok().and_then(|u| u.host_str().map(str::to_owned)) {
+            builder = builder.resolve(&host, addr);
+        }
+        public
+    } else {
+        format!("http://{addr}")
+    };
+    Ok((url, crate::tls::client(builder, config.outbound.ca_file.as_deref())?))
 }
 
 /// GETs the running gateway's `path` (with the admin token), for an answer read as it arrives;
 /// none when no gateway answers there.
 pub async fn get(config: &Config, path: &str) -> anyhow::Result<Option<reqwest::Response>> {
-    let http = crate::tls::client(reqwest::Client::builder(), config.outbound.ca_file.as_deref())?;
+    let (base, http) = gateway(config)?;
     let token = Token::read(&config.admin_token_file())?;
-    let url = format!("{}{path}", gateway_url(config));
+    let url = format!("{base}{path}");
     match http.get(&url).bearer_auth(token.expose()).send().await {
         Ok(response) => Ok(Some(response)),
         Err(e) if e.is_connect() => Ok(None),
@@ -34,9 +43,9 @@ pub async fn get(config: &Config, path: &str) -> anyhow::Result<Option<reqwest::
 
 /// POSTs `body` to the running gateway's `path`; none when no gateway answers there.
 pub async fn ask(config: &Config, path: &str, body: &Value) -> anyhow::Result<Option<Value>> {
-    let http = crate::tls::client(reqwest::Client::builder(), config.outbound.ca_file.as_deref())?;
+    let (base, http) = gateway(config)?;
     let token = Token::read(&config.admin_token_file())?;
-    let url = format!("{}{path}", gateway_url(config));
+    let url = format!("{base}{path}");
     let sent = http
         .post(&url)
         .bearer_auth(token.expose())

@@ -100,8 +100,10 @@ fn edit_by_hand(sandbox: &Sandbox, youtrack: &str) {
     pki().write_leaf(&etc.join("tls"), "gateway", 60);
     let file = etc.join("meshgate.toml");
     let toml = std::fs::read_to_string(&file).unwrap();
+    // A port of its own, as a deployment has (the commands on the page find the gateway there).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let edited = toml
-        .replacen("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"", 1)
+        .replacen("listen = \"127.0.0.1:8080\"", &format!("listen = \"127.0.0.1:{port}\""), 1)
         .replacen("# tls_cert_file = \"tls/gateway.crt\"", "tls_cert_file = \"tls/gateway.crt\"", 1)
         .replacen("# tls_key_file = \"tls/gateway.key\"", "tls_key_file = \"tls/gateway.key\"", 1)
         .replacen("# base_url = \"https://youtrack.example.com\"", &format!("base_url = {youtrack:?}"), 1)
@@ -252,12 +254,15 @@ async fn the_quickstart_runs_as_written() {
             other => panic!("unknown quickstart step `{other}`"),
         }
     }
-    // What the page says the two `events` commands show.
-    let arrived = &printed[printed.len() - 2];
+    // What the page says the two `events` commands show, and the rebuild.
+    let arrived = printed.iter().find(|p| p.contains("WebhookRouted")).expect("the first `events`");
     for event in ["WebhookReceived", "WebhookRouted", "IntentActivated", "BuildRequested"] {
         assert!(arrived.contains(event), "{event} missing from {arrived}");
     }
-    assert_eq!(printed.last().unwrap().lines().filter(|l| l.contains("NotificationDelivered")).count(), 4);
+    let delivered = printed.iter().rev().find(|p| p.contains("NotificationDelivered")).expect("the second `events`");
+    assert_eq!(delivered.lines().filter(|l| l.contains("NotificationDelivered")).count(), 4);
+    let rebuilt = printed.last().unwrap();
+    assert!(rebuilt.starts_with("started app-build #2 (") && rebuilt.contains("a rebuild of app-build#1"), "{rebuilt}");
     assert!(printed.iter().any(|p| p.contains("# configuration OK")), "config check ran");
     gateway.unwrap().stop();
 }

@@ -89,7 +89,8 @@ async fn a_finished_build_moves_its_issue_and_the_webhook_that_change_sends_back
             .collect();
     assert_eq!(statuses, [429, 500, 200]);
     assert_eq!(youtrack.state("MOB-2").as_deref(), Some("Build failed"));
-    app.wait_for_count("NotificationDelivered", 2).await;
+    // Both commands and the failure's comment.
+    app.wait_for_count("NotificationDelivered", 3).await;
     let delivered = events_of(&app, "NotificationDelivered").await;
     let commands: Vec<(&str, u64)> = delivered
         .iter()
