@@ -8,6 +8,7 @@
 //! ./target/release/meshgate-bench --seconds 10
 //! ```
 
+mod chat_actions;
 mod client;
 mod dispatch;
 mod history;
@@ -40,6 +41,8 @@ enum Command {
     /// What the live log costs: a gateway and an agent run a build that prints a lot, while a
     /// reader follows its log.
     LiveLog(live_log::LiveLogArgs),
+    /// How fast Slack's button clicks are answered, each once its decision is in the log.
+    ChatActions(chat_actions::ChatActionsArgs),
 }
 
 /// The `meshgate` binary the benchmarks start: `MESHGATE_BIN`, else the one beside this binary
@@ -78,6 +81,7 @@ fn main() -> std::process::ExitCode {
     let ran = runtime.block_on(async {
         match cli.command {
             Some(Command::LiveLog(args)) => live_log::run(args).await,
+            Some(Command::ChatActions(args)) => chat_actions::run(args).await,
             None => ingest::run(cli.args).await,
         }
     });

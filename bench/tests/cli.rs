@@ -21,7 +21,15 @@ fn a_measurement_without_the_gateway_binary_says_how_to_build_it() {
 fn every_measurement_is_offered() {
     let output = Command::new(BIN).arg("--help").output().unwrap();
     let said = String::from_utf8_lossy(&output.stdout);
-    for flag in ["--history-events", "--postgres-url", "--esdb-url", "--store-only", "--dispatch-builds", "live-log"] {
+    for flag in [
+        "--history-events",
+        "--postgres-url",
+        "--esdb-url",
+        "--store-only",
+        "--dispatch-builds",
+        "live-log",
+        "chat-actions",
+    ] {
         assert!(said.contains(flag), "no {flag} in:\n{said}");
     }
 }

@@ -109,3 +109,13 @@ fn the_live_log_benchmark_follows_a_build_to_its_end() {
         assert!(said.contains(line), "no `{line}` in:\n{said}");
     }
 }
+
+/// Slack's clicks on a few builds, twice: it checks that every build was cancelled once.
+#[test]
+fn the_chat_actions_benchmark_answers_every_click() {
+    let said = bench(&["chat-actions", "--clicks", "6", "--concurrency", "3"]);
+    for line in ["slack actions: 6 clicks, 3 at a time", "first click: answered in p50", "sent again: answered in p50"]
+    {
+        assert!(said.contains(line), "no `{line}` in:\n{said}");
+    }
+}
