@@ -35,6 +35,7 @@ pub mod ingest;
 pub mod links;
 pub mod metrics;
 pub mod outbound;
+pub mod polls;
 pub mod projector;
 pub mod reactions;
 pub mod readmodel;

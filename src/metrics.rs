@@ -30,6 +30,8 @@ pub const ARTIFACTS: &str = "meshgate_artifacts_stored_total";
 pub const ARTIFACT_BYTES: &str = "meshgate_artifact_bytes_total";
 pub const RETRIES: &str = "meshgate_build_retries_total";
 pub const CHAT_ACTIONS: &str = "meshgate_chat_actions_total";
+pub const LANE_UNSERVABLE: &str = "meshgate_lane_unservable";
+pub const QUEUE_OLDEST_SECONDS: &str = "meshgate_queue_oldest_seconds";
 
 /// Request and commit times: 100 µs to 10 s.
 const SECONDS: &[f64] =
@@ -88,6 +90,12 @@ fn describe() {
     describe_counter!(
         CHAT_ACTIONS,
         "Actions from chat, by chat (slack, matrix) and outcome (what they did, or why they were refused or ignored)."
+    );
+    describe_gauge!(LANE_UNSERVABLE, "1 while a lane has queued builds and no live node could claim them, by lane.");
+    describe_gauge!(
+        QUEUE_OLDEST_SECONDS,
+        Unit::Seconds,
+        "How long the lane's oldest queued build has waited, by lane."
     );
     describe_gauge!(LOG_POSITION, "The event log's head: the position of the last committed event.");
 }

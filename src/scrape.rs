@@ -11,7 +11,10 @@ use axum::response::IntoResponse;
 use metrics::gauge;
 use tokio::sync::watch;
 
-use crate::metrics::{BUILDS, LOG_POSITION, NODES, OUTBOX_OLDEST_SECONDS, OUTBOX_PENDING, PROJECTION_LAG};
+use crate::metrics::{
+    BUILDS, LANE_UNSERVABLE, LOG_POSITION, NODES, OUTBOX_OLDEST_SECONDS, OUTBOX_PENDING, PROJECTION_LAG,
+    QUEUE_OLDEST_SECONDS,
+};
 use crate::projector::Projections;
 use crate::store::EventStore;
 
@@ -19,8 +22,10 @@ use crate::store::EventStore;
 pub struct Gauges {
     pub store: Arc<dyn EventStore>,
     pub projections: Projections,
-    /// The configured lanes, by name.
-    pub lanes: Vec<String>,
+    /// The configured lanes.
+    pub lanes: Vec<meshgate_projections::LaneRule>,
+    /// The nodes heard asking for work.
+    pub polls: Arc<crate::polls::Polls>,
     /// The outbound sinks, by name.
     pub sinks: Vec<String>,
 }
@@ -33,10 +38,17 @@ pub fn render(from: &Gauges) -> String {
     gauge!(PROJECTION_LAG, "projection" => "all").set(head.saturating_sub(from.projections.position()) as f64);
     let now = chrono::Utc::now();
     from.projections.read(|p| {
-        for lane in &from.lanes {
+        let live = |n: &meshgate_projections::NodeView| !n.running.is_empty() || from.polls.alive(&n.node_id);
+        for rule in &from.lanes {
+            let lane = &rule.name;
             let (queued, running) = p.queue.in_lane(lane);
             gauge!(BUILDS, "lane" => lane.clone(), "state" => "queued").set(queued as f64);
             gauge!(BUILDS, "lane" => lane.clone(), "state" => "running").set(running as f64);
+            let unservable = meshgate_projections::unservable(rule, &p.queue, p.nodes.all(), live);
+            gauge!(LANE_UNSERVABLE, "lane" => lane.clone()).set(if unservable { 1.0 } else { 0.0 });
+            let oldest = p.queue.oldest_in(lane).and_then(|e| p.builds.get(e.build_id)).map(|b| b.requested_at);
+            let age = oldest.map_or(0.0, |at| (now - at).num_milliseconds().max(0) as f64 / 1000.0);
+            gauge!(QUEUE_OLDEST_SECONDS, "lane" => lane.clone()).set(age);
         }
         for state in ["idle", "busy", "draining", "lost"] {
             let n = p.nodes.all().filter(|node| node.state() == state).count();

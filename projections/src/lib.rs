@@ -12,11 +12,13 @@ mod builds;
 mod nodes;
 mod outbox;
 mod queue;
+mod waiting;
 
 pub use builds::{build_name, ArtifactRecord, BuildView, Builds, FoldRecord, RebuildRecord, RetryRecord};
 pub use nodes::{NodeView, Nodes};
 pub use outbox::{Entry, MilestoneRecord, Outbox, OutboxConfig, SinkSpec};
 pub use queue::{LaneRule, NodeAsk, Queue, QueueChange, QueueEntry};
+pub use waiting::{unservable, waiting, Waiting};
 
 use meshgate_domain::Recorded;
 

@@ -160,6 +160,11 @@ impl Queue {
         (queued, self.running.values().filter(|r| r.lane == lane).count())
     }
 
+    /// The queued build of `lane` that has waited longest (the first in log order).
+    pub fn oldest_in(&self, lane: &str) -> Option<&QueueEntry> {
+        self.lanes.get(lane)?.first().and_then(|(_, id)| self.queued.get(id))
+    }
+
     /// The queued entries, by build.
     pub fn queued(&self) -> &BTreeMap<Uuid, QueueEntry> {
         &self.queued

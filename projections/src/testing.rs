@@ -344,27 +344,30 @@ mod properties {
     }
 }
 
+/// The lanes the tests share: `default`, and `signing` (priority 10, the `signing` label, one
+/// build at a time).
+pub(crate) fn lanes() -> Vec<crate::LaneRule> {
+    use crate::LaneRule;
+    vec![
+        LaneRule { name: "default".into(), priority: 0, required_labels: vec![], max_running: None, xcode: None },
+        LaneRule {
+            name: "signing".into(),
+            priority: 10,
+            required_labels: vec!["signing".into()],
+            max_running: Some(1),
+            xcode: None,
+        },
+    ]
+}
+
 mod scheduling {
     use super::*;
-    use crate::{LaneRule, NodeAsk, ProjectionSet};
+    use crate::{NodeAsk, ProjectionSet};
 
     fn fold_all(events: &[Recorded]) -> ProjectionSet {
         let mut set = ProjectionSet::default();
         events.iter().for_each(|e| set.apply(e));
         set
-    }
-
-    fn lanes() -> Vec<LaneRule> {
-        vec![
-            LaneRule { name: "default".into(), priority: 0, required_labels: vec![], max_running: None, xcode: None },
-            LaneRule {
-                name: "signing".into(),
-                priority: 10,
-                required_labels: vec!["signing".into()],
-                max_running: Some(1),
-                xcode: None,
-            },
-        ]
     }
 
     #[test]

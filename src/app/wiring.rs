@@ -76,6 +76,7 @@ pub(super) fn parts(
     let logs = Arc::new(BuildLogs::new(config.files_dir().join("logs"), config.nodes.max_log_bytes as u64));
     let artifacts = Arc::new(Artifacts::new(config.files_dir().join("artifacts"), config.nodes.max_artifact_bytes));
     let counters = Arc::new(Counters::default());
+    let polls = Arc::new(crate::polls::Polls::new(Duration::from_secs(config.nodes.claim_wait_seconds)));
     let sink_milestones =
         sinks.iter().map(|s| (s.name.clone(), Milestone::ALL.into_iter().filter(|m| s.wants(*m)).collect())).collect();
 
@@ -106,6 +107,7 @@ pub(super) fn parts(
             logs,
             artifacts: Arc::clone(&artifacts),
             links: links.clone(),
+            polls: Arc::clone(&polls),
         }),
         admin: Arc::new(AdminApi {
             store: Arc::clone(store),
@@ -115,6 +117,8 @@ pub(super) fn parts(
             reconciler: reconciler.clone(),
             links: links.clone(),
             lane_priorities: config.lane_priorities(),
+            lanes: config.lane_rules(),
+            polls: Arc::clone(&polls),
             sinks: sink_milestones,
             config: Arc::clone(&config),
             stopping: stopping.clone(),
@@ -145,7 +149,8 @@ pub(super) fn parts(
     let gauges = crate::scrape::Gauges {
         store: Arc::clone(store),
         projections: projections.clone(),
-        lanes: config.lane_rules().into_iter().map(|l| l.name).collect(),
+        lanes: config.lane_rules(),
+        polls: Arc::clone(&polls),
         sinks: sinks.iter().map(|s| s.name.clone()).collect(),
     };
     let jobs = crate::elected::Jobs {

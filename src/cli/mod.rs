@@ -11,6 +11,7 @@ mod migrate;
 mod rebuild;
 mod reconcile;
 mod setup;
+pub mod status;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -99,6 +100,9 @@ pub enum Command {
     },
     /// A build's log (`--follow`: as it grows while the build runs).
     Logs(logs::LogsArgs),
+    /// The farm on one screen, from the running gateway: nodes, running builds, and each queued
+    /// build with why it waits.
+    Status,
     /// What an operator asks of a build: a rebuild.
     Builds {
         #[command(subcommand)]
@@ -179,6 +183,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Logs(args) => logs::run(&load()?, &args).await,
         Command::Builds { command } => builds::run(&load()?, &command).await,
+        Command::Status => status::run(&load()?).await,
         Command::Worker(worker) => match *worker {
             WorkerCommand { check: Some(WorkerCheck::Doctor(args)), .. } => {
                 let settings = meshgate_worker::Settings::merge(args, &load()?.worker)?;

@@ -17,13 +17,14 @@ use uuid::Uuid;
 
 use meshgate_domain::notify::Milestone;
 use meshgate_domain::stream::build_stream;
-use meshgate_projections::BuildView;
+use meshgate_projections::{BuildView, Waiting};
 use tokio::sync::watch;
 
 use super::access::Reader;
 use super::extract::{ApiPath, ApiQuery};
 use super::openapi::{
-    BuildDetail, BuildsPage, ErrorBody, EventsPage, NodeAnswer, NodesPage, OutboxPage, QueuePage, SinkHealth,
+    BuildDetail, BuildsPage, ErrorBody, EventsPage, NodeAnswer, NodesPage, OutboxPage, QueuePage, QueuedBuild,
+    SinkHealth,
 };
 use super::ApiError;
 use crate::builds::BuildService;
@@ -45,6 +46,10 @@ pub struct AdminApi {
     pub reconciler: Option<Arc<Reconciler>>,
     pub links: LogLinks,
     pub lane_priorities: HashMap<String, i64>,
+    /// The configured lanes, for why a build waits.
+    pub lanes: Vec<meshgate_projections::LaneRule>,
+    /// The nodes heard asking for work (the node API's).
+    pub polls: Arc<crate::polls::Polls>,
     /// Every outbound sink by name, with the milestones it sends.
     pub sinks: HashMap<String, Vec<Milestone>>,
     /// The configuration the gateway started with (the self-test reads its file again).
@@ -183,7 +188,8 @@ async fn detail(app: &AdminApi, build: Option<BuildView>) -> Result<Json<BuildDe
     let name = build.name();
     let events = stored.iter().map(|e| AuditEvent { build: Some(name.clone()), ..e.audit() }).collect();
     let log_url = app.links.url(build.build_id);
-    Ok(Json(BuildDetail { build, events, log_url }))
+    let waiting = app.projections.read(|p| p.queue.queued().get(&build.build_id).map(|e| why(app, p, e)));
+    Ok(Json(BuildDetail { build, events, log_url, waiting }))
 }
 
 /// Queued and running builds, in the order nodes get them.
@@ -195,8 +201,17 @@ async fn detail(app: &AdminApi, build: Option<BuildView>) -> Result<Json<BuildDe
     ))]
 pub async fn queue(_: Reader, State(app): State<Arc<AdminApi>>) -> Result<Json<QueuePage>, ApiError> {
     caught_up(&app).await?;
-    let queue = app.projections.read(|p| p.queue.ordered(&app.lane_priorities).into_iter().cloned().collect());
+    let queue = app.projections.read(|p| {
+        let ordered = p.queue.ordered(&app.lane_priorities);
+        ordered.into_iter().map(|e| QueuedBuild { entry: e.clone(), waiting: why(&app, p, e) }).collect()
+    });
     Ok(Json(QueuePage { queue }))
+}
+
+/// Why a queued build waits, from the queue, the nodes the log knows and those heard polling.
+fn why(app: &AdminApi, p: &meshgate_projections::ProjectionSet, entry: &meshgate_projections::QueueEntry) -> Waiting {
+    let live = |n: &meshgate_projections::NodeView| !n.running.is_empty() || app.polls.alive(&n.node_id);
+    meshgate_projections::waiting(entry, &p.queue, p.nodes.all(), &app.lanes, live)
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

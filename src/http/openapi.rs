@@ -102,12 +102,23 @@ pub struct BuildDetail {
     pub events: Vec<crate::store::AuditEvent>,
     /// The signed link to the build's log.
     pub log_url: String,
+    /// Why it waits, while it is queued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<meshgate_projections::Waiting>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct QueuePage {
-    /// Queued and running builds, in the order nodes get them.
-    pub queue: Vec<QueueEntry>,
+    /// Queued builds, in the order nodes get them, each with why it waits.
+    pub queue: Vec<QueuedBuild>,
+}
+
+/// A queued build and why it waits.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueuedBuild {
+    #[serde(flatten)]
+    pub entry: QueueEntry,
+    pub waiting: meshgate_projections::Waiting,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

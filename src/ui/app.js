@@ -65,11 +65,26 @@ function section(id, title, ...body) {
 
 // ---- pages ----
 
+/// Why a queued build waits, in words.
+function why(w) {
+  if (!w) return "–";
+  switch (w.reason) {
+    case "no_nodes": return "no live node";
+    case "no_node_with": return `no live node with ${[...w.labels.map((l) => `label ${l}`), ...(w.xcode ? [`Xcode ${w.xcode}`] : [])].join(" and ") || "what it needs"}`;
+    case "lane_full": return `its lane runs ${w.max_running} at a time, all taken`;
+    case "nodes_busy": return `every node that can run it is busy (${w.nodes} node(s), ${w.slots} slot(s))`;
+    case "same_change_running": return "the same change is running";
+    case "ahead": return w.builds === 0 ? "next" : `${w.builds} ahead of it`;
+    default: return w.reason;
+  }
+}
+
 async function overview() {
-  const [queued, running, nodes, outbox, recent, deliveries] = await Promise.all([
+  const [queued, running, nodes, outbox, recent, deliveries, queue] = await Promise.all([
     api("/api/v1/builds?state=queued&limit=1000"), api("/api/v1/builds?state=running&limit=1000"), api("/api/v1/nodes"),
-    api("/api/v1/outbox"), api("/api/v1/builds?limit=15"), recentDeliveries(),
+    api("/api/v1/outbox"), api("/api/v1/builds?limit=15"), recentDeliveries(), api("/api/v1/queue"),
   ]);
+  const waits = new Map(queue.queue.map((q) => [q.build_id, q.waiting]));
   const lanes = {};
   for (const b of queued.builds) (lanes[b.lane] ||= []).push(b);
   const more = queued.next_before != null;
@@ -81,8 +96,9 @@ async function overview() {
         Object.entries(lanes).map(([lane, builds]) => [
           // A page of the newest 1000: past that, the counts and the longest wait are lower bounds.
           h("h3", {}, `${lane}: ${builds.length}${more ? "+" : ""} waiting, longest ${more ? "over " : ""}${ago(builds.map((b) => b.requested_at).sort()[0])}`),
-          table("wide", ["Issue", "Script", "Waiting", "State"],
-            builds.map((b) => [buildLink(b), b.script, ago(b.requested_at), badge("queued")]), ""),
+          table("wide", ["Issue", "Script", "Waiting", "Why", "State"],
+            builds.map((b) => [buildLink(b), b.script, ago(b.requested_at),
+              h("span", { class: "why", "data-why": waits.get(b.build_id)?.reason || "" }, why(waits.get(b.build_id))), badge("queued")]), ""),
         ])),
     section("running", "Running",
       table("wide", ["Issue", "Node", "Attempt", "Elapsed", "State"], running.builds.map((b, i) =>
@@ -218,7 +234,9 @@ async function buildPage(id) {
     section("facts", "Build", h("dl", { class: "facts" },
       [["Build", b.build_id], ["Number", b.number ? `#${b.number}` : "–"], ["Trigger", b.trigger], ["Script", b.script], ["Ref", b.git_ref], ["Lane", b.lane],
         ["Requested", new Date(b.requested_at).toLocaleString()], ["Node", b.state.node_id || b.report?.node_id || "–"],
-        ["Xcode", b.xcode || "–"], ["Summary", b.summary || "–"]].map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]),
+        ["Xcode", b.xcode || "–"], ["Summary", b.summary || "–"],
+        ...(detail.waiting ? [["Waiting", h("span", { id: "waiting", "data-why": detail.waiting.reason }, why(detail.waiting))]] : [])]
+        .map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]),
       h("dt", {}, "Log"), h("dd", {}, h("a", { href: detail.log_url, id: "log-link" }, "full log")))),
     active ? h("div", { class: "actions" }, reason,
       h("button", { type: "button", id: "cancel", class: "danger", onclick: act2("cancel") }, "Cancel build"),

@@ -201,6 +201,8 @@ async fn an_operator_signs_in_watches_a_build_arrive_live_opens_its_timeline_and
     let first = build_id(&answer_of(deliver(&gateway, dir.path(), "MOB-7")).await);
     appears(&client, &format!("#queue a[data-build='{first}']")).await;
     appears(&client, "#deliveries .state.enqueued").await;
+    // No node has asked for work yet: the queue says so.
+    shows(&client, "#queue .why[data-why='no_nodes']", "no live node").await;
     assert_eq!(client.execute("return window.stillTheSamePage === true", vec![]).await.unwrap(), json!(true));
     // The chat sink was tried (503) and then took the notification.
     assert_eq!(slack.next().await.method, "POST");
@@ -218,6 +220,9 @@ async fn an_operator_signs_in_watches_a_build_arrive_live_opens_its_timeline_and
     assert_eq!(answer_of(claimed).await["build"]["build_id"], first.to_string());
     appears(&client, &format!("#running a[data-build='{first}']")).await;
     appears(&client, "#nodes .state.busy").await;
+    // The node's one slot is taken: the others wait for it.
+    shows(&client, "#queue .why[data-why='nodes_busy']", "every node that can run it is busy (1 node(s), 1 slot(s))")
+        .await;
     shows(&client, "#nodes .xcodes", "15.4, 16.2").await;
     assert_eq!(client.execute("return window.stillTheSamePage === true", vec![]).await.unwrap(), json!(true));
     screenshot(&client, "dashboard-overview.png").await;

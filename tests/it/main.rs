@@ -50,6 +50,7 @@ mod stream_index;
 mod tls;
 mod two_gateways;
 mod upgrade;
+mod waiting;
 mod webhook;
 pub mod workers;
 mod writeback;

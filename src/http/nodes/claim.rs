@@ -68,6 +68,7 @@ pub async fn claim(State(app): State<Arc<NodeApi>>, headers: HeaderMap, body: By
     }
     check_xcodes(&request.xcodes)?;
     record_node(&app, &request).await?;
+    app.polls.polled(&request.node_id);
     let wait = request.wait_seconds.map_or(app.settings.claim_wait, Duration::from_secs).min(MAX_CLAIM_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
     let ask =

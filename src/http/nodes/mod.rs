@@ -50,6 +50,8 @@ pub struct NodeApi {
     pub artifacts: Arc<Artifacts>,
     /// Per-build log and artifact links (absolute, signed).
     pub links: LogLinks,
+    /// The nodes heard asking for work.
+    pub polls: Arc<crate::polls::Polls>,
 }
 
 /// The `[nodes]` settings in the units the handlers use.

@@ -1,0 +1,214 @@
+//! Why a queued build waits, computed from the queue and the nodes when asked (never stored): no
+//! live node; no live node with the lane's labels or the build's Xcode; the lane's `max_running`
+//! taken; every node that could run it busy; the same change already running; builds ahead of it.
+//! Costs the work in flight (the queue's lanes, the running builds, the nodes), never history.
+
+use std::collections::HashMap;
+
+use meshgate_domain::xcode::can_run;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{LaneRule, NodeView, Queue, QueueEntry};
+
+/// Why a queued build has not been claimed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Waiting {
+    /// No node is live (polling for work or running a build, not draining, not lost).
+    NoNodes,
+    /// Live nodes exist, none with what the build needs.
+    NoNodeWith {
+        /// The lane's labels.
+        labels: Vec<String>,
+        /// The Xcode the build requires (its trigger's, else its lane's).
+        xcode: Option<String>,
+    },
+    /// The lane runs at most `max_running` builds at once, and these hold it.
+    LaneFull { max_running: usize, running: Vec<Uuid> },
+    /// Every live node that could run it has its slots taken.
+    NodesBusy { nodes: usize, slots: usize },
+    /// A build of the same issue and script runs; this one follows it.
+    SameChangeRunning { build_id: Uuid },
+    /// Builds ahead of it (higher priority lanes, or earlier in its own) that its nodes take first;
+    /// 0: it is next.
+    Ahead { builds: usize },
+}
+
+impl Waiting {
+    /// Its name, as the API's `reason` says it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Waiting::NoNodes => "no_nodes",
+            Waiting::NoNodeWith { .. } => "no_node_with",
+            Waiting::LaneFull { .. } => "lane_full",
+            Waiting::NodesBusy { .. } => "nodes_busy",
+            Waiting::SameChangeRunning { .. } => "same_change_running",
+            Waiting::Ahead { .. } => "ahead",
+        }
+    }
+}
+
+/// Whether no live node could ever claim the queued builds of `rule`'s lane: none has the lane's
+/// labels and the Xcode of each of them (a lane with nothing queued is servable).
+pub fn unservable<'a>(
+    rule: &LaneRule,
+    queue: &Queue,
+    nodes: impl Iterator<Item = &'a NodeView>,
+    live: impl Fn(&NodeView) -> bool,
+) -> bool {
+    let mut queued = queue.queued().values().filter(|e| e.lane == rule.name).peekable();
+    if queued.peek().is_none() {
+        return false;
+    }
+    let live: Vec<&NodeView> = nodes.filter(|n| !n.draining && !n.lost && live(n)).collect();
+    queued.all(|e| !live.iter().any(|n| capable(n, rule, rule.xcode_for(e))))
+}
+
+/// Whether `node` can run a build of `rule`'s lane that requires `xcode`.
+fn capable(node: &NodeView, rule: &LaneRule, xcode: Option<&str>) -> bool {
+    rule.required_labels.iter().all(|l| node.labels.contains(l)) && can_run(xcode, &node.xcodes)
+}
+
+/// Why `entry` waits. `live` says which nodes are live; `lanes` are the configured lanes (one
+/// missing has priority 0, no labels and no cap).
+pub fn waiting<'a>(
+    entry: &QueueEntry,
+    queue: &Queue,
+    nodes: impl Iterator<Item = &'a NodeView>,
+    lanes: &[LaneRule],
+    live: impl Fn(&NodeView) -> bool,
+) -> Waiting {
+    let default = LaneRule::default();
+    let rule_of = |lane: &str| lanes.iter().find(|l| l.name == lane).unwrap_or(&default);
+    let rule = rule_of(&entry.lane);
+    let xcode = rule.xcode_for(entry);
+    let live: Vec<&NodeView> = nodes.filter(|n| !n.draining && !n.lost && live(n)).collect();
+    if live.is_empty() {
+        return Waiting::NoNodes;
+    }
+    let able: Vec<&NodeView> = live.iter().copied().filter(|n| capable(n, rule, xcode)).collect();
+    if able.is_empty() {
+        return Waiting::NoNodeWith { labels: rule.required_labels.clone(), xcode: xcode.map(str::to_owned) };
+    }
+    if let Some(cap) = rule.max_running {
+        let running: Vec<Uuid> =
+            queue.running().values().filter(|r| r.lane == entry.lane).map(|r| r.build_id).collect();
+        if running.len() >= cap {
+            return Waiting::LaneFull { max_running: cap, running };
+        }
+    }
+    if let Some(same) = queue.running().values().find(|r| r.issue_id == entry.issue_id && r.script == entry.script) {
+        return Waiting::SameChangeRunning { build_id: same.build_id };
+    }
+    let free = able.iter().filter(|n| n.running.len() < n.slots as usize).count();
+    if free == 0 {
+        return Waiting::NodesBusy { nodes: able.len(), slots: able.iter().map(|n| n.slots as usize).sum() };
+    }
+    // Ahead: queued builds its nodes would take first (a higher priority lane they can run, or
+    // earlier in a lane of the same priority).
+    let priority = rule.priority;
+    let mut lane_ok: HashMap<&str, bool> = HashMap::new();
+    let ahead = queue
+        .queued()
+        .values()
+        .filter(|other| other.build_id != entry.build_id)
+        .filter(|other| {
+            let other_rule = rule_of(&other.lane);
+            other_rule.priority > priority || (other_rule.priority == priority && other.position < entry.position)
+        })
+        .filter(|other| {
+            // Builds only other nodes could run are not ahead of this one.
+            *lane_ok.entry(other.lane.as_str()).or_insert_with(|| {
+                let other_rule = rule_of(&other.lane);
+                able.iter().any(|n| other_rule.required_labels.iter().all(|l| n.labels.contains(l)))
+            })
+        })
+        .count();
+    Waiting::Ahead { builds: ahead }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::testing::lanes;
+
+    fn entry(id: u128, issue: &str, lane: &str, node: Option<&str>) -> QueueEntry {
+        QueueEntry {
+            build_id: Uuid::from_u128(id),
+            issue_id: issue.into(),
+            lane: lane.into(),
+            script: "ios-build".into(),
+            position: id as u64,
+            attempt: 1,
+            node_id: node.map(str::to_owned),
+            xcode: None,
+        }
+    }
+
+    fn node(id: &str, labels: &[&str], slots: u32, running: &[u128]) -> NodeView {
+        NodeView {
+            node_id: id.into(),
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            slots,
+            xcodes: Vec::new(),
+            last_seen: chrono::DateTime::from_timestamp(1_787_562_900, 0).unwrap(),
+            running: running.iter().map(|n| Uuid::from_u128(*n)).collect::<BTreeSet<_>>(),
+            draining: false,
+            lost: false,
+        }
+    }
+
+    fn why(queue: &Queue, id: u128, nodes: &[NodeView]) -> Waiting {
+        let entry = &queue.queued()[&Uuid::from_u128(id)];
+        waiting(entry, queue, nodes.iter(), &lanes(), |_| true)
+    }
+
+    #[test]
+    fn each_reason_in_its_order() {
+        let all =
+            [(1, "MOB-1", "default"), (2, "MOB-2", "default"), (3, "SIGN-1", "signing"), (4, "SIGN-2", "signing")];
+        let queue = Queue::restore(all.iter().map(|(n, issue, lane)| entry(*n, issue, lane, None)).collect(), vec![]);
+        assert_eq!(why(&queue, 1, &[]), Waiting::NoNodes);
+        let plain = node("mac-1", &[], 1, &[]);
+        assert_eq!(
+            why(&queue, 3, std::slice::from_ref(&plain)),
+            Waiting::NoNodeWith { labels: vec!["signing".into()], xcode: None }
+        );
+        // The signing builds go first on a node that can run them; MOB-1 is next among the rest.
+        let signer = node("mac-2", &["signing"], 2, &[]);
+        assert_eq!(why(&queue, 1, &[plain.clone(), signer.clone()]), Waiting::Ahead { builds: 2 });
+        assert_eq!(
+            why(&queue, 1, std::slice::from_ref(&plain)),
+            Waiting::Ahead { builds: 0 },
+            "only other nodes run signing"
+        );
+        assert_eq!(why(&queue, 2, std::slice::from_ref(&plain)), Waiting::Ahead { builds: 1 });
+        // SIGN-1 runs: the lane is full for SIGN-2.
+        let rest = [(1, "MOB-1", "default"), (2, "MOB-2", "default"), (4, "SIGN-2", "signing")];
+        let queue = Queue::restore(
+            rest.iter().map(|(n, issue, lane)| entry(*n, issue, lane, None)).collect(),
+            vec![entry(3, "SIGN-1", "signing", Some("mac-2"))],
+        );
+        let signer = node("mac-2", &["signing"], 2, &[3]);
+        assert_eq!(
+            why(&queue, 4, std::slice::from_ref(&signer)),
+            Waiting::LaneFull { max_running: 1, running: vec![Uuid::from_u128(3)] }
+        );
+        // Every node able to run MOB-1 busy.
+        let busy = node("mac-1", &[], 1, &[9]);
+        assert_eq!(why(&queue, 1, &[busy]), Waiting::NodesBusy { nodes: 1, slots: 1 });
+        // Draining and lost nodes, and those not live, do not count.
+        let draining = NodeView { draining: true, ..plain.clone() };
+        assert_eq!(why(&queue, 1, &[draining]), Waiting::NoNodes);
+        let entry = &queue.queued()[&Uuid::from_u128(1)];
+        assert_eq!(waiting(entry, &queue, std::slice::from_ref(&plain).iter(), &lanes(), |_| false), Waiting::NoNodes);
+        // The signing lane: no live node can serve it without a signing node.
+        assert!(unservable(&lanes()[1], &queue, std::slice::from_ref(&plain).iter(), |_| true));
+        assert!(!unservable(&lanes()[1], &queue, [plain.clone(), signer].iter(), |_| true));
+        assert!(!unservable(&lanes()[0], &Queue::default(), [plain].iter(), |_| true), "nothing queued");
+    }
+}
