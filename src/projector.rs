@@ -311,15 +311,22 @@ impl Live<'_> {
     /// failed save is logged and done again at the next one: memory keeps what it did not save.
     fn save(&self) {
         let started = Instant::now();
-        let (views, mark, queue, queue_mark, outbox, nodes, numbers, position) = {
+        let (views, mark, queue, queue_mark, outbox, nodes, numbers, paused, position) = {
             let guard = self.set.read().unwrap_or_else(|p| p.into_inner());
             let (views, mark) = guard.builds.changed();
             let (queue, queue_mark) = guard.queue.changed();
             let (outbox, nodes, numbers) = (guard.outbox.clone(), guard.nodes.clone(), guard.builds.numbers().clone());
-            (views, mark, queue, queue_mark, outbox, nodes, numbers, guard.position)
+            (views, mark, queue, queue_mark, outbox, nodes, numbers, guard.paused.clone(), guard.position)
         };
-        let snapshot =
-            Snapshot { views: &views, queue: &queue, outbox: &outbox, nodes: &nodes, numbers: &numbers, position };
+        let snapshot = Snapshot {
+            views: &views,
+            queue: &queue,
+            outbox: &outbox,
+            nodes: &nodes,
+            numbers: &numbers,
+            paused: &paused,
+            position,
+        };
         match self.readmodel.save(&snapshot) {
             Ok(()) => {
                 let mut guard = self.set.write().unwrap_or_else(|p| p.into_inner());

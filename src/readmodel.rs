@@ -4,7 +4,7 @@
 //!
 //! A save writes the builds changed since the last one (one row each, the view as JSON, with its
 //! issue, state and number indexed for the API), the queue's entries changed (one row each), the
-//! outbox, the nodes and the builds' last numbers whole (all small), the position and the
+//! outbox, the nodes, the builds' last numbers and the pauses whole (all small), the position and the
 //! projections' versions, in one transaction:
 //! what a save holds is
 //! always the fold of the log up to its position. Memory then lets finished builds go, and reads
@@ -67,6 +67,7 @@ pub struct Snapshot<'a> {
     pub outbox: &'a Outbox,
     pub nodes: &'a Nodes,
     pub numbers: &'a BTreeMap<String, u64>,
+    pub paused: &'a meshgate_domain::pause::Paused,
     pub position: u64,
 }
 
@@ -79,6 +80,7 @@ impl<'a> Snapshot<'a> {
             outbox: &set.outbox,
             nodes: &set.nodes,
             numbers: set.builds.numbers(),
+            paused: &set.paused,
             position: set.position,
         }
     }
@@ -161,8 +163,15 @@ impl ReadModel {
         let nodes: Nodes = state("nodes")?.map(|t| parse("nodes", &t)).transpose()?.unwrap_or_default();
         let numbers: BTreeMap<String, u64> =
             state("numbers")?.map(|t| parse("numbers", &t)).transpose()?.unwrap_or_default();
-        let mut set =
-            ProjectionSet { position, queue, nodes, outbox: saved_outbox.with_config(outbox), ..Default::default() };
+        let paused = state("paused")?.map(|t| parse("paused", &t)).transpose()?.unwrap_or_default();
+        let mut set = ProjectionSet {
+            position,
+            queue,
+            nodes,
+            outbox: saved_outbox.with_config(outbox),
+            paused,
+            ..Default::default()
+        };
         let mut stmt = conn
             .prepare("SELECT view FROM builds WHERE state IN ('queued', 'running') ORDER BY position")
             .store_err()?;
@@ -187,8 +196,8 @@ impl ReadModel {
 
     /// Saves a snapshot in one transaction.
     pub fn save(&self, snapshot: &Snapshot<'_>) -> Result<(), StoreError> {
-        let Snapshot { views, queue, outbox, nodes, numbers, position } = *snapshot;
-        let (outbox, nodes, numbers) = (to_json(outbox)?, to_json(nodes)?, to_json(numbers)?);
+        let Snapshot { views, queue, outbox, nodes, numbers, paused, position } = *snapshot;
+        let (outbox, nodes, numbers, paused) = (to_json(outbox)?, to_json(nodes)?, to_json(numbers)?, to_json(paused)?);
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction().store_err()?;
         {
@@ -230,6 +239,7 @@ impl ReadModel {
             state.execute(params!["outbox", outbox]).store_err()?;
             state.execute(params!["nodes", nodes]).store_err()?;
             state.execute(params!["numbers", numbers]).store_err()?;
+            state.execute(params!["paused", paused]).store_err()?;
             tx.execute("INSERT OR REPLACE INTO position (id, position) VALUES (1, ?1)", [position]).store_err()?;
             let mut version =
                 tx.prepare_cached("INSERT OR REPLACE INTO versions (name, version) VALUES (?1, ?2)").store_err()?;
@@ -409,7 +419,7 @@ pub fn differences(a: &ReadModel, b: &ReadModel) -> Result<Vec<String>, StoreErr
                     .store_err()?;
                 Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
             };
-            for name in ["outbox", "nodes", "numbers"] {
+            for name in ["outbox", "nodes", "numbers", "paused"] {
                 if state(ca, name)? != state(cb, name)? {
                     found.push(format!("the {name}"));
                 }

@@ -492,6 +492,8 @@ events!(
     BuildRebuilt,
     BuildActionRequested,
     ChatSynced,
+    QueuePaused,
+    QueueResumed,
 );
 
 impl Event {
@@ -530,7 +532,9 @@ impl Event {
             | Event::SelfTestRan(_)
             | Event::NodeSeen(_)
             | Event::NodeDrained(_)
-            | Event::ChatSynced(_) => None,
+            | Event::ChatSynced(_)
+            | Event::QueuePaused(_)
+            | Event::QueueResumed(_) => None,
         }
     }
 }

@@ -30,6 +30,7 @@ pub mod json;
 pub mod node_api;
 pub mod notification;
 pub mod notify;
+pub mod pause;
 pub mod payload;
 pub mod reconcile;
 pub mod retry;

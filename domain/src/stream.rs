@@ -100,6 +100,11 @@ pub fn action_stream(via: &str, request_id: &str) -> String {
     format!("action-{via}-{request_id}")
 }
 
+/// The stream of the queue's pauses and resumes, appended at its exact version.
+pub fn pause_stream() -> String {
+    "queue-pauses".to_owned()
+}
+
 /// The stream of how far the gateway has read a chat sink's room for actions (`ChatSynced`).
 pub fn chat_sync_stream(sink: &str) -> String {
     format!("chat-sync-{sink}")

@@ -44,15 +44,19 @@ pub struct ProjectionSet {
     pub queue: Queue,
     pub outbox: Outbox,
     pub nodes: Nodes,
+    /// The lanes an operator holds.
+    pub paused: meshgate_domain::pause::Paused,
 }
 
 impl ProjectionSet {
     /// The names and versions of the projections, as their saved states record them.
-    pub const VERSIONS: [(&'static str, u32); 4] = [
+    pub const VERSIONS: [(&'static str, u32); 5] = [
         (Builds::NAME, Builds::VERSION),
         (Queue::NAME, Queue::VERSION),
         (Outbox::NAME, Outbox::VERSION),
         (Nodes::NAME, Nodes::VERSION),
+        // The pauses, folded here (`meshgate_domain::pause`).
+        ("paused", 1),
     ];
 
     pub fn new(outbox: OutboxConfig) -> Self {
@@ -61,7 +65,11 @@ impl ProjectionSet {
 
     /// Whether any projection reads events of this type.
     pub fn wants(event_type: &str) -> bool {
-        Builds::wants(event_type) || Queue::wants(event_type) || Outbox::wants(event_type) || Nodes::wants(event_type)
+        Builds::wants(event_type)
+            || Queue::wants(event_type)
+            || Outbox::wants(event_type)
+            || Nodes::wants(event_type)
+            || matches!(event_type, "QueuePaused" | "QueueResumed")
     }
 
     /// Applies an event once: events at or below the position are skipped.
@@ -82,6 +90,7 @@ impl ProjectionSet {
         if Nodes::wants(event_type) {
             self.nodes.apply(event);
         }
+        self.paused.apply(&event.event, event.recorded_at);
         self.position = event.position;
     }
 

@@ -109,6 +109,16 @@ impl Queue {
     /// whose Xcode requirement (its trigger's, else its lane's) one of the node's Xcodes meets.
     /// Lanes missing from `lanes` have priority 0, no labels and no cap.
     pub fn next_for(&self, lanes: &[LaneRule], node: &NodeAsk<'_>) -> Option<&QueueEntry> {
+        self.next_unpaused(lanes, node, |_| false)
+    }
+
+    /// [`Queue::next_for`], skipping the lanes `paused` says are held.
+    pub fn next_unpaused(
+        &self,
+        lanes: &[LaneRule],
+        node: &NodeAsk<'_>,
+        paused: impl Fn(&str) -> bool,
+    ) -> Option<&QueueEntry> {
         if self.held_by(node.node_id) >= node.slots {
             return None;
         }
@@ -133,7 +143,7 @@ impl Queue {
             for (lane, rule) in at_level {
                 let labelled = rule.required_labels.iter().all(|l| node.labels.contains(l));
                 let below_cap = rule.max_running.is_none_or(|cap| running_in.get(lane).copied().unwrap_or(0) < cap);
-                if !labelled || !below_cap {
+                if !labelled || !below_cap || paused(lane) {
                     continue;
                 }
                 let first = self.lanes[*lane]

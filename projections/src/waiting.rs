@@ -16,6 +16,8 @@ use crate::{LaneRule, NodeView, Queue, QueueEntry};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum Waiting {
+    /// An operator holds its lane (or every lane).
+    Paused { by: String, why: String, since: chrono::DateTime<chrono::Utc> },
     /// No node is live (polling for work or running a build, not draining, not lost).
     NoNodes,
     /// Live nodes exist, none with what the build needs.
@@ -40,6 +42,7 @@ impl Waiting {
     /// Its name, as the API's `reason` says it.
     pub fn reason(&self) -> &'static str {
         match self {
+            Waiting::Paused { .. } => "paused",
             Waiting::NoNodes => "no_nodes",
             Waiting::NoNodeWith { .. } => "no_node_with",
             Waiting::LaneFull { .. } => "lane_full",
@@ -72,14 +75,18 @@ fn capable(node: &NodeView, rule: &LaneRule, xcode: Option<&str>) -> bool {
 }
 
 /// Why `entry` waits. `live` says which nodes are live; `lanes` are the configured lanes (one
-/// missing has priority 0, no labels and no cap).
+/// missing has priority 0, no labels and no cap); `paused` what an operator holds.
 pub fn waiting<'a>(
     entry: &QueueEntry,
     queue: &Queue,
     nodes: impl Iterator<Item = &'a NodeView>,
     lanes: &[LaneRule],
+    paused: &meshgate_domain::pause::Paused,
     live: impl Fn(&NodeView) -> bool,
 ) -> Waiting {
+    if let Some(pause) = paused.of(&entry.lane) {
+        return Waiting::Paused { by: pause.by.clone(), why: pause.reason.clone(), since: pause.since };
+    }
     let default = LaneRule::default();
     let rule_of = |lane: &str| lanes.iter().find(|l| l.name == lane).unwrap_or(&default);
     let rule = rule_of(&entry.lane);
@@ -135,6 +142,7 @@ mod tests {
 
     use super::*;
     use crate::testing::lanes;
+    use meshgate_domain::pause::{Pause, Paused};
 
     fn entry(id: u128, issue: &str, lane: &str, node: Option<&str>) -> QueueEntry {
         QueueEntry {
@@ -164,7 +172,7 @@ mod tests {
 
     fn why(queue: &Queue, id: u128, nodes: &[NodeView]) -> Waiting {
         let entry = &queue.queued()[&Uuid::from_u128(id)];
-        waiting(entry, queue, nodes.iter(), &lanes(), |_| true)
+        waiting(entry, queue, nodes.iter(), &lanes(), &Paused::default(), |_| true)
     }
 
     #[test]
@@ -205,7 +213,16 @@ mod tests {
         let draining = NodeView { draining: true, ..plain.clone() };
         assert_eq!(why(&queue, 1, &[draining]), Waiting::NoNodes);
         let entry = &queue.queued()[&Uuid::from_u128(1)];
-        assert_eq!(waiting(entry, &queue, std::slice::from_ref(&plain).iter(), &lanes(), |_| false), Waiting::NoNodes);
+        assert_eq!(
+            waiting(entry, &queue, std::slice::from_ref(&plain).iter(), &lanes(), &Paused::default(), |_| false),
+            Waiting::NoNodes
+        );
+        let mut held = Paused::default();
+        let since = chrono::DateTime::from_timestamp(1_787_562_900, 0).unwrap();
+        let pause = Pause { by: "admin".into(), reason: "Xcode upgrade".into(), since };
+        held.lanes.insert("default".into(), pause);
+        let paused = waiting(entry, &queue, std::slice::from_ref(&plain).iter(), &lanes(), &held, |_| true);
+        assert_eq!(paused, Waiting::Paused { by: "admin".into(), why: "Xcode upgrade".into(), since });
         // The signing lane: no live node can serve it without a signing node.
         assert!(unservable(&lanes()[1], &queue, std::slice::from_ref(&plain).iter(), |_| true));
         assert!(!unservable(&lanes()[1], &queue, [plain.clone(), signer].iter(), |_| true));

@@ -118,6 +118,7 @@ pub(super) fn parts(
             links: links.clone(),
             lane_priorities: config.lane_priorities(),
             lanes: config.lane_rules(),
+            lane_names: config.lane_names(),
             polls: Arc::clone(&polls),
             sinks: sink_milestones,
             config: Arc::clone(&config),

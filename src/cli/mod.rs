@@ -8,6 +8,7 @@ mod events;
 mod gateway;
 mod logs;
 mod migrate;
+pub mod queue;
 mod rebuild;
 mod reconcile;
 mod setup;
@@ -100,6 +101,11 @@ pub enum Command {
     },
     /// A build's log (`--follow`: as it grows while the build runs).
     Logs(logs::LogsArgs),
+    /// Hold the queue (every lane, or some) and let it go.
+    Queue {
+        #[command(subcommand)]
+        command: queue::QueueCommand,
+    },
     /// The farm on one screen, from the running gateway: nodes, running builds, and each queued
     /// build with why it waits.
     Status,
@@ -184,6 +190,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs(args) => logs::run(&load()?, &args).await,
         Command::Builds { command } => builds::run(&load()?, &command).await,
         Command::Status => status::run(&load()?).await,
+        Command::Queue { command } => queue::run(&load()?, &command).await,
         Command::Worker(worker) => match *worker {
             WorkerCommand { check: Some(WorkerCheck::Doctor(args)), .. } => {
                 let settings = meshgate_worker::Settings::merge(args, &load()?.worker)?;

@@ -14,6 +14,9 @@ pub fn why(waiting: &Value) -> String {
         v.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
     }
     match waiting["reason"].as_str().unwrap_or_default() {
+        "paused" => {
+            format!("paused by {}: {}", waiting["by"].as_str().unwrap_or("?"), waiting["why"].as_str().unwrap_or(""))
+        }
         "no_nodes" => "no live node".to_owned(),
         "no_node_with" => {
             let mut needs: Vec<String> = list(&waiting["labels"]).iter().map(|l| format!("label {l}")).collect();
@@ -88,6 +91,9 @@ pub fn summary(nodes: &Value, running: &Value, queue: &Value) -> String {
             build["state"]["node_id"].as_str().unwrap_or_default(),
             build["state"]["attempt"]
         );
+    }
+    if !queue["paused"]["all"].is_null() || queue["paused"]["lanes"].as_object().is_some_and(|l| !l.is_empty()) {
+        out.push_str(&super::queue::describe(&queue["paused"]));
     }
     let queue = queue["queue"].as_array().unwrap_or(&empty);
     let _ = writeln!(out, "queued: {}", queue.len());

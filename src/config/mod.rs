@@ -389,6 +389,18 @@ impl Config {
         self.lanes.iter().map(|l| (l.name.clone(), l.priority)).collect()
     }
 
+    /// Every lane a build can be queued in: those configured, and those triggers name without
+    /// configuring (`default` among them), which have priority 0, no labels and no cap.
+    pub fn lane_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.lanes.iter().map(|l| l.name.clone()).collect();
+        for lane in self.triggers.iter().map(|t| &t.lane).chain(std::iter::once(&"default".to_owned())) {
+            if !names.contains(lane) {
+                names.push(lane.clone());
+            }
+        }
+        names
+    }
+
     pub fn lane_rules(&self) -> Vec<meshgate_projections::LaneRule> {
         self.lanes
             .iter()

@@ -48,6 +48,8 @@ pub struct AdminApi {
     pub lane_priorities: HashMap<String, i64>,
     /// The configured lanes, for why a build waits.
     pub lanes: Vec<meshgate_projections::LaneRule>,
+    /// Every lane a build can be queued in (configured or named by a trigger), for pauses.
+    pub lane_names: Vec<String>,
     /// The nodes heard asking for work (the node API's).
     pub polls: Arc<crate::polls::Polls>,
     /// Every outbound sink by name, with the milestones it sends.
@@ -201,17 +203,18 @@ async fn detail(app: &AdminApi, build: Option<BuildView>) -> Result<Json<BuildDe
     ))]
 pub async fn queue(_: Reader, State(app): State<Arc<AdminApi>>) -> Result<Json<QueuePage>, ApiError> {
     caught_up(&app).await?;
-    let queue = app.projections.read(|p| {
+    let (queue, paused) = app.projections.read(|p| {
         let ordered = p.queue.ordered(&app.lane_priorities);
-        ordered.into_iter().map(|e| QueuedBuild { entry: e.clone(), waiting: why(&app, p, e) }).collect()
+        let queue = ordered.into_iter().map(|e| QueuedBuild { entry: e.clone(), waiting: why(&app, p, e) }).collect();
+        (queue, p.paused.clone())
     });
-    Ok(Json(QueuePage { queue }))
+    Ok(Json(QueuePage { queue, paused }))
 }
 
 /// Why a queued build waits, from the queue, the nodes the log knows and those heard polling.
 fn why(app: &AdminApi, p: &meshgate_projections::ProjectionSet, entry: &meshgate_projections::QueueEntry) -> Waiting {
     let live = |n: &meshgate_projections::NodeView| !n.running.is_empty() || app.polls.alive(&n.node_id);
-    meshgate_projections::waiting(entry, &p.queue, p.nodes.all(), &app.lanes, live)
+    meshgate_projections::waiting(entry, &p.queue, p.nodes.all(), &app.lanes, &p.paused, live)
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

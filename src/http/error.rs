@@ -54,3 +54,10 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// A store that fails answers 503: nothing was recorded.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::unavailable(&crate::report::chain(&e))
+    }
+}

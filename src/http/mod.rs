@@ -12,6 +12,7 @@ mod limiter;
 pub mod nodes;
 pub mod openapi;
 mod operations;
+mod pause;
 pub mod reload;
 pub mod serve;
 pub mod slack;
@@ -141,6 +142,8 @@ fn api_router() -> utoipa_axum::router::OpenApiRouter<Surfaces> {
         .routes(routes!(operations::cancel_build))
         .routes(routes!(operations::requeue_build))
         .routes(routes!(operations::rebuild_build))
+        .routes(routes!(pause::pause_queue))
+        .routes(routes!(pause::resume_queue))
         .routes(routes!(nodes::check))
         .routes(routes!(nodes::claim::claim))
         .routes(routes!(nodes::report::heartbeat))

@@ -20,6 +20,8 @@ use uuid::Uuid;
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
     modifiers(&Security),
+    // Answers named by response enums (`IntoResponses`), which do not register their schemas.
+    components(schemas(BuildActionAnswer, meshgate_domain::pause::Paused, meshgate_domain::pause::Pause)),
     tags(
         (name = "builds", description = "Builds, the queue and what operators do to them"),
         (name = "audit", description = "The event log, read over HTTP"),
@@ -111,6 +113,8 @@ pub struct BuildDetail {
 pub struct QueuePage {
     /// Queued builds, in the order nodes get them, each with why it waits.
     pub queue: Vec<QueuedBuild>,
+    /// The lanes an operator holds.
+    pub paused: meshgate_domain::pause::Paused,
 }
 
 /// A queued build and why it waits.

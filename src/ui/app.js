@@ -69,6 +69,7 @@ function section(id, title, ...body) {
 function why(w) {
   if (!w) return "–";
   switch (w.reason) {
+    case "paused": return `paused by ${w.by}: ${w.why}`;
     case "no_nodes": return "no live node";
     case "no_node_with": return `no live node with ${[...w.labels.map((l) => `label ${l}`), ...(w.xcode ? [`Xcode ${w.xcode}`] : [])].join(" and ") || "what it needs"}`;
     case "lane_full": return `its lane runs ${w.max_running} at a time, all taken`;
@@ -89,8 +90,14 @@ async function overview() {
   for (const b of queued.builds) (lanes[b.lane] ||= []).push(b);
   const more = queued.next_before != null;
   const started = await Promise.all(running.builds.map(startedAt));
+  const held = [
+    ...(queue.paused.all ? [["every lane", queue.paused.all]] : []),
+    ...Object.entries(queue.paused.lanes || {}).map(([lane, p]) => [`lane ${lane}`, p]),
+  ];
   return [
     h("h1", {}, "Overview"),
+    held.length ? h("div", { id: "paused", class: "notice error", role: "status" }, held.map(([what, p]) =>
+      h("p", {}, `Paused: ${what}, by ${p.by} ${ago(p.since)}: ${p.reason}. Nodes claim nothing from it until it is resumed (meshgate queue resume).`))) : null,
     section("queue", "Queue",
       Object.keys(lanes).length === 0 ? h("p", { class: "empty" }, "Nothing is waiting.") :
         Object.entries(lanes).map(([lane, builds]) => [
@@ -354,7 +361,7 @@ function follow() {
     "BuildClaimed", "BuildLeaseRenewed", "BuildRequeued", "BuildSucceeded", "BuildFailed", "BuildCancelled",
     "BuildResultRejected", "NotificationAttempted", "NotificationDelivered", "NotificationAbandoned", "PageRequested",
     "NodeSeen", "NodeDrained", "BuildRetryScheduled", "ArtifactStored", "ArtifactsExpired", "BuildRebuilt",
-    "BuildActionRequested"];
+    "BuildActionRequested", "QueuePaused", "QueueResumed"];
   for (const t of types) source.addEventListener(t, scheduleRender);
   state.source = source;
 }

@@ -298,6 +298,13 @@ async fn an_operator_signs_in_watches_a_build_arrive_live_opens_its_timeline_and
     client.set_window_size(390, 844).await.unwrap();
     client.goto(&gateway.url("/ui/#/")).await.unwrap();
     appears(&client, "#recent a[data-build]").await;
+    // A pause shows as a banner, live (once the page follows the log).
+    appears(&client, "#live.on").await;
+    let pause = json!({"reason": "Xcode 16.3 upgrade", "lanes": ["default"]});
+    let paused = answer_of(http.post(gateway.url("/api/v1/queue/pause")).bearer_auth(&admin).json(&pause)).await;
+    assert_eq!(paused["lanes"]["default"]["reason"], "Xcode 16.3 upgrade", "{paused}");
+    shows(&client, "#paused", "Paused: lane default, by admin").await;
+    shows(&client, "#paused", "Xcode 16.3 upgrade").await;
     let fits = client.execute("return document.documentElement.scrollWidth <= window.innerWidth", vec![]).await;
     assert_eq!(fits.unwrap(), json!(true));
     screenshot(&client, "dashboard-phone.png").await;

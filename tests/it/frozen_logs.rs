@@ -55,6 +55,9 @@ struct Expectation {
     /// The build nodes (logs frozen before the `nodes` projection have none to compare).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nodes: Option<Value>,
+    /// The lanes held (logs frozen before pauses have none to compare).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    paused: Option<Value>,
 }
 
 fn logs() -> PathBuf {
@@ -105,6 +108,7 @@ async fn fold_frozen(dir: &Path) -> Expectation {
         queue: serde_json::json!({ "queued": set.queue.queued(), "running": set.queue.running() }),
         outbox: serde_json::to_value(&set.outbox).unwrap(),
         nodes: Some(serde_json::to_value(&set.nodes).unwrap()),
+        paused: Some(serde_json::to_value(&set.paused).unwrap()),
     }
 }
 
@@ -124,6 +128,9 @@ async fn frozen_logs_still_read_and_fold_into_what_they_were_saved_with() {
         let mut today = fold_frozen(dir).await;
         if expected.nodes.is_none() {
             today.nodes = None;
+        }
+        if expected.paused.is_none() {
+            today.paused = None;
         }
         assert_eq!(today, expected, "{} no longer folds into what it was saved with", dir.display());
         types.extend(today.events.into_keys());
@@ -514,6 +521,15 @@ async fn write_scenarios(app: &TestApp) {
         ],
     )
     .await;
+    // The signing lane held for an Xcode upgrade, then every lane held and let go.
+    let pause = |lanes: &[&str], reason: &str| {
+        let lanes: Vec<String> = lanes.iter().map(|l| l.to_string()).collect();
+        Event::QueuePaused(meshgate_domain::event::QueuePaused { lanes, reason: reason.into(), by: "admin".into() })
+    };
+    let resume = Event::QueueResumed(meshgate_domain::event::QueueResumed { lanes: vec![], by: "admin".into() });
+    let held = vec![pause(&["signing"], "Xcode 16.3 upgrade"), pause(&[], "datacenter move"), resume];
+    record(app, &meshgate_domain::stream::pause_stream(), held).await;
+    record(app, &meshgate_domain::stream::pause_stream(), vec![pause(&["signing"], "Xcode 16.3 upgrade")]).await;
 }
 
 /// Appends `events` to the end of `stream`.

@@ -31,6 +31,7 @@ mod nodes;
 mod nodes_view;
 mod openapi;
 mod outbound;
+mod pause;
 mod pki;
 mod postgres;
 mod process;

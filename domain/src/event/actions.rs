@@ -1,5 +1,6 @@
-//! The events of what people ask of a build where they are: a rebuild, and an action from chat
-//! (a Slack button, a Matrix reaction) with who asked and what became of it.
+//! The events of what people ask where they are: a rebuild, an action from chat (a Slack button,
+//! a Matrix reaction) with who asked and what became of it, how far a room was read, and the
+//! queue held and let go.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -43,4 +44,19 @@ pub struct BuildActionRequested {
 pub struct ChatSynced {
     pub sink: String,
     pub since: String,
+}
+
+/// An operator holds the queue: nodes claim nothing from `lanes` (none: every lane) until resumed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuePaused {
+    pub lanes: Vec<String>,
+    pub reason: String,
+    pub by: String,
+}
+
+/// An operator lets nodes claim from `lanes` again (none: everything paused).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueResumed {
+    pub lanes: Vec<String>,
+    pub by: String,
 }

@@ -85,7 +85,8 @@ pub async fn claim(State(app): State<Arc<NodeApi>>, headers: HeaderMap, body: By
             // A draining node gets no new builds; its running ones finish.
             let candidate = app.projections.read(|p| {
                 let draining = p.nodes.get(&request.node_id).is_some_and(|n| n.draining);
-                let next = p.queue.next_for(&app.lanes, &ask).filter(|_| !draining);
+                let next =
+                    p.queue.next_unpaused(&app.lanes, &ask, |lane| p.paused.of(lane).is_some()).filter(|_| !draining);
                 next.map(|e| (e.build_id, e.lane.clone(), e.attempt))
             });
             if let Some((build_id, lane, attempt)) = candidate {
