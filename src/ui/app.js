@@ -202,7 +202,17 @@ function summary(e) {
     case "NotificationDelivered": return `${d.sink} ${d.milestone}: delivered after ${d.attempts} attempt(s)`;
     case "NotificationAbandoned": return `${d.sink} ${d.milestone}: abandoned after ${d.attempts}: ${d.reason}`;
     case "PageRequested": return `on-call paged: ${d.reason}`;
-    default: return JSON.stringify(d);
+    case "NotificationResendRequested": return `${d.sink} ${d.milestone}: asked to be sent again by ${d.requested_by}${d.force ? " (forced)" : ""}`;
+    case "LaneClaimed": return `lane ${d.lane} taken by ${d.node_id} for attempt ${d.attempt}`;
+    case "NodeSeen": return `node ${d.node_id} presented itself: ${d.slots} slot(s)${d.labels.length ? `, labels ${d.labels.join(", ")}` : ""}`;
+    case "NodeDrained": return `node ${d.node_id} ${d.draining ? "drained" : "back in service"}${d.reason ? `: ${d.reason}` : ""}`;
+    case "ReconcileSwept": return `YouTrack's activity read: ${d.transitions_matched} transition(s) matched, ${d.builds_started.length} build(s) started`;
+    case "DeliveryReplayed": return `delivery decided again: ${d.build_ids.length} build(s) started`;
+    case "SelfTestRan": return `self-test ${d.passed ? "passed" : "failed"} (${d.checks.length} check(s))`;
+    case "ChatSynced": return `${d.sink} read for reactions`;
+    case "QueuePaused": return `${d.lanes.length ? `lane(s) ${d.lanes.join(", ")}` : "every lane"} paused by ${d.by}: ${d.reason}`;
+    case "QueueResumed": return `${d.lanes.length ? `lane(s) ${d.lanes.join(", ")}` : "every lane"} resumed by ${d.by}`;
+    default: return `${e.type} (${Object.keys(d).join(", ")})`;
   }
 }
 
@@ -212,12 +222,50 @@ function size(bytes) {
   return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
 }
 
+/// A span of time as people say it: `0.3 s`, `45 s`, `2 min`, `1 h 5 min`.
+function span(ms) {
+  if (ms < 10000) return `${(ms / 1000).toFixed(1)} s`;
+  const s = Math.round(ms / 1000);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.round(s / 60)} min`;
+  return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+}
+
+/// Each step with the time it took: how long the build waited for a node, how long each attempt
+/// ran, how soon chat and the tracker were told, and the time since the step before.
 function timeline(events) {
-  return h("ol", { class: "timeline", id: "timeline" }, events.map((e) =>
-    h("li", { "data-type": e.type },
-      h("span", { class: "when" }, new Date(e.recorded_at).toLocaleTimeString(), " · "),
+  let previous = null, requested = null, claimed = null;
+  const milestones = {};
+  return h("ol", { class: "timeline", id: "timeline" }, events.map((e) => {
+    const at = Date.parse(e.recorded_at);
+    const d = e.data;
+    let took = null;
+    switch (e.type) {
+      case "BuildRequested": requested = at; milestones.queued = at; break;
+      case "BuildClaimed": if (requested !== null) took = `waited ${span(at - requested)}`; claimed = at; milestones.running = at; break;
+      case "BuildSucceeded": case "BuildFailed": case "BuildCancelled": case "BuildRetryScheduled": case "BuildRequeued": {
+        if (claimed !== null) took = `ran ${span(at - claimed)}`;
+        const name = { BuildSucceeded: "succeeded", BuildFailed: "failed", BuildCancelled: "cancelled", BuildRequeued: "requeued" }[e.type];
+        if (name) milestones[name] = at;
+        if (e.type !== "BuildCancelled") claimed = null;
+        if (e.type === "BuildRetryScheduled" || e.type === "BuildRequeued") requested = at;
+        break;
+      }
+      case "NotificationDelivered": {
+        const since = milestones[(d.milestone || "").split("-")[0]];
+        if (since !== undefined) took = `${d.sink} told ${span(at - since)} later`;
+        break;
+      }
+    }
+    const gap = previous === null ? null : `+${span(at - previous)}`;
+    previous = at;
+    return h("li", { "data-type": e.type },
+      h("span", { class: "when" }, new Date(e.recorded_at).toLocaleTimeString(), gap ? ` (${gap})` : "", " · "),
       h("span", { class: "type" }, e.type),
-      h("span", { class: "what" }, summary(e)))));
+      h("span", { class: "what" }, summary(e)),
+      e.build ? h("span", { class: "build" }, ` · ${e.build}`) : null,
+      took ? h("span", { class: "took" }, ` · ${took}`) : null);
+  }));
 }
 
 async function buildPage(id) {

@@ -237,6 +237,12 @@ async fn an_operator_signs_in_watches_a_build_arrive_live_opens_its_timeline_and
     assert!(!attempts.is_empty());
     let answered = attempts[0].text().await.unwrap();
     assert!(answered.contains("503"), "{answered}");
+    // Read as sentences, with the time each step took and the build's name.
+    shows(&client, "#timeline li[data-type='BuildClaimed'] .took", "waited ").await;
+    shows(&client, "#timeline li[data-type='NotificationDelivered'] .took", "told ").await;
+    shows(&client, "#timeline li[data-type='BuildRequested'] .build", "ios-build #").await;
+    let raw = "return [...document.querySelectorAll('#timeline .what')].map((w) => w.textContent).filter((t) => t.startsWith('{') || t.includes('(') && t.endsWith(')') && t.split(' ')[0].match(/^[A-Z]/))";
+    assert_eq!(client.execute(raw, vec![]).await.unwrap(), json!([]), "every step read as a sentence");
     // Its log grows on the page while it runs, and what it produced is linked.
     let nodes_token = token(dir.path(), "nodes.token");
     let node = https(true);
@@ -275,6 +281,7 @@ async fn an_operator_signs_in_watches_a_build_arrive_live_opens_its_timeline_and
     client.find(Locator::Css("#cancel")).await.unwrap().click().await.unwrap();
     appears(&client, "#build-state .state.cancelled").await;
     assert_eq!(text(&client, "#build-state").await, "cancelled");
+    shows(&client, "#timeline li[data-type='BuildCancelled'] .took", "ran ").await;
     let http = https(true);
     let build = answer_of(http.get(gateway.url(&format!("/api/v1/builds/{first}"))).bearer_auth(&admin)).await;
     let cancelled = build["events"].as_array().unwrap().iter().find(|e| e["type"] == "BuildCancelled").unwrap();
