@@ -27,6 +27,8 @@ pub struct Jobs {
     pub reconciler: Option<Arc<crate::reconcile::Reconciler>>,
     /// `[nodes] max_attempts`: the reaper fails a build whose lease ran out that often.
     pub max_attempts: u32,
+    /// Each lane's `max_queue_seconds`, for the reaper.
+    pub max_queue: Vec<(String, chrono::Duration)>,
     /// The Matrix rooms whose reactions act on builds.
     pub followers: Vec<Arc<crate::reactions::Follower>>,
 }
@@ -38,6 +40,7 @@ impl Jobs {
             projections: self.projections.clone(),
             builds: BuildService::new(Arc::clone(&store)),
             max_attempts: self.max_attempts,
+            max_queue: self.max_queue.clone(),
         };
         let mut jobs = vec![tokio::spawn(reaper::run(reaper, stop.clone()))];
         let shared = Arc::new(Outbound {

@@ -1,5 +1,6 @@
 //! The lease reaper: a build whose node stopped heartbeating is requeued (attempt + 1), or failed
-//! with `node_lost` after the last attempt.
+//! with `node_lost` after the last attempt; and a build queued past its lane's
+//! `max_queue_seconds` without ever being claimed is cancelled with reason `expired`.
 //!
 //! Leases come from the log (the `builds` projection), so the reaper works after a restart; each
 //! expiry is appended at the build's exact version, so two gateways sharing a store cannot both
@@ -24,6 +25,8 @@ pub struct Reaper {
     pub builds: BuildService,
     /// Claims of one build before a lost node fails it (`[nodes] max_attempts`).
     pub max_attempts: u32,
+    /// Each lane's `max_queue_seconds`.
+    pub max_queue: Vec<(String, chrono::Duration)>,
 }
 
 /// Reaps every expired lease until `stopping` turns true.
@@ -55,5 +58,38 @@ pub async fn reap_once(reaper: &Reaper, now: DateTime<Utc>) -> usize {
             Err(e) => tracing::error!(%build_id, error = %e, "cannot expire a lease"),
         }
     }
-    reaped
+    reaped + expire_queued(reaper, now).await
+}
+
+/// Cancels the builds queued past their lane's limit, oldest first; a requeued build (its node
+/// was lost) is not one that waited for a first node, and is left to run.
+async fn expire_queued(reaper: &Reaper, now: DateTime<Utc>) -> usize {
+    let stale: Vec<Uuid> = reaper.projections.read(|p| {
+        let mut stale = Vec::new();
+        for (lane, limit) in &reaper.max_queue {
+            for entry in p.queue.queued_in(lane) {
+                let Some(build) = p.builds.get(entry.build_id) else { continue };
+                if build.requested_at + *limit > now {
+                    break;
+                }
+                if entry.attempt == 1 {
+                    stale.push(entry.build_id);
+                }
+            }
+        }
+        stale
+    });
+    let mut expired = 0;
+    for build_id in stale {
+        let command = BuildCommand::Cancel { reason: "expired".into() };
+        match reaper.builds.execute_at(build_id, Uuid::now_v7(), &command, now).await {
+            Ok(_) => {
+                expired += 1;
+                tracing::warn!(%build_id, "queued past its lane's max_queue_seconds: cancelled");
+            }
+            Err(CommandError::Refused { .. } | CommandError::Store(StoreError::Contention { .. })) => {}
+            Err(e) => tracing::error!(%build_id, error = %e, "cannot cancel an expired build"),
+        }
+    }
+    expired
 }

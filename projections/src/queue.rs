@@ -170,6 +170,11 @@ impl Queue {
         (queued, self.running.values().filter(|r| r.lane == lane).count())
     }
 
+    /// The queued builds of `lane`, in log order.
+    pub fn queued_in<'a>(&'a self, lane: &str) -> impl Iterator<Item = &'a QueueEntry> + 'a {
+        self.lanes.get(lane).into_iter().flatten().filter_map(|(_, id)| self.queued.get(id))
+    }
+
     /// The queued build of `lane` that has waited longest (the first in log order).
     pub fn oldest_in(&self, lane: &str) -> Option<&QueueEntry> {
         self.lanes.get(lane)?.first().and_then(|(_, id)| self.queued.get(id))

@@ -164,6 +164,16 @@ pub(super) fn parts(
         reconciler,
         max_attempts: config.nodes.max_attempts,
         followers: followers(&config)?,
+        max_queue: config
+            .lanes
+            .iter()
+            .filter_map(|l| {
+                Some((
+                    l.name.clone(),
+                    chrono::Duration::seconds(l.max_queue_seconds?.min(i64::MAX as u64 / 1000) as i64),
+                ))
+            })
+            .collect(),
     };
     let retention = Retention {
         artifacts: Arc::clone(&artifacts),

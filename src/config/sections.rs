@@ -340,6 +340,10 @@ pub struct LaneConfig {
     /// any 16.x.
     #[serde(default)]
     pub xcode: Option<String>,
+    /// A build queued this long (never claimed) is cancelled with reason `expired`: a queue that
+    /// grew over an outage does not run every stale build when nodes come back. None: no limit.
+    #[serde(default)]
+    pub max_queue_seconds: Option<u64>,
 }
 
 /// `meshgate worker` settings (the `[worker]` table the agent reads too); flags override them.

@@ -61,13 +61,21 @@ pub fn test_config(dir: &Path, triggers: Vec<Trigger>) -> Config {
     // Stand-ins serve HTTPS with certificates of the tests' CA, trusted through this file only.
     config.outbound.ca_file = Some(crate::pki::pki().ca_file.clone());
     config.lanes = vec![
-        LaneConfig { name: "default".into(), priority: 0, required_labels: vec![], max_running: None, xcode: None },
+        LaneConfig {
+            name: "default".into(),
+            priority: 0,
+            required_labels: vec![],
+            max_running: None,
+            xcode: None,
+            max_queue_seconds: None,
+        },
         LaneConfig {
             name: "signing".into(),
             priority: 10,
             required_labels: vec!["signing".into()],
             max_running: Some(1),
             xcode: None,
+            max_queue_seconds: None,
         },
     ];
     config.triggers = triggers;

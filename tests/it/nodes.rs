@@ -255,6 +255,7 @@ async fn the_reaper_requeues_at_the_end_of_the_lease_and_not_before() {
         projections: app.handles.projections.clone(),
         builds: app.handles.builds.clone(),
         max_attempts: app.config.nodes.max_attempts,
+        max_queue: vec![],
     };
     let reap = |at| meshgate::reaper::reap_once(&reaper, at);
     assert_eq!(reap(lease - chrono::Duration::seconds(1)).await, 0);
@@ -265,4 +266,37 @@ async fn the_reaper_requeues_at_the_end_of_the_lease_and_not_before() {
     assert!(app.handles.projections.caught_up_to(head, std::time::Duration::from_secs(5)).await);
     assert_eq!(reap(lease + chrono::Duration::seconds(1)).await, 0);
     assert_eq!(app.claim("mac-2", &[], 1, 0).await.unwrap()["attempt"], 2);
+}
+
+/// A build queued past its lane's `max_queue_seconds` is cancelled (`expired`) on a stepped
+/// clock; the builds claimed in time are not touched.
+#[tokio::test]
+async fn builds_queued_past_their_lanes_limit_are_cancelled_as_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), vec![ios_trigger()]);
+    // Leases that outlast the queue's limit: only the queue's limit is at work here.
+    config.nodes.lease_seconds = 7200;
+    let app = spawn_with(dir, config).await;
+    let first = build_for(&app, "MOB-1").await;
+    let second = build_for(&app, "MOB-2").await;
+    let waiting = build_for(&app, "MOB-3").await;
+    // Two nodes claim MOB-1 and MOB-2; MOB-3 waits.
+    assert_eq!(claimed_id(&app.claim("mac-1", &[], 1, 0).await.unwrap()), first);
+    assert_eq!(claimed_id(&app.claim("mac-2", &[], 1, 0).await.unwrap()), second);
+    let head = *app.store().head().borrow();
+    assert!(app.handles.projections.caught_up_to(head, std::time::Duration::from_secs(5)).await);
+    let reaper = meshgate::reaper::Reaper {
+        projections: app.handles.projections.clone(),
+        builds: app.handles.builds.clone(),
+        max_attempts: 3,
+        max_queue: vec![("default".into(), chrono::Duration::minutes(30))],
+    };
+    let requested = app.handles.projections.read(|p| p.builds.get(waiting).unwrap().requested_at);
+    let limit = requested + chrono::Duration::minutes(30);
+    assert_eq!(meshgate::reaper::reap_once(&reaper, limit - chrono::Duration::seconds(1)).await, 0);
+    assert_eq!(meshgate::reaper::reap_once(&reaper, limit).await, 1);
+    let detail = answer_of(app.client.get(app.url(&format!("/api/v1/builds/{waiting}"))).bearer_auth(&app.admin_token));
+    let state = detail.await["build"]["state"].clone();
+    assert_eq!((state["state"].as_str(), state["reason"].as_str()), (Some("cancelled"), Some("expired")));
+    assert_eq!(app.count("BuildCancelled").await, 1, "the running builds are not touched");
 }
