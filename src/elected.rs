@@ -1,5 +1,6 @@
 //! The work that must happen once per team of gateways: the lease reaper, one dispatcher per
-//! outbound sink, reconciliation sweeps and the Matrix rooms followed for reactions. They run on the gateway that holds the lease
+//! outbound sink, reconciliation sweeps, the lanes watched for builds nobody can run and the Matrix
+//! rooms followed for reactions. They run on the gateway that holds the lease
 //! ([`EventStore::leadership`]; with the SQLite log, the only gateway, always), and stop when the
 //! term ends or the gateway stops. The reaper and the dispatchers append through a store fenced
 //! with the term.
@@ -29,6 +30,8 @@ pub struct Jobs {
     pub max_attempts: u32,
     /// Each lane's `max_queue_seconds`, for the reaper.
     pub max_queue: Vec<(String, chrono::Duration)>,
+    /// The lanes watched for builds no live node can run.
+    pub lane_watch: Arc<crate::lane_watch::LaneWatch>,
     /// The Matrix rooms whose reactions act on builds.
     pub followers: Vec<Arc<crate::reactions::Follower>>,
 }
@@ -58,6 +61,7 @@ impl Jobs {
         if let Some(reconciler) = &self.reconciler {
             jobs.push(tokio::spawn(crate::reconcile::run(Arc::clone(reconciler), stop.clone())));
         }
+        jobs.push(tokio::spawn(crate::lane_watch::run(Arc::clone(&self.lane_watch), Arc::clone(&store), stop.clone())));
         for follower in &self.followers {
             let follow =
                 crate::reactions::run(Arc::clone(follower), Arc::clone(&store), self.projections.clone(), stop.clone());

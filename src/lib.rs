@@ -32,6 +32,7 @@ pub mod elected;
 pub mod files;
 pub mod http;
 pub mod ingest;
+pub mod lane_watch;
 pub mod links;
 pub mod metrics;
 pub mod outbound;

@@ -494,6 +494,8 @@ events!(
     ChatSynced,
     QueuePaused,
     QueueResumed,
+    LaneUnservable,
+    LaneServable,
 );
 
 impl Event {
@@ -524,6 +526,8 @@ impl Event {
             Event::ArtifactsExpired(e) => Some(e.build_id),
             Event::BuildRebuilt(e) => Some(e.build_id),
             Event::BuildActionRequested(e) => Some(e.build_id),
+            Event::LaneUnservable(e) => Some(e.build_id),
+            Event::LaneServable(e) => Some(e.build_id),
             Event::WebhookReceived(_)
             | Event::WebhookIgnored(_)
             | Event::WebhookRouted(_)

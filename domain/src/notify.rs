@@ -27,6 +27,11 @@ pub enum Milestone {
     Retrying(u32),
     /// Someone asked for the build again: its message says which build repeats it, and who asked.
     Rebuilt,
+    /// The build's lane has had queued builds no live node could claim for too long (the build
+    /// is its oldest): on-call is paged, chat told.
+    Unservable,
+    /// Its lane can be served again: the page is resolved, chat told.
+    Servable,
 }
 
 impl Milestone {
@@ -42,13 +47,15 @@ impl Milestone {
             Event::PageRequested(_) => Milestone::Page,
             Event::BuildRetryScheduled(e) => Milestone::Retrying(e.next_attempt),
             Event::BuildRebuilt(_) => Milestone::Rebuilt,
+            Event::LaneUnservable(_) => Milestone::Unservable,
+            Event::LaneServable(_) => Milestone::Servable,
             _ => return None,
         };
         Some((event.build_id()?, milestone))
     }
 
     /// Every kind of milestone, in a build's order (a retry stands for every retry).
-    pub const ALL: [Milestone; 9] = [
+    pub const ALL: [Milestone; 11] = [
         Milestone::Queued,
         Milestone::Running,
         Milestone::Retrying(0),
@@ -58,6 +65,8 @@ impl Milestone {
         Milestone::Cancelled,
         Milestone::Rebuilt,
         Milestone::Page,
+        Milestone::Unservable,
+        Milestone::Servable,
     ];
 
     /// The milestone named `name` in a notification key (`failed`, `retrying-2`).
@@ -93,6 +102,8 @@ impl Milestone {
             Milestone::Page => "page",
             Milestone::Retrying(_) => "retrying",
             Milestone::Rebuilt => "rebuilt",
+            Milestone::Unservable => "unservable",
+            Milestone::Servable => "servable",
         }
     }
 
@@ -107,6 +118,8 @@ impl Milestone {
             Milestone::Page => "🚨",
             Milestone::Retrying(_) => "🔁",
             Milestone::Rebuilt => "🔁",
+            Milestone::Unservable => "🚫",
+            Milestone::Servable => "🟢",
         }
     }
 }
@@ -241,6 +254,21 @@ fn duration(ms: u64) -> String {
 
 /// One chat line, plain text (the sink escapes it for its format).
 pub fn chat_line(facts: &BuildFacts, milestone: Milestone) -> String {
+    let waits = |facts: &BuildFacts| match &facts.name {
+        Some(name) => format!("{} {name}", facts.issue_id),
+        None => facts.issue_id.clone(),
+    };
+    match milestone {
+        Milestone::Unservable => {
+            return format!(
+                "🚫 lane {}: no live node can run its queued builds ({} waits longest); on-call is paged",
+                facts.lane,
+                waits(facts)
+            )
+        }
+        Milestone::Servable => return format!("🟢 lane {}: a node can run its builds again", facts.lane),
+        _ => {}
+    }
     let mut head = format!("{} {}", milestone.emoji(), facts.issue_id);
     if let Some(name) = &facts.name {
         head.push_str(&format!(" {name}"));

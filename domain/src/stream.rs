@@ -100,6 +100,12 @@ pub fn action_stream(via: &str, request_id: &str) -> String {
     format!("action-{via}-{request_id}")
 }
 
+/// The stream of a lane's watch: `LaneUnservable` and `LaneServable` in turn, appended at its
+/// exact version, so a lane is paged about once per time it cannot be served.
+pub fn lane_watch_stream(lane: &str) -> String {
+    format!("lane-watch-{lane}")
+}
+
 /// The stream of the queue's pauses and resumes, appended at its exact version.
 pub fn pause_stream() -> String {
     "queue-pauses".to_owned()

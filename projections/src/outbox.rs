@@ -234,6 +234,8 @@ impl Projection for Outbox {
                 | "BuildRetryScheduled"
                 | "BuildCancelled"
                 | "BuildRebuilt"
+                | "LaneUnservable"
+                | "LaneServable"
                 | "NotificationAttempted"
                 | "NotificationDelivered"
                 | "NotificationAbandoned"

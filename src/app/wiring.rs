@@ -164,6 +164,11 @@ pub(super) fn parts(
         reconciler,
         max_attempts: config.nodes.max_attempts,
         followers: followers(&config)?,
+        lane_watch: Arc::new(crate::lane_watch::LaneWatch::new(
+            projections.clone(),
+            Arc::clone(&polls),
+            config.watched_lanes(),
+        )),
         max_queue: config
             .lanes
             .iter()

@@ -401,6 +401,21 @@ impl Config {
         names
     }
 
+    /// Every lane (those triggers name without configuring with no labels and no cap), and how
+    /// long it may go unserved before on-call is paged.
+    pub fn watched_lanes(&self) -> Vec<(meshgate_projections::LaneRule, chrono::Duration)> {
+        let rules = self.lane_rules();
+        self.lane_names()
+            .into_iter()
+            .map(|name| {
+                let rule = rules.iter().find(|r| r.name == name).cloned();
+                let alert = self.lanes.iter().find(|l| l.name == name).map_or(300, |l| l.unservable_alert_seconds);
+                let rule = rule.unwrap_or(meshgate_projections::LaneRule { name, ..Default::default() });
+                (rule, chrono::Duration::seconds(alert.min(i64::MAX as u64 / 1000) as i64))
+            })
+            .collect()
+    }
+
     pub fn lane_rules(&self) -> Vec<meshgate_projections::LaneRule> {
         self.lanes
             .iter()

@@ -344,6 +344,13 @@ pub struct LaneConfig {
     /// grew over an outage does not run every stale build when nodes come back. None: no limit.
     #[serde(default)]
     pub max_queue_seconds: Option<u64>,
+    /// How long the lane may have queued builds no live node can run before on-call is paged.
+    #[serde(default = "default_unservable_alert_seconds")]
+    pub unservable_alert_seconds: u64,
+}
+
+fn default_unservable_alert_seconds() -> u64 {
+    300
 }
 
 /// `meshgate worker` settings (the `[worker]` table the agent reads too); flags override them.

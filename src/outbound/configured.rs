@@ -40,13 +40,15 @@ pub enum SinkError {
 /// alert channel (`[pager] alert_chat`, which gets nothing else). The outbox keeps milestones for
 /// these only.
 pub fn specs(config: &Config) -> Vec<SinkSpec> {
-    let chat: Vec<Milestone> = Milestone::ALL.into_iter().filter(|m| *m != Milestone::Page).collect();
+    // Pages and the lanes' watch go to on-call: the pager and the alert channel.
+    let on_call = [Milestone::Page, Milestone::Unservable, Milestone::Servable];
+    let chat: Vec<Milestone> = Milestone::ALL.into_iter().filter(|m| !on_call.contains(m)).collect();
     let mut specs: Vec<SinkSpec> = config
         .chat
         .iter()
         .map(|c| {
             let alert = config.pager.alert_chat.as_deref() == Some(c.name.as_str());
-            SinkSpec { name: c.name.clone(), wants: if alert { vec![Milestone::Page] } else { chat.clone() } }
+            SinkSpec { name: c.name.clone(), wants: if alert { on_call.to_vec() } else { chat.clone() } }
         })
         .collect();
     if config.youtrack.base_url.is_some() && config.youtrack.token_file.is_some() {
@@ -60,7 +62,7 @@ pub fn specs(config: &Config) -> Vec<SinkSpec> {
         }
     }
     if config.pager.routing_key_file.is_some() {
-        specs.push(SinkSpec { name: "pager".into(), wants: vec![Milestone::Page] });
+        specs.push(SinkSpec { name: "pager".into(), wants: on_call.to_vec() });
     }
     specs
 }

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::exchange::{exchange, Answer};
 use super::Message;
-use meshgate_domain::notify::{chat_line, page_summary};
+use meshgate_domain::notify::{chat_line, page_summary, Milestone};
 
 pub struct Events {
     pub url: String,
@@ -15,6 +15,22 @@ pub struct Events {
 impl Events {
     pub async fn send(&self, http: &reqwest::Client, message: &Message<'_>) -> Answer {
         let facts = message.facts;
+        // A lane no node can serve: one incident per lane, resolved when it can be served again.
+        if let Milestone::Unservable | Milestone::Servable = message.milestone {
+            let action = if message.milestone == Milestone::Unservable { "trigger" } else { "resolve" };
+            let body = json!({
+                "routing_key": self.routing_key,
+                "event_action": action,
+                "dedup_key": format!("meshgate-lane-{}", facts.lane),
+                "payload": {
+                    "summary": format!("meshgate: lane {} has queued builds no live node can run", facts.lane),
+                    "source": "meshgate",
+                    "severity": "critical",
+                    "custom_details": {"line": chat_line(facts, message.milestone), "lane": facts.lane, "build_id": facts.build_id},
+                },
+            });
+            return exchange(http.post(&self.url).json(&body)).await;
+        }
         let body = json!({
             "routing_key": self.routing_key,
             "event_action": "trigger",

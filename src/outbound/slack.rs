@@ -76,7 +76,13 @@ pub fn blocks(text: &str, build_id: uuid::Uuid, milestone: Milestone) -> serde_j
                 "deny": {"type": "plain_text", "text": "Keep it"},
             },
         }),
-        Milestone::Succeeded | Milestone::Failed | Milestone::Cancelled | Milestone::Rebuilt | Milestone::Page => {
+        Milestone::Succeeded
+        | Milestone::Failed
+        | Milestone::Cancelled
+        | Milestone::Rebuilt
+        | Milestone::Page
+        | Milestone::Unservable
+        | Milestone::Servable => {
             json!({
                 "type": "button", "action_id": REBUILD, "value": build_id.to_string(),
                 "text": {"type": "plain_text", "text": "Rebuild"},

@@ -530,6 +530,12 @@ async fn write_scenarios(app: &TestApp) {
     let held = vec![pause(&["signing"], "Xcode 16.3 upgrade"), pause(&[], "datacenter move"), resume];
     record(app, &meshgate_domain::stream::pause_stream(), held).await;
     record(app, &meshgate_domain::stream::pause_stream(), vec![pause(&["signing"], "Xcode 16.3 upgrade")]).await;
+    // The default lane went unserved past its alert time, and was served again.
+    let watched = vec![
+        Event::LaneUnservable(meshgate_domain::event::LaneUnservable { lane: "default".into(), build_id: b6 }),
+        Event::LaneServable(meshgate_domain::event::LaneServable { lane: "default".into(), build_id: b6 }),
+    ];
+    record(app, &meshgate_domain::stream::lane_watch_stream("default"), watched).await;
 }
 
 /// Appends `events` to the end of `stream`.

@@ -68,6 +68,7 @@ pub fn test_config(dir: &Path, triggers: Vec<Trigger>) -> Config {
             max_running: None,
             xcode: None,
             max_queue_seconds: None,
+            unservable_alert_seconds: 300,
         },
         LaneConfig {
             name: "signing".into(),
@@ -76,6 +77,7 @@ pub fn test_config(dir: &Path, triggers: Vec<Trigger>) -> Config {
             max_running: Some(1),
             xcode: None,
             max_queue_seconds: None,
+            unservable_alert_seconds: 300,
         },
     ];
     config.triggers = triggers;
@@ -342,4 +344,24 @@ pub fn unnamed(line: &str) -> String {
         return line.to_owned();
     }
     format!("{}{}", &line[..start], &rest[digits..])
+}
+
+/// The trigger of project `SIGN`'s builds, in the `signing` lane (which needs the `signing`
+/// label and runs one build at a time).
+pub fn sign_trigger() -> Trigger {
+    Trigger {
+        name: "ios-sign".into(),
+        projects: vec!["SIGN".into()],
+        script: "ios-sign".into(),
+        lane: "signing".into(),
+        ..ios_trigger()
+    }
+}
+
+/// A change of issue `SIGN-n` into `Building`: a build in the signing lane.
+pub fn sign_issue(n: u32) -> String {
+    with(
+        &fixture("mob-issueUpdated-state-building.json"),
+        &serde_json::json!({"id": format!("SIGN-{n}"), "project": {"id": "0-9", "name": "Signing", "shortName": "SIGN"}}),
+    )
 }

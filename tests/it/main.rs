@@ -21,6 +21,7 @@ mod ha;
 mod helpers;
 mod hostile;
 mod idempotency;
+mod lane_watch;
 mod mac_node;
 pub mod matrix;
 mod matrix_reactions;

@@ -20,23 +20,11 @@ async fn metric(app: &TestApp, line: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_reason_a_build_waits_is_said_where_it_waits() {
     let dir = tempfile::tempdir().unwrap();
-    let signing = meshgate_domain::Trigger {
-        name: "ios-sign".into(),
-        projects: vec!["SIGN".into()],
-        script: "ios-sign".into(),
-        lane: "signing".into(),
-        ..ios_trigger()
-    };
-    let config = test_config(dir.path(), vec![ios_trigger(), signing]);
+    let config = test_config(dir.path(), vec![ios_trigger(), sign_trigger()]);
     let app = spawn_with(dir, config).await;
     let building = fixture("mob-issueUpdated-state-building.json");
     let mob = |n: u32| with(&building, &json!({"id": format!("MOB-{n}")}));
-    let sign = |n: u32| {
-        with(
-            &building,
-            &json!({"id": format!("SIGN-{n}"), "project": {"id": "0-9", "name": "Signing", "shortName": "SIGN"}}),
-        )
-    };
+    let sign = sign_issue;
 
     let m1 = build_id(&app.deliver(&mob(1)).await);
     assert_eq!(why(&app, m1).await, json!({"reason": "no_nodes"}));

@@ -60,3 +60,21 @@ pub struct QueueResumed {
     pub lanes: Vec<String>,
     pub by: String,
 }
+
+/// A lane has had queued builds no live node could claim for its `unservable_alert_seconds`:
+/// on-call is paged and chat told, once, about `build_id` (the lane's oldest queued build) until
+/// the lane can be served again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneUnservable {
+    pub lane: String,
+    pub build_id: Uuid,
+}
+
+/// The lane can be served again (a node that can run its builds is back, or nothing waits): the
+/// page is resolved and chat told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneServable {
+    pub lane: String,
+    /// The build the page was about.
+    pub build_id: Uuid,
+}
