@@ -150,7 +150,8 @@ pub(super) fn parts(
     let gauges = crate::scrape::Gauges {
         store: Arc::clone(store),
         projections: projections.clone(),
-        lanes: config.lane_rules(),
+        // Every lane a build can be in, configured or named by a trigger only (`default`).
+        lanes: config.watched_lanes().into_iter().map(|(rule, _)| rule).collect(),
         polls: Arc::clone(&polls),
         sinks: sinks.iter().map(|s| s.name.clone()).collect(),
     };

@@ -220,21 +220,36 @@ pub(crate) async fn serve_then(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
     config.server.listen = listener.local_addr()?;
+    // What an operator needs at start, on standard output: lines, or JSON objects under
+    // `[log] format = "json"` (every line a pipeline reads parses).
+    let json = config.log.format == crate::config::LogFormat::Json;
+    let say = |message: &str, key: &str, value: String| {
+        if json {
+            println!("{}", serde_json::json!({"level": "INFO", "message": message, key: value}));
+        } else {
+            println!("{message}: {value}");
+        }
+    };
     for path in generate_missing_default_tokens(&config)? {
-        println!("generated token file {}", path.display());
+        say("generated token file", "path", path.display().to_string());
     }
     for path in config.webhook_token_files() {
-        println!("webhook token file: {}", path.display());
+        say("webhook token file", "path", path.display().to_string());
     }
-    println!("admin token file: {}", config.admin_token_file().display());
-    println!("build pool token file: {}", config.nodes_token_file().display());
+    say("admin token file", "path", config.admin_token_file().display().to_string());
+    say("build pool token file", "path", config.nodes_token_file().display().to_string());
     let app = App::start(&config).await?;
     // Caught from here on (its default would end the process).
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
     let reloader = tokio::spawn(reload_on_hangup(hangups, Arc::clone(&app.handles.surfaces.reload)));
     let scheme = if config.tls_files().is_some() { "https" } else { "http" };
-    println!("meshgate listening on {scheme}://{}{}", listener.local_addr()?, config.webhook.path);
+    let url = format!("{scheme}://{}{}", listener.local_addr()?, config.webhook.path);
+    if json {
+        println!("{}", serde_json::json!({"level": "INFO", "message": "meshgate listening", "url": url}));
+    } else {
+        println!("meshgate listening on {url}");
+    }
     tracing::info!(listen = %listener.local_addr()?, triggers = config.triggers.len(), "gateway started");
     if let Some(largest) = config.largest_recordable_body() {
         tracing::warn!(largest, "{}", config.too_large_bodies(largest));

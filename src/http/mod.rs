@@ -107,7 +107,7 @@ pub fn router(surfaces: Surfaces, webhook_path: &str) -> Router {
     Router::new()
         .route(trimmed, post(webhook::receive))
         .route(&format!("{trimmed}/"), post(webhook::receive))
-        .merge(api.merge(ui::routes()).layer(slowed))
+        .merge(api.merge(ui::routes()).route("/api/{*rest}", axum::routing::any(unknown_api)).layer(slowed))
         .route("/api/openapi.json", get(move || openapi_json(Arc::clone(&document))))
         .route(
             "/chat/slack/actions",
@@ -172,6 +172,12 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 
 async fn openapi_json(document: Arc<String>) -> impl IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], document.as_str().to_owned())
+}
+
+/// A path under `/api/` that is none of the API's: `401` without the admin token (a stranger
+/// learns nothing of what exists), `404` with it.
+async fn unknown_api(_: access::Reader) -> ApiError {
+    ApiError::not_found("path")
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -80,6 +80,9 @@ async fn the_token_is_checked_before_the_path_and_the_query() {
         ("/api/v1/builds?issue=MOB-1&issue=MOB-2", 400),
         ("/api/v1/builds?state=bogus", 400),
         ("/api/v1/events?after=x", 400),
+        // A path the API does not have: a stranger is not told so.
+        ("/api/v1/anything", 404),
+        ("/api/v2/builds", 404),
     ] {
         assert_eq!(get(path, None).await.unwrap().status(), 401, "{path}");
         assert_eq!(get(path, Some("wrong")).await.unwrap().status(), 401, "{path}");

@@ -6,7 +6,11 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn the_metrics_listener_serves_deliveries_commits_builds_and_the_log_head() {
-    let app = spawn_app().await;
+    // No [[lanes]]: the triggers' implicit `default` lane has its series all the same.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), vec![ios_trigger()]);
+    config.lanes.clear();
+    let app = spawn_with(dir, config).await;
     app.deliver(&with(&fixture("mob-issueUpdated-state-building.json"), &json!({"id": "MOB-901"}))).await;
     let refused =
         app.client.post(app.url("/youtrack/webhook")).header("X-YouTrack-Token", "wrong").body("{}").send().await;
@@ -80,5 +84,12 @@ async fn with_json_logs_every_line_is_one_object_and_a_delivery_carries_its_corr
     let lines: Vec<serde_json::Value> =
         said.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
     let accepted = lines.iter().find(|l| l["message"] == "delivery accepted").expect("the delivery's line");
+    // Standard output too: the token files and where it listens, each a JSON object.
+    let printed = std::fs::read_to_string(dir.path().join("stdout.log")).unwrap();
+    assert!(printed.lines().count() >= 3, "{printed}");
+    for line in printed.lines() {
+        let said: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(said["message"].as_str().is_some_and(|m| m.ends_with("token file")), "{said}");
+    }
     assert_eq!(accepted["span"]["correlation_id"], answer["correlation_id"]);
 }

@@ -47,6 +47,10 @@ pub fn launch(dir: &Path, args: &[&str], env: &[(&str, &str)], stderr: Stdio) ->
     let mut printed = Vec::new();
     for line in stdout.lines() {
         let line = line.unwrap();
+        // `[log] format = "json"`: the same announcement as an object.
+        let said: Option<serde_json::Value> = serde_json::from_str(&line).ok();
+        let url = said.as_ref().filter(|s| s["message"] == "meshgate listening").and_then(|s| s["url"].as_str());
+        let line = url.map_or(line.clone(), |url| format!("meshgate listening on {url}"));
         let announced = match line.strip_prefix("meshgate listening on ") {
             Some(rest) if rest.starts_with("https://") => Some(("https", &rest[8..])),
             Some(rest) if rest.starts_with("http://") => Some(("http", &rest[7..])),
