@@ -278,4 +278,31 @@ async fn a_worker_killed_mid_build_round_after_round_is_replaced_and_its_late_re
     assert_eq!(events(dir.path(), "BuildSucceeded").len(), rounds, "one accepted result per build");
     assert_eq!(events(dir.path(), "BuildRequeued").len(), rounds);
     assert!(events(dir.path(), "BuildResultRejected").len() >= rounds);
+    // The bound that matters, from the log: no build was requeued before the lease its killed
+    // node last held had run out (the reaper's own clock, recorded with each event).
+    let conn = meshgate::store::sqlite::open_read_only(&dir.path().join("data/events.sqlite")).unwrap();
+    let log = query(&conn, &EventFilter::default(), 0, usize::MAX).unwrap();
+    let mut lease: HashMap<String, chrono::DateTime<chrono::Utc>> = HashMap::new();
+    let mut requeues = 0;
+    for event in &log {
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        match event.event_type.as_str() {
+            "BuildClaimed" | "BuildLeaseRenewed" => {
+                let until = serde_json::from_value(data["lease_expires_at"].clone()).unwrap();
+                lease.insert(event.stream.clone(), until);
+            }
+            "BuildRequeued" => {
+                requeues += 1;
+                let held = lease[&event.stream];
+                assert!(
+                    event.recorded_at >= held,
+                    "{} requeued at {} before its lease ended at {held}",
+                    event.stream,
+                    event.recorded_at
+                );
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(requeues, rounds);
 }
