@@ -61,6 +61,7 @@ impl Jobs {
         if let Some(reconciler) = &self.reconciler {
             jobs.push(tokio::spawn(crate::reconcile::run(Arc::clone(reconciler), stop.clone())));
         }
+        self.lane_watch.reset();
         jobs.push(tokio::spawn(crate::lane_watch::run(Arc::clone(&self.lane_watch), Arc::clone(&store), stop.clone())));
         for follower in &self.followers {
             let follow =

@@ -23,19 +23,46 @@ use crate::store::{EventStore, NewEvent, StoreError, StreamAppend};
 
 const EVERY: Duration = Duration::from_secs(1);
 
-/// What the watch reads, and since when each lane could not be served (in memory: a restart
-/// starts counting again).
+/// A lane's watch stream as this term knows it: the build its open page is about (none: no page
+/// open), and the stream's version (none: no stream yet).
+type Watched = (Option<Uuid>, Option<u64>);
+
+/// What the watch reads, since when each lane could not be served (in memory: a restart starts
+/// counting again), and each lane's watch stream as last read or written in this term.
 pub struct LaneWatch {
     pub projections: Projections,
     pub polls: Arc<Polls>,
     /// Every lane, with how long it may go unserved before on-call is paged.
     pub lanes: Vec<(LaneRule, chrono::Duration)>,
     since: Mutex<HashMap<String, DateTime<Utc>>>,
+    streams: Mutex<HashMap<String, Watched>>,
 }
 
 impl LaneWatch {
     pub fn new(projections: Projections, polls: Arc<Polls>, lanes: Vec<(LaneRule, chrono::Duration)>) -> Self {
-        LaneWatch { projections, polls, lanes, since: Mutex::default() }
+        LaneWatch { projections, polls, lanes, since: Mutex::default(), streams: Mutex::default() }
+    }
+
+    /// Forgets the streams read: a new term reads them again (another gateway may have written).
+    pub fn reset(&self) {
+        self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+    }
+
+    /// The lane's open page and its stream's version: as this term last saw them, else read.
+    async fn stream_of(&self, store: &dyn EventStore, lane: &str) -> Result<Watched, StoreError> {
+        if let Some(known) = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(lane) {
+            return Ok(*known);
+        }
+        let last = store.read_last(&lane_watch_stream(lane)).await?;
+        let decoded =
+            last.as_ref().map(|l| l.decode()).transpose().map_err(|e| StoreError::caused("a lane's watch", e))?;
+        let paged = match decoded.map(|r| r.event) {
+            Some(Event::LaneUnservable(e)) => Some(e.build_id),
+            _ => None,
+        };
+        let known = (paged, last.map(|l| l.version));
+        self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(lane.to_owned(), known);
+        Ok(known)
     }
 
     /// Looks at every lane at `now`; returns how many lanes' watch changed.
@@ -56,20 +83,7 @@ impl LaneWatch {
                     None
                 }
             };
-            let stream = lane_watch_stream(&rule.name);
-            let last = store.read_last(&stream).await?;
-            let paged = match last
-                .as_ref()
-                .map(|l| l.decode())
-                .transpose()
-                .map_err(|e| StoreError::caused("a lane's watch", e))?
-            {
-                Some(recorded) => match recorded.event {
-                    Event::LaneUnservable(e) => Some(e.build_id),
-                    _ => None,
-                },
-                None => None,
-            };
+            let (paged, version) = self.stream_of(store, &rule.name).await?;
             let event = match (since, paged, oldest) {
                 (Some(since), None, Some(build_id)) if now - since >= *alert_after => {
                     tracing::error!(lane = %rule.name, "no live node can run the lane's queued builds: paging on-call");
@@ -81,16 +95,33 @@ impl LaneWatch {
                 }
                 _ => continue,
             };
+            let now_paged = match &event {
+                Event::LaneUnservable(e) => Some(e.build_id),
+                _ => None,
+            };
             let append = StreamAppend {
-                stream,
-                expected: ExpectedVersion::from_current(last.map(|l| l.version)),
+                stream: lane_watch_stream(&rule.name),
+                expected: ExpectedVersion::from_current(version),
                 events: vec![NewEvent::from_domain(&event, Uuid::now_v7(), None, now)],
             };
+            let streams = |known| {
+                let mut streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                match known {
+                    Some(known) => streams.insert(rule.name.clone(), known),
+                    None => streams.remove(&rule.name),
+                };
+            };
             match store.append(vec![append]).await {
-                Ok(_) => changed += 1,
-                // Another writer recorded it first: the next look decides again.
-                Err(StoreError::Conflict { .. }) => {}
-                Err(e) => return Err(e),
+                Ok(_) => {
+                    changed += 1;
+                    streams(Some((now_paged, Some(version.map_or(0, |v| v + 1)))));
+                }
+                // Another writer recorded it first: the next look reads the stream again.
+                Err(StoreError::Conflict { .. }) => streams(None),
+                Err(e) => {
+                    streams(None);
+                    return Err(e);
+                }
             }
         }
         Ok(changed)
