@@ -77,6 +77,9 @@ pub(super) fn parts(
     let artifacts = Arc::new(Artifacts::new(config.files_dir().join("artifacts"), config.nodes.max_artifact_bytes));
     let counters = Arc::new(Counters::default());
     let polls = Arc::new(crate::polls::Polls::new(Duration::from_secs(config.nodes.claim_wait_seconds)));
+    // One client for every outbound call (chat, tracker, pager, Slack's answers, Matrix rooms).
+    let http = outbound::client(&config).context("cannot build the outbound HTTPS client")?;
+    let lanes: Vec<_> = config.watched_lanes().into_iter().map(|(rule, _)| rule).collect();
     let sink_milestones =
         sinks.iter().map(|s| (s.name.clone(), Milestone::ALL.into_iter().filter(|m| s.wants(*m)).collect())).collect();
 
@@ -117,8 +120,8 @@ pub(super) fn parts(
             reconciler: reconciler.clone(),
             links: links.clone(),
             lane_priorities: config.lane_priorities(),
-            lanes: config.lane_rules(),
-            lane_names: config.lane_names(),
+            // Every lane a build can be in, configured or named by a trigger only (`default`).
+            lanes: lanes.clone(),
             polls: Arc::clone(&polls),
             sinks: sink_milestones,
             config: Arc::clone(&config),
@@ -143,15 +146,14 @@ pub(super) fn parts(
             sinks: slack_sinks(&config)?,
             store: Arc::clone(store),
             projections: projections.clone(),
-            http: outbound::client(&config).context("cannot build the outbound HTTPS client")?,
+            http: http.clone(),
         }),
         bad_api_tokens: Arc::new(BadTokens::new(config.webhook.max_bad_tokens_per_minute)),
     };
     let gauges = crate::scrape::Gauges {
         store: Arc::clone(store),
         projections: projections.clone(),
-        // Every lane a build can be in, configured or named by a trigger only (`default`).
-        lanes: config.watched_lanes().into_iter().map(|(rule, _)| rule).collect(),
+        lanes,
         polls: Arc::clone(&polls),
         sinks: sinks.iter().map(|s| s.name.clone()).collect(),
     };
@@ -160,11 +162,11 @@ pub(super) fn parts(
         projections: projections.clone(),
         links,
         rules: outbound::rules(&config),
-        http: outbound::client(&config).context("cannot build the outbound HTTPS client")?,
+        http: http.clone(),
         sinks: sinks.into_iter().map(Arc::new).collect(),
         reconciler,
         max_attempts: config.nodes.max_attempts,
-        followers: followers(&config)?,
+        followers: followers(&config, &http)?,
         lane_watch: Arc::new(crate::lane_watch::LaneWatch::new(
             projections.clone(),
             Arc::clone(&polls),
@@ -220,7 +222,7 @@ fn slack_sinks(config: &Config) -> anyhow::Result<Vec<SlackSink>> {
 }
 
 /// The `matrix` sinks whose rooms are followed for reactions (someone is allowed to act).
-fn followers(config: &Config) -> anyhow::Result<Vec<Arc<crate::reactions::Follower>>> {
+fn followers(config: &Config, http: &reqwest::Client) -> anyhow::Result<Vec<Arc<crate::reactions::Follower>>> {
     let mut followers = Vec::new();
     for chat in config.chat.iter().filter(|c| c.kind == crate::config::ChatKind::Matrix && !c.allowed_users.is_empty())
     {
@@ -236,7 +238,7 @@ fn followers(config: &Config) -> anyhow::Result<Vec<Arc<crate::reactions::Follow
             room_id: room_id.clone(),
             token: Token::read(token)?.expose().to_owned(),
             allowed_users: chat.allowed_users.clone(),
-            http: outbound::client(config).context("cannot build the outbound HTTPS client")?,
+            http: http.clone(),
         }));
     }
     Ok(followers)

@@ -46,10 +46,9 @@ pub struct AdminApi {
     pub reconciler: Option<Arc<Reconciler>>,
     pub links: LogLinks,
     pub lane_priorities: HashMap<String, i64>,
-    /// The configured lanes, for why a build waits.
+    /// Every lane a build can be in (configured, or named by a trigger only), for why a build
+    /// waits and which lanes may be paused.
     pub lanes: Vec<meshgate_projections::LaneRule>,
-    /// Every lane a build can be queued in (configured or named by a trigger), for pauses.
-    pub lane_names: Vec<String>,
     /// The nodes heard asking for work (the node API's).
     pub polls: Arc<crate::polls::Polls>,
     /// Every outbound sink by name, with the milestones it sends.
@@ -58,6 +57,13 @@ pub struct AdminApi {
     pub config: Arc<Config>,
     /// Turns true when the gateway stops: live tails end.
     pub stopping: watch::Receiver<bool>,
+}
+
+impl AdminApi {
+    /// Every lane's name.
+    pub fn lane_names(&self) -> Vec<String> {
+        self.lanes.iter().map(|l| l.name.clone()).collect()
+    }
 }
 
 const READ_YOUR_WRITES: Duration = Duration::from_secs(2);

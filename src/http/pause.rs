@@ -70,7 +70,8 @@ pub async fn pause_queue(
     bytes: axum::body::Bytes,
 ) -> Result<Json<Paused>, ApiError> {
     let request: PauseRequest = body(&bytes)?;
-    let paused = held(&app, |_| decide_pause(&request.lanes, &app.lane_names, &request.reason, "admin")).await?;
+    let known = app.lane_names();
+    let paused = held(&app, |_| decide_pause(&request.lanes, &known, &request.reason, "admin")).await?;
     tracing::info!(lanes = ?request.lanes, reason = %request.reason.trim(), "the queue is paused");
     Ok(Json(paused))
 }
@@ -83,7 +84,8 @@ pub async fn resume_queue(
     bytes: axum::body::Bytes,
 ) -> Result<Json<Paused>, ApiError> {
     let request: ResumeRequest = body(&bytes)?;
-    let paused = held(&app, |paused| decide_resume(paused, &request.lanes, &app.lane_names, "admin")).await?;
+    let known = app.lane_names();
+    let paused = held(&app, |paused| decide_resume(paused, &request.lanes, &known, "admin")).await?;
     tracing::info!(lanes = ?request.lanes, "the queue is resumed");
     Ok(Json(paused))
 }
