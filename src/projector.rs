@@ -311,12 +311,13 @@ impl Live<'_> {
     /// failed save is logged and done again at the next one: memory keeps what it did not save.
     fn save(&self) {
         let started = Instant::now();
-        let (views, mark, queue, queue_mark, outbox, nodes, numbers, paused, position) = {
+        let (views, mark, queue, queue_mark, outbox, nodes, numbers, paused, stats, position) = {
             let guard = self.set.read().unwrap_or_else(|p| p.into_inner());
             let (views, mark) = guard.builds.changed();
             let (queue, queue_mark) = guard.queue.changed();
             let (outbox, nodes, numbers) = (guard.outbox.clone(), guard.nodes.clone(), guard.builds.numbers().clone());
-            (views, mark, queue, queue_mark, outbox, nodes, numbers, guard.paused.clone(), guard.position)
+            let stats = guard.stats.changed();
+            (views, mark, queue, queue_mark, outbox, nodes, numbers, guard.paused.clone(), stats, guard.position)
         };
         let snapshot = Snapshot {
             views: &views,
@@ -325,6 +326,7 @@ impl Live<'_> {
             nodes: &nodes,
             numbers: &numbers,
             paused: &paused,
+            stats: &stats,
             position,
         };
         match self.readmodel.save(&snapshot) {
@@ -332,6 +334,7 @@ impl Live<'_> {
                 let mut guard = self.set.write().unwrap_or_else(|p| p.into_inner());
                 guard.builds.saved(mark);
                 guard.queue.saved(queue_mark);
+                guard.stats.saved(stats.mark);
                 let in_memory = guard.builds.in_memory_len();
                 drop(guard);
                 tracing::debug!(

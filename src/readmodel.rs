@@ -4,8 +4,9 @@
 //!
 //! A save writes the builds changed since the last one (one row each, the view as JSON, with its
 //! issue, state and number indexed for the API), the queue's entries changed (one row each), the
-//! outbox, the nodes, the builds' last numbers and the pauses whole (all small), the position and the
-//! projections' versions, in one transaction:
+//! outbox, the nodes, the builds' last numbers and the pauses whole (all small), the stats' days
+//! changed (a row per day) and their builds in flight, the position and the projections' versions,
+//! in one transaction:
 //! what a save holds is
 //! always the fold of the log up to its position. Memory then lets finished builds go, and reads
 //! of them come here (docs/adr/0003-projection-checkpoints.md).
@@ -14,7 +15,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use meshgate_projections::{BuildView, Nodes, Outbox, OutboxConfig, ProjectionSet, Queue, QueueChange, QueueEntry};
+use meshgate_projections::{
+    BuildView, Nodes, Outbox, OutboxConfig, ProjectionSet, Queue, QueueChange, QueueEntry, Stats, StatsChanges,
+};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use uuid::Uuid;
 
@@ -38,6 +41,7 @@ const SCHEMA: &str = "
     CREATE INDEX IF NOT EXISTS builds_by_state ON builds (state, position);
     CREATE INDEX IF NOT EXISTS builds_by_position ON builds (position);
     CREATE TABLE IF NOT EXISTS states (name TEXT PRIMARY KEY, state TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS stats_days (day TEXT PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS queue (
         build_id BLOB PRIMARY KEY,
         running INTEGER NOT NULL,
@@ -68,13 +72,21 @@ pub struct Snapshot<'a> {
     pub nodes: &'a Nodes,
     pub numbers: &'a BTreeMap<String, u64>,
     pub paused: &'a meshgate_domain::pause::Paused,
+    /// The stats' days changed and their flight, if it changed.
+    pub stats: &'a StatsChanges,
     pub position: u64,
 }
 
 impl<'a> Snapshot<'a> {
-    /// What a fold holds, with the changes `views` and `queue` it gave.
-    pub fn of(set: &'a ProjectionSet, views: &'a [BuildView], queue: &'a [QueueChange]) -> Self {
+    /// What a fold holds, with the changes `views`, `queue` and `stats` it gave.
+    pub fn of(
+        set: &'a ProjectionSet,
+        views: &'a [BuildView],
+        queue: &'a [QueueChange],
+        stats: &'a StatsChanges,
+    ) -> Self {
         Snapshot {
+            stats,
             views,
             queue,
             outbox: &set.outbox,
@@ -164,7 +176,19 @@ impl ReadModel {
         let numbers: BTreeMap<String, u64> =
             state("numbers")?.map(|t| parse("numbers", &t)).transpose()?.unwrap_or_default();
         let paused = state("paused")?.map(|t| parse("paused", &t)).transpose()?.unwrap_or_default();
+        let flight = state("stats")?.map(|t| parse("stats", &t)).transpose()?.unwrap_or_default();
+        let mut days = BTreeMap::new();
+        let mut stmt = conn.prepare("SELECT day, state FROM stats_days").store_err()?;
+        let mut rows = stmt.query([]).store_err()?;
+        while let Some(row) = rows.next().store_err()? {
+            let day: String = row.get(0).store_err()?;
+            let day = day.parse().map_err(|e| StoreError::caused("the read model's stats day", e))?;
+            days.insert(day, parse("stats day", &row.get::<_, String>(1).store_err()?)?);
+        }
+        drop(rows);
+        drop(stmt);
         let mut set = ProjectionSet {
+            stats: Stats::restore(days, flight),
             position,
             queue,
             nodes,
@@ -189,14 +213,16 @@ impl ReadModel {
     pub fn clear(&self) -> Result<(), StoreError> {
         let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         conn.execute_batch(
-            "DELETE FROM builds; DELETE FROM queue; DELETE FROM states; DELETE FROM position; DELETE FROM versions;",
+            "DELETE FROM builds; DELETE FROM queue; DELETE FROM states; DELETE FROM stats_days; DELETE FROM position;
+             DELETE FROM versions;",
         )
         .store_err()
     }
 
     /// Saves a snapshot in one transaction.
     pub fn save(&self, snapshot: &Snapshot<'_>) -> Result<(), StoreError> {
-        let Snapshot { views, queue, outbox, nodes, numbers, paused, position } = *snapshot;
+        let Snapshot { views, queue, outbox, nodes, numbers, paused, stats, position } = *snapshot;
+        let flight = stats.flight.as_ref().map(to_json).transpose()?;
         let (outbox, nodes, numbers, paused) = (to_json(outbox)?, to_json(nodes)?, to_json(numbers)?, to_json(paused)?);
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction().store_err()?;
@@ -240,6 +266,17 @@ impl ReadModel {
             state.execute(params!["nodes", nodes]).store_err()?;
             state.execute(params!["numbers", numbers]).store_err()?;
             state.execute(params!["paused", paused]).store_err()?;
+            if let Some(flight) = flight {
+                state.execute(params!["stats", flight]).store_err()?;
+            }
+            let mut day =
+                tx.prepare_cached("INSERT OR REPLACE INTO stats_days (day, state) VALUES (?1, ?2)").store_err()?;
+            for (date, stats) in &stats.days {
+                day.execute(params![date.to_string(), to_json(stats)?]).store_err()?;
+            }
+            if let Some(from) = stats.keep_from {
+                tx.execute("DELETE FROM stats_days WHERE day < ?1", [from.to_string()]).store_err()?;
+            }
             tx.execute("INSERT OR REPLACE INTO position (id, position) VALUES (1, ?1)", [position]).store_err()?;
             let mut version =
                 tx.prepare_cached("INSERT OR REPLACE INTO versions (name, version) VALUES (?1, ?2)").store_err()?;
@@ -419,7 +456,22 @@ pub fn differences(a: &ReadModel, b: &ReadModel) -> Result<Vec<String>, StoreErr
                     .store_err()?;
                 Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
             };
-            for name in ["outbox", "nodes", "numbers", "paused"] {
+            let days = |conn: &Connection| -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+                let mut stmt = conn.prepare("SELECT day, state FROM stats_days ORDER BY day").store_err()?;
+                let rows = stmt
+                    .query_map([], |r| {
+                        let text: String = r.get(1)?;
+                        Ok((r.get(0)?, serde_json::from_str(&text).unwrap_or_default()))
+                    })
+                    .store_err()?
+                    .collect::<Result<Vec<_>, _>>()
+                    .store_err()?;
+                Ok(rows)
+            };
+            if days(ca)? != days(cb)? {
+                found.push("the stats' days".into());
+            }
+            for name in ["outbox", "nodes", "numbers", "paused", "stats"] {
                 if state(ca, name)? != state(cb, name)? {
                     found.push(format!("the {name}"));
                 }

@@ -59,8 +59,10 @@ fn fold_range(
 fn save(into: &ReadModel, set: &mut ProjectionSet) -> Result<(), StoreError> {
     let (views, mark) = set.builds.changed();
     let (queue, queue_mark) = set.queue.changed();
-    into.save(&crate::readmodel::Snapshot::of(set, &views, &queue))?;
+    let stats = set.stats.changed();
+    into.save(&crate::readmodel::Snapshot::of(set, &views, &queue, &stats))?;
     set.builds.saved(mark);
     set.queue.saved(queue_mark);
+    set.stats.saved(stats.mark);
     Ok(())
 }

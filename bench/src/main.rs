@@ -17,6 +17,7 @@ mod live_log;
 mod rebuild;
 mod server;
 mod shared;
+mod stats;
 
 use std::path::PathBuf;
 
@@ -43,6 +44,8 @@ enum Command {
     LiveLog(live_log::LiveLogArgs),
     /// How fast Slack's button clicks are answered, each once its decision is in the log.
     ChatActions(chat_actions::ChatActionsArgs),
+    /// What the `stats` projection costs to fold on a long history, and its answers' time.
+    Stats(stats::StatsArgs),
 }
 
 /// The `meshgate` binary the benchmarks start: `MESHGATE_BIN`, else the one beside this binary
@@ -82,6 +85,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Some(Command::LiveLog(args)) => live_log::run(args).await,
             Some(Command::ChatActions(args)) => chat_actions::run(args).await,
+            Some(Command::Stats(args)) => stats::run(args).await,
             None => ingest::run(cli.args).await,
         }
     });

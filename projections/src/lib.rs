@@ -12,12 +12,17 @@ mod builds;
 mod nodes;
 mod outbox;
 mod queue;
+mod stats;
 mod waiting;
 
 pub use builds::{build_name, ArtifactRecord, BuildView, Builds, FoldRecord, RebuildRecord, RetryRecord};
 pub use nodes::{NodeView, Nodes};
 pub use outbox::{Entry, MilestoneRecord, Outbox, OutboxConfig, SinkSpec};
 pub use queue::{LaneRule, NodeAsk, Queue, QueueChange, QueueEntry};
+pub use stats::{
+    DayStats, Flight, Histogram, LaneStats, NodeStats, Percentiles, ScriptStats, SeriesPoint, Stats, StatsAnswer,
+    StatsChanges, TestStats, TriggerStats, KEEP_DAYS,
+};
 pub use waiting::{unservable, waiting, Waiting};
 
 use meshgate_domain::Recorded;
@@ -46,17 +51,20 @@ pub struct ProjectionSet {
     pub nodes: Nodes,
     /// The lanes an operator holds.
     pub paused: meshgate_domain::pause::Paused,
+    /// The farm's history, a day at a time.
+    pub stats: Stats,
 }
 
 impl ProjectionSet {
     /// The names and versions of the projections, as their saved states record them.
-    pub const VERSIONS: [(&'static str, u32); 5] = [
+    pub const VERSIONS: [(&'static str, u32); 6] = [
         (Builds::NAME, Builds::VERSION),
         (Queue::NAME, Queue::VERSION),
         (Outbox::NAME, Outbox::VERSION),
         (Nodes::NAME, Nodes::VERSION),
         // The pauses, folded here (`meshgate_domain::pause`).
         ("paused", 1),
+        (Stats::NAME, Stats::VERSION),
     ];
 
     pub fn new(outbox: OutboxConfig) -> Self {
@@ -69,6 +77,7 @@ impl ProjectionSet {
             || Queue::wants(event_type)
             || Outbox::wants(event_type)
             || Nodes::wants(event_type)
+            || Stats::wants(event_type)
             || matches!(event_type, "QueuePaused" | "QueueResumed")
     }
 
@@ -89,6 +98,9 @@ impl ProjectionSet {
         }
         if Nodes::wants(event_type) {
             self.nodes.apply(event);
+        }
+        if Stats::wants(event_type) {
+            self.stats.apply(event);
         }
         self.paused.apply(&event.event, event.recorded_at);
         self.position = event.position;

@@ -68,7 +68,7 @@ impl AdminApi {
 
 const READ_YOUR_WRITES: Duration = Duration::from_secs(2);
 
-async fn caught_up(app: &AdminApi) -> Result<(), ApiError> {
+pub(super) async fn caught_up(app: &AdminApi) -> Result<(), ApiError> {
     let head = *app.store.head().borrow();
     if app.projections.caught_up_to(head, READ_YOUR_WRITES).await {
         Ok(())

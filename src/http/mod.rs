@@ -16,6 +16,7 @@ mod pause;
 pub mod reload;
 pub mod serve;
 pub mod slack;
+mod stats;
 pub mod ui;
 pub mod webhook;
 
@@ -128,6 +129,7 @@ fn api_router() -> utoipa_axum::router::OpenApiRouter<Surfaces> {
         .routes(routes!(api::get_build))
         .routes(routes!(api::get_build_by_number))
         .routes(routes!(api::queue))
+        .routes(routes!(stats::stats))
         .routes(routes!(api::nodes))
         .routes(routes!(api::outbox))
         .routes(routes!(operations::drain_node))

@@ -26,6 +26,8 @@ use crate::store::{decide_and_append, Decision, NewEvent, Retry, StreamAppend, R
 #[serde(deny_unknown_fields)]
 pub struct PauseRequest {
     /// Why (1 to 500 bytes, not blank).
+    // The schema promises the 120 characters that fit in 500 bytes whatever they are (a schema's
+    // length counts characters, the gateway's limit bytes).
     #[serde(default)]
     #[schema(pattern = "\\S", min_length = 1, max_length = 120, required = true)]
     pub reason: String,

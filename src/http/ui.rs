@@ -22,6 +22,7 @@ use super::ApiError;
 const INDEX: &str = include_str!("../ui/index.html");
 const LOGIN: &str = include_str!("../ui/login.html");
 const SCRIPT: &str = include_str!("../ui/app.js");
+const CHARTS: &str = include_str!("../ui/charts.js");
 const STYLE: &str = include_str!("../ui/style.css");
 
 /// The dashboard's pages and sign-in, for any router state that holds the [`Access`].
@@ -37,6 +38,7 @@ where
         .route("/ui/logout", post(sign_out))
         .route("/ui/session", get(session))
         .route("/ui/app.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
+        .route("/ui/charts.js", get(|| async { asset("text/javascript; charset=utf-8", CHARTS) }))
         .route("/ui/style.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
 }
 

@@ -211,6 +211,8 @@ function summary(e) {
     case "SelfTestRan": return `self-test ${d.passed ? "passed" : "failed"} (${d.checks.length} check(s))`;
     case "ChatSynced": return `${d.sink} read for reactions`;
     case "QueuePaused": return `${d.lanes.length ? `lane(s) ${d.lanes.join(", ")}` : "every lane"} paused by ${d.by}: ${d.reason}`;
+    case "LaneUnservable": return `no live node can serve lane ${d.lane}; on-call paged`;
+    case "LaneServable": return `lane ${d.lane} can be served again; the page resolved`;
     case "QueueResumed": return `${d.lanes.length ? `lane(s) ${d.lanes.join(", ")}` : "every lane"} resumed by ${d.by}`;
     default: return `${e.type} (${Object.keys(d).join(", ")})`;
   }
@@ -222,11 +224,12 @@ function size(bytes) {
   return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
 }
 
-/// A span of time as people say it: `0.3 s`, `45 s`, `2 min`, `1 h 5 min`.
+/// A span of time as people say it: `0.3 s`, `45 s`, `1 min 35 s`, `14 min`, `1 h 5 min`.
 function span(ms) {
   if (ms < 10000) return `${(ms / 1000).toFixed(1)} s`;
   const s = Math.round(ms / 1000);
   if (s < 60) return `${s} s`;
+  if (s < 600) return s % 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s / 60} min`;
   if (s < 3600) return `${Math.round(s / 60)} min`;
   return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
 }
@@ -369,6 +372,72 @@ async function issuePage(issue) {
   ];
 }
 
+// ---- stats ----
+
+/// The farm's history: what `#/stats` asks (`since`, `trigger`), kept while the page is redrawn.
+state.stats = { since: null, trigger: "" };
+
+const days30 = () => new Date(Date.now() - 29 * 86400000).toISOString().slice(0, 10);
+
+async function statsPage() {
+  const ask = state.stats;
+  const since = ask.since || days30();
+  const query = new URLSearchParams({ since, ...(ask.trigger ? { trigger: ask.trigger } : {}) });
+  const st = await api(`/api/v1/stats?${query}`);
+  const days = st.days.map((d) => d.day);
+  const pick = (list, f) => list.map((x) => (x === undefined ? null : f(x)));
+  const form = h("form", { id: "stats-ask", class: "actions", onsubmit: (e) => {
+    e.preventDefault();
+    state.stats = { since: e.target.since.value || null, trigger: e.target.trigger.value };
+    render();
+  } },
+  h("label", {}, "Since ", h("input", { type: "date", name: "since", value: since, max: new Date().toISOString().slice(0, 10) })),
+  h("label", {}, "Trigger ", h("select", { name: "trigger" }, h("option", { value: "" }, "every trigger"),
+    [...new Set([...st.triggers.map((t) => t.trigger), ...(ask.trigger ? [ask.trigger] : [])])].map((t) =>
+      h("option", { value: t, selected: t === ask.trigger }, t)))),
+  h("button", { type: "submit" }, "Show"));
+  const durations = ask.trigger ? st.triggers.filter((t) => t.trigger === ask.trigger) : st.triggers;
+  const total = (k) => st.days.reduce((n, d) => n + d[k], 0);
+  return [
+    h("h1", {}, "Stats"),
+    form,
+    h("p", { class: "hint", id: "stats-summary" }, `${days[0]} to ${st.until}: ${total("succeeded")} passed, ${total("failed")} failed, ${total("cancelled")} cancelled`
+      + (st.kept_since && st.kept_since > since ? ` (history starts ${st.kept_since})` : "")),
+    section("stats-outcomes", "Builds per day", charts.bars("outcomes", "Builds per day by outcome", days, [
+      { name: "passed", cls: "succeeded", values: st.days.map((d) => d.succeeded) },
+      { name: "failed", cls: "failed", values: st.days.map((d) => d.failed) },
+      { name: "cancelled", cls: "cancelled", values: st.days.map((d) => d.cancelled) },
+    ])),
+    section("stats-durations", "Build duration", durations.length === 0 ? h("p", { class: "empty" }, "No build finished in these days.") :
+      durations.map((t) => [h("h3", {}, `${t.trigger}: median ${t.duration.p50 === null ? "–" : charts.seconds(t.duration.p50)}, p90 ${t.duration.p90 === null ? "–" : charts.seconds(t.duration.p90)}`),
+        charts.line(`duration-${t.trigger}`, `Build duration of ${t.trigger} per day`, days, [
+          { name: "median", cls: "p50", values: pick(t.days, (d) => d.p50) },
+          { name: "90th percentile", cls: "p90", values: pick(t.days, (d) => d.p90) },
+        ])])),
+    section("stats-waits", "Queue wait", st.lanes.length === 0 ? h("p", { class: "empty" }, "No build was claimed in these days.") :
+      st.lanes.map((l) => [h("h3", {}, `lane ${l.lane}: median ${charts.seconds(l.wait.p50 ?? 0)}, p90 ${charts.seconds(l.wait.p90 ?? 0)}`),
+        charts.line(`wait-${l.lane}`, `Queue wait in lane ${l.lane} per day`, days, [
+          { name: "median", cls: "p50", values: pick(l.days, (d) => d.p50) },
+          { name: "90th percentile", cls: "p90", values: pick(l.days, (d) => d.p90) },
+        ])])),
+    section("stats-pass", "Pass rate", st.triggers.some((t) => t.pass_rate !== null)
+      ? charts.rates("pass-rate", "Pass rate per trigger", st.triggers.filter((t) => t.pass_rate !== null).map((t) =>
+        ({ name: t.trigger, value: t.pass_rate, detail: `${t.succeeded} passed of ${t.succeeded + t.failed}` })))
+      : h("p", { class: "empty" }, "No build passed or failed in these days.")),
+    section("stats-scripts", "Slowest scripts", table("wide", ["Script", "Builds", "Median", "p90", "Longest"],
+      st.slowest_scripts.map((x) => [x.script, x.duration.count, charts.seconds(x.duration.p50), charts.seconds(x.duration.p90), charts.seconds(x.max)]),
+      "No script ran in these days.")),
+    section("stats-tests", "Failing tests", table("wide", ["Test", "Failures", "Flaky"],
+      st.failing_tests.map((t) => [t.test, t.failures, t.flaky]), "No test failed in these days.")),
+    section("stats-flaky", "Flaky tests", h("p", { class: "hint" }, "Failed, then passed on a retry or rebuild of the same commit."),
+      table("wide", ["Test", "Flaky", "Failures"], st.flaky_tests.map((t) => [t.test, t.flaky, t.failures]), "No flaky test in these days.")),
+    section("stats-nodes", "Nodes", h("p", { class: "hint" }, "Failures another node then passed point at a sick node."),
+      table("wide", ["Node", "Attempts", "Failures", "Passed elsewhere"], st.nodes.map((n) =>
+        [n.node_id, n.attempts, n.failures, h("span", { class: n.passed_elsewhere ? "sick" : null, "data-node": n.node_id }, n.passed_elsewhere)]),
+      "No node finished an attempt in these days.")),
+  ];
+}
+
 // ---- plumbing ----
 
 function notice(text, error) {
@@ -382,12 +451,13 @@ async function act(call) {
 
 async function render() {
   const page = document.getElementById("page");
-  const [, kind, arg] = location.hash.match(/^#\/(builds|issues|nodes)?\/?(.*)$/) || [];
+  const [, kind, arg] = location.hash.match(/^#\/(builds|issues|nodes|stats)?\/?(.*)$/) || [];
   if (kind !== "builds" && state.log) { state.log.abort.abort(); state.log = null; }
   try {
     const content = kind === "builds" ? await buildPage(arg)
       : kind === "issues" ? await issuePage(decodeURIComponent(arg))
-      : kind === "nodes" ? await nodesPage() : await overview();
+      : kind === "nodes" ? await nodesPage()
+      : kind === "stats" ? await statsPage() : await overview();
     page.replaceChildren(...content.flat(Infinity).filter(Boolean));
   } catch (e) {
     page.replaceChildren(h("p", { class: "notice error", role: "alert" }, `Cannot read the gateway: ${e.message}`));

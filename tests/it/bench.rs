@@ -119,3 +119,15 @@ fn the_chat_actions_benchmark_answers_every_click() {
         assert!(said.contains(line), "no `{line}` in:\n{said}");
     }
 }
+
+/// The stats' cost on a short history: it checks that the stats folded alone equal the set's and
+/// that every question is answered.
+#[test]
+fn the_stats_benchmark_folds_a_history_and_answers_every_question() {
+    let said = bench(&["stats", "--events", "20000", "--answers", "3"]);
+    for line in
+        ["history: ", "of the fold", "held: 90 days", "answer, 30 days, every trigger", "answer, 90 days, one trigger"]
+    {
+        assert!(said.contains(line), "no `{line}` in:\n{said}");
+    }
+}

@@ -74,6 +74,11 @@ fn driver() -> Driver {
 }
 
 async fn browser(driver: &Driver, profile: &Path) -> Client {
+    browser_with(driver, profile, &[]).await
+}
+
+/// [`browser`] with more of Chromium's flags (`--force-dark-mode`).
+async fn browser_with(driver: &Driver, profile: &Path, extra: &[&str]) -> Client {
     let chromium = program("MESHGATE_CHROMIUM", "/usr/bin/chromium");
     let mut caps = serde_json::Map::new();
     // As root Chromium needs --no-sandbox; the network flags keep it from calling out.
@@ -91,6 +96,7 @@ async fn browser(driver: &Driver, profile: &Path) -> Client {
     ];
     let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     args.push(format!("--user-data-dir={}", profile.display()));
+    args.extend(extra.iter().map(|a| a.to_string()));
     caps.insert("goog:chromeOptions".into(), json!({ "binary": chromium, "args": args }));
     caps.insert("timeouts".into(), json!({ "script": 20_000, "pageLoad": 20_000 }));
     // The gateway's certificate is of the tests' CA, which this profile does not know.
@@ -382,5 +388,100 @@ async fn a_session_reads_but_changes_nothing_without_its_csrf_token_and_ends_wit
     assert_eq!(reloaded.status(), 200);
     let after = http.get(gateway.url("/api/v1/builds")).header("cookie", &cookie).send().await.unwrap();
     assert_eq!(after.status(), 401);
+    gateway.stop();
+}
+
+/// Signs in with the admin token and waits for the overview.
+async fn sign_in(client: &Client, gateway: &Gateway, admin: &str) {
+    client.goto(&gateway.url("/ui/login")).await.unwrap();
+    client.find(Locator::Css("#token")).await.unwrap().send_keys(admin).await.unwrap();
+    client.find(Locator::Css("#sign-in")).await.unwrap().click().await.unwrap();
+    appears(client, "section#queue").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stats_page_draws_two_weeks_of_builds_in_light_and_dark_and_a_retried_build_reads_as_sentences() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let seeded = crate::stats::seed_history(&dir.path().join("data/events.sqlite"), 14).await;
+    let gateway = https_gateway(dir.path(), "");
+    let admin = token(dir.path(), "admin.token");
+    let driver = driver();
+
+    for (mode, flags, background) in
+        [("light", &[][..], "rgb(247, 248, 250)"), ("dark", &["--force-dark-mode"][..], "rgb(18, 22, 30)")]
+    {
+        let client = browser_with(&driver, &dir.path().join(format!("chromium-{mode}")), flags).await;
+        sign_in(&client, &gateway, &admin).await;
+        client.find(Locator::Css("a[href='#/stats']")).await.unwrap().click().await.unwrap();
+        appears(&client, "svg[data-chart='outcomes'] rect.bar").await;
+        let background_now = client.execute("return getComputedStyle(document.body).backgroundColor", vec![]).await;
+        assert_eq!(background_now.unwrap(), json!(background), "{mode} mode");
+        // One failed build a day (the sixth), 14 days of the 15 shown.
+        let count =
+            |css: &str| client.execute("return document.querySelectorAll(arguments[0]).length", vec![json!(css)]);
+        assert_eq!(count("svg[data-chart='outcomes'] rect.bar.failed").await.unwrap(), json!(14));
+        let passed: Vec<u64> = serde_json::from_value(
+            client
+                .execute("return [...document.querySelectorAll(\"svg[data-chart='outcomes'] rect.bar.succeeded\")].map((r) => +r.dataset.value)", vec![])
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(passed.iter().sum::<u64>(), u64::from(seeded.succeeded));
+        // A median and a 90th percentile a day for each trigger, and a lane's waits.
+        assert_eq!(count("svg[data-chart='duration-ios-build'] circle.p50").await.unwrap(), json!(14));
+        assert_eq!(count("svg[data-chart='duration-ios-build'] circle.p90").await.unwrap(), json!(14));
+        appears(&client, "svg[data-chart='wait-default'] path.series.p50").await;
+        appears(&client, "svg[data-chart='pass-rate'] rect.bar.succeeded").await;
+        shows(&client, "#stats-flaky", "LoginTests.testSignIn").await;
+        shows(&client, "#stats-tests", "CheckoutUITests.testPay").await;
+        appears(&client, "#stats-nodes .sick[data-node='mac-3']").await;
+        // Text on the charts is readable: axis labels take the page's muted colour, not black on
+        // a dark page.
+        let tick = client.execute("return getComputedStyle(document.querySelector('.chart .tick')).fill", vec![]).await;
+        let expected_tick = if mode == "dark" { "rgb(154, 164, 181)" } else { "rgb(91, 100, 117)" };
+        assert_eq!(tick.unwrap(), json!(expected_tick));
+        // One trigger, chosen in the form.
+        client.execute("document.querySelector('#stats-ask select').value = 'android-build'", vec![]).await.unwrap();
+        client.find(Locator::Css("#stats-ask button")).await.unwrap().click().await.unwrap();
+        appears(&client, "svg[data-chart='duration-android-build']").await;
+        assert_eq!(count("svg[data-chart='duration-ios-build']").await.unwrap(), json!(0));
+        client.execute("document.querySelector('#stats-ask select').value = ''", vec![]).await.unwrap();
+        client.find(Locator::Css("#stats-ask button")).await.unwrap().click().await.unwrap();
+        appears(&client, "svg[data-chart='duration-ios-build']").await;
+        let fits = client.execute("return document.documentElement.scrollWidth <= window.innerWidth", vec![]).await;
+        assert_eq!(fits.unwrap(), json!(true));
+        screenshot(&client, &format!("dashboard-stats-{mode}.png")).await;
+
+        if mode == "light" {
+            // A build that failed the way a retry rule says, ran again on another node and was
+            // cancelled: every step a sentence, with the time it took.
+            client.goto(&gateway.url(&format!("/ui/#/builds/{}", seeded.retried_and_cancelled))).await.unwrap();
+            appears(&client, "#timeline li[data-type='BuildCancelled']").await;
+            shows(
+                &client,
+                "#timeline li[data-type='BuildRetryScheduled'] .what",
+                "attempt 1 failed the way Failed to boot simulator says: retrying as attempt 2",
+            )
+            .await;
+            shows(&client, "#timeline li[data-type='BuildRetryScheduled'] .took", "ran 1 min 35 s").await;
+            let claims = client.find_all(Locator::Css("#timeline li[data-type='BuildClaimed'] .took")).await.unwrap();
+            assert_eq!(claims.len(), 2);
+            assert_eq!(claims[0].text().await.unwrap(), "· waited 40 s");
+            assert_eq!(claims[1].text().await.unwrap(), "· waited 35 s");
+            shows(
+                &client,
+                "#timeline li[data-type='BuildCancelled'] .what",
+                "cancelled: by an operator (admin): wrong branch",
+            )
+            .await;
+            shows(&client, "#timeline li[data-type='BuildCancelled'] .took", "ran 2 min 10 s").await;
+            shows(&client, "#timeline li[data-type='BuildRequested'] .build", "ios-build #").await;
+            let raw = "return [...document.querySelectorAll('#timeline .what')].map((w) => w.textContent).filter((t) => t.startsWith('{') || t.includes('(') && t.endsWith(')') && t.split(' ')[0].match(/^[A-Z]/))";
+            assert_eq!(client.execute(raw, vec![]).await.unwrap(), json!([]), "every step read as a sentence");
+        }
+        client.close().await.unwrap();
+    }
     gateway.stop();
 }

@@ -92,11 +92,13 @@ async fn fold_frozen(dir: &Path) -> Expectation {
     let model = ReadModel::open(&scratch.path().join("events.readmodel.sqlite")).unwrap();
     let (views, _) = set.builds.changed();
     let (queue, _) = set.queue.changed();
-    model.save(&meshgate::readmodel::Snapshot::of(&set, &views, &queue)).unwrap();
+    let stats = set.stats.changed();
+    model.save(&meshgate::readmodel::Snapshot::of(&set, &views, &queue, &stats)).unwrap();
     let loaded = model.load(outbox_config(), set.position).unwrap();
     assert_eq!((loaded.position, &loaded.queue, &loaded.outbox), (set.position, &set.queue, &set.outbox));
     assert_eq!(loaded.nodes, set.nodes);
     assert_eq!(loaded.builds.numbers(), set.builds.numbers());
+    assert_eq!(loaded.stats, set.stats, "the stats as saved");
     // In log order, as they were saved with.
     let mut builds = model.page((None, None), (0, u64::MAX), usize::MAX).unwrap();
     builds.reverse();

@@ -362,7 +362,10 @@ fn a_read_model_whose_nodes_differ_is_told_apart() {
     let save = |name: &str, set: &meshgate_projections::ProjectionSet| {
         let model = ReadModel::open(&dir.path().join(name)).unwrap();
         model
-            .save(&meshgate::readmodel::Snapshot { position: 1, ..meshgate::readmodel::Snapshot::of(set, &[], &[]) })
+            .save(&meshgate::readmodel::Snapshot {
+                position: 1,
+                ..meshgate::readmodel::Snapshot::of(set, &[], &[], &Default::default())
+            })
             .unwrap();
         model
     };
