@@ -112,6 +112,7 @@ impl Config {
             &mut self.youtrack.previous_token_file,
             &mut self.pager.routing_key_file,
             &mut self.store.url_file,
+            &mut self.store.ca_file,
             &mut self.outbound.ca_file,
             &mut self.nodes.files_dir,
         ]

@@ -302,6 +302,10 @@ pub struct StoreConfig {
     /// `postgres`, `eventstoredb`: the connection URL itself, for local use (it then shows in the
     /// config file).
     pub url: Option<String>,
+    /// `postgres`: the CA bundle (PEM) the database's certificate must chain to, for a private CA
+    /// (a managed database's CA bundle, a company CA), when the URL names no `sslrootcert`. The URL's
+    /// `sslmode` says how TLS is used: `verify-full` unless said, for any host not on this machine.
+    pub ca_file: Option<PathBuf>,
     /// `eventstoredb`: put before every stream's name (`meshgate-build-…`); the log itself is the
     /// stream `{prefix}log`.
     pub stream_prefix: String,
@@ -441,6 +445,7 @@ impl Default for StoreConfig {
             backend: StoreBackend::Sqlite,
             url_file: None,
             url: None,
+            ca_file: None,
             stream_prefix: "meshgate-".to_owned(),
             lease_seconds: None,
             max_append_bytes: 1024 * 1024,

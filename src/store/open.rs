@@ -78,7 +78,13 @@ pub async fn shared(config: &Config, max_batch: usize) -> Result<Arc<dyn EventSt
     let failed = |source| OpenError::Shared { backend, source };
     match config.store.backend {
         StoreBackend::Postgres => {
-            let options = PostgresOptions { max_batch, lease, renew: lease / 5, ..PostgresOptions::default() };
+            let options = PostgresOptions {
+                ca_file: config.store.ca_file.clone(),
+                max_batch,
+                lease,
+                renew: lease / 5,
+                ..PostgresOptions::default()
+            };
             let store = PostgresStore::open(url.expose_secret(), options).await.map_err(failed)?;
             Ok(Arc::new(store))
         }

@@ -4,8 +4,9 @@
 //! The server binaries come from `MESHGATE_PG_BINDIR` (set by `scripts/test.sh`, which installs
 //! them if the system has none), else from the system's `/usr/lib/postgresql/*/bin`. As root the
 //! server runs as `nobody` (initdb refuses root). The server does not sync to disk (`fsync=off`):
-//! the tests are about meshgate's protocol, not the disk's durability. A watchdog stops it when
-//! the test process ends and removes its files.
+//! the tests are about meshgate's protocol, not the disk's durability. It serves TLS with a
+//! certificate of the tests' CA to clients that ask. A watchdog stops it when the test process ends
+//! and removes its files.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
@@ -65,10 +66,20 @@ fn start() -> Server {
     let made = initdb.output().expect("initdb runs");
     assert!(made.status.success(), "initdb failed: {}", String::from_utf8_lossy(&made.stderr));
 
+    // TLS on, with a certificate of the tests' CA for `localhost` and `127.0.0.1`: a client that
+    // asks for it gets it; one that does not connects in plain text.
+    let tls = crate::pki::pki().write_leaf(&root, "postgres", 5432);
+    if as_root {
+        for file in [&tls.cert_file, &tls.key_file] {
+            std::os::unix::fs::chown(file, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+    }
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut postgres = Command::new(bin.join("postgres"));
     postgres
         .args(["-D", data.to_str().unwrap(), "-p", &port.to_string()])
+        .args(["-c", "ssl=on", "-c", &format!("ssl_cert_file={}", tls.cert_file.display())])
+        .args(["-c", &format!("ssl_key_file={}", tls.key_file.display())])
         .args(["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=", "-c", "fsync=off"])
         .args(["-c", "max_connections=300", "-c", "shared_buffers=64MB"])
         .stdout(Stdio::null())

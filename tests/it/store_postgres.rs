@@ -91,7 +91,7 @@ async fn one_gateway_holds_the_lease_and_a_former_leaders_appends_are_fenced() {
         renew: std::time::Duration::from_millis(200),
         ..PostgresOptions::default()
     };
-    let first: Arc<dyn EventStore> = Arc::new(PostgresStore::open(&url, options).await.unwrap());
+    let first: Arc<dyn EventStore> = Arc::new(PostgresStore::open(&url, options.clone()).await.unwrap());
     let term = leader(&first).await;
     let second: Arc<dyn EventStore> = Arc::new(PostgresStore::open(&url, options).await.unwrap());
     first.append_fenced(vec![append("job", ExpectedVersion::NoStream, 1)], term).await.unwrap();

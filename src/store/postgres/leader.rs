@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::connect;
+use std::sync::Arc;
+
+use super::{connect, Target};
 use crate::store::lease::Lease;
 
 /// Takes or extends the lease; returns the term, or nothing if another gateway holds it.
@@ -27,7 +29,7 @@ const TAKE: &str = "
 
 /// The lease row, asked over a connection of its own (reopened when lost).
 pub struct PgLease {
-    pub url: String,
+    pub target: Arc<Target>,
     pub holder: Uuid,
     pub ttl: Duration,
     pub connection: Option<LeaseConnection>,
@@ -41,8 +43,8 @@ pub struct LeaseConnection {
 }
 
 impl LeaseConnection {
-    async fn open(url: &str) -> Option<LeaseConnection> {
-        let client = connect(url).await.ok()?;
+    async fn open(target: &Target) -> Option<LeaseConnection> {
+        let client = connect(target).await.ok()?;
         let lock_head = client.prepare("SELECT last FROM meshgate_head WHERE id = 1 FOR UPDATE").await.ok()?;
         let take = client.prepare(TAKE).await.ok()?;
         Some(LeaseConnection { client, lock_head, take })
@@ -53,7 +55,7 @@ impl LeaseConnection {
 impl Lease for PgLease {
     async fn take(&mut self) -> Result<Option<i64>, ()> {
         if self.connection.as_ref().is_none_or(|c| c.client.is_closed()) {
-            self.connection = LeaseConnection::open(&self.url).await;
+            self.connection = LeaseConnection::open(&self.target).await;
         }
         match &self.connection {
             Some(connection) => take(connection, self.holder, self.ttl).await,

@@ -19,12 +19,15 @@ use meshgate_domain::stream::{BUILD_PREFIX, INTENT_PREFIX};
 use meshgate_domain::{Event, Recorded};
 use tokio::sync::{broadcast, mpsc, oneshot, watch, RwLock};
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, Row};
 
 mod leader;
 mod schema;
 mod tail;
+mod target;
 mod writer;
+
+pub use target::{SslMode, Target};
 
 /// The writer's one-round-trip append and its connection's settings, for the tests that check
 /// how the server plans it.
@@ -40,8 +43,11 @@ const COLUMNS: &str =
 const FEED_CAPACITY: usize = 64;
 
 /// How the PostgreSQL backend appends and reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresOptions {
+    /// The CA bundle the database's certificate must chain to (`[store] ca_file`), when the URL
+    /// names no `sslrootcert`.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Most requests folded into one transaction; 1 means one transaction per request.
     pub max_batch: usize,
     /// Connections for reads (each pipelines many queries).
@@ -57,6 +63,7 @@ pub struct PostgresOptions {
 impl Default for PostgresOptions {
     fn default() -> Self {
         PostgresOptions {
+            ca_file: None,
             max_batch: 512,
             readers: 2,
             poll: Duration::from_secs(1),
@@ -76,24 +83,16 @@ pub(crate) fn pg_failed(context: impl std::fmt::Display, e: tokio_postgres::Erro
     StoreError::Failed { message, source: Some(Arc::new(e)) }
 }
 
-/// Opens a connection and drives it on a task of its own.
-pub(crate) async fn connect(url: &str) -> Result<Client, StoreError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(|e| pg_failed("cannot connect to the event log's database", e))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %crate::report::chain(&e), "a connection to the event log's database ended");
-        }
-    });
-    Ok(client)
+/// Opens a connection to `target` and drives it on a task of its own.
+pub(crate) async fn connect(target: &Target) -> Result<Client, StoreError> {
+    target.connect().await
 }
 
 /// Connections for reads, reopened when one is lost. Each statement is prepared once per
 /// connection (a statement given as text costs a round trip and a parse at every read) and, as the
 /// writer's, planned at each execution for the log as it then stands.
 pub(crate) struct Readers {
-    url: String,
+    target: Arc<Target>,
     clients: Vec<RwLock<Option<Arc<Reader>>>>,
     next: AtomicUsize,
 }
@@ -105,9 +104,9 @@ pub(crate) struct Reader {
 }
 
 impl Readers {
-    fn new(url: &str, n: usize) -> Readers {
+    fn new(target: &Arc<Target>, n: usize) -> Readers {
         Readers {
-            url: url.to_owned(),
+            target: Arc::clone(target),
             clients: (0..n.max(1)).map(|_| RwLock::new(None)).collect(),
             next: AtomicUsize::new(0),
         }
@@ -122,7 +121,7 @@ impl Readers {
         if let Some(reader) = guard.as_ref().filter(|r| !r.client.is_closed()) {
             return Ok(Arc::clone(reader));
         }
-        let client = connect(&self.url).await?;
+        let client = connect(&self.target).await?;
         client.batch_execute(writer::SESSION).await.map_err(|e| pg_failed("cannot set up a reading connection", e))?;
         let reader = Arc::new(Reader { client, prepared: Default::default() });
         *guard = Some(Arc::clone(&reader));
@@ -161,7 +160,8 @@ pub struct PostgresStore {
 impl PostgresStore {
     /// Connects, brings the schema up to date and starts the writer and the tailer.
     pub async fn open(url: &str, options: PostgresOptions) -> Result<PostgresStore, StoreError> {
-        let mut client = connect(url).await?;
+        let target = Arc::new(Target::parse(url, options.ca_file.as_deref())?);
+        let mut client = connect(&target).await?;
         schema::migrate(&mut client).await?;
         let last: i64 = client
             .query_one("SELECT last FROM meshgate_head WHERE id = 1", &[])
@@ -171,21 +171,21 @@ impl PostgresStore {
         drop(client);
         let (head_tx, head) = watch::channel(last as u64);
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
-        let readers = Arc::new(Readers::new(url, options.readers));
+        let readers = Arc::new(Readers::new(&target, options.readers));
         let (writer, requests) = mpsc::channel(options.max_batch.max(1) * 4);
         let (committed, local) = mpsc::unbounded_channel();
         let head_tx = Arc::new(head_tx);
         let (leader, leading) = watch::channel(None);
         let tasks = vec![
             tokio::spawn(writer::run(
-                url.to_owned(),
+                Arc::clone(&target),
                 requests,
                 options.max_batch.max(1),
                 Arc::clone(&head_tx),
                 committed,
             )),
             tokio::spawn(tail::run(tail::Tailer {
-                url: url.to_owned(),
+                target: Arc::clone(&target),
                 readers: Arc::clone(&readers),
                 head: head_tx,
                 feed: feed.clone(),
@@ -194,12 +194,7 @@ impl PostgresStore {
                 local,
             })),
             tokio::spawn(crate::store::lease::keep(
-                leader::PgLease {
-                    url: url.to_owned(),
-                    holder: uuid::Uuid::now_v7(),
-                    ttl: options.lease,
-                    connection: None,
-                },
+                leader::PgLease { target, holder: uuid::Uuid::now_v7(), ttl: options.lease, connection: None },
                 crate::store::lease::Times { ttl: options.lease, renew: options.renew, poll: options.renew },
                 leader,
                 // Not let go on a stop: the next holder waits for the lease to run out (5 s).

@@ -11,16 +11,16 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc, watch};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
-use super::{pg_failed, read_all, Readers};
+use super::{pg_failed, read_all, Readers, Target};
 use crate::store::{StoreError, StoredEvent};
 
 /// Events read from the log per query while catching up.
 const PAGE: usize = 2048;
 
 pub struct Tailer {
-    pub url: String,
+    pub target: Arc<Target>,
     pub readers: Arc<Readers>,
     pub head: Arc<watch::Sender<u64>>,
     pub feed: broadcast::Sender<Arc<[StoredEvent]>>,
@@ -33,7 +33,7 @@ pub struct Tailer {
 
 pub async fn run(mut tailer: Tailer) {
     let (hints, mut hinted) = watch::channel(0u64);
-    let listener = tokio::spawn(listen(tailer.url.clone(), hints, tailer.poll));
+    let listener = tokio::spawn(listen(Arc::clone(&tailer.target), hints, tailer.poll));
     let mut poll = tokio::time::interval(tailer.poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -106,9 +106,9 @@ impl Tailer {
 
 /// Listens for `meshgate_events` notifications and turns each into a hint; reconnects after
 /// `retry` when the connection is lost.
-async fn listen(url: String, hints: watch::Sender<u64>, retry: Duration) {
+async fn listen(target: Arc<Target>, hints: watch::Sender<u64>, retry: Duration) {
     loop {
-        if let Err(e) = listen_once(&url, &hints).await {
+        if let Err(e) = listen_once(&target, &hints).await {
             tracing::debug!(error = %crate::report::chain(&e), "listening for new events stopped; polling meanwhile");
         }
         if hints.is_closed() {
@@ -118,10 +118,8 @@ async fn listen(url: String, hints: watch::Sender<u64>, retry: Duration) {
     }
 }
 
-async fn listen_once(url: &str, hints: &watch::Sender<u64>) -> Result<(), StoreError> {
-    let (client, mut connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(|e| pg_failed("cannot connect to the event log's database", e))?;
+async fn listen_once(target: &Target, hints: &watch::Sender<u64>) -> Result<(), StoreError> {
+    let (client, mut connection) = target.connect_raw().await?;
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     let listened = client.batch_execute("LISTEN meshgate_events");
     tokio::pin!(listened);

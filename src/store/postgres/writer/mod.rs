@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement};
 
-use super::{connect, pg_failed};
+use super::{connect, pg_failed, Target};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -68,8 +68,8 @@ struct Connection {
 }
 
 impl Connection {
-    async fn open(url: &str) -> Result<Connection, StoreError> {
-        let client = connect(url).await?;
+    async fn open(target: &Target) -> Result<Connection, StoreError> {
+        let client = connect(target).await?;
         let failed = |e| pg_failed("cannot prepare appends", e);
         client.batch_execute(SESSION).await.map_err(failed)?;
         let insert = client.prepare(savepoints::INSERT).await.map_err(failed)?;
@@ -91,7 +91,7 @@ impl Connection {
 
 /// Appends batches until every sender is gone.
 pub async fn run(
-    url: String,
+    target: Arc<Target>,
     mut requests: mpsc::Receiver<WriteRequest>,
     max_batch: usize,
     head: Arc<watch::Sender<u64>>,
@@ -111,7 +111,7 @@ pub async fn run(
             }
         }
         if connection.as_ref().is_none_or(|c| c.client.is_closed()) {
-            match Connection::open(&url).await {
+            match Connection::open(&target).await {
                 Ok(opened) => connection = Some(opened),
                 Err(e) => {
                     tracing::error!(error = %crate::report::chain(&e), "cannot reach the event log's database");
