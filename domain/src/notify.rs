@@ -32,12 +32,20 @@ pub enum Milestone {
     Unservable,
     /// Its lane can be served again: the page is resolved, chat told.
     Servable,
+    /// An operator held the queue (a lane, or every lane): chat is told once. Its id is the
+    /// pause's `notice`, not a build's.
+    Paused,
+    /// An operator let the queue go again.
+    Resumed,
 }
 
 impl Milestone {
     /// The build and milestone an event marks, if it marks one.
     pub fn of(event: &Event) -> Option<(Uuid, Milestone)> {
         let milestone = match event {
+            // Not a build's: told under the pause's own id.
+            Event::QueuePaused(e) => return e.notice.map(|id| (id, Milestone::Paused)),
+            Event::QueueResumed(e) => return e.notice.map(|id| (id, Milestone::Resumed)),
             Event::BuildRequested(_) => Milestone::Queued,
             Event::BuildClaimed(_) => Milestone::Running,
             Event::BuildSucceeded(_) => Milestone::Succeeded,
@@ -55,7 +63,7 @@ impl Milestone {
     }
 
     /// Every kind of milestone, in a build's order (a retry stands for every retry).
-    pub const ALL: [Milestone; 11] = [
+    pub const ALL: [Milestone; 13] = [
         Milestone::Queued,
         Milestone::Running,
         Milestone::Retrying(0),
@@ -67,6 +75,8 @@ impl Milestone {
         Milestone::Page,
         Milestone::Unservable,
         Milestone::Servable,
+        Milestone::Paused,
+        Milestone::Resumed,
     ];
 
     /// The milestone named `name` in a notification key (`failed`, `retrying-2`).
@@ -104,6 +114,8 @@ impl Milestone {
             Milestone::Rebuilt => "rebuilt",
             Milestone::Unservable => "unservable",
             Milestone::Servable => "servable",
+            Milestone::Paused => "paused",
+            Milestone::Resumed => "resumed",
         }
     }
 
@@ -120,6 +132,8 @@ impl Milestone {
             Milestone::Rebuilt => "🔁",
             Milestone::Unservable => "🚫",
             Milestone::Servable => "🟢",
+            Milestone::Paused => "⏸️",
+            Milestone::Resumed => "▶️",
         }
     }
 }
@@ -163,6 +177,8 @@ pub struct BuildFacts {
     pub rebuild_of: Option<String>,
     /// The latest rebuild of this build: its name and who asked (`U024BE7LH (slack)`).
     pub rebuilt_as: Option<(String, String)>,
+    /// Who asked (a pause's or a resume's operator).
+    pub by: Option<String>,
 }
 
 /// An artifact as a message names it.
@@ -267,6 +283,22 @@ pub fn chat_line(facts: &BuildFacts, milestone: Milestone) -> String {
             )
         }
         Milestone::Servable => return format!("🟢 lane {}: a node can run its builds again", facts.lane),
+        // A pause's `lane` names what it holds (`lane signing`, `every lane`).
+        Milestone::Paused => {
+            return format!(
+                "⏸️ {} paused by {}: {}; builds queue, running ones finish, nodes claim nothing from it until it is resumed",
+                facts.lane,
+                facts.by.as_deref().unwrap_or("an operator"),
+                truncate(facts.reason.as_deref().unwrap_or_default(), 200)
+            )
+        }
+        Milestone::Resumed => {
+            return format!(
+                "▶️ {} resumed by {}: nodes claim its builds again",
+                facts.lane,
+                facts.by.as_deref().unwrap_or("an operator")
+            )
+        }
         _ => {}
     }
     let mut head = format!("{} {}", milestone.emoji(), facts.issue_id);
@@ -431,6 +463,7 @@ mod tests {
             artifacts: Vec::new(),
             rebuild_of: None,
             rebuilt_as: None,
+            by: None,
         }
     }
 

@@ -83,18 +83,35 @@ fn check_lanes(lanes: &[String], known: &[String]) -> Result<(), PauseError> {
     }
 }
 
-/// Pauses `lanes` (none: every lane) for `reason`.
-pub fn decide_pause(lanes: &[String], known: &[String], reason: &str, by: &str) -> Result<Event, PauseError> {
+/// Pauses `lanes` (none: every lane) for `reason`; chat is told of it as `notice`.
+pub fn decide_pause(
+    lanes: &[String],
+    known: &[String],
+    reason: &str,
+    by: &str,
+    notice: uuid::Uuid,
+) -> Result<Event, PauseError> {
     let reason = reason.trim();
     if reason.is_empty() || reason.len() > MAX_REASON_BYTES {
         return Err(PauseError::Reason);
     }
     check_lanes(lanes, known)?;
-    Ok(Event::QueuePaused(QueuePaused { lanes: lanes.to_vec(), reason: reason.to_owned(), by: by.to_owned() }))
+    Ok(Event::QueuePaused(QueuePaused {
+        lanes: lanes.to_vec(),
+        reason: reason.to_owned(),
+        by: by.to_owned(),
+        notice: Some(notice),
+    }))
 }
 
-/// Resumes `lanes` (none: everything paused).
-pub fn decide_resume(paused: &Paused, lanes: &[String], known: &[String], by: &str) -> Result<Event, PauseError> {
+/// Resumes `lanes` (none: everything paused); chat is told of it as `notice`.
+pub fn decide_resume(
+    paused: &Paused,
+    lanes: &[String],
+    known: &[String],
+    by: &str,
+    notice: uuid::Uuid,
+) -> Result<Event, PauseError> {
     check_lanes(lanes, known)?;
     if lanes.is_empty() {
         if paused.is_empty() {
@@ -105,7 +122,7 @@ pub fn decide_resume(paused: &Paused, lanes: &[String], known: &[String], by: &s
     } else if let Some(lane) = lanes.iter().find(|l| !paused.lanes.contains_key(*l)) {
         return Err(PauseError::NotPaused(lane.clone()));
     }
-    Ok(Event::QueueResumed(QueueResumed { lanes: lanes.to_vec(), by: by.to_owned() }))
+    Ok(Event::QueueResumed(QueueResumed { lanes: lanes.to_vec(), by: by.to_owned(), notice: Some(notice) }))
 }
 
 #[cfg(test)]
@@ -124,27 +141,34 @@ mod tests {
     fn lanes_pause_and_resume_one_by_one_or_all_at_once() {
         let known = lanes(&["default", "signing"]);
         let mut paused = Paused::default();
-        let signing = decide_pause(&lanes(&["signing"]), &known, " Xcode 16.3 upgrade ", "admin").unwrap();
+        let signing =
+            decide_pause(&lanes(&["signing"]), &known, " Xcode 16.3 upgrade ", "admin", uuid::Uuid::nil()).unwrap();
         paused.apply(&signing, t());
         assert_eq!(paused.of("signing").map(|p| p.reason.as_str()), Some("Xcode 16.3 upgrade"));
         assert!(paused.of("default").is_none());
         assert_eq!(
-            decide_resume(&paused, &lanes(&["default"]), &known, "admin"),
+            decide_resume(&paused, &lanes(&["default"]), &known, "admin", uuid::Uuid::nil()),
             Err(PauseError::NotPaused("default".into()))
         );
-        paused.apply(&decide_pause(&[], &known, "datacenter move", "admin").unwrap(), t());
+        paused.apply(&decide_pause(&[], &known, "datacenter move", "admin", uuid::Uuid::nil()).unwrap(), t());
         assert!(paused.of("default").is_some() && paused.of("nightly").is_some(), "every lane, later ones too");
-        assert_eq!(decide_resume(&paused, &lanes(&["signing"]), &known, "admin"), Err(PauseError::AllPaused));
-        paused.apply(&decide_resume(&paused, &[], &known, "admin").unwrap(), t());
+        assert_eq!(
+            decide_resume(&paused, &lanes(&["signing"]), &known, "admin", uuid::Uuid::nil()),
+            Err(PauseError::AllPaused)
+        );
+        paused.apply(&decide_resume(&paused, &[], &known, "admin", uuid::Uuid::nil()).unwrap(), t());
         assert!(paused.is_empty());
-        assert_eq!(decide_resume(&paused, &[], &known, "admin"), Err(PauseError::NothingPaused));
+        assert_eq!(decide_resume(&paused, &[], &known, "admin", uuid::Uuid::nil()), Err(PauseError::NothingPaused));
     }
 
     #[test]
     fn bad_pauses_are_refused() {
         let known = lanes(&["default"]);
-        assert_eq!(decide_pause(&[], &known, "  ", "admin"), Err(PauseError::Reason));
-        assert_eq!(decide_pause(&[], &known, &"x".repeat(10_000), "admin"), Err(PauseError::Reason));
-        assert_eq!(decide_pause(&lanes(&["gpu"]), &known, "why", "admin"), Err(PauseError::UnknownLane("gpu".into())));
+        assert_eq!(decide_pause(&[], &known, "  ", "admin", uuid::Uuid::nil()), Err(PauseError::Reason));
+        assert_eq!(decide_pause(&[], &known, &"x".repeat(10_000), "admin", uuid::Uuid::nil()), Err(PauseError::Reason));
+        assert_eq!(
+            decide_pause(&lanes(&["gpu"]), &known, "why", "admin", uuid::Uuid::nil()),
+            Err(PauseError::UnknownLane("gpu".into()))
+        );
     }
 }

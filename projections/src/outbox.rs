@@ -220,8 +220,8 @@ impl Outbox {
 impl Projection for Outbox {
     const NAME: &'static str = "outbox";
     // 3: entries saved as pairs (a JSON object cannot have them as keys). 4: retries. 5: the
-    // triggers of builds in flight, rebuilds.
-    const VERSION: u32 = 5;
+    // triggers of builds in flight, rebuilds. 6: pauses and resumes told to chat.
+    const VERSION: u32 = 6;
 
     fn wants(event_type: &str) -> bool {
         matches!(
@@ -236,6 +236,8 @@ impl Projection for Outbox {
                 | "BuildRebuilt"
                 | "LaneUnservable"
                 | "LaneServable"
+                | "QueuePaused"
+                | "QueueResumed"
                 | "NotificationAttempted"
                 | "NotificationDelivered"
                 | "NotificationAbandoned"

@@ -73,7 +73,8 @@ pub async fn pause_queue(
 ) -> Result<Json<Paused>, ApiError> {
     let request: PauseRequest = body(&bytes)?;
     let known = app.lane_names();
-    let paused = held(&app, |_| decide_pause(&request.lanes, &known, &request.reason, "admin")).await?;
+    let notice = uuid::Uuid::now_v7();
+    let paused = held(&app, |_| decide_pause(&request.lanes, &known, &request.reason, "admin", notice)).await?;
     tracing::info!(lanes = ?request.lanes, reason = %request.reason.trim(), "the queue is paused");
     Ok(Json(paused))
 }
@@ -87,7 +88,8 @@ pub async fn resume_queue(
 ) -> Result<Json<Paused>, ApiError> {
     let request: ResumeRequest = body(&bytes)?;
     let known = app.lane_names();
-    let paused = held(&app, |paused| decide_resume(paused, &request.lanes, &known, "admin")).await?;
+    let notice = uuid::Uuid::now_v7();
+    let paused = held(&app, |paused| decide_resume(paused, &request.lanes, &known, "admin", notice)).await?;
     tracing::info!(lanes = ?request.lanes, "the queue is resumed");
     Ok(Json(paused))
 }

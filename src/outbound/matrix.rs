@@ -51,7 +51,9 @@ impl Room {
         };
         let mut answer = exchange(http.put(url).bearer_auth(&self.token).json(&body)).await;
         let first = answer.json()["event_id"].as_str().map(str::to_owned);
-        if let (true, true, None, Some(first)) = (answer.succeeded(), self.reactions, message.message_ref, &first) {
+        // A pause's notice is no build's: nothing to react with.
+        let acts = self.reactions && !matches!(message.milestone, Milestone::Paused | Milestone::Resumed);
+        if let (true, true, None, Some(first)) = (answer.succeeded(), acts, message.message_ref, &first) {
             for key in [REBUILD, CANCEL] {
                 let reacted = self.react(http, first, key, &message.facts.build_id.to_string()).await;
                 if !reacted.succeeded() {

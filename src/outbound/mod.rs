@@ -107,8 +107,12 @@ pub async fn run(outbound: Arc<Outbound>, sink: Arc<Sink>, mut stopping: watch::
     }
 }
 
-/// What a message says about a build, from the projections (and, for a page, its reason).
+/// What a message says about a build, from the projections (and, for a page, its reason); for a
+/// pause or a resume, what the operator did.
 async fn facts(outbound: &Outbound, build_id: Uuid, milestone: Milestone) -> Option<BuildFacts> {
+    if let Milestone::Paused | Milestone::Resumed = milestone {
+        return pause_facts(outbound, build_id).await;
+    }
     let build = match outbound.projections.build(build_id).await {
         Ok(build) => build?,
         Err(e) => {
@@ -168,6 +172,7 @@ async fn facts(outbound: &Outbound, build_id: Uuid, milestone: Milestone) -> Opt
         artifacts,
         rebuild_of: None,
         rebuilt_as: None,
+        by: None,
     };
     // Rebuilds are named in both timelines.
     let name_of = |id: Uuid| async move {
@@ -188,6 +193,32 @@ async fn facts(outbound: &Outbound, build_id: Uuid, milestone: Milestone) -> Opt
         });
     }
     Some(facts)
+}
+
+/// The pause or resume told as `notice`, from the pauses' stream.
+async fn pause_facts(outbound: &Outbound, notice: Uuid) -> Option<BuildFacts> {
+    let held = |lanes: &[String]| match lanes {
+        [] => "every lane".to_owned(),
+        [lane] => format!("lane {lane}"),
+        lanes => format!("lanes {}", lanes.join(", ")),
+    };
+    let stream = outbound.store.read_stream(&meshgate_domain::stream::pause_stream()).await.ok()?;
+    stream.iter().rev().find_map(|stored| match stored.decode().ok()?.event {
+        Event::QueuePaused(e) if e.notice == Some(notice) => Some(BuildFacts {
+            build_id: notice,
+            lane: held(&e.lanes),
+            reason: Some(e.reason),
+            by: Some(e.by),
+            ..BuildFacts::default()
+        }),
+        Event::QueueResumed(e) if e.notice == Some(notice) => Some(BuildFacts {
+            build_id: notice,
+            lane: if e.lanes.is_empty() { "every paused lane".to_owned() } else { held(&e.lanes) },
+            by: Some(e.by),
+            ..BuildFacts::default()
+        }),
+        _ => None,
+    })
 }
 
 /// One try for one milestone, recorded.
@@ -227,7 +258,8 @@ async fn attempt(outbound: &Outbound, sink: &Sink, due: MilestoneRecord) {
                 Some(Ended::Delivered) => tracing::info!(sink = %sink.name, %key, "notification delivered"),
                 Some(Ended::Abandoned) => {
                     tracing::warn!(sink = %sink.name, %key, "notification abandoned");
-                    if outbound.rules.pager {
+                    // A pause's notice is no build's: nothing to page about.
+                    if outbound.rules.pager && !matches!(due.milestone, Milestone::Paused | Milestone::Resumed) {
                         page_if_due(outbound, due.build_id).await;
                     }
                 }

@@ -88,6 +88,10 @@ pub fn blocks(text: &str, build_id: uuid::Uuid, milestone: Milestone) -> serde_j
                 "text": {"type": "plain_text", "text": "Rebuild"},
             })
         }
+        // No build to act on.
+        Milestone::Paused | Milestone::Resumed => {
+            return json!([{"type": "section", "text": {"type": "mrkdwn", "text": text}}]);
+        }
     };
     json!([
         {"type": "section", "text": {"type": "mrkdwn", "text": text}},

@@ -524,14 +524,21 @@ async fn write_scenarios(app: &TestApp) {
     )
     .await;
     // The signing lane held for an Xcode upgrade, then every lane held and let go.
-    let pause = |lanes: &[&str], reason: &str| {
+    // Each told to chat under its notice (logs frozen before 2026-12-07-notices have none).
+    let notice = |n: u128| Some(Uuid::from_u128(0x0007_a05e_0000 + n));
+    let pause = |lanes: &[&str], reason: &str, n: u128| {
         let lanes: Vec<String> = lanes.iter().map(|l| l.to_string()).collect();
-        Event::QueuePaused(meshgate_domain::event::QueuePaused { lanes, reason: reason.into(), by: "admin".into() })
+        let by = "admin".into();
+        Event::QueuePaused(meshgate_domain::event::QueuePaused { lanes, reason: reason.into(), by, notice: notice(n) })
     };
-    let resume = Event::QueueResumed(meshgate_domain::event::QueueResumed { lanes: vec![], by: "admin".into() });
-    let held = vec![pause(&["signing"], "Xcode 16.3 upgrade"), pause(&[], "datacenter move"), resume];
+    let resume = Event::QueueResumed(meshgate_domain::event::QueueResumed {
+        lanes: vec![],
+        by: "admin".into(),
+        notice: notice(3),
+    });
+    let held = vec![pause(&["signing"], "Xcode 16.3 upgrade", 1), pause(&[], "datacenter move", 2), resume];
     record(app, &meshgate_domain::stream::pause_stream(), held).await;
-    record(app, &meshgate_domain::stream::pause_stream(), vec![pause(&["signing"], "Xcode 16.3 upgrade")]).await;
+    record(app, &meshgate_domain::stream::pause_stream(), vec![pause(&["signing"], "Xcode 16.3 upgrade", 4)]).await;
     // The default lane went unserved past its alert time, and was served again.
     let watched = vec![
         Event::LaneUnservable(meshgate_domain::event::LaneUnservable { lane: "default".into(), build_id: b6 }),

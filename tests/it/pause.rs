@@ -74,3 +74,36 @@ async fn bad_pauses_and_resumes_are_refused_and_record_nothing() {
     let anonymous = app.client.post(app.url("/api/v1/queue/pause")).json(&json!({"reason": "x"})).send();
     assert_eq!(anonymous.await.unwrap().status(), 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_team_chat_is_told_once_of_a_pause_and_of_its_resume_and_the_alert_channel_of_neither() {
+    use meshgate::config::{ChatConfig, ChatKind};
+
+    use crate::stand_in::stand_in;
+
+    let mut team = stand_in(vec![]).await;
+    let mut alerts = stand_in(vec![]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), vec![ios_trigger()]);
+    config.chat = vec![
+        ChatConfig { url: Some(team.url("/services/T0/B0/x")), ..ChatConfig::new("team", ChatKind::SlackWebhook) },
+        ChatConfig { url: Some(alerts.url("/services/T0/B1/y")), ..ChatConfig::new("oncall", ChatKind::SlackWebhook) },
+    ];
+    config.pager.alert_chat = Some("oncall".into());
+    let app = spawn_with(dir, config).await;
+
+    let reason = "Xcode 16.3 upgrade";
+    assert_eq!(post(&app, "/api/v1/queue/pause", json!({"reason": reason, "lanes": ["default"]})).await.status(), 200);
+    let told = team.next().await;
+    let line = told.body["text"].as_str().unwrap().to_owned();
+    assert!(line.starts_with("⏸️ lane default paused by admin: Xcode 16.3 upgrade"), "{line}");
+
+    // A restart does not tell it again: the next line the team gets is the resume.
+    let app = app.restart().await;
+    assert_eq!(post(&app, "/api/v1/queue/resume", json!({"lanes": ["default"]})).await.status(), 200);
+    let told = team.next().await;
+    assert_eq!(told.body["text"], "▶️ lane default resumed by admin: nodes claim its builds again");
+    app.wait_for_count("NotificationDelivered", 2).await;
+    assert!(team.received.try_recv().is_err(), "each told once");
+    assert!(alerts.received.try_recv().is_err(), "the alert channel is for pages and lanes nobody serves");
+}

@@ -52,6 +52,10 @@ pub struct QueuePaused {
     pub lanes: Vec<String>,
     pub reason: String,
     pub by: String,
+    /// What chat is told of it under (its notifications' id); none in pauses recorded before
+    /// chat was told of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<Uuid>,
 }
 
 /// An operator lets nodes claim from `lanes` again (none: everything paused).
@@ -59,6 +63,9 @@ pub struct QueuePaused {
 pub struct QueueResumed {
     pub lanes: Vec<String>,
     pub by: String,
+    /// As [`QueuePaused::notice`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<Uuid>,
 }
 
 /// A lane has had queued builds no live node could claim for its `unservable_alert_seconds`:
