@@ -32,7 +32,8 @@ pub struct Follower {
     pub sink: String,
     pub homeserver: String,
     pub room_id: String,
-    pub token: String,
+    /// Replaced when its file is reloaded.
+    pub token: std::sync::RwLock<String>,
     pub allowed_users: Vec<String>,
     pub http: reqwest::Client,
 }
@@ -48,7 +49,8 @@ impl Follower {
     }
 
     async fn get(&self, url: String, timeout: Duration) -> Result<Value, String> {
-        let sent = self.http.get(url).bearer_auth(&self.token).timeout(timeout).send().await;
+        let token = self.token.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let sent = self.http.get(url).bearer_auth(token).timeout(timeout).send().await;
         let response = sent.map_err(crate::report::http_error)?;
         let status = response.status();
         let body: Value = response.json().await.map_err(|e| format!("{status}: {e}"))?;

@@ -141,6 +141,11 @@ impl Reconciler {
         }
     }
 
+    /// The YouTrack client sweeps read with (its token reloads in place).
+    pub fn youtrack(&self) -> &YouTrack {
+        &self.youtrack
+    }
+
     pub fn health(&self) -> Health {
         self.health.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

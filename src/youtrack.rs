@@ -57,12 +57,24 @@ pub struct ActivityQuery {
 pub struct YouTrack {
     http: reqwest::Client,
     base: String,
-    token: std::sync::Arc<SecretString>,
+    /// Shared by the clones, replaced when the token is reloaded.
+    token: std::sync::Arc<std::sync::RwLock<SecretString>>,
 }
 
 impl YouTrack {
     pub fn new(http: reqwest::Client, base_url: &str, token: SecretString) -> Self {
-        YouTrack { http, base: base_url.trim_end_matches('/').to_owned(), token: std::sync::Arc::new(token) }
+        let token = std::sync::Arc::new(std::sync::RwLock::new(token));
+        YouTrack { http, base: base_url.trim_end_matches('/').to_owned(), token }
+    }
+
+    /// Uses `token` from the next request on (a rotation).
+    pub fn replace_token(&self, token: SecretString) {
+        *self.token.write().unwrap_or_else(|p| p.into_inner()) = token;
+    }
+
+    /// The token in force.
+    fn token(&self) -> String {
+        self.token.read().unwrap_or_else(|p| p.into_inner()).expose_secret().to_owned()
     }
 
     /// `GET /api/activitiesPage`: custom field changes in a time window, oldest first.
@@ -102,7 +114,7 @@ impl YouTrack {
             .http
             .get(format!("{}{path}", self.base))
             .query(params)
-            .bearer_auth(self.token.expose_secret())
+            .bearer_auth(self.token())
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await

@@ -18,7 +18,7 @@ use crate::files::{Artifacts, BuildLogs};
 use crate::http::access::Access;
 use crate::http::api::AdminApi;
 use crate::http::nodes::{NodeApi, NodeSettings};
-use crate::http::reload::Reloadable;
+use crate::http::reload::{OutboundSecrets, Reloadable};
 use crate::http::slack::{SlackActions, SlackSink};
 use crate::http::webhook::Webhook;
 use crate::http::{BadTokens, Counters, Health, Surfaces};
@@ -80,6 +80,15 @@ pub(super) fn parts(
     // One client for every outbound call (chat, tracker, pager, Slack's answers, Matrix rooms).
     let http = outbound::client(&config).context("cannot build the outbound HTTPS client")?;
     let lanes: Vec<_> = config.watched_lanes().into_iter().map(|(rule, _)| rule).collect();
+    // What holds an outbound secret, shared with the reload that replaces them.
+    let sinks: Vec<Arc<Sink>> = sinks.into_iter().map(Arc::new).collect();
+    let followers = followers(&config, &http)?;
+    let slack = Arc::new(SlackActions::new(
+        SlackSink::configured(&config)?,
+        Arc::clone(store),
+        projections.clone(),
+        http.clone(),
+    ));
     let sink_milestones =
         sinks.iter().map(|s| (s.name.clone(), Milestone::ALL.into_iter().filter(|m| s.wants(*m)).collect())).collect();
 
@@ -141,13 +150,14 @@ pub(super) fn parts(
             admin: admin_tokens,
             nodes: nodes_tokens,
             tls,
+            outbound: OutboundSecrets {
+                sinks: sinks.clone(),
+                slack: Arc::clone(&slack),
+                followers: followers.clone(),
+                reconciler: reconciler.clone(),
+            },
         }),
-        slack: Arc::new(SlackActions {
-            sinks: slack_sinks(&config)?,
-            store: Arc::clone(store),
-            projections: projections.clone(),
-            http: http.clone(),
-        }),
+        slack: Arc::clone(&slack),
         bad_api_tokens: Arc::new(BadTokens::new(config.webhook.max_bad_tokens_per_minute)),
     };
     let gauges = crate::scrape::Gauges {
@@ -163,10 +173,10 @@ pub(super) fn parts(
         links,
         rules: outbound::rules(&config),
         http: http.clone(),
-        sinks: sinks.into_iter().map(Arc::new).collect(),
+        sinks,
         reconciler,
         max_attempts: config.nodes.max_attempts,
-        followers: followers(&config, &http)?,
+        followers,
         lane_watch: Arc::new(crate::lane_watch::LaneWatch::new(
             projections.clone(),
             Arc::clone(&polls),
@@ -192,35 +202,6 @@ pub(super) fn parts(
     Ok(Parts { surfaces, builds, artifacts, jobs, retention, gauges })
 }
 
-/// The `slack_api` sinks with buttons (a signing secret and someone allowed to act).
-fn slack_sinks(config: &Config) -> anyhow::Result<Vec<SlackSink>> {
-    let read = |file: &std::path::Path| Ok::<_, anyhow::Error>(Token::read(file)?.expose().to_owned());
-    let mut sinks = Vec::new();
-    for chat in config.chat.iter().filter(|c| c.kind == crate::config::ChatKind::SlackApi) {
-        let (Some(secret), Some(token)) = (&chat.signing_secret_file, &chat.token_file) else { continue };
-        if chat.allowed_users.is_empty() {
-            continue;
-        }
-        let api = match (&chat.url, &chat.url_file) {
-            (Some(url), _) => url.clone(),
-            (None, Some(file)) => read(file)?,
-            (None, None) => continue,
-        };
-        sinks.push(SlackSink {
-            name: chat.name.clone(),
-            signing_secret: read(secret)?,
-            allowed_users: chat.allowed_users.clone(),
-            api: outbound::slack::Api {
-                api,
-                channel: chat.channel.clone().unwrap_or_default(),
-                token: read(token)?,
-                buttons: true,
-            },
-        });
-    }
-    Ok(sinks)
-}
-
 /// The `matrix` sinks whose rooms are followed for reactions (someone is allowed to act).
 fn followers(config: &Config, http: &reqwest::Client) -> anyhow::Result<Vec<Arc<crate::reactions::Follower>>> {
     let mut followers = Vec::new();
@@ -236,7 +217,7 @@ fn followers(config: &Config, http: &reqwest::Client) -> anyhow::Result<Vec<Arc<
             sink: chat.name.clone(),
             homeserver,
             room_id: room_id.clone(),
-            token: Token::read(token)?.expose().to_owned(),
+            token: std::sync::RwLock::new(Token::read(token)?.expose().to_owned()),
             allowed_users: chat.allowed_users.clone(),
             http: http.clone(),
         }));

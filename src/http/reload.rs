@@ -6,9 +6,13 @@
 //! configuration again and swaps in the tokens of `webhook.token_files`, of the admin API
 //! (`admin.token_file`, `admin.previous_token_file`) and of the build pool (`nodes.token_file`,
 //! `nodes.previous_token_file`), and, when the gateway serves HTTPS, its certificate and key
-//! (`server.tls_cert_file`, `server.tls_key_file`), so a renewal needs no restart either. Every
-//! other setting keeps its value until the next restart. If the configuration, a token file or the
-//! certificate pair is refused, nothing changes: connections keep getting the certificate in force.
+//! (`server.tls_cert_file`, `server.tls_key_file`), so a renewal needs no restart either. It also
+//! reads again every secret the gateway sends with ([`OutboundSecrets`]): the chat sinks' tokens
+//! and secret URLs, Slack's signing secrets, the Matrix rooms' tokens, the pager's routing key and
+//! the YouTrack token (with its `previous_token_file`) of comments, commands and reconciliation.
+//! Every other setting keeps its value until the next restart (a sink added or removed takes one).
+//! If the configuration, a token file, a secret or the certificate pair is refused, nothing
+//! changes: connections keep getting the certificate in force, sinks keep their secrets.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +25,10 @@ use serde::Serialize;
 use super::access::Operator;
 use super::ApiError;
 use crate::config::{Config, ConfigError};
+use crate::http::slack::{SlackActions, SlackSink};
+use crate::outbound::{Sink, SinkError};
+use crate::reactions::Follower;
+use crate::reconcile::Reconciler;
 use crate::secrets::{SecretError, Token, TokenSet};
 use crate::tls::{ServerTls, TlsError, TlsFiles};
 
@@ -34,6 +42,73 @@ pub struct Reloadable {
     pub nodes: Arc<TokenSet>,
     /// The certificate HTTPS is served with (none: plain HTTP).
     pub tls: Option<Arc<ServerTls>>,
+    /// What holds the secrets the gateway sends with.
+    pub outbound: OutboundSecrets,
+}
+
+/// Everything that holds a secret the gateway sends with, shared with what sends: each outbound
+/// sink, Slack's buttons, the Matrix rooms followed and the reconciler's YouTrack client.
+pub struct OutboundSecrets {
+    pub sinks: Vec<Arc<Sink>>,
+    pub slack: Arc<SlackActions>,
+    pub followers: Vec<Arc<Follower>>,
+    pub reconciler: Option<Arc<Reconciler>>,
+}
+
+/// The secrets read again, not yet in force.
+struct Prepared {
+    sinks: Vec<Sink>,
+    slack: Vec<SlackSink>,
+    followers: Vec<Option<String>>,
+    youtrack: Option<secrecy::SecretString>,
+}
+
+impl OutboundSecrets {
+    /// Reads every outbound secret `config` names; nothing is in force yet.
+    fn prepare(&self, config: &Config) -> Result<Prepared, ReloadError> {
+        let sinks = crate::outbound::sinks(config)?;
+        let slack = SlackSink::configured(config)?;
+        let mut followers = Vec::new();
+        for follower in &self.followers {
+            let file = config.chat.iter().find(|c| c.name == follower.sink).and_then(|c| c.token_file.as_ref());
+            followers.push(file.map(|f| Token::read(f).map(|t| t.expose().to_owned())).transpose()?);
+        }
+        let youtrack = match (&self.reconciler, &config.youtrack.token_file) {
+            (Some(_), Some(file)) => Some(secrecy::SecretString::from(Token::read(file)?.expose().to_owned())),
+            _ => None,
+        };
+        Ok(Prepared { sinks, slack, followers, youtrack })
+    }
+
+    /// Puts what [`OutboundSecrets::prepare`] read in force; the names of the sinks replaced.
+    fn apply(&self, prepared: Prepared) -> Vec<String> {
+        let Prepared { sinks, slack, followers, youtrack } = prepared;
+        let mut replaced = Vec::new();
+        for fresh in sinks {
+            match self.sinks.iter().find(|s| s.name == fresh.name) {
+                Some(sink) => {
+                    replaced.push(fresh.name.clone());
+                    sink.replace(fresh);
+                }
+                None => {
+                    tracing::warn!(sink = %fresh.name, "a sink added to the configuration starts at the next restart")
+                }
+            }
+        }
+        for gone in self.sinks.iter().filter(|s| !replaced.contains(&s.name)) {
+            tracing::warn!(sink = %gone.name, "a sink no longer configured keeps sending until the next restart");
+        }
+        self.slack.replace(slack);
+        for (follower, token) in self.followers.iter().zip(followers) {
+            if let Some(token) = token {
+                *follower.token.write().unwrap_or_else(|p| p.into_inner()) = token;
+            }
+        }
+        if let (Some(reconciler), Some(token)) = (&self.reconciler, youtrack) {
+            reconciler.youtrack().replace_token(token);
+        }
+        replaced
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +119,8 @@ pub enum ReloadError {
     Token(#[from] SecretError),
     #[error("cannot reload the certificate")]
     Tls(#[from] TlsError),
+    #[error("cannot reload the outbound secrets")]
+    Sinks(#[from] SinkError),
 }
 
 /// The files in force after a reload.
@@ -57,6 +134,8 @@ pub struct Reloaded {
     pub nodes: Vec<PathBuf>,
     /// The certificate and key served (none: plain HTTP).
     pub tls: Option<TlsFiles>,
+    /// The outbound sinks whose secrets were read again.
+    pub sinks: Vec<String>,
 }
 
 /// Reads the configuration, the token files and the certificate pair again and puts them in force
@@ -80,19 +159,22 @@ pub fn reload_tokens(app: &Reloadable) -> Result<Reloaded, ReloadError> {
             admin: config.admin_token_files(),
             nodes: config.nodes_token_files(),
             tls: tls.as_ref().map(|(files, _)| files.clone()),
+            sinks: Vec::new(),
         };
         let tokens = (Token::read_all(&files.webhook)?, Token::read_all(&files.admin)?, Token::read_all(&files.nodes)?);
-        Ok((files, tokens, tls))
+        let outbound = app.outbound.prepare(&config)?;
+        Ok((files, tokens, tls, outbound))
     });
     match reloaded {
-        Ok((files, (webhook, admin, nodes), tls)) => {
+        Ok((mut files, (webhook, admin, nodes), tls, outbound)) => {
+            files.sinks = app.outbound.apply(outbound);
             app.webhook.replace(&webhook);
             app.admin.replace(&admin);
             app.nodes.replace(&nodes);
             if let (Some(serving), Some(prepared)) = (&app.tls, tls) {
                 serving.replace(prepared);
             }
-            tracing::info!(webhook = ?files.webhook, admin = ?files.admin, nodes = ?files.nodes, tls = ?files.tls, "tokens reloaded");
+            tracing::info!(webhook = ?files.webhook, admin = ?files.admin, nodes = ?files.nodes, tls = ?files.tls, sinks = ?files.sinks, "tokens reloaded");
             Ok(files)
         }
         Err(e) => {

@@ -22,6 +22,7 @@ use uuid::Uuid;
 use super::ApiError;
 use crate::outbound::slack;
 use crate::projector::Projections;
+use crate::secrets::Token;
 use crate::store::EventStore;
 
 /// The most Slack's signed request may be off the gateway's clock.
@@ -40,12 +41,67 @@ pub struct SlackSink {
     pub api: slack::Api,
 }
 
+impl SlackSink {
+    /// The `slack_api` sinks with buttons (a signing secret and someone allowed to act), their
+    /// secrets read.
+    pub fn configured(config: &crate::config::Config) -> Result<Vec<SlackSink>, crate::secrets::SecretError> {
+        let read =
+            |file: &std::path::Path| Ok::<_, crate::secrets::SecretError>(Token::read(file)?.expose().to_owned());
+        let mut sinks = Vec::new();
+        for chat in config.chat.iter().filter(|c| c.kind == crate::config::ChatKind::SlackApi) {
+            let (Some(secret), Some(token)) = (&chat.signing_secret_file, &chat.token_file) else { continue };
+            if chat.allowed_users.is_empty() {
+                continue;
+            }
+            let api = match (&chat.url, &chat.url_file) {
+                (Some(url), _) => url.clone(),
+                (None, Some(file)) => read(file)?,
+                (None, None) => continue,
+            };
+            sinks.push(SlackSink {
+                name: chat.name.clone(),
+                signing_secret: read(secret)?,
+                allowed_users: chat.allowed_users.clone(),
+                api: slack::Api {
+                    api,
+                    channel: chat.channel.clone().unwrap_or_default(),
+                    token: read(token)?,
+                    buttons: true,
+                },
+            });
+        }
+        Ok(sinks)
+    }
+}
+
 /// The state of `POST /chat/slack/actions`.
 pub struct SlackActions {
-    pub sinks: Vec<SlackSink>,
+    /// Replaced whole when the secrets are reloaded.
+    sinks: std::sync::RwLock<Arc<Vec<SlackSink>>>,
     pub store: Arc<dyn EventStore>,
     pub projections: Projections,
     pub http: reqwest::Client,
+}
+
+impl SlackActions {
+    pub fn new(
+        sinks: Vec<SlackSink>,
+        store: Arc<dyn EventStore>,
+        projections: Projections,
+        http: reqwest::Client,
+    ) -> SlackActions {
+        SlackActions { sinks: std::sync::RwLock::new(Arc::new(sinks)), store, projections, http }
+    }
+
+    /// The sinks in force.
+    pub fn sinks(&self) -> Arc<Vec<SlackSink>> {
+        Arc::clone(&self.sinks.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Puts sinks with their secrets read again in force.
+    pub fn replace(&self, sinks: Vec<SlackSink>) {
+        *self.sinks.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(sinks);
+    }
 }
 
 /// `v0=` and the hex of HMAC-SHA256 over `v0:{timestamp}:{body}`.
@@ -192,7 +248,8 @@ fn read_click(sink: &SlackSink, body: &[u8], message_of: impl Fn(Uuid) -> Option
 }
 
 pub async fn actions(State(app): State<Arc<SlackActions>>, headers: HeaderMap, body: Bytes) -> Response {
-    let sink = match signer(&app.sinks, &headers, &body) {
+    let sinks = app.sinks();
+    let sink = match signer(&sinks, &headers, &body) {
         Ok(sink) => sink,
         Err(refused) => return refused.into_response(),
     };
@@ -216,7 +273,8 @@ pub async fn actions(State(app): State<Arc<SlackActions>>, headers: HeaderMap, b
 
 /// Decides and records a click, then tells its user, alone, if it did nothing.
 async fn act(app: Arc<SlackActions>, sink: String, click: Click) {
-    let Some(sink) = app.sinks.iter().find(|s| s.name == sink) else { return };
+    let sinks = app.sinks();
+    let Some(sink) = sinks.iter().find(|s| s.name == sink) else { return };
     let Click { user, action, build_id, request_id } = click;
     let allowed = sink.allowed_users.contains(&user);
     let chat = ChatAction { request_id: &request_id, sink: &sink.name, user: &user, action, build_id, allowed };

@@ -126,7 +126,7 @@ pub fn sinks(config: &Config) -> Result<Vec<Sink>, SinkError> {
                 agent_id: chat.agent_id.clone(),
             }),
         };
-        sinks.push(Sink { name: chat.name.clone(), target, max_attempts: chat.max_attempts, wants: wants(&chat.name) });
+        sinks.push(Sink::new(chat.name.clone(), target, chat.max_attempts, wants(&chat.name)));
     }
     if let (Some(base_url), Some(token_file)) = (&config.youtrack.base_url, &config.youtrack.token_file) {
         let previous = match &config.youtrack.previous_token_file {
@@ -142,15 +142,13 @@ pub fn sinks(config: &Config) -> Result<Vec<Sink>, SinkError> {
         let api = || -> Result<youtrack::Api, SinkError> {
             Ok(youtrack::Api { base_url: base_url.clone(), token: secret(token_file)?, previous: previous.clone() })
         };
-        sinks.push(Sink {
-            name: "youtrack".into(),
-            target: Target::YouTrack(youtrack::Comments {
-                api: api()?,
-                comment_on_success: config.youtrack.comment_on_success,
-            }),
-            max_attempts: config.youtrack.max_attempts,
-            wants: wants("youtrack"),
-        });
+        let comments = youtrack::Comments { api: api()?, comment_on_success: config.youtrack.comment_on_success };
+        sinks.push(Sink::new(
+            "youtrack".into(),
+            Target::YouTrack(comments),
+            config.youtrack.max_attempts,
+            wants("youtrack"),
+        ));
         let triggers: std::collections::HashMap<String, meshgate_domain::Trigger> = config
             .triggers
             .iter()
@@ -158,24 +156,16 @@ pub fn sinks(config: &Config) -> Result<Vec<Sink>, SinkError> {
             .map(|t| (t.name.clone(), t.clone()))
             .collect();
         if !triggers.is_empty() {
-            sinks.push(Sink {
-                name: COMMANDS.into(),
-                target: Target::YouTrackCommands(youtrack::Commands { api: api()?, triggers }),
-                max_attempts: config.youtrack.max_attempts,
-                wants: wants(COMMANDS),
-            });
+            let commands = Target::YouTrackCommands(youtrack::Commands { api: api()?, triggers });
+            sinks.push(Sink::new(COMMANDS.into(), commands, config.youtrack.max_attempts, wants(COMMANDS)));
         }
     }
     if let Some(file) = &config.pager.routing_key_file {
-        sinks.push(Sink {
-            name: "pager".into(),
-            target: Target::PagerDuty(pagerduty::Events {
-                url: config.pager.url.clone().unwrap_or_else(|| "https://events.pagerduty.com/v2/enqueue".into()),
-                routing_key: secret(file)?,
-            }),
-            max_attempts: config.pager.max_attempts,
-            wants: wants("pager"),
-        });
+        let events = pagerduty::Events {
+            url: config.pager.url.clone().unwrap_or_else(|| "https://events.pagerduty.com/v2/enqueue".into()),
+            routing_key: secret(file)?,
+        };
+        sinks.push(Sink::new("pager".into(), Target::PagerDuty(events), config.pager.max_attempts, wants("pager")));
     }
     Ok(sinks)
 }

@@ -33,7 +33,7 @@ impl Sink {
     /// 404 and 410 means it is there), Slack's `auth.test` and Matrix's `whoami` (which check the
     /// token too).
     pub async fn probe(&self, http: &reqwest::Client) -> Probe {
-        match &self.target {
+        match &*self.target() {
             Target::Console(_) => Probe { ok: true, detail: "standard output".into() },
             Target::SlackApi(api) => {
                 let url = format!("{}/auth.test", api.api.trim_end_matches('/'));
@@ -74,7 +74,7 @@ impl Sink {
 
     /// Posts `text` as a visible line through the sink's protocol (chat sinks only).
     pub async fn test_line(&self, http: &reqwest::Client, text: &str) -> Option<Probe> {
-        let answer = match &self.target {
+        let answer = match &*self.target() {
             Target::Console(_) => {
                 println!("{text}");
                 Answer::written("written to standard output")

@@ -243,3 +243,124 @@ async fn the_admin_token_rotates_with_the_previous_one_accepted_and_log_links_st
     let after = link(app.get(&format!("/api/v1/builds/{build}")).await.json().await.unwrap());
     assert_eq!(after, before, "a new admin token leaves log links alone");
 }
+
+/// What a configuration with outbound secrets names: a generic chat hook at the URL in
+/// `hook_file`, a Slack sink with buttons signed with `signing_file`, YouTrack's token in
+/// `youtrack_file` (with `previous` being rotated out), all in `dir`.
+fn outbound_config(dir: &Path, hook_file: &str, signing_file: &str, youtrack_file: &str, previous: Option<&str>) {
+    let base = std::fs::read_to_string(dir.join("base.toml")).unwrap();
+    let previous = previous.map(|f| format!("previous_token_file = {f:?}\n")).unwrap_or_default();
+    let toml = format!(
+        "{base}\n[youtrack]\nbase_url = {:?}\ntoken_file = {youtrack_file:?}\n{previous}bot_login = \"meshgate-bot\"\n\n\
+         [[chat]]\nname = \"hook\"\nkind = \"generic\"\nurl_file = {hook_file:?}\n\n\
+         [[chat]]\nname = \"slack\"\nkind = \"slack_api\"\nurl = {:?}\ntoken_file = \"slack.token\"\nchannel = \"C0\"\n\
+         allowed_users = [\"U1\"]\nsigning_secret_file = {signing_file:?}\n",
+        std::fs::read_to_string(dir.join("youtrack.url")).unwrap(),
+        std::fs::read_to_string(dir.join("slack.url")).unwrap(),
+    );
+    std::fs::write(dir.join("meshgate.toml"), toml).unwrap();
+}
+
+/// A Slack click signed with `secret`: its status (401: the signature matched no secret in force).
+async fn signed_click(app: &TestApp, secret: &str) -> u16 {
+    let body = "payload=%7B%7D";
+    let timestamp = chrono::Utc::now().timestamp().to_string();
+    let signature = meshgate::http::slack::signature(secret, &timestamp, body.as_bytes());
+    let response = app
+        .client
+        .post(app.url("/chat/slack/actions"))
+        .header("X-Slack-Request-Timestamp", timestamp)
+        .header("X-Slack-Signature", signature)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    response.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbound_secrets_rotate_under_load_with_a_reload_and_no_notification_is_lost() {
+    use crate::stand_in::{reply_with, stand_in};
+    use crate::youtrack::YouTrack;
+
+    let mut hook = stand_in(vec![]).await;
+    let slack_ok = reply_with(200, None, r#"{"ok": true, "ts": "1700000000.000100"}"#);
+    let slack = stand_in(vec![slack_ok; 200]).await;
+    let (first_token, second_token) =
+        ("perm:first-bot-token-of-the-gateway.aaaa", "perm:second-bot-token-of-the-gateway.bbbb");
+    let youtrack = YouTrack::start_with_token(first_token).await;
+    let dir = tempfile::tempdir().unwrap();
+    tokens(dir.path(), &["webhook.token", "admin.token", "nodes.token", "slack.token"]);
+    let secret = |name: &str, value: &str| crate::pki::write_private(&dir.path().join(name), value);
+    secret("hook-1.url", &hook.url("/services/first-secret-url-of-the-hook"));
+    secret("hook-2.url", &hook.url("/services/second-secret-url-of-the-hook"));
+    secret("signing-1.secret", "first-signing-secret-of-slack-0123456789");
+    secret("signing-2.secret", "second-signing-secret-of-slack-0123456789");
+    secret("youtrack-1.token", first_token);
+    secret("youtrack-2.token", second_token);
+    std::fs::write(dir.path().join("youtrack.url"), youtrack.url()).unwrap();
+    std::fs::write(dir.path().join("slack.url"), slack.url("/api")).unwrap();
+    let base = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n[webhook]\ntoken_files = [\"webhook.token\"]\n\n\
+         [admin]\ntoken_file = \"admin.token\"\n\n[nodes]\ntoken_file = \"nodes.token\"\n\n\
+         [outbound]\nca_file = {:?}\nretry_base_ms = 10\n\n[reconcile]\ninterval_seconds = 0\n\n\
+         [[triggers]]\nname = \"ios-build\"\nprojects = [\"MOB\"]\nfield = \"State\"\nto = [\"Building\"]\n\
+         script = \"ios-build\"\ngit_ref = \"feature/{{issue}}\"\n",
+        crate::pki::pki().ca_file
+    );
+    std::fs::write(dir.path().join("base.toml"), base).unwrap();
+    outbound_config(dir.path(), "hook-1.url", "signing-1.secret", "youtrack-1.token", None);
+    let config = Config::load(Some(&dir.path().join("meshgate.toml"))).unwrap();
+    let app = spawn_with(dir, config).await;
+    let webhook = token(app.dir.path(), "webhook.token");
+    assert_eq!(signed_click(&app, "first-signing-secret-of-slack-0123456789").await, 400, "signed: read, then refused");
+
+    // Deliveries go on through the rotation: sixty builds, each told to both chat sinks.
+    let deliveries = 60;
+    let building = fixture("mob-issueUpdated-state-building.json");
+    let load = {
+        let (client, url, webhook) = (app.client.clone(), app.url("/youtrack/webhook"), webhook.clone());
+        tokio::spawn(async move {
+            for n in 0..deliveries {
+                let body = with(&building, &serde_json::json!({"id": format!("MOB-{}", 100 + n)}));
+                let sent =
+                    client.post(&url).header("X-YouTrack-Token", &webhook).header("Content-Type", "application/json");
+                assert_eq!(sent.body(body).send().await.unwrap().status(), 200);
+            }
+        })
+    };
+    // The first notifications went out with the first secrets.
+    assert_eq!(hook.next().await.path, "/services/first-secret-url-of-the-hook");
+
+    // Rotated: the new secrets written, YouTrack's token dual-run, the hook's URL and Slack's
+    // signing secret replaced, then a reload; meanwhile YouTrack takes only the new token.
+    outbound_config(app.dir.path(), "hook-2.url", "signing-2.secret", "youtrack-2.token", Some("youtrack-1.token"));
+    let (status, answer) = reload(&app).await;
+    assert_eq!(status, 200, "{answer}");
+    let mut reloaded: Vec<&str> = answer["sinks"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    reloaded.sort();
+    assert_eq!(reloaded, ["hook", "slack", "youtrack"]);
+    assert!(!answer.to_string().contains("second"), "no secret in the answer: {answer}");
+    youtrack.accept_only(second_token);
+    load.await.unwrap();
+
+    // Every build told to both sinks, nothing abandoned; once the hook's new URL was used, the
+    // old one never again.
+    app.wait_for_count("NotificationDelivered", 2 * deliveries).await;
+    assert_eq!(app.count("NotificationAbandoned").await, 0);
+    let mut paths = Vec::new();
+    while let Ok(received) = hook.received.try_recv() {
+        paths.push(received.path);
+    }
+    let switched = paths.iter().position(|p| p.contains("second")).expect("the new URL was used");
+    assert!(paths[switched..].iter().all(|p| p.contains("second")), "{paths:?}");
+    // Slack clicks signed with the old secret are refused; with the new one read.
+    assert_eq!(signed_click(&app, "first-signing-secret-of-slack-0123456789").await, 401);
+    assert_eq!(signed_click(&app, "second-signing-secret-of-slack-0123456789").await, 400);
+    // Reconciliation reads YouTrack with the new token.
+    let swept =
+        app.client.post(app.url("/api/v1/reconcile")).bearer_auth(&app.admin_token).json(&serde_json::json!({}));
+    let swept: Value = swept.send().await.unwrap().json().await.unwrap();
+    assert_eq!(swept["errors"], serde_json::json!([]), "{swept}");
+}

@@ -117,6 +117,11 @@ impl YouTrack {
             .unwrap()
     }
 
+    /// Accepts `token` only from now on (the bot's token was rotated in YouTrack).
+    pub fn accept_only(&self, token: &str) {
+        self.data.lock().unwrap().token = token.to_owned();
+    }
+
     pub fn url(&self) -> String {
         format!("https://{}", self.addr)
     }
