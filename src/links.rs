@@ -18,6 +18,12 @@ impl LogLinks {
         LogLinks { public_url: public_url.trim_end_matches('/').to_owned(), secret }
     }
 
+    /// A key for another purpose (`b"dashboard sessions"`), derived from the log-link secret, so
+    /// the gateways that share that file share it too.
+    pub fn derived_key(&self, purpose: &[u8]) -> [u8; 32] {
+        Sha256::new().chain_update(self.secret).chain_update(b"derived:").chain_update(purpose).finalize().into()
+    }
+
     /// The unguessable key that opens one build's log.
     pub fn key(&self, build_id: Uuid) -> String {
         let digest =

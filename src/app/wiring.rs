@@ -136,7 +136,11 @@ pub(super) fn parts(
             config: Arc::clone(&config),
             stopping: stopping.clone(),
         }),
-        access: Arc::new(Access::new(Arc::clone(&admin_tokens), tls.is_some())),
+        access: Arc::new(Access::new(
+            Arc::clone(&admin_tokens),
+            tls.is_some(),
+            links.derived_key(b"dashboard sessions"),
+        )),
         health: Arc::new(Health {
             store: Arc::clone(store),
             projections: projections.clone(),

@@ -2,8 +2,9 @@
 //! the API with a session cookie.
 //!
 //! Sign-in posts the admin token once (a form body, never a URL); the answer is an HttpOnly,
-//! SameSite=Strict cookie naming a session held in this gateway's memory ([`super::access`]: it
-//! lasts [`SESSION_LIFETIME`] and ends at once when the token it was opened with is rotated out).
+//! SameSite=Strict cookie holding a session signed with a key every gateway of the team shares
+//! ([`super::access`]: it lasts [`SESSION_LIFETIME`] and ends at once when the token it was opened
+//! with is rotated out).
 //! Reads accept the cookie; every change also needs the session's CSRF token in `X-CSRF-Token`,
 //! which only a page of this origin can read (`GET /ui/session`).
 
@@ -89,7 +90,7 @@ async fn sign_in(
         let refused = LOGIN.replace("{{error}}", "<p class=\"error\" role=\"alert\">That is not an admin token.</p>");
         return html(StatusCode::UNAUTHORIZED, refused);
     };
-    let id = match access.sessions.open(token_digest) {
+    let id = match access.sessions.open(token_digest, chrono::Utc::now().timestamp()) {
         Ok(id) => id,
         Err(e) => return ApiError::unavailable(&e).into_response(),
     };
@@ -110,7 +111,7 @@ async fn sign_out(State(access): State<Arc<Access>>, headers: HeaderMap) -> Resu
         return Err(ApiError::csrf());
     }
     if let Some(id) = cookie(&headers) {
-        access.sessions.close(&id);
+        access.sessions.close(&id, chrono::Utc::now().timestamp());
     }
     let expired = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
     let mut response = StatusCode::NO_CONTENT.into_response();

@@ -186,3 +186,71 @@ async fn claims_decided_on_one_version_of_a_lane_land_once() {
     assert!(matches!(refused, Err(CommandError::Store(meshgate::store::StoreError::Contention { .. }))), "{refused:?}");
     assert_eq!(a.store().read_stream(&meshgate_domain::stream::build_stream(second)).await.unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_session_opened_on_one_gateway_is_honoured_by_the_other_and_ends_with_its_token() {
+    let url = crate::postgres::database().await;
+    // Each from a configuration file, so a reload reads it again.
+    let configured = |dir: &std::path::Path| {
+        let mut config = test_config(dir, vec![ios_trigger()]);
+        config.store.backend = StoreBackend::Postgres;
+        config.store.url = Some(url.clone());
+        config
+    };
+    let written = |dir: &std::path::Path, mut config: meshgate::config::Config| {
+        let path = dir.join("meshgate.toml");
+        std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+        config.file = Some(path);
+        config
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = written(dir.path(), configured(dir.path()));
+    let first = spawn_with(dir, config).await;
+    // The second shares the first's admin token file and log-link key, as docs/operations.md says.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = configured(dir.path());
+    config.admin.token_file = first.config.admin.token_file.clone();
+    meshgate::secrets::private_dir(&config.secrets_dir()).unwrap();
+    let key = std::fs::read_to_string(first.config.log_link_key_file()).unwrap();
+    meshgate::secrets::write_token_file(&config.log_link_key_file(), key.trim(), 0o400).unwrap();
+    let config = written(dir.path(), config);
+    let second = spawn_with(dir, config).await;
+
+    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let signed_in =
+        browser.post(first.url("/ui/login")).form(&[("token", first.admin_token.as_str())]).send().await.unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let csrf = answer_of(second.client.get(second.url("/ui/session")).header("cookie", &cookie)).await["csrf"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Reads and changes on the other gateway, with the session and its CSRF token.
+    let read = second.client.get(second.url("/api/v1/builds")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(read.status(), 200);
+    let pause = second
+        .client
+        .post(second.url("/api/v1/queue/pause"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .json(&json!({"reason": "from the other gateway"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pause.status(), 200);
+    // A cookie signed with another key is not one.
+    let forged = cookie.replacen("v1.", "v1.1", 1);
+    let refused = second.client.get(second.url("/api/v1/builds")).header("cookie", forged).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+
+    // The admin token rotated out on both: the session ends on both.
+    let admin_file = first.config.admin.token_file.clone().unwrap();
+    std::fs::remove_file(&admin_file).unwrap();
+    meshgate::secrets::generate_token_file(&admin_file, 0o400).unwrap();
+    for app in [&first, &second] {
+        let reloaded = app.client.post(app.url("/api/v1/tokens/reload")).bearer_auth(&first.admin_token);
+        assert_eq!(reloaded.send().await.unwrap().status(), 200);
+        let after = app.client.get(app.url("/api/v1/builds")).header("cookie", &cookie).send().await.unwrap();
+        assert_eq!(after.status(), 401);
+    }
+}
