@@ -69,12 +69,19 @@ pub async fn run(config: &Config) -> Vec<Check> {
         }
     };
     checks.push(webhook(config, &http).await);
-    checks.push(youtrack(config, &http).await);
+    let token = youtrack(config, &http).await;
+    // The comments' sink is the token's: it fails with it.
+    let token_check =
+        (token.result == CheckResult::Failed).then(|| format!("the youtrack token check failed: {}", token.detail));
+    checks.push(token);
     match crate::outbound::sinks(config) {
         Ok(sinks) => {
             let text = format!("meshgate self-test: this sink works ({})", Utc::now().format("%Y-%m-%d %H:%M:%S UTC"));
             for sink in sinks {
-                let probe = sink.probe(&http).await;
+                let mut probe = sink.probe(&http).await;
+                if let (crate::outbound::Target::YouTrack(_), Some(failed)) = (&*sink.target(), &token_check) {
+                    probe = crate::outbound::probe::Probe { ok: false, detail: failed.clone() };
+                }
                 checks.push(Check::new(format!("sink {}", sink.name), probe.ok, probe.detail));
                 let visible = config.chat.iter().any(|c| c.name == sink.name && c.selftest);
                 if visible && probe.ok {

@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::http::reload::{reload_tokens, Reloadable};
 
 #[derive(Debug, Parser)]
-#[command(name = "meshgate", version, about = "Gateway from YouTrack webhooks to a pool of build machines")]
+#[command(name = "meshgate", version, long_version = long_version(), about = "Gateway from YouTrack webhooks to a pool of build machines")]
 pub struct Cli {
     /// Configuration file (TOML). Without one, the embedded defaults are used.
     #[arg(long, global = true, env = "MESHGATE_CONFIG")]
@@ -267,4 +267,24 @@ async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, state: Arc<R
         let state = Arc::clone(&state);
         let _ = tokio::task::spawn_blocking(move || reload_tokens(&state)).await;
     }
+}
+
+/// `meshgate --version`: the release, and the versions of what it writes and reads, which an
+/// upgrade may move (docs/upgrading.md).
+fn long_version() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        let projections: Vec<String> = meshgate_projections::ProjectionSet::VERSIONS
+            .iter()
+            .map(|(name, version)| format!("{name} {version}"))
+            .collect();
+        format!(
+            "{}\nevent schema {}\nSQLite log layout {}\nPostgreSQL schema {}\nread model: {}",
+            env!("CARGO_PKG_VERSION"),
+            meshgate_domain::Event::SCHEMA_VERSION,
+            crate::store::sqlite::SCHEMA_VERSION,
+            crate::store::postgres::schema::version(),
+            projections.join(", ")
+        )
+    })
 }

@@ -24,6 +24,8 @@ pub fn init(dir: &Path, data_dir: Option<&Path>) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(&config, sample).with_context(|| format!("cannot write {}", config.display()))?;
     println!("wrote {}", config.display());
+    // The tokens' folder is the owner's alone (0700), like the data dir's.
+    crate::secrets::private_dir(&dir.join("secrets"))?;
     for name in ["webhook.token", "admin.token", "nodes.token"] {
         let path = dir.join("secrets").join(name);
         if path.exists() {

@@ -48,7 +48,8 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-const SECTIONS: [&str; 14] = [
+/// Every section the environment may set (each of [`Config`]'s fields).
+const SECTIONS: [&str; 16] = [
     "server",
     "webhook",
     "youtrack",
@@ -60,6 +61,8 @@ const SECTIONS: [&str; 14] = [
     "outbound",
     "reconcile",
     "store",
+    "metrics",
+    "log",
     "lanes",
     "triggers",
     "artifacts",
@@ -433,3 +436,18 @@ impl Config {
 
 /// The sample written by `meshgate init`.
 pub const SAMPLE: &str = include_str!("../meshgate.sample.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_may_set_every_section() {
+        let every = serde_json::to_value(Config::default()).unwrap();
+        let mut fields: Vec<&str> = every.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut sections = SECTIONS.to_vec();
+        fields.sort();
+        sections.sort();
+        assert_eq!(fields, sections, "a section the environment cannot set");
+    }
+}

@@ -174,7 +174,17 @@ pub fn reload_tokens(app: &Reloadable) -> Result<Reloaded, ReloadError> {
             if let (Some(serving), Some(prepared)) = (&app.tls, tls) {
                 serving.replace(prepared);
             }
-            tracing::info!(webhook = ?files.webhook, admin = ?files.admin, nodes = ?files.nodes, tls = ?files.tls, sinks = ?files.sinks, "tokens reloaded");
+            let shown =
+                |paths: &[PathBuf]| paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+            let tls = files.tls.as_ref().map(|t| t.cert_file.display().to_string()).unwrap_or_default();
+            tracing::info!(
+                webhook = %shown(&files.webhook),
+                admin = %shown(&files.admin),
+                nodes = %shown(&files.nodes),
+                tls = %tls,
+                sinks = %files.sinks.join(", "),
+                "tokens reloaded"
+            );
             Ok(files)
         }
         Err(e) => {

@@ -55,6 +55,8 @@ fn config_check_passes_a_good_file_and_prints_it_with_secrets_as_paths_only() {
     let init =
         std::process::Command::new(crate::process::BIN).args(["init", dir.path().to_str().unwrap()]).output().unwrap();
     assert!(init.status.success());
+    let secrets = std::fs::metadata(dir.path().join("secrets")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&secrets.permissions()) & 0o777, 0o700, "secrets/ is private");
     let file = dir.path().join("meshgate.toml");
     let slack = "https://hooks.slack.com/services/T0/B0/very-secret-part";
     let mut toml = std::fs::read_to_string(&file).unwrap();
@@ -110,4 +112,17 @@ fn config_check_names_every_broken_key_and_file_and_fails() {
     std::fs::write(&file, "[webhook]\nmax_body_bytes = \"lots\"\n").unwrap();
     let (ok, _, err) = check(&file);
     assert!(!ok && err.contains("webhook.max_body_bytes") && err.contains("meshgate.toml"), "{err}");
+}
+
+#[test]
+fn the_version_names_what_an_upgrade_may_move() {
+    let out = std::process::Command::new(crate::process::BIN).arg("--version").output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with(&format!("meshgate {}", env!("CARGO_PKG_VERSION"))), "{said}");
+    for (name, version) in meshgate_projections::ProjectionSet::VERSIONS {
+        assert!(said.contains(&format!("{name} {version}")), "{said}");
+    }
+    assert!(
+        said.contains("event schema 1") && said.contains("SQLite log layout") && said.contains("PostgreSQL schema")
+    );
 }

@@ -110,6 +110,8 @@ async fn the_selftest_names_what_a_rotation_broke_and_the_command_fails() {
     assert!(line("secret files").contains("failed") && line("secret files").contains("world-readable"), "{table}");
     assert!(line("webhook").contains("failed") && line("webhook").contains("401"), "{table}");
     assert!(line("youtrack token").contains("failed") && line("youtrack token").contains("401"), "{table}");
+    // The comments' sink is the token's: it fails with it.
+    assert!(line("sink youtrack").contains("failed") && line("sink youtrack").contains("token"), "{table}");
     assert!(line("sink team").contains("failed") && line("sink team").contains("404"), "{table}");
     assert_eq!(app.count("BuildRequested").await, 0);
 }

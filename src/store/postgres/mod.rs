@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Row};
 
 mod leader;
-mod schema;
+pub mod schema;
 mod tail;
 mod target;
 mod writer;

@@ -12,6 +12,11 @@ use crate::store::StoreError;
 const MIGRATION_LOCK: i64 = 0x6d65_7368_6761_7465;
 
 /// Each step, in order; a released step is never edited, only followed by another.
+/// The schema's version: how many steps it has.
+pub fn version() -> usize {
+    STEPS.len()
+}
+
 const STEPS: &[&str] = &[
     // 1: the log, its head and the schema's own record.
     "CREATE TABLE meshgate_events (

@@ -42,7 +42,7 @@ use super::{
 const PAGE_SIZE: i64 = 16 * 1024;
 
 /// The log's layout; `PRAGMA user_version` says which one a file has.
-const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The events table. Append-only and without secondary indexes: every append writes at the end of
 /// one B-tree. Streams are found through the in-memory index; audit queries by correlation id or
