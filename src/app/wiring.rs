@@ -92,8 +92,11 @@ pub(super) fn parts(
     let sink_milestones =
         sinks.iter().map(|s| (s.name.clone(), Milestone::ALL.into_iter().filter(|m| s.wants(*m)).collect())).collect();
 
+    let sources =
+        Arc::new(crate::http::client::Sources::new(&config.server.trusted_proxies, &config.webhook.allowed_sources));
     let surfaces = Surfaces {
         webhook: Arc::new(Webhook {
+            sources: Arc::clone(&sources),
             ingest: Arc::clone(&ingest),
             tokens: Arc::clone(&webhook_tokens),
             token_header: HeaderName::from_bytes(config.webhook.header.as_bytes())?,
@@ -163,6 +166,7 @@ pub(super) fn parts(
         }),
         slack: Arc::clone(&slack),
         bad_api_tokens: Arc::new(BadTokens::new(config.webhook.max_bad_tokens_per_minute)),
+        sources: Arc::clone(&sources),
     };
     let gauges = crate::scrape::Gauges {
         store: Arc::clone(store),

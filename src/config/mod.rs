@@ -48,6 +48,12 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// An address range as the configuration names it: a CIDR range (`10.0.0.0/8`) or one address.
+pub fn parse_range(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>().ok().or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
 /// Every section the environment may set (each of [`Config`]'s fields).
 const SECTIONS: [&str; 16] = [
     "server",
@@ -144,6 +150,16 @@ impl Config {
         }
         if axum::http::HeaderName::from_bytes(self.webhook.header.as_bytes()).is_err() {
             return invalid(format!("webhook.header `{}` is not a valid header name", self.webhook.header));
+        }
+        for (key, ranges) in [
+            ("server.trusted_proxies", &self.server.trusted_proxies),
+            ("webhook.allowed_sources", &self.webhook.allowed_sources),
+        ] {
+            if let Some(wrong) = ranges.iter().find(|r| parse_range(r).is_none()) {
+                return invalid(format!(
+                    "{key}: `{wrong}` is not an address or a CIDR range (10.0.0.0/8, 2001:db8::/32)"
+                ));
+            }
         }
         if !(1024..=64 * 1024 * 1024).contains(&self.webhook.max_body_bytes) {
             return invalid("webhook.max_body_bytes must be between 1024 and 67108864".into());

@@ -27,6 +27,10 @@ pub struct ServerConfig {
     pub idle_timeout_seconds: u64,
     /// The webhook's body must arrive within this (`408` otherwise).
     pub body_timeout_seconds: u64,
+    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client: for a request
+    /// from one of them, the client is the rightmost address of the header that is not a trusted
+    /// proxy. Empty: the peer is the client and the header is ignored.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +46,9 @@ pub struct WebhookConfig {
     /// answered 429 (0: never). The admin and node API and the dashboard's sign-in apply the same
     /// limit, counted apart.
     pub max_bad_tokens_per_minute: u32,
+    /// Clients (addresses or CIDR ranges, such as YouTrack Cloud's egress) the webhook takes
+    /// deliveries from; any other is answered `403` before its token or body is read. Empty: any.
+    pub allowed_sources: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -423,6 +430,7 @@ impl Default for ServerConfig {
             header_timeout_seconds: 10,
             idle_timeout_seconds: 75,
             body_timeout_seconds: 30,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -435,6 +443,7 @@ impl Default for WebhookConfig {
             token_files: Vec::new(),
             max_body_bytes: 1024 * 1024,
             max_bad_tokens_per_minute: 30,
+            allowed_sources: Vec::new(),
         }
     }
 }

@@ -5,11 +5,11 @@
 //! own; the admin and node API and the dashboard's sign-in count theirs ([`slow_bad_tokens`]).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -59,7 +59,7 @@ impl BadTokens {
 /// (401) from an address over its limit becomes a 429 with `Retry-After`. A request with a correct
 /// token is never refused, so never slowed down.
 pub async fn slow_bad_tokens(State(bad_tokens): State<Arc<BadTokens>>, request: Request, next: Next) -> Response {
-    let from = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let from = request.extensions().get::<super::client::Client>().and_then(|c| c.0);
     let response = next.run(request).await;
     if response.status() != StatusCode::UNAUTHORIZED {
         return response;

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod api;
+pub mod client;
 mod error;
 mod extract;
 mod limiter;
@@ -51,6 +52,8 @@ pub struct Surfaces {
     /// Bad tokens on the admin and node API and the dashboard's sign-in, counted apart from the
     /// webhook's.
     pub bad_api_tokens: Arc<BadTokens>,
+    /// Who the client is (trusted proxies) and where the webhook takes deliveries from.
+    pub sources: Arc<client::Sources>,
 }
 
 /// What `/readyz` reads.
@@ -69,6 +72,8 @@ pub struct Health {
 pub struct Counters {
     pub accepted: AtomicU64,
     pub unauthorized: AtomicU64,
+    /// From a source `[webhook] allowed_sources` does not name.
+    pub forbidden: AtomicU64,
     pub too_large: AtomicU64,
     pub unsupported_media_type: AtomicU64,
     pub bad_request: AtomicU64,
@@ -86,6 +91,7 @@ impl Counters {
         json!({
             "accepted": get(&self.accepted),
             "unauthorized": get(&self.unauthorized),
+            "forbidden": get(&self.forbidden),
             "too_large": get(&self.too_large),
             "unsupported_media_type": get(&self.unsupported_media_type),
             "bad_request": get(&self.bad_request),
@@ -117,6 +123,7 @@ pub fn router(surfaces: Surfaces, webhook_path: &str) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .layer(log_limit)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&surfaces.sources), client::client_address))
         .with_state(surfaces)
 }
 

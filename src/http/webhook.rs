@@ -1,10 +1,10 @@
 //! `POST /youtrack/webhook`: token first, then size, media type and shape, then a durable append.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,6 +13,7 @@ use meshgate_domain::ingest::Outcome;
 use meshgate_domain::payload;
 use uuid::Uuid;
 
+use super::client::Client;
 use super::limiter::BadTokens;
 use super::{ApiError, Counters};
 use crate::ingest::{IngestError, IngestService};
@@ -32,13 +33,15 @@ pub struct Webhook {
     pub counters: Arc<Counters>,
     /// Addresses that sent bad tokens, slowed down past their limit.
     pub bad_tokens: BadTokens,
+    /// Where deliveries are taken from.
+    pub sources: Arc<super::client::Sources>,
 }
 
 pub async fn receive(State(webhook): State<Arc<Webhook>>, request: Request) -> Response {
     let correlation_id = Uuid::now_v7();
     let received_at = Utc::now();
     let (parts, body) = request.into_parts();
-    let remote = Remote(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0));
+    let remote = Remote(parts.extensions.get::<Client>().and_then(|c| c.0));
     let started = std::time::Instant::now();
     let mut body = Some(body);
     let result = handle(&webhook, correlation_id, received_at, remote, &parts.headers, &mut body).await;
@@ -46,6 +49,7 @@ pub async fn receive(State(webhook): State<Arc<Webhook>>, request: Request) -> R
         Ok((_, outcome)) => *outcome,
         Err(e) => match e.status {
             StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
             StatusCode::PAYLOAD_TOO_LARGE => "too_large",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
             StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT => "bad_request",
@@ -130,9 +134,9 @@ pub(crate) fn is_length_limit(error: &axum::Error) -> bool {
     false
 }
 
-/// The peer's address, formatted only when a log line asks for it.
+/// The client's address ([`Client`]), formatted only when a log line asks for it.
 #[derive(Clone, Copy)]
-struct Remote(Option<SocketAddr>);
+struct Remote(Option<IpAddr>);
 
 impl std::fmt::Display for Remote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -165,6 +169,17 @@ async fn handle(
     let declared_length =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
 
+    // 0. Where it comes from, when the webhook takes some sources only.
+    if !webhook.sources.allowed(remote.0) {
+        let total = Counters::bump(&webhook.counters.forbidden);
+        tracing::warn!(%remote, forbidden_total = total, "webhook delivery from a source not allowed");
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "source_not_allowed",
+            "deliveries are not taken from this address ([webhook] allowed_sources)",
+        ));
+    }
+
     // 1. The token, before anything else is looked at. Only its presence and length are logged.
     // A token header sent twice is ambiguous (a proxy adding its own copy): refused either way.
     let mut copies = headers.get_all(&webhook.token_header).iter();
@@ -179,7 +194,7 @@ async fn handle(
             rejected_total = total,
             "webhook token mismatch"
         );
-        if let Some(wait) = remote.0.and_then(|addr| webhook.bad_tokens.failed(addr.ip(), std::time::Instant::now())) {
+        if let Some(wait) = remote.0.and_then(|ip| webhook.bad_tokens.failed(ip, std::time::Instant::now())) {
             let mut e = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_bad_tokens",

@@ -45,6 +45,7 @@ mod scenarios;
 mod selftest;
 mod sinks;
 mod slack;
+mod sources;
 pub mod stand_in;
 mod stats;
 mod store;
