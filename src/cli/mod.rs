@@ -1,5 +1,6 @@
 //! The `meshgate` command line.
 
+mod backup;
 mod builds;
 pub(crate) mod check;
 mod deliveries;
@@ -147,6 +148,17 @@ pub enum StoreCommand {
         #[arg(long)]
         to_config: PathBuf,
     },
+    /// Copy the SQLite log, as it stands at one commit, with the log-link key and a manifest of
+    /// checksums into a new folder; the gateway may keep serving.
+    Backup {
+        /// A new or empty folder.
+        dir: PathBuf,
+    },
+    /// Restore a backup into this configuration's data dir (which holds no log yet).
+    Restore {
+        /// The folder `store backup` wrote.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,6 +196,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Deliveries { command } => deliveries::run(&load()?, &command).await,
         Command::Store { command: StoreCommand::Migrate { to_config } } => migrate::run(&load()?, &to_config).await,
+        Command::Store { command: StoreCommand::Backup { dir } } => backup::run_backup(&load()?, &dir),
+        Command::Store { command: StoreCommand::Restore { dir } } => backup::run_restore(&load()?, &dir),
         Command::Projections { command: ProjectionsCommand::Rebuild { verify } } => {
             rebuild::run(&load()?, verify).await
         }

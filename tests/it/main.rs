@@ -5,6 +5,7 @@ mod admin_actions;
 mod agent;
 mod architecture;
 mod audit;
+mod backup;
 
 mod bench;
 mod builds_api;

@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 use tokio::sync::{broadcast, oneshot, watch};
 
+pub mod backup;
 mod checkpointer;
 mod index;
 mod indexer;
