@@ -42,7 +42,8 @@ fn warnings(config: &Config) -> Vec<String> {
             ));
         }
     }
-    if config.triggers.is_empty() {
+    // A build node's file (a `[worker]` with its gateway) needs no triggers.
+    if config.triggers.is_empty() && config.worker.gateway.is_none() {
         warnings.push("no [[triggers]]: every delivery will be recorded and ignored".into());
     }
     if let Some(largest) = config.largest_recordable_body() {

@@ -48,6 +48,44 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// What is wrong with a configuration, in its own words: the key as the file spells it
+/// (`youtrack.x`), what was found and what it takes, and the file or variable it came from.
+fn describe(error: figment::Error) -> String {
+    use figment::error::Kind;
+    let described: Vec<String> = error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let what = match &e.kind {
+                Kind::UnknownField(field, takes) => {
+                    format!(
+                        "unknown key `{field}`; `[{}]` takes {}",
+                        e.path[..e.path.len().saturating_sub(1)].join("."),
+                        takes.join(", ")
+                    )
+                }
+                Kind::InvalidType(found, expected) => format!("{found} where {expected} is expected"),
+                Kind::InvalidValue(found, expected) => format!("{found}: {expected} is expected"),
+                Kind::MissingField(field) => format!("`{field}` is required"),
+                other => other.to_string(),
+            };
+            let from = match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                Some(figment::Source::File(path)) => format!(" (in {})", path.display()),
+                _ => match e.metadata.as_ref() {
+                    Some(m) if m.name.contains("environment") => " (from the environment)".to_owned(),
+                    _ => String::new(),
+                },
+            };
+            if key.is_empty() {
+                format!("{what}{from}")
+            } else {
+                format!("{key}: {what}{from}")
+            }
+        })
+        .collect();
+    described.join("; ")
+}
+
 /// An address range as the configuration names it: a CIDR range (`10.0.0.0/8`) or one address.
 pub fn parse_range(text: &str) -> Option<ipnet::IpNet> {
     let text = text.trim();
@@ -90,7 +128,7 @@ impl Config {
             let key = key.as_str().to_ascii_lowercase();
             SECTIONS.iter().any(|s| key.starts_with(&format!("{s}.")))
         });
-        let mut config: Config = figment.merge(env).extract().map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut config: Config = figment.merge(env).extract().map_err(|e| ConfigError::Parse(describe(e)))?;
         let base = file.and_then(Path::parent).map(Path::to_owned).unwrap_or_default();
         config.resolve_paths(&base);
         config.file = file.map(Path::to_owned);

@@ -126,3 +126,16 @@ fn the_version_names_what_an_upgrade_may_move() {
         said.contains("event schema 1") && said.contains("SQLite log layout") && said.contains("PostgreSQL schema")
     );
 }
+
+#[test]
+fn a_wrong_key_or_value_is_named_as_the_file_spells_it_with_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meshgate.toml");
+    std::fs::write(&path, "[youtrack]\nbase_ur = \"https://example.youtrack.cloud\"\n").unwrap();
+    let e = meshgate::config::Config::load(Some(&path)).unwrap_err().to_string();
+    assert!(e.contains("youtrack.base_ur: unknown key `base_ur`") && e.contains("base_url"), "{e}");
+    assert!(e.contains(path.to_str().unwrap()) && !e.contains("default."), "{e}");
+    std::fs::write(&path, "[server]\nlisten = 8080\n").unwrap();
+    let e = meshgate::config::Config::load(Some(&path)).unwrap_err().to_string();
+    assert!(e.contains("server.listen: signed int `8080` where socket address is expected"), "{e}");
+}
