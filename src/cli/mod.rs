@@ -257,6 +257,18 @@ pub(crate) async fn serve_then(
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
     let reloader = tokio::spawn(reload_on_hangup(hangups, Arc::clone(&app.handles.surfaces.reload)));
+    // SIGTERM and SIGINT caught from here on, before the gateway says it listens: a service
+    // manager that stops it right after it started gets the drain, not the default exit.
+    let signal =
+        |kind| tokio::signal::unix::signal(kind).map_err(|e| anyhow::anyhow!("cannot listen for {kind:?}: {e}"));
+    let (mut terminate, mut interrupt) =
+        (signal(tokio::signal::unix::SignalKind::terminate())?, signal(tokio::signal::unix::SignalKind::interrupt())?);
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    };
     let scheme = if config.tls_files().is_some() { "https" } else { "http" };
     let url = format!("{scheme}://{}{}", listener.local_addr()?, config.webhook.path);
     if json {
@@ -269,7 +281,7 @@ pub(crate) async fn serve_then(
         tracing::warn!(largest, "{}", config.too_large_bodies(largest));
     }
     started(&config)?;
-    app.serve(listener, shutdown_signal()).await?;
+    app.serve(listener, shutdown).await?;
     reloader.abort();
     tracing::info!("gateway stopped");
     Ok(())

@@ -88,8 +88,8 @@ async fn a_backup_taken_under_load_restores_into_a_gateway_that_holds_every_ackn
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
 }
 
-#[test]
-fn a_folder_that_is_not_a_backup_or_a_damaged_one_is_refused_and_nothing_is_restored() {
+#[tokio::test]
+async fn a_folder_that_is_not_a_backup_or_a_damaged_one_is_refused_and_nothing_is_restored() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
     let not_a_backup = dir.path().join("elsewhere");
@@ -102,8 +102,8 @@ fn a_folder_that_is_not_a_backup_or_a_damaged_one_is_refused_and_nothing_is_rest
     // A real backup of a log, then damaged.
     let source = tempfile::tempdir().unwrap();
     let source_config = write_config(source.path());
-    let gateway = start(source.path(), &["--config", source_config.to_str().unwrap()], &[]);
-    gateway.stop();
+    std::fs::create_dir_all(source.path().join("data")).unwrap();
+    crate::stats::seed_history(&source.path().join("data/events.sqlite"), 2).await;
     let backup_dir = source.path().join("backup");
     assert!(meshgate(&source_config, &["store", "backup", backup_dir.to_str().unwrap()]).status.success());
     let busy = meshgate(&source_config, &["store", "backup", backup_dir.to_str().unwrap()]);

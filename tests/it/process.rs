@@ -346,3 +346,14 @@ async fn the_events_command_answers_audit_questions_from_the_log() {
     assert_eq!(types(&build), ["BuildRequested", "BuildRequestFolded"]);
     assert_eq!(events(&["--type", "WebhookReceived"]).len(), 3);
 }
+
+#[test]
+fn a_gateway_stopped_as_soon_as_it_says_it_listens_exits_cleanly_every_time() {
+    // SIGTERM is caught before the listening line: a service manager's stop right after a start
+    // gets the drain, never the default exit by signal.
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    for _ in 0..5 {
+        start(dir.path(), &["--config", config.to_str().unwrap()], &[]).stop();
+    }
+}
