@@ -259,16 +259,7 @@ pub(crate) async fn serve_then(
     let reloader = tokio::spawn(reload_on_hangup(hangups, Arc::clone(&app.handles.surfaces.reload)));
     // SIGTERM and SIGINT caught from here on, before the gateway says it listens: a service
     // manager that stops it right after it started gets the drain, not the default exit.
-    let signal =
-        |kind| tokio::signal::unix::signal(kind).map_err(|e| anyhow::anyhow!("cannot listen for {kind:?}: {e}"));
-    let (mut terminate, mut interrupt) =
-        (signal(tokio::signal::unix::SignalKind::terminate())?, signal(tokio::signal::unix::SignalKind::interrupt())?);
-    let shutdown = async move {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-        }
-    };
+    let shutdown = shutdown_signal();
     let scheme = if config.tls_files().is_some() { "https" } else { "http" };
     let url = format!("{scheme}://{}{}", listener.local_addr()?, config.webhook.path);
     if json {
