@@ -103,9 +103,7 @@ fn page_limit(asked: Option<usize>, max: usize) -> Result<usize, ApiError> {
     if (1..=max).contains(&limit) {
         return Ok(limit);
     }
-    let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", format!("limit must be 1 to {max}"));
-    e.field = Some("limit".into());
-    Err(e)
+    Err(ApiError::invalid_filter("limit", format!("limit must be 1 to {max}")))
 }
 
 /// Most builds in one answer of `GET /api/v1/builds`.
@@ -130,9 +128,7 @@ pub async fn list_builds(
     caught_up(&app).await?;
     const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
     if let Some(state) = filter.state.as_deref().filter(|s| !STATES.contains(s)) {
-        let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", format!("unknown state `{state}`"));
-        e.field = Some("state".into());
-        return Err(e);
+        return Err(ApiError::invalid_filter("state", format!("unknown state `{state}`")));
     }
     let limit = page_limit(filter.limit, MAX_BUILDS)?;
     let before = filter.before.unwrap_or(u64::MAX);
@@ -300,14 +296,7 @@ fn filter_of(query: &EventsQuery) -> Result<crate::store::EventFilter, ApiError>
     let uuid = |value: &Option<String>, field: &str| -> Result<Option<Uuid>, ApiError> {
         value
             .as_deref()
-            .map(|v| {
-                Uuid::parse_str(v).map_err(|_| {
-                    let mut e =
-                        ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", format!("`{v}` is not a uuid"));
-                    e.field = Some(field.into());
-                    e
-                })
-            })
+            .map(|v| Uuid::parse_str(v).map_err(|_| ApiError::invalid_filter(field, format!("`{v}` is not a uuid"))))
             .transpose()
     };
     Ok(crate::store::EventFilter {

@@ -20,6 +20,13 @@ impl ApiError {
         ApiError { status, code, message: message.into(), field: None, retry_after: None }
     }
 
+    /// `400 invalid_filter` about one query parameter.
+    pub fn invalid_filter(field: &str, message: impl Into<String>) -> Self {
+        let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", message);
+        e.field = Some(field.into());
+        e
+    }
+
     pub fn unauthorized() -> Self {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or invalid token")
     }

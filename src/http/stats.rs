@@ -30,20 +30,15 @@ pub struct StatsFilter {
     trigger: Option<String>,
 }
 
-fn bad(field: &str, message: String) -> ApiError {
-    let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", message);
-    e.field = Some(field.into());
-    e
-}
-
 /// The day `since` names.
 fn parse_since(since: &str, today: NaiveDate) -> Result<NaiveDate, ApiError> {
-    let day = since
-        .parse::<NaiveDate>()
-        .or_else(|_| since.parse::<DateTime<Utc>>().map(|t| t.date_naive()))
-        .map_err(|_| bad("since", format!("since `{since}` is not a date (2026-11-01) or an RFC 3339 time")))?;
+    let day = since.parse::<NaiveDate>().or_else(|_| since.parse::<DateTime<Utc>>().map(|t| t.date_naive())).map_err(
+        |_| {
+            ApiError::invalid_filter("since", format!("since `{since}` is not a date (2026-11-01) or an RFC 3339 time"))
+        },
+    )?;
     if day > today {
-        return Err(bad("since", format!("since {day} is in the future (today is {today} UTC)")));
+        return Err(ApiError::invalid_filter("since", format!("since {day} is in the future (today is {today} UTC)")));
     }
     Ok(day)
 }
