@@ -111,25 +111,44 @@ pub struct SqliteStore {
 /// Committed batches a slow follower may fall behind by before it has to read the log instead.
 const FEED_CAPACITY: usize = 64;
 
+/// The writer's connection, set up.
+fn writer_connection(path: &Path, options: &WriterOptions) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    // For a new log only (a log keeps the page size it was created with). A delivery's rows
+    // take about 3 KiB, half of it the received body's event: on 4 KiB pages a page held one
+    // delivery and a third of every page was left empty; 16 KiB pages hold five.
+    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.busy_timeout(options.busy_timeout)?;
+    // Savepoints journal the pages they change; keep that journal in memory.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // Checkpoints run on their own thread, never inside a group commit.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // A WAL that grew while readers held it is cut back to this when it starts over.
+    conn.pragma_update(None, "journal_size_limit", 64i64 << 20)?;
+    Ok(conn)
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the log at `path` and starts its writer thread. Fails if another
     /// process has the log open for writing.
     pub fn open(path: &Path, options: WriterOptions) -> Result<Self, StoreError> {
         let lock = lock_exclusively(path, options.busy_timeout)?;
-        let mut conn = Connection::open(path).store_err()?;
-        // For a new log only (a log keeps the page size it was created with). A delivery's rows
-        // take about 3 KiB, half of it the received body's event: on 4 KiB pages a page held one
-        // delivery and a third of every page was left empty; 16 KiB pages hold five.
-        conn.pragma_update(None, "page_size", PAGE_SIZE).store_err()?;
-        conn.pragma_update(None, "journal_mode", "WAL").store_err()?;
-        conn.pragma_update(None, "synchronous", "FULL").store_err()?;
-        conn.busy_timeout(options.busy_timeout).store_err()?;
-        // Savepoints journal the pages they change; keep that journal in memory.
-        conn.pragma_update(None, "temp_store", "MEMORY").store_err()?;
-        // Checkpoints run on their own thread (below), never inside a group commit.
-        conn.pragma_update(None, "wal_autocheckpoint", 0).store_err()?;
-        // A WAL that grew while readers held it is cut back to this when it starts over.
-        conn.pragma_update(None, "journal_size_limit", 64i64 << 20).store_err()?;
+        // Opening a log whose WAL must be recovered can meet SQLite's `SQLITE_PROTOCOL` (its
+        // WAL-index locks contended while it recovers); SQLite's advice is to try again.
+        let mut tries = 0;
+        let mut conn = loop {
+            match writer_connection(path, &options) {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::FileLockingProtocolFailed && tries < 10 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => break opened.store_err()?,
+            }
+        };
         migrate(&mut conn)?;
         let (indexer, head) = indexer::Indexer::open(path, &conn, &options)?;
         let index = Arc::clone(&indexer.shared);
