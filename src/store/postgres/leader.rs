@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use std::sync::Arc;
 
-use super::{connect, Target};
+use super::Target;
 use crate::store::lease::Lease;
 
 /// Takes or extends the lease; returns the term, or nothing if another gateway holds it.
@@ -44,7 +44,7 @@ pub struct LeaseConnection {
 
 impl LeaseConnection {
     async fn open(target: &Target) -> Option<LeaseConnection> {
-        let client = connect(target).await.ok()?;
+        let client = target.connect().await.ok()?;
         let lock_head = client.prepare("SELECT last FROM meshgate_head WHERE id = 1 FOR UPDATE").await.ok()?;
         let take = client.prepare(TAKE).await.ok()?;
         Some(LeaseConnection { client, lock_head, take })

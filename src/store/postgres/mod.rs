@@ -83,11 +83,6 @@ pub(crate) fn pg_failed(context: impl std::fmt::Display, e: tokio_postgres::Erro
     StoreError::Failed { message, source: Some(Arc::new(e)) }
 }
 
-/// Opens a connection to `target` and drives it on a task of its own.
-pub(crate) async fn connect(target: &Target) -> Result<Client, StoreError> {
-    target.connect().await
-}
-
 /// Connections for reads, reopened when one is lost. Each statement is prepared once per
 /// connection (a statement given as text costs a round trip and a parse at every read) and, as the
 /// writer's, planned at each execution for the log as it then stands.
@@ -121,7 +116,7 @@ impl Readers {
         if let Some(reader) = guard.as_ref().filter(|r| !r.client.is_closed()) {
             return Ok(Arc::clone(reader));
         }
-        let client = connect(&self.target).await?;
+        let client = self.target.connect().await?;
         client.batch_execute(writer::SESSION).await.map_err(|e| pg_failed("cannot set up a reading connection", e))?;
         let reader = Arc::new(Reader { client, prepared: Default::default() });
         *guard = Some(Arc::clone(&reader));
@@ -161,7 +156,7 @@ impl PostgresStore {
     /// Connects, brings the schema up to date and starts the writer and the tailer.
     pub async fn open(url: &str, options: PostgresOptions) -> Result<PostgresStore, StoreError> {
         let target = Arc::new(Target::parse(url, options.ca_file.as_deref())?);
-        let mut client = connect(&target).await?;
+        let mut client = target.connect().await?;
         schema::migrate(&mut client).await?;
         let last: i64 = client
             .query_one("SELECT last FROM meshgate_head WHERE id = 1", &[])

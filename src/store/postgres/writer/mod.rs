@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement};
 
-use super::{connect, pg_failed, Target};
+use super::{pg_failed, Target};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -69,7 +69,7 @@ struct Connection {
 
 impl Connection {
     async fn open(target: &Target) -> Result<Connection, StoreError> {
-        let client = connect(target).await?;
+        let client = target.connect().await?;
         let failed = |e| pg_failed("cannot prepare appends", e);
         client.batch_execute(SESSION).await.map_err(failed)?;
         let insert = client.prepare(savepoints::INSERT).await.map_err(failed)?;
