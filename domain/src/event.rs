@@ -274,7 +274,16 @@ pub struct ArtifactStored {
     pub sha256: String,
 }
 
-/// A build's artifacts were removed after `[artifacts] keep_days`.
+/// A build's logs were removed after `[retention] build_logs_days`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildLogsExpired {
+    pub build_id: Uuid,
+    /// The attempts whose logs were removed (every log the gateway held for the build).
+    pub attempts: Vec<u32>,
+    pub keep_days: u32,
+}
+
+/// A build's artifacts were removed after `[retention] artifacts_days`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtifactsExpired {
     pub build_id: Uuid,
@@ -496,6 +505,7 @@ events!(
     QueueResumed,
     LaneUnservable,
     LaneServable,
+    BuildLogsExpired,
 );
 
 impl Event {
@@ -524,6 +534,7 @@ impl Event {
             Event::BuildRetryScheduled(e) => Some(e.build_id),
             Event::ArtifactStored(e) => Some(e.build_id),
             Event::ArtifactsExpired(e) => Some(e.build_id),
+            Event::BuildLogsExpired(e) => Some(e.build_id),
             Event::BuildRebuilt(e) => Some(e.build_id),
             Event::BuildActionRequested(e) => Some(e.build_id),
             Event::LaneUnservable(e) => Some(e.build_id),
@@ -546,7 +557,8 @@ impl Event {
 /// An event as read back from the log, with where it stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recorded {
-    /// Global position: gap-free, strictly increasing in commit order, from 1.
+    /// Global position: strictly increasing in commit order, from 1; gap-free until builds are
+    /// archived (`meshgate log archive`), never given twice.
     pub position: u64,
     pub stream: String,
     /// Version within the stream, from 0.

@@ -37,7 +37,7 @@ pub struct ArtifactRecord {
     pub bytes: u64,
     pub sha256: String,
     pub stored_at: DateTime<Utc>,
-    /// Removed after `[artifacts] keep_days`.
+    /// Removed after `[retention] artifacts_days`.
     #[serde(default)]
     pub removed: bool,
 }
@@ -113,6 +113,9 @@ pub struct BuildView {
     /// The builds that repeat this one, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rebuilds: Vec<RebuildRecord>,
+    /// Its logs were removed after `[retention] build_logs_days`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub logs_removed: bool,
 }
 
 impl BuildView {
@@ -157,6 +160,7 @@ impl BuildView {
             retries: Vec::new(),
             artifacts: Vec::new(),
             rebuild_of: e.rebuild_of,
+            logs_removed: false,
             rebuilds: Vec::new(),
         })
     }
@@ -199,6 +203,7 @@ impl BuildView {
                 via: e.via.clone(),
                 at: recorded.recorded_at,
             }),
+            Event::BuildLogsExpired(_) => self.logs_removed = true,
             Event::ArtifactsExpired(e) => {
                 for artifact in self.artifacts.iter_mut().filter(|a| e.names.contains(&a.name)) {
                     artifact.removed = true;

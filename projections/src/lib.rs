@@ -8,6 +8,7 @@
 //! (a row per build and per queue entry changed, the `outbox` whole) together with the position, and
 //! `meshgate projections rebuild` recomputes it from position 0 with the very same `apply`.
 
+mod archive;
 mod builds;
 mod nodes;
 mod outbox;
@@ -15,6 +16,7 @@ mod queue;
 mod stats;
 mod waiting;
 
+pub use archive::{ArchivePlan, ArchivePlanner};
 pub use builds::{build_name, ArtifactRecord, BuildView, Builds, FoldRecord, RebuildRecord, RetryRecord};
 pub use nodes::{NodeView, Nodes};
 pub use outbox::{Entry, MilestoneRecord, Outbox, OutboxConfig, SinkSpec};

@@ -151,7 +151,7 @@ pub fn log_of(actions: &[Action]) -> Vec<Recorded> {
     log
 }
 
-fn requested(build_id: Uuid, b: u8, now: DateTime<Utc>) -> BuildRequested {
+pub fn requested(build_id: Uuid, b: u8, now: DateTime<Utc>) -> BuildRequested {
     BuildRequested {
         build_id,
         issue_id: format!("MOB-{b}"),

@@ -119,7 +119,7 @@ pub(super) fn parts(
             },
             claim_lock: tokio::sync::Mutex::new(()),
             stopping: stopping.clone(),
-            logs,
+            logs: Arc::clone(&logs),
             artifacts: Arc::clone(&artifacts),
             links: links.clone(),
             polls: Arc::clone(&polls),
@@ -202,10 +202,12 @@ pub(super) fn parts(
             .collect(),
     };
     let retention = Retention {
+        logs: Arc::clone(&logs),
         artifacts: Arc::clone(&artifacts),
         store: Arc::clone(store),
         projections: projections.clone(),
-        keep_days: config.artifacts.keep_days,
+        build_logs_days: config.retention.build_logs_days,
+        artifacts_days: config.artifacts_days(),
     };
     Ok(Parts { surfaces, builds, artifacts, jobs, retention, gauges })
 }

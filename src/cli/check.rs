@@ -46,6 +46,13 @@ fn warnings(config: &Config) -> Vec<String> {
     if config.triggers.is_empty() && config.worker.gateway.is_none() {
         warnings.push("no [[triggers]]: every delivery will be recorded and ignored".into());
     }
+    if config.artifacts.keep_days.is_some() {
+        warnings.push(
+            "[artifacts] keep_days is replaced by [retention] artifacts_days; it is still honoured (and wins) until \
+             you move it"
+                .into(),
+        );
+    }
     if let Some(largest) = config.largest_recordable_body() {
         warnings.push(config.too_large_bodies(largest));
     }

@@ -29,6 +29,9 @@ pub struct EventsArgs {
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
+    /// Read the archives in this folder (`meshgate log archive --to`) beside the live log.
+    #[arg(long, value_name = "DIR")]
+    include_archives: Option<std::path::PathBuf>,
 }
 
 pub async fn run(config: &Config, args: &EventsArgs) -> anyhow::Result<()> {
@@ -67,7 +70,7 @@ pub async fn run(config: &Config, args: &EventsArgs) -> anyhow::Result<()> {
         Ok(())
     };
     // Read as it is, beside a running gateway.
-    let log = crate::store::open::reader(config).await?;
+    let log = crate::store::open::reader_with_archives(config, args.include_archives.as_deref()).await?;
     let mut after = 0;
     loop {
         let page = log.query(&filter, after, 10_000).await.context("cannot query the event log")?;

@@ -1,5 +1,6 @@
 //! The `meshgate` command line.
 
+mod archive;
 mod backup;
 mod builds;
 pub(crate) mod check;
@@ -95,6 +96,11 @@ pub enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// The log's retention: archive finished builds' streams out of the live log.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
     /// Projection maintenance.
     Projections {
         #[command(subcommand)]
@@ -168,7 +174,18 @@ pub enum ProjectionsCommand {
         /// Compare with the saved checkpoints instead of replacing them; exit 1 on a difference.
         #[arg(long)]
         verify: bool,
+        /// Read the archives in this folder (`meshgate log archive --to`) beside the live log.
+        #[arg(long, value_name = "DIR")]
+        include_archives: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LogCommand {
+    /// Move the streams of builds finished before a cut (and their decided notifications and
+    /// pages) out of the live log into a compressed, checksummed archive; the gateway may keep
+    /// serving.
+    Archive(archive::ArchiveArgs),
 }
 
 /// Runs a parsed command line.
@@ -198,9 +215,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store { command: StoreCommand::Migrate { to_config } } => migrate::run(&load()?, &to_config).await,
         Command::Store { command: StoreCommand::Backup { dir } } => backup::run_backup(&load()?, &dir),
         Command::Store { command: StoreCommand::Restore { dir } } => backup::run_restore(&load()?, &dir),
-        Command::Projections { command: ProjectionsCommand::Rebuild { verify } } => {
-            rebuild::run(&load()?, verify).await
+        Command::Projections { command: ProjectionsCommand::Rebuild { verify, include_archives } } => {
+            rebuild::run(&load()?, verify, include_archives.as_deref()).await
         }
+        Command::Log { command: LogCommand::Archive(args) } => archive::run(&load()?, &args).await,
         Command::Logs(args) => logs::run(&load()?, &args).await,
         Command::Builds { command } => builds::run(&load()?, &command).await,
         Command::Status => status::run(&load()?).await,

@@ -30,11 +30,11 @@ fn remove(path: &Path) {
     }
 }
 
-pub async fn run(config: &Config, verify: bool) -> anyhow::Result<()> {
+pub async fn run(config: &Config, verify: bool, archives: Option<&Path>) -> anyhow::Result<()> {
     let real = config.readmodel_path();
     // Verifying runs beside a live gateway; replacing the read model needs it stopped.
     let _lock = if verify { None } else { Some(crate::store::open::hold(config)?) };
-    let store = crate::store::open::reader(config).await?;
+    let store = crate::store::open::reader_with_archives(config, archives).await?;
     let head = store.last_position().await.context("cannot read the event log")?;
     let outbox = crate::outbound::outbox_config(config);
     // Verified against a copy taken at one instant: the gateway may be saving as this runs.
@@ -70,7 +70,13 @@ pub async fn run(config: &Config, verify: bool) -> anyhow::Result<()> {
             println!("the read model matches the log up to position {until} ({until} events in {elapsed:.2?}, {rate:.0} events/s)");
             return Ok(());
         }
-        bail!("the read model differs from a rebuild up to position {until}: {}", differences.join("; "));
+        let hint = if archives.is_none() {
+            " (if builds were archived with `meshgate log archive`, pass --include-archives DIR: the saved read \
+             model still holds them)"
+        } else {
+            ""
+        };
+        bail!("the read model differs from a rebuild up to position {until}{hint}: {}", differences.join("; "));
     }
     drop(fresh);
     remove(&real);

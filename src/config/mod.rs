@@ -33,6 +33,7 @@ pub struct Config {
     pub lanes: Vec<LaneConfig>,
     pub triggers: Vec<Trigger>,
     pub artifacts: ArtifactsConfig,
+    pub retention: RetentionConfig,
     /// The file this was loaded from (none: defaults and environment only).
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -93,7 +94,7 @@ pub fn parse_range(text: &str) -> Option<ipnet::IpNet> {
 }
 
 /// Every section the environment may set (each of [`Config`]'s fields).
-const SECTIONS: [&str; 16] = [
+const SECTIONS: [&str; 17] = [
     "server",
     "webhook",
     "youtrack",
@@ -110,6 +111,7 @@ const SECTIONS: [&str; 16] = [
     "lanes",
     "triggers",
     "artifacts",
+    "retention",
 ];
 
 impl Config {
@@ -212,8 +214,10 @@ impl Config {
                     .into(),
             );
         }
-        if self.artifacts.keep_days == 0 {
-            return invalid("artifacts.keep_days must be at least 1".into());
+        if self.artifacts.keep_days == Some(0) {
+            return invalid(
+                "artifacts.keep_days must be at least 1 (to keep artifacts, set retention.artifacts_days = 0)".into(),
+            );
         }
         if self.nodes.lease_seconds == 0 || self.nodes.max_attempts == 0 {
             return invalid("nodes.lease_seconds and nodes.max_attempts must be at least 1".into());
@@ -364,6 +368,12 @@ impl Config {
         let scheme = if self.tls_files().is_some() { "https" } else { "http" };
         let url = self.server.public_url.clone().unwrap_or_else(|| format!("{scheme}://{}", self.server.listen));
         url.trim_end_matches('/').to_owned()
+    }
+
+    /// Days a build's artifacts are kept: `[artifacts] keep_days` where an older file sets it,
+    /// else `[retention] artifacts_days`.
+    pub fn artifacts_days(&self) -> u32 {
+        self.artifacts.keep_days.unwrap_or(self.retention.artifacts_days)
     }
 
     pub fn log_path(&self) -> PathBuf {

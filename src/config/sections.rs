@@ -390,16 +390,27 @@ pub struct NodesConfig {
 }
 
 /// `[artifacts]`: what builds produced, kept by the gateway.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArtifactsConfig {
-    /// A build's artifacts are removed this many days after its newest one was stored.
-    pub keep_days: u32,
+    /// Replaced by `[retention] artifacts_days`; when set, still honoured (and it wins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_days: Option<u32>,
 }
 
-impl Default for ArtifactsConfig {
+/// `[retention]`: how long the files builds leave on the gateway are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// A build's logs are removed this many days after its newest one was written (0: kept).
+    pub build_logs_days: u32,
+    /// A build's artifacts are removed this many days after its newest one was stored (0: kept).
+    pub artifacts_days: u32,
+}
+
+impl Default for RetentionConfig {
     fn default() -> Self {
-        ArtifactsConfig { keep_days: 14 }
+        RetentionConfig { build_logs_days: 90, artifacts_days: 14 }
     }
 }
 

@@ -123,19 +123,13 @@ impl Artifacts {
     /// Builds whose newest artifact is older than `before`, with the names the gateway holds for
     /// them (every attempt's).
     pub fn expired(&self, before: SystemTime) -> Vec<(Uuid, Vec<String>)> {
-        let Ok(builds) = std::fs::read_dir(&self.dir) else { return Vec::new() };
-        let mut expired = Vec::new();
-        for entry in builds.filter_map(Result::ok) {
-            let Ok(build_id) = entry.file_name().to_string_lossy().parse::<Uuid>() else { continue };
-            let mut files = Vec::new();
-            walk(&entry.path(), &mut files);
-            let newest = files.iter().filter_map(|p| p.metadata().and_then(|m| m.modified()).ok()).max();
-            if newest.is_none_or(|newest| newest < before) {
+        super::expired_builds(&self.dir, before)
+            .into_iter()
+            .map(|(build_id, files)| {
+                // attempt/name…
                 let mut names: Vec<String> = files
                     .iter()
-                    .filter_map(|p| {
-                        // attempt/name…
-                        let relative = p.strip_prefix(entry.path()).ok()?;
+                    .filter_map(|relative| {
                         let mut parts = relative.components();
                         parts.next()?;
                         Some(parts.as_path().to_string_lossy().into_owned())
@@ -144,30 +138,14 @@ impl Artifacts {
                     .collect();
                 names.sort();
                 names.dedup();
-                expired.push((build_id, names));
-            }
-        }
-        expired
+                (build_id, names)
+            })
+            .collect()
     }
 
     /// Removes every artifact of a build.
     pub fn remove(&self, build_id: Uuid) -> std::io::Result<()> {
-        match std::fs::remove_dir_all(self.build_dir(build_id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// Every file under `dir`, without following symbolic links.
-fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.filter_map(Result::ok) {
-        match entry.file_type() {
-            Ok(t) if t.is_dir() => walk(&entry.path(), files),
-            Ok(t) if t.is_file() => files.push(entry.path()),
-            _ => {}
-        }
+        super::remove_folder(&self.build_dir(build_id))
     }
 }
 
@@ -195,7 +173,7 @@ mod tests {
         assert!(matches!(big, Err(ArtifactError::TooLarge { max: 10 })), "{big:?}");
         // Nothing of the refused uploads is left, not even their partial files.
         let mut files = Vec::new();
-        walk(dir.path(), &mut files);
+        super::super::walk(dir.path(), &mut files);
         assert_eq!(files, [dir.path().join(format!("{build}/1/out/App.ipa"))]);
     }
 

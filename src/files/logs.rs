@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -84,13 +85,30 @@ impl BuildLogs {
         let mut newest = None;
         while let Ok(Some(entry)) = entries.next_entry().await {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let attempt =
-                name.strip_prefix("attempt-").and_then(|n| n.strip_suffix(".log")).and_then(|n| n.parse().ok());
-            if let Some(n) = attempt {
+            if let Some(n) = attempt_of(&name) {
                 newest = newest.max(Some(n));
             }
         }
         newest
+    }
+
+    /// Builds whose newest log was last written before `before`, with the attempts whose logs
+    /// the gateway holds.
+    pub fn expired(&self, before: SystemTime) -> Vec<(Uuid, Vec<u32>)> {
+        super::expired_builds(&self.dir, before)
+            .into_iter()
+            .map(|(build_id, files)| {
+                let mut attempts: Vec<u32> = files.iter().filter_map(|f| attempt_of(&f.to_string_lossy())).collect();
+                attempts.sort_unstable();
+                attempts.dedup();
+                (build_id, attempts)
+            })
+            .collect()
+    }
+
+    /// Removes every log of a build.
+    pub fn remove(&self, build_id: Uuid) -> std::io::Result<()> {
+        super::remove_folder(&self.dir.join(build_id.to_string()))
     }
 
     /// Follows a build's log: changes whenever any of its attempts' logs changes.
@@ -164,6 +182,11 @@ impl BuildLogs {
 
 /// Stores a chunk at `offset` in the log at `path` (capped at `max`): the answer, and the bytes
 /// written.
+/// The attempt a log file's name (`attempt-{n}.log`) is of.
+fn attempt_of(name: &str) -> Option<u32> {
+    name.strip_prefix("attempt-").and_then(|n| n.strip_suffix(".log")).and_then(|n| n.parse().ok())
+}
+
 fn append_at(path: &Path, offset: u64, bytes: &[u8], max: u64) -> std::io::Result<(ChunkAnswer, u64)> {
     use std::io::Write;
     // The file says how much arrived; a cut one is longer than the cap (its closing line).

@@ -1,17 +1,18 @@
-//! `[artifacts] keep_days`: a build's artifacts are removed once its newest one is older, and
-//! the removal is recorded (`ArtifactsExpired`), so the build's page says they are gone rather
-//! than linking to nothing. [`Retention::sweep_once`] takes the clock, so a test steps it.
+//! `[retention]`: a build's logs are removed `build_logs_days` after its newest one was written,
+//! its artifacts `artifacts_days` after its newest one was stored (0: kept), and each removal is
+//! recorded (`BuildLogsExpired`, `ArtifactsExpired`), so the build's page says they are gone
+//! rather than linking to nothing. [`Retention::sweep_once`] takes the clock, so a test steps it.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::Utc;
-use meshgate_domain::event::ArtifactsExpired;
+use meshgate_domain::event::{ArtifactsExpired, BuildLogsExpired};
 use meshgate_domain::stream::build_stream;
 use meshgate_domain::{Event, ExpectedVersion};
 use uuid::Uuid;
 
-use crate::files::Artifacts;
+use crate::files::{Artifacts, BuildLogs};
 use crate::projector::Projections;
 use crate::store::{EventStore, NewEvent, StoreError, StreamAppend};
 
@@ -19,39 +20,81 @@ use crate::store::{EventStore, NewEvent, StoreError, StreamAppend};
 const EVERY: Duration = Duration::from_secs(3600);
 
 pub struct Retention {
+    pub logs: Arc<BuildLogs>,
     pub artifacts: Arc<Artifacts>,
     pub store: Arc<dyn EventStore>,
     pub projections: Projections,
-    pub keep_days: u32,
+    /// Days a build's logs are kept (0: for ever).
+    pub build_logs_days: u32,
+    /// Days a build's artifacts are kept (0: for ever).
+    pub artifacts_days: u32,
+}
+
+/// The builds one sweep removed files of.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub logs: Vec<Uuid>,
+    pub artifacts: Vec<Uuid>,
+}
+
+fn horizon(now: SystemTime, days: u32) -> SystemTime {
+    now - Duration::from_secs(u64::from(days) * 86_400)
 }
 
 impl Retention {
-    /// Removes the artifacts of builds whose newest artifact is older than `keep_days` at `now`;
-    /// returns the builds swept.
-    pub async fn sweep_once(&self, now: SystemTime) -> Result<Vec<Uuid>, StoreError> {
-        let horizon = now - Duration::from_secs(u64::from(self.keep_days) * 86_400);
-        let artifacts = Arc::clone(&self.artifacts);
-        let expired = tokio::task::spawn_blocking(move || artifacts.expired(horizon)).await.unwrap_or_default();
-        let mut swept = Vec::new();
-        for (build_id, names) in expired {
-            if let Err(e) = self.artifacts.remove(build_id) {
-                tracing::warn!(%build_id, error = %e, "cannot remove a build's old artifacts");
-                continue;
+    /// Removes the logs and artifacts older than their days at `now`; returns the builds swept.
+    pub async fn sweep_once(&self, now: SystemTime) -> Result<Swept, StoreError> {
+        let mut swept = Swept::default();
+        if self.build_logs_days > 0 {
+            let (logs, before) = (Arc::clone(&self.logs), horizon(now, self.build_logs_days));
+            let expired = tokio::task::spawn_blocking(move || logs.expired(before)).await.unwrap_or_default();
+            for (build_id, attempts) in expired {
+                if let Err(e) = self.logs.remove(build_id) {
+                    tracing::warn!(%build_id, error = %e, "cannot remove a build's old logs");
+                    continue;
+                }
+                let keep_days = self.build_logs_days;
+                if !attempts.is_empty() {
+                    let event = Event::BuildLogsExpired(BuildLogsExpired { build_id, attempts, keep_days });
+                    self.record(build_id, event).await?;
+                }
+                tracing::info!(%build_id, keep_days, "old build logs removed");
+                swept.logs.push(build_id);
             }
-            // A folder of a build the log does not know (a restored backup, say) goes silently.
-            if self.projections.build(build_id).await?.is_some() && !names.is_empty() {
-                let event = Event::ArtifactsExpired(ArtifactsExpired { build_id, names, keep_days: self.keep_days });
-                let append = StreamAppend {
-                    stream: build_stream(build_id),
-                    expected: ExpectedVersion::Any,
-                    events: vec![NewEvent::from_domain(&event, Uuid::now_v7(), None, Utc::now())],
-                };
-                self.store.append(vec![append]).await?;
+        }
+        if self.artifacts_days > 0 {
+            let (artifacts, before) = (Arc::clone(&self.artifacts), horizon(now, self.artifacts_days));
+            let expired = tokio::task::spawn_blocking(move || artifacts.expired(before)).await.unwrap_or_default();
+            for (build_id, names) in expired {
+                if let Err(e) = self.artifacts.remove(build_id) {
+                    tracing::warn!(%build_id, error = %e, "cannot remove a build's old artifacts");
+                    continue;
+                }
+                let keep_days = self.artifacts_days;
+                if !names.is_empty() {
+                    let event = Event::ArtifactsExpired(ArtifactsExpired { build_id, names, keep_days });
+                    self.record(build_id, event).await?;
+                }
+                tracing::info!(%build_id, keep_days, "old artifacts removed");
+                swept.artifacts.push(build_id);
             }
-            tracing::info!(%build_id, keep_days = self.keep_days, "old artifacts removed");
-            swept.push(build_id);
         }
         Ok(swept)
+    }
+
+    /// Records a removal in the build's stream; a folder of a build the log does not know (a
+    /// restored backup, an archived build) goes silently.
+    async fn record(&self, build_id: Uuid, event: Event) -> Result<(), StoreError> {
+        if self.projections.build(build_id).await?.is_none() {
+            return Ok(());
+        }
+        let append = StreamAppend {
+            stream: build_stream(build_id),
+            expected: ExpectedVersion::Any,
+            events: vec![NewEvent::from_domain(&event, Uuid::now_v7(), None, Utc::now())],
+        };
+        self.store.append(vec![append]).await?;
+        Ok(())
     }
 
     /// Sweeps at start and every hour until `shutdown`.
@@ -59,7 +102,7 @@ impl Retention {
         tokio::pin!(shutdown);
         loop {
             if let Err(e) = self.sweep_once(SystemTime::now()).await {
-                tracing::warn!(error = %crate::report::chain(&e), "artifact retention sweep failed");
+                tracing::warn!(error = %crate::report::chain(&e), "retention sweep failed");
             }
             tokio::select! {
                 _ = tokio::time::sleep(EVERY) => {}

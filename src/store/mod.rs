@@ -5,6 +5,7 @@
 //! speaks of streams, expected versions and global positions only; SQLite specifics (savepoints,
 //! WAL, the writer thread) stay in [`sqlite`].
 
+pub mod archive;
 mod decide;
 pub mod eventstoredb;
 pub(crate) mod lease;
@@ -400,7 +401,7 @@ impl StoredEvent {
 /// One event as the audit shows it (`meshgate events --json`).
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct AuditEvent {
-    /// Global log position: gap-free, in commit order.
+    /// Global log position, in commit order (gaps where builds were archived).
     pub position: u64,
     pub stream: String,
     /// The event's version in its stream, from 0.

@@ -145,3 +145,16 @@ pub fn url(config: &Config) -> Result<SecretString, OpenError> {
         None => Err(OpenError::NoUrl(config.store.backend.name())),
     }
 }
+
+/// [`reader`], with the archives in `archives` (if any) read beside the live log.
+pub async fn reader_with_archives(
+    config: &Config,
+    archives: Option<&std::path::Path>,
+) -> anyhow::Result<Arc<dyn LogReader>> {
+    let live = reader(config).await?;
+    let Some(dir) = archives else { return Ok(live) };
+    let owned = dir.to_owned();
+    let merged = tokio::task::spawn_blocking(move || super::archive::WithArchives::open(live, &owned)).await??;
+    eprintln!("read {} archived events from {} archive(s) in {}", merged.events, merged.files, dir.display());
+    Ok(Arc::new(merged))
+}

@@ -193,6 +193,7 @@ function summary(e) {
     case "BuildRetryScheduled": return `attempt ${d.attempt} failed the way ${d.rule} says: retrying as attempt ${d.next_attempt}`;
     case "ArtifactStored": return `artifact ${d.name} (${size(d.bytes)}) from ${d.node_id}`;
     case "ArtifactsExpired": return `artifacts removed after ${d.keep_days} days: ${d.names.join(", ")}`;
+    case "BuildLogsExpired": return `logs removed after ${d.keep_days} days (attempt ${d.attempts.join(", ")})`;
     case "BuildCancelled": return `cancelled: ${d.reason}`;
     case "BuildRebuilt": return `rebuilt by ${d.by} (${d.via}) as a new build`;
     case "BuildActionRequested": return `${d.action} asked by ${d.user} on ${d.via}: ${d.outcome.replace("_", " ")}`;
@@ -478,7 +479,7 @@ function follow() {
   const types = ["WebhookReceived", "WebhookIgnored", "WebhookRouted", "BuildRequested", "BuildRequestFolded",
     "BuildClaimed", "BuildLeaseRenewed", "BuildRequeued", "BuildSucceeded", "BuildFailed", "BuildCancelled",
     "BuildResultRejected", "NotificationAttempted", "NotificationDelivered", "NotificationAbandoned", "PageRequested",
-    "NodeSeen", "NodeDrained", "BuildRetryScheduled", "ArtifactStored", "ArtifactsExpired", "BuildRebuilt",
+    "NodeSeen", "NodeDrained", "BuildRetryScheduled", "ArtifactStored", "ArtifactsExpired", "BuildLogsExpired", "BuildRebuilt",
     "BuildActionRequested", "QueuePaused", "QueueResumed"];
   for (const t of types) source.addEventListener(t, scheduleRender);
   state.source = source;

@@ -284,11 +284,19 @@ async fn write_scenarios(app: &TestApp) {
     record(
         app,
         &meshgate_domain::stream::build_stream(b8),
-        vec![Event::ArtifactsExpired(ArtifactsExpired {
-            build_id: b8,
-            names: vec!["App.ipa".into(), "logs/xcodebuild.log".into()],
-            keep_days: 14,
-        })],
+        vec![
+            Event::ArtifactsExpired(ArtifactsExpired {
+                build_id: b8,
+                names: vec!["App.ipa".into(), "logs/xcodebuild.log".into()],
+                keep_days: 14,
+            }),
+            // Logs frozen before 2026-12-07-retention have none.
+            Event::BuildLogsExpired(meshgate_domain::event::BuildLogsExpired {
+                build_id: b8,
+                attempts: vec![1, 2],
+                keep_days: 90,
+            }),
+        ],
     )
     .await;
     let b9 = build_id(&app.deliver(&issue("MOB-109", 10)).await);

@@ -4,6 +4,7 @@
 mod admin_actions;
 mod agent;
 mod architecture;
+mod archive;
 mod audit;
 mod backup;
 

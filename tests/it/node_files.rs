@@ -3,7 +3,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use meshgate::files::retention::Retention;
+use meshgate::files::retention::{Retention, Swept};
+use meshgate::files::BuildLogs;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -227,24 +228,46 @@ async fn an_artifact_whose_checksum_differs_or_that_passes_the_cap_is_refused_an
 }
 
 #[tokio::test]
-async fn artifacts_older_than_keep_days_are_removed_and_the_removal_recorded() {
+async fn logs_and_artifacts_older_than_their_days_are_removed_and_the_removals_recorded() {
     let app = spawn_app().await;
     let build = running(&app, "MOB-1").await;
     let sha = sha256(b"ipa");
     assert_eq!(put_artifact(&app, build, "mac-1", "App.ipa", &sha, &b"ipa"[..]).await.status(), 200);
+    assert_eq!(chunk(&app, build, "mac-1", 1, 0, b"** BUILD SUCCEEDED **\n").await.status(), 200);
     succeed(&app, build).await;
     let retention = Retention {
+        // The gateway's logs folder: the files say what is there.
+        logs: std::sync::Arc::new(BuildLogs::new(app.dir.path().join("data/logs"), 1 << 20)),
         artifacts: std::sync::Arc::clone(&app.handles.artifacts),
         store: std::sync::Arc::clone(app.store()),
         projections: app.handles.projections.clone(),
-        keep_days: 14,
+        build_logs_days: 30,
+        artifacts_days: 14,
     };
-    // Thirteen days on: kept. Fifteen: removed, once.
+    // Thirteen days on: both kept. Fifteen: the artifacts removed, once. Thirty-one: the logs.
     let day = Duration::from_secs(86_400);
-    assert!(retention.sweep_once(SystemTime::now() + 13 * day).await.unwrap().is_empty());
-    assert_eq!(retention.sweep_once(SystemTime::now() + 15 * day).await.unwrap(), vec![build]);
-    assert!(retention.sweep_once(SystemTime::now() + 15 * day).await.unwrap().is_empty());
+    let swept = |days: u32| {
+        let retention = &retention;
+        async move { retention.sweep_once(SystemTime::now() + days * day).await.unwrap() }
+    };
+    assert_eq!(swept(13).await, Swept::default());
+    assert_eq!(swept(15).await, Swept { logs: vec![], artifacts: vec![build] });
+    assert_eq!(swept(15).await, Swept::default());
     app.wait_for_count("ArtifactsExpired", 1).await;
+    assert_eq!(app.get(&format!("/api/v1/builds/{build}/log")).await.status(), 200);
+    assert_eq!(swept(31).await, Swept { logs: vec![build], artifacts: vec![] });
+    assert_eq!(swept(31).await, Swept::default());
+    app.wait_for_count("BuildLogsExpired", 1).await;
+    let log = app.get(&format!("/api/v1/builds/{build}/log")).await;
+    assert_eq!(log.status(), 404);
+    assert!(log.text().await.unwrap().contains("build_logs_days"));
+    let detail: Value = app.get(&format!("/api/v1/builds/{build}")).await.json().await.unwrap();
+    assert_eq!(detail["build"]["logs_removed"], true);
+    // Days of 0 keep everything.
+    let forever = Retention { build_logs_days: 0, artifacts_days: 0, ..retention };
+    let other = running(&app, "MOB-2").await;
+    assert_eq!(chunk(&app, other, "mac-1", 1, 0, b"log").await.status(), 200);
+    assert_eq!(forever.sweep_once(SystemTime::now() + 3650 * day).await.unwrap(), Swept::default());
     assert!(!app.dir.path().join(format!("data/artifacts/{build}")).exists());
     let list: Value = app.get(&format!("/api/v1/builds/{build}/artifacts")).await.json().await.unwrap();
     assert_eq!(list["artifacts"], json!([]));
@@ -252,7 +275,7 @@ async fn artifacts_older_than_keep_days_are_removed_and_the_removal_recorded() {
         app.client.get(app.url(&format!("/api/v1/builds/{build}/artifacts/App.ipa"))).bearer_auth(&app.admin_token);
     let gone = gone.send().await.unwrap();
     assert_eq!(gone.status(), 404);
-    assert!(gone.text().await.unwrap().contains("keep_days"));
+    assert!(gone.text().await.unwrap().contains("artifacts_days"));
     // The view still says what there was.
     let detail: Value = app.get(&format!("/api/v1/builds/{build}")).await.json().await.unwrap();
     assert_eq!(detail["build"]["artifacts"][0]["removed"], true);

@@ -53,7 +53,8 @@ fn received_bodies_stored_as_strings_still_read() {
 
 #[test]
 fn type_names_are_stable() {
-    assert_eq!(Event::TYPES.len(), 34);
+    assert_eq!(Event::TYPES.len(), 35);
+    assert!(Event::TYPES.contains(&"BuildLogsExpired"));
     assert!(Event::TYPES.contains(&"BuildRebuilt"));
     assert!(Event::TYPES.contains(&"BuildActionRequested"));
     assert!(Event::TYPES.contains(&"BuildRetryScheduled"));

@@ -179,7 +179,7 @@ pub async fn list(
         (status = 200, description = "The artifact", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 400, description = "The request is wrong", body = ErrorBody),
         (status = 401, description = "Neither the admin token nor the build's key", body = ErrorBody),
-        (status = 404, description = "No such build or artifact, or it was removed after `artifacts.keep_days`", body = ErrorBody),
+        (status = 404, description = "No such build or artifact, or it was removed after `retention.artifacts_days`", body = ErrorBody),
     ))]
 pub async fn download(
     State(app): State<Arc<NodeApi>>,
@@ -199,7 +199,7 @@ pub async fn download(
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            "the artifact was removed after artifacts.keep_days",
+            "the artifact was removed after retention.artifacts_days",
         ));
     }
     let path =

@@ -123,14 +123,17 @@ pub async fn download(
         Some(a) => a,
         None => match running_attempt(&app, build_id).await {
             Some(a) => a,
-            None => app.logs.newest_attempt(build_id).await.ok_or_else(|| ApiError::not_found("log"))?,
+            None => match app.logs.newest_attempt(build_id).await {
+                Some(a) => a,
+                None => return Err(missing(&app, build_id).await),
+            },
         },
     };
     let path = app.logs.path(build_id, attempt);
     let offset = query.offset.unwrap_or(0);
     let plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
     if query.follow != Some(true) {
-        let mut file = tokio::fs::File::open(&path).await.map_err(|_| ApiError::not_found("log"))?;
+        let Ok(mut file) = tokio::fs::File::open(&path).await else { return Err(missing(&app, build_id).await) };
         let len = file.metadata().await.map_err(|e| ApiError::unavailable(&e))?.len();
         // Past the end: nothing more (yet).
         file.seek(std::io::SeekFrom::Start(offset.min(len))).await.map_err(|e| ApiError::unavailable(&e))?;
@@ -144,6 +147,18 @@ pub async fn download(
     let follower = Follower { app, build_id, attempt, offset: offset.min(len), ended: false };
     let body = Body::from_stream(futures_util::stream::unfold(follower, Follower::next).map(Ok::<_, std::io::Error>));
     Ok((plain, [(header::CACHE_CONTROL, "no-store")], body).into_response())
+}
+
+/// No log where one was asked for: removed by retention (the build's view says so), or never sent.
+async fn missing(app: &NodeApi, build_id: Uuid) -> ApiError {
+    match app.projections.build(build_id).await.ok().flatten() {
+        Some(build) if build.logs_removed => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the build's logs were removed after retention.build_logs_days",
+        ),
+        _ => ApiError::not_found("log"),
+    }
 }
 
 /// The build's running attempt, if it runs.

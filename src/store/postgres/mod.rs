@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, RwLock};
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Row};
 
+pub mod archive;
 mod leader;
 pub mod schema;
 mod tail;

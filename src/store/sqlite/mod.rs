@@ -5,7 +5,8 @@
 //! savepoint inside one transaction, commits once, and only then answers every caller. A request
 //! that fails (a version conflict) rolls back to its savepoint without spoiling the batch; a commit
 //! that fails answers every request of the batch with an error. Global positions are assigned by
-//! the single writer, so they are gap-free and increase in commit order.
+//! the single writer, so they increase in commit order without gaps; `meshgate log archive` later
+//! removes whole finished builds' rows, never the last one, so a position is never given twice.
 //!
 //! The `events` table is append-only and carries no secondary index: expected versions are checked
 //! against the stream index, which the writer owns (a lock file keeps every other process from
@@ -17,9 +18,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{broadcast, oneshot, watch};
 
+pub mod archive;
 pub mod backup;
 mod checkpointer;
 mod index;
@@ -246,7 +248,10 @@ impl EventStore for SqliteStore {
                     conn.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE position = ?1")).store_err()?;
                 let mut events = Vec::new();
                 for position in positions {
-                    let event = stmt.query_row([position], row_to_event).store_err()?;
+                    // A position archived since (`meshgate log archive`) is no longer in the log.
+                    let Some(event) = stmt.query_row([position], row_to_event).optional().store_err()? else {
+                        continue;
+                    };
                     // The index keys streams by a hash of their name; the row has the name itself.
                     if event.stream == stream {
                         events.push(event);
@@ -269,7 +274,9 @@ impl EventStore for SqliteStore {
                     conn.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE position = ?1")).store_err()?;
                 // Newest first; a row of another stream sharing the name's hash is passed over.
                 for position in positions.into_iter().rev() {
-                    let event = stmt.query_row([position], row_to_event).store_err()?;
+                    let Some(event) = stmt.query_row([position], row_to_event).optional().store_err()? else {
+                        continue;
+                    };
                     if event.stream == stream {
                         return Ok(Some(event));
                     }

@@ -19,7 +19,8 @@ pub fn read_all(conn: &Connection, after: u64, limit: usize) -> rusqlite::Result
 }
 
 /// The events in positions `after + 1 ..= upto` whose type is in `wanted`, decoded, in position
-/// order. Positions are gap-free, so a caller that reads a range has seen every position in it.
+/// order. Positions only grow (archived builds leave gaps), so a caller that reads a range has
+/// seen every event in it.
 /// Data is decoded straight from SQLite's row buffer: a rebuild copies no event text.
 pub fn read_range_decoded(
     conn: &Connection,
