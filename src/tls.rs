@@ -45,6 +45,10 @@ pub enum TlsError {
     BadBundle { path: PathBuf, source: reqwest::Error },
     #[error("cannot build an HTTPS client")]
     Client(#[source] reqwest::Error),
+    #[error("{path} holds a certificate that cannot be a CA")]
+    BadCa { path: PathBuf, source: rustls::Error },
+    #[error("the client CA file {path} cannot check certificates")]
+    ClientCa { path: PathBuf, source: rustls::server::VerifierBuilderError },
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -86,6 +90,32 @@ pub struct TlsFiles {
 /// Reads a certificate chain and its private key (the key with the token files' permission
 /// checks) into a server configuration, or says which file is wrong.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    serving(files, None)
+}
+
+/// [`server_config`] for the node API's own listener: a client certificate from the CA in
+/// `clients` is required before anything else (mutual TLS; `[nodes] client_ca_file`).
+pub fn node_server_config(files: &TlsFiles, clients: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let bytes = std::fs::read(clients).map_err(|source| TlsError::Unreadable { path: clients.to_owned(), source })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(&bytes) {
+        let certificate =
+            certificate.map_err(|source| TlsError::BadCertificates { path: clients.to_owned(), source })?;
+        roots.add(certificate).map_err(|source| TlsError::BadCa { path: clients.to_owned(), source })?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::NoCertificate { path: clients.to_owned() });
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|source| TlsError::ClientCa { path: clients.to_owned(), source })?;
+    serving(files, Some(verifier))
+}
+
+fn serving(
+    files: &TlsFiles,
+    clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let TlsFiles { cert_file, key_file } = files;
     let cert_bytes =
         std::fs::read(cert_file).map_err(|source| TlsError::Unreadable { path: cert_file.clone(), source })?;
@@ -99,24 +129,38 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsE
     let key = PrivateKeyDer::from_pem_slice(&key_bytes)
         .map_err(|source| TlsError::BadKey { path: key_file.clone(), source })?;
     let mismatch = |source| TlsError::Mismatch { cert: cert_file.clone(), key: key_file.clone(), source };
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(mismatch)?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
         .map_err(mismatch)?;
+    let builder = match clients {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(mismatch)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
-/// The identity the gateway presents, replaceable while it serves.
+/// The identity the gateway presents, replaceable while it serves; on the node API's own
+/// listener, with the CA nodes' certificates must come from.
 pub struct ServerTls {
     current: RwLock<(TlsFiles, Arc<rustls::ServerConfig>)>,
+    clients: Option<PathBuf>,
 }
 
 impl ServerTls {
     pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
-        Ok(ServerTls { current: RwLock::new((files.clone(), server_config(files)?)) })
+        Ok(ServerTls { current: RwLock::new((files.clone(), server_config(files)?)), clients: None })
+    }
+
+    /// The node API's listener: `clients` (`[nodes] client_ca_file`) makes it require a client
+    /// certificate from that CA.
+    pub fn load_for_nodes(files: &TlsFiles, clients: Option<PathBuf>) -> Result<Self, TlsError> {
+        let config = match &clients {
+            Some(ca) => node_server_config(files, ca)?,
+            None => server_config(files)?,
+        };
+        Ok(ServerTls { current: RwLock::new((files.clone(), config)), clients })
     }
 
     /// The configuration new connections get.
@@ -128,10 +172,15 @@ impl ServerTls {
         self.current.read().unwrap_or_else(|p| p.into_inner()).0.clone()
     }
 
-    /// Reads the pair, to be put in force with [`ServerTls::replace`] (all or nothing with the
-    /// tokens reloaded beside it).
-    pub fn prepare(files: &TlsFiles) -> Result<(TlsFiles, Arc<rustls::ServerConfig>), TlsError> {
-        Ok((files.clone(), server_config(files)?))
+    /// Reads the pair (and the client CA file, if this listener asks for client certificates),
+    /// to be put in force with [`ServerTls::replace`] (all or nothing with the tokens reloaded
+    /// beside it).
+    pub fn prepare(&self, files: &TlsFiles) -> Result<(TlsFiles, Arc<rustls::ServerConfig>), TlsError> {
+        let config = match &self.clients {
+            Some(ca) => node_server_config(files, ca)?,
+            None => server_config(files)?,
+        };
+        Ok((files.clone(), config))
     }
 
     pub fn replace(&self, prepared: (TlsFiles, Arc<rustls::ServerConfig>)) {

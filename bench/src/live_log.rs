@@ -66,7 +66,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn binary() -> PathBuf {
+pub(crate) fn binary() -> PathBuf {
     crate::gateway_binary().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
@@ -87,7 +87,7 @@ pub struct LiveLogArgs {
     bytes_per_second: f64,
 }
 
-struct Running(Child);
+pub(crate) struct Running(pub(crate) Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -97,7 +97,7 @@ impl Drop for Running {
 }
 
 /// Starts `meshgate serve` in `dir` and returns it with its address.
-fn gateway(dir: &Path) -> (Running, String) {
+pub(crate) fn gateway(dir: &Path) -> (Running, String) {
     let mut child = Running(
         Command::new(binary())
             .args(["--config", dir.join("meshgate.toml").to_str().unwrap(), "serve"])
@@ -117,7 +117,7 @@ fn gateway(dir: &Path) -> (Running, String) {
     panic!("the gateway did not start");
 }
 
-fn token(dir: &Path, name: &str) -> String {
+pub(crate) fn token(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(format!("data/secrets/{name}"))).unwrap().trim().to_owned()
 }
 

@@ -15,6 +15,7 @@ mod history;
 mod ingest;
 mod live_log;
 mod rebuild;
+mod retention;
 mod server;
 mod shared;
 mod stats;
@@ -46,6 +47,8 @@ enum Command {
     ChatActions(chat_actions::ChatActionsArgs),
     /// What the `stats` projection costs to fold on a long history, and its answers' time.
     Stats(stats::StatsArgs),
+    /// How big the log gets per thousand builds, and its archive.
+    Retention(retention::RetentionArgs),
 }
 
 /// The `meshgate` binary the benchmarks start: `MESHGATE_BIN`, else the one beside this binary
@@ -86,6 +89,7 @@ fn main() -> std::process::ExitCode {
             Some(Command::LiveLog(args)) => live_log::run(args).await,
             Some(Command::ChatActions(args)) => chat_actions::run(args).await,
             Some(Command::Stats(args)) => stats::run(args).await,
+            Some(Command::Retention(args)) => retention::run(args).await,
             None => ingest::run(cli.args).await,
         }
     });

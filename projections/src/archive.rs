@@ -6,8 +6,15 @@
 //! (`notification-…`, told by their first event's build id). They move whole or not at all, and
 //! only when the build finished, nothing about it was recorded at or after the cut, every
 //! notification about it was delivered or abandoned, and none of its events is the log's last (the
-//! position the next append counts from). Events of other streams that name the build (an intent's
-//! activation, a node's claim of a lane, a click in chat) stay: they belong to streams that go on.
+//! position the next append counts from).
+//!
+//! A delivery's stream (`delivery-…`: the body as received, where it was routed) goes with the
+//! builds it was routed to, once all of them go (or went in an earlier archive: a build the live
+//! log no longer holds), and one routed nowhere (ignored) goes on its own; in both cases only when
+//! nothing of it was recorded at or after the cut. A late copy of an archived delivery still starts
+//! nothing: the intent's stream, which stays, says which transition its build was started for.
+//! Events of other streams that name a build (an intent's activation, a node's claim of a lane, a
+//! click in chat) stay: they belong to streams that go on.
 
 use std::collections::HashMap;
 
@@ -15,11 +22,12 @@ use chrono::{DateTime, Utc};
 use meshgate_domain::build::BuildState;
 use meshgate_domain::notification::NotificationState;
 use meshgate_domain::stream::BUILD_PREFIX;
-use meshgate_domain::Recorded;
+use meshgate_domain::{Event, Recorded};
 use uuid::Uuid;
 
 const PAGE_PREFIX: &str = "page-";
 const NOTIFICATION_PREFIX: &str = "notification-";
+const DELIVERY_PREFIX: &str = "delivery-";
 
 /// The fold; [`ArchivePlanner::plan`] says what may go.
 #[derive(Debug, Default)]
@@ -27,6 +35,16 @@ pub struct ArchivePlanner {
     builds: HashMap<Uuid, Candidate>,
     /// Which build each notification stream is about (by its first event).
     notifications: HashMap<String, Uuid>,
+    deliveries: HashMap<String, Delivery>,
+}
+
+/// A delivery's stream as the planner sees it.
+#[derive(Debug, Default)]
+struct Delivery {
+    last_at: Option<DateTime<Utc>>,
+    /// The builds it was routed to (started or folded into), by every copy and replay.
+    builds: Vec<Uuid>,
+    positions: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -49,8 +67,11 @@ impl Candidate {
 /// What may go, and why the rest stays.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ArchivePlan {
-    /// The builds whose streams go, each with its positions in log order; in no particular order.
-    pub builds: Vec<(Uuid, Vec<u64>)>,
+    /// The builds whose streams go, in no particular order.
+    pub builds: Vec<Uuid>,
+    /// What goes, a build's or a delivery's streams at a time (each to be removed whole), each
+    /// with its positions in log order.
+    pub groups: Vec<Vec<u64>>,
     /// Their events' positions, in log order.
     pub positions: Vec<u64>,
     /// Builds kept because they are queued or running (or their stream was never requested).
@@ -61,6 +82,8 @@ pub struct ArchivePlan {
     pub undecided: usize,
     /// A build kept because it holds the log's last event.
     pub last: usize,
+    /// Deliveries whose streams go (with their builds, or routed nowhere).
+    pub deliveries: usize,
 }
 
 /// Which build a stream belongs to, by its name, when the name says so.
@@ -73,6 +96,17 @@ impl ArchivePlanner {
     /// Folds one event of the log (every type: the planner reads them all).
     pub fn apply(&mut self, recorded: &Recorded) {
         let stream = recorded.stream.as_str();
+        if stream.starts_with(DELIVERY_PREFIX) {
+            let delivery = self.deliveries.entry(stream.to_owned()).or_default();
+            delivery.last_at = delivery.last_at.max(Some(recorded.recorded_at));
+            delivery.positions.push(recorded.position);
+            match &recorded.event {
+                Event::WebhookRouted(e) => delivery.builds.extend_from_slice(&e.build_ids),
+                Event::DeliveryReplayed(e) => delivery.builds.extend_from_slice(&e.build_ids),
+                _ => {}
+            }
+            return;
+        }
         let build_id = if let Some(id) = named_build(stream) {
             id
         } else if stream.starts_with(NOTIFICATION_PREFIX) {
@@ -106,18 +140,31 @@ impl ArchivePlanner {
     /// `before`.
     pub fn plan(self, before: DateTime<Utc>, head: u64) -> ArchivePlan {
         let mut plan = ArchivePlan::default();
+        let mut kept = std::collections::HashSet::new();
         for (build_id, candidate) in self.builds {
-            if !candidate.state.is_finished() {
-                plan.unfinished += 1;
+            let stays = if !candidate.state.is_finished() {
+                &mut plan.unfinished
             } else if candidate.last_at >= before {
-                plan.recent += 1;
+                &mut plan.recent
             } else if candidate.notifications.values().any(|n| !n.is_done()) {
-                plan.undecided += 1;
+                &mut plan.undecided
             } else if candidate.positions.contains(&head) {
-                plan.last += 1;
+                &mut plan.last
             } else {
                 plan.positions.extend_from_slice(&candidate.positions);
-                plan.builds.push((build_id, candidate.positions));
+                plan.builds.push(build_id);
+                plan.groups.push(candidate.positions);
+                continue;
+            };
+            *stays += 1;
+            kept.insert(build_id);
+        }
+        for delivery in self.deliveries.into_values() {
+            let old = delivery.last_at.is_some_and(|at| at < before);
+            if old && !delivery.builds.iter().any(|b| kept.contains(b)) && !delivery.positions.contains(&head) {
+                plan.positions.extend_from_slice(&delivery.positions);
+                plan.groups.push(delivery.positions);
+                plan.deliveries += 1;
             }
         }
         plan.positions.sort_unstable();
@@ -135,8 +182,6 @@ mod tests {
     use meshgate_domain::notification::AbandonReason;
     use meshgate_domain::notify::Milestone;
     use meshgate_domain::stream::{build_stream, notification_stream, page_stream};
-
-    use meshgate_domain::Event;
 
     use super::*;
 
@@ -245,7 +290,7 @@ mod tests {
                 planner.apply(e);
             }
             let plan = planner.plan(before, self.events.len() as u64);
-            let mut ids: Vec<Uuid> = plan.builds.iter().map(|(id, _)| *id).collect();
+            let mut ids = plan.builds.clone();
             ids.sort();
             (plan, ids)
         }
@@ -272,7 +317,7 @@ mod tests {
         let (plan, ids) = log.plan_ids(cut);
         assert_eq!(ids, vec![build]);
         assert_eq!(plan.positions, log.positions_of(build));
-        assert_eq!(plan.builds[0].1, plan.positions);
+        assert_eq!(plan.groups, std::slice::from_ref(&plan.positions));
         assert_eq!(plan.positions.len(), 3 + 2 + 2 + 1, "build, two keys (attempt and outcome), page");
         assert_eq!(
             (plan.recent, plan.unfinished, plan.undecided, plan.last),
@@ -309,6 +354,41 @@ mod tests {
         let plan = log.plan(cut);
         assert!(plan.builds.is_empty());
         assert_eq!(plan.recent, 2);
+    }
+
+    #[test]
+    fn a_delivery_goes_with_the_builds_it_was_routed_to_or_alone_when_ignored() {
+        use meshgate_domain::event::{WebhookIgnored, WebhookRouted};
+        let mut log = Log::new();
+        let routed = |id: Uuid| {
+            Event::WebhookRouted(WebhookRouted { correlation_id: id, issue_id: "MOB-1".into(), build_ids: vec![id] })
+        };
+        let gone = log.finished();
+        let with_gone = log.push("delivery-a".into(), routed(gone));
+        let running = log.new_id();
+        log.request(running);
+        let with_running = log.push("delivery-b".into(), routed(running));
+        let ignored = Event::WebhookIgnored(WebhookIgnored {
+            correlation_id: Uuid::nil(),
+            issue_id: "MOB-2".into(),
+            reason: meshgate_domain::event::IgnoreReason::NoTriggerMatched,
+        });
+        let alone = log.push("delivery-c".into(), ignored);
+        // A build archived earlier: the live log no longer holds it.
+        let earlier = log.push("delivery-d".into(), routed(Uuid::from_u128(999)));
+        let cut = log.at + Duration::seconds(30);
+        let late = log.push("delivery-e".into(), routed(gone));
+        log.finished();
+
+        let plan = log.plan(cut);
+        assert_eq!(plan.deliveries, 3, "{plan:?}");
+        for p in [with_gone, alone, earlier] {
+            assert!(plan.positions.contains(&p), "{p}");
+        }
+        for p in [with_running, late] {
+            assert!(!plan.positions.contains(&p), "{p}");
+        }
+        assert_eq!(plan.groups.len(), plan.builds.len() + 3);
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct App {
     metrics: Option<JoinHandle<()>>,
     /// Where the metrics listener is bound.
     pub metrics_addr: Option<SocketAddr>,
+    /// The node API's own listener (`[nodes] listen`), served beside the main one.
+    node_listener: Option<TcpListener>,
+    node_router: Router,
     /// With a shared log: this gateway's hold on its data dir's read model (the SQLite store holds
     /// the log's own lock).
     _lock: Option<std::fs::File>,
@@ -75,11 +78,25 @@ impl App {
             Some(files) => Some(Arc::new(ServerTls::load(&files).context("cannot serve HTTPS")?)),
             None => None,
         };
+        let node_tls = match config.node_tls() {
+            Some((files, clients)) => Some(Arc::new(
+                ServerTls::load_for_nodes(&files, clients).context("cannot serve the node API over HTTPS")?,
+            )),
+            None => None,
+        };
+        // Bound before the log opens, like the main listener: a busy port is a start-up error.
+        let node_listener = match config.nodes.listen {
+            Some(listen) => Some(
+                TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (nodes.listen)"))?,
+            ),
+            None => None,
+        };
         let secrets = wiring::Secrets {
             webhook: Arc::new(TokenSet::new(&webhook_tokens)),
             admin: Arc::new(TokenSet::new(&admin_tokens)),
             nodes: Arc::new(TokenSet::new(&nodes_tokens)),
             tls,
+            node_tls,
             links: LogLinks::new(&config.public_url(), log_secret),
             sinks,
         };
@@ -115,7 +132,11 @@ impl App {
             },
             Err(_) => (None, None),
         };
-        let router = router(parts.surfaces.clone(), &config.webhook.path);
+        let router = match node_listener {
+            Some(_) => crate::http::router_without_nodes(parts.surfaces.clone(), &config.webhook.path),
+            None => router(parts.surfaces.clone(), &config.webhook.path),
+        };
+        let node_router = crate::http::node_router(parts.surfaces.clone());
         let handles =
             Handles { surfaces: parts.surfaces, store, projections, builds: parts.builds, artifacts: parts.artifacts };
         Ok(App {
@@ -129,6 +150,8 @@ impl App {
             retention,
             metrics,
             metrics_addr,
+            node_listener,
+            node_router,
             _lock: opened.lock,
         })
     }
@@ -136,7 +159,7 @@ impl App {
     /// Serves on `listener` until `shutdown` resolves, then lets in-flight requests finish and
     /// saves the projections.
     pub async fn serve(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
@@ -147,34 +170,31 @@ impl App {
             idle_timeout: Duration::from_secs(server.idle_timeout_seconds),
         };
         let router = self.router.clone();
+        let nodes = self.node_listener.take().map(|listener| {
+            let mut stop = self.stopping.subscribe();
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            let tls = self.handles.surfaces.reload.node_tls.clone();
+            tokio::spawn(serve_on(listener, tls, self.node_router.clone(), limits, shutdown))
+        });
         let stopping = self.stopping.clone();
         let shutdown = async move {
             shutdown.await;
             // Long polls answer at once, so in-flight requests can drain.
             stopping.send_replace(true);
         };
-        use axum::serve::ListenerExt;
-        match self.handles.surfaces.reload.tls.clone() {
-            Some(tls) => {
-                // HTTPS only.
-                // A handshake is bounded like a request's head: in time, and in number.
-                let handshakes =
-                    crate::tls::HandshakeLimits { timeout: limits.header_timeout, in_flight: limits.max_connections };
-                let listener = TlsListener::with_limits(listener, tls, handshakes)?;
-                crate::http::serve::serve(listener, router, limits, shutdown).await;
-            }
-            None => {
-                // Answers are small and written at once: no waiting for an acknowledgement (Nagle).
-                let listener = listener.tap_io(|tcp| {
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
-                    }
-                });
-                crate::http::serve::serve(listener, router, limits, shutdown).await;
-            }
+        serve_on(listener, self.handles.surfaces.reload.tls.clone(), router, limits, shutdown).await?;
+        if let Some(nodes) = nodes {
+            nodes.await??;
         }
         self.stop().await;
         Ok(())
+    }
+
+    /// Where the node API's own listener is bound (`[nodes] listen`), if it has one.
+    pub fn node_addr(&self) -> Option<SocketAddr> {
+        self.node_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Stops following the log and saves the projections' checkpoints.
@@ -190,4 +210,36 @@ impl App {
         let _ = self.stop_projector.send(());
         self.projector.join().await;
     }
+}
+
+/// Serves `router` on `listener` (HTTPS when `tls` is given) until `shutdown` resolves and the
+/// requests in flight are answered.
+async fn serve_on(
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    router: Router,
+    limits: crate::http::serve::ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use axum::serve::ListenerExt;
+    match tls {
+        Some(tls) => {
+            // HTTPS only.
+            // A handshake is bounded like a request's head: in time, and in number.
+            let handshakes =
+                crate::tls::HandshakeLimits { timeout: limits.header_timeout, in_flight: limits.max_connections };
+            let listener = TlsListener::with_limits(listener, tls, handshakes)?;
+            crate::http::serve::serve(listener, router, limits, shutdown).await;
+        }
+        None => {
+            // Answers are small and written at once: no waiting for an acknowledgement (Nagle).
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+                }
+            });
+            crate::http::serve::serve(listener, router, limits, shutdown).await;
+        }
+    }
+    Ok(())
 }

@@ -49,6 +49,8 @@ pub(super) struct Secrets {
     pub nodes: Arc<TokenSet>,
     /// The certificate HTTPS is served with (none: plain HTTP).
     pub tls: Option<Arc<ServerTls>>,
+    /// The node API's own listener's TLS (`[nodes] listen` on an HTTPS gateway).
+    pub node_tls: Option<Arc<ServerTls>>,
     /// Links to logs and artifacts, signed with the data dir's key.
     pub links: LogLinks,
     /// Every outbound sink with its secrets.
@@ -63,7 +65,8 @@ pub(super) fn parts(
     secrets: Secrets,
     stopping: &watch::Receiver<bool>,
 ) -> anyhow::Result<Parts> {
-    let Secrets { webhook: webhook_tokens, admin: admin_tokens, nodes: nodes_tokens, tls, links, sinks } = secrets;
+    let Secrets { webhook: webhook_tokens, admin: admin_tokens, nodes: nodes_tokens, tls, node_tls, links, sinks } =
+        secrets;
     let config = Arc::new(config.clone());
     let builds = BuildService::new(Arc::clone(store));
     let ingest = Arc::new(IngestService::new(
@@ -157,6 +160,7 @@ pub(super) fn parts(
             admin: admin_tokens,
             nodes: nodes_tokens,
             tls,
+            node_tls,
             outbound: OutboundSecrets {
                 sinks: sinks.clone(),
                 slack: Arc::clone(&slack),

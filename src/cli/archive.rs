@@ -8,20 +8,17 @@
 //! archive and the log: `--include-archives` reads a position once, and a second run archives the
 //! rest again. The read models keep their view of archived builds until `projections rebuild`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::Args;
-use futures_util::TryStreamExt;
-use meshgate_domain::Event;
-use meshgate_projections::{ArchivePlan, ArchivePlanner};
+use meshgate_projections::ArchivePlan;
 use secrecy::ExposeSecret;
 
 use crate::config::{Config, StoreBackend};
-use crate::store::archive::{self, Header};
-use crate::store::LogReader;
+use crate::store::archive;
 
 /// The latest cut allowed: a day ago. Notifications of a build are decided (delivered, or given up
 /// after their retries) within hours of its end; a day leaves them time.
@@ -76,49 +73,6 @@ fn cut(args: &ArchiveArgs, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> 
     Ok(cut)
 }
 
-/// Reads the whole log into the planner.
-async fn plan(log: &dyn LogReader, head: u64, cut: DateTime<Utc>) -> anyhow::Result<ArchivePlan> {
-    let mut planner = ArchivePlanner::default();
-    let mut batches = log.scan(0, head, Event::TYPES);
-    while let Some((batch, _)) = batches.try_next().await.context("cannot read the event log")? {
-        for recorded in &batch {
-            planner.apply(recorded);
-        }
-    }
-    Ok(planner.plan(cut, head))
-}
-
-/// Writes the planned events into a new archive in `dir`; returns its path.
-async fn write(log: &dyn LogReader, plan: &ArchivePlan, cut: DateTime<Utc>, dir: &Path) -> anyhow::Result<PathBuf> {
-    let (first, last) = (plan.positions[0], plan.positions[plan.positions.len() - 1]);
-    let header = Header {
-        kind: archive::KIND.to_owned(),
-        layout: archive::LAYOUT,
-        meshgate: env!("CARGO_PKG_VERSION").to_owned(),
-        created_at: Utc::now(),
-        before: cut,
-        builds: plan.builds.len() as u64,
-        events: plan.positions.len() as u64,
-        first_position: first,
-        last_position: last,
-    };
-    let mut writer = archive::Writer::create(dir, header)?;
-    let mut after = first - 1;
-    let mut wanted = plan.positions.iter().peekable();
-    while wanted.peek().is_some() {
-        let page = log.read_all(after, 10_000).await.context("cannot read the event log")?;
-        let Some(end) = page.last().map(|e| e.position) else { break };
-        for event in &page {
-            if wanted.peek() == Some(&&event.position) {
-                writer.push(event)?;
-                wanted.next();
-            }
-        }
-        after = end;
-    }
-    Ok(writer.finish()?)
-}
-
 fn say_kept(plan: &ArchivePlan) -> String {
     format!(
         "kept: {} queued or running, {} heard of since the cut, {} with a notification not yet decided{}",
@@ -139,22 +93,23 @@ pub async fn run(config: &Config, args: &ArchiveArgs) -> anyhow::Result<()> {
     }
     let log = crate::store::open::reader(config).await?;
     let head = log.last_position().await.context("cannot read the event log")?;
-    let plan = plan(log.as_ref(), head, cut).await?;
+    let plan = archive::plan(log.as_ref(), head, cut).await?;
     let cut_text = cut.format("%Y-%m-%dT%H:%M:%SZ");
-    if plan.builds.is_empty() {
+    if plan.groups.is_empty() {
         println!("nothing to archive before {cut_text} ({})", say_kept(&plan));
         return Ok(());
     }
     if args.dry_run {
         println!(
-            "would archive {} builds ({} events) finished before {cut_text}; {}",
+            "would archive {} builds and {} deliveries ({} events) finished before {cut_text}; {}",
             plan.builds.len(),
+            plan.deliveries,
             plan.positions.len(),
             say_kept(&plan)
         );
         return Ok(());
     }
-    let path = write(log.as_ref(), &plan, cut, &args.to).await?;
+    let path = archive::write(log.as_ref(), &plan, cut, &args.to).await?;
     // Read back whole before anything leaves the log.
     let header = archive::verify(&path)?;
     if header.events != plan.positions.len() as u64 {
@@ -165,7 +120,7 @@ pub async fn run(config: &Config, args: &ArchiveArgs) -> anyhow::Result<()> {
             plan.positions.len()
         );
     }
-    let builds: Vec<Vec<u64>> = plan.builds.iter().map(|(_, positions)| positions.clone()).collect();
+    let builds = plan.groups.clone();
     let removed = match config.store.backend {
         StoreBackend::Sqlite => {
             let busy = Duration::from_millis(config.store.busy_timeout_ms);
@@ -184,8 +139,10 @@ pub async fn run(config: &Config, args: &ArchiveArgs) -> anyhow::Result<()> {
         StoreBackend::EventStoreDb => unreachable!("refused above"),
     };
     println!(
-        "archived {} builds ({removed} events, positions {}–{}) finished before {cut_text} into {} ({} bytes); {}",
+        "archived {} builds and {} deliveries ({removed} events, positions {}–{}) finished before {cut_text} into {} \
+         ({} bytes); {}",
         plan.builds.len(),
+        plan.deliveries,
         header.first_position,
         header.last_position,
         path.display(),

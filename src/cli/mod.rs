@@ -279,6 +279,15 @@ pub(crate) async fn serve_then(
     // manager that stops it right after it started gets the drain, not the default exit.
     let shutdown = shutdown_signal();
     let scheme = if config.tls_files().is_some() { "https" } else { "http" };
+    // Before the line that says the gateway listens, which is the last of its start.
+    if let Some(addr) = app.node_addr() {
+        let url = format!("{scheme}://{addr}");
+        if json {
+            println!("{}", serde_json::json!({"level": "INFO", "message": "meshgate node API listening", "url": url}));
+        } else {
+            println!("meshgate node API listening on {url}");
+        }
+    }
     let url = format!("{scheme}://{}{}", listener.local_addr()?, config.webhook.path);
     if json {
         println!("{}", serde_json::json!({"level": "INFO", "message": "meshgate listening", "url": url}));

@@ -57,6 +57,11 @@ impl Config {
                 problems.push(format!("server.tls_cert_file / server.tls_key_file: {}", crate::report::chain(&e)));
             }
         }
+        if let Some((files, Some(clients))) = self.node_tls() {
+            if let Err(e) = crate::tls::node_server_config(&files, &clients) {
+                problems.push(format!("nodes.client_ca_file: {}", crate::report::chain(&e)));
+            }
+        }
         for (key, path) in [("outbound.ca_file", &self.outbound.ca_file), ("worker.ca_file", &self.worker.ca_file)] {
             if let Some(path) = path {
                 if let Err(e) = crate::tls::ca_bundle(path) {

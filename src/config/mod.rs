@@ -164,6 +164,7 @@ impl Config {
             &mut self.store.ca_file,
             &mut self.outbound.ca_file,
             &mut self.nodes.files_dir,
+            &mut self.nodes.client_ca_file,
         ]
         .into_iter()
         .chain(chat)
@@ -224,6 +225,16 @@ impl Config {
         }
         if self.server.tls_cert_file.is_some() != self.server.tls_key_file.is_some() {
             return invalid("server.tls_cert_file and server.tls_key_file go together".into());
+        }
+        if self.nodes.client_ca_file.is_some() && (self.nodes.listen.is_none() || self.tls_files().is_none()) {
+            return invalid(
+                "nodes.client_ca_file needs nodes.listen (the node API's own listener, which then requires client \
+                 certificates) and server.tls_cert_file / tls_key_file (the certificate it serves)"
+                    .into(),
+            );
+        }
+        if self.nodes.listen == Some(self.server.listen) && self.server.listen.port() != 0 {
+            return invalid("nodes.listen must differ from server.listen".into());
         }
         if self.reconcile.lookback_hours == 0 || self.reconcile.max_activities_per_sweep == 0 {
             return invalid(
@@ -354,6 +365,13 @@ impl Config {
     }
 
     /// The certificate and key HTTPS is served with, if TLS is on.
+    /// How the node API's own listener serves TLS: the gateway's certificate, and the CA nodes'
+    /// client certificates must come from (none: no client certificate asked for).
+    pub fn node_tls(&self) -> Option<(crate::tls::TlsFiles, Option<PathBuf>)> {
+        self.nodes.listen?;
+        Some((self.tls_files()?, self.nodes.client_ca_file.clone()))
+    }
+
     pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
         match (&self.server.tls_cert_file, &self.server.tls_key_file) {
             (Some(cert_file), Some(key_file)) => {

@@ -387,6 +387,15 @@ pub struct NodesConfig {
     /// Where build logs and artifacts are kept (`logs/`, `artifacts/`); none: the data dir. With
     /// several gateways, a folder every one of them mounts.
     pub files_dir: Option<PathBuf>,
+    /// The node API's own address: when set, nodes are served there and only there (the main
+    /// listener no longer answers their routes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// A PEM bundle of the CA that signs the nodes' client certificates: the node API's listener
+    /// (`listen`) then requires one from a node before anything else (mutual TLS), in addition to
+    /// the pool token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// `[artifacts]`: what builds produced, kept by the gateway.
@@ -425,6 +434,8 @@ impl Default for NodesConfig {
             max_log_bytes: 64 * 1024 * 1024,
             max_artifact_bytes: 2 * 1024 * 1024 * 1024,
             files_dir: None,
+            listen: None,
+            client_ca_file: None,
         }
     }
 }

@@ -100,16 +100,44 @@ impl Counters {
     }
 }
 
+/// Every route the gateway serves on one listener: the webhook, the admin API, the dashboard and
+/// the node API.
 pub fn router(surfaces: Surfaces, webhook_path: &str) -> Router {
+    main_router(surfaces, webhook_path, node_routes())
+}
+
+/// The routes of the main listener when the node API has a listener of its own (`[nodes]
+/// listen`): everything but the node API, whose paths answer there as unknown ones do.
+pub fn router_without_nodes(surfaces: Surfaces, webhook_path: &str) -> Router {
+    main_router(surfaces, webhook_path, utoipa_axum::router::OpenApiRouter::new())
+}
+
+/// The node API alone, for its own listener (with `/healthz`).
+pub fn node_router(surfaces: Surfaces) -> Router {
+    let (api, _) = node_routes().split_for_parts();
+    Router::new()
+        .merge(api)
+        .route("/api/{*rest}", axum::routing::any(unknown_node_path))
+        .route("/healthz", get(healthz))
+        .layer(log_limit(&surfaces))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&surfaces.sources), client::client_address))
+        .with_state(surfaces)
+}
+
+/// A whole log is at most `max_log_bytes` (a longer one is sent cut); a little room for an older
+/// node that sends the whole of a long log, which is then cut here.
+fn log_limit(surfaces: &Surfaces) -> axum::extract::DefaultBodyLimit {
+    axum::extract::DefaultBodyLimit::max(surfaces.nodes.settings.max_log_bytes.saturating_add(1 << 20))
+}
+
+fn main_router(surfaces: Surfaces, webhook_path: &str, nodes: utoipa_axum::router::OpenApiRouter<Surfaces>) -> Router {
     // YouTrack posts to every configured URL, so `/path` and `/path/` both arrive; both are served
     // and their deliveries fold into one build.
     let trimmed = webhook_path.trim_end_matches('/');
-    // A whole log is at most `max_log_bytes` (a longer one is sent cut); a little room for an
-    // older node that sends the whole of a long log, which is then cut here.
-    let log_limit = axum::extract::DefaultBodyLimit::max(surfaces.nodes.settings.max_log_bytes.saturating_add(1 << 20));
-    let (api, mut document) = api_router().split_for_parts();
-    openapi::document_throttling(&mut document);
-    let document = Arc::new(document.to_pretty_json().unwrap_or_default());
+    let log_limit = log_limit(&surfaces);
+    let (api, _) = admin_routes().merge(nodes).split_for_parts();
+    // The schema documents the whole API wherever its parts are served.
+    let document = Arc::new(openapi_document().to_pretty_json().unwrap_or_default());
     let slowed = axum::middleware::from_fn_with_state(Arc::clone(&surfaces.bad_api_tokens), limiter::slow_bad_tokens);
     Router::new()
         .route(trimmed, post(webhook::receive))
@@ -127,8 +155,8 @@ pub fn router(surfaces: Surfaces, webhook_path: &str) -> Router {
         .with_state(surfaces)
 }
 
-/// The admin and node API, with the schema generated from its handlers.
-fn api_router() -> utoipa_axum::router::OpenApiRouter<Surfaces> {
+/// The admin API, with the schema generated from its handlers.
+fn admin_routes() -> utoipa_axum::router::OpenApiRouter<Surfaces> {
     use utoipa::OpenApi;
     use utoipa_axum::routes;
     utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
@@ -153,30 +181,42 @@ fn api_router() -> utoipa_axum::router::OpenApiRouter<Surfaces> {
         .routes(routes!(operations::rebuild_build))
         .routes(routes!(pause::pause_queue))
         .routes(routes!(pause::resume_queue))
+        .routes(routes!(nodes::logs::download))
+        .routes(routes!(nodes::artifacts::list))
+        .merge(artifact_router(routes!(nodes::artifacts::download)))
+}
+
+/// The node API: what build nodes call, with the pool token.
+fn node_routes() -> utoipa_axum::router::OpenApiRouter<Surfaces> {
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::new()
         .routes(routes!(nodes::check))
         .routes(routes!(nodes::claim::claim))
         .routes(routes!(nodes::report::heartbeat))
         .routes(routes!(nodes::report::result))
-        .routes(routes!(nodes::logs::download, nodes::logs::upload))
+        .routes(routes!(nodes::logs::upload))
         .routes(routes!(nodes::logs::chunk))
-        .routes(routes!(nodes::artifacts::list))
-        .merge(artifact_router())
+        .merge(artifact_router(routes!(nodes::artifacts::upload)))
 }
 
 /// Artifacts are streamed to disk and capped by `nodes.max_artifact_bytes` as they arrive, not by
 /// the body limit of the other routes.
-fn artifact_router() -> utoipa_axum::router::OpenApiRouter<Surfaces> {
-    use utoipa_axum::routes;
-    utoipa_axum::router::OpenApiRouter::new()
-        .routes(routes!(nodes::artifacts::download, nodes::artifacts::upload))
-        .layer(axum::extract::DefaultBodyLimit::disable())
+fn artifact_router(
+    routes: utoipa_axum::router::UtoipaMethodRouter<Surfaces>,
+) -> utoipa_axum::router::OpenApiRouter<Surfaces> {
+    utoipa_axum::router::OpenApiRouter::new().routes(routes).layer(axum::extract::DefaultBodyLimit::disable())
 }
 
 /// The schema of the API (`GET /api/openapi.json`, no token: it holds no secrets).
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    let mut document = api_router().into_openapi();
+    let mut document = admin_routes().merge(node_routes()).into_openapi();
     openapi::document_throttling(&mut document);
     document
+}
+
+/// A path under `/api/` on the node API's listener that is none of the node API's.
+async fn unknown_node_path() -> ApiError {
+    ApiError::not_found("path")
 }
 
 async fn openapi_json(document: Arc<String>) -> impl IntoResponse {

@@ -42,6 +42,9 @@ pub struct Reloadable {
     pub nodes: Arc<TokenSet>,
     /// The certificate HTTPS is served with (none: plain HTTP).
     pub tls: Option<Arc<ServerTls>>,
+    /// The node API's own listener's (`[nodes] listen`): the same certificate, and the CA of the
+    /// nodes' client certificates read again with it.
+    pub node_tls: Option<Arc<ServerTls>>,
     /// What holds the secrets the gateway sends with.
     pub outbound: OutboundSecrets,
 }
@@ -143,10 +146,10 @@ pub struct Reloaded {
 pub fn reload_tokens(app: &Reloadable) -> Result<Reloaded, ReloadError> {
     let reloaded = Config::load(app.config_file.as_deref()).map_err(ReloadError::from).and_then(|config| {
         let tls = match (&app.tls, config.tls_files()) {
-            (Some(_), Some(files)) => Some(ServerTls::prepare(&files)?),
+            (Some(serving), Some(files)) => Some(serving.prepare(&files)?),
             (Some(serving), None) => {
                 tracing::warn!("the configuration no longer names a certificate; HTTPS stays on until a restart");
-                Some(ServerTls::prepare(&serving.files())?)
+                Some(serving.prepare(&serving.files())?)
             }
             (None, Some(_)) => {
                 tracing::warn!("the configuration names a certificate; serving HTTPS takes a restart");
@@ -161,17 +164,24 @@ pub fn reload_tokens(app: &Reloadable) -> Result<Reloaded, ReloadError> {
             tls: tls.as_ref().map(|(files, _)| files.clone()),
             sinks: Vec::new(),
         };
+        let node_tls = match (&app.node_tls, &tls) {
+            (Some(nodes), Some((files, _))) => Some(nodes.prepare(files)?),
+            _ => None,
+        };
         let tokens = (Token::read_all(&files.webhook)?, Token::read_all(&files.admin)?, Token::read_all(&files.nodes)?);
         let outbound = app.outbound.prepare(&config)?;
-        Ok((files, tokens, tls, outbound))
+        Ok((files, tokens, (tls, node_tls), outbound))
     });
     match reloaded {
-        Ok((mut files, (webhook, admin, nodes), tls, outbound)) => {
+        Ok((mut files, (webhook, admin, nodes), (tls, node_tls), outbound)) => {
             files.sinks = app.outbound.apply(outbound);
             app.webhook.replace(&webhook);
             app.admin.replace(&admin);
             app.nodes.replace(&nodes);
             if let (Some(serving), Some(prepared)) = (&app.tls, tls) {
+                serving.replace(prepared);
+            }
+            if let (Some(serving), Some(prepared)) = (&app.node_tls, node_tls) {
                 serving.replace(prepared);
             }
             let shown =

@@ -62,13 +62,26 @@ fn agent(
     env: &[(&str, &str)],
     lines: &mpsc::Sender<(String, String)>,
 ) -> Agent {
+    agent_at(dir, &gw.url(""), node, scripts, extra, env, lines)
+}
+
+/// [`agent`] for the node API at `base`.
+fn agent_at(
+    dir: &Path,
+    base: &str,
+    node: &str,
+    scripts: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    lines: &mpsc::Sender<(String, String)>,
+) -> Agent {
     let cwd = dir.join(format!("cwd-{node}"));
     std::fs::create_dir_all(&cwd).unwrap();
     let stderr = std::fs::File::create(dir.join(format!("agent-{node}.log"))).unwrap();
     let mut command = Command::new(BIN);
     command
         .current_dir(&cwd)
-        .args(["worker", "--gateway", &gw.url(""), "--node-id", node])
+        .args(["worker", "--gateway", base, "--node-id", node])
         .args(["--ca-file", crate::pki::pki().ca_file.to_str().unwrap()])
         .args(["--token-file", dir.join("nodes.token").to_str().unwrap()])
         .args(["--scripts", scripts.to_str().unwrap()])
@@ -747,5 +760,77 @@ async fn the_agent_crate_builds_alone_without_the_gateways_crates_and_its_binary
     let build = build_of(&reported[0]);
     let log = std::fs::read_to_string(dir.path().join(format!("work-alone/logs/{build}-1.log"))).unwrap();
     assert!(log.contains("MESHGATE_XCODE_VERSION=none"), "{log}");
+    gw.stop();
+}
+
+/// The node API's address the gateway printed (`meshgate node API listening on …`) before it
+/// said it listens.
+fn node_api(dir: &Path) -> String {
+    let printed = std::fs::read_to_string(dir.join("stdout.log")).unwrap();
+    let line = printed.lines().find_map(|l| l.strip_prefix("meshgate node API listening on "));
+    line.unwrap_or_else(|| panic!("no node API line in:\n{printed}")).to_owned()
+}
+
+/// A client that trusts the tests' CA, presenting `identity` (chain and key files) if given.
+fn node_client(identity: Option<&meshgate::tls::TlsFiles>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder().use_rustls_tls();
+    if let Some(files) = identity {
+        let pem = [std::fs::read(&files.cert_file).unwrap(), std::fs::read(&files.key_file).unwrap()].concat();
+        builder = builder.identity(reqwest::Identity::from_pem(&pem).unwrap());
+    }
+    meshgate::tls::client(builder, Some(&crate::pki::pki().ca_file)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_nodes_ca_the_node_api_refuses_a_node_without_its_certificate_at_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let chat = stand_in(vec![]).await;
+    // The nodes' certificates come from a CA of their own, not the one the gateway's is from.
+    let nodes_ca = crate::pki::Pki::new("meshgate test nodes CA");
+    let settings = format!("listen = \"127.0.0.1:0\"\nclient_ca_file = \"{}\"", nodes_ca.ca_file.display());
+    let gw = gateway(dir.path(), &chat, &settings, "");
+    let base = node_api(dir.path());
+    let pool = token(dir.path(), "nodes.token");
+    let mac = nodes_ca.write_leaf(dir.path(), "mac-1", 1);
+    let check = |client: reqwest::Client, token: String| {
+        let url = format!("{base}/api/v1/nodes/check");
+        async move { client.get(url).bearer_auth(token).send().await }
+    };
+
+    // A certificate of the nodes' CA and the pool token: in.
+    let answer = check(node_client(Some(&mac)), pool.clone()).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    // The certificate without the token: refused by the API.
+    let answer = check(node_client(Some(&mac)), "not-the-pool-token".into()).await.unwrap();
+    assert_eq!(answer.status(), 401);
+    // No certificate, or one of another CA (the gateway's own): refused at the handshake, with
+    // the token, before any request is read.
+    let stranger = crate::pki::pki().write_leaf(dir.path(), "stranger", 2);
+    for (client, who) in [(node_client(None), "no certificate"), (node_client(Some(&stranger)), "another CA")] {
+        let refused = check(client, pool.clone()).await;
+        let error = refused.expect_err(who);
+        assert!(error.is_connect() || error.is_request(), "{who}: {error:?}");
+        assert!(error.status().is_none(), "{who}: no HTTP answer");
+    }
+    // The main listener no longer serves the node API, token or not.
+    let main = crate::pki::https_client().get(gw.url("/api/v1/nodes/check")).bearer_auth(&pool).send().await.unwrap();
+    assert_eq!(main.status(), 401);
+    let main = crate::pki::https_client().post(gw.url("/api/v1/nodes/claim")).bearer_auth(&pool).send().await.unwrap();
+    assert_eq!(main.status(), 401);
+
+    // The agent with its certificate runs a build end to end; without it, it never gets one.
+    let file = scripts(dir.path(), "scripts.toml", "[scripts.ios-build]\ncommand = [\"true\"]\n");
+    let (tx, lines) = mpsc::channel();
+    let (cert, key) = (mac.cert_file.to_str().unwrap(), mac.key_file.to_str().unwrap());
+    let without = agent_at(dir.path(), &base, "mac-2", &file, &[], &[], &tx);
+    deliver(&gw, dir.path(), "MOB-1").await;
+    let _with = agent_at(dir.path(), &base, "mac-1", &file, &["--client-cert", cert, "--client-key", key], &[], &tx);
+    let reported = wait_for(&lines, "reported", 1);
+    assert_eq!(reported[0].0, "mac-1", "{reported:?}");
+    let built = events(dir.path(), "BuildSucceeded");
+    assert_eq!(built.len(), 1);
+    drop(without);
+    let refused = std::fs::read_to_string(dir.path().join("agent-mac-2.log")).unwrap();
+    assert!(refused.to_lowercase().contains("certificate"), "the node without a certificate says why:\n{refused}");
     gw.stop();
 }

@@ -27,6 +27,18 @@ fn bad_values_are_refused_with_the_key_named() {
     std::fs::write(&file, "[[triggers]]\nname = \"a\"\nfield = \"State\"\nto = [\"B\"]\nscript = \"s\"\nlane = \"x\"\ngit_ref = \"main\"\n[[lanes]]\nname = \"default\"\n").unwrap();
     assert!(Config::load(Some(&file)).unwrap_err().to_string().contains("lane `x`"));
     assert!(matches!(Config::load(Some(&dir.path().join("absent.toml"))), Err(ConfigError::Missing(_))));
+    // A nodes' CA without the node API's own listener (or without HTTPS) would check nothing.
+    std::fs::write(&file, "[nodes]\nclient_ca_file = \"nodes-ca.pem\"\n").unwrap();
+    assert!(Config::load(Some(&file)).unwrap_err().to_string().contains("nodes.client_ca_file needs nodes.listen"));
+    std::fs::write(&file, "[nodes]\nlisten = \"127.0.0.1:8444\"\nclient_ca_file = \"nodes-ca.pem\"\n").unwrap();
+    assert!(Config::load(Some(&file)).unwrap_err().to_string().contains("server.tls_cert_file"));
+    std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:8443\"\n[nodes]\nlisten = \"127.0.0.1:8443\"\n").unwrap();
+    assert!(Config::load(Some(&file)).unwrap_err().to_string().contains("nodes.listen must differ"));
+    // The older name of the artifacts' days is still read, and wins.
+    std::fs::write(&file, "[artifacts]\nkeep_days = 3\n[retention]\nartifacts_days = 30\n").unwrap();
+    assert_eq!(Config::load(Some(&file)).unwrap().artifacts_days(), 3);
+    std::fs::write(&file, "[artifacts]\nkeep_days = 0\n").unwrap();
+    assert!(Config::load(Some(&file)).unwrap_err().to_string().contains("retention.artifacts_days = 0"));
 }
 
 #[test]

@@ -72,10 +72,11 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
 
 async fn gateway(settings: &Settings, token: secrecy::SecretString) -> Vec<Check> {
     let ca = settings.ca_file.as_ref().map(|p| format!(" trusting {}", p.display())).unwrap_or_default();
-    let gateway = match Gateway::new(&settings.gateway, token, settings.ca_file.as_deref()) {
-        Ok(gateway) => gateway,
-        Err(e) => return vec![check(Verdict::Fail, format!("{e}"))],
-    };
+    let gateway =
+        match Gateway::new(&settings.gateway, token, settings.ca_file.as_deref(), settings.client_identity.as_ref()) {
+            Ok(gateway) => gateway,
+            Err(e) => return vec![check(Verdict::Fail, format!("{e}"))],
+        };
     if let Err(e) = gateway.healthy().await {
         return vec![check(Verdict::Fail, format!("gateway {}{ca}: {e}", settings.gateway))];
     }

@@ -14,6 +14,8 @@ use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
+use crate::settings::ClientIdentity;
+
 /// What became of a result sent to the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivered {
@@ -97,16 +99,25 @@ pub enum ClientError {
     BadUrl(String),
     #[error("cannot read the CA file {path}")]
     CaFile { path: String, source: std::io::Error },
+    #[error("cannot read {path}")]
+    Unreadable { path: String, source: std::io::Error },
     #[error("the CA file {path} holds no PEM certificate")]
     NoCertificate { path: String },
     #[error("cannot build an HTTPS client")]
     Client(#[source] reqwest::Error),
+    #[error("{cert} and {key} are not a PEM certificate and its private key")]
+    Identity { cert: String, key: String, source: reqwest::Error },
 }
 
 impl Gateway {
     /// A client for the gateway at `base`, trusting the platform's store, the webpki roots and the
-    /// certificates of `ca_file`.
-    pub fn new(base: &str, token: SecretString, ca_file: Option<&Path>) -> Result<Gateway, ClientError> {
+    /// certificates of `ca_file`, presenting `identity` when the gateway asks for a certificate.
+    pub fn new(
+        base: &str,
+        token: SecretString,
+        ca_file: Option<&Path>,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<Gateway, ClientError> {
         let url = reqwest::Url::parse(base.trim_end_matches('/')).map_err(|_| ClientError::BadUrl(base.to_owned()))?;
         if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
             return Err(ClientError::BadUrl(base.to_owned()));
@@ -127,6 +138,19 @@ impl Gateway {
             for certificate in certificates {
                 builder = builder.add_root_certificate(certificate);
             }
+        }
+        if let Some(identity) = identity {
+            let read = |path: &Path| {
+                std::fs::read(path)
+                    .map_err(|source| ClientError::Unreadable { path: path.display().to_string(), source })
+            };
+            let pem = [read(&identity.cert_file)?, b"\n".to_vec(), read(&identity.key_file)?].concat();
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|source| ClientError::Identity {
+                cert: identity.cert_file.display().to_string(),
+                key: identity.key_file.display().to_string(),
+                source,
+            })?;
+            builder = builder.identity(identity);
         }
         Ok(Gateway { http: builder.build().map_err(ClientError::Client)?, base: url, token })
     }
@@ -266,11 +290,11 @@ mod tests {
     #[test]
     fn urls_keep_the_gateways_path_and_encode_each_segment() {
         let token = SecretString::from("t".repeat(32));
-        let gateway = Gateway::new("https://ci.example.com/meshgate/", token.clone(), None).unwrap();
+        let gateway = Gateway::new("https://ci.example.com/meshgate/", token.clone(), None, None).unwrap();
         let url = gateway.url(&["api", "v1", "builds", "b", "artifacts", "reports/junit 1.xml"]);
         assert_eq!(url.as_str(), "https://ci.example.com/meshgate/api/v1/builds/b/artifacts/reports%2Fjunit%201.xml");
         for bad in ["ftp://x", "gateway:8080", "not a url"] {
-            assert!(matches!(Gateway::new(bad, token.clone(), None), Err(ClientError::BadUrl(_))), "{bad}");
+            assert!(matches!(Gateway::new(bad, token.clone(), None, None), Err(ClientError::BadUrl(_))), "{bad}");
         }
     }
 }

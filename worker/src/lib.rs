@@ -98,7 +98,12 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send +
     let (drain_tx, draining) = watch::channel(None);
     let node = Arc::new(Node {
         node_id: settings.node_id.clone(),
-        gateway: Gateway::new(&settings.gateway, token, settings.ca_file.as_deref())?,
+        gateway: Gateway::new(
+            &settings.gateway,
+            token,
+            settings.ca_file.as_deref(),
+            settings.client_identity.as_ref(),
+        )?,
         scripts,
         xcodes,
         work_dir: settings.work_dir.clone(),

@@ -48,6 +48,13 @@ pub struct WorkerArgs {
     /// from a private CA.
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
+    /// This node's client certificate (PEM chain), for a gateway whose node API requires one
+    /// (`[nodes] client_ca_file`); with --client-key.
+    #[arg(long, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// The private key (PEM) of --client-cert.
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
     /// An Xcode this node has, as VERSION=PATH (16.2=/Applications/Xcode-16.2.app); repeatable.
     #[arg(long = "xcode", value_name = "VERSION=PATH")]
     pub xcodes: Vec<String>,
@@ -71,6 +78,9 @@ pub struct FileSettings {
     pub drain_seconds: Option<u64>,
     /// A PEM bundle trusted beside the platform's store, for a gateway with a private CA.
     pub ca_file: Option<PathBuf>,
+    /// This node's client certificate and its key (PEM), for a gateway that requires one.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
     /// Xcodes listed by hand: version → app path.
     pub xcode: BTreeMap<String, PathBuf>,
     /// Where to look for Xcode*.app bundles.
@@ -103,14 +113,28 @@ impl FileSettings {
                 *p = base.join(&*p);
             }
         };
-        for p in
-            [&mut self.token_file, &mut self.scripts, &mut self.work_dir, &mut self.ca_file, &mut self.xcode_search_dir]
-                .into_iter()
-                .flatten()
+        for p in [
+            &mut self.token_file,
+            &mut self.scripts,
+            &mut self.work_dir,
+            &mut self.ca_file,
+            &mut self.client_cert_file,
+            &mut self.client_key_file,
+            &mut self.xcode_search_dir,
+        ]
+        .into_iter()
+        .flatten()
         {
             resolve(p);
         }
     }
+}
+
+/// A client certificate chain and its key, both PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// Settings after flags and the table are merged and checked.
@@ -127,6 +151,8 @@ pub struct Settings {
     pub claim_wait: u64,
     pub drain_seconds: u64,
     pub ca_file: Option<PathBuf>,
+    /// The client certificate and key presented to the gateway.
+    pub client_identity: Option<ClientIdentity>,
     /// Listed by hand (flags, then the table).
     pub xcodes: Vec<Xcode>,
     pub xcode_search_dir: Option<PathBuf>,
@@ -157,6 +183,14 @@ impl Settings {
             claim_wait: args.claim_wait.or(file.claim_wait_seconds).unwrap_or(30),
             drain_seconds: args.drain_seconds.or(file.drain_seconds).unwrap_or(300),
             ca_file: args.ca_file.or_else(|| file.ca_file.clone()),
+            client_identity: match (
+                args.client_cert.or_else(|| file.client_cert_file.clone()),
+                args.client_key.or_else(|| file.client_key_file.clone()),
+            ) {
+                (Some(cert_file), Some(key_file)) => Some(ClientIdentity { cert_file, key_file }),
+                (None, None) => None,
+                _ => anyhow::bail!("--client-cert and --client-key (client_cert_file, client_key_file) go together"),
+            },
             xcodes: listed,
             xcode_search_dir: args
                 .xcode_search_dir

@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
+use futures_util::TryStreamExt;
+use meshgate_domain::Event;
+use meshgate_projections::{ArchivePlan, ArchivePlanner};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -24,7 +27,7 @@ use uuid::Uuid;
 
 pub use merged::WithArchives;
 
-use super::StoredEvent;
+use super::{LogReader, StoredEvent};
 
 /// What a header says a file is.
 pub const KIND: &str = "meshgate-archive";
@@ -44,6 +47,8 @@ pub struct Header {
     /// Builds finished and last heard of before this moment were archived.
     pub before: DateTime<Utc>,
     pub builds: u64,
+    /// Deliveries whose streams went with their builds (or routed nowhere).
+    pub deliveries: u64,
     pub events: u64,
     pub first_position: u64,
     pub last_position: u64,
@@ -85,6 +90,10 @@ pub enum ArchiveError {
     Layout { path: PathBuf, layout: u32 },
     #[error("{0} holds no archives (meshgate-archive-*{SUFFIX})")]
     Empty(PathBuf),
+    #[error("the plan holds no build to archive")]
+    Nothing,
+    #[error("cannot read the event log")]
+    Log(#[source] super::StoreError),
 }
 
 /// The checksum file of the archive at `path`.
@@ -273,6 +282,57 @@ pub fn read(path: &Path, mut each: impl FnMut(StoredEvent)) -> Result<Header, Ar
 /// Reads a whole archive's checks without keeping its events.
 pub fn verify(path: &Path) -> Result<Header, ArchiveError> {
     read(path, |_| {})
+}
+
+/// Reads the whole log into the planner.
+pub async fn plan(log: &dyn LogReader, head: u64, cut: DateTime<Utc>) -> Result<ArchivePlan, ArchiveError> {
+    let mut planner = ArchivePlanner::default();
+    let mut batches = log.scan(0, head, Event::TYPES);
+    while let Some((batch, _)) = batches.try_next().await.map_err(ArchiveError::Log)? {
+        for recorded in &batch {
+            planner.apply(recorded);
+        }
+    }
+    Ok(planner.plan(cut, head))
+}
+
+/// Writes the planned events into a new archive in `dir`; returns its path.
+pub async fn write(
+    log: &dyn LogReader,
+    plan: &ArchivePlan,
+    cut: DateTime<Utc>,
+    dir: &Path,
+) -> Result<PathBuf, ArchiveError> {
+    let (Some(&first), Some(&last)) = (plan.positions.first(), plan.positions.last()) else {
+        return Err(ArchiveError::Nothing);
+    };
+    let header = Header {
+        kind: KIND.to_owned(),
+        layout: LAYOUT,
+        meshgate: env!("CARGO_PKG_VERSION").to_owned(),
+        created_at: Utc::now(),
+        before: cut,
+        builds: plan.builds.len() as u64,
+        deliveries: plan.deliveries as u64,
+        events: plan.positions.len() as u64,
+        first_position: first,
+        last_position: last,
+    };
+    let mut writer = Writer::create(dir, header)?;
+    let mut after = first - 1;
+    let mut wanted = plan.positions.iter().peekable();
+    while wanted.peek().is_some() {
+        let page = log.read_all(after, 10_000).await.map_err(ArchiveError::Log)?;
+        let Some(end) = page.last().map(|e| e.position) else { break };
+        for event in &page {
+            if wanted.peek() == Some(&&event.position) {
+                writer.push(event)?;
+                wanted.next();
+            }
+        }
+        after = end;
+    }
+    writer.finish()
 }
 
 /// Bytes of a file, for reports.
