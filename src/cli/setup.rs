@@ -45,5 +45,15 @@ pub fn generate(file: &Path, force: bool) -> anyhow::Result<()> {
     }
     generate_token_file(file, 0o400)?;
     println!("wrote {}", file.display());
+    // Root's file (mode 0400) is unreadable by the gateway's own user: say what to do.
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata(file).is_ok_and(|m| m.uid() == 0) {
+        eprintln!(
+            "note: {} belongs to root; give it to the user the gateway runs as (`chown meshgate: {}`), or \
+             generate it as that user (`runuser -u meshgate -- meshgate token generate …`)",
+            file.display(),
+            file.display()
+        );
+    }
     Ok(())
 }

@@ -1,11 +1,14 @@
 //! Repeated crashes: a gateway under webhook load, with two workers and a Matrix sink on a real
-//! Synapse, killed with SIGKILL at a random moment each round and restarted. After every round
-//! `projections rebuild --verify` must pass; after all of them no delivery that got a 200 is
-//! missing, no change has two builds, every build finished, and every chat line reached the room
-//! once.
+//! Synapse, killed with SIGKILL at a random moment each round and restarted. Each round's load is
+//! a team's: many clients at once, most deliveries events no trigger watches (comments, work items,
+//! other transitions) or copies, a few changes that start builds. After every round `projections
+//! rebuild --verify` must pass; after all of them no delivery that got a 200 is missing, no change
+//! has two builds, every build finished, and every chat line reached the room once.
 //!
-//! The test command runs a few rounds; `scripts/chaos.sh 50 20 SEED` runs more
-//! (`MESHGATE_CHAOS_ROUNDS`, `MESHGATE_WORKER_CHAOS_ROUNDS`, `MESHGATE_CHAOS_SEED`; docs/reliability.md).
+//! The test command runs a few light rounds; `scripts/chaos.sh 50 20 SEED` runs the heavy ones
+//! (`MESHGATE_CHAOS_ROUNDS`, `MESHGATE_CHAOS_DELIVERIES` per round, `MESHGATE_CHAOS_CLIENTS`,
+//! `MESHGATE_CHAOS_CHANGES` per round, `MESHGATE_WORKER_CHAOS_ROUNDS`, `MESHGATE_CHAOS_SEED`;
+//! docs/reliability.md).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -24,8 +27,16 @@ use crate::matrix::start_synapse_limited;
 use crate::process::{start, token, Gateway, BIN};
 use crate::workers::{agent, scripts_file};
 
-/// Changes delivered per round (each twice).
-const ISSUES_PER_ROUND: usize = 6;
+/// Events no trigger watches, sent as the bulk of each round's deliveries (each for an issue of
+/// its own, so they never touch the changes' intents).
+const NOISE: [&str; 6] = [
+    "mob-commentAdded.json",
+    "mob-issueUpdated-state-open.json",
+    "mob-workItemAdded.json",
+    "mob-workItemUpdated.json",
+    "mob-issueAttachmentAdded.json",
+    "mob-commentUpdated.json",
+];
 
 /// splitmix64: a seeded sequence, so a failing round can be run again.
 struct Dice(u64);
@@ -83,10 +94,17 @@ fn verify(config: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_killed_at_random_moments_round_after_round_loses_nothing_and_repeats_nothing() {
     let rounds = env_number("MESHGATE_CHAOS_ROUNDS").unwrap_or(3) as usize;
+    // Changes that start builds per round (each delivered twice), deliveries per round in all (the
+    // rest: events no trigger watches, and further copies of the changes), and clients at once.
+    let changes = env_number("MESHGATE_CHAOS_CHANGES").unwrap_or(6) as usize;
+    let per_round = (env_number("MESHGATE_CHAOS_DELIVERIES").unwrap_or(200) as usize).max(2 * changes);
+    let senders = env_number("MESHGATE_CHAOS_CLIENTS").unwrap_or(64) as usize;
     let seed = env_number("MESHGATE_CHAOS_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
     });
-    eprintln!("chaos: {rounds} rounds, seed {seed}");
+    eprintln!(
+        "chaos: {rounds} rounds of {per_round} deliveries ({changes} changes) from {senders} clients, seed {seed}"
+    );
     let mut dice = Dice(seed);
 
     let synapse = start_synapse_limited(100.0, 100).await;
@@ -104,6 +122,7 @@ async fn a_gateway_killed_at_random_moments_round_after_round_loses_nothing_and_
     let webhook = token(dir.path(), "webhook.token");
     let admin = token(dir.path(), "admin.token");
     let building = fixture("mob-issueUpdated-state-building.json");
+    let noise: Vec<String> = NOISE.iter().map(|name| fixture(name)).collect();
     let scripts = scripts_file(dir.path(), &[("ios-build", "ok.sh")]);
     let (tx, _lines) = std::sync::mpsc::channel();
     let url = format!("http://127.0.0.1:{port}");
@@ -117,8 +136,7 @@ async fn a_gateway_killed_at_random_moments_round_after_round_loses_nothing_and_
     let started = Instant::now();
     for round in 0..rounds {
         let gateway = start(dir.path(), &args, &[]);
-        let issues: Vec<String> =
-            (0..ISSUES_PER_ROUND).map(|i| format!("MOB-{}", round * ISSUES_PER_ROUND + i)).collect();
+        let issues: Vec<String> = (0..changes).map(|i| format!("MOB-{}", round * changes + i)).collect();
         let mut bodies = Vec::new();
         for issue in &issues {
             for copy in 0..2 {
@@ -126,14 +144,30 @@ async fn a_gateway_killed_at_random_moments_round_after_round_loses_nothing_and_
                 bodies.push((issue.clone(), with(&building, &json!({"id": issue, "timestamp": stamp}))));
             }
         }
-        // Four clients post the round's deliveries; the gateway is killed after a random number
-        // of them were answered 200 (0: before the first).
+        // The bulk: three in four events no trigger watches, one in four a further copy of a change
+        // (another URL, a proxy's retry), in an order the seed shuffles.
+        for n in bodies.len()..per_round {
+            if n % 4 == 3 {
+                let issue = &issues[dice.next(changes as u64) as usize];
+                let stamp = format!("2026-08-24T10:00:01.{:03}Z", n % 1000);
+                bodies.push((issue.clone(), with(&building, &json!({"id": issue, "timestamp": stamp}))));
+            } else {
+                let issue = format!("MOB-{}", 1_000_000 + round * per_round + n);
+                let body = &noise[dice.next(noise.len() as u64) as usize];
+                bodies.push((issue.clone(), with(body, &json!({"id": issue}))));
+            }
+        }
+        for i in (1..bodies.len()).rev() {
+            bodies.swap(i, dice.next(i as u64 + 1) as usize);
+        }
+        // The clients post the round's deliveries at once; the gateway is killed after a random
+        // number of them were answered 200 (0: before the first).
         let kill_after = dice.next(bodies.len() as u64 + 1) as usize;
         let answered = Arc::new(AtomicUsize::new(0));
         let moment = Arc::new(Notify::new());
         let unanswered: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
         let mut clients = Vec::new();
-        for part in bodies.chunks(bodies.len().div_ceil(4)) {
+        for part in bodies.chunks(bodies.len().div_ceil(senders)) {
             let (part, client, accepted, answered, moment, unanswered) =
                 (part.to_vec(), client.clone(), accepted.clone(), answered.clone(), moment.clone(), unanswered.clone());
             let (target, webhook) = (gateway.url("/youtrack/webhook"), webhook.clone());
@@ -191,7 +225,7 @@ async fn a_gateway_killed_at_random_moments_round_after_round_loses_nothing_and_
             let answer: Value = answer.json().await.unwrap();
             accepted.lock().unwrap().push((answer["correlation_id"].as_str().unwrap().to_owned(), issue));
         }
-        let so_far = (round + 1) * ISSUES_PER_ROUND;
+        let so_far = (round + 1) * changes;
         wait_for_events(&gateway, &admin, &["BuildSucceeded"], so_far).await;
         wait_for_events(&gateway, &admin, &["NotificationDelivered"], 3 * so_far).await;
         gateway.stop();
@@ -206,15 +240,18 @@ async fn a_gateway_killed_at_random_moments_round_after_round_loses_nothing_and_
         query(&log, &EventFilter { event_type: Some(t.into()), ..Default::default() }, 0, usize::MAX).unwrap()
     };
     let received: HashSet<String> = of_type("WebhookReceived").iter().map(|e| e.correlation_id.to_string()).collect();
-    for (correlation_id, issue) in accepted.lock().unwrap().iter() {
+    let accepted = std::mem::take(&mut *accepted.lock().unwrap());
+    for (correlation_id, issue) in accepted.iter() {
         assert!(received.contains(correlation_id), "accepted delivery {correlation_id} for {issue} is not in the log");
     }
+    assert!(accepted.len() >= rounds * per_round, "every delivery was answered 200, at last");
+    eprintln!("chaos: {} deliveries acknowledged, every one in the log", accepted.len());
     let mut builds = HashMap::<String, usize>::new();
     for e in of_type("BuildRequested") {
         let data: Value = serde_json::from_str(&e.data).unwrap();
         *builds.entry(data["issue_id"].as_str().unwrap().to_owned()).or_default() += 1;
     }
-    let issues = rounds * ISSUES_PER_ROUND;
+    let issues = rounds * changes;
     assert_eq!(builds.len(), issues);
     assert!(builds.values().all(|n| *n == 1), "a change got two builds: {builds:?}");
     assert_eq!(of_type("BuildSucceeded").len(), issues, "every build finished once");
@@ -275,6 +312,9 @@ async fn a_worker_killed_mid_build_round_after_round_is_replaced_and_its_late_re
     gw.stop();
     let longest = waits.iter().max().unwrap();
     eprintln!("worker chaos: {rounds} rounds, kill to attempt 2 started: longest {longest:?} (lease 2 s)");
+    // How long after a lease ran out its build may wait to be requeued: the reaper looks every
+    // 250 ms; the rest is room for a loaded machine (a reaper that stopped would never requeue).
+    let bound = chrono::Duration::seconds(5);
     assert_eq!(events(dir.path(), "BuildSucceeded").len(), rounds, "one accepted result per build");
     assert_eq!(events(dir.path(), "BuildRequeued").len(), rounds);
     assert!(events(dir.path(), "BuildResultRejected").len() >= rounds);
@@ -284,6 +324,7 @@ async fn a_worker_killed_mid_build_round_after_round_is_replaced_and_its_late_re
     let log = query(&conn, &EventFilter::default(), 0, usize::MAX).unwrap();
     let mut lease: HashMap<String, chrono::DateTime<chrono::Utc>> = HashMap::new();
     let mut requeues = 0;
+    let mut latest = chrono::Duration::zero();
     for event in &log {
         let data: Value = serde_json::from_str(&event.data).unwrap();
         match event.event_type.as_str() {
@@ -300,9 +341,13 @@ async fn a_worker_killed_mid_build_round_after_round_is_replaced_and_its_late_re
                     event.stream,
                     event.recorded_at
                 );
+                let late = event.recorded_at - held;
+                assert!(late <= bound, "{} requeued {late} after its lease ended (bound {bound})", event.stream);
+                latest = latest.max(late);
             }
             _ => {}
         }
     }
     assert_eq!(requeues, rounds);
+    eprintln!("worker chaos: requeued at most {} ms after the lease ended", latest.num_milliseconds());
 }

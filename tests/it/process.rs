@@ -38,11 +38,17 @@ pub fn launch(dir: &Path, args: &[&str], env: &[(&str, &str)], stderr: Stdio) ->
     let cwd = dir.join("cwd");
     std::fs::create_dir_all(&cwd).unwrap();
     let mut command = Command::new(BIN);
-    command.current_dir(&cwd).args(args).arg("serve").stdout(Stdio::piped()).stderr(stderr);
+    command.current_dir(&cwd).args(args).arg("serve");
     for (k, v) in env {
         command.env(k, v);
     }
-    let mut child = command.spawn().unwrap();
+    launch_command(dir, command, stderr)
+}
+
+/// Starts `command` (a `meshgate serve`, however it is run) and waits for the line announcing its
+/// address; the lines before it go to `stdout.log` in `dir`.
+pub fn launch_command(dir: &Path, mut command: Command, stderr: Stdio) -> Gateway {
+    let mut child = command.stdout(Stdio::piped()).stderr(stderr).spawn().unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let mut printed = Vec::new();
     for line in stdout.lines() {

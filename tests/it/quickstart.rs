@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::helpers::*;
 use crate::pki::{pki, write_private};
-use crate::process::{launch, token, Gateway, BIN};
+use crate::process::{launch_command, token, Gateway, BIN};
 use crate::stand_in::*;
 use crate::workers::{wait_for, Agent};
 
@@ -125,18 +125,36 @@ async fn the_quickstart_runs_as_written() {
         crate::youtrack::YouTrack::start_with_token("perm:Ym90.NjEtMTI=.dGhpcyBpcyBub3QgYSByZWFsIHRva2Vu").await;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
-    let mut sandbox = Sandbox {
-        replacements: vec![
-            ("/etc/meshgate".into(), root.join("etc/meshgate").display().to_string()),
-            ("/var/lib/meshgate".into(), root.join("var/lib/meshgate").display().to_string()),
-            ("/Users/builder".into(), root.join("Users/builder").display().to_string()),
-            ("https://hooks.slack.com".into(), slack.url("")),
-        ],
-        root,
+    // The service's user of the page is `nobody` here (when the test runs as root, as CI does; run
+    // as anyone else, the commands run as that user and the ownership steps are skipped).
+    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let as_root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&root).unwrap()) == 0;
+    let users: [(&str, &str); 4] = if as_root {
+        [
+            ("runuser -u meshgate -- ", "runuser -u nobody -- "),
+            ("useradd --system --no-create-home --shell /usr/sbin/nologin meshgate", ": nobody is the user"),
+            ("install -d -o meshgate -g meshgate ", "install -d -o nobody -g nogroup "),
+            ("chown -R meshgate: ", "chown -R nobody: "),
+        ]
+    } else {
+        [
+            ("runuser -u meshgate -- ", ""),
+            ("useradd --system --no-create-home --shell /usr/sbin/nologin meshgate", ": the user runs it"),
+            ("install -d -o meshgate -g meshgate ", "install -d "),
+            ("chown -R meshgate: ", ": "),
+        ]
     };
+    let mut replacements: Vec<(String, String)> = users.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    replacements.extend([
+        ("/etc/meshgate".into(), root.join("etc/meshgate").display().to_string()),
+        ("/var/lib/meshgate".into(), root.join("var/lib/meshgate").display().to_string()),
+        ("/Users/builder".into(), root.join("Users/builder").display().to_string()),
+        ("https://hooks.slack.com".into(), slack.url("")),
+    ]);
+    let mut sandbox = Sandbox { replacements, root };
     let steps = steps();
     let actions: Vec<&str> = steps.iter().map(|s| s.action.as_str()).collect();
-    assert!(actions.contains(&"start gateway") && actions.contains(&"start node"), "{actions:?}");
+    assert!(actions.iter().any(|a| a.starts_with("start service ")) && actions.contains(&"start node"), "{actions:?}");
 
     let mut gateway: Option<Gateway> = None;
     let mut gateway_log: Option<mpsc::Receiver<String>> = None;
@@ -160,7 +178,8 @@ async fn the_quickstart_runs_as_written() {
                 }
             }
             "run" => {
-                if step.text.contains("meshgate config check") {
+                if step.text.contains("chown -R meshgate: ") {
+                    // The hand edits come before the files are given to the service's user.
                     edit_by_hand(&sandbox, &youtrack.url());
                 }
                 if step.text.contains("--type NotificationDelivered") {
@@ -195,11 +214,29 @@ async fn the_quickstart_runs_as_written() {
                 std::fs::create_dir_all(file.parent().unwrap()).unwrap();
                 std::fs::write(&file, sandbox.text(&step.text)).unwrap();
             }
-            "start gateway" => {
-                let command = sandbox.text(step.text.trim());
+            action if action.starts_with("start service ") => {
+                // What systemd does with the unit the page installs: its `ExecStart` as its
+                // `User` and `Group`, in its `WorkingDirectory`.
+                let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join(&action["start service ".len()..]);
+                assert!(step.text.contains("systemctl enable --now meshgate"), "{}", step.text);
+                let unit = std::fs::read_to_string(unit).unwrap();
+                let setting = |key: &str| {
+                    let line = unit.lines().find_map(|l| l.strip_prefix(&format!("{key}=")));
+                    line.unwrap_or_else(|| panic!("no {key}= in the unit")).to_owned()
+                };
+                let exec = sandbox.text(&setting("ExecStart"));
                 let args: Vec<&str> =
-                    command.strip_prefix("meshgate serve ").expect("meshgate serve").split(' ').collect();
-                let mut started = launch(&sandbox.root, &args, &[("RUST_LOG", "info")], Stdio::piped());
+                    exec.strip_prefix("/usr/local/bin/meshgate ").expect("the unit runs meshgate").split(' ').collect();
+                assert_eq!((setting("User"), setting("Group")), ("meshgate".into(), "meshgate".into()));
+                let mut command = if as_root {
+                    let mut command = Command::new("setpriv");
+                    command.args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups", "--", BIN]);
+                    command
+                } else {
+                    Command::new(BIN)
+                };
+                command.args(&args).current_dir(sandbox.path(&setting("WorkingDirectory"))).env("RUST_LOG", "info");
+                let mut started = launch_command(&sandbox.root, command, Stdio::piped());
                 let stderr = BufReader::new(started.child.stderr.take().unwrap());
                 let (tx, log) = mpsc::channel();
                 // Every line read until the process ends; only deliveries are passed on.
@@ -264,5 +301,10 @@ async fn the_quickstart_runs_as_written() {
     let rebuilt = printed.last().unwrap();
     assert!(rebuilt.starts_with("started app-build #2 (") && rebuilt.contains("a rebuild of app-build#1"), "{rebuilt}");
     assert!(printed.iter().any(|p| p.contains("# configuration OK")), "config check ran");
+    if as_root {
+        // The gateway and the commands run as the service's user: the log is its, not root's.
+        let log = std::fs::metadata(sandbox.path("/var/lib/meshgate/events.sqlite")).unwrap();
+        assert_ne!(std::os::unix::fs::MetadataExt::uid(&log), 0, "the log belongs to the service's user");
+    }
     gateway.unwrap().stop();
 }
