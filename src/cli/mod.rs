@@ -154,13 +154,14 @@ pub enum StoreCommand {
         #[arg(long)]
         to_config: PathBuf,
     },
-    /// Copy the SQLite log, as it stands at one commit, with the log-link key and a manifest of
-    /// checksums into a new folder; the gateway may keep serving.
+    /// Copy the log (SQLite: as it stands at one commit; PostgreSQL: `pg_dump` of meshgate's
+    /// tables) with the log-link key and a manifest of checksums into a new folder; the gateways
+    /// may keep serving.
     Backup {
         /// A new or empty folder.
         dir: PathBuf,
     },
-    /// Restore a backup into this configuration's data dir (which holds no log yet).
+    /// Restore a backup into this configuration's data dir or database (which holds no log yet).
     Restore {
         /// The folder `store backup` wrote.
         dir: PathBuf,
@@ -213,8 +214,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Deliveries { command } => deliveries::run(&load()?, &command).await,
         Command::Store { command: StoreCommand::Migrate { to_config } } => migrate::run(&load()?, &to_config).await,
-        Command::Store { command: StoreCommand::Backup { dir } } => backup::run_backup(&load()?, &dir),
-        Command::Store { command: StoreCommand::Restore { dir } } => backup::run_restore(&load()?, &dir),
+        Command::Store { command: StoreCommand::Backup { dir } } => backup::run_backup(&load()?, &dir).await,
+        Command::Store { command: StoreCommand::Restore { dir } } => backup::run_restore(&load()?, &dir).await,
         Command::Projections { command: ProjectionsCommand::Rebuild { verify, include_archives } } => {
             rebuild::run(&load()?, verify, include_archives.as_deref()).await
         }

@@ -22,7 +22,8 @@ pub struct Server {
     pub port: u16,
 }
 
-fn bindir() -> PathBuf {
+/// The folder of the server's binaries (its `pg_dump` and `pg_restore` too).
+pub fn bindir() -> PathBuf {
     if let Some(dir) = std::env::var_os("MESHGATE_PG_BINDIR") {
         return dir.into();
     }

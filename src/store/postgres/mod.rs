@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Row};
 
 pub mod archive;
+pub mod dump;
 mod leader;
 pub mod schema;
 mod tail;
