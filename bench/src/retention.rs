@@ -1,10 +1,12 @@
 //! How big the log gets per thousand builds, and what `meshgate log archive` makes of it: a real
 //! gateway (`meshgate serve`, SQLite) with a chat sink (a stand-in answering 200) and a real agent
-//! (`meshgate worker`) run `--builds` builds of a script that prints a short build log; each
-//! issue's transition is delivered twice (as from a second webhook URL). Measured once every
-//! notification is decided and the gateway has stopped: events per build, the log's bytes per
-//! thousand builds (file and WAL, and the events' own bytes), the read model's, the build logs',
-//! and the archive of every finished build's streams (the same planner and writer as the command).
+//! (`meshgate worker`) run `--builds` builds of a script that prints a short build log: each issue
+//! is built `--builds-per-issue` times (its state moved to the build state again once its last
+//! build ended, as after a fix), and each transition is delivered twice (as from a second webhook
+//! URL). Measured once every notification is decided and the gateway has stopped: events per
+//! build, the log's bytes per thousand builds (file and WAL, and the events' own bytes), the read
+//! model's, the build logs', and the archive of every build that may go (the same planner and
+//! writer as the command: each issue's latest build stays).
 //!
 //! ```sh
 //! cargo build --release -p meshgate -p meshgate-bench && ./target/release/meshgate-bench retention --builds 1000
@@ -32,6 +34,9 @@ pub struct RetentionArgs {
     /// Lines each build prints (about 100 bytes each).
     #[arg(long, default_value_t = 300)]
     lines: usize,
+    /// Builds of each issue, one after the other.
+    #[arg(long, default_value_t = 3)]
+    builds_per_issue: usize,
 }
 
 /// Bytes under `path` (a file or a folder).
@@ -97,7 +102,7 @@ pub async fn run(args: RetentionArgs) -> anyhow::Result<()> {
         ),
     )?;
     let (gw, base) = gateway(dir);
-    let http = reqwest::Client::new();
+    let http = meshgate::tls::client(reqwest::Client::builder(), None)?;
     let agent = Command::new(binary())
         .args(["worker", "--gateway", &base, "--node-id", "mac-1", "--claim-wait", "5"])
         .args(["--token-file", dir.join("data/secrets/nodes.token").to_str().unwrap()])
@@ -109,23 +114,18 @@ pub async fn run(args: RetentionArgs) -> anyhow::Result<()> {
         .spawn()?;
     let mut agent = Running(agent);
     let said = BufReader::new(agent.0.stdout.take().expect("piped"));
-    let builds = args.builds;
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let per_issue = args.builds_per_issue.max(1);
+    let issues = (args.builds / per_issue).max(1);
+    let builds = issues * per_issue;
+    let (reported_tx, mut reported) = tokio::sync::mpsc::unbounded_channel();
     let reader = std::thread::spawn(move || {
-        let mut reported = 0;
-        let mut done = Some(done_tx);
         for line in said.lines().map_while(Result::ok) {
             if line.starts_with("finished ") {
                 assert!(line.ends_with(" succeeded"), "every build succeeds: {line}");
             }
             if line.starts_with("reported ") {
                 assert!(line.ends_with(" accepted"), "every result is taken: {line}");
-                reported += 1;
-                if reported == builds {
-                    if let Some(done) = done.take() {
-                        let _ = done.send(());
-                    }
-                }
+                let _ = reported_tx.send(());
             }
         }
     });
@@ -134,23 +134,31 @@ pub async fn run(args: RetentionArgs) -> anyhow::Result<()> {
     let webhook = token(dir, "webhook.token");
     let body = include_str!("../../fixtures/youtrack/demo-issueUpdated-state-building.json");
     let template: serde_json::Value = serde_json::from_str(body)?;
-    for n in 0..builds {
-        let mut delivery = template.clone();
-        delivery["id"] = format!("DEMO-{}", n + 1).into();
-        let delivery = delivery.to_string();
-        // Twice: the second is folded into the build the first made.
-        for _ in 0..2 {
-            let answer = http
-                .post(format!("{base}/youtrack/webhook"))
-                .header("X-YouTrack-Token", &webhook)
-                .header("Content-Type", "application/json")
-                .body(delivery.clone())
-                .send()
-                .await?;
-            anyhow::ensure!(answer.status() == 200, "a delivery was refused: {}", answer.status());
+    let updated = template["updated"].as_i64().unwrap_or(1_795_856_400_000);
+    for round in 0..per_issue {
+        for n in 0..issues {
+            let mut delivery = template.clone();
+            delivery["id"] = format!("DEMO-{}", n + 1).into();
+            // A later transition of the same issue: a new build, not a copy of the last one.
+            delivery["updated"] = (updated + round as i64 * 3_600_000).into();
+            let delivery = delivery.to_string();
+            // Twice: the second is folded into the build the first made.
+            for _ in 0..2 {
+                let answer = http
+                    .post(format!("{base}/youtrack/webhook"))
+                    .header("X-YouTrack-Token", &webhook)
+                    .header("Content-Type", "application/json")
+                    .body(delivery.clone())
+                    .send()
+                    .await?;
+                anyhow::ensure!(answer.status() == 200, "a delivery was refused: {}", answer.status());
+            }
+        }
+        // The round's builds ended before the issues move again.
+        for _ in 0..issues {
+            reported.recv().await.ok_or_else(|| anyhow::anyhow!("the agent ended before every build was reported"))?;
         }
     }
-    done_rx.await.map_err(|_| anyhow::anyhow!("the agent ended before every build was reported"))?;
     let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
     // Every notification decided (the outbox empty), or a minute passed.
     let waited = Instant::now();
@@ -186,12 +194,14 @@ pub async fn run(args: RetentionArgs) -> anyhow::Result<()> {
     let plan = meshgate::store::archive::plan(&reader, head, cut).await?;
     let archive = meshgate::store::archive::write(&reader, &plan, cut, &dir.join("archives")).await?;
     let header = meshgate::store::archive::verify(&archive)?;
-    anyhow::ensure!(plan.builds.len() + plan.last >= builds, "every build finished: {plan:?}");
+    anyhow::ensure!(plan.unfinished == 0, "every build finished: {plan:?}");
+    anyhow::ensure!(plan.builds.len() + plan.current + plan.last == builds, "each build planned once: {plan:?}");
     let archive_bytes = meshgate::store::archive::size(&archive);
 
     let per_k = |bytes: u64| bytes as f64 * 1000.0 / builds as f64 / 1_048_576.0;
     println!(
-        "{builds} builds (each delivered twice, {lines} log lines, one chat sink: {} posts) in {:.1} s",
+        "{builds} builds ({issues} issues built {per_issue} times, each transition delivered twice, {lines} log lines, \
+         one chat sink: {} posts) in {:.1} s",
         posts.load(Ordering::Relaxed),
         elapsed.as_secs_f64()
     );
@@ -208,7 +218,8 @@ pub async fn run(args: RetentionArgs) -> anyhow::Result<()> {
     println!("stream index: {:.2} MiB per 1000 builds; read model: {:.2} MiB", per_k(index), per_k(readmodel));
     println!("build logs: {:.2} MiB per 1000 builds", per_k(build_logs));
     println!(
-        "archive of {} finished builds ({} events, {:.0} % of the log's events): {:.2} MiB per 1000 builds ({:.1} % of the log file)",
+        "archive of {} finished builds, each issue's latest kept ({} events, {:.0} % of the log's events): {:.2} MiB per \
+         1000 builds ({:.1} % of the log file)",
         header.builds,
         header.events,
         header.events as f64 * 100.0 / events.max(1) as f64,

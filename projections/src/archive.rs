@@ -8,13 +8,17 @@
 //! notification about it was delivered or abandoned, and none of its events is the log's last (the
 //! position the next append counts from).
 //!
+//! The current build of each intent (the last one its stream activated) stays whatever its age:
+//! a late copy of a change is folded by comparing it with the intent's current build, whose
+//! stream must be there to say which transition it was started for. Older builds of an intent are
+//! never compared with, so they may go.
+//!
 //! A delivery's stream (`delivery-…`: the body as received, where it was routed) goes with the
 //! builds it was routed to, once all of them go (or went in an earlier archive: a build the live
 //! log no longer holds), and one routed nowhere (ignored) goes on its own; in both cases only when
-//! nothing of it was recorded at or after the cut. A late copy of an archived delivery still starts
-//! nothing: the intent's stream, which stays, says which transition its build was started for.
-//! Events of other streams that name a build (an intent's activation, a node's claim of a lane, a
-//! click in chat) stay: they belong to streams that go on.
+//! nothing of it was recorded at or after the cut. Events of other streams that name a build (an
+//! intent's activation, a node's claim of a lane, a click in chat) stay: they belong to streams
+//! that go on.
 
 use std::collections::HashMap;
 
@@ -28,6 +32,7 @@ use uuid::Uuid;
 const PAGE_PREFIX: &str = "page-";
 const NOTIFICATION_PREFIX: &str = "notification-";
 const DELIVERY_PREFIX: &str = "delivery-";
+use meshgate_domain::stream::INTENT_PREFIX;
 
 /// The fold; [`ArchivePlanner::plan`] says what may go.
 #[derive(Debug, Default)]
@@ -36,6 +41,8 @@ pub struct ArchivePlanner {
     /// Which build each notification stream is about (by its first event).
     notifications: HashMap<String, Uuid>,
     deliveries: HashMap<String, Delivery>,
+    /// Each intent's current build, by the intent's stream.
+    current: HashMap<String, Uuid>,
 }
 
 /// A delivery's stream as the planner sees it.
@@ -82,6 +89,8 @@ pub struct ArchivePlan {
     pub undecided: usize,
     /// A build kept because it holds the log's last event.
     pub last: usize,
+    /// Finished builds kept because each is the current build of its issue and trigger.
+    pub current: usize,
     /// Deliveries whose streams go (with their builds, or routed nowhere).
     pub deliveries: usize,
 }
@@ -96,6 +105,10 @@ impl ArchivePlanner {
     /// Folds one event of the log (every type: the planner reads them all).
     pub fn apply(&mut self, recorded: &Recorded) {
         let stream = recorded.stream.as_str();
+        if let (true, Event::IntentActivated(e)) = (stream.starts_with(INTENT_PREFIX), &recorded.event) {
+            self.current.insert(stream.to_owned(), e.build_id);
+            return;
+        }
         if stream.starts_with(DELIVERY_PREFIX) {
             let delivery = self.deliveries.entry(stream.to_owned()).or_default();
             delivery.last_at = delivery.last_at.max(Some(recorded.recorded_at));
@@ -141,6 +154,7 @@ impl ArchivePlanner {
     pub fn plan(self, before: DateTime<Utc>, head: u64) -> ArchivePlan {
         let mut plan = ArchivePlan::default();
         let mut kept = std::collections::HashSet::new();
+        let current: std::collections::HashSet<Uuid> = self.current.into_values().collect();
         for (build_id, candidate) in self.builds {
             let stays = if !candidate.state.is_finished() {
                 &mut plan.unfinished
@@ -150,6 +164,8 @@ impl ArchivePlanner {
                 &mut plan.undecided
             } else if candidate.positions.contains(&head) {
                 &mut plan.last
+            } else if current.contains(&build_id) {
+                &mut plan.current
             } else {
                 plan.positions.extend_from_slice(&candidate.positions);
                 plan.builds.push(build_id);
@@ -389,6 +405,25 @@ mod tests {
             assert!(!plan.positions.contains(&p), "{p}");
         }
         assert_eq!(plan.groups.len(), plan.builds.len() + 3);
+    }
+
+    #[test]
+    fn an_intent_s_current_build_stays_and_the_builds_it_replaced_go() {
+        use meshgate_domain::event::IntentActivated;
+        let mut log = Log::new();
+        let activated = |build_id: Uuid| {
+            let activated =
+                IntentActivated { intent_key: "MOB-1/ios-build".into(), build_id, correlation_id: Uuid::nil() };
+            Event::IntentActivated(activated)
+        };
+        let first = log.finished();
+        log.push("intent-MOB-1/ios-build".into(), activated(first));
+        let second = log.finished();
+        log.push("intent-MOB-1/ios-build".into(), activated(second));
+        log.finished();
+        let (plan, ids) = log.plan_ids(log.at + Duration::minutes(1));
+        assert!(ids.contains(&first) && !ids.contains(&second), "{ids:?}");
+        assert_eq!(plan.current, 1);
     }
 
     #[test]

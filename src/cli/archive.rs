@@ -75,10 +75,12 @@ fn cut(args: &ArchiveArgs, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> 
 
 fn say_kept(plan: &ArchivePlan) -> String {
     format!(
-        "kept: {} queued or running, {} heard of since the cut, {} with a notification not yet decided{}",
+        "kept: {} queued or running, {} heard of since the cut, {} with a notification not yet decided, {} the \
+         current build of its issue and trigger{}",
         plan.unfinished,
         plan.recent,
         plan.undecided,
+        plan.current,
         if plan.last > 0 { ", 1 holding the log's last event" } else { "" }
     )
 }

@@ -123,8 +123,10 @@ fn the_chat_actions_benchmark_answers_every_click() {
 /// The log's size on a few builds: it checks that every build succeeded and the archive reads back.
 #[test]
 fn the_retention_benchmark_runs_builds_and_archives_them() {
-    let said = bench(&["retention", "--builds", "5", "--lines", "20"]);
-    for line in ["5 builds (each delivered twice", "per build", "log file (events.sqlite and WAL)", "archive of "] {
+    let said = bench(&["retention", "--builds", "6", "--lines", "20"]);
+    for line in
+        ["6 builds (2 issues built 3 times", "per build", "log file (events.sqlite and WAL)", "archive of 4 finished"]
+    {
         assert!(
             said.contains(line),
             "no `{line}` in:
