@@ -55,11 +55,23 @@ fn env_number(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name} must be a number")))
 }
 
-/// Counts events of `types` on the gateway's live tail (from the log's start) until `wanted`
-/// distinct (type, build) pairs are seen.
-async fn wait_for_events(gateway: &Gateway, admin: &str, types: &[&str], wanted: usize) {
+/// Counts events of `types` about the builds of `issues` on the gateway's live tail (from the
+/// position `after`, where the round began) until `wanted` distinct (type, build, key) triples are
+/// seen; returns the last position read. (Read from the round's start, not the log's: a round's
+/// wait stays the same length however many rounds came before.)
+async fn wait_for_events(
+    gateway: &Gateway,
+    admin: &str,
+    after: u64,
+    issues: &HashSet<String>,
+    types: &[&str],
+    wanted: usize,
+) -> u64 {
     let client = reqwest::Client::new();
-    let mut answer = client.get(gateway.url("/api/v1/events/stream?after=0")).bearer_auth(admin).send().await.unwrap();
+    let url = gateway.url(&format!("/api/v1/events/stream?after={after}"));
+    let mut answer = client.get(url).bearer_auth(admin).send().await.unwrap();
+    let mut builds = HashSet::new();
+    let mut last = after;
     let mut seen = HashSet::new();
     let mut pending = String::new();
     let mut event = String::new();
@@ -73,13 +85,19 @@ async fn wait_for_events(gateway: &Gateway, admin: &str, types: &[&str], wanted:
             if let Some(kind) = line.strip_prefix("event:") {
                 event = kind.trim().to_owned();
             } else if let Some(data) = line.strip_prefix("data:") {
-                if types.contains(&event.as_str()) {
-                    let data: Value = serde_json::from_str(data.trim()).unwrap();
-                    seen.insert((event.clone(), data["data"]["build_id"].to_string(), data["data"]["key"].to_string()));
+                let data: Value = serde_json::from_str(data.trim()).unwrap();
+                last = last.max(data["position"].as_u64().unwrap_or(0));
+                let build = data["data"]["build_id"].to_string();
+                if event == "BuildRequested" && issues.contains(data["data"]["issue_id"].as_str().unwrap_or_default()) {
+                    builds.insert(build.clone());
+                }
+                if types.contains(&event.as_str()) && builds.contains(&build) {
+                    seen.insert((event.clone(), build, data["data"]["key"].to_string()));
                 }
             }
         }
     }
+    last
 }
 
 fn verify(config: &Path) {
@@ -134,6 +152,8 @@ async fn a_gateway_killed_at_random_moments_round_after_round_loses_nothing_and_
     let client = reqwest::Client::new();
     let accepted: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let started = Instant::now();
+    // Where the last round's wait ended: each round reads the tail from there.
+    let mut position = 0;
     for round in 0..rounds {
         let gateway = start(dir.path(), &args, &[]);
         let issues: Vec<String> = (0..changes).map(|i| format!("MOB-{}", round * changes + i)).collect();
@@ -225,9 +245,11 @@ async fn a_gateway_killed_at_random_moments_round_after_round_loses_nothing_and_
             let answer: Value = answer.json().await.unwrap();
             accepted.lock().unwrap().push((answer["correlation_id"].as_str().unwrap().to_owned(), issue));
         }
-        let so_far = (round + 1) * changes;
-        wait_for_events(&gateway, &admin, &["BuildSucceeded"], so_far).await;
-        wait_for_events(&gateway, &admin, &["NotificationDelivered"], 3 * so_far).await;
+        let round_issues: HashSet<String> = issues.iter().cloned().collect();
+        let start = position;
+        let a = wait_for_events(&gateway, &admin, start, &round_issues, &["BuildSucceeded"], changes).await;
+        let b = wait_for_events(&gateway, &admin, start, &round_issues, &["NotificationDelivered"], 3 * changes).await;
+        position = a.max(b);
         gateway.stop();
         verify(&config_file);
         eprintln!("chaos: round {} killed after {kill_after} answers; clean", round + 1);
