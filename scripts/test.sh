@@ -83,8 +83,11 @@ if [ "${free_kib:-0}" -lt $((6 * 1024 * 1024)) ]; then
 fi
 
 cargo fmt --all -- --check
+# The default binary (SQLite and PostgreSQL), and the one with the EventStoreDB backend, which the
+# tests cover whole.
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked
+cargo clippy --workspace --all-targets --locked --features meshgate/eventstoredb -- -D warnings
+cargo test --workspace --locked --features meshgate/eventstoredb
 # The claim benchmark's example (docs/benchmarks.md), once in the test profile: it checks its
 # own answers, so it cannot rot.
 cargo run --quiet --locked -p meshgate-projections --example claim_backlog >/dev/null

@@ -323,8 +323,10 @@ fn long_version() -> &'static str {
             .iter()
             .map(|(name, version)| format!("{name} {version}"))
             .collect();
+        let backends =
+            if cfg!(feature = "eventstoredb") { "sqlite, postgres, eventstoredb" } else { "sqlite, postgres" };
         format!(
-            "{}\nevent schema {}\nSQLite log layout {}\nPostgreSQL schema {}\nread model: {}",
+            "{}\nbackends: {backends}\nevent schema {}\nSQLite log layout {}\nPostgreSQL schema {}\nread model: {}",
             env!("CARGO_PKG_VERSION"),
             meshgate_domain::Event::SCHEMA_VERSION,
             crate::store::sqlite::SCHEMA_VERSION,

@@ -11,6 +11,9 @@ impl Config {
     /// Every file the configuration names that the gateway (or the worker) would refuse.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if !cfg!(feature = "eventstoredb") && self.store.backend == super::StoreBackend::EventStoreDb {
+            problems.push(super::EVENTSTOREDB_NOT_BUILT_IN.to_owned());
+        }
         let mut secret = |key: String, path: &Path, generated: bool| {
             if generated && !path.exists() {
                 return; // written on first start

@@ -93,6 +93,11 @@ pub fn parse_range(text: &str) -> Option<ipnet::IpNet> {
     text.parse::<ipnet::IpNet>().ok().or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
+/// What a binary built without the EventStoreDB backend says of a configuration that names it.
+pub const EVENTSTOREDB_NOT_BUILT_IN: &str =
+    "this meshgate was built without the EventStoreDB backend (store.backend = \
+     \"eventstoredb\"): install it with `cargo install --locked --path . --features eventstoredb`";
+
 /// Every section the environment may set (each of [`Config`]'s fields).
 const SECTIONS: [&str; 17] = [
     "server",

@@ -1,5 +1,6 @@
 //! The event log: a trait every backend implements, the embedded SQLite backend ([`sqlite`]), the
-//! shared PostgreSQL backend ([`postgres`]) and EventStoreDB ([`eventstoredb`]).
+//! shared PostgreSQL backend ([`postgres`]) and EventStoreDB (`eventstoredb`, in builds with the
+//! `eventstoredb` feature).
 //!
 //! Architecture Invariant: nothing outside this module knows which backend is in use. The trait
 //! speaks of streams, expected versions and global positions only; SQLite specifics (savepoints,
@@ -7,6 +8,7 @@
 
 pub mod archive;
 mod decide;
+#[cfg(feature = "eventstoredb")]
 pub mod eventstoredb;
 pub(crate) mod lease;
 pub mod open;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+#[cfg(feature = "eventstoredb")]
 use super::eventstoredb::{EventStoreDbOptions, EventStoreDbStore};
 use super::postgres::{PostgresOptions, PostgresStore};
 use super::sqlite::{Reader, SqliteStore, WriterOptions};
@@ -32,6 +33,8 @@ pub enum OpenError {
     NoUrl(&'static str),
     #[error("the SQLite log is not shared")]
     NotShared,
+    #[error("{}", crate::config::EVENTSTOREDB_NOT_BUILT_IN)]
+    NotBuiltIn,
 }
 
 /// A log and, with a shared log, this gateway's hold on its data dir's read model (the SQLite
@@ -88,6 +91,7 @@ pub async fn shared(config: &Config, max_batch: usize) -> Result<Arc<dyn EventSt
             let store = PostgresStore::open(url.expose_secret(), options).await.map_err(failed)?;
             Ok(Arc::new(store))
         }
+        #[cfg(feature = "eventstoredb")]
         StoreBackend::EventStoreDb => {
             let options = EventStoreDbOptions {
                 prefix: config.store.stream_prefix.clone(),
@@ -100,6 +104,8 @@ pub async fn shared(config: &Config, max_batch: usize) -> Result<Arc<dyn EventSt
             let store = EventStoreDbStore::open(url.expose_secret(), options).await.map_err(failed)?;
             Ok(Arc::new(store))
         }
+        #[cfg(not(feature = "eventstoredb"))]
+        StoreBackend::EventStoreDb => Err(OpenError::NotBuiltIn),
         StoreBackend::Sqlite => Err(OpenError::NotShared),
     }
 }

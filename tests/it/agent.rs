@@ -819,7 +819,8 @@ async fn with_a_nodes_ca_the_node_api_refuses_a_node_without_its_certificate_at_
     assert_eq!(main.status(), 401);
 
     // The agent with its certificate runs a build end to end; without it, it never gets one.
-    let file = scripts(dir.path(), "scripts.toml", "[scripts.ios-build]\ncommand = [\"true\"]\n");
+    let ok = format!("[\"bash\", \"{}\"]", fixtures().join("scripts/ok.sh").display());
+    let file = scripts(dir.path(), "scripts.toml", &format!("[scripts.ios-build]\ncommand = {ok}\n"));
     let (tx, lines) = mpsc::channel();
     let (cert, key) = (mac.cert_file.to_str().unwrap(), mac.key_file.to_str().unwrap());
     let without = agent_at(dir.path(), &base, "mac-2", &file, &[], &[], &tx);
@@ -829,6 +830,11 @@ async fn with_a_nodes_ca_the_node_api_refuses_a_node_without_its_certificate_at_
     assert_eq!(reported[0].0, "mac-1", "{reported:?}");
     let built = events(dir.path(), "BuildSucceeded");
     assert_eq!(built.len(), 1);
+    // Its log went up through the node API's listener and is read through the main one.
+    let build = build_of(&reported[0]);
+    let log = admin_get(&gw, dir.path(), &format!("/api/v1/builds/{build}/log")).await;
+    assert_eq!(log.status(), 200);
+    assert!(log.text().await.unwrap().contains("building MOB-1"), "the log the node wrote");
     drop(without);
     let refused = std::fs::read_to_string(dir.path().join("agent-mac-2.log")).unwrap();
     assert!(refused.to_lowercase().contains("certificate"), "the node without a certificate says why:\n{refused}");

@@ -83,6 +83,7 @@ fn the_shared_log_benchmark_compares_sqlite_with_one_and_two_gateways_on_postgre
 
 /// Against the stand-in of `crate::esdb` (or `MESHGATE_ESDB_URL`). `MESHGATE_ESDB_BENCH="SECONDS
 /// CLIENTS"` makes it the longer run of docs/benchmarks.md (with `--nocapture` to see it).
+#[cfg(feature = "eventstoredb")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_eventstoredb_benchmark_compares_it_with_sqlite() {
     let server = crate::esdb::server().await;

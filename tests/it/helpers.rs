@@ -365,3 +365,8 @@ pub fn sign_issue(n: u32) -> String {
         &serde_json::json!({"id": format!("SIGN-{n}"), "project": {"id": "0-9", "name": "Signing", "shortName": "SIGN"}}),
     )
 }
+
+/// A stream prefix no other test uses, for a log shared by the whole test binary (EventStoreDB's).
+pub fn fresh_prefix() -> String {
+    format!("t{}-", uuid::Uuid::now_v7().simple())
+}

@@ -15,7 +15,9 @@ mod config;
 mod dashboard;
 mod demo;
 mod deploy;
+#[cfg(feature = "eventstoredb")]
 pub mod esdb;
+#[cfg(feature = "eventstoredb")]
 mod esdb_server;
 mod frozen_logs;
 mod full_disk;
@@ -51,6 +53,7 @@ mod sources;
 pub mod stand_in;
 mod stats;
 mod store;
+#[cfg(feature = "eventstoredb")]
 pub mod store_esdb;
 mod store_postgres;
 mod stream_index;

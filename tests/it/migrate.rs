@@ -5,6 +5,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use meshgate::config::StoreBackend;
+#[cfg(feature = "eventstoredb")]
 use meshgate::store::eventstoredb::{EventStoreDbOptions, EventStoreDbStore};
 use meshgate::store::postgres::{PostgresOptions, PostgresStore};
 use meshgate::store::sqlite::{SqliteStore, WriterOptions};
@@ -19,6 +20,7 @@ async fn a_sqlite_log_moves_to_postgres_whole() {
     moves_whole(StoreBackend::Postgres).await;
 }
 
+#[cfg(feature = "eventstoredb")]
 #[tokio::test]
 async fn a_sqlite_log_moves_to_eventstoredb_whole() {
     moves_whole(StoreBackend::EventStoreDb).await;
@@ -45,8 +47,9 @@ async fn moves_whole(backend: StoreBackend) {
 
     // The target: the same gateway's settings, with the log in PostgreSQL or EventStoreDB.
     let target = tempfile::tempdir().unwrap();
-    let prefix = crate::store_esdb::fresh_prefix();
+    let prefix = crate::helpers::fresh_prefix();
     let url = match backend {
+        #[cfg(feature = "eventstoredb")]
         StoreBackend::EventStoreDb => crate::esdb::server().await.url,
         _ => crate::postgres::database().await,
     };
@@ -84,6 +87,7 @@ async fn moves_whole(backend: StoreBackend) {
     let original: Arc<dyn EventStore> =
         Arc::new(SqliteStore::open(&source.path().join("data/events.sqlite"), WriterOptions::default()).unwrap());
     let copy: Arc<dyn EventStore> = match backend {
+        #[cfg(feature = "eventstoredb")]
         StoreBackend::EventStoreDb => {
             let options = EventStoreDbOptions { prefix, ..EventStoreDbOptions::default() };
             Arc::new(EventStoreDbStore::open(&url, options).await.unwrap())

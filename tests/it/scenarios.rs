@@ -93,9 +93,12 @@ async fn run(path: &std::path::Path, backend: StoreBackend) {
     match backend {
         StoreBackend::Sqlite => {}
         StoreBackend::Postgres => config.store.url = Some(crate::postgres::database().await),
+        #[cfg(not(feature = "eventstoredb"))]
+        StoreBackend::EventStoreDb => unreachable!("the EventStoreDB scenarios need the eventstoredb feature"),
+        #[cfg(feature = "eventstoredb")]
         StoreBackend::EventStoreDb => {
             config.store.url = Some(crate::esdb::server().await.url);
-            config.store.stream_prefix = crate::store_esdb::fresh_prefix();
+            config.store.stream_prefix = crate::helpers::fresh_prefix();
         }
     }
     let priorities = config.lane_priorities();
@@ -199,6 +202,7 @@ async fn every_scenario_produces_its_expected_log_and_projections_on_postgres() 
     }
 }
 
+#[cfg(feature = "eventstoredb")]
 #[tokio::test]
 async fn every_scenario_produces_its_expected_log_and_projections_on_eventstoredb() {
     for path in scenarios() {

@@ -14,9 +14,7 @@ use meshgate_domain::ExpectedVersion;
 use crate::store::{append, contract, one_request_names_a_stream_twice, two_stores_keep_one_log};
 
 /// A prefix no other test uses, so tests can share one real server.
-pub fn fresh_prefix() -> String {
-    format!("t{}-", uuid::Uuid::now_v7().simple())
-}
+pub use crate::helpers::fresh_prefix;
 
 async fn open(url: &str, prefix: &str) -> Arc<dyn EventStore> {
     let options = EventStoreDbOptions { prefix: prefix.to_owned(), ..EventStoreDbOptions::default() };

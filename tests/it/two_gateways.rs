@@ -55,6 +55,7 @@ async fn only_the_leaseholder_sends_and_another_gateway_takes_over_when_it_stops
 }
 
 /// The same on one EventStoreDB log (the stand-in), where the lease is a stream of its own.
+#[cfg(feature = "eventstoredb")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leaseholder_sends_on_eventstoredb_and_another_takes_over_when_it_stops() {
     only_the_leaseholder_sends(StoreBackend::EventStoreDb).await;
@@ -64,10 +65,11 @@ async fn only_the_leaseholder_sends(backend: StoreBackend) {
     use crate::stand_in::stand_in;
     use meshgate::config::{ChatConfig, ChatKind};
     let url = match backend {
+        #[cfg(feature = "eventstoredb")]
         StoreBackend::EventStoreDb => crate::esdb::server().await.url,
         _ => crate::postgres::database().await,
     };
-    let prefix = crate::store_esdb::fresh_prefix();
+    let prefix = crate::helpers::fresh_prefix();
     let mut slack = stand_in(vec![]).await;
     let gateway = |url: String, hook: String| {
         let prefix = prefix.clone();
