@@ -133,7 +133,7 @@ pub async fn run(config: &Config, args: &ArchiveArgs) -> anyhow::Result<()> {
         }
         StoreBackend::Postgres => {
             let url = crate::store::open::url(config)?;
-            let target = crate::store::postgres::archive::target(url.expose_secret(), config.store.ca_file.as_deref())?;
+            let target = crate::store::postgres::Target::parse(url.expose_secret(), config.store.ca_file.as_deref())?;
             crate::store::postgres::archive::remove(&target, &builds)
                 .await
                 .context("cannot remove archived events from the log (run the archive again: it takes the rest)")?

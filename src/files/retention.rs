@@ -44,40 +44,60 @@ fn horizon(now: SystemTime, days: u32) -> SystemTime {
 impl Retention {
     /// Removes the logs and artifacts older than their days at `now`; returns the builds swept.
     pub async fn sweep_once(&self, now: SystemTime) -> Result<Swept, StoreError> {
-        let mut swept = Swept::default();
-        if self.build_logs_days > 0 {
-            let (logs, before) = (Arc::clone(&self.logs), horizon(now, self.build_logs_days));
-            let expired = tokio::task::spawn_blocking(move || logs.expired(before)).await.unwrap_or_default();
-            for (build_id, attempts) in expired {
-                if let Err(e) = self.logs.remove(build_id) {
-                    tracing::warn!(%build_id, error = %e, "cannot remove a build's old logs");
-                    continue;
-                }
-                let keep_days = self.build_logs_days;
-                if !attempts.is_empty() {
-                    let event = Event::BuildLogsExpired(BuildLogsExpired { build_id, attempts, keep_days });
-                    self.record(build_id, event).await?;
-                }
-                tracing::info!(%build_id, keep_days, "old build logs removed");
-                swept.logs.push(build_id);
-            }
+        let logs = Arc::clone(&self.logs);
+        let logs = self
+            .sweep(
+                "build logs",
+                self.build_logs_days,
+                now,
+                move |before| logs.expired(before),
+                |id| self.logs.remove(id),
+                |build_id, attempts, keep_days| {
+                    Event::BuildLogsExpired(BuildLogsExpired { build_id, attempts, keep_days })
+                },
+            )
+            .await?;
+        let artifacts = Arc::clone(&self.artifacts);
+        let artifacts = self
+            .sweep(
+                "artifacts",
+                self.artifacts_days,
+                now,
+                move |before| artifacts.expired(before),
+                |id| self.artifacts.remove(id),
+                |build_id, names, keep_days| Event::ArtifactsExpired(ArtifactsExpired { build_id, names, keep_days }),
+            )
+            .await?;
+        Ok(Swept { logs, artifacts })
+    }
+
+    /// One kind of file: what `expired` finds older than `days` at `now` is removed with `remove`
+    /// and recorded as the event `removed` makes (when there was something to name).
+    async fn sweep<N: Send + 'static>(
+        &self,
+        what: &str,
+        days: u32,
+        now: SystemTime,
+        expired: impl FnOnce(SystemTime) -> Vec<(Uuid, Vec<N>)> + Send + 'static,
+        remove: impl Fn(Uuid) -> std::io::Result<()>,
+        removed: impl Fn(Uuid, Vec<N>, u32) -> Event,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        if days == 0 {
+            return Ok(Vec::new());
         }
-        if self.artifacts_days > 0 {
-            let (artifacts, before) = (Arc::clone(&self.artifacts), horizon(now, self.artifacts_days));
-            let expired = tokio::task::spawn_blocking(move || artifacts.expired(before)).await.unwrap_or_default();
-            for (build_id, names) in expired {
-                if let Err(e) = self.artifacts.remove(build_id) {
-                    tracing::warn!(%build_id, error = %e, "cannot remove a build's old artifacts");
-                    continue;
-                }
-                let keep_days = self.artifacts_days;
-                if !names.is_empty() {
-                    let event = Event::ArtifactsExpired(ArtifactsExpired { build_id, names, keep_days });
-                    self.record(build_id, event).await?;
-                }
-                tracing::info!(%build_id, keep_days, "old artifacts removed");
-                swept.artifacts.push(build_id);
+        let before = horizon(now, days);
+        let expired = tokio::task::spawn_blocking(move || expired(before)).await.unwrap_or_default();
+        let mut swept = Vec::new();
+        for (build_id, names) in expired {
+            if let Err(e) = remove(build_id) {
+                tracing::warn!(%build_id, error = %e, "cannot remove a build's old {what}");
+                continue;
             }
+            if !names.is_empty() {
+                self.record(build_id, removed(build_id, names, days)).await?;
+            }
+            tracing::info!(%build_id, keep_days = days, "old {what} removed");
+            swept.push(build_id);
         }
         Ok(swept)
     }

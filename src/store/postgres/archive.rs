@@ -28,8 +28,3 @@ pub async fn remove(target: &Target, builds: &[Vec<u64>]) -> Result<usize, Store
     }
     Ok(removed)
 }
-
-/// Opens the target `url` names (with `ca_file` for a private CA).
-pub fn target(url: &str, ca_file: Option<&std::path::Path>) -> Result<Target, StoreError> {
-    Target::parse(url, ca_file)
-}
