@@ -43,13 +43,17 @@ impl WithArchives {
         let scratch =
             tempfile::Builder::new().prefix("meshgate-archives").tempdir().map_err(OpenArchivesError::Scratch)?;
         let path = scratch.path().join("archived.sqlite");
-        let mut events = Vec::new();
-        for file in &files {
-            super::read(file, |e| events.push(e))?;
-        }
-        let count = events.len() as u64;
-        events.sort_by_key(|e| e.position);
-        crate::store::sqlite::archive::scratch(&path, events).map_err(OpenArchivesError::Store)?;
+        let mut count = 0u64;
+        let fed = crate::store::sqlite::archive::scratch(&path, |insert| {
+            for file in &files {
+                super::read(file, |e| {
+                    count += 1;
+                    insert(e);
+                })?;
+            }
+            Ok::<(), ArchiveError>(())
+        });
+        fed.map_err(OpenArchivesError::Store)??;
         let archived = Reader::open(&path).map_err(OpenArchivesError::Store)?;
         Ok(WithArchives { live, archived, _scratch: scratch, events: count, files: files.len() })
     }

@@ -52,35 +52,50 @@ pub fn remove(log: &Path, builds: &[Vec<u64>], busy_timeout: Duration) -> Result
     Ok(removed)
 }
 
-/// Writes `events` into a new log at `path`, for reading archived events as a log of their own.
-pub fn scratch(path: &Path, events: impl IntoIterator<Item = StoredEvent>) -> Result<(), StoreError> {
+/// Writes the events `feed` hands over (in any order; a position given twice is kept once) into a
+/// new log at `path`, for reading archived events as a log of their own; returns what `feed` did.
+/// Nothing is held in memory but the event at hand.
+pub fn scratch<T, E>(
+    path: &Path,
+    feed: impl FnOnce(&mut dyn FnMut(StoredEvent)) -> Result<T, E>,
+) -> Result<Result<T, E>, StoreError> {
     let mut conn = Connection::open(path).store_err()?;
     conn.pragma_update(None, "journal_mode", "WAL").store_err()?;
     conn.pragma_update(None, "synchronous", "OFF").store_err()?;
     migrate(&mut conn)?;
     let tx = conn.transaction().store_err()?;
-    {
+    let (fed, failed) = {
         let mut insert = tx
             .prepare(&format!(
                 "INSERT OR IGNORE INTO events ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
             ))
             .store_err()?;
-        for event in events {
-            insert
-                .execute(params![
-                    event.position,
-                    event.stream,
-                    event.version,
-                    event.id.as_bytes().as_slice(),
-                    event.event_type,
-                    event.schema_version,
-                    event.data,
-                    event.correlation_id.as_bytes().as_slice(),
-                    event.causation_id.as_ref().map(|c| c.as_bytes().as_slice()),
-                    event.recorded_at.timestamp_micros(),
-                ])
-                .store_err()?;
-        }
+        let mut failed = None;
+        let mut put = |event: StoredEvent| {
+            if failed.is_some() {
+                return;
+            }
+            let inserted = insert.execute(params![
+                event.position,
+                event.stream,
+                event.version,
+                event.id.as_bytes().as_slice(),
+                event.event_type,
+                event.schema_version,
+                event.data,
+                event.correlation_id.as_bytes().as_slice(),
+                event.causation_id.as_ref().map(|c| c.as_bytes().as_slice()),
+                event.recorded_at.timestamp_micros(),
+            ]);
+            failed = inserted.err();
+        };
+        (feed(&mut put), failed)
+    };
+    if let Some(e) = failed {
+        return Err(StoreError::caused("cannot write the scratch log", e));
     }
-    tx.commit().store_err()
+    if fed.is_ok() {
+        tx.commit().store_err()?;
+    }
+    Ok(fed)
 }
