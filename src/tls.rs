@@ -141,6 +141,14 @@ fn serving(
     Ok(Arc::new(config))
 }
 
+/// A listener's configuration: asking for client certificates of `clients` if given.
+fn listener_config(files: &TlsFiles, clients: Option<&Path>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    match clients {
+        Some(ca) => node_server_config(files, ca),
+        None => server_config(files),
+    }
+}
+
 /// The identity the gateway presents, replaceable while it serves; on the node API's own
 /// listener, with the CA nodes' certificates must come from.
 pub struct ServerTls {
@@ -156,10 +164,7 @@ impl ServerTls {
     /// The node API's listener: `clients` (`[nodes] client_ca_file`) makes it require a client
     /// certificate from that CA.
     pub fn load_for_nodes(files: &TlsFiles, clients: Option<PathBuf>) -> Result<Self, TlsError> {
-        let config = match &clients {
-            Some(ca) => node_server_config(files, ca)?,
-            None => server_config(files)?,
-        };
+        let config = listener_config(files, clients.as_deref())?;
         Ok(ServerTls { current: RwLock::new((files.clone(), config)), clients })
     }
 
@@ -176,11 +181,7 @@ impl ServerTls {
     /// to be put in force with [`ServerTls::replace`] (all or nothing with the tokens reloaded
     /// beside it).
     pub fn prepare(&self, files: &TlsFiles) -> Result<(TlsFiles, Arc<rustls::ServerConfig>), TlsError> {
-        let config = match &self.clients {
-            Some(ca) => node_server_config(files, ca)?,
-            None => server_config(files)?,
-        };
-        Ok((files.clone(), config))
+        Ok((files.clone(), listener_config(files, self.clients.as_deref())?))
     }
 
     pub fn replace(&self, prepared: (TlsFiles, Arc<rustls::ServerConfig>)) {

@@ -58,8 +58,7 @@ pub struct App {
     /// Where the metrics listener is bound.
     pub metrics_addr: Option<SocketAddr>,
     /// The node API's own listener (`[nodes] listen`), served beside the main one.
-    node_listener: Option<TcpListener>,
-    node_router: Router,
+    nodes: Option<(TcpListener, Router)>,
     /// With a shared log: this gateway's hold on its data dir's read model (the SQLite store holds
     /// the log's own lock).
     _lock: Option<std::fs::File>,
@@ -136,7 +135,7 @@ impl App {
             Some(_) => crate::http::router_without_nodes(parts.surfaces.clone(), &config.webhook.path),
             None => router(parts.surfaces.clone(), &config.webhook.path),
         };
-        let node_router = crate::http::node_router(parts.surfaces.clone());
+        let nodes = node_listener.map(|listener| (listener, crate::http::node_router(parts.surfaces.clone())));
         let handles =
             Handles { surfaces: parts.surfaces, store, projections, builds: parts.builds, artifacts: parts.artifacts };
         Ok(App {
@@ -150,8 +149,7 @@ impl App {
             retention,
             metrics,
             metrics_addr,
-            node_listener,
-            node_router,
+            nodes,
             _lock: opened.lock,
         })
     }
@@ -170,13 +168,13 @@ impl App {
             idle_timeout: Duration::from_secs(server.idle_timeout_seconds),
         };
         let router = self.router.clone();
-        let nodes = self.node_listener.take().map(|listener| {
+        let nodes = self.nodes.take().map(|(listener, router)| {
             let mut stop = self.stopping.subscribe();
             let shutdown = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
             let tls = self.handles.surfaces.reload.node_tls.clone();
-            tokio::spawn(serve_on(listener, tls, self.node_router.clone(), limits, shutdown))
+            tokio::spawn(serve_on(listener, tls, router, limits, shutdown))
         });
         let stopping = self.stopping.clone();
         let shutdown = async move {
@@ -194,7 +192,7 @@ impl App {
 
     /// Where the node API's own listener is bound (`[nodes] listen`), if it has one.
     pub fn node_addr(&self) -> Option<SocketAddr> {
-        self.node_listener.as_ref().and_then(|l| l.local_addr().ok())
+        self.nodes.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// Stops following the log and saves the projections' checkpoints.
