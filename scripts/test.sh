@@ -66,8 +66,9 @@ fi
 export MESHGATE_CHROMIUM="$(command -v chromium)" MESHGATE_CHROMEDRIVER="$(command -v chromedriver)"
 
 # The README's and the quickstart's commands are run as written: they use curl. The shipped
-# systemd units are checked with systemd-analyze; the sample build script clones with git.
-for need in curl:curl systemd-analyze:systemd git:git; do
+# systemd units are checked with systemd-analyze; the sample build script clones with git. The
+# instruction count of a delivery (`meshgate-bench instructions`) runs the gateway under callgrind.
+for need in curl:curl systemd-analyze:systemd git:git valgrind:valgrind; do
   if ! command -v "${need%%:*}" >/dev/null; then
     echo "provisioning ${need#*:}"
     if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need#*:}";

@@ -315,7 +315,8 @@ impl Live<'_> {
             let guard = self.set.read().unwrap_or_else(|p| p.into_inner());
             let (views, mark) = guard.builds.changed();
             let (queue, queue_mark) = guard.queue.changed();
-            let (outbox, nodes, numbers) = (guard.outbox.clone(), guard.nodes.clone(), guard.builds.numbers().clone());
+            let (outbox, nodes, numbers) =
+                (guard.outbox.changed(), guard.nodes.clone(), guard.builds.numbers().clone());
             let stats = guard.stats.changed();
             (views, mark, queue, queue_mark, outbox, nodes, numbers, guard.paused.clone(), stats, guard.position)
         };
@@ -334,6 +335,7 @@ impl Live<'_> {
                 let mut guard = self.set.write().unwrap_or_else(|p| p.into_inner());
                 guard.builds.saved(mark);
                 guard.queue.saved(queue_mark);
+                guard.outbox.saved(outbox.mark);
                 guard.stats.saved(stats.mark);
                 let in_memory = guard.builds.in_memory_len();
                 drop(guard);

@@ -4,11 +4,11 @@
 //!
 //! A save writes the builds changed since the last one (one row each, the view as JSON, with its
 //! issue, state and number indexed for the API), the queue's entries changed (one row each), the
-//! outbox, the nodes, the builds' last numbers and the pauses whole (all small), the stats' days
-//! changed (a row per day) and their builds in flight, the position and the projections' versions,
-//! in one transaction:
-//! what a save holds is
-//! always the fold of the log up to its position. Memory then lets finished builds go, and reads
+//! outbox's rows changed (its entries, messages and triggers of builds in flight, one row each),
+//! the nodes, the builds' last numbers and the pauses whole (all small), the stats' days changed
+//! (a row per day) and their builds in flight changed (a row per build), the position and the
+//! projections' versions, in one transaction: a save costs what changed since the last one, and
+//! what a save holds is always the fold of the log up to its position. Memory then lets finished builds go, and reads
 //! of them come here (docs/adr/0003-projection-checkpoints.md).
 
 use std::collections::BTreeMap;
@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use meshgate_projections::{
-    BuildView, Nodes, Outbox, OutboxConfig, ProjectionSet, Queue, QueueChange, QueueEntry, Stats, StatsChanges,
+    BuildView, Nodes, Outbox, OutboxChanges, OutboxConfig, OutboxRow, ProjectionSet, Queue, QueueChange, QueueEntry,
+    Stats, StatsChanges,
 };
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use uuid::Uuid;
@@ -47,6 +48,13 @@ const SCHEMA: &str = "
         running INTEGER NOT NULL,
         entry TEXT NOT NULL
     ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS rows (
+        projection TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (projection, kind, key)
+    ) WITHOUT ROWID;
 ";
 
 /// This gateway's read model ([`Config::readmodel_path`]). The checkpoint file of earlier
@@ -61,14 +69,14 @@ pub fn open_beside(config: &Config) -> Result<Arc<ReadModel>, StoreError> {
     Ok(Arc::new(ReadModel::open(&config.readmodel_path())?))
 }
 
-/// What one save writes: the builds and queue entries changed since the last save, the small
-/// projections whole (the outbox, the nodes, each trigger's last build number) and the position
-/// they reach.
+/// What one save writes: the builds, queue entries, outbox rows and stats changed since the last
+/// save, the small projections whole (the nodes, each trigger's last build number, the pauses)
+/// and the position they reach.
 #[derive(Clone, Copy)]
 pub struct Snapshot<'a> {
     pub views: &'a [BuildView],
     pub queue: &'a [QueueChange],
-    pub outbox: &'a Outbox,
+    pub outbox: &'a OutboxChanges,
     pub nodes: &'a Nodes,
     pub numbers: &'a BTreeMap<String, u64>,
     pub paused: &'a meshgate_domain::pause::Paused,
@@ -78,18 +86,19 @@ pub struct Snapshot<'a> {
 }
 
 impl<'a> Snapshot<'a> {
-    /// What a fold holds, with the changes `views`, `queue` and `stats` it gave.
+    /// What a fold holds, with the changes `views`, `queue`, `outbox` and `stats` it gave.
     pub fn of(
         set: &'a ProjectionSet,
         views: &'a [BuildView],
         queue: &'a [QueueChange],
+        outbox: &'a OutboxChanges,
         stats: &'a StatsChanges,
     ) -> Self {
         Snapshot {
             stats,
             views,
             queue,
-            outbox: &set.outbox,
+            outbox,
             nodes: &set.nodes,
             numbers: set.builds.numbers(),
             paused: &set.paused,
@@ -171,7 +180,26 @@ impl ReadModel {
         drop(rows);
         drop(entries);
         let queue = Queue::restore(queued, running);
-        let saved_outbox: Outbox = state("outbox")?.map(|t| parse("outbox", &t)).transpose()?.unwrap_or_default();
+        let mut stmt = conn.prepare("SELECT projection, kind, key, value FROM rows").store_err()?;
+        let mut rows = stmt.query([]).store_err()?;
+        let (mut outbox_rows, mut flying) = (Vec::new(), Vec::new());
+        while let Some(row) = rows.next().store_err()? {
+            let (projection, kind, key, value): (String, String, String, String) =
+                (row.get(0).store_err()?, row.get(1).store_err()?, row.get(2).store_err()?, row.get(3).store_err()?);
+            match (projection.as_str(), kind.as_str()) {
+                ("stats", "flying") => flying.push((parse_id(&key)?, parse("build in flight", &value)?)),
+                ("outbox", kind) => outbox_rows.push(outbox_row(kind, &key, &value)?),
+                _ => {
+                    return Err(StoreError::failed(format!(
+                        "the read model has a row of unknown kind {projection}/{kind}"
+                    )))
+                }
+            }
+        }
+        drop(rows);
+        drop(stmt);
+        let latest = state("outbox")?.map(|t| parse("outbox", &t)).transpose()?.flatten();
+        let saved_outbox = Outbox::restore(outbox_rows, latest);
         let nodes: Nodes = state("nodes")?.map(|t| parse("nodes", &t)).transpose()?.unwrap_or_default();
         let numbers: BTreeMap<String, u64> =
             state("numbers")?.map(|t| parse("numbers", &t)).transpose()?.unwrap_or_default();
@@ -188,7 +216,7 @@ impl ReadModel {
         drop(rows);
         drop(stmt);
         let mut set = ProjectionSet {
-            stats: Stats::restore(days, flight),
+            stats: Stats::restore(days, flight, flying),
             position,
             queue,
             nodes,
@@ -214,7 +242,7 @@ impl ReadModel {
         let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         conn.execute_batch(
             "DELETE FROM builds; DELETE FROM queue; DELETE FROM states; DELETE FROM stats_days; DELETE FROM position;
-             DELETE FROM versions;",
+             DELETE FROM versions; DELETE FROM rows;",
         )
         .store_err()
     }
@@ -223,7 +251,8 @@ impl ReadModel {
     pub fn save(&self, snapshot: &Snapshot<'_>) -> Result<(), StoreError> {
         let Snapshot { views, queue, outbox, nodes, numbers, paused, stats, position } = *snapshot;
         let flight = stats.flight.as_ref().map(to_json).transpose()?;
-        let (outbox, nodes, numbers, paused) = (to_json(outbox)?, to_json(nodes)?, to_json(numbers)?, to_json(paused)?);
+        let latest = to_json(&outbox.latest)?;
+        let (nodes, numbers, paused) = (to_json(nodes)?, to_json(numbers)?, to_json(paused)?);
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction().store_err()?;
         {
@@ -260,9 +289,34 @@ impl ReadModel {
                 }
                 .store_err()?;
             }
+            let mut row = tx
+                .prepare_cached("INSERT OR REPLACE INTO rows (projection, kind, key, value) VALUES (?1, ?2, ?3, ?4)")
+                .store_err()?;
+            let mut no_row =
+                tx.prepare_cached("DELETE FROM rows WHERE projection = ?1 AND kind = ?2 AND key = ?3").store_err()?;
+            let mut put = |projection: &str, kind: &str, key: &str, value: Option<String>| match value {
+                Some(value) => row.execute(params![projection, kind, key, value]).map(|_| ()).store_err(),
+                None => no_row.execute(params![projection, kind, key]).map(|_| ()).store_err(),
+            };
+            for change in &outbox.rows {
+                match change {
+                    OutboxRow::Entry { position, sink, entry } => {
+                        put("outbox", "entry", &format!("{position}/{sink}"), entry.as_ref().map(to_json).transpose()?)?
+                    }
+                    OutboxRow::MessageRef { key, message } => {
+                        put("outbox", "message", key, message.as_ref().map(to_json).transpose()?)?
+                    }
+                    OutboxRow::Trigger { build_id, trigger } => {
+                        put("outbox", "trigger", &build_id.to_string(), trigger.as_ref().map(to_json).transpose()?)?
+                    }
+                }
+            }
+            for (build_id, flying) in &stats.flying {
+                put("stats", "flying", &build_id.to_string(), flying.as_ref().map(to_json).transpose()?)?;
+            }
             let mut state =
                 tx.prepare_cached("INSERT OR REPLACE INTO states (name, state) VALUES (?1, ?2)").store_err()?;
-            state.execute(params!["outbox", outbox]).store_err()?;
+            state.execute(params!["outbox", latest]).store_err()?;
             state.execute(params!["nodes", nodes]).store_err()?;
             state.execute(params!["numbers", numbers]).store_err()?;
             state.execute(params!["paused", paused]).store_err()?;
@@ -471,6 +525,28 @@ pub fn differences(a: &ReadModel, b: &ReadModel) -> Result<Vec<String>, StoreErr
             if days(ca)? != days(cb)? {
                 found.push("the stats' days".into());
             }
+            type Rows = Vec<(String, String, String, serde_json::Value)>;
+            let rows = |conn: &Connection| -> Result<Rows, StoreError> {
+                let mut stmt = conn
+                    .prepare("SELECT projection, kind, key, value FROM rows ORDER BY projection, kind, key")
+                    .store_err()?;
+                let rows = stmt
+                    .query_map([], |r| {
+                        let text: String = r.get(3)?;
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, serde_json::from_str(&text).unwrap_or_default()))
+                    })
+                    .store_err()?
+                    .collect::<Result<Vec<_>, _>>()
+                    .store_err()?;
+                Ok(rows)
+            };
+            let (ra, rb) = (rows(ca)?, rows(cb)?);
+            for projection in ["outbox", "stats"] {
+                let of = |rows: &Rows| rows.iter().filter(|r| r.0 == projection).cloned().collect::<Rows>();
+                if of(&ra) != of(&rb) {
+                    found.push(format!("the {projection}'s rows"));
+                }
+            }
             for name in ["outbox", "nodes", "numbers", "paused", "stats"] {
                 if state(ca, name)? != state(cb, name)? {
                     found.push(format!("the {name}"));
@@ -526,6 +602,26 @@ fn saved_versions(conn: &Connection) -> Result<Vec<(String, u32)>, StoreError> {
 
 fn parse<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::caused(format_args!("the read model's {what}"), e))
+}
+
+fn parse_id(text: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(text).map_err(|e| StoreError::caused("the read model's build id", e))
+}
+
+/// An outbox row as [`ReadModel::save`] wrote it.
+fn outbox_row(kind: &str, key: &str, value: &str) -> Result<OutboxRow, StoreError> {
+    Ok(match kind {
+        "entry" => {
+            let (position, sink) =
+                key.split_once('/')
+                    .and_then(|(p, sink)| Some((p.parse().ok()?, sink.to_owned())))
+                    .ok_or_else(|| StoreError::failed(format!("the read model's outbox entry {key:?}")))?;
+            OutboxRow::Entry { position, sink, entry: Some(parse("outbox entry", value)?) }
+        }
+        "message" => OutboxRow::MessageRef { key: key.to_owned(), message: Some(parse("outbox message", value)?) },
+        "trigger" => OutboxRow::Trigger { build_id: parse_id(key)?, trigger: Some(parse("outbox trigger", value)?) },
+        other => return Err(StoreError::failed(format!("the read model has an outbox row of unknown kind {other}"))),
+    })
 }
 
 fn to_json(value: &impl serde::Serialize) -> Result<String, StoreError> {

@@ -5,12 +5,12 @@
 //! webhook throughput against the same load on an empty log. Linux only (it reads `/proc`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use chrono::Utc;
 use indicatif::ProgressBar;
 use meshgate_domain::ingest::SAME_TRANSITION;
@@ -18,6 +18,7 @@ use meshgate_domain::payload::parse_bytes;
 use uuid::Uuid;
 
 use crate::ingest::load;
+use crate::process::{Running, Site};
 use crate::server::{transition, trigger};
 use meshgate::ingest::IngestService;
 use meshgate::store::sqlite::{SqliteStore, WriterOptions};
@@ -76,12 +77,12 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<()> {
     let (mut ready, mut idle, mut after, mut stop) = (Duration::ZERO, None, None, Duration::ZERO);
     for round in 0..args.rounds.max(1) {
         let empty = Site::create(&dir.join(format!("empty-{}", Uuid::now_v7())))?;
-        let gateway = history_gateway(&empty)?;
+        let gateway = Running::start(&empty)?;
         baseline.push(webhook_load(&gateway, &empty, args.clients, args.seconds).await?);
         gateway.stop()?;
         let _ = std::fs::remove_dir_all(&empty.root);
 
-        let gateway = history_gateway(&history)?;
+        let gateway = Running::start(&history)?;
         if round == 0 {
             ready = gateway.ready_in;
             let memory = gateway.memory()?;
@@ -122,13 +123,13 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<()> {
     let (baseline, loaded) = (LoadResult::median(&baseline), LoadResult::median(&loaded));
 
     // A crash under load: kill -9 while deliveries arrive, then start again.
-    let gateway = history_gateway(&history)?;
+    let gateway = Running::start(&history)?;
     let (addr, token, clients) = (gateway.addr, history.webhook_token()?, args.clients);
     let crashing = tokio::spawn(async move { load(addr, token, clients, 3, LOAD_ISSUES / 2, true).await });
     tokio::time::sleep(Duration::from_millis(2500)).await;
     gateway.kill()?;
     let _ = crashing.await;
-    let gateway = history_gateway(&history)?;
+    let gateway = Running::start(&history)?;
     let after_kill = gateway.ready_in;
     println!("start after kill -9 under load: ready in {:.3} s", after_kill.as_secs_f64());
     let restarted = gateway.memory()?;
@@ -176,45 +177,6 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(())
-}
-
-fn history_gateway(site: &Site) -> anyhow::Result<Running> {
-    Running::start(site)
-}
-
-/// A configuration folder and a data folder, as `meshgate init` lays them out.
-struct Site {
-    root: PathBuf,
-    config: PathBuf,
-    data: PathBuf,
-}
-
-impl Site {
-    fn create(root: &Path) -> anyhow::Result<Site> {
-        let config_dir = root.join("etc");
-        let data = root.join("data");
-        let config = config_dir.join("meshgate.toml");
-        if !config.exists() {
-            let status = Command::new(crate::gateway_binary()?)
-                .arg("init")
-                .arg(&config_dir)
-                .arg("--data-dir")
-                .arg(&data)
-                .stdout(Stdio::null())
-                .status()?;
-            anyhow::ensure!(status.success(), "meshgate init failed");
-        }
-        Ok(Site { root: root.to_owned(), config, data })
-    }
-
-    fn log(&self) -> PathBuf {
-        self.data.join("events.sqlite")
-    }
-
-    fn webhook_token(&self) -> anyhow::Result<String> {
-        let path = self.config.with_file_name("secrets").join("webhook.token");
-        Ok(std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?.trim().to_owned())
-    }
 }
 
 /// Grows the log at `log` to at least `events` events through the ingest service; returns the
@@ -271,121 +233,6 @@ async fn deliver(ingest: &IngestService, body: &str) -> anyhow::Result<()> {
 fn count_builds(log: &Path) -> anyhow::Result<u64> {
     let conn = rusqlite::Connection::open_with_flags(log, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     Ok(conn.query_row("SELECT COUNT(*) FROM events WHERE type = 'BuildRequested'", [], |r| r.get(0))?)
-}
-
-/// A gateway process started as a service manager starts it: its configuration in another
-/// folder than the working directory.
-struct Running {
-    child: Child,
-    addr: std::net::SocketAddr,
-    ready_in: Duration,
-}
-
-/// Whether `GET /readyz` answers 200.
-fn ready(addr: std::net::SocketAddr) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut tcp) = std::net::TcpStream::connect(addr) else { return false };
-    let request = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let mut answer = [0u8; 12];
-    tcp.write_all(request.as_bytes()).is_ok() && tcp.read_exact(&mut answer).is_ok() && answer.ends_with(b" 200")
-}
-
-struct Memory {
-    rss: u64,
-    peak: u64,
-}
-
-impl Running {
-    fn start(site: &Site) -> anyhow::Result<Running> {
-        use std::io::BufRead;
-        let started = Instant::now();
-        let mut child = Command::new(crate::gateway_binary()?)
-            .arg("--config")
-            .arg(&site.config)
-            .arg("serve")
-            .current_dir(&site.root)
-            .env("MESHGATE_SERVER__LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = std::io::BufReader::new(child.stdout.take().context("stdout")?);
-        let mut addr = None;
-        for line in stdout.lines() {
-            if let Some(rest) = line?.strip_prefix("meshgate listening on http://") {
-                addr = Some(rest.split('/').next().unwrap_or_default().parse()?);
-                break;
-            }
-        }
-        let Some(addr) = addr else { bail!("the gateway exited before listening: {:?}", child.wait()?) };
-        // Polling is what a load balancer does; this is a benchmark, not a test.
-        while !ready(addr) {
-            if let Some(status) = child.try_wait()? {
-                bail!("the gateway exited before it was ready: {status}");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok(Running { child, addr, ready_in: started.elapsed() })
-    }
-
-    fn memory(&self) -> anyhow::Result<Memory> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .unwrap_or(0)
-                * 1024
-        };
-        Ok(Memory { rss: field("VmRSS:"), peak: field("VmHWM:") })
-    }
-
-    /// CPU seconds each thread name has used so far (threads of one name summed).
-    fn cpu_by_thread(&self) -> Vec<(String, f64)> {
-        let mut by_name: Vec<(String, f64)> = Vec::new();
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) else { return by_name };
-        // Clock ticks per second: 100 on Linux unless the kernel says otherwise (it does not here).
-        const TICKS: f64 = 100.0;
-        for task in tasks.flatten() {
-            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
-            // `pid (name) state ...`: the name may hold spaces; fields 14 and 15 are utime, stime.
-            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-            let name = stat[open + 1..close].to_owned();
-            let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-            let seconds = (ticks(11) + ticks(12)) / TICKS;
-            match by_name.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, total)) => *total += seconds,
-                None => by_name.push((name, seconds)),
-            }
-        }
-        by_name
-    }
-
-    /// SIGTERM, then the time until the process has exited.
-    fn stop(mut self) -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
-        anyhow::ensure!(status.success(), "kill -TERM failed");
-        let exit = self.child.wait()?;
-        let elapsed = started.elapsed();
-        anyhow::ensure!(exit.success(), "the gateway exited with {exit} after SIGTERM");
-        Ok(elapsed)
-    }
-
-    fn kill(mut self) -> anyhow::Result<()> {
-        self.child.kill()?;
-        self.child.wait()?;
-        Ok(())
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[derive(Clone, Copy)]

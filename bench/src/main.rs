@@ -8,12 +8,16 @@
 //! ./target/release/meshgate-bench --seconds 10
 //! ```
 
+mod bounds;
+mod burst;
 mod chat_actions;
 mod client;
 mod dispatch;
 mod history;
 mod ingest;
+mod instructions;
 mod live_log;
+mod process;
 mod rebuild;
 mod retention;
 mod server;
@@ -49,6 +53,12 @@ enum Command {
     Stats(stats::StatsArgs),
     /// How big the log gets per thousand builds, and its archive.
     Retention(retention::RetentionArgs),
+    /// Instructions per accepted delivery, counted by callgrind (valgrind).
+    Instructions(instructions::InstructionsArgs),
+    /// The gateway beside a no-op server and a plain group-commit server, under the same load.
+    Bounds(bounds::BoundsArgs),
+    /// The gateway's memory right after a burst of deliveries.
+    Burst(burst::BurstArgs),
 }
 
 /// The `meshgate` binary the benchmarks start: `MESHGATE_BIN`, else the one beside this binary
@@ -90,6 +100,9 @@ fn main() -> std::process::ExitCode {
             Some(Command::ChatActions(args)) => chat_actions::run(args).await,
             Some(Command::Stats(args)) => stats::run(args).await,
             Some(Command::Retention(args)) => retention::run(args).await,
+            Some(Command::Instructions(args)) => instructions::run(args).await,
+            Some(Command::Bounds(args)) => bounds::run(args).await,
+            Some(Command::Burst(args)) => burst::run(args).await,
             None => ingest::run(cli.args).await,
         }
     });

@@ -14,16 +14,17 @@ mod nodes;
 mod outbox;
 mod queue;
 mod stats;
+mod unsaved;
 mod waiting;
 
 pub use archive::{ArchivePlan, ArchivePlanner};
 pub use builds::{build_name, ArtifactRecord, BuildView, Builds, FoldRecord, RebuildRecord, RetryRecord};
 pub use nodes::{NodeView, Nodes};
-pub use outbox::{Entry, MilestoneRecord, Outbox, OutboxConfig, SinkSpec};
+pub use outbox::{Entry, MilestoneRecord, Outbox, OutboxChanges, OutboxConfig, OutboxRow, SinkSpec};
 pub use queue::{LaneRule, NodeAsk, Queue, QueueChange, QueueEntry};
 pub use stats::{
-    DayStats, Flight, Histogram, LaneStats, NodeStats, Percentiles, ScriptStats, SeriesPoint, Stats, StatsAnswer,
-    StatsChanges, TestStats, TriggerStats, KEEP_DAYS,
+    DayStats, Flight, Flying, Histogram, LaneStats, NodeStats, Percentiles, ScriptStats, SeriesPoint, Stats,
+    StatsAnswer, StatsChanges, TestStats, TriggerStats, KEEP_DAYS,
 };
 pub use waiting::{unservable, waiting, Waiting};
 

@@ -7,6 +7,10 @@
 //! (measured on the log's own clock, the newest event's time), since an older one is never sent.
 //! A sink added later does not send older milestones; a resend request makes a key due again
 //! whatever its age.
+//!
+//! The read model saves it row by row ([`Outbox::changed`]): its entries, the messages it keeps
+//! for editing and the triggers of builds in flight each change by the row, so a save costs what
+//! changed since the last one, not the window's worth of milestones.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -17,6 +21,7 @@ use meshgate_domain::{Event, Recorded};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::unsaved::Unsaved;
 use crate::Projection;
 
 /// A milestone worth telling a sink about.
@@ -67,13 +72,15 @@ pub struct Entry {
     pub state: NotificationState,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Serialized, it is what the frozen logs' expectations hold (fixtures/logs); the read model saves
+/// it by rows instead.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Outbox {
     #[serde(skip)]
     config: OutboxConfig,
     /// By the position of the milestone (or of the resend request) and the sink, so notifications
     /// go out in log order.
-    #[serde(with = "pairs")]
+    #[serde(serialize_with = "pairs")]
     entries: BTreeMap<(u64, String), Entry>,
     /// Notification key → its entry.
     keys: HashMap<String, (u64, String)>,
@@ -83,8 +90,37 @@ pub struct Outbox {
     /// The newest event time applied: the outbox's clock.
     latest: Option<DateTime<Utc>>,
     /// The trigger of each build in flight, for the sinks that speak only of some triggers.
-    #[serde(default)]
     triggers: HashMap<Uuid, String>,
+    #[serde(skip)]
+    unsaved: Unsaved<OutboxKey>,
+}
+
+/// A row of the outbox as the read model saves it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum OutboxKey {
+    Entry(u64, String),
+    MessageRef(String),
+    Trigger(Uuid),
+}
+
+/// A saved row of the outbox, changed since the last save: its value now, none if it is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxRow {
+    /// A followed notification, under the position of its milestone and its sink.
+    Entry { position: u64, sink: String, entry: Option<Entry> },
+    /// The message kept for editing, under `sink/build`, and when it was last used.
+    MessageRef { key: String, message: Option<(String, DateTime<Utc>)> },
+    /// The trigger of a build in flight.
+    Trigger { build_id: Uuid, trigger: Option<String> },
+}
+
+/// What a save writes of the outbox: the rows changed, its clock, and the mark for
+/// [`Outbox::saved`].
+#[derive(Debug, Clone, Default)]
+pub struct OutboxChanges {
+    pub rows: Vec<OutboxRow>,
+    pub latest: Option<DateTime<Utc>>,
+    pub mark: u64,
 }
 
 impl Outbox {
@@ -96,6 +132,50 @@ impl Outbox {
     pub fn with_config(mut self, config: OutboxConfig) -> Self {
         self.config = config;
         self
+    }
+
+    /// The outbox the read model saved, from its rows (nothing unsaved).
+    pub fn restore(rows: impl IntoIterator<Item = OutboxRow>, latest: Option<DateTime<Utc>>) -> Self {
+        let mut outbox = Outbox { latest, ..Outbox::default() };
+        for row in rows {
+            match row {
+                OutboxRow::Entry { position, sink, entry: Some(entry) } => {
+                    outbox.keys.insert(entry.key.clone(), (position, sink.clone()));
+                    outbox.entries.insert((position, sink), entry);
+                }
+                OutboxRow::MessageRef { key, message: Some(message) } => {
+                    outbox.message_refs.insert(key, message);
+                }
+                OutboxRow::Trigger { build_id, trigger: Some(trigger) } => {
+                    outbox.triggers.insert(build_id, trigger);
+                }
+                _ => {}
+            }
+        }
+        outbox
+    }
+
+    /// The rows changed since the last save.
+    pub fn changed(&self) -> OutboxChanges {
+        let row = |key: &OutboxKey| match key {
+            OutboxKey::Entry(position, sink) => OutboxRow::Entry {
+                position: *position,
+                sink: sink.clone(),
+                entry: self.entries.get(&(*position, sink.clone())).cloned(),
+            },
+            OutboxKey::MessageRef(key) => {
+                OutboxRow::MessageRef { key: key.clone(), message: self.message_refs.get(key).cloned() }
+            }
+            OutboxKey::Trigger(build_id) => {
+                OutboxRow::Trigger { build_id: *build_id, trigger: self.triggers.get(build_id).cloned() }
+            }
+        };
+        OutboxChanges { rows: self.unsaved.keys().map(row).collect(), latest: self.latest, mark: self.unsaved.mark() }
+    }
+
+    /// The rows [`Outbox::changed`] gave with `mark` are saved.
+    pub fn saved(&mut self, mark: u64) {
+        self.unsaved.saved(mark);
     }
 
     /// Milestones a sink still has to send at `now`, oldest first: recorded within the window (or
@@ -198,7 +278,9 @@ impl Outbox {
         let at = (position, sink.to_owned());
         if let Some(old) = self.keys.insert(key.clone(), at.clone()) {
             self.entries.remove(&old);
+            self.unsaved.touch(OutboxKey::Entry(old.0, old.1));
         }
+        self.unsaved.touch(OutboxKey::Entry(at.0, at.1.clone()));
         self.entries.insert(at, Entry { key, sink: sink.to_owned(), record, state });
     }
 
@@ -212,16 +294,25 @@ impl Outbox {
             if let Some(entry) = self.entries.remove(&at) {
                 self.keys.remove(&entry.key);
             }
+            self.unsaved.touch(OutboxKey::Entry(at.0, at.1));
         }
-        self.message_refs.retain(|_, (_, used)| *used >= horizon);
+        let unsaved = &mut self.unsaved;
+        self.message_refs.retain(|key, (_, used)| {
+            let keep = *used >= horizon;
+            if !keep {
+                unsaved.touch(OutboxKey::MessageRef(key.clone()));
+            }
+            keep
+        });
     }
 }
 
 impl Projection for Outbox {
     const NAME: &'static str = "outbox";
     // 3: entries saved as pairs (a JSON object cannot have them as keys). 4: retries. 5: the
-    // triggers of builds in flight, rebuilds. 6: pauses and resumes told to chat.
-    const VERSION: u32 = 6;
+    // triggers of builds in flight, rebuilds. 6: pauses and resumes told to chat. 7: saved row by
+    // row, not whole.
+    const VERSION: u32 = 7;
 
     fn wants(event_type: &str) -> bool {
         matches!(
@@ -257,6 +348,7 @@ impl Projection for Outbox {
         }
         if let Event::BuildRequested(e) = &recorded.event {
             self.triggers.insert(e.build_id, e.trigger.clone());
+            self.unsaved.touch(OutboxKey::Trigger(e.build_id));
         }
         if let Some((build_id, milestone)) = Milestone::of(&recorded.event) {
             let record = MilestoneRecord { build_id, milestone, at };
@@ -276,8 +368,9 @@ impl Projection for Outbox {
                 .map(|s| s.name.clone())
                 .collect();
             // A build's trigger is needed until it has finished.
-            if matches!(milestone, Milestone::Succeeded | Milestone::Failed | Milestone::Cancelled) {
-                self.triggers.remove(&build_id);
+            let finished = matches!(milestone, Milestone::Succeeded | Milestone::Failed | Milestone::Cancelled);
+            if finished && self.triggers.remove(&build_id).is_some() {
+                self.unsaved.touch(OutboxKey::Trigger(build_id));
             }
             for sink in sinks {
                 // A milestone reached again (a second requeue) is the same key: it stays as it is.
@@ -291,8 +384,9 @@ impl Projection for Outbox {
             Event::NotificationAttempted(e) => (&e.key, self.keys.get(&e.key).cloned()),
             Event::NotificationDelivered(e) => {
                 if let Some(message) = &e.message_ref {
-                    let entry = self.message_refs.entry(format!("{}/{}", e.sink, e.build_id));
-                    entry.or_insert_with(|| (message.clone(), at)).1 = at;
+                    let key = format!("{}/{}", e.sink, e.build_id);
+                    self.message_refs.entry(key.clone()).or_insert_with(|| (message.clone(), at)).1 = at;
+                    self.unsaved.touch(OutboxKey::MessageRef(key));
                 }
                 (&e.key, self.keys.get(&e.key).cloned())
             }
@@ -311,32 +405,18 @@ impl Projection for Outbox {
         if let Some(entry) = self.entries.get_mut(&at) {
             debug_assert_eq!(&entry.key, key);
             entry.state = evolve(std::mem::take(&mut entry.state), &recorded.event);
+            self.unsaved.touch(OutboxKey::Entry(at.0, at.1));
         }
     }
 }
 
-/// A map whose keys are not strings, saved as a list of `[key, value]` pairs (JSON objects only
-/// take string keys).
-mod pairs {
-    use std::collections::BTreeMap;
-
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
-        map: &BTreeMap<K, V>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(map.iter())
-    }
-
-    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<BTreeMap<K, V>, D::Error>
-    where
-        K: Deserialize<'de> + Ord,
-        V: Deserialize<'de>,
-        D: Deserializer<'de>,
-    {
-        Ok(Vec::<(K, V)>::deserialize(deserializer)?.into_iter().collect())
-    }
+/// A map whose keys are not strings, as a list of `[key, value]` pairs (JSON objects only take
+/// string keys).
+fn pairs<K: Serialize, V: Serialize, S: serde::Serializer>(
+    map: &BTreeMap<K, V>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(map.iter())
 }
 
 #[cfg(test)]
@@ -360,16 +440,42 @@ mod tests {
         })
     }
 
+    /// Saves the rows changed into `table` as the read model does, and marks them saved.
+    fn save(outbox: &mut Outbox, table: &mut BTreeMap<String, OutboxRow>) {
+        let changes = outbox.changed();
+        for row in changes.rows {
+            let (key, present) = match &row {
+                OutboxRow::Entry { position, sink, entry } => (format!("e/{position}/{sink}"), entry.is_some()),
+                OutboxRow::MessageRef { key, message } => (format!("m/{key}"), message.is_some()),
+                OutboxRow::Trigger { build_id, trigger } => (format!("t/{build_id}"), trigger.is_some()),
+            };
+            if present {
+                table.insert(key, row);
+            } else {
+                table.remove(&key);
+            }
+        }
+        outbox.saved(changes.mark);
+    }
+
     #[test]
-    fn an_outbox_with_entries_is_saved_and_read_back_whole() {
+    fn an_outbox_saved_row_by_row_is_read_back_as_it_was() {
         let mut outbox = Outbox::new(config());
+        let mut table = BTreeMap::new();
         for (position, build) in [(1, 7), (2, 8)] {
             outbox.apply(&recorded(position, position as i64, cancelled(build)));
         }
         assert_eq!(outbox.len(), 2);
-        let saved = serde_json::to_string(&outbox).expect("a read model can save it");
-        let back: Outbox = serde_json::from_str(&saved).unwrap();
-        assert_eq!(back.with_config(config()), outbox);
+        save(&mut outbox, &mut table);
+        assert_eq!(table.len(), 2);
+        assert!(outbox.changed().rows.is_empty(), "nothing changed since the save");
+        // A later milestone, then the window passes the first two: their rows go.
+        outbox.apply(&recorded(3, 200, cancelled(9)));
+        assert_eq!(outbox.len(), 1);
+        save(&mut outbox, &mut table);
+        assert_eq!(table.len(), 1);
+        let back = Outbox::restore(table.values().cloned(), outbox.changed().latest).with_config(config());
+        assert_eq!(back, outbox);
     }
 
     fn config() -> OutboxConfig {

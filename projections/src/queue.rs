@@ -8,6 +8,7 @@ use meshgate_domain::{Event, Recorded};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::unsaved::Unsaved;
 use crate::Projection;
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -66,10 +67,8 @@ pub struct Queue {
     /// The queued builds of each lane in log order: a claim reads the head of each lane instead
     /// of sorting the whole queue (which a backlog makes deep).
     lanes: BTreeMap<String, BTreeSet<(u64, Uuid)>>,
-    /// Entries changed since the last save, with the change's number (as `Builds` keeps its
-    /// views'): a save costs what changed, not the depth of the queue.
-    changed: BTreeMap<Uuid, u64>,
-    changes: u64,
+    /// Entries changed since the last save: a save costs what changed, not the depth of the queue.
+    unsaved: Unsaved<Uuid>,
 }
 
 /// The queue's state; which entries are not yet saved is bookkeeping, not state.
@@ -302,17 +301,16 @@ impl Queue {
             (None, Some(entry)) => QueueChange::Running(entry.clone()),
             (None, None) => QueueChange::Gone(*id),
         };
-        (self.changed.keys().map(change).collect(), self.changes)
+        (self.unsaved.keys().map(change).collect(), self.unsaved.mark())
     }
 
     /// The changes [`Queue::changed`] gave with `mark` are saved.
     pub fn saved(&mut self, mark: u64) {
-        self.changed.retain(|_, change| *change > mark);
+        self.unsaved.saved(mark);
     }
 
     fn touch(&mut self, build_id: Uuid) {
-        self.changes += 1;
-        self.changed.insert(build_id, self.changes);
+        self.unsaved.touch(build_id);
     }
 
     /// A running build back in the queue, in its place.

@@ -147,3 +147,29 @@ fn the_stats_benchmark_folds_a_history_and_answers_every_question() {
         assert!(said.contains(line), "no `{line}` in:\n{said}");
     }
 }
+
+#[test]
+fn the_instruction_count_runs_the_gateway_under_callgrind_twice() {
+    let said = bench(&["instructions", "--base", "2", "--deliveries", "3", "--top", "5"]);
+    assert!(said.contains("instructions: 2 deliveries "), "{said}");
+    assert!(said.contains("per accepted delivery: "), "{said}");
+    assert!(said.contains("| function (inclusive) | instructions per delivery |"), "{said}");
+}
+
+#[test]
+fn the_bounds_measure_the_gateway_beside_a_no_op_and_a_plain_group_commit_server() {
+    let said = bench(&["bounds", "--seconds", "1", "--rounds", "1", "--clients", "4"]);
+    for row in
+        ["| 1 | no-op |", "| 1 | plain group commit |", "| 1 | meshgate |", "meshgate / no-op", "meshgate / plain"]
+    {
+        assert!(said.contains(row), "{row} missing from:\n{said}");
+    }
+}
+
+#[test]
+fn the_burst_follows_memory_after_the_load() {
+    let said = bench(&["burst", "--seconds", "1", "--after", "1", "--clients", "4"]);
+    for line in ["at rest after start: RSS", "deliveries accepted in", "| 0 s |", "| 1 s |"] {
+        assert!(said.contains(line), "{line} missing from:\n{said}");
+    }
+}

@@ -93,9 +93,11 @@ async fn fold_frozen(dir: &Path) -> Expectation {
     let (views, _) = set.builds.changed();
     let (queue, _) = set.queue.changed();
     let stats = set.stats.changed();
-    model.save(&meshgate::readmodel::Snapshot::of(&set, &views, &queue, &stats)).unwrap();
+    let outbox = set.outbox.changed();
+    model.save(&meshgate::readmodel::Snapshot::of(&set, &views, &queue, &outbox, &stats)).unwrap();
     let loaded = model.load(outbox_config(), set.position).unwrap();
     assert_eq!((loaded.position, &loaded.queue, &loaded.outbox), (set.position, &set.queue, &set.outbox));
+    assert_eq!(loaded.stats, set.stats);
     assert_eq!(loaded.nodes, set.nodes);
     assert_eq!(loaded.builds.numbers(), set.builds.numbers());
     assert_eq!(loaded.stats, set.stats, "the stats as saved");

@@ -26,6 +26,7 @@ use meshgate_domain::{Event, Recorded};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::unsaved::Unsaved;
 use crate::Projection;
 
 mod answer;
@@ -106,9 +107,9 @@ impl Failure {
     }
 }
 
-/// A build in flight.
+/// A build in flight: what its finish is counted under, and the failures of its attempts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Flying {
+pub struct Flying {
     trigger: String,
     lane: String,
     script: String,
@@ -117,55 +118,53 @@ struct Flying {
     failures: Vec<Failure>,
 }
 
-/// What the stats keep besides the days: the builds in flight and the failures rebuilds may
-/// follow (saved whole: it is sized by the work in flight and [`RECENT_FAILURES`]).
+/// What the stats keep besides the days and the builds in flight: the failures rebuilds may
+/// follow and the newest day (saved whole: it is sized by [`RECENT_FAILURES`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flight {
-    flying: BTreeMap<Uuid, Flying>,
     recent: VecDeque<(Uuid, Failure)>,
     /// The newest day the log reached.
     newest: Option<NaiveDate>,
 }
 
-/// What changed since the last save, never compared: two folds of one log are equal whatever
-/// either saved.
-#[derive(Debug, Clone, Default)]
-struct Changes {
-    count: u64,
-    days: BTreeMap<NaiveDate, u64>,
-    flight: u64,
-    flight_saved: u64,
+/// A row of the stats as the read model saves it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum StatsKey {
+    Day(NaiveDate),
+    Flight,
+    Flying(Uuid),
 }
 
-impl PartialEq for Changes {
-    fn eq(&self, _: &Changes) -> bool {
-        true
-    }
-}
-impl Eq for Changes {}
-
-/// The farm's history, a day at a time.
+/// The farm's history: days, the builds in flight, recent failures.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     days: BTreeMap<NaiveDate, Day>,
     flight: Flight,
-    changes: Changes,
+    /// One row each in the read model: a save writes the builds that moved, not all in flight.
+    flying: BTreeMap<Uuid, Flying>,
+    unsaved: Unsaved<StatsKey>,
 }
 
-/// What a save writes of the stats: the days changed, the flight if it changed, the oldest day
-/// kept (older rows go), and the mark for [`Stats::saved`].
+/// What a save writes of the stats: the days changed, the flight if it changed, the builds in
+/// flight that changed (none: finished), the oldest day kept (older rows go), and the mark for
+/// [`Stats::saved`].
 #[derive(Debug, Clone, Default)]
 pub struct StatsChanges {
     pub days: Vec<(NaiveDate, Day)>,
     pub flight: Option<Flight>,
+    pub flying: Vec<(Uuid, Option<Flying>)>,
     pub keep_from: Option<NaiveDate>,
     pub mark: u64,
 }
 
 impl Stats {
     /// The stats a read model saved.
-    pub fn restore(days: BTreeMap<NaiveDate, Day>, flight: Flight) -> Stats {
-        Stats { days, flight, changes: Changes::default() }
+    pub fn restore(
+        days: BTreeMap<NaiveDate, Day>,
+        flight: Flight,
+        flying: impl IntoIterator<Item = (Uuid, Flying)>,
+    ) -> Stats {
+        Stats { days, flight, flying: flying.into_iter().collect(), unsaved: Unsaved::default() }
     }
 
     /// Every day kept.
@@ -173,9 +172,14 @@ impl Stats {
         &self.days
     }
 
-    /// The flight (saved whole).
+    /// The recent failures and the newest day (saved whole).
     pub fn flight(&self) -> &Flight {
         &self.flight
+    }
+
+    /// The builds in flight (saved a row each).
+    pub fn flying(&self) -> &BTreeMap<Uuid, Flying> {
+        &self.flying
     }
 
     /// The oldest day kept, given the newest day the log reached.
@@ -185,23 +189,20 @@ impl Stats {
 
     /// What changed since the last save.
     pub fn changed(&self) -> StatsChanges {
-        StatsChanges {
-            days: self.changes.days.keys().filter_map(|d| self.days.get(d).map(|day| (*d, day.clone()))).collect(),
-            flight: (self.changes.flight > self.changes.flight_saved).then(|| self.flight.clone()),
-            keep_from: self.keep_from(),
-            mark: self.changes.count,
+        let mut changes = StatsChanges { keep_from: self.keep_from(), mark: self.unsaved.mark(), ..Default::default() };
+        for key in self.unsaved.keys() {
+            match key {
+                StatsKey::Day(date) => changes.days.extend(self.days.get(date).map(|day| (*date, day.clone()))),
+                StatsKey::Flight => changes.flight = Some(self.flight.clone()),
+                StatsKey::Flying(id) => changes.flying.push((*id, self.flying.get(id).cloned())),
+            }
         }
+        changes
     }
 
     /// The changes [`Stats::changed`] gave with `mark` are saved.
     pub fn saved(&mut self, mark: u64) {
-        self.changes.days.retain(|_, change| *change > mark);
-        self.changes.flight_saved = self.changes.flight_saved.max(mark.min(self.changes.flight));
-    }
-
-    fn touch_flight(&mut self) {
-        self.changes.count += 1;
-        self.changes.flight = self.changes.count;
+        self.unsaved.saved(mark);
     }
 
     /// The trigger's day of `at`, marked changed; none if the day is older than what is kept.
@@ -209,22 +210,23 @@ impl Stats {
         let date = at.date_naive();
         if self.flight.newest.is_none_or(|n| date > n) {
             self.flight.newest = Some(date);
-            self.touch_flight();
+            self.unsaved.touch(StatsKey::Flight);
             if let Some(from) = self.keep_from() {
                 self.days = self.days.split_off(&from);
-                self.changes.days = self.changes.days.split_off(&from);
+                // The save removes the older days' rows by their date.
+                self.unsaved.retain(|key| !matches!(key, StatsKey::Day(day) if *day < from));
             }
         }
         if self.keep_from().is_some_and(|from| date < from) {
             return None;
         }
-        self.changes.count += 1;
-        self.changes.days.insert(date, self.changes.count);
+        self.unsaved.touch(StatsKey::Day(date));
         Some(self.days.entry(date).or_default().entry(trigger.to_owned()).or_default())
     }
 
     fn remember(&mut self, build_id: Uuid, failure: Failure) {
         self.flight.recent.push_back((build_id, failure));
+        self.unsaved.touch(StatsKey::Flight);
         while self.flight.recent.len() > RECENT_FAILURES {
             self.flight.recent.pop_front();
         }
@@ -253,7 +255,8 @@ fn count_failing_test(day: &mut TriggerDay, report: &BuildReport) {
 
 impl Projection for Stats {
     const NAME: &'static str = "stats";
-    const VERSION: u32 = 1;
+    // 2: the builds in flight saved a row each, not whole.
+    const VERSION: u32 = 2;
 
     fn wants(event_type: &str) -> bool {
         matches!(
@@ -271,7 +274,7 @@ impl Projection for Stats {
         let at = recorded.recorded_at;
         match &recorded.event {
             Event::BuildRequested(e) => {
-                if self.flight.flying.contains_key(&e.build_id) {
+                if self.flying.contains_key(&e.build_id) {
                     return;
                 }
                 // A rebuild of a failed build carries its failure.
@@ -288,25 +291,25 @@ impl Projection for Stats {
                     claimed: false,
                     failures,
                 };
-                self.flight.flying.insert(e.build_id, flying);
-                self.touch_flight();
+                self.flying.insert(e.build_id, flying);
+                self.unsaved.touch(StatsKey::Flying(e.build_id));
             }
             Event::BuildClaimed(e) => {
-                let Some(flying) = self.flight.flying.get_mut(&e.build_id).filter(|f| !f.claimed) else { return };
+                let Some(flying) = self.flying.get_mut(&e.build_id).filter(|f| !f.claimed) else { return };
                 flying.claimed = true;
                 let waited = (at - flying.requested_at).num_seconds().max(0) as u64;
                 let (trigger, lane) = (flying.trigger.clone(), flying.lane.clone());
-                self.touch_flight();
+                self.unsaved.touch(StatsKey::Flying(e.build_id));
                 if let Some(day) = self.day(at, &trigger) {
                     day.waits.entry(lane).or_default().record(waited);
                 }
             }
             Event::BuildRetryScheduled(e) => {
                 let Some(report) = &e.report else { return };
-                let Some(flying) = self.flight.flying.get_mut(&e.build_id) else { return };
+                let Some(flying) = self.flying.get_mut(&e.build_id) else { return };
                 flying.failures.push(Failure::of(report, true));
                 let trigger = flying.trigger.clone();
-                self.touch_flight();
+                self.unsaved.touch(StatsKey::Flying(e.build_id));
                 if let Some(day) = self.day(at, &trigger) {
                     let node = day.nodes.entry(report.node_id.clone()).or_default();
                     node.attempts += 1;
@@ -315,8 +318,8 @@ impl Projection for Stats {
                 }
             }
             Event::BuildSucceeded(e) => {
-                let Some(flying) = self.flight.flying.remove(&e.build_id) else { return };
-                self.touch_flight();
+                let Some(flying) = self.flying.remove(&e.build_id) else { return };
+                self.unsaved.touch(StatsKey::Flying(e.build_id));
                 let Some(day) = self.day(at, &flying.trigger) else { return };
                 day.succeeded += 1;
                 let Some(report) = &e.report else { return };
@@ -340,8 +343,8 @@ impl Projection for Stats {
                 }
             }
             Event::BuildFailed(e) => {
-                let Some(flying) = self.flight.flying.remove(&e.build_id) else { return };
-                self.touch_flight();
+                let Some(flying) = self.flying.remove(&e.build_id) else { return };
+                self.unsaved.touch(StatsKey::Flying(e.build_id));
                 if let Some(report) = &e.report {
                     self.remember(e.build_id, Failure::of(report, false));
                 }
@@ -352,8 +355,8 @@ impl Projection for Stats {
                 }
             }
             Event::BuildCancelled(e) => {
-                let Some(flying) = self.flight.flying.remove(&e.build_id) else { return };
-                self.touch_flight();
+                let Some(flying) = self.flying.remove(&e.build_id) else { return };
+                self.unsaved.touch(StatsKey::Flying(e.build_id));
                 if let Some(day) = self.day(at, &flying.trigger) {
                     day.cancelled += 1;
                 }

@@ -180,6 +180,10 @@ impl Writer {
         let mut answers: Vec<(Reply, Result<Appended, StoreError>)> = Vec::new();
         let started = std::time::Instant::now();
         let begun = self.run_cached("BEGIN IMMEDIATE");
+        // A request alone in its batch needs no savepoint: refused, it takes the transaction back
+        // whole. (A savepoint copies every page the request touches aside first.)
+        let alone = batch.len() == 1;
+        let mut rolled_back = false;
         for request in batch {
             let (reply, work): (Reply, Work) = match request {
                 WriteRequest::Append { appends, reply } => (reply, Work::Append(appends)),
@@ -189,12 +193,12 @@ impl Writer {
                 answers.push((reply, Err(e.clone())));
                 continue;
             }
-            let result = self.in_savepoint(work);
+            let result = if alone { self.alone(work, &mut rolled_back) } else { self.in_savepoint(work) };
             answers.push((reply, result));
         }
         let work_us = started.elapsed().as_micros() as u64;
         let batch = std::mem::take(&mut self.batch);
-        if begun.is_ok() {
+        if begun.is_ok() && !rolled_back {
             // A savepoint that could be neither released nor rolled back leaves the transaction
             // in a state the stream index does not know: the whole batch is refused.
             let committed = match (self.spoiled.take(), &self.spoiled_for_good) {
@@ -325,20 +329,54 @@ impl Writer {
         }
     }
 
+    /// The only request of its batch, straight in the transaction: refused, the transaction is
+    /// rolled back (and `rolled_back` set, so the batch commits nothing).
+    fn alone(&mut self, work: Work, rolled_back: &mut bool) -> Result<Appended, StoreError> {
+        let start = self.next_position;
+        let (mut request, mut versions) = (Pending::default(), Vec::new());
+        let (result, appended) = self.work(work, &mut request, &mut versions);
+        match &result {
+            Ok(_) => {
+                self.batch.absorb(request);
+                if let Some(appends) = appended {
+                    self.publish_later(appends, start, versions);
+                }
+            }
+            Err(_) => {
+                self.next_position = start;
+                *rolled_back = true;
+                if let Err(e) = self.run_cached("ROLLBACK") {
+                    // The transaction may still hold the request's rows: the index cannot tell.
+                    self.spoiled_for_good = Some(e.clone());
+                    return Err(e);
+                }
+            }
+        }
+        result
+    }
+
+    /// Does a request's work in the open transaction; gives back the appends it made.
+    fn work(
+        &mut self,
+        work: Work,
+        request: &mut Pending,
+        versions: &mut Vec<u64>,
+    ) -> (Result<Appended, StoreError>, Option<Vec<StreamAppend>>) {
+        match work {
+            Work::Append(appends) => {
+                let result = self.append(&appends, request, versions);
+                (result, Some(appends))
+            }
+            Work::Ping => (self.probe().map(|()| Appended { last_position: self.next_position - 1 }), None),
+        }
+    }
+
     fn in_savepoint(&mut self, work: Work) -> Result<Appended, StoreError> {
         self.run_cached("SAVEPOINT request")?;
         let start = self.next_position;
         let mut request = Pending::default();
         let mut versions = Vec::new();
-        let mut appended = None;
-        let result = match work {
-            Work::Append(appends) => {
-                let result = self.append(&appends, &mut request, &mut versions);
-                appended = Some(appends);
-                result
-            }
-            Work::Ping => self.probe().map(|()| Appended { last_position: start - 1 }),
-        };
+        let (result, appended) = self.work(work, &mut request, &mut versions);
         match &result {
             Ok(_) => {
                 if let Err(e) = self.run_cached("RELEASE request") {

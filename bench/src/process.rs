@@ -1,0 +1,178 @@
+//! A gateway process as the measurements start it: `meshgate init`'s layout (a configuration folder
+//! beside the data folder, neither the working directory) and `meshgate serve` on a free loopback
+//! port, optionally under a wrapper (`valgrind`). Linux only (memory and CPU come from `/proc`).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// A configuration folder and a data folder, as `meshgate init` lays them out.
+pub(crate) struct Site {
+    pub root: PathBuf,
+    pub config: PathBuf,
+    pub data: PathBuf,
+}
+
+impl Site {
+    pub(crate) fn create(root: &Path) -> anyhow::Result<Site> {
+        let config_dir = root.join("etc");
+        let data = root.join("data");
+        let config = config_dir.join("meshgate.toml");
+        if !config.exists() {
+            let status = Command::new(crate::gateway_binary()?)
+                .arg("init")
+                .arg(&config_dir)
+                .arg("--data-dir")
+                .arg(&data)
+                .stdout(Stdio::null())
+                .status()?;
+            anyhow::ensure!(status.success(), "meshgate init failed");
+        }
+        Ok(Site { root: root.to_owned(), config, data })
+    }
+
+    pub(crate) fn log(&self) -> PathBuf {
+        self.data.join("events.sqlite")
+    }
+
+    pub(crate) fn webhook_token(&self) -> anyhow::Result<String> {
+        let path = self.config.with_file_name("secrets").join("webhook.token");
+        Ok(std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?.trim().to_owned())
+    }
+}
+
+/// A gateway process started as a service manager starts it: its configuration in another
+/// folder than the working directory.
+pub(crate) struct Running {
+    child: Child,
+    pub addr: std::net::SocketAddr,
+    pub ready_in: Duration,
+}
+
+/// Whether `GET /readyz` answers 200.
+fn ready(addr: std::net::SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut tcp) = std::net::TcpStream::connect(addr) else { return false };
+    let request = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut answer = [0u8; 12];
+    tcp.write_all(request.as_bytes()).is_ok() && tcp.read_exact(&mut answer).is_ok() && answer.ends_with(b" 200")
+}
+
+pub(crate) struct Memory {
+    pub rss: u64,
+    pub peak: u64,
+}
+
+impl Running {
+    pub(crate) fn start(site: &Site) -> anyhow::Result<Running> {
+        Self::start_under(site, &[], &[])
+    }
+
+    /// The same, the gateway run by `wrapper` (a command and its arguments, the gateway's command
+    /// line appended), as `valgrind --tool=callgrind` runs it, with `env` set over the defaults
+    /// (`RUST_LOG=warn`). Metrics are served, as deployments serve them, on a free port.
+    pub(crate) fn start_under(site: &Site, wrapper: &[OsString], env: &[(&str, &str)]) -> anyhow::Result<Running> {
+        use std::io::BufRead;
+        let started = Instant::now();
+        let gateway = crate::gateway_binary()?;
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(gateway);
+                command
+            }
+            None => Command::new(gateway),
+        };
+        let mut child = command
+            .arg("--config")
+            .arg(&site.config)
+            .arg("serve")
+            .current_dir(&site.root)
+            .env("MESHGATE_SERVER__LISTEN", "127.0.0.1:0")
+            .env("MESHGATE_METRICS__LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = std::io::BufReader::new(child.stdout.take().context("stdout")?);
+        let mut addr = None;
+        for line in stdout.lines() {
+            if let Some(rest) = line?.strip_prefix("meshgate listening on http://") {
+                addr = Some(rest.split('/').next().unwrap_or_default().parse()?);
+                break;
+            }
+        }
+        let Some(addr) = addr else { bail!("the gateway exited before listening: {:?}", child.wait()?) };
+        // Polling is what a load balancer does; this is a benchmark, not a test.
+        while !ready(addr) {
+            if let Some(status) = child.try_wait()? {
+                bail!("the gateway exited before it was ready: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(Running { child, addr, ready_in: started.elapsed() })
+    }
+
+    pub(crate) fn memory(&self) -> anyhow::Result<Memory> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        };
+        Ok(Memory { rss: field("VmRSS:"), peak: field("VmHWM:") })
+    }
+
+    /// CPU seconds each thread name has used so far (threads of one name summed).
+    pub(crate) fn cpu_by_thread(&self) -> Vec<(String, f64)> {
+        let mut by_name: Vec<(String, f64)> = Vec::new();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) else { return by_name };
+        // Clock ticks per second: 100 on Linux unless the kernel says otherwise (it does not here).
+        const TICKS: f64 = 100.0;
+        for task in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+            // `pid (name) state ...`: the name may hold spaces; fields 14 and 15 are utime, stime.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+            let name = stat[open + 1..close].to_owned();
+            let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+            let seconds = (ticks(11) + ticks(12)) / TICKS;
+            match by_name.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, total)) => *total += seconds,
+                None => by_name.push((name, seconds)),
+            }
+        }
+        by_name
+    }
+
+    /// SIGTERM, then the time until the process has exited.
+    pub(crate) fn stop(mut self) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        let exit = self.child.wait()?;
+        let elapsed = started.elapsed();
+        anyhow::ensure!(exit.success(), "the gateway exited with {exit} after SIGTERM");
+        Ok(elapsed)
+    }
+
+    pub(crate) fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
