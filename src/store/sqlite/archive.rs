@@ -10,9 +10,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 
-use super::{migrate, COLUMNS};
+use super::{migrate, Row, COLUMNS};
 use crate::store::{StoreError, StoreResultExt, StoredEvent};
 
 /// Most rows removed in one transaction (a larger build goes alone in its own).
@@ -75,18 +75,19 @@ pub fn scratch<T, E>(
             if failed.is_some() {
                 return;
             }
-            let inserted = insert.execute(params![
-                event.position,
-                event.stream,
-                event.version,
-                event.id.as_bytes().as_slice(),
-                event.event_type,
-                event.schema_version,
-                event.data,
-                event.correlation_id.as_bytes().as_slice(),
-                event.causation_id.as_ref().map(|c| c.as_bytes().as_slice()),
-                event.recorded_at.timestamp_micros(),
-            ]);
+            let row = Row {
+                position: event.position,
+                stream: &event.stream,
+                version: event.version,
+                id: &event.id,
+                event_type: &event.event_type,
+                schema_version: event.schema_version,
+                data: &event.data,
+                correlation_id: &event.correlation_id,
+                causation_id: event.causation_id.as_ref(),
+                recorded_at: event.recorded_at,
+            };
+            let inserted = row.insert(&mut insert);
             failed = inserted.err();
         };
         (feed(&mut put), failed)

@@ -20,6 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{broadcast, oneshot, watch};
+use uuid::Uuid;
 
 pub mod archive;
 pub mod backup;
@@ -65,6 +66,39 @@ const EVENTS_TABLE: &str = "
 
 const COLUMNS: &str =
     "position, stream, version, id, type, schema_version, data, correlation_id, causation_id, recorded_at";
+
+/// One event's row of the events table, as the writer appends it and the scratch log of archived
+/// events copies it (`INSERT … INTO events ({COLUMNS}) VALUES (?1, …, ?10)`).
+struct Row<'a> {
+    position: u64,
+    stream: &'a str,
+    version: u64,
+    id: &'a Uuid,
+    event_type: &'a str,
+    schema_version: u32,
+    data: &'a str,
+    correlation_id: &'a Uuid,
+    causation_id: Option<&'a Uuid>,
+    recorded_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Row<'_> {
+    /// Runs `insert` (an `INSERT` of [`COLUMNS`] in their order) with this row.
+    fn insert(&self, insert: &mut rusqlite::Statement<'_>) -> rusqlite::Result<usize> {
+        insert.execute(rusqlite::params![
+            self.position,
+            self.stream,
+            self.version,
+            self.id.as_bytes().as_slice(),
+            self.event_type,
+            self.schema_version,
+            self.data,
+            self.correlation_id.as_bytes().as_slice(),
+            self.causation_id.map(|c| c.as_bytes().as_slice()),
+            self.recorded_at.timestamp_micros(),
+        ])
+    }
+}
 
 /// How the writer commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 use std::sync::mpsc;
 
 use tokio::sync::{broadcast, oneshot, watch};
@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 use super::checkpointer::{Checkpointer, CHECKPOINT_EVERY_BYTES, RESTART_EVERY_BYTES};
 use super::index::{version_through, Pending, StreamKey};
 use super::indexer::Indexer;
-use super::{WriterOptions, COLUMNS};
+use super::{Row, WriterOptions, COLUMNS};
 use crate::store::{Appended, StoreError, StoreResultExt, StoredEvent, StreamAppend};
 
 /// A running writer: its queue, the head it announces, and its thread.
@@ -448,20 +448,19 @@ impl Writer {
             }
             let first_version = current.map_or(0, |v| v + 1);
             for (version, event) in (first_version..).zip(&append.events) {
-                insert
-                    .execute(params![
-                        self.next_position,
-                        append.stream,
-                        version,
-                        event.id.as_bytes().as_slice(),
-                        event.event_type,
-                        event.schema_version,
-                        event.data,
-                        event.correlation_id.as_bytes().as_slice(),
-                        event.causation_id.as_ref().map(|c| c.as_bytes().as_slice()),
-                        event.recorded_at.timestamp_micros(),
-                    ])
-                    .store_err()?;
+                let row = Row {
+                    position: self.next_position,
+                    stream: &append.stream,
+                    version,
+                    id: &event.id,
+                    event_type: event.event_type,
+                    schema_version: event.schema_version,
+                    data: &event.data,
+                    correlation_id: &event.correlation_id,
+                    causation_id: event.causation_id.as_ref(),
+                    recorded_at: event.recorded_at,
+                };
+                row.insert(&mut insert).store_err()?;
                 request.push(key, self.next_position);
                 versions.push(version);
                 self.next_position += 1;
