@@ -4,7 +4,7 @@
 //!
 //! A save writes the builds changed since the last one (one row each, the view as JSON, with its
 //! issue, state and number indexed for the API), the queue's entries changed (one row each), the
-//! outbox's rows changed (its entries, messages and triggers of builds in flight, one row each),
+//! outbox's rows changed (its entries and the messages it edits, one row each),
 //! the nodes, the builds' last numbers and the pauses whole (all small), the stats' days changed
 //! (a row per day) and their builds in flight changed (a row per build), the position and the
 //! projections' versions, in one transaction: a save costs what changed since the last one, and
@@ -199,7 +199,18 @@ impl ReadModel {
         drop(rows);
         drop(stmt);
         let latest = state("outbox")?.map(|t| parse("outbox", &t)).transpose()?.flatten();
-        let saved_outbox = Outbox::restore(outbox_rows, latest);
+        let mut stmt = conn
+            .prepare("SELECT view FROM builds WHERE state IN ('queued', 'running') ORDER BY position")
+            .store_err()?;
+        let views = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .store_err()?
+            .map(|row| parse("build", &row.store_err()?))
+            .collect::<Result<Vec<BuildView>, _>>()?;
+        drop(stmt);
+        // The outbox follows the triggers of the builds in flight: those of the builds restored.
+        let in_flight = views.iter().map(|v| (v.build_id, v.trigger.clone()));
+        let saved_outbox = Outbox::restore(outbox_rows, latest, in_flight);
         let nodes: Nodes = state("nodes")?.map(|t| parse("nodes", &t)).transpose()?.unwrap_or_default();
         let numbers: BTreeMap<String, u64> =
             state("numbers")?.map(|t| parse("numbers", &t)).transpose()?.unwrap_or_default();
@@ -224,14 +235,6 @@ impl ReadModel {
             paused,
             ..Default::default()
         };
-        let mut stmt = conn
-            .prepare("SELECT view FROM builds WHERE state IN ('queued', 'running') ORDER BY position")
-            .store_err()?;
-        let views = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .store_err()?
-            .map(|row| parse("build", &row.store_err()?))
-            .collect::<Result<Vec<BuildView>, _>>()?;
         set.builds.restore(views);
         set.builds.restore_numbers(numbers);
         Ok(set)
@@ -305,9 +308,6 @@ impl ReadModel {
                     }
                     OutboxRow::MessageRef { key, message } => {
                         put("outbox", "message", key, message.as_ref().map(to_json).transpose()?)?
-                    }
-                    OutboxRow::Trigger { build_id, trigger } => {
-                        put("outbox", "trigger", &build_id.to_string(), trigger.as_ref().map(to_json).transpose()?)?
                     }
                 }
             }
@@ -619,7 +619,6 @@ fn outbox_row(kind: &str, key: &str, value: &str) -> Result<OutboxRow, StoreErro
             OutboxRow::Entry { position, sink, entry: Some(parse("outbox entry", value)?) }
         }
         "message" => OutboxRow::MessageRef { key: key.to_owned(), message: Some(parse("outbox message", value)?) },
-        "trigger" => OutboxRow::Trigger { build_id: parse_id(key)?, trigger: Some(parse("outbox trigger", value)?) },
         other => return Err(StoreError::failed(format!("the read model has an outbox row of unknown kind {other}"))),
     })
 }

@@ -8,9 +8,10 @@
 //! A sink added later does not send older milestones; a resend request makes a key due again
 //! whatever its age.
 //!
-//! The read model saves it row by row ([`Outbox::changed`]): its entries, the messages it keeps
-//! for editing and the triggers of builds in flight each change by the row, so a save costs what
-//! changed since the last one, not the window's worth of milestones.
+//! The read model saves it row by row ([`Outbox::changed`]): its entries and the messages it keeps
+//! for editing each change by the row, so a save costs what changed since the last one, not the
+//! window's worth of milestones. The triggers of builds in flight are not saved: they are the
+//! triggers of the queued and running builds the read model restores.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -100,7 +101,6 @@ pub struct Outbox {
 enum OutboxKey {
     Entry(u64, String),
     MessageRef(String),
-    Trigger(Uuid),
 }
 
 /// A saved row of the outbox, changed since the last save: its value now, none if it is gone.
@@ -110,8 +110,6 @@ pub enum OutboxRow {
     Entry { position: u64, sink: String, entry: Option<Entry> },
     /// The message kept for editing, under `sink/build`, and when it was last used.
     MessageRef { key: String, message: Option<(String, DateTime<Utc>)> },
-    /// The trigger of a build in flight.
-    Trigger { build_id: Uuid, trigger: Option<String> },
 }
 
 /// What a save writes of the outbox: the rows changed, its clock, and the mark for
@@ -134,9 +132,14 @@ impl Outbox {
         self
     }
 
-    /// The outbox the read model saved, from its rows (nothing unsaved).
-    pub fn restore(rows: impl IntoIterator<Item = OutboxRow>, latest: Option<DateTime<Utc>>) -> Self {
-        let mut outbox = Outbox { latest, ..Outbox::default() };
+    /// The outbox the read model saved, from its rows and the triggers of the builds in flight
+    /// (nothing unsaved).
+    pub fn restore(
+        rows: impl IntoIterator<Item = OutboxRow>,
+        latest: Option<DateTime<Utc>>,
+        in_flight: impl IntoIterator<Item = (Uuid, String)>,
+    ) -> Self {
+        let mut outbox = Outbox { latest, triggers: in_flight.into_iter().collect(), ..Outbox::default() };
         for row in rows {
             match row {
                 OutboxRow::Entry { position, sink, entry: Some(entry) } => {
@@ -145,9 +148,6 @@ impl Outbox {
                 }
                 OutboxRow::MessageRef { key, message: Some(message) } => {
                     outbox.message_refs.insert(key, message);
-                }
-                OutboxRow::Trigger { build_id, trigger: Some(trigger) } => {
-                    outbox.triggers.insert(build_id, trigger);
                 }
                 _ => {}
             }
@@ -165,9 +165,6 @@ impl Outbox {
             },
             OutboxKey::MessageRef(key) => {
                 OutboxRow::MessageRef { key: key.clone(), message: self.message_refs.get(key).cloned() }
-            }
-            OutboxKey::Trigger(build_id) => {
-                OutboxRow::Trigger { build_id: *build_id, trigger: self.triggers.get(build_id).cloned() }
             }
         };
         OutboxChanges { rows: self.unsaved.keys().map(row).collect(), latest: self.latest, mark: self.unsaved.mark() }
@@ -348,7 +345,6 @@ impl Projection for Outbox {
         }
         if let Event::BuildRequested(e) = &recorded.event {
             self.triggers.insert(e.build_id, e.trigger.clone());
-            self.unsaved.touch(OutboxKey::Trigger(e.build_id));
         }
         if let Some((build_id, milestone)) = Milestone::of(&recorded.event) {
             let record = MilestoneRecord { build_id, milestone, at };
@@ -368,9 +364,8 @@ impl Projection for Outbox {
                 .map(|s| s.name.clone())
                 .collect();
             // A build's trigger is needed until it has finished.
-            let finished = matches!(milestone, Milestone::Succeeded | Milestone::Failed | Milestone::Cancelled);
-            if finished && self.triggers.remove(&build_id).is_some() {
-                self.unsaved.touch(OutboxKey::Trigger(build_id));
+            if matches!(milestone, Milestone::Succeeded | Milestone::Failed | Milestone::Cancelled) {
+                self.triggers.remove(&build_id);
             }
             for sink in sinks {
                 // A milestone reached again (a second requeue) is the same key: it stays as it is.
@@ -447,7 +442,6 @@ mod tests {
             let (key, present) = match &row {
                 OutboxRow::Entry { position, sink, entry } => (format!("e/{position}/{sink}"), entry.is_some()),
                 OutboxRow::MessageRef { key, message } => (format!("m/{key}"), message.is_some()),
-                OutboxRow::Trigger { build_id, trigger } => (format!("t/{build_id}"), trigger.is_some()),
             };
             if present {
                 table.insert(key, row);
@@ -474,7 +468,8 @@ mod tests {
         assert_eq!(outbox.len(), 1);
         save(&mut outbox, &mut table);
         assert_eq!(table.len(), 1);
-        let back = Outbox::restore(table.values().cloned(), outbox.changed().latest).with_config(config());
+        let in_flight = outbox.triggers.clone();
+        let back = Outbox::restore(table.values().cloned(), outbox.changed().latest, in_flight).with_config(config());
         assert_eq!(back, outbox);
     }
 

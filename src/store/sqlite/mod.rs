@@ -213,9 +213,7 @@ impl SqliteStore {
             return Ok(positions);
         }
         let file = self.index_file.clone();
-        let found = tokio::task::spawn_blocking(move || file.lookup(key))
-            .await
-            .map_err(|e| StoreError::caused("reader task failed", e))??;
+        let found = self.readers.blocking(move || file.lookup(key)).await??;
         Ok(found.map(|p| p.to_vec()).unwrap_or_default())
     }
 

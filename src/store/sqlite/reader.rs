@@ -13,7 +13,9 @@ use rusqlite::{Connection, OpenFlags};
 use super::reads::{query, read_all, read_range_decoded};
 use crate::store::{Decoded, EventFilter, LogReader, Scan, StoreError, StoreResultExt, StoredEvent, SCAN_RANGE};
 
-/// Connections kept for reuse at most.
+/// Connections kept for reuse at most, and reads (and stream-index lookups) on blocking threads at
+/// once: a burst of deliveries that read their streams waits for a connection instead of starting
+/// a thread and opening a connection each (each thread also keeps allocator arenas of its own).
 const POOLED: usize = 8;
 /// Threads reading and decoding a scan, each taking every other range.
 const SCAN_READERS: u64 = 2;
@@ -23,6 +25,8 @@ const SCAN_READERS: u64 = 2;
 pub struct Reader {
     path: PathBuf,
     pool: Arc<Mutex<Vec<Connection>>>,
+    /// [`POOLED`] permits to run on a blocking thread.
+    permits: Arc<tokio::sync::Semaphore>,
     /// Opened beside a gateway, without the log's lock: connections open the file read-only.
     /// The store's own open it as the writer does, restricted to queries.
     outside: bool,
@@ -40,7 +44,27 @@ impl Reader {
 
     /// Readers for the store that owns the log at `path`.
     pub(super) fn beside(path: &Path) -> Reader {
-        Reader { path: path.to_owned(), pool: Arc::default(), outside: false }
+        Reader {
+            path: path.to_owned(),
+            pool: Arc::default(),
+            permits: Arc::new(tokio::sync::Semaphore::new(POOLED)),
+            outside: false,
+        }
+    }
+
+    /// Runs `work` on a blocking thread once one of [`POOLED`] permits is free.
+    pub(super) async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let permit = Arc::clone(&self.permits).acquire_owned().await.map_err(|_| StoreError::Closed)?;
+        tokio::task::spawn_blocking(move || {
+            let done = work();
+            drop(permit);
+            done
+        })
+        .await
+        .map_err(|e| StoreError::caused("reader task failed", e))
     }
 
     /// Runs `query` on a pooled connection, on a blocking thread.
@@ -58,7 +82,7 @@ impl Reader {
     ) -> Result<T, StoreError> {
         let pool = Arc::clone(&self.pool);
         let (path, outside) = (self.path.clone(), self.outside);
-        tokio::task::spawn_blocking(move || {
+        self.blocking(move || {
             let pooled = pool.lock().map(|mut pool| pool.pop()).unwrap_or(None);
             let conn = match pooled {
                 Some(conn) => conn,
@@ -78,8 +102,7 @@ impl Reader {
             }
             result
         })
-        .await
-        .map_err(|e| StoreError::caused("reader task failed", e))?
+        .await?
     }
 }
 
