@@ -5,7 +5,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
-    let runtime = match runtime() {
+    let runtime = match meshgate::app::runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -13,18 +13,6 @@ fn main() -> std::process::ExitCode {
         }
     };
     runtime.block_on(run())
-}
-
-/// The runtime answering requests. The log's writer runs on a thread of its own and is on the
-/// path of every accepted webhook, so by default the runtime takes one worker thread fewer than
-/// there are cores (at least one) and leaves the writer a core; `TOKIO_WORKER_THREADS` overrides.
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        builder.worker_threads(cores.saturating_sub(1).max(1));
-    }
-    builder.enable_all().build()
 }
 
 async fn run() -> std::process::ExitCode {

@@ -80,14 +80,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    // The gateways measured here run as `meshgate serve` does: one worker thread fewer than there
-    // are cores, leaving the log's writer a core (`TOKIO_WORKER_THREADS` overrides).
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        builder.worker_threads(cores.saturating_sub(1).max(1));
-    }
-    let runtime = match builder.enable_all().build() {
+    // The gateways measured here run as `meshgate serve` does, on its runtime.
+    let runtime = match meshgate::app::runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

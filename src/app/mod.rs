@@ -3,6 +3,7 @@
 //! shutdown resolves; [`App::stop`] ends the background work and saves the projections.
 
 mod data_dir;
+mod runtime;
 mod wiring;
 
 use std::future::Future;
@@ -17,6 +18,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use data_dir::generate_missing_default_tokens;
+pub use runtime::runtime;
 pub use wiring::reconciler;
 
 use crate::builds::BuildService;
