@@ -134,16 +134,8 @@ impl Running {
     pub(crate) fn cpu_by_thread(&self) -> Vec<(String, f64)> {
         let mut by_name: Vec<(String, f64)> = Vec::new();
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) else { return by_name };
-        // Clock ticks per second: 100 on Linux unless the kernel says otherwise (it does not here).
-        const TICKS: f64 = 100.0;
         for task in tasks.flatten() {
-            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
-            // `pid (name) state ...`: the name may hold spaces; fields 14 and 15 are utime, stime.
-            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-            let name = stat[open + 1..close].to_owned();
-            let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-            let seconds = (ticks(11) + ticks(12)) / TICKS;
+            let Some((name, seconds)) = cpu_of(&task.path()) else { continue };
             match by_name.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, total)) => *total += seconds,
                 None => by_name.push((name, seconds)),
@@ -175,4 +167,15 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The name and CPU seconds (user and system) of the process or thread at `/proc/…/<dir>`.
+pub(crate) fn cpu_of(dir: &Path) -> Option<(String, f64)> {
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    // `pid (name) state ...`: the name may hold spaces; fields 14 and 15 are utime, stime.
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let fields: Vec<&str> = stat.get(close + 2..)?.split(' ').collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // Clock ticks per second: 100 on Linux unless the kernel says otherwise (it does not here).
+    Some((stat[open + 1..close].to_owned(), (ticks(11) + ticks(12)) / 100.0))
 }

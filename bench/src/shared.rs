@@ -46,7 +46,9 @@ pub async fn run(url: &str, args: SharedArgs) -> anyhow::Result<()> {
 
     let db = server.create().await?;
     let one = BenchServer::start_with(|c| shared(c, &db.url)).await?;
+    let started = server.work_start().await?;
     let on_one = measure(&[&one], clients, seconds, leave).await?;
+    let one_work = server.work_since(started, &db).await?;
     one.stop().await?;
     server.drop(db).await?;
     report("PostgreSQL, one gateway", &on_one);
@@ -57,7 +59,9 @@ pub async fn run(url: &str, args: SharedArgs) -> anyhow::Result<()> {
         BenchServer::start_with(|c| shared(c, &db.url)).await?,
     );
     let loaded: &[&BenchServer] = if load_on_one { &[&a] } else { &[&a, &b] };
+    let started = server.work_start().await?;
     let on_two = measure(loaded, clients, seconds, leave).await?;
+    let two_work = server.work_since(started, &db).await?;
     report("PostgreSQL, two gateways", &on_two);
 
     table(&[
@@ -70,6 +74,7 @@ pub async fn run(url: &str, args: SharedArgs) -> anyhow::Result<()> {
         on_one.rate() / on_sqlite.rate(),
         on_two.rate() / on_one.rate()
     );
+    DbWork::compare(&one_work, &two_work);
     a.stop().await?;
     b.stop().await?;
     server.drop(db).await?;
@@ -193,6 +198,67 @@ async fn dispatch_across(to: &BenchServer, from: &BenchServer, builds: u64) -> a
     Ok(())
 }
 
+/// The database's own work over a measurement, per accepted delivery: the CPU of the server's
+/// processes (when it runs on this machine) and what `pg_stat_statements` counted in the
+/// measurement's database (when the server loads it: `shared_preload_libraries`).
+struct DbWork {
+    deliveries: u64,
+    cpu_seconds: Option<f64>,
+    statements: Option<Statements>,
+}
+
+/// What `pg_stat_statements` counted: calls and execution time (ms) of every statement, and the
+/// most called ones with their calls.
+struct Statements {
+    calls: f64,
+    exec_ms: f64,
+    top: Vec<(String, f64)>,
+}
+
+/// Where a measurement of [`DbWork`] started.
+struct WorkStart {
+    cpu_seconds: Option<f64>,
+    statements: bool,
+}
+
+impl DbWork {
+    fn compare(one: &DbWork, two: &DbWork) {
+        let per = |w: &DbWork, x: f64| x / w.deliveries.max(1) as f64;
+        let cpu = |w: &DbWork| w.cpu_seconds.map(|c| per(w, c) * 1e6);
+        println!();
+        println!("| database work per delivery | one gateway | two gateways | two / one |");
+        println!("|---|---:|---:|---:|");
+        println!("| deliveries in the log | {} | {} | |", one.deliveries, two.deliveries);
+        if let (Some(a), Some(b)) = (cpu(one), cpu(two)) {
+            println!("| server CPU | {a:.1} µs | {b:.1} µs | {:.2} |", b / a);
+        } else {
+            println!("| server CPU | not on this machine | | |");
+        }
+        match (&one.statements, &two.statements) {
+            (Some(a), Some(b)) => {
+                let (ca, cb, ta, tb) = (per(one, a.calls), per(two, b.calls), per(one, a.exec_ms), per(two, b.exec_ms));
+                println!("| statements | {ca:.2} | {cb:.2} | {:.2} |", cb / ca);
+                println!("| statements' execution time | {:.1} µs | {:.1} µs | {:.2} |", ta * 1e3, tb * 1e3, tb / ta);
+                for (name, work, top) in [("one gateway", one, &a.top), ("two gateways", two, &b.top)] {
+                    println!("most called, {name} (calls per delivery):");
+                    for (query, calls) in top {
+                        let query: String = query.split_whitespace().collect::<Vec<_>>().join(" ");
+                        println!("  {:.3}  {}", per(work, *calls), query.chars().take(100).collect::<String>());
+                    }
+                }
+            }
+            _ => println!("| statements | pg_stat_statements not loaded | | |"),
+        }
+    }
+}
+
+/// CPU seconds of this machine's `postgres` processes (none: the server is elsewhere).
+fn postgres_cpu() -> Option<f64> {
+    let processes = std::fs::read_dir("/proc").ok()?.flatten().filter_map(|e| crate::process::cpu_of(&e.path()));
+    let seconds: Vec<f64> = processes.filter(|(name, _)| name == "postgres").map(|(_, s)| s).collect();
+    (!seconds.is_empty()).then(|| seconds.iter().sum())
+}
+
 /// The PostgreSQL server the benchmark makes its databases on.
 struct Server {
     client: tokio_postgres::Client,
@@ -219,6 +285,53 @@ impl Server {
         let name = format!("meshgate_bench_{}", uuid::Uuid::now_v7().simple());
         self.client.batch_execute(&format!("CREATE DATABASE {name}")).await.context("cannot create a database")?;
         Ok(Database { url: format!("{}/{name}", self.base), name })
+    }
+
+    /// Starts measuring the database's work: statements' counts reset, the server's CPU noted.
+    async fn work_start(&self) -> anyhow::Result<WorkStart> {
+        let statements = self.client.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await.is_ok()
+            && self.client.batch_execute("SELECT pg_stat_statements_reset()").await.is_ok();
+        Ok(WorkStart { cpu_seconds: postgres_cpu(), statements })
+    }
+
+    /// The database's work in `db` since `start`.
+    async fn work_since(&self, start: WorkStart, db: &Database) -> anyhow::Result<DbWork> {
+        let cpu_seconds = postgres_cpu().zip(start.cpu_seconds).map(|(now, then)| now - then);
+        let statements = if start.statements {
+            let of_db = "dbid = (SELECT oid FROM pg_database WHERE datname = $1)";
+            let sums = self
+                .client
+                .query_one(
+                    &format!(
+                        "SELECT COALESCE(sum(calls), 0)::float8, COALESCE(sum(total_exec_time), 0)::float8
+                         FROM pg_stat_statements WHERE {of_db}"
+                    ),
+                    &[&db.name],
+                )
+                .await?;
+            let top = self
+                .client
+                .query(
+                    &format!(
+                        "SELECT query, calls::float8 FROM pg_stat_statements WHERE {of_db} ORDER BY calls DESC LIMIT 6"
+                    ),
+                    &[&db.name],
+                )
+                .await?
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, f64>(1)))
+                .collect();
+            Some(Statements { calls: sums.get(0), exec_ms: sums.get(1), top })
+        } else {
+            None
+        };
+        let (client, connection) = tokio_postgres::connect(&db.url, NoTls).await?;
+        tokio::spawn(connection);
+        let deliveries = client
+            .query_one("SELECT count(*) FROM meshgate_events WHERE type = 'WebhookReceived'", &[])
+            .await?
+            .get::<_, i64>(0);
+        Ok(DbWork { deliveries: deliveries as u64, cpu_seconds, statements })
     }
 
     async fn drop(&self, db: Database) -> anyhow::Result<()> {

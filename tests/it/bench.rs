@@ -76,6 +76,9 @@ fn the_shared_log_benchmark_compares_sqlite_with_one_and_two_gateways_on_postgre
         "| PostgreSQL, one gateway |",
         "| PostgreSQL, two gateways |",
         "dispatch across gateways: 10 builds",
+        "| database work per delivery | one gateway | two gateways | two / one |",
+        "| server CPU |",
+        "| statements",
     ] {
         assert!(said.contains(row), "no `{row}` in:\n{said}");
     }

@@ -85,6 +85,12 @@ fn start() -> Server {
         .args(["-c", "max_connections=300", "-c", "shared_buffers=64MB"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    // The shared-log benchmark counts the database's statements per delivery where the server has
+    // pg_stat_statements (Debian's has it beside the server; it runs without where it is missing).
+    let library = |dir: &str| bin.parent().is_some_and(|p| p.join(dir).join("pg_stat_statements.so").exists());
+    if library("lib") || library("lib/postgresql") {
+        postgres.args(["-c", "shared_preload_libraries=pg_stat_statements"]);
+    }
     user(&mut postgres);
     let mut child = postgres.spawn().expect("postgres starts");
     watch_over(child.id(), &root);
