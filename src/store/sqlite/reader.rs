@@ -57,12 +57,16 @@ impl Reader {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, StoreError> {
-        let permit = self.permits.acquire().await.map_err(|_| StoreError::Closed)?;
-        // Held until the task is joined, not only until the work returns: released earlier, the
-        // next read could find its thread not yet idle again and start another.
-        let done = tokio::task::spawn_blocking(work).await;
-        drop(permit);
-        done.map_err(|e| StoreError::caused("reader task failed", e))
+        // Owned by the work: a caller that goes away (a client hanging up) does not free the
+        // permit while its read still runs.
+        let permit = Arc::clone(&self.permits).acquire_owned().await.map_err(|_| StoreError::Closed)?;
+        tokio::task::spawn_blocking(move || {
+            let done = work();
+            drop(permit);
+            done
+        })
+        .await
+        .map_err(|e| StoreError::caused("reader task failed", e))
     }
 
     /// Runs `query` on a pooled connection, on a blocking thread.
