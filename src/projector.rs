@@ -311,18 +311,16 @@ impl Live<'_> {
     /// failed save is logged and done again at the next one: memory keeps what it did not save.
     fn save(&self) {
         let started = Instant::now();
-        let (views, mark, queue, queue_mark, outbox, nodes, numbers, paused, stats, position) = {
+        let (views, mark, outbox, nodes, numbers, paused, stats, position) = {
             let guard = self.set.read().unwrap_or_else(|p| p.into_inner());
             let (views, mark) = guard.builds.changed();
-            let (queue, queue_mark) = guard.queue.changed();
             let (outbox, nodes, numbers) =
                 (guard.outbox.changed(), guard.nodes.clone(), guard.builds.numbers().clone());
             let stats = guard.stats.changed();
-            (views, mark, queue, queue_mark, outbox, nodes, numbers, guard.paused.clone(), stats, guard.position)
+            (views, mark, outbox, nodes, numbers, guard.paused.clone(), stats, guard.position)
         };
         let snapshot = Snapshot {
             views: &views,
-            queue: &queue,
             outbox: &outbox,
             nodes: &nodes,
             numbers: &numbers,
@@ -334,7 +332,6 @@ impl Live<'_> {
             Ok(()) => {
                 let mut guard = self.set.write().unwrap_or_else(|p| p.into_inner());
                 guard.builds.saved(mark);
-                guard.queue.saved(queue_mark);
                 guard.outbox.saved(outbox.mark);
                 guard.stats.saved(stats.mark);
                 let in_memory = guard.builds.in_memory_len();

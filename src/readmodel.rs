@@ -3,21 +3,22 @@
 //! older projection version, or ahead of the log (restored from an older backup).
 //!
 //! A save writes the builds changed since the last one (one row each, the view as JSON, with its
-//! issue, state and number indexed for the API), the queue's entries changed (one row each), the
-//! outbox's rows changed (its entries and the messages it edits, one row each),
-//! the nodes, the builds' last numbers and the pauses whole (all small), the stats' days changed
-//! (a row per day) and their builds in flight changed (a row per build), the position and the
-//! projections' versions, in one transaction: a save costs what changed since the last one, and
-//! what a save holds is always the fold of the log up to its position. Memory then lets finished builds go, and reads
-//! of them come here (docs/adr/0003-projection-checkpoints.md).
+//! issue, state and number indexed for the API), the outbox's rows changed (its entries and the
+//! messages it edits, one row each), the nodes, the builds' last numbers and the pauses whole (all
+//! small), the stats' days changed (a row per day) and their builds in flight changed (a row per
+//! build whose attempts failed), the position and the projections' versions, in one
+//! transaction: a save costs what changed since the last one, and what a save holds is always the
+//! fold of the log up to its position. The queue, the outbox's triggers of builds in flight and
+//! the stats' other builds in flight are not saved: a load restores them from the views of the
+//! queued and running builds. Memory then lets finished builds go, and reads of them come here
+//! (docs/adr/0003-projection-checkpoints.md).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use meshgate_projections::{
-    BuildView, Nodes, Outbox, OutboxChanges, OutboxConfig, OutboxRow, ProjectionSet, Queue, QueueChange, QueueEntry,
-    Stats, StatsChanges,
+    BuildView, Nodes, Outbox, OutboxChanges, OutboxConfig, OutboxRow, ProjectionSet, Queue, Stats, StatsChanges,
 };
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use uuid::Uuid;
@@ -43,11 +44,7 @@ const SCHEMA: &str = "
     CREATE INDEX IF NOT EXISTS builds_by_position ON builds (position);
     CREATE TABLE IF NOT EXISTS states (name TEXT PRIMARY KEY, state TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS stats_days (day TEXT PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID;
-    CREATE TABLE IF NOT EXISTS queue (
-        build_id BLOB PRIMARY KEY,
-        running INTEGER NOT NULL,
-        entry TEXT NOT NULL
-    ) WITHOUT ROWID;
+    DROP TABLE IF EXISTS queue;
     CREATE TABLE IF NOT EXISTS rows (
         projection TEXT NOT NULL,
         kind TEXT NOT NULL,
@@ -69,13 +66,12 @@ pub fn open_beside(config: &Config) -> Result<Arc<ReadModel>, StoreError> {
     Ok(Arc::new(ReadModel::open(&config.readmodel_path())?))
 }
 
-/// What one save writes: the builds, queue entries, outbox rows and stats changed since the last
-/// save, the small projections whole (the nodes, each trigger's last build number, the pauses)
-/// and the position they reach.
+/// What one save writes: the builds, outbox rows and stats changed since the last save, the
+/// small projections whole (the nodes, each trigger's last build number, the pauses) and the
+/// position they reach. The queue is not saved: it is the one of the builds in flight.
 #[derive(Clone, Copy)]
 pub struct Snapshot<'a> {
     pub views: &'a [BuildView],
-    pub queue: &'a [QueueChange],
     pub outbox: &'a OutboxChanges,
     pub nodes: &'a Nodes,
     pub numbers: &'a BTreeMap<String, u64>,
@@ -86,18 +82,16 @@ pub struct Snapshot<'a> {
 }
 
 impl<'a> Snapshot<'a> {
-    /// What a fold holds, with the changes `views`, `queue`, `outbox` and `stats` it gave.
+    /// What a fold holds, with the changes `views`, `outbox` and `stats` it gave.
     pub fn of(
         set: &'a ProjectionSet,
         views: &'a [BuildView],
-        queue: &'a [QueueChange],
         outbox: &'a OutboxChanges,
         stats: &'a StatsChanges,
     ) -> Self {
         Snapshot {
             stats,
             views,
-            queue,
             outbox,
             nodes: &set.nodes,
             numbers: set.builds.numbers(),
@@ -114,6 +108,9 @@ pub struct ReadModel {
     readers: Mutex<Vec<Connection>>,
 }
 
+/// SQLite's memory in this process, page caches included, that it keeps itself near.
+const SQLITE_HEAP_BYTES: i64 = 16 << 20;
+
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5)).store_err()?;
     // Disposable: a save lost to a power cut is redone from the log, so no sync per save.
@@ -124,6 +121,11 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
 impl ReadModel {
     pub fn open(path: &Path) -> Result<ReadModel, StoreError> {
         let conn = Connection::open(path).store_err()?;
+        // For the whole process, every connection of the log's and the read model's: past this,
+        // SQLite reuses its least recently used cached pages rather than allocating more, so a
+        // burst that touched many pages does not leave them all held (docs/benchmarks.md,
+        // "Memory after a burst").
+        conn.pragma_update(None, "soft_heap_limit", SQLITE_HEAP_BYTES).store_err()?;
         conn.pragma_update(None, "journal_mode", "WAL").store_err()?;
         configure(&conn)?;
         conn.execute_batch(SCHEMA).store_err()?;
@@ -166,20 +168,6 @@ impl ReadModel {
         let state = |name: &str| -> Result<Option<String>, StoreError> {
             conn.query_row("SELECT state FROM states WHERE name = ?1", [name], |r| r.get(0)).optional().store_err()
         };
-        let (mut queued, mut running) = (Vec::new(), Vec::new());
-        let mut entries = conn.prepare("SELECT running, entry FROM queue").store_err()?;
-        let mut rows = entries.query([]).store_err()?;
-        while let Some(row) = rows.next().store_err()? {
-            let entry: QueueEntry = parse("queue entry", &row.get::<_, String>(1).store_err()?)?;
-            if row.get::<_, bool>(0).store_err()? {
-                running.push(entry)
-            } else {
-                queued.push(entry)
-            }
-        }
-        drop(rows);
-        drop(entries);
-        let queue = Queue::restore(queued, running);
         let mut stmt = conn.prepare("SELECT projection, kind, key, value FROM rows").store_err()?;
         let mut rows = stmt.query([]).store_err()?;
         let (mut outbox_rows, mut flying) = (Vec::new(), Vec::new());
@@ -208,7 +196,9 @@ impl ReadModel {
             .map(|row| parse("build", &row.store_err()?))
             .collect::<Result<Vec<BuildView>, _>>()?;
         drop(stmt);
-        // The outbox follows the triggers of the builds in flight: those of the builds restored.
+        // The queue, the outbox's triggers of builds in flight and the stats' builds in flight
+        // without failures are those of the builds restored.
+        let queue = Queue::of_views(&views);
         let in_flight = views.iter().map(|v| (v.build_id, v.trigger.clone()));
         let saved_outbox = Outbox::restore(outbox_rows, latest, in_flight);
         let nodes: Nodes = state("nodes")?.map(|t| parse("nodes", &t)).transpose()?.unwrap_or_default();
@@ -227,7 +217,7 @@ impl ReadModel {
         drop(rows);
         drop(stmt);
         let mut set = ProjectionSet {
-            stats: Stats::restore(days, flight, flying),
+            stats: Stats::restore(days, flight, flying, &views),
             position,
             queue,
             nodes,
@@ -244,7 +234,7 @@ impl ReadModel {
     pub fn clear(&self) -> Result<(), StoreError> {
         let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         conn.execute_batch(
-            "DELETE FROM builds; DELETE FROM queue; DELETE FROM states; DELETE FROM stats_days; DELETE FROM position;
+            "DELETE FROM builds; DELETE FROM states; DELETE FROM stats_days; DELETE FROM position;
              DELETE FROM versions; DELETE FROM rows;",
         )
         .store_err()
@@ -252,7 +242,7 @@ impl ReadModel {
 
     /// Saves a snapshot in one transaction.
     pub fn save(&self, snapshot: &Snapshot<'_>) -> Result<(), StoreError> {
-        let Snapshot { views, queue, outbox, nodes, numbers, paused, stats, position } = *snapshot;
+        let Snapshot { views, outbox, nodes, numbers, paused, stats, position } = *snapshot;
         let flight = stats.flight.as_ref().map(to_json).transpose()?;
         let latest = to_json(&outbox.latest)?;
         let (nodes, numbers, paused) = (to_json(nodes)?, to_json(numbers)?, to_json(paused)?);
@@ -279,18 +269,6 @@ impl ReadModel {
                         view.number
                     ])
                     .store_err()?;
-            }
-            let mut entry = tx
-                .prepare_cached("INSERT OR REPLACE INTO queue (build_id, running, entry) VALUES (?1, ?2, ?3)")
-                .store_err()?;
-            let mut gone = tx.prepare_cached("DELETE FROM queue WHERE build_id = ?1").store_err()?;
-            for change in queue {
-                match change {
-                    QueueChange::Queued(e) => entry.execute(params![e.build_id.as_bytes(), false, to_json(e)?]),
-                    QueueChange::Running(e) => entry.execute(params![e.build_id.as_bytes(), true, to_json(e)?]),
-                    QueueChange::Gone(id) => gone.execute([id.as_bytes()]),
-                }
-                .store_err()?;
             }
             let mut row = tx
                 .prepare_cached("INSERT OR REPLACE INTO rows (projection, kind, key, value) VALUES (?1, ?2, ?3, ?4)")
@@ -475,7 +453,7 @@ impl ReadModel {
 }
 
 /// Where two read models differ (empty: they hold the same), read side by side in build order so
-/// memory stays bounded: versions, positions, each build's view, the queue and the outbox.
+/// memory stays bounded: versions, positions, each build's view, the outbox and the stats.
 pub fn differences(a: &ReadModel, b: &ReadModel) -> Result<Vec<String>, StoreError> {
     let mut found = Vec::new();
     let (pa, pb) = (a.position()?, b.position()?);
@@ -486,22 +464,6 @@ pub fn differences(a: &ReadModel, b: &ReadModel) -> Result<Vec<String>, StoreErr
         b.read(|cb| {
             if saved_versions(ca)? != saved_versions(cb)? {
                 found.push("projection versions".into());
-            }
-            let queue = |conn: &Connection| -> Result<Vec<(Vec<u8>, bool, serde_json::Value)>, StoreError> {
-                let mut stmt =
-                    conn.prepare("SELECT build_id, running, entry FROM queue ORDER BY build_id").store_err()?;
-                let rows = stmt
-                    .query_map([], |r| {
-                        let text: String = r.get(2)?;
-                        Ok((r.get(0)?, r.get(1)?, serde_json::from_str(&text).unwrap_or_default()))
-                    })
-                    .store_err()?
-                    .collect::<Result<Vec<_>, _>>()
-                    .store_err()?;
-                Ok(rows)
-            };
-            if queue(ca)? != queue(cb)? {
-                found.push("the queue".into());
             }
             let state = |conn: &Connection, name: &str| -> Result<Option<serde_json::Value>, StoreError> {
                 let text: Option<String> = conn

@@ -58,12 +58,10 @@ fn fold_range(
 
 fn save(into: &ReadModel, set: &mut ProjectionSet) -> Result<(), StoreError> {
     let (views, mark) = set.builds.changed();
-    let (queue, queue_mark) = set.queue.changed();
     let stats = set.stats.changed();
     let outbox = set.outbox.changed();
-    into.save(&crate::readmodel::Snapshot::of(set, &views, &queue, &outbox, &stats))?;
+    into.save(&crate::readmodel::Snapshot::of(set, &views, &outbox, &stats))?;
     set.builds.saved(mark);
-    set.queue.saved(queue_mark);
     set.outbox.saved(outbox.mark);
     set.stats.saved(stats.mark);
     Ok(())

@@ -67,9 +67,10 @@ pub fn render(from: &Gauges) -> String {
 /// The metrics listener; a port that cannot be bound is logged and leaves the gateway serving
 /// without it (metrics are never a reason not to take webhooks).
 pub async fn bind(listen: SocketAddr) -> Option<tokio::net::TcpListener> {
-    crate::metrics::handle();
     match tokio::net::TcpListener::bind(listen).await {
         Ok(listener) => {
+            // Installed only when it is served (and kept up by `serve`): nothing records before.
+            crate::metrics::handle();
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "metrics at http://{addr}/metrics");
             }
@@ -88,8 +89,29 @@ pub async fn serve(listener: tokio::net::TcpListener, gauges: Arc<Gauges>, mut s
     let stopped = async move {
         let _ = stopping.wait_for(|s| *s).await;
     };
-    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stopped).await {
-        tracing::warn!(error = %e, "the metrics listener stopped");
+    let serving = axum::serve(listener, router).with_graceful_shutdown(stopped);
+    tokio::select! {
+        served = serving => if let Err(e) = served {
+            tracing::warn!(error = %e, "the metrics listener stopped");
+        },
+        () = upkeep() => {}
+    }
+}
+
+/// How often the recorder folds the samples histograms took since into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Keeps the recorder up: a histogram holds every sample recorded until a scrape or an upkeep
+/// folds them into its buckets, so a gateway nobody scraped held one per delivery and commit for
+/// ever (docs/benchmarks.md, "Memory after a burst"). Never ends.
+async fn upkeep() {
+    let mut every = tokio::time::interval(UPKEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if let Some(handle) = crate::metrics::handle() {
+            handle.run_upkeep();
+        }
     }
 }
 

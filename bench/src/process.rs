@@ -61,6 +61,23 @@ fn ready(addr: std::net::SocketAddr) -> bool {
     tcp.write_all(request.as_bytes()).is_ok() && tcp.read_exact(&mut answer).is_ok() && answer.ends_with(b" 200")
 }
 
+/// The shipped unit (`docs/deploy/meshgate.service`), read when the benchmark was built.
+const UNIT: &str = include_str!("../../docs/deploy/meshgate.service");
+
+/// The variables the shipped unit's `Environment=` lines set: the gateway is measured as it is
+/// deployed (the allocator's settings among them).
+pub(crate) fn unit_environment() -> anyhow::Result<Vec<(&'static str, &'static str)>> {
+    UNIT.lines()
+        .filter_map(|line| line.strip_prefix("Environment="))
+        .map(|assignment| {
+            assignment
+                .split_once('=')
+                .filter(|(name, value)| !name.is_empty() && !value.contains([' ', '"', '\'']))
+                .with_context(|| format!("the unit's Environment={assignment} is not one plain NAME=value"))
+        })
+        .collect()
+}
+
 pub(crate) struct Memory {
     pub rss: u64,
     pub peak: u64,
@@ -72,8 +89,9 @@ impl Running {
     }
 
     /// The same, the gateway run by `wrapper` (a command and its arguments, the gateway's command
-    /// line appended), as `valgrind --tool=callgrind` runs it, with `env` set over the defaults
-    /// (`RUST_LOG=warn`). Metrics are served, as deployments serve them, on a free port.
+    /// line appended), as `valgrind --tool=callgrind` runs it, with `env` set over the defaults:
+    /// the environment the shipped systemd unit sets ([`unit_environment`]) and `RUST_LOG=warn`.
+    /// Metrics are served, as deployments serve them, on a free port.
     pub(crate) fn start_under(site: &Site, wrapper: &[OsString], env: &[(&str, &str)]) -> anyhow::Result<Running> {
         use std::io::BufRead;
         let started = Instant::now();
@@ -91,6 +109,7 @@ impl Running {
             .arg(&site.config)
             .arg("serve")
             .current_dir(&site.root)
+            .envs(unit_environment()?)
             .env("MESHGATE_SERVER__LISTEN", "127.0.0.1:0")
             .env("MESHGATE_METRICS__LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "warn")
@@ -178,4 +197,13 @@ pub(crate) fn cpu_of(dir: &Path) -> Option<(String, f64)> {
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
     // Clock ticks per second: 100 on Linux unless the kernel says otherwise (it does not here).
     Some((stat[open + 1..close].to_owned(), (ticks(11) + ticks(12)) / 100.0))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_gateway_is_measured_with_the_units_environment() {
+        let environment = super::unit_environment().unwrap();
+        assert!(environment.contains(&("MIMALLOC_PURGE_DELAY", "0")), "{environment:?}");
+    }
 }

@@ -2,10 +2,11 @@
 //!
 //! Each projection has a stable name ([`Projection::NAME`]) and a version
 //! ([`Projection::VERSION`], bumped whenever its fold or the way it is saved changes, so a saved
-//! read model of an older version is rebuilt). The set moves one position: applying an event at or below it is a no-op,
-//! so a subscription that delivers an event twice cannot change the state. Memory holds what the
-//! hot paths need, sized by the work in flight; the shell saves the rest as a read model on disk
-//! (a row per build and per queue entry changed, the `outbox` whole) together with the position, and
+//! read model of an older version is rebuilt). The set moves one position: applying an event at
+//! or below it is a no-op, so a subscription that delivers an event twice cannot change the state.
+//! Memory holds what the hot paths need, sized by the work in flight; the shell saves the rest as
+//! a read model on disk (a row per build changed, rows of the outbox and the stats that changed;
+//! the queue is restored from the builds in flight) together with the position, and
 //! `meshgate projections rebuild` recomputes it from position 0 with the very same `apply`.
 
 mod archive;
@@ -21,7 +22,7 @@ pub use archive::{ArchivePlan, ArchivePlanner};
 pub use builds::{build_name, ArtifactRecord, BuildView, Builds, FoldRecord, RebuildRecord, RetryRecord};
 pub use nodes::{NodeView, Nodes};
 pub use outbox::{Entry, MilestoneRecord, Outbox, OutboxChanges, OutboxConfig, OutboxRow, SinkSpec};
-pub use queue::{LaneRule, NodeAsk, Queue, QueueChange, QueueEntry};
+pub use queue::{LaneRule, NodeAsk, Queue, QueueEntry};
 pub use stats::{
     DayStats, Flight, Flying, Histogram, LaneStats, NodeStats, Percentiles, ScriptStats, SeriesPoint, Stats,
     StatsAnswer, StatsChanges, TestStats, TriggerStats, KEEP_DAYS,

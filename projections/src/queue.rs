@@ -3,13 +3,13 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use meshgate_domain::build::BuildState;
 use meshgate_domain::xcode::{can_run, Xcode};
 use meshgate_domain::{Event, Recorded};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::unsaved::Unsaved;
-use crate::Projection;
+use crate::{BuildView, Projection};
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,11 +67,9 @@ pub struct Queue {
     /// The queued builds of each lane in log order: a claim reads the head of each lane instead
     /// of sorting the whole queue (which a backlog makes deep).
     lanes: BTreeMap<String, BTreeSet<(u64, Uuid)>>,
-    /// Entries changed since the last save: a save costs what changed, not the depth of the queue.
-    unsaved: Unsaved<Uuid>,
 }
 
-/// The queue's state; which entries are not yet saved is bookkeeping, not state.
+/// The queue's state; the lanes' orders are an index of it.
 impl PartialEq for Queue {
     fn eq(&self, other: &Queue) -> bool {
         self.queued == other.queued && self.running == other.running
@@ -80,12 +78,29 @@ impl PartialEq for Queue {
 
 impl Eq for Queue {}
 
-/// An entry of the queue as a save finds it: queued, running, or gone.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum QueueChange {
-    Queued(QueueEntry),
-    Running(QueueEntry),
-    Gone(Uuid),
+impl QueueEntry {
+    /// The entry of a queued or running build (true: running) as its view has it. The queue is
+    /// not saved: the read model restores it from the views of the builds in flight, which hold
+    /// all it keeps (the property tests check the two agree after any sequence of events).
+    pub fn of_view(view: &BuildView) -> Option<(QueueEntry, bool)> {
+        let (attempt, node_id) = match &view.state {
+            BuildState::Queued { attempt } => (*attempt, None),
+            BuildState::Running { attempt, node_id, .. } => (*attempt, Some(node_id.clone())),
+            _ => return None,
+        };
+        let running = node_id.is_some();
+        let entry = QueueEntry {
+            build_id: view.build_id,
+            issue_id: view.issue_id.clone(),
+            lane: view.lane.clone(),
+            script: view.script.clone(),
+            position: view.position,
+            attempt,
+            node_id,
+            xcode: view.xcode.clone(),
+        };
+        Some((entry, running))
+    }
 }
 
 impl Queue {
@@ -201,8 +216,8 @@ impl Queue {
 impl Projection for Queue {
     const NAME: &'static str = "queue";
     /// 2: saved one row per entry, not whole. 3: entries carry their Xcode requirement; retries
-    /// requeue.
-    const VERSION: u32 = 3;
+    /// requeue. 4: not saved, restored from the builds in flight.
+    const VERSION: u32 = 4;
 
     fn wants(event_type: &str) -> bool {
         matches!(
@@ -218,19 +233,6 @@ impl Projection for Queue {
     }
 
     fn apply(&mut self, recorded: &Recorded) {
-        let touched = match &recorded.event {
-            Event::BuildRequested(e) => Some(e.build_id),
-            Event::BuildClaimed(e) => Some(e.build_id),
-            Event::BuildRequeued(e) => Some(e.build_id),
-            Event::BuildRetryScheduled(e) => Some(e.build_id),
-            Event::BuildSucceeded(e) => Some(e.build_id),
-            Event::BuildFailed(e) => Some(e.build_id),
-            Event::BuildCancelled(e) => Some(e.build_id),
-            _ => None,
-        };
-        if let Some(build_id) = touched {
-            self.touch(build_id);
-        }
         match &recorded.event {
             Event::BuildRequested(e) => {
                 self.enqueue(QueueEntry {
@@ -262,7 +264,20 @@ impl Projection for Queue {
 }
 
 impl Queue {
-    /// The queue as saved: its queued and running entries.
+    /// The queue of the builds in flight, from their views ([`QueueEntry::of_view`]).
+    pub fn of_views<'a>(views: impl IntoIterator<Item = &'a BuildView>) -> Queue {
+        let (mut queued, mut running) = (Vec::new(), Vec::new());
+        for (entry, is_running) in views.into_iter().filter_map(QueueEntry::of_view) {
+            if is_running {
+                running.push(entry)
+            } else {
+                queued.push(entry)
+            }
+        }
+        Queue::restore(queued, running)
+    }
+
+    /// The queue of these queued and running entries.
     pub fn restore(queued: Vec<QueueEntry>, running: Vec<QueueEntry>) -> Queue {
         let mut queue = Queue { running: running.into_iter().map(|e| (e.build_id, e)).collect(), ..Queue::default() };
         for entry in queued {
@@ -292,25 +307,6 @@ impl Queue {
                 self.lanes.remove(&entry.lane);
             }
         }
-    }
-
-    /// The entries changed since the last save, and a mark for [`Queue::saved`].
-    pub fn changed(&self) -> (Vec<QueueChange>, u64) {
-        let change = |id: &Uuid| match (self.queued.get(id), self.running.get(id)) {
-            (Some(entry), _) => QueueChange::Queued(entry.clone()),
-            (None, Some(entry)) => QueueChange::Running(entry.clone()),
-            (None, None) => QueueChange::Gone(*id),
-        };
-        (self.unsaved.keys().map(change).collect(), self.unsaved.mark())
-    }
-
-    /// The changes [`Queue::changed`] gave with `mark` are saved.
-    pub fn saved(&mut self, mark: u64) {
-        self.unsaved.saved(mark);
-    }
-
-    fn touch(&mut self, build_id: Uuid) {
-        self.unsaved.touch(build_id);
     }
 
     /// A running build back in the queue, in its place.

@@ -91,10 +91,9 @@ async fn fold_frozen(dir: &Path) -> Expectation {
     apply_batch(&mut set, &all).unwrap();
     let model = ReadModel::open(&scratch.path().join("events.readmodel.sqlite")).unwrap();
     let (views, _) = set.builds.changed();
-    let (queue, _) = set.queue.changed();
     let stats = set.stats.changed();
     let outbox = set.outbox.changed();
-    model.save(&meshgate::readmodel::Snapshot::of(&set, &views, &queue, &outbox, &stats)).unwrap();
+    model.save(&meshgate::readmodel::Snapshot::of(&set, &views, &outbox, &stats)).unwrap();
     let loaded = model.load(outbox_config(), set.position).unwrap();
     assert_eq!((loaded.position, &loaded.queue, &loaded.outbox), (set.position, &set.queue, &set.outbox));
     assert_eq!(loaded.stats, set.stats);

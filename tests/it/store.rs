@@ -364,7 +364,7 @@ fn a_read_model_whose_nodes_differ_is_told_apart() {
         model
             .save(&meshgate::readmodel::Snapshot {
                 position: 1,
-                ..meshgate::readmodel::Snapshot::of(set, &[], &[], &Default::default(), &Default::default())
+                ..meshgate::readmodel::Snapshot::of(set, &[], &Default::default(), &Default::default())
             })
             .unwrap();
         model

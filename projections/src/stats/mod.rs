@@ -21,13 +21,14 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use chrono::{DateTime, NaiveDate, Utc};
+use meshgate_domain::build::BuildState;
 use meshgate_domain::event::BuildReport;
 use meshgate_domain::{Event, Recorded};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::unsaved::Unsaved;
-use crate::Projection;
+use crate::{BuildView, Projection};
 
 mod answer;
 mod histogram;
@@ -118,6 +119,32 @@ pub struct Flying {
     failures: Vec<Failure>,
 }
 
+impl Flying {
+    /// A queued or running build as its view has it, before any failure: claimed once running
+    /// or queued again for a later attempt. A build in flight without failures is not saved: the
+    /// read model restores it from its view (the property tests check the two agree).
+    pub fn of_view(view: &BuildView) -> Option<Flying> {
+        let claimed = match &view.state {
+            BuildState::Queued { attempt } => *attempt > 1,
+            BuildState::Running { .. } => true,
+            _ => return None,
+        };
+        Some(Flying {
+            trigger: view.trigger.clone(),
+            lane: view.lane.clone(),
+            script: view.script.clone(),
+            requested_at: view.requested_at,
+            claimed,
+            failures: Vec::new(),
+        })
+    }
+
+    /// Whether its view tells all of it ([`Flying::of_view`]): no failures to remember.
+    fn of_its_view(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
 /// What the stats keep besides the days and the builds in flight: the failures rebuilds may
 /// follow and the newest day (saved whole: it is sized by [`RECENT_FAILURES`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,14 +167,15 @@ enum StatsKey {
 pub struct Stats {
     days: BTreeMap<NaiveDate, Day>,
     flight: Flight,
-    /// One row each in the read model: a save writes the builds that moved, not all in flight.
+    /// A row each in the read model once an attempt failed (the others are their views): a save
+    /// writes the builds that moved, not all in flight.
     flying: BTreeMap<Uuid, Flying>,
     unsaved: Unsaved<StatsKey>,
 }
 
 /// What a save writes of the stats: the days changed, the flight if it changed, the builds in
-/// flight that changed (none: finished), the oldest day kept (older rows go), and the mark for
-/// [`Stats::saved`].
+/// flight with failures that changed (none: finished), the oldest day kept (older rows go), and
+/// the mark for [`Stats::saved`].
 #[derive(Debug, Clone, Default)]
 pub struct StatsChanges {
     pub days: Vec<(NaiveDate, Day)>,
@@ -158,13 +186,23 @@ pub struct StatsChanges {
 }
 
 impl Stats {
-    /// The stats a read model saved.
-    pub fn restore(
+    /// The stats a read model saved: its days, flight and builds in flight with failures, and
+    /// the views of the builds in flight for the others ([`Flying::of_view`]).
+    pub fn restore<'a>(
         days: BTreeMap<NaiveDate, Day>,
         flight: Flight,
         flying: impl IntoIterator<Item = (Uuid, Flying)>,
+        in_flight: impl IntoIterator<Item = &'a BuildView>,
     ) -> Stats {
-        Stats { days, flight, flying: flying.into_iter().collect(), unsaved: Unsaved::default() }
+        let mut flying: BTreeMap<Uuid, Flying> = flying.into_iter().collect();
+        for view in in_flight {
+            if let (std::collections::btree_map::Entry::Vacant(slot), Some(derived)) =
+                (flying.entry(view.build_id), Flying::of_view(view))
+            {
+                slot.insert(derived);
+            }
+        }
+        Stats { days, flight, flying, unsaved: Unsaved::default() }
     }
 
     /// Every day kept.
@@ -177,7 +215,7 @@ impl Stats {
         &self.flight
     }
 
-    /// The builds in flight (saved a row each).
+    /// The builds in flight.
     pub fn flying(&self) -> &BTreeMap<Uuid, Flying> {
         &self.flying
     }
@@ -194,7 +232,10 @@ impl Stats {
             match key {
                 StatsKey::Day(date) => changes.days.extend(self.days.get(date).map(|day| (*date, day.clone()))),
                 StatsKey::Flight => changes.flight = Some(self.flight.clone()),
-                StatsKey::Flying(id) => changes.flying.push((*id, self.flying.get(id).cloned())),
+                StatsKey::Flying(id) => match self.flying.get(id) {
+                    Some(flying) if flying.of_its_view() => {}
+                    flying => changes.flying.push((*id, flying.cloned())),
+                },
             }
         }
         changes
@@ -255,8 +296,9 @@ fn count_failing_test(day: &mut TriggerDay, report: &BuildReport) {
 
 impl Projection for Stats {
     const NAME: &'static str = "stats";
-    // 2: the builds in flight saved a row each, not whole.
-    const VERSION: u32 = 2;
+    // 2: the builds in flight saved a row each, not whole. 3: only those with failures, the others
+    // restored from their views.
+    const VERSION: u32 = 3;
 
     fn wants(event_type: &str) -> bool {
         matches!(

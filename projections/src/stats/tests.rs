@@ -263,6 +263,6 @@ fn two_folds_of_one_log_are_equal_whatever_either_saved() {
     let mark = b.changed().mark;
     b.saved(mark);
     assert_eq!(a, b);
-    let restored = Stats::restore(a.days().clone(), a.flight().clone(), a.flying().clone());
+    let restored = Stats::restore(a.days().clone(), a.flight().clone(), a.flying().clone(), std::iter::empty());
     assert_eq!(restored, a);
 }
