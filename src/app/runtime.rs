@@ -2,6 +2,8 @@
 
 /// Threads of the runtime's pool for blocking work.
 const BLOCKING_THREADS: usize = 16;
+/// How long an idle thread of that pool waits for more work before it ends (tokio's default: 10 s).
+const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The runtime answering requests. The log's writer runs on a thread of its own and is on the
 /// path of every accepted webhook, so by default the runtime takes one worker thread fewer than
@@ -17,5 +19,8 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     // hundred under a burst, each with allocator arenas of its own (docs/benchmarks.md, "Memory
     // after a burst").
     builder.max_blocking_threads(BLOCKING_THREADS);
+    // A thread that ends gives back the memory its allocator heap held: after a burst, within a
+    // second rather than ten (docs/benchmarks.md, "Memory after a burst").
+    builder.thread_keep_alive(BLOCKING_KEEP_ALIVE);
     builder.enable_all().build()
 }

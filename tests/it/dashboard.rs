@@ -445,6 +445,9 @@ async fn the_stats_page_draws_two_weeks_of_builds_in_light_and_dark_and_a_retrie
         // One trigger, chosen in the form.
         client.execute("document.querySelector('#stats-ask select').value = 'android-build'", vec![]).await.unwrap();
         client.find(Locator::Css("#stats-ask button")).await.unwrap().click().await.unwrap();
+        // The page of every trigger has an android-build chart too: wait for the page drawn for
+        // the choice (its option selected in the markup) rather than for that chart.
+        appears(&client, "#stats-ask option[value='android-build'][selected]").await;
         appears(&client, "svg[data-chart='duration-android-build']").await;
         assert_eq!(count("svg[data-chart='duration-ios-build']").await.unwrap(), json!(0));
         client.execute("document.querySelector('#stats-ask select').value = ''", vec![]).await.unwrap();
