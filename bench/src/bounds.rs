@@ -36,7 +36,7 @@ pub struct BoundsArgs {
     /// Seconds of measured load per server (after one second of warm-up).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Rounds: each round measures the three servers in turn; medians are reported.
+    /// Rounds: each round measures the three servers in turn and reports their ratios.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
 }

@@ -79,17 +79,17 @@ impl PartialEq for Queue {
 impl Eq for Queue {}
 
 impl QueueEntry {
-    /// The entry of a queued or running build (true: running) as its view has it. The queue is
-    /// not saved: the read model restores it from the views of the builds in flight, which hold
-    /// all it keeps (the property tests check the two agree after any sequence of events).
-    pub fn of_view(view: &BuildView) -> Option<(QueueEntry, bool)> {
+    /// The entry of a queued or running build (running: with its node) as its view has it. The
+    /// queue is not saved: the read model restores it from the views of the builds in flight,
+    /// which hold all it keeps (the property tests check the two agree after any sequence of
+    /// events).
+    pub fn of_view(view: &BuildView) -> Option<QueueEntry> {
         let (attempt, node_id) = match &view.state {
             BuildState::Queued { attempt } => (*attempt, None),
             BuildState::Running { attempt, node_id, .. } => (*attempt, Some(node_id.clone())),
             _ => return None,
         };
-        let running = node_id.is_some();
-        let entry = QueueEntry {
+        Some(QueueEntry {
             build_id: view.build_id,
             issue_id: view.issue_id.clone(),
             lane: view.lane.clone(),
@@ -98,8 +98,7 @@ impl QueueEntry {
             attempt,
             node_id,
             xcode: view.xcode.clone(),
-        };
-        Some((entry, running))
+        })
     }
 }
 
@@ -266,14 +265,7 @@ impl Projection for Queue {
 impl Queue {
     /// The queue of the builds in flight, from their views ([`QueueEntry::of_view`]).
     pub fn of_views<'a>(views: impl IntoIterator<Item = &'a BuildView>) -> Queue {
-        let (mut queued, mut running) = (Vec::new(), Vec::new());
-        for (entry, is_running) in views.into_iter().filter_map(QueueEntry::of_view) {
-            if is_running {
-                running.push(entry)
-            } else {
-                queued.push(entry)
-            }
-        }
+        let (running, queued) = views.into_iter().filter_map(QueueEntry::of_view).partition(|e| e.node_id.is_some());
         Queue::restore(queued, running)
     }
 
