@@ -11,7 +11,10 @@
 //!
 //! The count is not exact from run to run: work on a clock (the projections' save every second,
 //! the leases' and polls' timers) happens as often as the run is long, and a run under callgrind
-//! is as long as the machine is busy. `--rounds` repeats the pair and gives the median.
+//! is as long as the machine is busy; the metrics' clock calibrates itself once at start for as
+//! many instructions as the machine is slow then (a few million either way), which only many
+//! deliveries dilute (`--deliveries 2000` keeps rounds within about 1%). `--rounds` repeats the
+//! pair and gives the median.
 
 use std::collections::HashMap;
 use std::ffi::OsString;

@@ -89,6 +89,7 @@ pub struct WebhookReceived {
     /// (see [`raw_json`]); both forms read back to the same bytes.
     #[serde(with = "raw_json")]
     pub body: String,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub received_at: DateTime<Utc>,
 }
 
@@ -156,10 +157,12 @@ pub struct BuildRequested {
     pub requested_by: Option<String>,
     pub intent_key: String,
     pub correlation_id: Uuid,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub requested_at: DateTime<Utc>,
     /// When the transition happened on YouTrack's clock (the webhook's `updated`, the activity's
     /// `timestamp`); none when the sender did not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(serialize_with = "crate::rfc3339::option::serialize")]
     pub transition_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "is_webhook")]
     pub source: RequestSource,
@@ -180,9 +183,11 @@ pub struct BuildRequestFolded {
     pub build_id: Uuid,
     pub correlation_id: Uuid,
     pub reason: FoldReason,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub folded_at: DateTime<Utc>,
     /// When the folded transition happened on YouTrack's clock, if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(serialize_with = "crate::rfc3339::option::serialize")]
     pub transition_at: Option<DateTime<Utc>>,
 }
 
@@ -191,6 +196,7 @@ pub struct BuildClaimed {
     pub build_id: Uuid,
     pub node_id: String,
     pub attempt: u32,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub lease_expires_at: DateTime<Utc>,
 }
 
@@ -208,6 +214,7 @@ pub struct BuildLeaseRenewed {
     pub build_id: Uuid,
     pub node_id: String,
     pub attempt: u32,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub lease_expires_at: DateTime<Utc>,
 }
 
@@ -324,6 +331,7 @@ pub struct BuildResultRejected {
 pub struct BuildCancelled {
     pub build_id: Uuid,
     pub reason: String,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub cancelled_at: DateTime<Utc>,
     /// What the node reported, when it stopped the build itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -337,9 +345,11 @@ pub struct ReconcileSwept {
     pub sweep_id: Uuid,
     /// What ran it: `start`, `interval`, `api` or `cli`.
     pub trigger: String,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub window_start: DateTime<Utc>,
     /// Where the next sweep continues (the window's end, or the last activity read when the sweep
     /// stopped at its cap or an error).
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub window_end: DateTime<Utc>,
     pub activities_read: u32,
     /// Transitions a trigger watches (author not the bot, issue still in the trigger's state).
@@ -365,6 +375,7 @@ pub struct DeliveryReplayed {
     pub correlation_id: Uuid,
     pub issue_id: String,
     pub build_ids: Vec<Uuid>,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub replayed_at: DateTime<Utc>,
 }
 
@@ -565,6 +576,7 @@ pub struct Recorded {
     pub version: u64,
     pub event: Event,
     pub correlation_id: Uuid,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub recorded_at: DateTime<Utc>,
 }
 

@@ -19,6 +19,7 @@ pub const MAX_REASON_BYTES: usize = 500;
 pub struct Pause {
     pub by: String,
     pub reason: String,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub since: DateTime<Utc>,
 }
 

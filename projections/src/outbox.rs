@@ -30,6 +30,7 @@ use crate::Projection;
 pub struct MilestoneRecord {
     pub build_id: Uuid,
     pub milestone: Milestone,
+    #[serde(serialize_with = "meshgate_domain::rfc3339::serialize")]
     pub at: DateTime<Utc>,
 }
 

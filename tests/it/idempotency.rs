@@ -41,6 +41,31 @@ async fn duplicates_fold_across_restarts_and_forever() {
     assert_eq!(app.count("BuildRequested").await, 1);
 }
 
+/// ADR 0014: a delivery an earlier version recorded under its SHA-256 fingerprint has another
+/// fingerprint when it is sent again after the upgrade; its intent's build covers the transition.
+#[tokio::test]
+async fn a_delivery_recorded_under_an_earlier_versions_fingerprint_starts_no_second_build() {
+    use meshgate_domain::ingest::Outcome;
+    let app = spawn_app().await;
+    let body = building();
+    let (fingerprint, delivery) = meshgate_domain::payload::parse_bytes(body.as_bytes()).unwrap();
+    let sha256 = "085a71afb53132a9e40e1442646a07cde35a317701e9a9fa60808ef616d6bfb0";
+    let earlier = meshgate_domain::Fingerprint::parse(sha256).unwrap();
+    assert_ne!(earlier, fingerprint);
+    let webhook = &app.handles.surfaces.webhook;
+    let recorded = webhook.ingest.ingest(uuid::Uuid::now_v7(), chrono::Utc::now(), &body, earlier, &delivery).await;
+    let Outcome::Enqueued { build_ids } = recorded.unwrap().outcome else { panic!("a build") };
+    app.finish_build(build_ids[0], true).await;
+
+    let again = app.deliver(&resent(&body, 3)).await;
+    assert_eq!(again["outcome"], "folded");
+    assert_eq!(build_id(&again), build_ids[0]);
+    assert_eq!(app.count("BuildRequested").await, 1);
+    let streams: std::collections::BTreeSet<String> =
+        app.all_events().await.into_iter().filter(|e| e.event_type == "WebhookReceived").map(|e| e.stream).collect();
+    assert_eq!(streams, [format!("delivery-{sha256}"), format!("delivery-{fingerprint}")].into());
+}
+
 #[tokio::test]
 async fn a_new_transition_coalesces_into_the_active_build_until_it_finishes() {
     let app = spawn_app().await;
