@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use meshgate_domain::event::Body;
 use meshgate_domain::ingest::{
     decide_delivery, left_intents, matched_intents, DeliveryInput, DeliveryStream, IngestPolicy, LogView, Outcome,
 };
@@ -65,7 +66,7 @@ impl IngestService {
         &self,
         correlation_id: Uuid,
         received_at: DateTime<Utc>,
-        body: &str,
+        body: &Body,
         fingerprint: Fingerprint,
         delivery: &Delivery,
     ) -> Result<Accepted, IngestError> {

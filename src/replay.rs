@@ -138,7 +138,7 @@ async fn load<'p>(
     let Some(Ok(Event::WebhookReceived(received))) = stored.first().map(|e| e.decode().map(|r| r.event)) else {
         return Ok(None);
     };
-    let delivery = payload::parse_bytes(received.body.as_bytes()).ok().map(|(_, delivery)| delivery);
+    let delivery = payload::parse_bytes(received.body.as_str().as_bytes()).ok().map(|(_, delivery)| delivery);
     let mut intents = Vec::new();
     let replayed_before = stored.iter().any(|e| matches!(e.decode().map(|r| r.event), Ok(Event::DeliveryReplayed(_))));
     if let Some(delivery) = delivery.as_ref().filter(|_| !replayed_before) {

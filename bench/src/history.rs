@@ -14,7 +14,7 @@ use anyhow::Context;
 use chrono::Utc;
 use indicatif::ProgressBar;
 use meshgate_domain::ingest::SAME_TRANSITION;
-use meshgate_domain::payload::parse_bytes;
+use meshgate_domain::payload;
 use uuid::Uuid;
 
 use crate::ingest::load;
@@ -225,8 +225,8 @@ async fn grow(log: &Path, events: u64) -> anyhow::Result<(u64, u64)> {
 }
 
 async fn deliver(ingest: &IngestService, body: &str) -> anyhow::Result<()> {
-    let (fingerprint, delivery) = parse_bytes(body.as_bytes()).context("bench body")?;
-    ingest.ingest(Uuid::now_v7(), Utc::now(), body, fingerprint, &delivery).await?;
+    let read = payload::read(body).context("bench body")?;
+    ingest.ingest(Uuid::now_v7(), Utc::now(), &read.body, read.fingerprint, &read.delivery).await?;
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use meshgate::config::Config;
 use meshgate::secrets::generate_token_file;
 use meshgate::store::{NewEvent, StreamAppend};
 use meshgate_domain::ingest::{decide_delivery, DeliveryInput, IngestPolicy, LogView};
-use meshgate_domain::payload::parse_bytes;
+use meshgate_domain::payload;
 use meshgate_domain::Trigger;
 use uuid::Uuid;
 
@@ -106,7 +106,8 @@ pub(crate) fn transition(n: u64, from: &str, to: &str, later_ms: u64) -> String 
 /// The appends ingest makes for delivery `n`, decided on the fast path.
 pub(crate) fn plan_for(n: u64, policy: &IngestPolicy<'_>) -> anyhow::Result<Vec<StreamAppend>> {
     let body = body(n);
-    let (fingerprint, delivery) = parse_bytes(body.as_bytes()).context("bench body")?;
+    let read = payload::read(&body).context("bench body")?;
+    let payload::Read { body, fingerprint, delivery } = read;
     let correlation_id = Uuid::now_v7();
     let now = Utc::now();
     let input =

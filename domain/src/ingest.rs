@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::event::{
-    BuildCancelled, BuildRequestFolded, Event, FoldReason, IgnoreReason, RequestSource, WebhookIgnored,
+    Body, BuildCancelled, BuildRequestFolded, Event, FoldReason, IgnoreReason, RequestSource, WebhookIgnored,
     WebhookReceived, WebhookRouted,
 };
 use crate::fingerprint::Fingerprint;
@@ -50,8 +50,8 @@ pub struct DeliveryInput<'a> {
     pub correlation_id: Uuid,
     pub received_at: DateTime<Utc>,
     pub fingerprint: &'a Fingerprint,
-    /// The body exactly as received.
-    pub body: &'a str,
+    /// The body exactly as received (the text `delivery` was read from).
+    pub body: &'a Body,
     pub delivery: &'a Delivery,
 }
 
@@ -198,7 +198,7 @@ pub fn decide_delivery(
         issue_id: d.issue_id.clone(),
         project: d.project.clone(),
         fingerprint: input.fingerprint.as_str().to_owned(),
-        body: input.body.to_owned(),
+        body: input.body.clone(),
         received_at: input.received_at,
     });
     let delivery_stream = delivery_stream(input.fingerprint);

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value};
 
+use crate::event::Body;
 use crate::json::{Json, Object};
 use crate::Fingerprint;
 
@@ -215,6 +216,20 @@ const MAX_ISSUE_ID_LEN: usize = 64;
 /// Parses a body already read as JSON.
 pub fn parse(body: &Value) -> Result<Delivery, PayloadError> {
     parse_json(&Json::borrow(body))
+}
+
+/// A body read: the text (known to be JSON now), its fingerprint and the delivery it is.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub body: Body,
+    pub fingerprint: Fingerprint,
+    pub delivery: Delivery,
+}
+
+/// Reads a received body for the log: [`parse_bytes`], keeping the text as a [`Body`].
+pub fn read(text: &str) -> Result<Read, PayloadError> {
+    let (fingerprint, delivery) = parse_bytes(text.as_bytes())?;
+    Ok(Read { body: Body::read(text.to_owned()), fingerprint, delivery })
 }
 
 /// Parses raw bytes: JSON first, then the delivery and its fingerprint, from one reading.

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use meshgate_domain::event::{Body, Event, WebhookReceived};
 use meshgate_domain::payload::{parse, parse_bytes};
 use meshgate_domain::{EventKind, Fingerprint};
 use proptest::prelude::*;
@@ -172,5 +173,41 @@ proptest! {
             map.insert("zz-changed".into(), Value::Bool(true));
             prop_assert_ne!(Fingerprint::of(&first), Fingerprint::of(&Value::Object(map)));
         }
+    }
+
+    /// A received body is written into its `WebhookReceived` by hand (embedded as the JSON it is,
+    /// without reading it again): what serde writes, byte for byte, and it reads back as it came.
+    #[test]
+    fn a_received_body_is_stored_as_serde_would_store_it(
+        text in prop_oneof![
+            arbitrary_json().prop_map(|v| v.to_string()),
+            arbitrary_json().prop_map(|v| serde_json::to_string_pretty(&v).unwrap()),
+            (arbitrary_json(), "[ \n\t]{1,2}").prop_map(|(v, space)| format!("{v}{space}")),
+            (arbitrary_json(), "[ \n\t]{1,2}").prop_map(|(v, space)| format!("{space}{v}")),
+            ".*",
+            "[\\[{][^\\]}]*[\\]}]",
+        ],
+        strings in prop::array::uniform4(".*"),
+        nanos in 0u32..1_000_000_000,
+    ) {
+        // A body the parser read knows it is JSON; any other text is read to learn whether it is.
+        let body = meshgate_domain::payload::read(&text).map(|read| read.body).unwrap_or_else(|_| Body::new(text.clone()));
+        let [event_type, issue_id, project, fingerprint] = strings;
+        let received = WebhookReceived {
+            correlation_id: uuid::Uuid::from_u128(u128::from(nanos) << 64 | 7),
+            event_type,
+            issue_id,
+            project,
+            fingerprint,
+            body,
+            received_at: chrono::DateTime::from_timestamp(1_787_562_927, nanos).unwrap(),
+        };
+        let event = Event::WebhookReceived(received.clone());
+        let stored = event.encode();
+        prop_assert_eq!(&stored, &serde_json::to_string(&received).unwrap());
+        let back = Event::decode("WebhookReceived", Event::SCHEMA_VERSION, &stored).unwrap();
+        let Event::WebhookReceived(back) = back else { panic!("a WebhookReceived") };
+        prop_assert_eq!(back.body.as_str(), text.as_str());
+        prop_assert_eq!(back, received);
     }
 }

@@ -262,11 +262,11 @@ async fn handle(
         ApiError { status: StatusCode::BAD_REQUEST, code: "invalid_payload", message, field, retry_after: None }
     };
     let text = std::str::from_utf8(&bytes).map_err(|_| bad_request("body is not valid utf-8".into(), None))?;
-    let (fingerprint, delivery) =
-        payload::parse_bytes(&bytes).map_err(|e| bad_request(e.to_string(), e.field().map(str::to_owned)))?;
+    let payload::Read { body, fingerprint, delivery } =
+        payload::read(text).map_err(|e| bad_request(e.to_string(), e.field().map(str::to_owned)))?;
 
     // 3. Durably recorded, or refused as a whole.
-    let ingested = webhook.ingest.ingest(correlation_id, received_at, text, fingerprint, &delivery).await;
+    let ingested = webhook.ingest.ingest(correlation_id, received_at, &body, fingerprint, &delivery).await;
     let accepted = ingested.map_err(|e| match e {
         // It can never be recorded: said at once, not as something to retry.
         IngestError::Store(StoreError::TooLarge { bytes, max }) => {

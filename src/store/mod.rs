@@ -372,7 +372,7 @@ impl StoredEvent {
     pub fn audit(&self) -> AuditEvent {
         let mut data: serde_json::Value = serde_json::from_str(&self.data).unwrap_or(serde_json::Value::Null);
         if let Ok(Event::WebhookReceived(received)) = Event::decode(&self.event_type, self.schema_version, &self.data) {
-            data["body"] = serde_json::Value::String(received.body);
+            data["body"] = serde_json::Value::String(received.body.into_string());
         }
         AuditEvent {
             position: self.position,

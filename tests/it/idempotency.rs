@@ -48,12 +48,13 @@ async fn a_delivery_recorded_under_an_earlier_versions_fingerprint_starts_no_sec
     use meshgate_domain::ingest::Outcome;
     let app = spawn_app().await;
     let body = building();
-    let (fingerprint, delivery) = meshgate_domain::payload::parse_bytes(body.as_bytes()).unwrap();
+    let meshgate_domain::payload::Read { body: text, fingerprint, delivery } =
+        meshgate_domain::payload::read(&body).unwrap();
     let sha256 = "085a71afb53132a9e40e1442646a07cde35a317701e9a9fa60808ef616d6bfb0";
     let earlier = meshgate_domain::Fingerprint::parse(sha256).unwrap();
     assert_ne!(earlier, fingerprint);
     let webhook = &app.handles.surfaces.webhook;
-    let recorded = webhook.ingest.ingest(uuid::Uuid::now_v7(), chrono::Utc::now(), &body, earlier, &delivery).await;
+    let recorded = webhook.ingest.ingest(uuid::Uuid::now_v7(), chrono::Utc::now(), &text, earlier, &delivery).await;
     let Outcome::Enqueued { build_ids } = recorded.unwrap().outcome else { panic!("a build") };
     app.finish_build(build_ids[0], true).await;
 
@@ -122,9 +123,12 @@ async fn many_more_simultaneous_transitions_than_attempts_are_all_recorded() {
         let webhook = std::sync::Arc::clone(&app.handles.surfaces.webhook);
         let body = with(&building(), &json!({"updated": 1_787_565_700_000u64 + n}));
         tokio::spawn(async move {
-            let (fingerprint, delivery) = meshgate_domain::payload::parse_bytes(body.as_bytes()).unwrap();
+            let read = meshgate_domain::payload::read(&body).unwrap();
             let correlation_id = uuid::Uuid::now_v7();
-            webhook.ingest.ingest(correlation_id, chrono::Utc::now(), &body, fingerprint, &delivery).await
+            webhook
+                .ingest
+                .ingest(correlation_id, chrono::Utc::now(), &read.body, read.fingerprint, &read.delivery)
+                .await
         })
     });
     let outcomes: Vec<_> = join_all(calls).await.into_iter().map(|joined| joined.unwrap()).collect();

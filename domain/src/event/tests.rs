@@ -28,7 +28,7 @@ fn received(body: &str) -> Event {
         issue_id: "MOB-1".into(),
         project: "MOB".into(),
         fingerprint: "f".repeat(64),
-        body: body.into(),
+        body: Body::new(body),
         received_at: DateTime::from_timestamp(1_787_562_927, 0).unwrap(),
     })
 }

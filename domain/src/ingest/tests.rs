@@ -21,7 +21,7 @@ fn decide(view: &LogView, value: &serde_json::Value) -> Plan {
         correlation_id: Uuid::from_u128(1),
         received_at: DateTime::from_timestamp(0, 0).unwrap(),
         fingerprint: &fingerprint,
-        body: "{}",
+        body: &Body::new("{}"),
         delivery: &delivery,
     };
     let triggers = triggers();

@@ -6,12 +6,27 @@ use std::sync::OnceLock;
 use meshgate_domain::Event;
 
 /// The payload parser: any bytes are parsed or refused, never a panic; a parsed delivery's
-/// fingerprint is the same when the body is parsed again.
+/// fingerprint is the same when the body is parsed again; a body read for the log is stored in a
+/// `WebhookReceived` that reads back to the same bytes.
 pub fn payload(data: &[u8]) {
     if let Ok((fingerprint, delivery)) = meshgate_domain::payload::parse_bytes(data) {
         let (again, _) = meshgate_domain::payload::parse_bytes(data).expect("a body parsed once parses again");
         assert_eq!(fingerprint, again);
         assert!(!delivery.issue_id.is_empty());
+        let text = std::str::from_utf8(data).expect("a body parsed is text");
+        let read = meshgate_domain::payload::read(text).expect("a body parsed is read");
+        let received = Event::WebhookReceived(meshgate_domain::event::WebhookReceived {
+            correlation_id: uuid::Uuid::nil(),
+            event_type: delivery.event.as_str().to_owned(),
+            issue_id: delivery.issue_id,
+            project: delivery.project,
+            fingerprint: fingerprint.to_string(),
+            body: read.body,
+            received_at: chrono::DateTime::UNIX_EPOCH,
+        });
+        let stored = received.encode();
+        let back = Event::decode("WebhookReceived", Event::SCHEMA_VERSION, &stored).expect("a stored body decodes");
+        assert_eq!(back, received);
     }
 }
 
