@@ -117,15 +117,18 @@ impl Running {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
-        let stdout = std::io::BufReader::new(child.stdout.take().context("stdout")?);
+        let mut stdout = std::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
         let mut addr = None;
-        for line in stdout.lines() {
+        for line in stdout.by_ref() {
             if let Some(rest) = line?.strip_prefix("meshgate listening on http://") {
                 addr = Some(rest.split('/').next().unwrap_or_default().parse()?);
                 break;
             }
         }
         let Some(addr) = addr else { bail!("the gateway exited before listening: {:?}", child.wait()?) };
+        // Whatever the gateway prints later is read and let go: a pipe nobody reads would fill and
+        // stop it, a closed one would fail its next line.
+        std::thread::spawn(move || stdout.map_while(Result::ok).for_each(drop));
         // Polling is what a load balancer does; this is a benchmark, not a test.
         while !ready(addr) {
             if let Some(status) = child.try_wait()? {

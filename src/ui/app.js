@@ -3,7 +3,7 @@
 // events) to redraw the page it shows. Text is always set as text, never as HTML.
 "use strict";
 
-const state = { csrf: null, refresh: null, source: null, log: null };
+const state = { csrf: null, refresh: null, source: null, log: null, renders: 0 };
 
 /// Most of a running build's log kept on the page (its end): the whole log is behind its link.
 const LOG_SHOWN = 200000;
@@ -450,8 +450,11 @@ async function act(call) {
   try { await call(); await render(); } catch (e) { notice(e.message, true); }
 }
 
+// Renders overlap (a link followed while the log's events redraw the page): only the one begun
+// last may draw, whichever finishes last.
 async function render() {
   const page = document.getElementById("page");
+  const begun = ++state.renders;
   const [, kind, arg] = location.hash.match(/^#\/(builds|issues|nodes|stats)?\/?(.*)$/) || [];
   if (kind !== "builds" && state.log) { state.log.abort.abort(); state.log = null; }
   try {
@@ -459,9 +462,10 @@ async function render() {
       : kind === "issues" ? await issuePage(decodeURIComponent(arg))
       : kind === "nodes" ? await nodesPage()
       : kind === "stats" ? await statsPage() : await overview();
-    page.replaceChildren(...content.flat(Infinity).filter(Boolean));
+    if (begun === state.renders) page.replaceChildren(...content.flat(Infinity).filter(Boolean));
   } catch (e) {
-    page.replaceChildren(h("p", { class: "notice error", role: "alert" }, `Cannot read the gateway: ${e.message}`));
+    const alert = h("p", { class: "notice error", role: "alert" }, `Cannot read the gateway: ${e.message}`);
+    if (begun === state.renders) page.replaceChildren(alert);
   }
 }
 
