@@ -30,18 +30,17 @@ const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS versions (name TEXT PRIMARY KEY, version INTEGER NOT NULL);
     CREATE TABLE IF NOT EXISTS position (id INTEGER PRIMARY KEY CHECK (id = 1), position INTEGER NOT NULL);
     CREATE TABLE IF NOT EXISTS builds (
-        build_id BLOB PRIMARY KEY,
+        position INTEGER PRIMARY KEY,
+        build_id BLOB NOT NULL UNIQUE,
         issue_id TEXT NOT NULL,
         state TEXT NOT NULL,
-        position INTEGER NOT NULL,
         view TEXT NOT NULL,
         trigger TEXT NOT NULL,
         number INTEGER NOT NULL
-    ) WITHOUT ROWID;
+    );
     CREATE INDEX IF NOT EXISTS builds_by_issue ON builds (issue_id, position);
     CREATE INDEX IF NOT EXISTS builds_by_number ON builds (trigger, number);
     CREATE INDEX IF NOT EXISTS builds_by_state ON builds (state, position);
-    CREATE INDEX IF NOT EXISTS builds_by_position ON builds (position);
     CREATE TABLE IF NOT EXISTS states (name TEXT PRIMARY KEY, state TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS stats_days (day TEXT PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID;
     DROP TABLE IF EXISTS queue;
@@ -118,8 +117,31 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The read model's tables (`PRAGMA user_version`); a file of another layout is removed when the
+/// read model opens (it is derived: the projections are folded again from the log). Layout 1: a
+/// build's row is keyed by its position, so a new build's row goes at the table's end.
+pub const LAYOUT: i64 = 1;
+
 impl ReadModel {
     pub fn open(path: &Path) -> Result<ReadModel, StoreError> {
+        if path.exists() {
+            let layout: i64 = Connection::open(path)
+                .and_then(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
+                .store_err()?;
+            if layout != LAYOUT {
+                tracing::info!(path = %path.display(), layout, "the read model is of another layout: it is built again from the log");
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut file = path.as_os_str().to_owned();
+                    file.push(suffix);
+                    match std::fs::remove_file(&file) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(StoreError::caused("cannot remove a read model of another layout", e))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
         let conn = Connection::open(path).store_err()?;
         // For the whole process, every connection of the log's and the read model's: past this,
         // SQLite reuses its least recently used cached pages rather than allocating more, so a
@@ -129,6 +151,7 @@ impl ReadModel {
         conn.pragma_update(None, "journal_mode", "WAL").store_err()?;
         configure(&conn)?;
         conn.execute_batch(SCHEMA).store_err()?;
+        conn.pragma_update(None, "user_version", LAYOUT).store_err()?;
         Ok(ReadModel { path: path.to_owned(), writer: Mutex::new(conn), readers: Mutex::default() })
     }
 

@@ -326,11 +326,12 @@ fn long_version() -> &'static str {
         let backends =
             if cfg!(feature = "eventstoredb") { "sqlite, postgres, eventstoredb" } else { "sqlite, postgres" };
         format!(
-            "{}\nbackends: {backends}\nevent schema {}\nSQLite log layout {}\nPostgreSQL schema {}\nread model: {}",
+            "{}\nbackends: {backends}\nevent schema {}\nSQLite log layout {}\nPostgreSQL schema {}\nread model: layout {}, {}",
             env!("CARGO_PKG_VERSION"),
             meshgate_domain::Event::SCHEMA_VERSION,
             crate::store::sqlite::SCHEMA_VERSION,
             crate::store::postgres::schema::version(),
+            crate::readmodel::LAYOUT,
             projections.join(", ")
         )
     })

@@ -137,6 +137,7 @@ fn the_version_names_what_an_upgrade_may_move() {
     assert!(
         said.contains("event schema 1") && said.contains("SQLite log layout") && said.contains("PostgreSQL schema")
     );
+    assert!(said.contains(&format!("read model: layout {}, ", meshgate::readmodel::LAYOUT)), "{said}");
     // The backends this binary holds (the tests build it with EventStoreDB's).
     let backends = if cfg!(feature = "eventstoredb") { "sqlite, postgres, eventstoredb" } else { "sqlite, postgres" };
     assert!(said.contains(&format!("backends: {backends}\n")), "{said}");

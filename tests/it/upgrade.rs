@@ -67,3 +67,51 @@ async fn a_gateway_on_a_read_model_of_an_older_projection_version_rebuilds_it_be
     today.sort();
     assert_eq!(versions, today);
 }
+
+#[tokio::test]
+async fn a_read_model_of_another_layout_is_removed_and_built_again_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let args = ["--config", config.to_str().unwrap()];
+    let client = reqwest::Client::new();
+    let (webhook, admin) = (token(dir.path(), "webhook.token"), token(dir.path(), "admin.token"));
+
+    let gateway = start(dir.path(), &args, &[]);
+    let building = fixture("mob-issueUpdated-state-building.json");
+    for issue in ["MOB-1", "MOB-2"] {
+        let answer = client
+            .post(gateway.url("/youtrack/webhook"))
+            .header("X-YouTrack-Token", &webhook)
+            .header("Content-Type", "application/json")
+            .body(with(&building, &json!({"id": issue})))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    gateway.stop();
+
+    // A file an earlier release wrote (no layout number), whose projection versions match
+    // today's: only its layout says it cannot be read as it is. One of its builds is taken out,
+    // so a gateway that kept it would list one build.
+    let readmodel = dir.path().join("data/events.readmodel.sqlite");
+    let conn = rusqlite::Connection::open(&readmodel).unwrap();
+    conn.pragma_update(None, "user_version", 0).unwrap();
+    assert_eq!(conn.execute("DELETE FROM builds WHERE issue_id = 'MOB-2'", []).unwrap(), 1);
+    drop(conn);
+
+    let gateway = start(dir.path(), &args, &[]);
+    assert_eq!(client.get(gateway.url("/readyz")).send().await.unwrap().status(), 200);
+    let listed: Value =
+        client.get(gateway.url("/api/v1/builds")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    let mut issues: Vec<&str> =
+        listed["builds"].as_array().unwrap().iter().map(|b| b["issue_id"].as_str().unwrap()).collect();
+    issues.sort();
+    assert_eq!(issues, ["MOB-1", "MOB-2"], "built again from the log: {listed}");
+    gateway.stop();
+
+    let said = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(said.contains("of another layout"), "{said}");
+    let conn = rusqlite::Connection::open(&readmodel).unwrap();
+    assert_eq!(conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0)).unwrap(), 1);
+}
