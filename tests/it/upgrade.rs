@@ -7,20 +7,14 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 use crate::process::{start, token, write_config};
 
-#[tokio::test]
-async fn a_gateway_on_a_read_model_of_an_older_projection_version_rebuilds_it_before_it_is_ready() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
-    let args = ["--config", config.to_str().unwrap()];
-    let client = reqwest::Client::new();
-    let (webhook, admin) = (token(dir.path(), "webhook.token"), token(dir.path(), "admin.token"));
-
-    let gateway = start(dir.path(), &args, &[]);
+/// A gateway in `dir` that starts a build for each of `issues`, then stops.
+async fn start_builds(dir: &std::path::Path, args: &[&str], webhook: &str, issues: &[&str]) {
+    let gateway = start(dir, args, &[]);
     let building = fixture("mob-issueUpdated-state-building.json");
-    for issue in ["MOB-1", "MOB-2", "MOB-3"] {
-        let answer = client
+    for issue in issues {
+        let answer = reqwest::Client::new()
             .post(gateway.url("/youtrack/webhook"))
-            .header("X-YouTrack-Token", &webhook)
+            .header("X-YouTrack-Token", webhook)
             .header("Content-Type", "application/json")
             .body(with(&building, &json!({"id": issue})))
             .send()
@@ -29,6 +23,17 @@ async fn a_gateway_on_a_read_model_of_an_older_projection_version_rebuilds_it_be
         assert_eq!(answer.status(), 200);
     }
     gateway.stop();
+}
+
+#[tokio::test]
+async fn a_gateway_on_a_read_model_of_an_older_projection_version_rebuilds_it_before_it_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let args = ["--config", config.to_str().unwrap()];
+    let client = reqwest::Client::new();
+    let (webhook, admin) = (token(dir.path(), "webhook.token"), token(dir.path(), "admin.token"));
+
+    start_builds(dir.path(), &args, &webhook, &["MOB-1", "MOB-2", "MOB-3"]).await;
 
     // What an older release left: its builds projection one version behind, and a view of a
     // build it folded differently (here: none at all for MOB-2).
@@ -76,20 +81,7 @@ async fn a_read_model_of_another_layout_is_removed_and_built_again_from_the_log(
     let client = reqwest::Client::new();
     let (webhook, admin) = (token(dir.path(), "webhook.token"), token(dir.path(), "admin.token"));
 
-    let gateway = start(dir.path(), &args, &[]);
-    let building = fixture("mob-issueUpdated-state-building.json");
-    for issue in ["MOB-1", "MOB-2"] {
-        let answer = client
-            .post(gateway.url("/youtrack/webhook"))
-            .header("X-YouTrack-Token", &webhook)
-            .header("Content-Type", "application/json")
-            .body(with(&building, &json!({"id": issue})))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(answer.status(), 200);
-    }
-    gateway.stop();
+    start_builds(dir.path(), &args, &webhook, &["MOB-1", "MOB-2"]).await;
 
     // A file an earlier release wrote (no layout number), whose projection versions match
     // today's: only its layout says it cannot be read as it is. One of its builds is taken out,
