@@ -88,7 +88,7 @@ pub struct WebhookReceived {
     /// The body exactly as received. Stored as the JSON it is rather than as a JSON string of it
     /// (`event/received.rs`); both forms read back to the same bytes.
     pub body: Body,
-    #[serde(serialize_with = "crate::rfc3339::serialize")]
+    #[serde(with = "crate::rfc3339")]
     pub received_at: DateTime<Utc>,
 }
 
@@ -129,12 +129,12 @@ pub struct BuildRequested {
     pub requested_by: Option<String>,
     pub intent_key: String,
     pub correlation_id: Uuid,
-    #[serde(serialize_with = "crate::rfc3339::serialize")]
+    #[serde(with = "crate::rfc3339")]
     pub requested_at: DateTime<Utc>,
     /// When the transition happened on YouTrack's clock (the webhook's `updated`, the activity's
     /// `timestamp`); none when the sender did not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(serialize_with = "crate::rfc3339::option::serialize")]
+    #[serde(with = "crate::rfc3339::option")]
     pub transition_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "is_webhook")]
     pub source: RequestSource,
@@ -155,11 +155,11 @@ pub struct BuildRequestFolded {
     pub build_id: Uuid,
     pub correlation_id: Uuid,
     pub reason: FoldReason,
-    #[serde(serialize_with = "crate::rfc3339::serialize")]
+    #[serde(with = "crate::rfc3339")]
     pub folded_at: DateTime<Utc>,
     /// When the folded transition happened on YouTrack's clock, if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(serialize_with = "crate::rfc3339::option::serialize")]
+    #[serde(with = "crate::rfc3339::option")]
     pub transition_at: Option<DateTime<Utc>>,
 }
 
@@ -168,7 +168,7 @@ pub struct BuildClaimed {
     pub build_id: Uuid,
     pub node_id: String,
     pub attempt: u32,
-    #[serde(serialize_with = "crate::rfc3339::serialize")]
+    #[serde(with = "crate::rfc3339")]
     pub lease_expires_at: DateTime<Utc>,
 }
 
@@ -186,7 +186,7 @@ pub struct BuildLeaseRenewed {
     pub build_id: Uuid,
     pub node_id: String,
     pub attempt: u32,
-    #[serde(serialize_with = "crate::rfc3339::serialize")]
+    #[serde(with = "crate::rfc3339")]
     pub lease_expires_at: DateTime<Utc>,
 }
 
@@ -303,7 +303,7 @@ pub struct BuildResultRejected {
 pub struct BuildCancelled {
     pub build_id: Uuid,
     pub reason: String,
-    #[serde(serialize_with = "crate::rfc3339::serialize")]
+    #[serde(with = "crate::rfc3339")]
     pub cancelled_at: DateTime<Utc>,
     /// What the node reported, when it stopped the build itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -317,11 +317,11 @@ pub struct ReconcileSwept {
     pub sweep_id: Uuid,
     /// What ran it: `start`, `interval`, `api` or `cli`.
     pub trigger: String,
-    #[serde(serialize_with = "crate::rfc3339::serialize")]
+    #[serde(with = "crate::rfc3339")]
     pub window_start: DateTime<Utc>,
     /// Where the next sweep continues (the window's end, or the last activity read when the sweep
     /// stopped at its cap or an error).
-    #[serde(serialize_with = "crate::rfc3339::serialize")]
+    #[serde(with = "crate::rfc3339")]
     pub window_end: DateTime<Utc>,
     pub activities_read: u32,
     /// Transitions a trigger watches (author not the bot, issue still in the trigger's state).
@@ -347,7 +347,7 @@ pub struct DeliveryReplayed {
     pub correlation_id: Uuid,
     pub issue_id: String,
     pub build_ids: Vec<Uuid>,
-    #[serde(serialize_with = "crate::rfc3339::serialize")]
+    #[serde(with = "crate::rfc3339")]
     pub replayed_at: DateTime<Utc>,
 }
 
@@ -551,7 +551,7 @@ pub struct Recorded {
     pub version: u64,
     pub event: Event,
     pub correlation_id: Uuid,
-    #[serde(serialize_with = "crate::rfc3339::serialize")]
+    #[serde(with = "crate::rfc3339")]
     pub recorded_at: DateTime<Utc>,
 }
 

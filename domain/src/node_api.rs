@@ -83,7 +83,7 @@ impl Default for NodeLimits {
 pub struct ClaimAnswer {
     pub build: ClaimedBuild,
     pub attempt: u32,
-    #[serde(serialize_with = "crate::rfc3339::serialize")]
+    #[serde(with = "crate::rfc3339")]
     pub lease_expires_at: DateTime<Utc>,
     pub lease_seconds: i64,
     #[serde(default)]
@@ -107,7 +107,7 @@ pub struct HeartbeatAnswer {
     pub cancelled: bool,
     /// The renewed lease (absent when cancelled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(serialize_with = "crate::rfc3339::option::serialize")]
+    #[serde(with = "crate::rfc3339::option")]
     pub lease_expires_at: Option<DateTime<Utc>>,
 }
 

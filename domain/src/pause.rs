@@ -19,7 +19,7 @@ pub const MAX_REASON_BYTES: usize = 500;
 pub struct Pause {
     pub by: String,
     pub reason: String,
-    #[serde(serialize_with = "crate::rfc3339::serialize")]
+    #[serde(with = "crate::rfc3339")]
     pub since: DateTime<Utc>,
 }
 

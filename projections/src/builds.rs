@@ -25,7 +25,7 @@ use crate::Projection;
 pub struct FoldRecord {
     pub correlation_id: Uuid,
     pub reason: FoldReason,
-    #[serde(serialize_with = "meshgate_domain::rfc3339::serialize")]
+    #[serde(with = "meshgate_domain::rfc3339")]
     pub folded_at: DateTime<Utc>,
 }
 
@@ -37,7 +37,7 @@ pub struct ArtifactRecord {
     pub name: String,
     pub bytes: u64,
     pub sha256: String,
-    #[serde(serialize_with = "meshgate_domain::rfc3339::serialize")]
+    #[serde(with = "meshgate_domain::rfc3339")]
     pub stored_at: DateTime<Utc>,
     /// Removed after `[retention] artifacts_days`.
     #[serde(default)]
@@ -52,7 +52,7 @@ pub struct RetryRecord {
     pub attempt: u32,
     pub reason: String,
     pub rule: String,
-    #[serde(serialize_with = "meshgate_domain::rfc3339::serialize")]
+    #[serde(with = "meshgate_domain::rfc3339")]
     pub at: DateTime<Utc>,
     /// The node it failed on.
     #[serde(default)]
@@ -67,7 +67,7 @@ pub struct RebuildRecord {
     pub by: String,
     /// `admin`, `slack` or `matrix`.
     pub via: String,
-    #[serde(serialize_with = "meshgate_domain::rfc3339::serialize")]
+    #[serde(with = "meshgate_domain::rfc3339")]
     pub at: DateTime<Utc>,
 }
 
@@ -90,12 +90,12 @@ pub struct BuildView {
     pub intent_key: String,
     pub requested_by: Option<String>,
     pub correlation_id: Uuid,
-    #[serde(serialize_with = "meshgate_domain::rfc3339::serialize")]
+    #[serde(with = "meshgate_domain::rfc3339")]
     pub requested_at: DateTime<Utc>,
     /// Global position of the `BuildRequested` event.
     pub position: u64,
     pub state: BuildState,
-    #[serde(serialize_with = "meshgate_domain::rfc3339::serialize")]
+    #[serde(with = "meshgate_domain::rfc3339")]
     pub updated_at: DateTime<Utc>,
     pub folds: Vec<FoldRecord>,
     /// What the node reported for the attempt that finished the build.

@@ -22,7 +22,7 @@ pub struct NodeView {
     /// The Xcodes it has.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub xcodes: Vec<Xcode>,
-    #[serde(serialize_with = "meshgate_domain::rfc3339::serialize")]
+    #[serde(with = "meshgate_domain::rfc3339")]
     pub last_seen: DateTime<Utc>,
     pub running: BTreeSet<Uuid>,
     pub draining: bool,

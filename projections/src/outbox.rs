@@ -30,7 +30,7 @@ use crate::Projection;
 pub struct MilestoneRecord {
     pub build_id: Uuid,
     pub milestone: Milestone,
-    #[serde(serialize_with = "meshgate_domain::rfc3339::serialize")]
+    #[serde(with = "meshgate_domain::rfc3339")]
     pub at: DateTime<Utc>,
 }
 

@@ -19,7 +19,7 @@ pub struct NotificationAttempted {
     /// The start of the answer, for the audit.
     pub excerpt: String,
     /// When the next try is due; None when there is none (delivered, or abandoned).
-    #[serde(serialize_with = "crate::rfc3339::option::serialize")]
+    #[serde(default, with = "crate::rfc3339::option")]
     pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
@@ -65,6 +65,6 @@ pub struct NotificationResendRequested {
     pub requested_by: String,
     /// Sent again even though it was delivered.
     pub force: bool,
-    #[serde(serialize_with = "crate::rfc3339::serialize")]
+    #[serde(with = "crate::rfc3339")]
     pub requested_at: DateTime<Utc>,
 }
