@@ -15,7 +15,7 @@
 //! - [`notification`]: one notification's lifecycle: pending, attempting, delivered or abandoned.
 //! - [`notify`]: chat lines and tracker comments about builds.
 //! - [`retry`]: backoff with full jitter, `Retry-After` hints, retryable answers.
-//! - [`rfc3339`]: times serialized as chrono does, at a fraction of the cost.
+//! - [`rfc3339`]: times written and read as chrono does, at a fraction of the cost.
 //! - [`reconcile`]: which transitions in YouTrack's activity stream a trigger watches.
 //! - [`node_api`]: what a build node's agent and the gateway say to each other.
 //! - [`xcode`]: which Xcode a build requires and a node runs it with.
