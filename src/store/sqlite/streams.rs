@@ -33,12 +33,14 @@ const CACHE_BYTES: u64 = 8 << 20;
 /// Appended streams held in memory by the index before it writes them out as a sorted run (only
 /// the index's own two facts go through it: flushes are ingested as runs).
 const MEMTABLE_BYTES: u64 = 8 << 20;
-/// Compaction: tables of 4 MiB, and sixteen runs (flushes) gathered before they are merged into
-/// the first level (64 MiB). Stream keys are hashes, so a merge into a level rewrites all of it:
-/// with fjall's defaults (64 MiB tables, four runs) merging took most of a core under load; with
-/// these it takes a tenth (docs/benchmarks.md, "History at scale").
+/// Compaction: tables of 4 MiB, and eight runs (flushes) gathered before they are merged into the
+/// first level (64 MiB). Stream keys are hashes, so a merge into a level rewrites all of it: with
+/// fjall's defaults (64 MiB tables, four runs) merging took most of a core under load; with
+/// sixteen runs a tenth (docs/benchmarks.md, "History at scale"), but a lookup of a stream not in
+/// memory probes every run's filter, and the writer looks up each new stream: eight runs made
+/// deliveries quicker (docs/benchmarks.md, issue 29, "The stream index merges after eight runs").
 const TABLE_BYTES: u64 = 4 << 20;
-const L0_RUNS: u8 = 16;
+const L0_RUNS: u8 = 8;
 
 /// Where the index of the log at `log` lives.
 pub fn path_for(log: &Path) -> PathBuf {
