@@ -10,8 +10,6 @@
 //! (`meshgate-bench instructions`, and `projections rebuild` reads every event of the log). Used
 //! as `#[serde(with = "…rfc3339")]`, or `rfc3339::option` for an `Option`.
 
-use std::borrow::Cow;
-
 use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -20,15 +18,26 @@ pub fn serialize<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::
 }
 
 pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
-    let text = Cow::<str>::deserialize(deserializer)?;
-    parse(&text).map_err(serde::de::Error::custom)
+    deserializer.deserialize_str(Rfc3339)
 }
 
-/// A time as chrono's `Deserialize` reads it.
-pub fn parse(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
-    DateTime::parse_from_rfc3339(text)
-        .or_else(|_| text.parse::<DateTime<FixedOffset>>())
-        .map(|at| at.with_timezone(&Utc))
+/// Reads a time from the text the deserializer holds (not copied into a string of its own), as
+/// chrono's `Deserialize` reads it.
+struct Rfc3339;
+
+impl serde::de::Visitor<'_> for Rfc3339 {
+    type Value = DateTime<Utc>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("an RFC 3339 formatted date and time string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        DateTime::parse_from_rfc3339(text)
+            .or_else(|_| text.parse::<DateTime<FixedOffset>>())
+            .map(|at| at.with_timezone(&Utc))
+            .map_err(E::custom)
+    }
 }
 
 /// The same for an optional time.
@@ -43,16 +52,24 @@ pub mod option {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<DateTime<Utc>>, D::Error> {
-        let text = Option::<Cow<str>>::deserialize(deserializer)?;
-        text.map(|text| parse(&text)).transpose().map_err(serde::de::Error::custom)
+        Ok(Option::<Time>::deserialize(deserializer)?.map(|Time(at)| at))
     }
 }
 
+/// A time through [`serialize`] and [`deserialize`], for the `Option`'s inside.
 struct Text<'a>(&'a DateTime<Utc>);
 
 impl Serialize for Text<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serialize(self.0, serializer)
+    }
+}
+
+struct Time(DateTime<Utc>);
+
+impl<'de> Deserialize<'de> for Time {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize(deserializer).map(Time)
     }
 }
 

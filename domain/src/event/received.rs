@@ -102,7 +102,7 @@ impl WebhookReceived {
             value(&mut out, &self.body.text);
         }
         out.extend_from_slice(b",\"received_at\":");
-        value(&mut out, &self.received_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+        let _ = crate::rfc3339::serialize(&self.received_at, &mut serde_json::Serializer::new(&mut out));
         out.push(b'}');
         String::from_utf8(out).unwrap_or_default()
     }
