@@ -1,7 +1,10 @@
 use clap::Parser;
 
+/// jemalloc, which also serves SQLite's `malloc`: its background thread gives freed memory back to
+/// the system about a second after it was freed, even when the threads that freed it stay idle
+/// (ADR 0015; the setting is compiled in from `.cargo/config.toml`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {

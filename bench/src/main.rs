@@ -29,8 +29,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// The gateway binary's allocator (ADR 0015): the gateways measured in this process run with it.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Debug, Parser)]
 #[command(name = "meshgate-bench", about = "Measure a meshgate gateway (docs/benchmarks.md)")]
