@@ -68,7 +68,8 @@ export MESHGATE_CHROMIUM="$(command -v chromium)" MESHGATE_CHROMEDRIVER="$(comma
 # The README's and the quickstart's commands are run as written: they use curl. The shipped
 # systemd units are checked with systemd-analyze; the sample build script clones with git. The
 # instruction count of a delivery (`meshgate-bench instructions`) runs the gateway under callgrind.
-for need in curl:curl systemd-analyze:systemd git:git valgrind:valgrind; do
+# The allocator's C (jemalloc) is built with make.
+for need in curl:curl systemd-analyze:systemd git:git valgrind:valgrind make:make; do
   if ! command -v "${need%%:*}" >/dev/null; then
     echo "provisioning ${need#*:}"
     if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need#*:}";

@@ -108,7 +108,7 @@ pub struct ReadModel {
 }
 
 /// SQLite's memory in this process, page caches included, that it keeps itself near.
-const SQLITE_HEAP_BYTES: i64 = 8 << 20;
+const SQLITE_HEAP_BYTES: i64 = 4 << 20;
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5)).store_err()?;

@@ -15,24 +15,38 @@ use sha2::{Digest, Sha256};
 
 /// A stream's name as the index keys it: the first 128 bits of its SHA-256. Reads compare the
 /// full name stored in each row, so a collision could only cost a spurious version conflict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct StreamKey(u128);
+///
+/// Two words rather than a `u128`, whose 16-byte alignment would pad each slot of the writer's
+/// table of streams from 48 to 64 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StreamKey {
+    high: u64,
+    low: u64,
+}
 
 impl StreamKey {
     pub fn of(stream: &str) -> Self {
         let digest = Sha256::digest(stream.as_bytes());
-        let mut bytes = [0u8; 16];
-        bytes.copy_from_slice(&digest[..16]);
-        StreamKey(u128::from_le_bytes(bytes))
+        let word = |at: usize| u64::from_le_bytes(digest[at..at + 8].try_into().expect("eight bytes"));
+        StreamKey { high: word(8), low: word(0) }
     }
 
     /// The key as the index file stores it.
     pub fn to_bytes(self) -> [u8; 16] {
-        self.0.to_be_bytes()
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.high.to_be_bytes());
+        bytes[8..].copy_from_slice(&self.low.to_be_bytes());
+        bytes
     }
 }
 
 /// The keys are already uniformly distributed: hashing them again would only cost time.
+impl std::hash::Hash for StreamKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.high ^ self.low);
+    }
+}
+
 #[derive(Default)]
 pub struct KeyHasher(u64);
 
@@ -49,8 +63,8 @@ impl Hasher for KeyHasher {
         }
     }
 
-    fn write_u128(&mut self, n: u128) {
-        self.0 = n as u64 ^ (n >> 64) as u64;
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
@@ -58,11 +72,14 @@ type KeyMap<V> = HashMap<StreamKey, V, BuildHasherDefault<KeyHasher>>;
 type KeySet = HashSet<StreamKey, BuildHasherDefault<KeyHasher>>;
 
 /// The global positions of one stream's events; the version of an event is its index here.
+///
+/// Most streams hold one or two events; a longer list is boxed without spare capacity, so a value
+/// takes 24 bytes in the writer's table of streams (a `Vec` would make it 32).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Positions {
     One(u64),
     Two(u64, u64),
-    Many(Vec<u64>),
+    Many(Box<[u64]>),
 }
 
 impl Positions {
@@ -82,12 +99,13 @@ impl Positions {
     }
 
     fn push(&mut self, position: u64) {
-        *self = match std::mem::replace(self, Positions::Many(Vec::new())) {
+        *self = match std::mem::replace(self, Positions::One(0)) {
             Positions::One(a) => Positions::Two(a, position),
-            Positions::Two(a, b) => Positions::Many(vec![a, b, position]),
-            Positions::Many(mut all) => {
+            Positions::Two(a, b) => Positions::Many(Box::new([a, b, position])),
+            Positions::Many(all) => {
+                let mut all = all.into_vec();
                 all.push(position);
-                Positions::Many(all)
+                Positions::Many(all.into_boxed_slice())
             }
         }
     }
@@ -96,19 +114,16 @@ impl Positions {
         match self {
             Positions::One(a) => vec![*a],
             Positions::Two(a, b) => vec![*a, *b],
-            Positions::Many(all) => all.clone(),
+            Positions::Many(all) => all.to_vec(),
         }
     }
 
-    fn from_vec(mut all: Vec<u64>) -> Option<Self> {
+    fn from_vec(all: Vec<u64>) -> Option<Self> {
         match all.len() {
             0 => None,
             1 => Some(Positions::One(all[0])),
             2 => Some(Positions::Two(all[0], all[1])),
-            _ => {
-                all.shrink_to_fit();
-                Some(Positions::Many(all))
-            }
+            _ => Some(Positions::Many(all.into_boxed_slice())),
         }
     }
 
@@ -302,6 +317,37 @@ pub fn version_through(committed: Option<u64>, layers: &[&Pending], key: StreamK
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_is_stored_as_the_index_files_of_earlier_versions_hold_it() {
+        // The index file keys streams by these bytes: a change would make every stream indexed
+        // before it look new (ADR 0006). Earlier versions kept the key as one u128.
+        for name in ["delivery-0f", "intent-MOB-1", "build-01a25208-4358-747a-a9c9-1941afbc3dbc", ""] {
+            let digest = Sha256::digest(name.as_bytes());
+            let as_before = u128::from_le_bytes(digest[..16].try_into().unwrap()).to_be_bytes();
+            assert_eq!(StreamKey::of(name).to_bytes(), as_before, "{name}");
+        }
+        let (a, b) = (StreamKey::of("a"), StreamKey::of("b"));
+        assert_eq!(a.cmp(&b), a.to_bytes().cmp(&b.to_bytes()), "keys sort as their bytes do");
+    }
+
+    #[test]
+    fn a_stream_in_the_writers_table_takes_48_bytes() {
+        // Its key, its positions and when it was used: the table holds up to 81,920 of them
+        // (docs/benchmarks.md, "Memory after a burst").
+        assert_eq!(std::mem::size_of::<(StreamKey, Entry)>(), 48);
+    }
+
+    #[test]
+    fn positions_grow_one_at_a_time_and_round_trip_through_the_file() {
+        let mut positions = Positions::One(3);
+        for (next, expected) in [(5, vec![3, 5]), (9, vec![3, 5, 9]), (200, vec![3, 5, 9, 200])] {
+            positions.push(next);
+            assert_eq!(positions.to_vec(), expected);
+            assert_eq!(positions.last(), next);
+            assert_eq!(Positions::decode(&positions.encode()), Some(positions.clone()));
+        }
+    }
 
     #[test]
     fn versions_count_committed_and_pending_events() {
