@@ -65,7 +65,7 @@ fn ready(addr: std::net::SocketAddr) -> bool {
 const UNIT: &str = include_str!("../../docs/deploy/meshgate.service");
 
 /// The variables the shipped unit's `Environment=` lines set: the gateway is measured as it is
-/// deployed.
+/// deployed (the allocator's decay among them).
 pub(crate) fn unit_environment() -> anyhow::Result<Vec<(&'static str, &'static str)>> {
     UNIT.lines()
         .filter_map(|line| line.strip_prefix("Environment="))
@@ -207,6 +207,6 @@ mod tests {
     #[test]
     fn the_gateway_is_measured_with_the_units_environment() {
         let environment = super::unit_environment().unwrap();
-        assert!(environment.contains(&("RUST_LOG", "info")), "{environment:?}");
+        assert!(environment.contains(&("MALLOC_CONF", "dirty_decay_ms:1000,muzzy_decay_ms:0")), "{environment:?}");
     }
 }
