@@ -25,6 +25,20 @@ async fn start_builds(dir: &std::path::Path, args: &[&str], webhook: &str, issue
     gateway.stop();
 }
 
+/// The issues of the builds `GET /api/v1/builds` lists, sorted.
+async fn issues_listed(client: &reqwest::Client, gateway: &crate::process::Gateway, admin: &str) -> Vec<String> {
+    let listed: Value =
+        client.get(gateway.url("/api/v1/builds")).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
+    let mut issues: Vec<String> = listed["builds"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{listed}"))
+        .iter()
+        .map(|b| b["issue_id"].as_str().unwrap().to_owned())
+        .collect();
+    issues.sort();
+    issues
+}
+
 #[tokio::test]
 async fn a_gateway_on_a_read_model_of_an_older_projection_version_rebuilds_it_before_it_is_ready() {
     let dir = tempfile::tempdir().unwrap();
@@ -48,12 +62,7 @@ async fn a_gateway_on_a_read_model_of_an_older_projection_version_rebuilds_it_be
     assert_eq!(ready.status(), 200);
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(ready["projections"]["caught_up"], true);
-    let listed: Value =
-        client.get(gateway.url("/api/v1/builds")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
-    let mut issues: Vec<&str> =
-        listed["builds"].as_array().unwrap().iter().map(|b| b["issue_id"].as_str().unwrap()).collect();
-    issues.sort();
-    assert_eq!(issues, ["MOB-1", "MOB-2", "MOB-3"], "rebuilt from the log: {listed}");
+    assert_eq!(issues_listed(&client, &gateway, &admin).await, ["MOB-1", "MOB-2", "MOB-3"], "rebuilt from the log");
     gateway.stop();
 
     let said = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
@@ -94,12 +103,7 @@ async fn a_read_model_of_another_layout_is_removed_and_built_again_from_the_log(
 
     let gateway = start(dir.path(), &args, &[]);
     assert_eq!(client.get(gateway.url("/readyz")).send().await.unwrap().status(), 200);
-    let listed: Value =
-        client.get(gateway.url("/api/v1/builds")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
-    let mut issues: Vec<&str> =
-        listed["builds"].as_array().unwrap().iter().map(|b| b["issue_id"].as_str().unwrap()).collect();
-    issues.sort();
-    assert_eq!(issues, ["MOB-1", "MOB-2"], "built again from the log: {listed}");
+    assert_eq!(issues_listed(&client, &gateway, &admin).await, ["MOB-1", "MOB-2"], "built again from the log");
     gateway.stop();
 
     let said = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
