@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::readmodel::{ReadModel, Snapshot};
-use crate::store::{EventStore, StoreError, StoredEvent};
+use crate::store::{Committed, EventStore, StoreError, StoredEvent};
 
 /// Positions read from the store in one go while catching up.
 const CATCH_UP_RANGE: usize = 8192;
@@ -192,7 +192,7 @@ async fn follow(
     readmodel: Arc<ReadModel>,
     set: Arc<RwLock<ProjectionSet>>,
     position: watch::Sender<u64>,
-    mut feed: Option<tokio::sync::broadcast::Receiver<Arc<[StoredEvent]>>>,
+    mut feed: Option<tokio::sync::broadcast::Receiver<Committed>>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -264,17 +264,17 @@ struct Live<'a> {
 }
 
 impl Live<'_> {
-    /// Applies the events of a committed batch the projections have not seen. False if the batch
-    /// starts after a gap (the log must be read first).
-    fn apply_fresh(&self, batch: &[StoredEvent]) -> Result<bool, StoreError> {
+    /// Applies the events of a commit the projections have not seen. False if the commit starts
+    /// after a gap (the log must be read first).
+    fn apply_fresh(&self, commit: &Committed) -> Result<bool, StoreError> {
         let current = *self.position.borrow();
-        let fresh = &batch[batch.partition_point(|e| e.position <= current)..];
-        match fresh.first() {
-            None => return Ok(true),
-            Some(first) if first.position != current + 1 => return Ok(false),
-            Some(_) => {}
+        if commit.through <= current {
+            return Ok(true);
         }
-        let Some(last) = fresh.last().map(|e| e.position) else { return Ok(true) };
+        if commit.after > current {
+            return Ok(false);
+        }
+        let fresh = &commit.events[commit.events.partition_point(|e| e.position <= current)..];
         // Decoded before the projections are locked.
         let mut decoded = Vec::new();
         for stored in fresh.iter().filter(|e| ProjectionSet::wants(&e.event_type)) {
@@ -284,7 +284,7 @@ impl Live<'_> {
                     .map_err(|e| StoreError::caused(format_args!("event at position {}", stored.position), e))?,
             );
         }
-        self.fold(&decoded, last)?;
+        self.fold(&decoded, commit.through)?;
         Ok(true)
     }
 

@@ -29,7 +29,7 @@ pub use stats::{
 };
 pub use waiting::{unservable, waiting, Waiting};
 
-use meshgate_domain::Recorded;
+use meshgate_domain::{Event, Recorded};
 
 /// A pure fold over events.
 pub trait Projection {
@@ -83,6 +83,11 @@ impl ProjectionSet {
             || Nodes::wants(event_type)
             || Stats::wants(event_type)
             || matches!(event_type, "QueuePaused" | "QueueResumed")
+    }
+
+    /// The event types of the domain some projection reads ([`ProjectionSet::wants`]).
+    pub fn followed_types() -> Vec<&'static str> {
+        Event::TYPES.iter().copied().filter(|t| Self::wants(t)).collect()
     }
 
     /// Applies an event once: events at or below the position are skipped.

@@ -120,6 +120,25 @@ pub struct StreamAppend {
     pub events: Vec<NewEvent>,
 }
 
+/// A commit as followers in this process are handed it: the events at positions
+/// `after + 1 ..= through`, in position order. Every one of them, unless the backend reads another
+/// gateway's commits with only the types this gateway's followers fold (PostgreSQL's
+/// `followed`): then the others are left out, and `through` still says how far the log was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub after: u64,
+    pub through: u64,
+    pub events: Arc<[StoredEvent]>,
+}
+
+impl Committed {
+    /// Events at consecutive positions, none left out (`None`: no events).
+    pub fn whole(events: Arc<[StoredEvent]>) -> Option<Committed> {
+        let (first, last) = (events.first()?.position, events.last()?.position);
+        Some(Committed { after: first - 1, through: last, events })
+    }
+}
+
 /// An event as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {
@@ -265,10 +284,10 @@ pub trait EventStore: LogReader {
     /// The position of the last committed event; changes whenever a commit lands.
     fn head(&self) -> watch::Receiver<u64>;
 
-    /// Events as their commits land, in position order, for followers in this process (a backend
-    /// that cannot tell gives `None`). A follower that lags or starts late reads the log instead:
-    /// every batch says where it stands, so a gap is visible.
-    fn committed(&self) -> Option<broadcast::Receiver<Arc<[StoredEvent]>>> {
+    /// Commits as they land, in position order, for followers in this process (a backend that
+    /// cannot tell gives `None`). A follower that lags or starts late reads the log instead: every
+    /// commit says which positions it covers, so a gap is visible.
+    fn committed(&self) -> Option<broadcast::Receiver<Committed>> {
         None
     }
 
@@ -337,7 +356,7 @@ impl EventStore for Fenced {
     fn head(&self) -> watch::Receiver<u64> {
         self.inner.head()
     }
-    fn committed(&self) -> Option<broadcast::Receiver<Arc<[StoredEvent]>>> {
+    fn committed(&self) -> Option<broadcast::Receiver<Committed>> {
         self.inner.committed()
     }
     async fn check_writable(&self) -> Result<(), StoreError> {

@@ -86,6 +86,8 @@ pub async fn shared(config: &Config, max_batch: usize) -> Result<Arc<dyn EventSt
                 max_batch,
                 lease,
                 renew: lease / 5,
+                // The projector is the one follower.
+                followed: Some(meshgate_projections::ProjectionSet::followed_types()),
                 ..PostgresOptions::default()
             };
             let store = PostgresStore::open(url.expose_secret(), options).await.map_err(failed)?;

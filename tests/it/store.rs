@@ -126,9 +126,12 @@ pub(crate) async fn two_stores_keep_one_log(a: &Arc<dyn EventStore>, b: &Arc<dyn
     assert_eq!(log.iter().map(|e| e.position).collect::<Vec<_>>(), (1..=events).collect::<Vec<_>>());
     assert_eq!(b.read_all(0, 1000).await.unwrap(), log);
     for feed in [&mut feed_a, &mut feed_b] {
-        let mut seen = Vec::new();
-        while seen.len() < log.len() {
-            seen.extend(feed.recv().await.unwrap().iter().cloned());
+        let (mut seen, mut through) = (Vec::new(), 0);
+        while through < events {
+            let commit = feed.recv().await.unwrap();
+            assert_eq!(commit.after, through, "each commit follows the last");
+            seen.extend(commit.events.iter().cloned());
+            through = commit.through;
         }
         assert_eq!(seen, log);
     }
@@ -240,7 +243,9 @@ async fn followers_get_each_commit_after_it_is_durable() {
     store.append(vec![append("g", ExpectedVersion::Any, 1)]).await.unwrap();
     let mut seen = Vec::new();
     while seen.len() < 3 {
-        seen.extend(feed.recv().await.unwrap().iter().cloned());
+        let commit = feed.recv().await.unwrap();
+        assert_eq!((commit.after, commit.through), (seen.len() as u64, (seen.len() + commit.events.len()) as u64));
+        seen.extend(commit.events.iter().cloned());
     }
     // What the feed says is what a reader of the log gets back, conflicting appends excluded.
     assert_eq!(seen, store.read_all(0, 100).await.unwrap());

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use futures_util::future::join_all;
 use meshgate::store::postgres::{PostgresOptions, PostgresStore, APPEND_STATEMENT, WRITER_SESSION};
-use meshgate::store::{EventStore, StoreError};
+use meshgate::store::{EventStore, NewEvent, StoreError, StoredEvent, StreamAppend};
 use meshgate_domain::ExpectedVersion;
 
 use crate::postgres::database;
-use crate::store::{append, contract, one_request_names_a_stream_twice, two_stores_keep_one_log};
+use crate::store::{append, contract, event, one_request_names_a_stream_twice, two_stores_keep_one_log};
 
 async fn open(url: &str, max_batch: usize) -> Arc<dyn EventStore> {
     let options = PostgresOptions { max_batch, ..PostgresOptions::default() };
@@ -50,6 +50,53 @@ async fn two_gateways_on_one_database_keep_one_log() {
     let url = database().await;
     let (a, b) = (open(&url, 512).await, open(&url, 512).await);
     two_stores_keep_one_log(&a, &b, 30).await;
+}
+
+/// A gateway's followers fold some event types only: of another gateway's commits it reads those,
+/// and its feed still covers every position, so its followers see no gap. Its own commits are
+/// handed on whole, as its writer made them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_reads_of_anothers_commits_only_the_types_it_follows() {
+    let url = database().await;
+    let a = open(&url, 512).await;
+    let poll = std::time::Duration::from_millis(100);
+    let options = PostgresOptions { followed: Some(vec!["BuildCancelled"]), poll, ..PostgresOptions::default() };
+    let b: Arc<dyn EventStore> = Arc::new(PostgresStore::open(&url, options).await.unwrap());
+    let mut feed = b.committed().unwrap();
+    let other = |stream: &str, n: u128| StreamAppend {
+        stream: stream.into(),
+        expected: ExpectedVersion::Any,
+        events: vec![NewEvent { event_type: "WebhookIgnored", ..event(n) }],
+    };
+    a.append(vec![append("kept", ExpectedVersion::Any, 1), other("left", 1)]).await.unwrap();
+    a.append(vec![other("left", 2), other("left", 3)]).await.unwrap();
+    a.append(vec![other("left", 4), append("kept", ExpectedVersion::Any, 2)]).await.unwrap();
+    let mut head = b.head();
+    // (The value `wait_for` answers holds the head's lock: not kept.)
+    let reached = tokio::time::timeout(std::time::Duration::from_secs(10), head.wait_for(|h| *h == 7)).await.is_ok();
+    assert!(reached, "b follows a's commits to their head");
+    b.append(vec![other("own", 5)]).await.unwrap();
+    let log = a.read_all(0, 100).await.unwrap();
+    assert_eq!(log.len(), 8);
+
+    let (mut seen, mut through) = (Vec::new(), 0);
+    while through < 8 {
+        let commit = tokio::time::timeout(std::time::Duration::from_secs(10), feed.recv())
+            .await
+            .expect("the feed reaches the head")
+            .unwrap();
+        assert_eq!(commit.after, through, "each commit follows the last");
+        seen.extend(commit.events.iter().cloned());
+        through = commit.through;
+    }
+    let followed = |events: &[StoredEvent]| -> Vec<StoredEvent> {
+        events.iter().filter(|e| e.event_type == "BuildCancelled").cloned().collect()
+    };
+    assert_eq!(followed(&seen), followed(&log));
+    // Of the rest, only b's own commit may be there: handed on as its writer made it (unless a
+    // poll read it from the log first).
+    assert!(seen.iter().all(|e| e.event_type == "BuildCancelled" || e.stream == "own"), "{seen:?}");
+    assert_eq!(*b.head().borrow(), 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,7 +35,8 @@ mod tail;
 mod writer;
 
 use super::{
-    Appended, Decoded, EventFilter, EventStore, IssueBuilds, LogReader, StoreError, StoredEvent, StreamAppend,
+    Appended, Committed, Decoded, EventFilter, EventStore, IssueBuilds, LogReader, StoreError, StoredEvent,
+    StreamAppend,
 };
 
 /// Committed batches kept for followers that are a little behind (as the other backends' feeds).
@@ -246,7 +247,7 @@ pub struct EventStoreDbStore {
     /// This gateway's one writer: appends (group commit) and catching up with the log.
     writer: mpsc::Sender<writer::Request>,
     head: watch::Receiver<u64>,
-    feed: broadcast::Sender<Arc<[StoredEvent]>>,
+    feed: broadcast::Sender<Committed>,
     leading: watch::Receiver<Option<i64>>,
     /// Says the lease to let go (a stop).
     stop_lease: watch::Sender<bool>,
@@ -428,7 +429,7 @@ impl EventStore for EventStoreDbStore {
         self.head.clone()
     }
 
-    fn committed(&self) -> Option<broadcast::Receiver<Arc<[StoredEvent]>>> {
+    fn committed(&self) -> Option<broadcast::Receiver<Committed>> {
         Some(self.feed.subscribe())
     }
 

@@ -10,14 +10,9 @@ use eventstore::{StreamPosition, SubscribeToStreamOptions};
 use tokio::sync::{broadcast, mpsc};
 
 use super::{Inner, PAGE};
-use crate::store::StoredEvent;
+use crate::store::Committed;
 
-pub(crate) async fn run(
-    inner: Arc<Inner>,
-    feed: broadcast::Sender<Arc<[StoredEvent]>>,
-    mut cursor: u64,
-    poll: Duration,
-) {
+pub(crate) async fn run(inner: Arc<Inner>, feed: broadcast::Sender<Committed>, mut cursor: u64, poll: Duration) {
     let (hint, mut hints) = mpsc::channel(1);
     let _listener = Stop(tokio::spawn(listen(Arc::clone(&inner), hint)));
     let mut ticks = tokio::time::interval(poll);
@@ -28,8 +23,8 @@ pub(crate) async fn run(
                 Ok(page) if page.is_empty() => break,
                 Ok(page) => {
                     let last = page.last().map_or(cursor, |e| e.position);
+                    let _ = feed.send(Committed { after: cursor, through: last, events: page.into() });
                     cursor = last;
-                    let _ = feed.send(page.into());
                     inner.head.send_if_modified(|h| std::mem::replace(h, (*h).max(last)) < last);
                 }
                 Err(e) => {

@@ -9,7 +9,7 @@
 //! and a poll every second in case a notification is lost. A notification is only a hint: the
 //! tailer always reads the log from where it stands. ADR 0009 says why.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +36,7 @@ pub use target::{SslMode, Target};
 #[doc(hidden)]
 pub use writer::{APPEND as APPEND_STATEMENT, SESSION as WRITER_SESSION};
 
-use super::{Appended, Decoded, EventFilter, EventStore, LogReader, StoreError, StoredEvent, StreamAppend};
+use super::{Appended, Committed, Decoded, EventFilter, EventStore, LogReader, StoreError, StoredEvent, StreamAppend};
 
 const COLUMNS: &str =
     "position, stream, version, id, type, schema_version, data, correlation_id, causation_id, recorded_at";
@@ -60,6 +60,9 @@ pub struct PostgresOptions {
     pub lease: Duration,
     /// How often the lease is taken or renewed.
     pub renew: Duration,
+    /// The event types this gateway's followers fold: another gateway's commits are read with only
+    /// these (`None`: every event).
+    pub followed: Option<Vec<&'static str>>,
 }
 
 impl Default for PostgresOptions {
@@ -71,6 +74,7 @@ impl Default for PostgresOptions {
             poll: Duration::from_secs(1),
             lease: Duration::from_secs(5),
             renew: Duration::from_secs(1),
+            followed: None,
         }
     }
 }
@@ -149,7 +153,7 @@ pub struct PostgresStore {
     writer: mpsc::Sender<writer::WriteRequest>,
     readers: Arc<Readers>,
     head: watch::Receiver<u64>,
-    feed: broadcast::Sender<Arc<[StoredEvent]>>,
+    feed: broadcast::Sender<Committed>,
     leading: watch::Receiver<Option<i64>>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -173,6 +177,7 @@ impl PostgresStore {
         let (committed, local) = mpsc::unbounded_channel();
         let head_tx = Arc::new(head_tx);
         let (leader, leading) = watch::channel(None);
+        let writer_pid = Arc::new(AtomicI32::new(0));
         let tasks = vec![
             tokio::spawn(writer::run(
                 Arc::clone(&target),
@@ -180,6 +185,7 @@ impl PostgresStore {
                 options.max_batch.max(1),
                 Arc::clone(&head_tx),
                 committed,
+                Arc::clone(&writer_pid),
             )),
             tokio::spawn(tail::run(tail::Tailer {
                 target: Arc::clone(&target),
@@ -189,6 +195,8 @@ impl PostgresStore {
                 cursor: last as u64,
                 poll: options.poll,
                 local,
+                writer_pid,
+                followed: options.followed,
             })),
             tokio::spawn(crate::store::lease::keep(
                 leader::PgLease { target, holder: uuid::Uuid::now_v7(), ttl: options.lease, connection: None },
@@ -314,7 +322,7 @@ impl EventStore for PostgresStore {
         self.head.clone()
     }
 
-    fn committed(&self) -> Option<broadcast::Receiver<Arc<[StoredEvent]>>> {
+    fn committed(&self) -> Option<broadcast::Receiver<Committed>> {
         Some(self.feed.subscribe())
     }
 
@@ -327,24 +335,64 @@ impl EventStore for PostgresStore {
     }
 }
 
-pub(crate) async fn read_all(readers: &Readers, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+async fn read_all(readers: &Readers, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM meshgate_events WHERE position > $1 ORDER BY position LIMIT $2");
     let (after, limit) = (after as i64, limit.min(i64::MAX as usize) as i64);
     readers.query(&sql, &[&after, &limit]).await?.iter().map(stored).collect()
 }
 
+/// The head, and the events of the types `types` (`None`: of every type) at the positions after
+/// `after`, up to the head and at most `span` of them: read in one snapshot, so every event of
+/// those positions that is left out is one of another type. (Bounding the positions rather than
+/// the rows keeps the plan an index range scan, however few rows pass the filter.)
+pub(crate) async fn read_followed(
+    readers: &Readers,
+    after: u64,
+    span: u64,
+    types: Option<&[&str]>,
+) -> Result<(u64, Vec<StoredEvent>), StoreError> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let events = COLUMNS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ");
+        format!(
+            "WITH head AS (SELECT last FROM meshgate_head WHERE id = 1)
+             SELECT head.last, {events} FROM head LEFT JOIN LATERAL (
+                 SELECT {COLUMNS} FROM meshgate_events
+                 WHERE position > $1 AND position <= LEAST(head.last, $1 + $2)
+                   AND ($3::text[] IS NULL OR type = ANY($3))) e ON true
+             ORDER BY e.position"
+        )
+    });
+    let (after, span) = (after as i64, span.min(i64::MAX as u64) as i64);
+    let rows = readers.query(&SQL, &[&after, &span, &types]).await?;
+    let head = match rows.first() {
+        Some(row) => row.try_get::<_, i64>(0).map_err(|e| pg_failed("the log's head of an unexpected shape", e))?,
+        None => return Err(StoreError::failed("the event log has no head row")),
+    };
+    let events = rows
+        .iter()
+        .filter(|row| row.get::<_, Option<i64>>(1).is_some())
+        .map(|row| stored_from(row, 1))
+        .collect::<Result<_, _>>()?;
+    Ok((head as u64, events))
+}
+
 fn stored(row: &Row) -> Result<StoredEvent, StoreError> {
+    stored_from(row, 0)
+}
+
+/// The event in the row's columns from `first` on.
+fn stored_from(row: &Row, first: usize) -> Result<StoredEvent, StoreError> {
     let get = |e: tokio_postgres::Error| pg_failed("an event row of an unexpected shape", e);
     Ok(StoredEvent {
-        position: row.try_get::<_, i64>(0).map_err(get)? as u64,
-        stream: row.try_get(1).map_err(get)?,
-        version: row.try_get::<_, i64>(2).map_err(get)? as u64,
-        id: row.try_get(3).map_err(get)?,
-        event_type: row.try_get(4).map_err(get)?,
-        schema_version: row.try_get::<_, i32>(5).map_err(get)? as u32,
-        data: row.try_get(6).map_err(get)?,
-        correlation_id: row.try_get(7).map_err(get)?,
-        causation_id: row.try_get(8).map_err(get)?,
-        recorded_at: row.try_get(9).map_err(get)?,
+        position: row.try_get::<_, i64>(first).map_err(get)? as u64,
+        stream: row.try_get(first + 1).map_err(get)?,
+        version: row.try_get::<_, i64>(first + 2).map_err(get)? as u64,
+        id: row.try_get(first + 3).map_err(get)?,
+        event_type: row.try_get(first + 4).map_err(get)?,
+        schema_version: row.try_get::<_, i32>(first + 5).map_err(get)? as u32,
+        data: row.try_get(first + 6).map_err(get)?,
+        correlation_id: row.try_get(first + 7).map_err(get)?,
+        causation_id: row.try_get(first + 8).map_err(get)?,
+        recorded_at: row.try_get(first + 9).map_err(get)?,
     })
 }

@@ -2,10 +2,14 @@
 //! gateway appended it.
 //!
 //! This gateway's own commits arrive from its writer and are passed on as they are. Another
-//! gateway's commits are read from the log: after a `meshgate_events` notification, or after
-//! `poll` without one (a notification is a hint and may be lost with a connection). Reads always
-//! start from the tailer's cursor, so nothing is skipped and nothing is handed on twice.
+//! gateway's commits are read from the log: after a `meshgate_events` notification from another
+//! gateway's writer (this one's own notifications are passed over: its commits come from its
+//! writer), or after `poll` without one (a notification is a hint and may be lost with a
+//! connection). Reads always start from the tailer's cursor, so nothing is skipped and nothing is
+//! handed on twice; they take only the event types the followers fold (`followed`), with the
+//! head in the same snapshot, so the cursor moves past the others without shipping them.
 
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,27 +17,31 @@ use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_postgres::AsyncMessage;
 
-use super::{pg_failed, read_all, Readers, Target};
-use crate::store::{StoreError, StoredEvent};
+use super::{pg_failed, read_followed, Readers, Target};
+use crate::store::{Committed, StoreError, StoredEvent};
 
-/// Events read from the log per query while catching up.
-const PAGE: usize = 2048;
+/// Positions read from the log per query while catching up.
+const PAGE: u64 = 2048;
 
 pub struct Tailer {
     pub target: Arc<Target>,
     pub readers: Arc<Readers>,
     pub head: Arc<watch::Sender<u64>>,
-    pub feed: broadcast::Sender<Arc<[StoredEvent]>>,
+    pub feed: broadcast::Sender<Committed>,
     /// The last position handed on.
     pub cursor: u64,
     pub poll: Duration,
     /// This gateway's commits, from its writer.
     pub local: mpsc::UnboundedReceiver<Arc<[StoredEvent]>>,
+    /// The server process of this gateway's writer (0: none yet).
+    pub writer_pid: Arc<AtomicI32>,
+    /// The event types the followers fold (`None`: all).
+    pub followed: Option<Vec<&'static str>>,
 }
 
 pub async fn run(mut tailer: Tailer) {
     let (hints, mut hinted) = watch::channel(0u64);
-    let listener = tokio::spawn(listen(Arc::clone(&tailer.target), hints, tailer.poll));
+    let listener = tokio::spawn(listen(Arc::clone(&tailer.target), hints, Arc::clone(&tailer.writer_pid), tailer.poll));
     let mut poll = tokio::time::interval(tailer.poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -57,33 +65,38 @@ pub async fn run(mut tailer: Tailer) {
 }
 
 impl Tailer {
-    /// A batch this gateway committed: handed on at once if it follows the cursor, after what the
-    /// log holds before it otherwise.
+    /// A batch this gateway committed: handed on at once if it follows the cursor. Otherwise
+    /// another gateway committed before it, and a read of the log takes both.
     async fn pass_on(&mut self, batch: Arc<[StoredEvent]>) {
         let Some(first) = batch.first().map(|e| e.position) else { return };
         if first > self.cursor + 1 {
             self.read_log().await;
+            return;
         }
         let fresh = batch.partition_point(|e| e.position <= self.cursor);
         match batch.get(fresh) {
             Some(next) if next.position == self.cursor + 1 => {
-                let rest: Arc<[StoredEvent]> = batch[fresh..].into();
-                self.publish(rest);
+                let rest: Arc<[StoredEvent]> = if fresh == 0 { batch } else { batch[fresh..].into() };
+                if let Some(last) = rest.last().map(|e| e.position) {
+                    self.publish(Committed { after: self.cursor, through: last, events: rest });
+                }
             }
             Some(_) => self.read_log().await,
             None => {}
         }
     }
 
-    /// Reads and hands on everything committed after the cursor.
+    /// Reads and hands on what was committed after the cursor (the events the followers fold).
     async fn read_log(&mut self) {
         loop {
-            match read_all(&self.readers, self.cursor, PAGE).await {
-                Ok(page) if page.is_empty() => return,
-                Ok(page) => {
-                    let full = page.len() == PAGE;
-                    self.publish(page.into());
-                    if !full {
+            match read_followed(&self.readers, self.cursor, PAGE, self.followed.as_deref()).await {
+                Ok((head, page)) => {
+                    let through = head.min(self.cursor + PAGE);
+                    if through <= self.cursor {
+                        return;
+                    }
+                    self.publish(Committed { after: self.cursor, through, events: page.into() });
+                    if through == head {
                         return;
                     }
                 }
@@ -95,20 +108,20 @@ impl Tailer {
         }
     }
 
-    fn publish(&mut self, batch: Arc<[StoredEvent]>) {
-        let Some(last) = batch.last().map(|e| e.position) else { return };
-        self.cursor = last;
-        self.head.send_if_modified(|h| (last > *h).then(|| *h = last).is_some());
+    fn publish(&mut self, commit: Committed) {
+        let through = commit.through;
+        self.cursor = through;
+        self.head.send_if_modified(|h| (through > *h).then(|| *h = through).is_some());
         // Nobody listening is fine: followers read the log when they start.
-        let _ = self.feed.send(batch);
+        let _ = self.feed.send(commit);
     }
 }
 
-/// Listens for `meshgate_events` notifications and turns each into a hint; reconnects after
-/// `retry` when the connection is lost.
-async fn listen(target: Arc<Target>, hints: watch::Sender<u64>, retry: Duration) {
+/// Listens for `meshgate_events` notifications and turns each from another writer than
+/// `writer_pid` into a hint; reconnects after `retry` when the connection is lost.
+async fn listen(target: Arc<Target>, hints: watch::Sender<u64>, writer_pid: Arc<AtomicI32>, retry: Duration) {
     loop {
-        if let Err(e) = listen_once(&target, &hints).await {
+        if let Err(e) = listen_once(&target, &hints, &writer_pid).await {
             tracing::debug!(error = %crate::report::chain(&e), "listening for new events stopped; polling meanwhile");
         }
         if hints.is_closed() {
@@ -118,7 +131,7 @@ async fn listen(target: Arc<Target>, hints: watch::Sender<u64>, retry: Duration)
     }
 }
 
-async fn listen_once(target: &Target, hints: &watch::Sender<u64>) -> Result<(), StoreError> {
+async fn listen_once(target: &Target, hints: &watch::Sender<u64>, writer_pid: &AtomicI32) -> Result<(), StoreError> {
     let (client, mut connection) = target.connect_raw().await?;
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     let listened = client.batch_execute("LISTEN meshgate_events");
@@ -132,6 +145,8 @@ async fn listen_once(target: &Target, hints: &watch::Sender<u64>) -> Result<(), 
                 // What was committed before the LISTEN took effect, the next poll reads.
             }
             message = messages.next() => match message {
+                // This gateway's own commit: its writer hands it on.
+                Some(Ok(AsyncMessage::Notification(n))) if n.process_id() == writer_pid.load(Ordering::Relaxed) => {}
                 Some(Ok(AsyncMessage::Notification(n))) => {
                     // The payload is the head the commit reached.
                     let reached = n.payload().parse::<u64>().unwrap_or(u64::MAX);

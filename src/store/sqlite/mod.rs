@@ -39,7 +39,8 @@ pub use reads::{query, read_all, read_range_decoded};
 use writer::WriteRequest;
 
 use super::{
-    Appended, Decoded, EventFilter, EventStore, LogReader, Scan, StoreError, StoreResultExt, StoredEvent, StreamAppend,
+    Appended, Committed, Decoded, EventFilter, EventStore, LogReader, Scan, StoreError, StoreResultExt, StoredEvent,
+    StreamAppend,
 };
 
 /// Page size of a new log (docs/benchmarks.md).
@@ -139,7 +140,7 @@ pub struct SqliteStore {
     index: Arc<RwLock<StreamIndex>>,
     /// The stream index on disk, for streams the writer does not hold in memory.
     index_file: streams::IndexFile,
-    feed: broadcast::Sender<Arc<[StoredEvent]>>,
+    feed: broadcast::Sender<Committed>,
     /// Joined when the store is dropped: the writer flushes the stream index before it ends.
     writer_thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -322,7 +323,7 @@ impl EventStore for SqliteStore {
         self.head.clone()
     }
 
-    fn committed(&self) -> Option<broadcast::Receiver<Arc<[StoredEvent]>>> {
+    fn committed(&self) -> Option<broadcast::Receiver<Committed>> {
         Some(self.feed.subscribe())
     }
 

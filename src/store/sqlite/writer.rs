@@ -13,7 +13,7 @@ use super::checkpointer::{Checkpointer, CHECKPOINT_EVERY_BYTES, RESTART_EVERY_BY
 use super::index::{version_through, Pending, StreamKey};
 use super::indexer::Indexer;
 use super::{Row, WriterOptions, COLUMNS};
-use crate::store::{Appended, StoreError, StoreResultExt, StoredEvent, StreamAppend};
+use crate::store::{Appended, Committed, StoreError, StoreResultExt, StoredEvent, StreamAppend};
 
 /// A running writer: its queue, the head it announces, and its thread.
 pub(super) struct Spawned {
@@ -44,7 +44,7 @@ pub(super) fn spawn(
     lock: std::fs::File,
     path: &Path,
     indexer: Indexer,
-    feed: broadcast::Sender<Arc<[StoredEvent]>>,
+    feed: broadcast::Sender<Committed>,
     head: u64,
     options: WriterOptions,
 ) -> Result<Spawned, StoreError> {
@@ -93,7 +93,7 @@ struct Writer {
     /// Streams appended in the open transaction.
     batch: Pending,
     /// Committed events, for followers in this process.
-    feed: broadcast::Sender<Arc<[StoredEvent]>>,
+    feed: broadcast::Sender<Committed>,
     /// Events of the open transaction, published once it commits.
     unpublished: Vec<StoredEvent>,
     /// Set when a request's savepoint could not be closed; the batch is then rolled back.
@@ -211,9 +211,9 @@ impl Writer {
                     crate::metrics::commit(started.elapsed(), self.unpublished.len());
                     // Durable now: readers and later appends may see it.
                     self.indexer.commit(batch);
-                    if !self.unpublished.is_empty() {
-                        // No follower listening is fine: followers read the log when they start.
-                        let _ = self.feed.send(Arc::from(std::mem::take(&mut self.unpublished)));
+                    // No follower listening is fine: followers read the log when they start.
+                    if let Some(commit) = Committed::whole(Arc::from(std::mem::take(&mut self.unpublished))) {
+                        let _ = self.feed.send(commit);
                     }
                 }
                 Err(e) => {

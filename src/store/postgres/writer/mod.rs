@@ -14,6 +14,7 @@
 //! under the lock ([`whole`]), and if an event id is already in the log, request by request in
 //! savepoints ([`savepoints`]), so that only that request is refused. ADR 0009 says why.
 
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -65,6 +66,8 @@ struct Connection {
     notify: Statement,
     lease: Statement,
     assumed: Statement,
+    /// The server process behind the connection: the sender of this writer's notifications.
+    pid: i32,
 }
 
 impl Connection {
@@ -85,17 +88,32 @@ impl Connection {
             .await
             .map_err(failed)?;
         let assumed = client.prepare(assumed::APPEND).await.map_err(failed)?;
-        Ok(Connection { client, insert, version, versions, insert_all, lock_head, move_head, notify, lease, assumed })
+        let pid = client.query_one("SELECT pg_backend_pid()", &[]).await.map_err(failed)?.get(0);
+        Ok(Connection {
+            client,
+            insert,
+            version,
+            versions,
+            insert_all,
+            lock_head,
+            move_head,
+            notify,
+            lease,
+            assumed,
+            pid,
+        })
     }
 }
 
-/// Appends batches until every sender is gone.
+/// Appends batches until every sender is gone; keeps in `pid` the server process its connection
+/// has (0 before the first), so the tailer knows this writer's notifications from others'.
 pub async fn run(
     target: Arc<Target>,
     mut requests: mpsc::Receiver<WriteRequest>,
     max_batch: usize,
     head: Arc<watch::Sender<u64>>,
     committed: mpsc::UnboundedSender<Arc<[StoredEvent]>>,
+    pid: Arc<AtomicI32>,
 ) {
     let mut connection: Option<Connection> = None;
     let mut batch = Vec::new();
@@ -112,7 +130,10 @@ pub async fn run(
         }
         if connection.as_ref().is_none_or(|c| c.client.is_closed()) {
             match Connection::open(&target).await {
-                Ok(opened) => connection = Some(opened),
+                Ok(opened) => {
+                    pid.store(opened.pid, Ordering::Relaxed);
+                    connection = Some(opened)
+                }
                 Err(e) => {
                     tracing::error!(error = %crate::report::chain(&e), "cannot reach the event log's database");
                     for request in batch.drain(..) {
