@@ -343,8 +343,9 @@ async fn read_all(readers: &Readers, after: u64, limit: usize) -> Result<Vec<Sto
 
 /// The head, and the events of the types `types` (`None`: of every type) at the positions after
 /// `after`, up to the head and at most `span` of them: read in one snapshot, so every event of
-/// those positions that is left out is one of another type. (Bounding the positions rather than
-/// the rows keeps the plan an index range scan, however few rows pass the filter.)
+/// those positions that is left out is one of another type. (Bounded by positions, not rows: with
+/// a `LIMIT` on the few rows that pass the filter, the planner scanned everything after `after`
+/// and sorted it, 222 ms for a read far behind; a bounded range stays a few milliseconds.)
 pub(crate) async fn read_followed(
     readers: &Readers,
     after: u64,
