@@ -341,59 +341,50 @@ async fn read_all(readers: &Readers, after: u64, limit: usize) -> Result<Vec<Sto
     readers.query(&sql, &[&after, &limit]).await?.iter().map(stored).collect()
 }
 
-/// The head, and the events of the types `types` (`None`: of every type) at the positions after
-/// `after`, up to the head and at most `span` of them: read in one snapshot, so every event of
-/// those positions that is left out is one of another type. (Bounded by positions, not rows: with
-/// a `LIMIT` on the few rows that pass the filter, the planner scanned everything after `after`
-/// and sorted it, 222 ms for a read far behind; a bounded range stays a few milliseconds.)
+/// The events of the types `types` (`None`: of every type) at the positions `after + 1 ..= upto`,
+/// in position order. Every position up to `upto` must be committed (a head some commit reached):
+/// then this read's snapshot holds all of them, and every event of those positions left out is
+/// one of another type.
 pub(crate) async fn read_followed(
     readers: &Readers,
     after: u64,
-    span: u64,
+    upto: u64,
     types: Option<&[&str]>,
-) -> Result<(u64, Vec<StoredEvent>), StoreError> {
+) -> Result<Vec<StoredEvent>, StoreError> {
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        let events = COLUMNS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ");
         format!(
-            "WITH head AS (SELECT last FROM meshgate_head WHERE id = 1)
-             SELECT head.last, {events} FROM head LEFT JOIN LATERAL (
-                 SELECT {COLUMNS} FROM meshgate_events
-                 WHERE position > $1 AND position <= LEAST(head.last, $1 + $2)
-                   AND ($3::text[] IS NULL OR type = ANY($3))) e ON true
-             ORDER BY e.position"
+            "SELECT {COLUMNS} FROM meshgate_events
+             WHERE position > $1 AND position <= $2 AND ($3::text[] IS NULL OR type = ANY($3))
+             ORDER BY position"
         )
     });
-    let (after, span) = (after as i64, span.min(i64::MAX as u64) as i64);
-    let rows = readers.query(&SQL, &[&after, &span, &types]).await?;
-    let head = match rows.first() {
-        Some(row) => row.try_get::<_, i64>(0).map_err(|e| pg_failed("the log's head of an unexpected shape", e))?,
-        None => return Err(StoreError::failed("the event log has no head row")),
-    };
-    let events = rows
-        .iter()
-        .filter(|row| row.get::<_, Option<i64>>(1).is_some())
-        .map(|row| stored_from(row, 1))
-        .collect::<Result<_, _>>()?;
-    Ok((head as u64, events))
+    let (after, upto) = (after as i64, upto.min(i64::MAX as u64) as i64);
+    readers.query(&SQL, &[&after, &upto, &types]).await?.iter().map(stored).collect()
+}
+
+/// The head as the log's table says now.
+pub(crate) async fn read_head(readers: &Readers) -> Result<u64, StoreError> {
+    let rows = readers.query("SELECT last FROM meshgate_head WHERE id = 1", &[]).await?;
+    match rows.first() {
+        Some(row) => {
+            Ok(row.try_get::<_, i64>(0).map_err(|e| pg_failed("the log's head of an unexpected shape", e))? as u64)
+        }
+        None => Err(StoreError::failed("the event log has no head row")),
+    }
 }
 
 fn stored(row: &Row) -> Result<StoredEvent, StoreError> {
-    stored_from(row, 0)
-}
-
-/// The event in the row's columns from `first` on.
-fn stored_from(row: &Row, first: usize) -> Result<StoredEvent, StoreError> {
     let get = |e: tokio_postgres::Error| pg_failed("an event row of an unexpected shape", e);
     Ok(StoredEvent {
-        position: row.try_get::<_, i64>(first).map_err(get)? as u64,
-        stream: row.try_get(first + 1).map_err(get)?,
-        version: row.try_get::<_, i64>(first + 2).map_err(get)? as u64,
-        id: row.try_get(first + 3).map_err(get)?,
-        event_type: row.try_get(first + 4).map_err(get)?,
-        schema_version: row.try_get::<_, i32>(first + 5).map_err(get)? as u32,
-        data: row.try_get(first + 6).map_err(get)?,
-        correlation_id: row.try_get(first + 7).map_err(get)?,
-        causation_id: row.try_get(first + 8).map_err(get)?,
-        recorded_at: row.try_get(first + 9).map_err(get)?,
+        position: row.try_get::<_, i64>(0).map_err(get)? as u64,
+        stream: row.try_get(1).map_err(get)?,
+        version: row.try_get::<_, i64>(2).map_err(get)? as u64,
+        id: row.try_get(3).map_err(get)?,
+        event_type: row.try_get(4).map_err(get)?,
+        schema_version: row.try_get::<_, i32>(5).map_err(get)? as u32,
+        data: row.try_get(6).map_err(get)?,
+        correlation_id: row.try_get(7).map_err(get)?,
+        causation_id: row.try_get(8).map_err(get)?,
+        recorded_at: row.try_get(9).map_err(get)?,
     })
 }

@@ -6,8 +6,9 @@
 //! gateway's writer (this one's own notifications are passed over: its commits come from its
 //! writer), or after `poll` without one (a notification is a hint and may be lost with a
 //! connection). Reads always start from the tailer's cursor, so nothing is skipped and nothing is
-//! handed on twice; they take only the event types the followers fold (`followed`), with the
-//! head in the same snapshot, so the cursor moves past the others without shipping them.
+//! handed on twice. They take only the event types the followers fold (`followed`) up to a head
+//! known to be committed (a notification's, this gateway's own, or the head row's after a poll),
+//! so the cursor moves past the others without shipping them.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_postgres::AsyncMessage;
 
-use super::{pg_failed, read_followed, Readers, Target};
+use super::{pg_failed, read_followed, read_head, Readers, Target};
 use crate::store::{Committed, StoreError, StoredEvent};
 
 /// Positions read from the log per query while catching up.
@@ -54,11 +55,13 @@ pub async fn run(mut tailer: Tailer) {
                 let hint = *hinted.borrow_and_update();
                 // Not past this gateway's head: handed on already, or a commit of its own writer
                 // on its way here (whose gap, if any, is read from the log then).
-                if hint > tailer.cursor && hint > *tailer.head.borrow() {
-                    tailer.read_log().await;
+                let head = *tailer.head.borrow();
+                if hint > tailer.cursor && hint > head {
+                    // An unreadable payload says nothing of the head: the head row does.
+                    tailer.read_log((hint != u64::MAX).then_some(hint)).await;
                 }
             }
-            _ = poll.tick() => tailer.read_log().await,
+            _ = poll.tick() => tailer.read_log(None).await,
         }
     }
     listener.abort();
@@ -68,9 +71,11 @@ impl Tailer {
     /// A batch this gateway committed: handed on at once if it follows the cursor. Otherwise
     /// another gateway committed before it, and a read of the log takes both.
     async fn pass_on(&mut self, batch: Arc<[StoredEvent]>) {
-        let Some(first) = batch.first().map(|e| e.position) else { return };
+        let (Some(first), Some(last)) = (batch.first().map(|e| e.position), batch.last().map(|e| e.position)) else {
+            return;
+        };
         if first > self.cursor + 1 {
-            self.read_log().await;
+            self.read_log(Some(last)).await;
             return;
         }
         let fresh = batch.partition_point(|e| e.position <= self.cursor);
@@ -81,31 +86,33 @@ impl Tailer {
                     self.publish(Committed { after: self.cursor, through: last, events: rest });
                 }
             }
-            Some(_) => self.read_log().await,
+            Some(_) => self.read_log(Some(last)).await,
             None => {}
         }
     }
 
-    /// Reads and hands on what was committed after the cursor (the events the followers fold).
-    async fn read_log(&mut self) {
-        loop {
-            match read_followed(&self.readers, self.cursor, PAGE, self.followed.as_deref()).await {
-                Ok((head, page)) => {
-                    let through = head.min(self.cursor + PAGE);
-                    if through <= self.cursor {
-                        return;
-                    }
-                    self.publish(Committed { after: self.cursor, through, events: page.into() });
-                    if through == head {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %crate::report::chain(&e), "cannot read new events from the log; trying again");
-                    return;
-                }
+    /// Reads and hands on what was committed after the cursor (the events the followers fold), up
+    /// to `upto`, a head some commit reached (`None`: the head row's, read first). Every position
+    /// up to it is committed, so the read's snapshot holds them all.
+    async fn read_log(&mut self, upto: Option<u64>) {
+        let upto = match upto {
+            Some(upto) => upto.max(*self.head.borrow()),
+            None => match read_head(&self.readers).await {
+                Ok(head) => head,
+                Err(e) => return Self::cannot_read(&e),
+            },
+        };
+        while self.cursor < upto {
+            let through = upto.min(self.cursor + PAGE);
+            match read_followed(&self.readers, self.cursor, through, self.followed.as_deref()).await {
+                Ok(page) => self.publish(Committed { after: self.cursor, through, events: page.into() }),
+                Err(e) => return Self::cannot_read(&e),
             }
         }
+    }
+
+    fn cannot_read(e: &StoreError) {
+        tracing::warn!(error = %crate::report::chain(e), "cannot read new events from the log; trying again");
     }
 
     fn publish(&mut self, commit: Committed) {
