@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use meshgate_domain::{Event, Recorded};
+use meshgate_domain::Recorded;
 use meshgate_projections::{BuildView, OutboxConfig, ProjectionSet};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -350,7 +350,7 @@ impl Live<'_> {
 }
 
 async fn catch_up(store: &dyn EventStore, live: &Live<'_>, saved_at: &mut (u64, Instant)) -> Result<(), StoreError> {
-    let wanted = projected_types();
+    let wanted = ProjectionSet::projected_types();
     let mut from = *live.position.borrow();
     let mut read = store.read_decoded(from, CATCH_UP_RANGE, &wanted).await?;
     loop {
@@ -372,11 +372,6 @@ async fn catch_up(store: &dyn EventStore, live: &Live<'_>, saved_at: &mut (u64, 
         folded?;
         (read, from) = (next?, covered);
     }
-}
-
-/// The event types some projection folds; the others are only positions to them.
-pub fn projected_types() -> Vec<&'static str> {
-    Event::TYPES.iter().copied().filter(|t| ProjectionSet::wants(t)).collect()
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use futures_util::TryStreamExt;
 use meshgate_domain::Recorded;
 use meshgate_projections::{OutboxConfig, ProjectionSet};
 
-use crate::projector::{projected_types, SAVE_AFTER_EVENTS};
+use crate::projector::SAVE_AFTER_EVENTS;
 use crate::readmodel::ReadModel;
 use crate::store::{LogReader, StoreError};
 
@@ -20,7 +20,7 @@ pub async fn fold(
     into: &ReadModel,
     mut progress: impl FnMut(u64),
 ) -> Result<ProjectionSet, StoreError> {
-    let wanted = projected_types();
+    let wanted = meshgate_projections::ProjectionSet::projected_types();
     let mut set = ProjectionSet::new(outbox);
     let mut saved_at = 0;
     let mut batches = log.scan(0, until, &wanted);

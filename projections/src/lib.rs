@@ -85,8 +85,9 @@ impl ProjectionSet {
             || matches!(event_type, "QueuePaused" | "QueueResumed")
     }
 
-    /// The event types of the domain some projection reads ([`ProjectionSet::wants`]).
-    pub fn followed_types() -> Vec<&'static str> {
+    /// The event types some projection folds ([`ProjectionSet::wants`]); the others are only
+    /// positions to them.
+    pub fn projected_types() -> Vec<&'static str> {
         Event::TYPES.iter().copied().filter(|t| Self::wants(t)).collect()
     }
 

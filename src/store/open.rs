@@ -87,7 +87,7 @@ pub async fn shared(config: &Config, max_batch: usize) -> Result<Arc<dyn EventSt
                 lease,
                 renew: lease / 5,
                 // The projector is the one follower.
-                followed: Some(meshgate_projections::ProjectionSet::followed_types()),
+                followed: Some(meshgate_projections::ProjectionSet::projected_types()),
                 ..PostgresOptions::default()
             };
             let store = PostgresStore::open(url.expose_secret(), options).await.map_err(failed)?;

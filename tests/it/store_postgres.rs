@@ -53,8 +53,8 @@ async fn two_gateways_on_one_database_keep_one_log() {
 }
 
 /// A gateway's followers fold some event types only: of another gateway's commits it reads those,
-/// and its feed still covers every position, so its followers see no gap. Its own commits are
-/// handed on whole, as its writer made them.
+/// and its feed still covers every position, so its followers see no gap. Its own commit may come
+/// whole, as its writer made it, or read from the log with the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_reads_of_anothers_commits_only_the_types_it_follows() {
     let url = database().await;
