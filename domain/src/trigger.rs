@@ -167,7 +167,11 @@ pub struct IntentKey(String);
 
 impl IntentKey {
     pub fn new(issue_id: &str, trigger: &str) -> Self {
-        IntentKey(format!("{issue_id}/{trigger}"))
+        let mut key = String::with_capacity(issue_id.len() + 1 + trigger.len());
+        key.push_str(issue_id);
+        key.push('/');
+        key.push_str(trigger);
+        IntentKey(key)
     }
 
     pub fn as_str(&self) -> &str {

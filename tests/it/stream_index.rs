@@ -215,3 +215,48 @@ async fn a_damaged_index_is_replaced() {
         assert!(matches!(conflict, StoreError::Conflict { actual: Some(0), .. }), "{conflict:?}");
     }
 }
+
+/// The key the previous layout (1) gave a stream: the first 128 bits of its SHA-256, read as a
+/// little-endian number and stored big-endian.
+fn layout_1_key(stream: &str) -> [u8; 16] {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(stream.as_bytes());
+    u128::from_le_bytes(digest[..16].try_into().unwrap()).to_be_bytes()
+}
+
+#[tokio::test]
+async fn an_index_of_the_previous_layout_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..10).map(|n| format!("s{n}")).collect();
+    {
+        let store = open(dir.path(), tiny());
+        for name in &names {
+            store.append(vec![append(name, ExpectedVersion::NoStream, 1)]).await.unwrap();
+        }
+    }
+    // The index as a release of layout 1 wrote it: streams under their SHA-256 keys. Were it
+    // read with today's keys, every stream would look new and the deliveries of its streams
+    // would count again.
+    {
+        let db = fjall::Database::builder(index_dir(dir.path())).open().unwrap();
+        let streams = db.keyspace("streams", fjall::KeyspaceCreateOptions::default).unwrap();
+        let mut moved = 0;
+        for name in &names {
+            let today = xxhash_rust::xxh3::xxh3_128(name.as_bytes()).to_be_bytes();
+            if let Some(positions) = streams.get(today).unwrap() {
+                streams.remove(today).unwrap();
+                streams.insert(layout_1_key(name), positions).unwrap();
+                moved += 1;
+            }
+        }
+        assert!(moved > 5, "most streams were flushed to the index file ({moved})");
+        streams.insert("layout", "1").unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let store = open(dir.path(), tiny());
+    for name in &names {
+        let conflict = store.append(vec![append(name, ExpectedVersion::NoStream, 1)]).await.unwrap_err();
+        assert!(matches!(conflict, StoreError::Conflict { actual: Some(0), .. }), "{name}: {conflict:?}");
+        assert_eq!(store.read_stream(name).await.unwrap().len(), 1, "{name}");
+    }
+}

@@ -11,10 +11,8 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
-use sha2::{Digest, Sha256};
-
-/// A stream's name as the index keys it: the first 128 bits of its SHA-256. Reads compare the
-/// full name stored in each row, so a collision could only cost a spurious version conflict.
+/// A stream's name as the index keys it: its XXH3-128 (ADR 0006). Reads compare the full name
+/// stored in each row, so a collision could only cost a spurious version conflict.
 ///
 /// Two words rather than a `u128`, whose 16-byte alignment would pad each slot of the writer's
 /// table of streams from 48 to 64 bytes.
@@ -26,9 +24,8 @@ pub struct StreamKey {
 
 impl StreamKey {
     pub fn of(stream: &str) -> Self {
-        let digest = Sha256::digest(stream.as_bytes());
-        let word = |at: usize| u64::from_le_bytes(digest[at..at + 8].try_into().expect("eight bytes"));
-        StreamKey { high: word(8), low: word(0) }
+        let hash = xxhash_rust::xxh3::xxh3_128(stream.as_bytes());
+        StreamKey { high: (hash >> 64) as u64, low: hash as u64 }
     }
 
     /// The key as the index file stores it.
@@ -320,13 +317,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_key_is_stored_as_the_index_files_of_earlier_versions_hold_it() {
+    fn a_key_is_the_streams_xxh3_128_as_the_index_file_holds_it() {
         // The index file keys streams by these bytes: a change would make every stream indexed
-        // before it look new (ADR 0006). Earlier versions kept the key as one u128.
-        for name in ["delivery-0f", "intent-MOB-1", "build-01a25208-4358-747a-a9c9-1941afbc3dbc", ""] {
-            let digest = Sha256::digest(name.as_bytes());
-            let as_before = u128::from_le_bytes(digest[..16].try_into().unwrap()).to_be_bytes();
-            assert_eq!(StreamKey::of(name).to_bytes(), as_before, "{name}");
+        // before it look new, so it must come with a new `LAYOUT` (ADR 0006). The values are
+        // XXH3-128's canonical (big-endian) form, as the reference implementation prints them.
+        for (name, hex) in [
+            ("delivery-0f", "ca1c11a3bd219a0eb04fcfed9103a09b"),
+            ("intent-MOB-1", "92b3b9518c64b7ec727a047af1389c90"),
+            ("build-01a25208-4358-747a-a9c9-1941afbc3dbc", "bffbfc75966d675a3dc8310d3110cb46"),
+            ("", "99aa06d3014798d86001c324468d497f"),
+        ] {
+            let bytes: String = StreamKey::of(name).to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(bytes, hex, "{name}");
         }
         let keys: Vec<StreamKey> = (0..64).map(|n| StreamKey::of(&format!("s{n}"))).collect();
         for (a, b) in keys.iter().zip(keys.iter().skip(1)) {

@@ -25,8 +25,9 @@ use rusqlite::{Connection, OptionalExtension};
 use super::index::{Positions, StreamKey};
 use crate::store::{StoreError, StoreResultExt};
 
-/// The index's layout; an index of another layout is rebuilt.
-const LAYOUT: &[u8] = b"1";
+/// The index's layout; an index of another layout is rebuilt. Layout 1 keyed streams by SHA-256,
+/// layout 2 by XXH3-128 (ADR 0006).
+const LAYOUT: &[u8] = b"2";
 
 /// Block cache of the index, shared by the writer and the readers. Most lookups are of streams that
 /// do not exist (answered by the pinned filters) or that the writer holds in memory; with 4 MiB

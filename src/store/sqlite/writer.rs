@@ -432,10 +432,10 @@ impl Writer {
         request: &mut Pending,
         versions: &mut Vec<u64>,
     ) -> Result<Appended, StoreError> {
-        let mut insert = self
-            .conn
-            .prepare_cached(&format!("INSERT INTO events ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"))
-            .store_err()?;
+        static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!("INSERT INTO events ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")
+        });
+        let mut insert = self.conn.prepare_cached(&INSERT).store_err()?;
         for append in appends {
             let key = StreamKey::of(&append.stream);
             let current = version_through(self.indexer.committed_version(key)?, &[&self.batch, request], key);
