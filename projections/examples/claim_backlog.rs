@@ -1,12 +1,15 @@
 //! What one claim costs beside a backlog (docs/benchmarks.md, "A claim beside a backlog"):
 //! `backlog` builds queued in a lane no node can run (it needs a label nobody has), ten in the
-//! default lane, and the median time of `Queue::next_for` for a node without that label.
+//! default lane, and the median time of `Queue::next_for` for a node without that label. Then what
+//! the lane watch's look at each lane costs beside the same backlog (`unservable`, every second
+//! per lane and at each scrape, under the projections' read lock), with that node live and with
+//! none.
 //!
 //!   cargo run --release -p meshgate-projections --example claim_backlog
 
 use std::time::Instant;
 
-use meshgate_projections::{LaneRule, NodeAsk, Queue, QueueEntry};
+use meshgate_projections::{unservable, LaneRule, NodeAsk, NodeView, Queue, QueueEntry};
 use uuid::Uuid;
 
 fn entry(n: u64, lane: &str) -> QueueEntry {
@@ -52,5 +55,43 @@ fn main() {
             .collect();
         took.sort_by(f64::total_cmp);
         println!("| {backlog} | {:.1} µs | {:.1} µs |", took[100], took[198]);
+    }
+
+    let mac = NodeView {
+        node_id: "mac-1".into(),
+        labels: labels.clone(),
+        slots: 2,
+        xcodes: Vec::new(),
+        last_seen: chrono::DateTime::from_timestamp(1_787_562_900, 0).unwrap_or_default(),
+        running: Default::default(),
+        draining: false,
+        lost: false,
+    };
+    println!();
+    println!(
+        "| builds queued in a lane the node cannot run | the lanes watched, node live, median of 201 | no node live |"
+    );
+    println!("|---:|---:|---:|");
+    for backlog in [0u64, 1_000, 10_000, 100_000] {
+        let mut queued: Vec<QueueEntry> = (0..backlog).map(|n| entry(n, "signing")).collect();
+        queued.extend((backlog..backlog + 10).map(|n| entry(n, "default")));
+        let queue = Queue::restore(queued, Vec::new());
+        let median = |live: bool| {
+            let mut took: Vec<f64> = (0..201)
+                .map(|_| {
+                    let started = Instant::now();
+                    let answers: Vec<bool> =
+                        lanes.iter().map(|rule| unservable(rule, &queue, std::iter::once(&mac), |_| live)).collect();
+                    let elapsed = started.elapsed().as_secs_f64() * 1e6;
+                    // The default lane's builds can run on the node when it is live; the signing
+                    // lane's never (when it has any).
+                    assert_eq!(answers, vec![!live, backlog > 0], "live: {live}");
+                    elapsed
+                })
+                .collect();
+            took.sort_by(f64::total_cmp);
+            took[100]
+        };
+        println!("| {backlog} | {:.1} µs | {:.1} µs |", median(true), median(false));
     }
 }

@@ -67,6 +67,9 @@ pub struct Queue {
     /// The queued builds of each lane in log order: a claim reads the head of each lane instead
     /// of sorting the whole queue (which a backlog makes deep).
     lanes: BTreeMap<String, BTreeSet<(u64, Uuid)>>,
+    /// How many queued builds of each lane name each Xcode of their own (`None`: none, the lane's
+    /// applies): whether anyone can serve a lane depends on these alone, not on its depth.
+    xcodes: BTreeMap<String, BTreeMap<Option<String>, usize>>,
 }
 
 /// The queue's state; the lanes' orders are an index of it.
@@ -188,6 +191,12 @@ impl Queue {
         self.lanes.get(lane).into_iter().flatten().filter_map(|(_, id)| self.queued.get(id))
     }
 
+    /// The Xcode requirements of `lane`'s queued builds, each once: a build's own, `None` for the
+    /// builds that name none (the lane's requirement applies to them).
+    pub fn xcodes_queued_in<'a>(&'a self, lane: &str) -> impl Iterator<Item = Option<&'a str>> + 'a {
+        self.xcodes.get(lane).into_iter().flat_map(|counts| counts.keys().map(Option::as_deref))
+    }
+
     /// The queued build of `lane` that has waited longest (the first in log order).
     pub fn oldest_in(&self, lane: &str) -> Option<&QueueEntry> {
         self.lanes.get(lane)?.first().and_then(|(_, id)| self.queued.get(id))
@@ -282,6 +291,7 @@ impl Queue {
     fn enqueue(&mut self, entry: QueueEntry) {
         self.dequeue(entry.build_id);
         self.lanes.entry(entry.lane.clone()).or_default().insert((entry.position, entry.build_id));
+        *self.xcodes.entry(entry.lane.clone()).or_default().entry(entry.xcode.clone()).or_default() += 1;
         self.queued.insert(entry.build_id, entry);
     }
 
@@ -297,6 +307,17 @@ impl Queue {
             order.remove(&(entry.position, entry.build_id));
             if order.is_empty() {
                 self.lanes.remove(&entry.lane);
+            }
+        }
+        if let Some(counts) = self.xcodes.get_mut(&entry.lane) {
+            if let Some(count) = counts.get_mut(&entry.xcode) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&entry.xcode);
+                }
+            }
+            if counts.is_empty() {
+                self.xcodes.remove(&entry.lane);
             }
         }
     }
@@ -402,6 +423,14 @@ mod tests {
                 } else {
                     queue.finish(id);
                 }
+            }
+            // The lanes' Xcode requirements are those of their queued builds, each once.
+            for lane in LANES {
+                let mut defined: Vec<Option<&str>> =
+                    queue.queued.values().filter(|e| e.lane == lane).map(|e| e.xcode.as_deref()).collect();
+                defined.sort_unstable();
+                defined.dedup();
+                prop_assert_eq!(queue.xcodes_queued_in(lane).collect::<Vec<_>>(), defined, "{}", lane);
             }
             let lanes: Vec<LaneRule> = rules
                 .iter()

@@ -55,18 +55,22 @@ impl Waiting {
 
 /// Whether no live node could ever claim the queued builds of `rule`'s lane: none has the lane's
 /// labels and the Xcode of each of them (a lane with nothing queued is servable).
+///
+/// Asked every second per lane and at each scrape, under the projections' read lock, while the
+/// lane's backlog may be deep (it grows while nobody can serve it): the nodes are asked once per
+/// Xcode the lane's builds require, whatever the depth.
 pub fn unservable<'a>(
     rule: &LaneRule,
     queue: &Queue,
     nodes: impl Iterator<Item = &'a NodeView>,
     live: impl Fn(&NodeView) -> bool,
 ) -> bool {
-    let mut queued = queue.queued().values().filter(|e| e.lane == rule.name).peekable();
-    if queued.peek().is_none() {
+    let mut required = queue.xcodes_queued_in(&rule.name).peekable();
+    if required.peek().is_none() {
         return false;
     }
     let live: Vec<&NodeView> = nodes.filter(|n| !n.draining && !n.lost && live(n)).collect();
-    queued.all(|e| !live.iter().any(|n| capable(n, rule, rule.xcode_for(e))))
+    required.all(|own| !live.iter().any(|n| capable(n, rule, own.or(rule.xcode.as_deref()))))
 }
 
 /// Whether `node` can run a build of `rule`'s lane that requires `xcode`.
@@ -227,5 +231,77 @@ mod tests {
         assert!(unservable(&lanes()[1], &queue, std::slice::from_ref(&plain).iter(), |_| true));
         assert!(!unservable(&lanes()[1], &queue, [plain.clone(), signer].iter(), |_| true));
         assert!(!unservable(&lanes()[0], &Queue::default(), [plain].iter(), |_| true), "nothing queued");
+    }
+
+    /// What `unservable` answers, by its definition: every queued build of the lane, every node.
+    fn unservable_by_definition(rule: &LaneRule, queue: &Queue, nodes: &[NodeView], live: &[bool]) -> bool {
+        let mut queued = queue.queued().values().filter(|e| e.lane == rule.name).peekable();
+        queued.peek().is_some()
+            && queued.all(|e| {
+                !nodes
+                    .iter()
+                    .zip(live)
+                    .any(|(n, live)| *live && !n.draining && !n.lost && capable(n, rule, rule.xcode_for(e)))
+            })
+    }
+
+    proptest::proptest! {
+        /// Reading only the lane's builds, none when no node is live, and asking the nodes once
+        /// per Xcode requirement answers as the definition does.
+        #[test]
+        fn unservable_answers_as_its_definition(
+            builds in proptest::collection::vec((0..2usize, proptest::option::weighted(0.5, 0..3usize)), 0..12),
+            lane_xcode in proptest::option::of(0..3usize),
+            needs_signing in proptest::bool::ANY,
+            nodes in proptest::collection::vec(
+                (proptest::bool::ANY, proptest::collection::vec(proptest::bool::ANY, 3), 0..4usize),
+                0..4,
+            ),
+        ) {
+            const XCODES: [&str; 3] = ["15", "16", "17"];
+            let queue = Queue::restore(
+                builds
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (lane, xcode))| QueueEntry {
+                        xcode: xcode.map(|x| XCODES[x].to_owned()),
+                        ..entry(i as u128 + 1, "MOB-1", ["default", "signing"][*lane], None)
+                    })
+                    .collect(),
+                vec![],
+            );
+            let rule = LaneRule {
+                name: "signing".into(),
+                required_labels: if needs_signing { vec!["signing".into()] } else { vec![] },
+                xcode: lane_xcode.map(|x| XCODES[x].to_owned()),
+                ..LaneRule::default()
+            };
+            // Each node: its labels, the Xcodes it has, and whether it is live, draining or lost.
+            let (views, live): (Vec<NodeView>, Vec<bool>) = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, (signing, has, state))| {
+                    let labels: &[&str] = if *signing { &["signing"] } else { &[] };
+                    let xcodes = XCODES
+                        .iter()
+                        .zip(has)
+                        .filter(|(_, has)| **has)
+                        .map(|(v, _)| meshgate_domain::xcode::Xcode { version: format!("{v}.0"), path: format!("/Applications/Xcode-{v}.app") })
+                        .collect();
+                    let view = NodeView {
+                        xcodes,
+                        draining: *state == 1,
+                        lost: *state == 2,
+                        ..node(&format!("mac-{i}"), labels, 1, &[])
+                    };
+                    (view, *state != 3)
+                })
+                .unzip();
+            let is_live = |n: &NodeView| views.iter().zip(&live).any(|(v, live)| v.node_id == n.node_id && *live);
+            proptest::prop_assert_eq!(
+                unservable(&rule, &queue, views.iter(), is_live),
+                unservable_by_definition(&rule, &queue, &views, &live)
+            );
+        }
     }
 }
