@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_cancels_a_queued_build_and_requeues_a_running_one() {
     let app = spawn_app().await;
     let building = fixture("mob-issueUpdated-state-building.json");
@@ -55,7 +55,7 @@ async fn an_operator_cancels_a_queued_build_and_requeues_a_running_one() {
 
 /// A caller without the admin token is refused before anything of its request is read: a path
 /// or a filter that would not parse answers 401 too, not what is wrong with it.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_is_checked_before_the_path_and_the_query() {
     let app = spawn_app().await;
     let get = |path: &str, token: Option<&str>| {

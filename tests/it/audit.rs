@@ -65,12 +65,12 @@ async fn audit(shared: bool) {
     assert_eq!(app.client.get(app.url("/api/v1/events")).send().await.unwrap().status(), 401);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_answers_over_http_on_sqlite() {
     audit(false).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_answers_over_http_on_postgres() {
     audit(true).await;
 }

@@ -90,7 +90,6 @@ pub fn test_config(dir: &Path, triggers: Vec<Trigger>) -> Config {
 }
 
 pub struct TestApp {
-    pub dir: TempDir,
     pub config: Config,
     pub addr: SocketAddr,
     pub handles: Handles,
@@ -101,6 +100,9 @@ pub struct TestApp {
     pub metrics_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
+    /// The gateway's folder, declared last so it is removed last: fields drop in order, and
+    /// `handles` keep the log and the read model open (their last flushes write into it).
+    pub dir: TempDir,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -268,9 +270,12 @@ impl TestApp {
     }
 }
 
-/// A test that ends without [`TestApp::shutdown`]: the gateway is stopped before its folder is
-/// removed, and, on a runtime with worker threads, waited for, so that its last save does not
-/// write into a folder being removed (which left it behind in the temp dir).
+/// A test that ends without [`TestApp::shutdown`]: the gateway is stopped and waited for before
+/// its folder is removed (`dir` is the last field), so that nothing it still does (a save, the
+/// stream index's flush) writes into a folder being removed, which left it behind in the temp
+/// dir. Waiting needs a runtime with worker threads: on a current-thread runtime the
+/// gateway cannot run while the test's thread waits, so a test there must call `shutdown`
+/// itself, and one that does not fails here, saying so.
 impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -282,6 +287,12 @@ impl Drop for TestApp {
             // Bounded: a test that failed may leave a gateway that cannot stop cleanly.
             let stopped = tokio::time::timeout(std::time::Duration::from_secs(10), server);
             let _ = tokio::task::block_in_place(|| runtime.block_on(stopped));
+        } else if !std::thread::panicking() {
+            panic!(
+                "a TestApp ended on a current-thread runtime without `shutdown`: its gateway cannot be waited for \
+                 before its folder goes; use #[tokio::test(flavor = \"multi_thread\", worker_threads = 2)] or call \
+                 `app.shutdown().await`"
+            );
         }
     }
 }

@@ -166,7 +166,7 @@ async fn every_hostile_or_broken_request_of_the_table_gets_its_status_and_record
     assert_eq!(answer.status(), 200);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_bad_tokens_are_slowed_down_and_a_correct_token_never_is() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path(), vec![ios_trigger()]);
@@ -196,7 +196,7 @@ async fn repeated_bad_tokens_are_slowed_down_and_a_correct_token_never_is() {
 
 /// The admin API and the dashboard's sign-in count their own bad tokens per address: past the
 /// limit a refusal is a 429, and the right token is still answered at once.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_bad_tokens_on_the_api_and_the_sign_in_are_slowed_down_too() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path(), vec![ios_trigger()]);
@@ -330,7 +330,7 @@ async fn hostile_clients(tls: bool) {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_authorization_header_sent_twice_is_refused_even_when_one_is_right() {
     let app = spawn_app().await;
     let right = format!("Bearer {}", app.admin_token);

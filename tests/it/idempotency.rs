@@ -15,7 +15,7 @@ fn resent(body: &str, n: u32) -> String {
     with(body, &json!({"timestamp": format!("2026-08-24T10:00:{:02}.{n:03}Z", n % 60)}))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_delivery_folds_into_the_build_it_produced() {
     let app = spawn_app().await;
     let first = app.deliver(&building()).await;
@@ -29,7 +29,7 @@ async fn a_duplicate_delivery_folds_into_the_build_it_produced() {
     assert_eq!(types, [json!("BuildRequested"), json!("BuildRequestFolded")]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_fold_across_restarts_and_forever() {
     let app = spawn_app().await;
     let first = app.deliver(&building()).await;
@@ -43,7 +43,7 @@ async fn duplicates_fold_across_restarts_and_forever() {
 
 /// ADR 0014: a delivery an earlier version recorded under its SHA-256 fingerprint has another
 /// fingerprint when it is sent again after the upgrade; its intent's build covers the transition.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_recorded_under_an_earlier_versions_fingerprint_starts_no_second_build() {
     use meshgate_domain::ingest::Outcome;
     let app = spawn_app().await;
@@ -67,7 +67,7 @@ async fn a_delivery_recorded_under_an_earlier_versions_fingerprint_starts_no_sec
     assert_eq!(streams, [format!("delivery-{sha256}"), format!("delivery-{fingerprint}")].into());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_transition_coalesces_into_the_active_build_until_it_finishes() {
     let app = spawn_app().await;
     let first = app.deliver(&building()).await;
@@ -88,7 +88,7 @@ async fn a_new_transition_coalesces_into_the_active_build_until_it_finishes() {
     assert_eq!(queued["queue"][0]["build_id"], next["build_id"]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_simultaneous_deliveries_of_one_body_produce_exactly_one_build() {
     let app = spawn_app().await;
     let body = building();
@@ -102,7 +102,7 @@ async fn fifty_simultaneous_deliveries_of_one_body_produce_exactly_one_build() {
     assert_eq!(app.count("WebhookReceived").await, 50);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_different_transitions_of_one_intent_share_one_build() {
     let app = spawn_app().await;
     let bodies: Vec<String> =
@@ -138,7 +138,7 @@ async fn many_more_simultaneous_transitions_than_attempts_are_all_recorded() {
     assert_eq!(app.count("BuildRequestFolded").await, 63);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn projections_resume_from_their_checkpoint_and_equal_a_rebuild() {
     let app = spawn_app().await;
     for n in 0..5u64 {

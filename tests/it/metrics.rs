@@ -4,7 +4,7 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_listener_serves_deliveries_commits_builds_and_the_log_head() {
     // No [[lanes]]: the triggers' implicit `default` lane has its series all the same.
     let dir = tempfile::tempdir().unwrap();

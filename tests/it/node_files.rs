@@ -69,7 +69,7 @@ async fn put_artifact(
         .unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_build_s_chunks_are_stored_once_at_their_offsets_and_read_while_it_runs() {
     let app = spawn_app().await;
     let build = running(&app, "MOB-1").await;
@@ -95,7 +95,7 @@ async fn a_running_build_s_chunks_are_stored_once_at_their_offsets_and_read_whil
     assert!(!types.iter().any(|t| t.contains("Log")), "{types:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunks_and_artifacts_from_a_node_that_does_not_hold_the_build_are_refused() {
     let app = spawn_app().await;
     let build = running(&app, "MOB-1").await;
@@ -115,7 +115,7 @@ async fn chunks_and_artifacts_from_a_node_that_does_not_hold_the_build_are_refus
     assert_eq!(app.count("ArtifactStored").await, 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_past_max_log_bytes_is_cut_with_a_line_saying_so() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path(), vec![ios_trigger()]);
@@ -141,7 +141,7 @@ async fn a_log_past_max_log_bytes_is_cut_with_a_line_saying_so() {
     assert_eq!(log, format!("{}\n[meshgate: the log was cut at 1024 bytes (nodes.max_log_bytes)]\n", "b".repeat(1024)));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_artifact_is_stored_once_listed_and_downloaded_with_its_link_without_a_token() {
     let app = spawn_app().await;
     let build = running(&app, "MOB-1").await;
@@ -169,7 +169,7 @@ async fn an_artifact_is_stored_once_listed_and_downloaded_with_its_link_without_
     assert_eq!(reqwest::get(&wrong).await.unwrap().status(), 401);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn artifact_names_that_could_leave_the_build_folder_are_refused_and_nothing_is_written() {
     let app = spawn_app().await;
     let build = running(&app, "MOB-1").await;
@@ -189,7 +189,7 @@ async fn artifact_names_that_could_leave_the_build_folder_are_refused_and_nothin
     assert_eq!(app.count("ArtifactStored").await, 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_artifact_whose_checksum_differs_or_that_passes_the_cap_is_refused_and_not_kept() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path(), vec![ios_trigger()]);
@@ -227,7 +227,7 @@ async fn an_artifact_whose_checksum_differs_or_that_passes_the_cap_is_refused_an
     assert_eq!(files, ["a.bin"], "refused and broken uploads leave no file");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_and_artifacts_older_than_their_days_are_removed_and_the_removals_recorded() {
     let app = spawn_app().await;
     let build = running(&app, "MOB-1").await;

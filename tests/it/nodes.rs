@@ -40,7 +40,7 @@ async fn build_for(app: &TestApp, issue: &str) -> Uuid {
     build_id(&app.deliver(&body).await)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_claims_heartbeats_and_reports_once() {
     let app = spawn_app().await;
     let build = build_for(&app, "MOB-1").await;
@@ -70,7 +70,7 @@ async fn a_node_claims_heartbeats_and_reports_once() {
     assert_eq!(view["build"]["report"]["commit_sha"], "0123456789abcdef0123456789abcdef01234567");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_and_bad_results_are_refused_and_append_nothing() {
     let app = spawn_app().await;
     let build = build_for(&app, "MOB-1").await;
@@ -108,7 +108,7 @@ async fn bad_tokens_and_bad_results_are_refused_and_append_nothing() {
     assert_eq!(unknown.status(), 404);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lanes_labels_caps_and_slots_decide_who_gets_what() {
     let dir = tempfile::tempdir().unwrap();
     let mut signing = ios_trigger();
@@ -133,7 +133,7 @@ async fn lanes_labels_caps_and_slots_decide_who_gets_what() {
     assert!(app.claim("plain", &[], 1, 0).await.is_none());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_node_s_build_is_requeued_then_failed_and_its_late_result_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path(), vec![ios_trigger()]);
@@ -171,7 +171,7 @@ async fn a_lost_node_s_build_is_requeued_then_failed_and_its_late_result_is_refu
     assert!(failed_events[0].data.contains("node_lost"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaving_the_trigger_state_cancels_a_running_build_and_the_heartbeat_says_so() {
     let app = spawn_app().await;
     let build = build_for(&app, "MOB-1").await;
@@ -187,7 +187,7 @@ async fn leaving_the_trigger_state_cancels_a_running_build_and_the_heartbeat_say
     assert_eq!(beat.json::<Value>().await.unwrap()["cancelled"], true);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_uploads_its_log_and_the_link_opens_it_without_the_admin_token() {
     let app = spawn_app().await;
     let build = build_for(&app, "MOB-1").await;
@@ -215,7 +215,7 @@ async fn a_node_uploads_its_log_and_the_link_opens_it_without_the_admin_token() 
     assert_eq!(by_admin.status(), 200);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_and_the_queue_survive_a_gateway_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path(), vec![ios_trigger()]);
@@ -235,7 +235,7 @@ async fn leases_and_the_queue_survive_a_gateway_restart() {
     assert!(app.claim("mac-3", &[], 1, 0).await.is_none());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reaper_requeues_at_the_end_of_the_lease_and_not_before() {
     // A controlled clock: the reaper is stepped with explicit times, nothing waits for a lease.
     let dir = tempfile::tempdir().unwrap();
@@ -270,7 +270,7 @@ async fn the_reaper_requeues_at_the_end_of_the_lease_and_not_before() {
 
 /// A build queued past its lane's `max_queue_seconds` is cancelled (`expired`) on a stepped
 /// clock; the builds claimed in time are not touched.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn builds_queued_past_their_lanes_limit_are_cancelled_as_expired() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path(), vec![ios_trigger()]);

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_are_listed_drained_and_shown_lost_when_their_lease_runs_out() {
     let app = spawn_app().await;
     let building = fixture("mob-issueUpdated-state-building.json");

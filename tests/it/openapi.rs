@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 use crate::process::{start, token, with_tls, write_config};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_schema_is_openapi_3_1_and_every_documented_operation_demands_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path(), vec![ios_trigger()]);

@@ -21,7 +21,7 @@ fn with_slack(dir: &std::path::Path, slack: &StandIn, max_attempts: u32) -> Conf
     config
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_build_gives_one_chat_line_per_state_and_one_short_tracker_comment() {
     let mut slack = stand_in(vec![]).await;
     let mut youtrack = stand_in(vec![]).await;
@@ -116,7 +116,7 @@ fn attempts_of(events: &[meshgate::store::StoredEvent], milestone: &str) -> Vec<
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_is_retried_no_sooner_than_its_retry_after_and_delivered_once() {
     let mut slack = stand_in(vec![reply(429, Some("2"))]).await;
     let app = slack_app(&slack, 8).await;
@@ -136,7 +136,7 @@ async fn a_429_is_retried_no_sooner_than_its_retry_after_and_delivered_once() {
     assert!(slack.received.try_recv().is_err());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_400_is_permanent_and_the_notification_is_abandoned_after_one_try() {
     let mut slack = stand_in(vec![reply(400, None)]).await;
     let app = slack_app(&slack, 8).await;
@@ -150,7 +150,7 @@ async fn a_400_is_permanent_and_the_notification_is_abandoned_after_one_try() {
     assert!(slack.received.try_recv().is_err());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_keeps_failing_is_abandoned_after_its_attempts() {
     let mut slack = stand_in(vec![reply(500, None), reply(503, None), reply(502, None), reply(500, None)]).await;
     let app = slack_app(&slack, 3).await;
@@ -167,7 +167,7 @@ async fn a_target_that_keeps_failing_is_abandoned_after_its_attempts() {
     assert!(slack.received.try_recv().is_err(), "no fourth try");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_scheduled_before_a_restart_happens_after_it() {
     let mut slack = stand_in(vec![reply(503, Some("2"))]).await;
     let app = slack_app(&slack, 8).await;
@@ -191,7 +191,7 @@ fn secret_file(dir: &std::path::Path, name: &str, value: &str) -> std::path::Pat
     path
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_chat_sink_gives_up_on_a_build_on_call_is_paged_once() {
     let mut slack = stand_in(vec![reply(400, None), reply(400, None), reply(400, None)]).await;
     let mut pager = stand_in(vec![reply(202, None)]).await;
@@ -226,7 +226,7 @@ async fn when_every_chat_sink_gives_up_on_a_build_on_call_is_paged_once() {
     assert_eq!(ready["pager"], "ok");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_pager_shows_in_readiness() {
     let mut slack = stand_in(vec![reply(400, None)]).await;
     let mut pager = stand_in(vec![reply(400, None)]).await;
@@ -263,7 +263,7 @@ async fn tracker_app(youtrack: &StandIn, grace_minutes: u64) -> TestApp {
     spawn_with(dir, config).await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_with_the_new_tracker_token_falls_back_to_the_previous_one_within_its_grace() {
     let mut youtrack = stand_in(vec![reply(401, None), reply(200, None)]).await;
     let app = tracker_app(&youtrack, 15).await;
@@ -275,7 +275,7 @@ async fn a_401_with_the_new_tracker_token_falls_back_to_the_previous_one_within_
     app.wait_for_count("NotificationDelivered", 1).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_grace_the_previous_tracker_token_is_not_tried() {
     let mut youtrack = stand_in(vec![reply(401, None)]).await;
     let app = tracker_app(&youtrack, 0).await;
@@ -292,7 +292,7 @@ fn with_chat(dir: &std::path::Path, kind: ChatKind, url: String) -> Config {
     config
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn teams_gets_an_adaptive_card_and_202_counts_as_delivered() {
     let mut teams = stand_in(vec![reply(202, None)]).await;
     let dir = tempfile::tempdir().unwrap();
@@ -308,7 +308,7 @@ async fn teams_gets_an_adaptive_card_and_202_counts_as_delivered() {
     app.wait_for_count("NotificationDelivered", 1).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discord_waits_for_the_message_and_honours_retry_after_in_its_body() {
     let mut discord = stand_in(vec![reply_with(
         429,
@@ -332,7 +332,7 @@ async fn discord_waits_for_the_message_and_honours_retry_after_in_its_body() {
     assert!(next - attempt.recorded_at >= chrono::Duration::milliseconds(1490), "the body's retry_after was honoured");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_slack_api_posts_one_message_per_build_and_updates_it_as_the_build_moves() {
     let mut slack = stand_in(vec![
         // `ok` after a long warning: the whole answer is read, so it is a delivery.
@@ -371,7 +371,7 @@ async fn the_slack_api_posts_one_message_per_build_and_updates_it_as_the_build_m
     assert!(slack.received.try_recv().is_err());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discord_edits_the_build_s_message_in_place_as_the_build_moves() {
     let mut discord = stand_in(vec![reply_with(200, None, r#"{"id": "1122334455", "content": "x"}"#)]).await;
     let dir = tempfile::tempdir().unwrap();
@@ -388,7 +388,7 @@ async fn discord_edits_the_build_s_message_in_place_as_the_build_moves() {
     assert!(edit.body["content"].as_str().unwrap().starts_with("🔨 MOB-7 ios-build #1 running"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_channel_can_be_the_pager_and_gets_only_the_page() {
     let mut team = stand_in(vec![reply(400, None)]).await;
     let mut alerts = stand_in(vec![]).await;
@@ -405,7 +405,7 @@ async fn an_alert_channel_can_be_the_pager_and_gets_only_the_page() {
     assert!(alerts.received.try_recv().is_err(), "the alert channel gets nothing but the page");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connections_and_timeouts_are_retried_then_abandoned_with_no_status() {
     // A port nobody listens on: every try is a connection error.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();

@@ -50,7 +50,7 @@ async fn a_paused_lane_queues_but_gives_nodes_nothing_until_resumed_across_a_res
     assert_eq!(kinds, ["QueuePaused", "QueueResumed"]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_pauses_and_resumes_are_refused_and_record_nothing() {
     let app = spawn_app().await;
     let before = app.all_events().await.len();

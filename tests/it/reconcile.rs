@@ -59,7 +59,7 @@ async fn requested(app: &TestApp) -> Vec<Value> {
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transitions_no_webhook_brought_are_built_once_and_an_overlapping_sweep_starts_nothing() {
     let youtrack = YouTrack::start().await;
     let t = minute_ago();
@@ -89,7 +89,7 @@ async fn transitions_no_webhook_brought_are_built_once_and_an_overlapping_sweep_
     assert_eq!(app.count("ReconcileSwept").await, 2);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sweep_after_the_webhook_of_the_same_transition_starts_nothing_even_once_it_finished() {
     let youtrack = YouTrack::start().await;
     let t = minute_ago();
@@ -106,7 +106,7 @@ async fn a_sweep_after_the_webhook_of_the_same_transition_starts_nothing_even_on
     assert_eq!(requested(&app).await.len(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_that_arrives_after_a_sweep_built_its_transition_folds_into_that_build() {
     let youtrack = YouTrack::start().await;
     let t = minute_ago();
@@ -130,7 +130,7 @@ async fn a_webhook_that_arrives_after_a_sweep_built_its_transition_folds_into_th
     assert_eq!(app.deliver(&webhook("MOB-2", t + 30_000)).await["outcome"], "enqueued");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bot_changes_other_projects_and_fields_and_issues_that_left_the_state_start_nothing() {
     let youtrack = YouTrack::start().await;
     let t = minute_ago();
@@ -149,7 +149,7 @@ async fn bot_changes_other_projects_and_fields_and_issues_that_left_the_state_st
     assert!(requested(&app).await.is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sweep_cut_short_is_done_again_after_a_restart_and_starts_nothing_twice() {
     let youtrack = YouTrack::start().await;
     let t = minute_ago();
@@ -170,7 +170,7 @@ async fn a_sweep_cut_short_is_done_again_after_a_restart_and_starts_nothing_twic
     assert_eq!(issues, ["MOB-1", "MOB-2"]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn youtrack_failures_are_recorded_and_shown_in_readiness_after_several_in_a_row() {
     let youtrack = YouTrack::start().await;
     youtrack.transition("MOB-1", minute_ago(), "jane.doe", "Open", "Building");
@@ -212,7 +212,7 @@ async fn youtrack_failures_are_recorded_and_shown_in_readiness_after_several_in_
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_youtrack_that_never_answers_times_out_and_the_sweep_says_so() {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = silent.local_addr().unwrap();
@@ -232,7 +232,7 @@ async fn a_youtrack_that_never_answers_times_out_and_the_sweep_says_so() {
     assert!(report["errors"][0].as_str().unwrap().contains("timed out"), "{report}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sweep_reads_every_page_and_the_next_continues_where_one_stopped_at_its_cap() {
     let youtrack = YouTrack::start().await;
     let t = minute_ago() - 60_000;

@@ -20,7 +20,7 @@ async fn slack_app(slack: &StandIn) -> TestApp {
     spawn_with(dir, config).await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_is_sent_again_on_request_and_a_delivered_one_only_when_forced() {
     let mut slack = stand_in(vec![reply(400, None)]).await;
     let app = slack_app(&slack).await;
@@ -71,7 +71,7 @@ async fn a_notification_is_sent_again_on_request_and_a_delivered_one_only_when_f
     assert_eq!(anonymous.unwrap().status(), 401);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_notification_abandoned_in_a_window_is_queued_again_once() {
     let mut slack = stand_in(vec![reply(400, None), reply(400, None)]).await;
     let app = slack_app(&slack).await;

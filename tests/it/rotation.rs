@@ -65,7 +65,7 @@ async fn reload(app: &TestApp) -> (u16, Value) {
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_swaps_the_webhook_tokens_and_a_refused_one_keeps_those_in_force() {
     let dir = tempfile::tempdir().unwrap();
     tokens(dir.path(), &["webhook.token", "admin.token", "nodes.token", "webhook-2.token"]);
@@ -111,7 +111,7 @@ async fn a_reload_swaps_the_webhook_tokens_and_a_refused_one_keeps_those_in_forc
     assert_eq!(post_with(&app, &new).await, 200);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_build_pool_token_rotates_with_the_previous_one_accepted_meanwhile() {
     let dir = tempfile::tempdir().unwrap();
     tokens(dir.path(), &["webhook.token", "admin.token", "nodes.token"]);
@@ -190,7 +190,7 @@ async fn a_gateway_reloads_its_webhook_tokens_on_sighup() {
     assert!(!log.contains(&new) && !log.contains(&old));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_token_rotates_with_the_previous_one_accepted_and_log_links_stay() {
     let dir = tempfile::tempdir().unwrap();
     tokens(dir.path(), &["webhook.token", "admin.token", "nodes.token", "admin-2.token"]);

@@ -188,14 +188,14 @@ fn scenarios() -> Vec<std::path::PathBuf> {
     paths
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_produces_its_expected_log_and_projections() {
     for path in scenarios() {
         run(&path, StoreBackend::Sqlite).await;
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_produces_its_expected_log_and_projections_on_postgres() {
     for path in scenarios() {
         run(&path, StoreBackend::Postgres).await;
@@ -203,7 +203,7 @@ async fn every_scenario_produces_its_expected_log_and_projections_on_postgres() 
 }
 
 #[cfg(feature = "eventstoredb")]
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_produces_its_expected_log_and_projections_on_eventstoredb() {
     for path in scenarios() {
         run(&path, StoreBackend::EventStoreDb).await;

@@ -15,7 +15,7 @@ fn result_of<'a>(checks: &'a [Value], name: &str) -> (&'a str, &'a str) {
     (check["result"].as_str().unwrap(), check["detail"].as_str().unwrap())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_selftest_passes_when_everything_is_in_place_and_posts_a_line_only_where_asked() {
     let youtrack = YouTrack::start().await;
     let mut team = stand_in(vec![reply(400, None)]).await; // Slack answers a GET of a webhook with 400

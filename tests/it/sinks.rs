@@ -34,7 +34,7 @@ async fn node_post(app: &TestApp, path: &str, body: Value) -> reqwest::Response 
     app.client.post(app.url(path)).bearer_auth(token.trim()).json(&body).send().await.unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_chat_kind_delivers_to_an_https_stand_in_trusted_through_the_ca_file() {
     let mut generic = stand_in(vec![]).await;
     let mut slack = stand_in(vec![]).await;
@@ -89,7 +89,7 @@ async fn every_chat_kind_delivers_to_an_https_stand_in_trusted_through_the_ca_fi
     assert_eq!(app.count("NotificationAbandoned").await, 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_the_gateway_does_not_trust_is_refused_and_the_attempt_says_why() {
     let rogue = Pki::new("someone else's CA");
     let mut slack = stand_in_with(vec![], rogue.server(7)).await;
@@ -116,7 +116,7 @@ async fn a_certificate_the_gateway_does_not_trust_is_refused_and_the_attempt_say
     assert!(slack.received.try_recv().is_err(), "nothing was sent over the refused connection");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openclaw_relays_each_line_with_its_idempotency_key_and_honours_its_answers() {
     let mut relay = stand_in(vec![
         reply(429, Some("1")),
@@ -176,7 +176,7 @@ async fn openclaw_relays_each_line_with_its_idempotency_key_and_honours_its_answ
     assert!(relay.received.try_recv().is_err(), "a 401 is not retried");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_sent_after_the_build_succeeded_says_so_and_why_it_was_paged() {
     let mut slack = stand_in(vec![reply(400, None)]).await;
     let mut pager = stand_in(vec![reply(503, Some("2")), reply(202, None)]).await;
@@ -205,7 +205,7 @@ async fn a_page_sent_after_the_build_succeeded_says_so_and_why_it_was_paged() {
     app.wait_for_count("NotificationDelivered", 1).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracker_comments_stop_after_the_configured_attempts() {
     let mut youtrack = stand_in(vec![reply(500, None), reply(502, None), reply(200, None)]).await;
     let dir = tempfile::tempdir().unwrap();

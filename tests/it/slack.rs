@@ -312,7 +312,7 @@ async fn unsigned_stale_oversized_or_wrong_clicks_are_refused_and_record_nothing
     app.wait_for_count("BuildCancelled", 1).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_allowed_users_there_are_no_buttons() {
     let mut slack = slack().await;
     let app = gateway(&slack, &[]).await;

@@ -18,7 +18,7 @@ async fn post(app: &TestApp, forwarded: Option<&str>, token: &str) -> reqwest::R
     request.send().await.unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webhook_refuses_a_source_not_allowed_before_its_token_and_records_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path(), vec![ios_trigger()]);
@@ -37,7 +37,7 @@ async fn the_webhook_refuses_a_source_not_allowed_before_its_token_and_records_n
     assert_eq!(ready["deliveries"]["forbidden"], 3);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_trusted_proxy_the_forwarded_client_is_allowed_limited_and_cannot_forge_its_address() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path(), vec![ios_trigger()]);

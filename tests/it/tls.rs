@@ -32,7 +32,7 @@ fn https_config(dir: &Path, serial: u64) -> (std::path::PathBuf, TlsFiles) {
     (path, files)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webhook_and_the_read_api_answer_over_https_and_links_are_https() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path(), vec![ios_trigger()]);

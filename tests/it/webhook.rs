@@ -11,7 +11,7 @@ async fn head(app: &TestApp) -> u64 {
     *app.store().head().borrow()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_or_wrong_token_is_refused_and_nothing_is_recorded() {
     let app = spawn_app().await;
     let body = fixture("mob-issueUpdated-state-building.json");
@@ -36,7 +36,7 @@ async fn a_missing_or_wrong_token_is_refused_and_nothing_is_recorded() {
     assert_eq!(head(&app).await, 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_header_name_is_matched_case_insensitively() {
     let app = spawn_app().await;
     let response = app
@@ -51,7 +51,7 @@ async fn the_token_header_name_is_matched_case_insensitively() {
     assert_eq!(response.status(), 200);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accepted_delivery_answers_with_its_correlation_id_after_the_append() {
     let app = spawn_app().await;
     let response = app.post(&fixture("mob-issueUpdated-state-building.json")).await;
@@ -67,7 +67,7 @@ async fn an_accepted_delivery_answers_with_its_correlation_id_after_the_append()
     assert_eq!(types, ["WebhookReceived", "WebhookRouted", "IntentActivated", "BuildRequested"]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_the_limit_is_refused_whether_or_not_its_length_is_declared() {
     let app = spawn_app().await;
     let big = json!({"event": "issueUpdated", "id": "MOB-1", "project": {"key": "MOB"},
@@ -86,7 +86,7 @@ async fn a_body_over_the_limit_is_refused_whether_or_not_its_length_is_declared(
     assert_eq!(head(&app).await, 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_is_not_json_by_content_type_is_refused() {
     let app = spawn_app().await;
     let response = app
@@ -102,7 +102,7 @@ async fn a_body_that_is_not_json_by_content_type_is_refused() {
     assert_eq!(head(&app).await, 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_bodies_are_refused_with_the_field_named_and_nothing_recorded() {
     let app = spawn_app().await;
     let dir = fixtures().join("youtrack/malformed");
@@ -119,7 +119,7 @@ async fn malformed_bodies_are_refused_with_the_field_named_and_nothing_recorded(
     assert_eq!(head(&app).await, 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_cannot_append_answers_503_and_records_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path(), vec![ios_trigger()]);
@@ -141,7 +141,7 @@ async fn a_store_that_cannot_append_answers_503_and_records_nothing() {
     assert_eq!(app.count("BuildRequested").await, 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_type_is_accepted_and_unknown_ones_are_ignored() {
     let app = spawn_app().await;
     for name in [
@@ -166,7 +166,7 @@ async fn every_event_type_is_accepted_and_unknown_ones_are_ignored() {
     assert_eq!(app.count("WebhookReceived").await, 12);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bots_own_changes_and_comments_are_ignored() {
     let app = spawn_app().await;
     for name in ["mob-issueUpdated-by-bot.json", "mob-commentAdded-by-bot.json"] {
@@ -177,7 +177,7 @@ async fn the_bots_own_changes_and_comments_are_ignored() {
     assert_eq!(app.count("BuildRequested").await, 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_read_api_needs_the_admin_token() {
     let app = spawn_app().await;
     let anonymous = app.client.get(app.url("/api/v1/builds")).send().await.unwrap();
@@ -189,7 +189,7 @@ async fn the_read_api_needs_the_admin_token() {
     assert_eq!(app.get("/api/v1/builds/not-a-uuid").await.status(), 404);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_readiness_report_the_store_and_projections() {
     let app = spawn_app().await;
     assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), 200);

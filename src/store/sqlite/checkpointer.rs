@@ -9,8 +9,12 @@ use crate::store::{StoreError, StoreResultExt};
 
 /// Copies the WAL back into the database on its own connection and thread, so that no group
 /// commit waits for a checkpoint. Passive checkpoints never block the writer.
+///
+/// Dropped with the writer: the thread then truncates the WAL, closes its connection and is
+/// waited for, so that once the store is closed nothing of it touches the log's files.
 pub(super) struct Checkpointer {
-    wake: std::sync::mpsc::SyncSender<()>,
+    wake: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Bytes appended between two requests to the background checkpointer.
@@ -29,10 +33,10 @@ impl Checkpointer {
         let conn = Connection::open(path).store_err()?;
         conn.busy_timeout(Duration::from_secs(5)).store_err()?;
         let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("meshgate-ckpt".into())
             .spawn(move || {
-                // Ends when the writer (the only sender) is gone.
+                // Ends when the writer's `Checkpointer` (the only sender) is dropped.
                 while woken.recv().is_ok() {
                     // Pass after pass while the writer keeps adding frames, so that what is left
                     // for the writer to copy (`finish_checkpoint`) stays small.
@@ -53,11 +57,46 @@ impl Checkpointer {
                 let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
             })
             .map_err(|e| StoreError::caused("cannot start the checkpoint thread", e))?;
-        Ok(Checkpointer { wake })
+        Ok(Checkpointer { wake: Some(wake), thread: Some(thread) })
     }
 
     pub(super) fn request(&self) {
         // A full channel means a checkpoint is already due.
-        let _ = self.wake.try_send(());
+        if let Some(wake) = &self.wake {
+            let _ = wake.try_send(());
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        // The thread ends when its only sender is gone.
+        drop(self.wake.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropping_it_waits_for_its_last_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.sqlite");
+        // Another connection stays open, so the WAL is not removed with the checkpointer's.
+        let writer = Connection::open(&path).unwrap();
+        writer.pragma_update(None, "journal_mode", "WAL").unwrap();
+        writer.execute_batch("CREATE TABLE t (x BLOB); INSERT INTO t VALUES (zeroblob(65536));").unwrap();
+        let wal = dir.path().join("log.sqlite-wal");
+        for round in 0..20 {
+            writer.execute("INSERT INTO t VALUES (zeroblob(65536))", []).unwrap();
+            assert!(std::fs::metadata(&wal).unwrap().len() > 0, "round {round}: frames in the WAL");
+            drop(Checkpointer::start(&path).unwrap());
+            // Its last act, a truncating checkpoint, is done when the drop returns.
+            assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0, "round {round}: the WAL is truncated");
+        }
     }
 }
