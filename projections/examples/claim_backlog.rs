@@ -3,13 +3,15 @@
 //! default lane, and the median time of `Queue::next_for` for a node without that label. Then what
 //! the lane watch's look at each lane costs beside the same backlog (`unservable`, every second
 //! per lane and at each scrape, under the projections' read lock), with that node live and with
-//! none.
+//! none. Last, why every queued build waits (`GET /api/v1/queue`), in one pass and build by build,
+//! beside a backlog the live node can run.
 //!
 //!   cargo run --release -p meshgate-projections --example claim_backlog
 
 use std::time::Instant;
 
-use meshgate_projections::{unservable, LaneRule, NodeAsk, NodeView, Queue, QueueEntry};
+use meshgate_domain::pause::Paused;
+use meshgate_projections::{unservable, waiting, waiting_all, LaneRule, NodeAsk, NodeView, Queue, QueueEntry};
 use uuid::Uuid;
 
 fn entry(n: u64, lane: &str) -> QueueEntry {
@@ -93,5 +95,44 @@ fn main() {
             took[100]
         };
         println!("| {backlog} | {:.1} µs | {:.1} µs |", median(true), median(false));
+    }
+
+    println!();
+    println!("| builds queued in a lane the live node can run | every build's reason, one pass | build by build |");
+    println!("|---:|---:|---:|");
+    for backlog in [100u64, 1_000, 10_000] {
+        let queue = Queue::restore((0..backlog).map(|n| entry(n, "default")).collect(), Vec::new());
+        let paused = Paused::default();
+        let median = |one_pass: bool| {
+            let rounds = if backlog >= 10_000 && !one_pass { 3 } else { 21 };
+            let mut took: Vec<f64> = (0..rounds)
+                .map(|_| {
+                    let started = Instant::now();
+                    let reasons: Vec<_> = if one_pass {
+                        waiting_all(&queue, std::iter::once(&mac), &lanes, &paused, |_| true)
+                            .into_iter()
+                            .map(|(_, why)| why)
+                            .collect()
+                    } else {
+                        let priorities = lanes.iter().map(|l| (l.name.clone(), l.priority)).collect();
+                        queue
+                            .ordered(&priorities)
+                            .into_iter()
+                            .map(|e| waiting(e, &queue, std::iter::once(&mac), &lanes, &paused, |_| true))
+                            .collect()
+                    };
+                    let elapsed = started.elapsed().as_secs_f64() * 1e3;
+                    // The node is free: each build waits for those before it.
+                    assert_eq!(
+                        reasons.last(),
+                        Some(&meshgate_projections::Waiting::Ahead { builds: backlog as usize - 1 })
+                    );
+                    elapsed
+                })
+                .collect();
+            took.sort_by(f64::total_cmp);
+            took[took.len() / 2]
+        };
+        println!("| {backlog} | {:.2} ms | {:.2} ms |", median(true), median(false));
     }
 }

@@ -88,56 +88,118 @@ pub fn waiting<'a>(
     paused: &meshgate_domain::pause::Paused,
     live: impl Fn(&NodeView) -> bool,
 ) -> Waiting {
-    if let Some(pause) = paused.of(&entry.lane) {
-        return Waiting::Paused { by: pause.by.clone(), why: pause.reason.clone(), since: pause.since };
-    }
-    let default = LaneRule::default();
-    let rule_of = |lane: &str| lanes.iter().find(|l| l.name == lane).unwrap_or(&default);
-    let rule = rule_of(&entry.lane);
-    let xcode = rule.xcode_for(entry);
-    let live: Vec<&NodeView> = nodes.filter(|n| !n.draining && !n.lost && live(n)).collect();
-    if live.is_empty() {
-        return Waiting::NoNodes;
-    }
-    let able: Vec<&NodeView> = live.iter().copied().filter(|n| capable(n, rule, xcode)).collect();
-    if able.is_empty() {
-        return Waiting::NoNodeWith { labels: rule.required_labels.clone(), xcode: xcode.map(str::to_owned) };
-    }
-    if let Some(cap) = rule.max_running {
-        let running: Vec<Uuid> =
-            queue.running().values().filter(|r| r.lane == entry.lane).map(|r| r.build_id).collect();
-        if running.len() >= cap {
-            return Waiting::LaneFull { max_running: cap, running };
-        }
-    }
-    if let Some(same) = queue.running().values().find(|r| r.issue_id == entry.issue_id && r.script == entry.script) {
-        return Waiting::SameChangeRunning { build_id: same.build_id };
-    }
-    let free = able.iter().filter(|n| n.running.len() < n.slots as usize).count();
-    if free == 0 {
-        return Waiting::NodesBusy { nodes: able.len(), slots: able.iter().map(|n| n.slots as usize).sum() };
-    }
+    let live = live_nodes(nodes, live);
+    let able = match held_back(entry, queue, &live, lanes, paused) {
+        Ok(able) => able,
+        Err(reason) => return reason,
+    };
     // Ahead: queued builds its nodes would take first (a higher priority lane they can run, or
     // earlier in a lane of the same priority).
-    let priority = rule.priority;
+    let priority = rule_of(lanes, &entry.lane).priority;
     let mut lane_ok: HashMap<&str, bool> = HashMap::new();
     let ahead = queue
         .queued()
         .values()
         .filter(|other| other.build_id != entry.build_id)
         .filter(|other| {
-            let other_rule = rule_of(&other.lane);
+            let other_rule = rule_of(lanes, &other.lane);
             other_rule.priority > priority || (other_rule.priority == priority && other.position < entry.position)
         })
-        .filter(|other| {
-            // Builds only other nodes could run are not ahead of this one.
-            *lane_ok.entry(other.lane.as_str()).or_insert_with(|| {
-                let other_rule = rule_of(&other.lane);
-                able.iter().any(|n| other_rule.required_labels.iter().all(|l| n.labels.contains(l)))
-            })
-        })
+        .filter(|other| *lane_ok.entry(other.lane.as_str()).or_insert_with(|| takes_lane(&able, lanes, &other.lane)))
         .count();
     Waiting::Ahead { builds: ahead }
+}
+
+/// Why each queued build waits, in the order nodes get them (`Queue::ordered`): what [`waiting`]
+/// says of each, in one pass. The builds ahead of each are counted from how many of each lane came
+/// before it, not over the whole queue again: `GET /api/v1/queue` answers for every queued build.
+pub fn waiting_all<'q, 'a>(
+    queue: &'q Queue,
+    nodes: impl Iterator<Item = &'a NodeView>,
+    lanes: &[LaneRule],
+    paused: &meshgate_domain::pause::Paused,
+    live: impl Fn(&NodeView) -> bool,
+) -> Vec<(&'q QueueEntry, Waiting)> {
+    let live = live_nodes(nodes, live);
+    let mut priorities: HashMap<String, i64> = HashMap::new();
+    for lane in lanes {
+        // As `rule_of` reads them: the first rule of a name counts.
+        priorities.entry(lane.name.clone()).or_insert(lane.priority);
+    }
+    // Builds of each lane met so far in the order, which are ahead of the next one if its nodes
+    // take that lane.
+    let mut before: Vec<(&str, usize)> = Vec::new();
+    let mut all = Vec::with_capacity(queue.queued().len());
+    for entry in queue.ordered(&priorities) {
+        let why = match held_back(entry, queue, &live, lanes, paused) {
+            Err(reason) => reason,
+            Ok(able) => Waiting::Ahead {
+                builds: before.iter().filter(|(lane, _)| takes_lane(&able, lanes, lane)).map(|(_, n)| n).sum(),
+            },
+        };
+        match before.iter_mut().find(|(lane, _)| *lane == entry.lane) {
+            Some((_, n)) => *n += 1,
+            None => before.push((&entry.lane, 1)),
+        }
+        all.push((entry, why));
+    }
+    all
+}
+
+/// The live nodes: polling for work or running a build (`live`), not draining, not lost.
+fn live_nodes<'a>(nodes: impl Iterator<Item = &'a NodeView>, live: impl Fn(&NodeView) -> bool) -> Vec<&'a NodeView> {
+    nodes.filter(|n| !n.draining && !n.lost && live(n)).collect()
+}
+
+/// A lane's rule; one not configured has priority 0, no labels and no cap.
+fn rule_of<'r>(lanes: &'r [LaneRule], lane: &str) -> &'r LaneRule {
+    static UNCONFIGURED: LaneRule =
+        LaneRule { name: String::new(), priority: 0, required_labels: Vec::new(), max_running: None, xcode: None };
+    lanes.iter().find(|l| l.name == lane).unwrap_or(&UNCONFIGURED)
+}
+
+/// What holds `entry` back other than builds ahead of it, in the order [`Waiting`] lists them;
+/// none: the live nodes able to run it (which take it once the builds ahead are gone).
+fn held_back<'n>(
+    entry: &QueueEntry,
+    queue: &Queue,
+    live: &[&'n NodeView],
+    lanes: &[LaneRule],
+    paused: &meshgate_domain::pause::Paused,
+) -> Result<Vec<&'n NodeView>, Waiting> {
+    if let Some(pause) = paused.of(&entry.lane) {
+        return Err(Waiting::Paused { by: pause.by.clone(), why: pause.reason.clone(), since: pause.since });
+    }
+    let rule = rule_of(lanes, &entry.lane);
+    let xcode = rule.xcode_for(entry);
+    if live.is_empty() {
+        return Err(Waiting::NoNodes);
+    }
+    let able: Vec<&NodeView> = live.iter().copied().filter(|n| capable(n, rule, xcode)).collect();
+    if able.is_empty() {
+        return Err(Waiting::NoNodeWith { labels: rule.required_labels.clone(), xcode: xcode.map(str::to_owned) });
+    }
+    if let Some(cap) = rule.max_running {
+        let running: Vec<Uuid> =
+            queue.running().values().filter(|r| r.lane == entry.lane).map(|r| r.build_id).collect();
+        if running.len() >= cap {
+            return Err(Waiting::LaneFull { max_running: cap, running });
+        }
+    }
+    if let Some(same) = queue.running().values().find(|r| r.issue_id == entry.issue_id && r.script == entry.script) {
+        return Err(Waiting::SameChangeRunning { build_id: same.build_id });
+    }
+    let free = able.iter().filter(|n| n.running.len() < n.slots as usize).count();
+    if free == 0 {
+        return Err(Waiting::NodesBusy { nodes: able.len(), slots: able.iter().map(|n| n.slots as usize).sum() });
+    }
+    Ok(able)
+}
+
+/// Whether some of `able` has `lane`'s labels: builds only other nodes could run are not ahead.
+fn takes_lane(able: &[&NodeView], lanes: &[LaneRule], lane: &str) -> bool {
+    let rule = rule_of(lanes, lane);
+    able.iter().any(|n| rule.required_labels.iter().all(|l| n.labels.contains(l)))
 }
 
 #[cfg(test)]
@@ -231,6 +293,78 @@ mod tests {
         assert!(unservable(&lanes()[1], &queue, std::slice::from_ref(&plain).iter(), |_| true));
         assert!(!unservable(&lanes()[1], &queue, [plain.clone(), signer].iter(), |_| true));
         assert!(!unservable(&lanes()[0], &Queue::default(), [plain].iter(), |_| true), "nothing queued");
+    }
+
+    proptest::proptest! {
+        /// One pass over the ordered queue says of every build what `waiting` says of it alone.
+        #[test]
+        fn waiting_all_says_what_waiting_says_of_each(
+            queued in proptest::collection::vec((0..3usize, 0..4usize, proptest::option::weighted(0.3, 0..3usize)), 0..24),
+            running in proptest::collection::vec((0..3usize, 0..4usize, 0..3usize), 0..4),
+            rules in proptest::collection::vec((-1..2i64, proptest::bool::ANY, proptest::option::of(1..3usize)), 3),
+            configured in proptest::collection::vec(proptest::bool::ANY, 3),
+            nodes in proptest::collection::vec((proptest::bool::ANY, 1..3u32, proptest::collection::vec(proptest::bool::ANY, 3), 0..4usize), 0..4),
+            paused_lane in proptest::option::weighted(0.2, 0..3usize),
+        ) {
+            const LANES: [&str; 3] = ["default", "signing", "nightly"];
+            const XCODES: [&str; 3] = ["15", "16", "17"];
+            let at = |i: usize| QueueEntry { position: 10 * i as u64 + 1, ..entry(i as u128 + 1, "", "", None) };
+            let waiting_builds = queued.iter().enumerate().map(|(i, (lane, issue, xcode))| QueueEntry {
+                issue_id: format!("MOB-{issue}"),
+                lane: LANES[*lane].into(),
+                xcode: xcode.map(|x| XCODES[x].to_owned()),
+                ..at(i)
+            });
+            let running_builds = running.iter().enumerate().map(|(i, (lane, issue, node))| QueueEntry {
+                issue_id: format!("MOB-{issue}"),
+                lane: LANES[*lane].into(),
+                node_id: Some(format!("mac-{node}")),
+                ..at(100 + i)
+            });
+            let queue = Queue::restore(waiting_builds.collect(), running_builds.collect());
+            let lanes: Vec<LaneRule> = rules
+                .iter()
+                .zip(LANES)
+                .zip(&configured)
+                .filter(|(_, on)| **on)
+                .map(|(((priority, signing, cap), name), _)| LaneRule {
+                    name: name.into(),
+                    priority: *priority,
+                    required_labels: if *signing { vec!["signing".into()] } else { vec![] },
+                    max_running: *cap,
+                    xcode: None,
+                })
+                .collect();
+            let views: Vec<NodeView> = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, (signing, slots, has, state))| {
+                    let labels: &[&str] = if *signing { &["signing"] } else { &[] };
+                    let running: Vec<u128> = (0..u128::from(*slots)).filter(|_| *state == 3).map(|n| 100 + n).collect();
+                    NodeView {
+                        xcodes: XCODES
+                            .iter()
+                            .zip(has)
+                            .filter(|(_, has)| **has)
+                            .map(|(v, _)| meshgate_domain::xcode::Xcode { version: format!("{v}.0"), path: String::new() })
+                            .collect(),
+                        draining: *state == 1,
+                        lost: *state == 2,
+                        ..node(&format!("mac-{i}"), labels, *slots, &running)
+                    }
+                })
+                .collect();
+            let mut paused = Paused::default();
+            if let Some(lane) = paused_lane {
+                let since = chrono::DateTime::from_timestamp(1_787_562_900, 0).unwrap();
+                paused.lanes.insert(LANES[lane].into(), Pause { by: "admin".into(), reason: "upgrade".into(), since });
+            }
+            let all = waiting_all(&queue, views.iter(), &lanes, &paused, |_| true);
+            proptest::prop_assert_eq!(all.len(), queue.queued().len());
+            for (entry, why) in all {
+                proptest::prop_assert_eq!(why, waiting(entry, &queue, views.iter(), &lanes, &paused, |_| true));
+            }
+        }
     }
 
     /// What `unservable` answers, by its definition: every queued build of the lane, every node.

@@ -134,7 +134,6 @@ pub(super) fn parts(
             ingest,
             reconciler: reconciler.clone(),
             links: links.clone(),
-            lane_priorities: config.lane_priorities(),
             // Every lane a build can be in, configured or named by a trigger only (`default`).
             lanes: lanes.clone(),
             polls: Arc::clone(&polls),

@@ -476,10 +476,6 @@ impl Config {
         chrono::Duration::milliseconds(self.reconcile.same_transition_ms.min(i64::MAX as u64) as i64)
     }
 
-    pub fn lane_priorities(&self) -> std::collections::HashMap<String, i64> {
-        self.lanes.iter().map(|l| (l.name.clone(), l.priority)).collect()
-    }
-
     /// Every lane a build can be queued in: those configured, and those triggers name without
     /// configuring (`default` among them), which have priority 0, no labels and no cap.
     pub fn lane_names(&self) -> Vec<String> {

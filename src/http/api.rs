@@ -45,7 +45,6 @@ pub struct AdminApi {
     /// Sweeps of YouTrack's activity stream (none: no `[youtrack]` base URL and token).
     pub reconciler: Option<Arc<Reconciler>>,
     pub links: LogLinks,
-    pub lane_priorities: HashMap<String, i64>,
     /// Every lane a build can be in (configured, or named by a trigger only), for why a build
     /// waits and which lanes may be paused.
     pub lanes: Vec<meshgate_projections::LaneRule>,
@@ -206,8 +205,9 @@ async fn detail(app: &AdminApi, build: Option<BuildView>) -> Result<Json<BuildDe
 pub async fn queue(_: Reader, State(app): State<Arc<AdminApi>>) -> Result<Json<QueuePage>, ApiError> {
     caught_up(&app).await?;
     let (queue, paused) = app.projections.read(|p| {
-        let ordered = p.queue.ordered(&app.lane_priorities);
-        let queue = ordered.into_iter().map(|e| QueuedBuild { entry: e.clone(), waiting: why(&app, p, e) }).collect();
+        let live = |n: &meshgate_projections::NodeView| !n.running.is_empty() || app.polls.alive(&n.node_id);
+        let all = meshgate_projections::waiting_all(&p.queue, p.nodes.all(), &app.lanes, &p.paused, live);
+        let queue = all.into_iter().map(|(e, waiting)| QueuedBuild { entry: e.clone(), waiting }).collect();
         (queue, p.paused.clone())
     });
     Ok(Json(QueuePage { queue, paused }))

@@ -101,7 +101,8 @@ async fn run(path: &std::path::Path, backend: StoreBackend) {
             config.store.stream_prefix = crate::helpers::fresh_prefix();
         }
     }
-    let priorities = config.lane_priorities();
+    let priorities: std::collections::HashMap<String, i64> =
+        config.lanes.iter().map(|l| (l.name.clone(), l.priority)).collect();
     let app = spawn_with(dir, config).await;
     let mut aliases = Aliases::default();
 
