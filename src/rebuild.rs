@@ -20,7 +20,7 @@ pub async fn fold(
     into: &ReadModel,
     mut progress: impl FnMut(u64),
 ) -> Result<ProjectionSet, StoreError> {
-    let wanted = meshgate_projections::ProjectionSet::projected_types();
+    let wanted = ProjectionSet::projected_types();
     let mut set = ProjectionSet::new(outbox);
     let mut saved_at = 0;
     let mut batches = log.scan(0, until, &wanted);
