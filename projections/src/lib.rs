@@ -27,7 +27,7 @@ pub use stats::{
     DayStats, Flight, Flying, Histogram, LaneStats, NodeStats, Percentiles, ScriptStats, SeriesPoint, Stats,
     StatsAnswer, StatsChanges, TestStats, TriggerStats, KEEP_DAYS,
 };
-pub use waiting::{unservable, waiting, waiting_all, Waiting};
+pub use waiting::{unservable, waiting, waiting_all, Slice, Waiting};
 
 use meshgate_domain::{Event, Recorded};
 

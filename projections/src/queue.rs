@@ -182,8 +182,7 @@ impl Queue {
 
     /// How many builds of `lane` are queued and how many run (without sorting anything).
     pub fn in_lane(&self, lane: &str) -> (usize, usize) {
-        let queued = self.lanes.get(lane).map_or(0, BTreeSet::len);
-        (queued, self.running.values().filter(|r| r.lane == lane).count())
+        (self.queued_count_in(lane), self.running.values().filter(|r| r.lane == lane).count())
     }
 
     /// The queued builds of `lane`, in log order.
@@ -195,6 +194,16 @@ impl Queue {
     /// builds that name none (the lane's requirement applies to them).
     pub fn xcodes_queued_in<'a>(&'a self, lane: &str) -> impl Iterator<Item = Option<&'a str>> + 'a {
         self.xcodes.get(lane).into_iter().flat_map(|counts| counts.keys().map(Option::as_deref))
+    }
+
+    /// The lanes with queued builds.
+    pub fn lanes_queued(&self) -> impl Iterator<Item = &str> {
+        self.lanes.keys().map(String::as_str)
+    }
+
+    /// How many builds of `lane` are queued.
+    pub fn queued_count_in(&self, lane: &str) -> usize {
+        self.lanes.get(lane).map_or(0, BTreeSet::len)
     }
 
     /// The queued build of `lane` that has waited longest (the first in log order).

@@ -3,7 +3,8 @@
 //! taken; every node that could run it busy; the same change already running; builds ahead of it.
 //! Costs the work in flight (the queue's lanes, the running builds, the nodes), never history.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
 
 use meshgate_domain::xcode::can_run;
 use serde::{Deserialize, Serialize};
@@ -110,38 +111,81 @@ pub fn waiting<'a>(
     Waiting::Ahead { builds: ahead }
 }
 
-/// Why each queued build waits, in the order nodes get them (`Queue::ordered`): what [`waiting`]
-/// says of each, in one pass. The builds ahead of each are counted from how many of each lane came
-/// before it, not over the whole queue again: `GET /api/v1/queue` answers for every queued build.
+/// Which queued builds [`waiting_all`] answers for: the first `limit` in the order nodes get them,
+/// of every lane or of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slice<'a> {
+    pub lane: Option<&'a str>,
+    pub limit: usize,
+}
+
+impl Slice<'_> {
+    /// Every queued build.
+    pub const ALL: Slice<'static> = Slice { lane: None, limit: usize::MAX };
+}
+
+/// Why the queued builds of `slice` wait, in the order nodes get them (`Queue::ordered`): what
+/// [`waiting`] says of each, in one pass. The builds ahead of each are counted from how many of
+/// each lane came before it, not over the whole queue again, and the walk ends at the slice's
+/// last build: lanes of a higher priority than the slice's lane are counted whole, their builds
+/// never visited, and lanes of a lower one are not read. `GET /api/v1/queue` answers with it.
 pub fn waiting_all<'q, 'a>(
     queue: &'q Queue,
     nodes: impl Iterator<Item = &'a NodeView>,
     lanes: &[LaneRule],
     paused: &meshgate_domain::pause::Paused,
     live: impl Fn(&NodeView) -> bool,
+    slice: Slice<'_>,
 ) -> Vec<(&'q QueueEntry, Waiting)> {
     let live = live_nodes(nodes, live);
-    let mut priorities: HashMap<String, i64> = HashMap::new();
-    for lane in lanes {
-        // As `rule_of` reads them: the first rule of a name counts.
-        priorities.entry(lane.name.clone()).or_insert(lane.priority);
+    // The lanes with queued builds by priority, highest first (`rule_of` gives each its rule).
+    let mut levels: BTreeMap<Reverse<i64>, Vec<&'q str>> = BTreeMap::new();
+    for lane in queue.lanes_queued() {
+        levels.entry(Reverse(rule_of(lanes, lane).priority)).or_default().push(lane);
     }
+    let level_of_slice = slice.lane.map(|lane| Reverse(rule_of(lanes, lane).priority));
     // Builds of each lane met so far in the order, which are ahead of the next one if its nodes
     // take that lane.
     let mut before: Vec<(&str, usize)> = Vec::new();
-    let mut all = Vec::with_capacity(queue.queued().len());
-    for entry in queue.ordered(&priorities) {
-        let why = match held_back(entry, queue, &live, lanes, paused) {
-            Err(reason) => reason,
-            Ok(able) => Waiting::Ahead {
-                builds: before.iter().filter(|(lane, _)| takes_lane(&able, lanes, lane)).map(|(_, n)| n).sum(),
-            },
-        };
-        match before.iter_mut().find(|(lane, _)| *lane == entry.lane) {
-            Some((_, n)) => *n += 1,
-            None => before.push((&entry.lane, 1)),
+    let mut all = Vec::new();
+    for (level, names) in &levels {
+        if all.len() >= slice.limit || level_of_slice.is_some_and(|of_slice| *level > of_slice) {
+            break;
         }
-        all.push((entry, why));
+        if level_of_slice.is_some_and(|of_slice| *level < of_slice) {
+            // Wholly ahead of the slice's builds (for the nodes that take them).
+            before.extend(names.iter().map(|lane| (*lane, queue.queued_count_in(lane))));
+            continue;
+        }
+        // The level's lanes in log order: each lane's builds are, so merge them by position.
+        let mut heads: Vec<_> = names
+            .iter()
+            .map(|lane| {
+                let mut rest = queue.queued_in(lane);
+                (rest.next(), rest)
+            })
+            .collect();
+        while all.len() < slice.limit {
+            let first = heads
+                .iter_mut()
+                .filter_map(|(head, rest)| Some((head.as_ref()?.position, head, rest)))
+                .min_by_key(|h| h.0);
+            let Some((_, head, rest)) = first else { break };
+            let Some(entry) = std::mem::replace(head, rest.next()) else { break };
+            if slice.lane.is_none_or(|lane| lane == entry.lane) {
+                let why = match held_back(entry, queue, &live, lanes, paused) {
+                    Err(reason) => reason,
+                    Ok(able) => Waiting::Ahead {
+                        builds: before.iter().filter(|(lane, _)| takes_lane(&able, lanes, lane)).map(|(_, n)| n).sum(),
+                    },
+                };
+                all.push((entry, why));
+            }
+            match before.iter_mut().find(|(lane, _)| *lane == entry.lane) {
+                Some((_, n)) => *n += 1,
+                None => before.push((&entry.lane, 1)),
+            }
+        }
     }
     all
 }
@@ -296,7 +340,8 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// One pass over the ordered queue says of every build what `waiting` says of it alone.
+        /// One pass over the ordered queue says of every build what `waiting` says of it alone, in
+        /// the order nodes get them; a slice says it of the slice's builds.
         #[test]
         fn waiting_all_says_what_waiting_says_of_each(
             queued in proptest::collection::vec((0..3usize, 0..4usize, proptest::option::weighted(0.3, 0..3usize)), 0..24),
@@ -305,6 +350,8 @@ mod tests {
             configured in proptest::collection::vec(proptest::bool::ANY, 3),
             nodes in proptest::collection::vec((proptest::bool::ANY, 1..3u32, proptest::collection::vec(proptest::bool::ANY, 3), 0..4usize), 0..4),
             paused_lane in proptest::option::weighted(0.2, 0..3usize),
+            slice_lane in proptest::option::of(0..3usize),
+            limit in 0..26usize,
         ) {
             const LANES: [&str; 3] = ["default", "signing", "nightly"];
             const XCODES: [&str; 3] = ["15", "16", "17"];
@@ -359,11 +406,19 @@ mod tests {
                 let since = chrono::DateTime::from_timestamp(1_787_562_900, 0).unwrap();
                 paused.lanes.insert(LANES[lane].into(), Pause { by: "admin".into(), reason: "upgrade".into(), since });
             }
-            let all = waiting_all(&queue, views.iter(), &lanes, &paused, |_| true);
-            proptest::prop_assert_eq!(all.len(), queue.queued().len());
-            for (entry, why) in all {
-                proptest::prop_assert_eq!(why, waiting(entry, &queue, views.iter(), &lanes, &paused, |_| true));
+            let all = waiting_all(&queue, views.iter(), &lanes, &paused, |_| true, Slice::ALL);
+            let priorities = lanes.iter().map(|l| (l.name.clone(), l.priority)).collect();
+            let order: Vec<Uuid> = queue.ordered(&priorities).iter().map(|e| e.build_id).collect();
+            proptest::prop_assert_eq!(all.iter().map(|(e, _)| e.build_id).collect::<Vec<_>>(), order);
+            for (entry, why) in &all {
+                proptest::prop_assert_eq!(why, &waiting(entry, &queue, views.iter(), &lanes, &paused, |_| true));
             }
+            // A slice is the whole answer's builds of its lane, the first `limit` of them.
+            let lane = slice_lane.map(|l| LANES[l]);
+            let sliced = waiting_all(&queue, views.iter(), &lanes, &paused, |_| true, Slice { lane, limit });
+            let expected: Vec<_> =
+                all.iter().filter(|(e, _)| lane.is_none_or(|l| e.lane == l)).take(limit).cloned().collect();
+            proptest::prop_assert_eq!(sliced, expected);
         }
     }
 

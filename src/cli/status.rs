@@ -95,8 +95,15 @@ pub fn summary(nodes: &Value, running: &Value, queue: &Value) -> String {
     if !queue["paused"]["all"].is_null() || queue["paused"]["lanes"].as_object().is_some_and(|l| !l.is_empty()) {
         out.push_str(&super::queue::describe(&queue["paused"]));
     }
+    let lanes = queue["lanes"].as_array().unwrap_or(&empty);
     let queue = queue["queue"].as_array().unwrap_or(&empty);
-    let _ = writeln!(out, "queued: {}", queue.len());
+    // The answer lists the first builds only; the lanes count them all.
+    let total = if lanes.is_empty() {
+        queue.len()
+    } else {
+        lanes.iter().filter_map(|l| l["queued"].as_u64()).sum::<u64>() as usize
+    };
+    let _ = writeln!(out, "queued: {total}");
     for entry in queue {
         let _ = writeln!(
             out,
@@ -107,13 +114,20 @@ pub fn summary(nodes: &Value, running: &Value, queue: &Value) -> String {
             why(&entry["waiting"])
         );
     }
+    if total > queue.len() {
+        let _ =
+            writeln!(out, "  and {} more (the dashboard's queue, or GET /api/v1/queue?lane=…)", total - queue.len());
+    }
     out
 }
+
+/// The queued builds `status` lists (the first, in the order nodes get them).
+const STATUS_QUEUED: usize = 50;
 
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     let nodes = read(config, "/api/v1/nodes").await?;
     let running = read(config, "/api/v1/builds?state=running&limit=1000").await?;
-    let queue = read(config, "/api/v1/queue").await?;
+    let queue = read(config, &format!("/api/v1/queue?limit={STATUS_QUEUED}")).await?;
     print!("{}", summary(&nodes, &running, &queue));
     Ok(())
 }

@@ -23,8 +23,8 @@ use tokio::sync::watch;
 use super::access::Reader;
 use super::extract::{ApiPath, ApiQuery};
 use super::openapi::{
-    BuildDetail, BuildsPage, ErrorBody, EventsPage, NodeAnswer, NodesPage, OutboxPage, QueuePage, QueuedBuild,
-    SinkHealth,
+    BuildDetail, BuildsPage, ErrorBody, EventsPage, LaneQueue, NodeAnswer, NodesPage, OutboxPage, QueuePage,
+    QueuedBuild, SinkHealth,
 };
 use super::ApiError;
 use crate::builds::BuildService;
@@ -195,22 +195,83 @@ async fn detail(app: &AdminApi, build: Option<BuildView>) -> Result<Json<BuildDe
     Ok(Json(BuildDetail { build, events, log_url, waiting }))
 }
 
-/// Queued and running builds, in the order nodes get them.
-#[utoipa::path(get, path = "/api/v1/queue", tag = "builds", security(("admin" = [])),
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct QueueFilter {
+    /// The builds of one lane (`default`).
+    lane: Option<String>,
+    /// At most this many builds (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+}
+
+/// Most builds in one answer of `GET /api/v1/queue`.
+const MAX_QUEUED: usize = 1000;
+
+/// The first queued builds (of every lane or of one), in the order nodes get them, each with why
+/// it waits, and every lane's counts. Computed from the queue when asked, under the projections'
+/// read lock: the walk ends at the page's last build, so a deep backlog costs a page, not itself.
+#[utoipa::path(get, path = "/api/v1/queue", tag = "builds", params(QueueFilter), security(("admin" = [])),
     responses(
         (status = 200, description = "The queue", body = QueuePage),
+        (status = 400, description = "A filter is wrong", body = ErrorBody),
         (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
         (status = 503, description = "The projections are behind", body = ErrorBody),
     ))]
-pub async fn queue(_: Reader, State(app): State<Arc<AdminApi>>) -> Result<Json<QueuePage>, ApiError> {
+pub async fn queue(
+    _: Reader,
+    State(app): State<Arc<AdminApi>>,
+    query: Result<ApiQuery<QueueFilter>, ApiError>,
+) -> Result<Json<QueuePage>, ApiError> {
+    let ApiQuery(filter) = query?;
+    let limit = page_limit(filter.limit, MAX_QUEUED)?;
     caught_up(&app).await?;
-    let (queue, paused) = app.projections.read(|p| {
+    let page = app.projections.read(|p| {
+        // Every lane a build can be in, and any other a queued build names (its lane since
+        // removed from the configuration).
+        let mut names: Vec<&str> = app.lanes.iter().map(|l| l.name.as_str()).collect();
+        for lane in p.queue.lanes_queued().chain(p.queue.running().values().map(|e| e.lane.as_str())) {
+            if !names.contains(&lane) {
+                names.push(lane);
+            }
+        }
+        if let Some(lane) = filter.lane.as_deref().filter(|lane| !names.contains(lane)) {
+            return Err(ApiError::invalid_filter("lane", format!("unknown lane `{lane}`")));
+        }
+        let requested_at = |id: &Uuid| p.builds.get(*id).map(|b| b.requested_at);
+        let lanes = names
+            .iter()
+            .map(|lane| {
+                let (queued, running) = p.queue.in_lane(lane);
+                let first = p.queue.oldest_in(lane);
+                LaneQueue {
+                    lane: (*lane).to_owned(),
+                    queued,
+                    running,
+                    waiting_since: first.and_then(|e| requested_at(&e.build_id)),
+                }
+            })
+            .collect();
         let live = |n: &meshgate_projections::NodeView| !n.running.is_empty() || app.polls.alive(&n.node_id);
-        let all = meshgate_projections::waiting_all(&p.queue, p.nodes.all(), &app.lanes, &p.paused, live);
-        let queue = all.into_iter().map(|(e, waiting)| QueuedBuild { entry: e.clone(), waiting }).collect();
-        (queue, p.paused.clone())
-    });
-    Ok(Json(QueuePage { queue, paused }))
+        let slice = meshgate_projections::Slice { lane: filter.lane.as_deref(), limit };
+        let queue = meshgate_projections::waiting_all(&p.queue, p.nodes.all(), &app.lanes, &p.paused, live, slice)
+            .into_iter()
+            // A queued build is always in memory.
+            .filter_map(|(entry, waiting)| {
+                let build = p.builds.get(entry.build_id)?;
+                Some(QueuedBuild {
+                    entry: entry.clone(),
+                    trigger: build.trigger.clone(),
+                    number: build.number,
+                    requested_at: build.requested_at,
+                    waiting,
+                })
+            })
+            .collect();
+        Ok(QueuePage { queue, lanes, paused: p.paused.clone() })
+    })?;
+    Ok(Json(page))
 }
 
 /// Why a queued build waits, from the queue, the nodes the log knows and those heard polling.

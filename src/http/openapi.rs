@@ -111,8 +111,12 @@ pub struct BuildDetail {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct QueuePage {
-    /// Queued builds, in the order nodes get them, each with why it waits.
+    /// The first queued builds (of the lane asked for), in the order nodes get them, each with
+    /// why it waits: at most `limit` of them; `lanes` counts them all.
     pub queue: Vec<QueuedBuild>,
+    /// Every lane: how many of its builds are queued and running, and since when the first of
+    /// its queue waits.
+    pub lanes: Vec<LaneQueue>,
     /// The lanes an operator holds.
     pub paused: meshgate_domain::pause::Paused,
 }
@@ -122,7 +126,22 @@ pub struct QueuePage {
 pub struct QueuedBuild {
     #[serde(flatten)]
     pub entry: QueueEntry,
+    /// Its trigger and number among the trigger's builds (`ios-build` #412).
+    pub trigger: String,
+    pub number: u64,
+    pub requested_at: DateTime<Utc>,
     pub waiting: meshgate_projections::Waiting,
+}
+
+/// A lane's builds in flight.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LaneQueue {
+    pub lane: String,
+    pub queued: usize,
+    pub running: usize,
+    /// When the build first in the lane's queue (the one that has waited longest) was requested;
+    /// null when nothing is queued.
+    pub waiting_since: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -80,15 +80,18 @@ function why(w) {
   }
 }
 
+/// Queued builds the overview lists per lane, first in the order nodes get them.
+const QUEUED_PER_LANE = 100;
+
 async function overview() {
-  const [queued, running, nodes, outbox, recent, deliveries, queue] = await Promise.all([
-    api("/api/v1/builds?state=queued&limit=1000"), api("/api/v1/builds?state=running&limit=1000"), api("/api/v1/nodes"),
-    api("/api/v1/outbox"), api("/api/v1/builds?limit=15"), recentDeliveries(), api("/api/v1/queue"),
+  const [queue, running, nodes, outbox, recent, deliveries] = await Promise.all([
+    api("/api/v1/queue?limit=1"), api("/api/v1/builds?state=running&limit=1000"), api("/api/v1/nodes"),
+    api("/api/v1/outbox"), api("/api/v1/builds?limit=15"), recentDeliveries(),
   ]);
-  const waits = new Map(queue.queue.map((q) => [q.build_id, q.waiting]));
-  const lanes = {};
-  for (const b of queued.builds) (lanes[b.lane] ||= []).push(b);
-  const more = queued.next_before != null;
+  // Each lane's first builds, with why they wait; the lanes' counts cover them all.
+  const waiting = queue.lanes.filter((l) => l.queued > 0);
+  const pages = await Promise.all(waiting.map((l) =>
+    api(`/api/v1/queue?lane=${encodeURIComponent(l.lane)}&limit=${QUEUED_PER_LANE}`)));
   const started = await Promise.all(running.builds.map(startedAt));
   const held = [
     ...(queue.paused.all ? [["every lane", queue.paused.all]] : []),
@@ -99,14 +102,17 @@ async function overview() {
     held.length ? h("div", { id: "paused", class: "notice error", role: "status" }, held.map(([what, p]) =>
       h("p", {}, `Paused: ${what}, by ${p.by} ${ago(p.since)}: ${p.reason}. Nodes claim nothing from it until it is resumed (meshgate queue resume).`))) : null,
     section("queue", "Queue",
-      Object.keys(lanes).length === 0 ? h("p", { class: "empty" }, "Nothing is waiting.") :
-        Object.entries(lanes).map(([lane, builds]) => [
-          // A page of the newest 1000: past that, the counts and the longest wait are lower bounds.
-          h("h3", {}, `${lane}: ${builds.length}${more ? "+" : ""} waiting, longest ${more ? "over " : ""}${ago(builds.map((b) => b.requested_at).sort()[0])}`),
-          table("wide", ["Issue", "Script", "Waiting", "Why", "State"],
-            builds.map((b) => [buildLink(b), b.script, ago(b.requested_at),
-              h("span", { class: "why", "data-why": waits.get(b.build_id)?.reason || "" }, why(waits.get(b.build_id))), badge("queued")]), ""),
-        ])),
+      waiting.length === 0 ? h("p", { class: "empty" }, "Nothing is waiting.") :
+        waiting.map((lane, i) => {
+          const builds = pages[i].queue;
+          return [
+            h("h3", {}, `${lane.lane}: ${lane.queued} waiting, longest ${ago(lane.waiting_since)}`),
+            table("wide", ["Issue", "Script", "Waiting", "Why", "State"],
+              builds.map((b) => [buildLink(b), b.script, ago(b.requested_at),
+                h("span", { class: "why", "data-why": b.waiting.reason }, why(b.waiting)), badge("queued")]), ""),
+            lane.queued > builds.length ? h("p", { class: "hint more" }, `and ${lane.queued - builds.length} more after these`) : null,
+          ];
+        })),
     section("running", "Running",
       table("wide", ["Issue", "Node", "Attempt", "Elapsed", "State"], running.builds.map((b, i) =>
         [buildLink(b), b.state.node_id, b.state.attempt, ago(started[i]), badge("running")]), "No build is running.")),

@@ -231,6 +231,7 @@ async fn an_operator_signs_in_watches_a_build_arrive_live_opens_its_timeline_and
     // The node's one slot is taken: the others wait for it.
     shows(&client, "#queue .why[data-why='nodes_busy']", "every node that can run it is busy (1 node(s), 1 slot(s))")
         .await;
+    shows(&client, "#queue h3", "default: 2 waiting").await;
     shows(&client, "#nodes .xcodes", "15.4, 16.2").await;
     assert_eq!(client.execute("return window.stillTheSamePage === true", vec![]).await.unwrap(), json!(true));
     screenshot(&client, "dashboard-overview.png").await;

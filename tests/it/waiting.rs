@@ -55,6 +55,35 @@ async fn each_reason_a_build_waits_is_said_where_it_waits() {
         .collect();
     assert_eq!(reasons, [("SIGN-2", "lane_full"), ("MOB-2", "ahead")]);
     assert_eq!(queue["queue"][1]["waiting"]["builds"], 1);
+    assert_eq!(queue["queue"][0]["trigger"], "ios-sign");
+    assert_eq!(queue["queue"][0]["number"], 2);
+    let lane = |page: &Value, name: &str| page["lanes"].as_array().unwrap().iter().find(|l| l["lane"] == name).cloned();
+    let default = lane(&queue, "default").unwrap();
+    assert_eq!((&default["queued"], &default["running"]), (&json!(1), &json!(1)));
+    assert_eq!(default["waiting_since"], queue["queue"][1]["requested_at"]);
+    assert_eq!(lane(&queue, "signing").unwrap()["queued"], 1);
+
+    // A page: the first builds in the order nodes get them, of one lane or of all; the lanes
+    // count them all, and builds of other lanes ahead are still counted.
+    let page = |query: &str| {
+        answer_of(app.client.get(app.url(&format!("/api/v1/queue?{query}"))).bearer_auth(&app.admin_token))
+    };
+    let first = page("limit=1").await;
+    assert_eq!(first["queue"].as_array().unwrap().len(), 1);
+    assert_eq!(first["queue"][0]["issue_id"], "SIGN-2");
+    assert_eq!(lane(&first, "default").unwrap()["queued"], 1);
+    let default = page("lane=default").await;
+    assert_eq!(default["queue"].as_array().unwrap().len(), 1);
+    assert_eq!(default["queue"][0]["issue_id"], "MOB-2");
+    assert_eq!(default["queue"][0]["waiting"], json!({"reason": "ahead", "builds": 1}));
+    for (query, field) in
+        [("lane=gpu", "lane"), ("limit=0", "limit"), ("limit=1001", "limit"), ("colour=red", "colour")]
+    {
+        let wrong = app.get(&format!("/api/v1/queue?{query}")).await;
+        assert_eq!(wrong.status(), 400, "{query}");
+        let body: Value = wrong.json().await.unwrap();
+        assert!(body["message"].as_str().unwrap().contains(field), "{query}: {body}");
+    }
 
     // `meshgate status` says the same on one screen.
     let read = |path: &str| answer_of(app.client.get(app.url(path)).bearer_auth(&app.admin_token));
@@ -73,6 +102,9 @@ async fn each_reason_a_build_waits_is_said_where_it_waits() {
         screen.lines().any(|l| l.contains("SIGN-1") && l.contains("ios-sign #1") && l.contains("on signer")),
         "{screen}"
     );
+    // Listing the first build only, it still counts them all.
+    let screen = meshgate::cli::status::summary(&nodes, &running, &first);
+    assert!(screen.contains("queued: 2\n") && screen.contains("and 1 more"), "{screen}");
 
     // The signer drains: MOB-2 waits for the busy plain node; SIGN-2 for a signing node again.
     let drain = json!({"draining": true, "reason": "Xcode upgrade"});
