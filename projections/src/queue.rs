@@ -206,6 +206,11 @@ impl Queue {
         self.lanes.get(lane).map_or(0, BTreeSet::len)
     }
 
+    /// How many builds of `lane` are queued before log position `position`.
+    pub fn queued_before_in(&self, lane: &str, position: u64) -> usize {
+        self.lanes.get(lane).map_or(0, |order| order.range(..(position, Uuid::nil())).count())
+    }
+
     /// The queued build of `lane` that has waited longest (the first in log order).
     pub fn oldest_in(&self, lane: &str) -> Option<&QueueEntry> {
         self.lanes.get(lane)?.first().and_then(|(_, id)| self.queued.get(id))

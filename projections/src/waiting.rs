@@ -4,7 +4,7 @@
 //! Costs the work in flight (the queue's lanes, the running builds, the nodes), never history.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use meshgate_domain::xcode::can_run;
 use serde::{Deserialize, Serialize};
@@ -94,20 +94,19 @@ pub fn waiting<'a>(
         Ok(able) => able,
         Err(reason) => return reason,
     };
-    // Ahead: queued builds its nodes would take first (a higher priority lane they can run, or
-    // earlier in a lane of the same priority).
+    // Ahead: queued builds its nodes would take first: every build of a higher priority lane
+    // they can run (counted, not read), and those requested earlier in a lane of the same
+    // priority.
     let priority = rule_of(lanes, &entry.lane).priority;
-    let mut lane_ok: HashMap<&str, bool> = HashMap::new();
     let ahead = queue
-        .queued()
-        .values()
-        .filter(|other| other.build_id != entry.build_id)
-        .filter(|other| {
-            let other_rule = rule_of(lanes, &other.lane);
-            other_rule.priority > priority || (other_rule.priority == priority && other.position < entry.position)
+        .lanes_queued()
+        .filter(|lane| takes_lane(&able, lanes, lane))
+        .map(|lane| match rule_of(lanes, lane).priority.cmp(&priority) {
+            std::cmp::Ordering::Greater => queue.queued_count_in(lane),
+            std::cmp::Ordering::Equal => queue.queued_before_in(lane, entry.position),
+            std::cmp::Ordering::Less => 0,
         })
-        .filter(|other| *lane_ok.entry(other.lane.as_str()).or_insert_with(|| takes_lane(&able, lanes, &other.lane)))
-        .count();
+        .sum();
     Waiting::Ahead { builds: ahead }
 }
 
