@@ -2,8 +2,9 @@
 //! (`events.readmodel.sqlite`), disposable and rebuilt from the log whenever it is missing, of an
 //! older projection version, or ahead of the log (restored from an older backup).
 //!
-//! A save writes the builds changed since the last one (one row each, the view as JSON, with its
-//! issue, state and number indexed for the API), the outbox's rows changed (its entries and the
+//! A save writes the builds changed since the last one (one row each, the view as JSON, indexed by
+//! state, and once finished by id, issue and number for the API: queued and running builds are
+//! answered from memory), the outbox's rows changed (its entries and the
 //! messages it edits, one row each), the nodes, the builds' last numbers and the pauses whole (all
 //! small), the stats' days changed (a row per day) and their builds in flight changed (a row per
 //! build whose attempts failed), the position and the projections' versions, in one
@@ -15,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use meshgate_projections::{
     BuildView, Nodes, Outbox, OutboxChanges, OutboxConfig, OutboxRow, ProjectionSet, Queue, Stats, StatsChanges,
@@ -31,15 +32,16 @@ const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS position (id INTEGER PRIMARY KEY CHECK (id = 1), position INTEGER NOT NULL);
     CREATE TABLE IF NOT EXISTS builds (
         position INTEGER PRIMARY KEY,
-        build_id BLOB NOT NULL UNIQUE,
+        build_id BLOB NOT NULL,
         issue_id TEXT NOT NULL,
         state TEXT NOT NULL,
         view TEXT NOT NULL,
         trigger TEXT NOT NULL,
         number INTEGER NOT NULL
     );
-    CREATE INDEX IF NOT EXISTS builds_by_issue ON builds (issue_id, position);
-    CREATE INDEX IF NOT EXISTS builds_by_number ON builds (trigger, number);
+    CREATE UNIQUE INDEX IF NOT EXISTS builds_by_id ON builds (build_id) WHERE state NOT IN ('queued', 'running');
+    CREATE INDEX IF NOT EXISTS builds_by_issue ON builds (issue_id, position) WHERE state NOT IN ('queued', 'running');
+    CREATE INDEX IF NOT EXISTS builds_by_number ON builds (trigger, number) WHERE state NOT IN ('queued', 'running');
     CREATE INDEX IF NOT EXISTS builds_by_state ON builds (state, position);
     CREATE TABLE IF NOT EXISTS states (name TEXT PRIMARY KEY, state TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS stats_days (day TEXT PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID;
@@ -119,8 +121,15 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
 
 /// The read model's tables (`PRAGMA user_version`); a file of another layout is removed when the
 /// read model opens (it is derived: the projections are folded again from the log). Layout 1: a
-/// build's row is keyed by its position, so a new build's row goes at the table's end.
-pub const LAYOUT: i64 = 1;
+/// build's row is keyed by its position, so a new build's row goes at the table's end. Layout 2:
+/// only finished builds are indexed by id, issue and number (partial indexes, [`FINISHED`]): a
+/// queued or running build is always answered from memory, and its row is read back only when the
+/// read model loads (by state), so a new build costs its row and one index entry, and the other
+/// three are written once, when it finishes.
+pub const LAYOUT: i64 = 2;
+
+/// The condition of the partial indexes, which a query must state as it is for SQLite to use them.
+const FINISHED: &str = "state NOT IN ('queued', 'running')";
 
 impl ReadModel {
     pub fn open(path: &Path) -> Result<ReadModel, StoreError> {
@@ -276,7 +285,7 @@ impl ReadModel {
                 .prepare_cached(
                     "INSERT INTO builds (build_id, issue_id, state, position, view, trigger, number)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT (build_id) DO UPDATE SET state = excluded.state, view = excluded.view",
+                     ON CONFLICT (position) DO UPDATE SET state = excluded.state, view = excluded.view",
                 )
                 .store_err()?;
             for view in views {
@@ -362,35 +371,32 @@ impl ReadModel {
         result
     }
 
-    /// A saved build.
+    /// A saved finished build (queued and running ones are in memory).
     pub fn build(&self, build_id: Uuid) -> Result<Option<BuildView>, StoreError> {
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| format!("SELECT view FROM builds WHERE build_id = ?1 AND {FINISHED}"));
         self.read(|conn| {
-            let text: Option<String> = conn
-                .query_row("SELECT view FROM builds WHERE build_id = ?1", [build_id.as_bytes()], |r| r.get(0))
-                .optional()
-                .store_err()?;
+            let text: Option<String> =
+                conn.query_row(&SQL, [build_id.as_bytes()], |r| r.get(0)).optional().store_err()?;
             text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::caused("a build's view", e))).transpose()
         })
     }
 
-    /// The saved build of `trigger` numbered `number`.
+    /// The saved finished build of `trigger` numbered `number` (queued and running ones are in
+    /// memory).
     pub fn build_by_number(&self, trigger: &str, number: u64) -> Result<Option<BuildView>, StoreError> {
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| format!("SELECT view FROM builds WHERE trigger = ?1 AND number = ?2 AND {FINISHED}"));
         // Numbers are stored as 63-bit integers: none is larger.
         let Ok(number) = i64::try_from(number) else { return Ok(None) };
         self.read(|conn| {
-            let text: Option<String> = conn
-                .query_row(
-                    "SELECT view FROM builds WHERE trigger = ?1 AND number = ?2",
-                    params![trigger, number],
-                    |r| r.get(0),
-                )
-                .optional()
-                .store_err()?;
+            let text: Option<String> =
+                conn.query_row(&SQL, params![trigger, number], |r| r.get(0)).optional().store_err()?;
             text.map(|t| parse("build", &t)).transpose()
         })
     }
 
-    /// Saved builds (of several ids), for events about builds memory has let go.
+    /// Saved finished builds (of several ids), for events about builds memory has let go.
     pub fn builds(&self, ids: &[Uuid]) -> Result<Vec<BuildView>, StoreError> {
         let mut found = Vec::new();
         for id in ids {
@@ -399,9 +405,10 @@ impl ReadModel {
         Ok(found)
     }
 
-    /// Saved builds of an issue and a state requested between `above` and `before` (both
-    /// excluded), newest first, at most `limit` of them. Each filter has its index, so a page
-    /// reads what it answers, however long the history.
+    /// Saved finished builds of an issue and a state requested between `above` and `before`
+    /// (both excluded), newest first, at most `limit` of them (queued and running ones are in
+    /// memory). Each filter has its index, so a page reads what it answers, however long the
+    /// history.
     pub fn page(
         &self,
         filter: (Option<&str>, Option<&str>),
@@ -409,7 +416,7 @@ impl ReadModel {
         limit: usize,
     ) -> Result<Vec<BuildView>, StoreError> {
         let (issue, state) = filter;
-        let mut sql = String::from("SELECT view FROM builds WHERE position > ?1 AND position < ?2");
+        let mut sql = format!("SELECT view FROM builds WHERE position > ?1 AND position < ?2 AND {FINISHED}");
         let mut values: Vec<rusqlite::types::Value> =
             vec![(above.min(i64::MAX as u64) as i64).into(), (before.min(i64::MAX as u64) as i64).into()];
         for (column, value) in [("issue_id", issue), ("state", state)] {
@@ -437,12 +444,33 @@ pub fn saved_names(path: &Path, ids: &[Uuid]) -> Result<std::collections::HashMa
     }
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).store_err()?;
     configure(&conn)?;
-    let mut stmt = conn.prepare_cached("SELECT trigger, number FROM builds WHERE build_id = ?1").store_err()?;
+    let sql = format!("SELECT trigger, number FROM builds WHERE build_id = ?1 AND {FINISHED}");
+    let mut stmt = conn.prepare_cached(&sql).store_err()?;
+    let mut in_flight = std::collections::HashSet::new();
     for id in ids {
         let found: Option<(String, u64)> =
             stmt.query_row([id.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?))).optional().store_err()?;
-        if let Some((trigger, number)) = found {
-            names.insert(*id, meshgate_projections::build_name(&trigger, number));
+        match found {
+            Some((trigger, number)) => {
+                names.insert(*id, meshgate_projections::build_name(&trigger, number));
+            }
+            None => {
+                in_flight.insert(*id);
+            }
+        }
+    }
+    if !in_flight.is_empty() {
+        // Builds in flight are not indexed by id: one pass over them.
+        let mut stmt = conn
+            .prepare("SELECT build_id, trigger, number FROM builds WHERE state IN ('queued', 'running')")
+            .store_err()?;
+        let mut rows = stmt.query([]).store_err()?;
+        while let Some(row) = rows.next().store_err()? {
+            let id = Uuid::from_slice(&row.get::<_, Vec<u8>>(0).store_err()?).ok();
+            if let Some(id) = id.filter(|id| in_flight.contains(id)) {
+                let (trigger, number): (String, u64) = (row.get(1).store_err()?, row.get(2).store_err()?);
+                names.insert(id, meshgate_projections::build_name(&trigger, number));
+            }
         }
     }
     Ok(names)
@@ -457,12 +485,12 @@ pub fn saved_build_id(path: &Path, trigger: &str, number: u64) -> Result<Option<
     }
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).store_err()?;
     configure(&conn)?;
-    let id: Option<Vec<u8>> = conn
-        .query_row("SELECT build_id FROM builds WHERE trigger = ?1 AND number = ?2", params![trigger, number], |r| {
-            r.get(0)
-        })
-        .optional()
-        .store_err()?;
+    // A finished build by its index; else one in flight (not indexed by number).
+    let sql = format!(
+        "SELECT build_id FROM builds WHERE trigger = ?1 AND number = ?2 AND {FINISHED}
+         UNION ALL SELECT build_id FROM builds WHERE state IN ('queued', 'running') AND trigger = ?1 AND number = ?2"
+    );
+    let id: Option<Vec<u8>> = conn.query_row(&sql, params![trigger, number], |r| r.get(0)).optional().store_err()?;
     Ok(id.and_then(|bytes| Uuid::from_slice(&bytes).ok()))
 }
 
@@ -475,7 +503,7 @@ impl ReadModel {
     }
 }
 
-/// Where two read models differ (empty: they hold the same), read side by side in build order so
+/// Where two read models differ (empty: they hold the same), read side by side in position order so
 /// memory stays bounded: versions, positions, each build's view, the outbox and the stats.
 pub fn differences(a: &ReadModel, b: &ReadModel) -> Result<Vec<String>, StoreError> {
     let mut found = Vec::new();
@@ -537,28 +565,35 @@ pub fn differences(a: &ReadModel, b: &ReadModel) -> Result<Vec<String>, StoreErr
                     found.push(format!("the {name}"));
                 }
             }
-            let sql = "SELECT build_id, view FROM builds ORDER BY build_id";
+            // In the table's order (by position: no index needed, and a build's position is the
+            // same in both).
+            let sql = "SELECT position, build_id, view FROM builds ORDER BY position";
             let (mut sa, mut sb) = (ca.prepare(sql).store_err()?, cb.prepare(sql).store_err()?);
             let (mut ra, mut rb) = (sa.query([]).store_err()?, sb.query([]).store_err()?);
-            let row = |r: Option<&rusqlite::Row<'_>>| -> Result<Option<(Vec<u8>, serde_json::Value)>, StoreError> {
+            type Saved = Option<(i64, Vec<u8>, serde_json::Value)>;
+            let row = |r: Option<&rusqlite::Row<'_>>| -> Result<Saved, StoreError> {
                 let Some(r) = r else { return Ok(None) };
-                let text: String = r.get(1).store_err()?;
-                Ok(Some((r.get(0).store_err()?, serde_json::from_str(&text).unwrap_or_default())))
+                let text: String = r.get(2).store_err()?;
+                Ok(Some((
+                    r.get(0).store_err()?,
+                    r.get(1).store_err()?,
+                    serde_json::from_str(&text).unwrap_or_default(),
+                )))
             };
             let (mut x, mut y) = (row(ra.next().store_err()?)?, row(rb.next().store_err()?)?);
             let mut builds = 0;
             while x.is_some() || y.is_some() {
                 let order = match (&x, &y) {
-                    (Some((ia, _)), Some((ib, _))) => ia.cmp(ib),
+                    (Some((pa, ..)), Some((pb, ..))) => pa.cmp(pb),
                     (Some(_), None) => std::cmp::Ordering::Less,
                     _ => std::cmp::Ordering::Greater,
                 };
-                let same = order == std::cmp::Ordering::Equal && x.as_ref().map(|r| &r.1) == y.as_ref().map(|r| &r.1);
+                let same = order == std::cmp::Ordering::Equal && x == y;
                 if !same {
                     builds += 1;
                     if builds <= 5 {
-                        let id = |r: &Option<(Vec<u8>, serde_json::Value)>| {
-                            r.as_ref().and_then(|(id, _)| Uuid::from_slice(id).ok()).map(|u| u.to_string())
+                        let id = |r: &Saved| {
+                            r.as_ref().and_then(|(_, id, _)| Uuid::from_slice(id).ok()).map(|u| u.to_string())
                         };
                         found.push(format!("build {}", id(&x).or_else(|| id(&y)).unwrap_or_default()));
                     }

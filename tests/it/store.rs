@@ -380,3 +380,59 @@ fn a_read_model_whose_nodes_differ_is_told_apart() {
     let c = save("c.sqlite", &unseen);
     assert_eq!(differences(&a, &c).unwrap(), vec!["the nodes".to_owned()]);
 }
+
+/// The read model indexes finished builds only (by id, issue and number): a queued or running
+/// build is answered from memory, yet the tools reading the file beside a running gateway find
+/// it, and a load restores it.
+#[tokio::test]
+async fn the_read_model_finds_finished_builds_by_index_and_builds_in_flight_by_their_state() {
+    use meshgate::readmodel::{saved_build_id, saved_names, ReadModel, Snapshot};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 512);
+    let (finished, queued) = (Uuid::from_u128(1), Uuid::from_u128(2));
+    store.append(vec![requested(1)]).await.unwrap();
+    store.append(vec![requested(2)]).await.unwrap();
+    let cancelled = Event::BuildCancelled(BuildCancelled {
+        build_id: finished,
+        reason: "superseded".into(),
+        cancelled_at: chrono::Utc::now(),
+        report: None,
+    });
+    store
+        .append(vec![StreamAppend {
+            stream: meshgate_domain::stream::build_stream(finished),
+            expected: ExpectedVersion::Exact(0),
+            events: vec![NewEvent::from_domain(&cancelled, finished, None, chrono::Utc::now())],
+        }])
+        .await
+        .unwrap();
+    let mut set = meshgate_projections::ProjectionSet::default();
+    meshgate::projector::apply_batch(&mut set, &store.read_all(0, 100).await.unwrap()).unwrap();
+    let (views, _) = set.builds.changed();
+    let path = dir.path().join("readmodel.sqlite");
+    let model = ReadModel::open(&path).unwrap();
+    model.save(&Snapshot::of(&set, &views, &Default::default(), &Default::default())).unwrap();
+
+    // The gateway's own reads: finished builds (memory holds the others).
+    assert_eq!(model.build(finished).unwrap().unwrap().state.name(), "cancelled");
+    assert_eq!(model.build_by_number("ios-build", 1).unwrap().unwrap().build_id, finished);
+    let ids = |page: Vec<meshgate_projections::BuildView>| page.iter().map(|b| b.build_id).collect::<Vec<_>>();
+    assert_eq!(ids(model.page((None, None), (0, u64::MAX), 10).unwrap()), [finished]);
+    assert_eq!(ids(model.page((Some("MOB-1"), None), (0, u64::MAX), 10).unwrap()), [finished]);
+    assert_eq!(ids(model.page((Some("MOB-1"), Some("cancelled")), (0, u64::MAX), 10).unwrap()), [finished]);
+    assert_eq!(ids(model.page((Some("MOB-2"), None), (0, u64::MAX), 10).unwrap()), Vec::<Uuid>::new());
+
+    // The tools beside a running gateway: both.
+    let names = saved_names(&path, &[finished, queued, Uuid::from_u128(3)]).unwrap();
+    assert_eq!((names[&finished].as_str(), names[&queued].as_str(), names.len()), ("ios-build #1", "ios-build #2", 2));
+    assert_eq!(saved_build_id(&path, "ios-build", 1).unwrap(), Some(finished));
+    assert_eq!(saved_build_id(&path, "ios-build", 2).unwrap(), Some(queued));
+    assert_eq!(saved_build_id(&path, "ios-build", 3).unwrap(), None);
+
+    // A load restores the build in flight, and its queue.
+    let head = *store.head().borrow();
+    let loaded = model.load(Default::default(), head).unwrap();
+    assert_eq!(loaded.builds.get(queued).map(|b| b.state.name()), Some("queued"));
+    assert_eq!(loaded.queue.queued().keys().copied().collect::<Vec<_>>(), [queued]);
+    assert_eq!(loaded.position, head);
+}

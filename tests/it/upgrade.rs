@@ -109,5 +109,8 @@ async fn a_read_model_of_another_layout_is_removed_and_built_again_from_the_log(
     let said = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
     assert!(said.contains("of another layout"), "{said}");
     let conn = rusqlite::Connection::open(&readmodel).unwrap();
-    assert_eq!(conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0)).unwrap(), 1);
+    assert_eq!(
+        conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0)).unwrap(),
+        meshgate::readmodel::LAYOUT
+    );
 }
