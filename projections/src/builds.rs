@@ -97,6 +97,10 @@ pub struct BuildView {
     pub state: BuildState,
     #[serde(with = "meshgate_domain::rfc3339")]
     pub updated_at: DateTime<Utc>,
+    /// When a node last claimed it (the start of its running or last attempt); none before the
+    /// first claim.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "meshgate_domain::rfc3339::option")]
+    pub started_at: Option<DateTime<Utc>>,
     pub folds: Vec<FoldRecord>,
     /// What the node reported for the attempt that finished the build.
     #[serde(default)]
@@ -159,6 +163,7 @@ impl BuildView {
             position: recorded.position,
             state: evolve(BuildState::New, &recorded.event),
             updated_at: recorded.recorded_at,
+            started_at: None,
             folds: Vec::new(),
             report: None,
             rejected: 0,
@@ -209,6 +214,7 @@ impl BuildView {
                 via: e.via.clone(),
                 at: recorded.recorded_at,
             }),
+            Event::BuildClaimed(_) => self.started_at = Some(recorded.recorded_at),
             Event::BuildLogsExpired(_) => self.logs_removed = true,
             Event::ArtifactsExpired(e) => {
                 for artifact in self.artifacts.iter_mut().filter(|a| e.names.contains(&a.name)) {
@@ -379,8 +385,9 @@ impl Builds {
 
 impl Projection for Builds {
     const NAME: &'static str = "builds";
-    /// 3: Xcode requirements, retries and artifacts. 4: build numbers.
-    const VERSION: u32 = 4;
+    /// 3: Xcode requirements, retries and artifacts. 4: build numbers. 5: when a node last
+    /// claimed it.
+    const VERSION: u32 = 5;
 
     fn wants(event_type: &str) -> bool {
         // An action from chat is in a stream of its own; what it did is in the build's.

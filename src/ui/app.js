@@ -92,7 +92,6 @@ async function overview() {
   const waiting = queue.lanes.filter((l) => l.queued > 0);
   const pages = await Promise.all(waiting.map((l) =>
     api(`/api/v1/queue?lane=${encodeURIComponent(l.lane)}&limit=${QUEUED_PER_LANE}`)));
-  const started = await Promise.all(running.builds.map(startedAt));
   const held = [
     ...(queue.paused.all ? [["every lane", queue.paused.all]] : []),
     ...Object.entries(queue.paused.lanes || {}).map(([lane, p]) => [`lane ${lane}`, p]),
@@ -114,8 +113,8 @@ async function overview() {
           ];
         })),
     section("running", "Running",
-      table("wide", ["Issue", "Node", "Attempt", "Elapsed", "State"], running.builds.map((b, i) =>
-        [buildLink(b), b.state.node_id, b.state.attempt, ago(started[i]), badge("running")]), "No build is running.")),
+      table("wide", ["Issue", "Node", "Attempt", "Elapsed", "State"], running.builds.map((b) =>
+        [buildLink(b), b.state.node_id, b.state.attempt, ago(b.started_at || b.updated_at), badge("running")]), "No build is running.")),
     section("nodes", "Nodes", nodesTable(nodes.nodes, false)),
     section("deliveries", "Recent deliveries",
       table("wide", ["Received", "Issue", "Outcome", "Why"], deliveries.map((d) =>
@@ -128,12 +127,6 @@ async function overview() {
       table("wide", ["Issue", "Lane", "Requested", "State"], recent.builds.map((b) =>
         [buildLink(b), b.lane, when(b.requested_at), badge(b.state.state)]), "No build yet.")),
   ];
-}
-
-async function startedAt(build) {
-  const detail = await api(`/api/v1/builds/${build.build_id}`);
-  const claims = detail.events.filter((e) => e.type === "BuildClaimed");
-  return claims.length ? claims[claims.length - 1].recorded_at : build.updated_at;
 }
 
 /// The last deliveries and what became of them, read from the log's tail.

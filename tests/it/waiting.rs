@@ -43,6 +43,12 @@ async fn each_reason_a_build_waits_is_said_where_it_waits() {
     // A signing node with two slots takes it; the lane runs one at a time.
     assert_eq!(app.claim("signer", &["signing"], 2, 0).await.unwrap()["build"]["build_id"], s1.to_string());
     assert_eq!(metric(&app, "meshgate_lane_unservable{lane=\"signing\"}").await, Some(0.0));
+    // The build says when its attempt started: its claim's time.
+    let detail =
+        answer_of(app.client.get(app.url(&format!("/api/v1/builds/{s1}"))).bearer_auth(&app.admin_token)).await;
+    let claimed = detail["events"].as_array().unwrap().iter().find(|e| e["type"] == "BuildClaimed").unwrap();
+    assert_eq!(detail["build"]["started_at"], claimed["recorded_at"]);
+    assert!(detail["build"]["started_at"].is_string());
     let s2 = build_id(&app.deliver(&sign(2)).await);
     assert_eq!(why(&app, s2).await, json!({"reason": "lane_full", "max_running": 1, "running": [s1.to_string()]}));
     // MOB-2 could go to the signer's free slot, but the signing lane comes first there.
