@@ -50,6 +50,16 @@ pub enum FoldReason {
     SameTransition,
 }
 
+impl FoldReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FoldReason::DuplicateDelivery => "duplicate_delivery",
+            FoldReason::Coalesced => "coalesced",
+            FoldReason::SameTransition => "same_transition",
+        }
+    }
+}
+
 /// What started a build.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -11,6 +11,7 @@
 
 mod archive;
 mod builds;
+mod deliveries;
 mod nodes;
 mod outbox;
 mod queue;
@@ -20,6 +21,7 @@ mod waiting;
 
 pub use archive::{ArchivePlan, ArchivePlanner};
 pub use builds::{build_name, ArtifactRecord, BuildView, Builds, FoldRecord, RebuildRecord, RetryRecord};
+pub use deliveries::{recent_deliveries, Delivery};
 pub use nodes::{NodeView, Nodes};
 pub use outbox::{Entry, MilestoneRecord, Outbox, OutboxChanges, OutboxConfig, OutboxRow, SinkSpec};
 pub use queue::{LaneRule, NodeAsk, Queue, QueueEntry};

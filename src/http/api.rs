@@ -23,8 +23,8 @@ use tokio::sync::watch;
 use super::access::Reader;
 use super::extract::{ApiPath, ApiQuery};
 use super::openapi::{
-    BuildDetail, BuildsPage, ErrorBody, EventsPage, LaneQueue, NodeAnswer, NodesPage, OutboxPage, QueuePage,
-    QueuedBuild, SinkHealth,
+    BuildDetail, BuildsPage, DeliveriesPage, ErrorBody, EventsPage, LaneQueue, NodeAnswer, NodesPage, OutboxPage,
+    QueuePage, QueuedBuild, SinkHealth,
 };
 use super::ApiError;
 use crate::builds::BuildService;
@@ -350,6 +350,47 @@ async fn named(projections: &Projections, found: &[StoredEvent]) -> Result<Vec<A
         events.push(audit);
     }
     Ok(events)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveriesQuery {
+    /// At most this many deliveries (1 to 100, default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<usize>,
+}
+
+/// How far back `GET /api/v1/deliveries` reads the log: a delivery and its decision are among
+/// the last events when it is among the latest.
+const DELIVERIES_WINDOW: usize = 500;
+
+/// `GET /api/v1/deliveries`: the latest deliveries and what became of each (the dashboard's
+/// "Recent deliveries"), from the last 500 events of the log: only the delivery events are decoded
+/// and no body is sent.
+#[utoipa::path(get, path = "/api/v1/deliveries", tag = "audit", params(DeliveriesQuery), security(("admin" = [])),
+    responses(
+        (status = 200, description = "The latest deliveries, newest first", body = DeliveriesPage),
+        (status = 400, description = "A filter is wrong", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin token", body = ErrorBody),
+        (status = 503, description = "The log is unavailable", body = ErrorBody),
+    ))]
+pub async fn deliveries(
+    _: Reader,
+    State(app): State<Arc<AdminApi>>,
+    query: Result<ApiQuery<DeliveriesQuery>, ApiError>,
+) -> Result<Json<DeliveriesPage>, ApiError> {
+    let ApiQuery(query) = query?;
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::invalid_filter("limit", "limit must be 1 to 100"));
+    }
+    let head = *app.store.head().borrow();
+    let after = head.saturating_sub(DELIVERIES_WINDOW as u64);
+    const TYPES: [&str; 4] = ["WebhookReceived", "WebhookIgnored", "WebhookRouted", "BuildRequestFolded"];
+    let (window, _) =
+        app.store.read_decoded(after, DELIVERIES_WINDOW, &TYPES).await.map_err(|e| ApiError::unavailable(&e))?;
+    Ok(Json(DeliveriesPage { deliveries: meshgate_projections::recent_deliveries(&window, limit) }))
 }
 
 /// The filters of an audit question, refused clearly when one does not parse.

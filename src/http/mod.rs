@@ -169,6 +169,7 @@ fn admin_routes() -> utoipa_axum::router::OpenApiRouter<Surfaces> {
         .routes(routes!(api::outbox))
         .routes(routes!(operations::drain_node))
         .routes(routes!(api::events))
+        .routes(routes!(api::deliveries))
         .routes(routes!(api::stream))
         .routes(routes!(reload::reload))
         .routes(routes!(operations::reconcile))

@@ -145,6 +145,12 @@ pub struct LaneQueue {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveriesPage {
+    /// The latest deliveries, newest first.
+    pub deliveries: Vec<meshgate_projections::Delivery>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EventsPage {
     pub events: Vec<crate::store::AuditEvent>,
     /// The `after` of the next page; null on the last page.

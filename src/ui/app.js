@@ -129,24 +129,13 @@ async function overview() {
   ];
 }
 
-/// The last deliveries and what became of them, read from the log's tail.
+/// The last deliveries and what became of them.
 async function recentDeliveries() {
-  const { head } = await api("/api/v1/events?limit=1");
-  const after = Math.max(0, head - 500);
-  const page = await api(`/api/v1/events?after=${after}&limit=500`);
-  const byDelivery = new Map();
-  for (const e of page.events) {
-    const id = e.data.correlation_id || e.correlation_id;
-    if (e.type === "WebhookReceived") {
-      byDelivery.set(id, { at: e.recorded_at, issue: e.data.issue_id, outcome: "received", why: e.data.event_type });
-    } else if (byDelivery.has(id)) {
-      const d = byDelivery.get(id);
-      if (e.type === "WebhookIgnored") { d.outcome = "ignored"; d.why = e.data.reason.replaceAll("_", " "); }
-      if (e.type === "WebhookRouted") { d.outcome = "enqueued"; d.why = `${e.data.build_ids.length} build(s)`; }
-      if (e.type === "BuildRequestFolded") { d.outcome = "folded"; d.why = e.data.reason.replaceAll("_", " "); }
-    }
-  }
-  return [...byDelivery.values()].reverse().slice(0, 20);
+  const { deliveries } = await api("/api/v1/deliveries?limit=20");
+  return deliveries.map((d) => ({
+    at: d.received_at, issue: d.issue_id, outcome: d.outcome,
+    why: d.outcome === "enqueued" ? `${d.build_ids.length} build(s)` : (d.reason || d.event_type).replaceAll("_", " "),
+  }));
 }
 
 function nodesTable(nodes, withActions) {

@@ -127,3 +127,31 @@ async fn the_live_tail_streams_each_commit_and_ends_when_the_gateway_stops() {
     .await;
     assert!(ended.is_ok(), "the stream ended");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_latest_deliveries_say_what_became_of_each_newest_first() {
+    let app = gateway(false).await;
+    let building = fixture("mob-issueUpdated-state-building.json");
+    let first = app.deliver(&building).await;
+    app.deliver(&building).await;
+    app.deliver(&fixture("mob-issueUpdated-by-bot.json")).await;
+    let get =
+        |query: &str| app.client.get(app.url(&format!("/api/v1/deliveries{query}"))).bearer_auth(&app.admin_token);
+    let answer = answer_of(get("")).await;
+    let seen: Vec<(&str, &str)> = answer["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["outcome"].as_str().unwrap(), d["reason"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(seen, [("ignored", "bot_authored"), ("folded", "duplicate_delivery"), ("enqueued", "")], "{answer}");
+    let enqueued = &answer["deliveries"][2];
+    assert_eq!(enqueued["build_ids"], json!([first["build_id"]]));
+    assert_eq!(enqueued["correlation_id"], first["correlation_id"]);
+    assert_eq!(enqueued["issue_id"], "MOB-7");
+    assert!(answer.to_string().len() < 2_000, "no bodies: {answer}");
+    assert_eq!(answer_of(get("?limit=1")).await["deliveries"].as_array().unwrap().len(), 1);
+    for wrong in ["?limit=0", "?limit=101", "?colour=red"] {
+        assert_eq!(get(wrong).send().await.unwrap().status(), 400, "{wrong}");
+    }
+}

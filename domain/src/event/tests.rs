@@ -72,3 +72,20 @@ fn builds_and_folds_recorded_before_change_times_were_kept_still_read() {
     // And what is written now for them is what was written then.
     assert_eq!(Event::BuildRequestFolded(fold).encode(), older);
 }
+
+#[test]
+fn reasons_say_their_names_as_they_are_stored() {
+    use super::{FoldReason, IgnoreReason};
+    for reason in [FoldReason::DuplicateDelivery, FoldReason::Coalesced, FoldReason::SameTransition] {
+        assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+    }
+    for reason in [
+        IgnoreReason::NoTriggerMatched,
+        IgnoreReason::BotAuthored,
+        IgnoreReason::UnknownEvent,
+        IgnoreReason::DuplicateDelivery,
+        IgnoreReason::SelfTest,
+    ] {
+        assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+    }
+}
