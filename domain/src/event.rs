@@ -309,9 +309,13 @@ pub struct BuildResultRejected {
     pub reason: String,
 }
 
+/// A `BuildCancelled`'s reason when a delivery moved its issue out of the trigger's state.
+pub const LEFT_TRIGGER_STATE: &str = "left_trigger_state";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildCancelled {
     pub build_id: Uuid,
+    /// Why: `left_trigger_state`, `expired` (the reaper), the operator's own words, `by <user> (<via>)`, …
     pub reason: String,
     #[serde(with = "crate::rfc3339")]
     pub cancelled_at: DateTime<Utc>,

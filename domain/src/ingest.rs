@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::event::{
     Body, BuildCancelled, BuildRequestFolded, Event, FoldReason, IgnoreReason, RequestSource, WebhookIgnored,
-    WebhookReceived, WebhookRouted,
+    WebhookReceived, WebhookRouted, LEFT_TRIGGER_STATE,
 };
 use crate::fingerprint::Fingerprint;
 use crate::intent::{decide_intent, IntentDecision, IntentView, PlannedAppend, Transition};
@@ -241,7 +241,7 @@ pub fn decide_delivery(
                 expected: ExpectedVersion::Exact(active.version),
                 events: vec![Event::BuildCancelled(BuildCancelled {
                     build_id: active.build_id,
-                    reason: "left_trigger_state".into(),
+                    reason: LEFT_TRIGGER_STATE.into(),
                     cancelled_at: input.received_at,
                     report: None,
                 })],

@@ -387,7 +387,8 @@ pub async fn deliveries(
     }
     let head = *app.store.head().borrow();
     let after = head.saturating_sub(DELIVERIES_WINDOW as u64);
-    const TYPES: [&str; 4] = ["WebhookReceived", "WebhookIgnored", "WebhookRouted", "BuildRequestFolded"];
+    const TYPES: [&str; 5] =
+        ["WebhookReceived", "WebhookIgnored", "WebhookRouted", "BuildRequestFolded", "BuildCancelled"];
     let (window, _) =
         app.store.read_decoded(after, DELIVERIES_WINDOW, &TYPES).await.map_err(|e| ApiError::unavailable(&e))?;
     Ok(Json(DeliveriesPage { deliveries: meshgate_projections::recent_deliveries(&window, limit) }))

@@ -135,6 +135,8 @@ async fn the_latest_deliveries_say_what_became_of_each_newest_first() {
     let first = app.deliver(&building).await;
     app.deliver(&building).await;
     app.deliver(&fixture("mob-issueUpdated-by-bot.json")).await;
+    // Building → Open: the build is cancelled, and that is what became of the delivery.
+    let left = app.deliver(&fixture("mob-issueUpdated-state-open.json")).await;
     let get =
         |query: &str| app.client.get(app.url(&format!("/api/v1/deliveries{query}"))).bearer_auth(&app.admin_token);
     let answer = answer_of(get("")).await;
@@ -144,8 +146,19 @@ async fn the_latest_deliveries_say_what_became_of_each_newest_first() {
         .iter()
         .map(|d| (d["outcome"].as_str().unwrap(), d["reason"].as_str().unwrap_or("")))
         .collect();
-    assert_eq!(seen, [("ignored", "bot_authored"), ("folded", "duplicate_delivery"), ("enqueued", "")], "{answer}");
-    let enqueued = &answer["deliveries"][2];
+    assert_eq!(
+        seen,
+        [
+            ("cancelled", "left_trigger_state"),
+            ("ignored", "bot_authored"),
+            ("folded", "duplicate_delivery"),
+            ("enqueued", "")
+        ],
+        "{answer}"
+    );
+    assert_eq!(answer["deliveries"][0]["build_ids"], json!([first["build_id"]]));
+    assert_eq!(answer["deliveries"][0]["correlation_id"], left["correlation_id"]);
+    let enqueued = &answer["deliveries"][3];
     assert_eq!(enqueued["build_ids"], json!([first["build_id"]]));
     assert_eq!(enqueued["correlation_id"], first["correlation_id"]);
     assert_eq!(enqueued["issue_id"], "MOB-7");
