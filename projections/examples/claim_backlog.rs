@@ -172,4 +172,33 @@ fn main() {
         let page = median(Slice { lane: Some("default"), limit: 100 });
         println!("| {backlog} | {page:.3} ms | {:.2} ms |", median(Slice::ALL));
     }
+
+    println!();
+    println!("| builds queued in the default lane | a lane of the same priority's page: its ten builds first | its ten builds last |");
+    println!("|---:|---:|---:|");
+    for backlog in sizes(&[1_000, 10_000, 100_000]) {
+        let median = |web_first: bool| {
+            let web = if web_first { 0..10 } else { backlog..backlog + 10 };
+            let default = if web_first { 10..backlog + 10 } else { 0..backlog };
+            let mut queued: Vec<QueueEntry> = web.map(|n| entry(n, "web")).collect();
+            queued.extend(default.map(|n| entry(n, "default")));
+            let queue = Queue::restore(queued, Vec::new());
+            let paused = Paused::default();
+            let mut took: Vec<f64> = (0..21)
+                .map(|_| {
+                    let started = Instant::now();
+                    let slice = Slice { lane: Some("web"), limit: 100 };
+                    let page = waiting_all(&queue, std::iter::once(&mac), &lanes, &paused, |_| true, slice);
+                    let elapsed = started.elapsed().as_secs_f64() * 1e3;
+                    assert_eq!(page.len(), 10);
+                    let ahead = if web_first { 9 } else { backlog as usize + 9 };
+                    assert_eq!(page[9].1, meshgate_projections::Waiting::Ahead { builds: ahead });
+                    elapsed
+                })
+                .collect();
+            took.sort_by(f64::total_cmp);
+            took[took.len() / 2]
+        };
+        println!("| {backlog} | {:.3} ms | {:.3} ms |", median(true), median(false));
+    }
 }

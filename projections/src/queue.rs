@@ -187,7 +187,13 @@ impl Queue {
 
     /// The queued builds of `lane`, in log order.
     pub fn queued_in<'a>(&'a self, lane: &str) -> impl Iterator<Item = &'a QueueEntry> + 'a {
-        self.lanes.get(lane).into_iter().flatten().filter_map(|(_, id)| self.queued.get(id))
+        self.queued_in_from(lane, 0)
+    }
+
+    /// The queued builds of `lane` from log position `position` on, in log order.
+    pub fn queued_in_from<'a>(&'a self, lane: &str, position: u64) -> impl Iterator<Item = &'a QueueEntry> + 'a {
+        let order = self.lanes.get(lane).map(|order| order.range((position, Uuid::nil())..));
+        order.into_iter().flatten().filter_map(|(_, id)| self.queued.get(id))
     }
 
     /// The Xcode requirements of `lane`'s queued builds, each once: a build's own, `None` for the
@@ -206,9 +212,21 @@ impl Queue {
         self.lanes.get(lane).map_or(0, BTreeSet::len)
     }
 
-    /// How many builds of `lane` are queued before log position `position`.
+    /// How many builds of `lane` are queued before log position `position`, counted from the
+    /// nearer end: as many steps as the shorter side has builds (a lane's newest builds behind a
+    /// long backlog are counted from the back).
     pub fn queued_before_in(&self, lane: &str, position: u64) -> usize {
-        self.lanes.get(lane).map_or(0, |order| order.range(..(position, Uuid::nil())).count())
+        let Some(order) = self.lanes.get(lane) else { return 0 };
+        let key = (position, Uuid::nil());
+        let (mut earlier, mut later) = (order.range(..key), order.range(key..));
+        let mut steps = 0;
+        loop {
+            match (earlier.next(), later.next()) {
+                (None, _) => return steps,
+                (Some(_), None) => return order.len() - steps,
+                (Some(_), Some(_)) => steps += 1,
+            }
+        }
     }
 
     /// The queued build of `lane` that has waited longest (the first in log order).

@@ -127,7 +127,8 @@ impl Slice<'_> {
 /// [`waiting`] says of each, in one pass. The builds ahead of each are counted from how many of
 /// each lane came before it, not over the whole queue again, and the walk ends at the slice's
 /// last build: lanes of a higher priority than the slice's lane are counted whole, their builds
-/// never visited, and lanes of a lower one are not read. `GET /api/v1/queue` answers with it.
+/// never visited, lanes of a lower one are not read, and a slice of one lane starts at its first
+/// build, the builds of its priority before it counted. `GET /api/v1/queue` answers with it.
 pub fn waiting_all<'q, 'a>(
     queue: &'q Queue,
     nodes: impl Iterator<Item = &'a NodeView>,
@@ -156,15 +157,31 @@ pub fn waiting_all<'q, 'a>(
             before.extend(names.iter().map(|lane| (*lane, queue.queued_count_in(lane))));
             continue;
         }
+        // With a lane asked for, the walk starts at its first build, the level's other lanes'
+        // builds before it counted rather than visited, and ends with its builds.
+        let from = match slice.lane {
+            None => 0,
+            Some(lane) => match queue.queued_in(lane).next() {
+                Some(first) => first.position,
+                None => break,
+            },
+        };
+        if from > 0 {
+            before.extend(names.iter().map(|lane| (*lane, queue.queued_before_in(lane, from))));
+        }
         // The level's lanes in log order: each lane's builds are, so merge them by position.
         let mut heads: Vec<_> = names
             .iter()
             .map(|lane| {
-                let mut rest = queue.queued_in(lane);
+                let mut rest = queue.queued_in_from(lane, from);
                 (rest.next(), rest)
             })
             .collect();
+        let lane_of_slice = slice.lane.and_then(|lane| names.iter().position(|name| *name == lane));
         while all.len() < slice.limit {
+            if lane_of_slice.is_some_and(|at| heads[at].0.is_none()) {
+                break;
+            }
             let first = heads
                 .iter_mut()
                 .filter_map(|(head, rest)| Some((head.as_ref()?.position, head, rest)))
