@@ -381,10 +381,7 @@ pub async fn deliveries(
     query: Result<ApiQuery<DeliveriesQuery>, ApiError>,
 ) -> Result<Json<DeliveriesPage>, ApiError> {
     let ApiQuery(query) = query?;
-    let limit = query.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::invalid_filter("limit", "limit must be 1 to 100"));
-    }
+    let limit = page_limit(Some(query.limit.unwrap_or(20)), 100)?;
     let head = *app.store.head().borrow();
     let after = head.saturating_sub(DELIVERIES_WINDOW as u64);
     const TYPES: [&str; 5] =
