@@ -73,6 +73,24 @@ fn unreachable(error: reqwest::Error) -> GatewayError {
     GatewayError::Unreachable(text)
 }
 
+/// As [`unreachable`], for a request sent over TLS without a client certificate: a connection
+/// closed after it was made and before any answer is what a node API that requires a certificate
+/// does (TLS 1.3 refuses it after the client's side of the handshake, and the refusal may reach
+/// the client before its request goes out, with no word of certificates), so the error says so.
+fn unreachable_without_certificate(error: reqwest::Error) -> GatewayError {
+    let after_connecting = !error.is_connect() && !error.is_timeout() && error.is_request();
+    match unreachable(error) {
+        GatewayError::Unreachable(mut text) if after_connecting && !text.to_lowercase().contains("certificate") => {
+            text.push_str(
+                " (this node presents no client certificate: a gateway whose node API requires one closes the \
+                 connection so; give --client-cert and --client-key)",
+            );
+            GatewayError::Unreachable(text)
+        }
+        other => other,
+    }
+}
+
 /// `random(0, min(cap, base · 2^n))`: full jitter.
 pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     let mut bytes = [0u8; 8];
@@ -91,6 +109,8 @@ pub struct Gateway {
     http: reqwest::Client,
     base: reqwest::Url,
     token: SecretString,
+    /// Over TLS without a client certificate.
+    without_certificate: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,7 +172,8 @@ impl Gateway {
             })?;
             builder = builder.identity(identity);
         }
-        Ok(Gateway { http: builder.build().map_err(ClientError::Client)?, base: url, token })
+        let without_certificate = url.scheme() == "https" && identity.is_none();
+        Ok(Gateway { http: builder.build().map_err(ClientError::Client)?, base: url, token, without_certificate })
     }
 
     /// `base` + `segments`, each segment percent-encoded (an artifact's `/` included).
@@ -165,7 +186,8 @@ impl Gateway {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, GatewayError> {
-        let response = request.bearer_auth(self.token.expose_secret()).send().await.map_err(unreachable)?;
+        let failed = if self.without_certificate { unreachable_without_certificate } else { unreachable };
+        let response = request.bearer_auth(self.token.expose_secret()).send().await.map_err(failed)?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
