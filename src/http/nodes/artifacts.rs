@@ -49,6 +49,22 @@ fn refused(e: ArtifactError) -> ApiError {
     }
 }
 
+/// The most of a refused upload's body read before the refusal is answered.
+const READ_BEFORE_REFUSING: usize = 64 * 1024;
+
+/// `refusal`, once a small body (by its `Content-Length`) has been read to its end and dropped: a
+/// connection closed with bytes it has not read is reset, and the reset can overtake the answer
+/// (the client sees the connection drop instead of the 4xx). A larger body, or one of unknown
+/// length, is left unread and its connection closed; reading stops after a second either way.
+async fn refuse_after_reading(headers: &HeaderMap, body: Body, refusal: ApiError) -> ApiError {
+    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if length.is_some_and(|length| length <= READ_BEFORE_REFUSING) {
+        let read = axum::body::to_bytes(body, READ_BEFORE_REFUSING);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), read).await;
+    }
+    refusal
+}
+
 /// `PUT /api/v1/builds/{id}/artifacts/{name}?node_id=…&attempt=…&sha256=…`: a file the running
 /// attempt produced (`name` may hold `/`, sent as `%2F`).
 #[utoipa::path(put, path = "/api/v1/builds/{id}/artifacts/{name}", tag = "nodes", security(("node" = [])),
@@ -71,18 +87,26 @@ fn refused(e: ArtifactError) -> ApiError {
 pub async fn upload(
     State(app): State<Arc<NodeApi>>,
     headers: HeaderMap,
-    ApiPath((build_id, name)): ApiPath<(Uuid, String)>,
+    path: Result<ApiPath<(Uuid, String)>, ApiError>,
     query: Result<ApiQuery<ArtifactQuery>, ApiError>,
     body: Body,
 ) -> Result<Json<ArtifactAnswer>, ApiError> {
-    app.authorize(&headers)?;
-    let ApiQuery(query) = query?;
-    check_node_id(&query.node_id)?;
-    check_artifact_name(&name).map_err(|problem| bad_request("name", problem))?;
-    if !is_sha256_hex(&query.sha256) {
-        return Err(bad_request("sha256", "sha256 must be 64 hex characters"));
-    }
-    let build = held(&app, build_id, &query.node_id, query.attempt).await?;
+    let checked = async {
+        app.authorize(&headers)?;
+        let ApiPath((build_id, name)) = path?;
+        let ApiQuery(query) = query?;
+        check_node_id(&query.node_id)?;
+        check_artifact_name(&name).map_err(|problem| bad_request("name", problem))?;
+        if !is_sha256_hex(&query.sha256) {
+            return Err(bad_request("sha256", "sha256 must be 64 hex characters"));
+        }
+        let build = held(&app, build_id, &query.node_id, query.attempt).await?;
+        Ok((build_id, name, query, build))
+    };
+    let (build_id, name, query, build) = match checked.await {
+        Ok(checked) => checked,
+        Err(refusal) => return Err(refuse_after_reading(&headers, body, refusal).await),
+    };
     let of_attempt = |a: &&ArtifactRecord| a.attempt == query.attempt && !a.removed;
     let already: u64 = build.artifacts.iter().filter(of_attempt).filter(|a| a.name != name).map(|a| a.bytes).sum();
     let stored = app
