@@ -10,6 +10,7 @@ pub mod client;
 mod error;
 mod extract;
 mod limiter;
+mod linger;
 pub mod nodes;
 pub mod openapi;
 mod operations;

@@ -68,7 +68,7 @@ pub async fn receive(State(webhook): State<Arc<Webhook>>, request: Request) -> R
     if let Some(unread) = body {
         let bound =
             if response.status() == StatusCode::PAYLOAD_TOO_LARGE { DRAIN_TOO_LARGE } else { webhook.max_body_bytes };
-        if !drain(unread, bound).await {
+        if !super::linger::drain(unread, bound).await {
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
     }
@@ -81,31 +81,6 @@ pub async fn receive(State(webhook): State<Arc<Webhook>>, request: Request) -> R
 
 /// Most bytes of a too-large body taken in and thrown away before answering 413.
 const DRAIN_TOO_LARGE: usize = 16 << 20;
-/// Longest a refused body is read for.
-const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Reads and discards `body` up to `bound` bytes or [`DRAIN_TIME`]; whether it all arrived.
-async fn drain(body: Body, bound: usize) -> bool {
-    let mut body = body.into_data_stream();
-    let mut taken = 0usize;
-    let reading = async {
-        use futures_util::StreamExt;
-        while let Some(chunk) = body.next().await {
-            match chunk {
-                Ok(chunk) => {
-                    taken += chunk.len();
-                    if taken > bound {
-                        return false;
-                    }
-                }
-                Err(_) => return false,
-            }
-        }
-        true
-    };
-    tokio::time::timeout(DRAIN_TIME, reading).await.unwrap_or(false)
-}
-
 /// Reads `body` whole if it holds at most `limit` bytes; `Err(None)` as soon as it holds more (the
 /// rest left in `body`), `Err(Some(_))` if it could not be read.
 async fn read_limited(body: &mut Body, limit: usize) -> Result<bytes::Bytes, Option<axum::Error>> {

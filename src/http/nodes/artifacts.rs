@@ -49,21 +49,9 @@ fn refused(e: ArtifactError) -> ApiError {
     }
 }
 
-/// The most of a refused upload's body read before the refusal is answered.
-const READ_BEFORE_REFUSING: usize = 64 * 1024;
-
-/// `refusal`, once a small body (by its `Content-Length`) has been read to its end and dropped: a
-/// connection closed with bytes it has not read is reset, and the reset can overtake the answer
-/// (the client sees the connection drop instead of the 4xx). A larger body, or one of unknown
-/// length, is left unread and its connection closed; reading stops after a second either way.
-async fn refuse_after_reading(headers: &HeaderMap, body: Body, refusal: ApiError) -> ApiError {
-    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if length.is_some_and(|length| length <= READ_BEFORE_REFUSING) {
-        let read = axum::body::to_bytes(body, READ_BEFORE_REFUSING);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), read).await;
-    }
-    refusal
-}
+/// The most of a refused upload's body read before the refusal is answered (a lingering close:
+/// `http::linger`); past it the connection is closed.
+const READ_BEFORE_REFUSING: usize = 1 << 20;
 
 /// `PUT /api/v1/builds/{id}/artifacts/{name}?node_id=…&attempt=…&sha256=…`: a file the running
 /// attempt produced (`name` may hold `/`, sent as `%2F`).
@@ -105,7 +93,10 @@ pub async fn upload(
     };
     let (build_id, name, query, build) = match checked.await {
         Ok(checked) => checked,
-        Err(refusal) => return Err(refuse_after_reading(&headers, body, refusal).await),
+        Err(refusal) => {
+            crate::http::linger::drain(body, READ_BEFORE_REFUSING).await;
+            return Err(refusal);
+        }
     };
     let of_attempt = |a: &&ArtifactRecord| a.attempt == query.attempt && !a.removed;
     let already: u64 = build.artifacts.iter().filter(of_attempt).filter(|a| a.name != name).map(|a| a.bytes).sum();
