@@ -5,6 +5,10 @@
 
 use axum::body::Body;
 
+/// The most of a refused node upload's body (an artifact, a log) taken in before the refusal is
+/// answered; past it the connection is closed.
+pub const NODE_UPLOAD: usize = 1 << 20;
+
 /// Longest a refused body is read for.
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 

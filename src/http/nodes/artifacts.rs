@@ -49,10 +49,6 @@ fn refused(e: ArtifactError) -> ApiError {
     }
 }
 
-/// The most of a refused upload's body read before the refusal is answered (a lingering close:
-/// `http::linger`); past it the connection is closed.
-const READ_BEFORE_REFUSING: usize = 1 << 20;
-
 /// `PUT /api/v1/builds/{id}/artifacts/{name}?node_id=…&attempt=…&sha256=…`: a file the running
 /// attempt produced (`name` may hold `/`, sent as `%2F`).
 #[utoipa::path(put, path = "/api/v1/builds/{id}/artifacts/{name}", tag = "nodes", security(("node" = [])),
@@ -94,7 +90,7 @@ pub async fn upload(
     let (build_id, name, query, build) = match checked.await {
         Ok(checked) => checked,
         Err(refusal) => {
-            crate::http::linger::drain(body, READ_BEFORE_REFUSING).await;
+            crate::http::linger::drain(body, crate::http::linger::NODE_UPLOAD).await;
             return Err(refusal);
         }
     };

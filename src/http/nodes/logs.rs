@@ -73,18 +73,29 @@ pub async fn chunk(
 pub async fn upload(
     State(app): State<Arc<NodeApi>>,
     headers: HeaderMap,
-    ApiPath(build_id): ApiPath<Uuid>,
+    path: Result<ApiPath<Uuid>, ApiError>,
     query: Result<ApiQuery<UploadQuery>, ApiError>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    app.authorize(&headers)?;
-    let ApiQuery(query) = query?;
-    let attempt = query.attempt.ok_or_else(|| bad_request("attempt", "attempt is required"))?;
-    let head = *app.store.head().borrow();
-    app.projections.caught_up_to(head, Duration::from_secs(2)).await;
-    if app.projections.build(build_id).await.map_err(|e| ApiError::unavailable(&e))?.is_none() {
-        return Err(ApiError::not_found("build"));
-    }
+    let checked = async {
+        app.authorize(&headers)?;
+        let ApiPath(build_id) = path?;
+        let ApiQuery(query) = query?;
+        let attempt = query.attempt.ok_or_else(|| bad_request("attempt", "attempt is required"))?;
+        let head = *app.store.head().borrow();
+        app.projections.caught_up_to(head, Duration::from_secs(2)).await;
+        if app.projections.build(build_id).await.map_err(|e| ApiError::unavailable(&e))?.is_none() {
+            return Err(ApiError::not_found("build"));
+        }
+        Ok((build_id, query, attempt))
+    };
+    let (build_id, query, attempt) = match checked.await {
+        Ok(checked) => checked,
+        Err(refusal) => {
+            crate::http::linger::drain(body, crate::http::linger::NODE_UPLOAD).await;
+            return Err(refusal);
+        }
+    };
     let stored = app.logs.replace(build_id, attempt, query.total, body.into_data_stream()).await;
     let bytes = match stored {
         Ok(bytes) => bytes,
